@@ -1,0 +1,49 @@
+"""trioqueue: a job queue for Trio programs.
+
+Open one with :func:`open_queue` inside ``trio.run``; see docs/python-api.md.
+"""
+
+from ._backoff import RetryPolicy
+from ._config import QueueConfig
+from ._engine import JobQueue, open_queue
+from ._events import Event
+from ._exceptions import (
+    DuplicateJob,
+    InvalidJob,
+    InvalidTransition,
+    JobNotFound,
+    QueueFull,
+    ShuttingDown,
+    StoreError,
+    TrioQueueError,
+    UnknownTask,
+)
+from ._job import Job, JobStatus, Priority
+from ._metrics import Metrics
+from ._registry import TaskRegistry, TaskSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DuplicateJob",
+    "Event",
+    "InvalidJob",
+    "InvalidTransition",
+    "Job",
+    "JobNotFound",
+    "JobQueue",
+    "JobStatus",
+    "Metrics",
+    "Priority",
+    "QueueConfig",
+    "QueueFull",
+    "RetryPolicy",
+    "ShuttingDown",
+    "StoreError",
+    "TaskRegistry",
+    "TaskSpec",
+    "TrioQueueError",
+    "UnknownTask",
+    "__version__",
+    "open_queue",
+]

@@ -1,0 +1,174 @@
+"""Queue configuration: one frozen, validated value."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+
+from ._backoff import RetryPolicy
+from ._fairness import DEFAULT_WEIGHTS, check_weights
+from ._job import Priority
+
+Durability = Literal["sync", "batch"]
+
+
+def _positive_int(inst: object, attr: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attr.name}: expected a positive integer, got {value!r}")
+
+
+def _non_negative_int(inst: object, attr: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{attr.name}: expected an integer >= 0, got {value!r}")
+
+
+def _seconds(inst: object, attr: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValueError(f"{attr.name}: expected a number of seconds, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{attr.name}: must be >= 0, got {value!r}")
+
+
+def _optional_seconds(inst: object, attr: attrs.Attribute[float | None], value: float | None) -> None:
+    if value is not None:
+        _seconds(inst, attr, value)  # type: ignore[arg-type]
+        if value == 0:
+            raise ValueError(f"{attr.name}: must be > 0 or None, got {value!r}")
+
+
+def _durability(inst: object, attr: attrs.Attribute[str], value: str) -> None:
+    if value not in ("sync", "batch"):
+        raise ValueError(f"durability: expected 'sync' or 'batch', got {value!r}")
+
+
+def _fairness(value: Mapping[Priority | str, int]) -> dict[Priority, int]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"fairness: expected a mapping of priority to weight, got {value!r}")
+    weights = {Priority.coerce(k): v for k, v in value.items()}
+    check_weights({**DEFAULT_WEIGHTS, **weights})
+    return {**DEFAULT_WEIGHTS, **weights}
+
+
+def _path(value: str | os.PathLike[str] | None) -> Path | None:
+    return None if value is None or value == "" else Path(value)
+
+
+@attrs.frozen(kw_only=True)
+class QueueConfig:
+    """Everything :func:`open_queue` can be told.  Invalid values raise ``ValueError``
+    naming the field."""
+
+    workers: int = attrs.field(default=4, validator=_positive_int)
+    """Worker tasks: how many jobs run at once."""
+    capacity: int = attrs.field(default=1000, validator=_positive_int)
+    """Per priority: how many jobs may wait in its ready queue (and, separately, how many
+    new delayed jobs may wait for their due time).  ``enqueue`` waits for room,
+    ``enqueue_nowait`` raises :class:`QueueFull`.  Retries and jobs coming due are never
+    refused: they were accepted already."""
+    max_retries: int = attrs.field(default=3, validator=_non_negative_int)
+    """Default for tasks that do not set their own."""
+    retry_base: float = attrs.field(default=1.0, validator=_seconds)
+    retry_factor: float = attrs.field(default=2.0, validator=_seconds)
+    retry_max: float = attrs.field(default=300.0, validator=_seconds)
+    retry_jitter: float = attrs.field(default=0.1, validator=_seconds)
+    default_timeout: float | None = attrs.field(default=None, validator=_optional_seconds)
+    """Seconds one attempt may run, for tasks and jobs that do not set their own."""
+    persist_path: Path | None = attrs.field(default=None, converter=_path)
+    """A file path turns on the SQLite store."""
+    durability: Durability = attrs.field(default="sync", validator=_durability)
+    """``"sync"``: ``enqueue`` returns after the commit holding the job.  ``"batch"``:
+    it returns at once; up to ``flush_interval`` of acknowledged work can be lost."""
+    flush_interval: float = attrs.field(default=0.05, validator=_seconds)
+    shutdown_timeout: float = attrs.field(default=30.0, validator=_seconds)
+    """How long in-flight jobs may take to finish when the queue closes."""
+    drain: bool = False
+    """Memory mode only: on close, run every queued job (within ``shutdown_timeout``)
+    instead of dropping it."""
+    fairness: Mapping[Priority, int] = attrs.field(
+        factory=lambda: dict(DEFAULT_WEIGHTS), converter=_fairness
+    )
+    """Weights of the smooth weighted round robin between priorities."""
+    result_ttl: float = attrs.field(default=3600.0, validator=_seconds)
+    """Seconds a finished job stays in memory (the store keeps it longer)."""
+    finished_cache: int = attrs.field(default=10_000, validator=_non_negative_int)
+    """At most this many finished jobs stay in memory, newest kept."""
+    retention: float = attrs.field(default=7 * 86400.0, validator=_seconds)
+    """Seconds a finished job stays in the store before it is pruned."""
+    event_buffer: int = attrs.field(default=1000, validator=_positive_int)
+    """Default buffer of a :meth:`JobQueue.subscribe` channel."""
+
+    def __attrs_post_init__(self) -> None:
+        self.retry_policy()  # validates factor >= 1 and jitter <= 1
+
+    def retry_policy(self) -> RetryPolicy:
+        try:
+            return RetryPolicy(
+                base=self.retry_base,
+                factor=self.retry_factor,
+                max_delay=self.retry_max,
+                jitter=self.retry_jitter,
+            )
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("max_delay", "retry_max")) from None
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> QueueConfig:
+        """Read ``TRIOQUEUE_*`` variables (and ``WORKER_COUNT``, ``JOB_QUEUE_CAPACITY``).
+
+        Keyword arguments win over the environment.  A variable that does not parse raises
+        ``ValueError`` naming it.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field, (names, parse) in _ENV.items():
+            for name in names:
+                raw = env.get(name)
+                if raw is None or raw == "":
+                    continue
+                try:
+                    values[field] = parse(raw)
+                except ValueError:
+                    raise ValueError(f"{name}: cannot parse {raw!r} for {field}") from None
+                break
+        values.update(overrides)
+        return cls(**values)
+
+
+def _bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def _opt_float(raw: str) -> float | None:
+    return None if raw.strip().lower() in ("none", "null") else float(raw)
+
+
+_ENV: dict[str, tuple[tuple[str, ...], Any]] = {
+    "workers": (("TRIOQUEUE_WORKERS", "WORKER_COUNT"), int),
+    "capacity": (("TRIOQUEUE_CAPACITY", "JOB_QUEUE_CAPACITY"), int),
+    "max_retries": (("TRIOQUEUE_MAX_RETRIES",), int),
+    "retry_base": (("TRIOQUEUE_RETRY_BASE",), float),
+    "retry_factor": (("TRIOQUEUE_RETRY_FACTOR",), float),
+    "retry_max": (("TRIOQUEUE_RETRY_MAX",), float),
+    "retry_jitter": (("TRIOQUEUE_RETRY_JITTER",), float),
+    "default_timeout": (("TRIOQUEUE_DEFAULT_TIMEOUT",), _opt_float),
+    "persist_path": (("TRIOQUEUE_DB", "TRIOQUEUE_PERSIST_PATH"), str),
+    "durability": (("TRIOQUEUE_DURABILITY",), str),
+    "flush_interval": (("TRIOQUEUE_FLUSH_INTERVAL",), float),
+    "shutdown_timeout": (("TRIOQUEUE_SHUTDOWN_TIMEOUT",), float),
+    "drain": (("TRIOQUEUE_DRAIN",), _bool),
+    "result_ttl": (("TRIOQUEUE_RESULT_TTL",), float),
+    "finished_cache": (("TRIOQUEUE_FINISHED_CACHE",), int),
+    "retention": (("TRIOQUEUE_RETENTION",), float),
+}

@@ -1,0 +1,966 @@
+"""The engine: ready queues, the fair picker, workers, the timer, and ordered shutdown.
+
+Everything here runs in tasks of the nurseries :func:`open_queue` opens::
+
+    open_queue(registry, config)
+    └── root nursery                 cancelled last
+        ├── persistence task         (with persist_path) flushes changed jobs, group commit
+        └── work nursery             cancelled first
+            ├── timer task           one heap of due times: delays and retry backoff
+            └── worker 0..N-1        take the next job the fair picker names, run it
+
+The hot path avoids a scheduler round trip per job: a worker takes ready jobs without
+waiting while there are any and checkpoints every :data:`CHECKPOINT_EVERY` jobs (or
+sooner when a job took long), and counters replace per-job statistics calls.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import os
+import random
+import time
+import traceback as tb_module
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from ._config import QueueConfig
+from ._events import Broadcaster, Event
+from ._exceptions import (
+    DuplicateJob,
+    InvalidJob,
+    InvalidTransition,
+    JobNotFound,
+    QueueFull,
+    ShuttingDown,
+    TrioQueueError,
+)
+from ._fairness import FairPicker
+from ._job import TERMINAL, Job, JobStatus, Priority, check_job_id, check_json
+from ._metrics import Metrics, Sampler
+from ._registry import TaskRegistry, TaskSpec
+from ._state import JobEvent, transition
+
+if TYPE_CHECKING:
+    from ._persistence import Persistence
+
+log = logging.getLogger("trioqueue")
+
+CHECKPOINT_EVERY = 64
+"""A worker that keeps finding ready jobs yields to the scheduler at least this often."""
+CHECKPOINT_AFTER = 0.001
+"""... and whenever this many seconds passed since its last yield."""
+
+QUEUED = JobStatus.QUEUED
+SCHEDULED = JobStatus.SCHEDULED
+PROCESSING = JobStatus.PROCESSING
+COMPLETED = JobStatus.COMPLETED
+FAILED = JobStatus.FAILED
+CANCELLED = JobStatus.CANCELLED
+_LABELS = ("high", "medium", "low")
+_PRIORITIES = (Priority.HIGH, Priority.MEDIUM, Priority.LOW)
+_SIMPLE_RESULT = (str, int, bool, type(None))
+
+
+def _new_id() -> str:
+    """A random uuid4 in hex, without building a ``uuid.UUID`` object."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    return b.hex()
+
+
+@attrs.define(slots=True, eq=False)
+class JobRecord:
+    """The engine's mutable record of a job.  Only the engine changes it; everyone else
+    gets :class:`Job` snapshots."""
+
+    id: str
+    task: str
+    payload: Any
+    payload_json: str
+    priority: int
+    status: JobStatus
+    attempts: int
+    max_retries: int
+    timeout: float | None
+    created_at: float
+    scheduled_for: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: Any = None
+    error: str | None = None
+    traceback: str | None = None
+    # Engine bookkeeping, never persisted:
+    spec: TaskSpec | None = None
+    ready_at: float = 0.0
+    """trio time when the job entered a ready queue, for the wait metric."""
+    timer_gen: int = 0
+    """Bumped whenever the job is (re)scheduled; stale heap entries are skipped."""
+    holds_delay_slot: bool = False
+    """A new delayed job counts against its priority's delayed capacity until due."""
+    waiters: list[trio.Event] | None = None
+
+    def snapshot(self) -> Job:
+        return Job(
+            self.id,
+            self.task,
+            self.payload,
+            _PRIORITIES[self.priority],
+            self.status,
+            self.attempts,
+            self.max_retries,
+            self.timeout,
+            self.created_at,
+            self.scheduled_for,
+            self.started_at,
+            self.finished_at,
+            self.result,
+            self.error,
+            self.traceback,
+        )
+
+
+@attrs.define(eq=False)
+class _WorkerSlot:
+    index: int
+    scope: trio.CancelScope | None = None
+    current: JobRecord | None = None
+    cancel_requested: bool = False
+    started: float = 0.0
+
+
+class JobQueue:
+    """A running queue.  Get one from :func:`open_queue`; there is no public constructor.
+
+    Every method is safe to call from any task of the ``trio.run`` that opened it.
+    """
+
+    def __init__(
+        self,
+        registry: TaskRegistry,
+        config: QueueConfig,
+        persistence: Persistence | None = None,
+        *,
+        _token: object = None,
+    ) -> None:
+        if _token is not _OPEN_QUEUE_TOKEN:
+            raise TypeError("JobQueue has no public constructor; use trioqueue.open_queue()")
+        self._registry = registry
+        self._config = config
+        self._policy = config.retry_policy()
+        self._capacity = config.capacity
+        self._picker = FairPicker(config.fairness)
+        self._ready: list[deque[JobRecord]] = [deque(), deque(), deque()]
+        self._room = [trio.lowlevel.ParkingLot() for _ in range(3)]
+        self._delay_room = [trio.lowlevel.ParkingLot() for _ in range(3)]
+        self._work_lot = trio.lowlevel.ParkingLot()
+        self._delayed_new = [0, 0, 0]
+        self._jobs: dict[str, JobRecord] = {}
+        self._finished: deque[tuple[float, JobRecord]] = deque()
+        self._heap: list[tuple[float, int, int, JobRecord]] = []
+        self._heap_seq = 0
+        self._timer_wake = trio.Event()
+        self._slots = [_WorkerSlot(i) for i in range(config.workers)]
+        self._events = Broadcaster()
+        self._persist = persistence
+        self._random = random.Random()
+        self._wall_offset = time.time() - trio.current_time()
+        self._opened_at = trio.current_time()
+        self._debug = log.isEnabledFor(logging.DEBUG)
+        # Lifecycle flags, in the order shutdown sets them.
+        self._closing = False
+        self._stop_taking = False
+        self._draining = False
+        self._workers_alive = 0
+        self._workers_done = trio.Event()
+        # Counters (plain ints: no per-job allocation).
+        self._n_enqueued = 0
+        self._n_started = 0
+        self._n_completed = 0
+        self._n_failed = 0
+        self._n_retried = 0
+        self._n_cancelled = 0
+        self._n_rejected = 0
+        self._n_dropped = 0
+        self._n_scheduled = 0
+        self._busy = 0
+        self._busy_time = 0.0
+        self._wait = Sampler()
+        self._run = Sampler()
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def config(self) -> QueueConfig:
+        return self._config
+
+    @property
+    def registry(self) -> TaskRegistry:
+        return self._registry
+
+    @property
+    def closing(self) -> bool:
+        """True once shutdown began: new jobs are refused with :class:`ShuttingDown`."""
+        return self._closing
+
+    def _now(self) -> float:
+        return trio.current_time() + self._wall_offset
+
+    def _emit(self, kind: str, rec: JobRecord, worker: int | None = None,
+              duration: float | None = None) -> None:
+        events = self._events
+        events.publish(
+            Event(
+                seq=events.next_seq(),
+                type=kind,
+                at=self._now(),
+                job_id=rec.id,
+                task=rec.task,
+                priority=_LABELS[rec.priority],
+                status=rec.status.value,
+                attempt=rec.attempts,
+                worker=worker,
+                error=rec.error if kind in ("retrying", "failed") else None,
+                duration=duration,
+            )
+        )
+
+    def _changed(self, kind: str, rec: JobRecord, worker: int | None = None,
+                 duration: float | None = None) -> None:
+        """Tell the store, the subscribers and the debug log that ``rec`` changed."""
+        if self._persist is not None:
+            self._persist.mark(rec)
+        if self._events._subs:
+            self._emit(kind, rec, worker, duration)
+        if self._debug:
+            log.debug(
+                "job %s %s task=%s priority=%s attempt=%d%s",
+                rec.id, kind, rec.task, _LABELS[rec.priority], rec.attempts,
+                f" error={rec.error!r}" if kind in ("retrying", "failed") else "",
+            )
+
+    def _lookup(self, job_id: str) -> JobRecord:
+        rec = self._jobs.get(job_id)
+        if rec is None:
+            raise JobNotFound(f"job {job_id!r} not found")
+        return rec
+
+    # ------------------------------------------------------------------ intake
+
+    def _prepare(
+        self,
+        task: str,
+        payload: Any,
+        priority: Priority | str | None,
+        job_id: str | None,
+        delay: float,
+        max_retries: int | None,
+        timeout: float | None,
+        stored: JobRecord | None = None,
+    ) -> tuple[JobRecord | None, JobRecord | None]:
+        """Validate everything and build the record, touching no queue state.
+
+        Returns ``(new_record, None)`` or ``(None, existing)`` for an idempotent repeat.
+        ``stored`` is the record the store holds under ``job_id`` when it is not in memory.
+        """
+        spec = self._registry.get(task)
+        prio = spec.priority if priority is None else Priority.coerce(priority)
+        if delay:
+            if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not (
+                delay >= 0 and math.isfinite(delay)
+            ):
+                raise InvalidJob(f"delay: expected a number of seconds >= 0, got {delay!r}")
+        if max_retries is None:
+            retries = self._config.max_retries if spec.max_retries is None else spec.max_retries
+        elif isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise InvalidJob(f"max_retries: expected an integer >= 0, got {max_retries!r}")
+        else:
+            retries = max_retries
+        if timeout is None:
+            limit = spec.timeout if spec.timeout is not None else self._config.default_timeout
+        elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
+            timeout > 0 and math.isfinite(timeout)
+        ):
+            raise InvalidJob(f"timeout: expected a number of seconds > 0, got {timeout!r}")
+        else:
+            limit = float(timeout)
+        payload_json = "null" if payload is None else check_json("payload", payload)
+        if job_id is None:
+            new_id = _new_id()
+        else:
+            new_id = check_job_id(job_id)
+            existing = self._jobs.get(new_id)
+            if existing is None and stored is not None and stored.id == new_id:
+                existing = stored
+            if existing is not None:
+                if existing.task == task and existing.payload_json == payload_json:
+                    return None, existing
+                raise DuplicateJob(
+                    f"id: job {new_id!r} already exists with a different "
+                    + ("task" if existing.task != task else "payload")
+                )
+        rec = JobRecord(
+            new_id, task, payload, payload_json, int(prio), QUEUED, 0, retries, limit,
+            self._now(), spec=spec,
+        )
+        if delay:
+            rec.status = SCHEDULED
+            rec.scheduled_for = rec.created_at + delay
+        return rec, None
+
+    def _has_room(self, rec: JobRecord) -> bool:
+        if rec.status is SCHEDULED:
+            return self._delayed_new[rec.priority] < self._capacity
+        return len(self._ready[rec.priority]) < self._capacity
+
+    def _admit(self, rec: JobRecord) -> None:
+        """Put a validated new record into the queue.  Cannot fail."""
+        self._jobs[rec.id] = rec
+        self._n_enqueued += 1
+        if rec.status is SCHEDULED:
+            rec.holds_delay_slot = True
+            self._delayed_new[rec.priority] += 1
+            self._schedule(rec, rec.scheduled_for)  # type: ignore[arg-type]
+            self._changed("scheduled", rec)
+        else:
+            self._make_ready(rec)
+            self._changed("enqueued", rec)
+
+    def _make_ready(self, rec: JobRecord) -> None:
+        rec.ready_at = trio.current_time()
+        self._ready[rec.priority].append(rec)
+        if self._work_lot:
+            self._work_lot.unpark()
+
+    def _schedule(self, rec: JobRecord, due_wall: float) -> None:
+        self._n_scheduled += 1
+        rec.timer_gen += 1
+        self._heap_seq += 1
+        due = due_wall - self._wall_offset
+        entry = (due, self._heap_seq, rec.timer_gen, rec)
+        heapq.heappush(self._heap, entry)
+        if self._heap[0] is entry:
+            self._timer_wake.set()
+
+    def _refuse_if_closing(self) -> None:
+        if self._closing:
+            self._n_rejected += 1
+            raise ShuttingDown("the queue is shutting down and takes no new jobs")
+
+    def enqueue_nowait(
+        self,
+        task: str,
+        payload: Any = None,
+        *,
+        priority: Priority | str | None = None,
+        job_id: str | None = None,
+        delay: float = 0.0,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+    ) -> Job:
+        """Add a job now or raise: :class:`QueueFull` when its priority has no room.
+
+        Raises :class:`UnknownTask`, :class:`InvalidJob`, :class:`DuplicateJob` and
+        :class:`ShuttingDown` as :meth:`enqueue` does.  With ``durability="sync"`` the job
+        is accepted but not yet committed when this returns; use :meth:`enqueue` to wait.
+        """
+        self._refuse_if_closing()
+        rec, existing = self._prepare(task, payload, priority, job_id, delay, max_retries, timeout)
+        if existing is not None:
+            return existing.snapshot()
+        assert rec is not None
+        if not self._has_room(rec):
+            self._n_rejected += 1
+            raise QueueFull(
+                f"priority {_LABELS[rec.priority]}: {self._capacity} jobs already waiting"
+                + (" for a due time" if rec.status is SCHEDULED else "")
+            )
+        self._admit(rec)
+        return rec.snapshot()
+
+    async def enqueue(
+        self,
+        task: str,
+        payload: Any = None,
+        *,
+        priority: Priority | str | None = None,
+        job_id: str | None = None,
+        delay: float = 0.0,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+    ) -> Job:
+        """Add a job, waiting for room in its priority's queue; return its snapshot.
+
+        ``payload`` must be JSON-serializable.  ``priority`` defaults to the task's,
+        ``max_retries`` and ``timeout`` to the task's and then the config's.  ``delay``
+        seconds makes the job SCHEDULED until then.  Giving a ``job_id`` makes the call
+        idempotent: the same id with the same task and payload returns the existing job;
+        with another task or payload it raises :class:`DuplicateJob`.
+
+        With persistence and ``durability="sync"`` it returns only once the job is
+        committed to disk.  Nothing is enqueued when it raises.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        parked = False
+        stored = None
+        if job_id is not None and self._persist is not None and job_id not in self._jobs:
+            # The id may belong to a finished job that has left memory: ask the store.
+            stored = await self._persist.lookup(job_id)
+            parked = True  # that await was the checkpoint
+        while True:
+            self._refuse_if_closing()
+            rec, existing = self._prepare(
+                task, payload, priority, job_id, delay, max_retries, timeout, stored
+            )
+            if existing is not None:
+                if self._persist is not None:
+                    await self._persist.wait_committed()
+                elif not parked:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return existing.snapshot()
+            assert rec is not None
+            if self._has_room(rec):
+                break
+            parked = True
+            lot = (self._delay_room if rec.status is SCHEDULED else self._room)[rec.priority]
+            await lot.park()
+        self._admit(rec)
+        if self._persist is not None and self._persist.durable:
+            await self._persist.wait_committed(rec)
+        elif not parked:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return rec.snapshot()
+
+    # ------------------------------------------------------------------ queries
+
+    async def get(self, job_id: str) -> Job:
+        """A snapshot of the job now.  Raises :class:`JobNotFound`."""
+        rec = self._jobs.get(job_id)
+        if rec is None and self._persist is not None:
+            found = await self._persist.lookup(job_id)
+            if found is not None:
+                return found.snapshot()
+        await trio.lowlevel.checkpoint()
+        if rec is None:
+            raise JobNotFound(f"job {job_id!r} not found")
+        return rec.snapshot()
+
+    def get_nowait(self, job_id: str) -> Job:
+        """A snapshot from memory only (no store lookup).  Raises :class:`JobNotFound`."""
+        return self._lookup(job_id).snapshot()
+
+    async def wait(self, job_id: str) -> Job:
+        """Wait until the job is COMPLETED, FAILED or CANCELLED; return that snapshot.
+
+        A job that is FAILED already returns at once (it stays FAILED until someone calls
+        :meth:`retry`).  Raises :class:`JobNotFound`.
+        """
+        rec = self._jobs.get(job_id)
+        if rec is None:
+            return await self.get(job_id)  # finished long ago (store) or not found
+        while rec.status not in TERMINAL:
+            event = trio.Event()
+            if rec.waiters is None:
+                rec.waiters = []
+            rec.waiters.append(event)
+            await event.wait()
+        await trio.lowlevel.checkpoint()
+        return rec.snapshot()
+
+    async def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100) -> list[Job]:
+        """Up to ``limit`` jobs, newest first, optionally only those in ``status``."""
+        if status is not None:
+            try:
+                status = JobStatus(status)
+            except ValueError:
+                raise InvalidJob(
+                    f"status: expected one of {', '.join(s.value for s in JobStatus)}; "
+                    f"got {status!r}"
+                ) from None
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidJob(f"limit: expected a positive integer, got {limit!r}")
+        if self._persist is not None:
+            return await self._persist.list(self, status, limit)
+        await trio.lowlevel.checkpoint()
+        return self._list_memory(status, limit)
+
+    def _list_memory(self, status: JobStatus | None, limit: int) -> list[Job]:
+        out: list[Job] = []
+        for rec in reversed(self._jobs.values()):
+            if status is None or rec.status is status:
+                out.append(rec.snapshot())
+                if len(out) >= limit:
+                    break
+        return out
+
+    # ------------------------------------------------------------------ control
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a QUEUED, SCHEDULED or PROCESSING job; return the CANCELLED snapshot.
+
+        A running handler is interrupted at its next checkpoint (a sync handler's thread
+        is abandoned: it runs on, its result discarded).  If the handler finished before
+        it could be interrupted, the finished snapshot is returned.  A job that already
+        finished raises :class:`InvalidTransition`.  A cancelled job is never retried by
+        itself.
+        """
+        rec = self._jobs.get(job_id)
+        if rec is None:
+            if self._persist is not None and await self._persist.lookup(job_id) is not None:
+                raise InvalidTransition(f"cannot cancel job {job_id!r}: it already finished")
+            raise JobNotFound(f"job {job_id!r} not found")
+        status = rec.status
+        if status is PROCESSING:
+            for slot in self._slots:
+                if slot.current is rec and slot.scope is not None:
+                    slot.cancel_requested = True
+                    slot.scope.cancel()
+                    break
+            return await self.wait(job_id)
+        transition(status, JobEvent.CANCEL)  # raises for a finished job
+        if status is QUEUED:
+            self._ready[rec.priority].remove(rec)
+            if self._room[rec.priority]:
+                self._room[rec.priority].unpark()
+        else:
+            rec.timer_gen += 1  # its heap entry is stale now
+            self._n_scheduled -= 1
+            self._release_delay_slot(rec)
+        self._finish(rec, CANCELLED, "cancelled")
+        self._n_cancelled += 1
+        await trio.lowlevel.checkpoint()
+        return rec.snapshot()
+
+    async def retry(self, job_id: str) -> Job:
+        """Put a FAILED or CANCELLED job back in its queue with a fresh set of attempts.
+
+        Waits for room like :meth:`enqueue`.  Raises :class:`InvalidTransition` for a job
+        in any other state, :class:`ShuttingDown` while closing.
+        """
+        self._refuse_if_closing()
+        rec = self._jobs.get(job_id)
+        if rec is None and self._persist is not None:
+            rec = await self._persist.revive(self, job_id)
+        if rec is None:
+            raise JobNotFound(f"job {job_id!r} not found")
+        transition(rec.status, JobEvent.REQUEUE)
+        while len(self._ready[rec.priority]) >= self._capacity:
+            await self._room[rec.priority].park()
+            self._refuse_if_closing()
+            transition(rec.status, JobEvent.REQUEUE)  # someone else may have retried it
+        rec.status = QUEUED
+        rec.attempts = 0
+        rec.finished_at = None
+        rec.scheduled_for = None
+        rec.result = None
+        self._jobs[rec.id] = rec
+        self._make_ready(rec)
+        self._changed("requeued", rec)
+        if self._persist is not None and self._persist.durable:
+            await self._persist.wait_committed(rec)
+        else:
+            await trio.lowlevel.checkpoint()
+        return rec.snapshot()
+
+    # ------------------------------------------------------------------ events, metrics
+
+    @asynccontextmanager
+    async def subscribe(
+        self, buffer: int | None = None
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
+        """A channel of every :class:`Event` from now on, with its own bounded buffer.
+
+        A subscriber that falls behind loses events and then receives a ``lagged`` event
+        saying how many; it never slows the queue.  The channel ends when the queue closes.
+        """
+        size = self._config.event_buffer if buffer is None else buffer
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"buffer: expected a positive integer, got {size!r}")
+        receive = self._events.add(size)
+        try:
+            with receive:
+                yield receive
+        finally:
+            self._events.remove(receive)
+
+    def metrics_event(self) -> Event:
+        """A ``metrics`` event holding :meth:`metrics` now (for event streams)."""
+        return Event(
+            seq=self._events.next_seq(),
+            type="metrics",
+            at=self._now(),
+            metrics=self.metrics().to_dict(),
+        )
+
+    def metrics(self) -> Metrics:
+        """Counters, gauges and latency percentiles, as of now."""
+        now = trio.current_time()
+        uptime = now - self._opened_at
+        in_flight = sum(now - s.started for s in self._slots if s.current is not None)
+        capacity_time = uptime * len(self._slots)
+        utilization = (
+            min(1.0, (self._busy_time + in_flight) / capacity_time) if capacity_time > 0 else 0.0
+        )
+        w50, w99 = self._wait.percentiles(0.5, 0.99)
+        r50, r99 = self._run.percentiles(0.5, 0.99)
+        return Metrics(
+            enqueued=self._n_enqueued,
+            started=self._n_started,
+            completed=self._n_completed,
+            failed=self._n_failed,
+            retried=self._n_retried,
+            cancelled=self._n_cancelled,
+            rejected=self._n_rejected,
+            queued={label: len(q) for label, q in zip(_LABELS, self._ready)},
+            scheduled=self._n_scheduled,
+            processing=self._busy,
+            workers=len(self._slots),
+            busy_workers=self._busy,
+            utilization=utilization,
+            wait_p50=w50,
+            wait_p99=w99,
+            run_p50=r50,
+            run_p99=r99,
+            uptime=uptime,
+            dropped=self._n_dropped,
+        )
+
+    # ------------------------------------------------------------------ state changes
+
+    def _finish(self, rec: JobRecord, status: JobStatus, kind: str,
+                worker: int | None = None, duration: float | None = None) -> None:
+        """Record a terminal state, wake waiters, and age old finished jobs out."""
+        now_wall = self._now()
+        rec.status = status
+        rec.finished_at = now_wall
+        self._changed(kind, rec, worker, duration)
+        if rec.waiters:
+            for event in rec.waiters:
+                event.set()
+            rec.waiters = None
+        finished = self._finished
+        finished.append((now_wall, rec))
+        horizon = now_wall - self._config.result_ttl
+        cap = self._config.finished_cache
+        jobs = self._jobs
+        while finished and (len(finished) > cap or finished[0][0] < horizon):
+            ended, old = finished.popleft()
+            # A job re-queued by retry() since it finished is live again: keep it.
+            if old.finished_at == ended and old.status in TERMINAL and jobs.get(old.id) is old:
+                del jobs[old.id]
+
+    def _release_delay_slot(self, rec: JobRecord) -> None:
+        if rec.holds_delay_slot:
+            rec.holds_delay_slot = False
+            self._delayed_new[rec.priority] -= 1
+            lot = self._delay_room[rec.priority]
+            if lot:
+                lot.unpark()
+
+    def _attempt_failed(self, slot: _WorkerSlot, rec: JobRecord, exc: BaseException,
+                        duration: float) -> None:
+        rec.error = f"{type(exc).__name__}: {exc}"
+        rec.traceback = "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
+        if rec.attempts <= rec.max_retries and not self._closing:
+            rec.status = transition(rec.status, JobEvent.RETRY_LATER)
+            delay = self._policy.delay(rec.attempts, self._random.random())
+            rec.scheduled_for = self._now() + delay
+            self._n_retried += 1
+            self._schedule(rec, rec.scheduled_for)
+            self._changed("retrying", rec, slot.index, duration)
+        elif rec.attempts <= rec.max_retries:
+            # Shutting down: the timer is stopped, so the retry waits as SCHEDULED in the
+            # store (persistence) or is dropped with the other scheduled jobs (memory).
+            rec.status = transition(rec.status, JobEvent.RETRY_LATER)
+            rec.scheduled_for = self._now() + self._policy.delay(rec.attempts, 0.5)
+            self._n_retried += 1
+            self._n_scheduled += 1
+            self._changed("retrying", rec, slot.index, duration)
+        else:
+            transition(rec.status, JobEvent.FAIL_FINAL)
+            self._n_failed += 1
+            self._finish(rec, FAILED, "failed", slot.index, duration)
+
+    # ------------------------------------------------------------------ tasks
+
+    async def _timer(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Move due jobs (delays, retry backoff) into their ready queues."""
+        heap = self._heap
+        task_status.started()
+        while True:
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                _, _, gen, rec = heapq.heappop(heap)
+                if rec.status is not SCHEDULED or rec.timer_gen != gen:
+                    continue  # cancelled or rescheduled since
+                self._n_scheduled -= 1
+                self._release_delay_slot(rec)
+                rec.status = transition(rec.status, JobEvent.DUE)
+                rec.scheduled_for = None
+                self._make_ready(rec)
+                self._changed("enqueued", rec)
+            self._timer_wake = trio.Event()
+            with trio.move_on_at(heap[0][0] if heap else math.inf):
+                await self._timer_wake.wait()
+
+    async def _worker(self, slot: _WorkerSlot) -> None:
+        self._workers_alive += 1
+        try:
+            while not self._stop_taking:
+                slot.cancel_requested = False
+                with trio.CancelScope() as scope:
+                    slot.scope = scope
+                    await self._work(slot, scope)
+                    return
+                # Only our own scope's cancellation lands here: cancel() or a timeout.
+                self._interrupted(slot)
+        except BaseException:
+            # Shutdown (or a crash) interrupts the job: record it back as QUEUED with the
+            # attempt counted, never leave it PROCESSING.
+            rec = slot.current
+            if rec is not None:
+                slot.current = None
+                self._busy -= 1
+                rec.status = transition(rec.status, JobEvent.INTERRUPT)
+                rec.started_at = None
+                self._ready[rec.priority].appendleft(rec)
+                self._changed("requeued", rec, slot.index)
+            raise
+        finally:
+            slot.scope = None
+            self._workers_alive -= 1
+            if self._workers_alive == 0:
+                self._workers_done.set()
+
+    def _interrupted(self, slot: _WorkerSlot) -> None:
+        rec = slot.current
+        if rec is None:
+            return
+        slot.current = None
+        self._busy -= 1
+        duration = trio.current_time() - slot.started
+        self._busy_time += duration
+        self._run.add(duration)
+        if slot.cancel_requested:
+            slot.cancel_requested = False
+            transition(rec.status, JobEvent.CANCEL)
+            self._n_cancelled += 1
+            self._finish(rec, CANCELLED, "cancelled", slot.index, duration)
+        else:
+            exc = TimeoutError(f"job exceeded its timeout of {rec.timeout} s")
+            self._attempt_failed(slot, rec, exc, duration)
+
+    async def _work(self, slot: _WorkerSlot, scope: trio.CancelScope) -> None:
+        ready = self._ready
+        room = self._room
+        pick = self._picker.pick
+        current_time = trio.current_time
+        checkpoint = trio.lowlevel.checkpoint
+        wall = self._wall_offset
+        run_sampler = self._run.add
+        wait_sampler = self._wait.add
+        since = 0
+        last_yield = current_time()
+        while True:
+            i = pick(ready)
+            if i < 0 or self._stop_taking:
+                if self._stop_taking or self._draining:
+                    return
+                await self._work_lot.park()
+                since = 0
+                last_yield = current_time()
+                continue
+            rec = ready[i].popleft()
+            if room[i]:
+                room[i].unpark()
+            rec.status = transition(rec.status, JobEvent.START)
+            rec.attempts += 1
+            start = current_time()
+            rec.started_at = start + wall
+            wait_sampler(start - rec.ready_at)
+            slot.current = rec
+            slot.started = start
+            self._busy += 1
+            self._n_started += 1
+            self._changed("started", rec, slot.index)
+            spec = rec.spec
+            assert spec is not None
+            timeout = rec.timeout
+            if timeout is not None:
+                scope.deadline = start + timeout
+            job = rec.snapshot()
+            try:
+                if spec.sync:
+                    result = await trio.to_thread.run_sync(
+                        spec.handler, job, abandon_on_cancel=True
+                    )
+                else:
+                    result = await spec.handler(job)
+                if result.__class__ not in _SIMPLE_RESULT:
+                    check_json("result", result)
+            except Exception as exc:  # the handler's failure, not ours
+                if isinstance(exc, trio.Cancelled):  # pragma: no cover - BaseException
+                    raise
+                end = current_time()
+                duration = end - start
+                slot.current = None
+                self._busy -= 1
+                self._busy_time += duration
+                run_sampler(duration)
+                if timeout is not None:
+                    scope.deadline = math.inf
+                self._attempt_failed(slot, rec, exc, duration)
+            else:
+                end = current_time()
+                duration = end - start
+                slot.current = None
+                self._busy -= 1
+                self._busy_time += duration
+                run_sampler(duration)
+                if timeout is not None:
+                    scope.deadline = math.inf
+                rec.status = transition(rec.status, JobEvent.COMPLETE)
+                rec.result = result
+                self._n_completed += 1
+                self._finish(rec, COMPLETED, "completed", slot.index, duration)
+            if scope.cancel_called:
+                # cancel() or the deadline arrived after the handler had returned: leave
+                # this scope (slot.current is None, so nothing is interrupted) so that the
+                # next job starts in a fresh one.
+                await checkpoint()
+            since += 1
+            if since >= CHECKPOINT_EVERY or end - last_yield >= CHECKPOINT_AFTER:
+                since = 0
+                await checkpoint()
+                last_yield = current_time()
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def _shutdown(self, work_scope: trio.CancelScope) -> None:
+        """Close intake, stop the timer, let in-flight work finish, then cancel."""
+        self._closing = True
+        for lot in (*self._room, *self._delay_room):
+            lot.unpark_all()  # parked producers see _closing and raise ShuttingDown
+        self._timer_scope.cancel()
+        if self._config.drain and self._persist is None:
+            self._draining = True
+        else:
+            self._stop_taking = True
+        self._work_lot.unpark_all()
+        queued = sum(len(q) for q in self._ready)
+        log.info(
+            "trioqueue shutting down: %d in flight, %d queued, %d scheduled%s",
+            self._busy, queued, self._n_scheduled, " (draining)" if self._draining else "",
+        )
+        with trio.move_on_after(self._config.shutdown_timeout) as waited:
+            await self._workers_done.wait()
+        if waited.cancelled_caught:
+            log.warning(
+                "trioqueue: %d jobs still running after shutdown_timeout=%ss; interrupting "
+                "them (recorded as queued)", self._busy, self._config.shutdown_timeout,
+            )
+        work_scope.cancel()
+
+    def _count_dropped(self) -> None:
+        if self._persist is not None:
+            return
+        queued = sum(len(q) for q in self._ready)
+        scheduled = sum(1 for rec in self._jobs.values() if rec.status is SCHEDULED)
+        dropped = queued + scheduled
+        if dropped:
+            self._n_dropped += dropped
+            log.warning(
+                "trioqueue (memory mode) dropped %d jobs at shutdown: %d queued, %d scheduled "
+                "(use persist_path to keep them, or drain=True to run queued ones first)",
+                dropped, queued, scheduled,
+            )
+
+    _timer_scope: trio.CancelScope
+
+
+_OPEN_QUEUE_TOKEN = object()
+
+
+@asynccontextmanager
+async def open_queue(
+    registry: TaskRegistry, config: QueueConfig | None = None
+) -> AsyncIterator[JobQueue]:
+    """Open a job queue for the duration of an ``async with`` block.
+
+    ::
+
+        async with trioqueue.open_queue(registry, config) as q:
+            job = await q.enqueue("send_email", {"to": "a@example.com"})
+
+    Leaving the block is the graceful shutdown: new jobs are refused, the timer stops,
+    in-flight jobs get ``shutdown_timeout`` seconds to finish, the rest are interrupted
+    and recorded as QUEUED, and (with ``persist_path``) the last snapshot is written.
+
+    Errors while opening (a bad store file, ``StoreError``) and exceptions from the body
+    come out as themselves, not wrapped in an ``ExceptionGroup``; an engine task that
+    crashes raises an ``ExceptionGroup`` holding its error.
+    """
+    if not isinstance(registry, TaskRegistry):
+        raise TypeError(f"registry: expected a TaskRegistry, got {type(registry).__name__}")
+    config = QueueConfig() if config is None else config
+    if not isinstance(config, QueueConfig):
+        raise TypeError(f"config: expected a QueueConfig, got {type(config).__name__}")
+    persistence: Persistence | None = None
+    if config.persist_path is not None:
+        from ._persistence import Persistence
+
+        persistence = await Persistence.open(config, registry)
+    q = JobQueue(registry, config, persistence, _token=_OPEN_QUEUE_TOKEN)
+    body_exc: BaseException | None = None
+    log.info(
+        "trioqueue open: %d workers, capacity %d per priority, %s",
+        config.workers, config.capacity,
+        f"store {config.persist_path} ({config.durability})" if persistence else "memory only",
+    )
+    try:
+        async with trio.open_nursery() as root:
+            if persistence is not None:
+                await root.start(persistence.run, q)
+            async with trio.open_nursery() as work:
+                q._timer_scope = trio.CancelScope()
+                work.start_soon(_run_in_scope, q._timer_scope, q._timer)
+                for slot in q._slots:
+                    work.start_soon(q._worker, slot)
+                if persistence is not None:
+                    await persistence.recover(q)
+                try:
+                    yield q
+                except BaseException as exc:  # re-raised below, outside the nurseries
+                    body_exc = exc
+                finally:
+                    await q._shutdown(work.cancel_scope)
+            q._count_dropped()
+            q._events.close()
+            if persistence is not None:
+                await persistence.close()
+    except BaseExceptionGroup as group:
+        # Body exceptions are raised as themselves below; a lone error from an engine
+        # task (a store that fails to write, say) is unwrapped too.
+        if body_exc is None and len(group.exceptions) == 1 and isinstance(
+            group.exceptions[0], TrioQueueError
+        ):
+            raise group.exceptions[0] from None
+        if body_exc is None or not isinstance(body_exc, trio.Cancelled):
+            raise
+    finally:
+        log.info("trioqueue closed")
+    if body_exc is not None:
+        raise body_exc
+
+
+async def _run_in_scope(scope: trio.CancelScope, fn: Callable[[], Any]) -> None:
+    with scope:
+        await fn()

@@ -1,0 +1,120 @@
+"""Job events and their fan-out to subscribers that can never slow the queue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import trio
+
+EVENT_TYPES = frozenset(
+    {"enqueued", "scheduled", "started", "completed", "retrying", "failed", "cancelled",
+     "requeued", "lagged", "metrics"}
+)
+"""Every ``Event.type``.  ``requeued`` is a job put back to QUEUED by ``retry()`` or by
+recovery after an interrupted run."""
+
+
+@attrs.frozen(slots=True)
+class Event:
+    """One state change of one job (or a ``lagged`` / ``metrics`` marker).
+
+    ``at`` is seconds since the epoch.  ``duration`` is the run time of the attempt for
+    ``completed``, ``retrying`` and ``failed``.  ``dropped`` is set on ``lagged`` only,
+    ``metrics`` on ``metrics`` only.
+    """
+
+    seq: int
+    type: str
+    at: float
+    job_id: str | None = None
+    task: str | None = None
+    priority: str | None = None
+    status: str | None = None
+    attempt: int | None = None
+    worker: int | None = None
+    error: str | None = None
+    duration: float | None = None
+    dropped: int | None = None
+    metrics: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form; ``lagged`` and ``metrics`` carry only their own fields."""
+        if self.type == "lagged":
+            return {"seq": self.seq, "type": "lagged", "at": self.at, "dropped": self.dropped}
+        if self.type == "metrics":
+            return {"seq": self.seq, "type": "metrics", "at": self.at, "metrics": self.metrics}
+        return {
+            "seq": self.seq,
+            "type": self.type,
+            "job_id": self.job_id,
+            "task": self.task,
+            "priority": self.priority,
+            "status": self.status,
+            "attempt": self.attempt,
+            "at": self.at,
+            "worker": self.worker,
+            "error": self.error,
+            "duration": self.duration,
+        }
+
+
+@attrs.define(eq=False)
+class _Subscriber:
+    send: trio.MemorySendChannel[Event]
+    dropped: int = 0
+
+
+class Broadcaster:
+    """Hands each event to every subscriber's own bounded channel without waiting.
+
+    A subscriber whose buffer is full loses the event and is owed a ``lagged`` marker,
+    delivered (with the count) before the next event that fits.
+    """
+
+    def __init__(self) -> None:
+        self._subs: list[_Subscriber] = []
+        self._seq = 0
+
+    def __bool__(self) -> bool:
+        return bool(self._subs)
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def add(self, buffer: int) -> trio.MemoryReceiveChannel[Event]:
+        send, receive = trio.open_memory_channel[Event](buffer)
+        self._subs.append(_Subscriber(send))
+        return receive
+
+    def publish(self, event: Event) -> None:
+        dead = None
+        for sub in self._subs:
+            try:
+                if sub.dropped:
+                    sub.send.send_nowait(
+                        Event(seq=event.seq, type="lagged", at=event.at, dropped=sub.dropped)
+                    )
+                    sub.dropped = 0
+                sub.send.send_nowait(event)
+            except trio.WouldBlock:
+                sub.dropped += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                dead = dead or []
+                dead.append(sub)
+        if dead:
+            for sub in dead:
+                self._subs.remove(sub)
+
+    def remove(self, receive: trio.MemoryReceiveChannel[Event]) -> None:
+        """Forget subscribers whose receive end is closed."""
+        for sub in list(self._subs):
+            if sub.send._state is receive._state:  # the same channel
+                sub.send.close()
+                self._subs.remove(sub)
+
+    def close(self) -> None:
+        for sub in self._subs:
+            sub.send.close()
+        self._subs.clear()

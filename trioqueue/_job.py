@@ -1,0 +1,162 @@
+"""Job values: priorities, statuses, the frozen :class:`Job` snapshot and its JSON form."""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+import attrs
+
+from ._exceptions import InvalidJob
+
+
+class Priority(enum.IntEnum):
+    """How urgent a job is.  Lower value, more urgent; JSON spelling is lower case."""
+
+    HIGH = 0
+    MEDIUM = 1
+    LOW = 2
+
+    @property
+    def label(self) -> str:
+        """The JSON spelling: ``"high"``, ``"medium"`` or ``"low"``."""
+        return _PRIORITY_LABELS[self]
+
+    @classmethod
+    def coerce(cls, value: Priority | str) -> Priority:
+        """Accept a :class:`Priority` or its name in any case; raise :class:`InvalidJob`."""
+        if isinstance(value, Priority):
+            return value
+        if isinstance(value, str):
+            found = _PRIORITY_BY_NAME.get(value.lower())
+            if found is not None:
+                return found
+        raise InvalidJob(f"priority: expected one of 'high', 'medium', 'low'; got {value!r}")
+
+
+_PRIORITY_LABELS = {Priority.HIGH: "high", Priority.MEDIUM: "medium", Priority.LOW: "low"}
+_PRIORITY_BY_NAME = {label: p for p, label in _PRIORITY_LABELS.items()}
+
+
+class JobStatus(str, enum.Enum):
+    """Where a job is in its life.  The value is the JSON spelling."""
+
+    QUEUED = "queued"
+    """Waiting in its priority's ready queue for a worker."""
+    SCHEDULED = "scheduled"
+    """Waiting for a due time: a delayed job, or a failed one waiting to be retried."""
+    PROCESSING = "processing"
+    """A worker is running its handler."""
+    COMPLETED = "completed"
+    """The handler returned; :attr:`Job.result` holds what it returned."""
+    FAILED = "failed"
+    """Retries exhausted: the dead-letter state.  :meth:`JobQueue.retry` re-queues it."""
+    CANCELLED = "cancelled"
+    """Cancelled by :meth:`JobQueue.cancel`; never retried by itself."""
+
+    @property
+    def terminal(self) -> bool:
+        """True for COMPLETED, FAILED and CANCELLED: nothing more happens by itself."""
+        return self in TERMINAL
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+MAX_ID_LENGTH = 128
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]*\Z")
+
+
+def check_job_id(job_id: object) -> str:
+    """Return ``job_id`` if it is a usable id, else raise :class:`InvalidJob`.
+
+    Ids are 1 to 128 characters of ASCII letters, digits and ``_ . : -``, starting with a
+    letter or digit, so they are safe in a URL path, a log line and a file name.
+    """
+    if not isinstance(job_id, str):
+        raise InvalidJob(f"id: expected a string, got {type(job_id).__name__}")
+    if not job_id or len(job_id) > MAX_ID_LENGTH:
+        raise InvalidJob(f"id: must be 1 to {MAX_ID_LENGTH} characters, got {len(job_id)}")
+    if not _ID_RE.match(job_id):
+        raise InvalidJob(
+            f"id: {job_id!r} has characters other than ASCII letters, digits and '_.:-' "
+            "(or does not start with a letter or digit)"
+        )
+    return job_id
+
+
+def rfc3339(ts: float | None) -> str | None:
+    """Seconds since the epoch as an RFC 3339 UTC string (``None`` stays ``None``)."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@attrs.frozen(slots=True)
+class Job:
+    """A snapshot of one job, taken when you asked for it.
+
+    It never changes: call :meth:`JobQueue.get` again for a fresh one.  Times are seconds
+    since the epoch (floats), as seen by the queue's clock; :meth:`to_dict` gives them as
+    RFC 3339 strings.
+    """
+
+    id: str
+    """The job's id: generated (uuid4 hex) unless given to ``enqueue``."""
+    task: str
+    """The name of the handler in the :class:`TaskRegistry`."""
+    payload: Any
+    """The JSON value given to ``enqueue``."""
+    priority: Priority
+    status: JobStatus
+    attempts: int
+    """How many times a worker has started this job (the current run included)."""
+    max_retries: int
+    """How many times a failed attempt is retried before the job is FAILED."""
+    timeout: float | None
+    """Seconds one attempt may run; ``None`` for no limit."""
+    created_at: float
+    scheduled_for: float | None
+    """When a SCHEDULED job becomes due (delayed jobs and retry backoff)."""
+    started_at: float | None
+    """When the latest attempt started."""
+    finished_at: float | None
+    result: Any
+    """What the handler returned (a JSON value), once COMPLETED."""
+    error: str | None
+    """The last failure as ``"ExceptionType: message"``, or ``None``."""
+    traceback: str | None
+    """The formatted traceback of the last failure, or ``None``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form of API.md: enums in lower case, times as RFC 3339 strings."""
+        return {
+            "id": self.id,
+            "task": self.task,
+            "payload": self.payload,
+            "priority": _PRIORITY_LABELS[self.priority],
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "max_retries": self.max_retries,
+            "timeout": self.timeout,
+            "created_at": rfc3339(self.created_at),
+            "scheduled_for": rfc3339(self.scheduled_for),
+            "started_at": rfc3339(self.started_at),
+            "finished_at": rfc3339(self.finished_at),
+            "result": self.result,
+            "error": self.error,
+            "traceback": self.traceback,
+        }
+
+
+def check_json(field: str, value: Any) -> str:
+    """Serialize ``value`` as strict JSON (no NaN/Infinity) or raise :class:`InvalidJob`."""
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidJob(f"{field}: not JSON-serializable ({exc})") from None

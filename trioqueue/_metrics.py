@@ -1,0 +1,126 @@
+"""Counters, gauges and latency percentiles, and their JSON and Prometheus forms."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+
+WINDOW = 4096
+"""Latency percentiles cover the most recent this-many jobs."""
+
+
+class Sampler:
+    """A ring of the last :data:`WINDOW` samples: one list store per sample."""
+
+    __slots__ = ("_i", "_ring")
+
+    def __init__(self) -> None:
+        self._ring: list[float] = []
+        self._i = 0
+
+    def add(self, x: float) -> None:
+        ring = self._ring
+        if len(ring) < WINDOW:
+            ring.append(x)
+        else:
+            ring[self._i] = x
+            self._i = (self._i + 1) % WINDOW
+
+    def percentiles(self, *qs: float) -> list[float | None]:
+        if not self._ring:
+            return [None for _ in qs]
+        data = sorted(self._ring)
+        n = len(data)
+        return [data[min(n - 1, max(0, math.ceil(q * n) - 1))] for q in qs]
+
+
+@attrs.frozen
+class Metrics:
+    """A snapshot of the queue's counters and gauges.
+
+    Totals count since the queue opened.  Percentiles are over the most recent 4096 jobs,
+    in seconds, ``None`` before the first job.
+    """
+
+    enqueued: int
+    """Jobs accepted (new ones; re-queues by ``retry()`` not counted)."""
+    started: int
+    """Attempts started."""
+    completed: int
+    failed: int
+    """Jobs that ended FAILED (retries exhausted)."""
+    retried: int
+    """Retries scheduled after a failed attempt."""
+    cancelled: int
+    rejected: int
+    """Enqueues refused: queue full or shutting down."""
+    queued: dict[str, int]
+    """Jobs waiting per priority: ``{"high": n, "medium": n, "low": n}``."""
+    scheduled: int
+    processing: int
+    workers: int
+    busy_workers: int
+    utilization: float
+    """Share of worker time spent running handlers since the queue opened, 0..1."""
+    wait_p50: float | None
+    wait_p99: float | None
+    run_p50: float | None
+    run_p99: float | None
+    uptime: float
+    dropped: int = 0
+    """Memory mode: queued or scheduled jobs dropped at shutdown."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+    def to_prometheus(self, prefix: str = "trioqueue") -> str:
+        """The Prometheus text exposition format (version 0.0.4)."""
+        lines: list[str] = []
+
+        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+            full = f"{prefix}_{name}"
+            lines.append(f"# HELP {full} {help_}")
+            lines.append(f"# TYPE {full} {kind}")
+            for labels, value in samples:
+                lines.append(f"{full}{labels} {_num(value)}")
+
+        for name, help_ in (
+            ("enqueued", "Jobs accepted."),
+            ("started", "Attempts started."),
+            ("completed", "Jobs completed."),
+            ("failed", "Jobs that ended failed (retries exhausted)."),
+            ("retried", "Retries scheduled."),
+            ("cancelled", "Jobs cancelled."),
+            ("rejected", "Enqueues refused (full or shutting down)."),
+            ("dropped", "Jobs dropped at shutdown in memory mode."),
+        ):
+            metric(f"jobs_{name}_total", "counter", help_, [("", getattr(self, name))])
+        metric(
+            "jobs_queued",
+            "gauge",
+            "Jobs waiting in a ready queue.",
+            [(f'{{priority="{p}"}}', n) for p, n in self.queued.items()],
+        )
+        metric("jobs_scheduled", "gauge", "Jobs waiting for a due time.", [("", self.scheduled)])
+        metric("jobs_processing", "gauge", "Jobs running.", [("", self.processing)])
+        metric("workers", "gauge", "Worker tasks.", [("", self.workers)])
+        metric("workers_busy", "gauge", "Workers running a job.", [("", self.busy_workers)])
+        metric("worker_utilization", "gauge", "Share of worker time busy.", [("", self.utilization)])
+        for name, p50, p99, help_ in (
+            ("wait", self.wait_p50, self.wait_p99, "Seconds from ready to started."),
+            ("run", self.run_p50, self.run_p99, "Seconds a handler ran."),
+        ):
+            samples = [
+                (f'{{quantile="{q}"}}', v) for q, v in (("0.5", p50), ("0.99", p99)) if v is not None
+            ]
+            metric(f"job_{name}_seconds", "summary", help_, samples)
+        metric("uptime_seconds", "gauge", "Seconds since the queue opened.", [("", self.uptime)])
+        return "\n".join(lines) + "\n"
+
+
+def _num(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))

@@ -1,0 +1,139 @@
+"""Handlers registered by name, so a stored job can run after a restart or over HTTP."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar, overload
+
+import attrs
+
+from ._exceptions import UnknownTask
+from ._job import Job, Priority
+
+F = TypeVar("F", bound=Callable[..., Any])
+Handler = Callable[[Job], Awaitable[Any]] | Callable[[Job], Any]
+
+
+@attrs.frozen
+class TaskSpec:
+    """A registered handler and its defaults (``None``: use the queue's)."""
+
+    name: str
+    handler: Callable[[Job], Any]
+    max_retries: int | None = None
+    timeout: float | None = None
+    priority: Priority = Priority.MEDIUM
+    sync: bool = False
+    """Run the handler in a worker thread (``trio.to_thread.run_sync``)."""
+
+
+class TaskRegistry:
+    """Names to handlers.  ``@registry.task()`` registers an ``async def handler(job)``."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, TaskSpec] = {}
+
+    @overload
+    def task(self, fn: F, /) -> F: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        priority: Priority | str = Priority.MEDIUM,
+        sync: bool = False,
+    ) -> Callable[[F], F]: ...
+
+    def task(
+        self,
+        fn: F | None = None,
+        /,
+        *,
+        name: str | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        priority: Priority | str = Priority.MEDIUM,
+        sync: bool = False,
+    ) -> F | Callable[[F], F]:
+        """Register a handler; usable bare (``@registry.task``) or with options.
+
+        ``name`` defaults to the function's ``__name__``.  A coroutine function runs on the
+        event loop; ``sync=True`` runs a plain function in a thread.  Registering a plain
+        function without ``sync=True`` (or a coroutine function with it) is an error, so a
+        blocking handler cannot stall the loop by accident.
+        """
+
+        def register(f: F) -> F:
+            self.register(
+                f,
+                name=name,
+                max_retries=max_retries,
+                timeout=timeout,
+                priority=priority,
+                sync=sync,
+            )
+            return f
+
+        return register(fn) if fn is not None else register
+
+    def register(
+        self,
+        fn: Callable[[Job], Any],
+        *,
+        name: str | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        priority: Priority | str = Priority.MEDIUM,
+        sync: bool = False,
+    ) -> TaskSpec:
+        task_name = name if name is not None else getattr(fn, "__name__", None)
+        if not isinstance(task_name, str) or not task_name:
+            raise ValueError(f"name: expected a non-empty string, got {task_name!r}")
+        if task_name in self._tasks:
+            raise ValueError(f"name: a task named {task_name!r} is already registered")
+        is_coro = inspect.iscoroutinefunction(fn)
+        if sync and is_coro:
+            raise ValueError(f"task {task_name!r}: sync=True needs a plain function")
+        if not sync and not is_coro:
+            raise ValueError(
+                f"task {task_name!r}: handler must be an async function "
+                "(or register a plain function with sync=True)"
+            )
+        if max_retries is not None and (
+            isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0
+        ):
+            raise ValueError(f"max_retries: expected an integer >= 0, got {max_retries!r}")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+        ):
+            raise ValueError(f"timeout: expected a number of seconds > 0, got {timeout!r}")
+        spec = TaskSpec(
+            name=task_name,
+            handler=fn,
+            max_retries=max_retries,
+            timeout=None if timeout is None else float(timeout),
+            priority=Priority.coerce(priority),
+            sync=sync,
+        )
+        self._tasks[task_name] = spec
+        return spec
+
+    def get(self, name: str) -> TaskSpec:
+        """The spec registered as ``name``; raises :class:`UnknownTask`."""
+        try:
+            return self._tasks[name]
+        except (KeyError, TypeError):
+            raise UnknownTask(f"task: no handler registered as {name!r}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tasks)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
