@@ -439,6 +439,17 @@ class JobQueue:
             await trio.lowlevel.cancel_shielded_checkpoint()
         return rec.snapshot()
 
+    async def flush(self) -> None:
+        """Return once every job accepted so far is committed to the store.
+
+        Memory mode: just a checkpoint.  With ``durability="batch"`` this is how a caller
+        makes a batch of ``enqueue_nowait`` calls durable at once (one commit for all).
+        """
+        if self._persist is not None:
+            await self._persist.wait_committed()
+        else:
+            await trio.lowlevel.checkpoint()
+
     # ------------------------------------------------------------------ queries
 
     async def get(self, job_id: str) -> Job:
