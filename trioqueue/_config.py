@@ -34,7 +34,9 @@ def _seconds(inst: object, attr: attrs.Attribute[float], value: float) -> None:
         raise ValueError(f"{attr.name}: must be >= 0, got {value!r}")
 
 
-def _optional_seconds(inst: object, attr: attrs.Attribute[float | None], value: float | None) -> None:
+def _optional_seconds(
+    inst: object, attr: attrs.Attribute[float | None], value: float | None
+) -> None:
     if value is not None:
         _seconds(inst, attr, value)  # type: ignore[arg-type]
         if value == 0:

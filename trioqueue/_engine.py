@@ -630,7 +630,7 @@ class JobQueue:
             retried=self._n_retried,
             cancelled=self._n_cancelled,
             rejected=self._n_rejected,
-            queued={label: len(q) for label, q in zip(_LABELS, self._ready)},
+            queued={label: len(q) for label, q in zip(_LABELS, self._ready, strict=True)},
             scheduled=self._n_scheduled,
             processing=self._busy,
             workers=len(self._slots),

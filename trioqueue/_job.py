@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -41,7 +41,7 @@ _PRIORITY_LABELS = {Priority.HIGH: "high", Priority.MEDIUM: "medium", Priority.L
 _PRIORITY_BY_NAME = {label: p for p, label in _PRIORITY_LABELS.items()}
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     """Where a job is in its life.  The value is the JSON spelling."""
 
     QUEUED = "queued"
@@ -61,9 +61,6 @@ class JobStatus(str, enum.Enum):
     def terminal(self) -> bool:
         """True for COMPLETED, FAILED and CANCELLED: nothing more happens by itself."""
         return self in TERMINAL
-
-    def __str__(self) -> str:
-        return self.value
 
 
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
@@ -94,7 +91,7 @@ def rfc3339(ts: float | None) -> str | None:
     """Seconds since the epoch as an RFC 3339 UTC string (``None`` stays ``None``)."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 @attrs.frozen(slots=True)

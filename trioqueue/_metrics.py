@@ -107,14 +107,15 @@ class Metrics:
         metric("jobs_processing", "gauge", "Jobs running.", [("", self.processing)])
         metric("workers", "gauge", "Worker tasks.", [("", self.workers)])
         metric("workers_busy", "gauge", "Workers running a job.", [("", self.busy_workers)])
-        metric("worker_utilization", "gauge", "Share of worker time busy.", [("", self.utilization)])
+        metric(
+            "worker_utilization", "gauge", "Share of worker time busy.", [("", self.utilization)]
+        )
         for name, p50, p99, help_ in (
             ("wait", self.wait_p50, self.wait_p99, "Seconds from ready to started."),
             ("run", self.run_p50, self.run_p99, "Seconds a handler ran."),
         ):
-            samples = [
-                (f'{{quantile="{q}"}}', v) for q, v in (("0.5", p50), ("0.99", p99)) if v is not None
-            ]
+            pairs = (("0.5", p50), ("0.99", p99))
+            samples = [(f'{{quantile="{q}"}}', v) for q, v in pairs if v is not None]
             metric(f"job_{name}_seconds", "summary", help_, samples)
         metric("uptime_seconds", "gauge", "Seconds since the queue opened.", [("", self.uptime)])
         return "\n".join(lines) + "\n"

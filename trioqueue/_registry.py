@@ -40,6 +40,8 @@ class TaskRegistry:
     @overload
     def task(
         self,
+        fn: None = None,
+        /,
         *,
         name: str | None = None,
         max_retries: int | None = None,
@@ -50,7 +52,7 @@ class TaskRegistry:
 
     def task(
         self,
-        fn: F | None = None,
+        fn: Callable[..., Any] | None = None,
         /,
         *,
         name: str | None = None,
@@ -58,7 +60,7 @@ class TaskRegistry:
         timeout: float | None = None,
         priority: Priority | str = Priority.MEDIUM,
         sync: bool = False,
-    ) -> F | Callable[[F], F]:
+    ) -> Any:
         """Register a handler; usable bare (``@registry.task``) or with options.
 
         ``name`` defaults to the function's ``__name__``.  A coroutine function runs on the
@@ -67,7 +69,7 @@ class TaskRegistry:
         blocking handler cannot stall the loop by accident.
         """
 
-        def register(f: F) -> F:
+        def register(f: Callable[..., Any]) -> Callable[..., Any]:
             self.register(
                 f,
                 name=name,

@@ -24,7 +24,7 @@ from ._exceptions import InvalidTransition
 from ._job import JobStatus
 
 
-class JobEvent(str, enum.Enum):
+class JobEvent(enum.StrEnum):
     START = "start"
     COMPLETE = "complete"
     RETRY_LATER = "retry_later"
