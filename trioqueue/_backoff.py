@@ -42,13 +42,9 @@ class RetryPolicy:
         """
         if attempt < 1:
             raise ValueError(f"attempt: must be >= 1, got {attempt!r}")
-        exponent = attempt - 1
-        # Avoid float overflow for huge attempt counts: past the cap the cap wins anyway.
-        if self.factor > 1 and exponent * math.log(self.factor) > math.log(
-            max(self.max_delay, 1e-9) / max(self.base, 1e-300)
-        ) + 1:
-            raw = self.max_delay
-        else:
-            raw = min(self.max_delay, self.base * self.factor**exponent)
+        try:
+            raw = min(self.max_delay, self.base * self.factor ** (attempt - 1))
+        except OverflowError:  # factor ** n past a float: the cap wins
+            raw = 0.0 if self.base == 0 else self.max_delay
         jittered = raw * (1.0 + self.jitter * (2.0 * rand - 1.0))
         return min(self.max_delay, max(0.0, jittered))

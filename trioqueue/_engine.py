@@ -421,11 +421,12 @@ class JobQueue:
                 task, payload, priority, job_id, delay, max_retries, timeout, stored
             )
             if existing is not None:
+                snapshot = existing.snapshot()
                 if self._persist is not None:
                     await self._persist.wait_committed()
                 elif not parked:
                     await trio.lowlevel.cancel_shielded_checkpoint()
-                return existing.snapshot()
+                return snapshot
             assert rec is not None
             if self._has_room(rec):
                 break
@@ -433,11 +434,12 @@ class JobQueue:
             lot = (self._delay_room if rec.status is SCHEDULED else self._room)[rec.priority]
             await lot.park()
         self._admit(rec)
+        accepted = rec.snapshot()  # the job as accepted, before any worker touches it
         if self._persist is not None and self._persist.durable:
             await self._persist.wait_committed(rec)
         elif not parked:
             await trio.lowlevel.cancel_shielded_checkpoint()
-        return rec.snapshot()
+        return accepted
 
     async def flush(self) -> None:
         """Return once every job accepted so far is committed to the store.
@@ -575,11 +577,12 @@ class JobQueue:
         self._jobs[rec.id] = rec
         self._make_ready(rec)
         self._changed("requeued", rec)
+        requeued = rec.snapshot()
         if self._persist is not None and self._persist.durable:
             await self._persist.wait_committed(rec)
         else:
-            await trio.lowlevel.checkpoint()
-        return rec.snapshot()
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return requeued
 
     # ------------------------------------------------------------------ events, metrics
 

@@ -1,0 +1,681 @@
+"""The engine in memory mode, on trio's mock clock (``autojump_clock``).
+
+Times asserted here are exact ``trio.current_time()`` values: the clock only moves when
+every task is blocked, so a retry that should start 4 s after the previous attempt starts
+exactly 4 s after it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import trioqueue
+from trioqueue import (
+    DuplicateJob,
+    InvalidJob,
+    InvalidTransition,
+    Job,
+    JobNotFound,
+    JobStatus,
+    Priority,
+    QueueConfig,
+    QueueFull,
+    ShuttingDown,
+    TaskRegistry,
+    UnknownTask,
+)
+
+
+class Harness:
+    """A registry of test tasks that log what ran, when, and can be held at a gate."""
+
+    def __init__(self) -> None:
+        self.registry = TaskRegistry()
+        self.runs: list[tuple[str, str, float, int]] = []  # (task, job id, start time, attempt)
+        self.gate = trio.Event()
+        self.gate.set()
+        reg = self.registry
+
+        @reg.task
+        async def ok(job: Job) -> Any:
+            self.runs.append(("ok", job.id, trio.current_time(), job.attempts))
+            return job.payload
+
+        @reg.task
+        async def gated(job: Job) -> str:
+            self.runs.append(("gated", job.id, trio.current_time(), job.attempts))
+            await self.gate.wait()
+            return "opened"
+
+        @reg.task(max_retries=3)
+        async def fail(job: Job) -> None:
+            self.runs.append(("fail", job.id, trio.current_time(), job.attempts))
+            raise RuntimeError(f"boom {job.attempts}")
+
+        @reg.task
+        async def sleep(job: Job) -> float:
+            self.runs.append(("sleep", job.id, trio.current_time(), job.attempts))
+            await trio.sleep(job.payload["seconds"])
+            return float(job.payload["seconds"])
+
+        @reg.task(sync=True)
+        def blocking(job: Job) -> int:
+            return sum(range(job.payload))
+
+        @reg.task
+        async def bad_result(job: Job) -> object:
+            return object()
+
+        @reg.task(priority=Priority.LOW)
+        async def low_by_default(job: Job) -> None:
+            return None
+
+    def started(self, task: str | None = None) -> list[str]:
+        return [job_id for name, job_id, _, _ in self.runs if task is None or name == task]
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness()
+
+
+def cfg(**kw: Any) -> QueueConfig:
+    kw.setdefault("retry_jitter", 0.0)
+    return QueueConfig(**kw)
+
+
+# --------------------------------------------------------------------------- basics
+
+
+async def test_enqueue_runs_the_job_and_stores_the_result(h: Harness, autojump_clock: Any) -> None:
+    async with trioqueue.open_queue(h.registry, cfg()) as q:
+        job = await q.enqueue("ok", {"n": 1})
+        assert job.status is JobStatus.QUEUED
+        assert job.priority is Priority.MEDIUM
+        assert job.attempts == 0
+        assert len(job.id) == 32
+        done = await q.wait(job.id)
+        assert done.status is JobStatus.COMPLETED
+        assert done.result == {"n": 1}
+        assert done.attempts == 1
+        assert done.created_at <= done.started_at <= done.finished_at  # type: ignore[operator]
+        assert (await q.get(job.id)) == done
+        d = done.to_dict()
+        assert d["status"] == "completed"
+        assert d["priority"] == "medium"
+        assert d["finished_at"].endswith("Z")
+
+
+async def test_enqueue_nowait_and_task_default_priority(h: Harness, autojump_clock: Any) -> None:
+    async with trioqueue.open_queue(h.registry, cfg()) as q:
+        job = q.enqueue_nowait("low_by_default")
+        assert job.priority is Priority.LOW
+        job2 = q.enqueue_nowait("low_by_default", priority="HIGH")
+        assert job2.priority is Priority.HIGH
+        assert (await q.wait(job.id)).status is JobStatus.COMPLETED
+
+
+async def test_sync_handler_runs_in_a_thread(h: Harness) -> None:
+    async with trioqueue.open_queue(h.registry, cfg()) as q:
+        job = await q.enqueue("blocking", 1000)
+        assert (await q.wait(job.id)).result == sum(range(1000))
+
+
+async def test_unknown_ids_raise_job_not_found(h: Harness, autojump_clock: Any) -> None:
+    async with trioqueue.open_queue(h.registry, cfg()) as q:
+        for call in (q.get, q.wait, q.cancel, q.retry):
+            with pytest.raises(JobNotFound, match="nope"):
+                await call("nope")
+
+
+# --------------------------------------------------------------------------- priority
+
+
+async def test_high_priority_runs_first_with_one_worker(h: Harness, autojump_clock: Any) -> None:
+    h.gate = trio.Event()
+    async with trioqueue.open_queue(h.registry, cfg(workers=1)) as q:
+        blocker = await q.enqueue("gated")
+        await trio.testing.wait_all_tasks_blocked()
+        lows = [await q.enqueue("ok", i, priority="low") for i in range(3)]
+        meds = [await q.enqueue("ok", i, priority="medium") for i in range(3)]
+        highs = [await q.enqueue("ok", i, priority="high") for i in range(3)]
+        h.gate.set()
+        for job in lows + meds + highs:
+            await q.wait(job.id)
+        await q.wait(blocker.id)
+    order = h.started("ok")
+    ids = {j.id: j.priority for j in lows + meds + highs}
+    # The first pick after the blocker is HIGH, and all HIGH jobs start before any LOW one.
+    assert ids[order[0]] is Priority.HIGH
+    first_low = min(order.index(j.id) for j in lows)
+    assert all(order.index(j.id) < first_low for j in highs)
+
+
+async def test_no_starvation_every_14_picks_are_10_3_1(h: Harness, autojump_clock: Any) -> None:
+    h.gate = trio.Event()
+    async with trioqueue.open_queue(h.registry, cfg(workers=1, capacity=500)) as q:
+        await q.enqueue("gated")
+        await trio.testing.wait_all_tasks_blocked()
+        prio_of: dict[str, Priority] = {}
+        for p in Priority:
+            for i in range(200):
+                prio_of[(await q.enqueue("ok", i, priority=p)).id] = p
+        h.gate.set()
+        for job_id in prio_of:
+            await q.wait(job_id)
+    picks = [prio_of[i] for i in h.started("ok")]
+    # While all three are backlogged (HIGH runs out after 200 of its picks = 20 windows).
+    backlogged = picks[: 14 * 19]
+    for start in range(len(backlogged) - 13):
+        assert Counter(backlogged[start : start + 14]) == {
+            Priority.HIGH: 10,
+            Priority.MEDIUM: 3,
+            Priority.LOW: 1,
+        }, start
+    assert Counter(picks) == {p: 200 for p in Priority}
+
+
+# --------------------------------------------------------------------------- retries
+
+
+async def test_retry_gaps_follow_exponential_backoff(h: Harness, autojump_clock: Any) -> None:
+    config = cfg(retry_base=1.0, retry_factor=2.0, retry_max=300.0)
+    async with trioqueue.open_queue(h.registry, config) as q:
+        job = await q.enqueue("fail", {})
+        done = await q.wait(job.id)
+    starts = [t for name, _, t, _ in h.runs if name == "fail"]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert gaps == [1.0, 2.0, 4.0]  # base * factor ** (n - 1), jitter 0, mock clock
+    assert done.status is JobStatus.FAILED
+    assert done.attempts == 4  # the first run + max_retries=3 retries
+    assert done.error == "RuntimeError: boom 4"
+    assert done.traceback is not None
+    assert "RuntimeError: boom 4" in done.traceback
+    assert 'raise RuntimeError(f"boom {job.attempts}")' in done.traceback
+
+
+async def test_retry_delay_is_capped(h: Harness, autojump_clock: Any) -> None:
+    config = cfg(retry_base=10.0, retry_factor=10.0, retry_max=50.0)
+    async with trioqueue.open_queue(h.registry, config) as q:
+        await q.wait((await q.enqueue("fail", {}, max_retries=3)).id)
+    starts = [t for name, _, t, _ in h.runs if name == "fail"]
+    assert [b - a for a, b in itertools.pairwise(starts)] == [10.0, 50.0, 50.0]
+
+
+async def test_failed_job_is_a_dead_letter_that_can_be_requeued(
+    h: Harness, autojump_clock: Any
+) -> None:
+    async with trioqueue.open_queue(h.registry, cfg(retry_base=0.5)) as q:
+        job = await q.enqueue("fail", {}, max_retries=0)
+        assert (await q.wait(job.id)).status is JobStatus.FAILED
+        assert [j.id for j in await q.list_jobs(status="failed")] == [job.id]
+        again = await q.retry(job.id)
+        assert again.status is JobStatus.QUEUED
+        assert again.attempts == 0
+        assert (await q.wait(job.id)).status is JobStatus.FAILED
+        assert len(h.started("fail")) == 2
+        ok = await q.enqueue("ok", delay=60)
+        with pytest.raises(InvalidTransition, match="requeue a job that is scheduled"):
+            await q.retry(ok.id)
+
+
+async def test_result_that_is_not_json_fails_the_attempt(h: Harness, autojump_clock: Any) -> None:
+    async with trioqueue.open_queue(h.registry, cfg()) as q:
+        done = await q.wait((await q.enqueue("bad_result", max_retries=0)).id)
+    assert done.status is JobStatus.FAILED
+    assert done.error is not None
+    assert done.error.startswith("InvalidJob: result: not JSON-serializable")
+
+
+# --------------------------------------------------------------------------- timeouts, delays
+
+
+async def test_timeout_fails_the_attempt_at_the_deadline(h: Harness, autojump_clock: Any) -> None:
+    async with trioqueue.open_queue(h.registry, cfg(retry_base=1.0)) as q:
+        t0 = trio.current_time()
+        job = await q.enqueue("sleep", {"seconds": 100}, timeout=5.0, max_retries=1)
+        done = await q.wait(job.id)
+        t1 = trio.current_time()
+    assert done.status is JobStatus.FAILED
+    assert done.error == "TimeoutError: job exceeded its timeout of 5.0 s"
+    assert done.attempts == 2
+    assert t1 - t0 == 5.0 + 1.0 + 5.0  # attempt, backoff, attempt
+
+
+async def test_a_job_that_finishes_in_time_is_not_affected_by_its_timeout(
+    h: Harness, autojump_clock: Any
+) -> None:
+    async with trioqueue.open_queue(h.registry, cfg(default_timeout=10.0)) as q:
+        done = await q.wait((await q.enqueue("sleep", {"seconds": 9})).id)
+        again = await q.wait((await q.enqueue("sleep", {"seconds": 9})).id)
+    assert (done.status, again.status) == (JobStatus.COMPLETED, JobStatus.COMPLETED)
+
+
+async def test_delayed_job_starts_exactly_when_due(h: Harness, autojump_clock: Any) -> None:
+    async with trioqueue.open_queue(h.registry, cfg()) as q:
+        t0 = trio.current_time()
+        later = await q.enqueue("ok", "later", delay=30.0)
+        sooner = await q.enqueue("ok", "sooner", delay=10.0)
+        assert later.status is JobStatus.SCHEDULED
+        assert later.scheduled_for == pytest.approx(later.created_at + 30.0)
+        assert q.metrics().scheduled == 2
+        await q.wait(later.id)
+        await q.wait(sooner.id)
+    starts = {job_id: t - t0 for _, job_id, t, _ in h.runs}
+    assert starts == {sooner.id: 10.0, later.id: 30.0}
+
+
+# --------------------------------------------------------------------------- cancel
+
+
+async def test_cancel_queued_scheduled_and_processing(h: Harness, autojump_clock: Any) -> None:
+    h.gate = trio.Event()
+    async with trioqueue.open_queue(h.registry, cfg(workers=1)) as q:
+        running = await q.enqueue("gated")
+        await trio.testing.wait_all_tasks_blocked()
+        queued = await q.enqueue("ok")
+        scheduled = await q.enqueue("ok", delay=60)
+        assert (await q.cancel(queued.id)).status is JobStatus.CANCELLED
+        assert (await q.cancel(scheduled.id)).status is JobStatus.CANCELLED
+        cancelled = await q.cancel(running.id)
+        assert cancelled.status is JobStatus.CANCELLED
+        assert cancelled.attempts == 1
+        with pytest.raises(InvalidTransition, match="cancel a job that is cancelled"):
+            await q.cancel(running.id)
+        # The worker is free again, and nothing cancelled runs later.
+        after = await q.wait((await q.enqueue("ok")).id)
+        assert after.status is JobStatus.COMPLETED
+        await trio.sleep(120)
+        m = q.metrics()
+    assert h.started() == [running.id, after.id]
+    assert (m.cancelled, m.scheduled, m.queued) == (3, 0, {"high": 0, "medium": 0, "low": 0})
+
+
+async def test_cancel_finished_job_is_refused(h: Harness, autojump_clock: Any) -> None:
+    async with trioqueue.open_queue(h.registry, cfg()) as q:
+        job = await q.enqueue("ok")
+        await q.wait(job.id)
+        with pytest.raises(InvalidTransition, match="completed"):
+            await q.cancel(job.id)
+
+
+# --------------------------------------------------------------------------- ids, bad input
+
+
+async def test_idempotent_ids(h: Harness, autojump_clock: Any) -> None:
+    async with trioqueue.open_queue(h.registry, cfg()) as q:
+        first = await q.enqueue("ok", {"a": 1}, job_id="order-42")
+        again = await q.enqueue("ok", {"a": 1}, job_id="order-42")
+        assert again.id == first.id == "order-42"
+        assert q.enqueue_nowait("ok", {"a": 1}, job_id="order-42").id == "order-42"
+        with pytest.raises(DuplicateJob, match="different payload"):
+            await q.enqueue("ok", {"a": 2}, job_id="order-42")
+        with pytest.raises(DuplicateJob, match="different task"):
+            await q.enqueue("fail", {"a": 1}, job_id="order-42")
+        await q.wait("order-42")
+        assert q.metrics().enqueued == 1
+        assert len(h.started()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "exc", "match"),
+    [
+        (("nope",), {}, UnknownTask, "no handler registered as 'nope'"),
+        (("ok",), {"priority": "urgent"}, InvalidJob, "priority"),
+        (("ok",), {"priority": 7}, InvalidJob, "priority"),
+        (("ok",), {"delay": -1}, InvalidJob, "delay"),
+        (("ok",), {"delay": float("nan")}, InvalidJob, "delay"),
+        (("ok",), {"timeout": 0}, InvalidJob, "timeout"),
+        (("ok",), {"timeout": -5}, InvalidJob, "timeout"),
+        (("ok",), {"max_retries": -1}, InvalidJob, "max_retries"),
+        (("ok", {"x": object()}), {}, InvalidJob, "payload: not JSON-serializable"),
+        (("ok", {"x": float("nan")}), {}, InvalidJob, "payload: not JSON-serializable"),
+        (("ok",), {"job_id": ""}, InvalidJob, "id: must be 1 to 128"),
+        (("ok",), {"job_id": "x" * 129}, InvalidJob, "id: must be 1 to 128"),
+        (("ok",), {"job_id": "a/b"}, InvalidJob, "id: 'a/b' has characters"),
+        (("ok",), {"job_id": "spaced id"}, InvalidJob, "id:"),
+        (("ok",), {"job_id": 12}, InvalidJob, "id: expected a string"),
+    ],
+)
+async def test_bad_input_is_refused_and_nothing_is_half_enqueued(
+    h: Harness, autojump_clock: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+    exc: type[Exception], match: str,
+) -> None:
+    async with trioqueue.open_queue(h.registry, cfg()) as q:
+        with pytest.raises(exc, match=match):
+            await q.enqueue(*args, **kwargs)
+        with pytest.raises(exc, match=match):
+            q.enqueue_nowait(*args, **kwargs)
+        m = q.metrics()
+        assert m.enqueued == 0
+        assert m.queued == {"high": 0, "medium": 0, "low": 0}
+        assert m.scheduled == 0
+        assert await q.list_jobs() == []
+
+
+def test_bad_config_names_the_field() -> None:
+    with pytest.raises(ValueError, match="workers"):
+        QueueConfig(workers=0)
+    with pytest.raises(ValueError, match="durability"):
+        QueueConfig(durability="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="retry_factor"):
+        QueueConfig(retry_factor=0.5)
+    with pytest.raises(ValueError, match="fairness"):
+        QueueConfig(fairness={Priority.LOW: 0})
+
+
+def test_config_from_env() -> None:
+    env = {"TRIOQUEUE_WORKERS": "7", "JOB_QUEUE_CAPACITY": "50", "TRIOQUEUE_DRAIN": "yes"}
+    c = QueueConfig.from_env(env, max_retries=9)
+    assert (c.workers, c.capacity, c.drain, c.max_retries) == (7, 50, True, 9)
+    assert QueueConfig.from_env({"WORKER_COUNT": "3"}).workers == 3
+    with pytest.raises(ValueError, match="TRIOQUEUE_WORKERS"):
+        QueueConfig.from_env({"TRIOQUEUE_WORKERS": "many"})
+
+
+async def test_open_queue_errors_come_out_unwrapped(h: Harness) -> None:
+    with pytest.raises(TypeError, match="config"):
+        async with trioqueue.open_queue(h.registry, {"workers": 2}):  # type: ignore[arg-type]
+            pass
+
+
+async def test_body_exceptions_come_out_unwrapped_after_shutdown(
+    h: Harness, autojump_clock: Any
+) -> None:
+    queues: list[trioqueue.JobQueue] = []
+
+    async def body() -> None:
+        async with trioqueue.open_queue(h.registry, cfg()) as q:
+            queues.append(q)
+            await q.enqueue("sleep", {"seconds": 3}, job_id="in-flight")
+            await trio.testing.wait_all_tasks_blocked()
+            raise KeyError("mine")
+
+    with pytest.raises(KeyError, match="mine"):
+        await body()
+    q = queues[0]
+    assert q.get_nowait("in-flight").status is JobStatus.COMPLETED  # in-flight work finished
+
+
+# --------------------------------------------------------------------------- backpressure
+
+
+async def test_backpressure_enqueue_waits_and_nowait_raises(
+    h: Harness, autojump_clock: Any
+) -> None:
+    h.gate = trio.Event()
+    async with trioqueue.open_queue(h.registry, cfg(workers=1, capacity=2)) as q:
+        await q.enqueue("gated")
+        await trio.testing.wait_all_tasks_blocked()
+        a = q.enqueue_nowait("ok", "a")
+        b = q.enqueue_nowait("ok", "b")
+        with pytest.raises(QueueFull, match="priority medium: 2 jobs already waiting"):
+            q.enqueue_nowait("ok", "c")
+        # Another priority has its own room.
+        high = q.enqueue_nowait("ok", "h", priority="high")
+        got: list[Job] = []
+
+        async def producer() -> None:
+            got.append(await q.enqueue("ok", "c"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(producer)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == []  # waiting for room, not refused
+            h.gate.set()
+        assert len(got) == 1
+        for job in (a, b, high, got[0]):
+            assert (await q.wait(job.id)).status is JobStatus.COMPLETED
+        assert q.metrics().rejected == 1
+
+
+async def test_delayed_jobs_have_their_own_bound(h: Harness, autojump_clock: Any) -> None:
+    async with trioqueue.open_queue(h.registry, cfg(capacity=2)) as q:
+        q.enqueue_nowait("ok", delay=10)
+        q.enqueue_nowait("ok", delay=10)
+        with pytest.raises(QueueFull, match="for a due time"):
+            q.enqueue_nowait("ok", delay=10)
+        q.enqueue_nowait("ok")  # the ready queue is separate
+        await trio.sleep(11)
+        assert q.metrics().completed == 3
+        q.enqueue_nowait("ok", delay=10)  # room again once due
+
+
+# --------------------------------------------------------------------------- shutdown
+
+
+async def test_graceful_shutdown_lets_in_flight_jobs_finish(
+    h: Harness, autojump_clock: Any
+) -> None:
+    async with trioqueue.open_queue(h.registry, cfg(shutdown_timeout=30.0)) as q:
+        jobs = [await q.enqueue("sleep", {"seconds": 20}) for _ in range(4)]
+        await trio.testing.wait_all_tasks_blocked()
+        t0 = trio.current_time()
+    assert trio.current_time() - t0 == 20.0
+    assert all(q.get_nowait(j.id).status is JobStatus.COMPLETED for j in jobs)
+    with pytest.raises(ShuttingDown):
+        await q.enqueue("ok")
+    with pytest.raises(ShuttingDown):
+        q.enqueue_nowait("ok")
+
+
+async def test_shutdown_timeout_interrupts_and_records_queued(
+    h: Harness, autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with trioqueue.open_queue(h.registry, cfg(workers=2, shutdown_timeout=5.0)) as q:
+        slow = await q.enqueue("sleep", {"seconds": 100})
+        quick = await q.enqueue("sleep", {"seconds": 2})
+        await trio.testing.wait_all_tasks_blocked()
+        t0 = trio.current_time()
+    assert trio.current_time() - t0 == 5.0
+    interrupted = q.get_nowait(slow.id)
+    assert interrupted.status is JobStatus.QUEUED  # never left PROCESSING
+    assert interrupted.attempts == 1  # the attempt is counted
+    assert q.get_nowait(quick.id).status is JobStatus.COMPLETED
+    m = q.metrics()
+    assert (m.processing, m.busy_workers, m.dropped) == (0, 0, 1)
+    assert "dropped 1 jobs at shutdown" in caplog.text
+
+
+async def test_parked_producer_is_refused_when_the_queue_closes(
+    h: Harness, autojump_clock: Any
+) -> None:
+    h.gate = trio.Event()
+    outcome: list[str] = []
+    async with trio.open_nursery() as outer:
+        async with trioqueue.open_queue(
+            h.registry, cfg(workers=1, capacity=1, shutdown_timeout=1)
+        ) as q:
+            await q.enqueue("gated")
+            await trio.testing.wait_all_tasks_blocked()
+            q.enqueue_nowait("ok")
+
+            async def producer() -> None:
+                try:
+                    await q.enqueue("ok")
+                    outcome.append("accepted")
+                except ShuttingDown:
+                    outcome.append("refused")
+
+            outer.start_soon(producer)
+            await trio.testing.wait_all_tasks_blocked()
+            assert outcome == []
+    assert outcome == ["refused"]
+
+
+async def test_drain_runs_queued_jobs_before_exit(h: Harness, autojump_clock: Any) -> None:
+    async with trioqueue.open_queue(h.registry, cfg(workers=1, drain=True)) as q:
+        jobs = [q.enqueue_nowait("ok", i) for i in range(50)]
+    assert all(q.get_nowait(j.id).status is JobStatus.COMPLETED for j in jobs)
+    assert q.metrics().dropped == 0
+
+
+async def test_without_drain_queued_jobs_are_counted_dropped(
+    h: Harness, autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trioqueue")
+    async with trioqueue.open_queue(h.registry, cfg(workers=1)) as q:
+        for i in range(50):
+            q.enqueue_nowait("ok", i)
+        q.enqueue_nowait("ok", delay=100)
+    m = q.metrics()
+    assert m.completed + m.dropped == 51
+    assert m.dropped >= 1
+    assert "trioqueue shutting down" in caplog.text
+
+
+async def test_outer_cancellation_records_interrupted_jobs_queued(
+    h: Harness, autojump_clock: Any
+) -> None:
+    with trio.move_on_after(10):
+        async with trioqueue.open_queue(h.registry, cfg()) as q:
+            job = await q.enqueue("sleep", {"seconds": 100})
+            await trio.sleep_forever()
+    assert trio.current_time() == pytest.approx(10.0)
+    assert q.get_nowait(job.id).status is JobStatus.QUEUED
+
+
+async def test_two_queues_in_one_process_do_not_see_each_other(
+    h: Harness, autojump_clock: Any
+) -> None:
+    async with trioqueue.open_queue(h.registry, cfg()) as a, trioqueue.open_queue(
+        h.registry, cfg()
+    ) as b:
+        job = await a.enqueue("ok", job_id="shared-id")
+        with pytest.raises(JobNotFound):
+            await b.get("shared-id")
+        await b.enqueue("ok", {"other": True}, job_id="shared-id")  # no DuplicateJob
+        assert (await a.wait(job.id)).result is None
+
+
+# --------------------------------------------------------------------------- events, metrics
+
+
+async def test_events_follow_a_job_through_its_life(h: Harness, autojump_clock: Any) -> None:
+    async with trioqueue.open_queue(h.registry, cfg(retry_base=1.0)) as q:
+        async with q.subscribe() as events:
+            job = await q.enqueue("fail", {}, max_retries=1)
+            await q.wait(job.id)
+            seen = []
+            while True:
+                try:
+                    seen.append(events.receive_nowait())
+                except trio.WouldBlock:
+                    break
+    assert [e.type for e in seen] == [
+        "enqueued", "started", "retrying", "enqueued", "started", "failed",
+    ]
+    assert [e.seq for e in seen] == sorted(e.seq for e in seen)
+    failed = seen[-1].to_dict()
+    assert failed["job_id"] == job.id
+    assert failed["status"] == "failed"
+    assert failed["error"] == "RuntimeError: boom 2"
+    assert failed["attempt"] == 2
+    assert failed["worker"] is not None
+    assert failed["duration"] == 0.0
+
+
+async def test_a_slow_subscriber_is_told_it_lagged_and_never_blocks(
+    h: Harness, autojump_clock: Any
+) -> None:
+    async with trioqueue.open_queue(h.registry, cfg()) as q:
+        async with q.subscribe(buffer=5) as events:
+            jobs = [q.enqueue_nowait("ok", i) for i in range(20)]
+            for job in jobs:
+                await q.wait(job.id)  # the queue is not slowed by the full buffer
+            got = [events.receive_nowait() for _ in range(5)]
+            q.enqueue_nowait("ok")
+            lagged = events.receive_nowait()
+            after = events.receive_nowait()
+    assert [e.type for e in got] == ["enqueued"] * 5
+    assert lagged.type == "lagged"
+    assert lagged.dropped == 20 * 3 - 5
+    assert lagged.to_dict() == {"seq": lagged.seq, "type": "lagged", "at": lagged.at,
+                                "dropped": 55}
+    assert after.type == "enqueued"
+
+
+async def test_metrics_totals_are_exact_after_a_mixed_workload(
+    h: Harness, autojump_clock: Any
+) -> None:
+    h.gate = trio.Event()
+    config = cfg(workers=3, capacity=5, retry_base=1.0)
+    async with trioqueue.open_queue(h.registry, config) as q:
+        blockers = [await q.enqueue("gated", priority="high") for _ in range(3)]
+        await trio.sleep(10)  # all three workers busy for 10 s of the queue's 10 s
+        m = q.metrics()
+        assert (m.busy_workers, m.processing, m.utilization) == (3, 3, 1.0)
+        oks = [q.enqueue_nowait("ok", i) for i in range(5)]
+        with pytest.raises(QueueFull):
+            q.enqueue_nowait("ok")
+        fails = [q.enqueue_nowait("fail", {}, max_retries=2, priority="low") for _ in range(2)]
+        to_cancel = q.enqueue_nowait("ok", priority="low")
+        await q.cancel(to_cancel.id)
+        delayed = q.enqueue_nowait("ok", delay=5)
+        m = q.metrics()
+        assert m.queued == {"high": 0, "medium": 5, "low": 2}
+        assert m.scheduled == 1
+        h.gate.set()
+        for job in blockers + oks + fails + [delayed]:
+            await q.wait(job.id)
+        m = q.metrics()
+    assert m.enqueued == 3 + 5 + 2 + 1 + 1
+    assert m.completed == 3 + 5 + 1
+    assert m.failed == 2
+    assert m.retried == 2 * 2
+    assert m.started == 3 + 5 + 2 * 3 + 1
+    assert m.cancelled == 1
+    assert m.rejected == 1
+    assert (m.processing, m.busy_workers, m.scheduled) == (0, 0, 0)
+    assert m.queued == {"high": 0, "medium": 0, "low": 0}
+    assert m.run_p50 is not None
+    assert m.wait_p99 is not None
+    assert 0 < m.utilization <= 1
+    d = m.to_dict()
+    for key in ("enqueued", "started", "completed", "failed", "retried", "cancelled",
+                "rejected", "queued", "scheduled", "processing", "workers", "busy_workers",
+                "utilization", "wait_p50", "wait_p99", "run_p50", "run_p99"):
+        assert key in d
+    text = m.to_prometheus()
+    assert "trioqueue_jobs_completed_total 9\n" in text
+    assert 'trioqueue_jobs_queued{priority="low"} 0\n' in text
+
+
+# --------------------------------------------------------------------------- stress
+
+
+async def test_stress_100k_jobs_10_workers_3_priorities_each_exactly_once() -> None:
+    registry = TaskRegistry()
+    runs: Counter[str] = Counter()
+
+    @registry.task
+    async def count(job: Job) -> None:
+        runs[job.id] += 1
+        if job.payload % 7 == 0:
+            await trio.lowlevel.checkpoint()
+
+    n = 100_000
+    ids: list[str] = []
+    config = QueueConfig(workers=10, capacity=2000, drain=True)
+    async with trioqueue.open_queue(registry, config) as q:
+        async with trio.open_nursery() as nursery:
+            for p in Priority:
+
+                async def produce(p: Priority = p) -> None:
+                    for i in range(n // 3 + (1 if p is Priority.HIGH else 0)):
+                        ids.append((await q.enqueue("count", i, priority=p)).id)
+
+                nursery.start_soon(produce)
+    m = q.metrics()  # leaving the block with drain=True ran every queued job
+    assert len(ids) == n
+    assert len(set(ids)) == n
+    assert set(runs) == set(ids)
+    assert set(runs.values()) == {1}
+    assert (m.enqueued, m.started, m.completed, m.failed) == (n, n, n, 0)
