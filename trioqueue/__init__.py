@@ -47,3 +47,13 @@ __all__ = [
     "__version__",
     "open_queue",
 ]
+
+# Public objects say they live here (reprs, docs, pickling of exceptions).
+for _name in __all__:
+    _obj = globals()[_name]
+    if hasattr(_obj, "__module__") and not isinstance(_obj, str):
+        try:
+            _obj.__module__ = "trioqueue"
+        except (AttributeError, TypeError):  # pragma: no cover - builtins
+            pass
+del _name, _obj
