@@ -172,8 +172,10 @@ class JobQueue:
         self._events = Broadcaster()
         self._persist = persistence
         self._random = random.Random()
-        self._wall_offset = time.time() - trio.current_time()
-        self._opened_at = trio.current_time()
+        # The run's clock, looked up once: trio.current_time() costs three lookups a call.
+        self._clock = trio.lowlevel.current_clock()
+        self._wall_offset = time.time() - self._clock.current_time()
+        self._opened_at = self._clock.current_time()
         self._debug = log.isEnabledFor(logging.DEBUG)
         # Lifecycle flags, in the order shutdown sets them.
         self._closing = False
@@ -212,7 +214,7 @@ class JobQueue:
         return self._closing
 
     def _now(self) -> float:
-        return trio.current_time() + self._wall_offset
+        return self._clock.current_time() + self._wall_offset
 
     def _emit(self, kind: str, rec: JobRecord, worker: int | None = None,
               duration: float | None = None) -> None:
@@ -307,9 +309,10 @@ class JobQueue:
                     f"id: job {new_id!r} already exists with a different "
                     + ("task" if existing.task != task else "payload")
                 )
+        now = self._clock.current_time()
         rec = JobRecord(
             new_id, task, payload, payload_json, int(prio), QUEUED, 0, retries, limit,
-            self._now(), spec=spec,
+            now + self._wall_offset, spec=spec, ready_at=now,
         )
         if delay:
             rec.status = SCHEDULED
@@ -331,11 +334,11 @@ class JobQueue:
             self._schedule(rec, rec.scheduled_for)  # type: ignore[arg-type]
             self._changed("scheduled", rec)
         else:
-            self._make_ready(rec)
+            self._make_ready(rec, rec.ready_at)
             self._changed("enqueued", rec)
 
-    def _make_ready(self, rec: JobRecord) -> None:
-        rec.ready_at = trio.current_time()
+    def _make_ready(self, rec: JobRecord, now: float) -> None:
+        rec.ready_at = now
         self._ready[rec.priority].append(rec)
         if self._work_lot:
             self._work_lot.unpark()
@@ -575,7 +578,7 @@ class JobQueue:
         rec.scheduled_for = None
         rec.result = None
         self._jobs[rec.id] = rec
-        self._make_ready(rec)
+        self._make_ready(rec, self._clock.current_time())
         self._changed("requeued", rec)
         requeued = rec.snapshot()
         if self._persist is not None and self._persist.durable:
@@ -616,7 +619,7 @@ class JobQueue:
 
     def metrics(self) -> Metrics:
         """Counters, gauges and latency percentiles, as of now."""
-        now = trio.current_time()
+        now = self._clock.current_time()
         uptime = now - self._opened_at
         in_flight = sum(now - s.started for s in self._slots if s.current is not None)
         capacity_time = uptime * len(self._slots)
@@ -650,9 +653,10 @@ class JobQueue:
     # ------------------------------------------------------------------ state changes
 
     def _finish(self, rec: JobRecord, status: JobStatus, kind: str,
-                worker: int | None = None, duration: float | None = None) -> None:
+                worker: int | None = None, duration: float | None = None,
+                now: float | None = None) -> None:
         """Record a terminal state, wake waiters, and age old finished jobs out."""
-        now_wall = self._now()
+        now_wall = (self._clock.current_time() if now is None else now) + self._wall_offset
         rec.status = status
         rec.finished_at = now_wall
         self._changed(kind, rec, worker, duration)
@@ -708,9 +712,10 @@ class JobQueue:
     async def _timer(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Move due jobs (delays, retry backoff) into their ready queues."""
         heap = self._heap
+        clock = self._clock
         task_status.started()
         while True:
-            now = trio.current_time()
+            now = clock.current_time()
             while heap and heap[0][0] <= now:
                 _, _, gen, rec = heapq.heappop(heap)
                 if rec.status is not SCHEDULED or rec.timer_gen != gen:
@@ -719,7 +724,7 @@ class JobQueue:
                 self._release_delay_slot(rec)
                 rec.status = transition(rec.status, JobEvent.DUE)
                 rec.scheduled_for = None
-                self._make_ready(rec)
+                self._make_ready(rec, now)
                 self._changed("enqueued", rec)
             self._timer_wake = trio.Event()
             with trio.move_on_at(heap[0][0] if heap else math.inf):
@@ -760,7 +765,7 @@ class JobQueue:
             return
         slot.current = None
         self._busy -= 1
-        duration = trio.current_time() - slot.started
+        duration = self._clock.current_time() - slot.started
         self._busy_time += duration
         self._run.add(duration)
         if slot.cancel_requested:
@@ -776,7 +781,7 @@ class JobQueue:
         ready = self._ready
         room = self._room
         pick = self._picker.pick
-        current_time = trio.current_time
+        current_time = self._clock.current_time
         checkpoint = trio.lowlevel.checkpoint
         wall = self._wall_offset
         run_sampler = self._run.add
@@ -790,7 +795,7 @@ class JobQueue:
                     return
                 await self._work_lot.park()
                 since = 0
-                last_yield = current_time()
+                last_yield = math.inf  # restarted by the next job's start time
                 continue
             rec = ready[i].popleft()
             if room[i]:
@@ -798,6 +803,8 @@ class JobQueue:
             rec.status = transition(rec.status, JobEvent.START)
             rec.attempts += 1
             start = current_time()
+            if last_yield > start:
+                last_yield = start
             rec.started_at = start + wall
             wait_sampler(start - rec.ready_at)
             slot.current = rec
@@ -844,8 +851,8 @@ class JobQueue:
                 rec.status = transition(rec.status, JobEvent.COMPLETE)
                 rec.result = result
                 self._n_completed += 1
-                self._finish(rec, COMPLETED, "completed", slot.index, duration)
-            if scope.cancel_called:
+                self._finish(rec, COMPLETED, "completed", slot.index, duration, end)
+            if (timeout is not None or slot.cancel_requested) and scope.cancel_called:
                 # cancel() or the deadline arrived after the handler had returned: leave
                 # this scope (slot.current is None, so nothing is interrupted) so that the
                 # next job starts in a fresh one.
