@@ -679,3 +679,66 @@ async def test_stress_100k_jobs_10_workers_3_priorities_each_exactly_once() -> N
     assert set(runs) == set(ids)
     assert set(runs.values()) == {1}
     assert (m.enqueued, m.started, m.completed, m.failed) == (n, n, n, 0)
+
+
+# --------------------------------------------------------------------------- fairness to others
+
+
+async def test_workers_yield_to_other_tasks_while_jobs_never_checkpoint() -> None:
+    """A stream of handlers that never await must not starve the rest of the program."""
+    registry = TaskRegistry()
+    ticks = 0
+    seen_at_tick: list[int] = []
+
+    @registry.task
+    async def busy(job: Job) -> None:
+        seen_at_tick.append(ticks)
+
+    async def ticker(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        nonlocal ticks
+        task_status.started()
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ticker)
+        config = QueueConfig(workers=2, capacity=5000, drain=True)
+        async with trioqueue.open_queue(registry, config) as q:
+            for _ in range(5000):
+                q.enqueue_nowait("busy")
+        nursery.cancel_scope.cancel()
+    per_tick = Counter(seen_at_tick)
+    # Trio runs every runnable task once per batch, in random order, so between two turns
+    # of the ticker each worker can run at most twice (once after it in one batch, once
+    # before it in the next), and each run is at most CHECKPOINT_EVERY (64) jobs.
+    assert max(per_tick.values()) <= 2 * 2 * 64
+    assert len(per_tick) >= 5000 // (2 * 2 * 64)
+    assert sum(per_tick.values()) == 5000
+
+
+async def test_timeout_and_cancel_of_a_sync_handler_return_promptly() -> None:
+    registry = TaskRegistry()
+    release = __import__("threading").Event()
+
+    started = trio.Event()
+
+    @registry.task(sync=True)
+    def stuck(job: Job) -> None:
+        if job.payload == "signal":
+            trio.from_thread.run_sync(started.set)
+        release.wait(30)
+
+    try:
+        async with trioqueue.open_queue(registry, QueueConfig(workers=2)) as q:
+            timed = await q.enqueue("stuck", timeout=0.05, max_retries=0)
+            running = await q.enqueue("stuck", "signal")
+            with trio.fail_after(10):
+                done = await q.wait(timed.id)
+                await started.wait()
+                cancelled = await q.cancel(running.id)
+        assert done.status is JobStatus.FAILED
+        assert done.error == "TimeoutError: job exceeded its timeout of 0.05 s"
+        assert cancelled.status is JobStatus.CANCELLED
+    finally:
+        release.set()  # let the abandoned threads end
