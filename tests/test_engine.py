@@ -742,3 +742,25 @@ async def test_timeout_and_cancel_of_a_sync_handler_return_promptly() -> None:
         assert cancelled.status is JobStatus.CANCELLED
     finally:
         release.set()  # let the abandoned threads end
+
+
+async def test_waiters_are_released_when_the_queue_closes(h: Harness, autojump_clock: Any) -> None:
+    h.gate = trio.Event()
+    outcome: list[BaseException] = []
+    async with trio.open_nursery() as outer:
+        async with trioqueue.open_queue(h.registry, cfg(workers=1, shutdown_timeout=1)) as q:
+            await q.enqueue("gated")
+            queued = await q.enqueue("ok")
+
+            async def waiter() -> None:
+                try:
+                    await q.wait(queued.id)
+                except ShuttingDown as exc:
+                    outcome.append(exc)
+
+            outer.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+    assert len(outcome) == 1
+    assert "closed before job" in str(outcome[0])
+    with pytest.raises(ShuttingDown):
+        await q.wait(queued.id)

@@ -179,6 +179,7 @@ class JobQueue:
         self._debug = log.isEnabledFor(logging.DEBUG)
         # Lifecycle flags, in the order shutdown sets them.
         self._closing = False
+        self._closed = False
         self._stop_taking = False
         self._draining = False
         self._workers_alive = 0
@@ -477,12 +478,17 @@ class JobQueue:
         """Wait until the job is COMPLETED, FAILED or CANCELLED; return that snapshot.
 
         A job that is FAILED already returns at once (it stays FAILED until someone calls
-        :meth:`retry`).  Raises :class:`JobNotFound`.
+        :meth:`retry`).  Raises :class:`JobNotFound`, or :class:`ShuttingDown` when the
+        queue closes while the job is still waiting or was interrupted.
         """
         rec = self._jobs.get(job_id)
         if rec is None:
             return await self.get(job_id)  # finished long ago (store) or not found
         while rec.status not in TERMINAL:
+            if self._closed:
+                raise ShuttingDown(
+                    f"the queue closed before job {job_id!r} finished (it is {rec.status.value})"
+                )
             event = trio.Event()
             if rec.waiters is None:
                 rec.waiters = []
@@ -890,6 +896,15 @@ class JobQueue:
             )
         work_scope.cancel()
 
+    def _closed_down(self) -> None:
+        """The workers are gone: wake everyone still waiting for a job to finish."""
+        self._closed = True
+        for rec in self._jobs.values():
+            if rec.waiters:
+                for event in rec.waiters:
+                    event.set()
+                rec.waiters = None
+
     def _count_dropped(self) -> None:
         if self._persist is not None:
             return
@@ -963,6 +978,7 @@ async def open_queue(
                     body_exc = exc
                 finally:
                     await q._shutdown(work.cancel_scope)
+            q._closed_down()
             q._count_dropped()
             q._events.close()
             if persistence is not None:
