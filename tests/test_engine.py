@@ -764,3 +764,28 @@ async def test_waiters_are_released_when_the_queue_closes(h: Harness, autojump_c
     assert "closed before job" in str(outcome[0])
     with pytest.raises(ShuttingDown):
         await q.wait(queued.id)
+
+
+async def test_periodic_metrics_events_for_subscribers_that_ask(
+    h: Harness, autojump_clock: Any
+) -> None:
+    async with trioqueue.open_queue(h.registry, cfg(metrics_interval=2.0)) as q:
+        async with q.subscribe(metrics=True) as with_metrics, q.subscribe() as plain:
+            t0 = trio.current_time()
+            first = await with_metrics.receive()
+            assert first.type == "metrics"
+            assert first.metrics is not None
+            assert first.metrics["enqueued"] == 0
+            await q.enqueue("ok")
+            kinds = []
+            while len([k for k in kinds if k == "metrics"]) < 2:
+                kinds.append((await with_metrics.receive()).type)
+            assert trio.current_time() - t0 == 4.0
+            assert kinds == ["enqueued", "started", "completed", "metrics", "metrics"]
+            plain_kinds = []
+            while True:
+                try:
+                    plain_kinds.append(plain.receive_nowait().type)
+                except trio.WouldBlock:
+                    break
+            assert plain_kinds == ["enqueued", "started", "completed"]

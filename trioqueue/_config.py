@@ -103,9 +103,13 @@ class QueueConfig:
     """Seconds a finished job stays in the store before it is pruned."""
     event_buffer: int = attrs.field(default=1000, validator=_positive_int)
     """Default buffer of a :meth:`JobQueue.subscribe` channel."""
+    metrics_interval: float = attrs.field(default=1.0, validator=_seconds)
+    """Seconds between ``metrics`` events to subscribers that asked for them."""
 
     def __attrs_post_init__(self) -> None:
         self.retry_policy()  # validates factor >= 1 and jitter <= 1
+        if self.metrics_interval <= 0:
+            raise ValueError(f"metrics_interval: must be > 0, got {self.metrics_interval!r}")
 
     def retry_policy(self) -> RetryPolicy:
         try:

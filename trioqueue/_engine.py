@@ -597,17 +597,22 @@ class JobQueue:
 
     @asynccontextmanager
     async def subscribe(
-        self, buffer: int | None = None
+        self, buffer: int | None = None, *, metrics: bool = False
     ) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
         """A channel of every :class:`Event` from now on, with its own bounded buffer.
 
         A subscriber that falls behind loses events and then receives a ``lagged`` event
-        saying how many; it never slows the queue.  The channel ends when the queue closes.
+        saying how many; it never slows the queue.  With ``metrics=True`` it also receives
+        a ``metrics`` event every ``config.metrics_interval`` seconds, starting with one
+        at once.  The channel ends when the queue closes.
         """
         size = self._config.event_buffer if buffer is None else buffer
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"buffer: expected a positive integer, got {size!r}")
-        receive = self._events.add(size)
+        receive = self._events.add(size, metrics)
+        if metrics:
+            self._events.publish(self.metrics_event())
+            self._timer_wake.set()  # the timer starts ticking metrics
         try:
             with receive:
                 yield receive
@@ -719,9 +724,18 @@ class JobQueue:
         """Move due jobs (delays, retry backoff) into their ready queues."""
         heap = self._heap
         clock = self._clock
+        interval = self._config.metrics_interval
+        next_metrics = math.inf
         task_status.started()
         while True:
             now = clock.current_time()
+            if not self._events.wants_metrics:
+                next_metrics = math.inf
+            elif next_metrics == math.inf:
+                next_metrics = now + interval
+            elif now >= next_metrics:
+                self._events.publish(self.metrics_event())
+                next_metrics = now + interval
             while heap and heap[0][0] <= now:
                 _, _, gen, rec = heapq.heappop(heap)
                 if rec.status is not SCHEDULED or rec.timer_gen != gen:
@@ -733,7 +747,7 @@ class JobQueue:
                 self._make_ready(rec, now)
                 self._changed("enqueued", rec)
             self._timer_wake = trio.Event()
-            with trio.move_on_at(heap[0][0] if heap else math.inf):
+            with trio.move_on_at(min(heap[0][0] if heap else math.inf, next_metrics)):
                 await self._timer_wake.wait()
 
     async def _worker(self, slot: _WorkerSlot) -> None:

@@ -62,6 +62,7 @@ class Event:
 @attrs.define(eq=False)
 class _Subscriber:
     send: trio.MemorySendChannel[Event]
+    metrics: bool = False
     dropped: int = 0
 
 
@@ -83,14 +84,22 @@ class Broadcaster:
         self._seq += 1
         return self._seq
 
-    def add(self, buffer: int) -> trio.MemoryReceiveChannel[Event]:
+    def add(self, buffer: int, metrics: bool = False) -> trio.MemoryReceiveChannel[Event]:
         send, receive = trio.open_memory_channel[Event](buffer)
-        self._subs.append(_Subscriber(send))
+        self._subs.append(_Subscriber(send, metrics))
         return receive
 
+    @property
+    def wants_metrics(self) -> bool:
+        """Whether any subscriber asked for periodic ``metrics`` events."""
+        return any(sub.metrics for sub in self._subs)
+
     def publish(self, event: Event) -> None:
+        metrics_only = event.type == "metrics"
         dead = None
         for sub in self._subs:
+            if metrics_only and not sub.metrics:
+                continue
             try:
                 if sub.dropped:
                     sub.send.send_nowait(
