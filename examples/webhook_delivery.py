@@ -103,7 +103,7 @@ registry = trioqueue.TaskRegistry()
 HTTP: dict[str, httpx.AsyncClient] = {}
 
 
-@registry.task(name="deliver_webhook", max_retries=4, timeout=5.0)
+@registry.task(name="deliver_webhook", max_retries=6, timeout=5.0)
 async def deliver_webhook(job: trioqueue.Job) -> dict[str, Any]:
     """POST the event; any error or non-2xx answer fails the attempt, so it is retried."""
     response = await HTTP["client"].post(
@@ -133,7 +133,7 @@ async def main(args: argparse.Namespace) -> None:
     config = trioqueue.QueueConfig(
         workers=8,
         persist_path=None if args.memory else args.db,
-        retry_base=0.2 if args.quick else 0.5, retry_factor=2.0, retry_max=5.0,
+        retry_base=0.1 if args.quick else 0.5, retry_factor=2.0, retry_max=5.0,
         shutdown_timeout=5.0,
     )
     receiver = Receiver()

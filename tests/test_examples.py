@@ -157,6 +157,16 @@ def test_embed_ctrl_c_shuts_down_cleanly() -> None:
     assert "Traceback" not in err, err
 
 
+def test_webhook_memory_mode_quick(tmp_path: Path) -> None:
+    """The receiver, httpx, retries and the dead-letter list, without the store."""
+    out, elapsed = run_example("webhook_delivery.py", "--quick", "--memory", cwd=tmp_path)
+    assert "all done" in out, out
+    # The three webhooks to the always-500 endpoint are the dead letters.  (Others fail
+    # only if 7 attempts in a row met a 503 or a down receiver: about 1 in 10^4.)
+    assert out.count("/hooks/legacy") == 3, out
+    assert elapsed < QUICK_LIMIT
+
+
 @needs_persistence
 def test_webhook_resumes_after_ctrl_c(tmp_path: Path) -> None:
     with started_example("webhook_delivery.py", "--quick", cwd=tmp_path) as proc:
