@@ -139,6 +139,7 @@ async def main(args: argparse.Namespace) -> None:
     receiver = Receiver()
     status: Counter[str] = Counter()
     interrupted = False
+    failed: list[trioqueue.Job] = []
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(receiver.run, up, down)
@@ -150,10 +151,15 @@ async def main(args: argparse.Namespace) -> None:
 
                         async def on_signal() -> None:
                             async for _ in signals:
+                                if app.cancel_called:  # a second Ctrl+C: stop now
+                                    print("second Ctrl+C: interrupting the deliveries in "
+                                          "flight (they stay queued in the store)", flush=True)
+                                    nursery.cancel_scope.cancel()
+                                    return
                                 print("\nCtrl+C: stopping; deliveries in flight finish, the "
-                                      "rest stay in the store", flush=True)
+                                      "rest stay in the store (Ctrl+C again to stop at once)",
+                                      flush=True)
                                 app.cancel()
-                                return
 
                         nursery.start_soon(on_signal)
                         await deliver_all(q, webhooks(count), status,
