@@ -188,7 +188,7 @@ registry = trioqueue.TaskRegistry()
 RELAY: dict[str, Any] = {}
 
 
-@registry.task(max_retries=6, timeout=10.0)
+@registry.task(max_retries=8, timeout=10.0)
 async def send_email(job: trioqueue.Job) -> dict[str, Any]:
     msg = EmailMessage()
     msg["From"] = "news@shop.example"
