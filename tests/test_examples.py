@@ -34,8 +34,8 @@ def _probe(code: str) -> bool:
     return result.returncode == 0
 
 
-# Persistence and the server are built in parallel with the examples.  Until they land,
-# the examples that need them are expected to fail (strict: once they land, these marks
+# Persistence is built in parallel with the examples.  Until it lands,
+# the examples that need it are expected to fail (strict: once they land, these marks
 # stop applying by themselves because the probes succeed).
 HAS_PERSISTENCE = _probe(
     "import tempfile, os, trio, trioqueue\n"
@@ -46,16 +46,10 @@ HAS_PERSISTENCE = _probe(
     "            pass\n"
     "trio.run(main)\n"
 )
-HAS_SERVER = _probe("import trioqueue.cli")
 
 needs_persistence = pytest.mark.xfail(
     not HAS_PERSISTENCE,
     reason="persist_path raises StoreError until persistence (issue 3) lands",
-    strict=True,
-)
-needs_server = pytest.mark.xfail(
-    not HAS_SERVER,
-    reason="`trioqueue serve` does not exist until the server and CLI land",
     strict=True,
 )
 
@@ -128,7 +122,7 @@ QUICK = {
     "webhook_delivery.py": ["delivered", "FAILED"],
     "event_monitor.py": ["completed", "monitor done"],
 }
-MARKS = {"webhook_delivery.py": [needs_persistence], "event_monitor.py": [needs_server]}
+MARKS = {"webhook_delivery.py": [needs_persistence]}
 
 
 def test_every_example_is_covered() -> None:

@@ -1,0 +1,321 @@
+"""An async client for ``trioqueue serve``, for Trio programs.
+
+HTTP goes through one keep-alive ``httpx.AsyncClient``; the event stream through
+trio-websocket.  Answers come back as the library's own values (:class:`~trioqueue.Job`,
+:class:`~trioqueue.Event`) and refusals as the library's own exceptions, so code written
+against a local queue reads the same against a remote one::
+
+    from trioqueue.client import Client
+
+    async with Client("http://127.0.0.1:8080", token=None) as client:
+        job = await client.enqueue("echo", {"hi": 1}, priority="high")
+        done = await client.wait(job.id)
+        async with client.events(types=["completed", "failed"]) as events:
+            async for event in events:
+                ...
+
+=================  ==========================================================
+HTTP status        raised as
+=================  ==========================================================
+400                :class:`~trioqueue.InvalidJob`
+404                :class:`~trioqueue.UnknownTask` (enqueue) or
+                   :class:`~trioqueue.JobNotFound`
+409                :class:`~trioqueue.DuplicateJob` (enqueue) or
+                   :class:`~trioqueue.InvalidTransition` (cancel, retry)
+429                :class:`~trioqueue.QueueFull` (``retry_after`` in seconds)
+503                :class:`~trioqueue.ShuttingDown`
+anything else      :class:`ServerError` (``status``; 401 is :class:`Unauthorized`)
+=================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import attrs
+import httpx
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+
+from ._events import Event
+from ._exceptions import (
+    DuplicateJob,
+    InvalidJob,
+    InvalidTransition,
+    JobNotFound,
+    QueueFull,
+    ShuttingDown,
+    TrioQueueError,
+    UnknownTask,
+)
+from ._job import Job, JobStatus, Priority
+
+__all__ = ["Client", "EventStreamClosed", "ServerError", "Unauthorized", "job_from_json"]
+
+TERMINAL_TYPES = ("completed", "failed", "cancelled")
+
+
+class ServerError(TrioQueueError):
+    """The server answered with a status this client has no better exception for."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class Unauthorized(ServerError):
+    """401: the server has a token and this client sent none or another."""
+
+
+class EventStreamClosed(TrioQueueError):
+    """The server closed the event stream for a reason other than shutting down
+    (code 1008: a bad filter or token)."""
+
+    def __init__(self, code: int, reason: str | None) -> None:
+        super().__init__(f"event stream closed ({code}): {reason or 'no reason given'}")
+        self.code = code
+        self.reason = reason
+
+
+def _time(value: Any) -> float | None:
+    if value is None:
+        return None
+    return datetime.fromisoformat(str(value)).timestamp()
+
+
+def job_from_json(data: dict[str, Any]) -> Job:
+    """A :class:`~trioqueue.Job` from its JSON form (RFC 3339 times back to epoch floats)."""
+    created = _time(data.get("created_at"))
+    return Job(
+        id=data["id"],
+        task=data["task"],
+        payload=data.get("payload"),
+        priority=Priority.coerce(data["priority"]),
+        status=JobStatus(data["status"]),
+        attempts=int(data.get("attempts", 0)),
+        max_retries=int(data.get("max_retries", 0)),
+        timeout=data.get("timeout"),
+        created_at=math.nan if created is None else created,
+        scheduled_for=_time(data.get("scheduled_for")),
+        started_at=_time(data.get("started_at")),
+        finished_at=_time(data.get("finished_at")),
+        result=data.get("result"),
+        error=data.get("error"),
+        traceback=data.get("traceback"),
+    )
+
+
+_EVENT_FIELDS = frozenset(f.name for f in attrs.fields(Event))
+
+
+def event_from_json(data: dict[str, Any]) -> Event:
+    return Event(**{k: v for k, v in data.items() if k in _EVENT_FIELDS})
+
+
+class Client:
+    """A connection to one ``trioqueue serve``.  Use it as an async context manager (or
+    call :meth:`aclose`); it keeps its HTTP connections alive between calls."""
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8080",
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._own_http = http is None
+        self._http = http or httpx.AsyncClient(base_url=self.url, timeout=timeout,
+                                               headers=headers)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._own_http:
+            await self._http.aclose()
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _call(self, method: str, path: str, *, op: str = "", **kwargs: Any) -> Any:
+        response = await self._http.request(method, path, **kwargs)
+        if response.status_code < 300:
+            if response.headers.get("content-type", "").startswith("application/json"):
+                return response.json()
+            return response.text
+        try:
+            message = str(response.json().get("error", response.text))
+        except (ValueError, AttributeError):
+            message = response.text
+        raise _error(response.status_code, message, op, response.headers.get("retry-after"))
+
+    # ------------------------------------------------------------------ the API
+
+    async def enqueue(
+        self,
+        task: str,
+        payload: Any = None,
+        *,
+        priority: Priority | str | None = None,
+        job_id: str | None = None,
+        delay: float | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+    ) -> Job:
+        """``POST /jobs``: the job as accepted (or the existing one, for a repeated id)."""
+        body: dict[str, Any] = {"task": task, "payload": payload}
+        if priority is not None:
+            body["priority"] = Priority.coerce(priority).label
+        for key, value in (("id", job_id), ("delay", delay), ("max_retries", max_retries),
+                           ("timeout", timeout)):
+            if value is not None:
+                body[key] = value
+        return job_from_json(await self._call("POST", "/jobs", op="enqueue", json=body))
+
+    async def get(self, job_id: str) -> Job:
+        """``GET /jobs/{id}``."""
+        return job_from_json(await self._call("GET", f"/jobs/{job_id}"))
+
+    async def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100
+                        ) -> list[Job]:
+        """``GET /jobs``: newest first."""
+        params: dict[str, Any] = {"limit": limit}
+        if status is not None:
+            params["status"] = JobStatus(status).value
+        data = await self._call("GET", "/jobs", params=params)
+        return [job_from_json(j) for j in data["jobs"]]
+
+    async def cancel(self, job_id: str) -> Job:
+        """``POST /jobs/{id}/cancel``."""
+        return job_from_json(await self._call("POST", f"/jobs/{job_id}/cancel", op="cancel"))
+
+    async def retry(self, job_id: str) -> Job:
+        """``POST /jobs/{id}/retry``."""
+        return job_from_json(await self._call("POST", f"/jobs/{job_id}/retry", op="retry"))
+
+    async def metrics(self) -> dict[str, Any]:
+        """``GET /metrics`` as a dict (the keys of ``Metrics.to_dict()``)."""
+        result: dict[str, Any] = await self._call("GET", "/metrics")
+        return result
+
+    async def health(self) -> bool:
+        """True while the server takes jobs (``/healthz`` 200), False while it shuts down."""
+        response = await self._http.get("/healthz")
+        return response.status_code == 200
+
+    async def wait(self, job_id: str, *, poll: float = 5.0) -> Job:
+        """Wait until the job is COMPLETED, FAILED or CANCELLED; return that snapshot.
+
+        Listens for the job's events and looks at the job again whenever one arrives (and
+        every ``poll`` seconds, in case the stream missed one).  Wrap it in
+        ``trio.fail_after`` for a deadline.
+        """
+        try:
+            async with self.events(types=TERMINAL_TYPES, job_id=job_id) as events:
+                while True:
+                    job = await self.get(job_id)
+                    if job.status.terminal:
+                        return job
+                    with trio.move_on_after(poll):
+                        await events.__anext__()
+        except (EventStreamClosed, StopAsyncIteration, OSError):
+            pass
+        while True:  # no event stream (it closed, or a proxy refuses websockets): poll
+            job = await self.get(job_id)
+            if job.status.terminal:
+                return job
+            await trio.sleep(min(poll, 0.5))
+
+    @asynccontextmanager
+    async def events(
+        self,
+        types: Iterable[str] | None = None,
+        job_id: str | Iterable[str] | None = None,
+        *,
+        snapshot: bool = False,
+    ) -> AsyncIterator[AsyncIterator[Event]]:
+        """The server's event stream, as :class:`~trioqueue.Event` values.
+
+        ``types`` and ``job_id`` filter on the server; ``snapshot=True`` starts with a
+        ``metrics`` event; ``"metrics"`` in ``types`` adds one every second or so.  The
+        stream is connected when this returns, so events of jobs posted after it are
+        not missed.  It ends when the server shuts down and raises
+        :class:`EventStreamClosed` for a bad filter or token.
+        """
+        query: dict[str, str] = {}
+        if types is not None:
+            query["types"] = ",".join(types)
+        if job_id is not None:
+            query["job_id"] = job_id if isinstance(job_id, str) else ",".join(job_id)
+        if snapshot:
+            query["snapshot"] = "true"
+        ws_url = "ws" + self.url[len("http"):] if self.url.startswith("http") else self.url
+        ws_url += "/events" + (f"?{urlencode(query)}" if query else "")
+        headers = [(b"authorization", f"Bearer {self.token}".encode())] if self.token else None
+        async with open_websocket(ws_url, headers) as ws:
+
+            async def stream() -> AsyncIterator[Event]:
+                while True:
+                    try:
+                        message = await ws.get_message()
+                    except ConnectionClosed as closed:
+                        reason = closed.reason
+                        code = 1006 if reason is None else reason.code
+                        if code in (1000, 1001):
+                            return
+                        text = None if reason is None else reason.reason
+                        raise EventStreamClosed(code, text) from None
+                    yield event_from_json(json.loads(message))
+
+            iterator = stream()
+            try:
+                yield iterator
+            finally:
+                await iterator.aclose()  # type: ignore[attr-defined]
+
+
+@asynccontextmanager
+async def open_websocket(
+    url: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> AsyncIterator[WebSocketConnection]:
+    """``trio_websocket.open_websocket_url`` that also closes its socket when the server
+    closed first (trio-websocket 0.12 leaves it to the garbage collector then)."""
+    stream = None
+    try:
+        async with open_websocket_url(url, extra_headers=headers) as ws:
+            stream = getattr(ws, "_stream", None)
+            yield ws
+    finally:
+        if isinstance(stream, trio.abc.AsyncResource):
+            await stream.aclose()
+
+
+def _error(status: int, message: str, op: str, retry_after: str | None) -> TrioQueueError:
+    if status == 400:
+        return InvalidJob(message)
+    if status == 404:
+        return UnknownTask(message) if op == "enqueue" else JobNotFound(message)
+    if status == 409:
+        return DuplicateJob(message) if op == "enqueue" else InvalidTransition(message)
+    if status == 429:
+        exc = QueueFull(message)
+        exc.retry_after = float(retry_after) if retry_after else 1.0  # type: ignore[attr-defined]
+        return exc
+    if status == 503:
+        return ShuttingDown(message)
+    if status == 401:
+        return Unauthorized(status, message)
+    return ServerError(status, message)

@@ -1,0 +1,465 @@
+"""The ASGI application: the HTTP API and the websocket ``/events`` stream of API.md.
+
+A small hand-written router rather than a framework: eight routes do not need one, and
+each request costs only what it uses.  The rules that need no I/O (routing, validation)
+live in :mod:`._http`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import trio
+
+from .._engine import JobQueue
+from .._events import Event
+from .._exceptions import (
+    DuplicateJob,
+    InvalidJob,
+    InvalidTransition,
+    JobNotFound,
+    QueueFull,
+    ShuttingDown,
+    StoreError,
+    UnknownTask,
+)
+from .._job import Job, JobStatus, check_json
+from ._http import (
+    EventFilter,
+    HTTPError,
+    JobRequest,
+    check_content_type,
+    parse_event_filter,
+    parse_job_request,
+    parse_json,
+    parse_list_query,
+    parse_query,
+    route,
+    wants_prometheus,
+)
+from ._openapi import openapi_document
+
+log = logging.getLogger("trioqueue.server")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JSON_TYPE = (b"content-type", b"application/json")
+PROMETHEUS_TYPE = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
+WS_POLICY_VIOLATION = 1008
+WS_GOING_AWAY = 1001
+
+
+@attrs.define(kw_only=True)
+class ServerSettings:
+    """What the server adds to :class:`~trioqueue.QueueConfig`."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str | None = None
+    """With a token, every request but ``/healthz`` needs ``Authorization: Bearer``."""
+    max_body: int = 1024 * 1024
+    """Request bodies over this many bytes get 413."""
+    event_buffer: int = 1000
+    """Events buffered per websocket client before it is sent ``lagged``."""
+    slow_client_timeout: float = 20.0
+    """Seconds a client may accept no data (a full TCP window) before it is cut off."""
+    retry_after: int = 1
+    """Seconds in the ``Retry-After`` header of a 429."""
+    access_log: bool = False
+
+
+@attrs.define(eq=False)
+class ServerState:
+    """Lifecycle flags shared by the app and :func:`serve`."""
+
+    closing: bool = False
+    """Shutdown began: new jobs get 503, ``/healthz`` says ``shutting_down``."""
+    closed: trio.Event = attrs.Factory(trio.Event)
+    """The queue has closed; event streams end."""
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _close_reason(text: str) -> str:
+    """A websocket close reason fits in 123 bytes of UTF-8."""
+    return text.encode()[:120].decode(errors="ignore")
+
+
+class _EventEncoder:
+    """Encodes each event once however many clients receive it (a small ring by seq)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, event: Event) -> str:
+        text = self._cache.get(event.seq)
+        if text is None:
+            text = json.dumps(event.to_dict(), separators=(",", ":"))
+            cache = self._cache
+            if len(cache) >= self._size:
+                cache.pop(next(iter(cache)))
+            cache[event.seq] = text
+        return text
+
+
+class App:
+    """The ASGI app serving one :class:`JobQueue`."""
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        settings: ServerSettings | None = None,
+        state: ServerState | None = None,
+    ) -> None:
+        self.queue = queue
+        self.settings = settings or ServerSettings()
+        self.state = state or ServerState()
+        self._token = None if not self.settings.token else self.settings.token.encode()
+        self._openapi: bytes | None = None
+        self._encode = _EventEncoder()
+
+    @property
+    def closing(self) -> bool:
+        return self.state.closing or self.queue.closing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # ------------------------------------------------------------------ checks
+
+    def _authorized(self, headers: dict[bytes, bytes], query_token: str | None = None) -> bool:
+        if self._token is None:
+            return True
+        presented = None
+        auth = headers.get(b"authorization")
+        if auth is not None:
+            scheme, _, value = auth.partition(b" ")
+            if scheme.lower() == b"bearer":
+                presented = value.strip()
+        if presented is None and query_token is not None:
+            presented = query_token.encode()
+        if presented is None:
+            return False
+        return hmac.compare_digest(presented, self._token)
+
+    @staticmethod
+    def _cross_origin(headers: dict[bytes, bytes]) -> bool:
+        """A browser on another site is asking: refuse (no CORS, no cross-site requests)."""
+        origin = headers.get(b"origin")
+        if origin is None:
+            return False
+        try:
+            netloc = urlsplit(origin.decode("latin-1")).netloc.lower()
+        except ValueError:
+            return True
+        host = headers.get(b"host", b"").decode("latin-1").lower()
+        return netloc != host
+
+    # ------------------------------------------------------------------ http
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope["headers"])
+        method = scope["method"]
+        path = scope["path"]
+        try:
+            found = route(method, path)
+            if found.name != "healthz":
+                if not self._authorized(headers):
+                    raise HTTPError(
+                        401, "missing or wrong bearer token", ((b"www-authenticate", b"Bearer"),)
+                    )
+                if self._cross_origin(headers):
+                    raise HTTPError(403, "cross-origin requests are not allowed")
+            query = parse_query(scope.get("query_string", b""))
+            status, body, extra = await self._dispatch(found.name, found.job_id, query,
+                                                       headers, receive)
+        except HTTPError as exc:
+            status, body, extra = exc.status, _dumps({"error": exc.message}), exc.headers
+            if exc.status == 413:
+                extra = (*extra, (b"connection", b"close"))
+        except StoreError as exc:
+            log.error("store error while answering %s %s: %s", method, path, exc)
+            status, body, extra = 500, _dumps({"error": f"store error: {exc}"}), ()
+        response_headers = [
+            extra[0] if extra and extra[0][0] == b"content-type" else JSON_TYPE,
+            (b"content-length", str(len(body)).encode()),
+        ]
+        response_headers.extend(h for h in extra if h[0] != b"content-type")
+        await send({"type": "http.response.start", "status": status,
+                    "headers": response_headers})
+        await send({"type": "http.response.body", "body": body})
+        if self.settings.access_log:
+            log.info("%s %s %d", method, path, status)
+
+    async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
+        limit = self.settings.max_body
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                raise HTTPError(400, "content-length: not an integer") from None
+            if declared > limit:
+                raise HTTPError(413, f"body: {declared} bytes is over the limit of {limit}")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise HTTPError(400, "client disconnected")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise HTTPError(413, f"body: over the limit of {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _dispatch(
+        self,
+        name: str,
+        job_id: str | None,
+        query: dict[str, str],
+        headers: dict[bytes, bytes],
+        receive: Receive,
+    ) -> tuple[int, bytes, tuple[tuple[bytes, bytes], ...]]:
+        q = self.queue
+        if name == "create_job":
+            check_content_type(headers)
+            request = parse_job_request(parse_json(await self._read_body(headers, receive)))
+            status, job = await self._create(request)
+            return status, _dumps(job.to_dict()), ()
+        if name == "get_job":
+            assert job_id is not None
+            try:
+                job = await q.get(job_id)
+            except JobNotFound as exc:
+                raise HTTPError(404, str(exc)) from None
+            return 200, _dumps(job.to_dict()), ()
+        if name == "list_jobs":
+            status_filter, limit = parse_list_query(query)
+            jobs = await q.list_jobs(status_filter, limit)
+            return 200, _dumps({"jobs": [j.to_dict() for j in jobs]}), ()
+        if name == "cancel_job":
+            assert job_id is not None
+            try:
+                job = await q.cancel(job_id)
+            except JobNotFound as exc:
+                raise HTTPError(404, str(exc)) from None
+            except InvalidTransition as exc:
+                raise HTTPError(409, str(exc)) from None
+            except ShuttingDown as exc:  # it was running and the queue closed under it
+                raise HTTPError(503, str(exc)) from None
+            return 200, _dumps(job.to_dict()), ()
+        if name == "retry_job":
+            assert job_id is not None
+            job = await self._retry(job_id)
+            return 202, _dumps(job.to_dict()), ()
+        if name == "metrics":
+            metrics = q.metrics()
+            if wants_prometheus(query, headers.get(b"accept")):
+                return 200, metrics.to_prometheus().encode(), (PROMETHEUS_TYPE,)
+            return 200, _dumps(metrics.to_dict()), ()
+        if name == "healthz":
+            await trio.lowlevel.checkpoint()
+            if self.closing:
+                return 503, _dumps({"status": "shutting_down"}), ()
+            return 200, _dumps({"status": "ok"}), ()
+        if name == "openapi":
+            await trio.lowlevel.checkpoint()
+            if self._openapi is None:
+                self._openapi = _dumps(openapi_document())
+            return 200, self._openapi, ()
+        raise AssertionError(f"unhandled route {name}")  # pragma: no cover
+
+    def _busy(self, exc: Exception) -> HTTPError:
+        retry_after = str(self.settings.retry_after).encode()
+        return HTTPError(429, str(exc), ((b"retry-after", retry_after),))
+
+    async def _create(self, request: JobRequest) -> tuple[int, Job]:
+        """Enqueue without waiting for room: a full queue answers 429 at once."""
+        q = self.queue
+        if self.closing:
+            raise HTTPError(503, "the server is shutting down and takes no new jobs")
+        try:
+            existed = False
+            if request.id is not None:
+                try:
+                    q.get_nowait(request.id)
+                    existed = True
+                except JobNotFound:
+                    # A finished job may have left memory and live on in the store only:
+                    # the idempotency check must see it too (enqueue_nowait looks in
+                    # memory only).
+                    stored = await self._stored_repeat(request)
+                    if stored is not None:
+                        return 200, stored
+                    try:  # the await above let other requests run
+                        q.get_nowait(request.id)
+                        existed = True
+                    except JobNotFound:
+                        pass
+            job = q.enqueue_nowait(
+                request.task,
+                request.payload,
+                priority=request.priority,
+                job_id=request.id,
+                delay=request.delay,
+                max_retries=request.max_retries,
+                timeout=request.timeout,
+            )
+            # With durability="sync", acknowledge only what is committed.
+            await q.flush()
+        except QueueFull as exc:
+            raise self._busy(exc) from None
+        except ShuttingDown as exc:
+            raise HTTPError(503, str(exc)) from None
+        except UnknownTask as exc:
+            raise HTTPError(404, str(exc)) from None
+        except DuplicateJob as exc:
+            raise HTTPError(409, str(exc)) from None
+        except InvalidJob as exc:
+            raise HTTPError(400, str(exc)) from None
+        except RecursionError:
+            raise HTTPError(400, "payload: nested too deeply") from None
+        return (200 if existed else 202), job
+
+    async def _stored_repeat(self, request: JobRequest) -> Job | None:
+        """The stored job under ``request.id`` if it is the same task and payload; raise
+        409 if it differs; ``None`` if the store has no such job (or there is no store)."""
+        assert request.id is not None
+        if self.queue.config.persist_path is None:
+            return None
+        try:
+            stored = await self.queue.get(request.id)
+        except JobNotFound:
+            return None
+        same_payload = check_json("payload", stored.payload) == check_json(
+            "payload", request.payload
+        )
+        if stored.task != request.task or not same_payload:
+            differs = "task" if stored.task != request.task else "payload"
+            raise DuplicateJob(f"id: job {request.id!r} already exists with a different {differs}")
+        return stored
+
+    async def _retry(self, job_id: str) -> Job:
+        """Retry answers 429 at once too, rather than waiting for room in the queue."""
+        q = self.queue
+        if self.closing:
+            raise HTTPError(503, "the server is shutting down and takes no new jobs")
+        try:
+            current = q.get_nowait(job_id)
+        except JobNotFound:
+            current = None
+        if current is not None and current.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            label = current.priority.label
+            waiting = q.metrics().queued[label]
+            if waiting >= q.config.capacity:
+                raise self._busy(QueueFull(f"priority {label}: {waiting} jobs already waiting"))
+        try:
+            return await q.retry(job_id)
+        except JobNotFound as exc:
+            raise HTTPError(404, str(exc)) from None
+        except InvalidTransition as exc:
+            raise HTTPError(409, str(exc)) from None
+        except ShuttingDown as exc:
+            raise HTTPError(503, str(exc)) from None
+
+    # ------------------------------------------------------------------ websocket
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        await send({"type": "websocket.accept"})
+        headers = dict(scope["headers"])
+        query: dict[str, str] = {}
+        problem = None
+        try:
+            query = parse_query(scope.get("query_string", b""))
+        except HTTPError as exc:
+            problem = exc.message
+        if problem is None and scope["path"] != "/events":
+            problem = f"no websocket endpoint at {scope['path']}"
+        if problem is None and not self._authorized(headers, query.get("token")):
+            problem = "missing or wrong bearer token"
+        if problem is None and self._cross_origin(headers):
+            problem = "cross-origin websocket connections are not allowed"
+        wanted = None
+        if problem is None:
+            try:
+                wanted = parse_event_filter(query)
+            except ValueError as exc:
+                problem = str(exc)
+        if problem is not None or wanted is None:
+            await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION,
+                        "reason": _close_reason(problem or "bad request")})
+            return
+        if self.state.closed.is_set():
+            await send({"type": "websocket.close", "code": WS_GOING_AWAY,
+                        "reason": "the server is shutting down"})
+            return
+        gone = trio.Event()  # the client disconnected
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._until_disconnect, receive, gone, nursery.cancel_scope)
+            nursery.start_soon(self._until_closed, nursery.cancel_scope)
+            await self._forward(wanted, send)
+            nursery.cancel_scope.cancel()
+        if not gone.is_set():  # the queue closed: say so rather than just hanging up
+            await send({"type": "websocket.close", "code": WS_GOING_AWAY,
+                        "reason": "the server is shutting down"})
+
+    async def _until_disconnect(
+        self, receive: Receive, gone: trio.Event, scope: trio.CancelScope
+    ) -> None:
+        while (await receive())["type"] != "websocket.disconnect":
+            pass  # messages from the client are ignored
+        gone.set()
+        scope.cancel()
+
+    async def _until_closed(self, scope: trio.CancelScope) -> None:
+        await self.state.closed.wait()
+        scope.cancel()
+
+    async def _forward(self, wanted: EventFilter, send: Send) -> None:
+        """Send each wanted event until the queue's stream ends."""
+        encode = self._encode
+        async with self.queue.subscribe(
+            self.settings.event_buffer, metrics=wanted.periodic_metrics
+        ) as events:
+            if wanted.snapshot and not wanted.periodic_metrics:
+                await send({"type": "websocket.send", "text": encode(self.queue.metrics_event())})
+            async for event in events:
+                if wanted.wants(event.type, event.job_id):
+                    # The send waits while the client's TCP window is full.  Events pile up
+                    # meanwhile in this client's own buffer (then it is sent ``lagged``);
+                    # the queue never waits.  A client that accepts no data for
+                    # slow_client_timeout is cut off by TCP_USER_TIMEOUT (see _serve.py).
+                    await send({"type": "websocket.send", "text": encode(event)})

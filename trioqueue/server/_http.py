@@ -1,0 +1,289 @@
+"""The pure parts of the HTTP API: routing, request validation, query parsing.
+
+No I/O and no queue here, so every rule is tested in-process without a server.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+import attrs
+
+from .._events import EVENT_TYPES
+from .._job import JobStatus, Priority
+
+MAX_RETRIES_LIMIT = 1_000_000
+"""``max_retries`` above this is refused (400): it is a typo, not a policy."""
+MAX_DELAY = 10 * 366 * 86400.0
+"""``delay`` above ten years is refused (400)."""
+MAX_LIST_LIMIT = 1000
+"""``GET /jobs?limit=`` is clamped to this."""
+JOB_FIELDS = frozenset({"task", "payload", "priority", "id", "max_retries", "timeout", "delay"})
+
+
+class HTTPError(Exception):
+    """An answer other than success: a status, a message for ``{"error": ...}``, headers."""
+
+    def __init__(
+        self, status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+# ---------------------------------------------------------------------------- routing
+
+ROUTES: dict[str, dict[str, str]] = {
+    "/jobs": {"GET": "list_jobs", "POST": "create_job"},
+    "/metrics": {"GET": "metrics"},
+    "/healthz": {"GET": "healthz"},
+    "/openapi.json": {"GET": "openapi"},
+}
+JOB_ROUTES: dict[str, dict[str, str]] = {
+    "": {"GET": "get_job"},
+    "cancel": {"POST": "cancel_job"},
+    "retry": {"POST": "retry_job"},
+}
+
+
+@attrs.frozen
+class Route:
+    """Which handler answers a request, and the job id from the path, if any."""
+
+    name: str
+    job_id: str | None = None
+
+
+def route(method: str, path: str) -> Route:
+    """Match ``method`` and ``path``; raise :class:`HTTPError` 404 or 405 (with ``Allow``)."""
+    methods = ROUTES.get(path)
+    job_id = None
+    if methods is None and path.startswith("/jobs/"):
+        rest = path[len("/jobs/"):]
+        job_id, _, action = rest.partition("/")
+        if job_id and "/" not in action:
+            methods = JOB_ROUTES.get(action)
+    if methods is None:
+        if path == "/events":
+            raise HTTPError(426, "/events is a websocket endpoint", ((b"upgrade", b"websocket"),))
+        raise HTTPError(404, f"no route for {path}")
+    name = methods.get(method)
+    if name is None:
+        allow = ", ".join(sorted(methods)).encode()
+        raise HTTPError(405, f"method {method} not allowed on {path}", ((b"allow", allow),))
+    return Route(name, job_id or None)
+
+
+# ---------------------------------------------------------------------------- bodies
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(body: bytes) -> Any:
+    """Strict JSON (no NaN or Infinity); raise :class:`HTTPError` 400."""
+    if not body.strip():
+        raise HTTPError(400, "body: expected a JSON object, got an empty body")
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except RecursionError:
+        raise HTTPError(400, "body: JSON nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise HTTPError(400, f"body: not valid JSON ({exc})") from None
+
+
+def check_content_type(headers: Mapping[bytes, bytes]) -> None:
+    """A body must be sent as JSON: ``application/json`` (or ``application/*+json``).
+
+    A request without a content type is read as JSON too; any other type is refused
+    (400), so that a browser's cross-site form post cannot enqueue jobs.
+    """
+    raw = headers.get(b"content-type")
+    if raw is None:
+        return
+    kind = raw.split(b";", 1)[0].strip().lower()
+    if kind == b"application/json" or (kind.startswith(b"application/") and kind.endswith(
+        b"+json"
+    )):
+        return
+    shown = raw.decode("latin-1")
+    raise HTTPError(400, f"content-type: expected application/json, got {shown!r}")
+
+
+@attrs.frozen
+class JobRequest:
+    """A validated ``POST /jobs`` body, ready for ``enqueue_nowait``."""
+
+    task: str
+    payload: Any = None
+    priority: Priority | None = None
+    id: str | None = None
+    max_retries: int | None = None
+    timeout: float | None = None
+    delay: float = 0.0
+
+
+def _seconds(name: str, value: Any, *, zero_ok: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise HTTPError(400, f"{name}: expected a number of seconds, got {value!r}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise HTTPError(400, f"{name}: {value!r} is too large") from None
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero_ok):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise HTTPError(400, f"{name}: expected a number of seconds {bound}, got {value!r}")
+    return seconds
+
+
+def parse_job_request(data: Any) -> JobRequest:
+    """Check the fields of a ``POST /jobs`` body; raise :class:`HTTPError` 400 naming one."""
+    if not isinstance(data, dict):
+        raise HTTPError(400, f"body: expected a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - JOB_FIELDS)
+    if unknown:
+        known = ", ".join(sorted(JOB_FIELDS))
+        raise HTTPError(400, f"{unknown[0]}: unknown field (expected some of {known})")
+    task = data.get("task")
+    if not isinstance(task, str) or not task:
+        raise HTTPError(400, f"task: expected a non-empty string, got {task!r}")
+    priority = data.get("priority")
+    if priority is not None:
+        if not isinstance(priority, str) or priority not in ("high", "medium", "low"):
+            raise HTTPError(
+                400, f"priority: expected one of 'high', 'medium', 'low'; got {priority!r}"
+            )
+        priority = Priority.coerce(priority)
+    job_id = data.get("id")
+    if job_id is not None and not isinstance(job_id, str):
+        raise HTTPError(400, f"id: expected a string, got {job_id!r}")
+    max_retries = data.get("max_retries")
+    if max_retries is not None and (
+        isinstance(max_retries, bool)
+        or not isinstance(max_retries, int)
+        or not 0 <= max_retries <= MAX_RETRIES_LIMIT
+    ):
+        raise HTTPError(
+            400, f"max_retries: expected an integer 0..{MAX_RETRIES_LIMIT}, got {max_retries!r}"
+        )
+    timeout = data.get("timeout")
+    if timeout is not None:
+        timeout = _seconds("timeout", timeout, zero_ok=False)
+    delay = data.get("delay")
+    delay = 0.0 if delay is None else _seconds("delay", delay, zero_ok=True)
+    if delay > MAX_DELAY:
+        raise HTTPError(400, f"delay: at most {MAX_DELAY:.0f} seconds (ten years), got {delay!r}")
+    return JobRequest(
+        task=task,
+        payload=data.get("payload"),
+        priority=priority,
+        id=job_id,
+        max_retries=max_retries,
+        timeout=timeout,
+        delay=delay,
+    )
+
+
+# ---------------------------------------------------------------------------- queries
+
+
+def parse_query(query_string: bytes) -> dict[str, str]:
+    """The query string as a dict (the last of repeated names wins)."""
+    try:
+        text = query_string.decode("ascii")
+    except UnicodeDecodeError:
+        raise HTTPError(400, "query: not ASCII") from None
+    return dict(parse_qsl(text, keep_blank_values=True))
+
+
+def parse_list_query(query: Mapping[str, str]) -> tuple[JobStatus | None, int]:
+    """``status`` and ``limit`` of ``GET /jobs``; ``limit`` is clamped to 1000."""
+    raw_status = query.get("status") or None
+    status = None
+    if raw_status is not None:
+        try:
+            status = JobStatus(raw_status)
+        except ValueError:
+            names = ", ".join(s.value for s in JobStatus)
+            raise HTTPError(400, f"status: expected one of {names}; got {raw_status!r}") from None
+    raw_limit = query.get("limit") or "100"
+    try:
+        limit = int(raw_limit)
+    except ValueError:
+        raise HTTPError(400, f"limit: expected a positive integer, got {raw_limit!r}") from None
+    if limit < 1:
+        raise HTTPError(400, f"limit: expected a positive integer, got {raw_limit!r}")
+    return status, min(limit, MAX_LIST_LIMIT)
+
+
+def wants_prometheus(query: Mapping[str, str], accept: bytes | None) -> bool:
+    """``?format=prometheus`` (or ``json``) decides; else ``Accept: text/plain`` does."""
+    fmt = query.get("format")
+    if fmt:
+        if fmt == "prometheus":
+            return True
+        if fmt == "json":
+            return False
+        raise HTTPError(400, f"format: expected 'json' or 'prometheus', got {fmt!r}")
+    if accept is None:
+        return False
+    accept = accept.lower()
+    return b"text/plain" in accept and b"application/json" not in accept
+
+
+@attrs.frozen
+class EventFilter:
+    """What a websocket client asked for: event types, job ids, a metrics snapshot."""
+
+    types: frozenset[str] | None = None
+    job_ids: frozenset[str] | None = None
+    snapshot: bool = False
+
+    @property
+    def periodic_metrics(self) -> bool:
+        return self.types is not None and "metrics" in self.types
+
+    def wants(self, kind: str, job_id: str | None) -> bool:
+        if kind == "lagged":
+            return True  # a client is always told what it missed
+        if self.types is not None and kind not in self.types:
+            return False
+        return self.job_ids is None or kind == "metrics" or job_id in self.job_ids
+
+
+def _flag(name: str, raw: str) -> bool:
+    low = raw.lower()
+    if low in ("", "1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}: expected true or false, got {raw!r}")
+
+
+def parse_event_filter(query: Mapping[str, str]) -> EventFilter:
+    """``types=a,b``, ``job_id=x[,y]``, ``snapshot=true``; raise ``ValueError``."""
+    types = None
+    raw_types = query.get("types")
+    if raw_types:
+        types = frozenset(t.strip() for t in raw_types.split(",") if t.strip())
+        bad = sorted(types - EVENT_TYPES)
+        if bad or not types:
+            raise ValueError(
+                f"types: unknown event type {bad[0] if bad else raw_types!r} "
+                f"(expected some of {', '.join(sorted(EVENT_TYPES))})"
+            )
+    job_ids = None
+    raw_ids = query.get("job_id")
+    if raw_ids:
+        job_ids = frozenset(i.strip() for i in raw_ids.split(",") if i.strip())
+        if not job_ids:
+            raise ValueError(f"job_id: expected one or more ids, got {raw_ids!r}")
+    snapshot = _flag("snapshot", query["snapshot"]) if "snapshot" in query else False
+    return EventFilter(types, job_ids, snapshot)

@@ -1,0 +1,299 @@
+"""The OpenAPI 3 document of the HTTP API, served at ``GET /openapi.json``.
+
+Written by hand next to the routes it describes; ``tests/test_server_fuzz.py`` fuzzes the
+running server from this document and checks every answer against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+from .._events import EVENT_TYPES
+from ._http import MAX_DELAY, MAX_RETRIES_LIMIT
+
+_ANY: dict[str, Any] = {"nullable": True, "description": "any JSON value"}
+_TIME: dict[str, Any] = {"type": "string", "format": "date-time", "nullable": True}
+_PRIORITY: dict[str, Any] = {"type": "string", "enum": ["high", "medium", "low"]}
+_STATUS: dict[str, Any] = {
+    "type": "string",
+    "enum": ["queued", "scheduled", "processing", "completed", "failed", "cancelled"],
+}
+_ID: dict[str, Any] = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 128,
+    "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string"}},
+    },
+    "Job": {
+        "type": "object",
+        "required": [
+            "id", "task", "payload", "priority", "status", "attempts", "max_retries",
+            "created_at", "scheduled_for", "started_at", "finished_at", "result", "error",
+        ],
+        "properties": {
+            "id": {"type": "string"},
+            "task": {"type": "string"},
+            "payload": _ANY,
+            "priority": _PRIORITY,
+            "status": _STATUS,
+            "attempts": {"type": "integer", "minimum": 0},
+            "max_retries": {"type": "integer", "minimum": 0},
+            "timeout": {"type": "number", "nullable": True},
+            "created_at": {"type": "string", "format": "date-time"},
+            "scheduled_for": _TIME,
+            "started_at": _TIME,
+            "finished_at": _TIME,
+            "result": _ANY,
+            "error": {"type": "string", "nullable": True},
+            "traceback": {"type": "string", "nullable": True},
+        },
+    },
+    "NewJob": {
+        "type": "object",
+        "required": ["task"],
+        "additionalProperties": False,
+        "properties": {
+            "task": {"type": "string", "minLength": 1,
+                     "description": "a task registered on the server"},
+            "payload": _ANY,
+            "priority": {**_PRIORITY, "nullable": True,
+                         "description": "default: the task's priority"},
+            "id": {**_ID, "nullable": True,
+                   "description": "makes the request idempotent; default: a new uuid4 hex"},
+            "max_retries": {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES_LIMIT,
+                            "nullable": True},
+            "timeout": {"type": "number", "exclusiveMinimum": True, "minimum": 0,
+                        "nullable": True, "description": "seconds one attempt may run"},
+            "delay": {"type": "number", "minimum": 0, "maximum": MAX_DELAY, "nullable": True,
+                      "description": "seconds before the job becomes ready"},
+        },
+    },
+    "JobList": {
+        "type": "object",
+        "required": ["jobs"],
+        "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}}},
+    },
+    "Metrics": {
+        "type": "object",
+        "required": [
+            "enqueued", "started", "completed", "failed", "retried", "cancelled", "rejected",
+            "queued", "scheduled", "processing", "workers", "busy_workers", "utilization",
+            "wait_p50", "wait_p99", "run_p50", "run_p99",
+        ],
+        "properties": {
+            **{name: {"type": "integer", "minimum": 0} for name in (
+                "enqueued", "started", "completed", "failed", "retried", "cancelled",
+                "rejected", "scheduled", "processing", "workers", "busy_workers", "dropped",
+            )},
+            "queued": {
+                "type": "object",
+                "required": ["high", "medium", "low"],
+                "properties": {p: {"type": "integer", "minimum": 0}
+                               for p in ("high", "medium", "low")},
+            },
+            "utilization": {"type": "number", "minimum": 0, "maximum": 1},
+            **{name: {"type": "number", "nullable": True} for name in (
+                "wait_p50", "wait_p99", "run_p50", "run_p99",
+            )},
+            "uptime": {"type": "number"},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {"status": {"type": "string", "enum": ["ok", "shutting_down"]}},
+    },
+}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(description: str, schema: str, headers: dict[str, Any] | None = None
+          ) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": _ref(schema)}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(description, "Error")
+
+
+_AUTH = {
+    "401": _error("a token is set and the request has no or the wrong bearer token"),
+    "403": _error("a browser's cross-origin request (an Origin header from another host)"),
+}
+_JOB_ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"},
+                                "description": "seconds to wait before trying again"}}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The document as a JSON-ready dict."""
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "trioqueue",
+            "version": __version__,
+            "description": (
+                "The HTTP API of `trioqueue serve`. Bodies are JSON; errors are "
+                '`{"error": "<message>"}`; times are RFC 3339 strings in UTC or null. '
+                "Events stream over the websocket `/events` (not an OpenAPI operation): "
+                "one JSON event per text message; query `types` (comma-separated, of "
+                f"{', '.join(sorted(EVENT_TYPES))}), `job_id` (comma-separated), "
+                "`snapshot=true` (a metrics event first) and `token`. A bad filter or "
+                "token closes the stream with code 1008 and a reason."
+            ),
+        },
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{}, {"bearer": []}],
+        "paths": {
+            "/jobs": {
+                "post": {
+                    "operationId": "createJob",
+                    "summary": "Enqueue a job",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("NewJob")}},
+                    },
+                    "responses": {
+                        "202": _json("the job, new", "Job"),
+                        "200": _json("the job that already has this id, task and payload",
+                                     "Job"),
+                        "400": _error("bad JSON, a bad field, or a content type other "
+                                      "than application/json"),
+                        "404": _error("no task registered under this name"),
+                        "409": _error("a job with this id exists with another task or "
+                                      "payload"),
+                        "413": _error("the body is over the limit (default 1 MiB)"),
+                        "429": {**_error("the priority's queue is full; nothing was "
+                                         "enqueued"), "headers": _RETRY_AFTER},
+                        "503": _error("the server is shutting down"),
+                        **_AUTH,
+                    },
+                },
+                "get": {
+                    "operationId": "listJobs",
+                    "summary": "Jobs, newest first",
+                    "parameters": [
+                        {"name": "status", "in": "query", "required": False,
+                         "schema": _STATUS},
+                        {"name": "limit", "in": "query", "required": False,
+                         "description": "default 100; values above 1000 count as 1000",
+                         "schema": {"type": "integer", "minimum": 1}},
+                    ],
+                    "responses": {
+                        "200": _json("the jobs", "JobList"),
+                        "400": _error("a bad status or limit"),
+                        **_AUTH,
+                    },
+                },
+            },
+            "/jobs/{id}": {
+                "get": {
+                    "operationId": "getJob",
+                    "summary": "One job",
+                    "parameters": [_JOB_ID_PARAM],
+                    "responses": {
+                        "200": _json("the job", "Job"),
+                        "404": _error("no job has this id"),
+                        **_AUTH,
+                    },
+                },
+            },
+            "/jobs/{id}/cancel": {
+                "post": {
+                    "operationId": "cancelJob",
+                    "summary": "Cancel a queued, scheduled or running job",
+                    "parameters": [_JOB_ID_PARAM],
+                    "responses": {
+                        "200": _json("the job, cancelled (or finished, if it finished "
+                                     "before it could be interrupted)", "Job"),
+                        "404": _error("no job has this id"),
+                        "409": _error("the job already finished"),
+                        "503": _error("the server shut down while the job was running"),
+                        **_AUTH,
+                    },
+                },
+            },
+            "/jobs/{id}/retry": {
+                "post": {
+                    "operationId": "retryJob",
+                    "summary": "Queue a failed or cancelled job again, with fresh attempts",
+                    "parameters": [_JOB_ID_PARAM],
+                    "responses": {
+                        "202": _json("the job, queued again", "Job"),
+                        "404": _error("no job has this id"),
+                        "409": _error("the job is not failed or cancelled"),
+                        "429": {**_error("the priority's queue is full"),
+                                "headers": _RETRY_AFTER},
+                        "503": _error("the server is shutting down"),
+                        **_AUTH,
+                    },
+                },
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Counters, gauges and latency percentiles",
+                    "parameters": [
+                        {"name": "format", "in": "query", "required": False,
+                         "description": "default json, or prometheus text when the Accept "
+                                        "header asks for text/plain",
+                         "schema": {"type": "string", "enum": ["json", "prometheus"]}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the metrics",
+                            "content": {
+                                "application/json": {"schema": _ref("Metrics")},
+                                "text/plain": {"schema": {"type": "string"}},
+                            },
+                        },
+                        "400": _error("a bad format"),
+                        **_AUTH,
+                    },
+                },
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "summary": "Liveness; 503 once shutdown began (never needs a token)",
+                    "security": [],
+                    "responses": {
+                        "200": _json("serving", "Health"),
+                        "503": _json("shutting down", "Health"),
+                    },
+                },
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "responses": {
+                        "200": {"description": "the OpenAPI document",
+                                "content": {"application/json": {"schema": {
+                                    "type": "object"}}}},
+                        **_AUTH,
+                    },
+                },
+            },
+        },
+    }
