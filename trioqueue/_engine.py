@@ -36,10 +36,10 @@ from ._events import Broadcaster, Event
 from ._exceptions import (
     DuplicateJob,
     InvalidJob,
-    InvalidTransition,
     JobNotFound,
     QueueFull,
     ShuttingDown,
+    StoreError,
     TrioQueueError,
 )
 from ._fairness import FairPicker
@@ -106,6 +106,8 @@ class JobRecord:
     """Bumped whenever the job is (re)scheduled; stale heap entries are skipped."""
     holds_delay_slot: bool = False
     """A new delayed job counts against its priority's delayed capacity until due."""
+    durable_start: bool = False
+    """Recovered after a crash: commit the next start before running the handler."""
     waiters: list[trio.Event] | None = None
 
     def snapshot(self) -> Job:
@@ -163,6 +165,11 @@ class JobQueue:
         self._delay_room = [trio.lowlevel.ParkingLot() for _ in range(3)]
         self._work_lot = trio.lowlevel.ParkingLot()
         self._delayed_new = [0, 0, 0]
+        # Recovery backlog: queued jobs still in the store, streamed in as queues drain.
+        self._backlog = [0, 0, 0]
+        self._backlog_lot = [trio.lowlevel.ParkingLot() for _ in range(3)]
+        self._refill: list[trio.Event | None] = [None, None, None]
+        self._refill_low = [0, 0, 0]
         self._jobs: dict[str, JobRecord] = {}
         self._finished: deque[tuple[float, JobRecord]] = deque()
         self._heap: list[tuple[float, int, int, JobRecord]] = []
@@ -323,7 +330,9 @@ class JobQueue:
     def _has_room(self, rec: JobRecord) -> bool:
         if rec.status is SCHEDULED:
             return self._delayed_new[rec.priority] < self._capacity
-        return len(self._ready[rec.priority]) < self._capacity
+        p = rec.priority
+        # While the store holds a backlog for this priority, it goes first.
+        return len(self._ready[p]) < self._capacity and not self._backlog[p]
 
     def _admit(self, rec: JobRecord) -> None:
         """Put a validated new record into the queue.  Cannot fail."""
@@ -358,6 +367,29 @@ class JobQueue:
         if self._closing:
             self._n_rejected += 1
             raise ShuttingDown("the queue is shutting down and takes no new jobs")
+        if self._persist is not None:
+            self._persist.check()
+
+    def _withdraw(self, rec: JobRecord) -> bool:
+        """Take back a job whose commit failed, if no worker has touched it yet."""
+        if self._jobs.get(rec.id) is not rec or rec.attempts:
+            return False
+        if rec.status is QUEUED:
+            try:
+                self._ready[rec.priority].remove(rec)
+            except ValueError:
+                return False
+        elif rec.status is SCHEDULED:
+            rec.timer_gen += 1
+            self._n_scheduled -= 1
+            self._release_delay_slot(rec)
+        else:
+            return False
+        del self._jobs[rec.id]
+        self._n_enqueued -= 1
+        if self._persist is not None:
+            self._persist.forget(rec)
+        return True
 
     def enqueue_nowait(
         self,
@@ -435,12 +467,22 @@ class JobQueue:
             if self._has_room(rec):
                 break
             parked = True
-            lot = (self._delay_room if rec.status is SCHEDULED else self._room)[rec.priority]
+            p = rec.priority
+            if rec.status is SCHEDULED:
+                lot = self._delay_room[p]
+            else:
+                lot = self._backlog_lot[p] if self._backlog[p] else self._room[p]
             await lot.park()
         self._admit(rec)
         accepted = rec.snapshot()  # the job as accepted, before any worker touches it
         if self._persist is not None and self._persist.durable:
-            await self._persist.wait_committed(rec)
+            try:
+                await self._persist.wait_committed(rec)
+            except StoreError:
+                # Not acknowledged: take the job back unless a worker started it already
+                # (then it runs, and is stored once writes work again).
+                self._withdraw(rec)
+                raise
         elif not parked:
             await trio.lowlevel.cancel_shielded_checkpoint()
         return accepted
@@ -482,8 +524,15 @@ class JobQueue:
         queue closes while the job is still waiting or was interrupted.
         """
         rec = self._jobs.get(job_id)
-        if rec is None:
-            return await self.get(job_id)  # finished long ago (store) or not found
+        while rec is None:
+            job = await self.get(job_id)  # finished long ago (store) or not found
+            if job.status.terminal:
+                return job
+            # Queued in the store's recovery backlog: look again once it may be loaded.
+            await trio.sleep(self._config.flush_interval)
+            rec = self._jobs.get(job_id)
+            if self._closing and rec is None:
+                raise ShuttingDown(f"the queue closed before job {job_id!r} finished")
         while rec.status not in TERMINAL:
             if self._closed:
                 raise ShuttingDown(
@@ -536,9 +585,18 @@ class JobQueue:
         """
         rec = self._jobs.get(job_id)
         if rec is None:
-            if self._persist is not None and await self._persist.lookup(job_id) is not None:
-                raise InvalidTransition(f"cannot cancel job {job_id!r}: it already finished")
-            raise JobNotFound(f"job {job_id!r} not found")
+            stored = None if self._persist is None else await self._persist.lookup(job_id)
+            if stored is None:
+                raise JobNotFound(f"job {job_id!r} not found")
+            if job_id in self._jobs:  # loaded from the backlog meanwhile
+                return await self.cancel(job_id)
+            transition(stored.status, JobEvent.CANCEL)  # raises for a finished job
+            # A queued job still waiting in the store's recovery backlog (or one of a
+            # task this registry lacks): cancelled where it is; the backlog skips it.
+            self._jobs[job_id] = stored
+            self._n_cancelled += 1
+            self._finish(stored, CANCELLED, "cancelled")
+            return stored.snapshot()
         status = rec.status
         if status is PROCESSING:
             for slot in self._slots:
@@ -647,7 +705,10 @@ class JobQueue:
             retried=self._n_retried,
             cancelled=self._n_cancelled,
             rejected=self._n_rejected,
-            queued={label: len(q) for label, q in zip(_LABELS, self._ready, strict=True)},
+            queued={
+                label: len(q) + backlog
+                for label, q, backlog in zip(_LABELS, self._ready, self._backlog, strict=True)
+            },
             scheduled=self._n_scheduled,
             processing=self._busy,
             workers=len(self._slots),
@@ -800,6 +861,7 @@ class JobQueue:
     async def _work(self, slot: _WorkerSlot, scope: trio.CancelScope) -> None:
         ready = self._ready
         room = self._room
+        refill = self._refill
         pick = self._picker.pick
         current_time = self._clock.current_time
         checkpoint = trio.lowlevel.checkpoint
@@ -817,9 +879,13 @@ class JobQueue:
                 since = 0
                 last_yield = math.inf  # restarted by the next job's start time
                 continue
-            rec = ready[i].popleft()
+            ready_i = ready[i]
+            rec = ready_i.popleft()
             if room[i]:
                 room[i].unpark()
+            if refill[i] is not None and len(ready_i) <= self._refill_low[i]:
+                refill[i].set()  # type: ignore[union-attr]
+                refill[i] = None
             rec.status = transition(rec.status, JobEvent.START)
             rec.attempts += 1
             start = current_time()
@@ -832,6 +898,8 @@ class JobQueue:
             self._busy += 1
             self._n_started += 1
             self._changed("started", rec, slot.index)
+            if rec.durable_start:
+                await self._commit_start(rec)
             spec = rec.spec
             assert spec is not None
             timeout = rec.timeout
@@ -883,13 +951,60 @@ class JobQueue:
                 await checkpoint()
                 last_yield = current_time()
 
+    async def _commit_start(self, rec: JobRecord) -> None:
+        """A job recovered after a crash: make this attempt's start durable first, so a
+        handler that kills the process has its attempts counted (see _persistence)."""
+        rec.durable_start = False
+        assert self._persist is not None
+        try:
+            await self._persist.wait_committed(rec)
+        except StoreError as exc:
+            log.warning("job %s: could not record its start (%s); running it anyway", rec.id, exc)
+
+    # ------------------------------------------------------------------ recovery
+
+    def _restore(self, rec: JobRecord) -> None:
+        """Put a record recovered from the store back: QUEUED into its ready queue
+        (even past the bound: it was accepted already), SCHEDULED into the timer."""
+        self._jobs[rec.id] = rec
+        if rec.status is SCHEDULED:
+            if rec.scheduled_for is None:  # pragma: no cover - the engine always sets it
+                rec.scheduled_for = self._now()
+            self._n_scheduled += 1
+            self._schedule(rec, rec.scheduled_for)
+        else:
+            self._make_ready(rec, self._clock.current_time())
+
+    def _restore_interrupted(self, rec: JobRecord) -> None:
+        """A job stored as PROCESSING: the process died while it ran.  The attempt
+        counts; with none left the job is FAILED, otherwise it is queued again."""
+        rec.started_at = None
+        if rec.attempts > rec.max_retries:
+            rec.error = (
+                f"ProcessDied: the process stopped while attempt {rec.attempts} ran "
+                f"(max_retries={rec.max_retries})"
+            )
+            rec.status = PROCESSING
+            self._jobs[rec.id] = rec
+            self._n_failed += 1
+            self._finish(rec, FAILED, "failed")
+            return
+        rec.status = QUEUED
+        rec.durable_start = True
+        self._restore(rec)
+        self._changed("requeued", rec)
+
     # ------------------------------------------------------------------ shutdown
 
     async def _shutdown(self, work_scope: trio.CancelScope) -> None:
         """Close intake, stop the timer, let in-flight work finish, then cancel."""
         self._closing = True
-        for lot in (*self._room, *self._delay_room):
+        for lot in (*self._room, *self._delay_room, *self._backlog_lot):
             lot.unpark_all()  # parked producers see _closing and raise ShuttingDown
+        for i, event in enumerate(self._refill):
+            if event is not None:
+                event.set()  # the store's backlog streamers stop
+                self._refill[i] = None
         self._timer_scope.cancel()
         if self._config.drain and self._persist is None:
             self._draining = True
@@ -984,9 +1099,9 @@ async def open_queue(
                 work.start_soon(_run_in_scope, q._timer_scope, q._timer)
                 for slot in q._slots:
                     work.start_soon(q._worker, slot)
-                if persistence is not None:
-                    await persistence.recover(q)
                 try:
+                    if persistence is not None:
+                        await persistence.recover(q)
                     yield q
                 except BaseException as exc:  # re-raised below, outside the nurseries
                     body_exc = exc
@@ -1000,16 +1115,27 @@ async def open_queue(
     except BaseExceptionGroup as group:
         # Body exceptions are raised as themselves below; a lone error from an engine
         # task (a store that fails to write, say) is unwrapped too.
-        if body_exc is None and len(group.exceptions) == 1 and isinstance(
-            group.exceptions[0], TrioQueueError
-        ):
-            raise group.exceptions[0] from None
+        leaves = _leaves(group)
+        if body_exc is None and len(leaves) == 1 and isinstance(leaves[0], TrioQueueError):
+            raise leaves[0] from None
         if body_exc is None or not isinstance(body_exc, trio.Cancelled):
             raise
     finally:
+        if persistence is not None:
+            persistence.abandon()  # only does something when close() never ran
         log.info("trioqueue closed")
     if body_exc is not None:
         raise body_exc
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            out.extend(_leaves(exc))
+        elif not isinstance(exc, trio.Cancelled):
+            out.append(exc)
+    return out
 
 
 async def _run_in_scope(scope: trio.CancelScope, fn: Callable[[], Any]) -> None:

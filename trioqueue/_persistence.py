@@ -1,11 +1,28 @@
-"""The snapshot-persistence task and the seam between the engine and the store.
+"""The snapshot-persistence task: the only code that touches the store.
 
-(Being built: see issue 3.  The engine calls exactly these methods.)
+The engine tells it which records changed (:meth:`Persistence.mark`: one dict store, no
+I/O).  The task turns the latest state of every changed record into rows and writes them
+in one transaction per batch, in a worker thread, every ``flush_interval`` -- or at once
+when someone waits for a commit (``durability="sync"`` enqueuers, :meth:`JobQueue.flush`).
+Enqueuers that arrive while a write runs share the next commit: that is group commit.
+
+Recovery (:meth:`Persistence.recover`) puts the store's live jobs back into the engine:
+processing jobs (the process died under them) back to queued with the attempt counted,
+scheduled jobs into the timer, and queued jobs streamed into their ready queues no faster
+than the queues drain, so memory follows the capacity bound, not the size of the backlog.
+
+After an unclean shutdown (a crash), each recovered queued job records its next start in
+the store *before* its handler runs.  A job whose handler kills the process therefore has
+every attempt counted and ends FAILED after ``max_retries``, instead of crashing every
+restart forever.  Jobs after a clean shutdown, and new jobs, never pay for this.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import json
+import logging
+import math
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -13,51 +30,412 @@ from ._config import QueueConfig
 from ._exceptions import StoreError
 from ._job import Job, JobStatus
 from ._registry import TaskRegistry
+from ._store.sqlite import Row, SqliteStore
 
 if TYPE_CHECKING:
     from ._engine import JobQueue, JobRecord
+
+log = logging.getLogger("trioqueue.store")
+
+STREAM_CHUNK = 1000
+"""Recovery streams a backlog into a ready queue at most this many jobs per read."""
+PRUNE_CHUNK = 10_000
+"""Finished jobs deleted per transaction when pruning (short transactions)."""
+RETRY_FAILED_WRITE = 1.0
+"""Seconds before a failed write is tried again."""
+
+_STATUS = {s: s.value for s in JobStatus}
+
+
+def _row(rec: JobRecord) -> Row:
+    result = rec.result
+    return (
+        rec.id, rec.task, rec.payload_json, rec.priority, _STATUS[rec.status], rec.attempts,
+        rec.max_retries, rec.timeout, rec.created_at, rec.scheduled_for, rec.started_at,
+        rec.finished_at, None if result is None else json.dumps(result), rec.error,
+        rec.traceback,
+    )
 
 
 class Persistence:
     """Owns the store; the engine talks to storage only through this object."""
 
-    durable: bool
-    """True with ``durability="sync"``: enqueuers wait for the commit holding their job."""
+    def __init__(self, config: QueueConfig, registry: TaskRegistry, store: SqliteStore) -> None:
+        self.durable = config.durability == "sync"
+        """True with ``durability="sync"``: enqueuers wait for the commit holding their job."""
+        self.store = store
+        self.path = store.path
+        self._config = config
+        self._registry = registry
+        self._queue: JobQueue | None = None
+        self._dirty: dict[str, JobRecord] = {}
+        self._inflight: dict[str, JobRecord] | None = None
+        self._epoch = 1  # the batch being collected
+        self._committed = 0  # the last batch committed
+        self._failed = 0  # the last batch whose write failed
+        self._error: StoreError | None = None
+        self._retry_at = -math.inf
+        self._epoch_done: dict[int, trio.Event] = {}
+        """Waiters by the batch they wait for, woken when it commits (or fails)."""
+        self._kick = trio.Event()
+        self._waiters = 0
+        self._write_lock = trio.Lock()
+        self._read_lock = trio.Lock()
+        self._closing = False
+        self.closed = False
+        self._nursery: trio.Nursery | None = None
+        self._suspect = not store.was_clean
+        self._unknown_tasks: set[str] = set()
+        self._cursor: dict[int, int] = {}
+        """Per priority: the last rowid streamed from the backlog."""
+        self.commits = 0
+        """Transactions committed so far (for benchmarks and metrics)."""
+        self.rows_written = 0
 
     @classmethod
     async def open(cls, config: QueueConfig, registry: TaskRegistry) -> Persistence:
         """Open (or create) the store file, off the event loop; raise :class:`StoreError`."""
-        raise StoreError(f"{config.persist_path}: persistence is not available yet")
+        assert config.persist_path is not None
+        store = await trio.to_thread.run_sync(
+            SqliteStore.open, config.persist_path, abandon_on_cancel=False
+        )
+        if not store.was_clean:
+            log.warning("%s was not closed cleanly: recovering after a crash", store.path)
+        return cls(config, registry, store)
+
+    # ------------------------------------------------------------------ engine side
+
+    def mark(self, rec: JobRecord) -> None:
+        """``rec`` changed: include its latest state in the next flush."""
+        dirty = self._dirty
+        if not dirty:
+            self._kick.set()  # the flusher sleeps without a deadline while nothing is dirty
+        dirty[rec.id] = rec
+
+    def check(self) -> None:
+        """Raise :class:`StoreError` while the store is failing to write."""
+        if self._error is not None:
+            raise StoreError(
+                f"{self._error} -- taking no jobs until a write succeeds"
+            )
+
+    def forget(self, rec: JobRecord) -> None:
+        """Drop a record the engine withdrew before it was ever committed."""
+        if self._dirty.get(rec.id) is rec:
+            del self._dirty[rec.id]
+
+    async def wait_committed(self, rec: JobRecord | None = None) -> None:
+        """Return once everything marked so far (or just ``rec``) is committed.
+
+        Raises :class:`StoreError` when the write holding it failed.
+        """
+        if rec is None:
+            if self._dirty:
+                target = self._epoch
+            elif self._inflight is not None:
+                target = self._epoch - 1
+            else:
+                target = 0
+        elif rec.id in self._dirty:
+            target = self._epoch
+        elif self._inflight is not None and rec.id in self._inflight:
+            target = self._epoch - 1
+        else:
+            target = 0
+        if self._committed >= target:
+            await trio.lowlevel.checkpoint()
+            return
+        if self.closed:
+            raise StoreError(f"{self.path}: the store is closed")
+        self._waiters += 1
+        self._kick.set()
+        try:
+            while self._committed < target:
+                if self._failed >= target:
+                    raise StoreError(f"{self._error}; the job is not stored")
+                event = self._epoch_done.get(target)
+                if event is None:
+                    event = self._epoch_done[target] = trio.Event()
+                await event.wait()
+        finally:
+            self._waiters -= 1
+
+    def _wake_committed(self, upto: int | None = None) -> None:
+        """Wake the waiters of every batch up to ``upto`` (all when None)."""
+        done = self._epoch_done
+        for epoch in [e for e in done if upto is None or e <= upto]:
+            done.pop(epoch).set()
+
+    # ------------------------------------------------------------------ the task
 
     async def run(
         self, queue: JobQueue, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """The persistence task: flush changed records in batches until closed."""
-        raise NotImplementedError
+        self._queue = queue
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await self._flush_loop(queue)
+            nursery.cancel_scope.cancel()
+
+    async def _flush_loop(self, queue: JobQueue) -> None:
+        interval = self._config.flush_interval
+        retention = self._config.retention
+        prune_every = max(0.5, min(60.0, retention / 4))
+        next_prune = trio.current_time() + min(1.0, prune_every)
+        last_flush = -math.inf
+        while not self._closing:
+            now = trio.current_time()
+            if self._dirty:
+                due = now if self._waiters else last_flush + interval
+                due = max(due, self._retry_at)
+            else:
+                due = math.inf
+            if due > now and next_prune > now:
+                if self._kick.is_set():
+                    self._kick = trio.Event()
+                with trio.move_on_at(min(due, next_prune)):
+                    await self._kick.wait()
+                continue
+            if due <= now:
+                await self._flush()
+                last_flush = trio.current_time()
+            if next_prune <= now:
+                await self._prune(queue, retention)
+                next_prune = trio.current_time() + prune_every
+
+    async def _flush(self) -> None:
+        batch = self._dirty
+        self._dirty = {}
+        epoch = self._epoch
+        self._epoch += 1
+        rows = [_row(rec) for rec in batch.values()]
+        self._inflight = batch
+        try:
+            async with self._write_lock:
+                await trio.to_thread.run_sync(self.store.write, rows)
+        except StoreError as exc:
+            self._inflight = None
+            for job_id, rec in batch.items():
+                self._dirty.setdefault(job_id, rec)  # kept for the next try
+            self._failed = epoch
+            if self._error is None:
+                log.error("%s; trying again every %ss", exc, RETRY_FAILED_WRITE)
+            self._error = exc
+            self._retry_at = trio.current_time() + RETRY_FAILED_WRITE
+            self._wake_committed(epoch)
+            return
+        self._inflight = None
+        self._committed = epoch
+        if self._error is not None:
+            log.warning("%s: writing again", self.path)
+            self._error = None
+        self.commits += 1
+        self.rows_written += len(rows)
+        self._wake_committed(epoch)
+
+    async def _prune(self, queue: JobQueue, retention: float) -> None:
+        horizon = queue._now() - retention
+        total = 0
+        while True:
+            async with self._write_lock:
+                try:
+                    n = await trio.to_thread.run_sync(self.store.prune, horizon, PRUNE_CHUNK)
+                except StoreError as exc:
+                    log.warning("%s", exc)
+                    return
+            total += n
+            if n < PRUNE_CHUNK or self._closing:
+                break
+        if total:
+            log.info("%s: pruned %d jobs finished more than %ss ago", self.path, total, retention)
+
+    # ------------------------------------------------------------------ recovery
+
+    def _record(self, row: Row) -> JobRecord | None:
+        """A record from a stored row; ``None`` for a task this registry lacks."""
+        from ._engine import JobRecord
+
+        (job_id, task, payload, priority, status, attempts, max_retries, timeout, created_at,
+         scheduled_for, started_at, finished_at, result, error, traceback) = row[:15]
+        spec = self._registry._tasks.get(task)
+        return JobRecord(
+            job_id, task, json.loads(payload), payload, priority, JobStatus(status), attempts,
+            max_retries, timeout, created_at, scheduled_for, started_at, finished_at,
+            None if result is None else json.loads(result), error, traceback, spec=spec,
+        )
+
+    def _runnable(self, rec: JobRecord) -> bool:
+        if rec.spec is not None:
+            return True
+        if rec.task not in self._unknown_tasks:
+            self._unknown_tasks.add(rec.task)
+            log.warning(
+                "%s: jobs of task %r are left in the store untouched: no handler is "
+                "registered under that name", self.path, rec.task,
+            )
+        return False
+
+    async def _read(self, fn: Any, *args: Any) -> Any:
+        async with self._read_lock:
+            return await trio.to_thread.run_sync(fn, *args)
 
     async def recover(self, queue: JobQueue) -> None:
         """Put the store's live jobs back into ``queue`` (called once, at open)."""
-        raise NotImplementedError
+        store = self.store
+        processing = await self._read(store.live, "processing")
+        scheduled = await self._read(store.live, "scheduled")
+        spans = [await self._read(store.queued_span, p) for p in range(3)]
+        died = 0
+        for row in processing:
+            rec = self._record(row)
+            if rec is None or not self._runnable(rec):
+                continue
+            died += 1
+            queue._restore_interrupted(rec)
+        for row in scheduled:
+            rec = self._record(row)
+            if rec is not None and self._runnable(rec):
+                queue._restore(rec)
+        backlog = 0
+        assert self._nursery is not None
+        for priority, (count, top) in enumerate(spans):
+            if count:
+                backlog += count
+                queue._backlog[priority] = count
+                await self._stream(queue, priority, top, until_full=True)
+                if queue._backlog[priority]:
+                    self._nursery.start_soon(self._stream, queue, priority, top)
+        if processing or scheduled or backlog:
+            log.info(
+                "%s: recovered %d queued, %d scheduled, %d interrupted by a crash%s",
+                self.path, backlog, len(scheduled), died,
+                "" if store.was_clean else " (each records its next start before running)",
+            )
 
-    def mark(self, rec: JobRecord) -> None:
-        """``rec`` changed: include its latest state in the next flush."""
-        raise NotImplementedError
+    async def _stream(self, queue: JobQueue, priority: int, top: int, *,
+                      until_full: bool = False) -> None:
+        """Move queued jobs of ``priority`` from the store into its ready queue, as
+        fast as it drains.  ``until_full``: one pass only (the first load at open)."""
+        ready = queue._ready[priority]
+        capacity = queue._capacity
+        low_water = capacity // 2
+        after = self._cursor.get(priority, 0)
+        try:
+            while queue._backlog[priority] > 0 and not queue._closing:
+                room = capacity - len(ready)
+                if room <= 0 or (not until_full and len(ready) > low_water):
+                    if until_full:
+                        return
+                    event = trio.Event()
+                    queue._refill[priority] = event
+                    queue._refill_low[priority] = low_water
+                    await event.wait()
+                    continue
+                rows = await self._read(
+                    self.store.queued, priority, after, top, min(room, STREAM_CHUNK)
+                )
+                if not rows:
+                    queue._backlog[priority] = 0
+                    break
+                after = rows[-1][-1]
+                self._cursor[priority] = after
+                now = queue._clock.current_time()
+                jobs = queue._jobs
+                inflight = self._inflight or {}
+                for row in rows:
+                    queue._backlog[priority] -= 1
+                    job_id = row[0]
+                    if job_id in jobs or job_id in self._dirty or job_id in inflight:
+                        continue  # memory knows better (cancelled, or loaded already)
+                    rec = self._record(row)
+                    if rec is None or not self._runnable(rec):
+                        continue
+                    rec.durable_start = self._suspect
+                    jobs[job_id] = rec
+                    queue._make_ready(rec, now)
+                if until_full:
+                    return
+        finally:
+            if queue._backlog[priority] <= 0 or queue._closing:
+                queue._backlog[priority] = 0
+                queue._refill[priority] = None
+                queue._backlog_lot[priority].unpark_all()
 
-    async def wait_committed(self, rec: JobRecord | None = None) -> None:
-        """Return once everything marked so far is committed (group commit)."""
-        raise NotImplementedError
+    # ------------------------------------------------------------------ queries
 
     async def lookup(self, job_id: str) -> JobRecord | None:
         """The stored record of a job that is not in memory, or ``None``."""
-        raise NotImplementedError
+        rec = self._dirty.get(job_id)
+        if rec is None and self._inflight is not None:
+            rec = self._inflight.get(job_id)
+        if rec is not None:
+            await trio.lowlevel.checkpoint()
+            return rec
+        if self.closed:
+            raise StoreError(f"{self.path}: the store is closed")
+        row = await self._read(self.store.get, job_id)
+        return None if row is None else self._record(row)
 
     async def list(self, queue: JobQueue, status: JobStatus | None, limit: int) -> list[Job]:
-        raise NotImplementedError
+        """Up to ``limit`` jobs, newest first; memory's state wins over the store's."""
+        await self.wait_committed()
+        rows = await self._read(self.store.newest, None if status is None else status.value, limit)
+        out: list[Job] = []
+        jobs = queue._jobs
+        for row in rows:
+            job_id = row[0]
+            rec = jobs.get(job_id) or self._dirty.get(job_id)
+            if rec is None:
+                rec = self._record(row)
+                assert rec is not None
+            if status is None or rec.status is status:
+                out.append(rec.snapshot())
+        return out
 
     async def revive(self, queue: JobQueue, job_id: str) -> JobRecord | None:
         """Load a finished job from the store into memory so it can be retried."""
-        raise NotImplementedError
+        rec = await self.lookup(job_id)
+        if rec is not None and rec.spec is None:
+            rec.spec = self._registry.get(rec.task)  # raises UnknownTask
+        return rec
+
+    # ------------------------------------------------------------------ closing
 
     async def close(self) -> None:
-        """Write the final snapshot and close the store (the last thing open_queue does)."""
-        raise NotImplementedError
+        """Write the final snapshot and close the store (the last thing open_queue does).
+
+        Runs shielded: even a cancelled ``open_queue`` records its last state.
+        """
+        if self.closed:
+            return
+        self._closing = True
+        self._kick.set()
+        with trio.CancelScope(shield=True):
+            async with self._write_lock:
+                try:
+                    while self._dirty:
+                        batch = self._dirty
+                        self._dirty = {}
+                        epoch = self._epoch
+                        self._epoch += 1
+                        rows = [_row(rec) for rec in batch.values()]
+                        await trio.to_thread.run_sync(self.store.write, rows)
+                        self._committed = epoch
+                        self.commits += 1
+                        self.rows_written += len(rows)
+                    async with self._read_lock:
+                        await trio.to_thread.run_sync(self.store.close)
+                except StoreError:
+                    self.store.abandon()
+                    raise
+                finally:
+                    self.closed = True
+                    self._wake_committed()
+
+    def abandon(self) -> None:
+        """Close the store without the final snapshot (``open_queue`` failed to start)."""
+        if not self.closed:
+            self.closed = True
+            self.store.abandon()

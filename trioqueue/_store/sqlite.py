@@ -1,0 +1,309 @@
+"""The SQLite store: one file, stdlib ``sqlite3``, WAL mode.
+
+Every method here blocks; the persistence task calls them through
+``trio.to_thread.run_sync`` so the event loop never waits on the disk.  Two connections:
+the writer (used only by the flusher, one call at a time) and a reader (lookups, listing
+and recovery streaming), which WAL lets read the last commit while a write runs.
+
+The file identifies itself with ``PRAGMA application_id`` and records its schema in
+``PRAGMA user_version``; opening anything else raises :class:`StoreError` naming the file
+and what is wrong.  Nothing is ever reset silently.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+from .._exceptions import StoreError
+
+APPLICATION_ID = 0x74727175  # "trqu"
+SCHEMA_VERSION = 1
+
+COLUMNS = (
+    "id", "task", "payload", "priority", "status", "attempts", "max_retries", "timeout",
+    "created_at", "scheduled_for", "started_at", "finished_at", "result", "error", "traceback",
+)
+"""The column order of every row tuple the store takes and gives."""
+
+Row = tuple[Any, ...]
+
+_SCHEMA = """
+CREATE TABLE jobs (
+    id            TEXT PRIMARY KEY,
+    task          TEXT NOT NULL,
+    payload       TEXT NOT NULL,            -- JSON
+    priority      INTEGER NOT NULL,         -- 0 high, 1 medium, 2 low
+    status        TEXT NOT NULL,            -- queued, scheduled, processing, completed, ...
+    attempts      INTEGER NOT NULL,
+    max_retries   INTEGER NOT NULL,
+    timeout       REAL,                     -- seconds per attempt, NULL for none
+    created_at    REAL NOT NULL,            -- seconds since the epoch
+    scheduled_for REAL,
+    started_at    REAL,
+    finished_at   REAL,
+    result        TEXT,                     -- JSON, NULL for none
+    error         TEXT,
+    traceback     TEXT
+);
+CREATE INDEX jobs_by_status ON jobs(status, priority);
+CREATE INDEX jobs_by_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+_PLACEHOLDERS = "(" + ", ".join("?" * len(COLUMNS)) + ")"
+_ON_CONFLICT = " ON CONFLICT(id) DO UPDATE SET " + ", ".join(
+    f"{c} = excluded.{c}" for c in COLUMNS[3:]
+)
+_MAX_ROWS_PER_STATEMENT = 512
+
+
+def _upsert(n: int) -> str:
+    """An upsert of ``n`` rows in one statement.
+
+    Many rows per statement, not ``executemany``: sqlite3 releases the GIL around every
+    statement step, and a writer thread that must win the GIL back once per row from a
+    busy event loop crawls (measured: 4.6k rows/s, against 54k with 512 rows a step).
+    """
+    return (
+        f"INSERT INTO jobs({', '.join(COLUMNS)}) VALUES "
+        + ", ".join([_PLACEHOLDERS] * n)
+        + _ON_CONFLICT
+    )
+
+
+_UPSERTS = {n: _upsert(n) for n in (1 << k for k in range(10)) if n <= _MAX_ROWS_PER_STATEMENT}
+_SELECT = f"SELECT {', '.join(COLUMNS)} FROM jobs"
+
+
+def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    uri = f"{path.resolve().as_uri()}{'?mode=ro' if readonly else ''}"
+    conn = sqlite3.connect(
+        uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30.0
+    )
+    return conn
+
+
+class SqliteStore:
+    """A trioqueue store file.  Not thread-safe by itself: the persistence task calls
+    the writer methods one at a time, and the reader methods one at a time."""
+
+    def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection,
+                 clean: bool) -> None:
+        self.path = path
+        self._w = writer
+        self._r = reader
+        self.was_clean = clean
+        """False when the last process using the file did not close it (a crash)."""
+        self._lock = threading.Lock()  # a belt to the persistence task's braces
+
+    # ------------------------------------------------------------------ open, close
+
+    @classmethod
+    def open(cls, path: Path, *, fsync: bool = False) -> SqliteStore:
+        """Open or create the store at ``path``; raise :class:`StoreError` naming it."""
+        where = str(path)
+        if path.is_dir():
+            raise StoreError(f"{where}: is a directory, not a trioqueue store file")
+        try:
+            writer = _connect(path)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{where}: cannot open: {exc}") from exc
+        try:
+            clean = cls._prepare(writer, where, fsync)
+            reader = _connect(path)
+            reader.execute("PRAGMA query_only = ON")
+        except StoreError:
+            writer.close()
+            raise
+        except sqlite3.DatabaseError as exc:
+            writer.close()
+            raise StoreError(f"{where}: {_describe(exc)}") from exc
+        except OSError as exc:  # pragma: no cover - sqlite reports these as sqlite3 errors
+            writer.close()
+            raise StoreError(f"{where}: {exc}") from exc
+        return cls(path, writer, reader, clean)
+
+    @staticmethod
+    def _prepare(conn: sqlite3.Connection, where: str, fsync: bool) -> bool:
+        """Check (or create) the schema; mark the file open.  Returns the clean flag."""
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+        )]
+        if app_id != APPLICATION_ID:
+            if tables or app_id != 0 or version != 0:
+                shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+                raise StoreError(
+                    f"{where}: not a trioqueue store (an SQLite database"
+                    + (f" with tables {shown}" if tables else f" with application_id {app_id}")
+                    + "); refusing to touch it"
+                )
+            conn.execute("PRAGMA journal_mode = WAL")
+            # One transaction: a crash mid-creation leaves an empty file, not half a schema.
+            conn.executescript(
+                f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA application_id = {APPLICATION_ID};"
+                f"PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
+            )
+            version = SCHEMA_VERSION
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{where}: written by a newer trioqueue (schema version {version}; this "
+                f"version reads up to {SCHEMA_VERSION}); upgrade trioqueue to open it"
+            )
+        if version < 1:
+            raise StoreError(f"{where}: trioqueue store with unknown schema version {version}")
+        missing = {"jobs", "meta"} - set(tables or ["jobs", "meta"])
+        if missing:
+            raise StoreError(f"{where}: corrupt: table(s) {', '.join(sorted(missing))} missing")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":  # pragma: no cover - WAL is refused only on odd filesystems
+            raise StoreError(f"{where}: cannot use WAL journal mode (got {mode!r})")
+        conn.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
+        conn.execute("PRAGMA cache_size = -16000")  # 16 MiB
+        conn.execute("PRAGMA temp_store = MEMORY")
+        check = conn.execute("PRAGMA quick_check(3)").fetchall()
+        if check != [("ok",)]:
+            raise StoreError(f"{where}: corrupt: {'; '.join(r[0] for r in check)}")
+        row = conn.execute("SELECT value FROM meta WHERE key = 'clean'").fetchone()
+        clean = row is None or row[0] == "1"
+        conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean', '0')")
+        return clean
+
+    def close(self) -> None:
+        """Mark the file cleanly closed, fold the WAL back in, close both connections."""
+        with self._lock:
+            try:
+                self._w.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean', '1')")
+                self._w.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot close cleanly: {_describe(exc)}") from exc
+            finally:
+                self._r.close()
+                self._w.close()
+
+    def abandon(self) -> None:
+        """Close both connections without marking the file clean."""
+        self._r.close()
+        self._w.close()
+
+    # ------------------------------------------------------------------ writing
+
+    def write(self, rows: Sequence[Row]) -> None:
+        """Upsert ``rows`` (latest state of each job) in one transaction."""
+        with self._lock:
+            conn = self._w
+            try:
+                conn.execute("BEGIN")
+                i, n, size = 0, len(rows), _MAX_ROWS_PER_STATEMENT
+                while i < n:
+                    while size > n - i:
+                        size >>= 1
+                    conn.execute(_UPSERTS[size], list(chain.from_iterable(rows[i : i + size])))
+                    i += size
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                raise StoreError(
+                    f"{self.path}: cannot write {len(rows)} job(s): {_describe(exc)}"
+                ) from exc
+
+    def write_all(self, rows: Iterable[Row], chunk: int = 10_000) -> int:
+        """Upsert many rows in chunks of ``chunk`` per transaction (bulk loads, tests)."""
+        n = 0
+        batch: list[Row] = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) >= chunk:
+                self.write(batch)
+                n += len(batch)
+                batch = []
+        if batch:
+            self.write(batch)
+            n += len(batch)
+        return n
+
+    def prune(self, finished_before: float, limit: int) -> int:
+        """Delete up to ``limit`` finished jobs that finished before the given time."""
+        with self._lock:
+            try:
+                cur = self._w.execute(
+                    "DELETE FROM jobs WHERE rowid IN (SELECT rowid FROM jobs "
+                    "WHERE finished_at IS NOT NULL AND finished_at < ? LIMIT ?)",
+                    (finished_before, limit),
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot prune: {_describe(exc)}") from exc
+            return cur.rowcount
+
+    # ------------------------------------------------------------------ reading
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        try:
+            return self._r.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot read: {_describe(exc)}") from exc
+
+    def get(self, job_id: str) -> Row | None:
+        rows = self._read(f"{_SELECT} WHERE id = ?", (job_id,))
+        return rows[0] if rows else None
+
+    def newest(self, status: str | None, limit: int) -> list[Row]:
+        """Up to ``limit`` jobs, newest first."""
+        if status is None:
+            return self._read(f"{_SELECT} ORDER BY rowid DESC LIMIT ?", (limit,))
+        return self._read(
+            f"{_SELECT} WHERE status = ? ORDER BY rowid DESC LIMIT ?", (status, limit)
+        )
+
+    def live(self, status: str) -> list[Row]:
+        """Every job in ``status`` (used for processing and scheduled jobs at recovery)."""
+        return self._read(f"{_SELECT} WHERE status = ? ORDER BY rowid", (status,))
+
+    def queued_span(self, priority: int) -> tuple[int, int]:
+        """How many jobs of ``priority`` are queued, and the highest rowid among them."""
+        rows = self._read(
+            "SELECT count(*), coalesce(max(rowid), 0) FROM jobs "
+            "WHERE status = 'queued' AND priority = ?",
+            (priority,),
+        )
+        count, top = rows[0]
+        return int(count), int(top)
+
+    def queued(self, priority: int, after: int, upto: int, limit: int) -> list[Row]:
+        """Queued jobs of ``priority`` with ``after < rowid <= upto``, oldest first; each
+        row ends with its rowid."""
+        return self._read(
+            f"SELECT {', '.join(COLUMNS)}, rowid FROM jobs WHERE status = 'queued' "
+            "AND priority = ? AND rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?",
+            (priority, after, upto, limit),
+        )
+
+    def count(self, status: str | None = None) -> int:
+        if status is None:
+            return int(self._read("SELECT count(*) FROM jobs")[0][0])
+        return int(self._read("SELECT count(*) FROM jobs WHERE status = ?", (status,))[0][0])
+
+
+def _describe(exc: sqlite3.Error) -> str:
+    text = str(exc)
+    if "file is not a database" in text:
+        return "not a trioqueue store (not an SQLite database, or encrypted)"
+    if "malformed" in text:
+        return f"corrupt ({text})"
+    if "readonly" in text or "read-only" in text:
+        return f"read-only ({text}); check the file's and its directory's permissions"
+    if "unable to open" in text:
+        return f"{text}; check that the directory exists and is writable"
+    if "disk is full" in text or "database or disk is full" in text:
+        return f"disk full ({text})"
+    return text
