@@ -205,7 +205,7 @@ def parse_query(query_string: bytes) -> dict[str, str]:
 
 def parse_list_query(query: Mapping[str, str]) -> tuple[JobStatus | None, int]:
     """``status`` and ``limit`` of ``GET /jobs``; ``limit`` is clamped to 1000."""
-    raw_status = query.get("status") or None
+    raw_status = query.get("status")
     status = None
     if raw_status is not None:
         try:
@@ -213,7 +213,7 @@ def parse_list_query(query: Mapping[str, str]) -> tuple[JobStatus | None, int]:
         except ValueError:
             names = ", ".join(s.value for s in JobStatus)
             raise HTTPError(400, f"status: expected one of {names}; got {raw_status!r}") from None
-    raw_limit = query.get("limit") or "100"
+    raw_limit = query.get("limit", "100")
     try:
         limit = int(raw_limit)
     except ValueError:
@@ -226,7 +226,7 @@ def parse_list_query(query: Mapping[str, str]) -> tuple[JobStatus | None, int]:
 def wants_prometheus(query: Mapping[str, str], accept: bytes | None) -> bool:
     """``?format=prometheus`` (or ``json``) decides; else ``Accept: text/plain`` does."""
     fmt = query.get("format")
-    if fmt:
+    if fmt is not None:
         if fmt == "prometheus":
             return True
         if fmt == "json":
