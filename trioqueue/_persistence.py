@@ -80,7 +80,6 @@ class Persistence:
         self._kick = trio.Event()
         self._waiters = 0
         self._write_lock = trio.Lock()
-        self._read_lock = trio.Lock()
         self._closing = False
         self.closed = False
         self._nursery: trio.Nursery | None = None
@@ -278,8 +277,7 @@ class Persistence:
         return False
 
     async def _read(self, fn: Any, *args: Any) -> Any:
-        async with self._read_lock:
-            return await trio.to_thread.run_sync(fn, *args)
+        return await trio.to_thread.run_sync(fn, *args)
 
     async def recover(self, queue: JobQueue) -> None:
         """Put the store's live jobs back into ``queue`` (called once, at open)."""
@@ -297,6 +295,7 @@ class Persistence:
         for row in scheduled:
             rec = self._record(row)
             if rec is not None and self._runnable(rec):
+                rec.durable_start = self._suspect  # it may have come due and run unstored
                 queue._restore(rec)
         backlog = 0
         assert self._nursery is not None
@@ -425,8 +424,7 @@ class Persistence:
                         self._committed = epoch
                         self.commits += 1
                         self.rows_written += len(rows)
-                    async with self._read_lock:
-                        await trio.to_thread.run_sync(self.store.close)
+                    await trio.to_thread.run_sync(self.store.close)
                 except StoreError:
                     self.store.abandon()
                     raise

@@ -96,10 +96,15 @@ class SqliteStore:
                  clean: bool) -> None:
         self.path = path
         self._w = writer
-        self._r = reader
+        self._readers = [reader]
+        """Every reader connection: one per thread that reads, so lookups run side by
+        side (WAL lets readers share the file with the writer)."""
+        self._local = threading.local()
+        self._local.conn = reader
         self.was_clean = clean
         """False when the last process using the file did not close it (a crash)."""
         self._lock = threading.Lock()  # a belt to the persistence task's braces
+        self._readers_lock = threading.Lock()
 
     # ------------------------------------------------------------------ open, close
 
@@ -184,13 +189,30 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: cannot close cleanly: {_describe(exc)}") from exc
             finally:
-                self._r.close()
-                self._w.close()
+                self._close_all()
 
     def abandon(self) -> None:
-        """Close both connections without marking the file clean."""
-        self._r.close()
+        """Close the connections without marking the file clean."""
+        self._close_all()
+
+    def _close_all(self) -> None:
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
         self._w.close()
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = _connect(self.path)
+                conn.execute("PRAGMA query_only = ON")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot open: {_describe(exc)}") from exc
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
 
     # ------------------------------------------------------------------ writing
 
@@ -249,7 +271,7 @@ class SqliteStore:
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         try:
-            return self._r.execute(sql, params).fetchall()
+            return self._reader().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot read: {_describe(exc)}") from exc
 

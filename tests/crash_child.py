@@ -1,0 +1,118 @@
+"""A trioqueue process for the crash tests: tests/test_crash.py starts it, kills it
+with SIGKILL at chosen moments, and reads what it printed and the store it left.
+
+    python tests/crash_child.py produce DB    enqueue j0, j1, ... (sync), print each id
+                                              only after enqueue returned; forever
+    python tests/crash_child.py slow DB N     enqueue N jobs whose handler sleeps long
+    python tests/crash_child.py suicide DB    enqueue a job whose handler SIGKILLs its
+                                              own process, max_retries=2, and run it
+    python tests/crash_child.py drain DB      recover and run everything left, then exit
+
+Every handler appends "<job id>\\n" to DB + ".ran" when it starts, so the test can see
+what ran, at least once, across all the processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import trio
+
+import trioqueue
+
+registry = trioqueue.TaskRegistry()
+RAN: str = ""
+QUICK = os.environ.get("CRASH_CHILD_QUICK") == "1"
+
+
+def _log_start(job: trioqueue.Job) -> None:
+    fd = os.open(RAN, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{job.id}\n".encode())
+    finally:
+        os.close(fd)
+
+
+@registry.task
+async def record(job: trioqueue.Job) -> int:
+    _log_start(job)
+    return int(job.payload["n"])
+
+
+@registry.task(timeout=600)
+async def slow(job: trioqueue.Job) -> str:
+    _log_start(job)
+    if not QUICK:
+        print(f"started {job.id}", flush=True)
+        await trio.sleep(600)
+    return "done"
+
+
+@registry.task(max_retries=2)
+async def suicide(job: trioqueue.Job) -> None:
+    _log_start(job)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def config(db: str) -> trioqueue.QueueConfig:
+    return trioqueue.QueueConfig(
+        persist_path=db, durability="sync", workers=4, retry_base=0.01, retry_jitter=0.0,
+        shutdown_timeout=1.0,
+    )
+
+
+async def produce(db: str) -> None:
+    async with trioqueue.open_queue(registry, config(db)) as q:
+        print("open", flush=True)
+        n = 0
+        while True:
+            job = await q.enqueue("record", {"n": n}, job_id=f"j{n}")
+            print(job.id, flush=True)
+            n += 1
+
+
+async def enqueue_slow(db: str, count: int) -> None:
+    async with trioqueue.open_queue(registry, config(db)) as q:
+        for i in range(count):
+            await q.enqueue("slow", job_id=f"s{i}")
+        print("enqueued", flush=True)
+        await trio.sleep_forever()
+
+
+async def enqueue_suicide(db: str) -> None:
+    async with trioqueue.open_queue(registry, config(db)) as q:
+        # Due a little later, so it is committed before it first runs.
+        await q.enqueue("suicide", job_id="boom", delay=0.2)
+        await trio.sleep_forever()
+
+
+async def drain(db: str) -> None:
+    async with trioqueue.open_queue(registry, config(db)) as q:
+        while True:
+            m = q.metrics()
+            if not sum(m.queued.values()) and not m.scheduled and not m.processing:
+                break
+            await trio.sleep(0.02)
+    print("drained", flush=True)
+
+
+def main() -> None:
+    global RAN
+    mode, db = sys.argv[1], sys.argv[2]
+    RAN = db + ".ran"
+    if mode == "produce":
+        trio.run(produce, db)
+    elif mode == "slow":
+        trio.run(enqueue_slow, db, int(sys.argv[3]))
+    elif mode == "suicide":
+        trio.run(enqueue_suicide, db)
+    elif mode == "drain":
+        trio.run(drain, db)
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+
+
+if __name__ == "__main__":
+    main()

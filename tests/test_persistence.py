@@ -1,0 +1,382 @@
+"""The SQLite store through the public API: reopen, results, errors, memory bounds.
+
+These run on the real clock (the store works in threads) with short intervals; crash
+tests with real processes are in test_crash.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import trioqueue
+from trioqueue import JobStatus, Priority, QueueConfig, StoreError
+from trioqueue._store.sqlite import SqliteStore
+
+registry = trioqueue.TaskRegistry()
+gate = trio.Event()
+
+
+@registry.task
+async def echo(job: trioqueue.Job) -> Any:
+    return job.payload
+
+
+@registry.task(max_retries=0)
+async def boom(job: trioqueue.Job) -> None:
+    raise RuntimeError(f"boom {job.payload}")
+
+
+@registry.task
+async def blocked(job: trioqueue.Job) -> str:
+    await trio.sleep_forever()
+    return "never"  # pragma: no cover
+
+
+def cfg(db: Path, **kw: Any) -> QueueConfig:
+    kw.setdefault("flush_interval", 0.01)
+    kw.setdefault("shutdown_timeout", 0.05)
+    return QueueConfig(persist_path=db, **kw)
+
+
+def on_disk(db: Path, job_id: str) -> tuple[Any, ...] | None:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            "SELECT status, attempts, scheduled_for, result, error FROM jobs WHERE id = ?",
+            (job_id,),
+        ).fetchone()
+
+
+async def test_close_and_reopen_keeps_every_job_as_it_was(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    async with trioqueue.open_queue(registry, cfg(db, workers=1)) as q:
+        done = await q.enqueue("echo", {"x": 1}, job_id="done")
+        await q.wait("done")
+        await q.enqueue("boom", "b", job_id="dead")
+        dead = await q.wait("dead")
+        later = await q.enqueue("echo", {"x": 2}, job_id="later", delay=3600)
+        await q.enqueue("blocked", job_id="running")  # occupies the only worker
+        while (await q.get("running")).status is not JobStatus.PROCESSING:  # noqa: ASYNC110
+            await trio.sleep(0.001)
+        await q.enqueue("echo", {"x": 3}, job_id="waiting", priority="low")
+    # On disk, as the process left it: the interrupted job is queued again, not lost.
+    assert on_disk(db, "done")[:2] == ("completed", 1)  # type: ignore[index]
+    assert on_disk(db, "running")[:2] == ("queued", 1)  # type: ignore[index]
+    assert on_disk(db, "waiting")[:2] == ("queued", 0)  # type: ignore[index]
+    assert on_disk(db, "later")[0] == "scheduled"  # type: ignore[index]
+
+    other = trioqueue.TaskRegistry()  # same names, handlers that do not run the jobs
+    for name in ("echo", "boom", "blocked"):
+        other.register(blocked, name=name)
+    async with trioqueue.open_queue(other, cfg(db, workers=1)) as q:
+        got = await q.get("done")
+        assert got.status is JobStatus.COMPLETED
+        assert got.result == {"x": 1}
+        assert got.created_at == done.created_at
+        got = await q.get("dead")
+        assert got.status is JobStatus.FAILED
+        assert got.error == "RuntimeError: boom b"
+        assert got.error == dead.error
+        assert got.traceback is not None
+        assert "boom" in got.traceback
+        got = await q.get("later")
+        assert got.status is JobStatus.SCHEDULED
+        assert got.scheduled_for == later.scheduled_for
+        statuses = {j.id: j.status for j in await q.list_jobs()}
+        assert statuses["waiting"] in (JobStatus.QUEUED, JobStatus.PROCESSING)
+        assert {j.id for j in await q.list_jobs(status="failed")} == {"dead"}
+        assert (await q.get("waiting")).priority is Priority.LOW
+
+
+async def test_results_of_jobs_that_left_memory_come_from_the_store(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    async with trioqueue.open_queue(registry, cfg(db, result_ttl=0.0)) as q:
+        await q.enqueue("echo", [1, 2], job_id="a")
+        await q.enqueue("echo", [3], job_id="b")
+        await q.wait("b")
+        await q.flush()
+        assert "a" not in q._jobs  # memory follows the live backlog, not history
+        with pytest.raises(trioqueue.JobNotFound):
+            q.get_nowait("a")
+        assert (await q.get("a")).result == [1, 2]
+        assert (await q.wait("a")).status is JobStatus.COMPLETED
+        # The id is still taken: idempotent with the same payload, an error otherwise.
+        again = await q.enqueue("echo", [1, 2], job_id="a")
+        assert again.status is JobStatus.COMPLETED
+        with pytest.raises(trioqueue.DuplicateJob):
+            await q.enqueue("echo", [9], job_id="a")
+        with pytest.raises(trioqueue.InvalidTransition):
+            await q.cancel("a")
+
+
+async def test_a_failed_job_is_retried_after_reopen(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    async with trioqueue.open_queue(registry, cfg(db)) as q:
+        await q.enqueue("boom", 1, job_id="f")
+        await q.wait("f")
+    fixed = trioqueue.TaskRegistry()
+    fixed.register(echo, name="boom")
+    async with trioqueue.open_queue(fixed, cfg(db)) as q:
+        again = await q.retry("f")
+        assert again.status is JobStatus.QUEUED
+        assert again.attempts == 0
+        done = await q.wait("f")
+        assert done.status is JobStatus.COMPLETED
+        assert done.result == 1
+    assert on_disk(db, "f")[:2] == ("completed", 1)  # type: ignore[index]
+
+
+async def test_sync_enqueue_returns_after_the_commit_and_shares_it(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    async with trioqueue.open_queue(registry, cfg(db, workers=1, capacity=500)) as q:
+        await q.enqueue("blocked", job_id="hold")
+        job = await q.enqueue("echo", "first", delay=3600)
+        assert on_disk(db, job.id) is not None  # returned: another connection sees it
+
+        acked: list[str] = []
+
+        async def producer(i: int) -> None:
+            for k in range(5):
+                acked.append((await q.enqueue("echo", k, job_id=f"p{i}-{k}")).id)
+
+        commits = q._persist.commits  # type: ignore[union-attr]
+        async with trio.open_nursery() as nursery:
+            for i in range(64):
+                nursery.start_soon(producer, i)
+        used = q._persist.commits - commits  # type: ignore[union-attr]
+        assert used <= 320 // 8, f"{used} commits for 320 concurrent enqueues"
+        await q.cancel("hold")
+    with sqlite3.connect(db) as conn:
+        ids = {r[0] for r in conn.execute("SELECT id FROM jobs")}
+    assert set(acked) <= ids
+    assert len(acked) == 320
+
+
+async def test_batch_enqueue_returns_before_the_commit(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    config = cfg(db, durability="batch", flush_interval=3600.0)
+    async with trioqueue.open_queue(registry, config) as q:
+        await q.enqueue("blocked", job_id="a", delay=3600)
+        assert on_disk(db, "a") is None
+        await q.flush()
+        assert on_disk(db, "a") is not None
+
+
+async def test_old_finished_jobs_are_pruned(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    async with trioqueue.open_queue(registry, cfg(db, retention=0.5, result_ttl=0.0)) as q:
+        await q.enqueue("echo", 1, job_id="old")
+        await q.wait("old")
+        await trio.sleep(0.01)
+        await q.enqueue("echo", 2, job_id="newer")  # its finish ages "old" out of memory
+        await q.wait("newer")
+        await q.enqueue("blocked", job_id="live")
+        with trio.fail_after(10):
+            while on_disk(db, "old") is not None:  # noqa: ASYNC110 - another connection
+                await trio.sleep(0.05)
+        with pytest.raises(trioqueue.JobNotFound):
+            await q.get("old")
+        assert on_disk(db, "live") is not None  # live jobs are never pruned
+        await q.cancel("live")
+
+
+async def test_a_large_backlog_reopens_within_the_capacity_bound(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    n = 200_000
+    store = SqliteStore.open(db)
+    store.write_all(
+        (f"b{i}", "count", str(i), i % 3, "queued", 0, 3, None, 1.0 + i, None, None, None,
+         None, None, None)
+        for i in range(n)
+    )
+    store.close()
+
+    seen: set[int] = set()
+    dupes = 0
+    counting = trioqueue.TaskRegistry()
+
+    @counting.task
+    async def count(job: trioqueue.Job) -> None:
+        nonlocal dupes
+        dupes += job.payload in seen
+        seen.add(job.payload)
+
+    config = cfg(db, capacity=1000, finished_cache=1000, durability="batch", flush_interval=0.05)
+    peak = 0
+    async with trioqueue.open_queue(counting, config) as q:
+        metrics = q.metrics()
+        assert sum(metrics.queued.values()) + metrics.processing + metrics.completed == n
+        with trio.fail_after(120):
+            while len(seen) < n:
+                peak = max(peak, len(q._jobs))
+                await trio.sleep(0.01)
+        await q.flush()
+    assert dupes == 0
+    # Three priorities of at most `capacity` waiting, plus the finished cache, plus jobs
+    # in hand: memory followed the bound, not the 200,000 on disk.
+    assert peak <= 3 * 1000 + 1000 + 2 * 1000, peak
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM jobs WHERE status = 'completed'").fetchone()[
+            0
+        ] == n
+
+
+async def test_backlog_jobs_can_be_read_and_cancelled_before_they_load(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    store = SqliteStore.open(db)
+    store.write_all(
+        (f"b{i}", "blocked", "null", 1, "queued", 0, 3, None, 1.0 + i, None, None, None,
+         None, None, None)
+        for i in range(50)
+    )
+    store.close()
+    async with trioqueue.open_queue(registry, cfg(db, capacity=10, workers=1)) as q:
+        assert "b40" not in q._jobs
+        assert (await q.get("b40")).status is JobStatus.QUEUED
+        cancelled = await q.cancel("b40")
+        assert cancelled.status is JobStatus.CANCELLED
+        assert sum(q.metrics().queued.values()) >= 40
+        with pytest.raises(trioqueue.QueueFull):  # the backlog goes first
+            q.enqueue_nowait("echo", 1, priority="medium")
+        q.enqueue_nowait("echo", 1, priority="high")  # other priorities have room
+    assert on_disk(db, "b40")[0] == "cancelled"  # type: ignore[index]
+
+
+# ---------------------------------------------------------------------- bad files
+
+
+async def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "notes.txt"
+    db.write_text("hello, this is not sqlite\n" * 100)
+    before = db.read_bytes()
+    with pytest.raises(StoreError, match=str(db)) as info:
+        async with trioqueue.open_queue(registry, cfg(db)):
+            pass  # pragma: no cover
+    assert "not a trioqueue store" in str(info.value)
+    assert db.read_bytes() == before  # never a silent reset
+
+
+async def test_a_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO users (name) VALUES ('ada')")
+    conn.close()
+    before = db.read_bytes()
+    with pytest.raises(StoreError, match=r"not a trioqueue store .*tables users"):
+        async with trioqueue.open_queue(registry, cfg(db)):
+            pass  # pragma: no cover
+    assert db.read_bytes() == before
+
+
+async def test_a_store_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    async with trioqueue.open_queue(registry, cfg(db)) as q:
+        await q.enqueue("echo", 1)
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(StoreError, match=r"newer trioqueue \(schema version 99"):
+        async with trioqueue.open_queue(registry, cfg(db)):
+            pass  # pragma: no cover
+
+
+async def test_a_corrupt_store_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    async with trioqueue.open_queue(registry, cfg(db, durability="batch", capacity=5000)) as q:
+        for i in range(3000):
+            q.enqueue_nowait("blocked", {"pad": "x" * 200, "i": i}, delay=3600)
+    size = db.stat().st_size
+    assert size > 200_000
+    with db.open("r+b") as f:  # scribble over pages in the middle of the file
+        f.seek(size // 2)
+        f.write(os.urandom(16384))
+    with pytest.raises(StoreError, match=rf"{db}.*corrupt"):
+        async with trioqueue.open_queue(registry, cfg(db)):
+            pass  # pragma: no cover
+
+
+async def test_an_unwritable_location_is_refused_at_open(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        # root writes through permission bits; /proc refuses everyone.
+        db = Path("/proc/trioqueue-test/q.db")
+    else:  # pragma: no cover - CI runs as root
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        db = ro / "q.db"
+    with pytest.raises(StoreError, match=str(db)):
+        async with trioqueue.open_queue(registry, cfg(db)):
+            pass  # pragma: no cover
+
+
+async def test_a_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="is a directory"):
+        async with trioqueue.open_queue(registry, cfg(tmp_path)):
+            pass  # pragma: no cover
+
+
+def test_a_write_failure_reaches_the_enqueuer_and_the_job_is_not_kept(tmp_path: Path) -> None:
+    # A real write failure: the child caps its own file size (RLIMIT_FSIZE), so SQLite's
+    # writes fail as they would on a full disk.  Root cannot bypass this limit.
+    script = textwrap.dedent(
+        """
+        import resource, signal, sys, trio, trioqueue
+        reg = trioqueue.TaskRegistry()
+        @reg.task
+        async def park(job):
+            await trio.sleep_forever()
+        async def main(db):
+            config = trioqueue.QueueConfig(persist_path=db, capacity=100_000,
+                                           shutdown_timeout=0.1)
+            async with trioqueue.open_queue(reg, config) as q:
+                await q.enqueue("park", job_id="first", delay=3600)
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+                for i in range(100_000):
+                    try:
+                        await q.enqueue("park", {"pad": "x" * 4000}, job_id=f"j{i}",
+                                        delay=3600)
+                    except trioqueue.StoreError as exc:
+                        print("error", exc)
+                        break
+                else:
+                    print("no error")
+                try:
+                    q.get_nowait(f"j{i}")
+                    print("kept")
+                except trioqueue.JobNotFound:
+                    print("withdrawn")
+                try:
+                    await q.enqueue("park", job_id="next", delay=3600)
+                    print("accepted after error")
+                except trioqueue.StoreError as exc:
+                    print("refused", exc)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+        try:
+            trio.run(main, sys.argv[1])
+        except trioqueue.StoreError:
+            pass
+        """
+    )
+    db = tmp_path / "full.db"
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(db)], capture_output=True, text=True, timeout=120,
+        check=False,
+    )
+    lines = out.stdout.splitlines()
+    assert lines, out.stderr
+    assert lines[0].startswith("error "), out.stdout + out.stderr
+    assert str(db) in lines[0]
+    assert "not stored" in lines[0]
+    assert lines[1] == "withdrawn"
+    assert lines[2].startswith("refused ")
+    assert str(db) in lines[2]
