@@ -27,33 +27,6 @@ DEADLINE = 60.0
 """A run that takes longer than this is stopped (it failed the promise long before)."""
 
 
-def _probe(code: str) -> bool:
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, timeout=30, check=False
-    )
-    return result.returncode == 0
-
-
-# Persistence is built in parallel with the examples.  Until it lands,
-# the examples that need it are expected to fail (strict: once they land, these marks
-# stop applying by themselves because the probes succeed).
-HAS_PERSISTENCE = _probe(
-    "import tempfile, os, trio, trioqueue\n"
-    "async def main():\n"
-    "    with tempfile.TemporaryDirectory() as d:\n"
-    "        cfg = trioqueue.QueueConfig(persist_path=os.path.join(d, 'q.db'))\n"
-    "        async with trioqueue.open_queue(trioqueue.TaskRegistry(), cfg):\n"
-    "            pass\n"
-    "trio.run(main)\n"
-)
-
-needs_persistence = pytest.mark.xfail(
-    not HAS_PERSISTENCE,
-    reason="persist_path raises StoreError until persistence (issue 3) lands",
-    strict=True,
-)
-
-
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
@@ -122,7 +95,7 @@ QUICK = {
     "webhook_delivery.py": ["delivered", "FAILED"],
     "event_monitor.py": ["completed", "monitor done"],
 }
-MARKS = {"webhook_delivery.py": [needs_persistence]}
+MARKS: dict[str, list[pytest.MarkDecorator]] = {}
 
 
 def test_every_example_is_covered() -> None:
@@ -163,7 +136,6 @@ def test_webhook_memory_mode_quick(tmp_path: Path) -> None:
     assert elapsed < QUICK_LIMIT
 
 
-@needs_persistence
 def test_webhook_resumes_after_ctrl_c(tmp_path: Path) -> None:
     with started_example("webhook_delivery.py", "--quick", cwd=tmp_path) as proc:
         read_until(proc, "delivered")  # some webhooks went out; others are still pending
