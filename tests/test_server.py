@@ -62,7 +62,8 @@ class Server:
 
 
 @contextmanager
-def running_server(*args: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+def running_server(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+                   ) -> Iterator[Server]:
     """``trioqueue serve --port 0 ARGS`` until the block ends (then SIGTERM, then kill)."""
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "server.log"
@@ -73,7 +74,7 @@ def running_server(*args: str, env: dict[str, str] | None = None) -> Iterator[Se
         with open(log, "w") as err:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "trioqueue", "serve", "--port", "0", *args],
-                stdout=subprocess.PIPE, stderr=err, text=True, env=full_env,
+                stdout=subprocess.PIPE, stderr=err, text=True, env=full_env, cwd=cwd,
             )
         srv = None
         try:
@@ -517,7 +518,6 @@ def test_second_signal_stops_at_once() -> None:
     assert "Traceback" not in srv.stderr()
 
 
-@pytest.mark.xfail(reason="needs persistence (issue 3)", strict=False)
 def test_sigterm_then_restart_on_the_same_db(tmp_path: Path) -> None:
     db = str(tmp_path / "jobs.db")
     with running_server("--db", db, "--shutdown-timeout", "0.5") as srv, httpx.Client(
@@ -526,14 +526,33 @@ def test_sigterm_then_restart_on_the_same_db(tmp_path: Path) -> None:
         job = client.post("/jobs", json={"task": "sleep", "payload": {"seconds": 3}}).json()
         wait_for(client, job["id"], {"processing"})
         srv.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.1)
+        deadline = time.monotonic() + 5
+        while client.get("/healthz").status_code == 200:  # the signal is on its way
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         assert client.post("/jobs", json={"task": "echo"}).status_code == 503
-        assert srv.stop() == 0
+        assert srv.stop(None) == 0
     # Interrupted by the shutdown timeout, the job was recorded back as queued: it runs
     # again after the restart.
     with running_server("--db", db) as srv, httpx.Client(base_url=srv.url) as client:
         done = wait_for(client, job["id"], {"completed"}, within=15)
         assert done["attempts"] == 2
+        assert srv.stop() == 0
+
+
+def test_idempotent_post_sees_jobs_that_left_memory(tmp_path: Path) -> None:
+    """With result_ttl=0 a finished job lives in the store only; its id still counts."""
+    db = str(tmp_path / "jobs.db")
+    with running_server("--db", db, env={"TRIOQUEUE_RESULT_TTL": "0"}) as srv, httpx.Client(
+        base_url=srv.url
+    ) as client:
+        body = {"task": "echo", "payload": {"n": 1}, "id": "kept-1"}
+        assert client.post("/jobs", json=body).status_code == 202
+        wait_for(client, "kept-1", {"completed"})
+        again = client.post("/jobs", json=body)
+        assert again.status_code == 200
+        assert again.json()["status"] == "completed"
+        assert client.post("/jobs", json={**body, "payload": {"n": 2}}).status_code == 409
         assert srv.stop() == 0
 
 

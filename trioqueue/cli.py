@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import logging
 import math
@@ -56,11 +57,22 @@ def load_registry(spec: str) -> TaskRegistry:
             obj = getattr(obj, part)
         except AttributeError:
             raise UsageError(f"--app: module {module_name!r} has no {attr!r}") from None
-    if callable(obj) and not isinstance(obj, TaskRegistry):
-        obj = obj()
+    if callable(obj) and not isinstance(obj, TaskRegistry) and _takes_no_arguments(obj):
+        obj = obj()  # a factory
     if not isinstance(obj, TaskRegistry):
         raise UsageError(f"--app: {spec} is a {type(obj).__name__}, not a TaskRegistry")
     return obj
+
+
+def _takes_no_arguments(fn: Any) -> bool:
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    return all(
+        p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        for p in signature.parameters.values()
+    ) and not inspect.iscoroutinefunction(fn)
 
 
 def _env_first(env: Mapping[str, str], *names: str) -> str | None:
@@ -412,6 +424,8 @@ async def _monitor(args: argparse.Namespace) -> int:
                     nursery.cancel_scope.cancel()  # the server shut down
 
                 nursery.start_soon(read)
+                if not tty:
+                    print(f"trioqueue monitor: watching {url}", flush=True)
                 deadline = trio.current_time() + args.duration if args.duration else math.inf
                 while trio.current_time() < deadline:
                     await trio.sleep(args.interval)

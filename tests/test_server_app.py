@@ -1,0 +1,254 @@
+"""The server's pure parts (routing, validation, filters) and the ASGI app in-process.
+
+Cheaper than the end-to-end tests in test_server.py: no subprocess, no socket.  The app is
+driven with hand-made ASGI messages against a real queue.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+
+import trioqueue
+from trioqueue.demo import registry as demo_registry
+from trioqueue.server import App, ServerSettings, ServerState, openapi_document
+from trioqueue.server._http import (
+    HTTPError,
+    JobRequest,
+    check_content_type,
+    parse_event_filter,
+    parse_job_request,
+    parse_list_query,
+    route,
+    wants_prometheus,
+)
+
+# ---------------------------------------------------------------------------- routing
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "name", "job_id"),
+    [
+        ("POST", "/jobs", "create_job", None),
+        ("GET", "/jobs", "list_jobs", None),
+        ("GET", "/jobs/abc", "get_job", "abc"),
+        ("POST", "/jobs/abc/cancel", "cancel_job", "abc"),
+        ("POST", "/jobs/a.b:c-d/retry", "retry_job", "a.b:c-d"),
+        ("GET", "/metrics", "metrics", None),
+        ("GET", "/healthz", "healthz", None),
+        ("GET", "/openapi.json", "openapi", None),
+    ],
+)
+def test_routes(method: str, path: str, name: str, job_id: str | None) -> None:
+    found = route(method, path)
+    assert (found.name, found.job_id) == (name, job_id)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/", 404), ("GET", "/jobs/", 404), ("GET", "/jobs/a/b/c", 404),
+        ("GET", "/jobs/a/nothing", 404), ("POST", "/jobs//cancel", 404),
+        ("DELETE", "/jobs", 405), ("POST", "/jobs/abc", 405), ("GET", "/jobs/abc/cancel", 405),
+        ("POST", "/metrics", 405), ("GET", "/events", 426),
+    ],
+)
+def test_route_errors(method: str, path: str, status: int) -> None:
+    with pytest.raises(HTTPError) as err:
+        route(method, path)
+    assert err.value.status == status
+    if status == 405:
+        assert dict(err.value.headers)[b"allow"]
+
+
+def test_every_route_is_in_the_openapi_document() -> None:
+    paths = openapi_document()["paths"]
+    for path, method in (("/jobs", "post"), ("/jobs", "get"), ("/jobs/{id}", "get"),
+                         ("/jobs/{id}/cancel", "post"), ("/jobs/{id}/retry", "post"),
+                         ("/metrics", "get"), ("/healthz", "get"), ("/openapi.json", "get")):
+        assert method in paths[path]
+    codes = set(paths["/jobs"]["post"]["responses"])
+    assert {"200", "202", "400", "404", "409", "413", "429", "503"} <= codes
+    json.dumps(openapi_document())  # serializable as it is
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def test_a_full_job_request() -> None:
+    got = parse_job_request({"task": "echo", "payload": {"x": [1]}, "priority": "low",
+                             "id": "j-1", "max_retries": 2, "timeout": 1, "delay": 0.5})
+    assert got == JobRequest("echo", {"x": [1]}, trioqueue.Priority.LOW, "j-1", 2, 1.0, 0.5)
+    assert parse_job_request({"task": "echo", "priority": None, "delay": None}) == \
+        JobRequest("echo")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"task": ""}, "task"), ({"task": None}, "task"), ({}, "task"),
+        ({"task": "t", "priority": "HIGH"}, "priority"), ({"task": "t", "priority": 1}, "priority"),
+        ({"task": "t", "id": ["x"]}, "id"),
+        ({"task": "t", "max_retries": True}, "max_retries"),
+        ({"task": "t", "max_retries": 10**7}, "max_retries"),
+        ({"task": "t", "timeout": -1}, "timeout"), ({"task": "t", "timeout": "1"}, "timeout"),
+        ({"task": "t", "delay": 10**400}, "delay"), ({"task": "t", "delay": 1e12}, "delay"),
+        ({"task": "t", "delay": []}, "delay"), ({"task": "t", "extra": 1}, "extra"),
+    ],
+)
+def test_bad_job_requests_name_the_field(body: Any, field: str) -> None:
+    with pytest.raises(HTTPError) as err:
+        parse_job_request(body)
+    assert err.value.status == 400
+    assert err.value.message.startswith(field)
+
+
+def test_content_types() -> None:
+    check_content_type({})
+    check_content_type({b"content-type": b"application/json; charset=utf-8"})
+    check_content_type({b"content-type": b"application/vnd.api+json"})
+    for bad in (b"text/plain", b"application/x-www-form-urlencoded", b"multipart/form-data"):
+        with pytest.raises(HTTPError):
+            check_content_type({b"content-type": bad})
+
+
+def test_list_query() -> None:
+    assert parse_list_query({}) == (None, 100)
+    assert parse_list_query({"status": "failed", "limit": "5000"}) == (
+        trioqueue.JobStatus.FAILED, 1000)
+    for bad in ({"status": "FAILED"}, {"status": ""}, {"limit": "-1"}, {"limit": ""}):
+        with pytest.raises(HTTPError):
+            parse_list_query(bad)
+
+
+def test_metrics_format() -> None:
+    assert wants_prometheus({"format": "prometheus"}, None)
+    assert not wants_prometheus({"format": "json"}, b"text/plain")
+    assert wants_prometheus({}, b"text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+    assert not wants_prometheus({}, b"application/json, text/plain")
+    assert not wants_prometheus({}, None)
+
+
+def test_event_filters() -> None:
+    f = parse_event_filter({"types": "completed, failed", "job_id": "a,b"})
+    assert f.wants("completed", "a")
+    assert not f.wants("completed", "c")
+    assert not f.wants("started", "a")
+    assert f.wants("lagged", None)  # always: a client is told what it missed
+    assert not f.periodic_metrics
+    assert parse_event_filter({"types": "metrics"}).periodic_metrics
+    assert parse_event_filter({"snapshot": "1"}).snapshot
+    everything = parse_event_filter({})
+    assert everything.wants("enqueued", "x")
+    assert everything.wants("metrics", None)
+    for bad in ({"types": "done"}, {"types": ","}, {"job_id": ","}, {"snapshot": "perhaps"}):
+        with pytest.raises(ValueError):
+            parse_event_filter(bad)
+
+
+# ---------------------------------------------------------------------------- the app
+
+
+async def call(app: App, method: str, path: str, body: Any = None,
+               headers: dict[str, str] | None = None, query: str = ""
+               ) -> tuple[int, dict[bytes, bytes], Any]:
+    raw = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    sent: list[dict[str, Any]] = []
+    chunks = [{"type": "http.request", "body": raw, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        await trio.lowlevel.checkpoint()
+        return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        await trio.lowlevel.checkpoint()
+        sent.append(message)
+
+    hdrs = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    if body is not None:
+        hdrs.append((b"content-type", b"application/json"))
+    scope = {"type": "http", "method": method, "path": path, "headers": hdrs,
+             "query_string": query.encode()}
+    await app(scope, receive, send)
+    start, content = sent
+    response_headers = dict(start["headers"])
+    data = content["body"]
+    is_json = response_headers[b"content-type"] == b"application/json"
+    return start["status"], response_headers, json.loads(data) if is_json else data
+
+
+@pytest.fixture
+async def queue() -> AsyncIterator[trioqueue.JobQueue]:
+    config = trioqueue.QueueConfig(workers=1, capacity=2, shutdown_timeout=0)
+    async with trioqueue.open_queue(demo_registry, config) as q:
+        yield q
+
+
+async def test_full_queue_answers_429_at_once(queue: trioqueue.JobQueue) -> None:
+    app = App(queue, ServerSettings(retry_after=3))
+    codes = []
+    with trio.fail_after(5):
+        for _ in range(5):
+            status, headers, body = await call(app, "POST", "/jobs", {
+                "task": "sleep", "payload": {"seconds": 60}})
+            codes.append(status)
+            await trio.testing.wait_all_tasks_blocked()  # let the worker take what it can
+    assert codes == [202, 202, 202, 429, 429]
+    assert headers[b"retry-after"] == b"3"
+    assert "waiting" in body["error"]
+
+
+async def test_retry_answers_429_rather_than_waiting(queue: trioqueue.JobQueue) -> None:
+    app = App(queue)
+    failed = await queue.enqueue("fail", max_retries=0)
+    await queue.wait(failed.id)
+    for _ in range(3):  # one runs, two fill the medium queue
+        await queue.enqueue("sleep", {"seconds": 60})
+        await trio.testing.wait_all_tasks_blocked()
+    with trio.fail_after(5):
+        status, headers, _ = await call(app, "POST", f"/jobs/{failed.id}/retry")
+    assert status == 429
+    assert headers[b"retry-after"] == b"1"
+
+
+async def test_closing_answers_503(queue: trioqueue.JobQueue) -> None:
+    state = ServerState()
+    app = App(queue, state=state)
+    assert (await call(app, "GET", "/healthz"))[0] == 200
+    state.closing = True
+    status, _, body = await call(app, "GET", "/healthz")
+    assert (status, body) == (503, {"status": "shutting_down"})
+    status, _, body = await call(app, "POST", "/jobs", {"task": "echo"})
+    assert status == 503
+    assert "shutting down" in body["error"]
+
+
+async def test_token_is_compared_on_every_route_but_healthz(queue: trioqueue.JobQueue) -> None:
+    app = App(queue, ServerSettings(token="t0k"))
+    assert (await call(app, "GET", "/healthz"))[0] == 200
+    assert (await call(app, "GET", "/metrics"))[0] == 401
+    assert (await call(app, "GET", "/metrics", headers={"authorization": "Bearer t0k"}))[0] == 200
+    assert (await call(app, "GET", "/metrics", headers={"authorization": "bearer t0k"}))[0] == 200
+    assert (await call(app, "GET", "/metrics", headers={"authorization": "Basic t0k"}))[0] == 401
+    # The token is for the websocket's query string only, not for HTTP.
+    assert (await call(app, "GET", "/metrics", query="token=t0k"))[0] == 401
+
+
+async def test_idempotent_post(queue: trioqueue.JobQueue) -> None:
+    app = App(queue)
+    body = {"task": "echo", "payload": {"a": 1}, "id": "same"}
+    assert (await call(app, "POST", "/jobs", body))[0] == 202
+    assert (await call(app, "POST", "/jobs", body))[0] == 200
+    assert (await call(app, "POST", "/jobs", {**body, "payload": {"a": 2}}))[0] == 409
+
+
+async def test_deeply_nested_payload_is_400_not_500(queue: trioqueue.JobQueue) -> None:
+    app = App(queue)
+    deep = b'{"task": "echo", "payload": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    status, _, body = await call(app, "POST", "/jobs", deep)
+    assert status == 400
+    assert "deep" in body["error"]
