@@ -1,0 +1,221 @@
+"""The plan: every case of every scenario, with full and ``--quick`` sizes.
+
+A case is one system measured in one scenario with fixed parameters.  Cases of the same
+``group`` are compared with that group's bare-Trio case (its baseline), run in the same
+invocation.  ``precheck`` runs in the parent before any subprocess is spent: a missing
+package or an unreachable service makes the case "skipped: <reason>" at once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .common import Skip, need_redis
+
+WORKERS = 4
+LATENCY_RATES = (1_000, 10_000, 50_000)
+IO_WORKERS = (10, 100, 1_000)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    noop_n: int
+    peer_n: int  # peers are 50-200x slower: a smaller count, stated in the table
+    sync1_n: int  # one producer waiting for a commit per job
+    latency_s: float  # seconds of offered load per rate
+    latency_peer_max: int  # at most this many jobs per rate for a peer
+    io_n: int
+    memory_n: int
+    priorities_s: float
+    http_n: int
+    fanout_n: int
+    timeout: float  # per subprocess
+
+
+FULL = Sizes(noop_n=200_000, peer_n=5_000, sync1_n=10_000, latency_s=2.0,
+             latency_peer_max=2_000, io_n=10_000, memory_n=100_000, priorities_s=2.0,
+             http_n=5_000, fanout_n=1_000, timeout=900.0)
+QUICK = Sizes(noop_n=5_000, peer_n=200, sync1_n=200, latency_s=0.2, latency_peer_max=200,
+              io_n=200, memory_n=10_000, priorities_s=0.3, http_n=200, fanout_n=50,
+              timeout=120.0)
+
+
+@dataclass
+class Case:
+    id: str
+    scenario: str
+    group: str
+    system: str
+    label: str
+    func: str
+    params: dict[str, Any]
+    prechecks: tuple[Callable[[], None], ...] = ()
+    peer: bool = False
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.system == "trio"
+
+    def precheck(self) -> str | None:
+        for check in self.prechecks:
+            try:
+                check()
+            except Skip as skip:
+                return str(skip)
+        return None
+
+    def child_spec(self) -> dict[str, Any]:
+        return {"system": self.system, "func": self.func, "params": self.params}
+
+
+@dataclass
+class _Memo:
+    """Prechecks that touch the network run once per invocation."""
+
+    results: dict[str, str | None] = field(default_factory=dict)
+
+    def once(self, key: str, check: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            if key not in self.results:
+                try:
+                    check()
+                    self.results[key] = None
+                except Skip as skip:
+                    self.results[key] = str(skip)
+            reason = self.results[key]
+            if reason is not None:
+                raise Skip(reason)
+
+        return run
+
+
+def _module(name: str, extra: str = "bench") -> Callable[[], None]:
+    def check() -> None:
+        if importlib.util.find_spec(name) is None:
+            raise Skip(f"package {name!r} is not installed (pip install -e '.[{extra}]')")
+
+    return check
+
+
+def plan(sizes: Sizes) -> list[Case]:
+    memo = _Memo()
+    redis = memo.once("redis", need_redis)
+    huey = (_module("huey"),)
+    saq = (_module("saq"), _module("redis"), redis)
+    streaq = (_module("streaq"), _module("redis"), redis)
+    server = (_module("trioqueue.cli", "test"), _module("httpx", "test"))
+    n, pn = sizes.noop_n, sizes.peer_n
+    cases: list[Case] = []
+
+    def add(*args: Any, **kwargs: Any) -> None:
+        cases.append(Case(*args, **kwargs))
+
+    # -- no-op throughput ------------------------------------------------------------
+    add("noop/trio", "noop", "noop", "trio", "bare trio: memory channel(1000), await send",
+        "noop", {"n": n, "workers": WORKERS})
+    add("noop/asyncio", "noop", "noop", "asyncio", "asyncio.Queue(1000), await put",
+        "noop", {"n": n, "workers": WORKERS})
+    add("noop/trioqueue/nowait", "noop", "noop", "trioqueue",
+        "trioqueue memory: enqueue_nowait loop (capacity = n), then run",
+        "noop", {"n": n, "variant": "nowait", "workers": WORKERS})
+    add("noop/trioqueue/nowait-retry", "noop", "noop", "trioqueue",
+        "trioqueue memory: enqueue_nowait, checkpoint + retry on QueueFull",
+        "noop", {"n": n, "variant": "nowait-retry", "workers": WORKERS})
+    add("noop/trioqueue/await-1", "noop", "noop", "trioqueue",
+        "trioqueue memory: await enqueue, 1 producer",
+        "noop", {"n": n, "variant": "await", "producers": 1, "workers": WORKERS})
+    add("noop/trioqueue/await-8", "noop", "noop", "trioqueue",
+        "trioqueue memory: await enqueue, 8 producers",
+        "noop", {"n": n, "variant": "await", "producers": 8, "workers": WORKERS})
+    add("noop/trioqueue/sqlite-batch", "noop", "noop", "trioqueue",
+        "trioqueue SQLite batch: enqueue_nowait loop + flush()",
+        "noop", {"n": n, "variant": "nowait", "durability": "batch", "workers": WORKERS})
+    add("noop/trioqueue/sqlite-sync-1", "noop", "noop", "trioqueue",
+        "trioqueue SQLite sync: await enqueue, 1 producer",
+        "noop", {"n": sizes.sync1_n, "variant": "await", "producers": 1,
+                 "durability": "sync", "workers": WORKERS})
+    add("noop/trioqueue/sqlite-sync-64", "noop", "noop", "trioqueue",
+        "trioqueue SQLite sync: await enqueue, 64 producers",
+        "noop", {"n": n, "variant": "await", "producers": 64, "durability": "sync",
+                 "workers": WORKERS})
+    add("noop/huey-memory", "noop", "noop", "huey", "huey MemoryHuey, 4 worker threads",
+        "noop", {"n": pn, "storage": "memory", "workers": WORKERS}, huey, peer=True)
+    add("noop/huey-sqlite", "noop", "noop", "huey", "huey SqliteHuey, 4 worker threads",
+        "noop", {"n": pn, "storage": "sqlite", "workers": WORKERS}, huey, peer=True)
+    add("noop/saq", "noop", "noop", "saq", "SAQ (asyncio, Redis), concurrency 4",
+        "noop", {"n": pn, "workers": WORKERS}, saq, peer=True)
+    add("noop/streaq", "noop", "noop", "streaq", "streaq on trio (Redis streams), concurrency 4",
+        "noop", {"n": pn, "workers": WORKERS}, streaq, peer=True)
+
+    # -- mixed priorities under saturation ---------------------------------------------
+    add("priorities/trioqueue", "priorities", "priorities", "trioqueue",
+        "trioqueue: 3 producers keep HIGH/MEDIUM/LOW backlogged",
+        "priorities", {"duration": sizes.priorities_s, "workers": WORKERS})
+
+    # -- latency at a fixed offered load -----------------------------------------------
+    for rate in LATENCY_RATES:
+        count = max(1, int(rate * sizes.latency_s))
+        pcount = min(count, sizes.latency_peer_max)
+        g = f"latency@{rate}"
+        add(f"{g}/trio", "latency", g, "trio", "bare trio", "latency",
+            {"rate": rate, "n": count, "workers": WORKERS})
+        add(f"{g}/asyncio", "latency", g, "asyncio", "asyncio.Queue", "latency",
+            {"rate": rate, "n": count, "workers": WORKERS})
+        add(f"{g}/trioqueue", "latency", g, "trioqueue", "trioqueue memory, await enqueue",
+            "latency", {"rate": rate, "n": count, "workers": WORKERS})
+        add(f"{g}/huey-memory", "latency", g, "huey", "huey MemoryHuey", "latency",
+            {"rate": rate, "n": pcount, "storage": "memory", "workers": WORKERS}, huey,
+            peer=True)
+        add(f"{g}/huey-sqlite", "latency", g, "huey", "huey SqliteHuey", "latency",
+            {"rate": rate, "n": pcount, "storage": "sqlite", "workers": WORKERS}, huey,
+            peer=True)
+        add(f"{g}/saq", "latency", g, "saq", "SAQ", "latency",
+            {"rate": rate, "n": pcount, "workers": WORKERS}, saq, peer=True)
+        add(f"{g}/streaq", "latency", g, "streaq", "streaq on trio", "latency",
+            {"rate": rate, "n": pcount, "workers": WORKERS}, streaq, peer=True)
+
+    # -- I/O-bound ---------------------------------------------------------------------
+    for w in IO_WORKERS:
+        g = f"io@{w}"
+        for system, label in (("trio", "bare trio"), ("asyncio", "asyncio.Queue"),
+                              ("trioqueue", "trioqueue memory")):
+            add(f"{g}/{system}", "io", g, system, f"{label}, {w} workers, sleep 10 ms",
+                "io", {"n": sizes.io_n, "workers": w})
+
+    # -- memory ------------------------------------------------------------------------
+    for system, label in (("trio", "bare trio: channel of (name, payload) tuples"),
+                          ("asyncio", "asyncio.Queue of (name, payload) tuples"),
+                          ("trioqueue", "trioqueue memory, jobs waiting")):
+        add(f"memory/{system}", "memory", "memory", system, label, "memory",
+            {"n": sizes.memory_n})
+
+    # -- HTTP --------------------------------------------------------------------------
+    add("http/post", "http", "http-post", "trioqueue-http",
+        "trioqueue serve: POST /jobs, 32 keep-alive httpx clients", "post",
+        {"n": sizes.http_n, "clients": 32}, server)
+    for k in (1, 10):
+        add(f"http/fanout-{k}", "http", f"http-fanout-{k}", "trioqueue-http",
+            f"trioqueue serve: websocket /events fan-out to {k} client(s)", "fanout",
+            {"n": sizes.fanout_n, "clients": k}, server)
+    return cases
+
+
+def select(cases: list[Case], only: str | None) -> list[Case]:
+    """Cases whose id starts with one of the comma-separated names (``noop``,
+    ``latency@1000``, ``noop/trioqueue``), plus the bare-Trio baseline of every group
+    selected, so that every ratio is to a baseline of the same run."""
+    if not only:
+        return cases
+    names = [s.strip().strip("/") for s in only.split(",") if s.strip()]
+    chosen = [c for c in cases if any(c.id == s or c.id.startswith(s + "/")
+                                      or c.id.startswith(s + "@") or c.group == s
+                                      for s in names)]
+    if not chosen:
+        known = sorted({c.id.split("/")[0] for c in cases} | {c.id for c in cases})
+        raise SystemExit(f"--only {only!r} matches no case; known: {', '.join(known)}")
+    groups = {c.group for c in chosen}
+    keep = {c.id for c in chosen} | {c.id for c in cases if c.is_baseline and c.group in groups}
+    return [c for c in cases if c.id in keep]

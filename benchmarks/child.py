@@ -1,0 +1,50 @@
+"""One measurement in a fresh process: ``python -m benchmarks.child CASE_JSON OUT_PATH``.
+
+``CASE_JSON`` names the system module, the scenario function and its keyword arguments.
+The outcome goes to ``OUT_PATH`` as JSON: ``{"ok": true, "metrics": {...}}``,
+``{"skipped": "<reason>"}`` or ``{"error": "<traceback>"}``; stdout and stderr are left
+to the libraries under test.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import traceback
+from typing import Any
+
+SYSTEMS = {
+    "trio": "benchmarks.sys_trio",
+    "asyncio": "benchmarks.sys_asyncio",
+    "trioqueue": "benchmarks.sys_trioqueue",
+    "huey": "benchmarks.sys_huey",
+    "saq": "benchmarks.sys_saq",
+    "streaq": "benchmarks.sys_streaq",
+    "trioqueue-http": "benchmarks.sys_http",
+}
+
+
+def run_case(case: dict[str, Any]) -> dict[str, Any]:
+    from benchmarks.common import Skip
+
+    try:
+        module = importlib.import_module(SYSTEMS[case["system"]])
+        metrics = getattr(module, case["func"])(**case["params"])
+    except Skip as skip:
+        return {"skipped": str(skip)}
+    except BaseException:
+        return {"error": traceback.format_exc()}
+    return {"ok": True, "metrics": metrics}
+
+
+def main(argv: list[str]) -> int:
+    case = json.loads(argv[1])
+    outcome = run_case(case)
+    with open(argv[2], "w", encoding="utf-8") as f:
+        json.dump(outcome, f, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))

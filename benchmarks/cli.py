@@ -1,0 +1,196 @@
+"""``python -m benchmarks``: run every case several times, print one table.
+
+Each repetition of each case runs in a fresh subprocess (``benchmarks.child``); the
+repetitions are interleaved (all cases once, then all again, ...) so that a noisy moment
+of a shared machine spreads over every system instead of landing on one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .cases import FULL, QUICK, Case, plan, select
+from .report import render_table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor()
+    versions: dict[str, str] = {}
+    from importlib.metadata import PackageNotFoundError, version
+
+    for pkg in ("trioqueue", "trio", "huey", "saq", "streaq", "redis", "httpx"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def run_child(case: Case, timeout: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="tq-bench-") as tmp:
+        out = Path(tmp) / "out.json"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "benchmarks.child", json.dumps(case.child_spec()),
+                 str(out)],
+                cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                timeout=timeout, check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout:.0f} s"}
+        if not out.exists():
+            tail = (proc.stderr or b"").decode(errors="replace").strip()[-2000:]
+            return {"error": f"child exited with {proc.returncode} and no result: {tail}"}
+        outcome: dict[str, Any] = json.loads(out.read_text())
+        return outcome
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """median / min / max of every numeric metric over the repetitions."""
+    keys = [k for k, v in runs[0].items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    out: dict[str, dict[str, float]] = {}
+    for k in keys:
+        values = [r[k] for r in runs if isinstance(r.get(k), (int, float))]
+        if values:
+            out[k] = {"median": statistics.median(values), "min": min(values),
+                      "max": max(values)}
+    return out
+
+
+def short(outcome: dict[str, Any]) -> str:
+    if "skipped" in outcome:
+        return f"skipped: {outcome['skipped']}"
+    if "error" in outcome:
+        return "ERROR: " + outcome["error"].strip().splitlines()[-1][:160]
+    m = outcome["metrics"]
+    for key, fmt in (("jobs_per_s", "{:,.0f} jobs/s"), ("p99_ms", "p99 {:.2f} ms"),
+                     ("requests_per_s", "{:,.0f} req/s"), ("bytes_per_job", "{:,.0f} B/job"),
+                     ("events_per_s", "{:,.0f} events/s"), ("picks", "{:,} picks")):
+        if key in m:
+            return fmt.format(m[key])
+    return "ok"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="trioqueue benchmarks: every scenario against the bare-trio floor and "
+                    "the peers, one table (docs/benchmarks.md).")
+    parser.add_argument("--quick", action="store_true",
+                        help="small counts, 1 repetition: a smoke run for CI (< 1 min)")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="repetitions per case (default 5, or 1 with --quick)")
+    parser.add_argument("--only", metavar="NAMES",
+                        help="comma-separated case ids or prefixes: noop, latency, "
+                             "latency@10000, io, memory, priorities, http, noop/trioqueue "
+                             "(the bare-trio baseline of each group runs too)")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="leave out huey, SAQ and streaq")
+    parser.add_argument("--json", metavar="PATH", help="write the raw results here")
+    parser.add_argument("--plot", metavar="DIR", help="write throughput.png and latency.png")
+    parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    args = parser.parse_args(argv)
+
+    sizes = QUICK if args.quick else FULL
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 5)
+    if repeat < 1:
+        parser.error("--repeat must be at least 1")
+    cases = select(plan(sizes), args.only)
+    if args.no_peers:
+        cases = [c for c in cases if not c.peer]
+    if args.list:
+        for c in cases:
+            print(f"{c.id:34} {c.label}")
+        return 0
+
+    info = machine()
+    print(f"trioqueue benchmarks: {len(cases)} cases x {repeat} runs"
+          f"{' (quick)' if args.quick else ''}; {info['nproc']} cores, {info['cpu']}, "
+          f"Python {info['python']}", file=sys.stderr)
+    results: dict[str, dict[str, Any]] = {
+        c.id: {"runs": [], "errors": [], "skipped": None} for c in cases}
+    for c in cases:
+        reason = c.precheck()
+        if reason is not None:
+            results[c.id]["skipped"] = reason
+    started = time.monotonic()
+    for rep in range(repeat):
+        for c in cases:
+            r = results[c.id]
+            if r["skipped"] is not None:
+                if rep == 0:
+                    print(f"[{rep + 1}/{repeat}] {c.id:34} skipped: {r['skipped']}",
+                          file=sys.stderr)
+                continue
+            t = time.monotonic()
+            outcome = run_child(c, sizes.timeout)
+            print(f"[{rep + 1}/{repeat}] {c.id:34} {short(outcome)} "
+                  f"({time.monotonic() - t:.1f} s)", file=sys.stderr)
+            if "skipped" in outcome:
+                r["skipped"] = outcome["skipped"]
+            elif "error" in outcome:
+                r["errors"].append(outcome["error"])
+            else:
+                r["runs"].append(outcome["metrics"])
+    elapsed = time.monotonic() - started
+
+    doc: dict[str, Any] = {
+        "meta": info | {"quick": args.quick, "repeat": repeat, "elapsed_s": elapsed,
+                        "argv": sys.argv[1:] if argv is None else argv},
+        "cases": [],
+    }
+    for c in cases:
+        r = results[c.id]
+        doc["cases"].append({
+            "id": c.id, "scenario": c.scenario, "group": c.group, "system": c.system,
+            "label": c.label, "params": c.params, "peer": c.peer,
+            "baseline": c.is_baseline,
+            "skipped": r["skipped"], "errors": r["errors"], "runs": r["runs"],
+            "summary": summarize(r["runs"]) if r["runs"] else {},
+        })
+    print(render_table(doc))
+    print(f"\n{len(cases)} cases x {repeat} runs in {elapsed:.0f} s", file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    if args.plot:
+        from .plot import plot
+
+        for path in plot(doc, Path(args.plot)):
+            print(f"wrote {path}", file=sys.stderr)
+    return 1 if any(case["errors"] for case in doc["cases"]) else 0

@@ -1,0 +1,104 @@
+"""The floor: bare Trio, one bounded memory channel, ``await send`` / ``async for``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from .common import latency_summary, pace_schedule, perf_counter, settled_rss, throughput
+
+
+async def _noop(item: object) -> None:
+    return None
+
+
+async def _run_channel(n: int, workers: int, capacity: int, handler: Any,
+                       make_item: Any) -> tuple[float, float, float]:
+    send, receive = trio.open_memory_channel[Any](capacity)
+    t_enqueued = 0.0
+
+    async def worker(r: trio.MemoryReceiveChannel[Any]) -> None:
+        async with r:
+            async for item in r:
+                await handler(item)
+
+    async def producer() -> None:
+        nonlocal t_enqueued
+        async with send:
+            for i in range(n):
+                await send.send(make_item(i))
+            t_enqueued = perf_counter()
+
+    t0 = perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(workers):
+            nursery.start_soon(worker, receive.clone())
+        receive.close()
+        nursery.start_soon(producer)
+    return t0, t_enqueued, perf_counter()
+
+
+def noop(n: int, workers: int = 4, capacity: int = 1000) -> dict[str, Any]:
+    t0, te, t1 = trio.run(_run_channel, n, workers, capacity, _noop, lambda i: ("noop", None))
+    return throughput(n, t0, te, t1, overlapped=True) | {"workers": workers}
+
+
+def io(n: int, workers: int, sleep: float = 0.01) -> dict[str, Any]:
+    async def handler(item: object) -> None:
+        await trio.sleep(sleep)
+
+    t0, te, t1 = trio.run(_run_channel, n, workers, n, handler, lambda i: ("io", None))
+    out = throughput(n, t0, te, t1, overlapped=True)
+    out["ideal_per_s"] = workers / sleep
+    return out | {"workers": workers}
+
+
+def latency(rate: float, n: int, workers: int = 4, capacity: int = 1000) -> dict[str, Any]:
+    lat: list[float] = []
+
+    async def handler(item: float) -> None:
+        lat.append(perf_counter() - item)
+
+    async def main() -> float:
+        send, receive = trio.open_memory_channel[float](capacity)
+
+        async def worker(r: trio.MemoryReceiveChannel[float]) -> None:
+            async with r:
+                async for item in r:
+                    await handler(item)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(workers):
+                nursery.start_soon(worker, receive.clone())
+            receive.close()
+            async with send:
+                t0 = perf_counter()
+                i = 0
+                while i < n:
+                    due, wait = pace_schedule(rate, n, t0, i, perf_counter())
+                    while i < due:
+                        await send.send(perf_counter())
+                        i += 1
+                    if i < n and wait > 0:
+                        await trio.sleep(wait)
+                offered_s = perf_counter() - t0
+        return offered_s
+
+    offered_s = trio.run(main)
+    return latency_summary(lat) | {"rate": rate, "n": n, "offered_per_s": n / offered_s}
+
+
+def memory(n: int) -> dict[str, Any]:
+    async def main() -> dict[str, Any]:
+        send, receive = trio.open_memory_channel[Any](n)
+        before = settled_rss()
+        for i in range(n):
+            send.send_nowait(("noop", {"i": i}))
+        after = settled_rss()
+        send.close()
+        receive.close()
+        return {"n": n, "rss_before": before, "rss_after": after,
+                "bytes_per_job": (after - before) / n}
+
+    return trio.run(main)

@@ -1,0 +1,261 @@
+"""trioqueue itself, embedded: memory mode and (once it lands) the SQLite store."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import trio
+
+import trioqueue
+
+from .common import Skip, latency_summary, pace_schedule, perf_counter, settled_rss, throughput
+
+# Shutdown with jobs still queued (the memory scenario) logs a warning; keep stderr quiet.
+logging.getLogger("trioqueue").setLevel(logging.ERROR)
+
+
+def _registry(handler: Any = None) -> trioqueue.TaskRegistry:
+    registry = trioqueue.TaskRegistry()
+
+    async def noop(job: trioqueue.Job) -> None:
+        return None
+
+    registry.task(name="noop")(handler or noop)
+    return registry
+
+
+async def _all_done(q: trioqueue.JobQueue, last_ids: list[str], n: int) -> None:
+    """Return once ``n`` jobs are COMPLETED.
+
+    Jobs of one priority start in FIFO order, so once the last job each producer enqueued
+    is finished only the few still in other workers' hands remain: poll for those.
+    """
+    for job_id in last_ids:
+        try:
+            job = await q.wait(job_id)
+        except trioqueue.JobNotFound:
+            continue  # finished and aged out of the finished-job cache already
+        if job.status is not trioqueue.JobStatus.COMPLETED:
+            raise RuntimeError(f"job {job_id} ended {job.status.value}: {job.error}")
+    for _ in range(1_000_000):
+        if q.metrics().completed >= n:
+            return
+        await trio.lowlevel.checkpoint()
+    raise RuntimeError(f"only {q.metrics().completed} of {n} jobs completed")
+
+
+async def _open_or_skip(config: trioqueue.QueueConfig, registry: trioqueue.TaskRegistry,
+                        body: Any) -> Any:
+    try:
+        cm = trioqueue.open_queue(registry, config)
+        q = await cm.__aenter__()
+    except trioqueue.StoreError as exc:
+        raise Skip(f"persistence not available yet (StoreError: {exc})") from None
+    try:
+        result = await body(q)
+    except BaseException as exc:
+        if not await cm.__aexit__(type(exc), exc, exc.__traceback__):
+            raise
+        raise  # pragma: no cover - open_queue never swallows
+    await cm.__aexit__(None, None, None)
+    return result
+
+
+def noop(n: int, variant: str, workers: int = 4, producers: int = 1,
+         durability: str | None = None) -> dict[str, Any]:
+    """``variant``: ``nowait`` (enqueue_nowait in a loop, capacity raised to hold all),
+    ``nowait-retry`` (enqueue_nowait at the default capacity, a checkpoint and a retry on
+    QueueFull), ``await`` (``await q.enqueue`` from ``producers`` tasks, default
+    capacity)."""
+    registry = _registry()
+    with tempfile.TemporaryDirectory(prefix="tq-bench-") as tmp:
+        kwargs: dict[str, Any] = {"workers": workers}
+        if durability is not None:
+            kwargs.update(persist_path=str(Path(tmp) / "bench.db"), durability=durability)
+        if variant == "nowait":
+            kwargs["capacity"] = n
+        config = trioqueue.QueueConfig(**kwargs)
+
+        async def body(q: trioqueue.JobQueue) -> dict[str, Any]:
+            last_ids: list[str] = []
+            t0 = perf_counter()
+            if variant == "nowait":
+                enqueue = q.enqueue_nowait
+                job = None
+                for _ in range(n):
+                    job = enqueue("noop")
+                assert job is not None
+                last_ids.append(job.id)
+                if durability is not None:
+                    await q.flush()
+                te = perf_counter()
+            elif variant == "nowait-retry":
+                enqueue = q.enqueue_nowait
+                full = trioqueue.QueueFull
+                checkpoint = trio.lowlevel.checkpoint
+                job = None
+                i = 0
+                while i < n:
+                    try:
+                        job = enqueue("noop")
+                    except full:
+                        await checkpoint()
+                        continue
+                    i += 1
+                assert job is not None
+                last_ids.append(job.id)
+                if durability is not None:
+                    await q.flush()
+                te = perf_counter()
+            else:
+                share = [n // producers + (1 if i < n % producers else 0)
+                         for i in range(producers)]
+
+                async def producer(count: int) -> None:
+                    job = None
+                    for _ in range(count):
+                        job = await q.enqueue("noop")
+                    if job is not None:
+                        last_ids.append(job.id)
+
+                async with trio.open_nursery() as nursery:
+                    for count in share:
+                        nursery.start_soon(producer, count)
+                te = perf_counter()
+            await _all_done(q, last_ids, n)
+            t1 = perf_counter()
+            m = q.metrics()
+            # With a store, flush() yields to the workers while it waits for the commit.
+            out = throughput(n, t0, te, t1,
+                             overlapped=variant != "nowait" or durability is not None)
+            out.update(workers=workers, producers=producers, completed=m.completed,
+                       wait_p99_ms=m.wait_p99 * 1e3, utilization=m.utilization)
+            return out
+
+        return trio.run(_open_or_skip, config, registry, body)
+
+
+def io(n: int, workers: int, sleep: float = 0.01) -> dict[str, Any]:
+    async def handler(job: trioqueue.Job) -> None:
+        await trio.sleep(sleep)
+
+    config = trioqueue.QueueConfig(workers=workers, capacity=n)
+
+    async def body(q: trioqueue.JobQueue) -> dict[str, Any]:
+        t0 = perf_counter()
+        job = None
+        for _ in range(n):
+            job = q.enqueue_nowait("noop")
+        te = perf_counter()
+        assert job is not None
+        await _all_done(q, [job.id], n)
+        out = throughput(n, t0, te, perf_counter(), overlapped=False)
+        out["ideal_per_s"] = workers / sleep
+        return out | {"workers": workers}
+
+    return trio.run(_open_or_skip, config, _registry(handler), body)
+
+
+def latency(rate: float, n: int, workers: int = 4) -> dict[str, Any]:
+    lat: list[float] = []
+    done = trio.Event()
+
+    async def handler(job: trioqueue.Job) -> None:
+        lat.append(perf_counter() - job.payload)
+        if len(lat) >= n:
+            done.set()
+
+    config = trioqueue.QueueConfig(workers=workers)
+
+    async def body(q: trioqueue.JobQueue) -> float:
+        t0 = perf_counter()
+        i = 0
+        while i < n:
+            due, wait = pace_schedule(rate, n, t0, i, perf_counter())
+            while i < due:
+                await q.enqueue("noop", perf_counter())
+                i += 1
+            if i < n and wait > 0:
+                await trio.sleep(wait)
+        offered_s = perf_counter() - t0
+        await done.wait()
+        return offered_s
+
+    offered_s = trio.run(_open_or_skip, config, _registry(handler), body)
+    return latency_summary(lat) | {"rate": rate, "n": n, "offered_per_s": n / offered_s}
+
+
+def priorities(duration: float, workers: int = 4) -> dict[str, Any]:
+    """Three producers keep HIGH, MEDIUM and LOW backlogged for ``duration`` seconds and
+    the picks per priority are counted.
+
+    Each producer fills its priority's queue to the (default) capacity with
+    ``enqueue_nowait`` and yields only on QueueFull, so all three queues stay full: a
+    producer using ``await enqueue`` is slower than the workers and never builds a
+    backlog, which would measure FIFO order, not the fair picker."""
+    picks = [0, 0, 0]
+    waits: list[list[float]] = [[], [], []]
+    recording = True
+
+    async def handler(job: trioqueue.Job) -> None:
+        if recording:
+            p = int(job.priority)
+            picks[p] += 1
+            waits[p].append(perf_counter() - job.payload)
+
+    config = trioqueue.QueueConfig(workers=workers)
+    weights = {int(p): w for p, w in config.fairness.items()}
+
+    async def body(q: trioqueue.JobQueue) -> None:
+        nonlocal recording
+
+        async def producer(priority: trioqueue.Priority) -> None:
+            enqueue = q.enqueue_nowait
+            full = trioqueue.QueueFull
+            while True:
+                try:
+                    enqueue("noop", perf_counter(), priority=priority)
+                except full:
+                    await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            for p in trioqueue.Priority:
+                nursery.start_soon(producer, p)
+            await trio.sleep(duration)
+            recording = False
+            nursery.cancel_scope.cancel()
+
+    trio.run(_open_or_skip, config, _registry(handler), body)
+    total = sum(picks)
+    wsum = sum(weights.values())
+    out: dict[str, Any] = {"duration": duration, "picks": total}
+    for p in trioqueue.Priority:
+        label = p.name.lower()
+        out[f"share_{label}"] = picks[p] / total
+        out[f"expected_{label}"] = weights[p] / wsum
+        w = sorted(waits[p])
+        out[f"worst_wait_{label}_ms"] = (w[-1] if w else float("nan")) * 1e3
+        out[f"p99_wait_{label}_ms"] = latency_summary(w)["p99_ms"]
+    out["max_share_error"] = max(
+        abs(out[f"share_{p.name.lower()}"] - out[f"expected_{p.name.lower()}"])
+        for p in trioqueue.Priority
+    )
+    return out
+
+
+def memory(n: int) -> dict[str, Any]:
+    config = trioqueue.QueueConfig(workers=4, capacity=n + 1)
+
+    async def body(q: trioqueue.JobQueue) -> dict[str, Any]:
+        before = settled_rss()
+        for i in range(n):
+            q.enqueue_nowait("noop", {"i": i})
+        after = settled_rss()
+        queued = sum(q.metrics().queued.values())
+        return {"n": n, "queued": queued, "rss_before": before, "rss_after": after,
+                "bytes_per_job": (after - before) / n}
+
+    return trio.run(_open_or_skip, config, _registry(), body)

@@ -1,0 +1,76 @@
+"""The benchmark harness cannot rot: ``python -m benchmarks --quick`` runs end to end.
+
+Nothing here asserts anything about speed: only that every scenario is in the JSON, that
+each case either measured something or says why it was skipped, and that none failed.
+Peers (huey, SAQ, streaq) are installed by the ``bench`` extra only; where they are
+missing their cases must be skipped with a reason, which is checked too.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = {"noop", "priorities", "latency", "io", "memory", "http"}
+ALWAYS_MEASURED = {  # need nothing beyond the test extra
+    "noop/trio", "noop/asyncio", "noop/trioqueue/nowait", "noop/trioqueue/await-1",
+    "noop/trioqueue/await-8", "priorities/trioqueue", "latency@1000/trio",
+    "latency@1000/trioqueue", "io@10/trioqueue", "memory/trioqueue",
+}
+
+
+@pytest.mark.slow
+def test_quick_run_produces_every_scenario(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--no-peers", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    doc = json.loads(out.read_text())
+    cases = {c["id"]: c for c in doc["cases"]}
+    assert {c["scenario"] for c in doc["cases"]} == SCENARIOS
+    assert ALWAYS_MEASURED <= set(cases)
+    for case in doc["cases"]:
+        assert not case["errors"], (case["id"], case["errors"])
+        if case["skipped"] is not None:
+            assert case["skipped"].strip(), f"{case['id']} skipped without a reason"
+        else:
+            assert case["runs"], f"{case['id']} neither ran nor says why not"
+    for cid in ALWAYS_MEASURED:
+        assert cases[cid]["runs"], f"{cid}: {cases[cid]['skipped']}"
+    # The table names every case, skipped ones with their reason.
+    for cid, case in cases.items():
+        assert f"| {cid} |" in proc.stdout
+        if case["skipped"] is not None:
+            assert f"skipped: {case['skipped']}" in proc.stdout
+    assert "1 (baseline)" in proc.stdout
+
+
+def test_peer_cases_skip_with_a_reason_when_missing(tmp_path: Path) -> None:
+    """A peer whose package is missing is skipped, never dropped: simulated by a
+    precheck on a package that cannot exist."""
+    from benchmarks.cases import QUICK, plan, select
+
+    cases = select(plan(QUICK), "noop")
+    assert {c.id for c in cases} >= {"noop/trio", "noop/trioqueue/nowait", "noop/huey-memory"}
+    peer = next(c for c in cases if c.id == "noop/huey-memory")
+    from benchmarks.cases import _module
+
+    peer.prechecks = (_module("no_such_package_for_trioqueue_bench"),)
+    reason = peer.precheck()
+    assert reason is not None
+    assert "no_such_package_for_trioqueue_bench" in reason
+
+
+def test_only_keeps_the_baseline_of_each_group() -> None:
+    from benchmarks.cases import QUICK, plan, select
+
+    ids = {c.id for c in select(plan(QUICK), "latency@10000/trioqueue,io@100")}
+    assert ids == {"latency@10000/trio", "latency@10000/trioqueue", "io@100/trio",
+                   "io@100/asyncio", "io@100/trioqueue"}
