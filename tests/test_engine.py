@@ -789,3 +789,14 @@ async def test_periodic_metrics_events_for_subscribers_that_ask(
                 except trio.WouldBlock:
                     break
             assert plain_kinds == ["enqueued", "started", "completed"]
+
+
+async def test_generated_ids_are_uuid7_in_the_order_they_were_made(h: Harness) -> None:
+    import uuid
+
+    async with trioqueue.open_queue(h.registry, cfg(capacity=5000)) as q:
+        ids = [q.enqueue_nowait("ok").id for _ in range(5000)]  # many in one millisecond
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert all(uuid.UUID(i).version == 7 for i in ids)
+    assert all(uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)

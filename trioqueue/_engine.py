@@ -69,12 +69,32 @@ _PRIORITIES = (Priority.HIGH, Priority.MEDIUM, Priority.LOW)
 _SIMPLE_RESULT = (str, int, bool, type(None))
 
 
+_id_ms = 0
+_id_seq = 0
+_id_bits = random.Random(os.urandom(32)).getrandbits
+
+
 def _new_id() -> str:
-    """A random uuid4 in hex, without building a ``uuid.UUID`` object."""
-    b = bytearray(os.urandom(16))
-    b[6] = (b[6] & 0x0F) | 0x40
-    b[8] = (b[8] & 0x3F) | 0x80
-    return b.hex()
+    """A UUIDv7 (RFC 9562) in hex: milliseconds since the epoch, a counter, 62 random bits.
+
+    Ids made by one process sort in the order they were made, so the store appends to
+    its id index instead of inserting at random places (random uuid4 ids halved the
+    write rate of the SQLite store).  Ids are unique, not secret: the random part comes
+    from a fast generator seeded from ``os.urandom``.
+    """
+    global _id_ms, _id_seq
+    ms = time.time_ns() // 1_000_000
+    if ms > _id_ms:
+        _id_ms, _id_seq = ms, 0
+    else:  # the same millisecond (or the clock stepped back): count on
+        _id_seq += 1
+        if _id_seq > 0xFFF:
+            _id_ms, _id_seq = _id_ms + 1, 0
+    return f"{_id_ms << 80 | _id_seq << 64 | _id_bits(62) | _UUID7_BITS:032x}"
+
+
+_UUID7_BITS = 0x7 << 76 | 0x8 << 60
+"""The version (7) and variant (0b10) fields of a UUIDv7."""
 
 
 @attrs.define(slots=True, eq=False)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -39,6 +40,8 @@ log = logging.getLogger("trioqueue.store")
 
 STREAM_CHUNK = 1000
 """Recovery streams a backlog into a ready queue at most this many jobs per read."""
+WRITE_CHUNK = 4096
+"""Rows per transaction when a flush is large (a burst, or the final snapshot)."""
 PRUNE_CHUNK = 10_000
 """Finished jobs deleted per transaction when pruning (short transactions)."""
 RETRY_FAILED_WRITE = 1.0
@@ -70,6 +73,9 @@ class Persistence:
         self._queue: JobQueue | None = None
         self._dirty: dict[str, JobRecord] = {}
         self._inflight: dict[str, JobRecord] | None = None
+        """The flush under way: records whose rows are not made yet."""
+        self._writing: dict[str, JobRecord] = {}
+        """The flush under way: the records of the transaction being written."""
         self._epoch = 1  # the batch being collected
         self._committed = 0  # the last batch committed
         self._failed = 0  # the last batch whose write failed
@@ -79,7 +85,8 @@ class Persistence:
         """Waiters by the batch they wait for, woken when it commits (or fails)."""
         self._kick = trio.Event()
         self._waiters = 0
-        self._write_lock = trio.Lock()
+        self._write_lock = trio.Lock()  # one transaction at a time: flushes, pruning
+        self._batch_lock = trio.Lock()  # one batch at a time: the flusher, close()
         self._closing = False
         self.closed = False
         self._nursery: trio.Nursery | None = None
@@ -106,6 +113,9 @@ class Persistence:
 
     def mark(self, rec: JobRecord) -> None:
         """``rec`` changed: include its latest state in the next flush."""
+        inflight = self._inflight
+        if inflight and rec.id in inflight:
+            return  # taken by the flush under way, which reads its state when it gets to it
         dirty = self._dirty
         if not dirty:
             self._kick.set()  # the flusher sleeps without a deadline while nothing is dirty
@@ -122,6 +132,8 @@ class Persistence:
         """Drop a record the engine withdrew before it was ever committed."""
         if self._dirty.get(rec.id) is rec:
             del self._dirty[rec.id]
+        if self._inflight and self._inflight.get(rec.id) is rec:
+            del self._inflight[rec.id]
 
     async def wait_committed(self, rec: JobRecord | None = None) -> None:
         """Return once everything marked so far (or just ``rec``) is committed.
@@ -137,7 +149,9 @@ class Persistence:
                 target = 0
         elif rec.id in self._dirty:
             target = self._epoch
-        elif self._inflight is not None and rec.id in self._inflight:
+        elif self._inflight is not None and (
+            rec.id in self._inflight or rec.id in self._writing
+        ):
             target = self._epoch - 1
         else:
             target = 0
@@ -204,20 +218,44 @@ class Persistence:
                 await self._prune(queue, retention)
                 next_prune = trio.current_time() + prune_every
 
-    async def _flush(self) -> None:
-        batch = self._dirty
+    async def _write_batch(self) -> int:
+        """Write everything dirty now as one batch; return its number.
+
+        A large batch goes in transactions of :data:`WRITE_CHUNK` rows, oldest changes
+        first, each chunk's rows made just before it is written: a job that changed again
+        meanwhile is written once, in its latest state, not once per state.  Raises
+        :class:`StoreError`; what was not written is dirty again.
+        """
+        pending = self._dirty
         self._dirty = {}
         epoch = self._epoch
         self._epoch += 1
-        rows = [_row(rec) for rec in batch.values()]
-        self._inflight = batch
+        self._inflight = pending
         try:
-            async with self._write_lock:
-                await trio.to_thread.run_sync(self.store.write, rows)
-        except StoreError as exc:
-            self._inflight = None
-            for job_id, rec in batch.items():
+            while pending:
+                ids = list(islice(pending, WRITE_CHUNK))
+                writing = self._writing = {job_id: pending.pop(job_id) for job_id in ids}
+                rows = [_row(rec) for rec in writing.values()]
+                async with self._write_lock:
+                    await trio.to_thread.run_sync(self.store.write, rows)
+                self.commits += 1
+                self.rows_written += len(rows)
+                self._writing = {}
+        except BaseException:
+            for job_id, rec in (*self._writing.items(), *pending.items()):
                 self._dirty.setdefault(job_id, rec)  # kept for the next try
+            raise
+        finally:
+            self._inflight = None
+            self._writing = {}
+        return epoch
+
+    async def _flush(self) -> None:
+        epoch = self._epoch
+        try:
+            async with self._batch_lock:
+                await self._write_batch()
+        except StoreError as exc:
             self._failed = epoch
             if self._error is None:
                 log.error("%s; trying again every %ss", exc, RETRY_FAILED_WRITE)
@@ -225,13 +263,10 @@ class Persistence:
             self._retry_at = trio.current_time() + RETRY_FAILED_WRITE
             self._wake_committed(epoch)
             return
-        self._inflight = None
         self._committed = epoch
         if self._error is not None:
             log.warning("%s: writing again", self.path)
             self._error = None
-        self.commits += 1
-        self.rows_written += len(rows)
         self._wake_committed(epoch)
 
     async def _prune(self, queue: JobQueue, retention: float) -> None:
@@ -343,10 +378,13 @@ class Persistence:
                 now = queue._clock.current_time()
                 jobs = queue._jobs
                 inflight = self._inflight or {}
+                writing = self._writing
                 for row in rows:
                     queue._backlog[priority] -= 1
                     job_id = row[0]
-                    if job_id in jobs or job_id in self._dirty or job_id in inflight:
+                    if job_id in jobs or job_id in self._dirty or job_id in inflight or (
+                        job_id in writing
+                    ):
                         continue  # memory knows better (cancelled, or loaded already)
                     rec = self._record(row)
                     if rec is None or not self._runnable(rec):
@@ -368,7 +406,7 @@ class Persistence:
         """The stored record of a job that is not in memory, or ``None``."""
         rec = self._dirty.get(job_id)
         if rec is None and self._inflight is not None:
-            rec = self._inflight.get(job_id)
+            rec = self._inflight.get(job_id) or self._writing.get(job_id)
         if rec is not None:
             await trio.lowlevel.checkpoint()
             return rec
@@ -412,18 +450,10 @@ class Persistence:
         self._closing = True
         self._kick.set()
         with trio.CancelScope(shield=True):
-            async with self._write_lock:
+            async with self._batch_lock:  # after the flush under way, if any
                 try:
                     while self._dirty:
-                        batch = self._dirty
-                        self._dirty = {}
-                        epoch = self._epoch
-                        self._epoch += 1
-                        rows = [_row(rec) for rec in batch.values()]
-                        await trio.to_thread.run_sync(self.store.write, rows)
-                        self._committed = epoch
-                        self.commits += 1
-                        self.rows_written += len(rows)
+                        self._committed = await self._write_batch()
                     await trio.to_thread.run_sync(self.store.close)
                 except StoreError:
                     self.store.abandon()
