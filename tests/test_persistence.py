@@ -244,7 +244,7 @@ async def test_backlog_jobs_can_be_read_and_cancelled_before_they_load(tmp_path:
         cancelled = await q.cancel("b40")
         assert cancelled.status is JobStatus.CANCELLED
         assert sum(q.metrics().queued.values()) >= 40
-        with pytest.raises(trioqueue.QueueFull):  # the backlog goes first
+        with pytest.raises(trioqueue.QueueFull, match="recovered from the store run first"):
             q.enqueue_nowait("echo", 1, priority="medium")
         q.enqueue_nowait("echo", 1, priority="high")  # other priorities have room
     assert on_disk(db, "b40")[0] == "cancelled"  # type: ignore[index]

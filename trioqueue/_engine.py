@@ -435,9 +435,15 @@ class JobQueue:
         assert rec is not None
         if not self._has_room(rec):
             self._n_rejected += 1
+            backlog = self._backlog[rec.priority] if rec.status is QUEUED else 0
             raise QueueFull(
-                f"priority {_LABELS[rec.priority]}: {self._capacity} jobs already waiting"
-                + (" for a due time" if rec.status is SCHEDULED else "")
+                f"priority {_LABELS[rec.priority]}: "
+                + (
+                    f"{backlog} jobs recovered from the store run first"
+                    if backlog
+                    else f"{self._capacity} jobs already waiting"
+                    + (" for a due time" if rec.status is SCHEDULED else "")
+                )
             )
         self._admit(rec)
         return rec.snapshot()
