@@ -125,7 +125,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="write the raw results here")
     parser.add_argument("--plot", metavar="DIR", help="write throughput.png and latency.png")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    parser.add_argument("--from-json", metavar="PATH",
+                        help="measure nothing: print the table (and --plot) of a saved run")
     args = parser.parse_args(argv)
+
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        print(render_table(saved))
+        if args.plot:
+            from .plot import plot
+
+            for path in plot(saved, Path(args.plot)):
+                print(f"wrote {path}", file=sys.stderr)
+        return 0
 
     sizes = QUICK if args.quick else FULL
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 5)

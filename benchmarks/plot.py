@@ -64,7 +64,7 @@ def plot(doc: dict[str, Any], out_dir: Path) -> list[Path]:
     # 2. latency: p50 / p99 / max vs offered load, one colour per system.
     lat = [c for c in cases if c["scenario"] == "latency"]
     if lat:
-        fig, ax = plt.subplots(figsize=(9, 5.2), dpi=80)
+        fig, ax = plt.subplots(figsize=(11, 5.2), dpi=80)
         systems: dict[str, list[dict[str, Any]]] = {}
         for c in lat:
             systems.setdefault(c["id"].split("/", 1)[1], []).append(c)
@@ -84,7 +84,7 @@ def plot(doc: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.set_ylabel("enqueue → handler start, ms (log)")
         ax.set_title(f"Latency vs offered load\n{subtitle}", fontsize=9)
         ax.grid(which="both", alpha=0.3)
-        ax.legend(fontsize=6, ncol=3)
+        ax.legend(fontsize=7, ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         path = out_dir / "latency.png"
         fig.savefig(path)

@@ -2,7 +2,8 @@
 
 Every figure is the median over the repetitions with [min-max], and the ``x bare trio``
 column is the median divided by the median of the bare-Trio case of the same group
-(same run).  For rates higher is better; for latency and memory lower is better.
+(same run), followed by the paired ratio (median of per-repetition ratios).  For rates
+higher is better; for latency and memory lower is better.
 """
 
 from __future__ import annotations
@@ -65,6 +66,23 @@ def ratio(doc: dict[str, Any], case: dict[str, Any]) -> float | None:
     if not b or math.isnan(b) or math.isnan(v):
         return None
     return v / b
+
+
+def paired_ratio(doc: dict[str, Any], case: dict[str, Any]) -> float | None:
+    """Median of the per-repetition ratios (repetition i of this case over repetition i
+    of the baseline, which ran moments apart): steadier than a ratio of medians when the
+    machine's load drifts during the run."""
+    key = primary_key(case)
+    base = baseline_of(doc, case)
+    if (key is None or base is None or case["baseline"] or case["scenario"] == "priorities"
+            or len(case["runs"]) < 2 or len(case["runs"]) != len(base["runs"])):
+        return None
+    values = sorted(r[key] / b[key] for r, b in zip(case["runs"], base["runs"], strict=True)
+                    if b.get(key))
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
 def _result(case: dict[str, Any]) -> str:
@@ -146,6 +164,9 @@ def render_table(doc: dict[str, Any]) -> str:
             continue
         r = ratio(doc, case)
         rtxt = "1 (baseline)" if case["baseline"] else ("—" if r is None else f"{r:.2f}x")
+        pr = paired_ratio(doc, case)
+        if pr is not None:
+            rtxt += f" (paired {pr:.2f}x)"
         err = f" ({len(case['errors'])} run(s) failed)" if case["errors"] else ""
         lines.append(f"| {case['id']} | {_n(case)} | {_result(case)}{err} | {rtxt} | "
                      f"{_details(case)} |")
