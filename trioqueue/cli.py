@@ -160,7 +160,8 @@ def serve_options(
 
 
 async def _serve_until_signalled(
-    registry: TaskRegistry, config: QueueConfig, settings: Any, out: TextIO
+    registry: TaskRegistry, config: QueueConfig, settings: Any, out: TextIO,
+    http_server: str | None = None,
 ) -> int:
     """Serve; the first SIGINT/SIGTERM shuts down in order, a second one cuts it short."""
     from .server import serve
@@ -186,7 +187,11 @@ async def _serve_until_signalled(
             nursery.start_soon(watch_signals)
 
             async def run_server(task_status: trio.TaskStatus[str]) -> None:
-                await serve(registry, config, settings, stop=stop, task_status=task_status)
+                if http_server is None:
+                    await serve(registry, config, settings, stop=stop, task_status=task_status)
+                else:
+                    await serve(registry, config, settings, stop=stop, http_server=http_server,
+                                task_status=task_status)
                 nursery.cancel_scope.cancel()  # done: stop watching for signals
 
             url = await nursery.start(run_server)
@@ -213,13 +218,23 @@ def _lone(group: BaseExceptionGroup[Any], kinds: tuple[type[BaseException], ...]
     return found[0] if found else None
 
 
+def http_server_option(args: argparse.Namespace, env: Mapping[str, str]) -> str | None:
+    """``--http-server`` over ``TRIOQUEUE_HTTP_SERVER``; None: the library's default."""
+    choice = getattr(args, "http_server", None) or _env_first(env, "TRIOQUEUE_HTTP_SERVER")
+    if choice is not None and choice not in ("lean", "hypercorn"):
+        raise UsageError(f"TRIOQUEUE_HTTP_SERVER: expected lean or hypercorn, got {choice!r}")
+    return choice
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     registry, config, settings = serve_options(args, os.environ)
+    http_server = http_server_option(args, os.environ)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.token:
         log.warning("serving on %s without a token: anyone who can reach it can run jobs",
                     settings.host)
     try:
-        return trio.run(_serve_until_signalled, registry, config, settings, sys.stdout)
+        return trio.run(_serve_until_signalled, registry, config, settings, sys.stdout,
+                        http_server)
     except (StoreError, OSError) as exc:
         error: BaseException | None = exc
     except BaseExceptionGroup as group:
@@ -481,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--slow-client-timeout", type=float,
                        help="seconds a client may accept no data before it is cut off (20)")
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument("--http-server", choices=("lean", "hypercorn"),
+                       help="HTTP server: lean (default, faster) or hypercorn")
     serve.add_argument("--log-level", default=None,
                        help="debug (one line per job state change), info (default), warning")
     serve.set_defaults(handler=cmd_serve)
