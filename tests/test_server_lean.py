@@ -123,6 +123,7 @@ class Peer:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
         self.buf = b""
+        self.last_head = b""
 
     async def send(self, data: bytes) -> None:
         await self.stream.send_all(data)
@@ -137,6 +138,7 @@ class Peer:
             while b"\r\n\r\n" not in self.buf:
                 assert await self._more(), f"EOF before a response: {self.buf!r}"
             head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+            self.last_head = head
             lines = head.decode().split("\r\n")
             status = int(lines[0].split()[1])
             headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
@@ -316,6 +318,7 @@ async def test_413_with_connection_close_and_no_100_continue() -> None:
                             b"Expect: 100-continue\r\n\r\n" % len(big))
             status, headers, body = await peer.response()  # not a 100 first
             assert status == 413
+            assert peer.last_head.lower().count(b"connection: close") == 1
             assert headers["connection"] == "close"
             assert "limit" in json.loads(body)["error"]
             await peer.send(big)  # sent anyway, as a client may: read and dropped

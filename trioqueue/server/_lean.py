@@ -535,20 +535,21 @@ class _Response:
         status = self.status
         body = b"".join(self.parts)
         out = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
-        has_length = False
+        has_length = said_close = False
         for name, value in self.headers:
             low = name.lower()
             if low == b"content-length":
                 has_length = True
             elif low == b"connection" and b"close" in value.lower():
                 self.keep_alive = False
+                said_close = True
             out.append(b"%s: %s\r\n" % (name, value))
         no_body = status < 200 or status in (204, 304)
         if not has_length and not no_body:
             out.append(b"content-length: %d\r\n" % len(body))
         if self.conn.server.stopping:
             self.keep_alive = False
-        if not self.keep_alive:
+        if not self.keep_alive and not said_close:
             out.append(b"connection: close\r\n")
         elif self.request.http_version == "1.0":
             out.append(b"connection: keep-alive\r\n")
