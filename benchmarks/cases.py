@@ -166,6 +166,9 @@ def plan(sizes: Sizes) -> list[Case]:
             {"rate": rate, "n": count, "workers": WORKERS})
         add(f"{g}/trioqueue", "latency", g, "trioqueue", "trioqueue memory, await enqueue",
             "latency", {"rate": rate, "n": count, "workers": WORKERS})
+        add(f"{g}/trioqueue-nowait", "latency", g, "trioqueue",
+            "trioqueue memory, enqueue_nowait per tick", "latency",
+            {"rate": rate, "n": count, "workers": WORKERS, "nowait": True})
         add(f"{g}/huey-memory", "latency", g, "huey", "huey MemoryHuey", "latency",
             {"rate": rate, "n": pcount, "storage": "memory", "workers": WORKERS}, huey,
             peer=True)
