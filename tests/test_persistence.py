@@ -262,6 +262,7 @@ async def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
             pass  # pragma: no cover
     assert "not a trioqueue store" in str(info.value)
     assert db.read_bytes() == before  # never a silent reset
+    assert os.listdir(tmp_path) == ["notes.txt"]  # nothing left beside it
 
 
 async def test_a_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
@@ -316,6 +317,19 @@ async def test_an_unwritable_location_is_refused_at_open(tmp_path: Path) -> None
     with pytest.raises(StoreError, match=str(db)):
         async with trioqueue.open_queue(registry, cfg(db)):
             pass  # pragma: no cover
+
+
+async def test_one_queue_per_store_file(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    async with trioqueue.open_queue(registry, cfg(db)) as q:
+        await q.enqueue("echo", 1, job_id="mine")
+        with pytest.raises(StoreError, match=rf"{db}: in use by another trioqueue queue "
+                           rf"\(process {os.getpid()}\)"):
+            async with trioqueue.open_queue(registry, cfg(db)):
+                pass  # pragma: no cover
+        assert (await q.wait("mine")).status is JobStatus.COMPLETED  # unharmed
+    async with trioqueue.open_queue(registry, cfg(db)) as q:  # free again once closed
+        assert (await q.get("mine")).status is JobStatus.COMPLETED
 
 
 async def test_a_directory_is_refused(tmp_path: Path) -> None:

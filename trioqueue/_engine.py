@@ -555,7 +555,7 @@ class JobQueue:
             if job.status.terminal:
                 return job
             # Queued in the store's recovery backlog: look again once it may be loaded.
-            await trio.sleep(self._config.flush_interval)
+            await trio.sleep(0.05)
             rec = self._jobs.get(job_id)
             if self._closing and rec is None:
                 raise ShuttingDown(f"the queue closed before job {job_id!r} finished")

@@ -12,6 +12,8 @@ and what is wrong.  Nothing is ever reset silently.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -114,24 +116,25 @@ class SqliteStore:
         where = str(path)
         if path.is_dir():
             raise StoreError(f"{where}: is a directory, not a trioqueue store file")
+        lock = _Lock.take(path)
         try:
             writer = _connect(path)
         except sqlite3.Error as exc:
-            raise StoreError(f"{where}: cannot open: {exc}") from exc
+            lock.release(failed=True)
+            raise StoreError(f"{where}: cannot open: {_describe(exc)}") from exc
         try:
             clean = cls._prepare(writer, where, fsync)
             reader = _connect(path)
             reader.execute("PRAGMA query_only = ON")
-        except StoreError:
+        except BaseException as exc:
             writer.close()
+            lock.release(failed=True)
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StoreError(f"{where}: {_describe(exc)}") from exc
             raise
-        except sqlite3.DatabaseError as exc:
-            writer.close()
-            raise StoreError(f"{where}: {_describe(exc)}") from exc
-        except OSError as exc:  # pragma: no cover - sqlite reports these as sqlite3 errors
-            writer.close()
-            raise StoreError(f"{where}: {exc}") from exc
-        return cls(path, writer, reader, clean)
+        store = cls(path, writer, reader, clean)
+        store._lock_file = lock
+        return store
 
     @staticmethod
     def _prepare(conn: sqlite3.Connection, where: str, fsync: bool) -> bool:
@@ -200,6 +203,9 @@ class SqliteStore:
             for conn in self._readers:
                 conn.close()
         self._w.close()
+        self._lock_file.release()
+
+    _lock_file: _Lock
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -314,6 +320,50 @@ class SqliteStore:
         if status is None:
             return int(self._read("SELECT count(*) FROM jobs")[0][0])
         return int(self._read("SELECT count(*) FROM jobs WHERE status = ?", (status,))[0][0])
+
+
+class _Lock:
+    """``<store>.lock``, locked with ``flock`` while a queue has the store open: two
+    processes running the jobs of one file would run each job twice.  The kernel drops
+    the lock when the process dies, however it dies."""
+
+    def __init__(self, fd: int, path: Path, created: bool) -> None:
+        self._fd: int | None = fd
+        self._path = path
+        self._created = created
+
+    @classmethod
+    def take(cls, store: Path) -> _Lock:
+        path = store.with_name(store.name + ".lock")
+        created = not path.exists()
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(
+                f"{store}: cannot open: cannot create its lock file {path.name} "
+                f"({exc.strerror}); check that the directory exists and is writable"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise StoreError(
+                f"{store}: in use by another trioqueue queue"
+                + (f" (process {holder})" if holder.isdigit() else "")
+                + "; one queue per store file"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return cls(fd, path, created)
+
+    def release(self, *, failed: bool = False) -> None:
+        if self._fd is None:
+            return
+        if failed and self._created:  # leave nothing behind next to a file we refused
+            self._path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
 
 
 def _describe(exc: sqlite3.Error) -> str:
