@@ -9,6 +9,7 @@ package or an unreachable service makes the case "skipped: <reason>" at once.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,15 +33,16 @@ class Sizes:
     priorities_s: float
     http_n: int
     fanout_n: int
+    wrk_s: float  # seconds of wrk load
     timeout: float  # per subprocess
 
 
 FULL = Sizes(noop_n=200_000, peer_n=5_000, sync1_n=10_000, latency_s=2.0,
              latency_peer_max=2_000, io_n=10_000, memory_n=100_000, priorities_s=2.0,
-             http_n=5_000, fanout_n=1_000, timeout=900.0)
+             http_n=5_000, fanout_n=1_000, wrk_s=5.0, timeout=900.0)
 QUICK = Sizes(noop_n=5_000, peer_n=200, sync1_n=200, latency_s=0.2, latency_peer_max=200,
               io_n=200, memory_n=10_000, priorities_s=0.3, http_n=200, fanout_n=50,
-              timeout=120.0)
+              wrk_s=1.0, timeout=120.0)
 
 
 @dataclass
@@ -96,6 +98,14 @@ def _module(name: str, extra: str = "bench") -> Callable[[], None]:
     def check() -> None:
         if importlib.util.find_spec(name) is None:
             raise Skip(f"package {name!r} is not installed (pip install -e '.[{extra}]')")
+
+    return check
+
+
+def _program(name: str) -> Callable[[], None]:
+    def check() -> None:
+        if shutil.which(name) is None:
+            raise Skip(f"{name} is not installed (Debian: apt-get install {name})")
 
     return check
 
@@ -199,6 +209,9 @@ def plan(sizes: Sizes) -> list[Case]:
     add("http/post", "http", "http-post", "trioqueue-http",
         "trioqueue serve: POST /jobs, 32 keep-alive httpx clients", "post",
         {"n": sizes.http_n, "clients": 32}, server)
+    add("http/post-wrk", "http", "http-post-wrk", "trioqueue-http",
+        "trioqueue serve: POST /jobs from wrk, 32 keep-alive connections", "post_wrk",
+        {"duration": sizes.wrk_s, "connections": 32}, (*server, _program("wrk")))
     for k in (1, 10):
         add(f"http/fanout-{k}", "http", f"http-fanout-{k}", "trioqueue-http",
             f"trioqueue serve: websocket /events fan-out to {k} client(s)", "fanout",

@@ -45,7 +45,7 @@ def _rate(v: float) -> str:
 
 def primary_key(case: dict[str, Any]) -> str | None:
     if case["scenario"] == "http":
-        return "requests_per_s" if case["id"] == "http/post" else "events_per_s"
+        return "requests_per_s" if case["id"].startswith("http/post") else "events_per_s"
     return PRIMARY[case["scenario"]]
 
 
@@ -100,7 +100,7 @@ def _result(case: dict[str, Any]) -> str:
         want = "/".join(f"{_med(case, f'expected_{p}') * 100:.1f}"
                         for p in ("high", "medium", "low"))
         return f"{' '.join(parts)} (weights {want}%)"
-    if case["id"] == "http/post":
+    if case["id"].startswith("http/post"):
         return _span(case, "requests_per_s", "{:,.0f}") + " POST/s"
     return _span(case, "events_per_s", "{:,.0f}") + " events/s"
 
@@ -131,6 +131,11 @@ def _details(case: dict[str, Any]) -> str:
                 f"(p99 {_med(case, 'p99_wait_low_ms'):.0f}), worst HIGH "
                 f"{_med(case, 'worst_wait_high_ms'):.0f} ms; {_med(case, 'picks'):,.0f} picks; "
                 f"max share error {_med(case, 'max_share_error') * 100:.2f} pt")
+    if case["id"] == "http/post-wrk":
+        return (f"{_med(case, 'n'):,.0f} requests in {case['params']['duration']:g} s; "
+                f"latency p50 {_med(case, 'p50_ms'):.1f} ms, p99 {_med(case, 'p99_ms'):.1f} ms;"
+                f" server CPU {_med(case, 'server_cpu_s'):.1f} s; non-2xx "
+                f"{_med(case, 'non_2xx'):,.0f}")
     if case["id"] == "http/post":
         statuses = ", ".join(f"{k}: {v:,}" for k, v in sorted(r0.get("statuses", {}).items()))
         return (f"latency p50 {_med(case, 'p50_ms'):.1f} ms, p99 {_med(case, 'p99_ms'):.1f} ms;"
@@ -144,7 +149,7 @@ def _details(case: dict[str, Any]) -> str:
 
 def _n(case: dict[str, Any]) -> str:
     p = case["params"]
-    if case["scenario"] == "priorities":
+    if case["scenario"] == "priorities" or ("duration" in p and "n" not in p):
         return f"{p['duration']:g} s"
     n = p.get("n")
     return f"{n:,}" if isinstance(n, int) else ""

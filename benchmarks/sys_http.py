@@ -14,6 +14,8 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -179,3 +181,49 @@ def fanout(n: int, clients: int, workers: int = 4, timeout: float = 120.0) -> di
     return {"n": n, "clients": clients, "post_s": posted, "total_s": elapsed,
             "events_per_s": delivered / elapsed, "per_client_events_per_s": n / elapsed,
             "lagged_dropped": sum(lagged)}
+
+
+_WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '{"task": "echo", "payload": {"x": 1}}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def _wrk_ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if m is None:
+        return float("nan")
+    return float(m[1]) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m[2]]
+
+
+def post_wrk(duration: float = 5.0, connections: int = 32, workers: int = 4) -> dict[str, Any]:
+    """The server's own ceiling: POST /jobs from ``wrk`` (C, one thread, ``connections``
+    keep-alive connections) instead of httpx, whose clients cost more CPU than the
+    server does."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise Skip("wrk is not installed (Debian: apt-get install wrk)")
+    import tempfile
+
+    with _server(workers) as (base, pid), tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "post.lua"
+        script.write_text(_WRK_SCRIPT)
+        cpu0 = _cpu_seconds(pid)
+        proc = subprocess.run(
+            [wrk, "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "-s",
+             str(script), f"{base}/jobs"],
+            capture_output=True, text=True, timeout=duration + 60, check=True)
+        server_cpu = _cpu_seconds(pid) - cpu0
+    out = proc.stdout
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.MULTILINE))
+    if rate is None or total is None:
+        raise RuntimeError(f"could not read wrk's output: {out[-500:]}")
+    n = int(total[1])
+    return {"n": n, "connections": connections, "duration": duration,
+            "requests_per_s": float(rate[1]), "non_2xx": int(bad[1]) if bad else 0,
+            "p50_ms": _wrk_ms(pct.get("50", "")), "p99_ms": _wrk_ms(pct.get("99", "")),
+            "server_cpu_s": server_cpu}
