@@ -90,6 +90,9 @@ class Persistence:
         self._closing = False
         self.closed = False
         self._nursery: trio.Nursery | None = None
+        self._stopped = trio.Event()  # the persistence task has returned
+        self._reads = 0  # reads under way in threads
+        self._reads_done = trio.Event()
         self._suspect = not store.was_clean
         self._unknown_tasks: set[str] = set()
         self._cursor: dict[int, int] = {}
@@ -186,11 +189,14 @@ class Persistence:
     ) -> None:
         """The persistence task: flush changed records in batches until closed."""
         self._queue = queue
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await self._flush_loop(queue)
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self._flush_loop(queue)
+                nursery.cancel_scope.cancel()  # the backlog streamers
+        finally:
+            self._stopped.set()
 
     async def _flush_loop(self, queue: JobQueue) -> None:
         interval = self._config.flush_interval
@@ -312,7 +318,15 @@ class Persistence:
         return False
 
     async def _read(self, fn: Any, *args: Any) -> Any:
-        return await trio.to_thread.run_sync(fn, *args)
+        if self._closing and self._stopped.is_set():
+            raise StoreError(f"{self.path}: the store is closed")
+        self._reads += 1
+        try:
+            return await trio.to_thread.run_sync(fn, *args)
+        finally:
+            self._reads -= 1
+            if not self._reads:
+                self._reads_done.set()
 
     async def recover(self, queue: JobQueue) -> None:
         """Put the store's live jobs back into ``queue`` (called once, at open)."""
@@ -450,7 +464,12 @@ class Persistence:
         self._closing = True
         self._kick.set()
         with trio.CancelScope(shield=True):
-            async with self._batch_lock:  # after the flush under way, if any
+            if self._nursery is not None:
+                await self._stopped.wait()  # no flush, prune or backlog read under way
+            while self._reads:  # lookups of other tasks still reading: let them finish
+                self._reads_done = trio.Event()
+                await self._reads_done.wait()
+            async with self._batch_lock:
                 try:
                     while self._dirty:
                         self._committed = await self._write_batch()
