@@ -394,3 +394,39 @@ def test_a_write_failure_reaches_the_enqueuer_and_the_job_is_not_kept(tmp_path: 
     assert lines[1] == "withdrawn"
     assert lines[2].startswith("refused ")
     assert str(db) in lines[2]
+
+
+async def test_a_backlog_with_interrupted_jobs_among_it_runs_every_job(tmp_path: Path) -> None:
+    # Jobs found PROCESSING go back to queued beside the backlog; the rows they rewrite
+    # must not be mistaken for backlog rows (an early version stopped streaming short).
+    db = tmp_path / "q.db"
+    store = SqliteStore.open(db)
+    row = ("hold", "hold", "null", 0, "queued", 0, 3, None, 0.5, None, None, None, None,
+           None, None)
+    store.write_all([row])
+    store.write_all(
+        (f"j{i:03d}", "count", str(i), 1, "processing" if i < 20 else "queued",
+         1 if i < 20 else 0, 3, None, 1.0 + i, None, None, None, None, None, None)
+        for i in range(70)
+    )
+    store.close()
+    seen: list[int] = []
+    release = trio.Event()
+    counting = trioqueue.TaskRegistry()
+
+    @counting.task
+    async def count(job: trioqueue.Job) -> None:
+        seen.append(job.payload)
+
+    @counting.task
+    async def hold(job: trioqueue.Job) -> None:
+        await release.wait()  # the only worker waits while the interrupted rows are stored
+
+    async with trioqueue.open_queue(counting, cfg(db, capacity=10, workers=1)) as q:
+        await trio.sleep(0.1)
+        release.set()
+        with trio.fail_after(30):
+            while len(seen) < 70:  # noqa: ASYNC110 - polling the handler's record
+                await trio.sleep(0.01)
+        assert sum(q.metrics().queued.values()) == 0
+    assert sorted(seen) == list(range(70))

@@ -371,7 +371,10 @@ class Persistence:
         low_water = capacity // 2
         after = self._cursor.get(priority, 0)
         try:
-            while queue._backlog[priority] > 0 and not queue._closing:
+            # The count from open is only an estimate for metrics: rows that turned queued
+            # since (jobs found processing, say) are passed over too.  The backlog ends
+            # when a read finds nothing more.
+            while not queue._closing:
                 room = capacity - len(ready)
                 if room <= 0 or (not until_full and len(ready) > low_water):
                     if until_full:
@@ -381,9 +384,8 @@ class Persistence:
                     queue._refill_low[priority] = low_water
                     await event.wait()
                     continue
-                rows = await self._read(
-                    self.store.queued, priority, after, top, min(room, STREAM_CHUNK)
-                )
+                limit = min(room, STREAM_CHUNK)
+                rows = await self._read(self.store.queued, priority, after, top, limit)
                 if not rows:
                     queue._backlog[priority] = 0
                     break
@@ -393,8 +395,9 @@ class Persistence:
                 jobs = queue._jobs
                 inflight = self._inflight or {}
                 writing = self._writing
+                backlog = queue._backlog
                 for row in rows:
-                    queue._backlog[priority] -= 1
+                    backlog[priority] = max(1, backlog[priority] - 1)
                     job_id = row[0]
                     if job_id in jobs or job_id in self._dirty or job_id in inflight or (
                         job_id in writing
@@ -406,10 +409,13 @@ class Persistence:
                     rec.durable_start = self._suspect
                     jobs[job_id] = rec
                     queue._make_ready(rec, now)
+                if len(rows) < limit:  # read to the end
+                    backlog[priority] = 0
+                    break
                 if until_full:
                     return
         finally:
-            if queue._backlog[priority] <= 0 or queue._closing:
+            if queue._backlog[priority] <= 0 or queue._closing:  # done, or shutting down
                 queue._backlog[priority] = 0
                 queue._refill[priority] = None
                 queue._backlog_lot[priority].unpark_all()
