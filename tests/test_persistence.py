@@ -430,3 +430,17 @@ async def test_a_backlog_with_interrupted_jobs_among_it_runs_every_job(tmp_path:
                 await trio.sleep(0.01)
         assert sum(q.metrics().queued.values()) == 0
     assert sorted(seen) == list(range(70))
+
+
+async def test_a_cancelled_queue_still_writes_its_final_snapshot(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    with trio.move_on_after(0.5):  # the code around open_queue is cancelled: "now"
+        async with trioqueue.open_queue(registry, cfg(db, durability="batch",
+                                                        flush_interval=3600.0)) as q:
+            await q.enqueue("blocked", job_id="running")
+            await q.enqueue("echo", 1, job_id="waiting", delay=3600)
+            await trio.sleep_forever()
+    assert on_disk(db, "running")[:2] == ("queued", 1)  # type: ignore[index]
+    assert on_disk(db, "waiting")[0] == "scheduled"  # type: ignore[index]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'clean'").fetchone()[0] == "1"

@@ -1136,24 +1136,28 @@ async def open_queue(
         async with trio.open_nursery() as root:
             if persistence is not None:
                 await root.start(persistence.run, q)
-            async with trio.open_nursery() as work:
-                q._timer_scope = trio.CancelScope()
-                work.start_soon(_run_in_scope, q._timer_scope, q._timer)
-                for slot in q._slots:
-                    work.start_soon(q._worker, slot)
-                try:
-                    if persistence is not None:
-                        await persistence.recover(q)
-                    yield q
-                except BaseException as exc:  # re-raised below, outside the nurseries
-                    body_exc = exc
-                finally:
-                    await q._shutdown(work.cancel_scope)
-            q._closed_down()
-            q._count_dropped()
-            q._events.close()
-            if persistence is not None:
-                await persistence.close()
+            try:
+                async with trio.open_nursery() as work:
+                    q._timer_scope = trio.CancelScope()
+                    work.start_soon(_run_in_scope, q._timer_scope, q._timer)
+                    for slot in q._slots:
+                        work.start_soon(q._worker, slot)
+                    try:
+                        if persistence is not None:
+                            await persistence.recover(q)
+                        yield q
+                    except BaseException as exc:  # re-raised below, outside the nurseries
+                        body_exc = exc
+                    finally:
+                        await q._shutdown(work.cancel_scope)
+            finally:
+                # The workers are gone, however the work nursery ended (even cancelled
+                # from outside): wake waiters, then write the final snapshot (shielded).
+                q._closed_down()
+                q._count_dropped()
+                q._events.close()
+                if persistence is not None:
+                    await persistence.close()
     except BaseExceptionGroup as group:
         # Body exceptions are raised as themselves below; a lone error from an engine
         # task (a store that fails to write, say) is unwrapped too.
