@@ -354,7 +354,7 @@ def test_a_write_failure_reaches_the_enqueuer_and_the_job_is_not_kept(tmp_path: 
             async with trioqueue.open_queue(reg, config) as q:
                 await q.enqueue("park", job_id="first", delay=3600)
                 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-                resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+                resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
                 for i in range(100_000):
                     try:
                         await q.enqueue("park", {"pad": "x" * 4000}, job_id=f"j{i}",
@@ -375,6 +375,14 @@ def test_a_write_failure_reaches_the_enqueuer_and_the_job_is_not_kept(tmp_path: 
                 except trioqueue.StoreError as exc:
                     print("refused", exc)
                 resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+                with trio.move_on_after(10):  # the store tries again every second
+                    while True:
+                        try:
+                            await q.enqueue("park", job_id="later", delay=3600)
+                            print("recovered")
+                            break
+                        except trioqueue.StoreError:
+                            await trio.sleep(0.2)
         try:
             trio.run(main, sys.argv[1])
         except trioqueue.StoreError:
@@ -392,6 +400,7 @@ def test_a_write_failure_reaches_the_enqueuer_and_the_job_is_not_kept(tmp_path: 
     assert str(db) in lines[0]
     assert "not stored" in lines[0]
     assert lines[1] == "withdrawn"
+    assert lines[3] == "recovered"  # a write works again once there is room
     assert lines[2].startswith("refused ")
     assert str(db) in lines[2]
 

@@ -638,3 +638,37 @@ def _drain_until_closed(sock: socket.socket) -> None:
             pass
     except ConnectionResetError:
         pass
+
+
+def test_a_store_that_cannot_write_answers_500_and_keeps_no_job(tmp_path: Path) -> None:
+    import resource
+
+    db = tmp_path / "full.db"
+    with running_server("--db", str(db)) as srv, httpx.Client(base_url=srv.url) as client:
+        first = {"task": "echo", "payload": 1, "id": "first", "delay": 3600}
+        assert client.post("/jobs", json=first).status_code == 202
+        # A real write failure: cap the running server's file size, as a full disk would.
+        grown = max(p.stat().st_size for p in tmp_path.iterdir() if p.is_file())
+        limit = grown + 256 * 1024
+        resource.prlimit(srv.proc.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+        try:
+            for i in range(1000):
+                body = {"task": "echo", "payload": {"pad": "x" * 4000}, "id": f"j{i}",
+                        "delay": 3600}
+                response = client.post("/jobs", json=body)
+                if response.status_code != 202:
+                    break
+            assert response.status_code == 500, response.text
+            assert str(db) in response.json()["error"]
+            assert client.get(f"/jobs/j{i}").status_code == 404  # not acknowledged: gone
+            assert client.get("/jobs/first").status_code == 200  # the rest is untouched
+        finally:
+            resource.prlimit(srv.proc.pid, resource.RLIMIT_FSIZE,
+                             (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        deadline = time.monotonic() + 10  # the store retries its writes every second
+        while True:
+            again = client.post("/jobs", json={"task": "echo", "payload": 2, "id": "after"})
+            if again.status_code == 202 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert again.status_code == 202, again.text

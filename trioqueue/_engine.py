@@ -516,6 +516,23 @@ class JobQueue:
             await trio.lowlevel.cancel_shielded_checkpoint()
         return accepted
 
+    async def _acknowledge(self, job: Job, *, created: bool) -> None:
+        """For callers of :meth:`enqueue_nowait` that must not acknowledge a job before
+        ``durability="sync"`` has committed it (the HTTP server): wait for that commit.
+        If it fails, a job this call ``created`` is taken back (as :meth:`enqueue` does)
+        and :class:`StoreError` raised.  With no store, or ``"batch"``, a checkpoint."""
+        persist = self._persist
+        if persist is None or not persist.durable:
+            await trio.lowlevel.checkpoint()
+            return
+        rec = self._jobs.get(job.id)
+        try:
+            await persist.wait_committed(rec)  # None (left memory already): everything
+        except StoreError:
+            if created and rec is not None:
+                self._withdraw(rec)
+            raise
+
     async def flush(self) -> None:
         """Return once every job accepted so far is committed to the store.
 

@@ -209,6 +209,8 @@ class Persistence:
             if self._dirty:
                 due = now if self._waiters else last_flush + interval
                 due = max(due, self._retry_at)
+            elif self._error is not None:
+                due = self._retry_at  # nothing to write, but find out if writing works
             else:
                 due = math.inf
             if due > now and next_prune > now:
@@ -257,6 +259,16 @@ class Persistence:
         return epoch
 
     async def _flush(self) -> None:
+        if not self._dirty:  # failing, with nothing left to write (jobs were taken back)
+            try:
+                async with self._write_lock:
+                    await trio.to_thread.run_sync(self.store.probe)
+            except StoreError:
+                self._retry_at = trio.current_time() + RETRY_FAILED_WRITE
+            else:
+                log.warning("%s: writing again", self.path)
+                self._error = None
+            return
         epoch = self._epoch
         try:
             async with self._batch_lock:

@@ -16,6 +16,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from itertools import chain
 from pathlib import Path
@@ -84,6 +85,12 @@ def _bucket(n: int) -> int:
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM jobs"
 
 
+def _tune(conn: sqlite3.Connection, fsync: bool) -> None:
+    conn.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
+    conn.execute("PRAGMA cache_size = -16000")  # 16 MiB
+    conn.execute("PRAGMA temp_store = MEMORY")
+
+
 def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     uri = f"{path.resolve().as_uri()}{'?mode=ro' if readonly else ''}"
     conn = sqlite3.connect(
@@ -112,6 +119,8 @@ class SqliteStore:
         per = min(MAX_ROWS_PER_STATEMENT, limit // len(COLUMNS))
         self._rows_per_statement = per if per <= 256 else per // 256 * 256
         self._upserts: dict[int, str] = {}
+        self._w_failed = False
+        self._fsync = False
         self._readers_lock = threading.Lock()
 
     # ------------------------------------------------------------------ open, close
@@ -140,6 +149,7 @@ class SqliteStore:
             raise
         store = cls(path, writer, reader, clean)
         store._lock_file = lock
+        store._fsync = fsync
         return store
 
     @staticmethod
@@ -178,9 +188,7 @@ class SqliteStore:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal":  # pragma: no cover - WAL is refused only on odd filesystems
             raise StoreError(f"{where}: cannot use WAL journal mode (got {mode!r})")
-        conn.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
-        conn.execute("PRAGMA cache_size = -16000")  # 16 MiB
-        conn.execute("PRAGMA temp_store = MEMORY")
+        _tune(conn, fsync)
         check = conn.execute("PRAGMA quick_check(3)").fetchall()
         if check != [("ok",)]:
             raise StoreError(f"{where}: corrupt: {'; '.join(r[0] for r in check)}")
@@ -241,6 +249,8 @@ class SqliteStore:
         181,000.
         """
         with self._lock:
+            if self._w_failed:
+                self._reopen_writer()
             conn = self._w
             per = self._rows_per_statement
             try:
@@ -262,9 +272,37 @@ class SqliteStore:
                         conn.execute("ROLLBACK")
                     except sqlite3.Error:
                         pass
+                # After an I/O error SQLite may keep refusing on this connection even once
+                # the disk has room again: the next write starts on a fresh one.
+                self._w_failed = True
                 raise StoreError(
                     f"{self.path}: cannot write {len(rows)} job(s): {_describe(exc)}"
                 ) from exc
+
+    def probe(self) -> None:
+        """A small real write, to find out whether writing works again."""
+        with self._lock:
+            if self._w_failed:
+                self._reopen_writer()
+            try:
+                self._w.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('probe', ?)",
+                    (str(time.time()),),
+                )
+            except sqlite3.Error as exc:
+                self._w_failed = True
+                raise StoreError(f"{self.path}: cannot write: {_describe(exc)}") from exc
+
+    def _reopen_writer(self) -> None:
+        try:
+            conn = _connect(self.path)
+            _tune(conn, self._fsync)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot reopen: {_describe(exc)}") from exc
+        self._w.close()
+        self._w = conn
+        self._upserts.clear()
+        self._w_failed = False
 
     def _upsert(self, n: int) -> str:
         sql = self._upserts.get(n)

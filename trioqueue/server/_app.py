@@ -335,8 +335,9 @@ class App:
                 max_retries=request.max_retries,
                 timeout=request.timeout,
             )
-            # With durability="sync", acknowledge only what is committed.
-            await q.flush()
+            # With durability="sync", acknowledge only what is committed (a job whose
+            # commit fails is taken back, and the StoreError answers 500).
+            await q._acknowledge(job, created=not existed)
         except QueueFull as exc:
             raise self._busy(exc) from None
         except ShuttingDown as exc:
