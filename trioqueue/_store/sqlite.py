@@ -1,9 +1,10 @@
 """The SQLite store: one file, stdlib ``sqlite3``, WAL mode.
 
 Every method here blocks; the persistence task calls them through
-``trio.to_thread.run_sync`` so the event loop never waits on the disk.  Two connections:
-the writer (used only by the flusher, one call at a time) and a reader (lookups, listing
-and recovery streaming), which WAL lets read the last commit while a write runs.
+``trio.to_thread.run_sync`` so the event loop never waits on the disk.  One writer
+connection (flushes, pruning; one call at a time) and a reader connection per thread
+that reads (lookups, listing, recovery streaming): WAL lets readers see the last commit
+while a write runs, and lookups from many tasks run side by side.
 
 The file identifies itself with ``PRAGMA application_id`` and records its schema in
 ``PRAGMA user_version``; opening anything else raises :class:`StoreError` naming the file
