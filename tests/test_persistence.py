@@ -453,3 +453,22 @@ async def test_a_cancelled_queue_still_writes_its_final_snapshot(tmp_path: Path)
     assert on_disk(db, "waiting")[0] == "scheduled"  # type: ignore[index]
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'clean'").fetchone()[0] == "1"
+
+
+@pytest.mark.parametrize(("fsync", "level"), [(False, 1), (True, 2)])  # NORMAL, FULL
+async def test_fsync_sets_how_sqlite_syncs_each_commit(
+    tmp_path: Path, fsync: bool, level: int
+) -> None:
+    async with trioqueue.open_queue(registry, cfg(tmp_path / "q.db", fsync=fsync)) as q:
+        conn = q._persist.store._w  # type: ignore[union-attr]
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == level
+        await q.enqueue("echo", 1, job_id="a")
+        assert (await q.wait("a")).status is JobStatus.COMPLETED
+
+
+def test_fsync_comes_from_the_environment_too() -> None:
+    assert QueueConfig.from_env({"TRIOQUEUE_FSYNC": "1"}).fsync is True
+    with pytest.raises(ValueError, match="TRIOQUEUE_FSYNC"):
+        QueueConfig.from_env({"TRIOQUEUE_FSYNC": "sometimes"})
+    with pytest.raises(ValueError, match="fsync: expected True or False, got 'yes'"):
+        QueueConfig(fsync="yes")  # type: ignore[arg-type]

@@ -34,6 +34,11 @@ def _seconds(inst: object, attr: attrs.Attribute[float], value: float) -> None:
         raise ValueError(f"{attr.name}: must be >= 0, got {value!r}")
 
 
+def _flag(inst: object, attr: attrs.Attribute[bool], value: bool) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{attr.name}: expected True or False, got {value!r}")
+
+
 def _optional_seconds(
     inst: object, attr: attrs.Attribute[float | None], value: float | None
 ) -> None:
@@ -86,9 +91,14 @@ class QueueConfig:
     """``"sync"``: ``enqueue`` returns after the commit holding the job.  ``"batch"``:
     it returns at once; up to ``flush_interval`` of acknowledged work can be lost."""
     flush_interval: float = attrs.field(default=0.05, validator=_seconds)
+    fsync: bool = attrs.field(default=False, validator=_flag)
+    """With ``persist_path``: ``fsync`` every commit (SQLite ``synchronous=FULL``), so
+    committed jobs survive a power cut or a kernel crash too, not only the process dying
+    (the default, ``synchronous=NORMAL`` in WAL mode).  Each commit then waits for the
+    disk."""
     shutdown_timeout: float = attrs.field(default=30.0, validator=_seconds)
     """How long in-flight jobs may take to finish when the queue closes."""
-    drain: bool = False
+    drain: bool = attrs.field(default=False, validator=_flag)
     """Memory mode only: on close, run every queued job (within ``shutdown_timeout``)
     instead of dropping it."""
     fairness: Mapping[Priority, int] = attrs.field(
@@ -172,6 +182,7 @@ _ENV: dict[str, tuple[tuple[str, ...], Any]] = {
     "persist_path": (("TRIOQUEUE_DB", "TRIOQUEUE_PERSIST_PATH"), str),
     "durability": (("TRIOQUEUE_DURABILITY",), str),
     "flush_interval": (("TRIOQUEUE_FLUSH_INTERVAL",), float),
+    "fsync": (("TRIOQUEUE_FSYNC",), _bool),
     "shutdown_timeout": (("TRIOQUEUE_SHUTDOWN_TIMEOUT",), float),
     "drain": (("TRIOQUEUE_DRAIN",), _bool),
     "result_ttl": (("TRIOQUEUE_RESULT_TTL",), float),

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from functools import partial
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -106,7 +107,7 @@ class Persistence:
         """Open (or create) the store file, off the event loop; raise :class:`StoreError`."""
         assert config.persist_path is not None
         store = await trio.to_thread.run_sync(
-            SqliteStore.open, config.persist_path, abandon_on_cancel=False
+            partial(SqliteStore.open, config.persist_path, fsync=config.fsync)
         )
         if not store.was_clean:
             log.warning("%s was not closed cleanly: recovering after a crash", store.path)
