@@ -1,0 +1,64 @@
+"""Property test of the store's row format: whatever state a job is in, what is written
+is what is read back (JSON payloads and results, unicode text, floats, None)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import trioqueue
+from trioqueue import JobStatus
+from trioqueue._engine import JobRecord
+from trioqueue._persistence import Persistence, _row
+from trioqueue._store.sqlite import SqliteStore
+
+from .strategies import json_values
+
+registry = trioqueue.TaskRegistry()
+
+
+@registry.task
+async def echo(job: trioqueue.Job) -> None:  # pragma: no cover - never run here
+    return None
+
+
+times = st.none() | st.floats(min_value=0, max_value=4e9, allow_nan=False)
+texts = st.none() | st.text(max_size=200)
+ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,40}", fullmatch=True)
+
+
+@st.composite
+def records(draw: st.DrawFn) -> JobRecord:
+    payload = draw(json_values)
+    return JobRecord(
+        draw(ids), "echo", payload, json.dumps(payload), draw(st.integers(0, 2)),
+        draw(st.sampled_from(list(JobStatus))), draw(st.integers(0, 1000)),
+        draw(st.integers(0, 1000)),
+        draw(st.none() | st.floats(min_value=0.001, max_value=1e6)),
+        draw(st.floats(min_value=0, max_value=4e9)), draw(times), draw(times), draw(times),
+        draw(json_values), draw(texts), draw(texts),
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(records(), min_size=1, max_size=30, unique_by=lambda r: r.id))
+def test_what_is_written_is_read_back(recs: list[JobRecord]) -> None:
+    config = trioqueue.QueueConfig()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteStore.open(Path(tmp) / "q.db")
+        try:
+            store.write([_row(r) for r in recs])
+            persistence = Persistence(config, registry, store)
+            for rec in recs:
+                row = store.get(rec.id)
+                assert row is not None
+                back = persistence._record(row)
+                assert back is not None
+                assert back.snapshot() == rec.snapshot()
+                assert back.payload_json == rec.payload_json
+        finally:
+            store.close()
