@@ -13,7 +13,6 @@ and what is wrong.  Nothing is ever reset silently.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sqlite3
 import threading
@@ -24,6 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from .._exceptions import StoreError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no flock, so no one-queue-per-file check
+    fcntl = None  # type: ignore[assignment]
 
 APPLICATION_ID = 0x74727175  # "trqu"
 SCHEMA_VERSION = 1
@@ -410,7 +414,8 @@ class _Lock:
                 f"({exc.strerror}); check that the directory exists and is writable"
             ) from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)
