@@ -10,7 +10,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,6 +33,9 @@ from ._http import (
     EventFilter,
     HTTPError,
     JobRequest,
+    Receive,
+    Scope,
+    Send,
     check_content_type,
     parse_event_filter,
     parse_job_request,
@@ -47,10 +49,6 @@ from ._openapi import openapi_document
 
 log = logging.getLogger("trioqueue.server")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 JSON_TYPE = (b"content-type", b"application/json")
 PROMETHEUS_TYPE = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -15,6 +15,13 @@ import attrs
 
 from .._events import EVENT_TYPES
 from .._job import JobStatus, Priority
+
+# The ASGI shapes the app (_app) and the lean server (_lean) exchange.
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_RETRIES_LIMIT = 1_000_000
 """``max_retries`` above this is refused (400): it is a typo, not a policy."""

@@ -36,7 +36,7 @@ import re
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from functools import partial
 from http import HTTPStatus
@@ -55,13 +55,10 @@ from wsproto.events import (
     TextMessage,
 )
 
+from ._http import ASGIApp, Message, Scope
+
 log = logging.getLogger("trioqueue.http")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 KEEP_ALIVE_TIMEOUT = 5.0
 """Seconds an idle keep-alive connection is kept (Hypercorn's default too)."""
