@@ -393,26 +393,25 @@ class JobQueue:
         if self._persist is not None:
             self._persist.check()
 
-    def _withdraw(self, rec: JobRecord) -> bool:
+    def _withdraw(self, rec: JobRecord) -> None:
         """Take back a job whose commit failed, if no worker has touched it yet."""
         if self._jobs.get(rec.id) is not rec or rec.attempts:
-            return False
+            return
         if rec.status is QUEUED:
             try:
                 self._ready[rec.priority].remove(rec)
             except ValueError:
-                return False
+                return
         elif rec.status is SCHEDULED:
             rec.timer_gen += 1
             self._n_scheduled -= 1
             self._release_delay_slot(rec)
         else:
-            return False
+            return
         del self._jobs[rec.id]
         self._n_enqueued -= 1
         if self._persist is not None:
             self._persist.forget(rec)
-        return True
 
     def enqueue_nowait(
         self,
@@ -505,33 +504,32 @@ class JobQueue:
         self._admit(rec)
         accepted = rec.snapshot()  # the job as accepted, before any worker touches it
         if self._persist is not None and self._persist.durable:
-            try:
-                await self._persist.wait_committed(rec)
-            except StoreError:
-                # Not acknowledged: take the job back unless a worker started it already
-                # (then it runs, and is stored once writes work again).
-                self._withdraw(rec)
-                raise
+            await self._commit_or_take_back(rec, take_back=True)
         elif not parked:
             await trio.lowlevel.cancel_shielded_checkpoint()
         return accepted
+
+    async def _commit_or_take_back(self, rec: JobRecord | None, *, take_back: bool) -> None:
+        """Wait for the commit holding ``rec`` (everything marked, for ``None``).  If it
+        fails the job was not acknowledged: with ``take_back`` it leaves the queue unless
+        a worker started it already (then it runs, and is stored once writes work)."""
+        assert self._persist is not None
+        try:
+            await self._persist.wait_committed(rec)
+        except StoreError:
+            if take_back and rec is not None:
+                self._withdraw(rec)
+            raise
 
     async def _acknowledge(self, job: Job, *, created: bool) -> None:
         """For callers of :meth:`enqueue_nowait` that must not acknowledge a job before
         ``durability="sync"`` has committed it (the HTTP server): wait for that commit.
         If it fails, a job this call ``created`` is taken back (as :meth:`enqueue` does)
         and :class:`StoreError` raised.  With no store, or ``"batch"``, a checkpoint."""
-        persist = self._persist
-        if persist is None or not persist.durable:
+        if self._persist is None or not self._persist.durable:
             await trio.lowlevel.checkpoint()
             return
-        rec = self._jobs.get(job.id)
-        try:
-            await persist.wait_committed(rec)  # None (left memory already): everything
-        except StoreError:
-            if created and rec is not None:
-                self._withdraw(rec)
-            raise
+        await self._commit_or_take_back(self._jobs.get(job.id), take_back=created)
 
     async def flush(self) -> None:
         """Return once every job accepted so far is committed to the store.
@@ -1042,8 +1040,7 @@ class JobQueue:
                 f"ProcessDied: the process stopped while attempt {rec.attempts} ran "
                 f"(max_retries={rec.max_retries})"
             )
-            rec.status = PROCESSING
-            self._jobs[rec.id] = rec
+            self._jobs[rec.id] = rec  # still PROCESSING, as stored: _finish ends it
             self._n_failed += 1
             self._finish(rec, FAILED, "failed")
             return

@@ -71,7 +71,6 @@ class Persistence:
         self.path = store.path
         self._config = config
         self._registry = registry
-        self._queue: JobQueue | None = None
         self._dirty: dict[str, JobRecord] = {}
         self._inflight: dict[str, JobRecord] | None = None
         """The flush under way: records whose rows are not made yet."""
@@ -189,7 +188,6 @@ class Persistence:
         self, queue: JobQueue, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """The persistence task: flush changed records in batches until closed."""
-        self._queue = queue
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery

@@ -96,11 +96,13 @@ def _tune(conn: sqlite3.Connection, fsync: bool) -> None:
     conn.execute("PRAGMA temp_store = MEMORY")
 
 
-def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    uri = f"{path.resolve().as_uri()}{'?mode=ro' if readonly else ''}"
+def _connect(path: Path, *, query_only: bool = False) -> sqlite3.Connection:
     conn = sqlite3.connect(
-        uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30.0
+        path.resolve().as_uri(), uri=True, isolation_level=None, check_same_thread=False,
+        timeout=30.0,
     )
+    if query_only:
+        conn.execute("PRAGMA query_only = ON")
     return conn
 
 
@@ -144,8 +146,7 @@ class SqliteStore:
             raise StoreError(f"{where}: cannot open: {_describe(exc)}") from exc
         try:
             clean = cls._prepare(writer, where, fsync)
-            reader = _connect(path)
-            reader.execute("PRAGMA query_only = ON")
+            reader = _connect(path, query_only=True)
         except BaseException as exc:
             writer.close()
             lock.release(failed=True)
@@ -230,8 +231,7 @@ class SqliteStore:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             try:
-                conn = _connect(self.path)
-                conn.execute("PRAGMA query_only = ON")
+                conn = _connect(self.path, query_only=True)
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: cannot open: {_describe(exc)}") from exc
             self._local.conn = conn
@@ -385,11 +385,6 @@ class SqliteStore:
             "AND priority = ? AND rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?",
             (priority, after, upto, limit),
         )
-
-    def count(self, status: str | None = None) -> int:
-        if status is None:
-            return int(self._read("SELECT count(*) FROM jobs")[0][0])
-        return int(self._read("SELECT count(*) FROM jobs WHERE status = ?", (status,))[0][0])
 
 
 class _Lock:
