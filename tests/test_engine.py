@@ -800,3 +800,72 @@ async def test_generated_ids_are_uuid7_in_the_order_they_were_made(h: Harness) -
     assert len(set(ids)) == len(ids)
     assert all(uuid.UUID(i).version == 7 for i in ids)
     assert all(uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
+
+
+def test_generated_ids_stay_ordered_past_4096_a_millisecond_and_a_clock_step_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+    import uuid
+
+    from trioqueue import _engine
+
+    # Ahead of the real clock, so ids made by earlier tests are older.
+    ms = time.time_ns() // 1_000_000 + 10_000_000
+    now = [ms * 1_000_000]
+    monkeypatch.setattr(time, "time_ns", lambda: now[0])
+
+    def stamp(job_id: str) -> int:
+        return uuid.UUID(job_id).int >> 80
+
+    burst = [_engine._new_id() for _ in range(5000)]  # all in one millisecond
+    now[0] -= 2_000_000_000  # the clock steps back two seconds
+    stepped_back = [_engine._new_id() for _ in range(10)]
+    now[0] = (ms + 50) * 1_000_000
+    later = _engine._new_id()
+    ids = [*burst, *stepped_back, later]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
+    # 4096 ids fit one millisecond; the rest borrow the next, and a step back counts on.
+    assert [stamp(i) for i in burst] == [ms] * 4096 + [ms + 1] * 904
+    assert {stamp(i) for i in stepped_back} == {ms + 1}
+    assert stamp(later) == ms + 50
+
+
+async def test_await_enqueue_is_a_schedule_point_at_least_every_64_calls(
+    h: Harness, autojump_clock: Any
+) -> None:
+    """``await q.enqueue`` yields in batches (CHECKPOINT_EVERY calls or 1 ms), not per
+    call, but a producer that never waits still lets the rest of the program run.  (The
+    mock clock stands still here, the ticker being always runnable: only the count rule
+    applies.)"""
+    ticks = 0
+    ticks_at: list[int] = []
+
+    async def ticker(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        nonlocal ticks
+        task_status.started()
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ticker)
+        async with trioqueue.open_queue(h.registry, cfg(capacity=2000)) as q:
+            for _ in range(1000):
+                await q.enqueue("ok")
+                ticks_at.append(ticks)
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                with pytest.raises(trio.Cancelled):
+                    await q.enqueue("ok")  # a cancel point every call
+        nursery.cancel_scope.cancel()
+    runs = Counter(ticks_at)
+    # Trio runs every runnable task once per batch, in random order, so between two turns
+    # of the ticker the producer runs at most twice, each time at most 64 calls ...
+    assert max(runs.values()) <= 2 * 64
+    assert len(runs) >= 1000 // (2 * 64)
+    # ... and far less often than once per call.
+    assert len(runs) < 1000 // 4
+    assert q.metrics().enqueued == 1000

@@ -10,6 +10,7 @@ from trioqueue._state import TRANSITIONS, JobEvent, allowed, transition
 
 
 def test_the_happy_path() -> None:
+    # The worker sets these two moves directly (its hot path): the table must agree.
     s = JobStatus.QUEUED
     s = transition(s, JobEvent.START)
     assert s is JobStatus.PROCESSING

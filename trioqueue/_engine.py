@@ -44,7 +44,7 @@ from ._exceptions import (
 )
 from ._fairness import FairPicker
 from ._job import TERMINAL, Job, JobStatus, Priority, check_job_id, check_json
-from ._metrics import Metrics, Sampler
+from ._metrics import MASK, Metrics, Sampler
 from ._registry import TaskRegistry, TaskSpec
 from ._state import JobEvent, transition
 
@@ -67,34 +67,40 @@ CANCELLED = JobStatus.CANCELLED
 _LABELS = ("high", "medium", "low")
 _PRIORITIES = (Priority.HIGH, Priority.MEDIUM, Priority.LOW)
 _SIMPLE_RESULT = (str, int, bool, type(None))
+_new_tuple = tuple.__new__
 
 
-_id_ms = 0
-_id_seq = 0
 _id_bits = random.Random(os.urandom(32)).getrandbits
+_id_ms = -1
+_id_head = ""
+_id_seq = 0xFFF
+_HEX3 = tuple(f"{i:03x}" for i in range(0x1000))
 
 
 def _new_id() -> str:
-    """A UUIDv7 (RFC 9562) in hex: milliseconds since the epoch, a counter, 62 random bits.
+    """A UUIDv7 (RFC 9562) in hex: milliseconds since the epoch, 62 random bits, and a
+    12-bit counter (the "monotonic random" method of RFC 9562, section 6.2).
 
     Ids made by one process sort in the order they were made, so the store appends to
     its id index instead of inserting at random places (random uuid4 ids halved the
-    write rate of the SQLite store).  Ids are unique, not secret: the random part comes
-    from a fast generator seeded from ``os.urandom``.
+    write rate of the SQLite store).  The first 29 hex digits are drawn once per
+    millisecond (or per 4096 ids) and the counter's three digits come from a table, so
+    an id costs a clock read and a string concatenation.  Ids are unique, not secret:
+    the random part comes from a fast generator seeded from ``os.urandom``.
     """
-    global _id_ms, _id_seq
+    global _id_ms, _id_head, _id_seq
     ms = time.time_ns() // 1_000_000
-    if ms > _id_ms:
-        _id_ms, _id_seq = ms, 0
-    else:  # the same millisecond (or the clock stepped back): count on
-        _id_seq += 1
-        if _id_seq > 0xFFF:
-            _id_ms, _id_seq = _id_ms + 1, 0
-    return f"{_id_ms << 80 | _id_seq << 64 | _id_bits(62) | _UUID7_BITS:032x}"
-
-
-_UUID7_BITS = 0x7 << 76 | 0x8 << 60
-"""The version (7) and variant (0b10) fields of a UUIDv7."""
+    if ms <= _id_ms:  # the same millisecond, or the clock stepped back: count on
+        if _id_seq < 0xFFF:
+            _id_seq += 1
+            return _id_head + _HEX3[_id_seq]
+        ms = _id_ms + 1  # 4096 ids in one millisecond: take the next one
+    _id_ms, _id_seq = ms, 0
+    # 48 bits of time, version 7, 12 random bits (rand_a), variant 0b10, 50 random bits;
+    # the counter fills the last 12 bits of rand_b.
+    head = ms << 68 | 0x7 << 64 | _id_bits(12) << 52 | 0x2 << 50 | _id_bits(50)
+    _id_head = f"{head:029x}"
+    return _id_head + "000"
 
 
 @attrs.define(slots=True, eq=False)
@@ -131,7 +137,7 @@ class JobRecord:
     waiters: list[trio.Event] | None = None
 
     def snapshot(self) -> Job:
-        return Job(
+        return _new_tuple(Job, (  # skips NamedTuple.__new__'s argument parsing
             self.id,
             self.task,
             self.payload,
@@ -147,7 +153,7 @@ class JobRecord:
             self.result,
             self.error,
             self.traceback,
-        )
+        ))
 
 
 @attrs.define(eq=False)
@@ -176,12 +182,16 @@ class JobQueue:
         if _token is not _OPEN_QUEUE_TOKEN:
             raise TypeError("JobQueue has no public constructor; use trioqueue.open_queue()")
         self._registry = registry
+        self._tasks = registry._tasks  # the registry's dict: get() without a method call
         self._config = config
         self._policy = config.retry_policy()
         self._capacity = config.capacity
         self._picker = FairPicker(config.fairness)
         self._ready: list[deque[JobRecord]] = [deque(), deque(), deque()]
         self._room = [trio.lowlevel.ParkingLot() for _ in range(3)]
+        self._room_waiting = [0, 0, 0]
+        """Producers parked in ``_room`` (or just woken from it): an int the worker tests
+        per job, where a ParkingLot's ``len()`` is a Python-level call."""
         self._delay_room = [trio.lowlevel.ParkingLot() for _ in range(3)]
         self._idle: list[trio.lowlevel.Task] = []
         """Workers parked for want of work, most recently parked last (woken first: its
@@ -195,6 +205,8 @@ class JobQueue:
         self._refill_low = [0, 0, 0]
         self._jobs: dict[str, JobRecord] = {}
         self._finished: deque[tuple[float, JobRecord]] = deque()
+        self._finished_cap = config.finished_cache
+        self._result_ttl = config.result_ttl
         self._heap: list[tuple[float, int, int, JobRecord]] = []
         self._heap_seq = 0
         self._timer_wake = trio.Event()
@@ -206,6 +218,8 @@ class JobQueue:
         self._clock = trio.lowlevel.current_clock()
         self._wall_offset = time.time() - self._clock.current_time()
         self._opened_at = self._clock.current_time()
+        self._enqueue_since = 0
+        self._enqueue_yield = -math.inf
         self._debug = log.isEnabledFor(logging.DEBUG)
         # Lifecycle flags, in the order shutdown sets them.
         self._closing = False
@@ -304,7 +318,9 @@ class JobQueue:
         Returns ``(new_record, None)`` or ``(None, existing)`` for an idempotent repeat.
         ``stored`` is the record the store holds under ``job_id`` when it is not in memory.
         """
-        spec = self._registry.get(task)
+        spec = self._tasks.get(task) if task.__class__ is str else None
+        if spec is None:
+            spec = self._registry.get(task)  # raises UnknownTask
         prio = spec.priority if priority is None else Priority.coerce(priority)
         if delay:
             if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not (
@@ -343,32 +359,50 @@ class JobQueue:
         now = self._clock.current_time()
         rec = JobRecord(
             new_id, task, payload, payload_json, int(prio), QUEUED, 0, retries, limit,
-            now + self._wall_offset, spec=spec, ready_at=now,
+            now + self._wall_offset, None, None, None, None, None, None, spec, now,
         )
         if delay:
             rec.status = SCHEDULED
             rec.scheduled_for = rec.created_at + delay
         return rec, None
 
-    def _has_room(self, rec: JobRecord) -> bool:
-        if rec.status is SCHEDULED:
-            return self._delayed_new[rec.priority] < self._capacity
-        p = rec.priority
-        # While the store holds a backlog for this priority, it goes first.
-        return len(self._ready[p]) < self._capacity and not self._backlog[p]
+    def _try_admit(self, rec: JobRecord) -> bool:
+        """Put a validated new record into the queue if its priority has room.
 
-    def _admit(self, rec: JobRecord) -> None:
-        """Put a validated new record into the queue.  Cannot fail."""
-        self._jobs[rec.id] = rec
-        self._n_enqueued += 1
+        A QUEUED job needs room in its ready queue, and no recovered backlog of its
+        priority still in the store (that goes first); a SCHEDULED one needs room among
+        the new delayed jobs of its priority.
+        """
+        p = rec.priority
         if rec.status is SCHEDULED:
+            if self._delayed_new[p] >= self._capacity:
+                return False
+            self._jobs[rec.id] = rec
+            self._n_enqueued += 1
             rec.holds_delay_slot = True
-            self._delayed_new[rec.priority] += 1
+            self._delayed_new[p] += 1
             self._schedule(rec, rec.scheduled_for)  # type: ignore[arg-type]
             self._changed("scheduled", rec)
-        else:
-            self._make_ready(rec, rec.ready_at)
+            return True
+        ready = self._ready[p]
+        if len(ready) >= self._capacity or self._backlog[p]:
+            return False
+        self._jobs[rec.id] = rec
+        self._n_enqueued += 1
+        ready.append(rec)  # rec.ready_at is its creation time
+        if self._idle:
+            trio.lowlevel.reschedule(self._idle.pop())
+        if self._persist is not None or self._events._subs or self._debug:
             self._changed("enqueued", rec)
+        return True
+
+    async def _park_for_room(self, p: int) -> None:
+        """Wait until a worker takes a job of priority ``p`` (or a queued one leaves)."""
+        self._room_waiting[p] += 1
+        try:
+            await self._room[p].park()
+        finally:
+            self._room_waiting[p] -= 1
 
     def _make_ready(self, rec: JobRecord, now: float) -> None:
         rec.ready_at = now
@@ -430,12 +464,13 @@ class JobQueue:
         :class:`ShuttingDown` as :meth:`enqueue` does.  With ``durability="sync"`` the job
         is accepted but not yet committed when this returns; use :meth:`enqueue` to wait.
         """
-        self._refuse_if_closing()
+        if self._closing or self._persist is not None:
+            self._refuse_if_closing()
         rec, existing = self._prepare(task, payload, priority, job_id, delay, max_retries, timeout)
         if existing is not None:
             return existing.snapshot()
         assert rec is not None
-        if not self._has_room(rec):
+        if not self._try_admit(rec):
             self._n_rejected += 1
             backlog = self._backlog[rec.priority] if rec.status is QUEUED else 0
             raise QueueFull(
@@ -447,7 +482,6 @@ class JobQueue:
                     + (" for a due time" if rec.status is SCHEDULED else "")
                 )
             )
-        self._admit(rec)
         return rec.snapshot()
 
     async def enqueue(
@@ -471,6 +505,11 @@ class JobQueue:
 
         With persistence and ``durability="sync"`` it returns only once the job is
         committed to disk.  Nothing is enqueued when it raises.
+
+        Every call is a cancel point.  It is a schedule point whenever it waits, and
+        otherwise at least every :data:`CHECKPOINT_EVERY` calls or
+        :data:`CHECKPOINT_AFTER` seconds, not on every call: a loop of enqueues hands
+        the workers jobs in batches.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         parked = False
@@ -492,21 +531,29 @@ class JobQueue:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 return snapshot
             assert rec is not None
-            if self._has_room(rec):
+            if self._try_admit(rec):
                 break
             parked = True
             p = rec.priority
             if rec.status is SCHEDULED:
-                lot = self._delay_room[p]
+                await self._delay_room[p].park()
+            elif self._backlog[p]:
+                await self._backlog_lot[p].park()
             else:
-                lot = self._backlog_lot[p] if self._backlog[p] else self._room[p]
-            await lot.park()
-        self._admit(rec)
+                await self._park_for_room(p)
         accepted = rec.snapshot()  # the job as accepted, before any worker touches it
         if self._persist is not None and self._persist.durable:
             await self._commit_or_take_back(rec, take_back=True)
         elif not parked:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            # A schedule point as often as the workers take one (every CHECKPOINT_EVERY
+            # calls, or CHECKPOINT_AFTER seconds), not per call: a yield costs more than
+            # the rest of a job, and the workers then find jobs in batches.
+            self._enqueue_since += 1
+            if (self._enqueue_since >= CHECKPOINT_EVERY
+                    or rec.ready_at - self._enqueue_yield >= CHECKPOINT_AFTER):
+                self._enqueue_since = 0
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                self._enqueue_yield = self._clock.current_time()
         return accepted
 
     async def _commit_or_take_back(self, rec: JobRecord | None, *, take_back: bool) -> None:
@@ -652,7 +699,7 @@ class JobQueue:
         transition(status, JobEvent.CANCEL)  # raises for a finished job
         if status is QUEUED:
             self._ready[rec.priority].remove(rec)
-            if self._room[rec.priority]:
+            if self._room_waiting[rec.priority]:
                 self._room[rec.priority].unpark()
         else:
             rec.timer_gen += 1  # its heap entry is stale now
@@ -677,7 +724,7 @@ class JobQueue:
             raise JobNotFound(f"job {job_id!r} not found")
         transition(rec.status, JobEvent.REQUEUE)
         while len(self._ready[rec.priority]) >= self._capacity:
-            await self._room[rec.priority].park()
+            await self._park_for_room(rec.priority)
             self._refuse_if_closing()
             transition(rec.status, JobEvent.REQUEUE)  # someone else may have retried it
         rec.status = QUEUED
@@ -775,15 +822,22 @@ class JobQueue:
         now_wall = (self._clock.current_time() if now is None else now) + self._wall_offset
         rec.status = status
         rec.finished_at = now_wall
-        self._changed(kind, rec, worker, duration)
+        if self._persist is not None or self._events._subs or self._debug:
+            self._changed(kind, rec, worker, duration)
         if rec.waiters:
             for event in rec.waiters:
                 event.set()
             rec.waiters = None
         finished = self._finished
         finished.append((now_wall, rec))
-        horizon = now_wall - self._config.result_ttl
-        cap = self._config.finished_cache
+        if len(finished) > self._finished_cap or finished[0][0] < now_wall - self._result_ttl:
+            self._age_out(now_wall)
+
+    def _age_out(self, now_wall: float) -> None:
+        """Forget finished jobs beyond ``finished_cache`` or older than ``result_ttl``."""
+        finished = self._finished
+        horizon = now_wall - self._result_ttl
+        cap = self._finished_cap
         jobs = self._jobs
         while finished and (len(finished) > cap or finished[0][0] < horizon):
             ended, old = finished.popleft()
@@ -917,15 +971,20 @@ class JobQueue:
     async def _work(self, slot: _WorkerSlot, scope: trio.CancelScope) -> None:
         ready = self._ready
         room = self._room
+        room_waiting = self._room_waiting
         refill = self._refill
         pick = self._picker.pick
         current_time = self._clock.current_time
         checkpoint = trio.lowlevel.checkpoint
         wall = self._wall_offset
-        run_sampler = self._run.add
-        wait_sampler = self._wait.add
+        # The latency samplers, written inline: ring[n & MASK] = x; n += 1.
+        waits, runs = self._wait, self._run
+        wait_ring, run_ring = waits.ring, runs.ring
         since = 0
         last_yield = current_time()
+        now: float | None = None
+        """The time the last job ended, while nothing has been awaited since: the next
+        job's start (one clock read per job instead of two)."""
         while True:
             i = pick(ready)
             if i < 0 or self._stop_taking:
@@ -933,27 +992,31 @@ class JobQueue:
                     return
                 await self._park_idle()
                 since = 0
+                now = None
                 last_yield = math.inf  # restarted by the next job's start time
                 continue
             ready_i = ready[i]
             rec = ready_i.popleft()
-            if room[i]:
+            if room_waiting[i]:
                 room[i].unpark()
             if refill[i] is not None and len(ready_i) <= self._refill_low[i]:
                 refill[i].set()  # type: ignore[union-attr]
                 refill[i] = None
-            rec.status = transition(rec.status, JobEvent.START)
+            rec.status = PROCESSING  # only QUEUED records are in ready queues
             rec.attempts += 1
-            start = current_time()
+            start = current_time() if now is None else now
             if last_yield > start:
                 last_yield = start
             rec.started_at = start + wall
-            wait_sampler(start - rec.ready_at)
+            k = waits.n
+            wait_ring[k & MASK] = start - rec.ready_at
+            waits.n = k + 1
             slot.current = rec
             slot.started = start
             self._busy += 1
             self._n_started += 1
-            self._changed("started", rec, slot.index)
+            if self._persist is not None or self._events._subs or self._debug:
+                self._changed("started", rec, slot.index)
             if rec.durable_start:
                 await self._commit_start(rec)
             spec = rec.spec
@@ -979,7 +1042,7 @@ class JobQueue:
                 slot.current = None
                 self._busy -= 1
                 self._busy_time += duration
-                run_sampler(duration)
+                runs.add(duration)
                 if timeout is not None:
                     scope.deadline = math.inf
                 self._attempt_failed(slot, rec, exc, duration)
@@ -989,10 +1052,11 @@ class JobQueue:
                 slot.current = None
                 self._busy -= 1
                 self._busy_time += duration
-                run_sampler(duration)
+                k = runs.n
+                run_ring[k & MASK] = duration
+                runs.n = k + 1
                 if timeout is not None:
                     scope.deadline = math.inf
-                rec.status = transition(rec.status, JobEvent.COMPLETE)
                 rec.result = result
                 self._n_completed += 1
                 self._finish(rec, COMPLETED, "completed", slot.index, duration, end)
@@ -1001,11 +1065,14 @@ class JobQueue:
                 # this scope (slot.current is None, so nothing is interrupted) so that the
                 # next job starts in a fresh one.
                 await checkpoint()
+                end = current_time()
             since += 1
             if since >= CHECKPOINT_EVERY or end - last_yield >= CHECKPOINT_AFTER:
                 since = 0
                 await checkpoint()
-                last_yield = current_time()
+                last_yield = now = current_time()
+            else:
+                now = end
 
     async def _commit_start(self, rec: JobRecord) -> None:
         """A job recovered after a crash: make this attempt's start durable first, so a

@@ -6,9 +6,7 @@ import enum
 import json
 import re
 from datetime import UTC, datetime
-from typing import Any
-
-import attrs
+from typing import Any, NamedTuple
 
 from ._exceptions import InvalidJob
 
@@ -94,16 +92,16 @@ def rfc3339(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
-# Not slotted: a frozen attrs class with a __dict__ is built three times faster (its
-# __init__ fills the dict instead of calling object.__setattr__ per field), and the
-# engine builds two snapshots per job.
-@attrs.frozen(slots=False)
-class Job:
+class Job(NamedTuple):
     """A snapshot of one job, taken when you asked for it.
 
     It never changes: call :meth:`JobQueue.get` again for a fresh one.  Times are seconds
     since the epoch (floats), as seen by the queue's clock; :meth:`to_dict` gives them as
-    RFC 3339 strings.
+    RFC 3339 strings.  ``job._replace(field=value)`` makes a changed copy.
+
+    A named tuple rather than a class with a ``__dict__``: the engine builds two of these
+    for every job (the one ``enqueue`` returns and the one the handler gets), and a tuple
+    is built five times faster, which is a tenth of the cost of a no-op job.
     """
 
     id: str
