@@ -27,7 +27,9 @@ async def echo(job: trioqueue.Job) -> None:  # pragma: no cover - never run here
 
 
 times = st.none() | st.floats(min_value=0, max_value=4e9, allow_nan=False)
-texts = st.none() | st.text(max_size=200)
+# error and traceback are never empty when set ("Type: message", a formatted traceback):
+# the writer sends None as "" for them (cheaper to bind), so "" would come back None.
+texts = st.none() | st.text(min_size=1, max_size=200)
 ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,40}", fullmatch=True)
 
 

@@ -51,13 +51,28 @@ RETRY_FAILED_WRITE = 1.0
 _STATUS = {s: s.value for s in JobStatus}
 
 
+_NAN = math.nan
+
+
 def _row(rec: JobRecord) -> Row:
+    """The row of ``rec``, with NULLs as NaN (REAL columns) and "" (result, error and
+    traceback, never empty when set): cheaper for ``sqlite3`` to bind than ``None``."""
     result = rec.result
+    timeout = rec.timeout
+    scheduled_for = rec.scheduled_for
+    started_at = rec.started_at
+    finished_at = rec.finished_at
     return (
         rec.id, rec.task, rec.payload_json, rec.priority, _STATUS[rec.status], rec.attempts,
-        rec.max_retries, rec.timeout, rec.created_at, rec.scheduled_for, rec.started_at,
-        rec.finished_at, None if result is None else json.dumps(result), rec.error,
-        rec.traceback,
+        rec.max_retries,
+        _NAN if timeout is None else timeout,
+        rec.created_at,
+        _NAN if scheduled_for is None else scheduled_for,
+        _NAN if started_at is None else started_at,
+        _NAN if finished_at is None else finished_at,
+        "" if result is None else json.dumps(result),
+        rec.error or "",
+        rec.traceback or "",
     )
 
 
