@@ -838,6 +838,8 @@ class JobQueue:
         finished = self._finished
         horizon = now_wall - self._result_ttl
         cap = self._finished_cap
+        if len(finished) > cap:
+            cap -= cap // 64  # a little below the cap: one call per cap/64 jobs, not per job
         jobs = self._jobs
         while finished and (len(finished) > cap or finished[0][0] < horizon):
             ended, old = finished.popleft()
