@@ -140,9 +140,16 @@ def plan(sizes: Sizes) -> list[Case]:
     add("noop/trioqueue/await-8", "noop", "noop", "trioqueue",
         "trioqueue memory: await enqueue, 8 producers",
         "noop", {"n": n, "variant": "await", "producers": 8, "workers": WORKERS})
+    add("noop/trioqueue/await-64", "noop", "noop", "trioqueue",
+        "trioqueue memory: await enqueue, 64 producers (the pair of sqlite-sync-64)",
+        "noop", {"n": n, "variant": "await", "producers": 64, "workers": WORKERS})
     add("noop/trioqueue/sqlite-batch", "noop", "noop", "trioqueue",
         "trioqueue SQLite batch: enqueue_nowait loop + flush()",
         "noop", {"n": n, "variant": "nowait", "durability": "batch", "workers": WORKERS})
+    add("noop/trioqueue/sqlite-batch-await-1", "noop", "noop", "trioqueue",
+        "trioqueue SQLite batch: await enqueue, 1 producer, + flush() (the pair of await-1)",
+        "noop", {"n": n, "variant": "await", "producers": 1, "durability": "batch",
+                 "workers": WORKERS})
     add("noop/trioqueue/sqlite-sync-1", "noop", "noop", "trioqueue",
         "trioqueue SQLite sync: await enqueue, 1 producer",
         "noop", {"n": sizes.sync1_n, "variant": "await", "producers": 1,

@@ -124,6 +124,8 @@ def noop(n: int, variant: str, workers: int = 4, producers: int = 1,
                 async with trio.open_nursery() as nursery:
                     for count in share:
                         nursery.start_soon(producer, count)
+                if durability is not None:
+                    await q.flush()  # batch: what is accepted is on disk (sync: already)
                 te = perf_counter()
             await _all_done(q, last_ids, n)
             t1 = perf_counter()
