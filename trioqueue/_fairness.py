@@ -38,37 +38,39 @@ class FairPicker:
     :class:`Priority`, and returns the index to take from, or ``-1`` when all are empty.
     """
 
-    __slots__ = ("_credit", "_weights")
+    __slots__ = ("_credit", "_owed", "_weights")
 
     def __init__(self, weights: Mapping[Priority, int] = DEFAULT_WEIGHTS) -> None:
         self._weights = check_weights(weights)
         self._credit = [0, 0, 0]
+        self._owed = False  # some credit may be non-zero (a contested pick happened)
 
     @property
     def weights(self) -> tuple[int, int, int]:
         return self._weights
 
     def pick(self, queues: Sequence[Sized]) -> int:
+        h, m, lo = queues
+        # Fast path (a worker calls this per job): at most one priority has work.  It
+        # gets the pick, and every credit is cleared.
+        if h:
+            lone = -2 if m or lo else 0
+        elif m:
+            lone = -2 if lo else 1
+        else:
+            lone = 2 if lo else -1
+        if lone != -2:
+            if self._owed:
+                self._credit = [0, 0, 0]
+                self._owed = False
+            return lone
+        self._owed = True
         credit = self._credit
         w = self._weights
-        h, m, lo = len(queues[0]) > 0, len(queues[1]) > 0, len(queues[2]) > 0
-        # Fast paths: a lone priority gets the pick and its credit stays 0.
-        if h and not m and not lo:
-            credit[0] = credit[1] = credit[2] = 0
-            return 0
-        if m and not h and not lo:
-            credit[0] = credit[1] = credit[2] = 0
-            return 1
-        if lo and not h and not m:
-            credit[0] = credit[1] = credit[2] = 0
-            return 2
-        if not (h or m or lo):
-            credit[0] = credit[1] = credit[2] = 0
-            return -1
         total = 0
         best = -1
         best_credit = 0
-        for i, has in ((0, h), (1, m), (2, lo)):
+        for i, has in ((0, bool(h)), (1, bool(m)), (2, bool(lo))):
             if not has:
                 credit[i] = 0
                 continue
