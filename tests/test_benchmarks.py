@@ -74,3 +74,27 @@ def test_only_keeps_the_baseline_of_each_group() -> None:
     ids = {c.id for c in select(plan(QUICK), "latency@10000/trioqueue,io@100")}
     assert ids == {"latency@10000/trio", "latency@10000/trioqueue", "io@100/trio",
                    "io@100/asyncio", "io@100/trioqueue"}
+
+
+@pytest.mark.parametrize("case", ["bare", "nowait", "await"])
+def test_callgrind_workload_runs_without_valgrind(case: str) -> None:
+    """The script ``python -m benchmarks.callgrind`` runs under valgrind, run plainly."""
+    from benchmarks.callgrind import _CHILD
+
+    proc = subprocess.run([sys.executable, "-c", _CHILD, "300", case], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_callgrind_refuses_unknown_cases_and_bad_counts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from benchmarks.callgrind import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["nowiat"])
+    assert exc.value.code == 2
+    assert "unknown case 'nowiat'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["-n", "0"])
+    assert "-n: expected a positive number of jobs, got 0" in capsys.readouterr().err

@@ -1,0 +1,95 @@
+"""Instructions per no-op job, counted by valgrind's callgrind: repeatable on a shared
+machine, where seconds are not.  For tuning the hot path; not part of the table.
+
+    python -m benchmarks.callgrind                  # every case, 20,000 jobs each
+    python -m benchmarks.callgrind nowait await -n 50000
+
+Each case runs twice under ``valgrind --tool=callgrind`` (with 0 jobs, then with n) in
+a fresh interpreter; the difference divided by n is the cost of one job, start-up and
+shutdown excluded.  Cases: ``bare`` (a Trio memory channel, 4 receiving tasks, ``await
+send``: the floor of the throughput table), ``nowait`` (``enqueue_nowait`` n jobs with
+capacity n, then run them), ``await`` (one producer, ``await enqueue``).  4 workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+
+CASES = ("bare", "nowait", "await")
+
+_CHILD = """
+import sys, trio, trioqueue
+n, case = int(sys.argv[1]), sys.argv[2]
+registry = trioqueue.TaskRegistry()
+
+@registry.task(name="noop")
+async def noop(job):
+    return None
+
+async def bare():
+    send, receive = trio.open_memory_channel(1000)
+    async def worker():
+        async for _ in receive:
+            pass
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(worker)
+        async with send:
+            for i in range(n):
+                await send.send(i)
+
+async def main():
+    if case == "bare":
+        return await bare()
+    config = trioqueue.QueueConfig(workers=4, capacity=max(n, 1))
+    async with trioqueue.open_queue(registry, config) as q:
+        job = None
+        for _ in range(n):
+            job = q.enqueue_nowait("noop") if case == "nowait" else await q.enqueue("noop")
+        if job is not None:
+            await q.wait(job.id)
+        while q.metrics().completed < n:
+            await trio.sleep(0)
+
+trio.run(main)
+"""
+
+
+def instructions(case: str, n: int) -> int:
+    out = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+         sys.executable, "-c", _CHILD, str(n), case],
+        capture_output=True, text=True, check=True,
+    )
+    found = re.search(r"Collected : (\d+)", out.stderr)
+    if found is None:
+        raise RuntimeError(f"no instruction count in valgrind's output:\n{out.stderr}")
+    return int(found.group(1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.callgrind",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("cases", nargs="*", metavar="CASE", help=", ".join(CASES))
+    parser.add_argument("-n", type=int, default=20_000, help="jobs per case (20,000)")
+    args = parser.parse_args(argv)
+    unknown = [c for c in args.cases if c not in CASES]
+    if unknown:
+        parser.error(f"unknown case {unknown[0]!r}; choose from {', '.join(CASES)}")
+    if args.n < 1:
+        parser.error(f"-n: expected a positive number of jobs, got {args.n}")
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
+        return 2
+    for case in args.cases or CASES:
+        per_job = (instructions(case, args.n) - instructions(case, 0)) / args.n
+        print(f"{case:8s} {per_job:10,.0f} instructions per job")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
