@@ -684,25 +684,31 @@ async def test_stress_100k_jobs_10_workers_3_priorities_each_exactly_once() -> N
 # --------------------------------------------------------------------------- fairness to others
 
 
+class Ticker:
+    """A task that counts its turns: how often the rest of the program got to run."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            self.ticks += 1
+            await trio.lowlevel.checkpoint()
+
+
 async def test_workers_yield_to_other_tasks_while_jobs_never_checkpoint() -> None:
     """A stream of handlers that never await must not starve the rest of the program."""
     registry = TaskRegistry()
-    ticks = 0
+    ticker = Ticker()
     seen_at_tick: list[int] = []
 
     @registry.task
     async def busy(job: Job) -> None:
-        seen_at_tick.append(ticks)
-
-    async def ticker(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        nonlocal ticks
-        task_status.started()
-        while True:
-            ticks += 1
-            await trio.lowlevel.checkpoint()
+        seen_at_tick.append(ticker.ticks)
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(ticker)
+        await nursery.start(ticker.run)
         config = QueueConfig(workers=2, capacity=5000, drain=True)
         async with trioqueue.open_queue(registry, config) as q:
             for _ in range(5000):
@@ -840,22 +846,14 @@ async def test_await_enqueue_is_a_schedule_point_at_least_every_64_calls(
     call, but a producer that never waits still lets the rest of the program run.  (The
     mock clock stands still here, the ticker being always runnable: only the count rule
     applies.)"""
-    ticks = 0
+    ticker = Ticker()
     ticks_at: list[int] = []
-
-    async def ticker(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        nonlocal ticks
-        task_status.started()
-        while True:
-            ticks += 1
-            await trio.lowlevel.checkpoint()
-
     async with trio.open_nursery() as nursery:
-        await nursery.start(ticker)
+        await nursery.start(ticker.run)
         async with trioqueue.open_queue(h.registry, cfg(capacity=2000)) as q:
             for _ in range(1000):
                 await q.enqueue("ok")
-                ticks_at.append(ticks)
+                ticks_at.append(ticker.ticks)
             with trio.CancelScope() as scope:
                 scope.cancel()
                 with pytest.raises(trio.Cancelled):
