@@ -100,8 +100,9 @@ class Job(NamedTuple):
     RFC 3339 strings.  ``job._replace(field=value)`` makes a changed copy.
 
     A named tuple rather than a class with a ``__dict__``: the engine builds two of these
-    for every job (the one ``enqueue`` returns and the one the handler gets), and a tuple
-    is built five times faster, which is a tenth of the cost of a no-op job.
+    for every job (the one ``enqueue`` returns and the one the handler gets), and building
+    a tuple from the job's record takes 3,500 instructions instead of 9,100; together that
+    was about 15 % of a no-op job.
     """
 
     id: str
