@@ -7,7 +7,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 REDIS_HOST = "127.0.0.1"
@@ -85,6 +85,23 @@ def pace_schedule(rate: float, n: int, t0: float, i: int, now: float) -> tuple[i
     due = min(n, int((now - t0) * rate) + 1)
     nxt = t0 + max(due, i) / rate
     return due, nxt - now
+
+
+async def offer_paced(rate: float, n: int, put: Callable[[float], Awaitable[Any]],
+                      sleep: Callable[[float], Awaitable[Any]]) -> float:
+    """Open-loop load for the async producers: ``await put(perf_counter())`` ``n`` times
+    at ``rate`` per second (each tick's due jobs at once, then ``await sleep`` until the
+    next is due).  Returns the seconds the offering took."""
+    t0 = perf_counter()
+    i = 0
+    while i < n:
+        due, wait = pace_schedule(rate, n, t0, i, perf_counter())
+        while i < due:
+            await put(perf_counter())
+            i += 1
+        if i < n and wait > 0:
+            await sleep(wait)
+    return perf_counter() - t0
 
 
 def need_module(name: str, extra: str = "bench") -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from .common import latency_summary, pace_schedule, perf_counter, settled_rss, throughput
+from .common import latency_summary, offer_paced, perf_counter, settled_rss, throughput
 
 _STOP = object()
 
@@ -64,16 +64,7 @@ def latency(rate: float, n: int, workers: int = 4, capacity: int = 1000) -> dict
                 lat.append(perf_counter() - item)
 
         tasks = [asyncio.create_task(worker()) for _ in range(workers)]
-        t0 = perf_counter()
-        i = 0
-        while i < n:
-            due, wait = pace_schedule(rate, n, t0, i, perf_counter())
-            while i < due:
-                await queue.put(perf_counter())
-                i += 1
-            if i < n and wait > 0:
-                await asyncio.sleep(wait)
-        offered_s = perf_counter() - t0
+        offered_s = await offer_paced(rate, n, queue.put, asyncio.sleep)
         for _ in range(workers):
             await queue.put(_STOP)
         await asyncio.gather(*tasks)

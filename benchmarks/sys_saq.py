@@ -17,7 +17,7 @@ from .common import (
     latency_summary,
     need_module,
     need_redis,
-    pace_schedule,
+    offer_paced,
     perf_counter,
     redis_cleanup,
     throughput,
@@ -105,16 +105,9 @@ def latency(rate: float, n: int, workers: int = 4, timeout: float = 600.0) -> di
                         dequeue_timeout=DEQUEUE_TIMEOUT)
         task = asyncio.create_task(worker.start())
         try:
-            t0 = perf_counter()
-            i = 0
-            while i < n:
-                due, wait = pace_schedule(rate, n, t0, i, perf_counter())
-                while i < due:
-                    await queue.enqueue("noop", ts=perf_counter())
-                    i += 1
-                if i < n and wait > 0:
-                    await asyncio.sleep(wait)
-            offered_s = perf_counter() - t0
+            offered_s = await offer_paced(
+                rate, n, lambda ts: queue.enqueue("noop", ts=ts), asyncio.sleep
+            )
             async with asyncio.timeout(timeout):
                 await done.wait()
             await worker.stop()

@@ -20,7 +20,7 @@ from .common import (
     latency_summary,
     need_module,
     need_redis,
-    pace_schedule,
+    offer_paced,
     perf_counter,
     redis_cleanup,
     throughput,
@@ -138,16 +138,9 @@ def latency(rate: float, n: int, workers: int = 4, timeout: float = 600.0) -> di
 
         async with _worker(name, workers) as client, trio.open_nursery() as nursery:
             await nursery.start(worker.run_async)
-            t0 = perf_counter()
-            i = 0
-            while i < n:
-                due, wait = pace_schedule(rate, n, t0, i, perf_counter())
-                while i < due:
-                    await client.enqueue_unsafe("noop", perf_counter())
-                    i += 1
-                if i < n and wait > 0:
-                    await trio.sleep(wait)
-            offered_s = perf_counter() - t0
+            offered_s = await offer_paced(
+                rate, n, lambda ts: client.enqueue_unsafe("noop", ts), trio.sleep
+            )
             with trio.fail_after(timeout):
                 await done.wait()
                 await _finished(worker, n)

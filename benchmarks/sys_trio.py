@@ -6,7 +6,7 @@ from typing import Any
 
 import trio
 
-from .common import latency_summary, pace_schedule, perf_counter, settled_rss, throughput
+from .common import latency_summary, offer_paced, perf_counter, settled_rss, throughput
 
 
 async def _noop(item: object) -> None:
@@ -73,16 +73,7 @@ def latency(rate: float, n: int, workers: int = 4, capacity: int = 1000) -> dict
                 nursery.start_soon(worker, receive.clone())
             receive.close()
             async with send:
-                t0 = perf_counter()
-                i = 0
-                while i < n:
-                    due, wait = pace_schedule(rate, n, t0, i, perf_counter())
-                    while i < due:
-                        await send.send(perf_counter())
-                        i += 1
-                    if i < n and wait > 0:
-                        await trio.sleep(wait)
-                offered_s = perf_counter() - t0
+                offered_s = await offer_paced(rate, n, send.send, trio.sleep)
         return offered_s
 
     offered_s = trio.run(main)

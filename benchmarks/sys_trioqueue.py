@@ -11,7 +11,15 @@ import trio
 
 import trioqueue
 
-from .common import Skip, latency_summary, pace_schedule, perf_counter, settled_rss, throughput
+from .common import (
+    Skip,
+    latency_summary,
+    offer_paced,
+    pace_schedule,
+    perf_counter,
+    settled_rss,
+    throughput,
+)
 
 # Shutdown with jobs still queued (the memory scenario) logs a warning; keep stderr quiet.
 logging.getLogger("trioqueue").setLevel(logging.ERROR)
@@ -163,8 +171,8 @@ def io(n: int, workers: int, sleep: float = 0.01) -> dict[str, Any]:
 
 def latency(rate: float, n: int, workers: int = 4, nowait: bool = False) -> dict[str, Any]:
     """``nowait``: the producer offers each tick's due jobs with ``enqueue_nowait`` and
-    yields once per tick (sleeping until the next job is due), instead of one
-    ``await enqueue`` (a checkpoint) per job."""
+    yields once per tick (sleeping until the next job is due), instead of an
+    ``await enqueue`` per job."""
     lat: list[float] = []
     done = trio.Event()
 
@@ -179,27 +187,26 @@ def latency(rate: float, n: int, workers: int = 4, nowait: bool = False) -> dict
 
     async def body(q: trioqueue.JobQueue) -> float:
         nonlocal full
+        if not nowait:
+            offered_s = await offer_paced(
+                rate, n, lambda ts: q.enqueue("noop", ts), trio.sleep
+            )
+            await done.wait()
+            return offered_s
         t0 = perf_counter()
         i = 0
         while i < n:
             due, wait = pace_schedule(rate, n, t0, i, perf_counter())
-            if nowait:
-                while i < due:
-                    try:
-                        q.enqueue_nowait("noop", perf_counter())
-                    except trioqueue.QueueFull:
-                        full += 1  # fell behind by a whole capacity: let workers run
-                        await trio.lowlevel.checkpoint()
-                        continue
-                    i += 1
-                if i < n:
-                    await trio.sleep(max(wait, 0.0))
-                continue
             while i < due:
-                await q.enqueue("noop", perf_counter())
+                try:
+                    q.enqueue_nowait("noop", perf_counter())
+                except trioqueue.QueueFull:
+                    full += 1  # fell behind by a whole capacity: let workers run
+                    await trio.lowlevel.checkpoint()
+                    continue
                 i += 1
-            if i < n and wait > 0:
-                await trio.sleep(wait)
+            if i < n:
+                await trio.sleep(max(wait, 0.0))
         offered_s = perf_counter() - t0
         await done.wait()
         return offered_s
