@@ -360,6 +360,38 @@ async def test_bad_input_is_refused_and_nothing_is_half_enqueued(
         assert await q.list_jobs() == []
 
 
+async def test_job_defaults_come_from_the_task_then_the_config_and_calls_override(
+    autojump_clock: Any,
+) -> None:
+    registry = TaskRegistry()
+
+    @registry.task
+    async def plain(job: Job) -> None:
+        return None
+
+    @registry.task(priority=Priority.HIGH, max_retries=7, timeout=9.0)
+    async def tuned(job: Job) -> None:
+        return None
+
+    config = cfg(max_retries=2, default_timeout=30.0)
+    async with trioqueue.open_queue(registry, config) as q:
+        a = await q.enqueue("plain")
+        b = q.enqueue_nowait("tuned")
+        c = await q.enqueue("tuned", priority="low", max_retries=0, timeout=1)
+
+        @registry.task(name="late", max_retries=1)  # registered while the queue runs
+        async def late(job: Job) -> None:
+            return None
+
+        d = await q.enqueue("late")
+        for job in (a, b, c, d):
+            assert (await q.wait(job.id)).status is JobStatus.COMPLETED
+    assert (a.priority, a.max_retries, a.timeout) == (Priority.MEDIUM, 2, 30.0)
+    assert (b.priority, b.max_retries, b.timeout) == (Priority.HIGH, 7, 9.0)
+    assert (c.priority, c.max_retries, c.timeout) == (Priority.LOW, 0, 1.0)
+    assert (d.priority, d.max_retries, d.timeout) == (Priority.MEDIUM, 1, 30.0)
+
+
 def test_bad_config_names_the_field() -> None:
     with pytest.raises(ValueError, match="workers"):
         QueueConfig(workers=0)
@@ -580,6 +612,33 @@ async def test_events_follow_a_job_through_its_life(h: Harness, autojump_clock: 
     assert failed["attempt"] == 2
     assert failed["worker"] is not None
     assert failed["duration"] == 0.0
+
+
+async def test_events_reach_subscribers_that_join_late_and_stop_when_they_leave(
+    h: Harness, autojump_clock: Any
+) -> None:
+    """The engine skips event work while no one subscribes; subscribing turns it back on."""
+
+    def drain(events: trio.MemoryReceiveChannel[trioqueue.Event]) -> list[str]:
+        seen = []
+        while True:
+            try:
+                seen.append(events.receive_nowait().type)
+            except trio.WouldBlock:
+                return seen
+
+    async with trioqueue.open_queue(h.registry, cfg()) as q:
+        await q.wait((await q.enqueue("ok", 1)).id)  # no one listening
+        async with q.subscribe() as first:
+            await q.wait((await q.enqueue("ok", 2)).id)
+            assert drain(first) == ["enqueued", "started", "completed"]
+        await q.wait((await q.enqueue("ok", 3)).id)  # the last one left
+        async with q.subscribe() as second:
+            async with q.subscribe() as third:
+                await q.wait((await q.enqueue("ok", 4)).id)
+                assert drain(third) == ["enqueued", "started", "completed"]
+            await q.wait((await q.enqueue("ok", 5)).id)  # one left, one still there
+            assert drain(second) == ["enqueued", "started", "completed"] * 2
 
 
 async def test_a_slow_subscriber_is_told_it_lagged_and_never_blocks(

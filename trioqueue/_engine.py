@@ -182,7 +182,8 @@ class JobQueue:
         if _token is not _OPEN_QUEUE_TOKEN:
             raise TypeError("JobQueue has no public constructor; use trioqueue.open_queue()")
         self._registry = registry
-        self._tasks = registry._tasks  # the registry's dict: get() without a method call
+        self._intake: dict[str, tuple[TaskSpec, int, int, float | None]] = {}
+        """Per task name: its spec and resolved job defaults (see :meth:`_intake_of`)."""
         self._config = config
         self._policy = config.retry_policy()
         self._capacity = config.capacity
@@ -211,7 +212,7 @@ class JobQueue:
         self._heap_seq = 0
         self._timer_wake = trio.Event()
         self._slots = [_WorkerSlot(i) for i in range(config.workers)]
-        self._events = Broadcaster()
+        self._events = Broadcaster(on_change=self._observers_changed)
         self._persist = persistence
         self._random = random.Random()
         # The run's clock, looked up once: trio.current_time() costs three lookups a call.
@@ -221,6 +222,10 @@ class JobQueue:
         self._enqueue_since = 0
         self._enqueue_yield = -math.inf
         self._debug = log.isEnabledFor(logging.DEBUG)
+        self._observed = False
+        """Whether anything watches state changes (the store, subscribers, the debug
+        log): one test per change on the hot path instead of three."""
+        self._observers_changed()
         # Lifecycle flags, in the order shutdown sets them.
         self._closing = False
         self._closed = False
@@ -230,7 +235,6 @@ class JobQueue:
         self._workers_done = trio.Event()
         # Counters (plain ints: no per-job allocation).
         self._n_enqueued = 0
-        self._n_started = 0
         self._n_completed = 0
         self._n_failed = 0
         self._n_retried = 0
@@ -238,7 +242,6 @@ class JobQueue:
         self._n_rejected = 0
         self._n_dropped = 0
         self._n_scheduled = 0
-        self._busy = 0
         self._busy_time = 0.0
         self._wait = Sampler()
         self._run = Sampler()
@@ -257,6 +260,9 @@ class JobQueue:
     def closing(self) -> bool:
         """True once shutdown began: new jobs are refused with :class:`ShuttingDown`."""
         return self._closing
+
+    def _observers_changed(self) -> None:
+        self._observed = self._persist is not None or self._debug or bool(self._events._subs)
 
     def _now(self) -> float:
         return self._clock.current_time() + self._wall_offset
@@ -318,28 +324,28 @@ class JobQueue:
         Returns ``(new_record, None)`` or ``(None, existing)`` for an idempotent repeat.
         ``stored`` is the record the store holds under ``job_id`` when it is not in memory.
         """
-        spec = self._tasks.get(task) if task.__class__ is str else None
-        if spec is None:
-            spec = self._registry.get(task)  # raises UnknownTask
-        prio = spec.priority if priority is None else Priority.coerce(priority)
+        intake = self._intake.get(task) if task.__class__ is str else None
+        if intake is None:
+            intake = self._intake_of(task)  # raises UnknownTask
+        spec, prio, retries, limit = intake
+        if priority is not None:
+            prio = int(Priority.coerce(priority))
         if delay:
             if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not (
                 delay >= 0 and math.isfinite(delay)
             ):
                 raise InvalidJob(f"delay: expected a number of seconds >= 0, got {delay!r}")
-        if max_retries is None:
-            retries = self._config.max_retries if spec.max_retries is None else spec.max_retries
-        elif isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise InvalidJob(f"max_retries: expected an integer >= 0, got {max_retries!r}")
-        else:
+        if max_retries is not None:
+            if isinstance(max_retries, bool) or not isinstance(max_retries, int) or (
+                max_retries < 0
+            ):
+                raise InvalidJob(f"max_retries: expected an integer >= 0, got {max_retries!r}")
             retries = max_retries
-        if timeout is None:
-            limit = spec.timeout if spec.timeout is not None else self._config.default_timeout
-        elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
-            timeout > 0 and math.isfinite(timeout)
-        ):
-            raise InvalidJob(f"timeout: expected a number of seconds > 0, got {timeout!r}")
-        else:
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
+                timeout > 0 and math.isfinite(timeout)
+            ):
+                raise InvalidJob(f"timeout: expected a number of seconds > 0, got {timeout!r}")
             limit = float(timeout)
         payload_json = "null" if payload is None else check_json("payload", payload)
         if job_id is None:
@@ -358,13 +364,28 @@ class JobQueue:
                 )
         now = self._clock.current_time()
         rec = JobRecord(
-            new_id, task, payload, payload_json, int(prio), QUEUED, 0, retries, limit,
+            new_id, task, payload, payload_json, prio, QUEUED, 0, retries, limit,
             now + self._wall_offset, None, None, None, None, None, None, spec, now,
         )
         if delay:
             rec.status = SCHEDULED
             rec.scheduled_for = rec.created_at + delay
         return rec, None
+
+    def _intake_of(self, task: str) -> tuple[TaskSpec, int, int, float | None]:
+        """A task's spec with its job defaults resolved: priority (an int), retries and
+        timeout, the task's own or else the config's.  Looked up once per task name (the
+        registry only grows, and specs and the config are frozen)."""
+        spec = self._registry.get(task)  # raises UnknownTask
+        config = self._config
+        intake = (
+            spec,
+            int(spec.priority),
+            config.max_retries if spec.max_retries is None else spec.max_retries,
+            config.default_timeout if spec.timeout is None else spec.timeout,
+        )
+        self._intake[task] = intake
+        return intake
 
     def _try_admit(self, rec: JobRecord) -> bool:
         """Put a validated new record into the queue if its priority has room.
@@ -392,7 +413,7 @@ class JobQueue:
         ready.append(rec)  # rec.ready_at is its creation time
         if self._idle:
             trio.lowlevel.reschedule(self._idle.pop())
-        if self._persist is not None or self._events._subs or self._debug:
+        if self._observed:
             self._changed("enqueued", rec)
         return True
 
@@ -519,7 +540,8 @@ class JobQueue:
             stored = await self._persist.lookup(job_id)
             parked = True  # that await was the checkpoint
         while True:
-            self._refuse_if_closing()
+            if self._closing or self._persist is not None:
+                self._refuse_if_closing()
             rec, existing = self._prepare(
                 task, payload, priority, job_id, delay, max_retries, timeout, stored
             )
@@ -781,7 +803,8 @@ class JobQueue:
         """Counters, gauges and latency percentiles, as of now."""
         now = self._clock.current_time()
         uptime = now - self._opened_at
-        in_flight = sum(now - s.started for s in self._slots if s.current is not None)
+        busy = [s for s in self._slots if s.current is not None]
+        in_flight = sum(now - s.started for s in busy)
         capacity_time = uptime * len(self._slots)
         utilization = (
             min(1.0, (self._busy_time + in_flight) / capacity_time) if capacity_time > 0 else 0.0
@@ -790,7 +813,7 @@ class JobQueue:
         r50, r99 = self._run.percentiles(0.5, 0.99)
         return Metrics(
             enqueued=self._n_enqueued,
-            started=self._n_started,
+            started=self._wait.n,  # one wait sample per start
             completed=self._n_completed,
             failed=self._n_failed,
             retried=self._n_retried,
@@ -801,9 +824,9 @@ class JobQueue:
                 for label, q, backlog in zip(_LABELS, self._ready, self._backlog, strict=True)
             },
             scheduled=self._n_scheduled,
-            processing=self._busy,
+            processing=len(busy),
             workers=len(self._slots),
-            busy_workers=self._busy,
+            busy_workers=len(busy),
             utilization=utilization,
             wait_p50=w50,
             wait_p99=w99,
@@ -816,22 +839,28 @@ class JobQueue:
     # ------------------------------------------------------------------ state changes
 
     def _finish(self, rec: JobRecord, status: JobStatus, kind: str,
-                worker: int | None = None, duration: float | None = None,
-                now: float | None = None) -> None:
-        """Record a terminal state, wake waiters, and age old finished jobs out."""
-        now_wall = (self._clock.current_time() if now is None else now) + self._wall_offset
+                worker: int | None = None, duration: float | None = None) -> None:
+        """Record a terminal state, wake waiters, and age old finished jobs out.
+
+        The worker loop does the same for a completed job inline (keep the two alike).
+        """
+        now_wall = self._clock.current_time() + self._wall_offset
         rec.status = status
         rec.finished_at = now_wall
-        if self._persist is not None or self._events._subs or self._debug:
+        if self._observed:
             self._changed(kind, rec, worker, duration)
         if rec.waiters:
-            for event in rec.waiters:
-                event.set()
-            rec.waiters = None
+            self._wake_waiters(rec)
         finished = self._finished
         finished.append((now_wall, rec))
         if len(finished) > self._finished_cap or finished[0][0] < now_wall - self._result_ttl:
             self._age_out(now_wall)
+
+    @staticmethod
+    def _wake_waiters(rec: JobRecord) -> None:
+        for event in rec.waiters or ():
+            event.set()
+        rec.waiters = None
 
     def _age_out(self, now_wall: float) -> None:
         """Forget finished jobs beyond ``finished_cache`` or older than ``result_ttl``."""
@@ -928,7 +957,6 @@ class JobQueue:
             rec = slot.current
             if rec is not None:
                 slot.current = None
-                self._busy -= 1
                 rec.status = transition(rec.status, JobEvent.INTERRUPT)
                 rec.started_at = None
                 self._ready[rec.priority].appendleft(rec)
@@ -957,7 +985,6 @@ class JobQueue:
         if rec is None:
             return
         slot.current = None
-        self._busy -= 1
         duration = self._clock.current_time() - slot.started
         self._busy_time += duration
         self._run.add(duration)
@@ -982,6 +1009,9 @@ class JobQueue:
         # The latency samplers, written inline: ring[n & MASK] = x; n += 1.
         waits, runs = self._wait, self._run
         wait_ring, run_ring = waits.ring, runs.ring
+        finished = self._finished
+        finished_cap, result_ttl = self._finished_cap, self._result_ttl
+        every, after = CHECKPOINT_EVERY, CHECKPOINT_AFTER
         since = 0
         last_yield = current_time()
         now: float | None = None
@@ -1015,9 +1045,7 @@ class JobQueue:
             waits.n = k + 1
             slot.current = rec
             slot.started = start
-            self._busy += 1
-            self._n_started += 1
-            if self._persist is not None or self._events._subs or self._debug:
+            if self._observed:
                 self._changed("started", rec, slot.index)
             if rec.durable_start:
                 await self._commit_start(rec)
@@ -1042,7 +1070,6 @@ class JobQueue:
                 end = current_time()
                 duration = end - start
                 slot.current = None
-                self._busy -= 1
                 self._busy_time += duration
                 runs.add(duration)
                 if timeout is not None:
@@ -1052,7 +1079,6 @@ class JobQueue:
                 end = current_time()
                 duration = end - start
                 slot.current = None
-                self._busy -= 1
                 self._busy_time += duration
                 k = runs.n
                 run_ring[k & MASK] = duration
@@ -1061,7 +1087,16 @@ class JobQueue:
                     scope.deadline = math.inf
                 rec.result = result
                 self._n_completed += 1
-                self._finish(rec, COMPLETED, "completed", slot.index, duration, end)
+                # self._finish(rec, COMPLETED, ...), inlined: a call is a tenth of a job.
+                rec.status = COMPLETED
+                rec.finished_at = end_wall = end + wall
+                if self._observed:
+                    self._changed("completed", rec, slot.index, duration)
+                if rec.waiters:
+                    self._wake_waiters(rec)
+                finished.append((end_wall, rec))
+                if len(finished) > finished_cap or finished[0][0] < end_wall - result_ttl:
+                    self._age_out(end_wall)
             if (timeout is not None or slot.cancel_requested) and scope.cancel_called:
                 # cancel() or the deadline arrived after the handler had returned: leave
                 # this scope (slot.current is None, so nothing is interrupted) so that the
@@ -1069,7 +1104,7 @@ class JobQueue:
                 await checkpoint()
                 end = current_time()
             since += 1
-            if since >= CHECKPOINT_EVERY or end - last_yield >= CHECKPOINT_AFTER:
+            if since >= every or end - last_yield >= after:
                 since = 0
                 await checkpoint()
                 last_yield = now = current_time()
@@ -1139,16 +1174,20 @@ class JobQueue:
         queued = sum(len(q) for q in self._ready)
         log.info(
             "trioqueue shutting down: %d in flight, %d queued, %d scheduled%s",
-            self._busy, queued, self._n_scheduled, " (draining)" if self._draining else "",
+            self._n_busy(), queued, self._n_scheduled, " (draining)" if self._draining else "",
         )
         with trio.move_on_after(self._config.shutdown_timeout) as waited:
             await self._workers_done.wait()
         if waited.cancelled_caught:
             log.warning(
                 "trioqueue: %d jobs still running after shutdown_timeout=%ss; interrupting "
-                "them (recorded as queued)", self._busy, self._config.shutdown_timeout,
+                "them (recorded as queued)", self._n_busy(), self._config.shutdown_timeout,
             )
         work_scope.cancel()
+
+    def _n_busy(self) -> int:
+        """Workers running a job (a count kept by no one: the slots know)."""
+        return sum(1 for s in self._slots if s.current is not None)
 
     def _closed_down(self) -> None:
         """The workers are gone: wake everyone still waiting for a job to finish."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -73,9 +74,15 @@ class Broadcaster:
     delivered (with the count) before the next event that fits.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
         self._subs: list[_Subscriber] = []
         self._seq = 0
+        self._on_change = on_change
+        """Called after a subscriber is added or removed."""
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
 
     def __bool__(self) -> bool:
         return bool(self._subs)
@@ -87,6 +94,7 @@ class Broadcaster:
     def add(self, buffer: int, metrics: bool = False) -> trio.MemoryReceiveChannel[Event]:
         send, receive = trio.open_memory_channel[Event](buffer)
         self._subs.append(_Subscriber(send, metrics))
+        self._changed()
         return receive
 
     @property
@@ -115,6 +123,7 @@ class Broadcaster:
         if dead:
             for sub in dead:
                 self._subs.remove(sub)
+            self._changed()
 
     def remove(self, receive: trio.MemoryReceiveChannel[Event]) -> None:
         """Forget subscribers whose receive end is closed."""
@@ -122,8 +131,10 @@ class Broadcaster:
             if sub.send._state is receive._state:  # the same channel
                 sub.send.close()
                 self._subs.remove(sub)
+                self._changed()
 
     def close(self) -> None:
         for sub in self._subs:
             sub.send.close()
         self._subs.clear()
+        self._changed()
