@@ -7,6 +7,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -62,5 +63,20 @@ def test_what_is_written_is_read_back(recs: list[JobRecord]) -> None:
                 assert back is not None
                 assert back.snapshot() == rec.snapshot()
                 assert back.payload_json == rec.payload_json
+        finally:
+            store.close()
+
+
+def test_a_flat_value_list_must_hold_whole_rows() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteStore.open(Path(tmp) / "q.db")
+        try:
+            rec = JobRecord("a1", "echo", None, "null", 1, JobStatus.QUEUED, 0, 3, None, 1.0)
+            row = _row(rec)
+            with pytest.raises(ValueError, match="29 values is not a whole number of 15-col"):
+                store.write_values([*row, *row[:-1]])
+            assert store.get("a1") is None  # nothing of it was written
+            store.write_values([*row])
+            assert store.get("a1") is not None
         finally:
             store.close()

@@ -257,11 +257,14 @@ class Persistence:
             while pending:
                 ids = list(islice(pending, WRITE_CHUNK))
                 writing = self._writing = {job_id: pending.pop(job_id) for job_id in ids}
-                rows = [_row(rec) for rec in writing.values()]
+                values: list[Any] = []
+                extend = values.extend
+                for rec in writing.values():
+                    extend(_row(rec))
                 async with self._write_lock:
-                    await trio.to_thread.run_sync(self.store.write, rows)
+                    await trio.to_thread.run_sync(self.store.write_values, values)
                 self.commits += 1
-                self.rows_written += len(rows)
+                self.rows_written += len(writing)
                 self._writing = {}
         except BaseException:
             for job_id, rec in (*self._writing.items(), *pending.items()):
