@@ -16,6 +16,9 @@ from ._job import Priority
 
 Durability = Literal["sync", "batch"]
 
+SWITCH_INTERVAL: float | None = 0.0002
+"""The default of :attr:`QueueConfig.switch_interval`: 200 microseconds."""
+
 
 def _positive_int(inst: object, attr: attrs.Attribute[int], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -115,6 +118,14 @@ class QueueConfig:
     """Default buffer of a :meth:`JobQueue.subscribe` channel."""
     metrics_interval: float = attrs.field(default=1.0, validator=_seconds)
     """Seconds between ``metrics`` events to subscribers that asked for them."""
+    switch_interval: float | None = attrs.field(
+        default=SWITCH_INTERVAL, validator=_optional_seconds
+    )
+    """While the queue is open, the interpreter's thread switch interval
+    (``sys.setswitchinterval``) is lowered to this many seconds if it is longer, so that
+    the threads the queue uses (the SQLite writer, ``sync=True`` handlers) get the GIL
+    from a busy event loop in time; it is put back when the last queue closes.  ``None``
+    leaves the interpreter alone.  See docs/persistence.md."""
 
     def __attrs_post_init__(self) -> None:
         self.retry_policy()  # validates factor >= 1 and jitter <= 1
@@ -188,4 +199,5 @@ _ENV: dict[str, tuple[tuple[str, ...], Any]] = {
     "result_ttl": (("TRIOQUEUE_RESULT_TTL",), float),
     "finished_cache": (("TRIOQUEUE_FINISHED_CACHE",), int),
     "retention": (("TRIOQUEUE_RETENTION",), float),
+    "switch_interval": (("TRIOQUEUE_SWITCH_INTERVAL",), _opt_float),
 }

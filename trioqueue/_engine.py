@@ -43,6 +43,7 @@ from ._exceptions import (
     TrioQueueError,
 )
 from ._fairness import FairPicker
+from ._gil import lowered_switch_interval
 from ._job import TERMINAL, Job, JobStatus, Priority, check_job_id, check_json
 from ._metrics import MASK, Metrics, Sampler
 from ._registry import TaskRegistry, TaskSpec
@@ -1242,6 +1243,13 @@ async def open_queue(
     config = QueueConfig() if config is None else config
     if not isinstance(config, QueueConfig):
         raise TypeError(f"config: expected a QueueConfig, got {type(config).__name__}")
+    with lowered_switch_interval(config.switch_interval):
+        async with _open_queue(registry, config) as q:
+            yield q
+
+
+@asynccontextmanager
+async def _open_queue(registry: TaskRegistry, config: QueueConfig) -> AsyncIterator[JobQueue]:
     persistence: Persistence | None = None
     if config.persist_path is not None:
         from ._persistence import Persistence
