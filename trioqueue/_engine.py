@@ -804,7 +804,7 @@ class JobQueue:
         """Counters, gauges and latency percentiles, as of now."""
         now = self._clock.current_time()
         uptime = now - self._opened_at
-        busy = [s for s in self._slots if s.current is not None]
+        busy = self._busy_slots()
         in_flight = sum(now - s.started for s in busy)
         capacity_time = uptime * len(self._slots)
         utilization = (
@@ -1088,7 +1088,7 @@ class JobQueue:
                     scope.deadline = math.inf
                 rec.result = result
                 self._n_completed += 1
-                # self._finish(rec, COMPLETED, ...), inlined: a call is a tenth of a job.
+                # self._finish(rec, COMPLETED, ...), inlined: the hot path saves a call.
                 rec.status = COMPLETED
                 rec.finished_at = end_wall = end + wall
                 if self._observed:
@@ -1175,20 +1175,21 @@ class JobQueue:
         queued = sum(len(q) for q in self._ready)
         log.info(
             "trioqueue shutting down: %d in flight, %d queued, %d scheduled%s",
-            self._n_busy(), queued, self._n_scheduled, " (draining)" if self._draining else "",
+            len(self._busy_slots()), queued, self._n_scheduled,
+            " (draining)" if self._draining else "",
         )
         with trio.move_on_after(self._config.shutdown_timeout) as waited:
             await self._workers_done.wait()
         if waited.cancelled_caught:
             log.warning(
                 "trioqueue: %d jobs still running after shutdown_timeout=%ss; interrupting "
-                "them (recorded as queued)", self._n_busy(), self._config.shutdown_timeout,
+                "them (recorded as queued)", len(self._busy_slots()), self._config.shutdown_timeout,
             )
         work_scope.cancel()
 
-    def _n_busy(self) -> int:
-        """Workers running a job (a count kept by no one: the slots know)."""
-        return sum(1 for s in self._slots if s.current is not None)
+    def _busy_slots(self) -> list[_WorkerSlot]:
+        """The workers running a job (counted from the slots, not per job)."""
+        return [s for s in self._slots if s.current is not None]
 
     def _closed_down(self) -> None:
         """The workers are gone: wake everyone still waiting for a job to finish."""
