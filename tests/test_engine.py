@@ -468,6 +468,76 @@ async def test_backpressure_enqueue_waits_and_nowait_raises(
         assert q.metrics().rejected == 1
 
 
+async def test_room_goes_to_parked_producers_one_each_even_when_some_give_up(
+    h: Harness, autojump_clock: Any
+) -> None:
+    """Each job taken (or cancelled while queued) wakes one producer waiting for room; a
+    producer cancelled while it waits is not counted as waiting any more, so no room is
+    handed to it and none is lost."""
+    h.gate = trio.Event()
+    async with trioqueue.open_queue(h.registry, cfg(workers=1, capacity=2)) as q:
+        await q.enqueue("gated")  # holds the only worker
+        await trio.testing.wait_all_tasks_blocked()
+        first = q.enqueue_nowait("ok", "q1")
+        q.enqueue_nowait("ok", "q2")
+        accepted: list[str] = []
+        gave_up = trio.CancelScope()
+
+        async def producer(tag: str, scope: trio.CancelScope | None = None) -> None:
+            with scope or trio.CancelScope():
+                accepted.append((await q.enqueue("ok", tag)).payload)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(producer, "p1")
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(producer, "p2", gave_up)
+            await trio.testing.wait_all_tasks_blocked()
+            for tag in ("p3", "p4", "p5"):
+                nursery.start_soon(producer, tag)
+                await trio.testing.wait_all_tasks_blocked()
+            assert accepted == []
+            gave_up.cancel()  # p2 leaves the line
+            await trio.testing.wait_all_tasks_blocked()
+            await q.cancel(first.id)  # room for one: p1, the first in line
+            await trio.testing.wait_all_tasks_blocked()
+            assert accepted == ["p1"]
+            h.gate.set()  # the worker drains the queue: p3, p4 and p5 get in, in order
+        assert accepted == ["p1", "p3", "p4", "p5"]
+        m = q.metrics()
+        while m.completed < 1 + 1 + 4:  # gated, q2, p1, p3, p4, p5
+            await trio.sleep(0.1)
+            m = q.metrics()
+        assert m.queued == {"high": 0, "medium": 0, "low": 0}
+        assert q._room_waiting == [0, 0, 0]
+
+
+async def test_a_job_that_waited_for_room_is_dated_when_accepted(
+    h: Harness, autojump_clock: Any
+) -> None:
+    h.gate = trio.Event()
+    async with trioqueue.open_queue(h.registry, cfg(workers=1, capacity=1)) as q:
+        await q.enqueue("gated")
+        await trio.testing.wait_all_tasks_blocked()
+        q.enqueue_nowait("ok", "fills the queue")
+        got: list[Job] = []
+
+        async def producer() -> None:
+            got.append(await q.enqueue("ok", "waited"))
+            got.append(await q.enqueue("ok", "next"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(producer)
+            await trio.sleep(5.0)  # the producer waits for room all this time
+            t_open = trio.current_time()
+            h.gate.set()
+        waited, after = got
+        wall_offset = waited.created_at - t_open
+        assert abs(wall_offset - q._wall_offset) < 1e-6  # created when accepted, at 5 s
+        assert waited.id < after.id  # the id made before the wait, still first
+        for job in got:
+            assert (await q.wait(job.id)).status is JobStatus.COMPLETED
+
+
 async def test_delayed_jobs_have_their_own_bound(h: Harness, autojump_clock: Any) -> None:
     async with trioqueue.open_queue(h.registry, cfg(capacity=2)) as q:
         q.enqueue_nowait("ok", delay=10)

@@ -373,6 +373,14 @@ class JobQueue:
             rec.scheduled_for = rec.created_at + delay
         return rec, None
 
+    def _restamp(self, rec: JobRecord, delay: float) -> None:
+        """Date a prepared record that had to wait for room as of now (its id stays)."""
+        now = self._clock.current_time()
+        rec.ready_at = now
+        rec.created_at = now + self._wall_offset
+        if rec.status is SCHEDULED:
+            rec.scheduled_for = rec.created_at + delay
+
     def _intake_of(self, task: str) -> tuple[TaskSpec, int, int, float | None]:
         """A task's spec with its job defaults resolved: priority (an int), retries and
         timeout, the task's own or else the config's.  Looked up once per task name (the
@@ -419,11 +427,23 @@ class JobQueue:
         return True
 
     async def _park_for_room(self, p: int) -> None:
-        """Wait until a worker takes a job of priority ``p`` (or a queued one leaves)."""
+        """Wait until a worker takes a job of priority ``p`` (or a queued one leaves).
+
+        ``_room_waiting[p]`` counts the producers parked here.  Whoever wakes one takes
+        it off the count at once (:meth:`_wake_for_room`), so that the next job taken
+        before the woken producer runs does not try to wake it again; a producer that
+        leaves without being woken (cancelled) takes itself off.
+        """
         self._room_waiting[p] += 1
         try:
             await self._room[p].park()
-        finally:
+        except BaseException:
+            self._room_waiting[p] -= 1
+            raise
+
+    def _wake_for_room(self, p: int) -> None:
+        """Room for one job of priority ``p``: wake one parked producer, if any."""
+        if self._room_waiting[p] and self._room[p].unpark():
             self._room_waiting[p] -= 1
 
     def _make_ready(self, rec: JobRecord, now: float) -> None:
@@ -540,20 +560,24 @@ class JobQueue:
             # The id may belong to a finished job that has left memory: ask the store.
             stored = await self._persist.lookup(job_id)
             parked = True  # that await was the checkpoint
+        rec: JobRecord | None = None
         while True:
             if self._closing or self._persist is not None:
                 self._refuse_if_closing()
-            rec, existing = self._prepare(
-                task, payload, priority, job_id, delay, max_retries, timeout, stored
-            )
-            if existing is not None:
-                snapshot = existing.snapshot()
-                if self._persist is not None:
-                    await self._persist.wait_committed()
-                elif not parked:
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                return snapshot
-            assert rec is not None
+            if rec is not None and job_id is None:
+                self._restamp(rec, delay)  # waited for room: the same job, accepted now
+            else:
+                rec, existing = self._prepare(
+                    task, payload, priority, job_id, delay, max_retries, timeout, stored
+                )
+                if existing is not None:
+                    snapshot = existing.snapshot()
+                    if self._persist is not None:
+                        await self._persist.wait_committed()
+                    elif not parked:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                    return snapshot
+                assert rec is not None
             if self._try_admit(rec):
                 break
             parked = True
@@ -722,8 +746,7 @@ class JobQueue:
         transition(status, JobEvent.CANCEL)  # raises for a finished job
         if status is QUEUED:
             self._ready[rec.priority].remove(rec)
-            if self._room_waiting[rec.priority]:
-                self._room[rec.priority].unpark()
+            self._wake_for_room(rec.priority)
         else:
             rec.timer_gen += 1  # its heap entry is stale now
             self._n_scheduled -= 1
@@ -1030,8 +1053,8 @@ class JobQueue:
                 continue
             ready_i = ready[i]
             rec = ready_i.popleft()
-            if room_waiting[i]:
-                room[i].unpark()
+            if room_waiting[i] and room[i].unpark():  # self._wake_for_room(i), inlined
+                room_waiting[i] -= 1
             if refill[i] is not None and len(ready_i) <= self._refill_low[i]:
                 refill[i].set()  # type: ignore[union-attr]
                 refill[i] = None
@@ -1159,7 +1182,9 @@ class JobQueue:
     async def _shutdown(self, work_scope: trio.CancelScope) -> None:
         """Close intake, stop the timer, let in-flight work finish, then cancel."""
         self._closing = True
-        for lot in (*self._room, *self._delay_room, *self._backlog_lot):
+        for p, lot in enumerate(self._room):
+            self._room_waiting[p] -= len(lot.unpark_all())
+        for lot in (*self._delay_room, *self._backlog_lot):
             lot.unpark_all()  # parked producers see _closing and raise ShuttingDown
         for i, event in enumerate(self._refill):
             if event is not None:
