@@ -501,8 +501,10 @@ async def test_room_goes_to_parked_producers_one_each_even_when_some_give_up(
             await q.cancel(first.id)  # room for one: p1, the first in line
             await trio.testing.wait_all_tasks_blocked()
             assert accepted == ["p1"]
-            h.gate.set()  # the worker drains the queue: p3, p4 and p5 get in, in order
-        assert accepted == ["p1", "p3", "p4", "p5"]
+            h.gate.set()  # the worker drains the queue: p3, p4 and p5 get in
+        # (Woken in line order, but Trio may run tasks woken in one pass in any order.)
+        assert accepted[0] == "p1"
+        assert sorted(accepted[1:]) == ["p3", "p4", "p5"]
         m = q.metrics()
         while m.completed < 1 + 1 + 4:  # gated, q2, p1, p3, p4, p5
             await trio.sleep(0.1)
