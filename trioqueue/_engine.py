@@ -192,8 +192,9 @@ class JobQueue:
         self._ready: list[deque[JobRecord]] = [deque(), deque(), deque()]
         self._room = [trio.lowlevel.ParkingLot() for _ in range(3)]
         self._room_waiting = [0, 0, 0]
-        """Producers parked in ``_room`` (or just woken from it): an int the worker tests
-        per job, where a ParkingLot's ``len()`` is a Python-level call."""
+        """Producers parked in ``_room`` and not yet woken (see :meth:`_park_for_room`): an
+        int the worker tests per job, where a ParkingLot's ``len()`` is a Python-level
+        call."""
         self._delay_room = [trio.lowlevel.ParkingLot() for _ in range(3)]
         self._idle: list[trio.lowlevel.Task] = []
         """Workers parked for want of work, most recently parked last (woken first: its
@@ -882,6 +883,7 @@ class JobQueue:
 
     @staticmethod
     def _wake_waiters(rec: JobRecord) -> None:
+        """Wake the tasks in :meth:`wait` for ``rec``."""
         for event in rec.waiters or ():
             event.set()
         rec.waiters = None
@@ -1221,9 +1223,7 @@ class JobQueue:
         self._closed = True
         for rec in self._jobs.values():
             if rec.waiters:
-                for event in rec.waiters:
-                    event.set()
-                rec.waiters = None
+                self._wake_waiters(rec)
 
     def _count_dropped(self) -> None:
         if self._persist is not None:
