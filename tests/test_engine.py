@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -89,6 +91,16 @@ def h() -> Harness:
 def cfg(**kw: Any) -> QueueConfig:
     kw.setdefault("retry_jitter", 0.0)
     return QueueConfig(**kw)
+
+
+@asynccontextmanager
+async def one_busy_worker(h: Harness, **kw: Any) -> AsyncIterator[trioqueue.JobQueue]:
+    """A queue with one worker, held by a ``gated`` job until ``h.gate`` is set."""
+    h.gate = trio.Event()
+    async with trioqueue.open_queue(h.registry, cfg(workers=1, **kw)) as q:
+        await q.enqueue("gated")
+        await trio.testing.wait_all_tasks_blocked()
+        yield q
 
 
 # --------------------------------------------------------------------------- basics
@@ -442,10 +454,7 @@ async def test_body_exceptions_come_out_unwrapped_after_shutdown(
 async def test_backpressure_enqueue_waits_and_nowait_raises(
     h: Harness, autojump_clock: Any
 ) -> None:
-    h.gate = trio.Event()
-    async with trioqueue.open_queue(h.registry, cfg(workers=1, capacity=2)) as q:
-        await q.enqueue("gated")
-        await trio.testing.wait_all_tasks_blocked()
+    async with one_busy_worker(h, capacity=2) as q:
         a = q.enqueue_nowait("ok", "a")
         b = q.enqueue_nowait("ok", "b")
         with pytest.raises(QueueFull, match="priority medium: 2 jobs already waiting"):
@@ -474,10 +483,7 @@ async def test_room_goes_to_parked_producers_one_each_even_when_some_give_up(
     """Each job taken (or cancelled while queued) wakes one producer waiting for room; a
     producer cancelled while it waits is not counted as waiting any more, so no room is
     handed to it and none is lost."""
-    h.gate = trio.Event()
-    async with trioqueue.open_queue(h.registry, cfg(workers=1, capacity=2)) as q:
-        await q.enqueue("gated")  # holds the only worker
-        await trio.testing.wait_all_tasks_blocked()
+    async with one_busy_worker(h, capacity=2) as q:
         first = q.enqueue_nowait("ok", "q1")
         q.enqueue_nowait("ok", "q2")
         accepted: list[str] = []
@@ -516,10 +522,7 @@ async def test_room_goes_to_parked_producers_one_each_even_when_some_give_up(
 async def test_a_job_that_waited_for_room_is_dated_when_accepted(
     h: Harness, autojump_clock: Any
 ) -> None:
-    h.gate = trio.Event()
-    async with trioqueue.open_queue(h.registry, cfg(workers=1, capacity=1)) as q:
-        await q.enqueue("gated")
-        await trio.testing.wait_all_tasks_blocked()
+    async with one_busy_worker(h, capacity=1) as q:
         q.enqueue_nowait("ok", "fills the queue")
         got: list[Job] = []
 
@@ -591,14 +594,9 @@ async def test_shutdown_timeout_interrupts_and_records_queued(
 async def test_parked_producer_is_refused_when_the_queue_closes(
     h: Harness, autojump_clock: Any
 ) -> None:
-    h.gate = trio.Event()
     outcome: list[str] = []
     async with trio.open_nursery() as outer:
-        async with trioqueue.open_queue(
-            h.registry, cfg(workers=1, capacity=1, shutdown_timeout=1)
-        ) as q:
-            await q.enqueue("gated")
-            await trio.testing.wait_all_tasks_blocked()
+        async with one_busy_worker(h, capacity=1, shutdown_timeout=1) as q:
             q.enqueue_nowait("ok")
 
             async def producer() -> None:
