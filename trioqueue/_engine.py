@@ -227,6 +227,13 @@ class JobQueue:
         self._observed = False
         """Whether anything watches state changes (the store, subscribers, the debug
         log): one test per change on the hot path instead of three."""
+        self._watched = False
+        """Whether subscribers or the debug log watch (not only the store)."""
+        self._mark: Callable[[JobRecord], None] = (
+            _no_store if persistence is None else persistence.mark
+        )
+        """The store's mark, called directly on the hot path when only the store
+        watches (:meth:`_changed` would test for subscribers and the log first)."""
         self._observers_changed()
         # Lifecycle flags, in the order shutdown sets them.
         self._closing = False
@@ -264,7 +271,8 @@ class JobQueue:
         return self._closing
 
     def _observers_changed(self) -> None:
-        self._observed = self._persist is not None or self._debug or bool(self._events._subs)
+        self._watched = self._debug or bool(self._events._subs)
+        self._observed = self._persist is not None or self._watched
 
     def _now(self) -> float:
         return self._clock.current_time() + self._wall_offset
@@ -424,7 +432,10 @@ class JobQueue:
         if self._idle:
             trio.lowlevel.reschedule(self._idle.pop())
         if self._observed:
-            self._changed("enqueued", rec)
+            if self._watched:
+                self._changed("enqueued", rec)
+            else:
+                self._mark(rec)
         return True
 
     async def _park_for_room(self, p: int) -> None:
@@ -507,7 +518,8 @@ class JobQueue:
         :class:`ShuttingDown` as :meth:`enqueue` does.  With ``durability="sync"`` the job
         is accepted but not yet committed when this returns; use :meth:`enqueue` to wait.
         """
-        if self._closing or self._persist is not None:
+        persist = self._persist
+        if self._closing or (persist is not None and persist.error is not None):
             self._refuse_if_closing()
         rec, existing = self._prepare(task, payload, priority, job_id, delay, max_retries, timeout)
         if existing is not None:
@@ -562,8 +574,9 @@ class JobQueue:
             stored = await self._persist.lookup(job_id)
             parked = True  # that await was the checkpoint
         rec: JobRecord | None = None
+        persist = self._persist
         while True:
-            if self._closing or self._persist is not None:
+            if self._closing or (persist is not None and persist.error is not None):
                 self._refuse_if_closing()
             if rec is not None and job_id is None:
                 self._restamp(rec, delay)  # waited for room: the same job, accepted now
@@ -1072,7 +1085,10 @@ class JobQueue:
             slot.current = rec
             slot.started = start
             if self._observed:
-                self._changed("started", rec, slot.index)
+                if self._watched:
+                    self._changed("started", rec, slot.index)
+                else:
+                    self._mark(rec)
             if rec.durable_start:
                 await self._commit_start(rec)
             spec = rec.spec
@@ -1117,7 +1133,10 @@ class JobQueue:
                 rec.status = COMPLETED
                 rec.finished_at = end_wall = end + wall
                 if self._observed:
-                    self._changed("completed", rec, slot.index, duration)
+                    if self._watched:
+                        self._changed("completed", rec, slot.index, duration)
+                    else:
+                        self._mark(rec)
                 if rec.waiters:
                     self._wake_waiters(rec)
                 finished.append((end_wall, rec))
@@ -1243,6 +1262,10 @@ class JobQueue:
 
 
 _OPEN_QUEUE_TOKEN = object()
+
+
+def _no_store(rec: JobRecord) -> None:
+    """:attr:`JobQueue._mark` without a store (never called: nothing to mark)."""
 
 
 @asynccontextmanager

@@ -54,28 +54,6 @@ _STATUS = {s: s.value for s in JobStatus}
 _NAN = math.nan
 
 
-def _row(rec: JobRecord) -> Row:
-    """The row of ``rec``, with NULLs as NaN (REAL columns) and "" (result, error and
-    traceback, never empty when set): cheaper for ``sqlite3`` to bind than ``None``."""
-    result = rec.result
-    timeout = rec.timeout
-    scheduled_for = rec.scheduled_for
-    started_at = rec.started_at
-    finished_at = rec.finished_at
-    return (
-        rec.id, rec.task, rec.payload_json, rec.priority, _STATUS[rec.status], rec.attempts,
-        rec.max_retries,
-        _NAN if timeout is None else timeout,
-        rec.created_at,
-        _NAN if scheduled_for is None else scheduled_for,
-        _NAN if started_at is None else started_at,
-        _NAN if finished_at is None else finished_at,
-        "" if result is None else json.dumps(result),
-        rec.error or "",
-        rec.traceback or "",
-    )
-
-
 class Persistence:
     """Owns the store; the engine talks to storage only through this object."""
 
@@ -94,7 +72,8 @@ class Persistence:
         self._epoch = 1  # the batch being collected
         self._committed = 0  # the last batch committed
         self._failed = 0  # the last batch whose write failed
-        self._error: StoreError | None = None
+        self.error: StoreError | None = None
+        """The last write's error while writing fails (new jobs are refused), else None."""
         self._retry_at = -math.inf
         self._epoch_done: dict[int, trio.Event] = {}
         """Waiters by the batch they wait for, woken when it commits (or fails)."""
@@ -141,9 +120,9 @@ class Persistence:
 
     def check(self) -> None:
         """Raise :class:`StoreError` while the store is failing to write."""
-        if self._error is not None:
+        if self.error is not None:
             raise StoreError(
-                f"{self._error} -- taking no jobs until a write succeeds"
+                f"{self.error} -- taking no jobs until a write succeeds"
             )
 
     def forget(self, rec: JobRecord) -> None:
@@ -183,7 +162,7 @@ class Persistence:
         try:
             while self._committed < target:
                 if self._failed >= target:
-                    raise StoreError(f"{self._error}; the job is not stored")
+                    raise StoreError(f"{self.error}; the job is not stored")
                 event = self._epoch_done.get(target)
                 if event is None:
                     event = self._epoch_done[target] = trio.Event()
@@ -223,7 +202,7 @@ class Persistence:
             if self._dirty:
                 due = now if self._waiters else last_flush + interval
                 due = max(due, self._retry_at)
-            elif self._error is not None:
+            elif self.error is not None:
                 due = self._retry_at  # nothing to write, but find out if writing works
             else:
                 due = math.inf
@@ -255,14 +234,43 @@ class Persistence:
         self._inflight = pending
         try:
             while pending:
-                ids = list(islice(pending, WRITE_CHUNK))
-                writing = self._writing = {job_id: pending.pop(job_id) for job_id in ids}
+                if len(pending) <= WRITE_CHUNK:  # the usual case: all of it at once
+                    writing, pending = pending, {}
+                    self._inflight = pending
+                else:
+                    ids = list(islice(pending, WRITE_CHUNK))
+                    writing = {job_id: pending.pop(job_id) for job_id in ids}
+                self._writing = writing
                 values: list[Any] = []
                 extend = values.extend
+                nan = _NAN
+                dumps = json.dumps
+                # Each record's row, NULLs as NaN (the REAL columns) and "" (result, error
+                # and traceback, never empty when set): sqlite3 binds an exact float or
+                # str in C, but each None takes its adapter detour.  Inline: no call per row.
                 for rec in writing.values():
-                    extend(_row(rec))
+                    result = rec.result
+                    timeout = rec.timeout
+                    scheduled_for = rec.scheduled_for
+                    started_at = rec.started_at
+                    finished_at = rec.finished_at
+                    extend((
+                        rec.id, rec.task, rec.payload_json, rec.priority, _STATUS[rec.status],
+                        rec.attempts, rec.max_retries,
+                        nan if timeout is None else timeout,
+                        rec.created_at,
+                        nan if scheduled_for is None else scheduled_for,
+                        nan if started_at is None else started_at,
+                        nan if finished_at is None else finished_at,
+                        "" if result is None else dumps(result),
+                        rec.error or "",
+                        rec.traceback or "",
+                    ))
                 async with self._write_lock:
-                    await trio.to_thread.run_sync(self.store.write_values, values)
+                    # As a tuple of str, int and float: the collector stops tracking it at
+                    # its first pass, where a list would be walked by every collection that
+                    # the loop's allocations set off while the thread writes.
+                    await trio.to_thread.run_sync(self.store.write_values, tuple(values))
                 self.commits += 1
                 self.rows_written += len(writing)
                 self._writing = {}
@@ -284,7 +292,7 @@ class Persistence:
                 self._retry_at = trio.current_time() + RETRY_FAILED_WRITE
             else:
                 log.warning("%s: writing again", self.path)
-                self._error = None
+                self.error = None
             return
         epoch = self._epoch
         try:
@@ -292,16 +300,16 @@ class Persistence:
                 await self._write_batch()
         except StoreError as exc:
             self._failed = epoch
-            if self._error is None:
+            if self.error is None:
                 log.error("%s; trying again every %ss", exc, RETRY_FAILED_WRITE)
-            self._error = exc
+            self.error = exc
             self._retry_at = trio.current_time() + RETRY_FAILED_WRITE
             self._wake_committed(epoch)
             return
         self._committed = epoch
-        if self._error is not None:
+        if self.error is not None:
             log.warning("%s: writing again", self.path)
-            self._error = None
+            self.error = None
         self._wake_committed(epoch)
 
     async def _prune(self, queue: JobQueue, retention: float) -> None:

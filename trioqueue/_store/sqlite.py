@@ -255,10 +255,10 @@ class SqliteStore:
         """Upsert ``rows`` (latest state of each job) in one transaction."""
         self.write_values(list(chain.from_iterable(rows)))
 
-    def write_values(self, values: list[Any]) -> None:
-        """Upsert rows given one after another in a flat list, ``len(COLUMNS)`` values
-        per row, in one transaction.  (The persistence task builds this list directly: a
-        tuple per row, kept alive until the write ends, made the cyclic GC run several
+    def write_values(self, values: Sequence[Any]) -> None:
+        """Upsert rows given one after another in a flat sequence, ``len(COLUMNS)``
+        values per row, in one transaction.  (The persistence task builds one flat tuple:
+        a tuple per row, kept alive until the write ends, made the cyclic GC run several
         times per flush.)
 
         Up to :data:`MAX_ROWS_PER_STATEMENT` rows go in *one* statement, padded to a
@@ -288,7 +288,7 @@ class SqliteStore:
                     part = values[first * width : (first + count) * width]
                     size = min(_bucket(count), per)
                     if size > count:  # the last row's values, repeated to fill up
-                        part += part[-width:] * (size - count)
+                        part = (*part, *tuple(part[-width:]) * (size - count))
                     conn.execute(self._upsert(size), part)
                 if conn.in_transaction:
                     conn.execute("COMMIT")
