@@ -8,7 +8,10 @@ Each case runs twice under ``valgrind --tool=callgrind`` (with 0 jobs, then with
 a fresh interpreter; the difference divided by n is the cost of one job, start-up and
 shutdown excluded.  Cases: ``bare`` (a Trio memory channel, 4 receiving tasks, ``await
 send``: the floor of the throughput table), ``nowait`` (``enqueue_nowait`` n jobs with
-capacity n, then run them), ``await`` (one producer, ``await enqueue``).  4 workers.
+capacity n, then run them), ``await`` (one producer, ``await enqueue``), ``batch`` (the
+same with an SQLite store, ``durability="batch"``, and a final ``flush()``).  4 workers.
+Instructions are counted per thread: the event loop's, and the rest (the store's writer
+thread) on their own, since the writer runs beside the loop on the other core.
 The 1 ms half of the engine's schedule-point rule is turned off in the child: under
 valgrind it would fire every few calls instead of every 64.
 """
@@ -20,11 +23,14 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
-CASES = ("bare", "nowait", "await")
+CASES = ("bare", "nowait", "await", "batch")
 
 _CHILD = """
-import math, sys, trio, trioqueue, trioqueue._engine
+import math, sys, tempfile, trio, trioqueue, trioqueue._engine
+from pathlib import Path
 n, case = int(sys.argv[1]), sys.argv[2]
 # Under valgrind the program runs about 50 times slower, so the 1 ms half of the
 # schedule-point rule would fire every few calls; at full speed the 64-call half does.
@@ -50,11 +56,16 @@ async def bare():
 async def main():
     if case == "bare":
         return await bare()
-    config = trioqueue.QueueConfig(workers=4, capacity=max(n, 1))
+    if case == "batch":
+        path = Path(tempfile.mkdtemp(prefix="tq-callgrind-")) / "batch.db"
+        config = trioqueue.QueueConfig(workers=4, persist_path=path, durability="batch")
+    else:
+        config = trioqueue.QueueConfig(workers=4, capacity=max(n, 1))
     async with trioqueue.open_queue(registry, config) as q:
         job = None
         for _ in range(n):
             job = q.enqueue_nowait("noop") if case == "nowait" else await q.enqueue("noop")
+        await q.flush()
         if job is not None:
             await q.wait(job.id)
         while q.metrics().completed < n:
@@ -64,16 +75,26 @@ trio.run(main)
 """
 
 
-def instructions(case: str, n: int) -> int:
-    out = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-         sys.executable, "-c", _CHILD, str(n), case],
-        capture_output=True, text=True, check=True,
-    )
-    found = re.search(r"Collected : (\d+)", out.stderr)
-    if found is None:
-        raise RuntimeError(f"no instruction count in valgrind's output:\n{out.stderr}")
-    return int(found.group(1))
+def instructions(case: str, n: int) -> tuple[int, int]:
+    """Instructions of the event loop's thread, and of every other thread together."""
+    with tempfile.TemporaryDirectory(prefix="tq-callgrind-") as tmp:
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", "--separate-threads=yes",
+             f"--callgrind-out-file={tmp}/out", sys.executable, "-c", _CHILD, str(n), case],
+            capture_output=True, text=True, check=True,
+        )
+        counts: dict[int, int] = {}
+        for path in Path(tmp).iterdir():  # out-01 (the main thread), out-02, ...
+            thread = re.search(r"-(\d+)$", path.name)
+            if thread is None:
+                continue  # the file without a thread number holds no counts
+            total = re.search(r"^(?:summary|totals): (\d+)", path.read_text(), re.MULTILINE)
+            if total is None:
+                raise RuntimeError(f"no instruction count in callgrind's {path.name}")
+            counts[int(thread.group(1))] = int(total.group(1))
+    if 1 not in counts:
+        raise RuntimeError("callgrind wrote no file for the main thread")
+    return counts[1], sum(v for k, v in counts.items() if k != 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 2
     for case in args.cases or CASES:
-        per_job = (instructions(case, args.n) - instructions(case, 0)) / args.n
-        print(f"{case:8s} {per_job:10,.0f} instructions per job")
+        (loop, other), (loop0, other0) = instructions(case, args.n), instructions(case, 0)
+        print(f"{case:8s} {(loop - loop0) / args.n:10,.0f} instructions per job on the loop"
+              f"{(other - other0) / args.n:10,.0f} in other threads")
     return 0
 
 

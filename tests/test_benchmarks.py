@@ -76,7 +76,7 @@ def test_only_keeps_the_baseline_of_each_group() -> None:
                    "io@100/asyncio", "io@100/trioqueue"}
 
 
-@pytest.mark.parametrize("case", ["bare", "nowait", "await"])
+@pytest.mark.parametrize("case", ["bare", "nowait", "await", "batch"])
 def test_callgrind_workload_runs_without_valgrind(case: str) -> None:
     """The script ``python -m benchmarks.callgrind`` runs under valgrind, run plainly."""
     from benchmarks.callgrind import _CHILD
