@@ -62,7 +62,7 @@ def test_what_is_written_is_read_back(recs: list[JobRecord]) -> None:
                 nonlocal persistence
                 persistence = Persistence(config, registry, store)
                 for rec in recs:
-                    persistence.mark(rec)
+                    persistence.changed("enqueued", rec)
                 await persistence._write_batch()
 
             trio.run(write)

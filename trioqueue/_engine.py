@@ -227,13 +227,11 @@ class JobQueue:
         self._observed = False
         """Whether anything watches state changes (the store, subscribers, the debug
         log): one test per change on the hot path instead of three."""
-        self._watched = False
-        """Whether subscribers or the debug log watch (not only the store)."""
-        self._mark: Callable[[JobRecord], None] = (
-            _no_store if persistence is None else persistence.mark
-        )
-        """The store's mark, called directly on the hot path when only the store
-        watches (:meth:`_changed` would test for subscribers and the log first)."""
+        self._changed: Callable[..., None] = self._announce
+        """``_changed(kind, rec, worker=None, duration=None)``: tell whoever watches that
+        ``rec`` changed.  :meth:`_announce` tells the store, the subscribers and the
+        debug log; while only the store watches it is the store's own
+        :meth:`Persistence.changed`, one call per change instead of two."""
         self._observers_changed()
         # Lifecycle flags, in the order shutdown sets them.
         self._closing = False
@@ -271,8 +269,10 @@ class JobQueue:
         return self._closing
 
     def _observers_changed(self) -> None:
-        self._watched = self._debug or bool(self._events._subs)
-        self._observed = self._persist is not None or self._watched
+        watched = self._debug or bool(self._events._subs)
+        persist = self._persist
+        self._observed = persist is not None or watched
+        self._changed = persist.changed if persist is not None and not watched else self._announce
 
     def _now(self) -> float:
         return self._clock.current_time() + self._wall_offset
@@ -296,11 +296,11 @@ class JobQueue:
             )
         )
 
-    def _changed(self, kind: str, rec: JobRecord, worker: int | None = None,
-                 duration: float | None = None) -> None:
+    def _announce(self, kind: str, rec: JobRecord, worker: int | None = None,
+                  duration: float | None = None) -> None:
         """Tell the store, the subscribers and the debug log that ``rec`` changed."""
         if self._persist is not None:
-            self._persist.mark(rec)
+            self._persist.changed(kind, rec)
         if self._events._subs:
             self._emit(kind, rec, worker, duration)
         if self._debug:
@@ -432,10 +432,7 @@ class JobQueue:
         if self._idle:
             trio.lowlevel.reschedule(self._idle.pop())
         if self._observed:
-            if self._watched:
-                self._changed("enqueued", rec)
-            else:
-                self._mark(rec)
+            self._changed("enqueued", rec)
         return True
 
     async def _park_for_room(self, p: int) -> None:
@@ -1085,10 +1082,7 @@ class JobQueue:
             slot.current = rec
             slot.started = start
             if self._observed:
-                if self._watched:
-                    self._changed("started", rec, slot.index)
-                else:
-                    self._mark(rec)
+                self._changed("started", rec, slot.index)
             if rec.durable_start:
                 await self._commit_start(rec)
             spec = rec.spec
@@ -1133,10 +1127,7 @@ class JobQueue:
                 rec.status = COMPLETED
                 rec.finished_at = end_wall = end + wall
                 if self._observed:
-                    if self._watched:
-                        self._changed("completed", rec, slot.index, duration)
-                    else:
-                        self._mark(rec)
+                    self._changed("completed", rec, slot.index, duration)
                 if rec.waiters:
                     self._wake_waiters(rec)
                 finished.append((end_wall, rec))
@@ -1262,10 +1253,6 @@ class JobQueue:
 
 
 _OPEN_QUEUE_TOKEN = object()
-
-
-def _no_store(rec: JobRecord) -> None:
-    """:attr:`JobQueue._mark` without a store (never called: nothing to mark)."""
 
 
 @asynccontextmanager

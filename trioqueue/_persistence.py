@@ -1,7 +1,7 @@
 """The snapshot-persistence task: the only code that touches the store.
 
-The engine tells it which records changed (:meth:`Persistence.mark`: one dict store, no
-I/O).  The task turns the latest state of every changed record into rows and writes them
+The engine tells it which records changed (:meth:`Persistence.changed`: one dict store,
+no I/O).  The task turns the latest state of every changed record into rows and writes them
 in one transaction per batch, in a worker thread, every ``flush_interval`` -- or at once
 when someone waits for a commit (``durability="sync"`` enqueuers, :meth:`JobQueue.flush`).
 Enqueuers that arrive while a write runs share the next commit: that is group commit.
@@ -108,8 +108,13 @@ class Persistence:
 
     # ------------------------------------------------------------------ engine side
 
-    def mark(self, rec: JobRecord) -> None:
-        """``rec`` changed: include its latest state in the next flush."""
+    def changed(self, kind: str, rec: JobRecord, worker: int | None = None,
+                duration: float | None = None) -> None:
+        """``rec`` changed: include its latest state in the next flush.
+
+        The signature is the engine's change hook's (``kind``, ``worker`` and
+        ``duration`` are for the event stream), so that while only the store watches,
+        the engine calls this directly."""
         inflight = self._inflight
         if inflight and rec.id in inflight:
             return  # taken by the flush under way, which reads its state when it gets to it
