@@ -19,6 +19,9 @@ from .common import Skip, need_redis
 WORKERS = 4
 LATENCY_RATES = (1_000, 10_000, 50_000)
 IO_WORKERS = (10, 100, 1_000)
+SQLITE_LOAD = 100_000
+"""Rows/s written beside ``noop/ceiling/await-1-beside-sqlite``: about what the store
+writes in the ``sqlite-batch`` cases (one row per job)."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,7 @@ class Case:
 
     @property
     def is_baseline(self) -> bool:
-        return self.system == "trio"
+        return self.id == f"{self.group}/trio"
 
     def precheck(self) -> str | None:
         for check in self.prechecks:
@@ -158,6 +161,23 @@ def plan(sizes: Sizes) -> list[Case]:
         "trioqueue SQLite sync: await enqueue, 64 producers",
         "noop", {"n": n, "variant": "await", "producers": 64, "durability": "sync",
                  "workers": WORKERS})
+    # What the SQLite targets are up against (docs/benchmarks.md#ceilings): not ways to
+    # run trioqueue, but the same runs with one cost taken away or one added.
+    add("noop/ceiling/trio-commit-wait-64", "noop", "noop", "trio",
+        "ceiling: bare trio, 64 producers each waiting for a group commit that writes "
+        "nothing", "noop_commit_wait", {"n": n, "producers": 64, "workers": WORKERS})
+    add("noop/ceiling/sqlite-batch-await-1-nullwriter", "noop", "noop", "trioqueue",
+        "ceiling: sqlite-batch-await-1 with the write itself a no-op",
+        "noop", {"n": n, "variant": "await", "producers": 1, "durability": "batch",
+                 "writer": "null", "workers": WORKERS})
+    add("noop/ceiling/sqlite-sync-64-nullwriter", "noop", "noop", "trioqueue",
+        "ceiling: sqlite-sync-64 with the write itself a no-op",
+        "noop", {"n": n, "variant": "await", "producers": 64, "durability": "sync",
+                 "writer": "null", "workers": WORKERS})
+    add("noop/ceiling/await-1-beside-sqlite", "noop", "noop", "trioqueue",
+        f"ceiling: await-1 (memory) while another process writes {SQLITE_LOAD:,} rows/s "
+        "to SQLite", "noop", {"n": n, "variant": "await", "producers": 1,
+                              "beside_sqlite": SQLITE_LOAD, "workers": WORKERS})
     # MemoryHuey is fast enough to take the same job count as trioqueue; the peers that
     # run at 1k jobs/s get ``peer_n`` (5,000) so that a full run stays near 15 minutes.
     add("noop/huey-memory", "noop", "noop", "huey", "huey MemoryHuey, 4 worker threads",

@@ -31,8 +31,9 @@ def plot(doc: dict[str, Any], out_dir: Path) -> list[Path]:
                 f"median of {meta['repeat']} [min-max]")
 
     # 1. throughput: one bar per case of the rate scenarios, grouped by scenario.
-    rate_cases = [c for c in cases if c["scenario"] in ("noop", "io")
-                  or c["id"].startswith("http/post")]
+    rate_cases = [c for c in cases if (c["scenario"] in ("noop", "io")
+                                       or c["id"].startswith("http/post"))
+                  and "/ceiling/" not in c["id"]]  # diagnostics, not systems
     if rate_cases:
         key = {c["id"]: ("requests_per_s" if c["id"].startswith("http/post")
                          else "jobs_per_s")

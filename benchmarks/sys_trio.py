@@ -93,3 +93,55 @@ def memory(n: int) -> dict[str, Any]:
                 "bytes_per_job": (after - before) / n}
 
     return trio.run(main)
+
+
+def noop_commit_wait(n: int, producers: int = 64, workers: int = 4,
+                     capacity: int = 1000) -> dict[str, Any]:
+    """Bare Trio with ``durability="sync"``'s hand-off and a free disk: each of
+    ``producers`` tasks sends a job and then waits until a committer task has "committed"
+    the batch holding it (an Event per batch, set as soon as the committer runs; nothing
+    is written).  The floor of ``noop/trioqueue/sqlite-sync-64``: what one park and
+    wake-up per job through Trio's scheduler costs before any store work."""
+    async def main() -> tuple[float, float, float]:
+        send, receive = trio.open_memory_channel[Any](capacity)
+        state: dict[str, Any] = {"batch": trio.Event(), "kick": trio.Event()}
+        t_enqueued = 0.0
+
+        async def worker(r: trio.MemoryReceiveChannel[Any]) -> None:
+            async with r:
+                async for item in r:
+                    await _noop(item)
+                    done[0] += 1
+
+        async def committer() -> None:
+            while True:
+                await state["kick"].wait()
+                state["kick"] = trio.Event()
+                batch, state["batch"] = state["batch"], trio.Event()
+                batch.set()
+
+        async def producer(count: int) -> None:
+            for _ in range(count):
+                await send.send(("noop", None))
+                batch = state["batch"]
+                state["kick"].set()
+                await batch.wait()
+
+        t0 = perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(workers):
+                nursery.start_soon(worker, receive.clone())
+            receive.close()
+            async with trio.open_nursery() as committing:
+                committing.start_soon(committer)
+                async with send, trio.open_nursery() as producing:
+                    for i in range(producers):
+                        producing.start_soon(producer, n // producers + (i < n % producers))
+                t_enqueued = perf_counter()
+                committing.cancel_scope.cancel()
+        return t0, t_enqueued, perf_counter()  # the workers drained the channel and left
+
+    done = [0]
+    t0, te, t1 = trio.run(main)
+    return throughput(n, t0, te, t1, overlapped=True) | {
+        "workers": workers, "producers": producers, "completed": done[0]}

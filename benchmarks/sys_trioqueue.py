@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import subprocess
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import trio
 
@@ -73,11 +79,33 @@ async def _open_or_skip(config: trioqueue.QueueConfig, registry: trioqueue.TaskR
 
 
 def noop(n: int, variant: str, workers: int = 4, producers: int = 1,
-         durability: str | None = None) -> dict[str, Any]:
+         durability: str | None = None, writer: str = "sqlite",
+         beside_sqlite: int = 0) -> dict[str, Any]:
     """``variant``: ``nowait`` (enqueue_nowait in a loop, capacity raised to hold all),
     ``nowait-retry`` (enqueue_nowait at the default capacity, a checkpoint and a retry on
     QueueFull), ``await`` (``await q.enqueue`` from ``producers`` tasks, default
-    capacity)."""
+    capacity).
+
+    The ``noop/ceiling/*`` cases, which measure what the store's targets are up against
+    rather than a way to run trioqueue: ``writer="null"`` keeps everything of the store
+    (the file, the marks, the rows, the thread hand-off, group commit) but the write
+    itself, which returns at once; ``beside_sqlite=R`` runs a second process that
+    writes R rows/s into its own store (:mod:`benchmarks.sqlite_load`) while this one
+    is measured."""
+    if writer == "null":
+        from trioqueue._store.sqlite import SqliteStore
+
+        def write_nothing(self: SqliteStore, values: Any) -> None:
+            return None
+
+        with mock.patch.object(SqliteStore, "write_values", write_nothing):
+            return noop(n, variant, workers, producers, durability, "sqlite", beside_sqlite)
+    if writer != "sqlite":
+        raise ValueError(f"writer must be 'sqlite' or 'null', not {writer!r}")
+    if beside_sqlite:
+        with _sqlite_load(beside_sqlite) as load:
+            out = noop(n, variant, workers, producers, durability)
+        return out | {f"beside_{k}": v for k, v in load.items()}
     registry = _registry()
     with tempfile.TemporaryDirectory(prefix="tq-bench-") as tmp:
         kwargs: dict[str, Any] = {"workers": workers}
@@ -146,6 +174,30 @@ def noop(n: int, variant: str, workers: int = 4, producers: int = 1,
             return out
 
         return trio.run(_open_or_skip, config, registry, body)
+
+
+@contextlib.contextmanager
+def _sqlite_load(rows_per_s: int) -> Iterator[dict[str, Any]]:
+    """Run :mod:`benchmarks.sqlite_load` at ``rows_per_s`` for the body's duration; the
+    dict it yields gets the load's own figures (rows, rows_per_s, cpu_s) at the end."""
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="tq-load-") as tmp, subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.sqlite_load", str(rows_per_s), tmp],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parent.parent,  # where `benchmarks` imports from
+    ) as proc:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        try:
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"sqlite_load did not start (exit {proc.wait()})")
+            yield figures
+            proc.stdin.close()
+            figures.update(json.loads(proc.stdout.readline()))
+            proc.wait(timeout=30)  # closing its store
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 def io(n: int, workers: int, sleep: float = 0.01) -> dict[str, Any]:

@@ -98,3 +98,56 @@ def test_callgrind_refuses_unknown_cases_and_bad_counts(
     with pytest.raises(SystemExit):
         main(["-n", "0"])
     assert "-n: expected a positive number of jobs, got 0" in capsys.readouterr().err
+
+
+def test_only_the_group_trio_case_is_a_baseline() -> None:
+    """``noop/ceiling/trio-commit-wait-64`` runs on bare Trio too, but the ratios of the
+    noop group are to ``noop/trio``."""
+    from benchmarks.cases import QUICK, plan
+
+    cases = plan(QUICK)
+    baselines = {c.id for c in cases if c.is_baseline}
+    assert "noop/trio" in baselines
+    assert "noop/ceiling/trio-commit-wait-64" not in baselines
+    assert all(b == f"{b.split('/')[0]}/trio" for b in baselines)
+
+
+def test_ceiling_commit_wait_runs_every_job() -> None:
+    from benchmarks.sys_trio import noop_commit_wait
+
+    out = noop_commit_wait(1_000, producers=64)
+    assert out["completed"] == 1_000
+    assert out["producers"] == 64
+
+
+@pytest.mark.parametrize("durability", ["batch", "sync"])
+def test_ceiling_null_writer_writes_nothing_and_is_undone(durability: str) -> None:
+    """The null writer runs every job through the store's path, writes no row, and puts
+    the real writer back afterwards (the test process goes on using SqliteStore)."""
+    from benchmarks.sys_trioqueue import noop
+    from trioqueue._store.sqlite import SqliteStore
+
+    real = SqliteStore.write_values
+    calls: list[int] = []
+
+    def counting(self: SqliteStore, values: object) -> None:
+        calls.append(1)
+
+    SqliteStore.write_values = counting  # type: ignore[method-assign]
+    try:
+        out = noop(500, "await", producers=8, durability=durability, writer="null")
+    finally:
+        SqliteStore.write_values = real  # type: ignore[method-assign]
+    assert out["completed"] == 500
+    assert calls == []  # the null writer stood in for the (counting) real one
+    with pytest.raises(ValueError, match="writer must be 'sqlite' or 'null', not 'nul'"):
+        noop(10, "await", durability="batch", writer="nul")
+
+
+def test_ceiling_beside_sqlite_load_reports_the_load() -> None:
+    from benchmarks.sys_trioqueue import noop
+
+    out = noop(2_000, "await", beside_sqlite=50_000)
+    assert out["completed"] == 2_000
+    assert out["beside_rows"] >= 4096  # at least one statement written beside
+    assert out["beside_cpu_s"] > 0
