@@ -27,8 +27,19 @@ from .common import (
     throughput,
 )
 
-# Shutdown with jobs still queued (the memory scenario) logs a warning; keep stderr quiet.
-logging.getLogger("trioqueue").setLevel(logging.ERROR)
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Shutdown with jobs still queued (the memory scenario) logs a warning: keep stderr
+    quiet while a measurement runs, and the logger as it was afterwards (the tests call
+    these functions in their own process)."""
+    logger = logging.getLogger("trioqueue")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _registry(handler: Any = None) -> trioqueue.TaskRegistry:
@@ -62,6 +73,12 @@ async def _all_done(q: trioqueue.JobQueue, last_ids: list[str], n: int) -> None:
 
 
 async def _open_or_skip(config: trioqueue.QueueConfig, registry: trioqueue.TaskRegistry,
+                        body: Any) -> Any:
+    with _quiet():
+        return await _open_and_run(config, registry, body)
+
+
+async def _open_and_run(config: trioqueue.QueueConfig, registry: trioqueue.TaskRegistry,
                         body: Any) -> Any:
     try:
         cm = trioqueue.open_queue(registry, config)
