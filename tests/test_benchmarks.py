@@ -136,6 +136,7 @@ def test_ceiling_null_writer_writes_nothing_and_is_undone(durability: str) -> No
     SqliteStore.write_values = counting  # type: ignore[method-assign]
     try:
         out = noop(500, "await", producers=8, durability=durability, writer="null")
+        assert SqliteStore.write_values is counting  # the null writer is gone again
     finally:
         SqliteStore.write_values = real  # type: ignore[method-assign]
     assert out["completed"] == 500
