@@ -32,16 +32,23 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import AsyncIterator, Iterable
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import attrs
 import httpx
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionTimeout,
+    HandshakeError,
+    WebSocketConnection,
+    wrap_client_stream,
+)
 
 from ._events import Event
 from ._exceptions import (
@@ -267,7 +274,7 @@ class Client:
         headers = [(b"authorization", f"Bearer {self.token}".encode())] if self.token else None
         async with open_websocket(ws_url, headers) as ws:
 
-            async def stream() -> AsyncIterator[Event]:
+            async def stream() -> AsyncGenerator[Event, None]:
                 while True:
                     try:
                         message = await ws.get_message()
@@ -284,23 +291,71 @@ class Client:
             try:
                 yield iterator
             finally:
-                await iterator.aclose()  # type: ignore[attr-defined]
+                await iterator.aclose()
 
 
 @asynccontextmanager
 async def open_websocket(
-    url: str, headers: list[tuple[bytes, bytes]] | None = None
+    url: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    *,
+    connect_timeout: float = 60.0,
+    disconnect_timeout: float = 5.0,
 ) -> AsyncIterator[WebSocketConnection]:
-    """``trio_websocket.open_websocket_url`` that also closes its socket when the server
-    closed first (trio-websocket 0.12 leaves it to the garbage collector then)."""
-    stream = None
+    """A client websocket to ``url`` (``ws://`` or ``wss://``) for an ``async with`` block.
+
+    The TCP (or TLS) stream is opened here and handed to trio-websocket's
+    ``wrap_client_stream``, so it is ours to close: ``open_websocket_url`` of
+    trio-websocket 0.12 leaves its socket to the garbage collector when the server
+    closed first.  The block's own exception comes out as itself; an error of the
+    connection's reader task comes out as itself when the block raised nothing.
+    """
+    target = urlsplit(url)
+    if target.scheme not in ("ws", "wss") or not target.hostname:
+        raise ValueError(f"url: expected ws://HOST[:PORT]/PATH or wss://..., got {url!r}")
+    secure = target.scheme == "wss"
+    port = target.port or (443 if secure else 80)
+    resource = (target.path or "/") + (f"?{target.query}" if target.query else "")
     try:
-        async with open_websocket_url(url, extra_headers=headers) as ws:
-            stream = getattr(ws, "_stream", None)
-            yield ws
+        with trio.fail_after(connect_timeout):
+            tcp = await trio.open_tcp_stream(target.hostname, port)
+            stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
+            if secure:
+                stream = trio.SSLStream(tcp, ssl.create_default_context(),
+                                        server_hostname=target.hostname)
+    except trio.TooSlowError:
+        raise ConnectionTimeout from None
+    except OSError as exc:
+        raise HandshakeError from exc
+    body_exc: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                with trio.fail_after(connect_timeout):
+                    ws = await wrap_client_stream(
+                        nursery, stream, target.netloc, resource, extra_headers=headers
+                    )
+            except trio.TooSlowError:
+                raise ConnectionTimeout from None
+            try:
+                yield ws
+            except BaseException as exc:  # raised as itself below, outside the nursery
+                body_exc = exc
+            finally:
+                with trio.move_on_after(disconnect_timeout) as closing:
+                    closing.shield = True
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()  # the reader task, if it still runs
+    except BaseExceptionGroup as group:
+        leaves = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
+        if body_exc is None and len(leaves) == 1:
+            raise leaves[0] from None
+        if body_exc is None:
+            raise
     finally:
-        if isinstance(stream, trio.abc.AsyncResource):
-            await stream.aclose()
+        await trio.aclose_forcefully(stream)
+    if body_exc is not None:
+        raise body_exc
 
 
 def _error(status: int, message: str, op: str, retry_after: str | None) -> TrioQueueError:
