@@ -63,6 +63,8 @@ class Event:
 @attrs.define(eq=False)
 class _Subscriber:
     send: trio.MemorySendChannel[Event]
+    receive: trio.MemoryReceiveChannel[Event]
+    """The subscriber's end, by which :meth:`Broadcaster.remove` knows it."""
     metrics: bool = False
     dropped: int = 0
 
@@ -93,7 +95,7 @@ class Broadcaster:
 
     def add(self, buffer: int, metrics: bool = False) -> trio.MemoryReceiveChannel[Event]:
         send, receive = trio.open_memory_channel[Event](buffer)
-        self._subs.append(_Subscriber(send, metrics))
+        self._subs.append(_Subscriber(send, receive, metrics))
         self._changed()
         return receive
 
@@ -126,12 +128,13 @@ class Broadcaster:
             self._changed()
 
     def remove(self, receive: trio.MemoryReceiveChannel[Event]) -> None:
-        """Forget subscribers whose receive end is closed."""
-        for sub in list(self._subs):
-            if sub.send._state is receive._state:  # the same channel
+        """Forget the subscriber that :meth:`add` gave ``receive`` to."""
+        for sub in self._subs:
+            if sub.receive is receive:
                 sub.send.close()
                 self._subs.remove(sub)
                 self._changed()
+                return
 
     def close(self) -> None:
         for sub in self._subs:
