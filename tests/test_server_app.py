@@ -12,14 +12,19 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 import trioqueue
 from trioqueue.demo import registry as demo_registry
 from trioqueue.server import App, ServerSettings, ServerState, openapi_document
 from trioqueue.server._http import (
+    HostCheck,
     HTTPError,
     JobRequest,
+    allowed_host,
     check_content_type,
+    host_name,
     parse_event_filter,
     parse_job_request,
     parse_list_query,
@@ -150,6 +155,82 @@ def test_event_filters() -> None:
             parse_event_filter(bad)
 
 
+# ---------------------------------------------------------------------------- hosts
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("localhost", ("localhost", False)),
+        ("LocalHost.:8080", ("localhost", False)),
+        ("queue.example.com:", ("queue.example.com", False)),
+        ("127.0.0.1:65535", ("127.0.0.1", True)),
+        ("[::1]", ("::1", True)),
+        ("[0:0::1]:80", ("::1", True)),
+        ("[FE80::A]", ("fe80::a", True)),
+        ("::1", None), ("[::1", None), ("[::1]x", None), ("[host]", None), ("[1.2.3.4]", None),
+        ("a:b", None), ("a:123456", None), ("a:-1", None), ("a:٣", None), ("", None), (".", None),
+        (":80", None), ("a b", None), ("a/b", None), ("a@b", None), ("é.example", None),
+    ],
+)
+def test_host_name(value: str, expected: tuple[str, bool] | None) -> None:
+    assert host_name(value) == expected
+
+
+def test_allowed_host_entries() -> None:
+    assert allowed_host(" Queue.Example.COM ") == "queue.example.com"
+    assert allowed_host("[::1]") == allowed_host("::1") == allowed_host("0::1") == "::1"
+    assert allowed_host("*") == "*"
+    for bad in ("a.example:80", "[::1]:80", "*.example", "http://a", "a b", ""):
+        with pytest.raises(ValueError, match="allowed_hosts: "):
+            allowed_host(bad)
+    assert ServerSettings(allowed_hosts="a, b,,").allowed_hosts == ("a", "b")
+    assert ServerSettings(allowed_hosts=["A."]).allowed_hosts == ("a",)
+    with pytest.raises(ValueError, match="max_connections"):
+        ServerSettings(max_connections=0)
+
+
+def test_host_check_of_a_specific_bind_address() -> None:
+    check = HostCheck("192.168.1.5", ["queue.example.com"])
+    for ok in ("192.168.1.5:8080", "localhost", "127.0.0.1", "[::1]:1", "queue.example.com"):
+        assert check.problem(ok) is None, ok
+    for refused in ("192.168.1.6", "[::2]", "example.com", "queue.example.com.evil"):
+        problem = check.problem(refused)
+        assert problem is not None
+        assert problem.startswith(f"host: {refused!r} is not one this server answers to")
+        assert "--allowed-hosts" in problem
+    assert "not a valid host" in (check.problem("a b") or "")
+    assert "x" * 100 + "...'" in (check.problem("x" * 5000) or "")  # not echoed whole
+    assert HostCheck("::1").names == frozenset({"localhost", "127.0.0.1", "::1"})
+    assert HostCheck("Queue.Local").problem("queue.local:80") is None
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "::", "[::]", ""])
+def test_host_check_of_every_interface_answers_ip_literals(bind: str) -> None:
+    check = HostCheck(bind)
+    for ok in ("192.0.2.7:8080", "10.0.0.1", "[2001:db8::1]:80", "localhost"):
+        assert check.problem(ok) is None, ok
+    assert check.problem("myhost.lan:8080") is not None  # a name must be listed
+    assert HostCheck(bind, ["myhost.lan"]).problem("myhost.lan:8080") is None
+    assert "any IP address" in check.describe()
+
+
+def test_star_turns_the_host_check_off() -> None:
+    check = HostCheck("127.0.0.1", ["*"])
+    assert check.problem("anything at all") is None
+    assert "any Host" in check.describe()
+
+
+@given(st.text(max_size=80))
+def test_host_check_never_raises(value: str) -> None:
+    check = HostCheck("0.0.0.0", ["queue.example.com"])
+    problem = check.problem(value)
+    assert problem is None or problem.startswith("host: ")
+    parsed = host_name(value)
+    if problem is None:
+        assert parsed is not None
+
+
 # ---------------------------------------------------------------------------- the app
 
 
@@ -252,3 +333,32 @@ async def test_deeply_nested_payload_is_400_not_500(queue: trioqueue.JobQueue) -
     status, _, body = await call(app, "POST", "/jobs", deep)
     assert status == 400
     assert "deep" in body["error"]
+
+
+async def test_host_check_in_the_app(queue: trioqueue.JobQueue) -> None:
+    app = App(queue, ServerSettings(host="0.0.0.0", allowed_hosts="queue.example.com"))
+    for host in ("192.0.2.7:8080", "queue.example.com", "localhost:1"):
+        assert (await call(app, "GET", "/metrics", headers={"host": host}))[0] == 200, host
+    status, headers, body = await call(app, "POST", "/jobs", {"task": "echo"},
+                                       headers={"host": "evil.example:8080"})
+    assert status == 400
+    assert headers[b"connection"] == b"close"
+    assert "'evil.example:8080'" in body["error"]
+    assert (await call(app, "GET", "/healthz", headers={"host": "evil.example"}))[0] == 200
+    # No Host at all (HTTP/1.0): no browser sends that, so there is nothing to judge.
+    assert (await call(app, "GET", "/metrics"))[0] == 200
+
+
+async def test_cross_site_post_is_refused_before_the_token(queue: trioqueue.JobQueue) -> None:
+    app = App(queue, ServerSettings(token="t0k"))
+    cross = {"sec-fetch-site": "Cross-Site"}
+    for auth in ({"authorization": "Bearer t0k"}, {}):
+        status, headers, body = await call(app, "POST", "/jobs", {"task": "echo"},
+                                           headers={**cross, **auth})
+        assert status == 403
+        assert headers[b"connection"] == b"close"
+        assert body["error"].startswith("sec-fetch-site: ")
+    assert (await call(app, "GET", "/metrics", headers={**cross, "authorization": "Bearer t0k"}
+                       ))[0] == 200
+    status, headers, _ = await call(app, "POST", "/jobs", {"task": "echo"})
+    assert (status, headers[b"connection"]) == (401, b"close")

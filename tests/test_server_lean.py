@@ -2,8 +2,7 @@
 
 In-process: ``serve_lean`` on 127.0.0.1 port 0 with a small echo app (or the real app on a
 real queue), spoken to over raw sockets so that every byte on the wire is chosen here.
-The end-to-end suite (tests/test_server.py and the rest) runs against either server:
-``TRIOQUEUE_HTTP_SERVER=lean|hypercorn pytest ...``.
+The end-to-end suite (tests/test_server.py and the rest) runs against it too.
 """
 
 from __future__ import annotations
@@ -305,7 +304,7 @@ async def test_app_error_is_500_and_logged(caplog: pytest.LogCaptureFixture) -> 
 @asynccontextmanager
 async def real_app(max_body: int) -> AsyncIterator[int]:
     async with open_queue(demo_registry, QueueConfig(workers=2)) as queue:
-        app = App(queue, ServerSettings(max_body=max_body))
+        app = App(queue, ServerSettings(max_body=max_body, allowed_hosts="t"))  # Host: t
         async with lean(app, max_body) as (port, _):
             yield port
 

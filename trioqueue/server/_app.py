@@ -31,12 +31,14 @@ from .._exceptions import (
 from .._job import Job, JobStatus, check_json
 from ._http import (
     EventFilter,
+    HostCheck,
     HTTPError,
     JobRequest,
     Receive,
     Scope,
     Send,
     check_content_type,
+    parse_allowed_hosts,
     parse_event_filter,
     parse_job_request,
     parse_json,
@@ -73,6 +75,20 @@ class ServerSettings:
     retry_after: int = 1
     """Seconds in the ``Retry-After`` header of a 429."""
     access_log: bool = False
+    allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=parse_allowed_hosts)
+    """Host names answered besides the bind address, ``localhost``, ``127.0.0.1`` and
+    ``[::1]`` (a string ``"a,b"`` or a sequence); ``"*"``: any Host (no Host check)."""
+    max_connections: int = attrs.field(default=1000)
+    """Connections open at once; past it, new ones wait to be accepted."""
+
+    @max_connections.validator
+    def _check_max_connections(self, attribute: Any, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"max_connections: expected an integer >= 1, got {value!r}")
+
+
+CLOSE = (b"connection", b"close")
+"""On a refusal sent before the body is read: the connection ends, the body is not read."""
 
 
 @attrs.define(eq=False)
@@ -125,6 +141,8 @@ class App:
         self.settings = settings or ServerSettings()
         self.state = state or ServerState()
         self._token = None if not self.settings.token else self.settings.token.encode()
+        self.hosts = HostCheck(self.settings.host, self.settings.allowed_hosts)
+        self._good_hosts: set[bytes] = set()
         self._openapi: bytes | None = None
         self._encode = _EventEncoder()
 
@@ -167,6 +185,31 @@ class App:
             return False
         return hmac.compare_digest(presented, self._token)
 
+    def _host_problem(self, raw_headers: list[tuple[bytes, bytes]]) -> str | None:
+        """Why the request's ``Host`` is refused (see :class:`HostCheck`), or None."""
+        if self.hosts.any_host:
+            return None
+        found = [value for name, value in raw_headers if name == b"host"]
+        if not found:
+            return None
+        if len(found) > 1:
+            return "host: more than one Host header"
+        value = found[0]
+        if value in self._good_hosts:
+            return None
+        problem = self.hosts.problem(value.decode("latin-1"))
+        if problem is None and len(self._good_hosts) < 64:
+            self._good_hosts.add(value)
+        return problem
+
+    @staticmethod
+    def _cross_site(method: str, headers: dict[bytes, bytes]) -> bool:
+        """A browser says another site's page sent this request (``Sec-Fetch-Site``)."""
+        if method in ("GET", "HEAD"):
+            return False
+        site = headers.get(b"sec-fetch-site")
+        return site is not None and site.strip().lower() == b"cross-site"
+
     @staticmethod
     def _cross_origin(headers: dict[bytes, bytes]) -> bool:
         """A browser on another site is asking: refuse (no CORS, no cross-site requests)."""
@@ -187,21 +230,29 @@ class App:
         method = scope["method"]
         path = scope["path"]
         try:
+            # The refusals below come before the body is read, and end the connection
+            # (CLOSE) rather than read a body nobody asked for.
+            if path != "/healthz":  # load balancers probe it by address
+                problem = self._host_problem(scope["headers"])
+                if problem is not None:
+                    raise HTTPError(400, problem, (CLOSE,))
             found = route(method, path)
             if found.name != "healthz":
-                if not self._authorized(headers):
-                    raise HTTPError(
-                        401, "missing or wrong bearer token", ((b"www-authenticate", b"Bearer"),)
-                    )
+                if self._cross_site(method, headers):
+                    raise HTTPError(403, "sec-fetch-site: cross-site requests are not allowed",
+                                    (CLOSE,))
                 if self._cross_origin(headers):
-                    raise HTTPError(403, "cross-origin requests are not allowed")
+                    raise HTTPError(403, "cross-origin requests are not allowed", (CLOSE,))
+                if not self._authorized(headers):
+                    raise HTTPError(401, "missing or wrong bearer token",
+                                    ((b"www-authenticate", b"Bearer"), CLOSE))
             query = parse_query(scope.get("query_string", b""))
             status, body, extra = await self._dispatch(found.name, found.job_id, query,
                                                        headers, receive)
         except HTTPError as exc:
             status, body, extra = exc.status, _dumps({"error": exc.message}), exc.headers
             if exc.status == 413:
-                extra = (*extra, (b"connection", b"close"))
+                extra = (*extra, CLOSE)
         except StoreError as exc:
             log.error("store error while answering %s %s: %s", method, path, exc)
             status, body, extra = 500, _dumps({"error": f"store error: {exc}"}), ()
@@ -405,6 +456,8 @@ class App:
             query = parse_query(scope.get("query_string", b""))
         except HTTPError as exc:
             problem = exc.message
+        if problem is None:
+            problem = self._host_problem(scope["headers"])
         if problem is None and scope["path"] != "/events":
             problem = f"no websocket endpoint at {scope['path']}"
         if problem is None and not self._authorized(headers, query.get("token")):
