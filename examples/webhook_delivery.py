@@ -5,8 +5,9 @@ was accepted is never forgotten: stop the script with Ctrl+C and run it again, a
 picks up where it stopped.  Jobs have stable ids (``hook-0007``), so re-enqueueing the
 same webhooks on the second run is idempotent: finished ones are not sent again.
 
-The receiver is a small ASGI app served by Hypercorn on 127.0.0.1, started by this
-script.  It behaves like the endpoints real webhook senders face:
+The receiver is a small HTTP/1.1 server on 127.0.0.1 (Trio streams, requests parsed by
+h11, which httpx installs), started by this script.  It behaves like the endpoints real
+webhook senders face:
 
 - about one request in four fails with ``503``;
 - every few seconds it goes down for a while (connections refused);
@@ -29,12 +30,13 @@ import json
 import random
 import signal
 from collections import Counter
+from functools import partial
+from http import HTTPStatus
 from typing import Any
 
+import h11
 import httpx
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
 
 import trioqueue
 from trioqueue import JobStatus
@@ -43,7 +45,7 @@ from trioqueue import JobStatus
 
 
 class Receiver:
-    """An ASGI app that takes webhooks, fails some, and can be switched off and on."""
+    """A webhook endpoint that fails some requests and can be switched off and on."""
 
     def __init__(self, seed: int = 7) -> None:
         self.random = random.Random(seed)
@@ -51,20 +53,9 @@ class Receiver:
         self.answers: Counter[int] = Counter()
         self.port = 0
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        headers = dict(scope["headers"])
-        if scope["path"] == "/hooks/legacy":
+    def answer(self, path: str, headers: dict[bytes, bytes], body: bytes) -> int:
+        """The status for one webhook."""
+        if path == "/hooks/legacy":
             status = 500
         elif self.random.random() < 0.25:
             status = 503
@@ -73,21 +64,46 @@ class Receiver:
             self.seen[headers.get(b"webhook-id", b"?").decode()] += 1
             status = 204
         self.answers[status] += 1
-        await send({"type": "http.response.start", "status": status, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
+        return status
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        """One connection: requests in turn (keep-alive), each answered with no body."""
+        conn = h11.Connection(h11.SERVER)
+        request: h11.Request | None = None
+        body = bytearray()
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(65536))
+                elif isinstance(event, h11.Request):
+                    request, body = event, bytearray()
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, h11.EndOfMessage) and request is not None:
+                    status = self.answer(request.target.decode(), dict(request.headers),
+                                         bytes(body))
+                    length = [] if status == 204 else [("content-length", "0")]
+                    response = h11.Response(status_code=status, headers=length,
+                                            reason=HTTPStatus(status).phrase)
+                    await stream.send_all(conn.send(response) + conn.send(h11.EndOfMessage()))
+                    if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                        return  # the client asked to close
+                    conn.start_next_cycle()
+                else:  # the client closed the connection
+                    return
+        except (h11.RemoteProtocolError, trio.BrokenResourceError):
+            return  # a broken request or a vanished client: hang up
 
     async def run(self, up: float, down: float, *, task_status: trio.TaskStatus[int]) -> None:
         """Serve for ``up`` seconds, refuse connections for ``down`` seconds, repeat."""
         first = True
         while True:
-            config = HypercornConfig()
-            config.bind = [f"127.0.0.1:{self.port}"]
-            config.accesslog = None
-            config.errorlog = None
             with trio.move_on_after(up):
                 async with trio.open_nursery() as nursery:
-                    bound = await nursery.start(serve, self, config)
-                    self.port = int(bound[0].rsplit(":", 1)[1])
+                    listeners = await nursery.start(partial(
+                        trio.serve_tcp, self.handle, self.port, host="127.0.0.1"))
+                    self.port = listeners[0].socket.getsockname()[1]
                     if first:
                         task_status.started(self.port)
                         first = False

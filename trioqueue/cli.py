@@ -150,18 +150,32 @@ def serve_options(
     if event_buffer is None:
         raw = _env_first(env, "TRIOQUEUE_EVENT_BUFFER")
         event_buffer = 1000 if raw is None else _int("TRIOQUEUE_EVENT_BUFFER", raw)
-    if max_body < 1 or event_buffer < 1 or slow <= 0:
-        raise UsageError("--max-body, --event-buffer and --slow-client-timeout must be > 0")
-    settings = ServerSettings(
-        host=host, port=port, token=token or None, max_body=max_body,
-        event_buffer=event_buffer, slow_client_timeout=slow, access_log=args.access_log,
-    )
+    max_connections = args.max_connections
+    if max_connections is None:
+        raw = _env_first(env, "TRIOQUEUE_MAX_CONNECTIONS")
+        max_connections = 1000 if raw is None else _int("TRIOQUEUE_MAX_CONNECTIONS", raw)
+    if max_body < 1 or event_buffer < 1 or slow <= 0 or max_connections < 1:
+        raise UsageError("--max-body, --event-buffer, --slow-client-timeout and "
+                         "--max-connections must be > 0")
+    hosts, hosts_from = args.allowed_hosts, "--allowed-hosts"
+    if hosts is None:
+        hosts_from = "TRIOQUEUE_ALLOWED_HOSTS"
+        hosts = _env_first(env, hosts_from) or ""
+    try:
+        settings = ServerSettings(
+            host=host, port=port, token=token or None, max_body=max_body,
+            event_buffer=event_buffer, slow_client_timeout=slow, access_log=args.access_log,
+            allowed_hosts=hosts, max_connections=max_connections,
+        )
+    except ValueError as exc:  # "allowed_hosts: 'entry': what is wrong"
+        raise UsageError(f"{hosts_from}: {str(exc).removeprefix('allowed_hosts: ')}") from None
+    if env.get("TRIOQUEUE_HTTP_SERVER"):
+        log.warning("TRIOQUEUE_HTTP_SERVER is no longer read: trioqueue has one HTTP server")
     return registry, config, settings
 
 
 async def _serve_until_signalled(
-    registry: TaskRegistry, config: QueueConfig, settings: Any, out: TextIO,
-    http_server: str | None = None,
+    registry: TaskRegistry, config: QueueConfig, settings: Any, out: TextIO
 ) -> int:
     """Serve; the first SIGINT/SIGTERM shuts down in order, a second one cuts it short."""
     from .server import serve
@@ -187,11 +201,7 @@ async def _serve_until_signalled(
             nursery.start_soon(watch_signals)
 
             async def run_server(task_status: trio.TaskStatus[str]) -> None:
-                if http_server is None:
-                    await serve(registry, config, settings, stop=stop, task_status=task_status)
-                else:
-                    await serve(registry, config, settings, stop=stop, http_server=http_server,
-                                task_status=task_status)
+                await serve(registry, config, settings, stop=stop, task_status=task_status)
                 nursery.cancel_scope.cancel()  # done: stop watching for signals
 
             url = await nursery.start(run_server)
@@ -218,23 +228,13 @@ def _lone(group: BaseExceptionGroup[Any], kinds: tuple[type[BaseException], ...]
     return found[0] if found else None
 
 
-def http_server_option(args: argparse.Namespace, env: Mapping[str, str]) -> str | None:
-    """``--http-server`` over ``TRIOQUEUE_HTTP_SERVER``; None: the library's default."""
-    choice = getattr(args, "http_server", None) or _env_first(env, "TRIOQUEUE_HTTP_SERVER")
-    if choice is not None and choice not in ("lean", "hypercorn"):
-        raise UsageError(f"TRIOQUEUE_HTTP_SERVER: expected lean or hypercorn, got {choice!r}")
-    return choice
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     registry, config, settings = serve_options(args, os.environ)
-    http_server = http_server_option(args, os.environ)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.token:
         log.warning("serving on %s without a token: anyone who can reach it can run jobs",
                     settings.host)
     try:
-        return trio.run(_serve_until_signalled, registry, config, settings, sys.stdout,
-                        http_server)
+        return trio.run(_serve_until_signalled, registry, config, settings, sys.stdout)
     except (StoreError, OSError) as exc:
         error: BaseException | None = exc
     except BaseExceptionGroup as group:
@@ -496,8 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--slow-client-timeout", type=float,
                        help="seconds a client may accept no data before it is cut off (20)")
     serve.add_argument("--access-log", action="store_true", help="log every request")
-    serve.add_argument("--http-server", choices=("lean", "hypercorn"),
-                       help="HTTP server: lean (default, faster) or hypercorn")
+    serve.add_argument("--allowed-hosts", metavar="A,B",
+                       help="Host names answered besides the bind address and localhost "
+                       "(behind a proxy: its public name); '*': any")
+    serve.add_argument("--max-connections", type=int,
+                       help="connections open at once (default 1000)")
     serve.add_argument("--log-level", default=None,
                        help="debug (one line per job state change), info (default), warning")
     serve.set_defaults(handler=cmd_serve)

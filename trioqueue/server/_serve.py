@@ -7,8 +7,8 @@
         ├── queue task    open_queue(...) until ``stop`` is set, then its graceful shutdown
         └── http server   the ASGI app on one port, until the queue has closed
 
-The HTTP server is Hypercorn's Trio worker (``http_server="hypercorn"``) or the lean
-server of :mod:`._lean` (``"lean"``), about five times cheaper per request.
+The HTTP server is the lean one of :mod:`._lean` (HTTP/1.1 and websockets on plain Trio
+streams): the one server path, which the whole test suite runs.
 
 The HTTP server outlives the queue's intake on purpose: while in-flight jobs finish,
 ``POST /jobs`` answers 503 and ``/healthz`` says ``shutting_down`` (so a load balancer
@@ -19,11 +19,8 @@ finish.  Only when the queue has closed does the HTTP server stop.
 from __future__ import annotations
 
 import logging
-import socket
 from functools import partial
 
-import hypercorn.config
-import hypercorn.trio
 import trio
 
 from .._config import QueueConfig
@@ -33,42 +30,6 @@ from ._app import App, ServerSettings, ServerState
 from ._lean import serve_lean
 
 log = logging.getLogger("trioqueue.server")
-
-HTTP_SERVERS = ("lean", "hypercorn")
-DEFAULT_HTTP_SERVER = "lean"
-
-
-class _Config(hypercorn.config.Config):
-    """Hypercorn's config, with a send timeout on every accepted connection.
-
-    ``TCP_USER_TIMEOUT`` (Linux) on the listening socket is inherited by each accepted
-    one: a peer that accepts no data (a websocket client that stopped reading, a dead
-    host) for that long is disconnected by the kernel.  Hypercorn's sends are shielded
-    from cancellation, so this is the one way to cut such a client off.
-    """
-
-    user_timeout_ms: int = 0
-
-    def create_sockets(self) -> hypercorn.config.Sockets:
-        sockets = super().create_sockets()
-        option = getattr(socket, "TCP_USER_TIMEOUT", None)
-        if option is not None and self.user_timeout_ms > 0:
-            for sock in sockets.insecure_sockets:
-                if sock.family in (socket.AF_INET, socket.AF_INET6):
-                    sock.setsockopt(socket.IPPROTO_TCP, option, self.user_timeout_ms)
-        return sockets
-
-
-def hypercorn_config(settings: ServerSettings) -> hypercorn.config.Config:
-    config = _Config()
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    config.bind = [f"{host}:{settings.port}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("trioqueue.http")
-    config.graceful_timeout = 5.0
-    config.websocket_max_message_size = 64 * 1024
-    config.user_timeout_ms = int(settings.slow_client_timeout * 1000)
-    return config
 
 
 async def _run_queue(
@@ -96,7 +57,6 @@ async def serve(
     settings: ServerSettings | None = None,
     *,
     stop: trio.Event | None = None,
-    http_server: str = DEFAULT_HTTP_SERVER,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``registry``'s tasks over HTTP until ``stop`` is set, then shut down in order.
@@ -106,11 +66,7 @@ async def serve(
     begins the graceful shutdown: new jobs get 503, in-flight jobs get
     ``config.shutdown_timeout`` seconds, then the queue closes and the server stops.
     Cancelling the caller is the fast exit: running jobs are recorded back as queued.
-    ``http_server`` picks the HTTP server: ``"lean"`` or ``"hypercorn"``.
     """
-    if http_server not in HTTP_SERVERS:
-        raise ValueError(f"http_server: expected one of {', '.join(HTTP_SERVERS)}, "
-                         f"got {http_server!r}")
     config = QueueConfig() if config is None else config
     settings = ServerSettings() if settings is None else settings
     stop = trio.Event() if stop is None else stop
@@ -118,19 +74,13 @@ async def serve(
     async with trio.open_nursery() as nursery:
         queue = await nursery.start(_run_queue, registry, config, stop, state)
         app = App(queue, settings, state)
-        if http_server == "lean":
-            url = await nursery.start(partial(
-                serve_lean, app, settings.host, settings.port, max_body=settings.max_body,
-                user_timeout_ms=int(settings.slow_client_timeout * 1000),
-                shutdown_trigger=state.closed.wait,
-            ))
-        else:
-            binds = await nursery.start(
-                partial(hypercorn.trio.serve, app, hypercorn_config(settings),  # type: ignore[arg-type]
-                        shutdown_trigger=state.closed.wait)
-            )
-            url = binds[0] if binds else f"http://{settings.host}:{settings.port}"
-        log.info("trioqueue server: serving %d tasks on %s (token %s, %s)", len(registry), url,
-                 "required" if settings.token else "not set", http_server)
+        url = await nursery.start(partial(
+            serve_lean, app, settings.host, settings.port, max_body=settings.max_body,
+            user_timeout_ms=int(settings.slow_client_timeout * 1000),
+            shutdown_trigger=state.closed.wait,
+        ))
+        log.info("trioqueue server: serving %d tasks on %s (token %s; answers to Host %s)",
+                 len(registry), url, "required" if settings.token else "not set",
+                 app.hosts.describe())
         task_status.started(url)
     log.info("trioqueue server: stopped")
