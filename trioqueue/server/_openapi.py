@@ -135,8 +135,23 @@ def _error(description: str) -> dict[str, Any]:
 
 _AUTH = {
     "401": _error("a token is set and the request has no or the wrong bearer token"),
-    "403": _error("a browser's cross-origin request (an Origin header from another host)"),
+    "403": _error("a browser's cross-site request (Sec-Fetch-Site: cross-site on a POST, "
+                  "or an Origin header from another host)"),
 }
+_BAD_HOST = "a Host header the server does not answer to (see --allowed-hosts)"
+
+
+def _with_host_check(document: dict[str, Any]) -> dict[str, Any]:
+    """Every operation but /healthz may answer 400 for its Host."""
+    for path, item in document["paths"].items():
+        if path == "/healthz":
+            continue
+        for operation in item.values():
+            responses = operation["responses"]
+            known = responses.get("400")
+            text = _BAD_HOST if known is None else f"{known['description']}; or {_BAD_HOST}"
+            responses["400"] = _error(text)
+    return document
 _JOB_ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"},
                                 "description": "seconds to wait before trying again"}}
@@ -144,7 +159,7 @@ _RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"},
 
 def openapi_document() -> dict[str, Any]:
     """The document as a JSON-ready dict."""
-    return {
+    return _with_host_check({
         "openapi": "3.0.3",
         "info": {
             "title": "trioqueue",
@@ -155,8 +170,8 @@ def openapi_document() -> dict[str, Any]:
                 "Events stream over the websocket `/events` (not an OpenAPI operation): "
                 "one JSON event per text message; query `types` (comma-separated, of "
                 f"{', '.join(sorted(EVENT_TYPES))}), `job_id` (comma-separated), "
-                "`snapshot=true` (a metrics event first) and `token`. A bad filter or "
-                "token closes the stream with code 1008 and a reason."
+                "`snapshot=true` (a metrics event first) and `token`. A bad filter, token, "
+                "Host or Origin closes the stream with code 1008 and a reason."
             ),
         },
         "components": {
@@ -296,4 +311,4 @@ def openapi_document() -> dict[str, Any]:
                 },
             },
         },
-    }
+    })
