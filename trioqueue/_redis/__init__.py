@@ -1,0 +1,61 @@
+"""The Redis state layer: key layout, Lua scripts, and typed operations over coredis.
+
+One queue's state lives in Redis under ``tq:{<queue>}:``; every process opened on the same
+URL and queue name shares it.  :func:`connect` opens the adapter over coredis;
+:class:`RedisState` runs the scripts.  docs/redis-design.md describes both.
+"""
+
+from ._client import MAX_BLOCK, RedisClient, RedisUnavailable, connect
+from ._state import (
+    MAX_BATCH,
+    MAX_CLAIM,
+    RECORD_FIELDS,
+    Admission,
+    Admitted,
+    CorruptRecord,
+    Counts,
+    EventBatch,
+    EventReader,
+    FinishClaim,
+    NewJob,
+    NodeInfo,
+    Outcome,
+    Promoted,
+    Reaped,
+    RedisState,
+    Renewal,
+    StoredJob,
+    StreamEvent,
+    canonical_digest,
+    check_name,
+    stored_job,
+)
+
+__all__ = [
+    "MAX_BATCH",
+    "MAX_BLOCK",
+    "MAX_CLAIM",
+    "RECORD_FIELDS",
+    "Admission",
+    "Admitted",
+    "CorruptRecord",
+    "Counts",
+    "EventBatch",
+    "EventReader",
+    "FinishClaim",
+    "NewJob",
+    "NodeInfo",
+    "Outcome",
+    "Promoted",
+    "Reaped",
+    "RedisClient",
+    "RedisState",
+    "RedisUnavailable",
+    "Renewal",
+    "StoredJob",
+    "StreamEvent",
+    "canonical_digest",
+    "check_name",
+    "connect",
+    "stored_job",
+]

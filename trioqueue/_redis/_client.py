@@ -1,0 +1,277 @@
+"""The adapter over coredis: the only module that imports it.
+
+Two rules make coredis safe under Trio here (docs/redis-design.md says why):
+
+* **Never cancel a blocking call in flight.**  Cancelling BLPOP or XREAD BLOCK leaves the
+  waiter armed in the server (it swallows the next item pushed) and, in coredis 6.9.0,
+  loses a pool slot for good: after ``max_connections`` of them every command on that
+  client hangs.  So :meth:`RedisClient.blpop` and :meth:`RedisClient.xread` run in a
+  shielded scope with a short server-side timeout (at most :data:`MAX_BLOCK` seconds), and
+  their callers check a stop flag between calls.
+* **A slot lost anyway is not a hang.**  A blocked connection the server drops (``CLIENT
+  KILL``, a failover, a timeout) loses its slot too.  Blocking calls therefore get a client
+  of their own (the *lane*), without automatic re-sends, which is rebuilt after any such
+  failure once its calls in flight have returned.  Every pool has a timeout, so a slot
+  shortage is an error, never a hang; the main client is rebuilt after a timeout too.
+
+Everything else (scripts, reads) goes through the main client, whose connections are
+shared by all tasks: coredis releases a connection as soon as a non-blocking command is
+written, so concurrent calls pipeline on one socket.  Its default retry policy re-sends a
+command after a connection error or timeout, which is why every script is idempotent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, cast
+from urllib.parse import urlparse
+
+import coredis
+import trio
+from coredis.commands.script import Script
+from coredis.exceptions import ConnectionError as RedisConnectionError
+from coredis.exceptions import RedisError
+from coredis.response.types import StreamEntry
+from coredis.retry import NoRetryPolicy
+
+from .._exceptions import TrioQueueError
+
+MAX_BLOCK = 5.0
+"""Longest server-side timeout a blocking call may ask for (seconds): the time a caller
+can be kept in a shielded scope."""
+
+
+class RedisUnavailable(TrioQueueError):
+    """Redis could not be reached, or did not answer in time (after coredis' re-sends)."""
+
+
+class _Holder:
+    """One coredis client, rebuilt on request once no call is using it.
+
+    :meth:`run` is a task of the adapter's nursery: it enters the client's context (its
+    pool's task group lives there), hands the client out, and when :meth:`broken` was
+    called, stops handing it out, waits until the calls in flight returned, exits it and
+    enters a fresh one.
+    """
+
+    def __init__(self, make: Callable[[], coredis.Redis[str]]) -> None:
+        self._make = make
+        self._client: coredis.Redis[str] | None = None
+        self._ready = trio.Event()
+        self._broken = trio.Event()
+        self._idle = trio.Event()
+        self.inflight = 0
+        self.rebuilds = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        started = False
+        while True:
+            async with self._make() as client:
+                self._client = client
+                self._ready.set()
+                if not started:
+                    started = True
+                    task_status.started()
+                await self._broken.wait()
+                self._client = None
+                self._ready = trio.Event()
+                while self.inflight:
+                    self._idle = trio.Event()
+                    await self._idle.wait()
+            self._broken = trio.Event()
+            self.rebuilds += 1
+
+    async def acquire(self) -> coredis.Redis[str]:
+        """The current client, counted in flight until :meth:`release`."""
+        while self._client is None:
+            await self._ready.wait()
+        self.inflight += 1
+        return self._client
+
+    def release(self) -> None:
+        self.inflight -= 1
+        if not self.inflight:
+            self._idle.set()
+
+    def broken(self) -> None:
+        """Replace the client once its calls in flight have returned."""
+        self._broken.set()
+
+    async def drained(self) -> None:
+        while self.inflight:
+            self._idle = trio.Event()
+            await self._idle.wait()
+
+
+def lua_script(text: str) -> Script[str]:
+    """A script object for :meth:`RedisClient.run` (EVALSHA, loaded again on NOSCRIPT)."""
+    return Script[str](None, text)
+
+
+class RedisClient:
+    """The few Redis calls trioqueue makes, over coredis, by the rules above.
+
+    Open it with :func:`connect`.  Errors reaching Redis raise :class:`RedisUnavailable`;
+    a script's own error raises ``coredis.exceptions.ResponseError`` (a bug, not weather).
+    """
+
+    def __init__(self, main: _Holder, lane: _Holder) -> None:
+        self._main = main
+        self._lane = lane
+
+    @property
+    def rebuilds(self) -> tuple[int, int]:
+        """How many times the main client and the blocking lane were rebuilt."""
+        return self._main.rebuilds, self._lane.rebuilds
+
+    async def run(
+        self, script: Script[str], keys: Sequence[str], args: Sequence[str | int]
+    ) -> Any:
+        """Run a Lua script (EVALSHA) and return its raw reply."""
+        client = await self._main.acquire()
+        try:
+            return await script(keys=keys, args=args, client=client)
+        except TimeoutError as exc:
+            self._main.broken()
+            raise RedisUnavailable(f"redis: no answer in time ({exc})") from None
+        except RedisConnectionError as exc:
+            raise RedisUnavailable(f"redis: {exc}") from None
+        finally:
+            self._main.release()
+
+    async def blpop(self, keys: Sequence[str], timeout: float) -> tuple[str, str] | None:
+        """BLPOP with a server-side ``timeout`` (seconds), never cancelled in flight.
+
+        Returns ``(key, value)`` or ``None`` when the timeout passed.  The calling task
+        cannot be cancelled for up to ``timeout`` (plus a round trip).
+        """
+        _check_block(timeout)
+        client = await self._lane.acquire()
+        try:
+            with trio.CancelScope(shield=True):
+                reply = await client.blpop(keys, timeout)
+        except (RedisConnectionError, TimeoutError) as exc:
+            self._lane.broken()
+            raise RedisUnavailable(f"redis: blocking call lost ({exc})") from None
+        finally:
+            self._lane.release()
+        if reply is None:
+            return None
+        return reply[0], reply[1]
+
+    async def xread(
+        self, key: str, after: str, count: int, block_ms: int
+    ) -> list[tuple[str, Mapping[str, str]]]:
+        """XREAD COUNT ``count`` BLOCK ``block_ms`` from one stream, after id ``after``;
+        never cancelled in flight (see :meth:`blpop`)."""
+        _check_block(block_ms / 1000)
+        client = await self._lane.acquire()
+        try:
+            with trio.CancelScope(shield=True):
+                reply = await client.xread({key: after}, count=count, block=block_ms)
+        except (RedisConnectionError, TimeoutError) as exc:
+            self._lane.broken()
+            raise RedisUnavailable(f"redis: blocking call lost ({exc})") from None
+        finally:
+            self._lane.release()
+        if not reply:
+            return []
+        return [_entry(e) for e in reply.get(key, ())]
+
+    async def last_entry(self, key: str) -> tuple[str, Mapping[str, str]] | None:
+        """The newest entry of a stream (XREVRANGE + - COUNT 1), or ``None``."""
+        client = await self._main.acquire()
+        try:
+            entries = await client.xrevrange(key, "+", "-", count=1)
+        except TimeoutError as exc:
+            self._main.broken()
+            raise RedisUnavailable(f"redis: no answer in time ({exc})") from None
+        except RedisConnectionError as exc:
+            raise RedisUnavailable(f"redis: {exc}") from None
+        finally:
+            self._main.release()
+        if not entries:
+            return None
+        return _entry(entries[0])
+
+    async def ping(self) -> None:
+        """Round trip to the server; raises :class:`RedisUnavailable` if it fails."""
+        client = await self._main.acquire()
+        try:
+            await client.ping()
+        except TimeoutError as exc:
+            self._main.broken()
+            raise RedisUnavailable(f"redis: no answer in time ({exc})") from None
+        except RedisError as exc:
+            raise RedisUnavailable(f"redis: {exc}") from None
+        finally:
+            self._main.release()
+
+
+def _entry(e: StreamEntry) -> tuple[str, Mapping[str, str]]:
+    # decode_responses=True: ids, fields and values are str.
+    return cast(str, e.identifier), cast(Mapping[str, str], e.field_values)
+
+
+def _check_block(seconds: float) -> None:
+    if not (0 < seconds <= MAX_BLOCK) or math.isnan(seconds):
+        raise ValueError(f"timeout: expected 0 < seconds <= {MAX_BLOCK}, got {seconds!r}")
+
+
+@asynccontextmanager
+async def connect(
+    url: str = "redis://127.0.0.1:6379/0",
+    *,
+    client_name: str = "trioqueue",
+    max_connections: int = 16,
+    blocking_connections: int = 8,
+    pool_timeout: float = 5.0,
+    stream_timeout: float = 15.0,
+    connect_timeout: float = 5.0,
+) -> AsyncIterator[RedisClient]:
+    """Open the adapter on ``url`` (``redis://``, ``rediss://`` or ``unix://``).
+
+    ``max_connections`` bounds the main pool and ``blocking_connections`` the lane's (one
+    connection per blocking call in flight); ``pool_timeout`` is how long a call waits for
+    a free connection before :class:`RedisUnavailable`.  ``stream_timeout`` bounds every
+    reply wait (it must exceed :data:`MAX_BLOCK`).  Nothing connects until the first call.
+    On exit, blocking calls still in flight are given ``MAX_BLOCK`` + 1 s to return.
+    """
+    scheme = urlparse(url).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"redis_url: expected redis://, rediss:// or unix://, got {url!r}")
+    if stream_timeout <= MAX_BLOCK:
+        raise ValueError(f"stream_timeout: must exceed {MAX_BLOCK} s, got {stream_timeout!r}")
+    for name, value in (("max_connections", max_connections),
+                        ("blocking_connections", blocking_connections)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+
+    def make_main() -> coredis.Redis[str]:
+        return coredis.Redis.from_url(
+            url, decode_responses=True, pool_timeout=pool_timeout,
+            max_connections=max_connections, stream_timeout=stream_timeout,
+            connect_timeout=connect_timeout, client_name=client_name,
+        )
+
+    def make_lane() -> coredis.Redis[str]:
+        return coredis.Redis.from_url(
+            url, decode_responses=True, pool_timeout=pool_timeout,
+            max_connections=blocking_connections, stream_timeout=stream_timeout,
+            connect_timeout=connect_timeout, client_name=client_name,
+            retry_policy=NoRetryPolicy(),
+        )
+
+    main, lane = _Holder(make_main), _Holder(make_lane)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(main.run)
+        await nursery.start(lane.run)
+        try:
+            yield RedisClient(main, lane)
+        finally:
+            with trio.move_on_after(MAX_BLOCK + 1.0) as scope:
+                scope.shield = True
+                await lane.drained()
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,687 @@
+"""The Redis state of one queue: typed operations, each one Lua script call.
+
+Keys live under ``tq:{<queue>}:`` (one hash tag: one Cluster slot holds the queue); the
+layout, the scripts and their guarantees are in docs/redis-design.md.  Batches are the
+unit: a call costs a round trip (~200 µs of client CPU), so :meth:`RedisState.enqueue`
+takes a batch and :meth:`RedisState.finish_and_claim` acks everything finished since the
+last call and claims up to ``n`` jobs in the same script.
+
+Times in Redis are milliseconds from Redis' ``TIME`` (one clock for every node); the
+:class:`~trioqueue.Job` values built here carry seconds, as everywhere in trioqueue.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import itertools
+import json
+import math
+import re
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Literal, NamedTuple
+
+import attrs
+
+from .._exceptions import InvalidJob, InvalidTransition, JobNotFound, QueueFull
+from .._job import Job, JobStatus, Priority, check_job_id, check_json
+from ._client import RedisClient
+from ._scripts import load_all
+
+MAX_BATCH = 1000
+"""Most jobs one :meth:`RedisState.enqueue` call takes (a script blocks Redis while it
+runs)."""
+MAX_CLAIM = 1000
+"""Most claims (and most outcomes) one :meth:`RedisState.finish_and_claim` call takes."""
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}\Z")
+_LABELS = ("high", "medium", "low")
+_STATUSES = {s.value: s for s in JobStatus}
+_PRIORITIES = (Priority.HIGH, Priority.MEDIUM, Priority.LOW)
+
+RECORD_FIELDS = (
+    "id", "task", "payload", "prio", "status", "attempts", "max_retries", "timeout",
+    "created_at", "scheduled_for", "started_at", "finished_at", "result", "error",
+    "traceback", "fence", "owner", "cancel_requested",
+)
+"""The order of a record's fields in script replies (``FIELDS`` in common.lua)."""
+
+
+def check_name(field: str, value: object) -> str:
+    """A queue or node name: 1-100 ASCII letters, digits and ``_ . : -``."""
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise ValueError(
+            f"{field}: expected 1-100 ASCII letters, digits and '_.:-' (starting with a "
+            f"letter or digit), got {value!r}"
+        )
+    return value
+
+
+class CorruptRecord(ValueError):
+    """A record read from Redis does not have the shape trioqueue writes."""
+
+
+# ---------------------------------------------------------------------------- values
+
+
+def canonical_digest(task: str, payload: Any) -> str:
+    """sha1 of the task name and the payload as canonical JSON (sorted keys, compact):
+    the same body gives the same digest whatever the key order or the node."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha1(f"{len(task)}:{task}:{canonical}".encode()).hexdigest()
+
+
+@attrs.frozen
+class NewJob:
+    """A job to enqueue, validated.  Build it with :meth:`build`."""
+
+    id: str
+    task: str
+    payload: Any = attrs.field(eq=False)
+    payload_json: str
+    digest: str
+    priority: Priority
+    max_retries: int
+    timeout: float | None
+    delay_ms: int
+
+    @classmethod
+    def build(
+        cls,
+        job_id: str,
+        task: str,
+        payload: Any = None,
+        *,
+        priority: Priority | str = Priority.MEDIUM,
+        max_retries: int = 3,
+        timeout: float | None = None,
+        delay: float = 0.0,
+    ) -> NewJob:
+        """Validate every field; raise :class:`InvalidJob` naming the bad one."""
+        check_job_id(job_id)
+        if not isinstance(task, str) or not task:
+            raise InvalidJob(f"task: expected a non-empty string, got {task!r}")
+        prio = Priority.coerce(priority)
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise InvalidJob(f"max_retries: expected an integer >= 0, got {max_retries!r}")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+            or not (timeout > 0 and math.isfinite(timeout))
+        ):
+            raise InvalidJob(f"timeout: expected a number of seconds > 0, got {timeout!r}")
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not (
+            delay >= 0 and math.isfinite(delay)
+        ):
+            raise InvalidJob(f"delay: expected a number of seconds >= 0, got {delay!r}")
+        payload_json = check_json("payload", payload)
+        return cls(
+            job_id, task, payload, payload_json, canonical_digest(task, payload), prio,
+            max_retries, None if timeout is None else float(timeout),
+            math.ceil(delay * 1000) if delay else 0,
+        )
+
+
+class Admission(enum.StrEnum):
+    """What :meth:`RedisState.enqueue` did with one job."""
+
+    ACCEPTED = "accepted"
+    """Stored, QUEUED (or SCHEDULED when delayed)."""
+    EXISTING = "existing"
+    """A job with this id and the same task and payload exists: that one is returned."""
+    DUPLICATE = "duplicate"
+    """A job with this id exists with another task or payload: nothing changed."""
+    FULL = "full"
+    """Its priority had no room: nothing stored."""
+    ABORTED = "aborted"
+    """All-or-nothing batch refused because of another job's duplicate id."""
+
+
+@attrs.frozen
+class Admitted:
+    code: Admission
+    job: Job | None
+    """The stored job (ACCEPTED, EXISTING), else ``None``."""
+
+
+@attrs.frozen
+class StoredJob:
+    """A job as Redis holds it, with what only the Redis backend tracks."""
+
+    job: Job
+    fence: int
+    """Incremented at every claim and reap: acks and renewals must carry the current one."""
+    owner: str | None
+    """The node that claimed it last."""
+    cancel_requested: bool
+
+
+OutcomeKind = Literal["completed", "failed", "retry", "cancelled", "released"]
+
+
+class Outcome(NamedTuple):
+    """How one claimed job ended, for :meth:`RedisState.finish_and_claim`.  Build it with
+    the class methods."""
+
+    id: str
+    fence: int
+    kind: OutcomeKind
+    value: str = ""
+    error: str = ""
+    traceback: str = ""
+    duration: float | None = None
+
+    @classmethod
+    def completed(cls, job_id: str, fence: int, result: Any, duration: float | None = None
+                  ) -> Outcome:
+        return cls(job_id, fence, "completed", check_json("result", result), "", "", duration)
+
+    @classmethod
+    def failed(cls, job_id: str, fence: int, error: str, traceback: str = "",
+               duration: float | None = None) -> Outcome:
+        return cls(job_id, fence, "failed", "", error, traceback, duration)
+
+    @classmethod
+    def retry(cls, job_id: str, fence: int, delay: float, error: str, traceback: str = "",
+              duration: float | None = None) -> Outcome:
+        """Failed, to run again after ``delay`` seconds (the caller's backoff)."""
+        if not (delay >= 0 and math.isfinite(delay)):
+            raise ValueError(f"delay: expected a number of seconds >= 0, got {delay!r}")
+        return cls(job_id, fence, "retry", str(math.ceil(delay * 1000)), error, traceback,
+                   duration)
+
+    @classmethod
+    def cancelled(cls, job_id: str, fence: int, duration: float | None = None) -> Outcome:
+        return cls(job_id, fence, "cancelled", "", "", "", duration)
+
+    @classmethod
+    def released(cls, job_id: str, fence: int) -> Outcome:
+        """Not run to the end (shutdown): back to the front of its priority."""
+        return cls(job_id, fence, "released")
+
+
+@attrs.frozen
+class FinishClaim:
+    results: list[str]
+    """Per outcome, in order: ``"ok"``, ``"stale"`` (refused: the lease moved on) or
+    ``"cancelled"`` (a retry or release turned into CANCELLED: cancel was requested)."""
+    claimed: list[StoredJob]
+    """The jobs now PROCESSING under this node, in claim (fairness) order."""
+
+
+@attrs.frozen
+class Renewal:
+    lost: list[str]
+    """Ids this node no longer holds: stop running them, their result would be refused."""
+    cancel_requested: list[str]
+    """Held ids whose cancellation was requested."""
+
+
+@attrs.frozen
+class Reaped:
+    requeued: list[str]
+    failed: list[str]
+    cancelled: list[str]
+
+
+@attrs.frozen
+class Promoted:
+    promoted: int
+    next_due: float | None
+    """Seconds since the epoch (Redis' clock) of the earliest job not due yet."""
+    blocked: int
+    """Due jobs left in ``sched`` because their ready list was full."""
+
+
+@attrs.frozen
+class Counts:
+    queued: tuple[int, int, int]
+    """LLEN of the ready lists, by priority (high, medium, low)."""
+    scheduled: int
+    processing: int
+    totals: Mapping[str, int]
+    """Cluster-wide counters, ``"<name>:<priority label>"``: enqueued, completed, failed,
+    cancelled, retried, rejected, recovered (plus ``"seq"``, the last event number)."""
+    delayed: tuple[int, int, int]
+    """New delayed jobs waiting, by priority (bounded by the capacity, like the engine)."""
+
+    def total(self, name: str) -> int:
+        return sum(self.totals.get(f"{name}:{label}", 0) for label in _LABELS)
+
+
+@attrs.frozen
+class NodeInfo:
+    node: str
+    heartbeat: float
+    """Seconds since the epoch, Redis' clock."""
+    info: Mapping[str, Any]
+
+
+@attrs.frozen
+class StreamEvent:
+    """One entry of the ``events`` stream."""
+
+    stream_id: str
+    seq: int
+    """Queue-wide event number: increases by one per event."""
+    type: str
+    at: float
+    job_id: str
+    task: str
+    priority: str
+    status: str
+    attempt: int
+    node: str
+    error: str | None
+    duration: float | None
+
+
+@attrs.frozen
+class EventBatch:
+    events: list[StreamEvent]
+    last_id: str
+    dropped: int
+    """Events trimmed from the stream before this reader got to them (0: no gap)."""
+
+
+# ---------------------------------------------------------------------------- records
+
+
+def _ms(value: str | None) -> float | None:
+    return None if value is None or value == "" else int(value) / 1000
+
+
+def stored_job(r: Sequence[Any]) -> StoredJob:
+    """A record in :data:`RECORD_FIELDS` order (as the scripts return it) as a job."""
+    job_id: str = r[0] if r else ""
+    field = "fields"
+    try:
+        if len(r) != len(RECORD_FIELDS):
+            raise ValueError(f"expected {len(RECORD_FIELDS)} fields, got {len(r)}")
+        field = "payload"
+        payload = json.loads(r[2])
+        field = "result"
+        result = None if r[12] is None else json.loads(r[12])
+        field = "prio"
+        prio = _PRIORITIES[int(r[3])]
+        field = "status"
+        status = _STATUSES[r[4]]
+        field = "times"
+        job = Job(
+            job_id, r[1], payload, prio, status, int(r[5]), int(r[6]),
+            None if r[7] is None else float(r[7]),
+            int(r[8]) / 1000, _ms(r[9]), _ms(r[10]), _ms(r[11]), result,
+            r[13] or None, r[14] or None,
+        )
+        field = "fence"
+        return StoredJob(job, int(r[15] or 0), r[16], bool(r[17]))
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise CorruptRecord(f"job {job_id!r}: {field}: {exc}") from None
+
+
+def _event(entry_id: str, f: Mapping[str, str]) -> StreamEvent:
+    try:
+        return StreamEvent(
+            entry_id, int(f["seq"]), f["type"], int(f["at"]) / 1000, f["job_id"], f["task"],
+            f["priority"], f["status"], int(f["attempt"]), f["node"], f.get("error"),
+            float(f["duration"]) if "duration" in f else None,
+        )
+    except (KeyError, ValueError) as exc:
+        raise CorruptRecord(f"event {entry_id}: {exc!r}") from None
+
+
+# ---------------------------------------------------------------------------- the state
+
+
+class RedisState:
+    """One queue's state in Redis, shared by every node opened on the same queue name.
+
+    ``capacity`` bounds each priority's ready list (and, apart, its new delayed jobs);
+    ``weights`` are the fair-claim weights high, medium, low; ``result_ttl`` (seconds) is
+    how long a finished job's record stays; ``events_maxlen`` caps the events stream
+    (approximately, ``MAXLEN ~``).
+    """
+
+    def __init__(
+        self,
+        client: RedisClient,
+        queue: str,
+        *,
+        capacity: int = 1000,
+        weights: tuple[int, int, int] = (10, 3, 1),
+        result_ttl: float = 3600.0,
+        events_maxlen: int = 100_000,
+    ) -> None:
+        check_name("queue_name", queue)
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"capacity: expected a positive integer, got {capacity!r}")
+        if len(weights) != 3 or any(
+            isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in weights
+        ):
+            raise ValueError(f"weights: expected three positive integers, got {weights!r}")
+        if not (result_ttl > 0 and math.isfinite(result_ttl)):
+            raise ValueError(f"result_ttl: expected seconds > 0, got {result_ttl!r}")
+        self.client = client
+        self.queue = queue
+        self.prefix = f"tq:{{{queue}}}:"
+        self.capacity = capacity
+        self.weights = weights
+        self.result_ttl = result_ttl
+        self._ttl_ms = max(1, math.ceil(result_ttl * 1000))
+        self._maxlen = events_maxlen
+        self._keys = (self.prefix,)
+        self._scripts = load_all()
+        self._rid_head = uuid.uuid4().hex[:16] + "."
+        self._rid_count = itertools.count()
+
+    def key(self, suffix: str) -> str:
+        """The full name of one of this queue's keys (``ready:high``, ``job:<id>``...)."""
+        return self.prefix + suffix
+
+    def _rid(self) -> str:
+        return self._rid_head + str(next(self._rid_count))
+
+    async def _run(self, name: str, args: Sequence[str | int]) -> Any:
+        return await self.client.run(self._scripts[name], self._keys, args)
+
+    # ------------------------------------------------------------------ intake
+
+    async def enqueue(
+        self, jobs: Sequence[NewJob], *, whole: bool = False, count_rejected: bool = True
+    ) -> list[Admitted]:
+        """Admit a batch in one script call; one :class:`Admitted` per job, in order.
+
+        ``whole``: all or nothing (``enqueue_many``): if any new job lacks room, every new
+        job is FULL; if any id is a DUPLICATE, the others are ABORTED; nothing is stored.
+        ``count_rejected``: count FULL answers in the ``rejected`` total (``False`` for the
+        polling of a producer that waits for room).
+        """
+        if not jobs:
+            return []
+        if len(jobs) > MAX_BATCH:
+            raise InvalidJob(f"jobs: at most {MAX_BATCH} per batch, got {len(jobs)}")
+        args: list[str | int] = [
+            self._rid(), self._maxlen, self.capacity, "1" if whole else "0",
+            "1" if count_rejected else "0",
+        ]
+        for j in jobs:
+            args += (
+                j.id, j.digest, j.task, int(j.priority), j.payload_json, j.max_retries,
+                "" if j.timeout is None else repr(j.timeout), j.delay_ms,
+            )
+        now_ms, codes, recs = await self._run("enqueue", args)
+        created = int(now_ms) / 1000
+        out: list[Admitted] = []
+        by_id: dict[str, Job] = {}
+        for j, code, rec in zip(jobs, codes, recs, strict=True):
+            adm = Admission(code)
+            job: Job | None = None
+            if adm is Admission.ACCEPTED:
+                delayed = j.delay_ms > 0
+                job = Job(
+                    j.id, j.task, j.payload, j.priority,
+                    JobStatus.SCHEDULED if delayed else JobStatus.QUEUED, 0, j.max_retries,
+                    j.timeout, created, created + j.delay_ms / 1000 if delayed else None,
+                    None, None, None, None, None,
+                )
+                by_id.setdefault(j.id, job)
+            elif adm is Admission.EXISTING:
+                job = stored_job(rec).job if rec else by_id.get(j.id)
+                if job is not None:
+                    by_id.setdefault(j.id, job)
+            out.append(Admitted(adm, job))
+        return out
+
+    # ------------------------------------------------------------------ the hot path
+
+    async def finish_and_claim(
+        self, node: str, outcomes: Sequence[Outcome], n: int, lease: float
+    ) -> FinishClaim:
+        """Apply ``outcomes`` (fenced) and claim up to ``n`` jobs, fairly, in one call.
+
+        Each outcome applies only if the job is PROCESSING under ``node`` and its fence;
+        otherwise it is ``"stale"`` and changes nothing (sent again after a lost reply, an
+        applied outcome answers ``"ok"`` and is not applied twice).  Claims follow the
+        smooth weighted round robin kept in Redis, so fairness is exact across all nodes;
+        each claimed job gets fence+1, attempts+1, PROCESSING, a lease of ``lease``
+        seconds on Redis' clock and a ``started`` event, in the same script.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_CLAIM:
+            raise ValueError(f"n: expected an integer 0..{MAX_CLAIM}, got {n!r}")
+        if len(outcomes) > MAX_CLAIM:
+            raise ValueError(f"outcomes: at most {MAX_CLAIM} per call, got {len(outcomes)}")
+        w = self.weights
+        args: list[str | int] = [
+            self._rid() if n else "", self._maxlen, self._ttl_ms, node, _lease_ms(lease), n,
+            w[0], w[1], w[2], len(outcomes),
+        ]
+        for o in outcomes:
+            args += (
+                o.id, o.fence, o.kind, o.value, o.error, o.traceback,
+                "" if o.duration is None else repr(o.duration),
+            )
+        results, claimed = await self._run("finish_and_claim", args)
+        return FinishClaim(list(results), [stored_job(r) for r in claimed])
+
+    async def renew(self, node: str, held: Sequence[tuple[str, int]], lease: float) -> Renewal:
+        """Extend the leases ``node`` still holds (id, fence); report the lost ones."""
+        if not held:
+            return Renewal([], [])
+        args: list[str | int] = [node, _lease_ms(lease)]
+        for job_id, fence in held:
+            args += (job_id, fence)
+        lost, cancel = await self._run("renew", args)
+        return Renewal(list(lost), list(cancel))
+
+    async def reap(self, max_n: int = 100, trim_n: int = 200) -> Reaped:
+        """Requeue (or fail, or cancel) up to ``max_n`` jobs whose lease expired, and drop
+        up to ``trim_n`` expired entries per terminal index."""
+        requeued, failed, cancelled = await self._run(
+            "reap", [self._maxlen, self._ttl_ms, max_n, trim_n]
+        )
+        return Reaped(list(requeued), list(failed), list(cancelled))
+
+    async def promote(self, max_n: int = 100) -> Promoted:
+        """Move up to ``max_n`` due SCHEDULED jobs into ready lists that have room."""
+        promoted, next_due, blocked = await self._run(
+            "promote", [self._maxlen, self.capacity, max_n]
+        )
+        return Promoted(int(promoted), None if next_due is None else int(next_due) / 1000,
+                        int(blocked))
+
+    # ------------------------------------------------------------------ lookups and control
+
+    async def get(self, job_id: str) -> StoredJob | None:
+        check_job_id(job_id)
+        rec = await self._run("get", [job_id])
+        return None if rec[0] is None else stored_job(rec)
+
+    async def list_jobs(
+        self,
+        status: JobStatus | str | None = None,
+        task: str | None = None,
+        limit: int = 100,
+        before: str | None = None,
+        budget: int = 10_000,
+    ) -> tuple[list[Job], str | None]:
+        """Up to ``limit`` jobs, newest first, and the ``before`` of the next page.
+
+        Terminal statuses are ordered by finish time, the others by creation.  At most
+        ``budget`` index entries are examined per call, so a filtered page can be short
+        while ``next`` is not ``None``.
+        """
+        if status is not None:
+            try:
+                status = JobStatus(status)
+            except ValueError:
+                raise InvalidJob(
+                    f"status: expected one of {', '.join(_STATUSES)}; got {status!r}"
+                ) from None
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidJob(f"limit: expected an integer 1..1000, got {limit!r}")
+        if before is not None:
+            check_job_id(before)
+        records, nxt = await self._run(
+            "list", ["" if status is None else status.value, task or "", limit, before or "",
+                     budget],
+        )
+        return [stored_job(r).job for r in records], nxt or None
+
+    async def cancel(self, job_id: str) -> tuple[Literal["cancelled", "requested"], StoredJob]:
+        """Cancel a QUEUED or SCHEDULED job now (``"cancelled"``), or ask the node running
+        a PROCESSING one to stop it (``"requested"``: a ``cancel_requested`` event).
+
+        Raises :class:`JobNotFound`, or :class:`InvalidTransition` for a finished job.
+        """
+        check_job_id(job_id)
+        code, rec = await self._run("cancel", [self._rid(), self._maxlen, self._ttl_ms, job_id])
+        if code == "missing" or rec[0] is None:
+            raise JobNotFound(f"job {job_id!r} not found")
+        stored = stored_job(rec)
+        if code == "finished":
+            raise InvalidTransition(
+                f"cannot cancel a job that is {stored.job.status.value}", stored.job.status
+            )
+        return ("cancelled" if code == "cancelled" else "requested"), stored
+
+    async def retry(self, job_id: str) -> Job:
+        """FAILED or CANCELLED -> QUEUED with attempts reset to 0, if its priority has
+        room (else :class:`QueueFull`)."""
+        check_job_id(job_id)
+        code, rec = await self._run("retry", [self._rid(), self._maxlen, self.capacity, job_id])
+        if code == "missing" or rec[0] is None:
+            raise JobNotFound(f"job {job_id!r} not found")
+        job = stored_job(rec).job
+        if code == "invalid":
+            raise InvalidTransition(f"cannot requeue a job that is {job.status.value}",
+                                    job.status)
+        if code == "full":
+            raise QueueFull(f"priority {_LABELS[job.priority]}: "
+                            f"{self.capacity} jobs already waiting")
+        return job
+
+    async def counts(self) -> Counts:
+        qh, qm, ql, sched, leases, stats, room = await self._run("counts", [])
+        totals = _pairs(stats)
+        r = _pairs(room)
+        return Counts(
+            (int(qh), int(qm), int(ql)), int(sched), int(leases),
+            {k: int(v) for k, v in totals.items()},
+            tuple(int(r.get(f"delayed:{label}", 0)) for label in _LABELS),  # type: ignore[arg-type]
+        )
+
+    # ------------------------------------------------------------------ nodes
+
+    async def heartbeat(self, node: str, info: Mapping[str, Any] | None = None) -> float:
+        """Register ``node`` (or refresh it) with ``info`` (JSON); returns Redis' time."""
+        check_name("node", node)
+        ms = await self._run("nodes", ["beat", node, json.dumps(dict(info or {}))])
+        return int(ms) / 1000
+
+    async def nodes(self, max_age: float = 30.0) -> list[NodeInfo]:
+        """Nodes whose last heartbeat is at most ``max_age`` seconds old."""
+        flat = await self._run("nodes", ["list", math.ceil(max_age * 1000)])
+        return [
+            NodeInfo(flat[i], int(flat[i + 1]) / 1000, json.loads(flat[i + 2]))
+            for i in range(0, len(flat), 3)
+        ]
+
+    async def remove_node(self, node: str) -> bool:
+        check_name("node", node)
+        return bool(await self._run("nodes", ["remove", node]))
+
+    # ------------------------------------------------------------------ wake-ups
+
+    async def wait_for_work(
+        self, node: str, timeout: float = 1.0
+    ) -> Literal["work", "stop"] | None:
+        """Block until a wake token, this node's stop signal, or ``timeout`` seconds.
+
+        ``BLPOP [node:<id>:ctl, wake] timeout`` in a shielded scope: never cancelled in
+        flight, so the calling task may stay uncancellable for up to ``timeout``; stop it
+        with :meth:`stop_waiting`.  Returns ``"stop"``, ``"work"`` (a hint: claim to see),
+        or ``None`` (timeout, or the connection was lost: try to claim anyway; a dead
+        Redis shows up there as :class:`RedisUnavailable`).
+        """
+        from ._client import RedisUnavailable
+
+        ctl = self.prefix + f"node:{node}:ctl"
+        try:
+            got = await self.client.blpop([ctl, self.prefix + "wake"], timeout)
+        except RedisUnavailable:
+            return None
+        if got is None:
+            return None
+        return "stop" if got[0] == ctl else "work"
+
+    async def stop_waiting(self, node: str) -> None:
+        """Wake ``node``'s :meth:`wait_for_work` with ``"stop"`` (now or on its next call
+        within 60 s)."""
+        check_name("node", node)
+        await self._run("nodes", ["stop", node])
+
+    # ------------------------------------------------------------------ events
+
+    async def event_reader(self, *, from_start: bool = False) -> EventReader:
+        """A reader of the ``events`` stream, from its end (or its first entry)."""
+        if from_start:
+            return EventReader(self, "0-0", 0)
+        last = await self.client.last_entry(self.prefix + "events")
+        if last is None:
+            return EventReader(self, "0-0", 0)
+        return EventReader(self, last[0], int(last[1].get("seq", 0)))
+
+
+def _lease_ms(lease: float) -> int:
+    if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not (
+        lease > 0 and math.isfinite(lease)
+    ):
+        raise ValueError(f"lease: expected seconds > 0, got {lease!r}")
+    return max(1, math.ceil(lease * 1000))
+
+
+def _pairs(flat: Any) -> dict[str, str]:
+    """A HGETALL reply inside a script reply: a flat list (RESP2 style) or a map."""
+    if isinstance(flat, Mapping):
+        return {str(k): str(v) for k, v in flat.items()}
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+class EventReader:
+    """Follows the ``events`` stream with ``XREAD BLOCK``, never cancelled in flight.
+
+    :meth:`read` returns the next batch (empty after ``block_ms`` without events);
+    ``async for batch in reader`` reads until :meth:`stop` is called (it takes effect when
+    the current read returns, within ``block_ms``).  Every batch says how many events were
+    trimmed from the stream before the reader got to them (``dropped``), computed from the
+    queue-wide ``seq`` numbers.
+    """
+
+    def __init__(self, state: RedisState, last_id: str, last_seq: int) -> None:
+        self._state = state
+        self.last_id = last_id
+        self.last_seq = last_seq
+        self._stopped = False
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    async def read(self, count: int = 1000, block_ms: int = 1000) -> EventBatch:
+        entries = await self._state.client.xread(
+            self._state.prefix + "events", self.last_id, count, block_ms
+        )
+        events = [_event(entry_id, fields) for entry_id, fields in entries]
+        dropped = 0
+        if events:
+            dropped = max(0, events[0].seq - self.last_seq - 1)
+            self.last_id = events[-1].stream_id
+            self.last_seq = events[-1].seq
+        return EventBatch(events, self.last_id, dropped)
+
+    async def __aiter__(self) -> AsyncIterator[EventBatch]:
+        while not self._stopped:
+            yield await self.read()

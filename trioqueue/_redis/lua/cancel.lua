@@ -1,0 +1,41 @@
+-- cancel(id): QUEUED or SCHEDULED -> CANCELLED now; PROCESSING -> the cancel_requested flag
+-- and a `cancel_requested` event the owning node acts on (it acks `cancelled`).
+-- ARGV: rid, events maxlen, result ttl ms, id.
+-- Reply: {code, record}: cancelled, requested (already requested: the same), missing,
+--   finished (already COMPLETED, FAILED or CANCELLED: nothing changed).
+local rid, maxlen, ttl, id = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local hit = cached(rid)
+if hit then return {hit, record(id)} end
+local key = jkey(id)
+local h = redis.call('HMGET', key, 'status', 'prio', 'task', 'attempts', 'dslot', 'owner')
+local status = h[1]
+local code
+if not status then
+  code = 'missing'
+else
+  local prio, task, attempt = tonumber(h[2]), h[3], tonumber(h[4])
+  if status == 'queued' then
+    redis.call('LREM', P .. 'ready:' .. PRIO[prio + 1], 1, id)
+    finish(id, 'cancelled', prio, ttl, {})
+    emit('cancelled', id, task, prio, 'cancelled', attempt, '')
+    code = 'cancelled'
+  elseif status == 'scheduled' then
+    redis.call('ZREM', P .. 'sched', id)
+    if h[5] then
+      redis.call('HDEL', key, 'dslot')
+      redis.call('HINCRBY', P .. 'room', 'delayed:' .. PRIO[prio + 1], -1)
+    end
+    finish(id, 'cancelled', prio, ttl, {})
+    emit('cancelled', id, task, prio, 'cancelled', attempt, '')
+    code = 'cancelled'
+  elseif status == 'processing' then
+    redis.call('HSET', key, 'cancel_requested', 1)
+    emit('cancel_requested', id, task, prio, 'processing', attempt, h[6])
+    code = 'requested'
+  else
+    code = 'finished'
+  end
+end
+flush_events(maxlen)
+remember(rid, code)
+return {code, record(id)}

@@ -1,0 +1,84 @@
+-- Prepended to every script.  KEYS[1] is the queue's prefix "tq:{<queue>}:"; every key a
+-- script touches is that prefix plus a suffix, so all of them hash to one Cluster slot.
+local P = KEYS[1]
+local PRIO = {'high', 'medium', 'low'} -- a record's prio field is 0, 1, 2: PRIO[prio + 1]
+local FIELDS = {'id', 'task', 'payload', 'prio', 'status', 'attempts', 'max_retries',
+  'timeout', 'created_at', 'scheduled_for', 'started_at', 'finished_at', 'result', 'error',
+  'traceback', 'fence', 'owner', 'cancel_requested'}
+
+-- One clock for every node: Redis' own, in milliseconds.
+local now_ms
+do
+  local t = redis.call('TIME')
+  now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function jkey(id) return P .. 'job:' .. id end
+
+local function record(id) return redis.call('HMGET', jkey(id), unpack(FIELDS)) end
+
+-- Events are collected and written at the end of the script, numbered by one HINCRBY:
+-- `seq` increases by one per event across the whole queue, so a reader that skipped
+-- entries (trimmed by MAXLEN) knows exactly how many.
+local pending_events = {}
+local function emit(kind, id, task, prio, status, attempt, node, extra)
+  local e = {'type', kind, 'job_id', id, 'task', task or '', 'priority', PRIO[prio + 1] or '',
+    'status', status, 'attempt', attempt or 0, 'node', node or ''}
+  if extra then
+    for i = 1, #extra do e[#e + 1] = extra[i] end
+  end
+  pending_events[#pending_events + 1] = e
+end
+
+local function flush_events(maxlen)
+  local n = #pending_events
+  if n == 0 then return end
+  local first = redis.call('HINCRBY', P .. 'stats', 'seq', n) - n
+  local key = P .. 'events'
+  for i = 1, n do
+    redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'seq', first + i, 'at', now_ms,
+      unpack(pending_events[i]))
+  end
+end
+
+-- Wake tokens are hints for idle fetchers (BLPOP); at most 64 are kept.
+local function wake(n)
+  if n <= 0 then return end
+  if n > 64 then n = 64 end
+  local t = {}
+  for i = 1, n do t[i] = '1' end
+  redis.call('RPUSH', P .. 'wake', unpack(t))
+  redis.call('LTRIM', P .. 'wake', -64, -1)
+end
+
+local function count(name, prio, by)
+  redis.call('HINCRBY', P .. 'stats', name .. ':' .. PRIO[prio + 1], by or 1)
+end
+
+-- A job reaches COMPLETED, FAILED or CANCELLED: it expires after the result TTL (ms) and
+-- is listed in idx:<status> by finish time (trimmed by reap once the record has expired).
+local function finish(id, status, prio, ttl_ms, fields)
+  local key = jkey(id)
+  redis.call('HSET', key, 'status', status, 'finished_at', now_ms, unpack(fields))
+  redis.call('HDEL', key, 'cancel_requested')
+  redis.call('PEXPIRE', key, ttl_ms)
+  redis.call('ZADD', P .. 'idx:' .. status, now_ms, id)
+  count(status, prio)
+end
+
+-- Replies of a request id are kept 60 s, so a command the client re-sends after a lost
+-- connection or a timeout gets the first execution's answer instead of running twice.
+local function cached(rid)
+  if rid == '' then return false end
+  return redis.call('GET', P .. 'rid:' .. rid)
+end
+
+local function remember(rid, value)
+  if rid ~= '' then redis.call('SET', P .. 'rid:' .. rid, value, 'PX', 60000) end
+end
+
+local function split(s)
+  local out = {}
+  for w in string.gmatch(s, '%S+') do out[#out + 1] = w end
+  return out
+end

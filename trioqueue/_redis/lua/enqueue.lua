@@ -1,0 +1,155 @@
+-- enqueue(batch): admit new jobs, one call per batch.
+-- ARGV: rid, events maxlen, capacity, whole ('1': all or nothing), count_rejected ('1'),
+--   then per job 8 values: id, digest, task, prio (0-2), payload (JSON text),
+--   max_retries, timeout (seconds, '' for none), delay_ms (0: not delayed).
+-- Reply: {created_at ms, {code per job}, {record or false per job}}.  Codes: accepted,
+--   existing (same id and digest; its record is returned unless it is an earlier job of
+--   this batch), duplicate (same id, other digest), full (its priority has no room),
+--   aborted (whole batch refused because of another job's duplicate).
+local rid = ARGV[1]
+local maxlen = ARGV[2]
+local capacity = tonumber(ARGV[3])
+local whole = ARGV[4] == '1'
+local count_rejected = ARGV[5] == '1'
+local W, B = 8, 5
+local n = (#ARGV - B) / W
+
+local hit = cached(rid)
+if hit then
+  local words = split(hit)
+  local codes, recs = {}, {}
+  for i = 1, n do
+    codes[i] = words[i + 1]
+    recs[i] = false
+    if codes[i] == 'existing' then
+      local r = record(ARGV[B + (i - 1) * W + 1])
+      if r[1] then recs[i] = r end
+    end
+  end
+  return {tonumber(words[1]), codes, recs}
+end
+
+local codes, recs = {}, {}
+local seen = {}
+local need, dneed = {0, 0, 0}, {0, 0, 0}
+local any_dup = false
+for i = 1, n do
+  local b = B + (i - 1) * W
+  local id, digest = ARGV[b + 1], ARGV[b + 2]
+  local p = tonumber(ARGV[b + 4]) + 1
+  recs[i] = false
+  if seen[id] then
+    codes[i] = (seen[id] == digest) and 'existing' or 'duplicate'
+  else
+    local d = redis.call('HGET', jkey(id), 'digest')
+    if d then
+      if d == digest then
+        codes[i] = 'existing'
+        recs[i] = record(id)
+      else
+        codes[i] = 'duplicate'
+      end
+    else
+      codes[i] = 'new'
+      seen[id] = digest
+      if tonumber(ARGV[b + 8]) > 0 then dneed[p] = dneed[p] + 1 else need[p] = need[p] + 1 end
+    end
+  end
+  if codes[i] == 'duplicate' then any_dup = true end
+end
+
+-- Room per priority: the ready list's bound, less the due jobs promote could not move yet
+-- (they go first); delayed jobs have their own bound, like the engine's.
+local room, droom = {}, {}
+for p = 1, 3 do
+  if need[p] > 0 then
+    local blocked = tonumber(redis.call('HGET', P .. 'room', 'blocked:' .. PRIO[p]) or '0')
+    room[p] = capacity - redis.call('LLEN', P .. 'ready:' .. PRIO[p]) - blocked
+  end
+  if dneed[p] > 0 then
+    droom[p] = capacity - tonumber(redis.call('HGET', P .. 'room', 'delayed:' .. PRIO[p]) or '0')
+  end
+end
+
+local refused = {0, 0, 0}
+if whole then
+  local fits = true
+  for p = 1, 3 do
+    if (need[p] > 0 and need[p] > room[p]) or (dneed[p] > 0 and dneed[p] > droom[p]) then
+      fits = false
+    end
+  end
+  if any_dup or not fits then
+    for i = 1, n do
+      if codes[i] == 'new' then
+        codes[i] = fits and 'aborted' or 'full'
+        if not fits then
+          local p = tonumber(ARGV[B + (i - 1) * W + 4]) + 1
+          refused[p] = refused[p] + 1
+        end
+      end
+    end
+  end
+else
+  for i = 1, n do
+    if codes[i] == 'new' then
+      local b = B + (i - 1) * W
+      local p = tonumber(ARGV[b + 4]) + 1
+      local r = (tonumber(ARGV[b + 8]) > 0) and droom or room
+      if r[p] > 0 then
+        r[p] = r[p] - 1
+      else
+        codes[i] = 'full'
+        refused[p] = refused[p] + 1
+      end
+    end
+  end
+end
+if count_rejected then
+  for p = 1, 3 do
+    if refused[p] > 0 then count('rejected', p - 1, refused[p]) end
+  end
+end
+
+local ready = {{}, {}, {}}
+local n_ready = 0
+for i = 1, n do
+  if codes[i] == 'new' then
+    codes[i] = 'accepted'
+    local b = B + (i - 1) * W
+    local id, digest, task = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+    local prio = tonumber(ARGV[b + 4])
+    local delay = tonumber(ARGV[b + 8])
+    local key = jkey(id)
+    local fields = {'id', id, 'task', task, 'payload', ARGV[b + 5], 'prio', prio,
+      'attempts', 0, 'max_retries', ARGV[b + 6], 'created_at', now_ms, 'digest', digest,
+      'fence', 0}
+    if ARGV[b + 7] ~= '' then
+      fields[#fields + 1] = 'timeout'
+      fields[#fields + 1] = ARGV[b + 7]
+    end
+    if delay > 0 then
+      local due = now_ms + delay
+      redis.call('HSET', key, 'status', 'scheduled', 'scheduled_for', due, 'dslot', 1,
+        unpack(fields))
+      redis.call('ZADD', P .. 'sched', due, id)
+      redis.call('HINCRBY', P .. 'room', 'delayed:' .. PRIO[prio + 1], 1)
+      emit('scheduled', id, task, prio, 'scheduled', 0, '')
+    else
+      redis.call('HSET', key, 'status', 'queued', unpack(fields))
+      local list = ready[prio + 1]
+      list[#list + 1] = id
+      n_ready = n_ready + 1
+      emit('enqueued', id, task, prio, 'queued', 0, '')
+    end
+    redis.call('ZADD', P .. 'idx:all', now_ms, id)
+    count('enqueued', prio)
+  end
+end
+for p = 1, 3 do
+  if #ready[p] > 0 then redis.call('RPUSH', P .. 'ready:' .. PRIO[p], unpack(ready[p])) end
+end
+wake(n_ready)
+flush_events(maxlen)
+remember(rid, now_ms .. ' ' .. table.concat(codes, ' '))
+return {now_ms, codes, recs}

@@ -1,0 +1,79 @@
+-- list(status, task, limit, before): newest first.
+-- ARGV: status ('' for any), task ('' for any), limit, before (an id, '' for the start),
+--   budget (index entries examined at most).
+-- Reply: {{record, ...}, next id or false}.  Order: no status -> by creation (idx:all);
+--   completed/failed/cancelled -> by finish time (idx:<status>); queued, scheduled,
+--   processing -> by creation, from the ready lists, `sched` and `leases`.  `next` is the
+--   `before` of the following page; a page can be short when the budget ran out first.
+local status, task, limit, before = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local budget = tonumber(ARGV[5])
+local out = {}
+
+if status == 'queued' or status == 'scheduled' or status == 'processing' then
+  local ids = {}
+  if status == 'queued' then
+    for p = 1, 3 do
+      for _, id in ipairs(redis.call('LRANGE', P .. 'ready:' .. PRIO[p], 0, budget - 1)) do
+        ids[#ids + 1] = id
+      end
+    end
+  else
+    local key = P .. (status == 'scheduled' and 'sched' or 'leases')
+    ids = redis.call('ZRANGE', key, 0, budget - 1)
+  end
+  local rows = {}
+  for _, id in ipairs(ids) do
+    local h = redis.call('HMGET', jkey(id), 'created_at', 'task', 'status')
+    if h[3] == status and (task == '' or h[2] == task) then
+      rows[#rows + 1] = {tonumber(h[1]), id}
+    end
+  end
+  table.sort(rows, function(a, b)
+    if a[1] ~= b[1] then return a[1] > b[1] end
+    return a[2] > b[2]
+  end)
+  local start = 1
+  if before ~= '' then
+    start = #rows + 1
+    local bc = tonumber(redis.call('HGET', jkey(before), 'created_at') or '')
+    for i, row in ipairs(rows) do
+      if bc and (row[1] < bc or (row[1] == bc and row[2] < before)) then start = i; break end
+    end
+  end
+  local nxt = false
+  for i = start, #rows do
+    if #out >= limit then nxt = out[#out][1]; break end
+    out[#out + 1] = record(rows[i][2])
+  end
+  return {out, nxt}
+end
+
+local idx = P .. 'idx:' .. (status == '' and 'all' or status)
+local rank = 0
+if before ~= '' then
+  local r = redis.call('ZREVRANK', idx, before)
+  if not r then return {out, false} end
+  rank = r + 1
+end
+local examined = 0
+local last = false
+while #out < limit and examined < budget do
+  local chunk = math.min(100, budget - examined)
+  local ids = redis.call('ZREVRANGE', idx, rank, rank + chunk - 1)
+  if #ids == 0 then return {out, false} end
+  for _, id in ipairs(ids) do
+    examined = examined + 1
+    rank = rank + 1
+    last = id
+    local r = record(id)
+    if not r[1] then
+      if status == '' then redis.call('ZREM', idx, id); rank = rank - 1 end
+    elseif (status == '' or r[5] == status) and (task == '' or r[2] == task) then
+      out[#out + 1] = r
+      if #out >= limit then break end
+    end
+  end
+end
+-- More entries after `last`?  Then it is where the next page starts.
+if #redis.call('ZREVRANGE', idx, rank, rank) == 0 then last = false end
+return {out, last}

@@ -1,0 +1,39 @@
+-- The node registry: `nodes` (node -> info JSON) and `beats` (node -> last heartbeat ms).
+-- ARGV: op, then per op:
+--   beat, node, info JSON       -> heartbeat time (ms)
+--   list, max age ms            -> {node, heartbeat, info, ...} of nodes seen within max age;
+--                                  entries silent for 100x max age are dropped
+--   remove, node                -> 1 if it was registered (its ctl list is deleted too)
+--   stop, node                  -> push 'stop' to the node's ctl list (kept 60 s): its
+--                                  fetcher leaves its BLPOP at once
+local op = ARGV[1]
+if op == 'beat' then
+  redis.call('HSET', P .. 'nodes', ARGV[2], ARGV[3])
+  redis.call('ZADD', P .. 'beats', now_ms, ARGV[2])
+  return now_ms
+elseif op == 'list' then
+  local age = tonumber(ARGV[2])
+  local dead = redis.call('ZRANGEBYSCORE', P .. 'beats', '-inf', '(' .. (now_ms - 100 * age))
+  for _, node in ipairs(dead) do
+    redis.call('ZREM', P .. 'beats', node)
+    redis.call('HDEL', P .. 'nodes', node)
+  end
+  local live = redis.call('ZRANGEBYSCORE', P .. 'beats', now_ms - age, '+inf', 'WITHSCORES')
+  local out = {}
+  for i = 1, #live, 2 do
+    out[#out + 1] = live[i]
+    out[#out + 1] = tonumber(live[i + 1])
+    out[#out + 1] = redis.call('HGET', P .. 'nodes', live[i]) or '{}'
+  end
+  return out
+elseif op == 'remove' then
+  redis.call('ZREM', P .. 'beats', ARGV[2])
+  redis.call('DEL', P .. 'node:' .. ARGV[2] .. ':ctl')
+  return redis.call('HDEL', P .. 'nodes', ARGV[2])
+elseif op == 'stop' then
+  local ctl = P .. 'node:' .. ARGV[2] .. ':ctl'
+  redis.call('RPUSH', ctl, 'stop')
+  redis.call('PEXPIRE', ctl, 60000)
+  return 1
+end
+return redis.error_reply('nodes: unknown op ' .. tostring(op))

@@ -1,0 +1,53 @@
+-- promote(max_n): move due SCHEDULED jobs (delays, retry backoff) into their ready lists
+-- while those have room.  Safe from every node at once.
+-- ARGV: events maxlen, capacity, max_n.
+-- Reply: {promoted, next due ms or false, blocked}.  `blocked` counts due jobs left for
+--   lack of room; enqueue keeps that much room free for them (they go first), so new
+--   jobs cannot starve them.  `next due` is the earliest entry not due yet.
+local maxlen = ARGV[1]
+local capacity = tonumber(ARGV[2])
+local max_n = tonumber(ARGV[3])
+local room = {}
+local blocked = {0, 0, 0}
+local moved = {{}, {}, {}}
+local promoted = 0
+local due = redis.call('ZRANGEBYSCORE', P .. 'sched', '-inf', now_ms, 'LIMIT', 0, max_n)
+for _, id in ipairs(due) do
+  local key = jkey(id)
+  local h = redis.call('HMGET', key, 'status', 'prio', 'task', 'attempts', 'dslot')
+  if h[1] ~= 'scheduled' then
+    redis.call('ZREM', P .. 'sched', id) -- a left-over: the job moved on
+  else
+    local p = tonumber(h[2]) + 1
+    if not room[p] then
+      room[p] = capacity - redis.call('LLEN', P .. 'ready:' .. PRIO[p])
+    end
+    if room[p] > 0 then
+      room[p] = room[p] - 1
+      redis.call('ZREM', P .. 'sched', id)
+      redis.call('HSET', key, 'status', 'queued')
+      redis.call('HDEL', key, 'scheduled_for')
+      if h[5] then
+        redis.call('HDEL', key, 'dslot')
+        redis.call('HINCRBY', P .. 'room', 'delayed:' .. PRIO[p], -1)
+      end
+      moved[p][#moved[p] + 1] = id
+      promoted = promoted + 1
+      emit('enqueued', id, h[3], p - 1, 'queued', tonumber(h[4]), '')
+    else
+      blocked[p] = blocked[p] + 1
+    end
+  end
+end
+for p = 1, 3 do
+  if #moved[p] > 0 then redis.call('RPUSH', P .. 'ready:' .. PRIO[p], unpack(moved[p])) end
+end
+redis.call('HSET', P .. 'room', 'blocked:high', blocked[1], 'blocked:medium', blocked[2],
+  'blocked:low', blocked[3])
+local nxt = redis.call('ZRANGEBYSCORE', P .. 'sched', '(' .. now_ms, '+inf', 'WITHSCORES',
+  'LIMIT', 0, 1)
+wake(promoted)
+flush_events(maxlen)
+local next_due = false
+if nxt[2] then next_due = tonumber(nxt[2]) end
+return {promoted, next_due, blocked[1] + blocked[2] + blocked[3]}

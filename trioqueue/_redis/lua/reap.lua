@@ -1,0 +1,60 @@
+-- reap(max_n): requeue the jobs whose lease expired (their node died or stalled), and
+-- trim the terminal indexes of records that have expired.
+-- ARGV: events maxlen, result ttl ms, max_n, trim_n (index entries dropped per status).
+-- Reply: {{requeued id, ...}, {failed id, ...}, {cancelled id, ...}}.
+-- Fence+1 makes the old owner's late ack and renew fail.  A requeued job goes to the FRONT
+-- of its priority (it was admitted already: no capacity check), its attempt counted.  A
+-- job that used all its attempts this way ends FAILED: the poison-job guard.  A job whose
+-- cancellation was requested ends CANCELLED.
+local maxlen = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local max_n = tonumber(ARGV[3])
+local trim_n = tonumber(ARGV[4])
+local requeued, failed, cancelled = {}, {}, {}
+local n_woken = 0
+local expired = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', now_ms, 'LIMIT', 0, max_n)
+for _, id in ipairs(expired) do
+  redis.call('ZREM', P .. 'leases', id)
+  local key = jkey(id)
+  local h = redis.call('HMGET', key, 'status', 'prio', 'task', 'attempts', 'max_retries',
+    'owner', 'cancel_requested')
+  if h[1] == 'processing' then
+    local prio, task, attempt = tonumber(h[2]), h[3], tonumber(h[4])
+    local max_retries = tonumber(h[5])
+    redis.call('HINCRBY', key, 'fence', 1)
+    if h[7] then
+      finish(id, 'cancelled', prio, ttl, {})
+      count('recovered', prio)
+      emit('cancelled', id, task, prio, 'cancelled', attempt, h[6])
+      cancelled[#cancelled + 1] = id
+    elseif attempt >= max_retries + 1 then
+      local err = 'LeaseExpired: lease expired (worker lost) during attempt ' .. attempt ..
+        ' (max_retries=' .. max_retries .. ')'
+      finish(id, 'failed', prio, ttl, {'error', err, 'traceback', ''})
+      count('recovered', prio)
+      emit('failed', id, task, prio, 'failed', attempt, h[6], {'error', err})
+      failed[#failed + 1] = id
+    else
+      redis.call('HSET', key, 'status', 'queued')
+      redis.call('HDEL', key, 'started_at')
+      redis.call('LPUSH', P .. 'ready:' .. PRIO[prio + 1], id)
+      count('recovered', prio)
+      n_woken = n_woken + 1
+      emit('recovered', id, task, prio, 'queued', attempt, h[6])
+      requeued[#requeued + 1] = id
+    end
+  end
+end
+-- Terminal records expire by themselves; drop their index entries once they have.
+local cutoff = now_ms - ttl
+for _, status in ipairs({'completed', 'failed', 'cancelled'}) do
+  local idx = P .. 'idx:' .. status
+  local old = redis.call('ZRANGEBYSCORE', idx, '-inf', '(' .. cutoff, 'LIMIT', 0, trim_n)
+  for _, id in ipairs(old) do
+    redis.call('ZREM', idx, id)
+    if redis.call('EXISTS', jkey(id)) == 0 then redis.call('ZREM', P .. 'idx:all', id) end
+  end
+end
+wake(n_woken)
+flush_events(maxlen)
+return {requeued, failed, cancelled}
