@@ -46,6 +46,8 @@ from trioqueue.server._http import (
         ("GET", "/metrics", "metrics", None),
         ("GET", "/healthz", "healthz", None),
         ("GET", "/openapi.json", "openapi", None),
+        ("GET", "/", "dashboard", None),
+        ("GET", "/dashboard.js", "dashboard", None),
     ],
 )
 def test_routes(method: str, path: str, name: str, job_id: str | None) -> None:
@@ -56,7 +58,7 @@ def test_routes(method: str, path: str, name: str, job_id: str | None) -> None:
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [
-        ("GET", "/", 404), ("GET", "/jobs/", 404), ("GET", "/jobs/a/b/c", 404),
+        ("GET", "/nothing", 404), ("GET", "/jobs/", 404), ("GET", "/jobs/a/b/c", 404),
         ("GET", "/jobs/a/nothing", 404), ("POST", "/jobs//cancel", 404),
         ("DELETE", "/jobs", 405), ("POST", "/jobs/abc", 405), ("GET", "/jobs/abc/cancel", 405),
         ("POST", "/metrics", 405), ("GET", "/events", 426),

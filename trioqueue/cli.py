@@ -20,6 +20,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Mapping
 from typing import Any, TextIO
+from urllib.parse import quote
 
 import httpx
 import trio
@@ -206,6 +207,9 @@ async def _serve_until_signalled(
 
             url = await nursery.start(run_server)
             print(f"trioqueue serving on {url}", file=out, flush=True)
+            if settings.token:  # in the fragment, which browsers never send to a server
+                print(f"trioqueue dashboard: {url}/#token={quote(settings.token, safe='')}",
+                      file=out, flush=True)
     if forced:
         return 128 + forced[0]
     return 0

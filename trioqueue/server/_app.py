@@ -29,6 +29,7 @@ from .._exceptions import (
     UnknownTask,
 )
 from .._job import Job, JobStatus, check_json
+from ._dashboard import MetricsHistory, static_response
 from ._http import (
     EventFilter,
     HostCheck,
@@ -145,6 +146,9 @@ class App:
         self._good_hosts: set[bytes] = set()
         self._openapi: bytes | None = None
         self._encode = _EventEncoder()
+        self.history = MetricsHistory()
+        """Recent counter samples for the dashboard's chart; :func:`serve` runs its
+        sampler (``history.run``)."""
 
     @property
     def closing(self) -> bool:
@@ -243,12 +247,15 @@ class App:
                                     (CLOSE,))
                 if self._cross_origin(headers):
                     raise HTTPError(403, "cross-origin requests are not allowed", (CLOSE,))
-                if not self._authorized(headers):
+                if found.name != "dashboard" and not self._authorized(headers):
                     raise HTTPError(401, "missing or wrong bearer token",
                                     ((b"www-authenticate", b"Bearer"), CLOSE))
-            query = parse_query(scope.get("query_string", b""))
-            status, body, extra = await self._dispatch(found.name, found.job_id, query,
-                                                       headers, receive)
+            if found.name == "dashboard":  # the public page shell: no data, no token
+                status, body, extra = static_response(path)
+            else:
+                query = parse_query(scope.get("query_string", b""))
+                status, body, extra = await self._dispatch(found.name, found.job_id, query,
+                                                           headers, receive)
         except HTTPError as exc:
             status, body, extra = exc.status, _dumps({"error": exc.message}), exc.headers
             if exc.status == 413:
@@ -506,6 +513,9 @@ class App:
         async with self.queue.subscribe(
             self.settings.event_buffer, metrics=wanted.periodic_metrics
         ) as events:
+            if wanted.history:  # the chart's past, before the first live snapshot
+                message = self.history.message(self.queue.config.metrics_interval)
+                await send({"type": "websocket.send", "text": _dumps(message).decode()})
             if wanted.snapshot and not wanted.periodic_metrics:
                 await send({"type": "websocket.send", "text": encode(self.queue.metrics_event())})
             async for event in events:

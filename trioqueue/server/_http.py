@@ -52,6 +52,10 @@ ROUTES: dict[str, dict[str, str]] = {
     "/metrics": {"GET": "metrics"},
     "/healthz": {"GET": "healthz"},
     "/openapi.json": {"GET": "openapi"},
+    # The dashboard's page shell: public, it holds no data (see _dashboard.py).
+    "/": {"GET": "dashboard", "HEAD": "dashboard"},
+    "/dashboard.js": {"GET": "dashboard", "HEAD": "dashboard"},
+    "/dashboard.css": {"GET": "dashboard", "HEAD": "dashboard"},
 }
 JOB_ROUTES: dict[str, dict[str, str]] = {
     "": {"GET": "get_job"},
@@ -248,11 +252,13 @@ def wants_prometheus(query: Mapping[str, str], accept: bytes | None) -> bool:
 
 @attrs.frozen
 class EventFilter:
-    """What a websocket client asked for: event types, job ids, a metrics snapshot."""
+    """What a websocket client asked for: event types, job ids, a metrics snapshot, and
+    the recent counter samples first (``history``, for the dashboard's chart)."""
 
     types: frozenset[str] | None = None
     job_ids: frozenset[str] | None = None
     snapshot: bool = False
+    history: bool = False
 
     @property
     def periodic_metrics(self) -> bool:
@@ -276,7 +282,8 @@ def _flag(name: str, raw: str) -> bool:
 
 
 def parse_event_filter(query: Mapping[str, str]) -> EventFilter:
-    """``types=a,b``, ``job_id=x[,y]``, ``snapshot=true``; raise ``ValueError``."""
+    """``types=a,b``, ``job_id=x[,y]``, ``snapshot=true``, ``history=true``; raise
+    ``ValueError``."""
     types = None
     raw_types = query.get("types")
     if raw_types:
@@ -294,7 +301,8 @@ def parse_event_filter(query: Mapping[str, str]) -> EventFilter:
         if not job_ids:
             raise ValueError(f"job_id: expected one or more ids, got {raw_ids!r}")
     snapshot = _flag("snapshot", query["snapshot"]) if "snapshot" in query else False
-    return EventFilter(types, job_ids, snapshot)
+    history = _flag("history", query["history"]) if "history" in query else False
+    return EventFilter(types, job_ids, snapshot, history)
 
 
 # ---------------------------------------------------------------------------- hosts

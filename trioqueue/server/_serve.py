@@ -74,6 +74,7 @@ async def serve(
     async with trio.open_nursery() as nursery:
         queue = await nursery.start(_run_queue, registry, config, stop, state)
         app = App(queue, settings, state)
+        nursery.start_soon(app.history.run, queue, state.closed)  # the dashboard's chart
         url = await nursery.start(partial(
             serve_lean, app, settings.host, settings.port, max_body=settings.max_body,
             user_timeout_ms=int(settings.slow_client_timeout * 1000),
