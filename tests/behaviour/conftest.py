@@ -1,0 +1,282 @@
+"""The behaviour suite: what every backend must do, written against the public API only.
+
+Every test takes the ``backend`` fixture, parametrised over :data:`BACKENDS`, and opens
+its queue with ``backend.open(registry, **config)``.  Adding a backend is one entry in
+:data:`BACKENDS`: a function from the test's ``tmp_path`` to the ``QueueConfig`` keyword
+arguments that select it.  The ``redis`` entry is there already; it skips until
+``QueueConfig`` has a ``redis_url`` field, so the suite runs on Redis the day it lands.
+
+Time.  The local backends run on trio's mock clock, so times asserted here are exact.
+pytest-trio's ``autojump_clock`` does not do for the SQLite store: it jumps whenever every
+task is blocked, and a task waiting for the store's writer thread counts as blocked, so
+the clock would leap over deadlines (a retry's due time, the store's own watchdog) while a
+commit is under way in real time.  The ``clock`` fixture here is a ``MockClock`` that
+does not move by itself, and the ``backend`` fixture starts :func:`autojump`, which
+moves it to the next deadline only when every task is blocked *and* no thread started by
+``trio.to_thread`` is at work (the default thread limiter lends no token).  Time then
+passes only when nothing could happen before the next deadline, whatever the threads'
+real speed.  Even so, tests read times from job snapshots and handlers, wait for jobs and
+handlers rather than sleeping for "long enough", and use no ``fail_after`` guards.
+
+A backend whose delays do not follow trio's clock (Redis keeps them on the server's clock)
+says ``virtual_time=False``: ``clock`` is then ``None`` (trio's real clock) and the tests
+that need virtual time skip there (``backend.needs_virtual_time()``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+import trioqueue
+from trioqueue import Job, JobQueue, Priority, QueueConfig, TaskRegistry
+
+REDIS_URL = os.environ.get("TRIOQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+"""The Redis the suite uses once the Redis backend exists (a database of its own)."""
+
+
+@attrs.frozen
+class BackendSpec:
+    kwargs: Callable[[Path], dict[str, Any]]
+    """``tmp_path`` -> the ``QueueConfig`` keyword arguments that select the backend."""
+    persistent: bool = False
+    """Jobs outlive the queue: a queue opened again on the same kwargs sees them."""
+    virtual_time: bool = True
+    """Delays and timeouts follow trio's clock (the mock clock works)."""
+
+
+def _redis(tmp_path: Path) -> dict[str, Any]:
+    if "redis_url" not in attrs.fields_dict(QueueConfig):
+        pytest.skip("Redis backend not built yet")
+    # A queue of its own per test: nothing seen here was left by another test.
+    return {"redis_url": REDIS_URL, "queue_name": f"behaviour-{uuid.uuid4().hex}",
+            "prefetch": 0}
+
+
+BACKENDS: dict[str, BackendSpec] = {
+    "memory": BackendSpec(lambda tmp: {}),
+    "sqlite": BackendSpec(
+        lambda tmp: {"persist_path": tmp / "queue.db", "durability": "sync"}, persistent=True
+    ),
+    "sqlite-batch": BackendSpec(
+        lambda tmp: {"persist_path": tmp / "queue.db", "durability": "batch"}, persistent=True
+    ),
+    "redis": BackendSpec(_redis, persistent=True, virtual_time=False),
+}
+
+TEST_DEFAULTS: dict[str, Any] = {"retry_jitter": 0.0}
+"""Config every test starts from (exact backoff); a test's own keywords win."""
+
+
+@attrs.define
+class Backend:
+    """One backend under test: its id, its config keywords, what it promises."""
+
+    id: str
+    kwargs: dict[str, Any]
+    persistent: bool
+    virtual_time: bool
+
+    def config(self, **overrides: Any) -> QueueConfig:
+        return QueueConfig(**{**TEST_DEFAULTS, **self.kwargs, **overrides})
+
+    @asynccontextmanager
+    async def open(self, registry: TaskRegistry, **overrides: Any) -> AsyncIterator[JobQueue]:
+        async with trioqueue.open_queue(registry, self.config(**overrides)) as q:
+            yield q
+
+    def needs_virtual_time(self) -> None:
+        if not self.virtual_time:
+            pytest.skip(f"{self.id}: exact times need delays on trio's mock clock")
+
+
+@pytest.fixture(params=list(BACKENDS))
+def backend_config(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """The ``QueueConfig`` keyword arguments of the backend under test."""
+    spec = BACKENDS[request.param]
+    return spec.kwargs(tmp_path)
+
+
+@pytest.fixture
+def clock(request: pytest.FixtureRequest) -> trio.testing.MockClock | None:
+    """A mock clock for backends whose time is trio's (moved by :func:`autojump`, which
+    the ``backend`` fixture starts); ``None``, trio's real clock, otherwise.  Every test
+    of the suite takes it: pytest-trio runs a test on the clock among its arguments."""
+    spec = BACKENDS[request.node.callspec.params["backend_config"]]
+    return trio.testing.MockClock() if spec.virtual_time else None
+
+
+@pytest.fixture
+async def backend(
+    request: pytest.FixtureRequest,
+    backend_config: dict[str, Any],
+    clock: trio.testing.MockClock | None,
+    nursery: trio.Nursery,
+) -> Backend:
+    backend_id = request.node.callspec.params["backend_config"]
+    spec = BACKENDS[backend_id]
+    if clock is not None:
+        if trio.lowlevel.current_clock() is not clock:
+            pytest.fail("a behaviour test must take the clock fixture as an argument")
+        nursery.start_soon(autojump, clock)
+    return Backend(backend_id, backend_config, spec.persistent, spec.virtual_time)
+
+
+IDLE = 0.0002
+"""Seconds (real) every task must have been blocked before :func:`autojump` looks: more
+than zero, so that a test's own ``wait_all_tasks_blocked()`` always wakes first."""
+
+
+async def settle() -> None:
+    """Return once every other task is blocked and no ``trio.to_thread`` thread is at
+    work (the store's reads and writes run in threads): nothing more happens until the
+    clock moves or someone acts.  ``wait_all_tasks_blocked()`` alone would return while
+    a task waits for a thread."""
+    threads = trio.to_thread.current_default_thread_limiter()
+    await trio.testing.wait_all_tasks_blocked()
+    while threads.borrowed_tokens:
+        await trio.testing.wait_all_tasks_blocked(IDLE / 2)
+
+
+async def autojump(clock: trio.testing.MockClock) -> None:
+    """Move ``clock`` to the next deadline whenever every other task is blocked and no
+    ``trio.to_thread`` thread is at work; while one is, wait for it in real time."""
+    threads = trio.to_thread.current_default_thread_limiter()
+    while True:
+        await trio.testing.wait_all_tasks_blocked(IDLE)
+        if threads.borrowed_tokens:
+            continue
+        ahead = trio.lowlevel.current_statistics().seconds_to_next_deadline
+        if 0 < ahead < math.inf:
+            clock.jump(ahead)
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@attrs.frozen
+class Run:
+    task: str
+    job_id: str
+    payload: Any
+    attempt: int
+    at: float
+    """``trio.current_time()`` when the handler started."""
+
+
+class Harness:
+    """A registry of test tasks that record each run, and gates that hold a handler.
+
+    - ``echo``: returns its payload.
+    - ``gated``: payload is a gate name; waits until the test opens that gate.
+    - ``fail``: always raises ``RuntimeError("boom <attempt>")``; ``max_retries=3``.
+    - ``flaky``: payload ``{"fail_times": n}``; its first ``n`` attempts raise.
+    - ``sleep``: sleeps ``payload`` seconds and returns it.
+    - ``bad_result``: returns a value that is not JSON.
+    - ``tuned``: defaults LOW priority, ``max_retries=7``, ``timeout=9``.
+    """
+
+    def __init__(self) -> None:
+        self.registry = TaskRegistry()
+        self.runs: list[Run] = []
+        self._gates: dict[str, trio.Event] = {}
+        self._entered: dict[str, trio.Event] = {}
+        self.interrupted: list[str] = []
+        """Ids of jobs whose handler saw ``trio.Cancelled``."""
+        reg = self.registry
+
+        def record(job: Job) -> None:
+            self.runs.append(Run(job.task, job.id, job.payload, job.attempts,
+                                 trio.current_time()))
+
+        @reg.task
+        async def echo(job: Job) -> Any:
+            record(job)
+            return job.payload
+
+        @reg.task
+        async def gated(job: Job) -> str:
+            record(job)
+            self._event(self._entered, job.payload).set()
+            try:
+                await self._event(self._gates, job.payload).wait()
+            except trio.Cancelled:
+                self.interrupted.append(job.id)
+                raise
+            return "opened"
+
+        @reg.task(max_retries=3)
+        async def fail(job: Job) -> None:
+            record(job)
+            raise RuntimeError(f"boom {job.attempts}")
+
+        @reg.task
+        async def flaky(job: Job) -> str:
+            record(job)
+            if job.attempts <= job.payload["fail_times"]:
+                raise RuntimeError(f"flaky {job.attempts}")
+            return "ok"
+
+        @reg.task
+        async def sleep(job: Job) -> float:
+            record(job)
+            await trio.sleep(job.payload)
+            return float(job.payload)
+
+        @reg.task
+        async def bad_result(job: Job) -> object:
+            record(job)
+            return {1, 2}
+
+        @reg.task(priority=Priority.LOW, max_retries=7, timeout=9.0)
+        async def tuned(job: Job) -> None:
+            record(job)
+
+    @staticmethod
+    def _event(table: dict[str, trio.Event], name: str) -> trio.Event:
+        event = table.get(name)
+        if event is None:
+            event = table[name] = trio.Event()
+        return event
+
+    def open_gate(self, name: str) -> None:
+        self._event(self._gates, name).set()
+
+    async def entered(self, name: str) -> None:
+        """Return once a ``gated`` job with this gate name is running."""
+        await self._event(self._entered, name).wait()
+
+    def started(self, task: str | None = None) -> list[str]:
+        """Job ids in the order their attempts started (one entry per attempt)."""
+        return [r.job_id for r in self.runs if task is None or r.task == task]
+
+    def starts_of(self, job_id: str) -> list[float]:
+        return [r.at for r in self.runs if r.job_id == job_id]
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness()
+
+
+def drain(events: trio.MemoryReceiveChannel[trioqueue.Event]) -> list[trioqueue.Event]:
+    """Every event already in the channel."""
+    out = []
+    while True:
+        try:
+            out.append(events.receive_nowait())
+        except trio.WouldBlock:
+            return out
+
+
+EMPTY = {"high": 0, "medium": 0, "low": 0}
