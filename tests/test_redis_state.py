@@ -639,12 +639,15 @@ async def test_scripts_are_idempotent_when_sent_again(env: Env) -> None:
     assert await env.admin.llen(env.key("ready:high")) == 1
     assert (await s.counts()).total("enqueued") == 2
 
-    # What coredis does after a lost reply: the very same command (same request id).
-    s._rid = lambda: "resent-1"
-    resent = await s.enqueue([new("c", L, 3)])
-    assert (await s.enqueue([new("c", L, 3)])) == resent
-    assert resent[0].code is Admission.ACCEPTED
+    # What coredis does after a lost reply: the very same command.  An enqueue carries no
+    # request id: its re-send finds the jobs by id.
+    (sent,) = await s.enqueue([new("c", L, 3)])
+    (resent,) = await s.enqueue([new("c", L, 3)])
+    assert sent.code is Admission.ACCEPTED
+    assert resent.code is Admission.EXISTING
+    assert resent.job == sent.job
     assert await env.admin.llen(env.key("ready:low")) == 1
+    assert (await s.counts()).total("enqueued") == 3
 
     s._rid = lambda: "resent-2"
     claim = await s.finish_and_claim("n", [], 2, 30)
@@ -1010,3 +1013,37 @@ def test_payload_json_keeps_key_order() -> None:
     job = NewJob.build("j", "t", {"b": 1, "a": 2})
     assert json.loads(job.payload_json) == {"b": 1, "a": 2}
     assert job.payload_json == '{"b":1,"a":2}'
+
+
+async def test_unicode_and_lone_surrogates_round_trip(env: Env) -> None:
+    s = env.state()
+    payload = {"clé": "😀 \u00e9", "lone": "\ud800"}
+    await s.enqueue([NewJob.build("u", "tâche", payload, priority=L)])
+    (c,) = (await s.finish_and_claim("n", [], 1, 30)).claimed
+    assert c.job.payload == payload
+    assert c.job.task == "tâche"
+    err = "ValueError: bad \ud800 é"
+    fc = await s.finish_and_claim("n", [Outcome.failed("u", c.fence, err, "tb \udcff")], 0, 30)
+    assert fc.results == ["ok"]
+    got = await s.get("u")
+    assert got is not None
+    assert got.job.error == "ValueError: bad \\ud800 é"
+    assert got.job.traceback == "tb \\udcff"
+    with pytest.raises(InvalidJob, match="task"):
+        NewJob.build("v", "t\ud800", None)
+
+
+async def test_a_malformed_batch_changes_nothing(env: Env) -> None:
+    s = env.state()
+    await s.enqueue([new("a", H), new("b", H)])
+    held = {c.job.id: c.fence for c in (await s.finish_and_claim("n", [], 2, 30)).claimed}
+    with pytest.raises(ValueError, match="unknown kind"):
+        await s.finish_and_claim("n", [Outcome("a", held["a"], "exploded")], 0, 30)  # type: ignore[arg-type]
+    # The script checks the whole batch before writing: a bad second outcome leaves the
+    # first one unapplied.
+    bad = json.dumps([["a", str(held["a"]), "completed", "null", "", "", ""],
+                      ["b", str(held["b"]), "retry", "soon", "", "", ""]])
+    with pytest.raises(coredis.exceptions.ResponseError, match="retry delay"):
+        await s._run("finish_and_claim", ["", 100, 1000, "n", 1000, 0, 10, 3, 1, bad])
+    assert (await s.get("a")).job.status is JobStatus.PROCESSING  # type: ignore[union-attr]
+    assert await env.admin.zcard(env.key("leases")) == 2

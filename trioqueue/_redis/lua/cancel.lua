@@ -16,7 +16,7 @@ else
   local prio, task, attempt = tonumber(h[2]), h[3], tonumber(h[4])
   if status == 'queued' then
     redis.call('LREM', P .. 'ready:' .. PRIO[prio + 1], 1, id)
-    finish(id, 'cancelled', prio, ttl, {})
+    finish(id, 'cancelled', prio, ttl, {}, false)
     emit('cancelled', id, task, prio, 'cancelled', attempt, '')
     code = 'cancelled'
   elseif status == 'scheduled' then
@@ -25,7 +25,7 @@ else
       redis.call('HDEL', key, 'dslot')
       redis.call('HINCRBY', P .. 'room', 'delayed:' .. PRIO[prio + 1], -1)
     end
-    finish(id, 'cancelled', prio, ttl, {})
+    finish(id, 'cancelled', prio, ttl, {}, false)
     emit('cancelled', id, task, prio, 'cancelled', attempt, '')
     code = 'cancelled'
   elseif status == 'processing' then
@@ -36,6 +36,6 @@ else
     code = 'finished'
   end
 end
-flush_events(maxlen)
+flush(maxlen)
 remember(rid, code)
 return {code, record(id)}

@@ -30,7 +30,23 @@ local function emit(kind, id, task, prio, status, attempt, node, extra)
   pending_events[#pending_events + 1] = e
 end
 
-local function flush_events(maxlen)
+-- Counters too are summed in the script and written once per field at the end.
+local pending_counts = {}
+local pending_idx = {} -- status -> {score, id, ...} for idx:<status>
+local function count(name, prio, by)
+  local field = name .. ':' .. PRIO[prio + 1]
+  pending_counts[field] = (pending_counts[field] or 0) + (by or 1)
+end
+
+-- Write the index entries, counters and events of this call (every script ends with it):
+-- one ZADD per index and one HINCRBY per counter, whatever the batch.
+local function flush(maxlen)
+  for status, idx in pairs(pending_idx) do
+    redis.call('ZADD', P .. 'idx:' .. status, unpack(idx))
+  end
+  for field, by in pairs(pending_counts) do
+    redis.call('HINCRBY', P .. 'stats', field, by)
+  end
   local n = #pending_events
   if n == 0 then return end
   local first = redis.call('HINCRBY', P .. 'stats', 'seq', n) - n
@@ -51,30 +67,33 @@ local function wake(n)
   redis.call('LTRIM', P .. 'wake', -64, -1)
 end
 
-local function count(name, prio, by)
-  redis.call('HINCRBY', P .. 'stats', name .. ':' .. PRIO[prio + 1], by or 1)
-end
-
 -- A job reaches COMPLETED, FAILED or CANCELLED: it expires after the result TTL (ms) and
 -- is listed in idx:<status> by finish time (trimmed by reap once the record has expired).
-local function finish(id, status, prio, ttl_ms, fields)
+local function finish(id, status, prio, ttl_ms, fields, flagged)
   local key = jkey(id)
   redis.call('HSET', key, 'status', status, 'finished_at', now_ms, unpack(fields))
-  redis.call('HDEL', key, 'cancel_requested')
+  if flagged then redis.call('HDEL', key, 'cancel_requested') end
   redis.call('PEXPIRE', key, ttl_ms)
-  redis.call('ZADD', P .. 'idx:' .. status, now_ms, id)
+  local idx = pending_idx[status]
+  if not idx then
+    idx = {}
+    pending_idx[status] = idx
+  end
+  idx[#idx + 1] = now_ms
+  idx[#idx + 1] = id
   count(status, prio)
 end
 
--- Replies of a request id are kept 60 s, so a command the client re-sends after a lost
--- connection or a timeout gets the first execution's answer instead of running twice.
+-- Replies of a request id are kept 30 s (beyond the client's 15 s reply timeout), so a
+-- command the client re-sends after a lost connection or a timeout gets the first
+-- execution's answer instead of running twice.
 local function cached(rid)
   if rid == '' then return false end
   return redis.call('GET', P .. 'rid:' .. rid)
 end
 
 local function remember(rid, value)
-  if rid ~= '' then redis.call('SET', P .. 'rid:' .. rid, value, 'PX', 60000) end
+  if rid ~= '' then redis.call('SET', P .. 'rid:' .. rid, value, 'PX', 30000) end
 end
 
 local function split(s)

@@ -1,7 +1,8 @@
 -- enqueue(batch): admit new jobs, one call per batch.
 -- ARGV: rid, events maxlen, capacity, whole ('1': all or nothing), count_rejected ('1'),
---   then per job 8 values: id, digest, task, prio (0-2), payload (JSON text),
---   max_retries, timeout (seconds, '' for none), delay_ms (0: not delayed).
+--   jobs: a JSON array with per job an array of 8 strings: id, digest, task, prio (0-2),
+--   payload (JSON text), max_retries, timeout (seconds, '' for none), delay_ms ('0': not
+--   delayed).  One argument instead of 8 per job: the client pays per argument.
 -- Reply: {created_at ms, {code per job}, {record or false per job}}.  Codes: accepted,
 --   existing (same id and digest; its record is returned unless it is an earlier job of
 --   this batch), duplicate (same id, other digest), full (its priority has no room),
@@ -11,8 +12,23 @@ local maxlen = ARGV[2]
 local capacity = tonumber(ARGV[3])
 local whole = ARGV[4] == '1'
 local count_rejected = ARGV[5] == '1'
-local W, B = 8, 5
-local n = (#ARGV - B) / W
+local J = cjson.decode(ARGV[6])
+local n = #J
+-- Check the whole batch before writing anything (a failing script keeps its writes).
+for i = 1, n do
+  local j = J[i]
+  if type(j) ~= 'table' or #j ~= 8 then
+    return redis.error_reply('enqueue: job ' .. i .. ': expected 8 fields')
+  end
+  for k = 1, 8 do
+    if type(j[k]) ~= 'string' then
+      return redis.error_reply('enqueue: job ' .. i .. ': field ' .. k .. ' is not a string')
+    end
+  end
+  if not PRIO[(tonumber(j[4]) or -1) + 1] or not tonumber(j[6]) or not tonumber(j[8]) then
+    return redis.error_reply('enqueue: job ' .. i .. ': prio, max_retries or delay')
+  end
+end
 
 local hit = cached(rid)
 if hit then
@@ -22,7 +38,7 @@ if hit then
     codes[i] = words[i + 1]
     recs[i] = false
     if codes[i] == 'existing' then
-      local r = record(ARGV[B + (i - 1) * W + 1])
+      local r = record(J[i][1])
       if r[1] then recs[i] = r end
     end
   end
@@ -34,9 +50,9 @@ local seen = {}
 local need, dneed = {0, 0, 0}, {0, 0, 0}
 local any_dup = false
 for i = 1, n do
-  local b = B + (i - 1) * W
-  local id, digest = ARGV[b + 1], ARGV[b + 2]
-  local p = tonumber(ARGV[b + 4]) + 1
+  local j = J[i]
+  local id, digest = j[1], j[2]
+  local p = tonumber(j[4]) + 1
   recs[i] = false
   if seen[id] then
     codes[i] = (seen[id] == digest) and 'existing' or 'duplicate'
@@ -52,7 +68,7 @@ for i = 1, n do
     else
       codes[i] = 'new'
       seen[id] = digest
-      if tonumber(ARGV[b + 8]) > 0 then dneed[p] = dneed[p] + 1 else need[p] = need[p] + 1 end
+      if tonumber(j[8]) > 0 then dneed[p] = dneed[p] + 1 else need[p] = need[p] + 1 end
     end
   end
   if codes[i] == 'duplicate' then any_dup = true end
@@ -84,7 +100,7 @@ if whole then
       if codes[i] == 'new' then
         codes[i] = fits and 'aborted' or 'full'
         if not fits then
-          local p = tonumber(ARGV[B + (i - 1) * W + 4]) + 1
+          local p = tonumber(J[i][4]) + 1
           refused[p] = refused[p] + 1
         end
       end
@@ -93,9 +109,8 @@ if whole then
 else
   for i = 1, n do
     if codes[i] == 'new' then
-      local b = B + (i - 1) * W
-      local p = tonumber(ARGV[b + 4]) + 1
-      local r = (tonumber(ARGV[b + 8]) > 0) and droom or room
+      local p = tonumber(J[i][4]) + 1
+      local r = (tonumber(J[i][8]) > 0) and droom or room
       if r[p] > 0 then
         r[p] = r[p] - 1
       else
@@ -116,17 +131,17 @@ local n_ready = 0
 for i = 1, n do
   if codes[i] == 'new' then
     codes[i] = 'accepted'
-    local b = B + (i - 1) * W
-    local id, digest, task = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
-    local prio = tonumber(ARGV[b + 4])
-    local delay = tonumber(ARGV[b + 8])
+    local j = J[i]
+    local id, digest, task = j[1], j[2], j[3]
+    local prio = tonumber(j[4])
+    local delay = tonumber(j[8])
     local key = jkey(id)
-    local fields = {'id', id, 'task', task, 'payload', ARGV[b + 5], 'prio', prio,
-      'attempts', 0, 'max_retries', ARGV[b + 6], 'created_at', now_ms, 'digest', digest,
+    local fields = {'id', id, 'task', task, 'payload', j[5], 'prio', prio,
+      'attempts', 0, 'max_retries', j[6], 'created_at', now_ms, 'digest', digest,
       'fence', 0}
-    if ARGV[b + 7] ~= '' then
+    if j[7] ~= '' then
       fields[#fields + 1] = 'timeout'
-      fields[#fields + 1] = ARGV[b + 7]
+      fields[#fields + 1] = j[7]
     end
     if delay > 0 then
       local due = now_ms + delay
@@ -150,6 +165,6 @@ for p = 1, 3 do
   if #ready[p] > 0 then redis.call('RPUSH', P .. 'ready:' .. PRIO[p], unpack(ready[p])) end
 end
 wake(n_ready)
-flush_events(maxlen)
+flush(maxlen)
 remember(rid, now_ms .. ' ' .. table.concat(codes, ' '))
 return {now_ms, codes, recs}

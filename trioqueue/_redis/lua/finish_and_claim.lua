@@ -1,7 +1,7 @@
 -- finish_and_claim(outcomes, n): the hot path, one call per fetcher round trip.
 -- ARGV: rid, events maxlen, result ttl ms, node, lease ms, n (claims wanted),
---   weights high, medium, low, number of outcomes, then per outcome 7 values:
---   id, fence, kind, value, error, traceback, duration (seconds, '' for none).
+--   weights high, medium, low, outcomes: a JSON array with per outcome an array of 7
+--   strings: id, fence, kind, value, error, traceback, duration (seconds, '' for none).
 --   kind: completed (value: result JSON), failed, retry (value: delay ms), cancelled,
 --   released (back to the front of its ready list, the attempt stays counted).
 -- Reply: {{result per outcome}, {claimed record, ...}}.  A result is 'ok' (applied, or
@@ -15,17 +15,36 @@ local node = ARGV[4]
 local lease = tonumber(ARGV[5])
 local want = tonumber(ARGV[6])
 local weights = {tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])}
-local n_out = tonumber(ARGV[10])
-local B, W = 10, 7
+local OUT = cjson.decode(ARGV[10])
+local n_out = #OUT
 
 local TARGET = {completed = 'completed', failed = 'failed', retry = 'scheduled',
   cancelled = 'cancelled', released = 'queued'}
 
+-- Check every outcome before changing anything: a script that fails half way keeps its
+-- writes.
+for i = 1, n_out do
+  local o = OUT[i]
+  if type(o) ~= 'table' or #o ~= 7 or not TARGET[o[3]] then
+    return redis.error_reply('finish_and_claim: outcome ' .. i .. ': bad shape or kind')
+  end
+  for k = 1, 7 do
+    if type(o[k]) ~= 'string' then
+      return redis.error_reply('finish_and_claim: outcome ' .. i .. ': field ' .. k ..
+        ' is not a string')
+    end
+  end
+  if o[3] == 'retry' and not tonumber(o[4]) then
+    return redis.error_reply('finish_and_claim: outcome ' .. i .. ': retry delay')
+  end
+end
+
 local results = {}
+local left = {} -- ids whose lease ends here: one ZREM
 local n_woken = 0
 for i = 1, n_out do
-  local b = B + (i - 1) * W
-  local id, fence, kind = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  local o = OUT[i]
+  local id, fence, kind = o[1], o[2], o[3]
   local key = jkey(id)
   local h = redis.call('HMGET', key, 'status', 'fence', 'owner', 'prio', 'task', 'attempts',
     'cancel_requested')
@@ -37,23 +56,23 @@ for i = 1, n_out do
     results[i] = (status == TARGET[kind]) and 'ok' or 'stale'
   else
     local prio, task, attempt = tonumber(h[4]), h[5], tonumber(h[6])
-    local value, err, tb, dur = ARGV[b + 4], ARGV[b + 5], ARGV[b + 6], ARGV[b + 7]
+    local value, err, tb, dur = o[4], o[5], o[6], o[7]
     local extra = {}
     if dur ~= '' then extra = {'duration', dur} end
     if h[7] and (kind == 'retry' or kind == 'released') then kind = 'cancelled' end
-    redis.call('ZREM', P .. 'leases', id)
+    left[#left + 1] = id
     results[i] = 'ok'
     if kind == 'completed' then
-      finish(id, 'completed', prio, ttl, {'result', value})
+      finish(id, 'completed', prio, ttl, {'result', value}, h[7])
       emit('completed', id, task, prio, 'completed', attempt, node, extra)
     elseif kind == 'failed' then
-      finish(id, 'failed', prio, ttl, {'error', err, 'traceback', tb})
+      finish(id, 'failed', prio, ttl, {'error', err, 'traceback', tb}, h[7])
       extra[#extra + 1] = 'error'
       extra[#extra + 1] = err
       emit('failed', id, task, prio, 'failed', attempt, node, extra)
     elseif kind == 'cancelled' then
-      if h[7] and TARGET[ARGV[b + 3]] ~= 'cancelled' then results[i] = 'cancelled' end
-      finish(id, 'cancelled', prio, ttl, {})
+      if h[7] and o[3] ~= 'cancelled' then results[i] = 'cancelled' end
+      finish(id, 'cancelled', prio, ttl, {}, h[7])
       emit('cancelled', id, task, prio, 'cancelled', attempt, node, extra)
     elseif kind == 'retry' then
       local due = now_ms + tonumber(value)
@@ -70,11 +89,11 @@ for i = 1, n_out do
       redis.call('LPUSH', P .. 'ready:' .. PRIO[prio + 1], id)
       n_woken = n_woken + 1
       emit('requeued', id, task, prio, 'queued', attempt, node)
-    else
-      return redis.error_reply('finish_and_claim: unknown outcome kind ' .. kind)
     end
   end
 end
+
+if #left > 0 then redis.call('ZREM', P .. 'leases', unpack(left)) end
 
 local claimed = {}
 local hit = cached(rid)
@@ -93,6 +112,7 @@ else
     local credit = {tonumber(raw[1]) or 0, tonumber(raw[2]) or 0, tonumber(raw[3]) or 0}
     local before = {credit[1], credit[2], credit[3]}
     local deadline = now_ms + lease
+    local leased = {} -- {deadline, id, ...}: one ZADD
     while #ids < want do
       -- One smooth weighted round robin step, as trioqueue/_fairness.py: every priority
       -- with work earns its weight, the richest (ties: more urgent) pays the total back;
@@ -122,25 +142,31 @@ else
       end
       -- Take the first id of that list that is still QUEUED (others are left-overs).
       local list = P .. 'ready:' .. PRIO[best]
-      local id = nil
+      local id, r = nil, nil
       while len[best] > 0 do
         local cand = redis.call('LPOP', list)
         len[best] = len[best] - 1
         if not cand then
           len[best] = 0
-        elseif redis.call('HGET', jkey(cand), 'status') == 'queued' then
-          id = cand
-          break
+        else
+          r = record(cand)
+          if r[5] == 'queued' then
+            id = cand
+            break
+          end
         end
       end
       if id then
-        local key = jkey(id)
-        redis.call('HINCRBY', key, 'fence', 1)
-        local attempt = redis.call('HINCRBY', key, 'attempts', 1)
-        redis.call('HSET', key, 'status', 'processing', 'owner', node, 'started_at', now_ms)
-        redis.call('ZADD', P .. 'leases', deadline, id)
+        -- r is the record in FIELDS order: 5 status, 6 attempts, 11 started_at, 16 fence,
+        -- 17 owner.  One HSET writes the claim; the reply is r with the same changes.
+        local fence = tonumber(r[16] or '0') + 1
+        local attempt = tonumber(r[6]) + 1
+        redis.call('HSET', jkey(id), 'status', 'processing', 'owner', node,
+          'started_at', now_ms, 'fence', fence, 'attempts', attempt)
+        r[5], r[6], r[11], r[16], r[17] = 'processing', attempt, now_ms, fence, node
+        leased[#leased + 1] = deadline
+        leased[#leased + 1] = id
         ids[#ids + 1] = id
-        local r = record(id)
         claimed[#claimed + 1] = r
         emit('started', id, r[2], best - 1, 'processing', attempt, node)
       else
@@ -148,6 +174,7 @@ else
         credit = saved
       end
     end
+    if #leased > 0 then redis.call('ZADD', P .. 'leases', unpack(leased)) end
     if credit[1] ~= before[1] or credit[2] ~= before[2] or credit[3] ~= before[3] then
       redis.call('HSET', P .. 'swrr', 'high', credit[1], 'medium', credit[2], 'low', credit[3])
     end
@@ -155,5 +182,5 @@ else
   remember(rid, table.concat(ids, ' '))
 end
 wake(n_woken)
-flush_events(maxlen)
+flush(maxlen)
 return {results, claimed}

@@ -47,7 +47,7 @@ redis.call('HSET', P .. 'room', 'blocked:high', blocked[1], 'blocked:medium', bl
 local nxt = redis.call('ZRANGEBYSCORE', P .. 'sched', '(' .. now_ms, '+inf', 'WITHSCORES',
   'LIMIT', 0, 1)
 wake(promoted)
-flush_events(maxlen)
+flush(maxlen)
 local next_due = false
 if nxt[2] then next_due = tonumber(nxt[2]) end
 return {promoted, next_due, blocked[1] + blocked[2] + blocked[3]}

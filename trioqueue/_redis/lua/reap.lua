@@ -23,14 +23,14 @@ for _, id in ipairs(expired) do
     local max_retries = tonumber(h[5])
     redis.call('HINCRBY', key, 'fence', 1)
     if h[7] then
-      finish(id, 'cancelled', prio, ttl, {})
+      finish(id, 'cancelled', prio, ttl, {}, true)
       count('recovered', prio)
       emit('cancelled', id, task, prio, 'cancelled', attempt, h[6])
       cancelled[#cancelled + 1] = id
     elseif attempt >= max_retries + 1 then
       local err = 'LeaseExpired: lease expired (worker lost) during attempt ' .. attempt ..
         ' (max_retries=' .. max_retries .. ')'
-      finish(id, 'failed', prio, ttl, {'error', err, 'traceback', ''})
+      finish(id, 'failed', prio, ttl, {'error', err, 'traceback', ''}, false)
       count('recovered', prio)
       emit('failed', id, task, prio, 'failed', attempt, h[6], {'error', err})
       failed[#failed + 1] = id
@@ -56,5 +56,5 @@ for _, status in ipairs({'completed', 'failed', 'cancelled'}) do
   end
 end
 wake(n_woken)
-flush_events(maxlen)
+flush(maxlen)
 return {requeued, failed, cancelled}

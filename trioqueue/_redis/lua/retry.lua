@@ -31,6 +31,6 @@ else
     code = 'requeued'
   end
 end
-flush_events(maxlen)
+flush(maxlen)
 remember(rid, code)
 return {code, record(id)}
