@@ -22,6 +22,7 @@ import attrs
 import httpx
 import pytest
 import trio
+from trio_websocket import open_websocket_url
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Message, RejectConnection, Request
 
@@ -323,6 +324,28 @@ async def test_websocket_with_a_bad_host_is_refused() -> None:
         assert code == 1008
         assert reason.startswith("host: ")
         assert EVIL in reason
+
+
+# ---------------------------------------------------------------------------- connections
+
+
+async def test_max_connections_reaches_the_http_server() -> None:
+    """Two websockets hold both connections of ``max_connections=2``: a third connection
+    is answered 503 at once (the HTTP server's rule when every connection is busy)."""
+    async with served(max_connections=2) as srv:
+        url = f"ws://127.0.0.1:{srv.port}/events?snapshot=true"
+        async with open_websocket_url(url) as first, open_websocket_url(url) as second:
+            for ws in (first, second):
+                with trio.fail_after(LIMIT):
+                    assert json.loads(await ws.get_message())["type"] == "metrics"
+            with trio.fail_after(LIMIT):
+                stream = await trio.open_tcp_stream("127.0.0.1", srv.port)
+                async with stream:
+                    answer = b""
+                    while chunk := await stream.receive_some(65536):
+                        answer += chunk
+            assert answer.startswith(b"HTTP/1.1 503 "), answer
+            assert b"2 connections" in answer
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -78,6 +78,7 @@ async def serve(
         url = await nursery.start(partial(
             serve_lean, app, settings.host, settings.port, max_body=settings.max_body,
             user_timeout_ms=int(settings.slow_client_timeout * 1000),
+            max_connections=settings.max_connections,
             shutdown_trigger=state.closed.wait,
         ))
         log.info("trioqueue server: serving %d tasks on %s (token %s; answers to Host %s)",
