@@ -30,7 +30,7 @@ from trioqueue import QueueConfig, open_queue
 from trioqueue.demo import registry as demo_registry
 from trioqueue.server import App, ServerSettings, _lean, serve
 
-from .test_server_lean import Peer, connect, converse, echo_app, lean, post
+from .test_server_lean import Peer, connect, converse, echo_app, lean, parse_responses, post
 
 # ---------------------------------------------------------------------------- smuggling
 
@@ -91,8 +91,6 @@ async def read_all(peer: Peer) -> bytes:
 
 
 def responses(data: bytes) -> list[tuple[int, dict[str, str]]]:
-    from .test_server_lean import parse_responses
-
     found, rest = parse_responses(data)
     assert rest == b"", rest
     return [(status, headers) for status, headers, _ in found]

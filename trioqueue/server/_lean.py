@@ -17,7 +17,8 @@ What it speaks:
   (so a 413 on the declared length goes out without the body being sent), any other
   ``Expect`` gets 417.
 - Keep-alive by default (HTTP/1.1), ``Connection: close`` honoured both ways, pipelined
-  requests answered in order.  A body the app did not read is never read from the
+  requests answered in order (CR and LF bytes before a request line are skipped, as
+  llhttp does).  A body the app did not read is never read from the
   socket: if it had all arrived already the connection goes on, else the response says
   ``connection: close`` and the connection ends (so is a response the app marks so).
 - A websocket upgrade (``GET``) goes to wsproto; another ``Upgrade`` offer is ignored
