@@ -324,7 +324,7 @@ async def test_open_file_limit_caps_max_connections(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Past the open-file limit, accept fails with EMFILE; the cap stays under it."""
-    monkeypatch.setattr(_lean, "_open_file_limit", lambda: _lean.FD_RESERVE + 2)
+    monkeypatch.setattr(_lean, "_open_file_limit", lambda wanted: _lean.FD_RESERVE + 2)
     app = GatedApp(2)
     answers: list[int] = []
     async with lean(app, max_connections=1000) as (port, _), trio.open_nursery() as nursery:
@@ -335,6 +335,22 @@ async def test_open_file_limit_caps_max_connections(
             await assert_refused_at_once(port, 2)
         app.gate.set()
     assert answers == [200, 200]
+
+
+def test_open_file_limit_is_raised_towards_what_is_wanted() -> None:
+    """A soft limit below what max_connections needs is raised (up to the hard limit)."""
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = 256
+    if hard != resource.RLIM_INFINITY and hard < low + 100:
+        pytest.skip(f"the hard open-file limit ({hard}) is too low to test with")
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+        assert _lean._open_file_limit(low + 100) == low + 100
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (low + 100, hard)
+        assert _lean._open_file_limit(10) == low + 100  # never lowered
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 class FailingListener(trio.abc.Listener[trio.abc.Stream]):

@@ -42,7 +42,8 @@ What it speaks:
   only when every connection is busy in the app (or a websocket) is the new one answered
   503 and closed at once.  So slow or idle clients cannot keep ``/healthz`` from an
   answer (they would, were new connections left to wait), and a refusal costs no task.
-  The cap is kept under the open-file limit (less :data:`FD_RESERVE`).  Accept errors
+  The soft open-file limit is raised to fit the cap (up to the hard limit); a cap that
+  still does not fit is kept under it (less :data:`FD_RESERVE`).  Accept errors
   (``EMFILE``...) close a connection as at the cap and are logged as one warning per
   :data:`WARN_INTERVAL` with a count, never a traceback per connection.
 - Shutdown: when ``shutdown_trigger`` returns, listening stops, idle connections close,
@@ -994,13 +995,24 @@ class _WebSocket:
         self.conn.hang_up()
 
 
-def _open_file_limit() -> int | None:
-    """The soft limit on open files of this process; None if unlimited or unknown."""
+def _open_file_limit(wanted: int) -> int | None:
+    """The soft limit on open files of this process, first raised towards ``wanted``
+    as far as the hard limit allows (as Go's runtime does at start: the soft limit is a
+    default of 1024 on many systems, a leftover of select(), which Trio does not use).
+    ``None`` if unlimited or unknown."""
     try:
         import resource
     except ImportError:  # pragma: no cover - not Unix
         return None
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if raised > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+                soft = raised
+            except (OSError, ValueError):  # pragma: no cover - not allowed here
+                pass
     return None if soft == resource.RLIM_INFINITY else soft
 
 
@@ -1021,14 +1033,15 @@ async def serve_lean(
     ``user_timeout_ms`` sets ``TCP_USER_TIMEOUT`` (Linux) on the listening sockets, which
     accepted ones inherit: a peer that accepts no data that long is disconnected.
     ``max_connections`` caps the connections open at once (see the module docstring for
-    what happens past it); at most the open-file limit less :data:`FD_RESERVE`, so that
-    slow clients meet the cap, not ``EMFILE``.
+    what happens past it).  The soft open-file limit is raised to fit it (up to the hard
+    limit); a cap that still does not fit is lowered to the limit less
+    :data:`FD_RESERVE`, so that slow clients meet the cap, not ``EMFILE``.
     """
     if isinstance(max_connections, bool) or not isinstance(max_connections, int) or (
         max_connections < 1
     ):
         raise ValueError(f"max_connections: expected an integer >= 1, got {max_connections!r}")
-    limit = _open_file_limit()
+    limit = _open_file_limit(max_connections + FD_RESERVE)
     if limit is not None and max_connections > limit - FD_RESERVE:
         capped = max(1, limit - FD_RESERVE)
         log.warning("max_connections %d does not fit the open-file limit of %d (less %d for "
