@@ -11,8 +11,11 @@ from __future__ import annotations
 import functools
 import gc
 import json
+import socket
+import subprocess
 import warnings
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -980,6 +983,7 @@ async def test_closing_the_adapter_waits_for_a_blocked_call(env: Env) -> None:
     assert got == [None]
 
 
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
 async def test_unreachable_redis_raises_redis_unavailable() -> None:
     from trioqueue._redis import RedisUnavailable
 
@@ -989,9 +993,7 @@ async def test_unreachable_redis_raises_redis_unavailable() -> None:
             with pytest.raises(RedisUnavailable):
                 await s.counts()
             assert await s.wait_for_work("n", 0.1) is None
-    # coredis 6.9.0 leaves the memory streams of a connection that never connected
-    # unclosed; collect them here, where their ResourceWarning is expected.
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # collected here, under this test's filter
         warnings.simplefilter("ignore", ResourceWarning)
         gc.collect()
     with pytest.raises(ValueError, match="redis_url"):
@@ -1047,3 +1049,63 @@ async def test_a_malformed_batch_changes_nothing(env: Env) -> None:
         await s._run("finish_and_claim", ["", 100, 1000, "n", 1000, 0, 10, 3, 1, bad])
     assert (await s.get("a")).job.status is JobStatus.PROCESSING  # type: ignore[union-attr]
     assert await env.admin.zcard(env.key("leases")) == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "yes", "--appendfsync", "always", "--dir", str(directory)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+# coredis 6.9.0 leaves the memory streams of a connection that never connected unclosed:
+# refused connections here are expected, and so is their ResourceWarning.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+async def test_script_cache_flushed_and_server_restarted(tmp_path: Path) -> None:
+    """A private redis-server on another loopback port: the scripts are loaded again
+    after SCRIPT FLUSH (as after a failover), and after a restart the next call
+    reconnects and finds the state Redis kept (AOF)."""
+    port = _free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    server = _start_redis(port, tmp_path)
+    try:
+        async with connect(url, connect_timeout=1.0) as client:
+            s = RedisState(client, unique("q"))
+
+            async def up() -> bool:
+                try:
+                    await client.ping()
+                except Exception:
+                    return False
+                return True
+
+            await poll(up, timeout=10)
+            await s.enqueue([new("a", H), new("b", M)])
+            async with coredis.Redis.from_url(url, decode_responses=True) as raw:
+                await raw.script_flush()
+            assert (await s.counts()).queued == (1, 1, 0)
+
+            server.kill()
+            server.wait()
+            from trioqueue._redis import RedisUnavailable
+
+            with pytest.raises(RedisUnavailable):
+                await s.counts()
+            server = _start_redis(port, tmp_path)
+            await poll(up, timeout=10)
+            (c,) = (await s.finish_and_claim("n", [], 1, 30)).claimed
+            assert c.job.id == "a"
+            assert (await s.counts()).queued == (0, 1, 0)
+        with warnings.catch_warnings():  # collected here, under this test's filter
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+    finally:
+        server.kill()
+        server.wait()
