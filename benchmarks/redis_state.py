@@ -8,6 +8,7 @@ hands the claimed jobs to ``workers`` no-op worker tasks through a memory channe
 nothing to claim it waits for a worker to finish.  ``jobs`` no-op jobs are enqueued first
 (a third per priority, events on), then timed from the first claim to the last ack.
 
+First the floor: the client CPU of an EVALSHA of ``return 1`` through the same adapter.
 Per case: jobs/s (median and range of the runs), the client's CPU per call and per job
 (``time.process_time`` of this process over the timed part) and Redis' CPU per job
 (``INFO cpu`` before and after: it counts every client of that Redis, so other work on the
@@ -109,6 +110,21 @@ async def run_node(state: RedisState, workers: int, prefetch: int, jobs: int
     return {"seconds": t1 - t0, "cpu": cpu1 - cpu0, "calls": calls, "order": order}
 
 
+async def bare_call(url: str, calls: int = 2000) -> float:
+    """Client CPU (µs) of one EVALSHA of ``return 1`` through the adapter: the floor
+    under every script call."""
+    from trioqueue._redis._client import lua_script
+
+    async with connect(url, client_name="tq-bench") as client:
+        script = lua_script("return 1")
+        for _ in range(200):
+            await client.run(script, ["tq:{bench}:x"], [])
+        cpu0 = time.process_time()
+        for _ in range(calls):
+            await client.run(script, ["tq:{bench}:x"], [])
+        return (time.process_time() - cpu0) / calls * 1e6
+
+
 def fair_windows(order: list[int], per_prio: int) -> bool:
     """Every 14 consecutive claims are 10:3:1 while every priority still had work."""
     seen = [0, 0, 0]
@@ -163,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per case")
     args = parser.parse_args(argv)
     rows = []
+    floor = trio.run(bare_call, args.url)
+    if args.json:
+        print(json.dumps({"bare_evalsha_client_cpu_us": floor}), flush=True)
+    else:
+        print(f"bare EVALSHA (return 1): client {floor:.0f} us/call", flush=True)
     for workers, prefetch in CASES:
         runs = [trio.run(one_run, args.url, workers, prefetch, args.jobs)
                 for _ in range(args.runs)]

@@ -1109,3 +1109,19 @@ async def test_script_cache_flushed_and_server_restarted(tmp_path: Path) -> None
     finally:
         server.kill()
         server.wait()
+
+
+async def test_a_node_leaves_tasks_it_lacks_queued(env: Env) -> None:
+    s = env.state()
+    await s.enqueue([NewJob.build("x", "other", None, priority=H),
+                     NewJob.build("y", "mine", None, priority=H),
+                     NewJob.build("z", "mine", None, priority=M)])
+    fc = await s.finish_and_claim("a", [], 3, 30, tasks={"mine"})
+    # "x" heads the high list and "a" cannot run it: it stays there, "a" takes medium.
+    assert [c.job.id for c in fc.claimed] == ["z"]
+    assert await env.admin.lrange(env.key("ready:high"), 0, -1) == ["x", "y"]
+    fc = await s.finish_and_claim("b", [], 1, 30, tasks={"mine", "other"})
+    assert [c.job.id for c in fc.claimed] == ["x"]
+    fc = await s.finish_and_claim("a", [], 3, 30, tasks={"mine"})
+    assert [c.job.id for c in fc.claimed] == ["y"]
+    assert (await s.get("x")).job.attempts == 1  # type: ignore[union-attr]

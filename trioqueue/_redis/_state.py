@@ -19,7 +19,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import attrs
@@ -439,7 +439,12 @@ class RedisState:
     # ------------------------------------------------------------------ the hot path
 
     async def finish_and_claim(
-        self, node: str, outcomes: Sequence[Outcome], n: int, lease: float
+        self,
+        node: str,
+        outcomes: Sequence[Outcome],
+        n: int,
+        lease: float,
+        tasks: Collection[str] | None = None,
     ) -> FinishClaim:
         """Apply ``outcomes`` (fenced) and claim up to ``n`` jobs, fairly, in one call.
 
@@ -449,6 +454,11 @@ class RedisState:
         smooth weighted round robin kept in Redis, so fairness is exact across all nodes;
         each claimed job gets fence+1, attempts+1, PROCESSING, a lease of ``lease``
         seconds on Redis' clock and a ``started`` event, in the same script.
+
+        ``tasks``: the task names this node can run.  A job of another task stays first in
+        its priority for a node that can run it, and this call takes nothing more from
+        that priority (a node lacking a task holds back that priority for itself only;
+        fairness is exact when every node knows every task).
         """
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_CLAIM:
             raise ValueError(f"n: expected an integer 0..{MAX_CLAIM}, got {n!r}")
@@ -465,7 +475,7 @@ class RedisState:
         ])
         args: list[str | int] = [
             self._rid() if n else "", self._maxlen, self._ttl_ms, node, _lease_ms(lease), n,
-            w[0], w[1], w[2], batch,
+            w[0], w[1], w[2], batch, "" if tasks is None else _dumps(sorted(tasks)),
         ]
         results, claimed = await self._run("finish_and_claim", args)
         return FinishClaim(list(results), [stored_job(r) for r in claimed])

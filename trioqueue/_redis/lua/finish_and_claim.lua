@@ -1,7 +1,8 @@
 -- finish_and_claim(outcomes, n): the hot path, one call per fetcher round trip.
 -- ARGV: rid, events maxlen, result ttl ms, node, lease ms, n (claims wanted),
 --   weights high, medium, low, outcomes: a JSON array with per outcome an array of 7
---   strings: id, fence, kind, value, error, traceback, duration (seconds, '' for none).
+--   strings: id, fence, kind, value, error, traceback, duration (seconds, '' for none),
+--   tasks: a JSON array of the task names this node can run ('' for any).
 --   kind: completed (value: result JSON), failed, retry (value: delay ms), cancelled,
 --   released (back to the front of its ready list, the attempt stays counted).
 -- Reply: {{result per outcome}, {claimed record, ...}}.  A result is 'ok' (applied, or
@@ -17,6 +18,11 @@ local want = tonumber(ARGV[6])
 local weights = {tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])}
 local OUT = cjson.decode(ARGV[10])
 local n_out = #OUT
+local known = false
+if ARGV[11] and ARGV[11] ~= '' then
+  known = {}
+  for _, name in ipairs(cjson.decode(ARGV[11])) do known[name] = true end
+end
 
 local TARGET = {completed = 'completed', failed = 'failed', retry = 'scheduled',
   cancelled = 'cancelled', released = 'queued'}
@@ -151,7 +157,14 @@ else
         else
           r = record(cand)
           if r[5] == 'queued' then
-            id = cand
+            if known and not known[r[2]] then
+              -- A task this node cannot run: it stays first in line for a node that
+              -- can, and this node takes nothing more from that priority in this call.
+              redis.call('LPUSH', list, cand)
+              len[best] = 0
+            else
+              id = cand
+            end
             break
           end
         end
