@@ -245,6 +245,12 @@ def plan(sizes: Sizes) -> list[Case]:
         add(f"http/fanout-{k}", "http", f"http-fanout-{k}", "trioqueue-http",
             f"trioqueue serve: websocket /events fan-out to {k} client(s)", "fanout",
             {"n": sizes.fanout_n, "clients": k}, server)
+    quick = sizes.wrk_s < FULL.wrk_s
+    add("http/post-dashboard", "http", "http-post-dashboard", "trioqueue-dashboard",
+        "trioqueue serve: POST /jobs with one dashboard open (Chromium where installed), "
+        "interleaved with none", "post_dashboard",
+        {"rounds": 1 if quick else 3, "seconds": 0.5 if quick else 2.5,
+         "client": "websocket" if quick else "auto"}, server)
     return cases
 
 

@@ -22,6 +22,7 @@ SYSTEMS = {
     "saq": "benchmarks.sys_saq",
     "streaq": "benchmarks.sys_streaq",
     "trioqueue-http": "benchmarks.sys_http",
+    "trioqueue-dashboard": "benchmarks.dashboard_load",
 }
 
 

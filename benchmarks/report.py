@@ -136,6 +136,11 @@ def _details(case: dict[str, Any]) -> str:
                 f"latency p50 {_med(case, 'p50_ms'):.1f} ms, p99 {_med(case, 'p99_ms'):.1f} ms;"
                 f" server CPU {_med(case, 'server_cpu_s'):.1f} s; non-2xx "
                 f"{_med(case, 'non_2xx'):,.0f}")
+    if case["id"] == "http/post-dashboard":
+        return (f"none {_med(case, 'none_requests_per_s'):,.0f} POST/s, ratio "
+                f"{_med(case, 'ratio'):.2f} (dashboard: {r0.get('client')}); server CPU "
+                f"{_med(case, 'cpu_us_per_post_none'):.0f} us/POST without, "
+                f"{_med(case, 'cpu_us_per_post_dashboard'):.0f} us with")
     if case["id"] == "http/post":
         statuses = ", ".join(f"{k}: {v:,}" for k, v in sorted(r0.get("statuses", {}).items()))
         return (f"latency p50 {_med(case, 'p50_ms'):.1f} ms, p99 {_med(case, 'p99_ms'):.1f} ms;"

@@ -301,7 +301,7 @@ class JobQueue:
         """Tell the store, the subscribers and the debug log that ``rec`` changed."""
         if self._persist is not None:
             self._persist.changed(kind, rec)
-        if self._events._subs:
+        if self._events._subs and self._events.takes():  # (not if all are over max_rate)
             self._emit(kind, rec, worker, duration)
         if self._debug:
             log.debug(
@@ -803,19 +803,27 @@ class JobQueue:
 
     @asynccontextmanager
     async def subscribe(
-        self, buffer: int | None = None, *, metrics: bool = False
+        self, buffer: int | None = None, *, metrics: bool = False,
+        max_rate: float | None = None,
     ) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
         """A channel of every :class:`Event` from now on, with its own bounded buffer.
 
         A subscriber that falls behind loses events and then receives a ``lagged`` event
         saying how many; it never slows the queue.  With ``metrics=True`` it also receives
         a ``metrics`` event every ``config.metrics_interval`` seconds, starting with one
-        at once.  The channel ends when the queue closes.
+        at once.  With ``max_rate``, job events over that many a second (bursts of one
+        second's worth pass) are dropped and counted in ``lagged`` the same way.  The
+        channel ends when the queue closes.
         """
         size = self._config.event_buffer if buffer is None else buffer
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"buffer: expected a positive integer, got {size!r}")
-        receive = self._events.add(size, metrics)
+        if max_rate is not None and (
+            isinstance(max_rate, bool) or not isinstance(max_rate, (int, float))
+            or not 0 < max_rate < float("inf")
+        ):
+            raise ValueError(f"max_rate: expected events a second > 0, got {max_rate!r}")
+        receive = self._events.add(size, metrics, max_rate)
         if metrics:
             self._events.publish(self.metrics_event())
             self._timer_wake.set()  # the timer starts ticking metrics

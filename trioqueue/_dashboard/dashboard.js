@@ -20,6 +20,11 @@
   const CHART_POINTS = 120;
   const STALE_MS = 5000;
   const RELOAD_GAP_MS = 1000;
+  // Job events a second the server sends this page at most (/events?max_rate=); over it,
+  // it drops the rest and says how many in a `lagged` event, and the page reloads what
+  // it shows (at most once a second).  Nobody reads a faster feed, and sending every
+  // event at thousands of jobs a second would cost the server a third of its POST rate.
+  const MAX_RATE = 100;
   const TERMINAL = new Set(["completed", "failed", "cancelled"]);
   const CANCELLABLE = new Set(["queued", "scheduled", "processing"]);
   const RETRYABLE = new Set(["failed", "cancelled"]);
@@ -38,6 +43,7 @@
     optionalTypes: true,
     lastMessage: 0,
     missed: 0,
+    thinnedAt: 0, // when the server last skipped events (a `lagged`)
     dropped: 0, // queued messages dropped since the last reload (inbox full)
     inbox: [],
     frame: 0,
@@ -64,6 +70,8 @@
     jobsLoaded: false,
     bulkRetry: null, // has the server POST /jobs/retry? (asked once)
     taskFilter: "unknown", // "yes" once a list answer has `next` (the newer API)
+    stale: { jobs: false, running: false }, // reload when the tab is shown
+    runningLoaded: false,
     dead: new Map(),
     deadFull: false,
     deadDirty: false,
@@ -228,7 +236,8 @@
     const url = new URL("events", window.location.href);
     url.protocol = window.location.protocol === "https:" ? "wss:" : "ws:";
     url.hash = "";
-    const query = new URLSearchParams({ types: types.join(","), history: "true" });
+    const query = new URLSearchParams({ types: types.join(","), history: "true",
+      max_rate: String(MAX_RATE) });
     if (S.token) query.set("token", S.token);
     url.search = query.toString();
     if (S.conn !== "live") setConn(S.attempt ? "reconnecting" : "connecting");
@@ -309,7 +318,10 @@
     banner.hidden = !message;
     let fresh = "";
     if (S.lastMessage) fresh = `updated ${ago(S.lastMessage)} ago`;
-    if (S.missed) fresh += `${fresh ? " · " : ""}${num(S.missed)} events missed`;
+    if (S.missed) fresh += `${fresh ? " · " : ""}${num(S.missed)} events missed by this page`;
+    if (Date.now() - S.thinnedAt < 3000) {
+      fresh += `${fresh ? " · " : ""}over ${MAX_RATE} events/s: lists refresh every second`;
+    }
     setText($("freshness"), fresh);
   }
 
@@ -347,8 +359,8 @@
       schedule();
       return;
     }
-    if (type === "lagged") {
-      S.missed += Number(ev.dropped) || 0;
+    if (type === "lagged") { // events over MAX_RATE (or over the server's buffer) skipped
+      S.thinnedAt = Date.now();
       requestReload(false);
       return;
     }
@@ -527,8 +539,14 @@
     r.inFlight = true;
     r.last = Date.now();
     S.dropped = 0;
+    // The lists of hidden tabs are reloaded when they are shown.
+    const jobs = S.tab === "jobs" || !S.jobsLoaded;
+    const running = S.tab === "workers" || !S.runningLoaded;
+    S.stale.jobs = !jobs;
+    S.stale.running = !running;
     try {
-      await Promise.all([loadJobs(), loadDead(), loadRunning(), S.detail.id ? loadDetail() : null]);
+      await Promise.all([jobs ? loadJobs() : null, loadDead(), running ? loadRunning() : null,
+        S.detail.id ? loadDetail() : null]);
     } catch (e) {
       // the connection's own handlers say when the server is gone
     } finally {
@@ -621,6 +639,7 @@
         priority: job.priority, attempt: job.attempts, since: ms(job.started_at) });
     }
     replaySince(mark, applyRunning);
+    S.runningLoaded = true;
     S.runningDirty = true;
     schedule();
   }
@@ -1169,9 +1188,21 @@
       b.setAttribute("aria-pressed", String(b.dataset.tab === name));
     }
     for (const v of ["overview", "jobs", "dead", "workers"]) $(`view-${v}`).hidden = v !== name;
-    if (name === "jobs") S.jobsDirty = true;
+    if (name === "jobs") {
+      S.jobsDirty = true;
+      if (S.stale.jobs) {
+        S.stale.jobs = false;
+        reloadJobsView();
+      }
+    }
     if (name === "dead") S.deadDirty = true;
-    if (name === "workers") S.runningDirty = true;
+    if (name === "workers") {
+      S.runningDirty = true;
+      if (S.stale.running) {
+        S.stale.running = false;
+        loadRunning().catch(() => {});
+      }
+    }
     if (name === "overview") S.metricsDirty = true;
     schedule();
   }

@@ -119,6 +119,8 @@ class _EventEncoder:
         self._cache: dict[int, str] = {}
 
     def __call__(self, event: Event) -> str:
+        if event.type == "lagged":  # per client, and it shares the next event's seq
+            return json.dumps(event.to_dict(), separators=(",", ":"))
         text = self._cache.get(event.seq)
         if text is None:
             text = json.dumps(event.to_dict(), separators=(",", ":"))
@@ -511,7 +513,8 @@ class App:
         """Send each wanted event until the queue's stream ends."""
         encode = self._encode
         async with self.queue.subscribe(
-            self.settings.event_buffer, metrics=wanted.periodic_metrics
+            self.settings.event_buffer, metrics=wanted.periodic_metrics,
+            max_rate=wanted.max_rate,
         ) as events:
             if wanted.history:  # the chart's past, before the first live snapshot
                 message = self.history.message(self.queue.config.metrics_interval)

@@ -259,6 +259,9 @@ class EventFilter:
     job_ids: frozenset[str] | None = None
     snapshot: bool = False
     history: bool = False
+    max_rate: int | None = None
+    """Job events a second at most (see :meth:`JobQueue.subscribe`): those over it are
+    dropped and counted in ``lagged``, and the queue does not build them."""
 
     @property
     def periodic_metrics(self) -> bool:
@@ -282,8 +285,8 @@ def _flag(name: str, raw: str) -> bool:
 
 
 def parse_event_filter(query: Mapping[str, str]) -> EventFilter:
-    """``types=a,b``, ``job_id=x[,y]``, ``snapshot=true``, ``history=true``; raise
-    ``ValueError``."""
+    """``types=a,b``, ``job_id=x[,y]``, ``snapshot=true``, ``history=true``,
+    ``max_rate=N``; raise ``ValueError``."""
     types = None
     raw_types = query.get("types")
     if raw_types:
@@ -302,7 +305,14 @@ def parse_event_filter(query: Mapping[str, str]) -> EventFilter:
             raise ValueError(f"job_id: expected one or more ids, got {raw_ids!r}")
     snapshot = _flag("snapshot", query["snapshot"]) if "snapshot" in query else False
     history = _flag("history", query["history"]) if "history" in query else False
-    return EventFilter(types, job_ids, snapshot, history)
+    max_rate = None
+    raw_rate = query.get("max_rate")
+    if raw_rate is not None:
+        if not (raw_rate.isascii() and raw_rate.isdigit() and len(raw_rate) <= 7
+                and 1 <= int(raw_rate) <= 10**6):
+            raise ValueError(f"max_rate: expected events a second, 1..1000000, got {raw_rate!r}")
+        max_rate = int(raw_rate)
+    return EventFilter(types, job_ids, snapshot, history, max_rate)
 
 
 # ---------------------------------------------------------------------------- hosts
