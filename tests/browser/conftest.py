@@ -65,6 +65,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.browser)
 
 
+def missing_playwright() -> str | None:
+    """Why Playwright cannot be imported (only off CI: there a missing one must fail)."""
+    if os.environ.get("CI") or importlib.util.find_spec("playwright") is not None:
+        return None
+    return "playwright is not installed (pip install -e '.[test]')"
+
+
 def _missing() -> str | None:
     if not os.access(CHROMIUM, os.X_OK):
         return f"{CHROMIUM} is missing (apt-get install chromium)"
