@@ -11,7 +11,8 @@ import attrs
 from ._exceptions import UnknownTask
 from ._job import Job, Priority
 
-F = TypeVar("F", bound=Callable[..., Any])
+F = TypeVar("F", bound=Callable[[Job], Any])
+"""A handler: called with the job, its type kept by the decorator (so mypy sees it)."""
 Handler = Callable[[Job], Awaitable[Any]] | Callable[[Job], Any]
 
 
@@ -26,6 +27,24 @@ class TaskSpec:
     priority: Priority = Priority.MEDIUM
     sync: bool = False
     """Run the handler in a worker thread (``trio.to_thread.run_sync``)."""
+
+    def to_dict(self, default_max_retries: int = 3, default_timeout: float | None = None
+                ) -> dict[str, Any]:
+        """The task as ``GET /tasks`` shows it: the values a job of it gets when the
+        request sets none (the queue's defaults where the task sets none).
+
+        ``schedule``, ``every`` and ``concurrency`` are ``None``: tasks have none of those
+        options yet.
+        """
+        return {
+            "name": self.name,
+            "priority": self.priority.label,
+            "max_retries": default_max_retries if self.max_retries is None else self.max_retries,
+            "timeout": default_timeout if self.timeout is None else self.timeout,
+            "schedule": None,
+            "every": None,
+            "concurrency": None,
+        }
 
 
 class TaskRegistry:
@@ -97,6 +116,7 @@ class TaskRegistry:
             raise ValueError(f"name: expected a non-empty string, got {task_name!r}")
         if task_name in self._tasks:
             raise ValueError(f"name: a task named {task_name!r} is already registered")
+        _check_signature(fn, task_name)
         is_coro = inspect.iscoroutinefunction(fn)
         if sync and is_coro:
             raise ValueError(f"task {task_name!r}: sync=True needs a plain function")
@@ -139,3 +159,25 @@ class TaskRegistry:
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+
+def _check_signature(fn: Callable[..., Any], task_name: str) -> None:
+    """A handler is called as ``handler(job)``: refuse, at registration, one that cannot
+    be (``def h()``, ``def h(a, b)``, a required keyword-only argument), rather than fail
+    every job of the task with a ``TypeError`` at run time.
+
+    Extra parameters with defaults, ``*args`` and ``**kwargs`` are fine.  A callable whose
+    signature Python cannot read (some built-ins) is let through.
+    """
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(None)
+    except TypeError as exc:
+        shown = getattr(fn, "__qualname__", None) or repr(fn)
+        raise TypeError(
+            f"task {task_name!r}: handler {shown}{signature} must take exactly one "
+            f"positional argument, the job (it is called as handler(job)): {exc}"
+        ) from None

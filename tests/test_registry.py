@@ -1,0 +1,147 @@
+"""``TaskRegistry``: what registration refuses, and what the decorator keeps for mypy."""
+
+from __future__ import annotations
+
+import functools
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import trioqueue
+from trioqueue import Priority
+
+
+async def _job_and_extras(job: Any, *, x: int = 1) -> None: ...
+async def _star_args(*args: Any) -> None: ...
+async def _default_second(job: Any, extra: Any = None) -> None: ...
+async def _kwargs_too(job: Any, **options: Any) -> None: ...
+async def _prefixed(prefix: str, job: Any) -> None: ...
+
+
+class _Handlers:
+    async def method(self, job: Any) -> None: ...
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [_job_and_extras, _star_args, _default_second, _kwargs_too,
+     functools.partial(_prefixed, "p"), _Handlers().method],
+    ids=["keyword-only-default", "star-args", "second-with-default", "kwargs",
+         "partial", "bound-method"],
+)
+def test_handlers_callable_with_the_job_alone_register(handler: Any) -> None:
+    registry = trioqueue.TaskRegistry()
+    registry.register(handler, name="t")
+    assert "t" in registry
+
+
+async def _none() -> None: ...
+async def _two(a: Any, b: Any) -> None: ...
+async def _keyword_only(*, job: Any) -> None: ...
+async def _required_keyword(job: Any, *, x: int) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("handler", "why"),
+    [(_none, "too many positional arguments"), (_two, "missing a required argument: 'b'"),
+     (_keyword_only, "too many positional arguments"),
+     (_required_keyword, "missing a required argument: 'x'")],
+    ids=["none", "two", "keyword-only", "required-keyword"],
+)
+def test_a_handler_that_cannot_take_the_job_is_refused_at_registration(
+    handler: Any, why: str
+) -> None:
+    registry = trioqueue.TaskRegistry()
+    with pytest.raises(TypeError) as refused:
+        registry.task(name="broken")(handler)
+    message = str(refused.value)
+    assert message.startswith("task 'broken': handler ")
+    assert handler.__name__ in message  # the function is named
+    assert "exactly one positional argument, the job" in message
+    assert why in message
+    assert "broken" not in registry
+
+
+def test_the_check_applies_to_bare_decorators_and_sync_handlers() -> None:
+    registry = trioqueue.TaskRegistry()
+    with pytest.raises(TypeError, match="task 'pair'"):
+        @registry.task
+        async def pair(a: Any, b: Any) -> None: ...
+    with pytest.raises(TypeError, match="task 'blocking'"):
+        @registry.task(sync=True)
+        def blocking() -> None: ...
+
+    @registry.task(sync=True, name="fine")
+    def fine(job: Any) -> int:
+        return 1
+
+    assert fine(None) == 1  # the decorator hands the function back unchanged
+    assert list(registry) == ["fine"]
+
+
+def test_the_demo_registry_still_registers() -> None:
+    from trioqueue.demo import registry
+
+    assert sorted(registry) == ["echo", "fail", "flaky", "sleep"]
+
+
+def test_task_spec_as_get_tasks_shows_it() -> None:
+    registry = trioqueue.TaskRegistry()
+
+    @registry.task(max_retries=5, timeout=2, priority="high")
+    async def own(job: Any) -> None: ...
+
+    @registry.task
+    async def defaults(job: Any) -> None: ...
+
+    assert registry.get("own").to_dict() == {
+        "name": "own", "priority": "high", "max_retries": 5, "timeout": 2.0,
+        "schedule": None, "every": None, "concurrency": None,
+    }
+    shown = registry.get("defaults").to_dict(default_max_retries=7, default_timeout=9.5)
+    assert (shown["priority"], shown["max_retries"], shown["timeout"]) == ("medium", 7, 9.5)
+    assert registry.get("own").priority is Priority.HIGH
+
+
+def test_mypy_sees_the_decorated_function_and_a_bad_handler(tmp_path: Path) -> None:
+    """The decorator returns the function's own type, and its TypeVar is bound to a
+    callable taking the job, so mypy flags a handler that cannot take one."""
+    from mypy import api
+
+    source = tmp_path / "typed_tasks.py"
+    source.write_text(textwrap.dedent("""
+        import trioqueue
+
+        registry = trioqueue.TaskRegistry()
+
+        @registry.task(name="good", max_retries=2)
+        async def good(job: trioqueue.Job) -> int:
+            return 1
+
+        @registry.task
+        async def bare(job: trioqueue.Job) -> str:
+            return ""
+
+        @registry.task(name="bad")
+        async def bad(a: int, b: int) -> int:
+            return a + b
+
+        reveal_type(good)
+        reveal_type(bare)
+    """))
+    out, err, status = api.run([
+        "--strict", "--no-error-summary", "--cache-dir", str(tmp_path / "cache"),
+        str(source),
+    ])
+    lines = out.splitlines()
+    assert status == 1, out + err
+    bad_line = source.read_text().splitlines().index('@registry.task(name="bad")') + 1
+    assert any(f"typed_tasks.py:{bad_line}: error" in line and "type-var" in line
+               for line in lines), out
+    revealed = [line for line in lines if "Revealed type" in line]
+    assert len(revealed) == 2, out
+    assert "Coroutine[Any, Any, int]" in revealed[0]
+    assert "Coroutine[Any, Any, str]" in revealed[1]
+    assert len([line for line in lines if ": error" in line]) == 1, out
