@@ -45,9 +45,9 @@ def operations(fuzz_server: Server) -> dict[str, Any]:
 # (schemathesis leaves out the document's own path, GET /openapi.json.)
 OPERATIONS = [
     "POST /jobs", "GET /jobs", "GET /jobs/{id}", "POST /jobs/{id}/cancel",
-    "POST /jobs/{id}/retry", "GET /metrics", "GET /healthz",
+    "POST /jobs/{id}/retry", "POST /jobs/retry", "GET /tasks", "GET /metrics", "GET /healthz",
 ]
-WITH_INVALID_INPUTS = ["POST /jobs", "GET /jobs", "GET /metrics"]
+WITH_INVALID_INPUTS = ["POST /jobs", "GET /jobs", "POST /jobs/retry", "GET /metrics"]
 """Operations that have a body or a constrained parameter to get wrong."""
 
 

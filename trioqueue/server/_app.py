@@ -31,6 +31,7 @@ from .._exceptions import (
 from .._job import Job, JobStatus, check_json
 from ._dashboard import MetricsHistory, static_response
 from ._http import (
+    BulkRetry,
     EventFilter,
     HostCheck,
     HTTPError,
@@ -40,6 +41,7 @@ from ._http import (
     Send,
     check_content_type,
     parse_allowed_hosts,
+    parse_bulk_retry,
     parse_event_filter,
     parse_job_request,
     parse_json,
@@ -57,6 +59,8 @@ JSON_TYPE = (b"content-type", b"application/json")
 PROMETHEUS_TYPE = (b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
 WS_POLICY_VIOLATION = 1008
 WS_GOING_AWAY = 1001
+RETRY_PAGE = 1000
+"""Jobs ``POST /jobs/retry`` lists at a time."""
 
 
 @attrs.define(kw_only=True)
@@ -340,6 +344,16 @@ class App:
             assert job_id is not None
             job = await self._retry(job_id)
             return 202, _dumps(job.to_dict()), ()
+        if name == "retry_jobs":
+            check_content_type(headers)
+            bulk = parse_bulk_retry(parse_json(await self._read_body(headers, receive)))
+            return 202, _dumps({"retried": await self._retry_all(bulk)}), ()
+        if name == "tasks":
+            await trio.lowlevel.checkpoint()
+            config, registry = q.config, q.registry
+            tasks = [registry.get(task).to_dict(config.max_retries, config.default_timeout)
+                     for task in sorted(registry)]
+            return 200, _dumps({"tasks": tasks}), ()
         if name == "metrics":
             metrics = q.metrics()
             if wants_prometheus(query, headers.get(b"accept")):
@@ -450,6 +464,55 @@ class App:
             raise HTTPError(409, str(exc)) from None
         except ShuttingDown as exc:
             raise HTTPError(503, str(exc)) from None
+
+    async def _retry_all(self, bulk: BulkRetry) -> int:
+        """Retry every job in ``bulk.status`` (of ``bulk.task``, if given); the count.
+
+        Built on ``list_jobs`` and ``retry`` for now: one job, and with a store one
+        commit, at a time.  It belongs in the engine and its store (one pass, one
+        commit), with the task filter and paging of ``list_jobs``.
+
+        The listing is newest first and a retried job leaves the status, so each pass
+        asks for the jobs seen already (those still in the status: another task's, one
+        that failed again) plus a page of new ones, and ends on a short page.  A job is
+        retried at most once per request.  Like a single retry, a full queue answers 429
+        at once rather than waiting for room; the jobs retried until then stay retried,
+        and sending the request again retries the rest.
+        """
+        q = self.queue
+        if self.closing:
+            raise HTTPError(503, "the server is shutting down and takes no new jobs")
+        seen: set[str] = set()
+        retried = 0
+        room: dict[str, int] | None = None
+        while True:
+            limit = len(seen) + RETRY_PAGE
+            page = await q.list_jobs(bulk.status, limit)
+            for job in page:
+                if job.id in seen:
+                    continue
+                seen.add(job.id)
+                if bulk.task is not None and job.task != bulk.task:
+                    continue
+                label = job.priority.label
+                if room is None or room[label] <= 0:
+                    capacity = q.config.capacity
+                    room = {p: capacity - n for p, n in q.metrics().queued.items()}
+                    if room[label] <= 0:
+                        raise self._busy(QueueFull(
+                            f"priority {label}: {capacity - room[label]} jobs already waiting; "
+                            f"{retried} jobs were retried before it filled (send the request "
+                            "again for the rest)"))
+                try:
+                    await q.retry(job.id)
+                except (JobNotFound, InvalidTransition, UnknownTask):
+                    continue  # gone, retried by someone else meanwhile, or a task not served
+                except ShuttingDown as exc:
+                    raise HTTPError(503, f"{exc} ({retried} jobs were retried before)") from None
+                retried += 1
+                room[label] -= 1
+            if len(page) < limit:
+                return retried
 
     # ------------------------------------------------------------------ websocket
 

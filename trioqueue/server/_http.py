@@ -49,6 +49,9 @@ class HTTPError(Exception):
 
 ROUTES: dict[str, dict[str, str]] = {
     "/jobs": {"GET": "list_jobs", "POST": "create_job"},
+    # POST only: GET /jobs/retry is the job whose id is "retry" (see route()).
+    "/jobs/retry": {"POST": "retry_jobs"},
+    "/tasks": {"GET": "tasks"},
     "/metrics": {"GET": "metrics"},
     "/healthz": {"GET": "healthz"},
     "/openapi.json": {"GET": "openapi"},
@@ -73,18 +76,27 @@ class Route:
 
 
 def route(method: str, path: str) -> Route:
-    """Match ``method`` and ``path``; raise :class:`HTTPError` 404 or 405 (with ``Allow``)."""
-    methods = ROUTES.get(path)
+    """Match ``method`` and ``path``; raise :class:`HTTPError` 404 or 405 (with ``Allow``).
+
+    A fixed path wins for its methods; for the others, a path of the form ``/jobs/ID``
+    still names that job, so ``GET /jobs/retry`` is the job whose id is ``retry``.
+    """
+    fixed = ROUTES.get(path) or {}
+    name = fixed.get(method)
+    if name is not None:
+        return Route(name)
+    methods: dict[str, str] | None = None
     job_id = None
-    if methods is None and path.startswith("/jobs/"):
+    if path.startswith("/jobs/"):
         rest = path[len("/jobs/"):]
         job_id, _, action = rest.partition("/")
         if job_id and "/" not in action:
             methods = JOB_ROUTES.get(action)
-    if methods is None:
+    if methods is None and not fixed:
         if path == "/events":
             raise HTTPError(426, "/events is a websocket endpoint", ((b"upgrade", b"websocket"),))
         raise HTTPError(404, f"no route for {path}")
+    methods = {**fixed, **(methods or {})}
     name = methods.get(method)
     if name is None:
         allow = ", ".join(sorted(methods)).encode()
@@ -215,8 +227,17 @@ def parse_query(query_string: bytes) -> dict[str, str]:
     return dict(parse_qsl(text, keep_blank_values=True))
 
 
+LIST_PARAMS = frozenset({"status", "limit"})
+"""The query parameters ``GET /jobs`` knows; any other is refused (400), so that a filter
+the server does not have (a typo, or one of a newer version) never lists every job."""
+
+
 def parse_list_query(query: Mapping[str, str]) -> tuple[JobStatus | None, int]:
     """``status`` and ``limit`` of ``GET /jobs``; ``limit`` is clamped to 1000."""
+    unknown = sorted(set(query) - LIST_PARAMS)
+    if unknown:
+        known = ", ".join(sorted(LIST_PARAMS))
+        raise HTTPError(400, f"{unknown[0]}: unknown query parameter (expected some of {known})")
     raw_status = query.get("status")
     status = None
     if raw_status is not None:
@@ -233,6 +254,36 @@ def parse_list_query(query: Mapping[str, str]) -> tuple[JobStatus | None, int]:
     if limit < 1:
         raise HTTPError(400, f"limit: expected a positive integer, got {raw_limit!r}")
     return status, min(limit, MAX_LIST_LIMIT)
+
+
+RETRY_FIELDS = frozenset({"status", "task"})
+RETRYABLE = (JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+@attrs.frozen
+class BulkRetry:
+    """A validated ``POST /jobs/retry`` body: every job in ``status`` (of ``task``)."""
+
+    status: JobStatus
+    task: str | None = None
+
+
+def parse_bulk_retry(data: Any) -> BulkRetry:
+    """Check a ``POST /jobs/retry`` body; raise :class:`HTTPError` 400 naming the field."""
+    if not isinstance(data, dict):
+        raise HTTPError(400, f"body: expected a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - RETRY_FIELDS)
+    if unknown:
+        known = ", ".join(sorted(RETRY_FIELDS))
+        raise HTTPError(400, f"{unknown[0]}: unknown field (expected some of {known})")
+    raw = data.get("status")
+    names = " or ".join(repr(s.value) for s in RETRYABLE)
+    if not isinstance(raw, str) or raw not in {s.value for s in RETRYABLE}:
+        raise HTTPError(400, f"status: expected {names}, got {raw!r}")
+    task = data.get("task")
+    if task is not None and (not isinstance(task, str) or not task):
+        raise HTTPError(400, f"task: expected a non-empty string, got {task!r}")
+    return BulkRetry(JobStatus(raw), task)
 
 
 def wants_prometheus(query: Mapping[str, str], accept: bytes | None) -> bool:

@@ -106,6 +106,41 @@ SCHEMAS: dict[str, Any] = {
             "uptime": {"type": "number"},
         },
     },
+    "BulkRetry": {
+        "type": "object",
+        "required": ["status"],
+        "additionalProperties": False,
+        "properties": {
+            "status": {"type": "string", "enum": ["failed", "cancelled"],
+                       "description": "retry every job in this status"},
+            "task": {"type": "string", "minLength": 1, "nullable": True,
+                     "description": "only the jobs of this task"},
+        },
+    },
+    "Retried": {
+        "type": "object",
+        "required": ["retried"],
+        "properties": {"retried": {"type": "integer", "minimum": 0}},
+    },
+    "Task": {
+        "type": "object",
+        "required": ["name", "priority", "max_retries", "timeout", "schedule", "every",
+                     "concurrency"],
+        "properties": {
+            "name": {"type": "string"},
+            "priority": _PRIORITY,
+            "max_retries": {"type": "integer", "minimum": 0},
+            "timeout": {"type": "number", "nullable": True},
+            "schedule": {"type": "string", "nullable": True},
+            "every": {"type": "number", "nullable": True},
+            "concurrency": {"type": "integer", "minimum": 1, "nullable": True},
+        },
+    },
+    "TaskList": {
+        "type": "object",
+        "required": ["tasks"],
+        "properties": {"tasks": {"type": "array", "items": {"$ref": "#/components/schemas/Task"}}},
+    },
     "Health": {
         "type": "object",
         "required": ["status"],
@@ -216,7 +251,30 @@ def openapi_document() -> dict[str, Any]:
                     ],
                     "responses": {
                         "200": _json("the jobs", "JobList"),
-                        "400": _error("a bad status or limit"),
+                        "400": _error("a bad status or limit, or a query parameter other "
+                                      "than these"),
+                        **_AUTH,
+                    },
+                },
+            },
+            "/jobs/retry": {
+                "post": {
+                    "operationId": "retryJobs",
+                    "summary": "Queue every failed (or cancelled) job again, with fresh "
+                               "attempts",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("BulkRetry")}},
+                    },
+                    "responses": {
+                        "202": _json("how many jobs were queued again", "Retried"),
+                        "400": _error("bad JSON or a bad field"),
+                        "413": _error("the body is over the limit"),
+                        "429": {**_error("a priority's queue filled; the jobs retried until "
+                                         "then stay retried (the message says how many), "
+                                         "send it again for the rest"),
+                                "headers": _RETRY_AFTER},
+                        "503": _error("the server is shutting down"),
                         **_AUTH,
                     },
                 },
@@ -260,6 +318,16 @@ def openapi_document() -> dict[str, Any]:
                         "429": {**_error("the priority's queue is full"),
                                 "headers": _RETRY_AFTER},
                         "503": _error("the server is shutting down"),
+                        **_AUTH,
+                    },
+                },
+            },
+            "/tasks": {
+                "get": {
+                    "operationId": "listTasks",
+                    "summary": "The registered tasks and the defaults a job of each gets",
+                    "responses": {
+                        "200": _json("the tasks, by name", "TaskList"),
                         **_AUTH,
                     },
                 },
