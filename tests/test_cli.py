@@ -2,24 +2,40 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib.metadata
 import json
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.test_server import Server, running_server
-from trioqueue import Event
-from trioqueue.cli import MonitorView, UsageError, build_parser, load_registry, serve_options
+from trioqueue import Event, QueueConfig
+from trioqueue.cli import (
+    MonitorView,
+    UsageError,
+    _clean,
+    _client_options,
+    _table,
+    build_parser,
+    load_registry,
+    serve_options,
+)
+
+CLIENT_VARIABLES = ("TRIOQUEUE_URL", "TRIOQUEUE_TOKEN", "TRIOQUEUE_PORT", "PORT")
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 30
-            ) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 30,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k not in CLIENT_VARIABLES}
     return subprocess.run(
         [sys.executable, "-m", "trioqueue", *args], capture_output=True, text=True,
-        timeout=timeout, cwd=cwd, check=False,
+        timeout=timeout, cwd=cwd, check=False, env={**full_env, **(env or {})},
     )
 
 
@@ -54,7 +70,7 @@ def test_platform_variables_are_accepted() -> None:
     ("argv", "env", "needle"),
     [
         ([], {"TRIOQUEUE_PORT": "eighty"}, "TRIOQUEUE_PORT"),
-        (["--port", "70000"], {}, "port"),
+        (["--port", "70000"], {}, "--port: expected a port 0..65535, got 70000"),
         ([], {"TRIOQUEUE_WORKERS": "many"}, "TRIOQUEUE_WORKERS"),
         (["--workers", "0"], {}, "workers"),
         (["--app", "nocolon"], {}, "MODULE:REGISTRY"),
@@ -67,6 +83,111 @@ def test_bad_options_are_usage_errors(argv: list[str], env: dict[str, str], need
                                       ) -> None:
     with pytest.raises(UsageError, match=needle):
         options(argv, env)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        # The variable that was set is named, not the TRIOQUEUE_ one it stands for.
+        ({"PORT": "eighty"}, "PORT: expected an integer, got 'eighty'"),
+        ({"PORT": "70000"}, "PORT: expected a port 0..65535, got 70000"),
+        ({"WORKER_COUNT": "many"}, "WORKER_COUNT: cannot parse 'many' for workers"),
+        ({"WORKER_COUNT": "0"}, "WORKER_COUNT: workers: expected a positive integer, got 0"),
+        ({"JOB_QUEUE_CAPACITY": "-5"},
+         "JOB_QUEUE_CAPACITY: capacity: expected a positive integer, got -5"),
+        ({"TRIOQUEUE_CAPACITY": "0"},
+         "TRIOQUEUE_CAPACITY: capacity: expected a positive integer, got 0"),
+    ],
+)
+def test_platform_variables_are_named_in_errors(env: dict[str, str], message: str) -> None:
+    with pytest.raises(UsageError) as refused:
+        options([], env)
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "source"),
+    [
+        (["--durability", "batch"], {}, "--durability"),
+        (["--durability", "sync"], {}, "--durability"),
+        ([], {"TRIOQUEUE_DURABILITY": "batch"}, "TRIOQUEUE_DURABILITY"),
+        ([], {"TRIOQUEUE_FLUSH_INTERVAL": "0.5"}, "TRIOQUEUE_FLUSH_INTERVAL"),
+        ([], {"TRIOQUEUE_FSYNC": "1"}, "TRIOQUEUE_FSYNC"),
+        (["--durability", "batch", "--db", ""], {}, "--durability"),
+    ],
+)
+def test_durability_options_without_a_store_are_refused(
+    argv: list[str], env: dict[str, str], source: str
+) -> None:
+    with pytest.raises(UsageError) as refused:
+        options(argv, env)
+    assert str(refused.value).startswith(f"{source}: applies to a store only: give --db")
+
+
+def test_durability_options_with_a_store_are_taken(tmp_path: Path) -> None:
+    db = str(tmp_path / "q.db")
+    _, config, _ = options(["--durability", "batch", "--db", db], {})
+    assert config.durability == "batch"  # type: ignore[attr-defined]
+    _, config, _ = options([], {"TRIOQUEUE_DB": db, "TRIOQUEUE_DURABILITY": "batch",
+                                "TRIOQUEUE_FSYNC": "1"})
+    assert (config.durability, config.fsync) == ("batch", True)  # type: ignore[attr-defined]
+
+
+def test_queue_config_refuses_batch_durability_without_a_store(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"^durability: 'batch' needs persist_path"):
+        QueueConfig(durability="batch")
+    assert QueueConfig(durability="batch", persist_path=tmp_path / "q.db").durability == "batch"
+
+
+def test_serve_durability_without_db_exits_2() -> None:
+    result = run_cli("serve", "--port", "0", "--durability", "batch")
+    assert result.returncode == 2
+    assert "--durability: applies to a store only" in result.stderr
+
+
+def client_options(argv: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+                   ) -> tuple[str, str | None]:
+    for name in CLIENT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args: argparse.Namespace = build_parser().parse_args(["list", *argv])
+    return _client_options(args)
+
+
+def test_client_commands_find_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert client_options([], {}, monkeypatch) == ("http://127.0.0.1:8080", None)
+    assert client_options([], {"PORT": "9001"}, monkeypatch)[0] == "http://127.0.0.1:9001"
+    assert client_options([], {"TRIOQUEUE_URL": "https://q.example", "TRIOQUEUE_TOKEN": "t"},
+                          monkeypatch) == ("https://q.example", "t")
+    assert client_options(["--url", "http://h:1", "--token", "f"],
+                          {"TRIOQUEUE_URL": "http://x", "TRIOQUEUE_TOKEN": "t"},
+                          monkeypatch) == ("http://h:1", "f")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        ([], {"PORT": "eighty"}, "PORT: expected an integer, got 'eighty'"),
+        ([], {"TRIOQUEUE_PORT": "0"}, "TRIOQUEUE_PORT: expected a port 1..65535, got 0"),
+        (["--url", "127.0.0.1:8080"], {},
+         "--url: expected http://HOST[:PORT] or https://..., got '127.0.0.1:8080'"),
+        ([], {"TRIOQUEUE_URL": "ws://h"},
+         "TRIOQUEUE_URL: expected http://HOST[:PORT] or https://..., got 'ws://h'"),
+    ],
+)
+def test_client_options_name_what_is_wrong(
+    argv: list[str], env: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(UsageError) as refused:
+        client_options(argv, env, monkeypatch)
+    assert str(refused.value) == message
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"trioqueue {importlib.metadata.version('trioqueue')}"
 
 
 def test_app_from_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -210,3 +331,195 @@ def test_monitor_view_is_pure() -> None:
     assert "high 2" in text
     assert "lagged    7 events" in text
     assert "DemoFailure: boom" in text
+
+
+# ---------------------------------------------------------------------------- enqueue --wait, -v
+
+
+def test_enqueue_wait_exits_1_for_a_failed_job(server: Server) -> None:
+    result = run_cli("enqueue", "fail", "--max-retries", "0", "--id", "cli-fails", "--wait",
+                     "--url", server.url)
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["status"] == "failed"  # the job is still shown
+    assert "job cli-fails ended failed: DemoFailure" in result.stderr
+
+
+def test_enqueue_wait_exits_1_for_a_cancelled_job(server: Server) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "trioqueue", "enqueue", "sleep", '{"seconds": 60}', "--id",
+         "cli-cancelled", "--wait", "--url", server.url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as proc:
+        try:
+            # Cancel once the job exists (the command posts it, then waits).
+            deadline = time.monotonic() + 20
+            while run_cli("status", "cli-cancelled", "--url", server.url).returncode != 0:
+                assert time.monotonic() < deadline, "the job was never posted"
+            cancel = run_cli("cancel", "cli-cancelled", "--url", server.url)
+            assert cancel.returncode == 0, cancel.stderr
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 1, err
+    assert json.loads(out)["status"] == "cancelled"
+    assert "job cli-cancelled ended cancelled" in err
+
+
+def test_enqueue_wait_with_count_is_a_usage_error(server: Server) -> None:
+    result = run_cli("enqueue", "echo", "--count", "3", "--wait", "--url", server.url)
+    assert result.returncode == 2
+    assert "--wait: not with --count" in result.stderr
+
+
+def test_no_http_request_lines_unless_verbose(server: Server) -> None:
+    quiet = run_cli("enqueue", "echo", "[1]", "--count", "5", "--url", server.url)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "HTTP Request" not in quiet.stderr
+    assert "httpx" not in quiet.stderr
+    assert "enqueued 5/5" in quiet.stderr  # the progress lines stay
+    for argv in (["-v", "status", "cli-1"], ["status", "cli-1", "-v"]):
+        loud = run_cli(*argv, "--url", server.url)
+        assert "HTTP Request: GET" in loud.stderr, argv
+
+
+# ---------------------------------------------------------------------------- list, cancel, retry
+
+
+def test_list_as_a_table_and_as_json(server: Server) -> None:
+    assert run_cli("enqueue", "echo", '"x"', "--id", "cli-list", "--wait", "--url", server.url
+                   ).returncode == 0
+    table = run_cli("list", "--status", "completed", "--url", server.url)
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.split() == ["ID", "TASK", "STATUS", "PRIORITY", "ATTEMPTS", "CREATED",
+                              "(UTC)", "ERROR"]
+    assert rows
+    assert all(row.split()[2] == "completed" for row in rows)
+    assert any(row.split()[:2] == ["cli-list", "echo"] for row in rows)
+    raw = run_cli("list", "--limit", "1", "--json", "--url", server.url)
+    jobs = json.loads(raw.stdout)["jobs"]
+    assert len(jobs) == 1
+    assert {"id", "task", "status", "created_at"} <= set(jobs[0])
+    nothing = run_cli("list", "--status", "scheduled", "--url", server.url)
+    assert nothing.stdout.strip() == "no jobs scheduled"
+
+
+def test_table_cells_escape_control_characters() -> None:
+    # A task name or an error text must not drive the terminal (an escape sequence).
+    evil = "boom\x1b[2J\x1b]0;owned\x07\nsecond line\u202e"
+    cell = _clean(evil)
+    assert cell.isprintable()
+    assert cell == "boom\\x1b[2J\\x1b]0;owned\\x07\\nsecond line\\u202e"
+    assert _clean("x" * 100, 10) == "xxxxxxx..."
+    assert _clean(None) == "-"
+    table = _table(["A", "LONGER"], [["1", "2"], ["333", _clean(evil, 11)]])
+    assert table.splitlines() == ["A    LONGER", "1    2", "333  boom\\x1b..."]
+
+
+def test_list_bad_flags_exit_2(server: Server) -> None:
+    for argv in (["--limit", "0"], ["--status", "done"], ["--limit", "many"]):
+        result = run_cli("list", *argv, "--url", server.url)
+        assert result.returncode == 2, argv
+        assert ("--limit" in result.stderr) or ("--status" in result.stderr)
+
+
+def test_list_into_a_closed_pipe_is_quiet(server: Server) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read: every write fails with EPIPE
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "trioqueue", "list", "--json", "--url", server.url],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=30, check=False)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141
+    assert result.stderr == ""
+
+
+def test_cancel_and_retry_one_job(server: Server) -> None:
+    assert run_cli("enqueue", "echo", "--id", "cli-later", "--delay", "3600", "--url",
+                   server.url).returncode == 0
+    cancelled = run_cli("cancel", "cli-later", "--url", server.url)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert json.loads(cancelled.stdout)["status"] == "cancelled"
+    again = run_cli("cancel", "cli-later", "--url", server.url)
+    assert again.returncode == 1
+    assert "InvalidTransition: cannot cancel a job that is cancelled" in again.stderr
+    retried = run_cli("retry", "cli-later", "--url", server.url)
+    assert retried.returncode == 0, retried.stderr
+    assert json.loads(retried.stdout)["status"] in ("queued", "processing", "completed")
+    for command in ("cancel", "retry"):
+        missing = run_cli(command, "no-such-job", "--url", server.url)
+        assert missing.returncode == 1
+        assert "JobNotFound" in missing.stderr
+        assert "no-such-job" in missing.stderr
+
+
+def test_retry_failed_jobs_in_bulk(server: Server) -> None:
+    for i in range(3):
+        assert run_cli("enqueue", "fail", "--max-retries", "0", "--id", f"cli-bulk-{i}",
+                       "--wait", "--url", server.url).returncode == 1
+    none = run_cli("retry", "--failed", "--task", "echo", "--url", server.url)
+    assert (none.returncode, json.loads(none.stdout)) == (0, {"retried": 0})
+    result = run_cli("retry", "--failed", "--task", "fail", "--url", server.url)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["retried"] >= 3
+    status = json.loads(run_cli("status", "cli-bulk-0", "--url", server.url).stdout)
+    assert status["attempts"] <= 1  # fresh attempts (it may have run and failed again)
+    cancelled = run_cli("retry", "--cancelled", "--url", server.url)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "retried" in json.loads(cancelled.stdout)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "expected a job ID, or --failed or --cancelled"),
+        (["x", "--failed"], "a job ID or --failed, not both"),
+        (["--task", "echo"], "--task: only with --failed or --cancelled"),
+        (["x", "--task", "echo"], "--task: only with --failed or --cancelled"),
+        (["--failed", "--cancelled"], "not allowed with argument"),
+    ],
+)
+def test_retry_usage_errors_exit_2(server: Server, argv: list[str], message: str) -> None:
+    result = run_cli("retry", *argv, "--url", server.url)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+# ---------------------------------------------------------------------------- metrics, tasks
+
+
+def test_metrics(server: Server) -> None:
+    result = run_cli("metrics", "--url", server.url)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert {"enqueued", "completed", "queued", "wait_p99"} <= set(metrics)
+    text = run_cli("metrics", "--prometheus", "--url", server.url)
+    assert text.returncode == 0, text.stderr
+    assert "# TYPE trioqueue_jobs_completed_total counter" in text.stdout
+    assert 'trioqueue_jobs_queued{priority="high"}' in text.stdout
+
+
+def test_tasks(server: Server) -> None:
+    result = run_cli("tasks", "--url", server.url)
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["NAME", "PRIORITY", "MAX_RETRIES", "TIMEOUT", "SCHEDULE",
+                              "EVERY", "CONCURRENCY"]
+    assert [row.split()[0] for row in rows] == ["echo", "fail", "flaky", "sleep"]
+    assert rows[0].split()[1:] == ["medium", "3", "-", "-", "-", "-"]
+    raw = json.loads(run_cli("tasks", "--json", "--url", server.url).stdout)
+    assert [t["name"] for t in raw["tasks"]] == ["echo", "fail", "flaky", "sleep"]
+
+
+def test_a_token_from_the_environment_and_a_clear_refusal_without_it() -> None:
+    with running_server("--token", "s3cret") as srv:
+        refused = run_cli("tasks", "--url", srv.url)
+        assert refused.returncode == 1
+        assert "Unauthorized" in refused.stderr
+        assert "give --token or set TRIOQUEUE_TOKEN" in refused.stderr
+        ok = run_cli("tasks", env={"TRIOQUEUE_URL": srv.url, "TRIOQUEUE_TOKEN": "s3cret"})
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout.startswith("NAME")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
+import httpx
 import pytest
 import trio
 
 import trioqueue
 from tests.test_server import Server, running_server
 from trioqueue import JobStatus
-from trioqueue.client import Client, EventStreamClosed, Unauthorized
+from trioqueue.client import Client, EventStreamClosed, ServerError, Unauthorized
+from trioqueue.demo import registry as demo_registry
+from trioqueue.server import App
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +117,64 @@ async def test_events_end_when_the_server_stops() -> None:
             with trio.fail_after(15):
                 remaining = [event async for event in events]
         assert remaining == []
+
+
+async def test_tasks_metrics_text_and_bulk_retry(server: Server) -> None:
+    async with Client(server.url, token="tok") as client:
+        tasks = await client.tasks()
+        assert [t["name"] for t in tasks] == ["echo", "fail", "flaky", "sleep"]
+        assert tasks[0] == {"name": "echo", "priority": "medium", "max_retries": 3,
+                            "timeout": None, "schedule": None, "every": None,
+                            "concurrency": None}
+        text = await client.prometheus_metrics()
+        assert "trioqueue_jobs_enqueued_total" in text
+        failed = [await client.enqueue("fail", max_retries=0) for _ in range(2)]
+        with trio.fail_after(10):
+            for job in failed:
+                assert (await client.wait(job.id)).status is JobStatus.FAILED
+        assert await client.retry_all("failed", task="echo") == 0
+        assert await client.retry_all("failed", task="fail") >= 2
+        with trio.fail_after(10):
+            again = await client.wait(failed[0].id)
+        assert (again.status, again.attempts) == (JobStatus.FAILED, 1)  # ran once more
+        with pytest.raises(trioqueue.InvalidJob, match="status: expected 'failed' or "
+                           "'cancelled', got 'completed'"):
+            await client.retry_all("completed")
+
+
+def without_bulk_retry(app: App) -> Any:
+    """The app as a server of the previous version answers: no ``POST /jobs/retry``
+    (405, as its router said for the path of a job named "retry")."""
+
+    async def older(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/jobs/retry" \
+                and scope["method"] == "POST":
+            await send({"type": "http.response.start", "status": 405, "headers": [
+                (b"content-type", b"application/json"), (b"allow", b"GET")]})
+            await send({"type": "http.response.body",
+                        "body": b'{"error": "method POST not allowed on /jobs/retry"}'})
+            return
+        await app(scope, receive, send)
+
+    return older
+
+
+async def test_bulk_retry_against_a_server_without_the_route() -> None:
+    config = trioqueue.QueueConfig(workers=1, capacity=100)
+    async with trioqueue.open_queue(demo_registry, config) as q:
+        for i in range(3):
+            await q.enqueue("fail", job_id=f"f-{i}", max_retries=0)
+        await q.enqueue("echo", job_id="late", delay=3600)
+        await q.cancel("late")
+        for i in range(3):
+            await q.wait(f"f-{i}")
+        transport = httpx.ASGITransport(app=without_bulk_retry(App(q)))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            client = Client("http://127.0.0.1", http=http)
+            with pytest.raises(ServerError) as refused:  # what the fallback answers
+                await client._call("POST", "/jobs/retry", json={"status": "failed"})
+            assert refused.value.status == 405
+            assert await client.retry_all("failed", task="echo") == 0
+            assert await client.retry_all("cancelled") == 1
+            assert (await q.get("late")).status is not JobStatus.CANCELLED
+            assert await client.retry_all("failed") == 3

@@ -131,6 +131,9 @@ class QueueConfig:
         self.retry_policy()  # validates factor >= 1 and jitter <= 1
         if self.metrics_interval <= 0:
             raise ValueError(f"metrics_interval: must be > 0, got {self.metrics_interval!r}")
+        if self.persist_path is None and self.durability != "sync":  # refused, not ignored
+            raise ValueError(f"durability: {self.durability!r} needs persist_path (a store); "
+                             "without one, jobs live in memory only")
 
     def retry_policy(self) -> RetryPolicy:
         try:
@@ -154,6 +157,7 @@ class QueueConfig:
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
+        source: dict[str, str] = {}  # field: the variable it was read from
         for field, (names, parse) in _ENV.items():
             for name in names:
                 raw = env.get(name)
@@ -163,9 +167,16 @@ class QueueConfig:
                     values[field] = parse(raw)
                 except ValueError:
                     raise ValueError(f"{name}: cannot parse {raw!r} for {field}") from None
+                source[field] = name
                 break
         values.update(overrides)
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValueError as exc:  # "workers: ..." read from WORKER_COUNT names WORKER_COUNT
+            field = str(exc).partition(":")[0]
+            if field in source and field not in overrides:
+                raise ValueError(f"{source[field]}: {exc}") from None
+            raise
 
 
 def _bool(raw: str) -> bool:

@@ -1,14 +1,18 @@
-"""The ``trioqueue`` command: ``serve``, ``enqueue``, ``status`` and ``monitor``.
+"""The ``trioqueue`` command: ``serve``, and the client commands ``enqueue``, ``status``,
+``list``, ``cancel``, ``retry``, ``metrics``, ``tasks`` and ``monitor``.
 
 Every ``serve`` flag can also come from the environment (``TRIOQUEUE_PORT`` and so on;
 a flag wins).  The client commands find the server with ``--url`` or ``TRIOQUEUE_URL``
-and send ``--token`` / ``TRIOQUEUE_TOKEN``.
+and send ``--token`` / ``TRIOQUEUE_TOKEN``.  Exit status: 0, 1 for a refused or failed
+operation (and an unreachable server), 2 for a bad flag or variable.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import importlib.metadata
 import inspect
 import json
 import logging
@@ -18,8 +22,9 @@ import signal
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
-from typing import Any, TextIO
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import quote
 
 import httpx
@@ -27,7 +32,11 @@ import trio
 
 from ._config import QueueConfig
 from ._exceptions import QueueFull, StoreError, TrioQueueError
+from ._job import Job, JobStatus
 from ._registry import TaskRegistry
+
+if TYPE_CHECKING:
+    from .client import Client
 
 log = logging.getLogger("trioqueue.cli")
 
@@ -77,10 +86,17 @@ def _takes_no_arguments(fn: Any) -> bool:
 
 
 def _env_first(env: Mapping[str, str], *names: str) -> str | None:
+    found = _env_named(env, *names)
+    return None if found is None else found[1]
+
+
+def _env_named(env: Mapping[str, str], *names: str) -> tuple[str, str] | None:
+    """The first of ``names`` set (non-empty) in ``env``, as (name, value): errors then
+    name the variable that was actually set (``PORT``, not ``TRIOQUEUE_PORT``)."""
     for name in names:
         value = env.get(name)
         if value:
-            return value
+            return name, value
     return None
 
 
@@ -98,12 +114,26 @@ def _float(name: str, raw: str) -> float:
         raise UsageError(f"{name}: expected a number, got {raw!r}") from None
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, verbose: int = 0) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request at info ("HTTP Request: POST ..."): one line per job of
+    # `enqueue --count`, mixed into the progress bar.  Shown with -v (httpcore's
+    # connection-level lines with -vv).
+    logging.getLogger("httpx").setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("trioqueue")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        from . import __version__
+
+        return __version__
 
 
 # ---------------------------------------------------------------------------- serve
@@ -120,6 +150,15 @@ def serve_options(
         registry = load_registry(app)
     else:
         from .demo import registry
+    if not (args.db or _env_first(env, "TRIOQUEUE_DB", "TRIOQUEUE_PERSIST_PATH")):
+        # Options of the store, refused rather than ignored without one.
+        for given, source in ((args.durability, "--durability"),
+                              *((env.get(name), name) for name in (
+                                  "TRIOQUEUE_DURABILITY", "TRIOQUEUE_FLUSH_INTERVAL",
+                                  "TRIOQUEUE_FSYNC"))):
+            if given:
+                raise UsageError(f"{source}: applies to a store only: give --db PATH (or "
+                                 "TRIOQUEUE_DB) too; without one, jobs live in memory")
     overrides: dict[str, Any] = {}
     for flag, field in (("workers", "workers"), ("capacity", "capacity"), ("db", "persist_path"),
                         ("durability", "durability"), ("shutdown_timeout", "shutdown_timeout")):
@@ -131,13 +170,16 @@ def serve_options(
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     host = args.host or _env_first(env, "TRIOQUEUE_HOST") or "127.0.0.1"
+    port, port_from = DEFAULT_PORT, "--port"
     if args.port is not None:
         port = args.port
     else:
-        raw = _env_first(env, "TRIOQUEUE_PORT", "PORT")
-        port = DEFAULT_PORT if raw is None else _int("TRIOQUEUE_PORT", raw)
+        found = _env_named(env, "TRIOQUEUE_PORT", "PORT")
+        if found is not None:
+            port_from = found[0]
+            port = _int(port_from, found[1])
     if not 0 <= port <= 65535:
-        raise UsageError(f"port: expected 0..65535, got {port}")
+        raise UsageError(f"{port_from}: expected a port 0..65535, got {port}")
     token = args.token if args.token is not None else _env_first(env, "TRIOQUEUE_TOKEN")
     max_body = args.max_body
     if max_body is None:
@@ -257,13 +299,64 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _client_options(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The server's URL (``--url``, ``TRIOQUEUE_URL``, else this machine on
+    ``TRIOQUEUE_PORT``/``PORT`` or 8080) and the token (``--token``, ``TRIOQUEUE_TOKEN``)."""
     env = os.environ
-    url = args.url or _env_first(env, "TRIOQUEUE_URL")
+    url_from = "--url"
+    url = args.url
     if not url:
-        port = _env_first(env, "TRIOQUEUE_PORT", "PORT") or str(DEFAULT_PORT)
+        url_from = "TRIOQUEUE_URL"
+        url = _env_first(env, url_from)
+    if not url:
+        port = DEFAULT_PORT
+        found = _env_named(env, "TRIOQUEUE_PORT", "PORT")
+        if found is not None:
+            port = _int(found[0], found[1])
+            if not 0 < port <= 65535:
+                raise UsageError(f"{found[0]}: expected a port 1..65535, got {port}")
         url = f"http://127.0.0.1:{port}"
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"{url_from}: expected http://HOST[:PORT] or https://..., got {url!r}")
     token = args.token if args.token is not None else _env_first(env, "TRIOQUEUE_TOKEN")
     return url, token or None
+
+
+@contextlib.asynccontextmanager
+async def _connect(args: argparse.Namespace) -> AsyncIterator[Client]:
+    from .client import Client
+
+    url, token = _client_options(args)
+    async with Client(url, token=token) as client:
+        yield client
+
+
+def _clean(value: Any, width: int | None = None) -> str:
+    """A value for one table cell: control characters escaped (a job's error text must
+    not move the terminal's cursor), cut to ``width``."""
+    text = "-" if value is None else str(value)
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if width is not None and len(text) > width:
+        text = text[: width - 3] + "..."
+    return text
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    lines = []
+    for row in (headers, *rows):
+        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _print_job(job: Job) -> None:
+    print(json.dumps(job.to_dict(), indent=2))
 
 
 class _Progress:
@@ -342,7 +435,11 @@ async def _enqueue(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"payload: not valid JSON ({exc})") from None
     if args.count > 1:
+        if args.wait:
+            raise UsageError("--wait: not with --count (it waits for one job)")
         return await _enqueue_many(args, payload)
+    if args.count < 1:
+        raise UsageError(f"--count: expected a positive integer, got {args.count}")
     url, token = _client_options(args)
     async with Client(url, token=token) as client:
         job = await client.enqueue(
@@ -351,17 +448,86 @@ async def _enqueue(args: argparse.Namespace) -> int:
         )
         if args.wait:
             job = await client.wait(job.id)
-    print(json.dumps(job.to_dict(), indent=2))
+    _print_job(job)
+    if args.wait and job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+        # The job ran and did not succeed: a script's `&&` must not go on.
+        reason = f": {_clean(job.error)}" if job.error else ""
+        print(f"trioqueue enqueue: job {job.id} ended {job.status.value}{reason}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
 async def _status(args: argparse.Namespace) -> int:
-    from .client import Client
-
-    url, token = _client_options(args)
-    async with Client(url, token=token) as client:
+    async with _connect(args) as client:
         job = await client.get(args.id)
-    print(json.dumps(job.to_dict(), indent=2))
+    _print_job(job)
+    return 0
+
+
+async def _list(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise UsageError(f"--limit: expected a positive integer, got {args.limit}")
+    async with _connect(args) as client:
+        jobs = await client.list_jobs(args.status, args.limit)
+    if args.json:
+        print(json.dumps({"jobs": [job.to_dict() for job in jobs]}, indent=2))
+        return 0
+    if not jobs:
+        print("no jobs" + (f" {args.status}" if args.status else ""))
+        return 0
+    rows = [[_clean(job.id), _clean(job.task, 30), job.status.value, job.priority.label,
+             str(job.attempts), _when(job.created_at), _clean(job.error, 60)]
+            for job in jobs]
+    print(_table(["ID", "TASK", "STATUS", "PRIORITY", "ATTEMPTS", "CREATED (UTC)", "ERROR"],
+                 rows))
+    return 0
+
+
+async def _cancel(args: argparse.Namespace) -> int:
+    async with _connect(args) as client:
+        job = await client.cancel(args.id)
+    _print_job(job)
+    return 0
+
+
+async def _retry(args: argparse.Namespace) -> int:
+    bulk = "failed" if args.failed else "cancelled" if args.cancelled else None
+    if args.task is not None and bulk is None:
+        raise UsageError("--task: only with --failed or --cancelled")
+    if bulk is None and args.id is None:
+        raise UsageError("expected a job ID, or --failed or --cancelled for all such jobs")
+    if bulk is not None and args.id is not None:
+        raise UsageError(f"a job ID or --{bulk}, not both")
+    async with _connect(args) as client:
+        if bulk is None:
+            _print_job(await client.retry(args.id))
+            return 0
+        retried = await client.retry_all(bulk, task=args.task)
+    print(json.dumps({"retried": retried}))
+    return 0
+
+
+async def _metrics(args: argparse.Namespace) -> int:
+    async with _connect(args) as client:
+        if args.prometheus:
+            sys.stdout.write(await client.prometheus_metrics())
+            return 0
+        metrics = await client.metrics()
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+async def _tasks(args: argparse.Namespace) -> int:
+    async with _connect(args) as client:
+        tasks = await client.tasks()
+    if args.json:
+        print(json.dumps({"tasks": tasks}, indent=2))
+        return 0
+    columns = ("name", "priority", "max_retries", "timeout", "schedule", "every",
+               "concurrency")
+    rows = [[_clean(task.get(column)) for column in columns] for task in tasks]
+    print(_table([c.upper() for c in columns], rows) if rows else "no tasks")
     return 0
 
 
@@ -479,6 +645,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trioqueue", description="A job queue for Trio: server, client and monitor."
     )
+    parser.add_argument("--version", action="version", version=f"trioqueue {_version()}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log each HTTP request of the client commands (-vv: more)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the queue with its HTTP API",
@@ -513,6 +682,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--url", help="server URL (TRIOQUEUE_URL; default "
                        f"http://127.0.0.1:{DEFAULT_PORT})")
         p.add_argument("--token", help="bearer token (TRIOQUEUE_TOKEN)")
+        # SUPPRESS: given after the command it counts, left out it keeps the top-level -v.
+        p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                       help="log each HTTP request (-vv: more)")
+
+    def run(command: Any) -> Any:
+        return lambda a: trio.run(command, a)
 
     enqueue = commands.add_parser("enqueue", help="post a job (or --count N of them)")
     enqueue.add_argument("task")
@@ -527,25 +702,64 @@ def build_parser() -> argparse.ArgumentParser:
                          help="requests in flight with --count (default 16)")
     enqueue.add_argument("--wait", action="store_true", help="wait for the job to finish")
     client_flags(enqueue)
-    enqueue.set_defaults(handler=lambda a: trio.run(_enqueue, a))
+    enqueue.set_defaults(handler=run(_enqueue))
 
     status = commands.add_parser("status", help="show one job")
     status.add_argument("id")
     client_flags(status)
-    status.set_defaults(handler=lambda a: trio.run(_status, a))
+    status.set_defaults(handler=run(_status))
+
+    statuses = [s.value for s in JobStatus]
+    listing = commands.add_parser("list", help="list jobs, newest first",
+                                  description="Jobs, newest first, as a table (--json: as "
+                                  "the server sends them).")
+    listing.add_argument("--status", choices=statuses, help="only jobs in this status")
+    listing.add_argument("--limit", type=int, default=20,
+                         help="at most N jobs (default 20; the server sends 1000 at most)")
+    listing.add_argument("--json", action="store_true", help='print {"jobs": [...]}')
+    client_flags(listing)
+    listing.set_defaults(handler=run(_list))
+
+    cancel = commands.add_parser("cancel", help="cancel a queued, scheduled or running job")
+    cancel.add_argument("id")
+    client_flags(cancel)
+    cancel.set_defaults(handler=run(_cancel))
+
+    retry = commands.add_parser(
+        "retry", help="queue a failed or cancelled job again (or all of them)",
+        description="Queue a FAILED or CANCELLED job again with fresh attempts; with "
+        "--failed or --cancelled, every job in that status (of --task only, if given).")
+    retry.add_argument("id", nargs="?", help="the job")
+    which = retry.add_mutually_exclusive_group()
+    which.add_argument("--failed", action="store_true", help="every failed job")
+    which.add_argument("--cancelled", action="store_true", help="every cancelled job")
+    retry.add_argument("--task", help="with --failed/--cancelled: only this task's jobs")
+    client_flags(retry)
+    retry.set_defaults(handler=run(_retry))
+
+    metrics = commands.add_parser("metrics", help="counters, gauges and latencies")
+    metrics.add_argument("--prometheus", action="store_true",
+                         help="the Prometheus text format instead of JSON")
+    client_flags(metrics)
+    metrics.set_defaults(handler=run(_metrics))
+
+    tasks = commands.add_parser("tasks", help="the tasks the server runs, with their defaults")
+    tasks.add_argument("--json", action="store_true", help='print {"tasks": [...]}')
+    client_flags(tasks)
+    tasks.set_defaults(handler=run(_tasks))
 
     monitor = commands.add_parser("monitor", help="a live view of the event stream")
     monitor.add_argument("--interval", type=float, default=1.0, help="seconds per refresh")
     monitor.add_argument("--duration", type=float, default=0, help="stop after N seconds")
     client_flags(monitor)
-    monitor.set_defaults(handler=lambda a: trio.run(_monitor, a))
+    monitor.set_defaults(handler=run(_monitor))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = getattr(args, "log_level", None) or os.environ.get("TRIOQUEUE_LOG_LEVEL") or "info"
-    _setup_logging(level)
+    _setup_logging(level, args.verbose)
     try:
         code: int = args.handler(args)
     except KeyboardInterrupt:
@@ -554,11 +768,20 @@ def main(argv: list[str] | None = None) -> int:
         found = exc
         if isinstance(exc, BaseExceptionGroup):
             found = _lone(exc, (UsageError, TrioQueueError, httpx.TransportError, OSError)) or exc
+        if isinstance(found, BrokenPipeError):  # `trioqueue list | head`: stop quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so the exit's flush of stdout is quiet
+            return 128 + signal.SIGPIPE
         if isinstance(found, UsageError):
             print(f"trioqueue {args.command}: {found}", file=sys.stderr)
             return 2
         if isinstance(found, TrioQueueError):
-            print(f"trioqueue {args.command}: {type(found).__name__}: {found}", file=sys.stderr)
+            from .client import Unauthorized
+
+            hint = " (give --token or set TRIOQUEUE_TOKEN)" if isinstance(
+                found, Unauthorized) else ""
+            print(f"trioqueue {args.command}: {type(found).__name__}: {found}{hint}",
+                  file=sys.stderr)
             return 1
         if isinstance(found, (httpx.TransportError, OSError)):
             print(f"trioqueue {args.command}: cannot reach the server: {found}", file=sys.stderr)

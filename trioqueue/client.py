@@ -140,6 +140,7 @@ class Client:
     ) -> None:
         self.url = url.rstrip("/")
         self.token = token
+        self.timeout = timeout
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self._own_http = http is None
         self._http = http or httpx.AsyncClient(base_url=self.url, timeout=timeout,
@@ -213,10 +214,69 @@ class Client:
         """``POST /jobs/{id}/retry``."""
         return job_from_json(await self._call("POST", f"/jobs/{job_id}/retry", op="retry"))
 
+    async def retry_all(self, status: JobStatus | str = JobStatus.FAILED, *,
+                        task: str | None = None) -> int:
+        """Retry every FAILED (or CANCELLED) job, only ``task``'s if given; return how
+        many were queued again.
+
+        ``POST /jobs/retry``, which may take a while for many jobs (no read timeout).  A
+        full queue raises :class:`~trioqueue.QueueFull` with the jobs retried until then
+        left retried; call it again for the rest.  Against a server without that route
+        (405), the jobs are listed and retried one by one from here, a page of the newest
+        1,000 at a time: with ``task``, jobs behind 1,000 newer ones of other tasks are
+        not reached that way.
+        """
+        wanted = JobStatus(status)
+        if wanted not in (JobStatus.FAILED, JobStatus.CANCELLED):
+            raise InvalidJob(f"status: expected 'failed' or 'cancelled', got {wanted.value!r}")
+        body: dict[str, Any] = {"status": wanted.value}
+        if task is not None:
+            body["task"] = task
+        try:
+            data = await self._call("POST", "/jobs/retry", op="retry_all", json=body,
+                                    timeout=httpx.Timeout(self.timeout, read=None))
+        except ServerError as exc:
+            if exc.status != 405:
+                raise
+            return await self._retry_each(wanted, task)
+        return int(data["retried"])
+
+    async def _retry_each(self, status: JobStatus, task: str | None) -> int:
+        page_size = 1000  # the most GET /jobs answers with
+        seen: set[str] = set()
+        retried = 0
+        while True:
+            page = await self.list_jobs(status, page_size)
+            fresh = [job for job in page if job.id not in seen]
+            seen.update(job.id for job in fresh)
+            for job in fresh:
+                if task is not None and job.task != task:
+                    continue
+                try:
+                    await self.retry(job.id)
+                except (JobNotFound, InvalidTransition):
+                    continue  # gone, or retried by someone else meanwhile
+                retried += 1
+            if len(page) < page_size or not fresh:
+                return retried
+
     async def metrics(self) -> dict[str, Any]:
         """``GET /metrics`` as a dict (the keys of ``Metrics.to_dict()``)."""
         result: dict[str, Any] = await self._call("GET", "/metrics")
         return result
+
+    async def prometheus_metrics(self) -> str:
+        """``GET /metrics?format=prometheus``: the Prometheus text format."""
+        text: str = await self._call("GET", "/metrics", params={"format": "prometheus"})
+        return text
+
+    async def tasks(self) -> list[dict[str, Any]]:
+        """``GET /tasks``: each registered task with the defaults a job of it gets
+        (``name``, ``priority``, ``max_retries``, ``timeout``, ``schedule``, ``every``,
+        ``concurrency``), by name."""
+        data = await self._call("GET", "/tasks")
+        tasks: list[dict[str, Any]] = data["tasks"]
+        return tasks
 
     async def health(self) -> bool:
         """True while the server takes jobs (``/healthz`` 200), False while it shuts down."""
