@@ -6,10 +6,18 @@ with SIGKILL at chosen moments, and reads what it printed and the store it left.
     python tests/crash_child.py slow DB N     enqueue N jobs whose handler sleeps long
     python tests/crash_child.py suicide DB    enqueue a job whose handler SIGKILLs its
                                               own process, max_retries=2, and run it
+    python tests/crash_child.py exit DB       enqueue a job whose handler calls
+                                              os._exit(1), max_retries=1, and run it
+    python tests/crash_child.py ctrlc DB      run a job that computes forever beside one
+                                              that sleeps 1 s; print "busy" when both run
     python tests/crash_child.py drain DB      recover and run everything left, then exit
 
 Every handler appends "<job id>\\n" to DB + ".ran" when it starts, so the test can see
 what ran, at least once, across all the processes.
+
+SIGINT gets its default handler back before ``trio.run``: a process started in the
+background by a shell (``pytest &``) inherits SIGINT ignored, and trio only turns SIGINT
+into KeyboardInterrupt when it finds the default handler.
 """
 
 from __future__ import annotations
@@ -56,6 +64,33 @@ async def suicide(job: trioqueue.Job) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+@registry.task(max_retries=1)
+async def exits(job: trioqueue.Job) -> None:
+    _log_start(job)
+    os._exit(1)
+
+
+both_running = trio.Event()
+
+
+@registry.task
+async def compute(job: trioqueue.Job) -> None:
+    _log_start(job)
+    await both_running.wait()
+    print("busy", flush=True)
+    n = 0
+    while True:  # never yields: only a Ctrl+C raised right here stops it
+        n += 1
+
+
+@registry.task
+async def nap(job: trioqueue.Job) -> str:
+    _log_start(job)
+    both_running.set()
+    await trio.sleep(1.0)
+    return "rested"
+
+
 def config(db: str) -> trioqueue.QueueConfig:
     return trioqueue.QueueConfig(
         persist_path=db, durability="sync", workers=4, retry_base=0.01, retry_jitter=0.0,
@@ -88,6 +123,19 @@ async def enqueue_suicide(db: str) -> None:
         await trio.sleep_forever()
 
 
+async def enqueue_exit(db: str) -> None:
+    async with trioqueue.open_queue(registry, config(db)) as q:
+        await q.enqueue("exits", job_id="bye", delay=0.2)  # committed before it runs
+        await trio.sleep_forever()
+
+
+async def ctrl_c(db: str) -> None:
+    async with trioqueue.open_queue(registry, config(db)) as q:
+        await q.enqueue("nap", job_id="nap")
+        await q.enqueue("compute", job_id="compute")
+        await trio.sleep_forever()
+
+
 async def drain(db: str) -> None:
     async with trioqueue.open_queue(registry, config(db)) as q:
         while True:
@@ -102,12 +150,17 @@ def main() -> None:
     global RAN
     mode, db = sys.argv[1], sys.argv[2]
     RAN = db + ".ran"
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if mode == "produce":
         trio.run(produce, db)
     elif mode == "slow":
         trio.run(enqueue_slow, db, int(sys.argv[3]))
     elif mode == "suicide":
         trio.run(enqueue_suicide, db)
+    elif mode == "exit":
+        trio.run(enqueue_exit, db)
+    elif mode == "ctrlc":
+        trio.run(ctrl_c, db)
     elif mode == "drain":
         trio.run(drain, db)
     else:

@@ -6,11 +6,15 @@ tests with real processes are in test_crash.py.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +23,8 @@ import trio
 
 import trioqueue
 from trioqueue import JobStatus, Priority, QueueConfig, StoreError
+from trioqueue import _persistence as persistence_module
+from trioqueue._store import sqlite as sqlite_store
 from trioqueue._store.sqlite import SqliteStore
 
 registry = trioqueue.TaskRegistry()
@@ -472,3 +478,244 @@ def test_fsync_comes_from_the_environment_too() -> None:
         QueueConfig.from_env({"TRIOQUEUE_FSYNC": "sometimes"})
     with pytest.raises(ValueError, match="fsync: expected True or False, got 'yes'"):
         QueueConfig(fsync="yes")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- recovery counts
+
+
+async def test_a_recovered_delayed_job_counts_once_in_scheduled(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    async with trioqueue.open_queue(registry, cfg(db)) as q:
+        await q.enqueue("echo", "later", job_id="d", delay=1.0)
+        assert q.metrics().scheduled == 1
+    async with trioqueue.open_queue(registry, cfg(db)) as q:
+        assert q.metrics().scheduled == 1
+        with trio.fail_after(10):
+            assert (await q.wait("d")).result == "later"
+        assert q.metrics().scheduled == 0
+
+
+def store_rows(db: Path, rows: list[tuple[str, str, str]]) -> None:
+    """Write ``(id, task, status)`` rows the way an earlier process would have left them."""
+    store = SqliteStore.open(db)
+    store.write_all(
+        (job_id, task, "null", 1, status, 1 if status == "processing" else 0, 3, None,
+         1.0 + i, 4e9 if status == "scheduled" else None, None, None, None, None, None)
+        for i, (job_id, task, status) in enumerate(rows)
+    )
+    store.close()
+
+
+async def test_jobs_of_an_unknown_task_are_left_alone_and_not_counted_as_recovered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "q.db"
+    store_rows(db, [
+        ("g1", "gone", "scheduled"), ("g2", "gone", "scheduled"), ("e1", "echo", "scheduled"),
+        ("g3", "gone", "queued"), ("g4", "gone", "processing"), ("e2", "blocked", "queued"),
+    ])
+    caplog.set_level(logging.INFO, logger="trioqueue")
+    async with trioqueue.open_queue(registry, cfg(db)) as q:
+        m = q.metrics()
+        assert m.scheduled == 1
+        assert sum(m.queued.values()) + m.processing == 1
+        await q.cancel("e2")
+    messages = [r.getMessage() for r in caplog.records if r.name == "trioqueue.store"]
+    assert sum("'gone' are left in the store untouched" in m for m in messages) == 1
+    assert f"{db}: recovered 1 queued, 1 scheduled, 0 interrupted by a crash" in messages
+    assert f"{db}: left 4 jobs in the store for a registry that has their tasks " \
+           "('gone': 4)" in messages
+    for job_id in ("g1", "g2", "g3"):  # untouched
+        assert on_disk(db, job_id)[:2] in (("scheduled", 0), ("queued", 0))  # type: ignore[index]
+    assert on_disk(db, "g4")[:2] == ("processing", 1)  # type: ignore[index]
+
+
+async def test_a_job_interrupted_by_shutdown_with_no_attempts_left_ends_failed_at_reopen(
+    tmp_path: Path,
+) -> None:
+    """A shutdown puts a running job back as QUEUED with its attempt counted; one whose
+    attempts are all used ends FAILED when the store is opened again, instead of running
+    on every restart (a handler that sends its own process SIGTERM, say)."""
+    db = tmp_path / "q.db"
+    async with trioqueue.open_queue(registry, cfg(db)) as q:
+        await q.enqueue("blocked", job_id="stuck", max_retries=0)
+        await q.enqueue("blocked", job_id="spare", max_retries=1)
+        with trio.fail_after(10):
+            while q.metrics().processing < 2:  # noqa: ASYNC110 - both workers started
+                await trio.sleep(0.001)
+    assert on_disk(db, "stuck")[:2] == ("queued", 1)  # type: ignore[index]
+    assert on_disk(db, "spare")[:2] == ("queued", 1)  # type: ignore[index]
+    async with trioqueue.open_queue(registry, cfg(db)) as q:
+        stuck = await q.get("stuck")
+        assert stuck.status is JobStatus.FAILED
+        assert stuck.error == "Interrupted: the queue stopped while attempt 1 ran (max_retries=0)"
+        assert (await q.get("spare")).status in (JobStatus.QUEUED, JobStatus.PROCESSING)
+        assert q.metrics().failed == 1
+    assert on_disk(db, "stuck")[0] == "failed"  # type: ignore[index]
+    assert on_disk(db, "spare")[:2] == ("queued", 2)  # type: ignore[index]
+
+
+# ---------------------------------------------------------------------- a locked store
+
+
+@contextmanager
+def locked(db: Path) -> Iterator[Callable[[], None]]:
+    """Another process holds ``BEGIN EXCLUSIVE`` on ``db`` until the returned function
+    is called or the block ends (killed in any case)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sqlite3, sys\n"
+         "conn = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+         "conn.execute('BEGIN EXCLUSIVE')\n"
+         "print('locked', flush=True)\n"
+         "sys.stdin.read()\n"
+         "conn.execute('ROLLBACK')\n", str(db)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+
+    def release() -> None:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        yield release
+    finally:
+        release()
+        for pipe in (holder.stdin, holder.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+async def test_a_store_locked_at_open_is_waited_for_then_given_up_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = tmp_path / "q.db"
+    async with trioqueue.open_queue(registry, cfg(db)):
+        pass
+    monkeypatch.setattr(sqlite_store, "OPEN_WAIT", 0.5)
+    caplog.set_level(logging.INFO, logger="trioqueue")
+    with locked(db):
+        with pytest.raises(StoreError) as info:
+            async with trioqueue.open_queue(registry, cfg(db)):
+                pass  # pragma: no cover
+    assert str(info.value) == (
+        f"{db}: locked by another connection for 0.5 s; giving up (another program holds "
+        "a transaction open on the file)"
+    )
+    waiting = [r.getMessage() for r in caplog.records if "locked by another" in r.getMessage()]
+    assert waiting == [f"{db}: locked by another connection; waiting up to 0.5 s for it to "
+                       "be released"]
+    async with trioqueue.open_queue(registry, cfg(db)) as q:  # unharmed, free again
+        await q.enqueue("echo", 1, job_id="after")
+
+
+async def test_a_store_locked_at_open_opens_once_the_lock_is_released(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "q.db"
+    async with trioqueue.open_queue(registry, cfg(db)) as q:
+        await q.enqueue("echo", 1, job_id="before")
+    said = threading.Event()
+
+    class Listener(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waiting up to" in record.getMessage():
+                said.set()
+
+    listener = Listener()
+    logging.getLogger("trioqueue.store").addHandler(listener)
+    monkeypatch.setattr(sqlite_store, "OPEN_WAIT", 60.0)
+    try:
+        with locked(db) as release:
+            async with trio.open_nursery() as nursery:
+
+                async def release_once_it_waits() -> None:
+                    await trio.to_thread.run_sync(said.wait, 30)
+                    release()
+
+                nursery.start_soon(release_once_it_waits)
+                with trio.fail_after(30):
+                    async with trioqueue.open_queue(registry, cfg(db)) as q:
+                        assert (await q.get("before")).status is JobStatus.COMPLETED
+    finally:
+        logging.getLogger("trioqueue.store").removeHandler(listener)
+    assert said.is_set()
+
+
+async def test_a_commit_the_store_does_not_answer_says_the_job_may_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holds the store locked: the commit does not end within
+    COMMIT_WAIT.  The enqueuer is told so, truthfully ("the job may run": it is in the
+    queue and the write goes on; here it does run), new jobs are refused while it lasts,
+    and once the lock is released the jobs are stored."""
+    db = tmp_path / "q.db"
+    monkeypatch.setattr(persistence_module, "COMMIT_WAIT", 0.3)
+    async with trioqueue.open_queue(registry, cfg(db, workers=1)) as q:
+        await q.enqueue("echo", 0, job_id="first")
+        with locked(db) as release:
+            errors: dict[str, str] = {}
+
+            async def enqueue(job_id: str) -> None:
+                try:
+                    await q.enqueue("echo", job_id, job_id=job_id, delay=0.2)
+                except StoreError as exc:
+                    errors[job_id] = str(exc)
+
+            async def acknowledge(job_id: str) -> None:  # the HTTP server's way
+                job = q.enqueue_nowait("echo", job_id, job_id=job_id, delay=0.2)
+                try:
+                    await q._acknowledge(job, created=True)
+                except StoreError as exc:
+                    errors[job_id] = str(exc)
+
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(enqueue, "a")
+                    nursery.start_soon(acknowledge, "b")
+            told = f"{db}: not confirmed: the store did not answer within 0.3 s; the job may run"
+            assert errors == {"a": told, "b": told}
+            with pytest.raises(StoreError, match=r"no answer from the store for 0\.3 s"):
+                await q.enqueue("echo", "refused")
+            with trio.fail_after(10):
+                for job_id in ("a", "b"):  # run while the store is still locked
+                    assert (await q.wait(job_id)).result == job_id
+            release()
+            with trio.fail_after(30):
+                while True:  # the write under way ends, and new jobs are taken again
+                    try:
+                        await q.enqueue("echo", "taken again", job_id="c")
+                        break
+                    except StoreError:
+                        await trio.sleep(0.05)
+    for job_id in ("a", "b", "c"):
+        assert on_disk(db, job_id)[0] == "completed"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("delay", "told"), [
+    (3600.0, "; the job is not stored and will not run"),
+    (0.0, "; the job is not stored yet and may run"),
+])
+async def test_a_failed_commit_says_whether_the_job_will_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, delay: float, told: str
+) -> None:
+    """The write fails (the store stays locked past SQLite's busy timeout): a job no
+    worker has touched is taken back and will not run; one a worker started already
+    runs, and the error says so."""
+    db = tmp_path / "q.db"
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT", 0.2)
+    async with trioqueue.open_queue(registry, cfg(db, workers=1)) as q:
+        with locked(db):
+            with trio.fail_after(10), pytest.raises(StoreError) as info:
+                await q.enqueue("echo", "x", job_id="x", delay=delay)
+        message = str(info.value)
+        assert message.startswith(f"{db}: cannot write 1 job(s): database is locked")
+        assert message.endswith(told)
+        if delay:
+            with pytest.raises(trioqueue.JobNotFound):
+                await q.get("x")
+        else:
+            assert (await q.wait("x")).result == "x"

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import random
+import signal
 import time
 import traceback as tb_module
 from collections import deque
@@ -69,6 +70,60 @@ _LABELS = ("high", "medium", "low")
 _PRIORITIES = (Priority.HIGH, Priority.MEDIUM, Priority.LOW)
 _SIMPLE_RESULT = (str, int, bool, type(None))
 _new_tuple = tuple.__new__
+
+
+def _from_sigint(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by the process's SIGINT handler: a Ctrl+C, not a
+    ``raise KeyboardInterrupt`` in the code it went through.
+
+    A Python signal handler runs on top of whatever frame was running when the signal
+    came, so what it raises has the handler's own frame as the last entry of its
+    traceback.  Trio's handler (``trio.run`` installs it in the main thread) raises
+    ``KeyboardInterrupt`` that way when the signal lands in code that is not
+    KI-protected, such as a job's handler; a handler's own ``raise KeyboardInterrupt``
+    ends in the handler's frame.  A handler written in C (``signal.default_int_handler``)
+    leaves no frame, but trio replaces that one while it runs.
+    """
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    handler = signal.getsignal(signal.SIGINT)
+    return tb.tb_frame.f_code is getattr(handler, "__code__", None)
+
+
+def _passing_through(exc: BaseException) -> tuple[BaseException | None, BaseException | None]:
+    """What of a handler's ``BaseException`` that is not an ``Exception`` is not the
+    attempt's failure: ``(cancelled, ctrl_c)``.
+
+    ``cancelled`` is a ``trio.Cancelled``, or the part of an exception group that is
+    (a handler's nursery cancelled by our scope: cancel(), the timeout, shutdown);
+    ``ctrl_c`` a ``KeyboardInterrupt`` from the SIGINT handler (see :func:`_from_sigint`),
+    or the part of a group that is.  Both ``None``: the handler's own, a failure.
+    """
+    if isinstance(exc, trio.Cancelled):
+        return exc, None
+    if isinstance(exc, KeyboardInterrupt):
+        return None, exc if _from_sigint(exc) else None
+    if isinstance(exc, BaseExceptionGroup):
+        cancelled = exc.split(trio.Cancelled)[0]
+        if cancelled is not None:
+            return cancelled, None
+        return None, exc.split(lambda e: isinstance(e, KeyboardInterrupt) and _from_sigint(e))[0]
+    return None, None
+
+
+@trio.lowlevel.enable_ki_protection
+def _sigint_again() -> None:
+    """Raise SIGINT again, from KI-protected code.
+
+    Trio's SIGINT handler, finding the signal in protected code, does what it does with
+    a Ctrl+C that arrives while trio's own code runs: it raises ``KeyboardInterrupt`` in
+    the main task at its next checkpoint (the body of ``open_queue``, typically, whose
+    exit is the graceful shutdown).  Any other SIGINT handler raises here again.
+    """
+    signal.raise_signal(signal.SIGINT)
 
 
 _id_bits = random.Random(os.urandom(32)).getrandbits
@@ -240,6 +295,8 @@ class JobQueue:
         self._draining = False
         self._workers_alive = 0
         self._workers_done = trio.Event()
+        self._stopping = trio.Event()
+        """Set when shutdown begins (a worker that passed on a Ctrl+C waits for it)."""
         # Counters (plain ints: no per-job allocation).
         self._n_enqueued = 0
         self._n_completed = 0
@@ -455,6 +512,16 @@ class JobQueue:
         if self._room_waiting[p] and self._room[p].unpark():
             self._room_waiting[p] -= 1
 
+    def _pass_room_on(self, lot: trio.lowlevel.ParkingLot, p: int) -> None:
+        """A producer woken from ``lot`` (priority ``p``'s room, or its delayed room)
+        leaves without taking the room: wake the next one, if the room is still there
+        (a wake-up when it is not would only send that one to the back of the line)."""
+        if lot is self._room[p]:
+            if len(self._ready[p]) < self._capacity and not self._backlog[p]:
+                self._wake_for_room(p)
+        elif self._delayed_new[p] < self._capacity:
+            lot.unpark()
+
     def _make_ready(self, rec: JobRecord, now: float) -> None:
         rec.ready_at = now
         self._ready[rec.priority].append(rec)
@@ -478,25 +545,28 @@ class JobQueue:
         if self._persist is not None:
             self._persist.check()
 
-    def _withdraw(self, rec: JobRecord) -> None:
-        """Take back a job whose commit failed, if no worker has touched it yet."""
+    def _withdraw(self, rec: JobRecord) -> bool:
+        """Take back a job whose commit failed, if no worker has touched it yet.  True
+        when it was taken back (it will not run)."""
         if self._jobs.get(rec.id) is not rec or rec.attempts:
-            return
+            return False
         if rec.status is QUEUED:
             try:
                 self._ready[rec.priority].remove(rec)
             except ValueError:
-                return
+                return False
+            self._wake_for_room(rec.priority)
         elif rec.status is SCHEDULED:
             rec.timer_gen += 1
             self._n_scheduled -= 1
             self._release_delay_slot(rec)
         else:
-            return
+            return False
         del self._jobs[rec.id]
         self._n_enqueued -= 1
         if self._persist is not None:
             self._persist.forget(rec)
+        return True
 
     def enqueue_nowait(
         self,
@@ -572,33 +642,49 @@ class JobQueue:
             parked = True  # that await was the checkpoint
         rec: JobRecord | None = None
         persist = self._persist
-        while True:
-            if self._closing or (persist is not None and persist.error is not None):
-                self._refuse_if_closing()
-            if rec is not None and job_id is None:
-                self._restamp(rec, delay)  # waited for room: the same job, accepted now
-            else:
-                rec, existing = self._prepare(
-                    task, payload, priority, job_id, delay, max_retries, timeout, stored
-                )
-                if existing is not None:
-                    snapshot = existing.snapshot()
-                    if self._persist is not None:
-                        await self._persist.wait_committed()
-                    elif not parked:
-                        await trio.lowlevel.cancel_shielded_checkpoint()
-                    return snapshot
-                assert rec is not None
-            if self._try_admit(rec):
-                break
-            parked = True
-            p = rec.priority
-            if rec.status is SCHEDULED:
-                await self._delay_room[p].park()
-            elif self._backlog[p]:
-                await self._backlog_lot[p].park()
-            else:
-                await self._park_for_room(p)
+        # The lot that woke this call for room it has not taken yet.  Leaving without
+        # taking it (an existing job returned, an error, ...), it wakes the next in line
+        # (_pass_room_on): nobody else would, and they would wait with room free.
+        woken: trio.lowlevel.ParkingLot | None = None
+        p = 0
+        try:
+            while True:
+                if self._closing or (persist is not None and persist.error is not None):
+                    self._refuse_if_closing()
+                if rec is not None and job_id is None:
+                    self._restamp(rec, delay)  # waited for room: the same job, accepted now
+                else:
+                    rec, existing = self._prepare(
+                        task, payload, priority, job_id, delay, max_retries, timeout, stored
+                    )
+                    if existing is not None:
+                        if woken is not None:
+                            self._pass_room_on(woken, p)
+                            woken = None
+                        snapshot = existing.snapshot()
+                        if self._persist is not None:
+                            await self._persist.wait_committed()
+                        elif not parked:
+                            await trio.lowlevel.cancel_shielded_checkpoint()
+                        return snapshot
+                    assert rec is not None
+                if self._try_admit(rec):
+                    break
+                parked = True
+                woken = None  # taken by someone else meanwhile: in line again
+                p = rec.priority
+                if rec.status is SCHEDULED:
+                    await self._delay_room[p].park()
+                    woken = self._delay_room[p]
+                elif self._backlog[p]:
+                    await self._backlog_lot[p].park()  # all are woken at once
+                else:
+                    await self._park_for_room(p)
+                    woken = self._room[p]
+        except BaseException:
+            if woken is not None:
+                self._pass_room_on(woken, p)
+            raise
         accepted = rec.snapshot()  # the job as accepted, before any worker touches it
         if self._persist is not None and self._persist.durable:
             await self._commit_or_take_back(rec, take_back=True)
@@ -617,14 +703,27 @@ class JobQueue:
     async def _commit_or_take_back(self, rec: JobRecord | None, *, take_back: bool) -> None:
         """Wait for the commit holding ``rec`` (everything marked, for ``None``).  If it
         fails the job was not acknowledged: with ``take_back`` it leaves the queue unless
-        a worker started it already (then it runs, and is stored once writes work)."""
+        a worker started it already (then it runs, and is stored once writes work).
+
+        The :class:`StoreError` says which happened, since a caller retrying without a
+        job id makes a second job if the first one runs: "the job is not stored and
+        will not run"; "the job is not stored yet and may run" (the write failed, but a
+        worker has the job); or "not confirmed: the store did not answer within 30 s;
+        the job may run" (the write is still under way).
+        """
         assert self._persist is not None
         try:
             await self._persist.wait_committed(rec)
-        except StoreError:
-            if take_back and rec is not None:
-                self._withdraw(rec)
-            raise
+        except StoreError as exc:
+            if rec is None:
+                raise
+            from ._persistence import NotConfirmed
+
+            if isinstance(exc, NotConfirmed):  # the write goes on: it may yet commit
+                raise StoreError(f"{exc}; the job may run") from None
+            if take_back and self._withdraw(rec):
+                raise StoreError(f"{exc}; the job is not stored and will not run") from None
+            raise StoreError(f"{exc}; the job is not stored yet and may run") from None
 
     async def _acknowledge(self, job: Job, *, created: bool) -> None:
         """For callers of :meth:`enqueue_nowait` that must not acknowledge a job before
@@ -780,10 +879,15 @@ class JobQueue:
         if rec is None:
             raise JobNotFound(f"job {job_id!r} not found")
         transition(rec.status, JobEvent.REQUEUE)
-        while len(self._ready[rec.priority]) >= self._capacity:
-            await self._park_for_room(rec.priority)
-            self._refuse_if_closing()
-            transition(rec.status, JobEvent.REQUEUE)  # someone else may have retried it
+        p = rec.priority
+        while len(self._ready[p]) >= self._capacity:
+            await self._park_for_room(p)
+            try:
+                self._refuse_if_closing()
+                transition(rec.status, JobEvent.REQUEUE)  # someone else may have retried it
+            except BaseException:
+                self._pass_room_on(self._room[p], p)  # the room it was woken for
+                raise
         rec.status = QUEUED
         rec.attempts = 0
         rec.finished_at = None
@@ -930,7 +1034,12 @@ class JobQueue:
 
     def _attempt_failed(self, slot: _WorkerSlot, rec: JobRecord, exc: BaseException,
                         duration: float) -> None:
-        rec.error = f"{type(exc).__name__}: {exc}"
+        try:
+            text = str(exc)
+        except Exception:  # a broken __str__ must not take the worker down
+            text = "<str() failed>"
+        # The type's name first, so that an exception without a message is still named.
+        rec.error = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
         rec.traceback = "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
         if rec.attempts <= rec.max_retries and not self._closing:
             rec.status = transition(rec.status, JobEvent.RETRY_LATER)
@@ -998,13 +1107,7 @@ class JobQueue:
         except BaseException:
             # Shutdown (or a crash) interrupts the job: record it back as QUEUED with the
             # attempt counted, never leave it PROCESSING.
-            rec = slot.current
-            if rec is not None:
-                slot.current = None
-                rec.status = transition(rec.status, JobEvent.INTERRUPT)
-                rec.started_at = None
-                self._ready[rec.priority].appendleft(rec)
-                self._changed("requeued", rec, slot.index)
+            self._put_back(slot)
             raise
         finally:
             slot.scope = None
@@ -1108,9 +1211,19 @@ class JobQueue:
                     result = await spec.handler(job)
                 if result.__class__ not in _SIMPLE_RESULT:
                     check_json("result", result)
-            except Exception as exc:  # the handler's failure, not ours
-                if isinstance(exc, trio.Cancelled):  # pragma: no cover - BaseException
-                    raise
+            except BaseException as exc:  # whatever the handler raised fails the attempt
+                if not isinstance(exc, Exception):  # ... but our scope's Cancelled, Ctrl+C
+                    cancelled, ctrl_c = _passing_through(exc)
+                    if cancelled is exc:
+                        raise
+                    if cancelled is not None:
+                        raise cancelled from exc
+                    if ctrl_c is not None:
+                        await self._ctrl_c(slot, scope)
+                        since = 0
+                        now = None
+                        last_yield = math.inf
+                        continue
                 end = current_time()
                 duration = end - start
                 slot.current = None
@@ -1155,6 +1268,39 @@ class JobQueue:
             else:
                 now = end
 
+    def _put_back(self, slot: _WorkerSlot) -> None:
+        """The worker's job was interrupted (not failed): back to the front of its queue
+        as QUEUED, the attempt counted."""
+        rec = slot.current
+        if rec is not None:
+            slot.current = None
+            rec.status = transition(rec.status, JobEvent.INTERRUPT)
+            rec.started_at = None
+            self._ready[rec.priority].appendleft(rec)
+            self._changed("requeued", rec, slot.index)
+
+    async def _ctrl_c(self, slot: _WorkerSlot, scope: trio.CancelScope) -> None:
+        """A Ctrl+C landed in this worker's handler (trio raises it in whichever task
+        runs when the signal comes): hand it to trio's main task, and put the job back
+        once the shutdown begins.
+
+        The Ctrl+C is the program's, not the job's: it must start the graceful shutdown
+        (as when it reaches the main task, the body of ``open_queue`` usually) and must
+        not count as the job's failure.  Until the shutdown begins the job stays this
+        worker's, as PROCESSING, so that no worker starts it again meanwhile (a handler
+        that computes without yielding would hold the event loop again, and the main
+        task would never see the Ctrl+C); then it goes back to the front of its queue as
+        QUEUED, the attempt counted, like every job a shutdown interrupts.  A program
+        that catches the KeyboardInterrupt and carries on has this worker and job held
+        until the queue closes.  With a SIGINT handler other than trio's, the
+        ``KeyboardInterrupt`` comes out of here and the worker ends with it: the queue
+        then closes at once, every running job put back the same way.
+        """
+        _sigint_again()
+        scope.deadline = math.inf
+        await self._stopping.wait()  # cancel() of the job ends it CANCELLED (_worker)
+        self._put_back(slot)
+
     async def _commit_start(self, rec: JobRecord) -> None:
         """A job recovered after a crash: make this attempt's start durable first, so a
         handler that kills the process has its attempts counted (see _persistence)."""
@@ -1174,8 +1320,7 @@ class JobQueue:
         if rec.status is SCHEDULED:
             if rec.scheduled_for is None:  # pragma: no cover - the engine always sets it
                 rec.scheduled_for = self._now()
-            self._n_scheduled += 1
-            self._schedule(rec, rec.scheduled_for)
+            self._schedule(rec, rec.scheduled_for)  # counts it in metrics().scheduled
         else:
             self._make_ready(rec, self._clock.current_time())
 
@@ -1184,24 +1329,43 @@ class JobQueue:
         counts; with none left the job is FAILED, otherwise it is queued again."""
         rec.started_at = None
         if rec.attempts > rec.max_retries:
-            rec.error = (
-                f"ProcessDied: the process stopped while attempt {rec.attempts} ran "
+            self._fail_recovered(
+                rec, f"ProcessDied: the process stopped while attempt {rec.attempts} ran "
                 f"(max_retries={rec.max_retries})"
             )
-            self._jobs[rec.id] = rec  # still PROCESSING, as stored: _finish ends it
-            self._n_failed += 1
-            self._finish(rec, FAILED, "failed")
             return
         rec.status = QUEUED
         rec.durable_start = True
         self._restore(rec)
         self._changed("requeued", rec)
 
+    def _fail_recovered(self, rec: JobRecord, error: str) -> None:
+        """A recovered job with no attempts left: it ends FAILED without running."""
+        self._jobs[rec.id] = rec  # in its stored state: _finish ends it
+        rec.error = error
+        self._n_failed += 1
+        self._finish(rec, FAILED, "failed")
+
+    def _restore_exhausted(self, rec: JobRecord) -> bool:
+        """A QUEUED job recovered from the store with no attempts left: its last one
+        was interrupted (a shutdown put it back, attempt counted).  It ends FAILED instead
+        of running again, as a job found PROCESSING does, so that a handler that stops
+        its process in an orderly way (sending it SIGTERM, say) is not re-run on every
+        restart.  True when it did."""
+        if rec.attempts <= rec.max_retries:
+            return False
+        self._fail_recovered(
+            rec, f"Interrupted: the queue stopped while attempt {rec.attempts} ran "
+            f"(max_retries={rec.max_retries})"
+        )
+        return True
+
     # ------------------------------------------------------------------ shutdown
 
     async def _shutdown(self, work_scope: trio.CancelScope) -> None:
         """Close intake, stop the timer, let in-flight work finish, then cancel."""
         self._closing = True
+        self._stopping.set()
         for p, lot in enumerate(self._room):
             self._room_waiting[p] -= len(lot.unpark_all())
         for lot in (*self._delay_room, *self._backlog_lot):
@@ -1333,12 +1497,17 @@ async def _open_queue(registry: TaskRegistry, config: QueueConfig) -> AsyncItera
                 if persistence is not None:
                     await persistence.close()
     except BaseExceptionGroup as group:
-        # Body exceptions are raised as themselves below; a lone error from an engine
-        # task (a store that fails to write, say) is unwrapped too.
+        # Body exceptions are raised as themselves below.  An engine task's error (a
+        # store that fails to write; a Ctrl+C that another SIGINT handler raised in a
+        # worker) cancels the body: the body's Cancelled is then that error's doing,
+        # and the error is what comes out, by itself when it is alone and ours or a
+        # KeyboardInterrupt.  Only Cancelled inside: an outer scope cancelled us.
         leaves = _leaves(group)
-        if body_exc is None and len(leaves) == 1 and isinstance(leaves[0], TrioQueueError):
+        if body_exc is not None and not isinstance(body_exc, trio.Cancelled):
+            raise
+        if len(leaves) == 1 and isinstance(leaves[0], (TrioQueueError, KeyboardInterrupt)):
             raise leaves[0] from None
-        if body_exc is None or not isinstance(body_exc, trio.Cancelled):
+        if leaves or body_exc is None:
             raise
     finally:
         if persistence is not None:

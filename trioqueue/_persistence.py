@@ -47,6 +47,15 @@ PRUNE_CHUNK = 10_000
 """Finished jobs deleted per transaction when pruning (short transactions)."""
 RETRY_FAILED_WRITE = 1.0
 """Seconds before a failed write is tried again."""
+COMMIT_WAIT = 30.0
+"""Seconds a write may take before the callers waiting for it are told that their jobs
+are not confirmed (:class:`NotConfirmed`), and new jobs are refused until it ends: a
+store locked by another connection, or a disk that stopped answering."""
+
+
+class NotConfirmed(StoreError):
+    """The write holding a job did not end within :data:`COMMIT_WAIT`: it goes on, so the
+    job may yet be stored (and run)."""
 
 _STATUS = {s: s.value for s in JobStatus}
 
@@ -72,6 +81,13 @@ class Persistence:
         self._epoch = 1  # the batch being collected
         self._committed = 0  # the last batch committed
         self._failed = 0  # the last batch whose write failed
+        self._late = 0  # the last batch its waiters were told is not confirmed
+        self._write_began: float | None = None
+        """When the transaction under way began (trio time), or None."""
+        self._write_ended: trio.Event | None = None
+        """Set when a transaction ends, while the watchdog waits for that."""
+        self._kick_watch: trio.Event | None = None
+        """Set when a transaction begins, while the watchdog waits for one."""
         self.error: StoreError | None = None
         """The last write's error while writing fails (new jobs are refused), else None."""
         self._retry_at = -math.inf
@@ -88,7 +104,10 @@ class Persistence:
         self._reads = 0  # reads under way in threads
         self._reads_done = trio.Event()
         self._suspect = not store.was_clean
-        self._unknown_tasks: set[str] = set()
+        self._unknown: dict[str, int] = {}
+        """Jobs met at recovery whose task this registry lacks, by task name."""
+        self._loaded = 0  # queued jobs streamed into memory
+        self._exhausted = 0  # queued jobs recovered with no attempts left (FAILED)
         self._cursor: dict[int, int] = {}
         """Per priority: the last rowid streamed from the backlog."""
         self.commits = 0
@@ -167,7 +186,12 @@ class Persistence:
         try:
             while self._committed < target:
                 if self._failed >= target:
-                    raise StoreError(f"{self.error}; the job is not stored")
+                    raise StoreError(str(self.error))
+                if self._late >= target:
+                    raise NotConfirmed(
+                        f"{self.path}: not confirmed: the store did not answer within "
+                        f"{COMMIT_WAIT:g} s"
+                    )
                 event = self._epoch_done.get(target)
                 if event is None:
                     event = self._epoch_done[target] = trio.Event()
@@ -190,9 +214,10 @@ class Persistence:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self._watch_writes)
                 task_status.started()
                 await self._flush_loop(queue)
-                nursery.cancel_scope.cancel()  # the backlog streamers
+                nursery.cancel_scope.cancel()  # the watchdog, the backlog streamers
         finally:
             self._stopped.set()
 
@@ -223,6 +248,48 @@ class Persistence:
             if next_prune <= now:
                 await self._prune(queue, retention)
                 next_prune = trio.current_time() + prune_every
+
+    async def _watch_writes(self) -> None:
+        """The watchdog: a transaction still under way :data:`COMMIT_WAIT` seconds after it
+        began makes its waiters (and those of the batch collected meanwhile) raise
+        :class:`NotConfirmed`, and new jobs are refused (:attr:`error`) until it ends.
+
+        It sleeps until the deadline of the write under way and looks again, so it wakes
+        about once per ``COMMIT_WAIT`` while writes come and go, not once per write; the
+        writer only records when each transaction begins.
+        """
+        while True:
+            began = self._write_began
+            if began is None:
+                self._kick_watch = trio.Event()
+                await self._kick_watch.wait()
+                continue
+            await trio.sleep_until(began + COMMIT_WAIT)
+            if self._write_began != began:
+                continue  # that write ended; look at the next one
+            self._late = self._epoch
+            self.error = StoreError(
+                f"{self.path}: no answer from the store for {COMMIT_WAIT:g} s "
+                "(locked by another connection, or the disk stopped answering)"
+            )
+            log.error("%s; jobs waiting for it are told they are not confirmed", self.error)
+            self._wake_committed(self._late)
+            ended = self._write_ended = trio.Event()
+            await ended.wait()
+
+    async def _write(self, fn: Any, *args: Any) -> Any:
+        """Run a store method that writes in a thread, under the watchdog's eye."""
+        self._write_began = trio.current_time()
+        if self._kick_watch is not None:
+            self._kick_watch.set()
+            self._kick_watch = None
+        try:
+            return await trio.to_thread.run_sync(fn, *args)
+        finally:
+            self._write_began = None
+            if self._write_ended is not None:
+                self._write_ended.set()
+                self._write_ended = None
 
     async def _write_batch(self) -> int:
         """Write everything dirty now as one batch; return its number.
@@ -275,7 +342,7 @@ class Persistence:
                     # As a tuple of str, int and float: the collector stops tracking it at
                     # its first pass, where a list would be walked by every collection that
                     # the loop's allocations set off while the thread writes.
-                    await trio.to_thread.run_sync(self.store.write_values, tuple(values))
+                    await self._write(self.store.write_values, tuple(values))
                 self.commits += 1
                 self.rows_written += len(writing)
                 self._writing = {}
@@ -292,7 +359,7 @@ class Persistence:
         if not self._dirty:  # failing, with nothing left to write (jobs were taken back)
             try:
                 async with self._write_lock:
-                    await trio.to_thread.run_sync(self.store.probe)
+                    await self._write(self.store.probe)
             except StoreError:
                 self._retry_at = trio.current_time() + RETRY_FAILED_WRITE
             else:
@@ -312,6 +379,7 @@ class Persistence:
             self._wake_committed(epoch)
             return
         self._committed = epoch
+        self._late = min(self._late, epoch)  # the next batch's waiters wait again
         if self.error is not None:
             log.warning("%s: writing again", self.path)
             self.error = None
@@ -323,7 +391,7 @@ class Persistence:
         while True:
             async with self._write_lock:
                 try:
-                    n = await trio.to_thread.run_sync(self.store.prune, horizon, PRUNE_CHUNK)
+                    n = await self._write(self.store.prune, horizon, PRUNE_CHUNK)
                 except StoreError as exc:
                     log.warning("%s", exc)
                     return
@@ -351,12 +419,13 @@ class Persistence:
     def _runnable(self, rec: JobRecord) -> bool:
         if rec.spec is not None:
             return True
-        if rec.task not in self._unknown_tasks:
-            self._unknown_tasks.add(rec.task)
+        seen = self._unknown.get(rec.task, 0)
+        if not seen:
             log.warning(
                 "%s: jobs of task %r are left in the store untouched: no handler is "
                 "registered under that name", self.path, rec.task,
             )
+        self._unknown[rec.task] = seen + 1
         return False
 
     async def _read(self, fn: Any, *args: Any) -> Any:
@@ -376,7 +445,7 @@ class Persistence:
         processing = await self._read(store.live, "processing")
         scheduled = await self._read(store.live, "scheduled")
         spans = [await self._read(store.queued_span, p) for p in range(3)]
-        died = 0
+        died = delayed = 0
         for row in processing:
             rec = self._record(row)
             if rec is None or not self._runnable(rec):
@@ -388,20 +457,29 @@ class Persistence:
             if rec is not None and self._runnable(rec):
                 rec.durable_start = self._suspect  # it may have come due and run unstored
                 queue._restore(rec)
-        backlog = 0
+                delayed += 1
         assert self._nursery is not None
         for priority, (count, top) in enumerate(spans):
             if count:
-                backlog += count
                 queue._backlog[priority] = count
                 await self._stream(queue, priority, top, until_full=True)
                 if queue._backlog[priority]:
                     self._nursery.start_soon(self._stream, queue, priority, top)
-        if processing or scheduled or backlog:
+        # Read so far, and (an estimate) still in the store: a large backlog is read as
+        # the queues drain, so jobs of unknown tasks among the rest are found later.
+        queued = self._loaded + sum(queue._backlog)
+        if queued or delayed or died or self._exhausted:
             log.info(
-                "%s: recovered %d queued, %d scheduled, %d interrupted by a crash%s",
-                self.path, backlog, len(scheduled), died,
+                "%s: recovered %d queued, %d scheduled, %d interrupted by a crash%s%s",
+                self.path, queued, delayed, died,
+                f", {self._exhausted} failed (no attempts left)" if self._exhausted else "",
                 "" if store.was_clean else " (each records its next start before running)",
+            )
+        if self._unknown:
+            log.warning(
+                "%s: left %d jobs in the store for a registry that has their tasks (%s)",
+                self.path, sum(self._unknown.values()),
+                ", ".join(f"{task!r}: {n}" for task, n in sorted(self._unknown.items())),
             )
 
     async def _stream(self, queue: JobQueue, priority: int, top: int, *,
@@ -448,9 +526,13 @@ class Persistence:
                     rec = self._record(row)
                     if rec is None or not self._runnable(rec):
                         continue
+                    if queue._restore_exhausted(rec):
+                        self._exhausted += 1
+                        continue
                     rec.durable_start = self._suspect
                     jobs[job_id] = rec
                     queue._make_ready(rec, now)
+                    self._loaded += 1
                 if len(rows) < limit:  # read to the end
                     backlog[priority] = 0
                     break

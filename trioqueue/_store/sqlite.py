@@ -13,6 +13,7 @@ and what is wrong.  Nothing is ever reset silently.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -29,8 +30,18 @@ try:
 except ImportError:  # pragma: no cover - Windows: no flock, so no one-queue-per-file check
     fcntl = None  # type: ignore[assignment]
 
+log = logging.getLogger("trioqueue.store")
+
 APPLICATION_ID = 0x74727175  # "trqu"
 SCHEMA_VERSION = 1
+
+BUSY_TIMEOUT = 30.0
+"""Seconds a statement waits for a lock that another connection holds on the file
+(SQLite's busy timeout) before it fails with "database is locked"."""
+OPEN_WAIT = 30.0
+"""Seconds :meth:`SqliteStore.open` waits, in all, for such a lock to be released."""
+OPEN_PATIENCE = 0.1
+"""Seconds it waits before it says (once, in the log) what it is waiting for."""
 
 COLUMNS = (
     "id", "task", "payload", "priority", "status", "attempts", "max_retries", "timeout",
@@ -109,7 +120,7 @@ def _tune(conn: sqlite3.Connection, fsync: bool) -> None:
 def _connect(path: Path, *, query_only: bool = False) -> sqlite3.Connection:
     conn = sqlite3.connect(
         path.resolve().as_uri(), uri=True, isolation_level=None, check_same_thread=False,
-        timeout=30.0,
+        timeout=BUSY_TIMEOUT,
     )
     if query_only:
         conn.execute("PRAGMA query_only = ON")
@@ -155,7 +166,7 @@ class SqliteStore:
             lock.release(failed=True)
             raise StoreError(f"{where}: cannot open: {_describe(exc)}") from exc
         try:
-            clean = cls._prepare(writer, where, fsync)
+            clean = cls._prepare_when_free(writer, where, fsync)
             reader = _connect(path, query_only=True)
         except BaseException as exc:
             writer.close()
@@ -167,6 +178,43 @@ class SqliteStore:
         store._lock_file = lock
         store._fsync = fsync
         return store
+
+    @classmethod
+    def _prepare_when_free(cls, conn: sqlite3.Connection, where: str, fsync: bool) -> bool:
+        """:meth:`_prepare`, waiting up to :data:`OPEN_WAIT` seconds for a lock another
+        connection holds on the file (an ``sqlite3`` shell with a transaction open, a
+        backup tool), and saying so in the log once it has waited
+        :data:`OPEN_PATIENCE`.  SQLite's busy handler does the waiting; this only sets
+        how long."""
+        deadline = time.monotonic() + OPEN_WAIT
+        wait = min(OPEN_PATIENCE, OPEN_WAIT)
+        told = False
+        while True:
+            conn.execute(f"PRAGMA busy_timeout = {max(1, round(wait * 1000))}")
+            try:
+                clean = cls._prepare(conn, where, fsync)
+            except sqlite3.OperationalError as exc:
+                if not _locked(exc):
+                    raise
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                wait = deadline - time.monotonic()
+                if wait <= 0:
+                    raise StoreError(
+                        f"{where}: locked by another connection for {OPEN_WAIT:g} s; giving "
+                        "up (another program holds a transaction open on the file)"
+                    ) from exc
+                if not told:
+                    log.warning(
+                        "%s: locked by another connection; waiting up to %g s for it to "
+                        "be released", where, OPEN_WAIT,
+                    )
+                    told = True
+                continue
+            conn.execute(f"PRAGMA busy_timeout = {round(BUSY_TIMEOUT * 1000)}")
+            if told:
+                log.info("%s: the lock was released; opening", where)
+            return clean
 
     @staticmethod
     def _prepare(conn: sqlite3.Connection, where: str, fsync: bool) -> bool:
@@ -451,6 +499,12 @@ class _Lock:
             self._path.unlink(missing_ok=True)
         os.close(self._fd)
         self._fd = None
+
+
+def _locked(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` is SQLite's "another connection holds the lock" (BUSY or LOCKED)."""
+    code = getattr(exc, "sqlite_errorcode", None)  # set on every error SQLite raised
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _describe(exc: sqlite3.Error) -> str:
