@@ -60,7 +60,6 @@
     // While the pointer is over a list, new rows are held back (and counted) so that the
     // row under it stays put; they go in when the pointer leaves.
     hold: { feed: false, jobs: false },
-    feedHeld: 0,
     jobsHeld: [],
     jobs: new Map(),
     jobsOrder: [],
