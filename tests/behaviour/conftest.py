@@ -148,17 +148,37 @@ async def settle() -> None:
         await trio.testing.wait_all_tasks_blocked(IDLE / 2)
 
 
+STUCK = 2000
+"""Looks in a row that find every task blocked, no thread at work and no deadline: then
+nothing can ever happen again (these backends wait for nothing outside the process), and
+:func:`autojump` fails the test instead of letting it hang."""
+
+
+class Deadlock(Exception):
+    pass
+
+
 async def autojump(clock: trio.testing.MockClock) -> None:
     """Move ``clock`` to the next deadline whenever every other task is blocked and no
     ``trio.to_thread`` thread is at work; while one is, wait for it in real time."""
     threads = trio.to_thread.current_default_thread_limiter()
+    stuck = 0
     while True:
         await trio.testing.wait_all_tasks_blocked(IDLE)
         if threads.borrowed_tokens:
+            stuck = 0
             continue
         ahead = trio.lowlevel.current_statistics().seconds_to_next_deadline
         if 0 < ahead < math.inf:
             clock.jump(ahead)
+            stuck = 0
+        elif ahead == math.inf:
+            stuck += 1
+            if stuck >= STUCK:
+                raise Deadlock(
+                    "every task is blocked with no deadline and no thread at work: "
+                    "the test would wait forever"
+                )
 
 
 # --------------------------------------------------------------------------- tasks

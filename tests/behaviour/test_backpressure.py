@@ -156,15 +156,11 @@ async def test_each_job_taken_lets_one_waiting_producer_in_until_all_are_in(
         assert (m.enqueued, m.completed, m.rejected, m.queued) == (9, 9, 0, EMPTY)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lost wake-up: a producer woken for room that finds its job_id already taken "
-    "(by another producer of the same id) returns without passing the room on, so a "
-    "third producer waits although the queue has room",
-)
 async def test_producers_of_the_same_id_do_not_swallow_room_meant_for_others(
     backend: Backend, clock: MockClock | None, h: Harness
 ) -> None:
+    """A producer woken for room that finds its id taken by another producer returns
+    the job there, and the room it was woken for goes on to the next in line."""
     async with one_busy_worker(backend, h, capacity=1) as q:
         filler = q.enqueue_nowait("echo", "filler")
         results: dict[str, Job] = {}

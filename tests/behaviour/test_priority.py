@@ -14,16 +14,23 @@ from collections import Counter
 
 from trio.testing import MockClock
 
-from trioqueue import JobQueue, Priority
+from trioqueue import Job, JobQueue, Priority
 
 from .conftest import Backend, Harness
 
 
-def reference_order(counts: dict[Priority, int], weights: dict[Priority, int]) -> list[Priority]:
-    """The priorities picked, in order, until every backlog is empty."""
+def reference_order(
+    counts: dict[Priority, int],
+    weights: dict[Priority, int],
+    arrivals: dict[tuple[Priority, int], tuple[Priority, int]] | None = None,
+) -> list[Priority]:
+    """The priorities picked, in order, until every backlog is empty.  ``arrivals``:
+    when the n-th job of priority p is picked, k jobs of priority q arrive
+    (``{(p, n): (q, k)}``)."""
     left = dict(counts)
     credit = dict.fromkeys(Priority, 0)
     order: list[Priority] = []
+    arrivals = arrivals or {}
     while any(left.values()):
         contenders = [p for p in Priority if left[p]]
         for p in Priority:
@@ -35,6 +42,9 @@ def reference_order(counts: dict[Priority, int], weights: dict[Priority, int]) -
         credit[best] -= sum(weights[p] for p in contenders)
         left[best] -= 1
         order.append(best)
+        arrival = arrivals.get((best, order.count(best)))
+        if arrival is not None:
+            left[arrival[0]] += arrival[1]
     return order
 
 
@@ -129,3 +139,44 @@ async def test_a_lone_priority_gets_every_pick_and_a_fresh_burst_starts_with_hig
     assert picks == reference_order(dict.fromkeys(Priority, 2), {Priority.HIGH: 10,
                                     Priority.MEDIUM: 3, Priority.LOW: 1})
     assert picks[0] is Priority.HIGH
+
+
+async def test_a_priority_that_ran_out_banks_no_turns_while_it_has_no_work(
+    backend: Backend, clock: MockClock | None, h: Harness
+) -> None:
+    """MEDIUM runs out while HIGH and LOW still compete, then three MEDIUM jobs arrive
+    (the third HIGH job enqueues them): MEDIUM starts again from no credit, neither
+    owed turns nor in debt for the time it had no work."""
+    order: list[Priority] = []
+    arrived: list[str] = []
+
+    @h.registry.task
+    async def spawn(job: Job) -> None:
+        order.append(job.priority)
+        for i in range(3):
+            arrived.append(q.enqueue_nowait("note", f"arrived {i}", priority="medium").id)
+
+    @h.registry.task
+    async def note(job: Job) -> None:
+        order.append(job.priority)
+
+    counts = {Priority.HIGH: 5, Priority.MEDIUM: 1, Priority.LOW: 2}
+    async with backend.open(h.registry, workers=1) as q:
+        await q.enqueue("gated", "hold")
+        await h.entered("hold")
+        jobs = [await q.enqueue("spawn" if i == 2 else "note", priority="high")
+                for i in range(5)]
+        jobs.append(await q.enqueue("note", priority="medium"))
+        jobs += [await q.enqueue("note", priority="low") for _ in range(2)]
+        h.open_gate("hold")
+        for job in jobs:
+            await q.wait(job.id)
+        assert len(arrived) == 3
+        for job_id in arrived:
+            await q.wait(job_id)
+    expected = reference_order(
+        counts, {Priority.HIGH: 10, Priority.MEDIUM: 3, Priority.LOW: 1},
+        arrivals={(Priority.HIGH, 3): (Priority.MEDIUM, 3)},
+    )
+    assert "".join(p.label[0] for p in expected) == "hhmhhhmmlml"
+    assert order == expected
