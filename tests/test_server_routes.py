@@ -315,3 +315,25 @@ async def test_bulk_retry_reaches_jobs_only_the_store_holds(tmp_path: Path) -> N
         assert (status, body) == (202, {"retried": 3})
         assert {(await q.get(i)).status for i in booms} == {JobStatus.QUEUED}
         tasks.gate_open.set()
+
+
+async def test_retry_of_a_stored_job_whose_task_this_server_lacks_is_404(tmp_path: Path) -> None:
+    """A FAILED job in the store, opened by a registry without its task: retry is 404
+    naming the task (not a 500), and the job stays FAILED."""
+    db = tmp_path / "jobs.db"
+    first = trioqueue.TaskRegistry()
+
+    @first.task(name="gone", max_retries=0)
+    async def gone(job: trioqueue.Job) -> None:
+        raise RuntimeError("no")
+
+    config = trioqueue.QueueConfig(workers=1, persist_path=db, shutdown_timeout=0)
+    async with trioqueue.open_queue(first, config) as q:
+        await q.enqueue("gone", job_id="g1")
+        assert (await q.wait("g1")).status is JobStatus.FAILED
+    async with trioqueue.open_queue(make_registry().registry, config) as q:
+        app = App(q)
+        status, _, body = await call(app, "POST", "/jobs/g1/retry")
+        assert status == 404
+        assert "gone" in body["error"]
+        assert (await q.get("g1")).status is JobStatus.FAILED

@@ -460,6 +460,8 @@ class App:
             return await q.retry(job_id)
         except JobNotFound as exc:
             raise HTTPError(404, str(exc)) from None
+        except UnknownTask as exc:  # a stored job of a task this server has no handler for
+            raise HTTPError(404, f"job {job_id!r}: {exc}") from None
         except InvalidTransition as exc:
             raise HTTPError(409, str(exc)) from None
         except ShuttingDown as exc:

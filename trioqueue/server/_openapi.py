@@ -313,7 +313,8 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [_JOB_ID_PARAM],
                     "responses": {
                         "202": _json("the job, queued again", "Job"),
-                        "404": _error("no job has this id"),
+                        "404": _error("no job has this id, or this server has no handler "
+                                      "for its task"),
                         "409": _error("the job is not failed or cancelled"),
                         "429": {**_error("the priority's queue is full"),
                                 "headers": _RETRY_AFTER},
