@@ -15,12 +15,17 @@ does not move by itself, and the ``backend`` fixture starts :func:`autojump`, wh
 moves it to the next deadline only when every task is blocked *and* no thread started by
 ``trio.to_thread`` is at work (the default thread limiter lends no token).  Time then
 passes only when nothing could happen before the next deadline, whatever the threads'
-real speed.  Even so, tests read times from job snapshots and handlers, wait for jobs and
-handlers rather than sleeping for "long enough", and use no ``fail_after`` guards.
+real speed; a guard such as ``move_on_after(60)`` is reached only when nothing else can
+happen, and a test that would wait forever (every task blocked, no deadline, no thread)
+fails with :class:`Deadlock` instead of hanging.  Tests read times from job snapshots and
+handlers, and wait for jobs and handlers (or :func:`settle`) rather than sleeping for
+"long enough".
 
 A backend whose delays do not follow trio's clock (Redis keeps them on the server's clock)
 says ``virtual_time=False``: ``clock`` is then ``None`` (trio's real clock) and the tests
-that need virtual time skip there (``backend.needs_virtual_time()``).
+that need virtual time skip there (``backend.needs_virtual_time()``).  For such a
+backend :func:`settle` knows nothing of replies still on the wire: a test that asserts
+something *happened* after ``settle()`` may need a wait of its own there.
 """
 
 from __future__ import annotations
@@ -58,7 +63,9 @@ class BackendSpec:
 def _redis(tmp_path: Path) -> dict[str, Any]:
     if "redis_url" not in attrs.fields_dict(QueueConfig):
         pytest.skip("Redis backend not built yet")
-    # A queue of its own per test: nothing seen here was left by another test.
+    # A queue of its own per test: nothing seen here was left by another test.  (Whoever
+    # builds the backend: delete the queue's keys when the test ends, and make prefetch=0
+    # exact fairness, as test_priority.py expects.)
     return {"redis_url": REDIS_URL, "queue_name": f"behaviour-{uuid.uuid4().hex}",
             "prefetch": 0}
 
