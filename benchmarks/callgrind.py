@@ -29,12 +29,12 @@ from pathlib import Path
 CASES = ("bare", "nowait", "await", "batch")
 
 _CHILD = """
-import math, sys, tempfile, trio, trioqueue, trioqueue._engine
+import math, sys, tempfile, trio, trioqueue, trioqueue._workers
 from pathlib import Path
 n, case = int(sys.argv[1]), sys.argv[2]
 # Under valgrind the program runs about 50 times slower, so the 1 ms half of the
 # schedule-point rule would fire every few calls; at full speed the 64-call half does.
-trioqueue._engine.CHECKPOINT_AFTER = math.inf
+trioqueue._workers.CHECKPOINT_AFTER = math.inf
 registry = trioqueue.TaskRegistry()
 
 @registry.task(name="noop")

@@ -33,6 +33,8 @@ from trioqueue import (
     TaskRegistry,
     UnknownTask,
 )
+from trioqueue._ids import IdGenerator
+from trioqueue._local.backend import LocalBackend
 
 
 class Harness:
@@ -516,14 +518,14 @@ async def test_room_goes_to_parked_producers_one_each_even_when_some_give_up(
             await trio.sleep(0.1)
             m = q.metrics()
         assert m.queued == {"high": 0, "medium": 0, "low": 0}
-        assert q._room_waiting == [0, 0, 0]
+        assert LocalBackend.of(q).parked_producers() == (0, 0, 0)
 
 
 async def test_a_job_that_waited_for_room_is_dated_when_accepted(
     h: Harness, autojump_clock: Any
 ) -> None:
     async with one_busy_worker(h, capacity=1) as q:
-        q.enqueue_nowait("ok", "fills the queue")
+        filler = q.enqueue_nowait("ok", "fills the queue")
         got: list[Job] = []
 
         async def producer() -> None:
@@ -536,8 +538,9 @@ async def test_a_job_that_waited_for_room_is_dated_when_accepted(
             t_open = trio.current_time()
             h.gate.set()
         waited, after = got
-        wall_offset = waited.created_at - t_open
-        assert abs(wall_offset - q._wall_offset) < 1e-6  # created when accepted, at 5 s
+        assert t_open == 5.0
+        # Created when accepted, 5 s after the filler (the mock clock stood still between).
+        assert waited.created_at - filler.created_at == pytest.approx(5.0, abs=1e-6)
         assert waited.id < after.id  # the id made before the wait, still first
         for job in got:
             assert (await q.wait(job.id)).status is JobStatus.COMPLETED
@@ -937,35 +940,22 @@ async def test_generated_ids_are_uuid7_in_the_order_they_were_made(h: Harness) -
     assert all(uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
 
 
-def test_generated_ids_stay_ordered_past_4096_a_millisecond_and_a_clock_step_back(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import time
+def test_generated_ids_stay_ordered_past_4096_a_millisecond_and_a_clock_step_back() -> None:
     import uuid
 
-    from trioqueue import _engine
-
-    # The generator's state comes back after the test (monkeypatch restores these), so
-    # later tests do not go on counting in this test's future millisecond.
-    for name in ("_id_ms", "_id_head", "_id_seq"):
-        monkeypatch.setattr(_engine, name, getattr(_engine, name))
-    # Ahead of the real clock, so ids made by earlier tests are older.
-    ms = time.time_ns() // 1_000_000 + 10_000_000
-    now = [ms * 1_000_000]
-    monkeypatch.setattr(time, "time_ns", lambda: now[0])
+    ids = IdGenerator(seed=1)
+    ms = 1_765_000_000_000
 
     def stamp(job_id: str) -> int:
         return uuid.UUID(job_id).int >> 80
 
-    burst = [_engine._new_id() for _ in range(5000)]  # all in one millisecond
-    now[0] -= 2_000_000_000  # the clock steps back two seconds
-    stepped_back = [_engine._new_id() for _ in range(10)]
-    now[0] = (ms + 50) * 1_000_000
-    later = _engine._new_id()
-    ids = [*burst, *stepped_back, later]
-    assert ids == sorted(ids)
-    assert len(set(ids)) == len(ids)
-    assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids)
+    burst = [ids.new(ms) for _ in range(5000)]  # all in one millisecond
+    stepped_back = [ids.new(ms - 2000) for _ in range(10)]  # the clock steps back 2 s
+    later = ids.new(ms + 50)
+    made = [*burst, *stepped_back, later]
+    assert made == sorted(made)
+    assert len(set(made)) == len(made)
+    assert all(uuid.UUID(i).version == 7 and uuid.UUID(i).variant == uuid.RFC_4122 for i in made)
     # 4096 ids fit one millisecond; the rest borrow the next, and a step back counts on.
     assert [stamp(i) for i in burst] == [ms] * 4096 + [ms + 1] * 904
     assert {stamp(i) for i in stepped_back} == {ms + 1}

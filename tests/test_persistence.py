@@ -23,7 +23,8 @@ import trio
 
 import trioqueue
 from trioqueue import JobStatus, Priority, QueueConfig, StoreError
-from trioqueue import _persistence as persistence_module
+from trioqueue._local import snapshot as persistence_module
+from trioqueue._local.backend import LocalBackend
 from trioqueue._store import sqlite as sqlite_store
 from trioqueue._store.sqlite import SqliteStore
 
@@ -109,8 +110,7 @@ async def test_results_of_jobs_that_left_memory_come_from_the_store(tmp_path: Pa
         await q.enqueue("echo", [3], job_id="b")
         await q.wait("b")
         await q.flush()
-        assert "a" not in q._jobs  # memory follows the live backlog, not history
-        with pytest.raises(trioqueue.JobNotFound):
+        with pytest.raises(trioqueue.JobNotFound):  # memory follows the live backlog, not history
             q.get_nowait("a")
         assert (await q.get("a")).result == [1, 2]
         assert (await q.wait("a")).status is JobStatus.COMPLETED
@@ -153,11 +153,13 @@ async def test_sync_enqueue_returns_after_the_commit_and_shares_it(tmp_path: Pat
             for k in range(5):
                 acked.append((await q.enqueue("echo", k, job_id=f"p{i}-{k}")).id)
 
-        commits = q._persist.commits  # type: ignore[union-attr]
+        store = LocalBackend.of(q).store
+        assert store is not None
+        commits = store.commits
         async with trio.open_nursery() as nursery:
             for i in range(64):
                 nursery.start_soon(producer, i)
-        used = q._persist.commits - commits  # type: ignore[union-attr]
+        used = store.commits - commits
         assert used <= 320 // 8, f"{used} commits for 320 concurrent enqueues"
         await q.cancel("hold")
     with sqlite3.connect(db) as conn:
@@ -222,7 +224,7 @@ async def test_a_large_backlog_reopens_within_the_capacity_bound(tmp_path: Path)
         assert sum(metrics.queued.values()) + metrics.processing + metrics.completed == n
         with trio.fail_after(120):
             while len(seen) < n:
-                peak = max(peak, len(q._jobs))
+                peak = max(peak, LocalBackend.of(q).jobs_in_memory())
                 await trio.sleep(0.01)
         await q.flush()
     assert dupes == 0
@@ -245,7 +247,8 @@ async def test_backlog_jobs_can_be_read_and_cancelled_before_they_load(tmp_path:
     )
     store.close()
     async with trioqueue.open_queue(registry, cfg(db, capacity=10, workers=1)) as q:
-        assert "b40" not in q._jobs
+        with pytest.raises(trioqueue.JobNotFound):  # not loaded yet
+            q.get_nowait("b40")
         assert (await q.get("b40")).status is JobStatus.QUEUED
         cancelled = await q.cancel("b40")
         assert cancelled.status is JobStatus.CANCELLED
@@ -466,8 +469,9 @@ async def test_fsync_sets_how_sqlite_syncs_each_commit(
     tmp_path: Path, fsync: bool, level: int
 ) -> None:
     async with trioqueue.open_queue(registry, cfg(tmp_path / "q.db", fsync=fsync)) as q:
-        conn = q._persist.store._w  # type: ignore[union-attr]
-        assert conn.execute("PRAGMA synchronous").fetchone()[0] == level
+        store = LocalBackend.of(q).store
+        assert store is not None
+        assert store.store.pragma("synchronous") == level
         await q.enqueue("echo", 1, job_id="a")
         assert (await q.wait("a")).status is JobStatus.COMPLETED
 
@@ -666,9 +670,9 @@ async def test_a_commit_the_store_does_not_answer_says_the_job_may_run(
                     errors[job_id] = str(exc)
 
             async def acknowledge(job_id: str) -> None:  # the HTTP server's way
-                job = q.enqueue_nowait("echo", job_id, job_id=job_id, delay=0.2)
                 try:
-                    await q._acknowledge(job, created=True)
+                    await q.enqueue("echo", job_id, job_id=job_id, delay=0.2,
+                                    wait_for_room=False)
                 except StoreError as exc:
                     errors[job_id] = str(exc)
 

@@ -33,6 +33,7 @@ from trioqueue import (
     StoreError,
     TaskRegistry,
 )
+from trioqueue._local.backend import LocalBackend
 from trioqueue._store import sqlite as sqlite_store
 
 PRIORITIES = {"high": 0, "low": 2}
@@ -73,7 +74,7 @@ async def test_enqueuers_of_one_id_all_return_once_room_appears(
             await trio.testing.wait_all_tasks_blocked()
             assert returned == ["same"] * n
         assert (await q.wait("same")).status is trioqueue.JobStatus.COMPLETED
-        assert q._room_waiting == [0, 0, 0]
+        assert LocalBackend.of(q).parked_producers() == (0, 0, 0)
 
 
 async def test_producers_woken_while_the_store_fails_pass_the_room_on(
@@ -177,16 +178,16 @@ class Model:
     admitted: list[str] = attrs.field(factory=list)
 
     def check(self) -> None:
-        q = self.q
+        state = LocalBackend.of(self.q)
+        ready, delayed = state.ready_lengths(), state.delayed_waiting()
         for label, p in PRIORITIES.items():
             waiting = [w for w in self.producers if not w.done and w.priority == p]
-            ready_room = len(q._ready[p]) < self.capacity
-            delay_room = q._delayed_new[p] < self.capacity
+            ready_room = ready[p] < self.capacity
+            delay_room = delayed[p] < self.capacity
             stuck = [w for w in waiting if (delay_room if w.delayed else ready_room)]
             assert not stuck, (
                 f"{len(stuck)} producer(s) of priority {label} wait while it has room "
-                f"(ready {len(q._ready[p])}/{self.capacity}, delayed "
-                f"{q._delayed_new[p]}/{self.capacity})"
+                f"(ready {ready[p]}/{self.capacity}, delayed {delayed[p]}/{self.capacity})"
             )
 
     async def run_producer(self, w: Producer, call: Any) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,9 @@ from hypothesis import strategies as st
 
 import trioqueue
 from trioqueue import JobStatus
-from trioqueue._engine import JobRecord
-from trioqueue._persistence import Persistence
+from trioqueue._local.snapshot import Persistence
+from trioqueue._record import JobRecord
+from trioqueue._state import EventKind
 from trioqueue._store.sqlite import SqliteStore
 
 from .strategies import json_values
@@ -39,7 +41,7 @@ ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,40}", fullmatch=True)
 @st.composite
 def records(draw: st.DrawFn) -> JobRecord:
     payload = draw(json_values)
-    return JobRecord(
+    return JobRecord.restored(
         draw(ids), "echo", payload, json.dumps(payload), draw(st.integers(0, 2)),
         draw(st.sampled_from(list(JobStatus))), draw(st.integers(0, 1000)),
         draw(st.integers(0, 1000)),
@@ -55,27 +57,30 @@ def test_what_is_written_is_read_back(recs: list[JobRecord]) -> None:
     config = trioqueue.QueueConfig()
     with tempfile.TemporaryDirectory() as tmp:
         store = SqliteStore.open(Path(tmp) / "q.db")
+        closed = False
         try:
-            persistence: Persistence | None = None
 
-            async def write() -> None:  # the way the persistence task writes a flush
-                nonlocal persistence
+            async def write_and_read() -> None:  # the way the persistence task writes
+                nonlocal closed
                 persistence = Persistence(config, registry, store)
-                for rec in recs:
-                    persistence.changed("enqueued", rec)
-                await persistence._write_batch()
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(persistence.run, time.time)
+                    for rec in recs:
+                        persistence.changed(EventKind.ENQUEUED, rec)
+                    await persistence.wait_committed()
+                    for rec in recs:
+                        row = await persistence.read(store.get, rec.id)
+                        assert row is not None
+                        back = persistence.record(row)
+                        assert back.snapshot() == rec.snapshot()
+                        assert back.payload_json == rec.payload_json
+                    await persistence.close()
+                    closed = True
 
-            trio.run(write)
-            assert persistence is not None
-            for rec in recs:
-                row = store.get(rec.id)
-                assert row is not None
-                back = persistence._record(row)
-                assert back is not None
-                assert back.snapshot() == rec.snapshot()
-                assert back.payload_json == rec.payload_json
+            trio.run(write_and_read)
         finally:
-            store.close()
+            if not closed:
+                store.close()
 
 
 def test_a_flat_value_list_must_hold_whole_rows() -> None:

@@ -8,12 +8,14 @@ from typing import Any
 import attrs
 import trio
 
-EVENT_TYPES = frozenset(
-    {"enqueued", "scheduled", "started", "completed", "retrying", "failed", "cancelled",
-     "requeued", "lagged", "metrics"}
-)
-"""Every ``Event.type``.  ``requeued`` is a job put back to QUEUED by ``retry()`` or by
-recovery after an interrupted run."""
+from ._record import LABELS, JobRecord
+from ._state import EventKind
+
+EVENT_TYPES = frozenset({*EventKind, "lagged", "metrics"})
+"""Every ``Event.type``: a job's change of status (:class:`EventKind`; ``requeued`` is a
+job put back to QUEUED by ``retry()`` or after an interrupted run), and the ``lagged``
+and ``metrics`` markers."""
+_WITH_ERROR = frozenset({EventKind.RETRYING, EventKind.FAILED})
 
 
 @attrs.frozen(slots=False)  # built per state change: a __dict__ init is 3x faster
@@ -90,20 +92,24 @@ class Broadcaster:
     queue almost nothing per job at thousands of jobs a second).
     """
 
-    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(self, now: Callable[[], float],
+                 on_change: Callable[[], None] | None = None) -> None:
         self._subs: list[_Subscriber] = []
         self._seq = 0
         self._unlimited = 0
         """Subscribers without a ``max_rate``."""
-        self._on_change = on_change
+        self._now = now
+        """Seconds since the epoch, by the queue's clock (the ``at`` of events)."""
+        self.on_change = on_change
         """Called after a subscriber is added or removed."""
 
     def _changed(self) -> None:
         self._unlimited = sum(sub.max_rate is None for sub in self._subs)
-        if self._on_change is not None:
-            self._on_change()
+        if self.on_change is not None:
+            self.on_change()
 
     def __bool__(self) -> bool:
+        """Whether anyone subscribes."""
         return bool(self._subs)
 
     def next_seq(self) -> int:
@@ -146,6 +152,28 @@ class Broadcaster:
     def wants_metrics(self) -> bool:
         """Whether any subscriber asked for periodic ``metrics`` events."""
         return any(sub.metrics for sub in self._subs)
+
+    def announce(self, kind: EventKind, rec: JobRecord, worker: int | None = None,
+                 duration: float | None = None) -> None:
+        """Publish ``rec``'s change of status (the event its move named), unless every
+        subscriber is over its ``max_rate`` (:meth:`takes`)."""
+        if not self.takes():
+            return
+        self.publish(
+            Event(
+                seq=self.next_seq(),
+                type=kind,
+                at=self._now(),
+                job_id=rec.id,
+                task=rec.task,
+                priority=LABELS[rec.priority],
+                status=rec.status.value,
+                attempt=rec.attempts,
+                worker=worker,
+                error=rec.error if kind in _WITH_ERROR else None,
+                duration=duration,
+            )
+        )
 
     def publish(self, event: Event) -> None:
         metrics_only = event.type == "metrics"

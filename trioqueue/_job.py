@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import re
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -159,3 +160,28 @@ def check_json(field: str, value: Any) -> str:
         return json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise InvalidJob(f"{field}: not JSON-serializable ({exc})") from None
+
+
+def check_delay(delay: object) -> float:
+    """A delay in seconds (>= 0, finite), or raise :class:`InvalidJob` naming it."""
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not (
+        delay >= 0 and math.isfinite(delay)
+    ):
+        raise InvalidJob(f"delay: expected a number of seconds >= 0, got {delay!r}")
+    return delay
+
+
+def check_max_retries(max_retries: object) -> int:
+    """A retry count (an int >= 0), or raise :class:`InvalidJob` naming it."""
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise InvalidJob(f"max_retries: expected an integer >= 0, got {max_retries!r}")
+    return max_retries
+
+
+def check_timeout(timeout: object) -> float:
+    """A per-attempt timeout in seconds (> 0, finite), or raise :class:`InvalidJob`."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
+        timeout > 0 and math.isfinite(timeout)
+    ):
+        raise InvalidJob(f"timeout: expected a number of seconds > 0, got {timeout!r}")
+    return float(timeout)

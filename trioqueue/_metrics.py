@@ -1,42 +1,11 @@
-"""Counters, gauges and latency percentiles, and their JSON and Prometheus forms."""
+"""The :class:`Metrics` snapshot and its JSON and Prometheus forms (the counters and
+samplers behind it are in :mod:`trioqueue._stats`)."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import attrs
-
-WINDOW = 4096
-"""Latency percentiles cover the most recent this-many jobs (a power of two)."""
-MASK = WINDOW - 1
-
-
-class Sampler:
-    """A ring of the last :data:`WINDOW` samples.
-
-    ``add(x)`` stores ``ring[n & MASK] = x`` and counts ``n`` up; the engine's worker
-    loop does those two steps inline, since a method call per sample is a measurable
-    share of a no-op job.
-    """
-
-    __slots__ = ("n", "ring")
-
-    def __init__(self) -> None:
-        self.ring: list[float] = [0.0] * WINDOW
-        self.n = 0
-
-    def add(self, x: float) -> None:
-        n = self.n
-        self.ring[n & MASK] = x
-        self.n = n + 1
-
-    def percentiles(self, *qs: float) -> list[float | None]:
-        n = min(self.n, WINDOW)
-        if not n:
-            return [None for _ in qs]
-        data = sorted(self.ring[:n])
-        return [data[min(n - 1, max(0, math.ceil(q * n) - 1))] for q in qs]
 
 
 @attrs.frozen

@@ -9,7 +9,7 @@ from typing import Any, TypeVar, overload
 import attrs
 
 from ._exceptions import UnknownTask
-from ._job import Job, Priority
+from ._job import Job, Priority, check_max_retries, check_timeout
 
 F = TypeVar("F", bound=Callable[[Job], Any])
 """A handler: called with the job, its type kept by the decorator (so mypy sees it)."""
@@ -125,14 +125,10 @@ class TaskRegistry:
                 f"task {task_name!r}: handler must be an async function "
                 "(or register a plain function with sync=True)"
             )
-        if max_retries is not None and (
-            isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0
-        ):
-            raise ValueError(f"max_retries: expected an integer >= 0, got {max_retries!r}")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
-        ):
-            raise ValueError(f"timeout: expected a number of seconds > 0, got {timeout!r}")
+        if max_retries is not None:
+            check_max_retries(max_retries)  # InvalidJob: a ValueError naming the field
+        if timeout is not None:
+            timeout = check_timeout(timeout)
         spec = TaskSpec(
             name=task_name,
             handler=fn,

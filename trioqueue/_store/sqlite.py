@@ -132,8 +132,10 @@ class SqliteStore:
     the writer methods one at a time, and the reader methods one at a time."""
 
     def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection,
-                 clean: bool) -> None:
+                 clean: bool, lock: _Lock, *, fsync: bool) -> None:
         self.path = path
+        self._lock_file = lock
+        """``<store>.lock``, held while this store is open."""
         self._w = writer
         self._readers = [reader]
         """Every reader connection: one per thread that reads, so lookups run side by
@@ -148,7 +150,7 @@ class SqliteStore:
         self._rows_per_statement = per if per <= 256 else per // 256 * 256
         self._upserts: dict[int, str] = {}
         self._w_failed = False
-        self._fsync = False
+        self._fsync = fsync
         self._readers_lock = threading.Lock()
 
     # ------------------------------------------------------------------ open, close
@@ -174,10 +176,7 @@ class SqliteStore:
             if isinstance(exc, sqlite3.DatabaseError):
                 raise StoreError(f"{where}: {_describe(exc)}") from exc
             raise
-        store = cls(path, writer, reader, clean)
-        store._lock_file = lock
-        store._fsync = fsync
-        return store
+        return cls(path, writer, reader, clean, lock, fsync=fsync)
 
     @classmethod
     def _prepare_when_free(cls, conn: sqlite3.Connection, where: str, fsync: bool) -> bool:
@@ -283,8 +282,6 @@ class SqliteStore:
         self._w.close()
         self._lock_file.release()
 
-    _lock_file: _Lock
-
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
@@ -352,6 +349,14 @@ class SqliteStore:
                 raise StoreError(
                     f"{self.path}: cannot write {n} job(s): {_describe(exc)}"
                 ) from exc
+
+    def pragma(self, name: str) -> Any:
+        """The writer connection's setting ``PRAGMA name`` (diagnostics and tests: what
+        ``fsync`` set, say).  ``name`` must be a plain identifier."""
+        if not name.isidentifier():
+            raise ValueError(f"name: expected a PRAGMA name, got {name!r}")
+        with self._lock:
+            return self._w.execute(f"PRAGMA {name}").fetchone()[0]
 
     def probe(self) -> None:
         """A small real write, to find out whether writing works again."""

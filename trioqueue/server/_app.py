@@ -398,7 +398,10 @@ class App:
                         existed = True
                     except JobNotFound:
                         pass
-            job = q.enqueue_nowait(
+            # A full queue answers 429 at once (wait_for_room=False); with
+            # durability="sync", acknowledge only what is committed (a job whose commit
+            # fails is taken back, and the StoreError answers 500).
+            job = await q.enqueue(
                 request.task,
                 request.payload,
                 priority=request.priority,
@@ -406,10 +409,8 @@ class App:
                 delay=request.delay,
                 max_retries=request.max_retries,
                 timeout=request.timeout,
+                wait_for_room=False,
             )
-            # With durability="sync", acknowledge only what is committed (a job whose
-            # commit fails is taken back, and the StoreError answers 500).
-            await q._acknowledge(job, created=not existed)
         except QueueFull as exc:
             raise self._busy(exc) from None
         except ShuttingDown as exc:

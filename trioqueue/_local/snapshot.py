@@ -1,20 +1,14 @@
-"""The snapshot-persistence task: the only code that touches the store.
+"""The SQLite snapshot: the only code that writes the store.
 
-The engine tells it which records changed (:meth:`Persistence.changed`: one dict store,
-no I/O).  The task turns the latest state of every changed record into rows and writes them
-in one transaction per batch, in a worker thread, every ``flush_interval`` -- or at once
-when someone waits for a commit (``durability="sync"`` enqueuers, :meth:`JobQueue.flush`).
-Enqueuers that arrive while a write runs share the next commit: that is group commit.
+The local backend tells it which records changed (:meth:`Persistence.changed`: one dict
+store, no I/O).  Its task turns the latest state of every changed record into rows and
+writes them in one transaction per batch, in a worker thread, every ``flush_interval`` --
+or at once when someone waits for a commit (``durability="sync"`` enqueuers,
+:meth:`JobQueue.flush`).  Enqueuers that arrive while a write runs share the next commit:
+that is group commit.  A watchdog tells the waiters of a write that takes longer than
+:data:`COMMIT_WAIT` that their jobs are not confirmed.
 
-Recovery (:meth:`Persistence.recover`) puts the store's live jobs back into the engine:
-processing jobs (the process died under them) back to queued with the attempt counted,
-scheduled jobs into the timer, and queued jobs streamed into their ready queues no faster
-than the queues drain, so memory follows the capacity bound, not the size of the backlog.
-
-After an unclean shutdown (a crash), each recovered queued job records its next start in
-the store *before* its handler runs.  A job whose handler kills the process therefore has
-every attempt counted and ends FAILED after ``max_retries``, instead of crashing every
-restart forever.  Jobs after a clean shutdown, and new jobs, never pay for this.
+Reading the store back at open is :mod:`trioqueue._local.recovery`'s job.
 """
 
 from __future__ import annotations
@@ -22,25 +16,23 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from functools import partial
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
-from ._config import QueueConfig
-from ._exceptions import StoreError
-from ._job import Job, JobStatus
-from ._registry import TaskRegistry
-from ._store.sqlite import Row, SqliteStore
-
-if TYPE_CHECKING:
-    from ._engine import JobQueue, JobRecord
+from .._config import QueueConfig
+from .._exceptions import StoreError
+from .._job import Job, JobStatus
+from .._record import JobRecord
+from .._registry import TaskRegistry
+from .._state import EventKind
+from .._store.sqlite import Row, SqliteStore
 
 log = logging.getLogger("trioqueue.store")
 
-STREAM_CHUNK = 1000
-"""Recovery streams a backlog into a ready queue at most this many jobs per read."""
 WRITE_CHUNK = 4096
 """Rows per transaction when a flush is large (a burst, or the final snapshot)."""
 PRUNE_CHUNK = 10_000
@@ -60,11 +52,15 @@ class NotConfirmed(StoreError):
 _STATUS = {s: s.value for s in JobStatus}
 
 
+def _ignore(exc: StoreError | None) -> None:
+    pass
+
+
 _NAN = math.nan
 
 
 class Persistence:
-    """Owns the store; the engine talks to storage only through this object."""
+    """Owns the store file; the local backend talks to storage only through this object."""
 
     def __init__(self, config: QueueConfig, registry: TaskRegistry, store: SqliteStore) -> None:
         self.durable = config.durability == "sync"
@@ -88,8 +84,10 @@ class Persistence:
         """Set when a transaction ends, while the watchdog waits for that."""
         self._kick_watch: trio.Event | None = None
         """Set when a transaction begins, while the watchdog waits for one."""
-        self.error: StoreError | None = None
-        """The last write's error while writing fails (new jobs are refused), else None."""
+        self._error: StoreError | None = None
+        self.on_error: Callable[[StoreError | None], None] = _ignore
+        """Called with :attr:`error` whenever it changes (the backend refuses new jobs
+        while it is set)."""
         self._retry_at = -math.inf
         self._epoch_done: dict[int, trio.Event] = {}
         """Waiters by the batch they wait for, woken when it commits (or fails)."""
@@ -103,16 +101,19 @@ class Persistence:
         self._stopped = trio.Event()  # the persistence task has returned
         self._reads = 0  # reads under way in threads
         self._reads_done = trio.Event()
-        self._suspect = not store.was_clean
-        self._unknown: dict[str, int] = {}
-        """Jobs met at recovery whose task this registry lacks, by task name."""
-        self._loaded = 0  # queued jobs streamed into memory
-        self._exhausted = 0  # queued jobs recovered with no attempts left (FAILED)
-        self._cursor: dict[int, int] = {}
-        """Per priority: the last rowid streamed from the backlog."""
         self.commits = 0
         """Transactions committed so far (for benchmarks and metrics)."""
         self.rows_written = 0
+
+    @property
+    def error(self) -> StoreError | None:
+        """The last write's error while writing fails (new jobs are refused), else None."""
+        return self._error
+
+    @error.setter
+    def error(self, exc: StoreError | None) -> None:
+        self._error = exc
+        self.on_error(exc)
 
     @classmethod
     async def open(cls, config: QueueConfig, registry: TaskRegistry) -> Persistence:
@@ -127,7 +128,7 @@ class Persistence:
 
     # ------------------------------------------------------------------ engine side
 
-    def changed(self, kind: str, rec: JobRecord, worker: int | None = None,
+    def changed(self, kind: EventKind, rec: JobRecord, worker: int | None = None,
                 duration: float | None = None) -> None:
         """``rec`` changed: include its latest state in the next flush.
 
@@ -208,7 +209,8 @@ class Persistence:
     # ------------------------------------------------------------------ the task
 
     async def run(
-        self, queue: JobQueue, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self, now_wall: Callable[[], float],
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """The persistence task: flush changed records in batches until closed."""
         try:
@@ -216,12 +218,12 @@ class Persistence:
                 self._nursery = nursery
                 nursery.start_soon(self._watch_writes)
                 task_status.started()
-                await self._flush_loop(queue)
+                await self._flush_loop(now_wall)
                 nursery.cancel_scope.cancel()  # the watchdog, the backlog streamers
         finally:
             self._stopped.set()
 
-    async def _flush_loop(self, queue: JobQueue) -> None:
+    async def _flush_loop(self, now_wall: Callable[[], float]) -> None:
         interval = self._config.flush_interval
         retention = self._config.retention
         prune_every = max(0.5, min(60.0, retention / 4))
@@ -246,7 +248,7 @@ class Persistence:
                 await self._flush()
                 last_flush = trio.current_time()
             if next_prune <= now:
-                await self._prune(queue, retention)
+                await self._prune(now_wall(), retention)
                 next_prune = trio.current_time() + prune_every
 
     async def _watch_writes(self) -> None:
@@ -385,8 +387,8 @@ class Persistence:
             self.error = None
         self._wake_committed(epoch)
 
-    async def _prune(self, queue: JobQueue, retention: float) -> None:
-        horizon = queue._now() - retention
+    async def _prune(self, now_wall: float, retention: float) -> None:
+        horizon = now_wall - retention
         total = 0
         while True:
             async with self._write_lock:
@@ -401,34 +403,23 @@ class Persistence:
         if total:
             log.info("%s: pruned %d jobs finished more than %ss ago", self.path, total, retention)
 
-    # ------------------------------------------------------------------ recovery
+    # ------------------------------------------------------------------ reading
 
-    def _record(self, row: Row) -> JobRecord | None:
-        """A record from a stored row; ``None`` for a task this registry lacks."""
-        from ._engine import JobRecord
-
+    def record(self, row: Row) -> JobRecord:
+        """A record from a stored row (its ``spec`` is ``None`` for a task this registry
+        lacks)."""
         (job_id, task, payload, priority, status, attempts, max_retries, timeout, created_at,
          scheduled_for, started_at, finished_at, result, error, traceback) = row[:15]
-        spec = self._registry._tasks.get(task)
-        return JobRecord(
+        registry = self._registry
+        return JobRecord.restored(
             job_id, task, json.loads(payload), payload, priority, JobStatus(status), attempts,
             max_retries, timeout, created_at, scheduled_for, started_at, finished_at,
-            None if result is None else json.loads(result), error, traceback, spec=spec,
+            None if result is None else json.loads(result), error, traceback,
+            registry.get(task) if task in registry else None,
         )
 
-    def _runnable(self, rec: JobRecord) -> bool:
-        if rec.spec is not None:
-            return True
-        seen = self._unknown.get(rec.task, 0)
-        if not seen:
-            log.warning(
-                "%s: jobs of task %r are left in the store untouched: no handler is "
-                "registered under that name", self.path, rec.task,
-            )
-        self._unknown[rec.task] = seen + 1
-        return False
-
-    async def _read(self, fn: Any, *args: Any) -> Any:
+    async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run one of the store's reading methods in a thread."""
         if self._closing and self._stopped.is_set():
             raise StoreError(f"{self.path}: the store is closed")
         self._reads += 1
@@ -439,110 +430,18 @@ class Persistence:
             if not self._reads:
                 self._reads_done.set()
 
-    async def recover(self, queue: JobQueue) -> None:
-        """Put the store's live jobs back into ``queue`` (called once, at open)."""
-        store = self.store
-        processing = await self._read(store.live, "processing")
-        scheduled = await self._read(store.live, "scheduled")
-        spans = [await self._read(store.queued_span, p) for p in range(3)]
-        died = delayed = 0
-        for row in processing:
-            rec = self._record(row)
-            if rec is None or not self._runnable(rec):
-                continue
-            died += 1
-            queue._restore_interrupted(rec)
-        for row in scheduled:
-            rec = self._record(row)
-            if rec is not None and self._runnable(rec):
-                rec.durable_start = self._suspect  # it may have come due and run unstored
-                queue._restore(rec)
-                delayed += 1
-        assert self._nursery is not None
-        for priority, (count, top) in enumerate(spans):
-            if count:
-                queue._backlog[priority] = count
-                await self._stream(queue, priority, top, until_full=True)
-                if queue._backlog[priority]:
-                    self._nursery.start_soon(self._stream, queue, priority, top)
-        # Read so far, and (an estimate) still in the store: a large backlog is read as
-        # the queues drain, so jobs of unknown tasks among the rest are found later.
-        queued = self._loaded + sum(queue._backlog)
-        if queued or delayed or died or self._exhausted:
-            log.info(
-                "%s: recovered %d queued, %d scheduled, %d interrupted by a crash%s%s",
-                self.path, queued, delayed, died,
-                f", {self._exhausted} failed (no attempts left)" if self._exhausted else "",
-                "" if store.was_clean else " (each records its next start before running)",
-            )
-        if self._unknown:
-            log.warning(
-                "%s: left %d jobs in the store for a registry that has their tasks (%s)",
-                self.path, sum(self._unknown.values()),
-                ", ".join(f"{task!r}: {n}" for task, n in sorted(self._unknown.items())),
-            )
+    def holds(self, job_id: str) -> bool:
+        """Whether a change of this job waits to be written: its row is older than the
+        record (recovery then leaves the row alone)."""
+        return job_id in self._dirty or job_id in (self._inflight or ()) or (
+            job_id in self._writing
+        )
 
-    async def _stream(self, queue: JobQueue, priority: int, top: int, *,
-                      until_full: bool = False) -> None:
-        """Move queued jobs of ``priority`` from the store into its ready queue, as
-        fast as it drains.  ``until_full``: one pass only (the first load at open)."""
-        ready = queue._ready[priority]
-        capacity = queue._capacity
-        low_water = capacity // 2
-        after = self._cursor.get(priority, 0)
-        try:
-            # The count from open is only an estimate for metrics: rows that turned queued
-            # since (jobs found processing, say) are passed over too.  The backlog ends
-            # when a read finds nothing more.
-            while not queue._closing:
-                room = capacity - len(ready)
-                if room <= 0 or (not until_full and len(ready) > low_water):
-                    if until_full:
-                        return
-                    event = trio.Event()
-                    queue._refill[priority] = event
-                    queue._refill_low[priority] = low_water
-                    await event.wait()
-                    continue
-                limit = min(room, STREAM_CHUNK)
-                rows = await self._read(self.store.queued, priority, after, top, limit)
-                if not rows:
-                    queue._backlog[priority] = 0
-                    break
-                after = rows[-1][-1]
-                self._cursor[priority] = after
-                now = queue._clock.current_time()
-                jobs = queue._jobs
-                inflight = self._inflight or {}
-                writing = self._writing
-                backlog = queue._backlog
-                for row in rows:
-                    backlog[priority] = max(1, backlog[priority] - 1)
-                    job_id = row[0]
-                    if job_id in jobs or job_id in self._dirty or job_id in inflight or (
-                        job_id in writing
-                    ):
-                        continue  # memory knows better (cancelled, or loaded already)
-                    rec = self._record(row)
-                    if rec is None or not self._runnable(rec):
-                        continue
-                    if queue._restore_exhausted(rec):
-                        self._exhausted += 1
-                        continue
-                    rec.durable_start = self._suspect
-                    jobs[job_id] = rec
-                    queue._make_ready(rec, now)
-                    self._loaded += 1
-                if len(rows) < limit:  # read to the end
-                    backlog[priority] = 0
-                    break
-                if until_full:
-                    return
-        finally:
-            if queue._backlog[priority] <= 0 or queue._closing:  # done, or shutting down
-                queue._backlog[priority] = 0
-                queue._refill[priority] = None
-                queue._backlog_lot[priority].unpark_all()
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the store's task (recovery's backlog streamers): it ends
+        when the store closes."""
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)
 
     # ------------------------------------------------------------------ queries
 
@@ -556,31 +455,24 @@ class Persistence:
             return rec
         if self.closed:
             raise StoreError(f"{self.path}: the store is closed")
-        row = await self._read(self.store.get, job_id)
-        return None if row is None else self._record(row)
+        row = await self.read(self.store.get, job_id)
+        return None if row is None else self.record(row)
 
-    async def list(self, queue: JobQueue, status: JobStatus | None, limit: int) -> list[Job]:
-        """Up to ``limit`` jobs, newest first; memory's state wins over the store's."""
+    async def list(self, in_memory: Callable[[str], JobRecord | None],
+                   status: JobStatus | None, limit: int) -> list[Job]:
+        """Up to ``limit`` jobs, newest first; memory's state (``in_memory(id)``) wins
+        over the store's."""
         await self.wait_committed()
-        rows = await self._read(self.store.newest, None if status is None else status.value, limit)
+        rows = await self.read(self.store.newest, None if status is None else status.value, limit)
         out: list[Job] = []
-        jobs = queue._jobs
         for row in rows:
             job_id = row[0]
-            rec = jobs.get(job_id) or self._dirty.get(job_id)
+            rec = in_memory(job_id) or self._dirty.get(job_id)
             if rec is None:
-                rec = self._record(row)
-                assert rec is not None
+                rec = self.record(row)
             if status is None or rec.status is status:
                 out.append(rec.snapshot())
         return out
-
-    async def revive(self, queue: JobQueue, job_id: str) -> JobRecord | None:
-        """Load a finished job from the store into memory so it can be retried."""
-        rec = await self.lookup(job_id)
-        if rec is not None and rec.spec is None:
-            rec.spec = self._registry.get(rec.task)  # raises UnknownTask
-        return rec
 
     # ------------------------------------------------------------------ closing
 

@@ -1,0 +1,100 @@
+"""Intake: from the arguments of ``enqueue`` to a validated new job record.
+
+Nothing here touches the queue's state: a job that fails a check is refused before any
+part of the queue sees it, so nothing is ever half enqueued.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from ._config import QueueConfig
+from ._ids import new_id
+from ._job import (
+    JobStatus,
+    Priority,
+    check_delay,
+    check_job_id,
+    check_json,
+    check_max_retries,
+    check_timeout,
+)
+from ._record import JobRecord
+from ._registry import TaskRegistry, TaskSpec
+
+QUEUED = JobStatus.QUEUED
+SCHEDULED = JobStatus.SCHEDULED
+
+
+class Intake:
+    """Builds :class:`JobRecord` values for new jobs: the task's defaults, the caller's
+    overrides (each checked, errors naming the field), a new id, the creation time."""
+
+    def __init__(self, registry: TaskRegistry, config: QueueConfig, clock: trio.abc.Clock,
+                 wall_offset: float) -> None:
+        self._registry = registry
+        self._config = config
+        self._clock = clock
+        self._wall = wall_offset
+        self._defaults: dict[str, tuple[TaskSpec, int, int, float | None]] = {}
+        """Per task name: its spec and resolved job defaults (see :meth:`_defaults_of`)."""
+
+    def build(
+        self,
+        task: str,
+        payload: Any,
+        priority: Priority | str | None,
+        job_id: str | None,
+        delay: float,
+        max_retries: int | None,
+        timeout: float | None,
+    ) -> JobRecord:
+        """Validate everything and make the new job's record (QUEUED, or SCHEDULED with
+        a ``delay``); raise :class:`UnknownTask` or :class:`InvalidJob`."""
+        defaults = self._defaults.get(task) if task.__class__ is str else None
+        if defaults is None:
+            defaults = self._defaults_of(task)  # raises UnknownTask
+        spec, prio, retries, limit = defaults
+        if priority is not None:
+            prio = int(Priority.coerce(priority))
+        if delay:
+            check_delay(delay)
+        if max_retries is not None:
+            retries = check_max_retries(max_retries)
+        if timeout is not None:
+            limit = check_timeout(timeout)
+        payload_json = "null" if payload is None else check_json("payload", payload)
+        now = self._clock.current_time()
+        created = now + self._wall
+        # The id's millisecond is the job's creation time: one clock read for both.
+        job_id = new_id(int(created * 1000.0)) if job_id is None else check_job_id(job_id)
+        if delay:
+            return JobRecord(job_id, task, payload, payload_json, prio, SCHEDULED, retries,
+                             limit, created, created + delay, spec, now)
+        return JobRecord(job_id, task, payload, payload_json, prio, QUEUED, retries, limit,
+                         created, None, spec, now)
+
+    def restamp(self, rec: JobRecord, delay: float) -> None:
+        """Date a new record that had to wait for room as of now (its id stays)."""
+        now = self._clock.current_time()
+        rec.ready_at = now
+        rec.created_at = now + self._wall
+        if rec.status is SCHEDULED:
+            rec.scheduled_for = rec.created_at + delay
+
+    def _defaults_of(self, task: str) -> tuple[TaskSpec, int, int, float | None]:
+        """A task's spec with its job defaults resolved: priority (an int), retries and
+        timeout, the task's own or else the config's.  Looked up once per task name (the
+        registry only grows, and specs and the config are frozen)."""
+        spec = self._registry.get(task)  # raises UnknownTask
+        config = self._config
+        defaults = (
+            spec,
+            int(spec.priority),
+            config.max_retries if spec.max_retries is None else spec.max_retries,
+            config.default_timeout if spec.timeout is None else spec.timeout,
+        )
+        self._defaults[task] = defaults
+        return defaults

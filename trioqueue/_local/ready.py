@@ -1,0 +1,339 @@
+"""The ready queues: one bounded deque per priority, the fair picker over them, and who
+waits for what -- producers for room, idle workers for jobs, new jobs for a recovered
+backlog to drain.
+
+The deques with Trio ``ParkingLot``s are what Trio's memory channels are made of: the
+picker reads three lengths, the capacity check is one comparison, and cancelling a
+QUEUED job removes it from its deque.  :meth:`ReadyQueues.admit` and
+:meth:`ReadyQueues.take` are the hot path of every job (an enqueue, a worker taking it):
+each does its whole step inline, with one call out to the transition table.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+
+import trio
+
+from .._exceptions import DuplicateJob
+from .._fairness import FairPicker
+from .._job import JobStatus, Priority
+from .._record import JobRecord
+from .._state import EventKind, JobEvent, edge
+from .._stats import Stats
+from .changes import Changes
+from .timer import Timer
+
+SCHEDULED = JobStatus.SCHEDULED
+PROCESSING, STARTED = edge(JobStatus.QUEUED, JobEvent.START)
+ENQUEUED = EventKind.ENQUEUED
+_reschedule = trio.lowlevel.reschedule
+
+
+class ReadyQueues:
+    """Three bounded ready queues (one per :class:`Priority`) and their waiting lines."""
+
+    def __init__(self, jobs: dict[str, JobRecord], timer: Timer, stats: Stats,
+                 changes: Changes, *, capacity: int, fairness: Mapping[Priority, int],
+                 wall_offset: float) -> None:
+        self._jobs = jobs
+        """The job table's index (:attr:`JobTable.by_id`): :meth:`admit` adds to it."""
+        self._timer = timer
+        self._stats = stats
+        self._changes = changes
+        self._wall = wall_offset
+        self.capacity = capacity
+        self._queues: list[deque[JobRecord]] = [deque(), deque(), deque()]
+        self._pick = FairPicker(fairness).pick
+        self._room = [trio.lowlevel.ParkingLot() for _ in range(3)]
+        self._room_waiting = [0, 0, 0]
+        """Producers parked in ``_room`` and not yet woken (see :meth:`_park_for_room`): an
+        int :meth:`take` tests per job, where a ParkingLot's ``len()`` is a Python-level
+        call."""
+        self._delayed_new = [0, 0, 0]
+        """New delayed jobs waiting for their due time, per priority (their own bound)."""
+        self._delay_room = [trio.lowlevel.ParkingLot() for _ in range(3)]
+        self._idle: list[trio.lowlevel.Task] = []
+        """Workers parked for want of work, most recently parked last (woken first: its
+        cache is warm).  A plain list and ``reschedule``: a ParkingLot's ordered dict and
+        outcome objects cost a measurable share of a no-op job."""
+        # A recovered backlog: queued jobs still in the store, streamed in as queues drain.
+        self._backlog = [0, 0, 0]
+        self._backlog_lot = [trio.lowlevel.ParkingLot() for _ in range(3)]
+        self._refill: list[trio.Event | None] = [None, None, None]
+        self._refill_low = [0, 0, 0]
+        self.closed = False
+        """Intake closed (shutdown): producers woken from here raise ShuttingDown."""
+
+    # ------------------------------------------------------------------ the hot path
+
+    def admit(self, rec: JobRecord) -> JobRecord | None:
+        """Accept a new job if its priority has room: ``rec`` itself once accepted; the
+        job already holding its id if that one has the same task and payload; ``None``
+        when there is no room.  Raises :class:`DuplicateJob` for an id taken by another
+        job.
+
+        A QUEUED job needs room in its ready queue, and no recovered backlog of its
+        priority still in the store (that goes first); a SCHEDULED one needs room among
+        the new delayed jobs of its priority.
+        """
+        jobs = self._jobs
+        if rec.id in jobs:
+            return same_or_duplicate(jobs[rec.id], rec)
+        p = rec.priority
+        if rec.status is SCHEDULED:
+            return self._admit_delayed(rec)
+        queue = self._queues[p]
+        if len(queue) >= self.capacity or self._backlog[p]:
+            return None
+        jobs[rec.id] = rec
+        self._stats.enqueued += 1
+        queue.append(rec)  # rec.ready_at is its creation time
+        if self._idle:
+            _reschedule(self._idle.pop())
+        changes = self._changes
+        if changes.observed:
+            changes.changed(ENQUEUED, rec, None, None)
+        return rec
+
+    def _admit_delayed(self, rec: JobRecord) -> JobRecord | None:
+        p = rec.priority
+        if self._delayed_new[p] >= self.capacity:
+            return None
+        assert rec.scheduled_for is not None
+        self._jobs[rec.id] = rec
+        self._stats.enqueued += 1
+        rec.holds_delay_slot = True
+        self._delayed_new[p] += 1
+        self._timer.schedule(rec, rec.scheduled_for)
+        changes = self._changes
+        if changes.observed:
+            changes.changed(EventKind.SCHEDULED, rec, None, None)
+        return rec
+
+    def take(self, worker: int, now: float) -> JobRecord | None:
+        """The job the fair picker names, started by ``worker`` at ``now`` (trio time):
+        PROCESSING, its attempt counted; ``None`` when every queue is empty."""
+        queues = self._queues
+        i = self._pick(queues)
+        if i < 0:
+            return None
+        queue = queues[i]
+        rec = queue.popleft()
+        if self._room_waiting[i] and self._room[i].unpark():  # room for one producer
+            self._room_waiting[i] -= 1
+        refill = self._refill[i]
+        if refill is not None and len(queue) <= self._refill_low[i]:
+            refill.set()  # the backlog streamer of this priority reads more
+            self._refill[i] = None
+        rec.status = PROCESSING  # the table's edge (QUEUED only are in ready queues)
+        rec.attempts += 1
+        rec.started_at = now + self._wall
+        self._stats.started += 1
+        changes = self._changes
+        if changes.observed:
+            changes.changed(STARTED, rec, worker, None)
+        return rec
+
+    # ------------------------------------------------------------------ moves
+
+    def make_ready(self, rec: JobRecord, now: float) -> None:
+        """Append an accepted job (due, retried, recovered) to its queue, past the bound:
+        it was accepted already."""
+        rec.ready_at = now
+        self._queues[rec.priority].append(rec)
+        if self._idle:
+            _reschedule(self._idle.pop())
+
+    def put_front(self, rec: JobRecord) -> None:
+        """An interrupted job goes back first in its queue."""
+        self._queues[rec.priority].appendleft(rec)
+
+    def remove(self, rec: JobRecord) -> bool:
+        """Take a QUEUED job out of its queue (cancelled, or withdrawn); False if it was
+        not there.  Its room goes to the next producer in line."""
+        try:
+            self._queues[rec.priority].remove(rec)
+        except ValueError:
+            return False
+        self._wake_for_room(rec.priority)
+        return True
+
+    def release_delay_slot(self, rec: JobRecord) -> None:
+        """A new delayed job came due or left: room for another delayed job."""
+        if rec.holds_delay_slot:
+            rec.holds_delay_slot = False
+            self._delayed_new[rec.priority] -= 1
+            lot = self._delay_room[rec.priority]
+            if lot:
+                lot.unpark()
+
+    # ------------------------------------------------------------------ waiting for room
+
+    def has_room(self, p: int) -> bool:
+        return len(self._queues[p]) < self.capacity
+
+    def full_reason(self, rec: JobRecord) -> str:
+        """Why :meth:`admit` found no room for ``rec`` (for :class:`QueueFull`)."""
+        backlog = self._backlog[rec.priority] if rec.status is not SCHEDULED else 0
+        if backlog:
+            return f"{backlog} jobs recovered from the store run first"
+        return f"{self.capacity} jobs already waiting" + (
+            " for a due time" if rec.status is SCHEDULED else ""
+        )
+
+    async def wait_for_room(self, rec: JobRecord) -> trio.lowlevel.ParkingLot | None:
+        """Wait until ``rec`` may find room: return the lot that woke this call for room
+        it now holds (give it back with :meth:`pass_room_on` when leaving without taking
+        it), ``None`` when every waiter was woken at once.  Shutdown wakes every waiter
+        (:meth:`close`): the caller looks at whether intake closed."""
+        p = rec.priority
+        if rec.status is SCHEDULED:
+            lot = self._delay_room[p]
+            await lot.park()
+        elif self._backlog[p]:
+            await self._backlog_lot[p].park()  # all are woken at once
+            lot = None
+        else:
+            await self.park_for_room(p)
+            lot = self._room[p]
+        return lot
+
+    async def park_for_room(self, p: int) -> None:
+        """Wait until a worker takes a job of priority ``p`` (or a queued one leaves).
+
+        ``_room_waiting[p]`` counts the producers parked here.  Whoever wakes one takes
+        it off the count at once (:meth:`_wake_for_room`), so that the next job taken
+        before the woken producer runs does not try to wake it again; a producer that
+        leaves without being woken (cancelled) takes itself off.
+        """
+        self._room_waiting[p] += 1
+        try:
+            await self._room[p].park()
+        except BaseException:
+            self._room_waiting[p] -= 1
+            raise
+
+    def _wake_for_room(self, p: int) -> None:
+        """Room for one job of priority ``p``: wake one parked producer, if any."""
+        if self._room_waiting[p] and self._room[p].unpark():
+            self._room_waiting[p] -= 1
+
+    def pass_room_on(self, lot: trio.lowlevel.ParkingLot, p: int) -> None:
+        """A producer woken from ``lot`` (priority ``p``'s room, or its delayed room)
+        leaves without taking the room: wake the next one, if the room is still there
+        (a wake-up when it is not would only send that one to the back of the line)."""
+        if lot is self._room[p]:
+            if len(self._queues[p]) < self.capacity and not self._backlog[p]:
+                self._wake_for_room(p)
+        elif self._delayed_new[p] < self.capacity:
+            lot.unpark()
+
+    def room_lot(self, p: int) -> trio.lowlevel.ParkingLot:
+        return self._room[p]
+
+    def parked_producers(self) -> tuple[int, int, int]:
+        """Producers waiting for room in each ready queue and not yet woken."""
+        w = self._room_waiting
+        return w[0], w[1], w[2]
+
+    def lengths(self) -> tuple[int, int, int]:
+        q = self._queues
+        return len(q[0]), len(q[1]), len(q[2])
+
+    def delayed_waiting(self) -> tuple[int, int, int]:
+        d = self._delayed_new
+        return d[0], d[1], d[2]
+
+    # ------------------------------------------------------------------ idle workers
+
+    async def wait_for_work(self) -> None:
+        """Park the calling worker until a job is made ready (or :meth:`wake_workers`)."""
+        task = trio.lowlevel.current_task()
+        idle = self._idle
+        idle.append(task)
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            idle.remove(task)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def wake_workers(self) -> None:
+        """Wake every idle worker (shutdown: they look at what to do next)."""
+        while self._idle:
+            _reschedule(self._idle.pop())
+
+    # ------------------------------------------------------------------ a recovered backlog
+
+    def set_backlog(self, p: int, count: int) -> None:
+        """``count`` queued jobs of priority ``p`` wait in the store: new jobs of that
+        priority wait until they are all loaded."""
+        self._backlog[p] = count
+
+    def backlog(self, p: int) -> int:
+        return self._backlog[p]
+
+    def load(self, rec: JobRecord, now: float) -> None:
+        """A queued job read from the store's backlog."""
+        self._backlog[rec.priority] = max(1, self._backlog[rec.priority] - 1)
+        self._jobs[rec.id] = rec
+        self.make_ready(rec, now)
+
+    def skip(self, p: int) -> None:
+        """A row of the backlog that memory knows better (or cannot run): one fewer."""
+        self._backlog[p] = max(1, self._backlog[p] - 1)
+
+    def room(self, p: int) -> int:
+        return self.capacity - len(self._queues[p])
+
+    def queued(self, p: int) -> int:
+        return len(self._queues[p])
+
+    async def wait_for_refill(self, p: int, low_water: int) -> None:
+        """Wait until priority ``p``'s queue drained to ``low_water`` (or shutdown)."""
+        event = trio.Event()
+        self._refill[p] = event
+        self._refill_low[p] = low_water
+        await event.wait()
+
+    def end_backlog(self, p: int) -> None:
+        """The backlog of ``p`` is loaded (or shutdown stopped it): let new jobs in."""
+        self._backlog[p] = 0
+        self._refill[p] = None
+        self._backlog_lot[p].unpark_all()
+
+    # ------------------------------------------------------------------ counts, shutdown
+
+    def depths(self) -> tuple[int, int, int]:
+        """Jobs waiting per priority, the recovered backlog still in the store included."""
+        q, b = self._queues, self._backlog
+        return len(q[0]) + b[0], len(q[1]) + b[1], len(q[2]) + b[2]
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues)
+
+    def close(self) -> None:
+        """Intake closes: wake every parked producer (they raise ShuttingDown) and stop
+        the backlog streamers."""
+        self.closed = True
+        for p, lot in enumerate(self._room):
+            self._room_waiting[p] -= len(lot.unpark_all())
+        for lot in (*self._delay_room, *self._backlog_lot):
+            lot.unpark_all()
+        for i, event in enumerate(self._refill):
+            if event is not None:
+                event.set()
+                self._refill[i] = None
+
+
+def same_or_duplicate(existing: JobRecord, rec: JobRecord) -> JobRecord:
+    """``existing`` if ``rec`` repeats it (same task and payload: an idempotent enqueue);
+    else raise :class:`DuplicateJob` naming what differs."""
+    if existing.same_job(rec.task, rec.payload_json):
+        return existing
+    raise DuplicateJob(
+        f"id: job {rec.id!r} already exists with a different "
+        + ("task" if existing.task != rec.task else "payload")
+    )

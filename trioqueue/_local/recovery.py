@@ -1,0 +1,157 @@
+"""Reading the store back at open: the local backend's recovery.
+
+Processing jobs (the process died under them) go back to queued with the attempt
+counted, scheduled jobs into the timer, and queued jobs are streamed into their ready
+queues no faster than the queues drain, so memory follows the capacity bound, not the
+size of the backlog.
+
+After an unclean shutdown (a crash), each recovered job records its next start in the
+store *before* its handler runs.  A job whose handler kills the process therefore has
+every attempt counted and ends FAILED after ``max_retries``, instead of crashing every
+restart forever.  Jobs after a clean shutdown, and new jobs, never pay for this.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from .._record import JobRecord
+from .._store.sqlite import Row
+from .snapshot import Persistence
+
+if TYPE_CHECKING:
+    from .backend import LocalBackend
+
+log = logging.getLogger("trioqueue.store")
+
+STREAM_CHUNK = 1000
+"""Recovery streams a backlog into a ready queue at most this many jobs per read."""
+
+
+async def recover(backend: LocalBackend, store: Persistence) -> None:
+    """Put ``store``'s live jobs back into ``backend`` (called once, at open)."""
+    await Recovery(backend, store).run()
+
+
+class Recovery:
+    def __init__(self, backend: LocalBackend, store: Persistence) -> None:
+        self._backend = backend
+        self._ready = backend.ready
+        self._store = store
+        self._suspect = not store.store.was_clean
+        """After a crash: every recovered job commits its next start before running."""
+        self._unknown: dict[str, int] = {}
+        """Jobs met whose task this registry lacks, by task name."""
+        self._loaded = 0  # queued jobs streamed into memory
+        self._exhausted = 0  # queued jobs recovered with no attempts left (FAILED)
+        self._cursor: dict[int, int] = {}
+        """Per priority: the last rowid streamed from the backlog."""
+
+    async def run(self) -> None:
+        store, backend, ready = self._store, self._backend, self._ready
+        db = store.store
+        processing = await store.read(db.live, "processing")
+        scheduled = await store.read(db.live, "scheduled")
+        spans = [await store.read(db.queued_span, p) for p in range(3)]
+        died = delayed = 0
+        for row in processing:
+            rec = self._runnable(row)
+            if rec is None:
+                continue
+            died += 1
+            backend.restore_interrupted(rec)
+        for row in scheduled:
+            rec = self._runnable(row)
+            if rec is not None:
+                rec.durable_start = self._suspect  # it may have come due and run unstored
+                backend.restore(rec)
+                delayed += 1
+        for priority, (count, top) in enumerate(spans):
+            if count:
+                ready.set_backlog(priority, count)
+                await self._stream(priority, top, until_full=True)
+                if ready.backlog(priority):
+                    store.spawn(self._stream, priority, top)
+        # Read so far, and (an estimate) still in the store: a large backlog is read as
+        # the queues drain, so jobs of unknown tasks among the rest are found later.
+        queued = self._loaded + sum(ready.backlog(p) for p in range(3))
+        if queued or delayed or died or self._exhausted:
+            log.info(
+                "%s: recovered %d queued, %d scheduled, %d interrupted by a crash%s%s",
+                store.path, queued, delayed, died,
+                f", {self._exhausted} failed (no attempts left)" if self._exhausted else "",
+                "" if db.was_clean else " (each records its next start before running)",
+            )
+        if self._unknown:
+            log.warning(
+                "%s: left %d jobs in the store for a registry that has their tasks (%s)",
+                store.path, sum(self._unknown.values()),
+                ", ".join(f"{task!r}: {n}" for task, n in sorted(self._unknown.items())),
+            )
+
+    def _runnable(self, row: Row) -> JobRecord | None:
+        """The row's record, or ``None`` for a task this registry lacks (counted, and
+        logged once per task)."""
+        rec = self._store.record(row)
+        if rec.spec is not None:
+            return rec
+        seen = self._unknown.get(rec.task, 0)
+        if not seen:
+            log.warning(
+                "%s: jobs of task %r are left in the store untouched: no handler is "
+                "registered under that name", self._store.path, rec.task,
+            )
+        self._unknown[rec.task] = seen + 1
+        return None
+
+    async def _stream(self, priority: int, top: int, *, until_full: bool = False) -> None:
+        """Move queued jobs of ``priority`` from the store into its ready queue, as
+        fast as it drains.  ``until_full``: one pass only (the first load at open)."""
+        store, backend, ready = self._store, self._backend, self._ready
+        capacity = ready.capacity
+        low_water = capacity // 2
+        after = self._cursor.get(priority, 0)
+        try:
+            # The count from open is only an estimate for metrics: rows that turned queued
+            # since (jobs found processing, say) are passed over too.  The backlog ends
+            # when a read finds nothing more.
+            while not ready.closed:
+                room = ready.room(priority)
+                if room <= 0 or (not until_full and ready.queued(priority) > low_water):
+                    if until_full:
+                        return
+                    await ready.wait_for_refill(priority, low_water)
+                    continue
+                limit = min(room, STREAM_CHUNK)
+                rows = await store.read(store.store.queued, priority, after, top, limit)
+                if not rows:
+                    ready.set_backlog(priority, 0)
+                    break
+                after = rows[-1][-1]
+                self._cursor[priority] = after
+                now = backend.now()
+                for row in rows:
+                    job_id = row[0]
+                    if job_id in backend.table or store.holds(job_id):
+                        ready.skip(priority)  # memory knows better (cancelled, or loaded)
+                        continue
+                    rec = self._runnable(row)
+                    if rec is None:
+                        ready.skip(priority)
+                        continue
+                    if backend.restore_exhausted(rec):
+                        ready.skip(priority)
+                        self._exhausted += 1
+                        continue
+                    rec.durable_start = self._suspect
+                    ready.load(rec, now)
+                    self._loaded += 1
+                if len(rows) < limit:  # read to the end
+                    ready.set_backlog(priority, 0)
+                    break
+                if until_full:
+                    return
+        finally:
+            if ready.backlog(priority) <= 0 or ready.closed:  # done, or shutting down
+                ready.end_backlog(priority)

@@ -1,0 +1,116 @@
+"""The jobs the local backend holds in memory, and how long finished ones stay."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+
+from .._job import TERMINAL, Job, JobStatus
+from .._record import JobRecord
+from .._state import JobEvent, edge, move
+from .._stats import Stats
+from .changes import Changes
+
+COMPLETE = JobEvent.COMPLETE
+COMPLETED, COMPLETED_KIND = edge(JobStatus.PROCESSING, COMPLETE)
+CANCEL = JobEvent.CANCEL
+
+
+class JobTable:
+    """Every job in memory by id: the live ones, and finished ones until they age out
+    (``finished_cache`` of them at most, none older than ``result_ttl``).  The store, when
+    there is one, keeps finished jobs longer.
+
+    :meth:`finish` is every job's last move (completed, failed or cancelled) and its
+    bookkeeping, for the workers' hot path and everyone else alike.
+    """
+
+    def __init__(self, stats: Stats, changes: Changes, *, wall_offset: float,
+                 finished_cache: int, result_ttl: float) -> None:
+        self.by_id: dict[str, JobRecord] = {}
+        """The index.  The ready queues add new jobs to it directly (their hot path)."""
+        self._finished: deque[tuple[float, JobRecord]] = deque()
+        self._cap = finished_cache
+        self._ttl = result_ttl
+        self._stats = stats
+        self._changes = changes
+        self._wall = wall_offset
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return self.by_id.get(job_id)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self.by_id
+
+    def add(self, rec: JobRecord) -> None:
+        self.by_id[rec.id] = rec
+
+    def remove(self, rec: JobRecord) -> None:
+        del self.by_id[rec.id]
+
+    def newest(self, status: JobStatus | None, limit: int) -> list[Job]:
+        """Up to ``limit`` snapshots, newest first, only those in ``status`` if given."""
+        out: list[Job] = []
+        for rec in reversed(self.by_id.values()):
+            if status is None or rec.status is status:
+                out.append(rec.snapshot())
+                if len(out) >= limit:
+                    break
+        return out
+
+    def records(self) -> Iterator[JobRecord]:
+        return iter(list(self.by_id.values()))
+
+    def finish(self, rec: JobRecord, event: JobEvent, now: float, worker: int | None = None,
+               duration: float | None = None) -> None:
+        """End ``rec`` by ``event`` (COMPLETE, FAIL_FINAL or CANCEL) at ``now`` (trio
+        time): move it, count it, announce it, wake its waiters, age old ones out.
+        The caller has stored the outcome on the record (result, error)."""
+        stats = self._stats
+        if event is COMPLETE:  # the hot move: the table's edge, applied in place
+            rec.status = COMPLETED
+            kind = COMPLETED_KIND
+            stats.completed += 1
+        elif event is CANCEL:
+            kind = move(rec, event)
+            stats.cancelled += 1
+        else:
+            kind = move(rec, event)
+            stats.failed += 1
+        rec.finished_at = at = now + self._wall
+        changes = self._changes
+        if changes.observed:
+            changes.changed(kind, rec, worker, duration)
+        if rec.waiters:
+            wake_waiters(rec)
+        finished = self._finished
+        finished.append((at, rec))
+        if len(finished) > self._cap or finished[0][0] < at - self._ttl:
+            self._age_out(at)
+
+    def _age_out(self, now_wall: float) -> None:
+        """Forget finished jobs beyond ``finished_cache`` or older than ``result_ttl``."""
+        finished = self._finished
+        horizon = now_wall - self._ttl
+        cap = self._cap
+        if len(finished) > cap:
+            cap -= cap // 64  # a little below the cap: one call per cap/64 jobs, not per job
+        jobs = self.by_id
+        while finished and (len(finished) > cap or finished[0][0] < horizon):
+            ended, old = finished.popleft()
+            # A job re-queued by retry() since it finished is live again: keep it.
+            if old.finished_at == ended and old.status in TERMINAL and jobs.get(old.id) is old:
+                del jobs[old.id]
+
+    def wake_all_waiters(self) -> None:
+        """The workers are gone: wake everyone still waiting for a job to end."""
+        for rec in self.by_id.values():
+            if rec.waiters:
+                wake_waiters(rec)
+
+
+def wake_waiters(rec: JobRecord) -> None:
+    """Wake the tasks in :meth:`JobQueue.wait` for ``rec``."""
+    for event in rec.waiters or ():
+        event.set()
+    rec.waiters = None

@@ -1,0 +1,447 @@
+"""The handle of a running queue: :class:`JobQueue`.
+
+Its methods check what callers ask (intake, ids, states), talk to the queue's state
+only through the backend seam (:class:`trioqueue._backend.Backend`), and fan events out
+to subscribers.  The tasks that make up a running queue, and the order in which they
+stop, are the engine's (:mod:`trioqueue._engine`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from . import _workers
+from ._backend import Backend, ChangeHook
+from ._config import QueueConfig
+from ._events import Broadcaster, Event
+from ._exceptions import InvalidJob, JobNotFound, QueueFull, ShuttingDown, StoreError
+from ._intake import Intake
+from ._job import TERMINAL, Job, JobStatus, Priority
+from ._metrics import Metrics
+from ._record import LABELS, JobRecord
+from ._registry import TaskRegistry
+from ._state import EventKind
+from ._stats import Stats, metrics
+from ._workers import Lifecycle, Workers
+
+log = logging.getLogger("trioqueue")
+
+PROCESSING = JobStatus.PROCESSING
+_WITH_ERROR = (EventKind.RETRYING, EventKind.FAILED)
+
+
+@attrs.frozen
+class QueueCore:
+    """The parts of one running queue, made by :func:`trioqueue.open_queue`."""
+
+    registry: TaskRegistry
+    config: QueueConfig
+    clock: trio.abc.Clock
+    wall_offset: float
+    """Seconds since the epoch at trio time 0: ``wall = trio time + wall_offset``."""
+    stats: Stats
+    backend: Backend
+    intake: Intake
+    workers: Workers
+    events: Broadcaster
+    life: Lifecycle
+
+
+class JobQueue:
+    """A running queue.  Get one from :func:`open_queue`; there is no public constructor.
+
+    Every method is safe to call from any task of the ``trio.run`` that opened it.
+    """
+
+    def __init__(self, *core: object) -> None:
+        if len(core) != 1 or not isinstance(core[0], QueueCore):
+            raise TypeError("JobQueue has no public constructor; use trioqueue.open_queue()")
+        parts = core[0]
+        self._config = parts.config
+        self._registry = parts.registry
+        self._clock = parts.clock
+        self._wall = parts.wall_offset
+        self._stats = parts.stats
+        self._backend = parts.backend
+        self._workers = parts.workers
+        self._events = parts.events
+        self._life = parts.life
+        # The enqueue path's calls, looked up once.
+        self._build = parts.intake.build
+        self._restamp = parts.intake.restamp
+        self._admit = parts.backend.admit
+        self._opened_at = self._clock.current_time()
+        self._enqueue_since = 0
+        self._enqueue_yield = -math.inf
+        self._debug = log.isEnabledFor(logging.DEBUG)
+        self._events.on_change = self._observers_changed
+        self._observers_changed()
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def config(self) -> QueueConfig:
+        return self._config
+
+    @property
+    def registry(self) -> TaskRegistry:
+        return self._registry
+
+    @property
+    def closing(self) -> bool:
+        """True once shutdown began: new jobs are refused with :class:`ShuttingDown`."""
+        return self._life.closing
+
+    def _observers_changed(self) -> None:
+        """Tell the backend who listens to state changes now: subscribers, the debug
+        log, both, or nobody (then it skips the work of telling)."""
+        hook: ChangeHook | None = None
+        if self._events and self._debug:
+            hook = self._announce_and_log
+        elif self._events:
+            hook = self._events.announce
+        elif self._debug:
+            hook = self._log_change
+        self._backend.observe(hook)
+
+    def _announce_and_log(self, kind: EventKind, rec: JobRecord, worker: int | None = None,
+                          duration: float | None = None) -> None:
+        self._events.announce(kind, rec, worker, duration)
+        self._log_change(kind, rec, worker, duration)
+
+    def _log_change(self, kind: EventKind, rec: JobRecord, worker: int | None = None,
+                    duration: float | None = None) -> None:
+        log.debug(
+            "job %s %s task=%s priority=%s attempt=%d%s",
+            rec.id, kind, rec.task, LABELS[rec.priority], rec.attempts,
+            f" error={rec.error!r}" if kind in _WITH_ERROR else "",
+        )
+
+    def _refuse(self) -> None:
+        """Raise why no new job is taken: shutting down, or the store failing."""
+        if self._life.closing:
+            self._stats.rejected += 1
+            raise ShuttingDown("the queue is shutting down and takes no new jobs")
+        refusal = self._backend.refusal
+        if refusal is not None:
+            raise StoreError(f"{refusal} -- taking no jobs until a write succeeds")
+
+    def _full(self, rec: JobRecord) -> QueueFull:
+        self._stats.rejected += 1
+        return QueueFull(
+            f"priority {LABELS[rec.priority]}: {self._backend.full_reason(rec)}"
+        )
+
+    # ------------------------------------------------------------------ intake
+
+    def enqueue_nowait(
+        self,
+        task: str,
+        payload: Any = None,
+        *,
+        priority: Priority | str | None = None,
+        job_id: str | None = None,
+        delay: float = 0.0,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+    ) -> Job:
+        """Add a job now or raise: :class:`QueueFull` when its priority has no room.
+
+        Raises :class:`UnknownTask`, :class:`InvalidJob`, :class:`DuplicateJob` and
+        :class:`ShuttingDown` as :meth:`enqueue` does.  With ``durability="sync"`` the job
+        is accepted but not yet committed when this returns; use :meth:`enqueue` to wait
+        (with ``wait_for_room=False`` to keep the at-once :class:`QueueFull`).
+        """
+        if self._life.closing or self._backend.refusal is not None:
+            self._refuse()
+        rec = self._build(task, payload, priority, job_id, delay, max_retries, timeout)
+        got = self._admit(rec)
+        if got is None:
+            raise self._full(rec)
+        return got.snapshot()
+
+    async def enqueue(
+        self,
+        task: str,
+        payload: Any = None,
+        *,
+        priority: Priority | str | None = None,
+        job_id: str | None = None,
+        delay: float = 0.0,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        wait_for_room: bool = True,
+    ) -> Job:
+        """Add a job, waiting for room in its priority's queue; return its snapshot.
+
+        ``payload`` must be JSON-serializable.  ``priority`` defaults to the task's,
+        ``max_retries`` and ``timeout`` to the task's and then the config's.  ``delay``
+        seconds makes the job SCHEDULED until then.  Giving a ``job_id`` makes the call
+        idempotent: the same id with the same task and payload returns the existing job;
+        with another task or payload it raises :class:`DuplicateJob`.
+
+        With persistence and ``durability="sync"`` it returns only once the job is
+        committed to disk; if that write fails it raises :class:`StoreError` saying
+        whether the job will run.  Nothing is enqueued when it raises otherwise.
+        ``wait_for_room=False`` raises :class:`QueueFull` at once instead of waiting for
+        room (as :meth:`enqueue_nowait` does), and still waits for the commit: what a
+        server answering "429, try later" needs.
+
+        Every call is a cancel point.  It is a schedule point whenever it waits, and
+        otherwise at least every ``CHECKPOINT_EVERY`` (64) calls or ``CHECKPOINT_AFTER``
+        (1 ms) seconds, not on every call: a loop of enqueues hands the workers jobs in
+        batches (:mod:`trioqueue._workers`).
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        backend = self._backend
+        life = self._life
+        parked = False
+        stored: JobRecord | None = None
+        if job_id is not None and backend.persistent and backend.get_nowait(job_id) is None:
+            # The id may belong to a finished job that has left memory: ask the store.
+            stored = await backend.find(job_id)
+            parked = True  # that await was the checkpoint
+        rec: JobRecord | None = None
+        woken: trio.lowlevel.ParkingLot | None = None
+        """The lot that woke this call for room it has not taken yet.  Leaving without
+        taking it (an existing job returned, an error, ...), it passes the room on: nobody
+        else would, and the next in line would wait with room free."""
+        p = 0
+        try:
+            while True:
+                if life.closing or backend.refusal is not None:
+                    self._refuse()
+                if rec is not None and job_id is None:
+                    self._restamp(rec, delay)  # waited for room: the same job, accepted now
+                else:
+                    rec = self._build(task, payload, priority, job_id, delay, max_retries,
+                                      timeout)
+                got: JobRecord | None
+                if stored is not None and backend.get_nowait(rec.id) is None:
+                    got = backend.repeat_of(stored, rec)  # or DuplicateJob
+                else:
+                    got = self._admit(rec)
+                if got is rec:
+                    break
+                if got is not None:  # the job holding this id: an idempotent repeat
+                    if woken is not None:
+                        backend.pass_room_on(woken, p)
+                        woken = None
+                    snapshot = got.snapshot()
+                    if backend.persistent:
+                        await backend.wait_committed()
+                    elif not parked:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                    return snapshot
+                if not wait_for_room:
+                    raise self._full(rec)
+                parked = True
+                woken = None  # taken by someone else meanwhile: in line again
+                p = rec.priority
+                woken = await backend.wait_for_room(rec)
+        except BaseException:
+            if woken is not None:
+                backend.pass_room_on(woken, p)
+            raise
+        accepted = rec.snapshot()  # the job as accepted, before any worker touches it
+        if backend.durable:
+            await self._commit_or_take_back(rec)
+        elif not parked:
+            # A schedule point as often as the workers take one (every CHECKPOINT_EVERY
+            # calls, or CHECKPOINT_AFTER seconds), not per call: a yield costs more than
+            # the rest of a job, and the workers then find jobs in batches.
+            self._enqueue_since += 1
+            if (self._enqueue_since >= _workers.CHECKPOINT_EVERY
+                    or rec.ready_at - self._enqueue_yield >= _workers.CHECKPOINT_AFTER):
+                self._enqueue_since = 0
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                self._enqueue_yield = self._clock.current_time()
+        return accepted
+
+    async def _commit_or_take_back(self, rec: JobRecord) -> None:
+        """Wait for the commit holding ``rec``.  If it fails the job was not acknowledged:
+        it leaves the queue unless a worker started it already (then it runs, and is
+        stored once writes work).
+
+        The :class:`StoreError` says which happened, since a caller retrying without a
+        job id makes a second job if the first one runs: "the job is not stored and
+        will not run"; "the job is not stored yet and may run" (the write failed, but a
+        worker has the job); or "not confirmed: the store did not answer within 30 s;
+        the job may run" (the write is still under way).
+        """
+        backend = self._backend
+        try:
+            await backend.wait_committed(rec)
+        except StoreError as exc:
+            if backend.not_confirmed(exc):  # the write goes on: it may yet commit
+                raise StoreError(f"{exc}; the job may run") from None
+            if backend.withdraw(rec):
+                raise StoreError(f"{exc}; the job is not stored and will not run") from None
+            raise StoreError(f"{exc}; the job is not stored yet and may run") from None
+
+    async def flush(self) -> None:
+        """Return once every job accepted so far is committed to the store.
+
+        Memory mode: just a checkpoint.  With ``durability="batch"`` this is how a caller
+        makes a batch of ``enqueue_nowait`` calls durable at once (one commit for all).
+        """
+        await self._backend.wait_committed()
+
+    # ------------------------------------------------------------------ queries
+
+    async def get(self, job_id: str) -> Job:
+        """A snapshot of the job now.  Raises :class:`JobNotFound`."""
+        rec = await self._backend.find(job_id)
+        if rec is None:
+            raise JobNotFound(f"job {job_id!r} not found")
+        return rec.snapshot()
+
+    def get_nowait(self, job_id: str) -> Job:
+        """A snapshot from memory only (no store lookup).  Raises :class:`JobNotFound`."""
+        rec = self._backend.get_nowait(job_id)
+        if rec is None:
+            raise JobNotFound(f"job {job_id!r} not found")
+        return rec.snapshot()
+
+    async def wait(self, job_id: str) -> Job:
+        """Wait until the job is COMPLETED, FAILED or CANCELLED; return that snapshot.
+
+        A job that is FAILED already returns at once (it stays FAILED until someone calls
+        :meth:`retry`).  Raises :class:`JobNotFound`, or :class:`ShuttingDown` when the
+        queue closes while the job is still waiting or was interrupted.
+        """
+        backend = self._backend
+        rec = backend.get_nowait(job_id)
+        while rec is None:
+            job = await self.get(job_id)  # finished long ago (store) or not found
+            if job.status.terminal:
+                return job
+            # Queued in the store's recovery backlog: look again once it may be loaded.
+            await trio.sleep(0.05)
+            rec = backend.get_nowait(job_id)
+            if self._life.closing and rec is None:
+                raise ShuttingDown(f"the queue closed before job {job_id!r} finished")
+        while rec.status not in TERMINAL:
+            if self._life.closed:
+                raise ShuttingDown(
+                    f"the queue closed before job {job_id!r} finished (it is {rec.status.value})"
+                )
+            event = trio.Event()
+            if rec.waiters is None:
+                rec.waiters = []
+            rec.waiters.append(event)
+            await event.wait()
+        await trio.lowlevel.checkpoint()
+        return rec.snapshot()
+
+    async def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100) -> list[Job]:
+        """Up to ``limit`` jobs, newest first, optionally only those in ``status``."""
+        if status is not None:
+            try:
+                status = JobStatus(status)
+            except ValueError:
+                raise InvalidJob(
+                    f"status: expected one of {', '.join(s.value for s in JobStatus)}; "
+                    f"got {status!r}"
+                ) from None
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidJob(f"limit: expected a positive integer, got {limit!r}")
+        return await self._backend.list(status, limit)
+
+    # ------------------------------------------------------------------ control
+
+    async def cancel(self, job_id: str) -> Job:
+        """Cancel a QUEUED, SCHEDULED or PROCESSING job; return the CANCELLED snapshot.
+
+        A running handler is interrupted at its next checkpoint (a sync handler's thread
+        is abandoned: it runs on, its result discarded).  If the handler finished before
+        it could be interrupted, the finished snapshot is returned.  A job that already
+        finished raises :class:`InvalidTransition`.  A cancelled job is never retried by
+        itself.
+        """
+        rec = await self._backend.cancel(job_id)
+        if rec.status is PROCESSING:
+            self._workers.cancel(rec)
+            return await self.wait(job_id)
+        return rec.snapshot()
+
+    async def retry(self, job_id: str) -> Job:
+        """Put a FAILED or CANCELLED job back in its queue with a fresh set of attempts.
+
+        Waits for room like :meth:`enqueue`.  Raises :class:`InvalidTransition` for a job
+        in any other state, :class:`ShuttingDown` while closing.
+        """
+        self._refuse_if_closing()
+        backend = self._backend
+        rec = await backend.retry(job_id)
+        requeued = rec.snapshot()
+        if backend.durable:
+            await backend.wait_committed(rec)
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return requeued
+
+    def _refuse_if_closing(self) -> None:
+        if self._life.closing or self._backend.refusal is not None:
+            self._refuse()
+
+    # ------------------------------------------------------------------ events, metrics
+
+    @asynccontextmanager
+    async def subscribe(
+        self, buffer: int | None = None, *, metrics: bool = False,
+        max_rate: float | None = None,
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
+        """A channel of every :class:`Event` from now on, with its own bounded buffer.
+
+        A subscriber that falls behind loses events and then receives a ``lagged`` event
+        saying how many; it never slows the queue.  With ``metrics=True`` it also receives
+        a ``metrics`` event every ``config.metrics_interval`` seconds, starting with one
+        at once.  With ``max_rate``, job events over that many a second (bursts of one
+        second's worth pass) are dropped and counted in ``lagged`` the same way.  The
+        channel ends when the queue closes.
+        """
+        size = self._config.event_buffer if buffer is None else buffer
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"buffer: expected a positive integer, got {size!r}")
+        if max_rate is not None and (
+            isinstance(max_rate, bool) or not isinstance(max_rate, (int, float))
+            or not 0 < max_rate < float("inf")
+        ):
+            raise ValueError(f"max_rate: expected events a second > 0, got {max_rate!r}")
+        receive = self._events.add(size, metrics, max_rate)
+        if metrics:
+            self._events.publish(self.metrics_event())
+            self._backend.wake_timer()  # the timer starts ticking metrics
+        try:
+            with receive:
+                yield receive
+        finally:
+            self._events.remove(receive)
+
+    def metrics_event(self) -> Event:
+        """A ``metrics`` event holding :meth:`metrics` now (for event streams)."""
+        return Event(
+            seq=self._events.next_seq(),
+            type="metrics",
+            at=self._clock.current_time() + self._wall,
+            metrics=self.metrics().to_dict(),
+        )
+
+    def metrics(self) -> Metrics:
+        """Counters, gauges and latency percentiles, as of now."""
+        now = self._clock.current_time()
+        return metrics(
+            self._stats,
+            uptime=now - self._opened_at,
+            queued=self._backend.depths(),
+            workers=len(self._workers.slots),
+            running_for=self._workers.running_for(now),
+        )
