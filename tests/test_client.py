@@ -178,3 +178,19 @@ async def test_bulk_retry_against_a_server_without_the_route() -> None:
             assert await client.retry_all("cancelled") == 1
             assert (await q.get("late")).status is not JobStatus.CANCELLED
             assert await client.retry_all("failed") == 3
+
+
+async def test_a_full_queue_raises_queue_full_with_the_servers_retry_after() -> None:
+    with running_server("--workers", "1", "--capacity", "1", "--shutdown-timeout", "0.5"
+                        ) as srv:
+        refused: trioqueue.QueueFull | None = None
+        async with Client(srv.url) as client:
+            for _ in range(4):  # one runs, one waits, the next is refused
+                try:
+                    await client.enqueue("sleep", {"seconds": 30})
+                except trioqueue.QueueFull as exc:
+                    refused = exc
+                    break
+        assert refused is not None
+        assert refused.retry_after == 1.0  # the server's Retry-After: 1
+        assert srv.stop() == 0

@@ -479,6 +479,15 @@ async def test_backpressure_enqueue_waits_and_nowait_raises(
         assert q.metrics().rejected == 1
 
 
+def test_queue_full_carries_retry_after_when_known() -> None:
+    import pickle
+
+    assert QueueFull("priority high: full").retry_after is None  # the queue cannot know
+    told = QueueFull("priority high: full", retry_after=2.5)  # as the HTTP client makes it
+    again = pickle.loads(pickle.dumps(told))
+    assert (type(again), str(again), again.retry_after) == (QueueFull, str(told), 2.5)
+
+
 async def test_room_goes_to_parked_producers_one_each_even_when_some_give_up(
     h: Harness, autojump_clock: Any
 ) -> None:

@@ -24,7 +24,19 @@ class TrioQueueError(Exception):
 
 
 class QueueFull(TrioQueueError):
-    """The priority's ready queue is at capacity; ``enqueue_nowait`` does not wait."""
+    """The priority's ready queue is at capacity; ``enqueue_nowait`` does not wait.
+
+    :attr:`retry_after` is how many seconds to wait before trying again, when whoever
+    raised it knows: the HTTP client reads it from the server's ``Retry-After``; the
+    queue itself cannot know when room comes and leaves it ``None``.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[type[QueueFull], tuple[str, float | None]]:
+        return type(self), (str(self), self.retry_after)
 
 
 class ShuttingDown(TrioQueueError):

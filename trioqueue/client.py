@@ -418,6 +418,16 @@ async def open_websocket(
         raise body_exc
 
 
+def _seconds(retry_after: str | None) -> float:
+    """``Retry-After`` in seconds: its delay-seconds form (RFC 9110, 10.2.3), or 1.0 when
+    it is absent or anything else (an HTTP date, garbage)."""
+    try:
+        seconds = float(retry_after) if retry_after else 1.0
+    except ValueError:
+        return 1.0
+    return seconds if 0.0 <= seconds < math.inf else 1.0
+
+
 def _error(status: int, message: str, op: str, retry_after: str | None) -> TrioQueueError:
     if status == 400:
         return InvalidJob(message)
@@ -426,9 +436,7 @@ def _error(status: int, message: str, op: str, retry_after: str | None) -> TrioQ
     if status == 409:
         return DuplicateJob(message) if op == "enqueue" else InvalidTransition(message)
     if status == 429:
-        exc = QueueFull(message)
-        exc.retry_after = float(retry_after) if retry_after else 1.0  # type: ignore[attr-defined]
-        return exc
+        return QueueFull(message, retry_after=_seconds(retry_after))
     if status == 503:
         return ShuttingDown(message)
     if status == 401:
