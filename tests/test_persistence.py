@@ -723,3 +723,58 @@ async def test_a_failed_commit_says_whether_the_job_will_run(
                 await q.get("x")
         else:
             assert (await q.wait("x")).result == "x"
+
+
+# ---------------------------------------------------------------------- what open_queue raises
+
+_FAILING_CLOSE = textwrap.dedent(
+    """
+    import resource, signal, sys, trio, trioqueue
+    reg = trioqueue.TaskRegistry()
+    @reg.task
+    async def park(job):
+        await trio.sleep_forever()
+    def names(exc):
+        if isinstance(exc, BaseExceptionGroup):
+            return "group(" + ", ".join(names(e) for e in exc.exceptions) + ")"
+        return type(exc).__name__
+    async def main(db, mode):
+        config = trioqueue.QueueConfig(persist_path=db, durability="batch",
+                                       flush_interval=3600, capacity=10_000,
+                                       shutdown_timeout=0.1)
+        async def body():
+            async with trioqueue.open_queue(reg, config) as q:
+                for i in range(300):  # dirty rows only the final snapshot writes
+                    q.enqueue_nowait("park", {"pad": "x" * 4000}, delay=3600)
+                # The final snapshot cannot be written (as on a full disk).
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+                if mode == "raise":
+                    raise KeyError("mine")
+                await trio.sleep_forever()
+        try:
+            with trio.move_on_after(0.5):
+                await body()
+            print("nothing")
+        except BaseException as exc:
+            print(names(exc))
+    trio.run(main, sys.argv[1], sys.argv[2])
+    """
+)
+
+
+@pytest.mark.parametrize(("mode", "expected"), [
+    # The body's own exception survives a failed final snapshot: both come out.
+    ("raise", "group(KeyError, StoreError)"),
+    # Cancelled from outside: the failed final snapshot is raised, not swallowed with
+    # the cancellation.
+    ("cancelled", "StoreError"),
+])
+def test_a_failed_final_snapshot_loses_neither_error(
+    tmp_path: Path, mode: str, expected: str
+) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _FAILING_CLOSE, str(tmp_path / "q.db"), mode],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert out.stdout.strip() == expected, out.stdout + out.stderr

@@ -58,7 +58,8 @@ async def open_queue(
 
     Errors while opening (a bad store file, ``StoreError``) and exceptions from the body
     come out as themselves, not wrapped in an ``ExceptionGroup``; an engine task that
-    crashes raises an ``ExceptionGroup`` holding its error.
+    crashes raises an ``ExceptionGroup`` holding its error (and the body's, if the body
+    raised too).
     """
     if not isinstance(registry, TaskRegistry):
         raise TypeError(f"registry: expected a TaskRegistry, got {type(registry).__name__}")
@@ -205,17 +206,23 @@ class _Run:
         core.events.close()
 
     def _raise_from_group(self, group: BaseExceptionGroup[BaseException]) -> None:
-        """What comes out when an engine task raised.  Body exceptions are raised as
-        themselves after the nurseries.  An engine task's error (a store that fails to
-        write; a Ctrl+C that another SIGINT handler raised in a worker) cancels the body:
-        the body's Cancelled is then that error's doing, and the error is what comes
-        out, by itself when it is alone and ours or a KeyboardInterrupt.  Only Cancelled
-        inside: an outer scope cancelled us."""
+        """What comes out when an engine task raised.  The body's exception (caught
+        apart) is never lost: alone if the group holds only the cancellation the error
+        caused, else in a group with the tasks' errors."""
         leaves = _leaves(group)
         body = self._body_exc
         if body is not None and not isinstance(body, trio.Cancelled):
+            if not leaves:
+                return  # only Cancelled inside: raised below as the body's exception
             self._body_exc = None
-            raise group
+            raise BaseExceptionGroup(
+                "open_queue: the body raised, and an engine task failed", [body, *leaves]
+            ) from None
+        # An engine task's error (a store that fails to write; a Ctrl+C that another
+        # SIGINT handler raised in a worker) cancels the body: the body's Cancelled is
+        # then that error's doing, and the error is what comes out, by itself when it is
+        # alone and ours or a KeyboardInterrupt.  Only Cancelled inside: an outer scope
+        # cancelled us, and the body's Cancelled is raised below.
         if len(leaves) == 1 and isinstance(leaves[0], (TrioQueueError, KeyboardInterrupt)):
             self._body_exc = None
             raise leaves[0] from None
