@@ -1,9 +1,11 @@
-"""The thread switch interval is lowered while a queue is open, and put back after."""
+"""The thread switch interval is lowered while one of a queue's threads runs (a sync
+handler, the store's reads and writes), and put back after."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 import trioqueue
 from trioqueue import QueueConfig, TaskRegistry
 from trioqueue._gil import lowered_switch_interval
+from trioqueue._store.sqlite import SqliteStore
 
 DEFAULT = 0.005
 
@@ -61,34 +64,68 @@ def test_an_exception_still_puts_it_back() -> None:
     assert sys.getswitchinterval() == pytest.approx(DEFAULT)
 
 
-async def test_open_queue_lowers_it_while_open(autojump_clock: Any) -> None:
+async def test_a_queue_lowers_it_only_while_one_of_its_threads_runs(
+    autojump_clock: Any,
+) -> None:
     registry = TaskRegistry()
-    seen: list[float] = []
+    seen: list[tuple[str, float]] = []
 
     @registry.task
-    async def probe(job: trioqueue.Job) -> None:
-        seen.append(sys.getswitchinterval())
+    async def on_the_loop(job: trioqueue.Job) -> None:
+        seen.append(("async", sys.getswitchinterval()))
+
+    @registry.task(sync=True)
+    def in_a_thread(job: trioqueue.Job) -> None:
+        seen.append(("sync", sys.getswitchinterval()))
 
     async with trioqueue.open_queue(registry, QueueConfig()) as q:
-        await q.wait((await q.enqueue("probe")).id)
-    assert seen == [pytest.approx(0.0002)]
+        await q.wait((await q.enqueue("on_the_loop")).id)
+        await q.wait((await q.enqueue("in_a_thread")).id)
+        inside = sys.getswitchinterval()
+    # The loop's own code never has it lowered; a sync handler's thread runs with it.
+    assert seen == [("async", pytest.approx(DEFAULT)), ("sync", pytest.approx(0.0002))]
+    assert inside == pytest.approx(DEFAULT)
     assert sys.getswitchinterval() == pytest.approx(DEFAULT)
 
+    seen.clear()
     async with trioqueue.open_queue(registry, QueueConfig(switch_interval=None)) as q:
-        await q.wait((await q.enqueue("probe")).id)
-    assert seen[1] == pytest.approx(DEFAULT)
-
-    inside: list[float] = []
+        await q.wait((await q.enqueue("in_a_thread")).id)
+    assert seen == [("sync", pytest.approx(DEFAULT))]
 
     async def body() -> None:
-        async with trioqueue.open_queue(registry, QueueConfig(switch_interval=0.001)):
-            inside.append(sys.getswitchinterval())
+        async with trioqueue.open_queue(registry, QueueConfig(switch_interval=0.001)) as q:
+            await q.wait((await q.enqueue("in_a_thread")).id)
             raise ValueError("boom")
 
+    seen.clear()
     with pytest.raises(ValueError, match="boom"):  # the body's error comes out as itself
         await body()
-    assert inside == [pytest.approx(0.001)]
+    assert seen == [("sync", pytest.approx(0.001))]
     assert sys.getswitchinterval() == pytest.approx(DEFAULT)
+
+
+async def test_the_store_writes_with_it_lowered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = TaskRegistry()
+
+    @registry.task
+    async def echo(job: trioqueue.Job) -> Any:
+        return job.payload
+
+    during_writes: list[float] = []
+    write_values = SqliteStore.write_values
+
+    def watched(self: SqliteStore, values: Any) -> None:
+        during_writes.append(sys.getswitchinterval())
+        write_values(self, values)
+
+    monkeypatch.setattr(SqliteStore, "write_values", watched)
+    async with trioqueue.open_queue(registry, QueueConfig(persist_path=tmp_path / "q.db")) as q:
+        await q.wait((await q.enqueue("echo", 1)).id)
+        assert sys.getswitchinterval() == pytest.approx(DEFAULT)  # no write under way
+    assert during_writes
+    assert during_writes == [pytest.approx(0.0002)] * len(during_writes)
 
 
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), "fast", True])

@@ -121,11 +121,12 @@ class QueueConfig:
     switch_interval: float | None = attrs.field(
         default=SWITCH_INTERVAL, validator=_optional_seconds
     )
-    """While the queue is open, the interpreter's thread switch interval
+    """While one of the queue's own threads runs (a ``sync=True`` handler, the SQLite
+    store's reads and writes), the interpreter's thread switch interval
     (``sys.setswitchinterval``) is lowered to this many seconds if it is longer, so that
-    the threads the queue uses (the SQLite writer, ``sync=True`` handlers) get the GIL
-    from a busy event loop in time; it is put back when the last queue closes.  ``None``
-    leaves the interpreter alone.  See docs/persistence.md."""
+    the thread gets the GIL from a busy event loop in time; it is put back when the last
+    such thread in the process returns.  ``None`` leaves the interpreter alone.  See
+    docs/persistence.md."""
 
     def __attrs_post_init__(self) -> None:
         self.retry_policy()  # validates factor >= 1 and jitter <= 1

@@ -28,7 +28,6 @@ import trio
 from ._config import QueueConfig
 from ._events import Broadcaster
 from ._exceptions import TrioQueueError
-from ._gil import lowered_switch_interval
 from ._intake import Intake
 from ._local.backend import LocalBackend
 from ._queue import JobQueue, QueueCore
@@ -66,9 +65,8 @@ async def open_queue(
     config = QueueConfig() if config is None else config
     if not isinstance(config, QueueConfig):
         raise TypeError(f"config: expected a QueueConfig, got {type(config).__name__}")
-    with lowered_switch_interval(config.switch_interval):
-        async with _Run(registry, config).open() as q:
-            yield q
+    async with _Run(registry, config).open() as q:
+        yield q
 
 
 class _Run:

@@ -20,6 +20,7 @@ import trio
 
 from ._backend import Backend
 from ._config import QueueConfig
+from ._gil import lowered_switch_interval
 from ._job import check_json
 from ._record import JobRecord
 from ._state import JobEvent
@@ -72,6 +73,8 @@ class Workers:
         self._wall = wall_offset
         self._policy = config.retry_policy()
         self._random = random.Random()
+        self._threads = lowered_switch_interval(config.switch_interval)
+        """Around ``sync=True`` handlers: their thread gets the GIL from a busy loop."""
         self._alive = 0
         self.done = trio.Event()
         """Set when the last worker has returned."""
@@ -130,6 +133,7 @@ class Workers:
         wait_add, run_add = stats.wait.add, stats.run.add
         current_time = self._clock.current_time
         checkpoint = trio.lowlevel.checkpoint
+        threads = self._threads
         index = slot.index
         every, after = CHECKPOINT_EVERY, CHECKPOINT_AFTER
         since = 0
@@ -166,9 +170,10 @@ class Workers:
             job = rec.snapshot()
             try:
                 if spec.sync:
-                    result = await trio.to_thread.run_sync(
-                        spec.handler, job, abandon_on_cancel=True
-                    )
+                    with threads:
+                        result = await trio.to_thread.run_sync(
+                            spec.handler, job, abandon_on_cancel=True
+                        )
                 else:
                     result = await spec.handler(job)
                 if result.__class__ not in _SIMPLE_RESULT:

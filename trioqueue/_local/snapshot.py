@@ -25,6 +25,7 @@ import trio
 
 from .._config import QueueConfig
 from .._exceptions import StoreError
+from .._gil import lowered_switch_interval
 from .._job import Job, JobStatus
 from .._record import JobRecord
 from .._registry import TaskRegistry
@@ -101,6 +102,8 @@ class Persistence:
         self._stopped = trio.Event()  # the persistence task has returned
         self._reads = 0  # reads under way in threads
         self._reads_done = trio.Event()
+        self._threads = lowered_switch_interval(config.switch_interval)
+        """Around every read and write: the store's threads get the GIL from a busy loop."""
         self.commits = 0
         """Transactions committed so far (for benchmarks and metrics)."""
         self.rows_written = 0
@@ -119,9 +122,10 @@ class Persistence:
     async def open(cls, config: QueueConfig, registry: TaskRegistry) -> Persistence:
         """Open (or create) the store file, off the event loop; raise :class:`StoreError`."""
         assert config.persist_path is not None
-        store = await trio.to_thread.run_sync(
-            partial(SqliteStore.open, config.persist_path, fsync=config.fsync)
-        )
+        with lowered_switch_interval(config.switch_interval):
+            store = await trio.to_thread.run_sync(
+                partial(SqliteStore.open, config.persist_path, fsync=config.fsync)
+            )
         if not store.was_clean:
             log.warning("%s was not closed cleanly: recovering after a crash", store.path)
         return cls(config, registry, store)
@@ -286,7 +290,8 @@ class Persistence:
             self._kick_watch.set()
             self._kick_watch = None
         try:
-            return await trio.to_thread.run_sync(fn, *args)
+            with self._threads:
+                return await trio.to_thread.run_sync(fn, *args)
         finally:
             self._write_began = None
             if self._write_ended is not None:
@@ -424,7 +429,8 @@ class Persistence:
             raise StoreError(f"{self.path}: the store is closed")
         self._reads += 1
         try:
-            return await trio.to_thread.run_sync(fn, *args)
+            with self._threads:
+                return await trio.to_thread.run_sync(fn, *args)
         finally:
             self._reads -= 1
             if not self._reads:
@@ -495,7 +501,8 @@ class Persistence:
                 try:
                     while self._dirty:
                         self._committed = await self._write_batch()
-                    await trio.to_thread.run_sync(self.store.close)
+                    with self._threads:
+                        await trio.to_thread.run_sync(self.store.close)
                 except StoreError:
                     self.store.abandon()
                     raise
