@@ -26,6 +26,7 @@ from .._exceptions import (
     QueueFull,
     ShuttingDown,
     StoreError,
+    TrioQueueError,
     UnknownTask,
 )
 from .._job import Job, JobStatus, check_json
@@ -53,6 +54,17 @@ from ._http import (
 from ._openapi import openapi_document
 
 log = logging.getLogger("trioqueue.server")
+
+_STATUS: tuple[tuple[type[TrioQueueError], int], ...] = (
+    (ShuttingDown, 503),
+    (JobNotFound, 404),
+    (UnknownTask, 404),
+    (DuplicateJob, 409),
+    (InvalidTransition, 409),
+    (InvalidJob, 400),
+)
+"""The queue's errors as HTTP statuses (the tree in trioqueue/_exceptions.py), answered in
+one place; QueueFull is 429 with Retry-After, StoreError a logged 500."""
 
 
 JSON_TYPE = (b"content-type", b"application/json")
@@ -269,6 +281,9 @@ class App:
         except StoreError as exc:
             log.error("store error while answering %s %s: %s", method, path, exc)
             status, body, extra = 500, _dumps({"error": f"store error: {exc}"}), ()
+        except TrioQueueError as exc:  # the queue refused: the error's own status
+            answer = self._refused(exc)
+            status, body, extra = answer.status, _dumps({"error": answer.message}), answer.headers
         response_headers = [
             extra[0] if extra and extra[0][0] == b"content-type" else JSON_TYPE,
             (b"content-length", str(len(body)).encode()),
@@ -320,10 +335,7 @@ class App:
             return status, _dumps(job.to_dict()), ()
         if name == "get_job":
             assert job_id is not None
-            try:
-                job = await q.get(job_id)
-            except JobNotFound as exc:
-                raise HTTPError(404, str(exc)) from None
+            job = await q.get(job_id)
             return 200, _dumps(job.to_dict()), ()
         if name == "list_jobs":
             status_filter, limit = parse_list_query(query)
@@ -331,14 +343,8 @@ class App:
             return 200, _dumps({"jobs": [j.to_dict() for j in jobs]}), ()
         if name == "cancel_job":
             assert job_id is not None
-            try:
-                job = await q.cancel(job_id)
-            except JobNotFound as exc:
-                raise HTTPError(404, str(exc)) from None
-            except InvalidTransition as exc:
-                raise HTTPError(409, str(exc)) from None
-            except ShuttingDown as exc:  # it was running and the queue closed under it
-                raise HTTPError(503, str(exc)) from None
+            # ShuttingDown (503): it was running and the queue closed under it.
+            job = await q.cancel(job_id)
             return 200, _dumps(job.to_dict()), ()
         if name == "retry_job":
             assert job_id is not None
@@ -370,6 +376,16 @@ class App:
                 self._openapi = _dumps(openapi_document())
             return 200, self._openapi, ()
         raise AssertionError(f"unhandled route {name}")  # pragma: no cover
+
+    def _refused(self, exc: TrioQueueError) -> HTTPError:
+        """The answer to one of the queue's errors: its status from :data:`_STATUS`
+        (429 with ``Retry-After``)."""
+        if isinstance(exc, QueueFull):
+            return self._busy(exc)
+        for kind, status in _STATUS:
+            if isinstance(exc, kind):
+                return HTTPError(status, str(exc))
+        return HTTPError(500, str(exc))  # pragma: no cover - every error has its status
 
     def _busy(self, exc: Exception) -> HTTPError:
         retry_after = str(self.settings.retry_after).encode()
@@ -411,16 +427,6 @@ class App:
                 timeout=request.timeout,
                 wait_for_room=False,
             )
-        except QueueFull as exc:
-            raise self._busy(exc) from None
-        except ShuttingDown as exc:
-            raise HTTPError(503, str(exc)) from None
-        except UnknownTask as exc:
-            raise HTTPError(404, str(exc)) from None
-        except DuplicateJob as exc:
-            raise HTTPError(409, str(exc)) from None
-        except InvalidJob as exc:
-            raise HTTPError(400, str(exc)) from None
         except RecursionError:
             raise HTTPError(400, "payload: nested too deeply") from None
         return (200 if existed else 202), job
@@ -459,14 +465,8 @@ class App:
                 raise self._busy(QueueFull(f"priority {label}: {waiting} jobs already waiting"))
         try:
             return await q.retry(job_id)
-        except JobNotFound as exc:
-            raise HTTPError(404, str(exc)) from None
         except UnknownTask as exc:  # a stored job of a task this server has no handler for
             raise HTTPError(404, f"job {job_id!r}: {exc}") from None
-        except InvalidTransition as exc:
-            raise HTTPError(409, str(exc)) from None
-        except ShuttingDown as exc:
-            raise HTTPError(503, str(exc)) from None
 
     async def _retry_all(self, bulk: BulkRetry) -> int:
         """Retry every job in ``bulk.status`` (of ``bulk.task``, if given); the count.
