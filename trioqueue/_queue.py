@@ -205,6 +205,8 @@ class JobQueue:
         parked = False
         stored: JobRecord | None = None
         if job_id is not None and backend.persistent and backend.get_nowait(job_id) is None:
+            if life.closing or backend.refusal is not None:
+                self._refuse()  # before asking a store that may be closed already
             # The id may belong to a finished job that has left memory: ask the store.
             stored = await backend.find(job_id)
             parked = True  # that await was the checkpoint

@@ -63,15 +63,9 @@ async def test_after_close_new_jobs_are_refused(
 
 
 async def test_after_close_an_enqueue_with_an_id_is_refused_with_shutting_down(
-    backend: Backend, clock: MockClock | None, h: Harness, request: pytest.FixtureRequest
+    backend: Backend, clock: MockClock | None, h: Harness
 ) -> None:
-    if backend.id.startswith("sqlite"):
-        request.applymarker(pytest.mark.xfail(
-            strict=True,
-            reason="with a store, enqueue(job_id=...) after close looks the id up in the "
-            "closed store first and raises StoreError('the store is closed'), not "
-            "ShuttingDown like every other enqueue",
-        ))
+    """With a store, the id is not looked up in the closed store first (StoreError)."""
     async with backend.open(h.registry) as q:
         await q.wait((await q.enqueue("echo", "before", job_id="before")).id)
     with pytest.raises(ShuttingDown):
