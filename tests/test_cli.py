@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.test_server import Server, running_server
-from trioqueue import Event, QueueConfig
+from trioqueue import QueueConfig
 from trioqueue.cli import (
-    MonitorView,
     UsageError,
     _clean,
     _client_options,
@@ -298,39 +297,6 @@ def test_unreachable_server_exits_1() -> None:
     result = run_cli("status", "x", "--url", "http://127.0.0.1:9")
     assert result.returncode == 1
     assert "cannot reach the server" in result.stderr
-
-
-def test_monitor_without_a_tty(server: Server) -> None:
-    with subprocess.Popen(
-        [sys.executable, "-m", "trioqueue", "monitor", "--url", server.url, "--interval",
-         "0.3", "--duration", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    ) as proc:
-        assert proc.stdout is not None
-        assert "watching" in proc.stdout.readline()  # connected: events from now on count
-        assert run_cli("enqueue", "fail", "--max-retries", "0", "--url", server.url
-                       ).returncode == 0
-        out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    assert "completed" in out
-    assert "recent failures:" in out
-    assert "on purpose" in out
-
-
-def test_monitor_view_is_pure() -> None:
-    view = MonitorView()
-    view.add(Event(seq=1, type="metrics", at=0.0, metrics={"completed": 5, "workers": 4,
-                                                             "queued": {"high": 2}}))
-    for i in range(3):
-        view.add(Event(seq=2 + i, type="completed", at=0.0, job_id=f"j{i}", task="echo"))
-    view.add(Event(seq=9, type="failed", at=0.0, job_id="x", task="fail", attempt=1,
-                   error="DemoFailure: boom"))
-    view.add(Event(seq=10, type="lagged", at=0.0, dropped=7))
-    view.tick(now=view._last_at + 1.0)
-    text = "\n".join(view.lines())
-    assert "completed 3.0/s" in text
-    assert "high 2" in text
-    assert "lagged    7 events" in text
-    assert "DemoFailure: boom" in text
 
 
 # ---------------------------------------------------------------------------- enqueue --wait, -v

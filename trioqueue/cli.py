@@ -21,7 +21,6 @@ import os
 import signal
 import sys
 import time
-from collections import Counter, deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
@@ -534,108 +533,18 @@ async def _tasks(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- monitor
 
 
-class MonitorView:
-    """What ``trioqueue monitor`` shows, computed from the event stream (pure)."""
-
-    def __init__(self, failures: int = 5) -> None:
-        self.types: Counter[str] = Counter()
-        self.metrics: dict[str, Any] = {}
-        self.failures: deque[str] = deque(maxlen=failures)
-        self.lagged = 0
-        self._last_types: Counter[str] = Counter()
-        self._last_at = time.monotonic()
-        self.rates: dict[str, float] = {}
-
-    def add(self, event: Any) -> None:
-        if event.type == "lagged":
-            self.lagged += event.dropped or 0
-        elif event.type == "metrics":
-            self.metrics = event.metrics or {}
-        else:
-            self.types[event.type] += 1
-            if event.type in ("failed", "retrying") and event.error:
-                self.failures.append(
-                    f"{event.type:8} {event.task} {event.job_id} attempt {event.attempt}: "
-                    f"{event.error}"
-                )
-
-    def tick(self, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        elapsed = max(now - self._last_at, 1e-9)
-        self.rates = {k: (self.types[k] - self._last_types[k]) / elapsed
-                      for k in ("enqueued", "started", "completed", "failed", "retrying")}
-        self._last_types = Counter(self.types)
-        self._last_at = now
-
-    def lines(self) -> list[str]:
-        m = self.metrics
-        queued = m.get("queued") or {}
-        rates = "  ".join(f"{k} {v:,.1f}/s" for k, v in self.rates.items())
-        out = [
-            f"rates     {rates}",
-            "queued    " + "  ".join(f"{p} {queued.get(p, 0)}" for p in ("high", "medium", "low"))
-            + f"  scheduled {m.get('scheduled', 0)}  processing {m.get('processing', 0)}",
-            "totals    " + "  ".join(f"{k} {m.get(k, 0)}" for k in
-                                     ("enqueued", "completed", "failed", "retried",
-                                      "cancelled", "rejected")),
-            f"workers   {m.get('busy_workers', 0)}/{m.get('workers', 0)} busy"
-            f"  utilization {100 * float(m.get('utilization') or 0):.0f}%"
-            f"  wait p99 {_ms(m.get('wait_p99'))}  run p99 {_ms(m.get('run_p99'))}",
-        ]
-        if self.lagged:
-            out.append(f"lagged    {self.lagged} events dropped (this monitor fell behind)")
-        out.append("recent failures:" if self.failures else "recent failures: none")
-        out.extend(f"  {line}" for line in self.failures)
-        return out
-
-
-def _ms(value: Any) -> str:
-    return "-" if value is None else f"{1000 * float(value):.1f} ms"
-
-
 async def _monitor(args: argparse.Namespace) -> int:
-    from .client import Client
+    from ._monitor import monitor
 
     url, token = _client_options(args)
-    view = MonitorView()
-    tty = sys.stdout.isatty()
-    async with Client(url, token=token) as client:
-        async with client.events(snapshot=True, types=_ALL_TYPES) as events:
-            async with trio.open_nursery() as nursery:
-
-                async def read() -> None:
-                    async for event in events:
-                        view.add(event)
-                    nursery.cancel_scope.cancel()  # the server shut down
-
-                nursery.start_soon(read)
-                if not tty:
-                    print(f"trioqueue monitor: watching {url}", flush=True)
-                deadline = trio.current_time() + args.duration if args.duration else math.inf
-                while trio.current_time() < deadline:
-                    await trio.sleep(args.interval)
-                    view.tick()
-                    if tty:
-                        sys.stdout.write("\x1b[H\x1b[2J" + f"trioqueue monitor  {url}\n\n"
-                                         + "\n".join(view.lines()) + "\n")
-                    else:
-                        totals = view.metrics
-                        sys.stdout.write(
-                            f"{time.strftime('%H:%M:%S')} completed {totals.get('completed', 0)}"
-                            f" failed {totals.get('failed', 0)} processing "
-                            f"{totals.get('processing', 0)} | "
-                            + "  ".join(f"{k} {v:,.1f}/s" for k, v in view.rates.items())
-                            + "\n"
-                        )
-                    sys.stdout.flush()
-                nursery.cancel_scope.cancel()
-    if not tty:
-        print("\n".join(view.lines()))
-    return 0
-
-
-_ALL_TYPES = ("enqueued", "scheduled", "started", "completed", "retrying", "failed",
-              "cancelled", "requeued", "metrics")
+    for flag, value in (("--interval", args.interval), ("--window", args.window)):
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{flag}: expected seconds > 0, got {value}")
+    if not (math.isfinite(args.duration) and args.duration >= 0):
+        raise UsageError(f"--duration: expected seconds >= 0, got {args.duration}")
+    return await monitor(url, token, interval=args.interval, window=args.window,
+                         duration=args.duration, once=args.once, out=sys.stdout,
+                         err=sys.stderr)
 
 
 # ---------------------------------------------------------------------------- main
@@ -748,9 +657,17 @@ def build_parser() -> argparse.ArgumentParser:
     client_flags(tasks)
     tasks.set_defaults(handler=run(_tasks))
 
-    monitor = commands.add_parser("monitor", help="a live view of the event stream")
+    monitor = commands.add_parser(
+        "monitor", help="a live view of rates, workers, counts and recent failures",
+        description="A live view of the server's event stream: rates and utilization over "
+        "the last --window seconds, counts, latencies and recent failures, fitted to the "
+        "terminal.  It reconnects by itself when the connection drops; Ctrl+C ends it.")
     monitor.add_argument("--interval", type=float, default=1.0, help="seconds per refresh")
+    monitor.add_argument("--window", type=float, default=5.0,
+                         help="seconds the rates and utilization cover (default 5)")
     monitor.add_argument("--duration", type=float, default=0, help="stop after N seconds")
+    monitor.add_argument("--once", action="store_true",
+                         help="print one view (rates from the server's recent samples) and exit")
     client_flags(monitor)
     monitor.set_defaults(handler=run(_monitor))
     return parser
