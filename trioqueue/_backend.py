@@ -93,6 +93,20 @@ class Backend(Protocol):
         (existing), ``None`` when its priority is full.  Raises
         :class:`~trioqueue.DuplicateJob` when the id is taken by another job."""
 
+    def admit_many(self, recs: list[JobRecord]) -> list[JobRecord] | None:
+        """All or nothing (``enqueue_many``, ``POST /jobs/batch``): admit every new job of
+        ``recs`` if each priority has room for all of them, else nothing and ``None``.
+        The result holds, in order, each record as accepted or the job already holding
+        its id (same task and payload).  Raises :class:`~trioqueue.DuplicateJob`, with
+        nothing admitted, when an id is taken by another job."""
+
+    async def wait_for_room_many(self, recs: list[JobRecord]) -> None:
+        """Wait until :meth:`admit_many` may find room for all of ``recs`` (or intake
+        closed); holds no room for the caller, who tries again."""
+
+    def full_reason_many(self, recs: list[JobRecord]) -> str:
+        """Why :meth:`admit_many` had no room for ``recs`` (the QueueFull message)."""
+
     async def wait_for_room(self, rec: JobRecord) -> trio.lowlevel.ParkingLot | None:
         """Wait until :meth:`admit` may find room for ``rec``; return what to hand to
         :meth:`pass_room_on` if the caller then leaves without admitting it."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -287,6 +287,186 @@ class JobQueue:
             if backend.withdraw(rec):
                 raise StoreError(f"{exc}; the job is not stored and will not run") from None
             raise StoreError(f"{exc}; the job is not stored yet and may run") from None
+
+    # ------------------------------------------------------------------ batches
+
+    def enqueue_many_nowait(
+        self,
+        task: str,
+        payloads: Iterable[Any],
+        *,
+        priority: Priority | str | None = None,
+        delay: float = 0.0,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+    ) -> list[Job]:
+        """Add a job per payload, all or nothing, now or raise :class:`QueueFull` (then
+        nothing was added).  Raises as :meth:`enqueue_many` does.  With
+        ``durability="sync"`` the jobs are accepted but not yet committed when this
+        returns (:meth:`flush` waits for that)."""
+        if self._life.closing or self._backend.refusal is not None:
+            self._refuse()
+        recs = self._build_many(task, payloads, priority, delay, max_retries, timeout)
+        if not recs:
+            return []
+        got = self._backend.admit_many(recs)
+        if got is None:
+            raise self._full_many(recs)
+        return [rec.snapshot() for rec in got]
+
+    async def enqueue_many(
+        self,
+        task: str,
+        payloads: Iterable[Any],
+        *,
+        priority: Priority | str | None = None,
+        delay: float = 0.0,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        wait_for_room: bool = True,
+    ) -> list[Job]:
+        """Add one job of ``task`` per payload, all or nothing; return their snapshots
+        in order.
+
+        Every payload is checked first: an invalid one raises :class:`InvalidJob` naming
+        its index (``payloads[3]: ...``) and nothing is added.  The batch is admitted
+        whole when each priority has room for all of it, and this waits until then
+        (nothing is admitted while it waits; single enqueues are not held back for it).
+        A batch larger than the capacity can never fit: :class:`InvalidJob`.
+        ``wait_for_room=False`` raises :class:`QueueFull` at once instead.  With a store
+        one commit covers the batch: with ``durability="sync"`` this returns once it is
+        committed, and a failed write raises :class:`StoreError` saying what became of
+        the jobs.
+        """
+        recs = self._build_many(task, payloads, priority, delay, max_retries, timeout)
+        return await self._enqueue_records(recs, set(), wait_for_room)
+
+    async def wait_many(self, job_ids: Iterable[str]) -> list[Job]:
+        """:meth:`wait` for each id; the finished snapshots in the same order."""
+        ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
+        if not ids:
+            await trio.lowlevel.checkpoint()
+        return [await self.wait(job_id) for job_id in ids]
+
+    def _build_many(self, task: str, payloads: Iterable[Any], priority: Priority | str | None,
+                    delay: float, max_retries: int | None,
+                    timeout: float | None) -> list[JobRecord]:
+        """A record per payload, each checked (an error names the payload's index)."""
+        if isinstance(payloads, (str, bytes, dict)) or not isinstance(payloads, Iterable):
+            raise InvalidJob(
+                f"payloads: expected a list of payloads, got {type(payloads).__name__}"
+            )
+        build = self._build
+        recs: list[JobRecord] = []
+        for i, payload in enumerate(payloads):
+            try:
+                recs.append(build(task, payload, priority, None, delay, max_retries, timeout))
+            except InvalidJob as exc:
+                text = str(exc)
+                if text.startswith("payload:"):
+                    raise InvalidJob(f"payloads[{i}]:{text[8:]}") from None
+                raise
+        self.check_batch(recs)
+        return recs
+
+    def check_batch(self, recs: list[JobRecord]) -> None:
+        """Raise :class:`InvalidJob` for a batch that could never fit: more new jobs of
+        one priority (ready, or delayed) than the capacity."""
+        cap = self._config.capacity
+        counts: dict[tuple[int, bool], int] = {}
+        for rec in recs:
+            key = (rec.priority, rec.status is JobStatus.SCHEDULED)
+            counts[key] = n = counts.get(key, 0) + 1
+            if n > cap:
+                raise InvalidJob(
+                    f"jobs: {n}+ {'delayed ' if key[1] else ''}jobs of priority "
+                    f"{LABELS[key[0]]} in one batch, more than the capacity ({cap}); "
+                    f"split the batch"
+                )
+
+    def _full_many(self, recs: list[JobRecord]) -> QueueFull:
+        self._stats.rejected += len(recs)
+        return QueueFull(f"batch of {len(recs)}: {self._backend.full_reason_many(recs)}")
+
+    async def _enqueue_records(self, recs: list[JobRecord], given: set[str],
+                               wait_for_room: bool) -> list[Job]:
+        """Admit checked records all or nothing (waiting for room unless told not to),
+        then wait for the one commit that covers them.  ``given``: the ids a caller
+        chose (an idempotent repeat may find them in the store)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        backend = self._backend
+        life = self._life
+        if not recs:
+            await trio.lowlevel.checkpoint()
+            return []
+        parked = False
+        stored: dict[str, JobRecord] = {}
+        if backend.persistent:
+            for rec in recs:
+                if rec.id in stored or backend.get_nowait(rec.id) is not None:
+                    continue
+                if life.closing or backend.refusal is not None:
+                    self._refuse()
+                if rec.id in given:
+                    # It may belong to a finished job that has left memory: ask the store.
+                    found = await backend.find(rec.id)
+                    parked = True
+                    if found is not None:
+                        stored[rec.id] = found
+        while True:
+            if life.closing or backend.refusal is not None:
+                self._refuse()
+            fresh = recs
+            repeats: dict[int, JobRecord] = {}
+            if stored:
+                fresh = []
+                for i, rec in enumerate(recs):
+                    old = stored.get(rec.id)
+                    if old is not None and backend.get_nowait(rec.id) is None:
+                        repeats[i] = backend.repeat_of(old, rec)  # or DuplicateJob
+                    else:
+                        fresh.append(rec)
+            got = backend.admit_many(fresh) if fresh else []
+            if got is not None:
+                break
+            if not wait_for_room:
+                raise self._full_many(fresh)
+            parked = True
+            await backend.wait_for_room_many(fresh)
+            for rec in fresh:  # waited for room: dated as of now
+                due = rec.scheduled_for
+                self._restamp(rec, 0.0 if due is None else due - rec.created_at)
+        it = iter(got)
+        out = [repeats[i] if i in repeats else next(it) for i in range(len(recs))]
+        accepted = [rec.snapshot() for rec in out]
+        new = [rec for rec, g in zip(fresh, got, strict=True) if g is rec]
+        if backend.durable and new:
+            await self._commit_or_take_back_many(new)
+        elif backend.persistent and len(new) < len(out):
+            await backend.wait_committed()  # an existing job: once it is stored
+        elif not parked:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return accepted
+
+    async def _commit_or_take_back_many(self, recs: list[JobRecord]) -> None:
+        """:meth:`_commit_or_take_back` for a batch admitted at once: one wait, since
+        one commit holds all of it."""
+        backend = self._backend
+        try:
+            # Admitted in one step, so all in the same commit: one wait covers them.
+            await backend.wait_committed(recs[0])
+        except StoreError as exc:
+            if backend.not_confirmed(exc):
+                raise StoreError(f"{exc}; the batch's jobs may run") from None
+            running = [rec.id for rec in recs if not backend.withdraw(rec)]
+            if not running:
+                raise StoreError(f"{exc}; the batch's jobs are not stored and will not "
+                                 f"run") from None
+            raise StoreError(
+                f"{exc}; {len(running)} of the batch's {len(recs)} jobs are not stored yet "
+                f"and may run ({', '.join(running[:5])}{', ...' if len(running) > 5 else ''})"
+                f", the others will not run"
+            ) from None
 
     async def flush(self) -> None:
         """Return once every job accepted so far is committed to the store.

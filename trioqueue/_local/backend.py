@@ -148,6 +148,15 @@ class LocalBackend:
     def pass_room_on(self, lot: trio.lowlevel.ParkingLot, p: int) -> None:
         self.ready.pass_room_on(lot, p)
 
+    def admit_many(self, recs: list[JobRecord]) -> list[JobRecord] | None:
+        return self.ready.admit_many(recs)
+
+    async def wait_for_room_many(self, recs: list[JobRecord]) -> None:
+        await self.ready.wait_for_room_many(recs)
+
+    def full_reason_many(self, recs: list[JobRecord]) -> str:
+        return self.ready.full_reason_many(recs)
+
     def full_reason(self, rec: JobRecord) -> str:
         return self.ready.full_reason(rec)
 

@@ -19,7 +19,7 @@ import trio
 from .._exceptions import DuplicateJob
 from .._fairness import FairPicker
 from .._job import JobStatus, Priority
-from .._record import JobRecord
+from .._record import LABELS, JobRecord
 from .._state import EventKind, JobEvent, edge
 from .._stats import Stats
 from .changes import Changes
@@ -54,6 +54,11 @@ class ReadyQueues:
         self._delayed_new = [0, 0, 0]
         """New delayed jobs waiting for their due time, per priority (their own bound)."""
         self._delay_room = [trio.lowlevel.ParkingLot() for _ in range(3)]
+        self._batch_room = [trio.lowlevel.ParkingLot() for _ in range(3)]
+        """Batches waiting for room for all their jobs of a priority (see
+        :meth:`wait_for_room_many`): every one is woken whenever room is freed, and looks
+        again.  Each counts in ``_room_waiting`` while parked, so :meth:`take` tests one
+        int for both kinds of waiter."""
         self._idle: list[trio.lowlevel.Task] = []
         """Workers parked for want of work, most recently parked last (woken first: its
         cache is warm).  A plain list and ``reschedule``: a ParkingLot's ordered dict and
@@ -121,8 +126,8 @@ class ReadyQueues:
             return None
         queue = queues[i]
         rec = queue.popleft()
-        if self._room_waiting[i] and self._room[i].unpark():  # room for one producer
-            self._room_waiting[i] -= 1
+        if self._room_waiting[i]:  # room for one producer
+            self._wake_for_room(i)
         refill = self._refill[i]
         if refill is not None and len(queue) <= self._refill_low[i]:
             refill.set()  # the backlog streamer of this priority reads more
@@ -168,6 +173,9 @@ class ReadyQueues:
             lot = self._delay_room[rec.priority]
             if lot:
                 lot.unpark()
+            batches = self._batch_room[rec.priority]
+            if batches:
+                batches.unpark_all()
 
     # ------------------------------------------------------------------ waiting for room
 
@@ -216,9 +224,13 @@ class ReadyQueues:
             raise
 
     def _wake_for_room(self, p: int) -> None:
-        """Room for one job of priority ``p``: wake one parked producer, if any."""
+        """Room for one job of priority ``p``: wake one parked producer, if any, and
+        every parked batch (each looks whether all of it fits now)."""
         if self._room_waiting[p] and self._room[p].unpark():
             self._room_waiting[p] -= 1
+        batches = self._batch_room[p]
+        if batches:
+            batches.unpark_all()
 
     def pass_room_on(self, lot: trio.lowlevel.ParkingLot, p: int) -> None:
         """A producer woken from ``lot`` (priority ``p``'s room, or its delayed room)
@@ -229,6 +241,111 @@ class ReadyQueues:
                 self._wake_for_room(p)
         elif self._delayed_new[p] < self.capacity:
             lot.unpark()
+
+    # ------------------------------------------------------------------ batches
+
+    def admit_many(self, recs: list[JobRecord]) -> list[JobRecord] | None:
+        """All or nothing: accept every new job of ``recs`` if each priority has room for
+        all of its new ones (queued and delayed counted apart, as in :meth:`admit`);
+        ``None`` when one has not, and then nothing changed.  The result holds, in
+        order, each record as accepted, or the job already holding its id (same task
+        and payload; the same id twice in ``recs`` gives the first one).  Raises
+        :class:`DuplicateJob` (nothing admitted) for an id taken by another job."""
+        jobs = self._jobs
+        seen: dict[str, JobRecord] = {}
+        new: list[bool] = []
+        queued = [0, 0, 0]
+        delayed = [0, 0, 0]
+        for rec in recs:
+            old = jobs.get(rec.id) or seen.get(rec.id)
+            if old is not None:
+                same_or_duplicate(old, rec)  # raises before anything is admitted
+                new.append(False)
+                continue
+            seen[rec.id] = rec
+            new.append(True)
+            if rec.status is SCHEDULED:
+                delayed[rec.priority] += 1
+            else:
+                queued[rec.priority] += 1
+        if not self.fits(queued, delayed):
+            return None
+        out: list[JobRecord] = []
+        for rec, is_new in zip(recs, new, strict=True):
+            got = self.admit(rec) if is_new else (jobs.get(rec.id) or seen[rec.id])
+            assert got is not None  # room was checked for all of them
+            out.append(got)
+        return out
+
+    def fits(self, queued: list[int], delayed: list[int]) -> bool:
+        """Whether ``queued[p]`` new ready jobs and ``delayed[p]`` new delayed jobs of
+        each priority ``p`` all fit now."""
+        cap = self.capacity
+        for p in range(3):
+            if queued[p] and (len(self._queues[p]) + queued[p] > cap or self._backlog[p]):
+                return False
+            if delayed[p] and self._delayed_new[p] + delayed[p] > cap:
+                return False
+        return True
+
+    def _needs(self, recs: list[JobRecord]) -> tuple[list[int], list[int]]:
+        """New ready and new delayed jobs of ``recs`` per priority (ids not known yet)."""
+        jobs = self._jobs
+        seen: set[str] = set()
+        queued = [0, 0, 0]
+        delayed = [0, 0, 0]
+        for rec in recs:
+            if rec.id in jobs or rec.id in seen:
+                continue
+            seen.add(rec.id)
+            if rec.status is SCHEDULED:
+                delayed[rec.priority] += 1
+            else:
+                queued[rec.priority] += 1
+        return queued, delayed
+
+    def full_reason_many(self, recs: list[JobRecord]) -> str:
+        """Why :meth:`admit_many` had no room for ``recs`` (the QueueFull message)."""
+        queued, delayed = self._needs(recs)
+        cap = self.capacity
+        for p in range(3):
+            label = LABELS[p]
+            if queued[p]:
+                if self._backlog[p]:
+                    return (f"priority {label}: {self._backlog[p]} jobs recovered from the "
+                            f"store run first")
+                room = cap - len(self._queues[p])
+                if queued[p] > room:
+                    return (f"priority {label}: room for {max(room, 0)} of the batch's "
+                            f"{queued[p]} jobs ({cap} at most waiting)")
+            if delayed[p] and self._delayed_new[p] + delayed[p] > cap:
+                room = cap - self._delayed_new[p]
+                return (f"priority {label}: room for {max(room, 0)} of the batch's "
+                        f"{delayed[p]} delayed jobs ({cap} at most waiting for a due time)")
+        return "no room"  # pragma: no cover - only asked after admit_many found none
+
+    async def wait_for_room_many(self, recs: list[JobRecord]) -> None:
+        """Wait until room was freed in a priority where ``recs`` lack it (or shutdown,
+        or a recovered backlog ended); the caller then tries :meth:`admit_many` again.
+        Every waiting batch is woken by any freed room and looks again, so a batch that
+        still does not fit keeps no room from anyone; single jobs are not held back
+        for a batch."""
+        queued, delayed = self._needs(recs)
+        cap = self.capacity
+        p = 0
+        for p in range(3):
+            if queued[p] and (len(self._queues[p]) + queued[p] > cap or self._backlog[p]):
+                break
+            if delayed[p] and self._delayed_new[p] + delayed[p] > cap:
+                break
+        else:  # it fits now: just a checkpoint
+            await trio.lowlevel.checkpoint()
+            return
+        self._room_waiting[p] += 1
+        try:
+            await self._batch_room[p].park()
+        finally:
+            self._room_waiting[p] -= 1
 
     def room_lot(self, p: int) -> trio.lowlevel.ParkingLot:
         return self._room[p]
@@ -303,6 +420,7 @@ class ReadyQueues:
         self._backlog[p] = 0
         self._refill[p] = None
         self._backlog_lot[p].unpark_all()
+        self._batch_room[p].unpark_all()
 
     # ------------------------------------------------------------------ counts, shutdown
 
@@ -320,7 +438,7 @@ class ReadyQueues:
         self.closed = True
         for p, lot in enumerate(self._room):
             self._room_waiting[p] -= len(lot.unpark_all())
-        for lot in (*self._delay_room, *self._backlog_lot):
+        for lot in (*self._delay_room, *self._backlog_lot, *self._batch_room):
             lot.unpark_all()
         for i, event in enumerate(self._refill):
             if event is not None:

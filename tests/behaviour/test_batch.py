@@ -1,0 +1,76 @@
+"""Batches: ``enqueue_many`` / ``enqueue_many_nowait`` / ``wait_many``, all or nothing."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+from trio.testing import MockClock
+
+from trioqueue import InvalidJob, JobNotFound, JobStatus, QueueFull
+
+from .conftest import EMPTY, Backend, Harness, settle
+
+
+async def test_a_batch_runs_and_wait_many_keeps_the_order(
+    backend: Backend, clock: MockClock | None, h: Harness
+) -> None:
+    async with backend.open(h.registry, workers=2) as q:
+        jobs = await q.enqueue_many("echo", [f"p{i}" for i in range(20)], priority="high")
+        assert [j.payload for j in jobs] == [f"p{i}" for i in range(20)]
+        assert {j.status for j in jobs} == {JobStatus.QUEUED}
+        done = await q.wait_many([j.id for j in jobs][::-1])
+        assert [d.result for d in done] == [f"p{i}" for i in range(20)][::-1]
+        assert q.metrics().enqueued == 20
+
+
+async def test_a_batch_that_does_not_fit_leaves_nothing(
+    backend: Backend, clock: MockClock | None, h: Harness
+) -> None:
+    async with backend.open(h.registry, workers=1, capacity=3) as q:
+        await q.enqueue("gated", "hold", priority="high")
+        await h.entered("hold")
+        q.enqueue_nowait("echo", "a")
+        with pytest.raises(QueueFull, match="medium"):
+            q.enqueue_many_nowait("echo", ["b", "c", "d"])
+        with pytest.raises(QueueFull):
+            await q.enqueue_many("echo", ["b", "c", "d"], wait_for_room=False)
+        with pytest.raises(InvalidJob, match=r"payloads\[1\]"):
+            await q.enqueue_many("echo", ["b", {1, 2}])
+        with pytest.raises(InvalidJob, match="capacity"):
+            await q.enqueue_many("echo", ["b", "c", "d", "e"], priority="low")
+        assert q.metrics().queued == {"high": 0, "medium": 1, "low": 0}
+        assert [j.payload for j in await q.list_jobs("queued")] == ["a"]
+        ok = q.enqueue_many_nowait("echo", ["b", "c"])
+        h.open_gate("hold")
+        assert [d.result for d in await q.wait_many([j.id for j in ok])] == ["b", "c"]
+        with pytest.raises(JobNotFound):
+            await q.wait_many([ok[0].id, "nope"])
+        await settle()
+        assert q.metrics().queued == EMPTY
+
+
+async def test_a_waiting_batch_enters_whole_once_there_is_room(
+    backend: Backend, clock: MockClock | None, h: Harness
+) -> None:
+    async with backend.open(h.registry, workers=1, capacity=2) as q:
+        await q.enqueue("gated", "hold", priority="high")
+        await h.entered("hold")
+        q.enqueue_many_nowait("gated", ["g1", "g2"])
+        got: list[list[str]] = []
+
+        async def batch() -> None:
+            got.append([j.id for j in await q.enqueue_many("echo", ["x", "y"])])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(batch)
+            await settle()
+            h.open_gate("hold")
+            await h.entered("g1")  # one place free: not enough
+            await settle()
+            assert not got
+            assert q.metrics().queued["medium"] == 1
+            h.open_gate("g1")
+            await h.entered("g2")  # two places free: the batch enters
+            h.open_gate("g2")
+        assert [d.result for d in await q.wait_many(got[0])] == ["x", "y"]

@@ -1,0 +1,232 @@
+"""``enqueue_many`` / ``enqueue_many_nowait`` / ``wait_many``: a batch is admitted whole
+or not at all, waits for room for all of it, and with a store costs one commit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import trioqueue
+from trioqueue import (
+    InvalidJob,
+    Job,
+    JobStatus,
+    QueueConfig,
+    QueueFull,
+    ShuttingDown,
+    TaskRegistry,
+    UnknownTask,
+)
+from trioqueue._local.backend import LocalBackend
+
+
+def make_registry(gate: trio.Event | None = None,
+                  entered: trio.Event | None = None) -> TaskRegistry:
+    registry = TaskRegistry()
+
+    @registry.task
+    async def double(job: Job) -> Any:
+        if entered is not None:
+            entered.set()
+        if gate is not None:
+            await gate.wait()
+        return job.payload["n"] * 2
+
+    return registry
+
+
+async def test_enqueue_many_and_wait_many_in_order(autojump_clock: Any) -> None:
+    async with trioqueue.open_queue(make_registry(), QueueConfig(workers=3)) as q:
+        jobs = await q.enqueue_many("double", [{"n": i} for i in range(10)], priority="low")
+        assert [j.payload for j in jobs] == [{"n": i} for i in range(10)]
+        assert all(j.priority is trioqueue.Priority.LOW for j in jobs)
+        assert len({j.id for j in jobs}) == 10
+        done = await q.wait_many([j.id for j in reversed(jobs)])
+        assert [d.id for d in done] == [j.id for j in reversed(jobs)]
+        assert [d.result for d in done] == [2 * i for i in reversed(range(10))]
+        assert all(d.status is JobStatus.COMPLETED for d in done)
+        assert await q.enqueue_many("double", []) == []
+        assert await q.wait_many([]) == []
+
+
+async def test_invalid_payload_names_its_index_and_admits_nothing(autojump_clock: Any) -> None:
+    async with trioqueue.open_queue(make_registry(), QueueConfig(workers=1)) as q:
+        with pytest.raises(InvalidJob, match=r"^payloads\[2\]: not JSON"):
+            await q.enqueue_many("double", [{"n": 1}, {"n": 2}, {"n": object()}, {"n": 4}])
+        with pytest.raises(InvalidJob, match=r"payloads\[1\]"):
+            q.enqueue_many_nowait("double", [{"n": 1}, {"n": float("nan")}])
+        with pytest.raises(InvalidJob, match=r"^priority"):
+            await q.enqueue_many("double", [{"n": 1}], priority="urgent")
+        with pytest.raises(InvalidJob, match=r"^payloads: expected a list"):
+            await q.enqueue_many("double", "abc")
+        with pytest.raises(UnknownTask):
+            await q.enqueue_many("nope", [1])
+        assert q.metrics().enqueued == 0
+        assert LocalBackend.of(q).jobs_in_memory() == 0
+
+
+async def test_batch_larger_than_capacity_is_invalid(autojump_clock: Any) -> None:
+    async with trioqueue.open_queue(make_registry(), QueueConfig(workers=1, capacity=5)) as q:
+        with pytest.raises(InvalidJob, match=r"more than the capacity \(5\)"):
+            await q.enqueue_many("double", [{"n": i} for i in range(6)])
+        with pytest.raises(InvalidJob, match="capacity"):
+            q.enqueue_many_nowait("double", [{"n": i} for i in range(6)], delay=5.0)
+        # 5 ready and 5 delayed: each within its own bound.
+        assert len(await q.enqueue_many("double", [{"n": i} for i in range(5)])) == 5
+        assert len(await q.enqueue_many("double", [{"n": i} for i in range(5)], delay=5)) == 5
+
+
+async def test_nowait_is_all_or_nothing(autojump_clock: Any) -> None:
+    gate, entered = trio.Event(), trio.Event()
+    async with trioqueue.open_queue(make_registry(gate, entered),
+                                    QueueConfig(workers=1, capacity=4)) as q:
+        await q.enqueue("double", {"n": 0})
+        await entered.wait()
+        q.enqueue_many_nowait("double", [{"n": 1}, {"n": 2}])
+        with pytest.raises(QueueFull, match="room for 2 of the batch's 3 jobs"):
+            q.enqueue_many_nowait("double", [{"n": i} for i in range(3)])
+        with pytest.raises(QueueFull):
+            await q.enqueue_many("double", [{"n": i} for i in range(3)], wait_for_room=False)
+        assert LocalBackend.of(q).ready_lengths() == (0, 2, 0)
+        assert q.metrics().rejected == 6
+        # Other priorities have their own room.
+        q.enqueue_many_nowait("double", [{"n": i} for i in range(4)], priority="high")
+        gate.set()
+
+
+async def test_await_waits_for_room_for_all_of_it(autojump_clock: Any) -> None:
+    """No partial admission while waiting: the batch enters only once all 3 fit, and a
+    single job that fits meanwhile is not held back for it."""
+    gate = trio.Event()
+    registry = TaskRegistry()
+    started = trio.Event()
+    step = trio.Semaphore(0)
+
+    @registry.task
+    async def work(job: Job) -> None:
+        started.set()
+        if job.payload != "free":
+            await step.acquire()
+
+    async with trioqueue.open_queue(registry, QueueConfig(workers=1, capacity=3)) as q:
+        backend = LocalBackend.of(q)
+        await q.enqueue("work", 0)
+        await started.wait()
+        q.enqueue_many_nowait("work", [1, 2, 3])  # full
+        admitted: list[list[Job]] = []
+
+        async def batch() -> None:
+            admitted.append(await q.enqueue_many("work", [10, 11, 12]))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(batch)
+            await trio.testing.wait_all_tasks_blocked()
+            assert backend.parked_producers() == (0, 1, 0)
+            step.release()  # job 0 ends, job 1 starts: room for one
+            await trio.testing.wait_all_tasks_blocked()
+            assert not admitted
+            assert backend.ready_lengths() == (0, 2, 0)
+            step.release()  # room for two
+            await trio.testing.wait_all_tasks_blocked()
+            assert not admitted
+            assert backend.ready_lengths() == (0, 1, 0)
+            step.release()  # room for three: the batch enters whole
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(admitted) == 1
+            assert backend.ready_lengths() == (0, 3, 0)
+            assert backend.parked_producers() == (0, 0, 0)
+            for _ in range(3):
+                step.release()
+        gate.set()
+        for _ in range(10):
+            step.release()
+        assert [j.status for j in await q.wait_many(j.id for j in admitted[0])] == [
+            JobStatus.COMPLETED] * 3
+
+
+async def test_waiting_batches_and_single_producers_are_all_woken(autojump_clock: Any) -> None:
+    """Two batches and three single producers wait on a full queue: as the workers
+    drain it every one of them gets in, nobody is left parked with room free."""
+    registry = TaskRegistry()
+
+    @registry.task
+    async def nap(job: Job) -> None:
+        await trio.sleep(1)
+
+    async with trioqueue.open_queue(registry, QueueConfig(workers=2, capacity=4)) as q:
+        backend = LocalBackend.of(q)
+        q.enqueue_many_nowait("nap", [0, 1, 2, 3])
+        ids: list[str] = []
+
+        async def batch(n: int) -> None:
+            ids.extend(j.id for j in await q.enqueue_many("nap", list(range(n))))
+
+        async def single() -> None:
+            ids.append((await q.enqueue("nap", -1)).id)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(batch, 4)
+            nursery.start_soon(batch, 3)
+            for _ in range(3):
+                nursery.start_soon(single)
+        assert len(ids) == 10
+        assert all(j.status is JobStatus.COMPLETED for j in await q.wait_many(ids))
+        assert backend.parked_producers() == (0, 0, 0)
+
+
+async def test_shutdown_wakes_a_waiting_batch(autojump_clock: Any) -> None:
+    gate = trio.Event()
+    errors: list[BaseException] = []
+    async with trio.open_nursery() as outside:
+        async with trioqueue.open_queue(make_registry(gate), QueueConfig(
+                workers=1, capacity=2, shutdown_timeout=1.0)) as q:
+            q.enqueue_many_nowait("double", [{"n": 1}, {"n": 2}])
+            await trio.sleep(0.1)
+            q.enqueue_nowait("double", {"n": 3})
+
+            async def batch() -> None:
+                try:
+                    await q.enqueue_many("double", [{"n": 4}, {"n": 5}])
+                except ShuttingDown as exc:
+                    errors.append(exc)
+
+            outside.start_soon(batch)
+            await trio.testing.wait_all_tasks_blocked()
+            assert LocalBackend.of(q).parked_producers() == (0, 1, 0)
+    assert len(errors) == 1
+
+
+@pytest.mark.parametrize("durability", ["sync", "batch"])
+async def test_store_one_commit_per_batch_and_reopen_keeps_them(
+    tmp_path: Path, durability: str
+) -> None:
+    db = tmp_path / "q.db"
+    registry = TaskRegistry()
+    hold = trio.Event()
+
+    @registry.task
+    async def double(job: Job) -> Any:
+        await hold.wait()
+        return job.payload * 2
+
+    config = QueueConfig(persist_path=db, durability=durability, workers=1,  # type: ignore[arg-type]
+                         shutdown_timeout=0.5)
+    async with trioqueue.open_queue(registry, config) as q:
+        store = LocalBackend.of(q).store
+        assert store is not None
+        await q.flush()
+        before = store.commits
+        jobs = await q.enqueue_many("double", list(range(200)), priority="high")
+        if durability == "batch":
+            await q.flush()
+        assert store.commits - before == 1
+        ids = [j.id for j in jobs]
+    hold.set()
+    async with trioqueue.open_queue(registry, config) as q:
+        done = await q.wait_many(ids)
+        assert [d.result for d in done] == [2 * i for i in range(200)]
+        assert all(d.priority is trioqueue.Priority.HIGH for d in done)
