@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,7 +21,14 @@ from . import _workers
 from ._backend import Backend, ChangeHook
 from ._config import QueueConfig
 from ._events import Broadcaster, Event
-from ._exceptions import InvalidJob, JobNotFound, QueueFull, ShuttingDown, StoreError
+from ._exceptions import (
+    InvalidJob,
+    JobNotFound,
+    QueueFull,
+    ShuttingDown,
+    StoreError,
+    UnknownTask,
+)
 from ._intake import Intake
 from ._job import TERMINAL, Job, JobStatus, Priority
 from ._metrics import Metrics
@@ -348,6 +355,27 @@ class JobQueue:
             await trio.lowlevel.checkpoint()
         return [await self.wait(job_id) for job_id in ids]
 
+    async def enqueue_batch(
+        self, jobs: Sequence[BatchItem], *, wait_for_room: bool = True
+    ) -> list[Job]:
+        """Jobs of any tasks and options, all or nothing (what ``POST /jobs/batch``
+        takes): :meth:`enqueue_many`'s rules, each item a :class:`BatchItem`; an error
+        names the item (``jobs[3].priority: ...``).  An item with an ``id`` whose job
+        exists (same task and payload) gives that job, as :meth:`enqueue` does."""
+        build = self._build
+        recs: list[JobRecord] = []
+        given: set[str] = set()
+        for i, item in enumerate(jobs):
+            try:
+                recs.append(build(item.task, item.payload, item.priority, item.job_id,
+                                  item.delay, item.max_retries, item.timeout))
+            except (InvalidJob, UnknownTask) as exc:
+                raise type(exc)(f"jobs[{i}].{exc}") from None
+            if item.job_id is not None:
+                given.add(recs[-1].id)
+        self.check_batch(recs)
+        return await self._enqueue_records(recs, given, wait_for_room)
+
     def _build_many(self, task: str, payloads: Iterable[Any], priority: Priority | str | None,
                     delay: float, max_retries: int | None,
                     timeout: float | None) -> list[JobRecord]:
@@ -627,3 +655,16 @@ class JobQueue:
             workers=len(self._workers.slots),
             running_for=self._workers.running_for(now),
         )
+
+
+@attrs.frozen
+class BatchItem:
+    """One job of :meth:`JobQueue.enqueue_batch`: ``enqueue``'s arguments."""
+
+    task: str
+    payload: Any = None
+    priority: Priority | str | None = None
+    job_id: str | None = None
+    delay: float = 0.0
+    max_retries: int | None = None
+    timeout: float | None = None

@@ -193,6 +193,30 @@ class Client:
                 body[key] = value
         return job_from_json(await self._call("POST", "/jobs", op="enqueue", json=body))
 
+    async def enqueue_many(
+        self,
+        task: str,
+        payloads: Iterable[Any],
+        *,
+        priority: Priority | str | None = None,
+        delay: float | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+    ) -> list[Job]:
+        """``POST /jobs/batch``: one job of ``task`` per payload, all or nothing (at most
+        1000 a call); the jobs as accepted, in order.  :class:`QueueFull` (nothing
+        enqueued) when the whole batch does not fit now."""
+        item: dict[str, Any] = {"task": task}
+        if priority is not None:
+            item["priority"] = Priority.coerce(priority).label
+        for key, value in (("delay", delay), ("max_retries", max_retries),
+                           ("timeout", timeout)):
+            if value is not None:
+                item[key] = value
+        body = {"jobs": [{**item, "payload": payload} for payload in payloads]}
+        data = await self._call("POST", "/jobs/batch", op="enqueue", json=body)
+        return [job_from_json(job) for job in data["jobs"]]
+
     async def get(self, job_id: str) -> Job:
         """``GET /jobs/{id}``."""
         return job_from_json(await self._call("GET", f"/jobs/{job_id}"))

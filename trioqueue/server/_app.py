@@ -30,6 +30,7 @@ from .._exceptions import (
     UnknownTask,
 )
 from .._job import Job, JobStatus, check_json
+from .._queue import BatchItem
 from ._dashboard import MetricsHistory, static_response
 from ._http import (
     BulkRetry,
@@ -42,6 +43,7 @@ from ._http import (
     Send,
     check_content_type,
     parse_allowed_hosts,
+    parse_batch_request,
     parse_bulk_retry,
     parse_event_filter,
     parse_job_request,
@@ -333,6 +335,11 @@ class App:
             request = parse_job_request(parse_json(await self._read_body(headers, receive)))
             status, job = await self._create(request)
             return status, _dumps(job.to_dict()), ()
+        if name == "create_jobs":
+            check_content_type(headers)
+            requests = parse_batch_request(parse_json(await self._read_body(headers, receive)))
+            jobs = await self._create_many(requests)
+            return 202, _dumps({"jobs": [job.to_dict() for job in jobs]}), ()
         if name == "get_job":
             assert job_id is not None
             job = await q.get(job_id)
@@ -430,6 +437,18 @@ class App:
         except RecursionError:
             raise HTTPError(400, "payload: nested too deeply") from None
         return (200 if existed else 202), job
+
+    async def _create_many(self, requests: list[JobRequest]) -> list[Job]:
+        """A batch, all or nothing, without waiting for room: 429 unless all of it fits
+        now (per priority); a batch larger than the capacity is 400."""
+        if self.closing:
+            raise HTTPError(503, "the server is shutting down and takes no new jobs")
+        items = [BatchItem(r.task, r.payload, r.priority, r.id, r.delay, r.max_retries,
+                           r.timeout) for r in requests]
+        try:
+            return await self.queue.enqueue_batch(items, wait_for_room=False)
+        except RecursionError:
+            raise HTTPError(400, "jobs: a payload is nested too deeply") from None
 
     async def _stored_repeat(self, request: JobRequest) -> Job | None:
         """The stored job under ``request.id`` if it is the same task and payload; raise

@@ -51,6 +51,7 @@ ROUTES: dict[str, dict[str, str]] = {
     "/jobs": {"GET": "list_jobs", "POST": "create_job"},
     # POST only: GET /jobs/retry is the job whose id is "retry" (see route()).
     "/jobs/retry": {"POST": "retry_jobs"},
+    "/jobs/batch": {"POST": "create_jobs"},  # GET /jobs/batch: the job "batch"
     "/tasks": {"GET": "tasks"},
     "/metrics": {"GET": "metrics"},
     "/healthz": {"GET": "healthz"},
@@ -213,6 +214,37 @@ def parse_job_request(data: Any) -> JobRequest:
         timeout=timeout,
         delay=delay,
     )
+
+
+MAX_BATCH = 1000
+"""Jobs one ``POST /jobs/batch`` may carry."""
+
+
+def parse_batch_request(data: Any) -> list[JobRequest]:
+    """Check a ``POST /jobs/batch`` body ``{"jobs": [...]}`` (at most :data:`MAX_BATCH`
+    job bodies as for ``POST /jobs``); raise :class:`HTTPError` 400 naming the item and
+    field (``jobs[3].priority: ...``)."""
+    if not isinstance(data, dict):
+        raise HTTPError(400, f"body: expected a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - {"jobs"})
+    if unknown:
+        raise HTTPError(400, f"{unknown[0]}: unknown field (expected jobs)")
+    jobs = data.get("jobs")
+    if not isinstance(jobs, list):
+        raise HTTPError(400, f"jobs: expected a list of job objects, got "
+                             f"{type(jobs).__name__ if 'jobs' in data else 'nothing'}")
+    if len(jobs) > MAX_BATCH:
+        raise HTTPError(400, f"jobs: at most {MAX_BATCH} per batch, got {len(jobs)}")
+    requests: list[JobRequest] = []
+    for i, item in enumerate(jobs):
+        if not isinstance(item, dict):
+            raise HTTPError(400, f"jobs[{i}]: expected a JSON object, got "
+                                 f"{type(item).__name__}")
+        try:
+            requests.append(parse_job_request(item))
+        except HTTPError as exc:
+            raise HTTPError(exc.status, f"jobs[{i}].{exc.message}", exc.headers) from None
+    return requests
 
 
 # ---------------------------------------------------------------------------- queries

@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import __version__
 from .._events import EVENT_TYPES
-from ._http import MAX_DELAY, MAX_RETRIES_LIMIT
+from ._http import MAX_BATCH, MAX_DELAY, MAX_RETRIES_LIMIT
 
 _ANY: dict[str, Any] = {"nullable": True, "description": "any JSON value"}
 _TIME: dict[str, Any] = {"type": "string", "format": "date-time", "nullable": True}
@@ -115,6 +115,23 @@ SCHEMAS: dict[str, Any] = {
                        "description": "retry every job in this status"},
             "task": {"type": "string", "minLength": 1, "nullable": True,
                      "description": "only the jobs of this task"},
+        },
+    },
+    "NewJobs": {
+        "type": "object",
+        "required": ["jobs"],
+        "additionalProperties": False,
+        "properties": {
+            "jobs": {"type": "array", "maxItems": MAX_BATCH,
+                     "items": {"$ref": "#/components/schemas/NewJob"},
+                     "description": "job bodies as for POST /jobs, of any tasks"},
+        },
+    },
+    "Jobs": {
+        "type": "object",
+        "required": ["jobs"],
+        "properties": {
+            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
         },
     },
     "Retried": {
@@ -273,6 +290,32 @@ def openapi_document() -> dict[str, Any]:
                         "429": {**_error("a priority's queue filled; the jobs retried until "
                                          "then stay retried (the message says how many), "
                                          "send it again for the rest"),
+                                "headers": _RETRY_AFTER},
+                        "503": _error("the server is shutting down"),
+                        **_AUTH,
+                    },
+                },
+            },
+            "/jobs/batch": {
+                "post": {
+                    "operationId": "createJobs",
+                    "summary": "Enqueue a batch of jobs, all or nothing",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("NewJobs")}},
+                    },
+                    "responses": {
+                        "202": _json("the jobs in the order given (a job whose id, task "
+                                     "and payload exist already: that job)", "Jobs"),
+                        "400": _error("bad JSON, a bad field (named as jobs[3].priority), "
+                                      "more than 1000 jobs, or more jobs of a priority than "
+                                      "the queue's capacity"),
+                        "404": _error("a job's task is not registered (named as "
+                                      "jobs[3].task)"),
+                        "409": _error("a job's id exists with another task or payload"),
+                        "413": _error("the body is over the limit (default 1 MiB)"),
+                        "429": {**_error("the batch does not fit whole (room is checked per "
+                                         "priority); nothing was enqueued"),
                                 "headers": _RETRY_AFTER},
                         "503": _error("the server is shutting down"),
                         **_AUTH,
