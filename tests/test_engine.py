@@ -585,7 +585,7 @@ async def test_graceful_shutdown_lets_in_flight_jobs_finish(
         q.enqueue_nowait("ok")
 
 
-async def test_shutdown_timeout_interrupts_and_records_queued(
+async def test_shutdown_timeout_interrupts_and_records_failed(
     h: Harness, autojump_clock: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with trioqueue.open_queue(h.registry, cfg(workers=2, shutdown_timeout=5.0)) as q:
@@ -595,12 +595,13 @@ async def test_shutdown_timeout_interrupts_and_records_queued(
         t0 = trio.current_time()
     assert trio.current_time() - t0 == 5.0
     interrupted = q.get_nowait(slow.id)
-    assert interrupted.status is JobStatus.QUEUED  # never left PROCESSING
+    assert interrupted.status is JobStatus.FAILED  # never left PROCESSING, never lost
+    assert interrupted.error == "aborted: shutdown timeout"
     assert interrupted.attempts == 1  # the attempt is counted
     assert q.get_nowait(quick.id).status is JobStatus.COMPLETED
     m = q.metrics()
-    assert (m.processing, m.busy_workers, m.dropped) == (0, 0, 1)
-    assert "dropped 1 jobs at shutdown" in caplog.text
+    assert (m.processing, m.busy_workers, m.dropped, m.failed) == (0, 0, 0, 1)
+    assert "failed: aborted: shutdown timeout" in caplog.text
 
 
 async def test_parked_producer_is_refused_when_the_queue_closes(

@@ -12,7 +12,8 @@ Everything here runs in tasks of the nurseries :func:`open_queue` opens::
 Leaving the ``async with`` block is the graceful shutdown, in this order: intake closes
 (producers waiting for room are refused), the timer stops, in-flight jobs get
 ``shutdown_timeout`` seconds, the work nursery is cancelled (interrupted jobs go back to
-QUEUED, attempt counted), waiters are woken, and the backend writes its last state.
+QUEUED, attempt counted; in memory mode they end FAILED, ``"aborted: shutdown timeout"``),
+waiters are woken, and the backend writes its last state.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ async def open_queue(
 
     Leaving the block is the graceful shutdown: new jobs are refused, the timer stops,
     in-flight jobs get ``shutdown_timeout`` seconds to finish, the rest are interrupted
-    and recorded as QUEUED, and (with ``persist_path``) the last snapshot is written.
+    and recorded as QUEUED (memory mode: FAILED, ``"aborted: shutdown timeout"``), and
+    (with ``persist_path``) the last snapshot is written.
 
     Errors while opening (a bad store file, ``StoreError``) and exceptions from the body
     come out as themselves, not wrapped in an ``ExceptionGroup``; an engine task that
@@ -184,8 +186,11 @@ class _Run:
         if waited.cancelled_caught:
             log.warning(
                 "trioqueue: %d jobs still running after shutdown_timeout=%ss; interrupting "
-                "them (recorded as queued)", workers.busy(), config.shutdown_timeout,
+                "them (%s)", workers.busy(), config.shutdown_timeout,
+                "recorded as queued" if backend.persistent
+                else "failed: aborted: shutdown timeout",
             )
+        life.cutting_off = True
         work_scope.cancel()
 
     def _closed_down(self) -> None:

@@ -32,6 +32,8 @@ CHECKPOINT_AFTER = 0.001
 """... and whenever this many seconds passed since its last yield."""
 
 COMPLETE = JobEvent.COMPLETE
+ABORTED = "aborted: shutdown timeout"
+"""The error of a job that memory mode's shutdown cut off."""
 _SIMPLE_RESULT = (str, int, bool, type(None))
 
 
@@ -47,6 +49,9 @@ class Lifecycle:
     """Memory mode with ``drain=True``: workers run the queues empty, then stop."""
     stop_taking: bool = False
     """Workers take no new job."""
+    cutting_off: bool = False
+    """``shutdown_timeout`` passed: the work nursery is being cancelled under the jobs
+    still running (memory mode ends them FAILED, a store puts them back QUEUED)."""
     closed: bool = False
     """The workers are gone."""
 
@@ -114,9 +119,13 @@ class Workers:
                 # Only our own scope's cancellation lands here: cancel() or a timeout.
                 self._interrupted(slot)
         except BaseException:
-            # Shutdown (or a crash) interrupts the job: record it back as QUEUED with the
-            # attempt counted, never leave it PROCESSING.
-            self._put_back(slot)
+            # Shutdown (or a crash) interrupts the job: never leave it PROCESSING.  Cut
+            # off by shutdown_timeout in memory mode it ends FAILED (nothing would keep
+            # it); otherwise back to QUEUED with the attempt counted.
+            if life.cutting_off and not self._backend.persistent:
+                self._abort(slot)
+            else:
+                self._put_back(slot)
             raise
         finally:
             slot.scope = None
@@ -270,6 +279,21 @@ class Workers:
         if rec is not None:
             slot.current = None
             self._backend.release(rec, slot.index)
+
+    def _abort(self, slot: WorkerSlot) -> None:
+        """Memory mode, ``shutdown_timeout`` passed: the worker's job ends FAILED with
+        the error ``"aborted: shutdown timeout"`` (and its ``failed`` event)."""
+        rec = slot.current
+        if rec is None:
+            return
+        slot.current = None
+        end = self._clock.current_time()
+        duration = end - slot.started
+        self._stats.busy_time += duration
+        self._stats.run.add(duration)
+        rec.error = ABORTED
+        rec.traceback = None
+        self._backend.finish(rec, JobEvent.FAIL_FINAL, end, slot.index, duration)
 
     async def _ctrl_c(self, slot: WorkerSlot, scope: trio.CancelScope) -> None:
         """A Ctrl+C landed in this worker's handler (trio raises it in whichever task

@@ -1,0 +1,124 @@
+"""Shutdown cutting jobs off (``shutdown_timeout``): in memory mode they end FAILED with
+``"aborted: shutdown timeout"`` and a ``failed`` event; with a store they go back to
+QUEUED with the attempt counted.  On trio's mock clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+import trioqueue
+from tests.test_server_app import call
+from trioqueue import JobStatus
+from trioqueue.server import App
+
+
+async def started(events: trio.MemoryReceiveChannel[trioqueue.Event], job_id: str) -> None:
+    async for event in events:
+        if event.type == "started" and event.job_id == job_id:
+            return
+
+
+def make_registry() -> trioqueue.TaskRegistry:
+    registry = trioqueue.TaskRegistry()
+
+    @registry.task(max_retries=3)
+    async def slow(job: trioqueue.Job) -> None:
+        await trio.sleep(1000)
+
+    @registry.task()
+    async def quick(job: trioqueue.Job) -> str:
+        await trio.sleep(1)
+        return "done"
+
+    @registry.task(sync=True)
+    def blocking(job: trioqueue.Job) -> None:  # pragma: no cover - abandoned at shutdown
+        import time
+
+        time.sleep(0.2)
+
+    return registry
+
+
+async def test_memory_mode_cut_off_jobs_end_failed_with_an_event(autojump_clock: Any) -> None:
+    config = trioqueue.QueueConfig(workers=3, shutdown_timeout=5.0)
+    events: list[trioqueue.Event] = []
+    async with trio.open_nursery() as nursery, trioqueue.open_queue(
+        make_registry(), config
+    ) as q:
+        async def collect() -> None:
+            async with q.subscribe() as channel:
+                async for event in channel:
+                    events.append(event)
+
+        nursery.start_soon(collect)
+        await trio.testing.wait_all_tasks_blocked()
+        a = await q.enqueue("slow", job_id="a")
+        b = await q.enqueue("slow", job_id="b", priority="high")
+        c = await q.enqueue("quick", job_id="c")
+        await trio.testing.wait_all_tasks_blocked()
+        t0 = trio.current_time()
+    assert trio.current_time() - t0 == 5.0
+    for job_id in (a.id, b.id):
+        job = q.get_nowait(job_id)
+        assert job.status is JobStatus.FAILED
+        assert job.error == "aborted: shutdown timeout"
+        assert job.attempts == 1
+        assert job.finished_at is not None
+        (await q.wait(job_id))  # a waiter sees it ended, never hangs
+    assert q.get_nowait(c.id).status is JobStatus.COMPLETED
+    failed = [e for e in events if e.type == "failed"]
+    assert sorted(e.job_id for e in failed) == ["a", "b"]
+    assert all(e.error == "aborted: shutdown timeout" for e in failed)
+    m = q.metrics()
+    assert (m.failed, m.completed, m.dropped, m.processing) == (2, 1, 0, 0)
+
+    # The job JSON over HTTP says the same.
+    status, _, body = await call(App(q), "GET", "/jobs/a")
+    assert status == 200
+    assert (body["status"], body["error"], body["attempts"]) == (
+        "failed", "aborted: shutdown timeout", 1)
+
+
+async def test_memory_mode_queued_jobs_still_count_as_dropped(autojump_clock: Any) -> None:
+    """Jobs that never started are not failed: they are dropped (counted) as documented,
+    unless drain=True."""
+    config = trioqueue.QueueConfig(workers=1, shutdown_timeout=1.0)
+    async with trioqueue.open_queue(make_registry(), config) as q:
+        running = await q.enqueue("slow")
+        waiting = [await q.enqueue("quick") for _ in range(3)]
+        await trio.testing.wait_all_tasks_blocked()
+    assert q.get_nowait(running.id).status is JobStatus.FAILED
+    assert all(q.get_nowait(j.id).status is JobStatus.QUEUED for j in waiting)
+    m = q.metrics()
+    assert (m.failed, m.dropped) == (1, 3)
+
+
+async def test_a_sync_handler_cut_off_ends_failed_too(autojump_clock: Any) -> None:
+    config = trioqueue.QueueConfig(workers=1, shutdown_timeout=0.0)
+    async with trioqueue.open_queue(make_registry(), config) as q:
+        async with q.subscribe() as events:
+            job = await q.enqueue("blocking")
+            await started(events, job.id)
+    got = q.get_nowait(job.id)
+    assert (got.status, got.error) == (JobStatus.FAILED, "aborted: shutdown timeout")
+
+
+async def test_with_a_store_cut_off_jobs_go_back_to_queued(tmp_path: Path) -> None:
+    """(The real clock: the store's thread does not mix with the mock clock's jumps.)"""
+    path = tmp_path / "q.db"
+    config = trioqueue.QueueConfig(workers=1, shutdown_timeout=0.05, persist_path=path)
+    async with trioqueue.open_queue(make_registry(), config) as q:
+        async with q.subscribe() as events:
+            await q.enqueue("slow", job_id="s")
+            await started(events, "s")
+    got = q.get_nowait("s")
+    assert (got.status, got.attempts, got.error) == (JobStatus.QUEUED, 1, None)
+    assert q.metrics().failed == 0
+    async with trioqueue.open_queue(make_registry(), config) as q2:
+        again = await q2.get("s")
+        assert again.status in (JobStatus.QUEUED, JobStatus.PROCESSING)
+        assert again.attempts >= 1
