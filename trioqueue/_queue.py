@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
 import trio
 
-from . import _workers
+from . import _submit, _workers
 from ._backend import Backend, ChangeHook
 from ._config import QueueConfig
 from ._events import Broadcaster, Event
@@ -294,6 +294,70 @@ class JobQueue:
             if backend.withdraw(rec):
                 raise StoreError(f"{exc}; the job is not stored and will not run") from None
             raise StoreError(f"{exc}; the job is not stored yet and may run") from None
+
+    # ------------------------------------------------------------------ callables
+
+    def _call_job(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[str, Any]:
+        """The task name and payload of a submitted call (registering its handler)."""
+        if not callable(fn):
+            raise TypeError(f"submit: fn must be callable, got {fn!r}")
+        registered = _submit.handler_name(self._registry, fn)
+        if registered is not None:
+            raise TypeError(
+                f"submit: {fn!r} is registered as the task {registered!r}, a handler "
+                f"that takes the job; enqueue it by name instead: "
+                f"enqueue({registered!r}, payload)"
+            )
+        durable = self._backend.persistent
+        if durable:
+            name = _submit.check_module_level(fn)
+            payload: Any = {"args": _submit.durable_args(args)}
+        else:
+            name = _submit.task_name(fn)
+            payload = _submit.Call(fn, args)
+        _submit.ensure_registered(self._registry, name, fn, durable)
+        return name, payload
+
+    async def submit(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        priority: Priority | str | None = None,
+        delay: float = 0.0,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        job_id: str | None = None,
+    ) -> Job:
+        """Enqueue a call of ``fn(*args)`` as a job (as :meth:`enqueue` does, waiting for
+        room); ``(await q.wait(job.id)).result`` is its return value.
+
+        An async ``fn`` runs on the loop, a plain one in a worker thread.  The task is
+        named ``"module.qualname"``, registered in this queue's registry for this
+        process.  Use :func:`functools.partial` for ``fn``'s own keywords.  A function
+        registered with ``@registry.task`` is a handler that takes the job: it raises
+        :class:`TypeError` (enqueue it by name).  Memory mode takes any callable and any
+        args (the payload shows as ``{"args": [repr, ...]}``).  With a store ``fn`` must
+        be a module-level function and the args JSON, else :class:`InvalidJob` naming
+        which; the stored payload is ``{"args": [...]}``.
+        """
+        name, payload = self._call_job(fn, args)
+        return await self.enqueue(name, payload, priority=priority, job_id=job_id,
+                                  delay=delay, max_retries=max_retries, timeout=timeout)
+
+    def submit_nowait(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        priority: Priority | str | None = None,
+        delay: float = 0.0,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        job_id: str | None = None,
+    ) -> Job:
+        """:meth:`submit` now or :class:`QueueFull`, as :meth:`enqueue_nowait` does."""
+        name, payload = self._call_job(fn, args)
+        return self.enqueue_nowait(name, payload, priority=priority, job_id=job_id,
+                                   delay=delay, max_retries=max_retries, timeout=timeout)
 
     # ------------------------------------------------------------------ batches
 

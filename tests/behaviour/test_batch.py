@@ -1,9 +1,11 @@
-"""Batches: ``enqueue_many`` / ``enqueue_many_nowait`` / ``wait_many``, all or nothing."""
+"""Batches (``enqueue_many`` / ``enqueue_many_nowait`` / ``wait_many``, all or nothing) and
+callables as jobs (``submit`` / ``submit_nowait``)."""
 
 from __future__ import annotations
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 from trio.testing import MockClock
 
@@ -74,3 +76,46 @@ async def test_a_waiting_batch_enters_whole_once_there_is_room(
             await h.entered("g2")  # two places free: the batch enters
             h.open_gate("g2")
         assert [d.result for d in await q.wait_many(got[0])] == ["x", "y"]
+
+
+async def scale(x: float, factor: float) -> float:
+    await trio.lowlevel.checkpoint()
+    return x * factor
+
+
+def concat(*parts: str) -> str:
+    return "".join(parts)
+
+
+async def test_submitted_functions_run_with_their_args(
+    backend: Backend, clock: MockClock | None, h: Harness
+) -> None:
+    async with backend.open(h.registry, workers=2) as q:
+        a = await q.submit(scale, 1.5, 4, priority="high")
+        b = q.submit_nowait(concat, "a", "b", "c")
+        assert a.task == f"{__name__}.scale"
+        assert b.task == f"{__name__}.concat"
+        done = await q.wait_many([a.id, b.id])
+        assert [d.result for d in done] == [6.0, "abc"]
+        assert [d.status for d in done] == [JobStatus.COMPLETED] * 2
+
+
+async def test_what_submit_takes_depends_on_whether_jobs_outlive_the_process(
+    backend: Backend, clock: MockClock | None, h: Harness
+) -> None:
+    async with backend.open(h.registry, workers=1) as q:
+        things: list[object] = []
+        if backend.persistent:
+            with pytest.raises(InvalidJob, match=r"^fn: "):
+                await q.submit(things.append, 1)
+            with pytest.raises(InvalidJob, match=r"^args\[0\]: "):
+                await q.submit(concat, {1, 2})
+            assert q.metrics().enqueued == 0
+        else:
+            marker = object()
+            job = await q.submit(things.append, marker)
+            assert job.payload == {"args": [repr(marker)]}
+            await q.wait(job.id)
+            assert things == [marker]
+        with pytest.raises(TypeError, match="enqueue it by name"):
+            await q.submit(h.registry.get("echo").handler, 1)

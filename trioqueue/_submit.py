@@ -1,0 +1,170 @@
+"""Callables as jobs: what :meth:`JobQueue.submit` enqueues and the handler that runs it.
+
+A submitted function becomes a task named ``"module.qualname"``, registered in the
+queue's registry (for this process) the first time it is submitted.  Its handler calls
+``fn(*args)``; it never passes the :class:`Job`.
+
+- Memory mode: any callable and any args.  The job's payload is a :class:`Call`: a dict
+  ``{"args": [repr, ...]}`` (what HTTP, events and listings show) that also holds the
+  callable and the real args, so the record itself carries them (a retry runs the same
+  call; nothing outlives the job).
+- With a store (or Redis) the job must be runnable by another process or after a
+  restart: ``fn`` a module-level function (found as ``module.qualname`` among the
+  modules this process has imported, and the same object) and the args JSON.  The
+  payload is ``{"args": [...]}``, and the handler runs the function this process
+  registered under that name, never one imported by a name read from the store.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._exceptions import InvalidJob
+from ._job import Job, check_json
+from ._registry import TaskRegistry
+
+_MARK = "__trioqueue_submitted__"
+"""Set on the handlers this module registers: the function they run (durable mode)."""
+
+
+class Call(dict[str, Any]):
+    """A memory-mode payload: ``{"args": [repr(arg), ...]}`` as data, plus the call."""
+
+    __slots__ = ("args", "fn")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        super().__init__(args=[_repr(a) for a in args])
+        self.fn = fn
+        self.args = args
+
+
+def _repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception as exc:  # a broken __repr__ must not stop the job
+        return f"<{type(value).__name__} (repr failed: {type(exc).__name__})>"
+
+
+def is_async(fn: Callable[..., Any]) -> bool:
+    """Whether calling ``fn`` gives an awaitable to await on the loop."""
+    target: Any = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    if inspect.iscoroutinefunction(target):
+        return True
+    call = getattr(type(target), "__call__", None)  # noqa: B004 - an instance's method
+    return not inspect.isfunction(target) and not inspect.ismethod(target) and (
+        call is not None and inspect.iscoroutinefunction(call)
+    )
+
+
+def task_name(fn: Callable[..., Any]) -> str:
+    """``"module.qualname"`` (partials and objects: their function's or type's)."""
+    target: Any = fn
+    while isinstance(target, functools.partial):
+        target = target.func
+    module = getattr(target, "__module__", None) or type(target).__module__
+    qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
+    return f"{module}.{qualname}"
+
+
+def check_module_level(fn: Callable[..., Any]) -> str:
+    """The task name of a function another process could run (module-level, found as
+    ``module.qualname`` and the same object); else raise :class:`InvalidJob`."""
+    module_name = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    what = f"{fn!r}"
+    if not (inspect.isfunction(fn) or inspect.isbuiltin(fn)) or not isinstance(
+            module_name, str) or not isinstance(qualname, str):
+        raise InvalidJob(
+            f"fn: with a store a job must be runnable after a restart, so fn must be a "
+            f"module-level function, got {what} (a lambda, partial, bound method or "
+            f"other callable can only be submitted in memory mode)"
+        )
+    found: Any = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if found is not fn:
+        raise InvalidJob(
+            f"fn: with a store a job must be runnable after a restart, so fn must be a "
+            f"module-level function found as {module_name}.{qualname}, got {what}"
+        )
+    return f"{module_name}.{qualname}"
+
+
+def durable_args(args: Sequence[Any]) -> list[Any]:
+    """The args as stored: each must be JSON (``args[i]: ...`` names the one that is
+    not)."""
+    for i, arg in enumerate(args):
+        check_json(f"args[{i}]", arg)
+    return list(args)
+
+
+def ensure_registered(registry: TaskRegistry, name: str, fn: Callable[..., Any],
+                      durable: bool) -> None:
+    """Register the handler that runs submitted calls under ``name`` (once)."""
+    if name in registry:
+        spec = registry.get(name)
+        marked = getattr(spec.handler, _MARK, None)
+        if marked is None:
+            raise TypeError(
+                f"submit: a task named {name!r} is registered already and is not "
+                f"{fn!r}; rename one of them"
+            )
+        if durable and marked is not fn:
+            raise InvalidJob(
+                f"fn: another function was submitted as {name!r} in this process"
+            )
+        if spec.sync == is_async(fn):
+            raise TypeError(
+                f"submit: {name!r} was submitted before as "
+                f"{'a plain' if spec.sync else 'an async'} function, now as "
+                f"{'an async' if spec.sync else 'a plain'} one"
+            )
+        return
+    if is_async(fn):
+
+        async def run_async(job: Job) -> Any:
+            call_fn, args = _call_of(job, name, durable, fn)
+            return await call_fn(*args)
+
+        handler: Callable[[Job], Any] = run_async
+        sync = False
+    else:
+
+        def run_sync(job: Job) -> Any:
+            call_fn, args = _call_of(job, name, durable, fn)
+            return call_fn(*args)
+
+        handler = run_sync
+        sync = True
+    setattr(handler, _MARK, fn)
+    handler.__qualname__ = handler.__name__ = name
+    registry.register(handler, name=name, sync=sync)
+
+
+def _call_of(job: Job, name: str, durable: bool, fn: Callable[..., Any]
+             ) -> tuple[Callable[..., Any], Sequence[Any]]:
+    payload = job.payload
+    if isinstance(payload, Call):
+        return payload.fn, payload.args
+    if durable and isinstance(payload, dict) and isinstance(payload.get("args"), list):
+        return fn, payload["args"]
+    raise TypeError(
+        f"job {job.id}: the payload of a submitted call to {name} must be "
+        f'{{"args": [...]}}, got {payload!r}'
+    )
+
+
+def handler_name(registry: TaskRegistry, fn: Callable[..., Any]) -> str | None:
+    """The name ``fn`` is registered under as a task handler (it takes the job), or
+    ``None``."""
+    for name in registry:
+        handler = registry.get(name).handler
+        if handler is fn and getattr(handler, _MARK, None) is None:
+            return name
+    return None
