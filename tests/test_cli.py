@@ -371,6 +371,36 @@ def test_list_as_a_table_and_as_json(server: Server) -> None:
     assert nothing.stdout.strip() == "no jobs scheduled"
 
 
+def test_list_by_task_page_by_page_and_all(server: Server) -> None:
+    ids = []
+    for i in range(3):
+        done = run_cli("enqueue", "echo", str(i), "--id", f"cli-page-{i}", "--wait",
+                       "--url", server.url)
+        assert done.returncode == 0, done.stderr
+        ids.append(f"cli-page-{i}")
+    first = run_cli("list", "--task", "echo", "--limit", "2", "--json", "--url", server.url)
+    assert first.returncode == 0, first.stderr
+    page = json.loads(first.stdout)
+    assert [j["id"] for j in page["jobs"]] == ["cli-page-2", "cli-page-1"]
+    assert page["next"] == "cli-page-1"
+    table = run_cli("list", "--task", "echo", "--limit", "2", "--url", server.url)
+    assert table.returncode == 0, table.stderr
+    assert [row.split()[0] for row in table.stdout.splitlines()[1:]] == ids[:0:-1]
+    assert "--before cli-page-1" in table.stderr
+    second = run_cli("list", "--task", "echo", "--limit", "1", "--before", "cli-page-1",
+                     "--json", "--url", server.url)
+    assert [j["id"] for j in json.loads(second.stdout)["jobs"]] == ["cli-page-0"]
+    every = run_cli("list", "--task", "echo", "--all", "--json", "--url", server.url)
+    listed = [j["id"] for j in json.loads(every.stdout)["jobs"]]
+    assert listed[:3] == ids[::-1]
+    assert json.loads(every.stdout)["next"] is None
+    none = run_cli("list", "--task", "no-such-task", "--url", server.url)
+    assert none.stdout.strip() == "no jobs of task no-such-task"
+    bad = run_cli("list", "--before", "not an id", "--url", server.url)
+    assert bad.returncode != 0
+    assert "before: 'not an id' has characters other than" in bad.stderr
+
+
 def test_table_cells_escape_control_characters() -> None:
     # A task name or an error text must not drive the terminal (an escape sequence).
     evil = "boom\x1b[2J\x1b]0;owned\x07\nsecond line\u202e"

@@ -22,6 +22,7 @@ from trioqueue.server._http import (
     HostCheck,
     HTTPError,
     JobRequest,
+    ListQuery,
     allowed_host,
     check_content_type,
     host_name,
@@ -124,10 +125,13 @@ def test_content_types() -> None:
 
 
 def test_list_query() -> None:
-    assert parse_list_query({}) == (None, 100)
-    assert parse_list_query({"status": "failed", "limit": "5000"}) == (
+    assert parse_list_query({}) == ListQuery(None, 100)
+    assert parse_list_query({"status": "failed", "limit": "5000"}) == ListQuery(
         trioqueue.JobStatus.FAILED, 1000)
-    for bad in ({"status": "FAILED"}, {"status": ""}, {"limit": "-1"}, {"limit": ""}):
+    assert parse_list_query({"task": "t", "before": "0190abc"}) == ListQuery(
+        None, 100, "t", "0190abc")
+    for bad in ({"status": "FAILED"}, {"status": ""}, {"limit": "-1"}, {"limit": ""},
+                {"task": ""}, {"before": ""}, {"before": "a b"}, {"after": "x"}):
         with pytest.raises(HTTPError):
             parse_list_query(bad)
 

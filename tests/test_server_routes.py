@@ -154,8 +154,8 @@ async def test_get_tasks_shows_the_queue_defaults() -> None:
 # ---------------------------------------------------------------------------- GET /jobs
 
 
-@pytest.mark.parametrize("query", ["task=boom", "status=failed&before=x", "limit=5&colour=red",
-                                   "Status=failed", "next="])
+@pytest.mark.parametrize("query", ["status=failed&colour=red", "limit=5&colour=red",
+                                   "Status=failed", "next=", "task=boom&after=x"])
 async def test_list_refuses_unknown_query_parameters(
     setup: tuple[App, trioqueue.JobQueue, Tasks], query: str
 ) -> None:
@@ -163,9 +163,24 @@ async def test_list_refuses_unknown_query_parameters(
     status, _, body = await call(app, "GET", "/jobs", query=query)
     assert status == 400
     unknown = sorted(set(part.split("=")[0] for part in query.split("&"))
-                     - {"status", "limit"})[0]
+                     - {"status", "limit", "task", "before"})[0]
     assert body["error"] == (f"{unknown}: unknown query parameter "
-                             "(expected some of limit, status)")
+                             "(expected some of before, limit, status, task)")
+
+
+@pytest.mark.parametrize(("query", "error"), [
+    ("before=-x", "before: '-x' has characters other than"),
+    ("before=a%2Fb", "before: 'a/b' has characters other than"),
+    ("before=" + "a" * 129, "before: must be 1 to 128 characters, got 129"),
+    ("limit=0", "limit: expected a positive integer, got '0'"),
+])
+async def test_list_refuses_a_bad_before_or_limit(
+    setup: tuple[App, trioqueue.JobQueue, Tasks], query: str, error: str
+) -> None:
+    app, _, _ = setup
+    status, _, body = await call(app, "GET", "/jobs", query=query)
+    assert status == 400
+    assert body["error"].startswith(error)
 
 
 async def test_list_with_known_parameters_still_works(
@@ -176,6 +191,37 @@ async def test_list_with_known_parameters_still_works(
     status, _, body = await call(app, "GET", "/jobs", query="status=failed&limit=2")
     assert status == 200
     assert [j["id"] for j in body["jobs"]] == [ids[2], ids[1]]
+    assert body["next"] == ids[1]
+
+
+async def test_list_filters_by_task_and_pages_with_before_and_next(
+    setup: tuple[App, trioqueue.JobQueue, Tasks],
+) -> None:
+    app, q, _ = setup
+    booms = await fail_jobs(q, "boom", 5, "b")
+    others = await fail_jobs(q, "other", 2, "o")
+    _, _, body = await call(app, "GET", "/jobs", query="task=other")
+    assert [j["id"] for j in body["jobs"]] == others[::-1]
+    assert body["next"] is None
+    seen: list[str] = []
+    query = "task=boom&limit=2"
+    pages = 0
+    while True:
+        status, _, body = await call(app, "GET", "/jobs", query=query)
+        assert status == 200
+        assert {j["task"] for j in body["jobs"]} == {"boom"}
+        seen += [j["id"] for j in body["jobs"]]
+        pages += 1
+        if body["next"] is None:
+            break
+        query = f"task=boom&limit=2&before={body['next']}"
+    assert seen == booms[::-1]
+    assert pages == 3
+    # Every job, newest first; a job made before everything gives an empty last page.
+    _, _, body = await call(app, "GET", "/jobs", query=f"before={booms[0]}")
+    assert (body["jobs"], body["next"]) == ([], None)
+    _, _, body = await call(app, "GET", "/jobs", query=f"before={others[0]}&limit=1")
+    assert ([j["id"] for j in body["jobs"]], body["next"]) == ([booms[4]], booms[4])
 
 
 # ---------------------------------------------------------------------------- POST /jobs/retry

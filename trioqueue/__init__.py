@@ -20,6 +20,7 @@ from ._exceptions import (
 )
 from ._job import Job, JobStatus, Priority
 from ._metrics import Metrics
+from ._queue import JobPage
 from ._registry import TaskRegistry, TaskSpec
 
 __version__ = "0.1.0"
@@ -31,6 +32,7 @@ __all__ = [
     "InvalidTransition",
     "Job",
     "JobNotFound",
+    "JobPage",
     "JobQueue",
     "JobStatus",
     "Metrics",

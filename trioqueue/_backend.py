@@ -178,8 +178,12 @@ class Backend(Protocol):
     async def find(self, job_id: str) -> JobRecord | None:
         """The job wherever it is (memory, then storage); ``None`` if nowhere."""
 
-    async def list(self, status: JobStatus | None, limit: int) -> list[Job]:
-        """Up to ``limit`` jobs, newest first, only those in ``status`` if given."""
+    async def list(self, status: JobStatus | None, limit: int, task: str | None = None,
+                   before: str | None = None) -> tuple[list[Job], str | None]:
+        """Up to ``limit`` jobs, newest first, only those in ``status``, of ``task`` and
+        created before the job ``before`` if given; and the ``before`` of the next page
+        (``None`` on the last).  Redis: the state layer's ``list_jobs(status, task,
+        limit, before)`` answers the same pair."""
 
     async def cancel(self, job_id: str) -> JobRecord:
         """Cancel a QUEUED or SCHEDULED job and return it; a PROCESSING job is returned

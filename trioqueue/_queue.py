@@ -30,7 +30,7 @@ from ._exceptions import (
     UnknownTask,
 )
 from ._intake import Intake
-from ._job import TERMINAL, Job, JobStatus, Priority
+from ._job import TERMINAL, Job, JobStatus, Priority, check_job_id
 from ._metrics import Metrics
 from ._record import LABELS, JobRecord
 from ._registry import TaskRegistry
@@ -59,6 +59,15 @@ class QueueCore:
     workers: Workers
     events: Broadcaster
     life: Lifecycle
+
+
+@attrs.frozen
+class JobPage:
+    """One page of :meth:`JobQueue.list_page`: the jobs, newest first, and ``next``, the
+    ``before`` of the following page (``None`` on the last page)."""
+
+    jobs: list[Job]
+    next: str | None
 
 
 class JobQueue:
@@ -615,8 +624,22 @@ class JobQueue:
         await trio.lowlevel.checkpoint()
         return rec.snapshot()
 
-    async def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100) -> list[Job]:
-        """Up to ``limit`` jobs, newest first, optionally only those in ``status``."""
+    async def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100, *,
+                        task: str | None = None, before: str | None = None) -> list[Job]:
+        """Up to ``limit`` jobs, newest first, optionally only those in ``status``, of
+        ``task``, created before the job ``before``: :meth:`list_page`'s jobs."""
+        return (await self.list_page(status, limit, task=task, before=before)).jobs
+
+    async def list_page(self, status: JobStatus | str | None = None, limit: int = 100, *,
+                        task: str | None = None, before: str | None = None) -> JobPage:
+        """A page of jobs, newest first, and where the next page starts.
+
+        Only those in ``status``, of ``task``, and created before the job ``before`` if
+        given (a job no longer held: those with a lower id, as generated ids sort by
+        creation time).  :attr:`JobPage.next` is the ``before`` of the next page,
+        ``None`` on the last.  A page can hold fewer than ``limit`` jobs
+        while ``next`` is not ``None`` (a job changed status while it was read).
+        """
         if status is not None:
             try:
                 status = JobStatus(status)
@@ -627,7 +650,15 @@ class JobQueue:
                 ) from None
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidJob(f"limit: expected a positive integer, got {limit!r}")
-        return await self._backend.list(status, limit)
+        if task is not None and not isinstance(task, str):
+            raise InvalidJob(f"task: expected a task name (str), got {task!r}")
+        if before is not None:
+            try:
+                check_job_id(before)
+            except InvalidJob as exc:
+                raise InvalidJob(f"before: {str(exc).removeprefix('id: ')}") from None
+        jobs, nxt = await self._backend.list(status, limit, task, before)
+        return JobPage(jobs, nxt)
 
     # ------------------------------------------------------------------ control
 

@@ -467,19 +467,29 @@ async def _status(args: argparse.Namespace) -> int:
 async def _list(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UsageError(f"--limit: expected a positive integer, got {args.limit}")
+    nxt: str | None = None
     async with _connect(args) as client:
-        jobs = await client.list_jobs(args.status, args.limit)
+        if args.all:
+            jobs = [job async for job in client.iter_jobs(args.status, task=args.task)]
+        else:
+            page = await client.list_page(args.status, args.limit, task=args.task,
+                                          before=args.before)
+            jobs, nxt = page.jobs, page.next
     if args.json:
-        print(json.dumps({"jobs": [job.to_dict() for job in jobs]}, indent=2))
+        print(json.dumps({"jobs": [job.to_dict() for job in jobs], "next": nxt}, indent=2))
         return 0
     if not jobs:
-        print("no jobs" + (f" {args.status}" if args.status else ""))
+        print("no jobs" + (f" {args.status}" if args.status else "")
+              + (f" of task {_clean(args.task, 60)}" if args.task else ""))
         return 0
     rows = [[_clean(job.id), _clean(job.task, 30), job.status.value, job.priority.label,
              str(job.attempts), _when(job.created_at), _clean(job.error, 60)]
             for job in jobs]
     print(_table(["ID", "TASK", "STATUS", "PRIORITY", "ATTEMPTS", "CREATED (UTC)", "ERROR"],
                  rows))
+    if nxt is not None:
+        print(f"more: add --before {_clean(nxt)} for the next page, or --all",
+              file=sys.stderr)
     return 0
 
 
@@ -623,9 +633,16 @@ def build_parser() -> argparse.ArgumentParser:
                                   description="Jobs, newest first, as a table (--json: as "
                                   "the server sends them).")
     listing.add_argument("--status", choices=statuses, help="only jobs in this status")
+    listing.add_argument("--task", help="only this task's jobs")
     listing.add_argument("--limit", type=int, default=20,
                          help="at most N jobs (default 20; the server sends 1000 at most)")
-    listing.add_argument("--json", action="store_true", help='print {"jobs": [...]}')
+    listing.add_argument("--before", metavar="ID",
+                         help="only jobs created before job ID (the next page of a listing)")
+    listing.add_argument("--all", action="store_true",
+                         help="every job, fetched a page at a time (--limit and --before "
+                         "do not apply)")
+    listing.add_argument("--json", action="store_true",
+                         help='print {"jobs": [...], "next": ID or null}')
     client_flags(listing)
     listing.set_defaults(handler=run(_list))
 

@@ -62,6 +62,7 @@ from ._exceptions import (
     UnknownTask,
 )
 from ._job import Job, JobStatus, Priority
+from ._queue import JobPage
 
 __all__ = ["Client", "EventStreamClosed", "ServerError", "Unauthorized", "job_from_json"]
 
@@ -221,14 +222,40 @@ class Client:
         """``GET /jobs/{id}``."""
         return job_from_json(await self._call("GET", f"/jobs/{job_id}"))
 
-    async def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100
-                        ) -> list[Job]:
-        """``GET /jobs``: newest first."""
+    async def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100, *,
+                        task: str | None = None, before: str | None = None) -> list[Job]:
+        """``GET /jobs``: newest first (:meth:`list_page`'s jobs)."""
+        return (await self.list_page(status, limit, task=task, before=before)).jobs
+
+    async def list_page(self, status: JobStatus | str | None = None, limit: int = 100, *,
+                        task: str | None = None, before: str | None = None) -> JobPage:
+        """``GET /jobs``: a page of jobs, newest first, only those in ``status``, of
+        ``task`` and created before the job ``before`` if given; ``next`` is the
+        ``before`` of the next page (``None`` on the last, and from a server that does
+        not page)."""
         params: dict[str, Any] = {"limit": limit}
         if status is not None:
             params["status"] = JobStatus(status).value
+        if task is not None:
+            params["task"] = task
+        if before is not None:
+            params["before"] = before
         data = await self._call("GET", "/jobs", params=params)
-        return [job_from_json(j) for j in data["jobs"]]
+        nxt = data.get("next")
+        return JobPage([job_from_json(j) for j in data["jobs"]],
+                       nxt if isinstance(nxt, str) else None)
+
+    async def iter_jobs(self, status: JobStatus | str | None = None, *,
+                        task: str | None = None, page_size: int = 1000) -> AsyncIterator[Job]:
+        """Every job (in ``status``, of ``task``), newest first, a page at a time."""
+        before: str | None = None
+        while True:
+            page = await self.list_page(status, page_size, task=task, before=before)
+            for job in page.jobs:
+                yield job
+            if page.next is None:
+                return
+            before = page.next
 
     async def cancel(self, job_id: str) -> Job:
         """``POST /jobs/{id}/cancel``."""

@@ -260,11 +260,12 @@ class LocalBackend:
         await trio.lowlevel.checkpoint()
         return rec
 
-    async def list(self, status: JobStatus | None, limit: int) -> list[Job]:
+    async def list(self, status: JobStatus | None, limit: int, task: str | None = None,
+                   before: str | None = None) -> tuple[list[Job], str | None]:
         if self.store is not None:
-            return await self.store.list(self.table.get, status, limit)
+            return await self.store.list(self.table.get, status, limit, task, before)
         await trio.lowlevel.checkpoint()
-        return self.table.newest(status, limit)
+        return self.table.newest(status, limit, task, before)
 
     def depths(self) -> tuple[int, int, int]:
         return self.ready.depths()

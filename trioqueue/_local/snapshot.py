@@ -465,11 +465,16 @@ class Persistence:
         return None if row is None else self.record(row)
 
     async def list(self, in_memory: Callable[[str], JobRecord | None],
-                   status: JobStatus | None, limit: int) -> list[Job]:
-        """Up to ``limit`` jobs, newest first; memory's state (``in_memory(id)``) wins
-        over the store's."""
+                   status: JobStatus | None, limit: int, task: str | None = None,
+                   before: str | None = None) -> tuple[list[Job], str | None]:
+        """Up to ``limit`` jobs, newest first by id, and the ``before`` of the next page
+        (``None`` on the last); memory's state (``in_memory(id)``) wins over the
+        store's, so a page can be short when a job changed status since its write."""
         await self.wait_committed()
-        rows = await self.read(self.store.newest, None if status is None else status.value, limit)
+        rows = await self.read(self.store.newest, None if status is None else status.value,
+                               limit + 1, task, before)
+        more = len(rows) > limit
+        del rows[limit:]
         out: list[Job] = []
         for row in rows:
             job_id = row[0]
@@ -478,7 +483,7 @@ class Persistence:
                 rec = self.record(row)
             if status is None or rec.status is status:
                 out.append(rec.snapshot())
-        return out
+        return out, (rows[-1][0] if more else None)
 
     # ------------------------------------------------------------------ closing
 

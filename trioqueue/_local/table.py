@@ -48,15 +48,29 @@ class JobTable:
     def remove(self, rec: JobRecord) -> None:
         del self.by_id[rec.id]
 
-    def newest(self, status: JobStatus | None, limit: int) -> list[Job]:
-        """Up to ``limit`` snapshots, newest first, only those in ``status`` if given."""
-        out: list[Job] = []
-        for rec in reversed(self.by_id.values()):
-            if status is None or rec.status is status:
-                out.append(rec.snapshot())
-                if len(out) >= limit:
+    def newest(self, status: JobStatus | None, limit: int, task: str | None = None,
+               before: str | None = None) -> tuple[list[Job], str | None]:
+        """Up to ``limit`` snapshots, newest first (the order jobs were made), only
+        those in ``status``, of ``task``, and made before the job ``before`` if given
+        (when it is no longer held: those with a lower id, as generated ids sort by
+        creation time); and the ``before`` of the next page (``None`` on the last)."""
+        recs: Iterator[JobRecord] = reversed(self.by_id.values())
+        cursor = None if before is None else self.by_id.get(before)
+        if cursor is not None:
+            for rec in recs:
+                if rec is cursor:
                     break
-        return out
+        elif before is not None:
+            recs = (rec for rec in recs if rec.id < before)
+        found: list[JobRecord] = []
+        for rec in recs:
+            if (status is None or rec.status is status) and (task is None or rec.task == task):
+                found.append(rec)
+                if len(found) > limit:
+                    break
+        more = len(found) > limit
+        del found[limit:]
+        return [rec.snapshot() for rec in found], (found[-1].id if more else None)
 
     def records(self) -> Iterator[JobRecord]:
         return iter(list(self.by_id.values()))

@@ -429,13 +429,29 @@ class SqliteStore:
         rows = self._read(f"{_SELECT} WHERE id = ?", (job_id,))
         return rows[0] if rows else None
 
-    def newest(self, status: str | None, limit: int) -> list[Row]:
-        """Up to ``limit`` jobs, newest first."""
-        if status is None:
-            return self._read(f"{_SELECT} ORDER BY rowid DESC LIMIT ?", (limit,))
-        return self._read(
-            f"{_SELECT} WHERE status = ? ORDER BY rowid DESC LIMIT ?", (status, limit)
-        )
+    def newest(self, status: str | None, limit: int, task: str | None = None,
+               before: str | None = None) -> list[Row]:
+        """Up to ``limit`` jobs, newest first (by rowid: the order they were first
+        written, which is the order they were made), only those in ``status``, of
+        ``task``, and made before the job ``before`` if given: before its rowid, or,
+        when it is not stored (pruned), with a lower id (generated ids sort by creation
+        time).  The table's own b-tree serves the order and the rowid bound."""
+        where: list[str] = []
+        params: list[Any] = []
+        if before is not None:
+            found = self._read("SELECT rowid FROM jobs WHERE id = ?", (before,))
+            if found:
+                where.append("rowid < ?")
+                params.append(found[0][0])
+            else:
+                where.append("id < ?")
+                params.append(before)
+        for clause, value in (("status = ?", status), ("task = ?", task)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        return self._read(f"{sql} ORDER BY rowid DESC LIMIT ?", (*params, limit))
 
     def live(self, status: str) -> list[Row]:
         """Every job in ``status`` (used for processing and scheduled jobs at recovery)."""

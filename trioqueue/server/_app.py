@@ -345,9 +345,10 @@ class App:
             job = await q.get(job_id)
             return 200, _dumps(job.to_dict()), ()
         if name == "list_jobs":
-            status_filter, limit = parse_list_query(query)
-            jobs = await q.list_jobs(status_filter, limit)
-            return 200, _dumps({"jobs": [j.to_dict() for j in jobs]}), ()
+            lq = parse_list_query(query)
+            page = await q.list_page(lq.status, lq.limit, task=lq.task, before=lq.before)
+            return 200, _dumps({"jobs": [j.to_dict() for j in page.jobs],
+                                "next": page.next}), ()
         if name == "cancel_job":
             assert job_id is not None
             # ShuttingDown (503): it was running and the queue closed under it.

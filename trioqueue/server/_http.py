@@ -15,7 +15,8 @@ from urllib.parse import parse_qsl
 import attrs
 
 from .._events import EVENT_TYPES
-from .._job import JobStatus, Priority
+from .._exceptions import InvalidJob
+from .._job import JobStatus, Priority, check_job_id
 
 # The ASGI shapes the app (_app) and the lean server (_lean) exchange.
 Scope = MutableMapping[str, Any]
@@ -259,13 +260,24 @@ def parse_query(query_string: bytes) -> dict[str, str]:
     return dict(parse_qsl(text, keep_blank_values=True))
 
 
-LIST_PARAMS = frozenset({"status", "limit"})
+LIST_PARAMS = frozenset({"status", "task", "limit", "before"})
 """The query parameters ``GET /jobs`` knows; any other is refused (400), so that a filter
 the server does not have (a typo, or one of a newer version) never lists every job."""
 
 
-def parse_list_query(query: Mapping[str, str]) -> tuple[JobStatus | None, int]:
-    """``status`` and ``limit`` of ``GET /jobs``; ``limit`` is clamped to 1000."""
+@attrs.frozen
+class ListQuery:
+    """A validated ``GET /jobs`` query."""
+
+    status: JobStatus | None
+    limit: int
+    task: str | None = None
+    before: str | None = None
+
+
+def parse_list_query(query: Mapping[str, str]) -> ListQuery:
+    """``status``, ``task``, ``limit`` and ``before`` of ``GET /jobs``; ``limit`` is
+    clamped to 1000; raise :class:`HTTPError` 400 naming the parameter."""
     unknown = sorted(set(query) - LIST_PARAMS)
     if unknown:
         known = ", ".join(sorted(LIST_PARAMS))
@@ -285,7 +297,16 @@ def parse_list_query(query: Mapping[str, str]) -> tuple[JobStatus | None, int]:
         raise HTTPError(400, f"limit: expected a positive integer, got {raw_limit!r}") from None
     if limit < 1:
         raise HTTPError(400, f"limit: expected a positive integer, got {raw_limit!r}")
-    return status, min(limit, MAX_LIST_LIMIT)
+    task = query.get("task")
+    if task is not None and not task:
+        raise HTTPError(400, "task: expected a task name, got ''")
+    before = query.get("before")
+    if before is not None:
+        try:
+            check_job_id(before)
+        except InvalidJob as exc:
+            raise HTTPError(400, f"before: {str(exc).removeprefix('id: ')}") from None
+    return ListQuery(status, min(limit, MAX_LIST_LIMIT), task, before)
 
 
 RETRY_FIELDS = frozenset({"status", "task"})

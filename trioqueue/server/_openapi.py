@@ -78,8 +78,12 @@ SCHEMAS: dict[str, Any] = {
     },
     "JobList": {
         "type": "object",
-        "required": ["jobs"],
-        "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}}},
+        "required": ["jobs", "next"],
+        "properties": {
+            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+            "next": {"type": "string", "nullable": True,
+                     "description": "the `before` of the next page; null on the last page"},
+        },
     },
     "Metrics": {
         "type": "object",
@@ -262,14 +266,21 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [
                         {"name": "status", "in": "query", "required": False,
                          "schema": _STATUS},
+                        {"name": "task", "in": "query", "required": False,
+                         "description": "only this task's jobs",
+                         "schema": {"type": "string", "minLength": 1}},
                         {"name": "limit", "in": "query", "required": False,
                          "description": "default 100; values above 1000 count as 1000",
                          "schema": {"type": "integer", "minimum": 1}},
+                        {"name": "before", "in": "query", "required": False,
+                         "description": "only jobs created before this job id (ids sort by "
+                                        "creation time): the `next` of the previous page",
+                         "schema": _ID},
                     ],
                     "responses": {
-                        "200": _json("the jobs", "JobList"),
-                        "400": _error("a bad status or limit, or a query parameter other "
-                                      "than these"),
+                        "200": _json("the jobs, and where the next page starts", "JobList"),
+                        "400": _error("a bad status, limit or before, or a query parameter "
+                                      "other than these"),
                         **_AUTH,
                     },
                 },

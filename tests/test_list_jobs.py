@@ -1,0 +1,88 @@
+"""Listing with a task filter and paging: where the cursor job is gone, and a store's
+query plan."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+
+import trio
+
+import trioqueue
+from trioqueue import JobStatus, QueueConfig, TaskRegistry
+from trioqueue._store.sqlite import SqliteStore
+
+
+def registry() -> TaskRegistry:
+    reg = TaskRegistry()
+
+    @reg.task
+    async def echo(job: trioqueue.Job) -> object:
+        return job.payload
+
+    return reg
+
+
+async def walk(q: trioqueue.JobQueue, **kwargs: object) -> list[str]:
+    seen: list[str] = []
+    before = None
+    while True:
+        page = await q.list_page(limit=4, before=before, **kwargs)  # type: ignore[arg-type]
+        seen += [j.id for j in page.jobs]
+        if page.next is None:
+            return seen
+        before = page.next
+
+
+async def test_memory_paging_goes_on_when_the_cursor_job_aged_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trioqueue.open_queue(registry(), QueueConfig(finished_cache=5, workers=1)) as q:
+        ids = []
+        for i in range(12):
+            job = await q.enqueue("echo", i)
+            ids.append(job.id)
+            await q.wait(job.id)
+        held = await q.list_jobs(limit=100)
+        assert len(held) < 12  # the oldest aged out
+        gone = ids[0]
+        assert gone not in {j.id for j in held}
+        # A cursor the queue no longer holds: generated ids sort by creation time.
+        cursor = ids[len(ids) - len(held) - 1]
+        assert cursor not in {j.id for j in held}
+        assert (await q.list_page(before=cursor)).jobs == []
+        assert [j.id for j in (await q.list_page(before=ids[-1])).jobs] == \
+            [j.id for j in held[1:]]
+        assert await walk(q) == [j.id for j in held]
+
+
+async def test_store_pages_across_a_reopen_and_past_a_pruned_cursor(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    config = QueueConfig(persist_path=path, workers=1)
+    ids: list[str] = []
+    async with trioqueue.open_queue(registry(), config) as q:
+        for i in range(9):
+            job = await q.enqueue("echo", i, job_id=None)
+            ids.append(job.id)
+        for job_id in ids:
+            await q.wait(job_id)
+    async with trioqueue.open_queue(registry(), config) as q:
+        assert await walk(q, task="echo") == ids[::-1]
+        assert await walk(q, status=JobStatus.COMPLETED) == ids[::-1]
+        page = await q.list_page(limit=3, before=ids[5])
+        assert ([j.id for j in page.jobs], page.next) == (ids[4:1:-1], ids[2])
+    # The cursor job is pruned from the store: ids made before it still follow.
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("DELETE FROM jobs WHERE id = ?", (ids[5],))
+    store = SqliteStore.open(path)
+    try:
+        assert [row[0] for row in store.newest(None, 3, "echo", ids[5])] == ids[4:1:-1]
+        assert [row[0] for row in store.newest("completed", 100, None, ids[1])] == [ids[0]]
+        # The rowid bound and the order come from the table's own b-tree (no sort).
+        plan = store._read(
+            "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE rowid < ? AND task = ? "
+            "ORDER BY rowid DESC LIMIT ?", (5, "echo", 3))
+        assert not any("TEMP B-TREE" in str(row) for row in plan), plan
+    finally:
+        store.close()
