@@ -161,6 +161,19 @@ def plan(sizes: Sizes) -> list[Case]:
         "trioqueue SQLite sync: await enqueue, 64 producers",
         "noop", {"n": n, "variant": "await", "producers": 64, "durability": "sync",
                  "workers": WORKERS})
+    # Batches (enqueue_many): memory beside the store's two durabilities.
+    for b in (100, 1000):
+        add(f"noop/trioqueue/many-{b}", "noop", "noop", "trioqueue",
+            f"trioqueue memory: await enqueue_many of {b}, 1 producer (capacity {2 * b})",
+            "noop", {"n": n, "variant": "many", "batch": b, "workers": WORKERS})
+        add(f"noop/trioqueue/sqlite-sync-many-{b}", "noop", "noop", "trioqueue",
+            f"trioqueue SQLite sync: await enqueue_many of {b} (one commit each), "
+            f"1 producer", "noop", {"n": n, "variant": "many", "batch": b,
+                                    "durability": "sync", "workers": WORKERS})
+        add(f"noop/trioqueue/sqlite-batch-many-{b}", "noop", "noop", "trioqueue",
+            f"trioqueue SQLite batch: await enqueue_many of {b}, 1 producer, + flush()",
+            "noop", {"n": n, "variant": "many", "batch": b, "durability": "batch",
+                     "workers": WORKERS})
     # What the SQLite targets are up against (docs/benchmarks.md#ceilings): not ways to
     # run trioqueue, but the same runs with one cost taken away or one added.
     add("noop/ceiling/trio-commit-wait-64", "noop", "noop", "trio",

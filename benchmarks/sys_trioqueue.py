@@ -97,11 +97,12 @@ async def _open_and_run(config: trioqueue.QueueConfig, registry: trioqueue.TaskR
 
 def noop(n: int, variant: str, workers: int = 4, producers: int = 1,
          durability: str | None = None, writer: str = "sqlite",
-         beside_sqlite: int = 0) -> dict[str, Any]:
+         beside_sqlite: int = 0, batch: int = 0) -> dict[str, Any]:
     """``variant``: ``nowait`` (enqueue_nowait in a loop, capacity raised to hold all),
     ``nowait-retry`` (enqueue_nowait at the default capacity, a checkpoint and a retry on
     QueueFull), ``await`` (``await q.enqueue`` from ``producers`` tasks, default
-    capacity).
+    capacity), ``many`` (``await q.enqueue_many`` of ``batch`` jobs at a time from one
+    producer, capacity ``2 * batch`` so that a batch fits while the last one runs).
 
     The ``noop/ceiling/*`` cases, which measure what the store's targets are up against
     rather than a way to run trioqueue: ``writer="null"`` keeps everything of the store
@@ -130,6 +131,8 @@ def noop(n: int, variant: str, workers: int = 4, producers: int = 1,
             kwargs.update(persist_path=str(Path(tmp) / "bench.db"), durability=durability)
         if variant == "nowait":
             kwargs["capacity"] = n
+        elif variant == "many":
+            kwargs["capacity"] = max(1000, 2 * batch)
         config = trioqueue.QueueConfig(**kwargs)
 
         async def body(q: trioqueue.JobQueue) -> dict[str, Any]:
@@ -160,6 +163,18 @@ def noop(n: int, variant: str, workers: int = 4, producers: int = 1,
                     i += 1
                 assert job is not None
                 last_ids.append(job.id)
+                if durability is not None:
+                    await q.flush()
+                te = perf_counter()
+            elif variant == "many":
+                enqueue_many = q.enqueue_many
+                payloads = [None] * batch
+                jobs: list[trioqueue.Job] = []
+                left = n
+                while left > 0:
+                    jobs = await enqueue_many("noop", payloads[:left])
+                    left -= len(jobs)
+                last_ids.append(jobs[-1].id)
                 if durability is not None:
                     await q.flush()
                 te = perf_counter()
