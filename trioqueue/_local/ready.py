@@ -27,6 +27,8 @@ from .timer import Timer
 
 SCHEDULED = JobStatus.SCHEDULED
 PROCESSING, STARTED = edge(JobStatus.QUEUED, JobEvent.START)
+_NEVER = 1 << 62
+"""No batch waits for room (a need no room reaches)."""
 ENQUEUED = EventKind.ENQUEUED
 _reschedule = trio.lowlevel.reschedule
 
@@ -56,9 +58,13 @@ class ReadyQueues:
         self._delay_room = [trio.lowlevel.ParkingLot() for _ in range(3)]
         self._batch_room = [trio.lowlevel.ParkingLot() for _ in range(3)]
         """Batches waiting for room for all their jobs of a priority (see
-        :meth:`wait_for_room_many`): every one is woken whenever room is freed, and looks
-        again.  Each counts in ``_room_waiting`` while parked, so :meth:`take` tests one
-        int for both kinds of waiter."""
+        :meth:`wait_for_room_many`): all are woken once the room one of them needs is
+        free, and look again.  Each counts in ``_room_waiting`` while parked, so
+        :meth:`take` tests one int for both kinds of waiter."""
+        self._batch_need = [_NEVER, _NEVER, _NEVER]
+        """The least free room in a ready queue that a parked batch waits for."""
+        self._batch_need_delayed = [_NEVER, _NEVER, _NEVER]
+        """The same for the room of new delayed jobs."""
         self._idle: list[trio.lowlevel.Task] = []
         """Workers parked for want of work, most recently parked last (woken first: its
         cache is warm).  A plain list and ``reschedule``: a ParkingLot's ordered dict and
@@ -173,9 +179,10 @@ class ReadyQueues:
             lot = self._delay_room[rec.priority]
             if lot:
                 lot.unpark()
-            batches = self._batch_room[rec.priority]
-            if batches:
-                batches.unpark_all()
+            p = rec.priority
+            if self._batch_room[p] and (
+                    self.capacity - self._delayed_new[p] >= self._batch_need_delayed[p]):
+                self._wake_batches(p)
 
     # ------------------------------------------------------------------ waiting for room
 
@@ -224,13 +231,19 @@ class ReadyQueues:
             raise
 
     def _wake_for_room(self, p: int) -> None:
-        """Room for one job of priority ``p``: wake one parked producer, if any, and
-        every parked batch (each looks whether all of it fits now)."""
+        """Room for one job of priority ``p``: wake one parked producer, if any, and the
+        parked batches once there is the room one of them needs."""
         if self._room_waiting[p] and self._room[p].unpark():
             self._room_waiting[p] -= 1
-        batches = self._batch_room[p]
-        if batches:
-            batches.unpark_all()
+        if self._batch_room[p] and (
+                self.capacity - len(self._queues[p]) >= self._batch_need[p]):
+            self._wake_batches(p)
+
+    def _wake_batches(self, p: int) -> None:
+        """Wake every batch parked for priority ``p``: each looks again (and parks
+        again, setting what it needs, if it still does not fit)."""
+        self._batch_need[p] = self._batch_need_delayed[p] = _NEVER
+        self._batch_room[p].unpark_all()
 
     def pass_room_on(self, lot: trio.lowlevel.ParkingLot, p: int) -> None:
         """A producer woken from ``lot`` (priority ``p``'s room, or its delayed room)
@@ -335,8 +348,11 @@ class ReadyQueues:
         p = 0
         for p in range(3):
             if queued[p] and (len(self._queues[p]) + queued[p] > cap or self._backlog[p]):
+                # Woken once that much room is free (a backlog ends by waking all).
+                self._batch_need[p] = min(self._batch_need[p], queued[p])
                 break
             if delayed[p] and self._delayed_new[p] + delayed[p] > cap:
+                self._batch_need_delayed[p] = min(self._batch_need_delayed[p], delayed[p])
                 break
         else:  # it fits now: just a checkpoint
             await trio.lowlevel.checkpoint()
@@ -420,7 +436,7 @@ class ReadyQueues:
         self._backlog[p] = 0
         self._refill[p] = None
         self._backlog_lot[p].unpark_all()
-        self._batch_room[p].unpark_all()
+        self._wake_batches(p)
 
     # ------------------------------------------------------------------ counts, shutdown
 
