@@ -12,8 +12,8 @@ import attrs
 class Metrics:
     """A snapshot of the queue's counters and gauges.
 
-    Totals count since the queue opened.  Percentiles are over the most recent 4096 jobs,
-    in seconds, ``None`` before the first job.
+    Totals count since the queue opened.  Percentiles are over the most recent 4096 jobs
+    of each priority, in seconds, ``None`` before the first job.
     """
 
     enqueued: int
@@ -43,6 +43,11 @@ class Metrics:
     uptime: float
     dropped: int = 0
     """Memory mode: queued or scheduled jobs dropped at shutdown."""
+    by_priority: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    """``{"high": {...}, "medium": {...}, "low": {...}}``, each with ``enqueued,
+    completed, failed, retried, cancelled, rejected, queued, processing, wait_p50,
+    wait_p99, run_p50, run_p99`` for that priority's jobs (``rejected``: refused for lack
+    of room; a refusal at shutdown counts in the total only)."""
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -90,7 +95,33 @@ class Metrics:
             samples = [(f'{{quantile="{q}"}}', v) for q, v in pairs if v is not None]
             metric(f"job_{name}_seconds", "summary", help_, samples)
         metric("uptime_seconds", "gauge", "Seconds since the queue opened.", [("", self.uptime)])
+        by = self.by_priority
+        if by:
+            for name, help_ in _BY_PRIORITY_COUNTERS:
+                metric(f"priority_jobs_{name}_total", "counter", help_,
+                       [(f'{{priority="{p}"}}', row[name]) for p, row in by.items()])
+            metric("priority_jobs_processing", "gauge", "Jobs running, by priority.",
+                   [(f'{{priority="{p}"}}', row["processing"]) for p, row in by.items()])
+            for name, help_ in (("wait", "Seconds from ready to started, by priority."),
+                                ("run", "Seconds a handler ran, by priority.")):
+                samples = [
+                    (f'{{priority="{p}",quantile="{q}"}}', row[f"{name}_p{key}"])
+                    for p, row in by.items()
+                    for q, key in (("0.5", "50"), ("0.99", "99"))
+                    if row[f"{name}_p{key}"] is not None
+                ]
+                metric(f"priority_job_{name}_seconds", "summary", help_, samples)
         return "\n".join(lines) + "\n"
+
+
+_BY_PRIORITY_COUNTERS = (
+    ("enqueued", "Jobs accepted (new ones, not retries), by priority."),
+    ("completed", "Jobs completed, by priority."),
+    ("failed", "Jobs that ended failed, by priority."),
+    ("retried", "Retries scheduled, by priority."),
+    ("cancelled", "Jobs cancelled, by priority."),
+    ("rejected", "Enqueues refused for lack of room, by priority."),
+)
 
 
 def _num(value: float) -> str:

@@ -151,6 +151,7 @@ class JobQueue:
 
     def _full(self, rec: JobRecord) -> QueueFull:
         self._stats.rejected += 1
+        self._stats.rejected_p[rec.priority] += 1
         return QueueFull(
             f"priority {LABELS[rec.priority]}: {self._backend.full_reason(rec)}"
         )
@@ -487,6 +488,8 @@ class JobQueue:
 
     def _full_many(self, recs: list[JobRecord]) -> QueueFull:
         self._stats.rejected += len(recs)
+        for rec in recs:
+            self._stats.rejected_p[rec.priority] += 1
         return QueueFull(f"batch of {len(recs)}: {self._backend.full_reason_many(recs)}")
 
     async def _enqueue_records(self, recs: list[JobRecord], given: set[str],
@@ -749,6 +752,7 @@ class JobQueue:
             queued=self._backend.depths(),
             workers=len(self._workers.slots),
             running_for=self._workers.running_for(now),
+            running_priorities=self._workers.running_priorities(),
         )
 
 

@@ -16,7 +16,7 @@ from ._metrics import Metrics
 from ._record import LABELS
 
 WINDOW = 4096
-"""Latency percentiles cover the most recent this-many jobs."""
+"""Latency percentiles cover the most recent this-many jobs of each priority."""
 
 
 class Sampler:
@@ -41,12 +41,29 @@ class Sampler:
         return [data[min(n - 1, max(0, math.ceil(q * n) - 1))] for q in qs]
 
 
+class Merged:
+    """The samples of three :class:`Sampler` (one per priority) as one."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: Sequence[Sampler]) -> None:
+        self.parts = parts
+
+    def percentiles(self, *qs: float) -> list[float | None]:
+        data = sorted(x for part in self.parts for x in part.samples)
+        n = len(data)
+        if not n:
+            return [None for _ in qs]
+        return [data[min(n - 1, max(0, math.ceil(q * n) - 1))] for q in qs]
+
+
 class Stats:
     """Totals since the queue opened, the ``scheduled`` gauge, and the samplers."""
 
     __slots__ = (
-        "busy_time", "cancelled", "completed", "dropped", "enqueued", "failed", "rejected",
-        "retried", "run", "scheduled", "started", "wait",
+        "busy_time", "cancelled", "cancelled_p", "completed", "completed_p", "dropped",
+        "enqueued", "enqueued_p", "failed", "failed_p", "rejected", "rejected_p", "retried",
+        "retried_p", "run", "run_p", "scheduled", "started", "wait", "wait_p",
     )
 
     def __init__(self) -> None:
@@ -63,10 +80,24 @@ class Stats:
         """Jobs waiting for a due time (a gauge)."""
         self.busy_time = 0.0
         """Seconds workers spent in finished attempts (running ones are added live)."""
-        self.wait = Sampler()
-        """Seconds from ready to started."""
-        self.run = Sampler()
-        """Seconds a handler ran."""
+        # The same by priority, indexed by the record's int priority (a list index and an
+        # add next to each total: the per-job price stays small).
+        self.enqueued_p = [0, 0, 0]
+        """New jobs by priority (not retries)."""
+        self.completed_p = [0, 0, 0]
+        self.failed_p = [0, 0, 0]
+        self.retried_p = [0, 0, 0]
+        self.cancelled_p = [0, 0, 0]
+        self.rejected_p = [0, 0, 0]
+        """Refused for lack of room (a refusal at shutdown comes before the job has a
+        priority: it counts in :attr:`rejected` only)."""
+        self.wait_p = (Sampler(), Sampler(), Sampler())
+        """Seconds from ready to started, by priority."""
+        self.run_p = (Sampler(), Sampler(), Sampler())
+        """Seconds a handler ran, by priority."""
+        self.wait = Merged(self.wait_p)
+        """All priorities' wait samples (what the totals' percentiles cover)."""
+        self.run = Merged(self.run_p)
 
 
 def metrics(
@@ -76,9 +107,11 @@ def metrics(
     queued: Sequence[int],
     workers: int,
     running_for: Sequence[float],
+    running_priorities: Sequence[int] = (),
 ) -> Metrics:
     """The :class:`Metrics` of ``stats`` now: ``queued`` jobs waiting per priority,
-    ``workers`` in all, and how long each busy one has been running its job."""
+    ``workers`` in all, how long each busy one has been running its job, and the
+    priority of each running job."""
     capacity_time = uptime * workers
     busy = stats.busy_time + sum(running_for)
     w50, w99 = stats.wait.percentiles(0.5, 0.99)
@@ -103,4 +136,32 @@ def metrics(
         run_p99=r99,
         uptime=uptime,
         dropped=stats.dropped,
+        by_priority=_by_priority(stats, queued, running_priorities),
     )
+
+
+def _by_priority(
+    stats: Stats, queued: Sequence[int], running: Sequence[int]
+) -> dict[str, dict[str, int | float | None]]:
+    processing = [0, 0, 0]
+    for p in running:
+        processing[p] += 1
+    out: dict[str, dict[str, int | float | None]] = {}
+    for p, label in enumerate(LABELS):
+        w50, w99 = stats.wait_p[p].percentiles(0.5, 0.99)
+        r50, r99 = stats.run_p[p].percentiles(0.5, 0.99)
+        out[label] = {
+            "enqueued": stats.enqueued_p[p],
+            "completed": stats.completed_p[p],
+            "failed": stats.failed_p[p],
+            "retried": stats.retried_p[p],
+            "cancelled": stats.cancelled_p[p],
+            "rejected": stats.rejected_p[p],
+            "queued": queued[p],
+            "processing": processing[p],
+            "wait_p50": w50,
+            "wait_p99": w99,
+            "run_p50": r50,
+            "run_p99": r99,
+        }
+    return out

@@ -90,6 +90,10 @@ class Workers:
         """Workers running a job now."""
         return sum(1 for s in self.slots if s.current is not None)
 
+    def running_priorities(self) -> list[int]:
+        """The priority of each running job."""
+        return [s.current.priority for s in self.slots if s.current is not None]
+
     def running_for(self, now: float) -> list[float]:
         """How long each busy worker has been running its job (trio time ``now``)."""
         return [now - s.started for s in self.slots if s.current is not None]
@@ -139,7 +143,9 @@ class Workers:
         finish = backend.finish
         life = self._life
         stats = self._stats
-        wait_add, run_add = stats.wait.add, stats.run.add
+        # A latency sample goes to its priority's sampler (the totals merge the three).
+        wait_adds = [s.add for s in stats.wait_p]
+        run_adds = [s.add for s in stats.run_p]
         current_time = self._clock.current_time
         checkpoint = trio.lowlevel.checkpoint
         threads = self._threads
@@ -166,7 +172,8 @@ class Workers:
                 continue
             if last_yield > start:
                 last_yield = start
-            wait_add(start - rec.ready_at)
+            p = rec.priority
+            wait_adds[p](start - rec.ready_at)
             slot.current = rec
             slot.started = start
             if rec.durable_start:
@@ -205,7 +212,7 @@ class Workers:
             duration = end - start
             slot.current = None
             stats.busy_time += duration
-            run_add(duration)
+            run_adds[p](duration)
             if timeout is not None:
                 scope.deadline = math.inf
             if failure is None:
@@ -264,7 +271,7 @@ class Workers:
         end = self._clock.current_time()
         duration = end - slot.started
         self._stats.busy_time += duration
-        self._stats.run.add(duration)
+        self._stats.run_p[rec.priority].add(duration)
         if slot.cancel_requested:
             slot.cancel_requested = False
             self._backend.finish(rec, JobEvent.CANCEL, end, slot.index, duration)
@@ -290,7 +297,7 @@ class Workers:
         end = self._clock.current_time()
         duration = end - slot.started
         self._stats.busy_time += duration
-        self._stats.run.add(duration)
+        self._stats.run_p[rec.priority].add(duration)
         rec.error = ABORTED
         rec.traceback = None
         self._backend.finish(rec, JobEvent.FAIL_FINAL, end, slot.index, duration)

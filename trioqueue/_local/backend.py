@@ -189,6 +189,7 @@ class LocalBackend:
             return False
         self.table.remove(rec)
         self._stats.enqueued -= 1
+        self._stats.enqueued_p[rec.priority] -= 1
         if self.store is not None:
             self.store.forget(rec)
         return True
@@ -202,6 +203,7 @@ class LocalBackend:
         kind = move(rec, JobEvent.RETRY_LATER)
         rec.scheduled_for = due_wall
         self._stats.retried += 1
+        self._stats.retried_p[rec.priority] += 1
         if timer_running:
             self.timer.schedule(rec, due_wall)
         else:

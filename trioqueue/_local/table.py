@@ -85,12 +85,15 @@ class JobTable:
             rec.status = COMPLETED
             kind = COMPLETED_KIND
             stats.completed += 1
+            stats.completed_p[rec.priority] += 1
         elif event is CANCEL:
             kind = move(rec, event)
             stats.cancelled += 1
+            stats.cancelled_p[rec.priority] += 1
         else:
             kind = move(rec, event)
             stats.failed += 1
+            stats.failed_p[rec.priority] += 1
         rec.finished_at = at = now + self._wall
         changes = self._changes
         if changes.observed:
