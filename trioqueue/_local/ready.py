@@ -65,6 +65,8 @@ class ReadyQueues:
         """The least free room in a ready queue that a parked batch waits for."""
         self._batch_need_delayed = [_NEVER, _NEVER, _NEVER]
         """The same for the room of new delayed jobs."""
+        self._batch_waiting = [0, 0, 0]
+        """Batches parked in ``_batch_room`` (counted in ``_room_waiting`` too)."""
         self._idle: list[trio.lowlevel.Task] = []
         """Workers parked for want of work, most recently parked last (woken first: its
         cache is warm).  A plain list and ``reschedule``: a ParkingLot's ordered dict and
@@ -100,7 +102,6 @@ class ReadyQueues:
             return None
         jobs[rec.id] = rec
         self._stats.enqueued += 1
-        self._stats.enqueued_p[p] += 1
         queue.append(rec)  # rec.ready_at is its creation time
         if self._idle:
             _reschedule(self._idle.pop())
@@ -116,7 +117,6 @@ class ReadyQueues:
         assert rec.scheduled_for is not None
         self._jobs[rec.id] = rec
         self._stats.enqueued += 1
-        self._stats.enqueued_p[p] += 1
         rec.holds_delay_slot = True
         self._delayed_new[p] += 1
         self._timer.schedule(rec, rec.scheduled_for)
@@ -235,10 +235,10 @@ class ReadyQueues:
     def _wake_for_room(self, p: int) -> None:
         """Room for one job of priority ``p``: wake one parked producer, if any, and the
         parked batches once there is the room one of them needs."""
-        if self._room_waiting[p] and self._room[p].unpark():
+        batches = self._batch_waiting[p]
+        if self._room_waiting[p] > batches and self._room[p].unpark():
             self._room_waiting[p] -= 1
-        if self._batch_room[p] and (
-                self.capacity - len(self._queues[p]) >= self._batch_need[p]):
+        if batches and self.capacity - len(self._queues[p]) >= self._batch_need[p]:
             self._wake_batches(p)
 
     def _wake_batches(self, p: int) -> None:
@@ -360,10 +360,12 @@ class ReadyQueues:
             await trio.lowlevel.checkpoint()
             return
         self._room_waiting[p] += 1
+        self._batch_waiting[p] += 1
         try:
             await self._batch_room[p].park()
         finally:
             self._room_waiting[p] -= 1
+            self._batch_waiting[p] -= 1
 
     def room_lot(self, p: int) -> trio.lowlevel.ParkingLot:
         return self._room[p]
