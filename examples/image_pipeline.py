@@ -1,8 +1,9 @@
 """A CPU-bound image pipeline: Pillow in worker threads, with priorities you can see.
 
 Each job makes a photo-sized source image (generated, so the example needs no files),
-resizes it to three sizes and compresses each as JPEG.  The handler is a plain function
-registered with ``sync=True``, so it runs in a worker thread; Pillow releases the GIL
+resizes it to three sizes and compresses each as JPEG.  Each job is a call of a plain
+function, ``q.submit(make_renditions, width, height, seed)``: no task to register, and a
+plain function runs in a worker thread; Pillow releases the GIL
 while it resizes and encodes, so the threads really run in parallel.  There are as many
 workers as CPUs: more would only queue up for the same cores.
 
@@ -32,15 +33,11 @@ from PIL import Image, ImageDraw, ImageFilter
 import trioqueue
 from trioqueue import Priority
 
-registry = trioqueue.TaskRegistry()
-
 SIZES = (1024, 512, 160)
 
 
-@registry.task(sync=True, max_retries=1, timeout=60.0)
-def make_renditions(job: trioqueue.Job) -> dict[str, int]:
+def make_renditions(width: int, height: int, seed: int) -> dict[str, int]:
     """Generate the 'uploaded' image, then resize and compress it to every size."""
-    width, height, seed = job.payload["width"], job.payload["height"], job.payload["seed"]
     image = Image.effect_noise((width, height), 40 + seed % 30).convert("RGB")
     draw = ImageDraw.Draw(image)
     for k in range(12):  # some shapes, so the JPEG encoder has edges to work on
@@ -75,7 +72,7 @@ async def main(quick: bool) -> None:
     compressed = 0
     print(f"{workers} workers (one per CPU); {batch} LOW batch thumbnails enqueued at once, "
           f"{uploads} HIGH uploads arriving while they run")
-    async with trioqueue.open_queue(registry, config) as q:
+    async with trioqueue.open_queue(trioqueue.TaskRegistry(), config) as q:
 
         async def track(job: trioqueue.Job) -> None:
             nonlocal compressed
@@ -87,17 +84,13 @@ async def main(quick: bool) -> None:
 
         async with trio.open_nursery() as nursery:
             for i in range(batch):
-                job = await q.enqueue(
-                    "make_renditions", {"width": width, "height": height, "seed": i},
-                    priority=Priority.LOW,
-                )
+                job = await q.submit(make_renditions, width, height, i,
+                                     priority=Priority.LOW, max_retries=1, timeout=60.0)
                 nursery.start_soon(track, job)
             await trio.sleep(0.5)  # the backlog is being worked on; now users upload
             for i in range(uploads):
-                job = await q.enqueue(
-                    "make_renditions", {"width": width, "height": height, "seed": 10_000 + i},
-                    priority="high",
-                )
+                job = await q.submit(make_renditions, width, height, 10_000 + i,
+                                     priority="high", max_retries=1, timeout=60.0)
                 nursery.start_soon(track, job)
                 await trio.sleep(0.1)
         m = q.metrics()
