@@ -13,6 +13,7 @@ EXPECTED = {
     "InvalidTransition",
     "Job",
     "JobNotFound",
+    "JobPage",
     "JobQueue",
     "JobStatus",
     "Metrics",
@@ -28,6 +29,7 @@ EXPECTED = {
     "UnknownTask",
     "__version__",
     "open_queue",
+    "report_progress",
 }
 
 

@@ -20,6 +20,7 @@ from ._exceptions import (
 )
 from ._job import Job, JobStatus, Priority
 from ._metrics import Metrics
+from ._progress import report_progress
 from ._queue import JobPage
 from ._registry import TaskRegistry, TaskSpec
 
@@ -48,6 +49,7 @@ __all__ = [
     "UnknownTask",
     "__version__",
     "open_queue",
+    "report_progress",
 ]
 
 # Public objects say they live here (reprs, docs, pickling of exceptions).

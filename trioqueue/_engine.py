@@ -31,6 +31,7 @@ from ._events import Broadcaster
 from ._exceptions import TrioQueueError
 from ._intake import Intake
 from ._local.backend import LocalBackend
+from ._progress import Progress
 from ._queue import JobQueue, QueueCore
 from ._registry import TaskRegistry
 from ._stats import Stats
@@ -97,6 +98,8 @@ class _Run:
                                store=store)
         workers = Workers(backend, stats, life, config, clock, wall)
         events = Broadcaster(lambda: clock.current_time() + wall)
+        workers.progress = Progress(events, clock.current_time,
+                                    lambda: clock.current_time() + wall)
         core = QueueCore(registry, config, clock, wall, stats, backend,
                          Intake(registry, config, clock, wall), workers, events, life)
         q = JobQueue(core)
@@ -114,6 +117,7 @@ class _Run:
                 try:
                     async with trio.open_nursery() as work:
                         work.start_soon(self._run_timer)
+                        work.start_soon(workers.progress.run)
                         for slot in workers.slots:
                             work.start_soon(workers.run, slot)
                         try:

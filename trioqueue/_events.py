@@ -11,10 +11,10 @@ import trio
 from ._record import LABELS, JobRecord
 from ._state import EventKind
 
-EVENT_TYPES = frozenset({*EventKind, "lagged", "metrics"})
+EVENT_TYPES = frozenset({*EventKind, "lagged", "metrics", "progress"})
 """Every ``Event.type``: a job's change of status (:class:`EventKind`; ``requeued`` is a
 job put back to QUEUED by ``retry()`` or after an interrupted run), and the ``lagged``
-and ``metrics`` markers."""
+and ``metrics`` markers, and ``progress`` (a running job's ``report_progress``)."""
 _WITH_ERROR = frozenset({EventKind.RETRYING, EventKind.FAILED})
 
 
@@ -40,6 +40,10 @@ class Event:
     duration: float | None = None
     dropped: int | None = None
     metrics: dict[str, Any] | None = None
+    fraction: float | None = None
+    """``progress`` only: the fraction reported."""
+    note: str | None = None
+    """``progress`` only: the note reported."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form; ``lagged`` and ``metrics`` carry only their own fields."""
@@ -47,6 +51,11 @@ class Event:
             return {"seq": self.seq, "type": "lagged", "at": self.at, "dropped": self.dropped}
         if self.type == "metrics":
             return {"seq": self.seq, "type": "metrics", "at": self.at, "metrics": self.metrics}
+        if self.type == "progress":
+            return {"seq": self.seq, "type": "progress", "job_id": self.job_id,
+                    "task": self.task, "priority": self.priority, "status": self.status,
+                    "attempt": self.attempt, "at": self.at, "worker": self.worker,
+                    "fraction": self.fraction, "note": self.note}
         return {
             "seq": self.seq,
             "type": self.type,

@@ -132,6 +132,9 @@ class Job(NamedTuple):
     """The last failure as ``"ExceptionType: message"``, or ``None``."""
     traceback: str | None
     """The formatted traceback of the last failure, or ``None``."""
+    progress: dict[str, Any] | None = None
+    """What the handler last reported with :func:`trioqueue.report_progress`:
+    ``{"fraction": float 0..1, "note": str | None}``, or ``None``."""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form of API.md: enums in lower case, times as RFC 3339 strings."""
@@ -151,6 +154,7 @@ class Job(NamedTuple):
             "result": self.result,
             "error": self.error,
             "traceback": self.traceback,
+            "progress": self.progress,
         }
 
 

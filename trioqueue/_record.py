@@ -44,6 +44,8 @@ class JobRecord:
     result: Any
     error: str | None
     traceback: str | None
+    progress: dict[str, Any] | None
+    """``{"fraction": float, "note": str | None}`` from ``report_progress``, or ``None``."""
     # Bookkeeping of the queue's parts, never stored:
     spec: TaskSpec | None
     """The handler, or ``None`` for a stored job of a task this registry lacks."""
@@ -91,6 +93,7 @@ class JobRecord:
         self.result = None
         self.error = None
         self.traceback = None
+        self.progress = None
         self.spec = spec
         self.ready_at = ready_at
         self.timer_gen = 0
@@ -147,6 +150,7 @@ class JobRecord:
             self.result,
             self.error,
             self.traceback,
+            self.progress,
         ))
 
     def same_job(self, task: str, payload_json: str) -> bool:

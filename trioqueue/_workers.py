@@ -22,6 +22,7 @@ from ._backend import Backend
 from ._config import QueueConfig
 from ._gil import lowered_switch_interval
 from ._job import check_json
+from ._progress import Progress, Reporter
 from ._record import JobRecord
 from ._state import JobEvent
 from ._stats import Stats
@@ -81,6 +82,8 @@ class Workers:
         self._threads = lowered_switch_interval(config.switch_interval)
         """Around ``sync=True`` handlers: their thread gets the GIL from a busy loop."""
         self._alive = 0
+        self.progress: Progress | None = None
+        """``report_progress`` calls' state (the engine sets it)."""
         self.done = trio.Event()
         """Set when the last worker has returned."""
 
@@ -112,6 +115,8 @@ class Workers:
     async def run(self, slot: WorkerSlot) -> None:
         """One worker task."""
         life = self._life
+        if self.progress is not None:
+            Reporter(self.progress, slot).install()  # this task's context: once, not per job
         self._alive += 1
         try:
             while not life.stop_taking:
@@ -210,6 +215,8 @@ class Workers:
                 failure = exc
             end = current_time()
             duration = end - start
+            if rec.progress is not None:
+                self._progress_ended(rec)
             slot.current = None
             stats.busy_time += duration
             run_adds[p](duration)
@@ -267,6 +274,8 @@ class Workers:
         rec = slot.current
         if rec is None:
             return
+        if rec.progress is not None:
+            self._progress_ended(rec)
         slot.current = None
         end = self._clock.current_time()
         duration = end - slot.started
@@ -278,6 +287,11 @@ class Workers:
         else:
             exc = TimeoutError(f"job exceeded its timeout of {rec.timeout} s")
             self._attempt_failed(slot, rec, exc, end, duration)
+
+    def _progress_ended(self, rec: JobRecord) -> None:
+        """``rec``'s attempt ended: its held-back progress goes out now."""
+        if self.progress is not None:
+            self.progress.ended(rec)
 
     def _put_back(self, slot: WorkerSlot) -> None:
         """The worker's job was interrupted (not failed): back to the front of its queue
@@ -293,6 +307,8 @@ class Workers:
         rec = slot.current
         if rec is None:
             return
+        if rec.progress is not None:
+            self._progress_ended(rec)
         slot.current = None
         end = self._clock.current_time()
         duration = end - slot.started

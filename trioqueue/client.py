@@ -117,6 +117,7 @@ def job_from_json(data: dict[str, Any]) -> Job:
         result=data.get("result"),
         error=data.get("error"),
         traceback=data.get("traceback"),
+        progress=data.get("progress"),
     )
 
 

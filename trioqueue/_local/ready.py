@@ -102,6 +102,7 @@ class ReadyQueues:
             return None
         jobs[rec.id] = rec
         self._stats.enqueued += 1
+        self._stats.enqueued_p[p] += 1
         queue.append(rec)  # rec.ready_at is its creation time
         if self._idle:
             _reschedule(self._idle.pop())
@@ -117,6 +118,7 @@ class ReadyQueues:
         assert rec.scheduled_for is not None
         self._jobs[rec.id] = rec
         self._stats.enqueued += 1
+        self._stats.enqueued_p[p] += 1
         rec.holds_delay_slot = True
         self._delayed_new[p] += 1
         self._timer.schedule(rec, rec.scheduled_for)
