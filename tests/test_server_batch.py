@@ -188,3 +188,34 @@ def test_the_client_over_a_running_server() -> None:
 
     with running_server("--workers", "2") as srv:
         trio.run(main, srv.url)
+
+
+def test_cli_enqueue_count_posts_batches() -> None:
+    """``trioqueue enqueue --count`` sends ``POST /jobs/batch`` requests of 100 jobs
+    (the access log shows them), with ``--id`` giving each job ``ID-i``; against a queue
+    smaller than a batch it goes on one job at a time."""
+    import json
+
+    from tests.test_cli import run_cli
+    from tests.test_server import running_server
+
+    with running_server("--workers", "2", "--access-log") as srv:
+        result = run_cli("enqueue", "echo", "[1]", "--count", "250", "--id", "cli-b",
+                         "--url", srv.url)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["enqueued"] == 250
+        assert "enqueued 250/250" in result.stderr
+        status = run_cli("status", "cli-b-249", "--url", srv.url)
+        assert status.returncode == 0, status.stderr
+        again = run_cli("enqueue", "echo", "[1]", "--count", "250", "--id", "cli-b",
+                        "--url", srv.url)  # the same ids: the same jobs
+        assert again.returncode == 0, again.stderr
+        metrics = run_cli("metrics", "--url", srv.url)
+        assert json.loads(metrics.stdout)["enqueued"] == 250
+        log = srv.stderr()
+        assert log.count("POST /jobs/batch 202") == 6
+        assert "POST /jobs 20" not in log
+    with running_server("--workers", "1", "--capacity", "30") as small:
+        result = run_cli("enqueue", "echo", "[1]", "--count", "120", "--url", small.url)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["enqueued"] == 120

@@ -30,7 +30,7 @@ import httpx
 import trio
 
 from ._config import QueueConfig
-from ._exceptions import QueueFull, StoreError, TrioQueueError
+from ._exceptions import InvalidJob, QueueFull, StoreError, TrioQueueError
 from ._job import Job, JobStatus
 from ._registry import TaskRegistry
 
@@ -389,35 +389,73 @@ class _Progress:
             self.stream.flush()
 
 
+BATCH = 100
+"""Jobs per ``POST /jobs/batch`` request of ``enqueue --count``."""
+
+
 async def _enqueue_many(args: argparse.Namespace, payload: Any) -> int:
-    from .client import Client
+    """``--count N``: N jobs in batches of :data:`BATCH` (``POST /jobs/batch``),
+    ``--concurrency`` requests in flight; one request a job against a server without
+    the batch route or with a capacity under the batch size."""
+    from .client import Client, ServerError
 
     url, token = _client_options(args)
     progress = _Progress(args.count, sys.stderr)
     ids: list[str] = []
     started = time.monotonic()
     limiter = trio.CapacityLimiter(args.concurrency)
+    singles = False
+    """Set once the server cannot take batches: the rest go one by one."""
     async with Client(url, token=token) as client:
 
         async def one(i: int) -> None:
+            job_id = f"{args.id}-{i}" if args.id else None
+            while True:
+                try:
+                    job = await client.enqueue(
+                        args.task, payload, priority=args.priority, job_id=job_id,
+                        delay=args.delay, max_retries=args.max_retries,
+                        timeout=args.timeout,
+                    )
+                    break
+                except QueueFull as exc:  # back off as the server asks, then again
+                    await trio.sleep(exc.retry_after or 1.0)
+            ids.append(job.id)
+            progress.step()
+
+        async def chunk(first: int, n: int) -> None:
+            nonlocal singles
             async with limiter:
-                job_id = f"{args.id}-{i}" if args.id else None
-                while True:
+                while not singles:
                     try:
-                        job = await client.enqueue(
-                            args.task, payload, priority=args.priority, job_id=job_id,
+                        jobs = await client.enqueue_many(
+                            args.task, [payload] * n, priority=args.priority,
                             delay=args.delay, max_retries=args.max_retries,
                             timeout=args.timeout,
+                            job_ids=[f"{args.id}-{i}" for i in range(first, first + n)]
+                            if args.id else None,
                         )
-                        break
-                    except QueueFull as exc:  # back off as the server asks, then again
-                        await trio.sleep(getattr(exc, "retry_after", 1.0))
-                ids.append(job.id)
-                progress.step()
+                    except QueueFull as exc:
+                        await trio.sleep(exc.retry_after or 1.0)
+                        continue
+                    except InvalidJob as exc:
+                        if "more than the capacity" not in str(exc):
+                            raise
+                        singles = True  # a queue smaller than a batch
+                    except ServerError as exc:
+                        if exc.status not in (404, 405):
+                            raise
+                        singles = True  # a server without POST /jobs/batch
+                    else:
+                        ids.extend(job.id for job in jobs)
+                        progress.step(len(jobs))
+                        return
+                for i in range(first, first + n):
+                    await one(i)
 
         async with trio.open_nursery() as nursery:
-            for i in range(args.count):
-                nursery.start_soon(one, i)
+            for first in range(0, args.count, BATCH):
+                nursery.start_soon(chunk, first, min(BATCH, args.count - first))
     progress.close()
     elapsed = time.monotonic() - started
     print(json.dumps({"enqueued": len(ids), "seconds": round(elapsed, 3),

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -204,10 +204,16 @@ class Client:
         delay: float | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        job_ids: Sequence[str] | None = None,
     ) -> list[Job]:
         """``POST /jobs/batch``: one job of ``task`` per payload, all or nothing (at most
         1000 a call); the jobs as accepted, in order.  :class:`QueueFull` (nothing
-        enqueued) when the whole batch does not fit now."""
+        enqueued) when the whole batch does not fit now.  ``job_ids``: an id per
+        payload (each job idempotent, as with :meth:`enqueue`)."""
+        payloads = list(payloads)
+        if job_ids is not None and len(job_ids) != len(payloads):
+            raise ValueError(f"job_ids: expected {len(payloads)} ids (one per payload), "
+                             f"got {len(job_ids)}")
         item: dict[str, Any] = {"task": task}
         if priority is not None:
             item["priority"] = Priority.coerce(priority).label
@@ -215,7 +221,11 @@ class Client:
                            ("timeout", timeout)):
             if value is not None:
                 item[key] = value
-        body = {"jobs": [{**item, "payload": payload} for payload in payloads]}
+        jobs = [{**item, "payload": payload} for payload in payloads]
+        if job_ids is not None:
+            for job, job_id in zip(jobs, job_ids, strict=True):
+                job["id"] = job_id
+        body = {"jobs": jobs}
         data = await self._call("POST", "/jobs/batch", op="enqueue", json=body)
         return [job_from_json(job) for job in data["jobs"]]
 
