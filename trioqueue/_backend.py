@@ -155,6 +155,11 @@ class Backend(Protocol):
         """An interrupted job goes back to the front of its priority, QUEUED, its
         attempt counted."""
 
+    def attempt_ended(self, rec: JobRecord) -> None:
+        """A job of a task with a ``concurrency`` limit stopped running here (ended,
+        failed, retried later, interrupted): its slot is free for the next job of the
+        task.  The workers call it for limited tasks only, after the move."""
+
     async def commit_start(self, rec: JobRecord) -> None:
         """``rec.durable_start``: make this start durable before the handler runs."""
 

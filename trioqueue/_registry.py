@@ -27,14 +27,16 @@ class TaskSpec:
     priority: Priority = Priority.MEDIUM
     sync: bool = False
     """Run the handler in a worker thread (``trio.to_thread.run_sync``)."""
+    concurrency: int | None = None
+    """At most this many jobs of the task run at once in this process (``None``: no
+    limit).  Jobs over the limit wait without holding back other tasks' jobs."""
 
     def to_dict(self, default_max_retries: int = 3, default_timeout: float | None = None
                 ) -> dict[str, Any]:
         """The task as ``GET /tasks`` shows it: the values a job of it gets when the
         request sets none (the queue's defaults where the task sets none).
 
-        ``schedule``, ``every`` and ``concurrency`` are ``None``: tasks have none of those
-        options yet.
+        ``schedule`` and ``every`` are ``None``: tasks have none of those options yet.
         """
         return {
             "name": self.name,
@@ -43,7 +45,7 @@ class TaskSpec:
             "timeout": default_timeout if self.timeout is None else self.timeout,
             "schedule": None,
             "every": None,
-            "concurrency": None,
+            "concurrency": self.concurrency,
         }
 
 
@@ -67,6 +69,7 @@ class TaskRegistry:
         timeout: float | None = None,
         priority: Priority | str = Priority.MEDIUM,
         sync: bool = False,
+        concurrency: int | None = None,
     ) -> Callable[[F], F]: ...
 
     def task(
@@ -79,11 +82,13 @@ class TaskRegistry:
         timeout: float | None = None,
         priority: Priority | str = Priority.MEDIUM,
         sync: bool = False,
+        concurrency: int | None = None,
     ) -> Any:
         """Register a handler; usable bare (``@registry.task``) or with options.
 
         ``name`` defaults to the function's ``__name__``.  A coroutine function runs on the
-        event loop; ``sync=True`` runs a plain function in a thread.  Registering a plain
+        event loop; ``sync=True`` runs a plain function in a thread.  ``concurrency=N``:
+        at most N jobs of the task run at once in this process.  Registering a plain
         function without ``sync=True`` (or a coroutine function with it) is an error, so a
         blocking handler cannot stall the loop by accident.
         """
@@ -96,6 +101,7 @@ class TaskRegistry:
                 timeout=timeout,
                 priority=priority,
                 sync=sync,
+                concurrency=concurrency,
             )
             return f
 
@@ -110,6 +116,7 @@ class TaskRegistry:
         timeout: float | None = None,
         priority: Priority | str = Priority.MEDIUM,
         sync: bool = False,
+        concurrency: int | None = None,
     ) -> TaskSpec:
         task_name = name if name is not None else getattr(fn, "__name__", None)
         if not isinstance(task_name, str) or not task_name:
@@ -129,6 +136,13 @@ class TaskRegistry:
             check_max_retries(max_retries)  # InvalidJob: a ValueError naming the field
         if timeout is not None:
             timeout = check_timeout(timeout)
+        if concurrency is not None and (
+            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+        ):
+            raise ValueError(
+                f"task {task_name!r}: concurrency: expected a positive integer or None, "
+                f"got {concurrency!r}"
+            )
         spec = TaskSpec(
             name=task_name,
             handler=fn,
@@ -136,6 +150,7 @@ class TaskRegistry:
             timeout=None if timeout is None else float(timeout),
             priority=Priority.coerce(priority),
             sync=sync,
+            concurrency=concurrency,
         )
         self._tasks[task_name] = spec
         return spec

@@ -228,6 +228,8 @@ class Workers:
             else:
                 self._attempt_failed(slot, rec, failure, end, duration)
                 failure = None
+            if spec.concurrency is not None:  # a limited task: its next job may run
+                backend.attempt_ended(rec)
             if (timeout is not None or slot.cancel_requested) and scope.cancel_called:
                 # cancel() or the deadline arrived after the handler had returned: leave
                 # this scope (slot.current is None, so nothing is interrupted) so that the
@@ -287,6 +289,12 @@ class Workers:
         else:
             exc = TimeoutError(f"job exceeded its timeout of {rec.timeout} s")
             self._attempt_failed(slot, rec, exc, end, duration)
+        self._slot_freed(rec)
+
+    def _slot_freed(self, rec: JobRecord) -> None:
+        """``rec`` stopped running: a limited task's next job may run."""
+        if rec.spec is not None and rec.spec.concurrency is not None:
+            self._backend.attempt_ended(rec)
 
     def _progress_ended(self, rec: JobRecord) -> None:
         """``rec``'s attempt ended: its held-back progress goes out now."""
@@ -299,7 +307,8 @@ class Workers:
         rec = slot.current
         if rec is not None:
             slot.current = None
-            self._backend.release(rec, slot.index)
+            self._slot_freed(rec)  # first: the interrupted job goes back in front of any
+            self._backend.release(rec, slot.index)  # job of its task let in here
 
     def _abort(self, slot: WorkerSlot) -> None:
         """Memory mode, ``shutdown_timeout`` passed: the worker's job ends FAILED with
@@ -317,6 +326,7 @@ class Workers:
         rec.error = ABORTED
         rec.traceback = None
         self._backend.finish(rec, JobEvent.FAIL_FINAL, end, slot.index, duration)
+        self._slot_freed(rec)
 
     async def _ctrl_c(self, slot: WorkerSlot, scope: trio.CancelScope) -> None:
         """A Ctrl+C landed in this worker's handler (trio raises it in whichever task

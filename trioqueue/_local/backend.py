@@ -79,6 +79,11 @@ class LocalBackend:
         self.ready = ReadyQueues(self.table.by_id, self.timer, stats, self.changes,
                                  capacity=config.capacity, fairness=config.fairness,
                                  wall_offset=wall_offset)
+        for name in registry:
+            limit = registry.get(name).concurrency
+            if limit is not None:
+                self.ready.limit(name, limit)
+        self.attempt_ended = self.ready.attempt_ended
         # The hot path: the parts' own methods.
         self.admit = self.ready.admit
         self.claim = self.ready.take

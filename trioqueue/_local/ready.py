@@ -78,6 +78,17 @@ class ReadyQueues:
         self._refill_low = [0, 0, 0]
         self.closed = False
         """Intake closed (shutdown): producers woken from here raise ShuttingDown."""
+        self.gates: dict[str, TaskGate] = {}
+        """Tasks with a ``concurrency`` limit by name (see :class:`TaskGate`); empty, as
+        it usually is, :meth:`take` tests it once per job and nothing else."""
+        self._aside = [0, 0, 0]
+        """Jobs per priority set aside by their task's gate: still QUEUED, still counted
+        against the capacity and in the depths."""
+
+    def limit(self, task: str, concurrency: int) -> None:
+        """At most ``concurrency`` jobs of ``task`` run at once (this process)."""
+        if task not in self.gates:
+            self.gates[task] = TaskGate(concurrency)
 
     # ------------------------------------------------------------------ the hot path
 
@@ -98,7 +109,7 @@ class ReadyQueues:
         if rec.status is SCHEDULED:
             return self._admit_delayed(rec)
         queue = self._queues[p]
-        if len(queue) >= self.capacity or self._backlog[p]:
+        if len(queue) + self._aside[p] >= self.capacity or self._backlog[p]:
             return None
         jobs[rec.id] = rec
         self._stats.enqueued += 1
@@ -136,6 +147,13 @@ class ReadyQueues:
             return None
         queue = queues[i]
         rec = queue.popleft()
+        if self.gates and rec.task in self.gates:  # a task with a concurrency limit
+            got = self._through_gate(rec)
+            if got is None:
+                return None
+            rec = got
+            i = rec.priority
+            queue = queues[i]
         if self._room_waiting[i]:  # room for one producer
             self._wake_for_room(i)
         refill = self._refill[i]
@@ -150,6 +168,54 @@ class ReadyQueues:
         if changes.observed:
             changes.changed(STARTED, rec, worker, None)
         return rec
+
+    def _through_gate(self, rec: JobRecord) -> JobRecord | None:
+        """``rec`` was picked and its task has a limit: ``rec`` if the limit lets it
+        run; else set it aside (its task's line, in pick order) and pick again, until a
+        job may run (``None``: none may).  Other tasks' jobs keep their fair order."""
+        gates = self.gates
+        queues = self._queues
+        while True:
+            gate = gates.get(rec.task)
+            if gate is None or gate.enter(rec):
+                return rec
+            gate.aside.append(rec)
+            self._aside[rec.priority] += 1
+            i = self._pick(queues)
+            if i < 0:
+                return None
+            rec = queues[i].popleft()
+
+    def attempt_ended(self, rec: JobRecord) -> None:
+        """A job of a limited task stopped running (finished, failed, retried later,
+        interrupted): its slot is free; the first job set aside for the task goes back
+        to the front of its priority's queue, reserved the slot."""
+        gate = self.gates.get(rec.task)
+        if gate is None:
+            return
+        gate.running -= 1
+        self._let_in(gate)
+
+    def _let_in(self, gate: TaskGate) -> None:
+        back: list[JobRecord] = []
+        while gate.aside and gate.running + len(gate.returned) < gate.limit:
+            rec = gate.aside.popleft()
+            self._aside[rec.priority] -= 1
+            gate.returned.add(rec.id)
+            back.append(rec)
+        gates = self.gates
+        for rec in back:
+            # To the front, behind the jobs let in before it and not yet taken.
+            queue = self._queues[rec.priority]
+            k = 0
+            for ahead in queue:
+                gate_ahead = gates.get(ahead.task)
+                if gate_ahead is None or ahead.id not in gate_ahead.returned:
+                    break
+                k += 1
+            queue.insert(k, rec)
+            if self._idle:
+                _reschedule(self._idle.pop())
 
     # ------------------------------------------------------------------ moves
 
@@ -168,10 +234,18 @@ class ReadyQueues:
     def remove(self, rec: JobRecord) -> bool:
         """Take a QUEUED job out of its queue (cancelled, or withdrawn); False if it was
         not there.  Its room goes to the next producer in line."""
+        gate = self.gates.get(rec.task) if self.gates else None
         try:
             self._queues[rec.priority].remove(rec)
         except ValueError:
-            return False
+            if gate is None or rec not in gate.aside:
+                return False
+            gate.aside.remove(rec)
+            self._aside[rec.priority] -= 1
+        else:
+            if gate is not None and rec.id in gate.returned:  # its reserved slot is free
+                gate.returned.discard(rec.id)
+                self._let_in(gate)
         self._wake_for_room(rec.priority)
         return True
 
@@ -191,7 +265,7 @@ class ReadyQueues:
     # ------------------------------------------------------------------ waiting for room
 
     def has_room(self, p: int) -> bool:
-        return len(self._queues[p]) < self.capacity
+        return len(self._queues[p]) + self._aside[p] < self.capacity
 
     def full_reason(self, rec: JobRecord) -> str:
         """Why :meth:`admit` found no room for ``rec`` (for :class:`QueueFull`)."""
@@ -240,7 +314,7 @@ class ReadyQueues:
         batches = self._batch_waiting[p]
         if self._room_waiting[p] > batches and self._room[p].unpark():
             self._room_waiting[p] -= 1
-        if batches and self.capacity - len(self._queues[p]) >= self._batch_need[p]:
+        if batches and self.capacity - self._waiting(p) >= self._batch_need[p]:
             self._wake_batches(p)
 
     def _wake_batches(self, p: int) -> None:
@@ -254,7 +328,7 @@ class ReadyQueues:
         leaves without taking the room: wake the next one, if the room is still there
         (a wake-up when it is not would only send that one to the back of the line)."""
         if lot is self._room[p]:
-            if len(self._queues[p]) < self.capacity and not self._backlog[p]:
+            if len(self._queues[p]) + self._aside[p] < self.capacity and not self._backlog[p]:
                 self._wake_for_room(p)
         elif self._delayed_new[p] < self.capacity:
             lot.unpark()
@@ -299,7 +373,7 @@ class ReadyQueues:
         each priority ``p`` all fit now."""
         cap = self.capacity
         for p in range(3):
-            if queued[p] and (len(self._queues[p]) + queued[p] > cap or self._backlog[p]):
+            if queued[p] and (self._waiting(p) + queued[p] > cap or self._backlog[p]):
                 return False
             if delayed[p] and self._delayed_new[p] + delayed[p] > cap:
                 return False
@@ -331,7 +405,7 @@ class ReadyQueues:
                 if self._backlog[p]:
                     return (f"priority {label}: {self._backlog[p]} jobs recovered from the "
                             f"store run first")
-                room = cap - len(self._queues[p])
+                room = cap - self._waiting(p)
                 if queued[p] > room:
                     return (f"priority {label}: room for {max(room, 0)} of the batch's "
                             f"{queued[p]} jobs ({cap} at most waiting)")
@@ -351,7 +425,7 @@ class ReadyQueues:
         cap = self.capacity
         p = 0
         for p in range(3):
-            if queued[p] and (len(self._queues[p]) + queued[p] > cap or self._backlog[p]):
+            if queued[p] and (self._waiting(p) + queued[p] > cap or self._backlog[p]):
                 # Woken once that much room is free (a backlog ends by waking all).
                 self._batch_need[p] = min(self._batch_need[p], queued[p])
                 break
@@ -378,8 +452,12 @@ class ReadyQueues:
         return w[0], w[1], w[2]
 
     def lengths(self) -> tuple[int, int, int]:
-        q = self._queues
-        return len(q[0]), len(q[1]), len(q[2])
+        q, a = self._queues, self._aside
+        return len(q[0]) + a[0], len(q[1]) + a[1], len(q[2]) + a[2]
+
+    def _waiting(self, p: int) -> int:
+        """QUEUED jobs of priority ``p`` in memory: its ready queue and those set aside."""
+        return len(self._queues[p]) + self._aside[p]
 
     def delayed_waiting(self) -> tuple[int, int, int]:
         d = self._delayed_new
@@ -425,10 +503,10 @@ class ReadyQueues:
         self._backlog[p] = max(1, self._backlog[p] - 1)
 
     def room(self, p: int) -> int:
-        return self.capacity - len(self._queues[p])
+        return self.capacity - self._waiting(p)
 
     def queued(self, p: int) -> int:
-        return len(self._queues[p])
+        return self._waiting(p)
 
     async def wait_for_refill(self, p: int, low_water: int) -> None:
         """Wait until priority ``p``'s queue drained to ``low_water`` (or shutdown)."""
@@ -448,11 +526,11 @@ class ReadyQueues:
 
     def depths(self) -> tuple[int, int, int]:
         """Jobs waiting per priority, the recovered backlog still in the store included."""
-        q, b = self._queues, self._backlog
-        return len(q[0]) + b[0], len(q[1]) + b[1], len(q[2]) + b[2]
+        q, b, a = self._queues, self._backlog, self._aside
+        return len(q[0]) + b[0] + a[0], len(q[1]) + b[1] + a[1], len(q[2]) + b[2] + a[2]
 
     def __len__(self) -> int:
-        return sum(len(q) for q in self._queues)
+        return sum(len(q) for q in self._queues) + sum(self._aside)
 
     def close(self) -> None:
         """Intake closes: wake every parked producer (they raise ShuttingDown) and stop
@@ -466,6 +544,30 @@ class ReadyQueues:
             if event is not None:
                 event.set()
                 self._refill[i] = None
+
+
+class TaskGate:
+    """A task's ``concurrency`` limit in this process: how many of its jobs run, the
+    jobs set aside while it was full (in the order they were picked), and those sent
+    back to the front of their queue, each holding a slot until a worker takes it."""
+
+    __slots__ = ("aside", "limit", "returned", "running")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running = 0
+        self.aside: deque[JobRecord] = deque()
+        self.returned: set[str] = set()
+
+    def enter(self, rec: JobRecord) -> bool:
+        """Whether ``rec`` (just picked) may run now; if so it holds a slot."""
+        returned = self.returned
+        if returned and rec.id in returned:
+            returned.discard(rec.id)
+        elif self.running + len(returned) >= self.limit or self.aside:
+            return False  # full, or jobs set aside before it go first
+        self.running += 1
+        return True
 
 
 def same_or_duplicate(existing: JobRecord, rec: JobRecord) -> JobRecord:
