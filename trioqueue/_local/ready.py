@@ -418,9 +418,9 @@ class ReadyQueues:
     async def wait_for_room_many(self, recs: list[JobRecord]) -> None:
         """Wait until room was freed in a priority where ``recs`` lack it (or shutdown,
         or a recovered backlog ended); the caller then tries :meth:`admit_many` again.
-        Every waiting batch is woken by any freed room and looks again, so a batch that
-        still does not fit keeps no room from anyone; single jobs are not held back
-        for a batch."""
+        Parked batches are woken together once the room the smallest of them needs is
+        free, and look again; a batch that still does not fit parks again and keeps no
+        room from anyone (single jobs are not held back for a batch)."""
         queued, delayed = self._needs(recs)
         cap = self.capacity
         p = 0
