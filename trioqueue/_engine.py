@@ -31,6 +31,7 @@ from ._events import Broadcaster
 from ._exceptions import TrioQueueError
 from ._intake import Intake
 from ._local.backend import LocalBackend
+from ._periodic import Periodic
 from ._progress import Progress
 from ._queue import JobQueue, QueueCore
 from ._registry import TaskRegistry
@@ -80,6 +81,7 @@ class _Run:
         self._config = config
         self._body_exc: BaseException | None = None
         self._timer_scope = trio.CancelScope()
+        self._periodic_scope = trio.CancelScope()
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[JobQueue]:
@@ -106,6 +108,8 @@ class _Run:
         backend.attach(q)
         self._core = core
         self._queue = q
+        self._periodic = Periodic([registry.get(name) for name in registry],
+                                  lambda: clock.current_time() + wall, wall)
         log.info(
             "trioqueue open: %d workers, capacity %d per priority, %s",
             config.workers, config.capacity,
@@ -122,6 +126,7 @@ class _Run:
                             work.start_soon(workers.run, slot)
                         try:
                             await backend.recover()
+                            work.start_soon(self._run_periodic)
                             yield q
                         except BaseException as exc:  # re-raised below, outside the nurseries
                             self._body_exc = exc
@@ -141,6 +146,12 @@ class _Run:
             raise self._body_exc
 
     # ------------------------------------------------------------------ tasks
+
+    async def _run_periodic(self) -> None:
+        """Periodic tasks' runs (``schedule=``, ``every=``), started once the store's
+        jobs are back; stopped with the timer."""
+        with self._periodic_scope:
+            await self._periodic.run(self._queue)
 
     async def _run_timer(self) -> None:
         with self._timer_scope:
@@ -175,6 +186,7 @@ class _Run:
         life.stopping.set()
         backend.close_intake()  # parked producers see closing and raise ShuttingDown
         self._timer_scope.cancel()
+        self._periodic_scope.cancel()
         if config.drain and not backend.persistent:
             life.draining = True
         else:
@@ -239,6 +251,7 @@ class _Run:
 
     _core: QueueCore
     _queue: JobQueue
+    _periodic: Periodic
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -65,13 +65,13 @@ class JobStatus(enum.StrEnum):
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 MAX_ID_LENGTH = 128
-_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]*\Z")
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@\-]*\Z")
 
 
 def check_job_id(job_id: object) -> str:
     """Return ``job_id`` if it is a usable id, else raise :class:`InvalidJob`.
 
-    Ids are 1 to 128 characters of ASCII letters, digits and ``_ . : -``, starting with a
+    Ids are 1 to 128 characters of ASCII letters, digits and ``_ . : @ -``, starting with a
     letter or digit, so they are safe in a URL path, a log line and a file name.
     """
     if not isinstance(job_id, str):
@@ -80,7 +80,7 @@ def check_job_id(job_id: object) -> str:
         raise InvalidJob(f"id: must be 1 to {MAX_ID_LENGTH} characters, got {len(job_id)}")
     if not _ID_RE.match(job_id):
         raise InvalidJob(
-            f"id: {job_id!r} has characters other than ASCII letters, digits and '_.:-' "
+            f"id: {job_id!r} has characters other than ASCII letters, digits and '_.:@-' "
             "(or does not start with a letter or digit)"
         )
     return job_id

@@ -27,6 +27,12 @@ class TaskSpec:
     priority: Priority = Priority.MEDIUM
     sync: bool = False
     """Run the handler in a worker thread (``trio.to_thread.run_sync``)."""
+    schedule: str | None = None
+    """A cron expression: a job of this task at each time it matches (see _periodic)."""
+    every: float | None = None
+    """Seconds: a job of this task every this many seconds."""
+    tz: str | None = None
+    """The time zone ``schedule`` is read in (``None``: UTC)."""
     concurrency: int | None = None
     """At most this many jobs of the task run at once in this process (``None``: no
     limit).  Jobs over the limit wait without holding back other tasks' jobs."""
@@ -43,8 +49,8 @@ class TaskSpec:
             "priority": self.priority.label,
             "max_retries": default_max_retries if self.max_retries is None else self.max_retries,
             "timeout": default_timeout if self.timeout is None else self.timeout,
-            "schedule": None,
-            "every": None,
+            "schedule": self.schedule,
+            "every": self.every,
             "concurrency": self.concurrency,
         }
 
@@ -69,6 +75,9 @@ class TaskRegistry:
         timeout: float | None = None,
         priority: Priority | str = Priority.MEDIUM,
         sync: bool = False,
+        schedule: str | None = None,
+        every: float | None = None,
+        tz: str | None = None,
         concurrency: int | None = None,
     ) -> Callable[[F], F]: ...
 
@@ -82,6 +91,9 @@ class TaskRegistry:
         timeout: float | None = None,
         priority: Priority | str = Priority.MEDIUM,
         sync: bool = False,
+        schedule: str | None = None,
+        every: float | None = None,
+        tz: str | None = None,
         concurrency: int | None = None,
     ) -> Any:
         """Register a handler; usable bare (``@registry.task``) or with options.
@@ -101,6 +113,9 @@ class TaskRegistry:
                 timeout=timeout,
                 priority=priority,
                 sync=sync,
+                schedule=schedule,
+                every=every,
+                tz=tz,
                 concurrency=concurrency,
             )
             return f
@@ -116,6 +131,9 @@ class TaskRegistry:
         timeout: float | None = None,
         priority: Priority | str = Priority.MEDIUM,
         sync: bool = False,
+        schedule: str | None = None,
+        every: float | None = None,
+        tz: str | None = None,
         concurrency: int | None = None,
     ) -> TaskSpec:
         task_name = name if name is not None else getattr(fn, "__name__", None)
@@ -143,6 +161,7 @@ class TaskRegistry:
                 f"task {task_name!r}: concurrency: expected a positive integer or None, "
                 f"got {concurrency!r}"
             )
+        _check_periodic(task_name, schedule, every, tz)
         spec = TaskSpec(
             name=task_name,
             handler=fn,
@@ -150,6 +169,9 @@ class TaskRegistry:
             timeout=None if timeout is None else float(timeout),
             priority=Priority.coerce(priority),
             sync=sync,
+            schedule=schedule,
+            every=None if every is None else float(every),
+            tz=tz,
             concurrency=concurrency,
         )
         self._tasks[task_name] = spec
@@ -170,6 +192,17 @@ class TaskRegistry:
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+
+def _check_periodic(name: str, schedule: object, every: object, tz: object) -> None:
+    """``schedule``/``every``/``tz`` of a periodic task, or a ``ValueError`` naming one."""
+    if schedule is None and every is None:
+        if tz is not None:
+            raise ValueError(f"task {name!r}: tz: only with schedule=")
+        return
+    from ._periodic import check_periodic
+
+    check_periodic(name, schedule, every, tz)
 
 
 def _check_signature(fn: Callable[..., Any], task_name: str) -> None:

@@ -23,7 +23,7 @@ _ID: dict[str, Any] = {
     "type": "string",
     "minLength": 1,
     "maxLength": 128,
-    "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
+    "pattern": "^[A-Za-z0-9][A-Za-z0-9_.:@-]*$",
 }
 
 SCHEMAS: dict[str, Any] = {

@@ -1,0 +1,204 @@
+"""Periodic tasks: ``@registry.task(schedule=...)`` (cron) and ``every=``.  One job per due
+time, id ``"<task>@<due time RFC 3339 UTC with ms>"``, payload null, one catch-up run at
+start, no duplicate across a close and reopen with a store.
+
+The queue's wall clock is read once at open (``time.time()`` in the engine): tests set it
+to a known instant, and trio's mock clock moves it on from there.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import trioqueue
+from tests.test_server_app import call
+from trioqueue import JobNotFound, JobStatus
+from trioqueue.server import App
+
+
+def at(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+
+
+@pytest.fixture
+def wall(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Set the wall time the next queue opens at."""
+    import trioqueue._engine as engine
+
+    def set_wall(text: str) -> None:
+        start = at(text)
+        # The engine's own name for the time module only (read once, at open): the rest
+        # of the process (the store's thread, trio) keeps the real clock.
+        monkeypatch.setattr(engine, "time", SimpleNamespace(time=lambda: start))
+
+    return set_wall
+
+
+def make_registry(runs: list[str]) -> trioqueue.TaskRegistry:
+    registry = trioqueue.TaskRegistry()
+
+    @registry.task(schedule="*/5 * * * *")
+    async def cleanup(job: trioqueue.Job) -> None:
+        assert job.payload is None
+        runs.append(job.id)
+
+    @registry.task(every=30.0)
+    async def heartbeat(job: trioqueue.Job) -> None:
+        runs.append(job.id)
+
+    @registry.task(schedule="0 9 * * *", tz="Europe/Paris")
+    async def morning(job: trioqueue.Job) -> None:
+        runs.append(job.id)
+
+    return registry
+
+
+async def test_one_catch_up_then_each_due_time(wall: Any, autojump_clock: Any) -> None:
+    runs: list[str] = []
+    wall("2026-12-05T09:58:40")
+    async with trioqueue.open_queue(make_registry(runs), trioqueue.QueueConfig()) as q:
+        await trio.sleep(125)  # to 10:00:45
+        await trio.testing.wait_all_tasks_blocked()
+        job = await q.get("cleanup@2026-12-05T10:00:00.000Z")
+        assert (job.payload, job.status) == (None, JobStatus.COMPLETED)
+    assert sorted(r for r in runs if r.startswith("cleanup")) == [
+        "cleanup@2026-12-05T09:55:00.000Z",  # the catch-up: the last due time before start
+        "cleanup@2026-12-05T10:00:00.000Z",
+    ]
+    assert sorted(r for r in runs if r.startswith("heartbeat")) == [
+        "heartbeat@2026-12-05T09:58:30.000Z",
+        "heartbeat@2026-12-05T09:59:00.000Z",
+        "heartbeat@2026-12-05T09:59:30.000Z",
+        "heartbeat@2026-12-05T10:00:00.000Z",
+        "heartbeat@2026-12-05T10:00:30.000Z",
+    ]
+    # 09:00 in Paris is 08:00 UTC in December: today's run, caught up once.
+    assert [r for r in runs if r.startswith("morning")] == ["morning@2026-12-05T08:00:00.000Z"]
+
+
+async def test_a_long_gap_gives_one_catch_up_run_not_one_per_missed_time(
+    wall: Any, autojump_clock: Any
+) -> None:
+    runs: list[str] = []
+    registry = trioqueue.TaskRegistry()
+
+    @registry.task(every=60.0)
+    async def tick(job: trioqueue.Job) -> None:
+        runs.append(job.id)
+
+    wall("2026-12-05T10:00:10")
+    async with trioqueue.open_queue(registry, trioqueue.QueueConfig()) as q:
+        await trio.sleep(1)
+    assert runs == ["tick@2026-12-05T10:00:00.000Z"]
+    wall("2026-12-05T13:30:10")  # 210 due times missed while nothing ran
+    async with trioqueue.open_queue(registry, trioqueue.QueueConfig()) as q:
+        await trio.sleep(1)
+    assert runs == ["tick@2026-12-05T10:00:00.000Z", "tick@2026-12-05T13:30:00.000Z"]
+    assert q.metrics().enqueued == 1
+
+
+async def test_sub_second_intervals_have_distinct_ids(wall: Any, autojump_clock: Any) -> None:
+    runs: list[str] = []
+    registry = trioqueue.TaskRegistry()
+
+    @registry.task(every=0.25)
+    async def fast(job: trioqueue.Job) -> None:
+        runs.append(job.id)
+
+    wall("2026-12-05T10:00:00.1")
+    async with trioqueue.open_queue(registry, trioqueue.QueueConfig()) as q:
+        await trio.sleep(0.6)
+        await trio.testing.wait_all_tasks_blocked()
+        assert q.metrics().enqueued == 3
+    assert runs == ["fast@2026-12-05T10:00:00.000Z", "fast@2026-12-05T10:00:00.250Z",
+                    "fast@2026-12-05T10:00:00.500Z"]
+
+
+async def test_the_timer_stops_at_shutdown(wall: Any, autojump_clock: Any) -> None:
+    runs: list[str] = []
+    wall("2026-12-05T10:00:10")
+    async with trioqueue.open_queue(make_registry(runs), trioqueue.QueueConfig()) as q:
+        await trio.sleep(1)
+    n = len(runs)
+    await trio.sleep(3600)
+    assert len(runs) == n
+    assert q.metrics().enqueued == n
+
+
+async def _wait_for(q: trioqueue.JobQueue, job_id: str) -> trioqueue.Job:
+    for _ in range(500):
+        try:
+            return await q.wait(job_id)
+        except JobNotFound:
+            await trio.sleep(0.01)
+    raise AssertionError(f"{job_id} never enqueued")
+
+
+async def test_no_duplicate_run_across_close_and_reopen_with_a_store(
+    wall: Any, tmp_path: Path
+) -> None:
+    """(The real trio clock: the store's thread does not mix with the mock clock.)"""
+    runs: list[str] = []
+    registry = trioqueue.TaskRegistry()
+
+    @registry.task(schedule="0 * * * *")
+    async def hourly(job: trioqueue.Job) -> None:
+        runs.append(job.id)
+
+    config = trioqueue.QueueConfig(persist_path=tmp_path / "q.db")
+    wall("2026-12-05T10:20:00")
+    async with trioqueue.open_queue(registry, config) as q:
+        done = await _wait_for(q, "hourly@2026-12-05T10:00:00.000Z")
+        assert done.status is JobStatus.COMPLETED
+    wall("2026-12-05T10:40:00")  # the same hour: its run is in the store, not run again
+    async with trioqueue.open_queue(registry, config) as q:
+        await trio.sleep(0.2)
+        assert (await q.get("hourly@2026-12-05T10:00:00.000Z")).status is JobStatus.COMPLETED
+        assert q.metrics().enqueued == 0
+    wall("2026-12-05T15:05:00")  # four due times missed: one catch-up run
+    async with trioqueue.open_queue(registry, config) as q:
+        await _wait_for(q, "hourly@2026-12-05T15:00:00.000Z")
+        for hour in (11, 12, 13, 14):
+            with pytest.raises(JobNotFound):
+                await q.get(f"hourly@2026-12-05T{hour}:00:00.000Z")
+    assert runs == ["hourly@2026-12-05T10:00:00.000Z", "hourly@2026-12-05T15:00:00.000Z"]
+
+
+async def test_get_tasks_shows_schedule_and_every() -> None:
+    registry = make_registry([])
+    async with trioqueue.open_queue(registry, trioqueue.QueueConfig(workers=1)) as q:
+        status, _, body = await call(App(q), "GET", "/tasks")
+    assert status == 200
+    by_name = {t["name"]: t for t in body["tasks"]}
+    assert (by_name["cleanup"]["schedule"], by_name["cleanup"]["every"]) == ("*/5 * * * *", None)
+    assert (by_name["heartbeat"]["schedule"], by_name["heartbeat"]["every"]) == (None, 30.0)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"schedule": "* * *"}, "schedule: '* * *' is not a cron expression"),
+    ({"schedule": "*/5 * * * *", "every": 5}, "schedule and every: give one, not both"),
+    ({"every": 0}, "every: expected a number of seconds > 0, got 0"),
+    ({"every": float("nan")}, "every: expected a number of seconds > 0"),
+    ({"schedule": "0 * * * *", "tz": "Mars/Olympus"}, "tz: unknown time zone 'Mars/Olympus'"),
+    ({"every": 5, "tz": "UTC"}, "tz: only with schedule="),
+    ({"tz": "UTC"}, "tz: only with schedule="),
+    ({"schedule": "0 * * * *", "name": "bad name"},
+     "a periodic task's name must be usable in a job id"),
+])
+def test_bad_periodic_options_are_refused_at_registration(
+    options: dict[str, Any], message: str
+) -> None:
+    registry = trioqueue.TaskRegistry()
+
+    async def handler(job: trioqueue.Job) -> None: ...
+
+    with pytest.raises(ValueError, match="task '.*': " + message.replace("(", r"\(")
+                       .replace(")", r"\)").replace("*", r"\*").replace("?", r"\?")):
+        registry.task(**options)(handler)

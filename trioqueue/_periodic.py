@@ -1,0 +1,154 @@
+"""Periodic tasks: ``@registry.task(schedule="*/5 * * * *")`` (cron, read by
+`cronsim <https://pypi.org/project/cronsim/>`_) and ``@registry.task(every=30.0)``.
+
+One job per due time, its id ``"<task>@<due time, RFC 3339 UTC with milliseconds>"``
+(``cleanup@2026-12-05T10:00:00.000Z``) and its payload ``null``.  The enqueue is
+idempotent by that id, so a restart, or a second process on the same store or Redis,
+never enqueues the same run twice.  At start the most recent due time at or before now
+is enqueued once (one catch-up run for whatever was missed, however many times were);
+then each due time as it comes.  ``every=`` due times are the multiples of the interval
+since the epoch.
+
+The scheduler is one task of the engine's work nursery, driven by trio's clock (the
+mock clock in tests), and it stops with the timer at shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import trio
+from cronsim import CronSim, CronSimError
+
+from ._exceptions import ShuttingDown, TrioQueueError
+from ._job import MAX_ID_LENGTH, check_job_id
+
+if TYPE_CHECKING:
+    from ._queue import JobQueue
+    from ._registry import TaskSpec
+
+log = logging.getLogger("trioqueue")
+
+_ID_SUFFIX = len("@2026-12-05T10:00:00.000Z")
+
+
+def check_periodic(name: str, schedule: object, every: object, tz: object) -> None:
+    """Raise ``ValueError`` naming what is wrong with a periodic task's options."""
+    where = f"task {name!r}"
+    if schedule is not None and every is not None:
+        raise ValueError(f"{where}: schedule and every: give one, not both")
+    if every is not None:
+        if isinstance(every, bool) or not isinstance(every, (int, float)) or not (
+            math.isfinite(every) and every > 0
+        ):
+            raise ValueError(f"{where}: every: expected a number of seconds > 0, got {every!r}")
+        if tz is not None:
+            raise ValueError(f"{where}: tz: only with schedule=")
+    if schedule is not None:
+        if not isinstance(schedule, str):
+            raise ValueError(f"{where}: schedule: expected a cron expression (str), "
+                             f"got {type(schedule).__name__}")
+        zone = _zone(where, tz)
+        try:
+            CronSim(schedule, datetime(2026, 1, 1, tzinfo=zone))
+        except CronSimError as exc:
+            raise ValueError(f"{where}: schedule: {schedule!r} is not a cron expression "
+                             f"({exc})") from None
+    try:
+        check_job_id(name + "@2026-12-05T10:00:00.000Z")
+    except TrioQueueError:
+        raise ValueError(
+            f"{where}: a periodic task's name must be usable in a job id: up to "
+            f"{MAX_ID_LENGTH - _ID_SUFFIX} ASCII letters, digits and '_.:-'"
+        ) from None
+
+
+def _zone(where: str, tz: object) -> ZoneInfo:
+    if tz is None:
+        return ZoneInfo("UTC")
+    if not isinstance(tz, str):
+        raise ValueError(f"{where}: tz: expected a time zone name (str), got {type(tz).__name__}")
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{where}: tz: unknown time zone {tz!r}") from None
+
+
+def run_id(name: str, due: float) -> str:
+    """The job id of ``name``'s run due at ``due`` (seconds since the epoch)."""
+    ms = round(due * 1000)
+    stamp = datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{name}@{stamp}.{ms % 1000:03d}Z"
+
+
+def last_due(spec: TaskSpec, now: float) -> float:
+    """The latest due time of ``spec`` at or before ``now`` (seconds since the epoch)."""
+    if spec.every is not None:
+        return math.floor(now / spec.every) * spec.every
+    assert spec.schedule is not None
+    zone = _zone(spec.name, spec.tz)
+    start = datetime.fromtimestamp(now, tz=zone).replace(microsecond=0)
+    # cronsim's reverse iteration gives the times strictly before its start.
+    prev = next(CronSim(spec.schedule, start + timedelta(seconds=1), reverse=True))
+    return prev.timestamp()
+
+
+def next_due(spec: TaskSpec, after: float) -> float:
+    """The first due time of ``spec`` strictly after ``after``."""
+    if spec.every is not None:
+        nxt = (math.floor(after / spec.every) + 1) * spec.every
+        return nxt if nxt > after else nxt + spec.every
+    assert spec.schedule is not None
+    zone = _zone(spec.name, spec.tz)
+    start = datetime.fromtimestamp(math.floor(after), tz=zone)
+    return next(CronSim(spec.schedule, start)).timestamp()
+
+
+class Periodic:
+    """The scheduler of a queue's periodic tasks."""
+
+    def __init__(self, specs: Sequence[TaskSpec], wall: Callable[[], float],
+                 wall_offset: float) -> None:
+        self.specs = [s for s in specs if s.schedule is not None or s.every is not None]
+        self._wall = wall
+        self._offset = wall_offset
+        """wall time - trio time."""
+        self.next_run: dict[str, float] = {}
+        """Task name -> its next due time (seconds since the epoch)."""
+
+    async def run(self, queue: JobQueue) -> None:
+        """Enqueue the catch-up runs, then each run as it comes due (the engine's task)."""
+        if not self.specs:
+            return
+        now = self._wall()
+        for spec in self.specs:
+            if not await self._enqueue(queue, spec, last_due(spec, now)):
+                return
+            self.next_run[spec.name] = next_due(spec, now)
+        while True:
+            due = min(self.next_run.values())
+            await trio.sleep_until(due - self._offset)
+            now = self._wall()
+            for spec in self.specs:
+                at = self.next_run[spec.name]
+                if at <= now:
+                    if not await self._enqueue(queue, spec, at):
+                        return
+                    self.next_run[spec.name] = next_due(spec, max(at, now))
+
+    async def _enqueue(self, queue: JobQueue, spec: TaskSpec, due: float) -> bool:
+        """Enqueue ``spec``'s run due at ``due`` (a repeat returns the existing job).
+        False once the queue takes no more jobs."""
+        job_id = run_id(spec.name, due)
+        try:
+            await queue.enqueue(spec.name, None, job_id=job_id)
+        except ShuttingDown:
+            return False
+        except TrioQueueError as exc:  # the store failing, an id taken by another job
+            log.warning("trioqueue: periodic run %s not enqueued: %s", job_id, exc)
+        return True
