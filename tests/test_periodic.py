@@ -171,14 +171,31 @@ async def test_no_duplicate_run_across_close_and_reopen_with_a_store(
     assert runs == ["hourly@2026-12-05T10:00:00.000Z", "hourly@2026-12-05T15:00:00.000Z"]
 
 
-async def test_get_tasks_shows_schedule_and_every() -> None:
+async def test_get_tasks_shows_schedule_every_and_next_run(
+    wall: Any, autojump_clock: Any
+) -> None:
     registry = make_registry([])
+
+    @registry.task()
+    async def plain(job: trioqueue.Job) -> None: ...
+
+    wall("2026-12-05T09:58:40")
     async with trioqueue.open_queue(registry, trioqueue.QueueConfig(workers=1)) as q:
+        await trio.testing.wait_all_tasks_blocked()
         status, _, body = await call(App(q), "GET", "/tasks")
+        assert q.next_run("heartbeat") == at("2026-12-05T09:59:00")
+        await trio.sleep(30)
+        _, _, later = await call(App(q), "GET", "/tasks")
     assert status == 200
     by_name = {t["name"]: t for t in body["tasks"]}
     assert (by_name["cleanup"]["schedule"], by_name["cleanup"]["every"]) == ("*/5 * * * *", None)
     assert (by_name["heartbeat"]["schedule"], by_name["heartbeat"]["every"]) == (None, 30.0)
+    assert by_name["cleanup"]["next_run"] == "2026-12-05T10:00:00Z"
+    assert by_name["heartbeat"]["next_run"] == "2026-12-05T09:59:00Z"
+    assert by_name["morning"]["next_run"] == "2026-12-06T08:00:00Z"
+    assert by_name["plain"]["next_run"] is None
+    assert {t["name"]: t["next_run"] for t in later["tasks"]}["heartbeat"] == (
+        "2026-12-05T09:59:30Z")
 
 
 @pytest.mark.parametrize(("options", "message"), [

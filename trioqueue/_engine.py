@@ -110,6 +110,7 @@ class _Run:
         self._queue = q
         self._periodic = Periodic([registry.get(name) for name in registry],
                                   lambda: clock.current_time() + wall, wall)
+        q._next_runs = self._periodic.next_run
         log.info(
             "trioqueue open: %d workers, capacity %d per priority, %s",
             config.workers, config.capacity,

@@ -734,6 +734,14 @@ class JobQueue:
         finally:
             self._events.remove(receive)
 
+    def next_run(self, task: str) -> float | None:
+        """When the periodic task ``task`` runs next (seconds since the epoch), or
+        ``None`` (not periodic, or the queue has not scheduled it yet)."""
+        return self._next_runs.get(task)
+
+    _next_runs: dict[str, float] = {}
+    """The engine's periodic scheduler's next due times (set by the engine at open)."""
+
     def metrics_event(self) -> Event:
         """A ``metrics`` event holding :meth:`metrics` now (for event streams)."""
         return Event(

@@ -29,7 +29,7 @@ from .._exceptions import (
     TrioQueueError,
     UnknownTask,
 )
-from .._job import Job, JobStatus, check_json
+from .._job import Job, JobStatus, check_json, rfc3339
 from .._queue import BatchItem
 from ._dashboard import MetricsHistory, static_response
 from ._http import (
@@ -365,7 +365,9 @@ class App:
         if name == "tasks":
             await trio.lowlevel.checkpoint()
             config, registry = q.config, q.registry
-            tasks = [registry.get(task).to_dict(config.max_retries, config.default_timeout)
+            tasks = [{**registry.get(task).to_dict(config.max_retries,
+                                                   config.default_timeout),
+                      "next_run": rfc3339(q.next_run(task))}
                      for task in sorted(registry)]
             return 200, _dumps({"tasks": tasks}), ()
         if name == "metrics":

@@ -155,6 +155,7 @@ SCHEMAS: dict[str, Any] = {
             "schedule": {"type": "string", "nullable": True},
             "every": {"type": "number", "nullable": True},
             "concurrency": {"type": "integer", "minimum": 1, "nullable": True},
+            "next_run": {"type": "string", "format": "date-time", "nullable": True},
         },
     },
     "TaskList": {
