@@ -80,9 +80,10 @@ async def test_store_pages_across_a_reopen_and_past_a_pruned_cursor(tmp_path: Pa
         assert [row[0] for row in store.newest(None, 3, "echo", ids[5])] == ids[4:1:-1]
         assert [row[0] for row in store.newest("completed", 100, None, ids[1])] == [ids[0]]
         # The rowid bound and the order come from the table's own b-tree (no sort).
-        plan = store._read(
-            "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE rowid < ? AND task = ? "
-            "ORDER BY rowid DESC LIMIT ?", (5, "echo", 3))
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            plan = conn.execute(
+                "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE rowid < ? AND task = ? "
+                "ORDER BY rowid DESC LIMIT ?", (5, "echo", 3)).fetchall()
         assert not any("TEMP B-TREE" in str(row) for row in plan), plan
     finally:
         store.close()
