@@ -395,16 +395,16 @@ class Watched(io.StringIO):
 
     def __init__(self) -> None:
         super().__init__()
-        self._wrote = trio.Event()
+        self.wrote = trio.Event()
 
     def write(self, text: str) -> int:
-        self._wrote.set()
+        self.wrote.set()
         return super().write(text)
 
     async def wait_for(self, needle: str) -> None:
         while needle not in self.getvalue():
-            self._wrote = trio.Event()
-            await self._wrote.wait()
+            self.wrote = trio.Event()
+            await self.wrote.wait()
 
 
 async def test_a_silent_connection_counts_as_lost() -> None:
@@ -463,34 +463,34 @@ class Output:
 
     def __init__(self, read: Callable[[], bytes]) -> None:
         self.text = ""
-        self._changed = threading.Condition()
-        self._done = False
-        self._thread = threading.Thread(target=self._pump, args=(read,), daemon=True)
-        self._thread.start()
+        self.changed = threading.Condition()
+        self.done = False
+        self.thread = threading.Thread(target=self.pump, args=(read,), daemon=True)
+        self.thread.start()
 
-    def _pump(self, read: Callable[[], bytes]) -> None:
+    def pump(self, read: Callable[[], bytes]) -> None:
         while True:
             try:
                 chunk = read()
             except OSError:  # the pty's other side closed
                 chunk = b""
-            with self._changed:
+            with self.changed:
                 if not chunk:
-                    self._done = True
+                    self.done = True
                 else:
                     self.text += chunk.decode("utf-8", errors="replace")
-                self._changed.notify_all()
+                self.changed.notify_all()
             if not chunk:
                 return
 
     def wait_for(self, test: Callable[[str], bool], what: str, timeout: float = 30.0) -> str:
         deadline = time.monotonic() + timeout
-        with self._changed:
+        with self.changed:
             while not test(self.text):
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._done:
+                if remaining <= 0 or self.done:
                     pytest.fail(f"no {what} within {timeout} s; output so far:\n{self.text}")
-                self._changed.wait(remaining)
+                self.changed.wait(remaining)
             return self.text
 
     def wait_text(self, needle: str, start: int = 0, timeout: float = 30.0) -> int:
@@ -499,7 +499,7 @@ class Output:
         return text.index(needle, start) + len(needle)
 
     def join(self, timeout: float = 10.0) -> None:
-        self._thread.join(timeout)
+        self.thread.join(timeout)
 
 
 def monitor_env() -> dict[str, str]:

@@ -285,14 +285,14 @@ class QueueThread:
         self.controls: dict[str, Control] = {}
         self.invocations: Counter[str] = Counter()
         self.q: JobQueue | None = None
-        self._go = trio.Event()
-        self._opened = trio.Event()
-        self._closing = trio.Event()
-        self._closed = trio.Event()
-        self._stop = False
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._started = threading.Event()
-        self._error: BaseException | None = None
+        self.go = trio.Event()
+        self.opened = trio.Event()
+        self.closing = trio.Event()
+        self.closed = trio.Event()
+        self.stopping = False
+        self.token: trio.lowlevel.TrioToken | None = None
+        self.started = threading.Event()
+        self.error: BaseException | None = None
 
         @self.registry.task(name="work")
         async def work(job: Job) -> dict[str, int]:
@@ -307,35 +307,35 @@ class QueueThread:
                 raise RuntimeError(f"fail {job.attempts}")
             return {"attempt": job.attempts}
 
-        self._thread = threading.Thread(target=self._run, name="trioqueue-model", daemon=True)
-        self._thread.start()
-        self._started.wait()
-        if self._error is not None:
-            raise self._error
+        self.thread = threading.Thread(target=self.thread_main, name="trioqueue-model", daemon=True)
+        self.thread.start()
+        self.started.wait()
+        if self.error is not None:
+            raise self.error
 
-    def _run(self) -> None:
+    def thread_main(self) -> None:
         try:
-            trio.run(self._main, clock=self.clock)
+            trio.run(self.main, clock=self.clock)
         except BaseException as exc:  # re-raised in the hypothesis thread
-            self._error = exc
+            self.error = exc
         finally:
-            self._started.set()
+            self.started.set()
 
-    async def _main(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
-        self._started.set()
+    async def main(self) -> None:
+        self.token = trio.lowlevel.current_trio_token()
+        self.started.set()
         while True:
-            await self._go.wait()
-            self._go = trio.Event()
-            if self._stop:
+            await self.go.wait()
+            self.go = trio.Event()
+            if self.stopping:
                 return
             async with trioqueue.open_queue(self.registry, self.config) as q:
                 self.q = q
-                self._opened.set()
-                await self._closing.wait()
-                self._closing = trio.Event()
+                self.opened.set()
+                await self.closing.wait()
+                self.closing = trio.Event()
             self.q = None
-            self._closed.set()
+            self.closed.set()
 
     def call(self, fn: Any, *args: Any) -> Any:
         """Run ``await fn(queue, *args)`` in the queue's thread, then wait until quiet."""
@@ -345,37 +345,37 @@ class QueueThread:
 
     def run(self, fn: Any, *args: Any) -> Any:
         """Run ``await fn(*args)`` in the queue's thread, then wait until quiet."""
-        if self._error is not None:
-            raise self._error
-        return trio.from_thread.run(guarded, fn, *args, trio_token=self._token)
+        if self.error is not None:
+            raise self.error
+        return trio.from_thread.run(guarded, fn, *args, trio_token=self.token)
 
     async def open(self) -> None:
-        self._opened = trio.Event()
-        self._go.set()
-        await self._opened.wait()
+        self.opened = trio.Event()
+        self.go.set()
+        await self.opened.wait()
 
     async def close(self) -> None:
-        self._closed = trio.Event()
-        self._closing.set()
-        await self._closed.wait()
+        self.closed = trio.Event()
+        self.closing.set()
+        await self.closed.wait()
 
     def stop(self) -> None:
         try:
-            if self._error is None and self._thread.is_alive():
+            if self.error is None and self.thread.is_alive():
                 if self.q is not None:
                     self.run(self.close)
 
                 async def stop() -> None:
-                    self._stop = True
-                    self._go.set()
+                    self.stopping = True
+                    self.go.set()
 
                 # Not guarded: the run ends right after this returns.
-                trio.from_thread.run(stop, trio_token=self._token)
+                trio.from_thread.run(stop, trio_token=self.token)
         finally:
-            self._thread.join(30)
-        assert not self._thread.is_alive(), "the queue's trio.run did not end"
-        if self._error is not None:
-            raise self._error
+            self.thread.join(30)
+        assert not self.thread.is_alive(), "the queue's trio.run did not end"
+        if self.error is not None:
+            raise self.error
 
     async def advance(self, to: float) -> float:
         self.clock.jump(to - trio.current_time())

@@ -276,23 +276,23 @@ class Flood:
         self.accepted = 0
         self.answered = 0
         self.errors: list[str] = []
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
+        self.lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
 
-    def _request(self, n: int) -> bytes:
+    def request(self, n: int) -> bytes:
         body = b'{"task":"%s","payload":{"n":%d}}' % (self.task.encode(), n)
         return (b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
                 b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                 % (self.port, len(body), body))
 
-    def _run(self, k: int) -> None:
+    def run(self, k: int) -> None:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
                 buf = b""
                 n = 0
                 tick = time.monotonic()
                 while not self.stopping.is_set():
-                    batch = b"".join(self._request(n + i) for i in range(self.per_tick))
+                    batch = b"".join(self.request(n + i) for i in range(self.per_tick))
                     n += self.per_tick
                     sock.sendall(batch)
                     seen = 0
@@ -312,7 +312,7 @@ class Flood:
                                 break
                             buf = buf[end + 4 + length:]
                             seen += 1
-                            with self._lock:
+                            with self.lock:
                                 self.answered += 1
                                 if head.startswith("HTTP/1.1 202"):
                                     self.accepted += 1
@@ -327,12 +327,12 @@ class Flood:
 
     def __enter__(self) -> Flood:
         for k in range(self.connections):
-            thread = threading.Thread(target=self._run, args=(k,), daemon=True)
+            thread = threading.Thread(target=self.run, args=(k,), daemon=True)
             thread.start()
-            self._threads.append(thread)
+            self.threads.append(thread)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stopping.set()
-        for thread in self._threads:
+        for thread in self.threads:
             thread.join(15)
