@@ -28,7 +28,7 @@ import trio.testing
 
 from trioqueue import QueueConfig, open_queue
 from trioqueue.demo import registry as demo_registry
-from trioqueue.server import App, ServerSettings, _lean, serve
+from trioqueue.server import App, ServerSettings, _h1, _lean, serve
 
 from .test_server_lean import Peer, connect, converse, echo_app, lean, parse_responses, post
 
@@ -83,7 +83,7 @@ async def read_all(peer: Peer) -> bytes:
     """Everything the server sends until it closes (bounded)."""
     with trio.fail_after(10):
         try:
-            while await peer._more():
+            while await peer.more():
                 pass
         except trio.BrokenResourceError:
             pass
@@ -208,7 +208,7 @@ async def test_slow_body_is_cut_off_at_one_overall_deadline(autojump_clock: Any)
         talk = await converse(pieces, app, max_body=1 << 20, gap=1.0)
         assert talk.statuses == [408]
         assert "30 s" in json.loads(talk.responses[0][2])["error"]
-        assert talk.closed_at == _lean.BODY_TIMEOUT  # from the head, sent at 0
+        assert talk.closed_at == _h1.BODY_TIMEOUT  # from the head, sent at 0
         assert talk.responses[0][1]["connection"] == "close"
         with pytest.raises(Exception, match="slow"):
             await queue.get("slow")
@@ -217,7 +217,7 @@ async def test_slow_body_is_cut_off_at_one_overall_deadline(autojump_clock: Any)
 async def test_slow_body_deadline_is_a_module_setting(
     autojump_clock: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_lean, "BODY_TIMEOUT", 3.0)
+    monkeypatch.setattr(_h1, "BODY_TIMEOUT", 3.0)
     head = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n"
     talk = await converse([head] + [b"x"] * 9, gap=1.0)  # one byte short, in time
     assert talk.statuses == [408]
@@ -324,7 +324,7 @@ async def test_open_file_limit_caps_max_connections(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Past the open-file limit, accept fails with EMFILE; the cap stays under it."""
-    monkeypatch.setattr(_lean, "_open_file_limit", lambda wanted: _lean.FD_RESERVE + 2)
+    monkeypatch.setattr(_lean, "open_file_limit", lambda wanted: _lean.FD_RESERVE + 2)
     app = GatedApp(2)
     answers: list[int] = []
     async with lean(app, max_connections=1000) as (port, _), trio.open_nursery() as nursery:
@@ -346,9 +346,9 @@ def test_open_file_limit_is_raised_towards_what_is_wanted() -> None:
         pytest.skip(f"the hard open-file limit ({hard}) is too low to test with")
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
-        assert _lean._open_file_limit(low + 100) == low + 100
+        assert _lean.open_file_limit(low + 100) == low + 100
         assert resource.getrlimit(resource.RLIMIT_NOFILE) == (low + 100, hard)
-        assert _lean._open_file_limit(10) == low + 100  # never lowered
+        assert _lean.open_file_limit(10) == low + 100  # never lowered
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
@@ -378,10 +378,10 @@ async def test_accept_errors_are_one_warning_per_interval(
     autojump_clock: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="trioqueue.http")
-    server = _lean._Server(echo_app, 1024)
+    server = _lean.Server(echo_app, 1024)
     # An idle connection (accepted, nothing read yet): the first EMFILE closes it, to
     # free a descriptor for the connection waiting in the backlog.
-    idle = _lean._Connection(server, trio.testing.memory_stream_pair()[0])
+    idle = _h1.Connection(server, trio.testing.memory_stream_pair()[0])
     server.connections.add(idle)
     listener = FailingListener(250)  # 25 s of failures, one every ACCEPT_RETRY_DELAY
     async with trio.open_nursery() as nursery:

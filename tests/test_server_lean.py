@@ -1,4 +1,5 @@
-"""The lean HTTP server (trioqueue/server/_lean.py): its request checks and connection rules.
+"""The lean HTTP server (trioqueue/server/_lean.py, _h1.py, _ws.py, _wire.py): its request
+checks and connection rules.
 
 Two ways in, both through the real connection code:
 
@@ -26,7 +27,7 @@ from trio_websocket import open_websocket_url
 
 from trioqueue import QueueConfig, open_queue
 from trioqueue.demo import registry as demo_registry
-from trioqueue.server import App, ServerSettings, _lean
+from trioqueue.server import App, ServerSettings, _h1, _lean
 from trioqueue.server._lean import serve_lean
 
 Scope = dict[str, Any]
@@ -101,7 +102,7 @@ class Conversation:
     @property
     def closed_at_once(self) -> bool:
         """The server closed without waiting for the keep-alive timeout."""
-        return self.closed_at is not None and self.closed_at < _lean.KEEP_ALIVE_TIMEOUT
+        return self.closed_at is not None and self.closed_at < _h1.KEEP_ALIVE_TIMEOUT
 
 
 async def converse(
@@ -119,8 +120,8 @@ async def converse(
     """
     pieces = [data] if isinstance(data, bytes) else list(data)
     server_end, client_end = trio.testing.memory_stream_pair()
-    server = _lean._Server(app, max_body)
-    conn = _lean._Connection(server, server_end)
+    server = _lean.Server(app, max_body)
+    conn = _h1.Connection(server, server_end)
     server.connections.add(conn)
     received = bytearray()
     closed_at = last_at = None
@@ -176,7 +177,7 @@ async def test_a_request_head_as_the_app_sees_it(autojump_clock: Any) -> None:
                                ["x-spaces", "a b"], ["expect", "100-continue"]]
     assert seen["body"] == "{}"
     assert seen["http_version"] == "1.1"
-    assert talk.closed_at == _lean.KEEP_ALIVE_TIMEOUT  # kept alive, then idle
+    assert talk.closed_at == _h1.KEEP_ALIVE_TIMEOUT  # kept alive, then idle
 
 
 async def test_connection_rules(autojump_clock: Any) -> None:
@@ -191,7 +192,7 @@ async def test_connection_rules(autojump_clock: Any) -> None:
     assert kept.statuses == [200, 200]
     assert kept.responses[0][1]["connection"] == "keep-alive"
     assert json.loads(kept.responses[0][2])["http_version"] == "1.0"
-    assert kept.closed_at == _lean.KEEP_ALIVE_TIMEOUT
+    assert kept.closed_at == _h1.KEEP_ALIVE_TIMEOUT
 
 
 @pytest.mark.parametrize(
@@ -244,18 +245,18 @@ async def test_an_upgrade_other_than_websocket_is_ignored(autojump_clock: Any) -
 async def test_head_deadline_is_overall(autojump_clock: Any) -> None:
     # Nothing sent: closed quietly after the keep-alive timeout.
     idle = await converse(b"")
-    assert (idle.statuses, idle.closed_at) == ([], _lean.KEEP_ALIVE_TIMEOUT)
+    assert (idle.statuses, idle.closed_at) == ([], _h1.KEEP_ALIVE_TIMEOUT)
     # A head trickled one byte a second never finishes: 408 at HEAD_TIMEOUT from its
     # first byte, however often bytes come.
     head = b"GET / HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"y" * 100
     talk = await converse([head[i:i + 1] for i in range(len(head))], gap=1.0)
     assert talk.statuses == [408]
-    assert talk.closed_at == _lean.HEAD_TIMEOUT
+    assert talk.closed_at == _h1.HEAD_TIMEOUT
 
 
 async def test_head_over_max_head_is_431(autojump_clock: Any) -> None:
     filler = b"y" * 4096
-    pieces = [b"GET / HTTP/1.1\r\nHost: t\r\nX: "] + [filler] * (_lean.MAX_HEAD // 4096 + 1)
+    pieces = [b"GET / HTTP/1.1\r\nHost: t\r\nX: "] + [filler] * (_h1.MAX_HEAD // 4096 + 1)
     talk = await converse(pieces)
     assert talk.statuses == [431]
     assert talk.closed_at_once
@@ -263,9 +264,9 @@ async def test_head_over_max_head_is_431(autojump_clock: Any) -> None:
 
 async def test_too_many_trailers_or_trailer_bytes_are_refused(autojump_clock: Any) -> None:
     head = b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n"
-    many = await converse(head + b"T: 1\r\n" * (_lean.MAX_HEADERS + 1) + b"\r\n")
+    many = await converse(head + b"T: 1\r\n" * (_h1.MAX_HEADERS + 1) + b"\r\n")
     assert many.statuses == [400]
-    long = await converse([head + b"T: "] + [b"v" * 4096] * (_lean.MAX_HEAD // 4096 + 1))
+    long = await converse([head + b"T: "] + [b"v" * 4096] * (_h1.MAX_HEAD // 4096 + 1))
     assert long.statuses == [400]
     assert "chunk framing and trailers" in json.loads(long.responses[0][2])["error"]
     assert long.closed_at_once
@@ -298,7 +299,7 @@ class Peer:
     async def send(self, data: bytes) -> None:
         await self.stream.send_all(data)
 
-    async def _more(self) -> bool:
+    async def more(self) -> bool:
         data = await self.stream.receive_some(65536)
         self.buf += data
         return bool(data)
@@ -306,7 +307,7 @@ class Peer:
     async def response(self) -> tuple[int, dict[str, str], bytes]:
         with trio.fail_after(5):
             while b"\r\n\r\n" not in self.buf:
-                assert await self._more(), f"EOF before a response: {self.buf!r}"
+                assert await self.more(), f"EOF before a response: {self.buf!r}"
             head, self.buf = self.buf.split(b"\r\n\r\n", 1)
             self.last_head = head
             lines = head.decode().split("\r\n")
@@ -314,14 +315,14 @@ class Peer:
             headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
             length = int(headers.get("content-length", "0"))
             while len(self.buf) < length:
-                assert await self._more()
+                assert await self.more()
             body, self.buf = self.buf[:length], self.buf[length:]
         return status, headers, body
 
     async def eof(self) -> bool:
         with trio.fail_after(5):
             try:
-                while await self._more():
+                while await self.more():
                     pass
             except trio.BrokenResourceError:  # a reset is an end too
                 pass
@@ -391,7 +392,7 @@ async def test_expect_100_continue() -> None:
                         b"Expect: 100-continue\r\n\r\n")
         with trio.fail_after(5):
             while b"\r\n\r\n" not in peer.buf:
-                assert await peer._more()
+                assert await peer.more()
         assert peer.buf == b"HTTP/1.1 100 Continue\r\n\r\n"
         peer.buf = b""
         await peer.send(b"body")
@@ -427,7 +428,7 @@ async def test_garbage_gets_400_and_the_close(garbage: bytes) -> None:
 
 async def test_head_too_large_431() -> None:
     async with lean() as (port, _), connect(port) as peer:
-        await peer.send(b"GET / HTTP/1.1\r\nHost: t\r\nX: " + b"y" * (_lean.MAX_HEAD + 10))
+        await peer.send(b"GET / HTTP/1.1\r\nHost: t\r\nX: " + b"y" * (_h1.MAX_HEAD + 10))
         assert (await peer.response())[0] == 431
         assert await peer.eof()
 

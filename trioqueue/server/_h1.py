@@ -1,0 +1,432 @@
+"""HTTP/1.1 connections of the lean server: llhttp's callbacks, the checks it does not
+make, the limits, and the loop that serves a connection's requests in order (see
+:mod:`._lean` for what it speaks)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+import trio
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
+
+from ._http import Scope
+from ._wire import (
+    EVICTED,
+    READ_SIZE,
+    BadRequest,
+    BodyTooLarge,
+    HttpRequest,
+    error_response,
+    peer_address,
+)
+from ._ws import WebSocket
+
+if TYPE_CHECKING:
+    from ._lean import Server
+
+log = logging.getLogger("trioqueue.http")
+
+KEEP_ALIVE_TIMEOUT = 5.0
+"""Seconds an idle keep-alive connection is kept (Hypercorn's default too)."""
+HEAD_TIMEOUT = 10.0
+"""Seconds from the first byte of a request head to its end (else 408 and the close)."""
+BODY_TIMEOUT = 30.0
+"""Seconds, in all, for a request body once the app waits for it (else 408)."""
+MAX_HEAD = 64 * 1024
+"""Bytes of a request head; also of a body's chunk framing and trailers in a row."""
+MAX_HEADERS = 100
+"""Header fields of a request (and trailer fields of a chunked body)."""
+LINGER_TIMEOUT = 2.0
+LINGER_MAX = 16 * 1024 * 1024
+"""After a closing response, what the peer still sends is read (and dropped) that long."""
+
+_HTTP_ASGI = {"spec_version": "2.1", "version": "3.0"}
+_METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS",
+                                    "PATCH")}
+_WATCHED = frozenset((b"host", b"transfer-encoding", b"content-length", b"expect",
+                      b"upgrade"))
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# What a connection waits for, when it waits on its client (for eviction at the cap).
+WAIT_IDLE = 0  # the next request, nothing of it received
+WAIT_CLOSING = 1  # the peer's end after our closing response
+WAIT_HEAD = 2  # the rest of a request head
+WAIT_BODY = 3  # the rest of a request body
+
+
+# ---------------------------------------------------------------------------- connections
+
+
+class Connection:
+    """One connection: the parser's callbacks, the requests it found, the loop serving them.
+
+    The parser is fed only when a request needs more bytes (its head, or its body when
+    the app asks), so what is buffered is at most one read ahead of the app.  Requests are
+    queued in ``pending`` in order; a parse error is recorded on the request it broke and
+    stops the parser for good, so it is answered in its turn and nothing after it is read.
+    """
+
+    def __init__(self, server: Server, stream: trio.abc.HalfCloseableStream) -> None:
+        self.server = server
+        self.stream = stream
+        self.parser = HttpRequestParser(self)
+        # llhttp's defaults, said out loud: none of its leniencies (they are how requests
+        # get smuggled).  httptools < 0.6.3 has no such call: it bundles llhttp 8, which
+        # is lenient and has known smuggling bugs (CVE-2024-27982).
+        self.parser.set_dangerous_leniencies(
+            lenient_headers=False, lenient_chunked_length=False, lenient_keep_alive=False,
+            lenient_transfer_encoding=False, lenient_version=False,
+            lenient_data_after_close=False, lenient_optional_lf_after_cr=False,
+            lenient_optional_cr_before_lf=False, lenient_optional_crlf_after_chunk=False,
+            lenient_spaces_after_chunk_size=False)
+        self.pending: deque[HttpRequest] = deque()
+        self.current: HttpRequest | None = None
+        """The request the parser is in (from its first byte to its end)."""
+        self.stopped = False
+        """The parser takes no more bytes: after an error, or an upgrade (until resumed)."""
+        self.upgrading: HttpRequest | None = None
+        self.progress = False
+        """Since the last feed began, the parser completed a head, body bytes or a message."""
+        self.quiet = 0
+        """Bytes fed in a row that completed no head and carried no body bytes."""
+        self.head_started: float | None = None
+        self.buf = bytearray()
+        """Bytes after a websocket handshake, for wsproto."""
+        self.linger = False
+        """The connection ends after a response: read what the peer still sends."""
+        self.evicted = False
+        self.waiting: trio.CancelScope | None = None
+        """The scope of a read from the client, while waiting on it (see ``Server.evict``)."""
+        self.wait_kind = WAIT_IDLE
+        self.since = trio.current_time()
+        self.fresh = True
+        """Accepted, not read from yet: as good as idle for eviction."""
+        sock = getattr(stream, "socket", None)
+        try:
+            self.client = peer_address(sock.getpeername()) if sock is not None else None
+            self.local = peer_address(sock.getsockname()) if sock is not None else None
+        except OSError:
+            self.client = self.local = None
+
+    # ------------------------------------------------------------------ parser callbacks
+
+    def on_message_begin(self) -> None:
+        req = self.current = HttpRequest(self)
+        self.pending.append(req)
+
+    def on_url(self, url: bytes) -> None:
+        req = self.current
+        assert req is not None
+        req.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self.current
+        assert req is not None
+        headers = req.headers
+        if req.head_done:  # a trailer of a chunked body: checked by llhttp, then dropped
+            req.trailers += 1
+            if req.trailers > MAX_HEADERS:
+                raise self._reject(400, f"trailers: more than {MAX_HEADERS}")
+            return
+        if len(headers) >= MAX_HEADERS:
+            raise self._reject(431, f"headers: more than {MAX_HEADERS}")
+        name = name.lower()
+        if value and value[-1] in b" \t":
+            value = value.rstrip(b" \t")
+        headers.append((name, value))
+        if name in _WATCHED:
+            if name == b"host":
+                req.hosts += 1
+            elif name == b"transfer-encoding":
+                req.has_body = True
+                te = req.transfer_encoding
+                req.transfer_encoding = value if te is None else te + b", " + value
+            elif name == b"content-length":
+                req.has_body = req.has_body or value.strip(b"0") != b""
+            elif name == b"expect":
+                req.expect = value if req.expect is None else req.expect + b", " + value
+            else:
+                req.upgrade_to = value.lower()
+
+    def on_headers_complete(self) -> None:
+        req = self.current
+        assert req is not None
+        parser = self.parser
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise self._reject(505, f"HTTP/{version}: only HTTP/1.1 and HTTP/1.0 are "
+                                    "supported")
+        if req.hosts != 1 and (req.hosts or version == "1.1"):
+            raise self._reject(400, "host: missing" if not req.hosts else
+                               "host: more than one")
+        te = req.transfer_encoding
+        if te is not None:
+            if version == "1.0":
+                raise self._reject(400, "transfer-encoding: not allowed in HTTP/1.0")
+            if te.lower() != b"chunked":
+                raise self._reject(501, "transfer-encoding: only chunked is supported, got "
+                                        f"{te.decode('latin-1')!r}")
+        expect = req.expect
+        if expect is not None and version == "1.1":  # 1.0: ignored (RFC 9110, 10.1.1)
+            if expect.lower() != b"100-continue":
+                raise self._reject(417, f"expect: {expect.decode('latin-1')!r} is not "
+                                        "supported")
+            req.continued = False
+        method = parser.get_method()
+        req.method = _METHODS.get(method) or method.decode("ascii")
+        req.http_version = version
+        req.keep_alive = parser.should_keep_alive()
+        if parser.should_upgrade():
+            req.upgrade = True
+            self.upgrading = req
+        req.head_done = True
+        self.head_started = None
+        self.progress = True
+
+    def on_body(self, body: bytes) -> None:
+        req = self.current
+        assert req is not None
+        req.body.append(body)
+        self.progress = True
+
+    def on_message_complete(self) -> None:
+        req = self.current
+        assert req is not None
+        req.complete = True
+        self.current = None
+        self.progress = True
+
+    def _reject(self, status: int, message: str) -> BadRequest:
+        """Record why the current request is refused; raise what this returns."""
+        exc = BadRequest(status, message)
+        if self.current is not None and self.current.error is None:
+            self.current.error = exc
+        return exc
+
+    # ------------------------------------------------------------------ feeding
+
+    def _feed(self, data: bytes | bytearray) -> None:
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            # The head of an upgrade was parsed (llhttp skips its body, if any); what
+            # follows it is not HTTP until we decide so.
+            self.stopped = True
+            if self.upgrading is not None:
+                self.upgrading.rest = bytes(data[exc.args[0]:])
+            self.progress = False
+            return
+        except HttpParserError as exc:
+            req = self.current
+            if req is None or not req.head_done:
+                self._fail(BadRequest(400, f"malformed request: {exc}"))
+            else:
+                self._fail(BadRequest(400, f"malformed body: {exc}"))
+            return
+        if self.progress:
+            self.progress = False
+            self.quiet = 0
+            return
+        # No head completed and no body bytes: a head in the making, or chunk framing or
+        # trailers, which llhttp buffers (a header value) or skips.  Bounded here.
+        self.quiet += len(data)
+        if self.quiet > MAX_HEAD:
+            req = self.current
+            if req is None or not req.head_done:
+                self._fail(BadRequest(431, f"request head: over {MAX_HEAD} bytes"))
+            else:
+                self._fail(BadRequest(400, f"body: over {MAX_HEAD} bytes of chunk framing "
+                                           "and trailers"))
+
+    def _fail(self, error: BadRequest) -> None:
+        """The parser is stopped for good; ``error`` goes to the request it was in."""
+        self.stopped = True
+        self.progress = False
+        req = self.current
+        if req is None:  # between requests ("data after Connection: close")
+            req = self.current = HttpRequest(self)
+            self.pending.append(req)
+        if req.error is None:
+            req.error = error
+
+    async def _read(self, deadline: float, kind: int, since: float) -> bytes | bytearray | None:
+        """Read from the client until ``deadline``; None when that passed or we evicted it."""
+        self.fresh = False
+        if self.evicted:
+            return None
+        with trio.move_on_at(deadline) as scope:
+            self.waiting = scope
+            self.wait_kind = kind
+            self.since = since
+            try:
+                return await self.stream.receive_some(READ_SIZE)
+            finally:
+                self.waiting = None
+        return None
+
+    async def _wait_head(self) -> bool:
+        """Read until ``pending[0]`` is ready; False when the connection is to end.
+
+        Waiting for a request's first byte ends quietly after KEEP_ALIVE_TIMEOUT (or at
+        shutdown); from the first byte on, the head has HEAD_TIMEOUT in all (else 408).
+        """
+        pending = self.pending
+        idle_deadline: float | None = None
+        while not (pending and pending[0].ready):
+            if self.stopped:  # pragma: no cover - an error or upgrade leaves a ready request
+                return False
+            if pending or self.head_started is not None:
+                if self.head_started is None:
+                    self.head_started = trio.current_time()
+                data = await self._read(self.head_started + HEAD_TIMEOUT, WAIT_HEAD,
+                                        self.head_started)
+                if data is None:
+                    if not self.evicted:
+                        await self.stream.send_all(error_response(
+                            408, f"request head: not received within {HEAD_TIMEOUT:g} s"))
+                        self.linger = True
+                    return False
+            else:
+                if self.server.stopping:
+                    return False
+                if idle_deadline is None:
+                    now = trio.current_time()
+                    idle_deadline = now + KEEP_ALIVE_TIMEOUT
+                data = await self._read(idle_deadline, WAIT_IDLE, idle_deadline)
+                if data is None:
+                    return False
+                self.head_started = trio.current_time()
+            if not data:
+                return False
+            self._feed(data)
+        return True
+
+    async def wait_body(self, req: HttpRequest) -> None:
+        """Read until ``req`` has body bytes, is complete, or has an error (set here on a
+        deadline, an EOF or an eviction)."""
+        if not req.continued:
+            req.continued = True
+            await self.stream.send_all(_CONTINUE)
+        if req.deadline == -math.inf:
+            req.deadline = trio.current_time() + BODY_TIMEOUT
+        while not req.body and not req.complete and req.error is None:
+            if self.stopped:  # pragma: no cover - an error would be on req
+                req.error = BadRequest(400, "body: not readable")
+                return
+            try:
+                data = await self._read(req.deadline, WAIT_BODY, req.deadline - BODY_TIMEOUT)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if data is None:
+                req.error = EVICTED if self.evicted else BadRequest(
+                    408, f"body: not received within {BODY_TIMEOUT:g} s")
+            elif not data:
+                req.error = BadRequest(400, "body: the connection ended before the body")
+            else:
+                self._feed(data)
+
+    async def close_slowly(self) -> None:
+        """Close after a response the peer may still be sending to (a 413, an error).
+
+        Closing a socket with unread data resets the connection, and the peer may lose the
+        response; so shut down our side, then read and drop what comes for a moment (at
+        most LINGER_TIMEOUT in all; an evictable wait).
+        """
+        await self.stream.send_eof()
+        dropped = 0
+        deadline = trio.current_time() + LINGER_TIMEOUT
+        while dropped < LINGER_MAX:
+            data = await self._read(deadline, WAIT_CLOSING, -math.inf)
+            if not data:
+                return
+            dropped += len(data)
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self) -> None:
+        pending = self.pending
+        while True:
+            if not (pending and pending[0].ready) and not await self._wait_head():
+                return
+            req = pending.popleft()
+            if not req.head_done:
+                error = req.error
+                assert error is not None
+                await self.stream.send_all(error_response(error.status, error.message))
+                self.linger = True
+                return
+            if req.upgrade:
+                if req.method == "GET" and b"websocket" in req.upgrade_to:
+                    self.buf += req.rest
+                    await WebSocket(self, req).run()
+                    return
+                if req.method == "CONNECT":
+                    await self.stream.send_all(error_response(
+                        405, "method CONNECT is not supported"))
+                    self.linger = True
+                    return
+                if req.has_body:
+                    # llhttp skipped the body of the upgrade: what follows cannot be framed.
+                    await self.stream.send_all(error_response(
+                        400, "upgrade: only websocket is supported, got "
+                             f"{req.upgrade_to.decode('latin-1')!r} with a body"))
+                    self.linger = True
+                    return
+            if not await self._http(req):
+                self.linger = True
+                return
+            if req.upgrade:  # served as plain HTTP (the offer ignored): parse on
+                self.stopped = False
+                self.upgrading = None
+                self._feed(req.rest)
+
+    async def _http(self, req: HttpRequest) -> bool:
+        """Answer one request; True if the connection may serve another."""
+        raw_path, _, query_string = req.url.partition(b"?")
+        path = raw_path.decode("ascii")  # llhttp allows only ASCII in a target
+        if "%" in path:
+            path = unquote(path)
+        scope: Scope = {
+            "type": "http",
+            "asgi": _HTTP_ASGI,
+            "http_version": req.http_version,
+            "method": req.method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query_string,
+            "root_path": "",
+            "headers": req.headers,
+            "client": self.client,
+            "server": self.local,
+            "extensions": {},
+        }
+        try:
+            await self.server.app(scope, req.receive, req.send)
+        except BodyTooLarge:
+            if not req.sent:
+                await self.stream.send_all(error_response(
+                    413, f"body: over the limit of {self.server.max_body} bytes"))
+            return False
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise
+        except Exception:
+            log.exception("error in the app answering %s %s", req.method, path)
+            if not req.sent:
+                await self.stream.send_all(error_response(500, "internal server error"))
+            return False
+        if not req.sent:
+            log.error("the app sent no response to %s %s", req.method, path)
+            await self.stream.send_all(error_response(500, "internal server error"))
+            return False
+        return req.keep_alive and not req.dropped
+
+    def hang_up(self) -> None:
+        """Close the socket now: wakes a task reading this connection."""
+        sock = getattr(self.stream, "socket", None)
+        if sock is not None:
+            sock.close()

@@ -1,0 +1,207 @@
+"""What the lean HTTP server's parts share: the request object the app reads and answers
+(:class:`HttpRequest`), the refusals (:class:`BadRequest`), and the bytes of an error
+response.  See :mod:`._lean` for the server as a whole."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._http import Message
+
+if TYPE_CHECKING:
+    from ._h1 import Connection
+
+READ_SIZE = 65536
+"""Bytes asked of the socket per read."""
+
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+class BadRequest(Exception):
+    """A request this server will not serve: answered with ``status``, then the close."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+EVICTED = BadRequest(503, "closed to make room for a new connection")
+"""The error of a request whose connection was closed at the cap: nothing is sent."""
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def http_date() -> bytes:
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True).encode())
+    return _date_cache[1]
+
+
+def error_response(status: int, message: str, extra: bytes = b"") -> bytes:
+    body = json.dumps({"error": message}, separators=(",", ":")).encode()
+    return b"".join((
+        b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"")),
+        b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
+        extra,
+        b"date: " + http_date() + b"\r\nconnection: close\r\n\r\n",
+        body,
+    ))
+
+
+def peer_address(addr: Any) -> tuple[str, int] | None:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return (str(addr[0]), int(addr[1]))
+    return None
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------- requests
+
+
+class HttpRequest:
+    """One request: its head, the body as parsed so far, and the app's response.
+
+    Made by the parser's ``on_message_begin``; ``receive`` and ``send`` are what the app
+    is given.
+    """
+
+    __slots__ = ("body", "complete", "conn", "continued", "deadline", "delivered", "dropped",
+                 "ended", "error", "expect", "has_body", "head_done", "headers", "hosts",
+                 "http_version", "keep_alive", "method", "parts", "resp_headers", "rest",
+                 "sent", "started", "status", "trailers", "transfer_encoding", "upgrade",
+                 "upgrade_to", "url")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.method = ""
+        self.http_version = "1.1"
+        self.keep_alive = False
+        self.head_done = False
+        """The head is parsed and checked: the request can be served."""
+        self.complete = False
+        """The parser has seen the whole message (the body up to its end)."""
+        self.error: BadRequest | None = None
+        """Why the request (or its body) cannot be read: answered, then the close."""
+        self.body: list[bytes] = []
+        """Body bytes parsed and not yet given to the app."""
+        self.hosts = 0
+        self.trailers = 0
+        self.expect: bytes | None = None
+        self.has_body = False
+        self.transfer_encoding: bytes | None = None
+        self.upgrade_to = b""
+        self.upgrade = False
+        self.rest = b""
+        """After an upgrade, the bytes that came after the head."""
+        self.continued = True
+        """No ``100 Continue`` is owed (none was asked for, or it was sent)."""
+        self.deadline = -math.inf
+        self.delivered = 0
+        self.ended = False
+        """The app has been given the last ``http.request`` message."""
+        self.started = False
+        self.sent = False
+        self.dropped = False
+        """The server answered for this request: what the app sends is dropped."""
+        self.status = 500
+        self.resp_headers: list[tuple[bytes, bytes]] = []
+        self.parts: list[bytes] = []
+
+    @property
+    def ready(self) -> bool:
+        return self.head_done or self.error is not None
+
+    # ------------------------------------------------------------------ to the app
+
+    async def receive(self) -> Message:
+        if self.ended or self.sent:  # after the response, nothing more is read
+            return {"type": "http.disconnect"}
+        if self.delivered > self.conn.server.max_body:
+            raise BodyTooLarge
+        if not self.body and not self.complete and self.error is None:
+            await self.conn.wait_body(self)
+        if self.error is not None:
+            return await self._broken()
+        body = self.body
+        data = body[0] if len(body) == 1 else b"".join(body)
+        body.clear()
+        self.delivered += len(data)
+        self.ended = self.complete
+        return {"type": "http.request", "body": data, "more_body": not self.complete}
+
+    async def _broken(self) -> Message:
+        """The body cannot be read: answer for the app (unless evicted), end the request."""
+        self.ended = True
+        self.keep_alive = False
+        error = self.error
+        if not self.sent:
+            self.started = self.sent = self.dropped = True
+            if error is not EVICTED and error is not None:
+                try:
+                    await self.conn.stream.send_all(error_response(error.status,
+                                                                    error.message))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+        return {"type": "http.disconnect"}
+
+    # ------------------------------------------------------------------ from the app
+
+    async def send(self, message: Message) -> None:
+        if self.dropped:
+            return
+        kind = message["type"]
+        if kind == "http.response.start" and not self.started:
+            self.started = True
+            self.status = int(message["status"])
+            self.resp_headers = list(message.get("headers", ()))
+        elif kind == "http.response.body" and self.started and not self.sent:
+            self.parts.append(bytes(message.get("body", b"")))
+            if not message.get("more_body", False):
+                self.sent = True
+                await self.conn.stream.send_all(self._encode())
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+
+    def _encode(self) -> bytes:
+        status = self.status
+        body = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+        out = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
+        has_length = said_close = False
+        for name, value in self.resp_headers:
+            low = name.lower()
+            if low == b"content-length":
+                has_length = True
+            elif low == b"connection" and b"close" in value.lower():
+                said_close = True
+            out.append(b"%s: %s\r\n" % (name, value))
+        no_body = status < 200 or status in (204, 304)
+        if not has_length and not no_body:
+            out.append(b"content-length: %d\r\n" % len(body))
+        # The connection goes on only if the app did not end it, the server is not
+        # stopping, and the whole request has been parsed: the unread rest of a body is
+        # never read from the socket (its sender may be nobody we want to hear from).
+        if said_close or self.conn.server.stopping or not self.complete:
+            self.keep_alive = False
+        if not self.keep_alive and not said_close:
+            out.append(b"connection: close\r\n")
+        elif self.keep_alive and self.http_version == "1.0":
+            out.append(b"connection: keep-alive\r\n")
+        out.append(b"date: " + http_date() + b"\r\n\r\n")
+        if self.method != "HEAD" and not no_body:
+            out.append(body)
+        return b"".join(out)
