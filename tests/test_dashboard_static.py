@@ -27,7 +27,7 @@ import trio.testing
 import trioqueue
 from trioqueue.demo import registry as demo_registry
 from trioqueue.server import App, ServerSettings
-from trioqueue.server._app import _EventEncoder
+from trioqueue.server._app import EventEncoder
 from trioqueue.server._dashboard import CSP, HISTORY_FIELDS, MetricsHistory
 from trioqueue.server._http import parse_event_filter
 
@@ -261,7 +261,7 @@ def _drain(channel: trio.MemoryReceiveChannel[trioqueue.Event]) -> list[trioqueu
 def test_a_lagged_event_never_stands_in_for_the_event_after_it() -> None:
     """``lagged`` carries the seq of the event it precedes; the encoder's cache (by seq)
     once sent the lagged text in place of that event (a metrics snapshot, say)."""
-    encode = _EventEncoder()
+    encode = EventEncoder()
     lagged = trioqueue.Event(seq=5, type="lagged", at=1.0, dropped=3)
     metrics = trioqueue.Event(seq=5, type="metrics", at=1.0, metrics={"completed": 1})
     assert json.loads(encode(lagged))["type"] == "lagged"

@@ -129,7 +129,7 @@ def _close_reason(text: str) -> str:
     return text.encode()[:120].decode(errors="ignore")
 
 
-class _EventEncoder:
+class EventEncoder:
     """Encodes each event once however many clients receive it (a small ring by seq)."""
 
     def __init__(self, size: int = 4096) -> None:
@@ -165,7 +165,7 @@ class App:
         self.hosts = HostCheck(self.settings.host, self.settings.allowed_hosts)
         self._good_hosts: set[bytes] = set()
         self._openapi: bytes | None = None
-        self._encode = _EventEncoder()
+        self._encode = EventEncoder()
         self.history = MetricsHistory()
         """Recent counter samples for the dashboard's chart; :func:`serve` runs its
         sampler (``history.run``)."""
