@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import attrs
 
@@ -62,6 +64,25 @@ def _fairness(value: Mapping[Priority | str, int]) -> dict[Priority, int]:
     weights = {Priority.coerce(k): v for k, v in value.items()}
     check_weights({**DEFAULT_WEIGHTS, **weights})
     return {**DEFAULT_WEIGHTS, **weights}
+
+
+def _optional_redis_url(inst: object, attr: attrs.Attribute[str | None],
+                        value: str | None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or urlparse(value).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"redis_url: expected a redis://, rediss:// or unix:// URL, got {value!r}")
+
+
+def _queue_name(inst: object, attr: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not _QUEUE_NAME.match(value):
+        raise ValueError(
+            f"queue_name: expected 1-100 ASCII letters, digits and '_.:-' (starting with a "
+            f"letter or digit), got {value!r}"
+        )
+
+
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}\Z")
 
 
 def _path(value: str | os.PathLike[str] | None) -> Path | None:
@@ -127,11 +148,30 @@ class QueueConfig:
     the thread gets the GIL from a busy event loop in time; it is put back when the last
     such thread in the process returns.  ``None`` leaves the interpreter alone.  See
     docs/persistence.md."""
+    redis_url: str | None = attrs.field(default=None, validator=_optional_redis_url)
+    """``redis://``, ``rediss://`` or ``unix://``: the queue lives in Redis, shared by
+    every process opened on the same URL and :attr:`queue_name` (each one a node).
+    Excludes :attr:`persist_path`."""
+    queue_name: str = attrs.field(default="default", validator=_queue_name)
+    """With ``redis_url``: which queue on that Redis (1-100 of ``A-Za-z0-9_.:-``)."""
+    lease: float = attrs.field(default=30.0, validator=_seconds)
+    """With ``redis_url``: seconds a node holds a claimed job without renewing it (it
+    renews every ``lease / 3`` while alive); a dead node's jobs run again after it."""
+    prefetch: int = attrs.field(default=0, validator=_non_negative_int)
+    """With ``redis_url``: jobs a node may claim beyond its idle workers (throughput; at
+    most this many claimed jobs run before a just-arrived higher-priority one).  0 keeps
+    fairness exact across nodes."""
 
     def __attrs_post_init__(self) -> None:
         self.retry_policy()  # validates factor >= 1 and jitter <= 1
         if self.metrics_interval <= 0:
             raise ValueError(f"metrics_interval: must be > 0, got {self.metrics_interval!r}")
+        if self.redis_url is not None:
+            if self.persist_path is not None:
+                raise ValueError("redis_url: excludes persist_path (a queue lives either in "
+                                 "Redis or in a SQLite file); set one of them")
+            if self.lease <= 0:
+                raise ValueError(f"lease: must be > 0, got {self.lease!r}")
         if self.persist_path is None and self.durability != "sync":  # refused, not ignored
             raise ValueError(f"durability: {self.durability!r} needs persist_path (a store); "
                              "without one, jobs live in memory only")
@@ -212,4 +252,8 @@ _ENV: dict[str, tuple[tuple[str, ...], Any]] = {
     "finished_cache": (("TRIOQUEUE_FINISHED_CACHE",), int),
     "retention": (("TRIOQUEUE_RETENTION",), float),
     "switch_interval": (("TRIOQUEUE_SWITCH_INTERVAL",), _opt_float),
+    "redis_url": (("TRIOQUEUE_REDIS_URL",), str),
+    "queue_name": (("TRIOQUEUE_QUEUE",), str),
+    "lease": (("TRIOQUEUE_LEASE",), float),
+    "prefetch": (("TRIOQUEUE_PREFETCH",), int),
 }

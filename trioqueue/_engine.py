@@ -26,6 +26,7 @@ from contextlib import asynccontextmanager
 
 import trio
 
+from ._backend import Backend
 from ._config import QueueConfig
 from ._events import Broadcaster
 from ._exceptions import TrioQueueError
@@ -96,16 +97,26 @@ class _Run:
         wall = time.time() - clock.current_time()
         stats = Stats()
         life = Lifecycle()
-        backend = LocalBackend(config, registry, stats, clock=clock, wall_offset=wall,
-                               store=store)
+        backend: Backend
+        if config.redis_url is not None:
+            from ._redis.backend import RedisBackend  # imports coredis: only when asked
+
+            remote = RedisBackend(config, registry, stats, clock=clock, wall_offset=wall)
+            backend = remote
+        else:
+            backend = local = LocalBackend(config, registry, stats, clock=clock,
+                                           wall_offset=wall, store=store)
         workers = Workers(backend, stats, life, config, clock, wall)
+        if config.redis_url is not None:
+            remote.bind(workers.cancel)
         events = Broadcaster(lambda: clock.current_time() + wall)
         workers.progress = Progress(events, clock.current_time,
                                     lambda: clock.current_time() + wall)
         core = QueueCore(registry, config, clock, wall, stats, backend,
                          Intake(registry, config, clock, wall), workers, events, life)
         q = JobQueue(core)
-        backend.attach(q)
+        if config.redis_url is None:
+            local.attach(q)
         self._core = core
         self._queue = q
         self._periodic = Periodic([registry.get(name) for name in registry],
@@ -114,7 +125,8 @@ class _Run:
         log.info(
             "trioqueue open: %d workers, capacity %d per priority, %s",
             config.workers, config.capacity,
-            f"store {config.persist_path} ({config.durability})" if store else "memory only",
+            f"store {config.persist_path} ({config.durability})" if store
+            else f"redis queue {config.queue_name!r}" if config.redis_url else "memory only",
         )
         try:
             async with trio.open_nursery() as root:

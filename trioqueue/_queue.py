@@ -99,6 +99,11 @@ class JobQueue:
         self._debug = log.isEnabledFor(logging.DEBUG)
         self._events.on_change = self._observers_changed
         self._observers_changed()
+        if getattr(parts.backend, "remote", False):
+            # A shared backend (Redis) admits with a round trip: the memory path above
+            # stays as it is, these replace it on this instance only.
+            self.enqueue = self._enqueue_remote  # type: ignore[method-assign]
+            self.enqueue_nowait = self._enqueue_nowait_remote  # type: ignore[method-assign]
 
     # ------------------------------------------------------------------ helpers
 
@@ -283,6 +288,45 @@ class JobQueue:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 self._enqueue_yield = self._clock.current_time()
         return accepted
+
+    async def _enqueue_remote(
+        self,
+        task: str,
+        payload: Any = None,
+        *,
+        priority: Priority | str | None = None,
+        job_id: str | None = None,
+        delay: float = 0.0,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        wait_for_room: bool = True,
+    ) -> Job:
+        """:meth:`enqueue` on a shared backend: one script call admits the job; waiting
+        for room polls with a backoff from 1 ms doubling to 50 ms (a producer on another
+        node frees no room here to wake it)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        admit = self._backend.admit_async  # type: ignore[attr-defined]
+        backoff = 0.001
+        first = True
+        while True:
+            if self._life.closing or self._backend.refusal is not None:
+                self._refuse()
+            rec = self._build(task, payload, priority, job_id, delay, max_retries, timeout)
+            got: JobRecord | None = await admit(rec, count_rejected=first)
+            if got is not None:
+                return got.snapshot()
+            if not wait_for_room:
+                raise QueueFull(f"priority {LABELS[rec.priority]}: "
+                                f"{self._backend.full_reason(rec)}")
+            first = False
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, 0.05)
+
+    def _enqueue_nowait_remote(self, *args: Any, **kwargs: Any) -> Job:
+        raise TypeError(
+            "enqueue_nowait: a queue in Redis answers over the network; use "
+            "await q.enqueue(..., wait_for_room=False) for an at-once QueueFull"
+        )
 
     async def _commit_or_take_back(self, rec: JobRecord) -> None:
         """Wait for the commit holding ``rec``.  If it fails the job was not acknowledged:

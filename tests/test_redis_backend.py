@@ -1,0 +1,192 @@
+"""The Redis backend behind ``open_queue``: nodes of one queue in one process, against the
+real Redis (tests/redis_util.py; never a mock).  Real time: each test keeps its waits
+short and bounded by ``fail_after``."""
+
+from __future__ import annotations
+
+import gc
+import warnings
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trio
+import trio.lowlevel
+
+import trioqueue
+from trioqueue import Job, JobStatus, QueueConfig, TaskRegistry
+
+from .redis_util import REDIS_URL, admin, delete_queue, unique
+
+
+@pytest.fixture
+async def queue_name() -> AsyncIterator[str]:
+    name = unique("backend")
+    try:
+        yield name
+    finally:
+        with trio.CancelScope(shield=True):
+            async with admin() as client:
+                await delete_queue(client, name)
+
+
+def config(queue_name: str, **kw: Any) -> QueueConfig:
+    return QueueConfig(redis_url=REDIS_URL, queue_name=queue_name, retry_jitter=0.0, **kw)
+
+
+class Tasks:
+    def __init__(self) -> None:
+        self.registry = TaskRegistry()
+        self.runs: Counter[str] = Counter()
+        self.by_node: dict[str, list[str]] = {}
+        self.gate = trio.Event()
+        self.entered = trio.Event()
+        self.cancelled: list[str] = []
+        self.was_cancelled = trio.Event()
+        reg = self.registry
+
+        @reg.task
+        async def echo(job: Job) -> Any:
+            self.runs[job.id] += 1
+            await trio.lowlevel.checkpoint()
+            return job.payload
+
+        @reg.task
+        async def gated(job: Job) -> str:
+            self.runs[job.id] += 1
+            self.entered.set()
+            try:
+                await self.gate.wait()
+            except trio.Cancelled:
+                self.cancelled.append(job.id)
+                self.was_cancelled.set()
+                raise
+            return "opened"
+
+
+def test_config_redis_fields_and_env() -> None:
+    c = QueueConfig.from_env({"TRIOQUEUE_REDIS_URL": "redis://127.0.0.1:6379/3",
+                              "TRIOQUEUE_QUEUE": "q.1", "TRIOQUEUE_LEASE": "5",
+                              "TRIOQUEUE_PREFETCH": "16"})
+    assert (c.redis_url, c.queue_name, c.lease, c.prefetch) == (
+        "redis://127.0.0.1:6379/3", "q.1", 5.0, 16)
+    with pytest.raises(ValueError, match="redis_url: excludes persist_path"):
+        QueueConfig(redis_url="redis://127.0.0.1", persist_path="x.db")
+    with pytest.raises(ValueError, match="redis_url: expected a redis://"):
+        QueueConfig(redis_url="http://127.0.0.1")
+    with pytest.raises(ValueError, match="queue_name: expected"):
+        QueueConfig(redis_url="redis://127.0.0.1", queue_name="a b")
+    with pytest.raises(ValueError, match="lease: must be > 0"):
+        QueueConfig(redis_url="redis://127.0.0.1", lease=0)
+    with pytest.raises(ValueError, match="prefetch: expected an integer >= 0"):
+        QueueConfig(prefetch=-1)
+    with pytest.raises(ValueError, match="TRIOQUEUE_PREFETCH: cannot parse"):
+        QueueConfig.from_env({"TRIOQUEUE_PREFETCH": "many"})
+
+
+async def test_two_nodes_share_one_queue_and_run_each_job_once(queue_name: str) -> None:
+    t = Tasks()
+    with trio.fail_after(30):
+        async with trioqueue.open_queue(t.registry, config(queue_name, workers=2)) as a, \
+                trioqueue.open_queue(t.registry, config(queue_name, workers=2)) as b:
+            jobs = [await (a if i % 2 else b).enqueue("echo", i) for i in range(300)]
+            done = [await (b if i % 2 else a).wait(j.id) for i, j in enumerate(jobs)]
+            assert [d.status for d in done] == [JobStatus.COMPLETED] * 300
+            assert [d.result for d in done] == list(range(300))
+            assert [d.attempts for d in done] == [1] * 300
+            # Cluster-wide views from either node.
+            assert (await b.get(jobs[0].id)).result == 0
+            assert len(await a.list_jobs(limit=1000)) == 300
+    assert sorted(t.runs.values()) == [1] * 300
+
+
+async def test_shutdown_releases_running_job_and_leaves_queued_jobs(queue_name: str) -> None:
+    t = Tasks()
+    with trio.fail_after(30):
+        async with trioqueue.open_queue(
+            t.registry, config(queue_name, workers=1, shutdown_timeout=0.1)
+        ) as q:
+            jobs = [await q.enqueue("gated") for _ in range(3)]
+            await t.entered.wait()
+        # The running job went back QUEUED (attempt counted), the others never started.
+        t2 = Tasks()
+        t2.gate.set()
+        async with trioqueue.open_queue(t2.registry, config(queue_name, workers=1)) as q2:
+            first = await q2.get(jobs[0].id)
+            assert first.status in (JobStatus.QUEUED, JobStatus.PROCESSING,
+                                    JobStatus.COMPLETED)
+            done = [await q2.wait(j.id) for j in jobs]
+    assert [d.status for d in done] == [JobStatus.COMPLETED] * 3
+    assert [d.attempts for d in done] == [2, 1, 1]
+    assert t.cancelled == [jobs[0].id]
+
+
+async def test_a_node_that_loses_its_lease_stops_the_job_and_its_ack_is_refused(
+    queue_name: str,
+) -> None:
+    t = Tasks()
+    with trio.fail_after(30):
+        async with trioqueue.open_queue(t.registry, config(queue_name, lease=0.6)) as q:
+            job = await q.enqueue("gated")
+            await t.entered.wait()
+            # Another node takes the job over (what a reap does): fence + 1, new owner.
+            async with admin() as client:
+                key = f"tq:{{{queue_name}}}:job:{job.id}"
+                await client.hincrby(key, "fence", 1)
+                await client.hset(key, {"owner": "someone-else"})
+            await t.was_cancelled.wait()  # the heartbeat (every lease/3) saw the loss
+        # Closed: everything this node had to send was sent; none of it applied.
+        async with admin() as client:
+            status, attempts, owner = await client.hmget(key, ["status", "attempts", "owner"])
+    assert t.cancelled == [job.id]
+    assert (status, attempts, owner) == ("processing", "1", "someone-else")
+
+
+async def test_cancel_from_another_node_interrupts_the_running_handler(queue_name: str) -> None:
+    t = Tasks()
+    with trio.fail_after(30):
+        async with trioqueue.open_queue(t.registry, config(queue_name)) as a, \
+                trioqueue.open_queue(TaskRegistry(), config(queue_name)) as b:
+            job = await a.enqueue("gated")
+            await t.entered.wait()
+            cancelled = await b.cancel(job.id)
+            assert cancelled.status is JobStatus.CANCELLED
+            assert (await a.get(job.id)).status is JobStatus.CANCELLED
+    assert t.cancelled == [job.id]
+
+
+async def test_subscribers_see_other_nodes_events(queue_name: str) -> None:
+    t = Tasks()
+    with trio.fail_after(30):
+        async with trioqueue.open_queue(t.registry, config(queue_name)) as a, \
+                trioqueue.open_queue(TaskRegistry(), config(queue_name)) as b:
+            async with b.subscribe() as events:
+                await trio.sleep(0.2)  # b's reader is at the stream's end
+                job = await a.enqueue("echo", 1)
+                seen = []
+                async for ev in events:
+                    seen.append(ev.type)
+                    if ev.type == "completed":
+                        break
+    assert seen == ["enqueued", "started", "completed"]
+    assert t.runs[job.id] == 1
+
+
+async def test_enqueue_nowait_is_refused_with_a_clear_error(queue_name: str) -> None:
+    async with trioqueue.open_queue(Tasks().registry, config(queue_name)) as q:
+        with pytest.raises(TypeError, match="enqueue_nowait: a queue in Redis"):
+            q.enqueue_nowait("echo", 1)
+
+
+# A refused connection leaves coredis' stream objects unclosed: their ResourceWarning is
+# expected here (as in test_redis_state.py).
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+async def test_an_unreachable_redis_fails_open_naming_it(queue_name: str) -> None:
+    cfg = QueueConfig(redis_url="redis://127.0.0.1:1/0", queue_name=queue_name)
+    with trio.fail_after(30), pytest.raises(trioqueue.TrioQueueError, match="redis"):
+        async with trioqueue.open_queue(Tasks().registry, cfg):
+            pass  # pragma: no cover
+    with warnings.catch_warnings():  # collected here, under this test's filter
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()

@@ -1,0 +1,78 @@
+"""Several node processes on one Redis queue (real processes, the real Redis)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import trio
+
+import trioqueue
+from trioqueue import Job, JobStatus, QueueConfig, TaskRegistry
+
+from .redis_util import REDIS_URL, admin, delete_queue, unique
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def spawn(queue: str, runs: Path) -> subprocess.Popen[bytes]:
+    """A node process with 3 workers (started from a plain function: Popen returns at
+    once)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.redis_node_child", REDIS_URL, queue, "3", str(runs)],
+        cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )
+
+
+async def test_two_node_processes_run_every_job_exactly_once(tmp_path: Path) -> None:
+    queue = unique("nodes")
+    runs = tmp_path / "runs.txt"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for _ in range(2):
+            procs.append(spawn(queue, runs))
+        for p in procs:
+            assert p.stdout is not None
+            line = await trio.to_thread.run_sync(p.stdout.readline)
+            assert line == b"ready\n", line
+        # This process is a third node (enqueue needs the task registered here).
+        registry = TaskRegistry()
+        me = str(os.getpid())
+
+        @registry.task
+        async def record(job: Job) -> int:
+            with runs.open("a") as f:
+                f.write(f"{me} {job.id} {job.attempts}\n")
+            return os.getpid()
+
+        config = QueueConfig(redis_url=REDIS_URL, queue_name=queue, workers=1)
+        with trio.fail_after(60):
+            async with trioqueue.open_queue(registry, config) as q:
+                jobs = [await q.enqueue("record", i) for i in range(400)]
+                done = [await q.wait(j.id) for j in jobs]
+        assert [d.status for d in done] == [JobStatus.COMPLETED] * 400
+        assert [d.attempts for d in done] == [1] * 400
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            assert await trio.to_thread.run_sync(p.wait, 30) == 0
+        lines = runs.read_text().split("\n")[:-1]
+        ran = Counter(line.split()[1] for line in lines)
+        assert ran == Counter({j.id: 1 for j in jobs})  # each job once, nothing else
+        by_pid = Counter(line.split()[0] for line in lines)
+        assert sorted(str(d.result) for d in done) == sorted(
+            pid for pid, n in by_pid.items() for _ in range(n))  # results say who ran it
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            if p.stdout is not None:
+                p.stdout.close()
+        with trio.CancelScope(shield=True):
+            async with admin() as client:
+                await delete_queue(client, queue)
