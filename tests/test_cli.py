@@ -16,15 +16,10 @@ import pytest
 
 from tests.test_server import Server, running_server
 from trioqueue import QueueConfig
-from trioqueue.cli import (
-    UsageError,
-    _clean,
-    _client_options,
-    _table,
-    build_parser,
-    load_registry,
-    serve_options,
-)
+from trioqueue._cli_client import clean
+from trioqueue._cli_client import client_options as read_client_options
+from trioqueue._cli_client import table as render_table
+from trioqueue.cli import UsageError, build_parser, load_registry, serve_options
 
 CLIENT_VARIABLES = ("TRIOQUEUE_URL", "TRIOQUEUE_TOKEN", "TRIOQUEUE_PORT", "PORT")
 
@@ -151,7 +146,7 @@ def client_options(argv: list[str], env: dict[str, str], monkeypatch: pytest.Mon
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     args: argparse.Namespace = build_parser().parse_args(["list", *argv])
-    return _client_options(args)
+    return read_client_options(args)
 
 
 def test_client_commands_find_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -404,12 +399,12 @@ def test_list_by_task_page_by_page_and_all(server: Server) -> None:
 def test_table_cells_escape_control_characters() -> None:
     # A task name or an error text must not drive the terminal (an escape sequence).
     evil = "boom\x1b[2J\x1b]0;owned\x07\nsecond line\u202e"
-    cell = _clean(evil)
+    cell = clean(evil)
     assert cell.isprintable()
     assert cell == "boom\\x1b[2J\\x1b]0;owned\\x07\\nsecond line\\u202e"
-    assert _clean("x" * 100, 10) == "xxxxxxx..."
-    assert _clean(None) == "-"
-    table = _table(["A", "LONGER"], [["1", "2"], ["333", _clean(evil, 11)]])
+    assert clean("x" * 100, 10) == "xxxxxxx..."
+    assert clean(None) == "-"
+    table = render_table(["A", "LONGER"], [["1", "2"], ["333", clean(evil, 11)]])
     assert table.splitlines() == ["A    LONGER", "1    2", "333  boom\\x1b..."]
 
 

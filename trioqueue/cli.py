@@ -10,40 +10,39 @@ operation (and an unreachable server), 2 for a bad flag or variable.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import importlib.metadata
 import inspect
-import json
 import logging
-import math
 import os
 import signal
 import sys
-import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TextIO
+from collections.abc import Mapping
+from typing import Any, TextIO
 from urllib.parse import quote
 
 import httpx
 import trio
 
+from ._cli_client import (
+    cmd_cancel,
+    cmd_enqueue,
+    cmd_list,
+    cmd_metrics,
+    cmd_monitor,
+    cmd_retry,
+    cmd_status,
+    cmd_tasks,
+)
+from ._cli_common import DEFAULT_PORT, env_first, env_named, parse_float, parse_int
+from ._cli_common import UsageError as UsageError
 from ._config import QueueConfig
-from ._exceptions import InvalidJob, QueueFull, StoreError, TrioQueueError
-from ._job import Job, JobStatus
+from ._exceptions import StoreError, TrioQueueError
+from ._job import JobStatus
 from ._registry import TaskRegistry
-
-if TYPE_CHECKING:
-    from .client import Client
 
 log = logging.getLogger("trioqueue.cli")
 
-DEFAULT_PORT = 8080
-
-
-class UsageError(Exception):
-    """A bad flag, environment variable or ``--app``: printed, exit status 2."""
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -84,35 +83,6 @@ def _takes_no_arguments(fn: Any) -> bool:
     ) and not inspect.iscoroutinefunction(fn)
 
 
-def _env_first(env: Mapping[str, str], *names: str) -> str | None:
-    found = _env_named(env, *names)
-    return None if found is None else found[1]
-
-
-def _env_named(env: Mapping[str, str], *names: str) -> tuple[str, str] | None:
-    """The first of ``names`` set (non-empty) in ``env``, as (name, value): errors then
-    name the variable that was actually set (``PORT``, not ``TRIOQUEUE_PORT``)."""
-    for name in names:
-        value = env.get(name)
-        if value:
-            return name, value
-    return None
-
-
-def _int(name: str, raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise UsageError(f"{name}: expected an integer, got {raw!r}") from None
-
-
-def _float(name: str, raw: str) -> float:
-    try:
-        return float(raw)
-    except ValueError:
-        raise UsageError(f"{name}: expected a number, got {raw!r}") from None
-
-
 def _setup_logging(level: str, verbose: int = 0) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
@@ -144,12 +114,12 @@ def serve_options(
     """Flags over ``TRIOQUEUE_*`` (and ``PORT``, ``WORKER_COUNT``, ``JOB_QUEUE_CAPACITY``)."""
     from .server import ServerSettings
 
-    app = args.app or _env_first(env, "TRIOQUEUE_APP")
+    app = args.app or env_first(env, "TRIOQUEUE_APP")
     if app:
         registry = load_registry(app)
     else:
         from .demo import registry
-    if not (args.db or _env_first(env, "TRIOQUEUE_DB", "TRIOQUEUE_PERSIST_PATH")):
+    if not (args.db or env_first(env, "TRIOQUEUE_DB", "TRIOQUEUE_PERSIST_PATH")):
         # Options of the store, refused rather than ignored without one.
         for given, source in ((args.durability, "--durability"),
                               *((env.get(name), name) for name in (
@@ -168,41 +138,41 @@ def serve_options(
         config = QueueConfig.from_env(env, **overrides)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    host = args.host or _env_first(env, "TRIOQUEUE_HOST") or "127.0.0.1"
+    host = args.host or env_first(env, "TRIOQUEUE_HOST") or "127.0.0.1"
     port, port_from = DEFAULT_PORT, "--port"
     if args.port is not None:
         port = args.port
     else:
-        found = _env_named(env, "TRIOQUEUE_PORT", "PORT")
+        found = env_named(env, "TRIOQUEUE_PORT", "PORT")
         if found is not None:
             port_from = found[0]
-            port = _int(port_from, found[1])
+            port = parse_int(port_from, found[1])
     if not 0 <= port <= 65535:
         raise UsageError(f"{port_from}: expected a port 0..65535, got {port}")
-    token = args.token if args.token is not None else _env_first(env, "TRIOQUEUE_TOKEN")
+    token = args.token if args.token is not None else env_first(env, "TRIOQUEUE_TOKEN")
     max_body = args.max_body
     if max_body is None:
-        raw = _env_first(env, "TRIOQUEUE_MAX_BODY")
-        max_body = 1024 * 1024 if raw is None else _int("TRIOQUEUE_MAX_BODY", raw)
+        raw = env_first(env, "TRIOQUEUE_MAX_BODY")
+        max_body = 1024 * 1024 if raw is None else parse_int("TRIOQUEUE_MAX_BODY", raw)
     slow = args.slow_client_timeout
     if slow is None:
-        raw = _env_first(env, "TRIOQUEUE_SLOW_CLIENT_TIMEOUT")
-        slow = 20.0 if raw is None else _float("TRIOQUEUE_SLOW_CLIENT_TIMEOUT", raw)
+        raw = env_first(env, "TRIOQUEUE_SLOW_CLIENT_TIMEOUT")
+        slow = 20.0 if raw is None else parse_float("TRIOQUEUE_SLOW_CLIENT_TIMEOUT", raw)
     event_buffer = args.event_buffer
     if event_buffer is None:
-        raw = _env_first(env, "TRIOQUEUE_EVENT_BUFFER")
-        event_buffer = 1000 if raw is None else _int("TRIOQUEUE_EVENT_BUFFER", raw)
+        raw = env_first(env, "TRIOQUEUE_EVENT_BUFFER")
+        event_buffer = 1000 if raw is None else parse_int("TRIOQUEUE_EVENT_BUFFER", raw)
     max_connections = args.max_connections
     if max_connections is None:
-        raw = _env_first(env, "TRIOQUEUE_MAX_CONNECTIONS")
-        max_connections = 1000 if raw is None else _int("TRIOQUEUE_MAX_CONNECTIONS", raw)
+        raw = env_first(env, "TRIOQUEUE_MAX_CONNECTIONS")
+        max_connections = 1000 if raw is None else parse_int("TRIOQUEUE_MAX_CONNECTIONS", raw)
     if max_body < 1 or event_buffer < 1 or slow <= 0 or max_connections < 1:
         raise UsageError("--max-body, --event-buffer, --slow-client-timeout and "
                          "--max-connections must be > 0")
     hosts, hosts_from = args.allowed_hosts, "--allowed-hosts"
     if hosts is None:
         hosts_from = "TRIOQUEUE_ALLOWED_HOSTS"
-        hosts = _env_first(env, hosts_from) or ""
+        hosts = env_first(env, hosts_from) or ""
     try:
         settings = ServerSettings(
             host=host, port=port, token=token or None, max_body=max_body,
@@ -294,307 +264,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 1
 
 
-# ---------------------------------------------------------------------------- client commands
-
-
-def _client_options(args: argparse.Namespace) -> tuple[str, str | None]:
-    """The server's URL (``--url``, ``TRIOQUEUE_URL``, else this machine on
-    ``TRIOQUEUE_PORT``/``PORT`` or 8080) and the token (``--token``, ``TRIOQUEUE_TOKEN``)."""
-    env = os.environ
-    url_from = "--url"
-    url = args.url
-    if not url:
-        url_from = "TRIOQUEUE_URL"
-        url = _env_first(env, url_from)
-    if not url:
-        port = DEFAULT_PORT
-        found = _env_named(env, "TRIOQUEUE_PORT", "PORT")
-        if found is not None:
-            port = _int(found[0], found[1])
-            if not 0 < port <= 65535:
-                raise UsageError(f"{found[0]}: expected a port 1..65535, got {port}")
-        url = f"http://127.0.0.1:{port}"
-    if not url.startswith(("http://", "https://")):
-        raise UsageError(f"{url_from}: expected http://HOST[:PORT] or https://..., got {url!r}")
-    token = args.token if args.token is not None else _env_first(env, "TRIOQUEUE_TOKEN")
-    return url, token or None
-
-
-@contextlib.asynccontextmanager
-async def _connect(args: argparse.Namespace) -> AsyncIterator[Client]:
-    from .client import Client
-
-    url, token = _client_options(args)
-    async with Client(url, token=token) as client:
-        yield client
-
-
-def _clean(value: Any, width: int | None = None) -> str:
-    """A value for one table cell: control characters escaped (a job's error text must
-    not move the terminal's cursor), cut to ``width``."""
-    text = "-" if value is None else str(value)
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    if width is not None and len(text) > width:
-        text = text[: width - 3] + "..."
-    return text
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-    lines = []
-    for row in (headers, *rows):
-        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=True)]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
-
-
-def _when(epoch: float | None) -> str:
-    if epoch is None:
-        return "-"
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _print_job(job: Job) -> None:
-    print(json.dumps(job.to_dict(), indent=2))
-
-
-class _Progress:
-    """A progress bar on a terminal; a line every ~10 % elsewhere (logs, CI)."""
-
-    def __init__(self, total: int, stream: TextIO) -> None:
-        self.total = total
-        self.done = 0
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.started = time.monotonic()
-        self._next_line = 0.0
-
-    def step(self, n: int = 1) -> None:
-        self.done += n
-        if self.tty:
-            width = 30
-            filled = int(width * self.done / self.total)
-            rate = self.done / max(time.monotonic() - self.started, 1e-9)
-            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] "
-                              f"{self.done}/{self.total} {rate:,.0f}/s")
-            self.stream.flush()
-        elif self.done >= self._next_line or self.done == self.total:
-            self.stream.write(f"enqueued {self.done}/{self.total}\n")
-            self.stream.flush()
-            self._next_line = self.done + max(1, self.total // 10)
-
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-BATCH = 100
-"""Jobs per ``POST /jobs/batch`` request of ``enqueue --count``."""
-
-
-async def _enqueue_many(args: argparse.Namespace, payload: Any) -> int:
-    """``--count N``: N jobs in batches of :data:`BATCH` (``POST /jobs/batch``),
-    ``--concurrency`` requests in flight; one request a job against a server without
-    the batch route or with a capacity under the batch size."""
-    from .client import Client, ServerError
-
-    url, token = _client_options(args)
-    progress = _Progress(args.count, sys.stderr)
-    ids: list[str] = []
-    started = time.monotonic()
-    limiter = trio.CapacityLimiter(args.concurrency)
-    singles = False
-    """Set once the server cannot take batches: the rest go one by one."""
-    async with Client(url, token=token) as client:
-
-        async def one(i: int) -> None:
-            job_id = f"{args.id}-{i}" if args.id else None
-            while True:
-                try:
-                    job = await client.enqueue(
-                        args.task, payload, priority=args.priority, job_id=job_id,
-                        delay=args.delay, max_retries=args.max_retries,
-                        timeout=args.timeout,
-                    )
-                    break
-                except QueueFull as exc:  # back off as the server asks, then again
-                    await trio.sleep(exc.retry_after or 1.0)
-            ids.append(job.id)
-            progress.step()
-
-        async def chunk(first: int, n: int) -> None:
-            nonlocal singles
-            async with limiter:
-                while not singles:
-                    try:
-                        jobs = await client.enqueue_many(
-                            args.task, [payload] * n, priority=args.priority,
-                            delay=args.delay, max_retries=args.max_retries,
-                            timeout=args.timeout,
-                            job_ids=[f"{args.id}-{i}" for i in range(first, first + n)]
-                            if args.id else None,
-                        )
-                    except QueueFull as exc:
-                        await trio.sleep(exc.retry_after or 1.0)
-                        continue
-                    except InvalidJob as exc:
-                        if "more than the capacity" not in str(exc):
-                            raise
-                        singles = True  # a queue smaller than a batch
-                    except ServerError as exc:
-                        if exc.status not in (404, 405):
-                            raise
-                        singles = True  # a server without POST /jobs/batch
-                    else:
-                        ids.extend(job.id for job in jobs)
-                        progress.step(len(jobs))
-                        return
-                for i in range(first, first + n):
-                    await one(i)
-
-        async with trio.open_nursery() as nursery:
-            for first in range(0, args.count, BATCH):
-                nursery.start_soon(chunk, first, min(BATCH, args.count - first))
-    progress.close()
-    elapsed = time.monotonic() - started
-    print(json.dumps({"enqueued": len(ids), "seconds": round(elapsed, 3),
-                      "per_second": round(len(ids) / max(elapsed, 1e-9), 1),
-                      "first": ids[0] if ids else None, "last": ids[-1] if ids else None}))
-    return 0
-
-
-async def _enqueue(args: argparse.Namespace) -> int:
-    from .client import Client
-
-    try:
-        payload = None if args.payload is None else json.loads(args.payload)
-    except ValueError as exc:
-        raise UsageError(f"payload: not valid JSON ({exc})") from None
-    if args.count > 1:
-        if args.wait:
-            raise UsageError("--wait: not with --count (it waits for one job)")
-        return await _enqueue_many(args, payload)
-    if args.count < 1:
-        raise UsageError(f"--count: expected a positive integer, got {args.count}")
-    url, token = _client_options(args)
-    async with Client(url, token=token) as client:
-        job = await client.enqueue(
-            args.task, payload, priority=args.priority, job_id=args.id, delay=args.delay,
-            max_retries=args.max_retries, timeout=args.timeout,
-        )
-        if args.wait:
-            job = await client.wait(job.id)
-    _print_job(job)
-    if args.wait and job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
-        # The job ran and did not succeed: a script's `&&` must not go on.
-        reason = f": {_clean(job.error)}" if job.error else ""
-        print(f"trioqueue enqueue: job {job.id} ended {job.status.value}{reason}",
-              file=sys.stderr)
-        return 1
-    return 0
-
-
-async def _status(args: argparse.Namespace) -> int:
-    async with _connect(args) as client:
-        job = await client.get(args.id)
-    _print_job(job)
-    return 0
-
-
-async def _list(args: argparse.Namespace) -> int:
-    if args.limit < 1:
-        raise UsageError(f"--limit: expected a positive integer, got {args.limit}")
-    nxt: str | None = None
-    async with _connect(args) as client:
-        if args.all:
-            jobs = [job async for job in client.iter_jobs(args.status, task=args.task)]
-        else:
-            page = await client.list_page(args.status, args.limit, task=args.task,
-                                          before=args.before)
-            jobs, nxt = page.jobs, page.next
-    if args.json:
-        print(json.dumps({"jobs": [job.to_dict() for job in jobs], "next": nxt}, indent=2))
-        return 0
-    if not jobs:
-        print("no jobs" + (f" {args.status}" if args.status else "")
-              + (f" of task {_clean(args.task, 60)}" if args.task else ""))
-        return 0
-    rows = [[_clean(job.id), _clean(job.task, 30), job.status.value, job.priority.label,
-             str(job.attempts), _when(job.created_at), _clean(job.error, 60)]
-            for job in jobs]
-    print(_table(["ID", "TASK", "STATUS", "PRIORITY", "ATTEMPTS", "CREATED (UTC)", "ERROR"],
-                 rows))
-    if nxt is not None:
-        print(f"more: add --before {_clean(nxt)} for the next page, or --all",
-              file=sys.stderr)
-    return 0
-
-
-async def _cancel(args: argparse.Namespace) -> int:
-    async with _connect(args) as client:
-        job = await client.cancel(args.id)
-    _print_job(job)
-    return 0
-
-
-async def _retry(args: argparse.Namespace) -> int:
-    bulk = "failed" if args.failed else "cancelled" if args.cancelled else None
-    if args.task is not None and bulk is None:
-        raise UsageError("--task: only with --failed or --cancelled")
-    if bulk is None and args.id is None:
-        raise UsageError("expected a job ID, or --failed or --cancelled for all such jobs")
-    if bulk is not None and args.id is not None:
-        raise UsageError(f"a job ID or --{bulk}, not both")
-    async with _connect(args) as client:
-        if bulk is None:
-            _print_job(await client.retry(args.id))
-            return 0
-        retried = await client.retry_all(bulk, task=args.task)
-    print(json.dumps({"retried": retried}))
-    return 0
-
-
-async def _metrics(args: argparse.Namespace) -> int:
-    async with _connect(args) as client:
-        if args.prometheus:
-            sys.stdout.write(await client.prometheus_metrics())
-            return 0
-        metrics = await client.metrics()
-    print(json.dumps(metrics, indent=2))
-    return 0
-
-
-async def _tasks(args: argparse.Namespace) -> int:
-    async with _connect(args) as client:
-        tasks = await client.tasks()
-    if args.json:
-        print(json.dumps({"tasks": tasks}, indent=2))
-        return 0
-    columns = ("name", "priority", "max_retries", "timeout", "schedule", "every",
-               "concurrency")
-    rows = [[_clean(task.get(column)) for column in columns] for task in tasks]
-    print(_table([c.upper() for c in columns], rows) if rows else "no tasks")
-    return 0
-
-
-# ---------------------------------------------------------------------------- monitor
-
-
-async def _monitor(args: argparse.Namespace) -> int:
-    from ._monitor import monitor
-
-    url, token = _client_options(args)
-    for flag, value in (("--interval", args.interval), ("--window", args.window)):
-        if not (math.isfinite(value) and value > 0):
-            raise UsageError(f"{flag}: expected seconds > 0, got {value}")
-    if not (math.isfinite(args.duration) and args.duration >= 0):
-        raise UsageError(f"--duration: expected seconds >= 0, got {args.duration}")
-    return await monitor(url, token, interval=args.interval, window=args.window,
-                         duration=args.duration, once=args.once, out=sys.stdout,
-                         err=sys.stderr)
-
-
 # ---------------------------------------------------------------------------- main
 
 
@@ -659,12 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="requests in flight with --count (default 16)")
     enqueue.add_argument("--wait", action="store_true", help="wait for the job to finish")
     client_flags(enqueue)
-    enqueue.set_defaults(handler=run(_enqueue))
+    enqueue.set_defaults(handler=run(cmd_enqueue))
 
     status = commands.add_parser("status", help="show one job")
     status.add_argument("id")
     client_flags(status)
-    status.set_defaults(handler=run(_status))
+    status.set_defaults(handler=run(cmd_status))
 
     statuses = [s.value for s in JobStatus]
     listing = commands.add_parser("list", help="list jobs, newest first",
@@ -682,12 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true",
                          help='print {"jobs": [...], "next": ID or null}')
     client_flags(listing)
-    listing.set_defaults(handler=run(_list))
+    listing.set_defaults(handler=run(cmd_list))
 
     cancel = commands.add_parser("cancel", help="cancel a queued, scheduled or running job")
     cancel.add_argument("id")
     client_flags(cancel)
-    cancel.set_defaults(handler=run(_cancel))
+    cancel.set_defaults(handler=run(cmd_cancel))
 
     retry = commands.add_parser(
         "retry", help="queue a failed or cancelled job again (or all of them)",
@@ -699,18 +368,18 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--cancelled", action="store_true", help="every cancelled job")
     retry.add_argument("--task", help="with --failed/--cancelled: only this task's jobs")
     client_flags(retry)
-    retry.set_defaults(handler=run(_retry))
+    retry.set_defaults(handler=run(cmd_retry))
 
     metrics = commands.add_parser("metrics", help="counters, gauges and latencies")
     metrics.add_argument("--prometheus", action="store_true",
                          help="the Prometheus text format instead of JSON")
     client_flags(metrics)
-    metrics.set_defaults(handler=run(_metrics))
+    metrics.set_defaults(handler=run(cmd_metrics))
 
     tasks = commands.add_parser("tasks", help="the tasks the server runs, with their defaults")
     tasks.add_argument("--json", action="store_true", help='print {"tasks": [...]}')
     client_flags(tasks)
-    tasks.set_defaults(handler=run(_tasks))
+    tasks.set_defaults(handler=run(cmd_tasks))
 
     monitor = commands.add_parser(
         "monitor", help="a live view of rates, workers, counts and recent failures",
@@ -724,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("--once", action="store_true",
                          help="print one view (rates from the server's recent samples) and exit")
     client_flags(monitor)
-    monitor.set_defaults(handler=run(_monitor))
+    monitor.set_defaults(handler=run(cmd_monitor))
     return parser
 
 

@@ -1,0 +1,323 @@
+"""The ``trioqueue`` client commands (``enqueue``, ``status``, ``list``, ``cancel``,
+``retry``, ``metrics``, ``tasks``, ``monitor``): each talks to a server through
+:class:`trioqueue.client.Client` (see :mod:`trioqueue.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TextIO
+
+import trio
+
+from ._cli_common import DEFAULT_PORT, UsageError, env_first, env_named, parse_int
+from ._exceptions import InvalidJob, QueueFull
+from ._job import Job, JobStatus
+
+if TYPE_CHECKING:
+    from .client import Client
+
+
+def client_options(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The server's URL (``--url``, ``TRIOQUEUE_URL``, else this machine on
+    ``TRIOQUEUE_PORT``/``PORT`` or 8080) and the token (``--token``, ``TRIOQUEUE_TOKEN``)."""
+    env = os.environ
+    url_from = "--url"
+    url = args.url
+    if not url:
+        url_from = "TRIOQUEUE_URL"
+        url = env_first(env, url_from)
+    if not url:
+        port = DEFAULT_PORT
+        found = env_named(env, "TRIOQUEUE_PORT", "PORT")
+        if found is not None:
+            port = parse_int(found[0], found[1])
+            if not 0 < port <= 65535:
+                raise UsageError(f"{found[0]}: expected a port 1..65535, got {port}")
+        url = f"http://127.0.0.1:{port}"
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"{url_from}: expected http://HOST[:PORT] or https://..., got {url!r}")
+    token = args.token if args.token is not None else env_first(env, "TRIOQUEUE_TOKEN")
+    return url, token or None
+
+
+@contextlib.asynccontextmanager
+async def _connect(args: argparse.Namespace) -> AsyncIterator[Client]:
+    from .client import Client
+
+    url, token = client_options(args)
+    async with Client(url, token=token) as client:
+        yield client
+
+
+def clean(value: Any, width: int | None = None) -> str:
+    """A value for one table cell: control characters escaped (a job's error text must
+    not move the terminal's cursor), cut to ``width``."""
+    text = "-" if value is None else str(value)
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if width is not None and len(text) > width:
+        text = text[: width - 3] + "..."
+    return text
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    lines = []
+    for row in (headers, *rows):
+        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _print_job(job: Job) -> None:
+    print(json.dumps(job.to_dict(), indent=2))
+
+
+class _Progress:
+    """A progress bar on a terminal; a line every ~10 % elsewhere (logs, CI)."""
+
+    def __init__(self, total: int, stream: TextIO) -> None:
+        self.total = total
+        self.done = 0
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.started = time.monotonic()
+        self._next_line = 0.0
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        if self.tty:
+            width = 30
+            filled = int(width * self.done / self.total)
+            rate = self.done / max(time.monotonic() - self.started, 1e-9)
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] "
+                              f"{self.done}/{self.total} {rate:,.0f}/s")
+            self.stream.flush()
+        elif self.done >= self._next_line or self.done == self.total:
+            self.stream.write(f"enqueued {self.done}/{self.total}\n")
+            self.stream.flush()
+            self._next_line = self.done + max(1, self.total // 10)
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+BATCH = 100
+"""Jobs per ``POST /jobs/batch`` request of ``enqueue --count``."""
+
+
+async def _enqueue_many(args: argparse.Namespace, payload: Any) -> int:
+    """``--count N``: N jobs in batches of :data:`BATCH` (``POST /jobs/batch``),
+    ``--concurrency`` requests in flight; one request a job against a server without
+    the batch route or with a capacity under the batch size."""
+    from .client import Client, ServerError
+
+    url, token = client_options(args)
+    progress = _Progress(args.count, sys.stderr)
+    ids: list[str] = []
+    started = time.monotonic()
+    limiter = trio.CapacityLimiter(args.concurrency)
+    singles = False
+    """Set once the server cannot take batches: the rest go one by one."""
+    async with Client(url, token=token) as client:
+
+        async def one(i: int) -> None:
+            job_id = f"{args.id}-{i}" if args.id else None
+            while True:
+                try:
+                    job = await client.enqueue(
+                        args.task, payload, priority=args.priority, job_id=job_id,
+                        delay=args.delay, max_retries=args.max_retries,
+                        timeout=args.timeout,
+                    )
+                    break
+                except QueueFull as exc:  # back off as the server asks, then again
+                    await trio.sleep(exc.retry_after or 1.0)
+            ids.append(job.id)
+            progress.step()
+
+        async def chunk(first: int, n: int) -> None:
+            nonlocal singles
+            async with limiter:
+                while not singles:
+                    try:
+                        jobs = await client.enqueue_many(
+                            args.task, [payload] * n, priority=args.priority,
+                            delay=args.delay, max_retries=args.max_retries,
+                            timeout=args.timeout,
+                            job_ids=[f"{args.id}-{i}" for i in range(first, first + n)]
+                            if args.id else None,
+                        )
+                    except QueueFull as exc:
+                        await trio.sleep(exc.retry_after or 1.0)
+                        continue
+                    except InvalidJob as exc:
+                        if "more than the capacity" not in str(exc):
+                            raise
+                        singles = True  # a queue smaller than a batch
+                    except ServerError as exc:
+                        if exc.status not in (404, 405):
+                            raise
+                        singles = True  # a server without POST /jobs/batch
+                    else:
+                        ids.extend(job.id for job in jobs)
+                        progress.step(len(jobs))
+                        return
+                for i in range(first, first + n):
+                    await one(i)
+
+        async with trio.open_nursery() as nursery:
+            for first in range(0, args.count, BATCH):
+                nursery.start_soon(chunk, first, min(BATCH, args.count - first))
+    progress.close()
+    elapsed = time.monotonic() - started
+    print(json.dumps({"enqueued": len(ids), "seconds": round(elapsed, 3),
+                      "per_second": round(len(ids) / max(elapsed, 1e-9), 1),
+                      "first": ids[0] if ids else None, "last": ids[-1] if ids else None}))
+    return 0
+
+
+async def cmd_enqueue(args: argparse.Namespace) -> int:
+    from .client import Client
+
+    try:
+        payload = None if args.payload is None else json.loads(args.payload)
+    except ValueError as exc:
+        raise UsageError(f"payload: not valid JSON ({exc})") from None
+    if args.count > 1:
+        if args.wait:
+            raise UsageError("--wait: not with --count (it waits for one job)")
+        return await _enqueue_many(args, payload)
+    if args.count < 1:
+        raise UsageError(f"--count: expected a positive integer, got {args.count}")
+    url, token = client_options(args)
+    async with Client(url, token=token) as client:
+        job = await client.enqueue(
+            args.task, payload, priority=args.priority, job_id=args.id, delay=args.delay,
+            max_retries=args.max_retries, timeout=args.timeout,
+        )
+        if args.wait:
+            job = await client.wait(job.id)
+    _print_job(job)
+    if args.wait and job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+        # The job ran and did not succeed: a script's `&&` must not go on.
+        reason = f": {clean(job.error)}" if job.error else ""
+        print(f"trioqueue enqueue: job {job.id} ended {job.status.value}{reason}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    async with _connect(args) as client:
+        job = await client.get(args.id)
+    _print_job(job)
+    return 0
+
+
+async def cmd_list(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise UsageError(f"--limit: expected a positive integer, got {args.limit}")
+    nxt: str | None = None
+    async with _connect(args) as client:
+        if args.all:
+            jobs = [job async for job in client.iter_jobs(args.status, task=args.task)]
+        else:
+            page = await client.list_page(args.status, args.limit, task=args.task,
+                                          before=args.before)
+            jobs, nxt = page.jobs, page.next
+    if args.json:
+        print(json.dumps({"jobs": [job.to_dict() for job in jobs], "next": nxt}, indent=2))
+        return 0
+    if not jobs:
+        print("no jobs" + (f" {args.status}" if args.status else "")
+              + (f" of task {clean(args.task, 60)}" if args.task else ""))
+        return 0
+    rows = [[clean(job.id), clean(job.task, 30), job.status.value, job.priority.label,
+             str(job.attempts), _when(job.created_at), clean(job.error, 60)]
+            for job in jobs]
+    print(table(["ID", "TASK", "STATUS", "PRIORITY", "ATTEMPTS", "CREATED (UTC)", "ERROR"],
+                 rows))
+    if nxt is not None:
+        print(f"more: add --before {clean(nxt)} for the next page, or --all",
+              file=sys.stderr)
+    return 0
+
+
+async def cmd_cancel(args: argparse.Namespace) -> int:
+    async with _connect(args) as client:
+        job = await client.cancel(args.id)
+    _print_job(job)
+    return 0
+
+
+async def cmd_retry(args: argparse.Namespace) -> int:
+    bulk = "failed" if args.failed else "cancelled" if args.cancelled else None
+    if args.task is not None and bulk is None:
+        raise UsageError("--task: only with --failed or --cancelled")
+    if bulk is None and args.id is None:
+        raise UsageError("expected a job ID, or --failed or --cancelled for all such jobs")
+    if bulk is not None and args.id is not None:
+        raise UsageError(f"a job ID or --{bulk}, not both")
+    async with _connect(args) as client:
+        if bulk is None:
+            _print_job(await client.retry(args.id))
+            return 0
+        retried = await client.retry_all(bulk, task=args.task)
+    print(json.dumps({"retried": retried}))
+    return 0
+
+
+async def cmd_metrics(args: argparse.Namespace) -> int:
+    async with _connect(args) as client:
+        if args.prometheus:
+            sys.stdout.write(await client.prometheus_metrics())
+            return 0
+        metrics = await client.metrics()
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+async def cmd_tasks(args: argparse.Namespace) -> int:
+    async with _connect(args) as client:
+        tasks = await client.tasks()
+    if args.json:
+        print(json.dumps({"tasks": tasks}, indent=2))
+        return 0
+    columns = ("name", "priority", "max_retries", "timeout", "schedule", "every",
+               "concurrency")
+    rows = [[clean(task.get(column)) for column in columns] for task in tasks]
+    print(table([c.upper() for c in columns], rows) if rows else "no tasks")
+    return 0
+
+
+# ---------------------------------------------------------------------------- monitor
+
+
+async def cmd_monitor(args: argparse.Namespace) -> int:
+    from ._monitor import monitor
+
+    url, token = client_options(args)
+    for flag, value in (("--interval", args.interval), ("--window", args.window)):
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{flag}: expected seconds > 0, got {value}")
+    if not (math.isfinite(args.duration) and args.duration >= 0):
+        raise UsageError(f"--duration: expected seconds >= 0, got {args.duration}")
+    return await monitor(url, token, interval=args.interval, window=args.window,
+                         duration=args.duration, once=args.once, out=sys.stdout,
+                         err=sys.stderr)
