@@ -7,10 +7,10 @@ snapshots over the last ``window`` seconds (not averages since the server starte
 utilization is the delta of busy worker-seconds over the same window.
 
 What is shown is a pure function, :func:`._monitor_view.render`, of a
-:class:`._monitor_view.MonitorView` (the
-snapshots, recent failures and the connection's state), the terminal's size and the
-time.  Each line fits the width: a row's items move to the next line whole, and text
-that cannot fit is cut with an ellipsis, never wrapped by the terminal.
+:class:`._monitor_view.MonitorView` (the snapshots, recent failures and the connection's
+state), the terminal's size and the time.  Each line fits the width: a row's items move
+to the next line whole, and text that cannot fit is cut with an ellipsis, never wrapped
+by the terminal.
 
 When the connection drops the screen says why and when the next attempt is; attempts
 back off from 0.5 s, doubling, up to 10 s; a connection silent for ten metrics intervals
