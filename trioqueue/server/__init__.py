@@ -7,8 +7,9 @@ program that wants to run the server in its own nursery::
         url = await nursery.start(serve, registry, config, ServerSettings(port=0))
 """
 
-from ._app import App, ServerSettings, ServerState
+from ._app import App
 from ._openapi import openapi_document
 from ._serve import serve
+from ._settings import ServerSettings, ServerState
 
 __all__ = ["App", "ServerSettings", "ServerState", "openapi_document", "serve"]

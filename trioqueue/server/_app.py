@@ -13,7 +13,6 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-import attrs
 import trio
 
 from .._engine import JobQueue
@@ -42,7 +41,6 @@ from ._http import (
     Scope,
     Send,
     check_content_type,
-    parse_allowed_hosts,
     parse_batch_request,
     parse_bulk_retry,
     parse_event_filter,
@@ -54,6 +52,7 @@ from ._http import (
     wants_prometheus,
 )
 from ._openapi import openapi_document
+from ._settings import ServerSettings, ServerState
 
 log = logging.getLogger("trioqueue.server")
 
@@ -77,47 +76,8 @@ RETRY_PAGE = 1000
 """Jobs ``POST /jobs/retry`` lists at a time."""
 
 
-@attrs.define(kw_only=True)
-class ServerSettings:
-    """What the server adds to :class:`~trioqueue.QueueConfig`."""
-
-    host: str = "127.0.0.1"
-    port: int = 8080
-    token: str | None = None
-    """With a token, every request but ``/healthz`` needs ``Authorization: Bearer``."""
-    max_body: int = 1024 * 1024
-    """Request bodies over this many bytes get 413."""
-    event_buffer: int = 1000
-    """Events buffered per websocket client before it is sent ``lagged``."""
-    slow_client_timeout: float = 20.0
-    """Seconds a client may accept no data (a full TCP window) before it is cut off."""
-    retry_after: int = 1
-    """Seconds in the ``Retry-After`` header of a 429."""
-    access_log: bool = False
-    allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=parse_allowed_hosts)
-    """Host names answered besides the bind address, ``localhost``, ``127.0.0.1`` and
-    ``[::1]`` (a string ``"a,b"`` or a sequence); ``"*"``: any Host (no Host check)."""
-    max_connections: int = attrs.field(default=1000)
-    """Connections open at once; past it, new ones wait to be accepted."""
-
-    @max_connections.validator
-    def _check_max_connections(self, attribute: Any, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"max_connections: expected an integer >= 1, got {value!r}")
-
-
 CLOSE = (b"connection", b"close")
 """On a refusal sent before the body is read: the connection ends, the body is not read."""
-
-
-@attrs.define(eq=False)
-class ServerState:
-    """Lifecycle flags shared by the app and :func:`serve`."""
-
-    closing: bool = False
-    """Shutdown began: new jobs get 503, ``/healthz`` says ``shutting_down``."""
-    closed: trio.Event = attrs.Factory(trio.Event)
-    """The queue has closed; event streams end."""
 
 
 def _dumps(obj: Any) -> bytes:

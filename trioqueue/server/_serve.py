@@ -26,8 +26,9 @@ import trio
 from .._config import QueueConfig
 from .._engine import JobQueue, open_queue
 from .._registry import TaskRegistry
-from ._app import App, ServerSettings, ServerState
+from ._app import App
 from ._lean import serve_lean
+from ._settings import ServerSettings, ServerState
 
 log = logging.getLogger("trioqueue.server")
 

@@ -1,0 +1,50 @@
+"""The server's settings (:class:`ServerSettings`, what it adds to
+:class:`~trioqueue.QueueConfig`) and the lifecycle flags the app and :func:`serve` share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import trio
+
+from ._http import parse_allowed_hosts
+
+
+@attrs.define(kw_only=True)
+class ServerSettings:
+    """What the server adds to :class:`~trioqueue.QueueConfig`."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    token: str | None = None
+    """With a token, every request but ``/healthz`` needs ``Authorization: Bearer``."""
+    max_body: int = 1024 * 1024
+    """Request bodies over this many bytes get 413."""
+    event_buffer: int = 1000
+    """Events buffered per websocket client before it is sent ``lagged``."""
+    slow_client_timeout: float = 20.0
+    """Seconds a client may accept no data (a full TCP window) before it is cut off."""
+    retry_after: int = 1
+    """Seconds in the ``Retry-After`` header of a 429."""
+    access_log: bool = False
+    allowed_hosts: tuple[str, ...] = attrs.field(default=(), converter=parse_allowed_hosts)
+    """Host names answered besides the bind address, ``localhost``, ``127.0.0.1`` and
+    ``[::1]`` (a string ``"a,b"`` or a sequence); ``"*"``: any Host (no Host check)."""
+    max_connections: int = attrs.field(default=1000)
+    """Connections open at once; past it, new ones wait to be accepted."""
+
+    @max_connections.validator
+    def _check_max_connections(self, attribute: Any, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"max_connections: expected an integer >= 1, got {value!r}")
+
+
+@attrs.define(eq=False)
+class ServerState:
+    """Lifecycle flags shared by the app and :func:`serve`."""
+
+    closing: bool = False
+    """Shutdown began: new jobs get 503, ``/healthz`` says ``shutting_down``."""
+    closed: trio.Event = attrs.Factory(trio.Event)
+    """The queue has closed; event streams end."""
