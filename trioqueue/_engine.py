@@ -112,16 +112,16 @@ class _Run:
         events = Broadcaster(lambda: clock.current_time() + wall)
         workers.progress = Progress(events, clock.current_time,
                                     lambda: clock.current_time() + wall)
+        self._periodic = Periodic([registry.get(name) for name in registry],
+                                  lambda: clock.current_time() + wall, wall)
         core = QueueCore(registry, config, clock, wall, stats, backend,
-                         Intake(registry, config, clock, wall), workers, events, life)
+                         Intake(registry, config, clock, wall), workers, events, life,
+                         self._periodic.next_run)
         q = JobQueue(core)
         if config.redis_url is None:
             local.attach(q)
         self._core = core
         self._queue = q
-        self._periodic = Periodic([registry.get(name) for name in registry],
-                                  lambda: clock.current_time() + wall, wall)
-        q._next_runs = self._periodic.next_run
         log.info(
             "trioqueue open: %d workers, capacity %d per priority, %s",
             config.workers, config.capacity,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -59,6 +59,9 @@ class QueueCore:
     workers: Workers
     events: Broadcaster
     life: Lifecycle
+    next_runs: Mapping[str, float] = attrs.field(factory=dict)
+    """The periodic scheduler's next due time of each periodic task (seconds since the
+    epoch), kept up to date by the scheduler."""
 
 
 @attrs.frozen
@@ -89,6 +92,7 @@ class JobQueue:
         self._workers = parts.workers
         self._events = parts.events
         self._life = parts.life
+        self._next_runs = parts.next_runs
         # The enqueue path's calls, looked up once.
         self._build = parts.intake.build
         self._restamp = parts.intake.restamp
@@ -782,9 +786,6 @@ class JobQueue:
         """When the periodic task ``task`` runs next (seconds since the epoch), or
         ``None`` (not periodic, or the queue has not scheduled it yet)."""
         return self._next_runs.get(task)
-
-    _next_runs: dict[str, float] = {}
-    """The engine's periodic scheduler's next due times (set by the engine at open)."""
 
     def metrics_event(self) -> Event:
         """A ``metrics`` event holding :meth:`metrics` now (for event streams)."""
