@@ -13,19 +13,27 @@ import trio
 
 import trioqueue
 from trioqueue import Job, JobStatus, QueueConfig, TaskRegistry
+from trioqueue._redis import NewJob, RedisState, connect
 
 from .redis_util import REDIS_URL, admin, delete_queue, unique
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def spawn(queue: str, runs: Path) -> subprocess.Popen[bytes]:
+def spawn(queue: str, runs: Path, lease: float = 30.0) -> subprocess.Popen[bytes]:
     """A node process with 3 workers (started from a plain function: Popen returns at
     once)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.redis_node_child", REDIS_URL, queue, "3", str(runs)],
+        [sys.executable, "-m", "tests.redis_node_child", REDIS_URL, queue, "3", str(runs),
+         str(lease)],
         cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
     )
+
+
+async def ready(p: subprocess.Popen[bytes]) -> None:
+    assert p.stdout is not None
+    line = await trio.to_thread.run_sync(p.stdout.readline)
+    assert line == b"ready\n", line
 
 
 async def test_two_node_processes_run_every_job_exactly_once(tmp_path: Path) -> None:
@@ -66,6 +74,74 @@ async def test_two_node_processes_run_every_job_exactly_once(tmp_path: Path) -> 
         by_pid = Counter(line.split()[0] for line in lines)
         assert sorted(str(d.result) for d in done) == sorted(
             pid for pid, n in by_pid.items() for _ in range(n))  # results say who ran it
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            if p.stdout is not None:
+                p.stdout.close()
+        with trio.CancelScope(shield=True):
+            async with admin() as client:
+                await delete_queue(client, queue)
+
+
+async def test_jobs_of_a_killed_node_run_again_on_another_after_the_lease(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL a node while it runs two jobs: once its lease (1 s) expires, a live node's
+    reaper puts them back and that node runs them, the attempt counted; nothing else runs
+    twice."""
+    queue = unique("nodes")
+    runs = tmp_path / "runs.txt"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        async with connect(REDIS_URL) as client:
+            state = RedisState(client, queue)
+            first = spawn(queue, runs, lease=1.0)
+            procs.append(first)
+            await ready(first)
+            hung = [NewJob.build(f"hang-{i}", "record", {"hang_in": first.pid})
+                     for i in range(2)]
+            plain = [NewJob.build(f"plain-{i}", "record", i) for i in range(20)]
+            await state.enqueue(hung)
+            with trio.fail_after(30):
+                while True:  # another process: its progress is read, not awaited
+                    text = runs.read_text() if runs.exists() else ""
+                    if all(f" {j.id} " in text for j in hung):
+                        break
+                    await trio.sleep(0.02)
+            await state.enqueue(plain)
+            first.kill()
+            first.wait()
+            second = spawn(queue, runs, lease=1.0)
+            procs.append(second)
+            await ready(second)
+            with trio.fail_after(30):
+                for j in hung + plain:
+                    while True:
+                        stored = await state.get(j.id)
+                        assert stored is not None
+                        if stored.job.status.terminal:
+                            break
+                        await trio.sleep(0.05)
+            done = {j.id: (await state.get(j.id)) for j in hung + plain}
+        second.send_signal(signal.SIGTERM)
+        assert await trio.to_thread.run_sync(second.wait, 30) == 0
+        for j in hung:
+            job = done[j.id]
+            assert job is not None
+            assert (job.job.status, job.job.attempts, job.job.result) == (
+                JobStatus.COMPLETED, 2, second.pid)
+        lines = [line.split() for line in runs.read_text().split("\n")[:-1]]
+        ran = Counter(job_id for _, job_id, _ in lines)
+        killed_pid = str(first.pid)
+        # The two hung jobs ran twice (killed node, then the other); every other job once.
+        assert ran == Counter({**{j.id: 2 for j in hung}, **{j.id: 1 for j in plain}})
+        assert sorted((pid, job_id, attempt) for pid, job_id, attempt in lines
+                      if job_id.startswith("hang")) == sorted(
+            [(killed_pid, j.id, "1") for j in hung] + [(str(second.pid), j.id, "2")
+                                                     for j in hung])
     finally:
         for p in procs:
             if p.poll() is None:
