@@ -287,8 +287,8 @@ class Harness:
     def __init__(self) -> None:
         self.registry = TaskRegistry()
         self.runs: list[Run] = []
-        self._gates: dict[str, trio.Event] = {}
-        self._entered: dict[str, trio.Event] = {}
+        self.gates: dict[str, trio.Event] = {}
+        self.entered_events: dict[str, trio.Event] = {}
         self.interrupted: list[str] = []
         """Ids of jobs whose handler saw ``trio.Cancelled``."""
         reg = self.registry
@@ -305,9 +305,9 @@ class Harness:
         @reg.task
         async def gated(job: Job) -> str:
             record(job)
-            self._event(self._entered, job.payload).set()
+            self.event(self.entered_events, job.payload).set()
             try:
-                await self._event(self._gates, job.payload).wait()
+                await self.event(self.gates, job.payload).wait()
             except trio.Cancelled:
                 self.interrupted.append(job.id)
                 raise
@@ -341,18 +341,18 @@ class Harness:
             record(job)
 
     @staticmethod
-    def _event(table: dict[str, trio.Event], name: str) -> trio.Event:
+    def event(table: dict[str, trio.Event], name: str) -> trio.Event:
         event = table.get(name)
         if event is None:
             event = table[name] = trio.Event()
         return event
 
     def open_gate(self, name: str) -> None:
-        self._event(self._gates, name).set()
+        self.event(self.gates, name).set()
 
     async def entered(self, name: str) -> None:
         """Return once a ``gated`` job with this gate name is running."""
-        await self._event(self._entered, name).wait()
+        await self.event(self.entered_events, name).wait()
 
     def started(self, task: str | None = None) -> list[str]:
         """Job ids in the order their attempts started (one entry per attempt)."""
