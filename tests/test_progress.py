@@ -80,7 +80,8 @@ async def test_progress_is_on_the_job_in_events_and_in_the_json(autojump_clock: 
     assert [(e.fraction, e.note) for e in progress] == [
         (0.0, None), (0.5, "half way"), (1.0, "last")]
     first = progress[0].to_dict()
-    assert first["type"] == "progress" and first["job_id"] == job.id
+    assert first["type"] == "progress"
+    assert first["job_id"] == job.id
     assert {"fraction", "note", "seq", "at", "task", "priority", "status", "attempt",
             "worker"} <= set(first)
     assert (first["task"], first["status"], first["attempt"]) == ("steps", "processing", 1)

@@ -42,8 +42,15 @@ end
 for p = 1, 3 do
   if #moved[p] > 0 then redis.call('RPUSH', P .. 'ready:' .. PRIO[p], unpack(moved[p])) end
 end
-redis.call('HSET', P .. 'room', 'blocked:high', blocked[1], 'blocked:medium', blocked[2],
-  'blocked:low', blocked[3])
+-- Only non-zero counts are stored: a queue with nothing blocked keeps no 'room' field
+-- for it (a promote on an idle queue then writes no key at all).
+for p = 1, 3 do
+  if blocked[p] > 0 then
+    redis.call('HSET', P .. 'room', 'blocked:' .. PRIO[p], blocked[p])
+  else
+    redis.call('HDEL', P .. 'room', 'blocked:' .. PRIO[p])
+  end
+end
 local nxt = redis.call('ZRANGEBYSCORE', P .. 'sched', '(' .. now_ms, '+inf', 'WITHSCORES',
   'LIMIT', 0, 1)
 wake(promoted)
