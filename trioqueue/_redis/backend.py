@@ -12,9 +12,9 @@ beside the engine's workers and timer, four tasks of its own (in :meth:`RedisBac
 - the **heartbeat**: every ``lease / 3`` renews the leases this node holds and registers
   the node; a job whose lease was lost has its handler cancelled (its late result would
   be refused anyway);
-- the **events reader**: ``XREAD BLOCK 1000`` on the queue's events stream, feeding the
-  engine's subscribers with every node's events, and cancelling the handlers of jobs
-  whose cancellation another node asked for.
+- the **events reader**: ``XREAD BLOCK 250`` (:data:`READER_BLOCK_MS`) on the queue's
+  events stream, feeding the engine's subscribers with every node's events, and
+  cancelling the handlers of jobs whose cancellation another node asked for.
 
 The engine's timer task calls :meth:`RedisBackend.promote`, which also reaps expired
 leases and refreshes the cluster-wide counts that :meth:`depths` and the metrics read.
@@ -53,6 +53,11 @@ from ._state import (
 )
 
 log = logging.getLogger("trioqueue")
+
+READER_BLOCK_MS = 250
+"""How long the events reader's ``XREAD BLOCK`` waits for new events.  The call is never
+cancelled (see BACKENDS.md's client rules), so this bounds how long a node's close waits
+for its reader; an idle node costs four round trips a second for it."""
 
 _PRIORITIES = (Priority.HIGH, Priority.MEDIUM, Priority.LOW)
 _PRIO_BY_LABEL = {"high": 0, "medium": 1, "low": 2}
@@ -313,7 +318,7 @@ class RedisBackend:
     async def _read_events(self, reader: Any) -> None:
         while not reader.stopped:
             try:
-                batch = await reader.read()
+                batch = await reader.read(block_ms=READER_BLOCK_MS)
             except RedisUnavailable:
                 await trio.sleep(0.5)
                 continue
