@@ -10,9 +10,11 @@ the DevTools protocol, so it would prove nothing about what the page's scripts m
 
 from __future__ import annotations
 
+import json
 import re
 import statistics
 import time
+import urllib.request
 
 import httpx
 import pytest
@@ -250,6 +252,8 @@ def test_a_click_is_answered_within_a_frame_budget_at_1000_jobs_per_second(
     server: Server, pages: Pages
 ) -> None:
     page = open_live(pages, server.url + "/")
+    with urllib.request.urlopen(server.url + "/metrics", timeout=10) as answer:
+        before = json.load(answer)["completed"]  # jobs of earlier tests on this server
     with Flood(server.port, rate=1000) as flood:
         expect(page.locator("#m-rate-done")).to_contain_text(re.compile(r"\d{3}/s now"),
                                                             timeout=10_000)
@@ -274,6 +278,14 @@ def test_a_click_is_answered_within_a_frame_budget_at_1000_jobs_per_second(
     if rate < 500:
         pytest.fail(f"the load was not there: {rate:.0f} jobs/s accepted (wanted ~1000)")
     assert median <= CLICK_BUDGET_MS, timings
-    # The page kept up: it saw (nearly) every job, or said how many it missed.
-    completed = int(page.locator("#m-completed").inner_text().replace(",", ""))
-    assert completed >= flood.accepted * 0.5
+    # The page kept up: once the flood stops, its counts (from the once-a-second metrics
+    # snapshots) reach what the server accepted.  Polled, not read once: a snapshot can be
+    # up to a second behind when the flood stops.
+    deadline = time.monotonic() + 10
+    completed = -1
+    while time.monotonic() < deadline:
+        completed = int(page.locator("#m-completed").inner_text().replace(",", ""))
+        if completed >= before + flood.accepted:
+            break
+        page.wait_for_timeout(200)
+    assert completed >= before + flood.accepted, (completed, before, flood.accepted)
