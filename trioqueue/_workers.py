@@ -273,16 +273,10 @@ class Workers:
     def _interrupted(self, slot: WorkerSlot) -> None:
         """Our scope was cancelled under a job: ``cancel()`` (CANCELLED) or its timeout
         (a failed attempt)."""
-        rec = slot.current
-        if rec is None:
+        stopped = self._stop_attempt(slot)
+        if stopped is None:
             return
-        if rec.progress is not None:
-            self._progress_ended(rec)
-        slot.current = None
-        end = self._clock.current_time()
-        duration = end - slot.started
-        self._stats.busy_time += duration
-        self._stats.run_p[rec.priority].add(duration)
+        rec, end, duration = stopped
         if slot.cancel_requested:
             slot.cancel_requested = False
             self._backend.finish(rec, JobEvent.CANCEL, end, slot.index, duration)
@@ -290,6 +284,22 @@ class Workers:
             exc = TimeoutError(f"job exceeded its timeout of {rec.timeout} s")
             self._attempt_failed(slot, rec, exc, end, duration)
         self._slot_freed(rec)
+
+    def _stop_attempt(self, slot: WorkerSlot) -> tuple[JobRecord, float, float] | None:
+        """Take the worker's job off it when its attempt stops short (cancelled, timed
+        out, aborted): held-back progress goes out, the run time is counted.  Returns
+        ``(rec, end, duration)``, or ``None`` when the worker had no job."""
+        rec = slot.current
+        if rec is None:
+            return None
+        if rec.progress is not None:
+            self._progress_ended(rec)
+        slot.current = None
+        end = self._clock.current_time()
+        duration = end - slot.started
+        self._stats.busy_time += duration
+        self._stats.run_p[rec.priority].add(duration)
+        return rec, end, duration
 
     def _slot_freed(self, rec: JobRecord) -> None:
         """``rec`` stopped running: a limited task's next job may run."""
@@ -313,16 +323,10 @@ class Workers:
     def _abort(self, slot: WorkerSlot) -> None:
         """Memory mode, ``shutdown_timeout`` passed: the worker's job ends FAILED with
         the error ``"aborted: shutdown timeout"`` (and its ``failed`` event)."""
-        rec = slot.current
-        if rec is None:
+        stopped = self._stop_attempt(slot)
+        if stopped is None:
             return
-        if rec.progress is not None:
-            self._progress_ended(rec)
-        slot.current = None
-        end = self._clock.current_time()
-        duration = end - slot.started
-        self._stats.busy_time += duration
-        self._stats.run_p[rec.priority].add(duration)
+        rec, end, duration = stopped
         rec.error = ABORTED
         rec.traceback = None
         self._backend.finish(rec, JobEvent.FAIL_FINAL, end, slot.index, duration)
