@@ -73,6 +73,9 @@ class ReadyQueues:
         outcome objects cost a measurable share of a no-op job."""
         # A recovered backlog: queued jobs still in the store, streamed in as queues drain.
         self._backlog = [0, 0, 0]
+        # Its size for the gauges: the gate above stays at 1 until the streamer has read
+        # to the end, this one counts the jobs still in the store (0 once all are in).
+        self._backlog_left = [0, 0, 0]
         self._backlog_lot = [trio.lowlevel.ParkingLot() for _ in range(3)]
         self._refill: list[trio.Event | None] = [None, None, None]
         self._refill_low = [0, 0, 0]
@@ -488,19 +491,23 @@ class ReadyQueues:
         """``count`` queued jobs of priority ``p`` wait in the store: new jobs of that
         priority wait until they are all loaded."""
         self._backlog[p] = count
+        self._backlog_left[p] = count
 
     def backlog(self, p: int) -> int:
         return self._backlog[p]
 
     def load(self, rec: JobRecord, now: float) -> None:
         """A queued job read from the store's backlog."""
-        self._backlog[rec.priority] = max(1, self._backlog[rec.priority] - 1)
+        p = rec.priority
+        self._backlog[p] = max(1, self._backlog[p] - 1)
+        self._backlog_left[p] = max(0, self._backlog_left[p] - 1)
         self._jobs[rec.id] = rec
         self.make_ready(rec, now)
 
     def skip(self, p: int) -> None:
         """A row of the backlog that memory knows better (or cannot run): one fewer."""
         self._backlog[p] = max(1, self._backlog[p] - 1)
+        self._backlog_left[p] = max(0, self._backlog_left[p] - 1)
 
     def room(self, p: int) -> int:
         return self.capacity - self._waiting(p)
@@ -517,7 +524,7 @@ class ReadyQueues:
 
     def end_backlog(self, p: int) -> None:
         """The backlog of ``p`` is loaded (or shutdown stopped it): let new jobs in."""
-        self._backlog[p] = 0
+        self._backlog[p] = self._backlog_left[p] = 0
         self._refill[p] = None
         self._backlog_lot[p].unpark_all()
         self._wake_batches(p)
@@ -526,7 +533,7 @@ class ReadyQueues:
 
     def depths(self) -> tuple[int, int, int]:
         """Jobs waiting per priority, the recovered backlog still in the store included."""
-        q, b, a = self._queues, self._backlog, self._aside
+        q, b, a = self._queues, self._backlog_left, self._aside
         return len(q[0]) + b[0] + a[0], len(q[1]) + b[1] + a[1], len(q[2]) + b[2] + a[2]
 
     def __len__(self) -> int:

@@ -47,6 +47,10 @@ class Recovery:
         self._exhausted = 0  # queued jobs recovered with no attempts left (FAILED)
         self._cursor: dict[int, int] = {}
         """Per priority: the last rowid streamed from the backlog."""
+        self._restored: set[str] = set()
+        """Jobs put back here that were not queued at open (found processing, or
+        scheduled): their rows may turn queued before the streamer passes them, and they
+        are not part of the backlog's count."""
 
     async def run(self) -> None:
         store, backend, ready = self._store, self._backend, self._ready
@@ -60,11 +64,13 @@ class Recovery:
             if rec is None:
                 continue
             died += 1
+            self._restored.add(rec.id)
             backend.restore_interrupted(rec)
         for row in scheduled:
             rec = self._runnable(row)
             if rec is not None:
                 rec.durable_start = self._suspect  # it may have come due and run unstored
+                self._restored.add(rec.id)
                 backend.restore(rec)
                 delayed += 1
         for priority, (count, top) in enumerate(spans):
@@ -133,6 +139,8 @@ class Recovery:
                 now = backend.now()
                 for row in rows:
                     job_id = row[0]
+                    if job_id in self._restored:
+                        continue  # not counted in the backlog: restored above
                     if job_id in backend.table or store.holds(job_id):
                         ready.skip(priority)  # memory knows better (cancelled, or loaded)
                         continue
