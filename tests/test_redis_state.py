@@ -754,7 +754,7 @@ async def test_nodes_registry(env: Env) -> None:
 
 def test_corrupt_record_is_named() -> None:
     good: list[Any] = ["j", "t", "1", "0", "queued", "0", "3", None, "1000", None, None,
-                       None, None, None, None, "0", None, None]
+                       None, None, None, None, "0", None, None, None]
     assert len(good) == len(RECORD_FIELDS)
     assert isinstance(stored_job(good), StoredJob)
     bad = list(good)
@@ -765,7 +765,7 @@ def test_corrupt_record_is_named() -> None:
     bad[4] = "exploded"
     with pytest.raises(CorruptRecord, match="status"):
         stored_job(bad)
-    with pytest.raises(CorruptRecord, match="expected 18 fields"):
+    with pytest.raises(CorruptRecord, match="expected 19 fields"):
         stored_job(good[:5])
 
 

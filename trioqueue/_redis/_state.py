@@ -12,327 +12,55 @@ Times in Redis are milliseconds from Redis' ``TIME`` (one clock for every node);
 
 from __future__ import annotations
 
-import enum
-import hashlib
 import itertools
 import json
 import math
-import re
 import uuid
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from typing import Any, Literal, NamedTuple
-
-import attrs
+from typing import Any, Literal
 
 from .._exceptions import InvalidJob, InvalidTransition, JobNotFound, QueueFull
-from .._job import Job, JobStatus, Priority, check_job_id, check_json
+from .._job import Job, JobStatus, check_job_id
 from ._client import RedisClient
 from ._scripts import load_all
-
-MAX_BATCH = 1000
-"""Most jobs one :meth:`RedisState.enqueue` call takes (a script blocks Redis while it
-runs)."""
-MAX_CLAIM = 1000
-"""Most claims (and most outcomes) one :meth:`RedisState.finish_and_claim` call takes."""
-
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}\Z")
-_LABELS = ("high", "medium", "low")
-_STATUSES = {s.value: s for s in JobStatus}
-_PRIORITIES = (Priority.HIGH, Priority.MEDIUM, Priority.LOW)
-
-RECORD_FIELDS = (
-    "id", "task", "payload", "prio", "status", "attempts", "max_retries", "timeout",
-    "created_at", "scheduled_for", "started_at", "finished_at", "result", "error",
-    "traceback", "fence", "owner", "cancel_requested",
+from ._values import (
+    _KINDS,
+    _LABELS,
+    _STATUSES,
+    MAX_BATCH,
+    MAX_CLAIM,
+    RECORD_FIELDS,
+    Admission,
+    Admissions,
+    Admitted,
+    CorruptRecord,
+    Counts,
+    EventBatch,
+    FinishClaim,
+    NewJob,
+    NodeInfo,
+    Outcome,
+    Promoted,
+    Reaped,
+    Renewal,
+    RoomView,
+    StoredJob,
+    StreamEvent,
+    _dumps,
+    _event,
+    canonical_digest,
+    check_name,
+    clean_text,
+    stored_job,
 )
-"""The order of a record's fields in script replies (``FIELDS`` in common.lua)."""
 
-
-def check_name(field: str, value: object) -> str:
-    """A queue or node name: 1-100 ASCII letters, digits and ``_ . : -``."""
-    if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise ValueError(
-            f"{field}: expected 1-100 ASCII letters, digits and '_.:-' (starting with a "
-            f"letter or digit), got {value!r}"
-        )
-    return value
-
-
-class CorruptRecord(ValueError):
-    """A record read from Redis does not have the shape trioqueue writes."""
-
-
-# ---------------------------------------------------------------------------- values
-
-
-def canonical_digest(task: str, payload: Any) -> str:
-    """sha1 of the task name and the payload as canonical JSON (sorted keys, compact):
-    the same body gives the same digest whatever the key order or the node."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha1(f"{len(task)}:{task}:{canonical}".encode()).hexdigest()
-
-
-@attrs.frozen
-class NewJob:
-    """A job to enqueue, validated.  Build it with :meth:`build`."""
-
-    id: str
-    task: str
-    payload: Any = attrs.field(eq=False)
-    payload_json: str
-    digest: str
-    priority: Priority
-    max_retries: int
-    timeout: float | None
-    delay_ms: int
-
-    @classmethod
-    def build(
-        cls,
-        job_id: str,
-        task: str,
-        payload: Any = None,
-        *,
-        priority: Priority | str = Priority.MEDIUM,
-        max_retries: int = 3,
-        timeout: float | None = None,
-        delay: float = 0.0,
-    ) -> NewJob:
-        """Validate every field; raise :class:`InvalidJob` naming the bad one."""
-        check_job_id(job_id)
-        if not isinstance(task, str) or not task or clean_text(task) != task:
-            raise InvalidJob(f"task: expected a non-empty string, got {task!r}")
-        prio = Priority.coerce(priority)
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise InvalidJob(f"max_retries: expected an integer >= 0, got {max_retries!r}")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-            or not (timeout > 0 and math.isfinite(timeout))
-        ):
-            raise InvalidJob(f"timeout: expected a number of seconds > 0, got {timeout!r}")
-        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not (
-            delay >= 0 and math.isfinite(delay)
-        ):
-            raise InvalidJob(f"delay: expected a number of seconds >= 0, got {delay!r}")
-        payload_json = check_json("payload", payload)
-        return cls(
-            job_id, task, payload, payload_json, canonical_digest(task, payload), prio,
-            max_retries, None if timeout is None else float(timeout),
-            math.ceil(delay * 1000) if delay else 0,
-        )
-
-
-class Admission(enum.StrEnum):
-    """What :meth:`RedisState.enqueue` did with one job."""
-
-    ACCEPTED = "accepted"
-    """Stored, QUEUED (or SCHEDULED when delayed)."""
-    EXISTING = "existing"
-    """A job with this id and the same task and payload exists: that one is returned."""
-    DUPLICATE = "duplicate"
-    """A job with this id exists with another task or payload: nothing changed."""
-    FULL = "full"
-    """Its priority had no room: nothing stored."""
-    ABORTED = "aborted"
-    """All-or-nothing batch refused because of another job's duplicate id."""
-
-
-@attrs.frozen
-class Admitted:
-    code: Admission
-    job: Job | None
-    """The stored job (ACCEPTED, EXISTING), else ``None``."""
-
-
-class StoredJob(NamedTuple):
-    """A job as Redis holds it, with what only the Redis backend tracks (a named tuple:
-    one is built per claimed job)."""
-
-    job: Job
-    fence: int
-    """Incremented at every claim and reap: acks and renewals must carry the current one."""
-    owner: str | None
-    """The node that claimed it last."""
-    cancel_requested: bool
-
-
-OutcomeKind = Literal["completed", "failed", "retry", "cancelled", "released"]
-_KINDS = frozenset(("completed", "failed", "retry", "cancelled", "released"))
-
-
-class Outcome(NamedTuple):
-    """How one claimed job ended, for :meth:`RedisState.finish_and_claim`.  Build it with
-    the class methods."""
-
-    id: str
-    fence: int
-    kind: OutcomeKind
-    value: str = ""
-    error: str = ""
-    traceback: str = ""
-    duration: float | None = None
-
-    @classmethod
-    def completed(cls, job_id: str, fence: int, result: Any, duration: float | None = None
-                  ) -> Outcome:
-        return cls(job_id, fence, "completed", check_json("result", result), "", "", duration)
-
-    @classmethod
-    def failed(cls, job_id: str, fence: int, error: str, traceback: str = "",
-               duration: float | None = None) -> Outcome:
-        return cls(job_id, fence, "failed", "", clean_text(error), clean_text(traceback),
-                   duration)
-
-    @classmethod
-    def retry(cls, job_id: str, fence: int, delay: float, error: str, traceback: str = "",
-              duration: float | None = None) -> Outcome:
-        """Failed, to run again after ``delay`` seconds (the caller's backoff)."""
-        if not (delay >= 0 and math.isfinite(delay)):
-            raise ValueError(f"delay: expected a number of seconds >= 0, got {delay!r}")
-        return cls(job_id, fence, "retry", str(math.ceil(delay * 1000)), clean_text(error),
-                   clean_text(traceback), duration)
-
-    @classmethod
-    def cancelled(cls, job_id: str, fence: int, duration: float | None = None) -> Outcome:
-        return cls(job_id, fence, "cancelled", "", "", "", duration)
-
-    @classmethod
-    def released(cls, job_id: str, fence: int) -> Outcome:
-        """Not run to the end (shutdown): back to the front of its priority."""
-        return cls(job_id, fence, "released")
-
-
-@attrs.frozen
-class FinishClaim:
-    results: list[str]
-    """Per outcome, in order: ``"ok"``, ``"stale"`` (refused: the lease moved on) or
-    ``"cancelled"`` (a retry or release turned into CANCELLED: cancel was requested)."""
-    claimed: list[StoredJob]
-    """The jobs now PROCESSING under this node, in claim (fairness) order."""
-
-
-@attrs.frozen
-class Renewal:
-    lost: list[str]
-    """Ids this node no longer holds: stop running them, their result would be refused."""
-    cancel_requested: list[str]
-    """Held ids whose cancellation was requested."""
-
-
-@attrs.frozen
-class Reaped:
-    requeued: list[str]
-    failed: list[str]
-    cancelled: list[str]
-
-
-@attrs.frozen
-class Promoted:
-    promoted: int
-    next_due: float | None
-    """Seconds since the epoch (Redis' clock) of the earliest job not due yet."""
-    blocked: int
-    """Due jobs left in ``sched`` because their ready list was full."""
-
-
-@attrs.frozen
-class Counts:
-    queued: tuple[int, int, int]
-    """LLEN of the ready lists, by priority (high, medium, low)."""
-    scheduled: int
-    processing: int
-    totals: Mapping[str, int]
-    """Cluster-wide counters, ``"<name>:<priority label>"``: enqueued, completed, failed,
-    cancelled, retried, rejected, recovered (plus ``"seq"``, the last event number)."""
-    delayed: tuple[int, int, int]
-    """New delayed jobs waiting, by priority (bounded by the capacity, like the engine)."""
-
-    def total(self, name: str) -> int:
-        return sum(self.totals.get(f"{name}:{label}", 0) for label in _LABELS)
-
-
-@attrs.frozen
-class NodeInfo:
-    node: str
-    heartbeat: float
-    """Seconds since the epoch, Redis' clock."""
-    info: Mapping[str, Any]
-
-
-@attrs.frozen
-class StreamEvent:
-    """One entry of the ``events`` stream."""
-
-    stream_id: str
-    seq: int
-    """Queue-wide event number: increases by one per event."""
-    type: str
-    at: float
-    job_id: str
-    task: str
-    priority: str
-    status: str
-    attempt: int
-    node: str
-    error: str | None
-    duration: float | None
-
-
-@attrs.frozen
-class EventBatch:
-    events: list[StreamEvent]
-    last_id: str
-    dropped: int
-    """Events trimmed from the stream before this reader got to them (0: no gap)."""
-
-
-# ---------------------------------------------------------------------------- records
-
-
-def _ms(value: str | None) -> float | None:
-    return None if value is None or value == "" else int(value) / 1000
-
-
-def stored_job(r: Sequence[Any]) -> StoredJob:
-    """A record in :data:`RECORD_FIELDS` order (as the scripts return it) as a job."""
-    job_id: str = r[0] if r else ""
-    field = "fields"
-    try:
-        if len(r) != len(RECORD_FIELDS):
-            raise ValueError(f"expected {len(RECORD_FIELDS)} fields, got {len(r)}")
-        field = "payload"
-        payload = json.loads(r[2])
-        field = "result"
-        result = None if r[12] is None else json.loads(r[12])
-        field = "prio"
-        prio = _PRIORITIES[int(r[3])]
-        field = "status"
-        status = _STATUSES[r[4]]
-        field = "times"
-        job = Job(
-            job_id, r[1], payload, prio, status, int(r[5]), int(r[6]),
-            None if r[7] is None else float(r[7]),
-            int(r[8]) / 1000, _ms(r[9]), _ms(r[10]), _ms(r[11]), result,
-            r[13] or None, r[14] or None,
-        )
-        field = "fence"
-        return StoredJob(job, int(r[15] or 0), r[16], bool(r[17]))
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
-        raise CorruptRecord(f"job {job_id!r}: {field}: {exc}") from None
-
-
-def _event(entry_id: str, f: Mapping[str, str]) -> StreamEvent:
-    try:
-        return StreamEvent(
-            entry_id, int(f["seq"]), f["type"], int(f["at"]) / 1000, f["job_id"], f["task"],
-            f["priority"], f["status"], int(f["attempt"]), f["node"], f.get("error"),
-            float(f["duration"]) if "duration" in f else None,
-        )
-    except (KeyError, ValueError) as exc:
-        raise CorruptRecord(f"event {entry_id}: {exc!r}") from None
-
-
-# ---------------------------------------------------------------------------- the state
+__all__ = [
+    "MAX_BATCH", "MAX_CLAIM", "RECORD_FIELDS", "Admission", "Admissions", "Admitted",
+    "CorruptRecord", "Counts", "EventBatch", "EventReader", "FinishClaim", "NewJob",
+    "NodeInfo", "Outcome",
+    "Promoted", "Reaped", "RedisState", "Renewal", "RoomView", "StoredJob", "StreamEvent",
+    "canonical_digest", "check_name", "clean_text", "stored_job",
+]
 
 
 class RedisState:
@@ -391,15 +119,25 @@ class RedisState:
     async def enqueue(
         self, jobs: Sequence[NewJob], *, whole: bool = False, count_rejected: bool = True
     ) -> list[Admitted]:
+        """:meth:`admit` without the room view."""
+        return (await self.admit(jobs, whole=whole, count_rejected=count_rejected)).jobs
+
+    async def admit(
+        self, jobs: Sequence[NewJob], *, whole: bool = False, count_rejected: bool = True,
+        refused: Sequence[int] = (0, 0, 0),
+    ) -> Admissions:
         """Admit a batch in one script call; one :class:`Admitted` per job, in order.
 
         ``whole``: all or nothing (``enqueue_many``): if any new job lacks room, every new
         job is FULL; if any id is a DUPLICATE, the others are ABORTED; nothing is stored.
         ``count_rejected``: count FULL answers in the ``rejected`` total (``False`` for the
-        polling of a producer that waits for room).
+        polling of a producer that waits for room).  ``refused``: refusals the node made
+        itself, per priority (``enqueue_nowait``'s QueueFull), counted in ``rejected``.
+        The answer also holds the room view after the call (:class:`Admissions`); an
+        empty ``jobs`` sends only ``refused`` (no call when that is all zero).
         """
-        if not jobs:
-            return []
+        if not jobs and not any(refused):
+            return Admissions([], None)
         if len(jobs) > MAX_BATCH:
             raise InvalidJob(f"jobs: at most {MAX_BATCH} per batch, got {len(jobs)}")
         batch = _dumps([
@@ -412,8 +150,9 @@ class RedisState:
         args: list[str | int] = [
             "", self._maxlen, self.capacity, "1" if whole else "0",
             "1" if count_rejected else "0", batch,
+            _dumps([int(k) for k in refused]) if any(refused) else "",
         ]
-        now_ms, codes, recs = await self._run("enqueue", args)
+        now_ms, codes, recs, view = await self._run("enqueue", args)
         created = int(now_ms) / 1000
         out: list[Admitted] = []
         by_id: dict[str, Job] = {}
@@ -434,7 +173,10 @@ class RedisState:
                 if job is not None:
                     by_id.setdefault(j.id, job)
             out.append(Admitted(adm, job))
-        return out
+        return Admissions(out, RoomView(
+            (int(view[0]), int(view[1]), int(view[2])),
+            (int(view[3]), int(view[4]), int(view[5])),
+        ) if view else None)
 
     # ------------------------------------------------------------------ the hot path
 
@@ -645,24 +387,6 @@ class RedisState:
         if last is None:
             return EventReader(self, "0-0", 0)
         return EventReader(self, last[0], int(last[1].get("seq", 0)))
-
-
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
-"""Batches travel as one JSON argument (ASCII: every string escaped; the scripts decode
-it with cjson): coredis costs about half a microsecond per argument, a batch of 100
-outcomes as separate arguments cost more than its round trip."""
-
-
-def clean_text(text: str) -> str:
-    """``text`` with lone surrogates (possible in exception messages) escaped, so that it
-    can be encoded as UTF-8 and decoded by cjson."""
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
 
 
 def _lease_ms(lease: float) -> int:

@@ -4,7 +4,7 @@ local P = KEYS[1]
 local PRIO = {'high', 'medium', 'low'} -- a record's prio field is 0, 1, 2: PRIO[prio + 1]
 local FIELDS = {'id', 'task', 'payload', 'prio', 'status', 'attempts', 'max_retries',
   'timeout', 'created_at', 'scheduled_for', 'started_at', 'finished_at', 'result', 'error',
-  'traceback', 'fence', 'owner', 'cancel_requested'}
+  'traceback', 'fence', 'owner', 'cancel_requested', 'progress'}
 
 -- One clock for every node: Redis' own, in milliseconds.
 local now_ms

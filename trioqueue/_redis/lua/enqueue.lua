@@ -3,7 +3,11 @@
 --   jobs: a JSON array with per job an array of 8 strings: id, digest, task, prio (0-2),
 --   payload (JSON text), max_retries, timeout (seconds, '' for none), delay_ms ('0': not
 --   delayed).  One argument instead of 8 per job: the client pays per argument.
--- Reply: {created_at ms, {code per job}, {record or false per job}}.  Codes: accepted,
+--   ARGV[7] (optional): a JSON array [high, medium, low] of refusals made by the node
+--   itself (enqueue_nowait's QueueFull from its local view) to count in rejected:<p>.
+-- Reply: {created_at ms, {code per job}, {record or false per job}, {room view}}: the
+--   room view is, after this call, per priority the ready list's length plus its blocked
+--   due jobs (high, medium, low), then the delayed jobs waiting (high, medium, low).  Codes: accepted,
 --   existing (same id and digest; its record is returned unless it is an earlier job of
 --   this batch), duplicate (same id, other digest), full (its priority has no room),
 --   aborted (whole batch refused because of another job's duplicate).
@@ -42,7 +46,7 @@ if hit then
       if r[1] then recs[i] = r end
     end
   end
-  return {tonumber(words[1]), codes, recs}
+  return {tonumber(words[1]), codes, recs, {}}
 end
 
 local codes, recs = {}, {}
@@ -120,6 +124,13 @@ else
     end
   end
 end
+if ARGV[7] and ARGV[7] ~= '' then
+  local extra = cjson.decode(ARGV[7])
+  for p = 1, 3 do
+    local k = tonumber(extra[p]) or 0
+    if k > 0 then count('rejected', p - 1, k) end
+  end
+end
 if count_rejected then
   for p = 1, 3 do
     if refused[p] > 0 then count('rejected', p - 1, refused[p]) end
@@ -167,4 +178,10 @@ end
 wake(n_ready)
 flush(maxlen)
 remember(rid, now_ms .. ' ' .. table.concat(codes, ' '))
-return {now_ms, codes, recs}
+local view = {}
+for p = 1, 3 do
+  view[p] = redis.call('LLEN', P .. 'ready:' .. PRIO[p])
+    + tonumber(redis.call('HGET', P .. 'room', 'blocked:' .. PRIO[p]) or '0')
+  view[p + 3] = tonumber(redis.call('HGET', P .. 'room', 'delayed:' .. PRIO[p]) or '0')
+end
+return {now_ms, codes, recs, view}

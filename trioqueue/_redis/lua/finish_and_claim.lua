@@ -4,7 +4,9 @@
 --   strings: id, fence, kind, value, error, traceback, duration (seconds, '' for none),
 --   tasks: a JSON array of the task names this node can run ('' for any).
 --   kind: completed (value: result JSON), failed, retry (value: delay ms), cancelled,
---   released (back to the front of its ready list, the attempt stays counted).
+--   released (back to the front of its ready list, the attempt stays counted),
+--   progress (value: {"fraction", "note"} JSON; the job stays PROCESSING: its record's
+--   progress field is set and a progress event written).
 -- Reply: {{result per outcome}, {claimed record, ...}}.  A result is 'ok' (applied, or
 --   applied already by an earlier send of the same outcome), 'stale' (the job's fence or
 --   owner moved on: this node no longer holds it; nothing changed) or 'cancelled' (a
@@ -25,7 +27,7 @@ if ARGV[11] and ARGV[11] ~= '' then
 end
 
 local TARGET = {completed = 'completed', failed = 'failed', retry = 'scheduled',
-  cancelled = 'cancelled', released = 'queued'}
+  cancelled = 'cancelled', released = 'queued', progress = 'processing'}
 
 -- Check every outcome before changing anything: a script that fails half way keeps its
 -- writes.
@@ -57,6 +59,15 @@ for i = 1, n_out do
   local status = h[1]
   if not status or h[2] ~= fence or h[3] ~= node then
     results[i] = 'stale'
+  elseif kind == 'progress' then
+    if status == 'processing' then
+      redis.call('HSET', key, 'progress', o[4])
+      emit('progress', id, h[5], tonumber(h[4]), 'processing', tonumber(h[6]), node,
+        {'progress', o[4]})
+      results[i] = 'ok'
+    else
+      results[i] = 'stale'
+    end
   elseif status ~= 'processing' then
     -- A re-sent outcome finds its own work done; anything else moved the job on.
     results[i] = (status == TARGET[kind]) and 'ok' or 'stale'
