@@ -19,7 +19,14 @@ from trioqueue import QueueConfig
 from trioqueue._cli_client import clean
 from trioqueue._cli_client import client_options as read_client_options
 from trioqueue._cli_client import table as render_table
-from trioqueue.cli import UsageError, build_parser, load_registry, serve_options
+from trioqueue.cli import (
+    UsageError,
+    build_parser,
+    load_registry,
+    queue_options,
+    redacted,
+    serve_options,
+)
 
 CLIENT_VARIABLES = ("TRIOQUEUE_URL", "TRIOQUEUE_TOKEN", "TRIOQUEUE_PORT", "PORT")
 
@@ -86,7 +93,9 @@ def test_bad_options_are_usage_errors(argv: list[str], env: dict[str, str], need
         ({"PORT": "eighty"}, "PORT: expected an integer, got 'eighty'"),
         ({"PORT": "70000"}, "PORT: expected a port 0..65535, got 70000"),
         ({"WORKER_COUNT": "many"}, "WORKER_COUNT: cannot parse 'many' for workers"),
-        ({"WORKER_COUNT": "0"}, "WORKER_COUNT: workers: expected a positive integer, got 0"),
+        ({"WORKER_COUNT": "-1"}, "WORKER_COUNT: workers: expected an integer >= 0, got -1"),
+        ({"WORKER_COUNT": "0"}, "WORKER_COUNT: workers: 0 needs redis_url (a node that runs "
+         "no jobs); a queue in memory or in a SQLite file needs at least 1 worker"),
         ({"JOB_QUEUE_CAPACITY": "-5"},
          "JOB_QUEUE_CAPACITY: capacity: expected a positive integer, got -5"),
         ({"TRIOQUEUE_CAPACITY": "0"},
@@ -116,6 +125,72 @@ def test_durability_options_without_a_store_are_refused(
     with pytest.raises(UsageError) as refused:
         options(argv, env)
     assert str(refused.value).startswith(f"{source}: applies to a store only: give --db")
+
+
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+def test_redis_options_from_flags_and_the_environment() -> None:
+    env = {"TRIOQUEUE_REDIS_URL": REDIS, "TRIOQUEUE_QUEUE": "emails", "TRIOQUEUE_LEASE": "7",
+           "TRIOQUEUE_PREFETCH": "64"}
+    _, config, _ = options([], env)
+    assert (config.redis_url, config.queue_name, config.lease, config.prefetch) == (  # type: ignore[attr-defined]
+        REDIS, "emails", 7.0, 64)
+    _, config, _ = options(["--redis", "redis://127.0.0.1:6379/3", "--queue", "q2",
+                            "--lease", "2.5", "--prefetch", "8"], env)
+    assert (config.redis_url, config.queue_name, config.lease, config.prefetch) == (  # type: ignore[attr-defined]
+        "redis://127.0.0.1:6379/3", "q2", 2.5, 8)
+    # A node that runs no jobs claims none, whatever TRIOQUEUE_PREFETCH says.
+    _, config, _ = options(["--workers", "0"], env)
+    assert (config.workers, config.prefetch) == (0, 0)  # type: ignore[attr-defined]
+    _, config = queue_options(build_parser().parse_args(["worker", "--app", "trioqueue.demo:"
+                                                         "registry"]), env, worker=True)
+    assert (config.redis_url, config.queue_name, config.workers) == (REDIS, "emails", 4)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--redis", REDIS, "--db", "q.db"], {},
+         "--redis and --db exclude each other: a queue lives either in Redis or in a SQLite "
+         "file; give one of them"),
+        (["--db", "q.db"], {"TRIOQUEUE_REDIS_URL": REDIS}, "TRIOQUEUE_REDIS_URL and --db "
+         "exclude each other"),
+        (["--redis", REDIS], {"TRIOQUEUE_DB": "q.db"}, "--redis and TRIOQUEUE_DB exclude"),
+        (["--queue", "q"], {}, "--queue: applies to a queue in Redis only: give --redis URL"),
+        ([], {"TRIOQUEUE_LEASE": "3"}, "TRIOQUEUE_LEASE: applies to a queue in Redis only"),
+        (["--prefetch", "3"], {}, "--prefetch: applies to a queue in Redis only"),
+        (["--workers", "0"], {}, "--workers: 0 needs --redis URL"),
+        (["--redis", "http://127.0.0.1/"], {},
+         "--redis: expected a redis://, rediss:// or unix:// URL, got 'http://127.0.0.1/'"),
+        ([], {"TRIOQUEUE_REDIS_URL": "127.0.0.1:6379"},
+         "TRIOQUEUE_REDIS_URL: redis_url: expected a redis://"),
+        (["--redis", REDIS, "--queue", "no spaces"], {}, "--queue: expected 1-100 ASCII"),
+        (["--redis", REDIS, "--lease", "0"], {}, "--lease: must be > 0, got 0.0"),
+        (["--redis", REDIS, "--workers", "0", "--prefetch", "2"], {},
+         "--prefetch: a node with workers=0 runs no jobs and must claim none"),
+        (["--redis", REDIS, "--durability", "batch"], {},
+         "--durability: applies to a store only: give --db PATH (or TRIOQUEUE_DB) too; "
+         "without one, jobs are in Redis"),
+    ],
+)
+def test_bad_redis_options_are_usage_errors(argv: list[str], env: dict[str, str],
+                                            message: str) -> None:
+    with pytest.raises(UsageError) as refused:
+        options(argv, env)
+    assert str(refused.value).startswith(message)
+
+
+def test_a_worker_needs_redis() -> None:
+    args = build_parser().parse_args(["worker"])
+    with pytest.raises(UsageError, match=r"^give --redis URL \(or TRIOQUEUE_REDIS_URL\)"):
+        queue_options(args, {}, worker=True)
+
+
+def test_redacted_hides_only_the_password() -> None:
+    assert redacted("redis://:s3cret@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+    assert redacted("rediss://me:s3cret@host/1") == "rediss://me:***@host/1"
+    assert redacted(REDIS) == REDIS
 
 
 def test_durability_options_with_a_store_are_taken(tmp_path: Path) -> None:

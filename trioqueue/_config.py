@@ -94,8 +94,9 @@ class QueueConfig:
     """Everything :func:`open_queue` can be told.  Invalid values raise ``ValueError``
     naming the field."""
 
-    workers: int = attrs.field(default=4, validator=_positive_int)
-    """Worker tasks: how many jobs run at once."""
+    workers: int = attrs.field(default=4, validator=_non_negative_int)
+    """Worker tasks: how many jobs run at once.  0 only with :attr:`redis_url`: a node
+    that enqueues, answers queries and serves the API, and runs no jobs."""
     capacity: int = attrs.field(default=1000, validator=_positive_int)
     """Per priority: how many jobs may wait in its ready queue (and, separately, how many
     new delayed jobs may wait for their due time).  ``enqueue`` waits for room,
@@ -172,6 +173,12 @@ class QueueConfig:
                                  "Redis or in a SQLite file); set one of them")
             if self.lease <= 0:
                 raise ValueError(f"lease: must be > 0, got {self.lease!r}")
+            if self.workers == 0 and self.prefetch:
+                raise ValueError(f"prefetch: a node with workers=0 runs no jobs and must "
+                                 f"claim none; set prefetch=0, got {self.prefetch!r}")
+        elif self.workers == 0:
+            raise ValueError("workers: 0 needs redis_url (a node that runs no jobs); a queue "
+                             "in memory or in a SQLite file needs at least 1 worker")
         if self.persist_path is None and self.durability != "sync":  # refused, not ignored
             raise ValueError(f"durability: {self.durability!r} needs persist_path (a store); "
                              "without one, jobs live in memory only")

@@ -86,6 +86,8 @@ class Workers:
         """``report_progress`` calls' state (the engine sets it)."""
         self.done = trio.Event()
         """Set when the last worker has returned."""
+        if not self.slots:  # workers=0: a Redis node that runs no jobs
+            self.done.set()
 
     # ------------------------------------------------------------------ views
 

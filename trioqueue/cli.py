@@ -1,10 +1,12 @@
-"""The ``trioqueue`` command: ``serve``, and the client commands ``enqueue``, ``status``,
-``list``, ``cancel``, ``retry``, ``metrics``, ``tasks`` and ``monitor``.
+"""The ``trioqueue`` command: ``serve``, ``worker`` (a node of a queue in Redis, without
+HTTP), and the client commands ``enqueue``, ``status``, ``list``, ``cancel``, ``retry``,
+``metrics``, ``tasks`` and ``monitor``.
 
-Every ``serve`` flag can also come from the environment (``TRIOQUEUE_PORT`` and so on;
-a flag wins).  The client commands find the server with ``--url`` or ``TRIOQUEUE_URL``
-and send ``--token`` / ``TRIOQUEUE_TOKEN``.  Exit status: 0, 1 for a refused or failed
-operation (and an unreachable server), 2 for a bad flag or variable.
+Every ``serve`` and ``worker`` flag can also come from the environment
+(``TRIOQUEUE_PORT``, ``TRIOQUEUE_REDIS_URL`` and so on; a flag wins).  The client commands
+find the server with ``--url`` or ``TRIOQUEUE_URL`` and send ``--token`` /
+``TRIOQUEUE_TOKEN``.  Exit status: 0, 1 for a refused or failed operation (and an
+unreachable server or Redis), 2 for a bad flag or variable.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import signal
 import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 import trio
@@ -108,36 +110,105 @@ def _version() -> str:
 # ---------------------------------------------------------------------------- serve
 
 
+_FLAGS = {"workers": "--workers", "capacity": "--capacity", "persist_path": "--db",
+          "durability": "--durability", "shutdown_timeout": "--shutdown-timeout",
+          "redis_url": "--redis", "queue_name": "--queue", "lease": "--lease",
+          "prefetch": "--prefetch"}
+"""Flags of ``serve`` and ``worker`` by the :class:`QueueConfig` field they set: a field
+given by a flag is named by the flag in errors."""
+
+_REDIS_ONLY = (("queue", "--queue", "TRIOQUEUE_QUEUE"), ("lease", "--lease", "TRIOQUEUE_LEASE"),
+               ("prefetch", "--prefetch", "TRIOQUEUE_PREFETCH"))
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password (if any) shown as ``***``: for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def queue_options(
+    args: argparse.Namespace, env: Mapping[str, str], *, worker: bool = False
+) -> tuple[TaskRegistry, QueueConfig]:
+    """The registry and queue config of ``serve`` or ``worker``: flags over
+    ``TRIOQUEUE_*`` (and ``WORKER_COUNT``, ``JOB_QUEUE_CAPACITY``)."""
+    app = args.app or env_first(env, "TRIOQUEUE_APP")
+    if app:
+        registry = load_registry(app)
+    else:
+        from .demo import registry
+    db = getattr(args, "db", None)
+    db_from = "--db" if db else None
+    if db is None:
+        found = env_named(env, "TRIOQUEUE_DB", "TRIOQUEUE_PERSIST_PATH")
+        db_from = None if found is None else found[0]
+    redis_from = "--redis" if args.redis else None
+    if args.redis is None:
+        found = env_named(env, "TRIOQUEUE_REDIS_URL")
+        redis_from = None if found is None else found[0]
+    if redis_from and db_from:
+        raise UsageError(f"{redis_from} and {db_from} exclude each other: a queue lives "
+                         "either in Redis or in a SQLite file; give one of them")
+    if worker and not redis_from:
+        raise UsageError("give --redis URL (or TRIOQUEUE_REDIS_URL): a worker is a node of "
+                         "a queue in Redis")
+    if not redis_from:
+        # Options of a queue in Redis, refused rather than ignored without one.
+        for attr, flag, name in _REDIS_ONLY:
+            source = flag if getattr(args, attr) is not None else name if env.get(name) else None
+            if source:
+                raise UsageError(f"{source}: applies to a queue in Redis only: give --redis "
+                                 "URL (or TRIOQUEUE_REDIS_URL) too")
+    if not db_from:
+        # Options of the store, refused rather than ignored without one.
+        for given, source in ((getattr(args, "durability", None), "--durability"),
+                              *((env.get(name), name) for name in (
+                                  "TRIOQUEUE_DURABILITY", "TRIOQUEUE_FLUSH_INTERVAL",
+                                  "TRIOQUEUE_FSYNC"))):
+            if given:
+                raise UsageError(f"{source}: applies to a store only: give --db PATH (or "
+                                 "TRIOQUEUE_DB) too; without one, jobs "
+                                 f"{'are in Redis' if redis_from else 'live in memory'}")
+    overrides: dict[str, Any] = {}
+    for flag, field in (("workers", "workers"), ("capacity", "capacity"), ("db", "persist_path"),
+                        ("durability", "durability"), ("shutdown_timeout", "shutdown_timeout"),
+                        ("redis", "redis_url"), ("queue", "queue_name"), ("lease", "lease"),
+                        ("prefetch", "prefetch")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[field] = value
+    if overrides.get("workers") == 0 and not redis_from:
+        raise UsageError("--workers: 0 needs --redis URL (a node that only enqueues and "
+                         "serves the API while other nodes run the jobs)")
+    if redis_from and "prefetch" not in overrides:
+        workers = overrides.get("workers")
+        if workers is None:
+            found = env_named(env, "TRIOQUEUE_WORKERS", "WORKER_COUNT")
+            workers = None if found is None else parse_int(found[0], found[1])
+        if workers == 0:
+            overrides["prefetch"] = 0  # a node that runs no jobs claims none
+    try:
+        config = QueueConfig.from_env(env, **overrides)
+    except ValueError as exc:
+        text = str(exc)
+        field, sep, rest = text.partition(":")
+        if sep and field in overrides and field in _FLAGS:
+            text = f"{_FLAGS[field]}:{rest}"
+        raise UsageError(text) from None
+    return registry, config
+
+
 def serve_options(
     args: argparse.Namespace, env: Mapping[str, str]
 ) -> tuple[TaskRegistry, QueueConfig, Any]:
     """Flags over ``TRIOQUEUE_*`` (and ``PORT``, ``WORKER_COUNT``, ``JOB_QUEUE_CAPACITY``)."""
     from .server import ServerSettings
 
-    app = args.app or env_first(env, "TRIOQUEUE_APP")
-    if app:
-        registry = load_registry(app)
-    else:
-        from .demo import registry
-    if not (args.db or env_first(env, "TRIOQUEUE_DB", "TRIOQUEUE_PERSIST_PATH")):
-        # Options of the store, refused rather than ignored without one.
-        for given, source in ((args.durability, "--durability"),
-                              *((env.get(name), name) for name in (
-                                  "TRIOQUEUE_DURABILITY", "TRIOQUEUE_FLUSH_INTERVAL",
-                                  "TRIOQUEUE_FSYNC"))):
-            if given:
-                raise UsageError(f"{source}: applies to a store only: give --db PATH (or "
-                                 "TRIOQUEUE_DB) too; without one, jobs live in memory")
-    overrides: dict[str, Any] = {}
-    for flag, field in (("workers", "workers"), ("capacity", "capacity"), ("db", "persist_path"),
-                        ("durability", "durability"), ("shutdown_timeout", "shutdown_timeout")):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides[field] = value
-    try:
-        config = QueueConfig.from_env(env, **overrides)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    registry, config = queue_options(args, env)
     host = args.host or env_first(env, "TRIOQUEUE_HOST") or "127.0.0.1"
     port, port_from = DEFAULT_PORT, "--port"
     if args.port is not None:
@@ -243,24 +314,103 @@ def _lone(group: BaseExceptionGroup[Any], kinds: tuple[type[BaseException], ...]
     return found[0] if found else None
 
 
+def _open_error(error: BaseException | None, config: QueueConfig) -> str | None:
+    """The one line that says why the queue could not open, or None (not such an error)."""
+    if error is None:
+        return None
+    if isinstance(error, StoreError):
+        return str(error)
+    if config.redis_url is not None and isinstance(error, TrioQueueError):
+        from ._redis._client import RedisUnavailable
+
+        if isinstance(error, RedisUnavailable):
+            reason = str(error).removeprefix("redis: ")
+            return (f"cannot use redis at {redacted(config.redis_url)} (queue "
+                    f"{config.queue_name!r}): {reason}")
+    return None
+
+
+def _run_node(main: Any, config: QueueConfig, *args: Any) -> tuple[int | None, str | None]:
+    """``trio.run(main, ...)``: its exit status, or the line saying why the queue could
+    not open; an OSError (the port taken) comes back as that line's cause."""
+    try:
+        return trio.run(main, *args), None
+    except (TrioQueueError, OSError) as exc:
+        error: BaseException | None = exc
+    except BaseExceptionGroup as group:
+        error = _lone(group, (TrioQueueError, OSError))
+        if error is None:
+            raise
+    line = _open_error(error, config)
+    if line is None:
+        if not isinstance(error, OSError):
+            assert error is not None
+            raise error
+        line = f"OSError: {error}"
+    return None, line
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     registry, config, settings = serve_options(args, os.environ)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.token:
         log.warning("serving on %s without a token: anyone who can reach it can run jobs",
                     settings.host)
-    try:
-        return trio.run(_serve_until_signalled, registry, config, settings, sys.stdout)
-    except (StoreError, OSError) as exc:
-        error: BaseException | None = exc
-    except BaseExceptionGroup as group:
-        error = _lone(group, (StoreError, OSError))
-        if error is None:
-            raise
-    if isinstance(error, StoreError):
-        print(f"trioqueue serve: {error}", file=sys.stderr)
-    else:
-        print(f"trioqueue serve: cannot serve on {settings.host}:{settings.port}: {error}",
-              file=sys.stderr)
+    code, line = _run_node(_serve_until_signalled, config, registry, config, settings,
+                           sys.stdout)
+    if code is not None:
+        return code
+    assert line is not None
+    if line.startswith("OSError: "):
+        line = f"cannot serve on {settings.host}:{settings.port}: {line.removeprefix('OSError: ')}"
+    print(f"trioqueue serve: {line}", file=sys.stderr)
+    return 1
+
+
+# ---------------------------------------------------------------------------- worker
+
+
+async def _work_until_signalled(registry: TaskRegistry, config: QueueConfig, out: TextIO
+                                ) -> int:
+    """Run a node without HTTP; the first SIGINT/SIGTERM shuts it down in order (running
+    jobs get ``shutdown_timeout``, claimed ones go back, queued ones stay in Redis), a
+    second one cuts it short."""
+    from ._engine import open_queue
+
+    forced: list[int] = []
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            async with open_queue(registry, config):
+                assert config.redis_url is not None
+                print(f"trioqueue worker {os.getpid()}: {config.workers} workers on queue "
+                      f"{config.queue_name!r} at {redacted(config.redis_url)}, tasks "
+                      f"{', '.join(sorted(registry)) or '(none)'}", file=out, flush=True)
+                async for signum in signals:
+                    log.info("%s: shutting down (send it again to stop at once)",
+                             signal.Signals(signum).name)
+                    break
+
+                async def watch_signals() -> None:
+                    async for signum in signals:
+                        log.warning("second %s: stopping now; running jobs go back to the "
+                                    "queue", signal.Signals(signum).name)
+                        forced.append(signum)
+                        nursery.cancel_scope.cancel()
+                        return
+
+                nursery.start_soon(watch_signals)
+            nursery.cancel_scope.cancel()  # closed: stop watching for signals
+    if forced:
+        return 128 + forced[0]
+    print(f"trioqueue worker {os.getpid()}: stopped", file=out, flush=True)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    registry, config = queue_options(args, os.environ, worker=True)
+    code, line = _run_node(_work_until_signalled, config, registry, config, sys.stdout)
+    if code is not None:
+        return code
+    print(f"trioqueue worker: {line}", file=sys.stderr)
     return 1
 
 
@@ -279,16 +429,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the queue with its HTTP API",
                                 description="Run a queue and its HTTP API on one port. "
                                 "Each flag also comes from TRIOQUEUE_<FLAG> (a flag wins).")
-    serve.add_argument("--app", help="MODULE:REGISTRY of your tasks (default: demo tasks)")
+
+    def queue_flags(p: argparse.ArgumentParser, *, worker: bool = False) -> None:
+        p.add_argument("--app", help="MODULE:REGISTRY of your tasks (default: demo tasks)")
+        zero = "" if worker else "; 0 with --redis: this node runs no jobs"
+        p.add_argument("--workers", type=int, help=f"worker tasks (default 4{zero})")
+        p.add_argument("--capacity", type=int, help="jobs waiting per priority (default 1000)")
+        if not worker:
+            p.add_argument("--db", help="SQLite file: makes jobs durable")
+            p.add_argument("--durability", choices=("sync", "batch"), help="with --db")
+        p.add_argument("--redis", metavar="URL", help="redis://HOST:PORT/DB: the queue lives "
+                       "in Redis, shared by every node opened on it (excludes --db)")
+        p.add_argument("--queue", metavar="NAME",
+                       help="with --redis: which queue (default 'default')")
+        p.add_argument("--lease", type=float, help="with --redis: seconds a dead node's "
+                       "jobs wait before another node runs them (default 30)")
+        p.add_argument("--prefetch", type=int, help="with --redis: jobs claimed beyond idle "
+                       "workers (default 0: exact fairness across nodes)")
+        p.add_argument("--shutdown-timeout", type=float,
+                       help="seconds in-flight jobs get at shutdown (default 30)")
+
+    queue_flags(serve)
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help=f"port (default {DEFAULT_PORT}; 0: any free)")
-    serve.add_argument("--workers", type=int, help="worker tasks (default 4)")
-    serve.add_argument("--capacity", type=int, help="jobs waiting per priority (default 1000)")
-    serve.add_argument("--db", help="SQLite file: makes jobs durable")
-    serve.add_argument("--durability", choices=("sync", "batch"), help="with --db")
     serve.add_argument("--token", help="bearer token required on everything but /healthz")
-    serve.add_argument("--shutdown-timeout", type=float,
-                       help="seconds in-flight jobs get at shutdown (default 30)")
     serve.add_argument("--max-body", type=int, help="request body limit in bytes (1 MiB)")
     serve.add_argument("--event-buffer", type=int,
                        help="events buffered per websocket client (default 1000)")
@@ -303,6 +467,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default=None,
                        help="debug (one line per job state change), info (default), warning")
     serve.set_defaults(handler=cmd_serve)
+
+    worker = commands.add_parser(
+        "worker", help="run a node of a queue in Redis, without HTTP",
+        description="Run the tasks of --app from a queue in Redis until SIGTERM or Ctrl+C "
+        "(then running jobs get --shutdown-timeout, and queued jobs stay for the other "
+        "nodes). Each flag also comes from TRIOQUEUE_<FLAG> (TRIOQUEUE_REDIS_URL, "
+        "TRIOQUEUE_QUEUE, ...; a flag wins).")
+    queue_flags(worker, worker=True)
+    worker.add_argument("--log-level", default=None,
+                        help="debug (one line per job state change), info (default), warning")
+    worker.set_defaults(handler=cmd_worker)
 
     def client_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", help="server URL (TRIOQUEUE_URL; default "

@@ -417,7 +417,8 @@ class App:
         """The stored job under ``request.id`` if it is the same task and payload; raise
         409 if it differs; ``None`` if the store has no such job (or there is no store)."""
         assert request.id is not None
-        if self.queue.config.persist_path is None:
+        config = self.queue.config
+        if config.persist_path is None and config.redis_url is None:
             return None
         try:
             stored = await self.queue.get(request.id)
@@ -436,8 +437,8 @@ class App:
         q = self.queue
         if self.closing:
             raise HTTPError(503, "the server is shutting down and takes no new jobs")
-        try:
-            current = q.get_nowait(job_id)
+        try:  # in Redis, the job is not in this process: ask Redis
+            current = q.get_nowait(job_id) if q.config.redis_url is None else await q.get(job_id)
         except JobNotFound:
             current = None
         if current is not None and current.status in (JobStatus.FAILED, JobStatus.CANCELLED):
