@@ -4,6 +4,13 @@
 - ``sleep``: payload ``{"seconds": s}``; holds a worker that long.
 - ``boom``: always fails, with ``payload["message"]`` as the error (no retries).
 - ``fail_once``: fails the first time a job id runs, completes when it is retried.
+
+``with_periodic`` has the same four tasks and two periodic ones (payload ``null``, they
+return it) that never come due while a test runs, so that the only job of each is the
+catch-up run enqueued at start (docs/guide.md, periodic tasks):
+
+- ``new_year``: ``schedule="0 0 1 1 *"`` (midnight UTC on 1 January);
+- ``epoch``: ``every=1e9`` seconds (its runs: 2001-09-09, then 2033-05-18).
 """
 
 from __future__ import annotations
@@ -46,3 +53,20 @@ async def fail_once(job: Job) -> dict[str, bool]:
         _failed_once.add(job.id)
         raise Boom("the first attempt fails on purpose")
     return {"second_run": True}
+
+
+with_periodic = TaskRegistry()
+with_periodic.register(echo, name="echo")
+with_periodic.register(sleep, name="sleep")
+with_periodic.register(boom, name="boom", max_retries=0)
+with_periodic.register(fail_once, name="fail_once", max_retries=0)
+
+
+@with_periodic.task(name="new_year", schedule="0 0 1 1 *")
+async def new_year(job: Job) -> Any:
+    return job.payload
+
+
+@with_periodic.task(name="epoch", every=1e9, priority="low")
+async def epoch(job: Job) -> Any:
+    return job.payload

@@ -71,6 +71,14 @@ def test_live_counts_move_while_jobs_run(server: Server, pages: Pages) -> None:
     expect(page.locator("#m-completed")).to_have_text("8", timeout=10_000)
     expect(page.locator("#running-body tr")).to_have_count(0)
     expect(page.locator("#m-rate-done")).to_contain_text("/s now")
+    # Latencies per priority (the metrics' by_priority): the sleeps ran at medium.
+    page.locator("#tabs button[data-tab=overview]").click()
+    medium = page.locator('#latency-body tr[data-priority="medium"] td')
+    expect(medium.nth(1)).to_have_text("0")  # queued
+    expect(medium.nth(4)).to_have_text(re.compile(r"^1\.\d\d s$"))  # run p50 of 1.5 s sleeps
+    expect(medium.nth(5)).to_have_text(re.compile(r"^1\.\d\d s$"))  # run p99
+    high = page.locator('#latency-body tr[data-priority="high"] td')
+    expect(high.nth(4)).to_have_text("\u2013")  # no high job ran: a dash
 
     # A page opened now draws the past at once: the server sends its samples first.
     later = open_live(pages, server.url + "/")

@@ -29,6 +29,7 @@
   const CANCELLABLE = new Set(["queued", "scheduled", "processing"]);
   const RETRYABLE = new Set(["failed", "cancelled"]);
   const PRIORITIES = ["high", "medium", "low"];
+  const TASKS_GAP_MS = 3000; // GET /tasks again at most this often once a next run passed
 
   const $ = (id) => document.getElementById(id);
 
@@ -80,6 +81,10 @@
       progress: null },
     tab: "overview",
     reload: { inFlight: false, again: false, last: 0, timer: 0 },
+    // Periodic tasks from GET /tasks (loaded on every connect, and again once a next run
+    // has passed); `last` maps a task to its newest job, kept current by events.
+    periodic: { tasks: [], names: new Set(), last: new Map(), loaded: false, inFlight: false,
+      at: 0, dirty: false, note: "" },
     clicks: 0,
   };
 
@@ -102,6 +107,21 @@
     if (s < 1) return `${(s * 1e3).toFixed(s < 0.01 ? 2 : 1)} ms`;
     if (s < 120) return `${s.toFixed(2)} s`;
     return `${Math.round(s / 60)} min`;
+  };
+  const span = (s) => {
+    if (typeof s !== "number" || !isFinite(s)) return "–";
+    const units = [[86400, "d"], [3600, "h"], [60, "min"], [1, "s"]];
+    for (const [size, unit] of units) {
+      if (s >= size && Math.abs(s / size - Math.round(s / size)) < 1e-9) return `${num(Math.round(s / size))} ${unit}`;
+    }
+    return secs(s);
+  };
+  // A time to come, roughly: "42 s", "17 min", "5 h", "2,354 d".
+  const until = (s) => {
+    if (s < 120) return `${Math.ceil(s)} s`;
+    if (s < 7200) return `${Math.floor(s / 60)} min`;
+    if (s < 172800) return `${Math.floor(s / 3600)} h`;
+    return `${num(Math.floor(s / 86400))} d`;
   };
   const rate = (r) => (typeof r === "number" && isFinite(r)
     ? `${r >= 100 ? Math.round(r).toLocaleString("en-US") : r.toFixed(1)}/s` : "–");
@@ -257,6 +277,7 @@
         $("auth").hidden = true;
         setConn("live", "");
         requestReload(true);
+        loadTasks(true);
       }
       receive(message.data);
     };
@@ -328,6 +349,10 @@
     if (S.conn === "live" && S.lastMessage && Date.now() - S.lastMessage > STALE_MS) setConn("stale");
     renderConn();
     if (S.tab === "workers") S.runningDirty = true;
+    if (S.tab === "periodic") {
+      S.periodic.dirty = true; // the "in N s" column
+      if (nextRunPassed()) loadTasks();
+    }
     schedule();
   }
 
@@ -515,6 +540,75 @@
     applyDead(ev);
     applyRunning(ev);
     applyDetail(ev);
+    applyPeriodic(ev);
+  }
+
+  // ------------------------------------------------------------------ periodic tasks
+
+  function nextRunPassed() {
+    const P = S.periodic;
+    if (!P.loaded || P.inFlight || Date.now() - P.at < TASKS_GAP_MS) return false;
+    return P.tasks.some((t) => isFinite(t.next) && t.next <= Date.now());
+  }
+
+  // `fresh`: on a (re)connect, when the jobs known as last runs may be gone (a restart).
+  async function loadTasks(fresh) {
+    const P = S.periodic;
+    if (P.inFlight) return;
+    P.inFlight = true;
+    P.at = Date.now();
+    try {
+      const r = await api("GET", "tasks");
+      if (!r.ok || !r.data || !Array.isArray(r.data.tasks)) {
+        P.note = `Could not load the tasks: ${errorText(r)}`;
+        return;
+      }
+      P.tasks = r.data.tasks
+        .filter((t) => t && typeof t.name === "string"
+          && (typeof t.schedule === "string" || typeof t.every === "number"))
+        .map((t) => ({ name: t.name, schedule: t.schedule, every: t.every,
+          priority: t.priority, next: ms(t.next_run) }));
+      P.names = new Set(P.tasks.map((t) => t.name));
+      P.loaded = true;
+      P.note = "";
+      if (fresh) P.last = new Map();
+      // Each task's newest job (its last run), on the first load and on a reconnect.
+      const missing = P.tasks.filter((t) => !P.last.has(t.name));
+      if (missing.length) await Promise.all(missing.map((t) => loadLastRun(t.name)));
+    } catch (e) {
+      P.note = "Could not reach the server.";
+    } finally {
+      P.inFlight = false;
+      P.dirty = true;
+      schedule();
+    }
+  }
+
+  async function loadLastRun(name) {
+    const mark = recentMark();
+    const r = await api("GET", `jobs?${new URLSearchParams({ task: name, limit: "1" })}`);
+    if (!r.ok || !r.data || !Array.isArray(r.data.jobs)) return;
+    const job = r.data.jobs[0];
+    if (job && typeof job.id === "string" && job.task === name && !S.periodic.last.has(name)) {
+      S.periodic.last.set(name, jobRecord(job));
+    }
+    replaySince(mark, applyPeriodic);
+  }
+
+  function applyPeriodic(ev) {
+    const P = S.periodic;
+    if (!P.names.has(ev.task)) return;
+    const rec = P.last.get(ev.task);
+    if (rec && rec.id === ev.job_id) {
+      if (update(rec, ev)) P.dirty = true;
+    } else if (ev.type === "enqueued" || ev.type === "scheduled") {
+      const at = Number(ev.at) * 1000;
+      if (rec && !(at >= rec.t)) return;
+      P.last.set(ev.task, { id: ev.job_id, task: ev.task, priority: ev.priority,
+        status: ev.status, attempts: ev.attempt, created: at, finished: NaN, error: ev.error,
+        t: at, row: null });
+      P.dirty = true;
+    }
   }
 
   // ------------------------------------------------------------------ reloads over HTTP
@@ -921,6 +1015,7 @@
     if (S.jobsDirty && S.tab === "jobs") renderJobs();
     if (S.deadDirty) renderDead();
     if (S.runningDirty && S.tab === "workers") renderWorkers();
+    if (S.periodic.dirty) renderPeriodic();
     if (S.detail.dirty && S.detail.id) renderDetail(false);
   }
 
@@ -955,6 +1050,7 @@
     }
     rows.forEach(([name, q, src], i) => {
       const cells = body.rows[i].cells;
+      body.rows[i].dataset.priority = name;
       setText(cells[0], name);
       setText(cells[1], num(q));
       setText(cells[2], secs(src.wait_p50));
@@ -1140,6 +1236,44 @@
     body.replaceChildren(frag);
   }
 
+  function renderPeriodic() {
+    const P = S.periodic;
+    P.dirty = false;
+    setText($("periodic-count"), String(P.tasks.length));
+    if (S.tab !== "periodic") return;
+    const body = $("periodic-body");
+    while (body.rows.length < P.tasks.length) {
+      const tr = body.insertRow();
+      for (let i = 0; i < 7; i += 1) tr.insertCell();
+      tr.cells[5].className = "id";
+    }
+    while (body.rows.length > P.tasks.length) body.lastChild.remove();
+    const now = Date.now();
+    P.tasks.forEach((t, i) => {
+      const tr = body.rows[i];
+      const c = tr.cells;
+      tr.dataset.task = t.name;
+      setText(c[0], t.name);
+      setText(c[1], typeof t.schedule === "string"
+        ? `cron ${t.schedule}` : `every ${span(t.every)}`);
+      setText(c[2], t.priority);
+      setText(c[3], isFinite(t.next) ? when(t.next) : "–");
+      let left = "–";
+      if (isFinite(t.next)) left = t.next > now ? `in ${until((t.next - now) / 1000)}` : "due";
+      setText(c[4], left);
+      const last = P.last.get(t.name);
+      const id = last ? last.id : "";
+      if ((c[5].firstChild ? c[5].firstChild.dataset.job : "") !== id) {
+        c[5].replaceChildren(...(last ? [jobLink(id)] : []));
+      }
+      setText(c[6], last ? last.status : "never run");
+      c[6].className = last ? `status s-${last.status}` : "muted";
+    });
+    let note = P.note;
+    if (!note && P.loaded) note = P.tasks.length ? "" : "This server has no periodic tasks.";
+    setText($("periodic-note"), note);
+  }
+
   function renderDetail(immediate) {
     const d = S.detail;
     d.dirty = false;
@@ -1186,7 +1320,7 @@
     for (const b of $("tabs").querySelectorAll("button[data-tab]")) {
       b.setAttribute("aria-pressed", String(b.dataset.tab === name));
     }
-    for (const v of ["overview", "jobs", "dead", "workers"]) $(`view-${v}`).hidden = v !== name;
+    for (const v of ["overview", "jobs", "dead", "workers", "periodic"]) $(`view-${v}`).hidden = v !== name;
     if (name === "jobs") {
       S.jobsDirty = true;
       if (S.stale.jobs) {
@@ -1203,6 +1337,10 @@
       }
     }
     if (name === "overview") S.metricsDirty = true;
+    if (name === "periodic") {
+      S.periodic.dirty = true;
+      if (nextRunPassed()) loadTasks();
+    }
     schedule();
   }
 
