@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
         values: list[object] = []
         for i in range(c * CHUNK, (c + 1) * CHUNK):
             values.extend((f"{i:032x}", "noop", "null", 1, "completed", 1, 3, nan,
-                           1.7e9, nan, 1.7e9 + i, 1.7e9 + i, "", "", ""))
+                           1.7e9, nan, 1.7e9 + i, 1.7e9 + i, "", "", "", ""))
         chunks.append(tuple(values))
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()

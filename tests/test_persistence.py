@@ -202,7 +202,7 @@ async def test_a_large_backlog_reopens_within_the_capacity_bound(tmp_path: Path)
     store = SqliteStore.open(db)
     store.write_all(
         (f"b{i}", "count", str(i), i % 3, "queued", 0, 3, None, 1.0 + i, None, None, None,
-         None, None, None)
+         None, None, None, None)
         for i in range(n)
     )
     store.close()
@@ -242,7 +242,7 @@ async def test_backlog_jobs_can_be_read_and_cancelled_before_they_load(tmp_path:
     store = SqliteStore.open(db)
     store.write_all(
         (f"b{i}", "blocked", "null", 1, "queued", 0, 3, None, 1.0 + i, None, None, None,
-         None, None, None)
+         None, None, None, None)
         for i in range(50)
     )
     store.close()
@@ -420,11 +420,11 @@ async def test_a_backlog_with_interrupted_jobs_among_it_runs_every_job(tmp_path:
     db = tmp_path / "q.db"
     store = SqliteStore.open(db)
     row = ("hold", "hold", "null", 0, "queued", 0, 3, None, 0.5, None, None, None, None,
-           None, None)
+           None, None, None)
     store.write_all([row])
     store.write_all(
         (f"j{i:03d}", "count", str(i), 1, "processing" if i < 20 else "queued",
-         1 if i < 20 else 0, 3, None, 1.0 + i, None, None, None, None, None, None)
+         1 if i < 20 else 0, 3, None, 1.0 + i, None, None, None, None, None, None, None)
         for i in range(70)
     )
     store.close()
@@ -513,7 +513,7 @@ def store_rows(db: Path, rows: list[tuple[str, str, str]]) -> None:
     store = SqliteStore.open(db)
     store.write_all(
         (job_id, task, "null", 1, status, 1 if status == "processing" else 0, 3, None,
-         1.0 + i, 4e9 if status == "scheduled" else None, None, None, None, None, None)
+         1.0 + i, 4e9 if status == "scheduled" else None, None, None, None, None, None, None)
         for i, (job_id, task, status) in enumerate(rows)
     )
     store.close()
@@ -787,3 +787,86 @@ def test_a_failed_final_snapshot_loses_neither_error(
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert out.stdout.strip() == expected, out.stdout + out.stderr
+
+
+progress_gate = trio.Event()
+report_now = trio.Event()
+started = trio.Event()
+reported = trio.Event()
+
+
+@registry.task
+async def reports(job: trioqueue.Job) -> str:
+    if job.payload == "wait":
+        started.set()
+        await report_now.wait()  # once its start is on disk
+    trioqueue.report_progress(0.5, "half way")
+    if job.payload == "wait":
+        reported.set()
+        await progress_gate.wait()
+    return "done"
+
+
+async def test_progress_is_stored_while_the_job_runs_and_after_it_ends(tmp_path: Path) -> None:
+    db = tmp_path / "q.db"
+    async with trioqueue.open_queue(registry, cfg(db, finished_cache=0)) as q:
+        running = await q.enqueue("reports", "wait")
+        done = await q.wait((await q.enqueue("reports", "now")).id)
+        await started.wait()
+        await q.flush()
+        report_now.set()
+        await reported.wait()
+        await q.flush()
+        with sqlite3.connect(db) as conn:  # the running job's report is on disk already
+            stored = conn.execute("SELECT progress FROM jobs WHERE id = ?",
+                                  (running.id,)).fetchone()
+        assert stored == ('{"fraction": 0.5, "note": "half way"}',)
+        # Left memory (finished_cache=0): read back from the store.
+        assert (await q.get(done.id)).progress == {"fraction": 0.5, "note": "half way"}
+        progress_gate.set()
+        await q.wait(running.id)
+    async with trioqueue.open_queue(registry, cfg(db)) as q:
+        for job_id in (running.id, done.id):
+            assert (await q.get(job_id)).progress == {"fraction": 0.5, "note": "half way"}
+
+
+_SCHEMA_V1 = """
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY, task TEXT NOT NULL, payload TEXT NOT NULL,
+    priority INTEGER NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL,
+    max_retries INTEGER NOT NULL, timeout REAL, created_at REAL NOT NULL,
+    scheduled_for REAL, started_at REAL, finished_at REAL, result TEXT, error TEXT,
+    traceback TEXT
+);
+CREATE INDEX jobs_by_status ON jobs(status, priority);
+CREATE INDEX jobs_by_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+"""The store's first schema (version 1, before ``progress``), as trioqueue wrote it."""
+
+
+async def test_a_store_of_the_first_schema_is_upgraded_and_keeps_its_jobs(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.executescript(_SCHEMA_V1 + f"PRAGMA application_id = {sqlite_store.APPLICATION_ID};"
+                       "PRAGMA user_version = 1; PRAGMA journal_mode = WAL;")
+    conn.executemany("INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", [
+        ("old-done", "echo", '"a"', 1, "completed", 1, 3, None, 1.7e9, None, 1.7e9,
+         1.7e9 + 1, '"a"', None, None),
+        ("old-queued", "echo", '"b"', 0, "queued", 0, 3, None, 1.7e9, None, None, None,
+         None, None, None),
+    ])
+    conn.execute("INSERT INTO meta VALUES ('clean', '1')")
+    conn.close()
+    async with trioqueue.open_queue(registry, cfg(db)) as q:
+        got = await q.get("old-done")
+        assert (got.status, got.result, got.progress) == (JobStatus.COMPLETED, "a", None)
+        assert (await q.wait("old-queued")).result == "b"
+        progress_gate.set()
+        new = await q.wait((await q.enqueue("reports", "now")).id)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("SELECT progress FROM jobs WHERE id = ?", (new.id,)).fetchone() == (
+            '{"fraction": 0.5, "note": "half way"}',)

@@ -41,7 +41,7 @@ ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,40}", fullmatch=True)
 @st.composite
 def records(draw: st.DrawFn) -> JobRecord:
     payload = draw(json_values)
-    return JobRecord.restored(
+    rec = JobRecord.restored(
         draw(ids), "echo", payload, json.dumps(payload), draw(st.integers(0, 2)),
         draw(st.sampled_from(list(JobStatus))), draw(st.integers(0, 1000)),
         draw(st.integers(0, 1000)),
@@ -49,6 +49,9 @@ def records(draw: st.DrawFn) -> JobRecord:
         draw(st.floats(min_value=0, max_value=4e9)), draw(times), draw(times), draw(times),
         draw(json_values), draw(texts), draw(texts),
     )
+    rec.progress = draw(st.none() | st.fixed_dictionaries({
+        "fraction": st.floats(min_value=0, max_value=1), "note": texts}))
+    return rec
 
 
 @settings(max_examples=60, deadline=None)
@@ -88,8 +91,8 @@ def test_a_flat_value_list_must_hold_whole_rows() -> None:
         store = SqliteStore.open(Path(tmp) / "q.db")
         try:
             row = ("a1", "echo", "null", 1, "queued", 0, 3, None, 1.0, None, None, None, None,
-                   None, None)
-            with pytest.raises(ValueError, match="29 values is not a whole number of 15-col"):
+                   None, None, None)
+            with pytest.raises(ValueError, match="31 values is not a whole number of 16-col"):
                 store.write_values([*row, *row[:-1]])
             assert store.get("a1") is None  # nothing of it was written
             store.write_values([*row])

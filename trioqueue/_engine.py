@@ -111,7 +111,8 @@ class _Run:
             remote.bind(workers.cancel)
         events = Broadcaster(lambda: clock.current_time() + wall)
         workers.progress = Progress(events, clock.current_time,
-                                    lambda: clock.current_time() + wall)
+                                    lambda: clock.current_time() + wall,
+                                    None if store is None else local.progress_changed)
         self._periodic = Periodic([registry.get(name) for name in registry],
                                   lambda: clock.current_time() + wall, wall)
         core = QueueCore(registry, config, clock, wall, stats, backend,

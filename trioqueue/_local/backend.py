@@ -94,6 +94,12 @@ class LocalBackend:
     def _store_error(self, exc: StoreError | None) -> None:
         self.refusal = exc
 
+    def progress_changed(self, rec: JobRecord) -> None:
+        """A handler reported progress (``rec.progress``): the store writes it with the
+        next flush, so a restart finds it."""
+        if self.store is not None:
+            self.store.mark(rec)
+
     def observe(self, hook: ChangeHook | None) -> None:
         self.changes.fan_out(hook)
 

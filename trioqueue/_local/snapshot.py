@@ -147,6 +147,11 @@ class Persistence:
             self._kick.set()  # the flusher sleeps without a deadline while nothing is dirty
         dirty[rec.id] = rec
 
+    def mark(self, rec: JobRecord) -> None:
+        """``rec`` changed with no event of the store's kind (its progress): write its
+        latest state in the next flush."""
+        self.changed(EventKind.ENQUEUED, rec)
+
     def check(self) -> None:
         """Raise :class:`StoreError` while the store is failing to write."""
         if self.error is not None:
@@ -324,8 +329,8 @@ class Persistence:
                 extend = values.extend
                 nan = _NAN
                 dumps = json.dumps
-                # Each record's row, NULLs as NaN (the REAL columns) and "" (result, error
-                # and traceback, never empty when set): sqlite3 binds an exact float or
+                # Each record's row, NULLs as NaN (the REAL columns) and "" (result, error,
+                # traceback and progress, never empty when set): sqlite3 binds an exact float or
                 # str in C, but each None takes its adapter detour.  Inline: no call per row.
                 for rec in writing.values():
                     result = rec.result
@@ -333,6 +338,7 @@ class Persistence:
                     scheduled_for = rec.scheduled_for
                     started_at = rec.started_at
                     finished_at = rec.finished_at
+                    progress = rec.progress
                     extend((
                         rec.id, rec.task, rec.payload_json, rec.priority, _STATUS[rec.status],
                         rec.attempts, rec.max_retries,
@@ -344,6 +350,7 @@ class Persistence:
                         "" if result is None else dumps(result),
                         rec.error or "",
                         rec.traceback or "",
+                        "" if progress is None else dumps(progress),
                     ))
                 async with self._write_lock:
                     # As a tuple of str, int and float: the collector stops tracking it at
@@ -414,14 +421,17 @@ class Persistence:
         """A record from a stored row (its ``spec`` is ``None`` for a task this registry
         lacks)."""
         (job_id, task, payload, priority, status, attempts, max_retries, timeout, created_at,
-         scheduled_for, started_at, finished_at, result, error, traceback) = row[:15]
+         scheduled_for, started_at, finished_at, result, error, traceback, progress) = row[:16]
         registry = self._registry
-        return JobRecord.restored(
+        rec = JobRecord.restored(
             job_id, task, json.loads(payload), payload, priority, JobStatus(status), attempts,
             max_retries, timeout, created_at, scheduled_for, started_at, finished_at,
             None if result is None else json.loads(result), error, traceback,
             registry.get(task) if task in registry else None,
         )
+        if progress is not None:
+            rec.progress = json.loads(progress)
+        return rec
 
     async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run one of the store's reading methods in a thread."""

@@ -33,7 +33,8 @@ except ImportError:  # pragma: no cover - Windows: no flock, so no one-queue-per
 log = logging.getLogger("trioqueue.store")
 
 APPLICATION_ID = 0x74727175  # "trqu"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: the first schema; 2: ``jobs.progress`` (a file of version 1 is upgraded at open)."""
 
 BUSY_TIMEOUT = 30.0
 """Seconds a statement waits for a lock that another connection holds on the file
@@ -46,6 +47,7 @@ OPEN_PATIENCE = 0.1
 COLUMNS = (
     "id", "task", "payload", "priority", "status", "attempts", "max_retries", "timeout",
     "created_at", "scheduled_for", "started_at", "finished_at", "result", "error", "traceback",
+    "progress",
 )
 """The column order of every row tuple the store takes and gives."""
 
@@ -67,14 +69,15 @@ CREATE TABLE jobs (
     finished_at   REAL,
     result        TEXT,                     -- JSON, NULL for none
     error         TEXT,
-    traceback     TEXT
+    traceback     TEXT,
+    progress      TEXT                      -- JSON {fraction, note}, NULL for none
 );
 CREATE INDEX jobs_by_status ON jobs(status, priority);
 CREATE INDEX jobs_by_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-NULLABLE_TEXT = ("result", "error", "traceback")
+NULLABLE_TEXT = ("result", "error", "traceback", "progress")
 """Text columns where an empty string is stored as NULL (see :data:`_PLACEHOLDERS`)."""
 
 _PLACEHOLDERS = "(" + ", ".join(
@@ -248,6 +251,8 @@ class SqliteStore:
         missing = {"jobs", "meta"} - set(tables or ["jobs", "meta"])
         if missing:
             raise StoreError(f"{where}: corrupt: table(s) {', '.join(sorted(missing))} missing")
+        if version < SCHEMA_VERSION:
+            _upgrade(conn, where, version)
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal":  # pragma: no cover - WAL is refused only on odd filesystems
             raise StoreError(f"{where}: cannot use WAL journal mode (got {mode!r})")
@@ -297,7 +302,12 @@ class SqliteStore:
     # ------------------------------------------------------------------ writing
 
     def write(self, rows: Sequence[Row]) -> None:
-        """Upsert ``rows`` (latest state of each job) in one transaction."""
+        """Upsert ``rows`` (latest state of each job, :data:`COLUMNS` in order) in one
+        transaction."""
+        width = len(COLUMNS)
+        for row in rows:
+            if len(row) != width:
+                raise ValueError(f"write: a row of {len(row)} values, not {width} ({row[:1]})")
         self.write_values(list(chain.from_iterable(rows)))
 
     def write_values(self, values: Sequence[Any]) -> None:
@@ -520,6 +530,32 @@ class _Lock:
             self._path.unlink(missing_ok=True)
         os.close(self._fd)
         self._fd = None
+
+
+_UPGRADES: dict[int, str] = {
+    1: "ALTER TABLE jobs ADD COLUMN progress TEXT;",
+}
+"""The schema step from each version to the next."""
+
+
+def _upgrade(conn: sqlite3.Connection, where: str, version: int) -> None:
+    """Bring a store of an older schema ``version`` up to :data:`SCHEMA_VERSION`, all
+    steps in one transaction: a crash midway leaves the file as it was."""
+    steps = "".join(_UPGRADES[v] for v in range(version, SCHEMA_VERSION))
+    try:
+        conn.executescript(
+            f"BEGIN IMMEDIATE;{steps}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
+        )
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if _locked(exc):
+            raise
+        raise StoreError(
+            f"{where}: cannot upgrade the store from schema version {version} to "
+            f"{SCHEMA_VERSION}: {_describe(exc)}"
+        ) from exc
+    log.info("%s: upgraded from schema version %d to %d", where, version, SCHEMA_VERSION)
 
 
 def _locked(exc: sqlite3.Error) -> bool:
