@@ -38,6 +38,9 @@ class Sizes:
     fanout_n: int
     wrk_s: float  # seconds of wrk load
     timeout: float  # per subprocess
+    redis_n: int = 10_000  # trioqueue on Redis: jobs per throughput case
+    redis_peer_n: int = 2_000  # SAQ, streaq, arq beside it (100-2,000 jobs/s here)
+    redis_latency_n: int = 1_000  # 2 s at 500 jobs/s
 
 
 FULL = Sizes(noop_n=200_000, peer_n=5_000, sync1_n=10_000, latency_s=2.0,
@@ -45,7 +48,9 @@ FULL = Sizes(noop_n=200_000, peer_n=5_000, sync1_n=10_000, latency_s=2.0,
              http_n=5_000, fanout_n=1_000, wrk_s=5.0, timeout=900.0)
 QUICK = Sizes(noop_n=5_000, peer_n=200, sync1_n=200, latency_s=0.2, latency_peer_max=200,
               io_n=200, memory_n=10_000, priorities_s=0.3, http_n=200, fanout_n=50,
-              wrk_s=1.0, timeout=120.0)
+              wrk_s=1.0, timeout=120.0, redis_n=500, redis_peer_n=100, redis_latency_n=100)
+REDIS_LATENCY_RATE = 500
+"""Jobs/s offered in the ``redis-latency@500`` group (the issue's p99 target is there)."""
 
 
 @dataclass
@@ -120,6 +125,8 @@ def plan(sizes: Sizes) -> list[Case]:
     saq = (_module("saq"), _module("redis"), redis)
     streaq = (_module("streaq"), _module("redis"), redis)
     server = (_module("trioqueue.cli", "test"), _module("httpx", "test"))
+    arq = (_module("arq"), _module("redis"), redis)
+    tq_redis = (_module("coredis"), _module("redis"), redis)
     n, pn = sizes.noop_n, sizes.peer_n
     cases: list[Case] = []
 
@@ -264,6 +271,38 @@ def plan(sizes: Sizes) -> list[Case]:
         "interleaved with none", "post_dashboard",
         {"rounds": 1 if quick else 3, "seconds": 0.5 if quick else 2.5,
          "client": "websocket" if quick else "auto"}, server)
+
+    # -- Redis: nodes in processes of their own, beside the Redis peers ---------------
+    # (benchmarks/sys_redis.py; docs/benchmarks.md#redis).  Group ``redis`` has no
+    # bare-trio baseline: benchmarks/redis_report.py compares with the best peer.
+    rn, rpn = sizes.redis_n, sizes.redis_peer_n
+    for nodes in (1, 2):
+        for prefetch in (0, 128):
+            add(f"redis/trioqueue-{nodes}node-p{prefetch}", "noop", "redis", "trioqueue-redis",
+                f"trioqueue on Redis: {nodes} node process(es) x {WORKERS} workers, "
+                f"prefetch {prefetch}", "noop",
+                {"n": rn, "nodes": nodes, "prefetch": prefetch, "workers": WORKERS},
+                tq_redis)
+    add("redis/saq", "noop", "redis", "saq", "SAQ (asyncio, Redis), concurrency 4", "noop",
+        {"n": rpn, "workers": WORKERS}, saq, peer=True)
+    add("redis/streaq", "noop", "redis", "streaq",
+        "streaq on trio (Redis streams), concurrency 4", "noop",
+        {"n": rpn, "workers": WORKERS}, streaq, peer=True)
+    add("redis/arq", "noop", "redis", "arq", "arq (asyncio, Redis), max_jobs 4, poll 10 ms",
+        "noop", {"n": rpn, "workers": WORKERS}, arq, peer=True)
+    g = f"redis-latency@{REDIS_LATENCY_RATE}"
+    ln = sizes.redis_latency_n
+    for nodes in (1, 2):
+        add(f"{g}/trioqueue-{nodes}node-p0", "latency", g, "trioqueue-redis",
+            f"trioqueue on Redis: {nodes} node process(es), prefetch 0, one await enqueue "
+            "per job", "latency", {"rate": REDIS_LATENCY_RATE, "n": ln, "nodes": nodes,
+                                   "prefetch": 0, "workers": WORKERS}, tq_redis)
+    add(f"{g}/saq", "latency", g, "saq", "SAQ", "latency",
+        {"rate": REDIS_LATENCY_RATE, "n": ln, "workers": WORKERS}, saq, peer=True)
+    add(f"{g}/streaq", "latency", g, "streaq", "streaq on trio", "latency",
+        {"rate": REDIS_LATENCY_RATE, "n": ln, "workers": WORKERS}, streaq, peer=True)
+    add(f"{g}/arq", "latency", g, "arq", "arq, poll 10 ms", "latency",
+        {"rate": REDIS_LATENCY_RATE, "n": ln, "workers": WORKERS}, arq, peer=True)
     return cases
 
 

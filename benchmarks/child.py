@@ -23,6 +23,8 @@ SYSTEMS = {
     "streaq": "benchmarks.sys_streaq",
     "trioqueue-http": "benchmarks.sys_http",
     "trioqueue-dashboard": "benchmarks.dashboard_load",
+    "trioqueue-redis": "benchmarks.sys_redis",
+    "arq": "benchmarks.sys_arq",
 }
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .cases import FULL, QUICK, Case, plan, select
+from .redis_report import render as render_redis
 from .report import render_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +38,8 @@ def machine() -> dict[str, Any]:
     versions: dict[str, str] = {}
     from importlib.metadata import PackageNotFoundError, version
 
-    for pkg in ("trioqueue", "trio", "huey", "saq", "streaq", "redis", "httpx"):
+    for pkg in ("trioqueue", "trio", "huey", "saq", "streaq", "redis", "httpx", "arq",
+                "coredis"):
         try:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -132,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
         print(render_table(saved))
+        if redis_table := render_redis(saved):
+            print("\n" + redis_table)
         if args.plot:
             from .plot import plot
 
@@ -197,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             "summary": summarize(r["runs"]) if r["runs"] else {},
         })
     print(render_table(doc))
+    if redis_table := render_redis(doc):
+        print("\n" + redis_table)
     print(f"\n{len(cases)} cases x {repeat} runs in {elapsed:.0f} s", file=sys.stderr)
     if args.json:
         Path(args.json).write_text(json.dumps(doc, indent=1, default=str) + "\n")

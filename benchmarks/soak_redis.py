@@ -5,9 +5,11 @@
 
 ``--nodes`` node processes (``python -m benchmarks.soak_redis --node ...``, each a
 ``trioqueue.open_queue`` with ``--workers`` workers and a ``--lease`` s lease) share one
-queue.  This process is the producer: a node with ``workers=0`` that offers ``--rate``
-jobs/s (priorities high, medium, low in turn, ids ``soak-<n>``) with ``await enqueue``
-and records every id whose enqueue returned (acknowledged).  Every ``--kill-every`` s a
+queue.  This process is the producer (:func:`benchmarks.sys_redis.producer`: a node with
+``workers=0``, or the state layer's enqueue script where ``workers=0`` is refused): it
+offers ``--rate`` jobs/s (priorities high, medium, low in turn, ids ``soak-<n>``), one
+``await enqueue`` at a time, and records every id whose enqueue returned
+(acknowledged).  Every ``--kill-every`` s a
 random node is SIGKILLed and a new one started in its place.  A job's handler appends
 ``S <id> <attempt>`` to its node's file before it sleeps ``--job-ms`` (a random
 duration up to that) and ``E <id>`` after, so the check knows which process started
@@ -154,19 +156,12 @@ async def produce(args: argparse.Namespace, queue: str, nodes: Nodes,
                   ) -> float:
     import trio
 
-    import trioqueue
-
-    registry = trioqueue.TaskRegistry()
-
-    @registry.task(name="work")
-    async def work(job: trioqueue.Job) -> None:  # never runs here: workers=0
-        raise AssertionError("the producer node runs no jobs")
+    from .sys_redis import producer
 
     rng = random.Random(args.seed)
-    config = trioqueue.QueueConfig(redis_url=args.url, queue_name=queue, workers=0,
-                                   lease=args.lease, result_ttl=86_400.0)
     seconds = args.minutes * 60
-    async with trioqueue.open_queue(registry, config) as q:
+    async with producer(args.url, queue) as (how, enqueue):
+        print(f"producer: {how}", flush=True)
         t0 = trio.current_time()
 
         async def killer() -> None:
@@ -190,8 +185,8 @@ async def produce(args: argparse.Namespace, queue: str, nodes: Nodes,
                 while i < due:
                     job_id = f"soak-{i:07d}"
                     try:
-                        await q.enqueue("work", {"i": i}, priority=PRIORITIES[i % 3],
-                                        job_id=job_id)
+                        await enqueue("work", {"i": i}, priority=PRIORITIES[i % 3],
+                                      job_id=job_id)
                     except Exception as exc:
                         failures[type(exc).__name__] += 1
                     else:
