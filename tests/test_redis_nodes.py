@@ -36,18 +36,20 @@ async def ready(p: subprocess.Popen[bytes]) -> None:
     assert line == b"ready\n", line
 
 
-async def test_two_node_processes_run_every_job_exactly_once(tmp_path: Path) -> None:
+async def test_three_node_processes_run_every_job_exactly_once(tmp_path: Path) -> None:
+    """Three node processes of 3 workers, and this process as a fourth node of one worker,
+    share 300 jobs: each runs once, attempt 1, its result the pid of the one that ran it."""
     queue = unique("nodes")
     runs = tmp_path / "runs.txt"
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        for _ in range(2):
+        for _ in range(3):
             procs.append(spawn(queue, runs))
         for p in procs:
             assert p.stdout is not None
             line = await trio.to_thread.run_sync(p.stdout.readline)
             assert line == b"ready\n", line
-        # This process is a third node (enqueue needs the task registered here).
+        # This process is a fourth node (enqueue needs the task registered here).
         registry = TaskRegistry()
         me = str(os.getpid())
 
@@ -60,10 +62,23 @@ async def test_two_node_processes_run_every_job_exactly_once(tmp_path: Path) -> 
         config = QueueConfig(redis_url=REDIS_URL, queue_name=queue, workers=1)
         with trio.fail_after(60):
             async with trioqueue.open_queue(registry, config) as q:
-                jobs = [await q.enqueue("record", i) for i in range(400)]
-                done = [await q.wait(j.id) for j in jobs]
-        assert [d.status for d in done] == [JobStatus.COMPLETED] * 400
-        assert [d.attempts for d in done] == [1] * 400
+                by_index: dict[int, Job] = {}
+                done_by_index: dict[int, Job] = {}
+
+                async def enqueue(i: int) -> None:  # as concurrent producers would
+                    by_index[i] = await q.enqueue("record", i)
+
+                async def wait(i: int) -> None:
+                    done_by_index[i] = await q.wait(by_index[i].id)
+
+                for step in (enqueue, wait):
+                    async with trio.open_nursery() as nursery:
+                        for i in range(300):
+                            nursery.start_soon(step, i)
+                jobs = [by_index[i] for i in range(300)]
+                done = [done_by_index[i] for i in range(300)]
+        assert [d.status for d in done] == [JobStatus.COMPLETED] * 300
+        assert [d.attempts for d in done] == [1] * 300
         for p in procs:
             p.send_signal(signal.SIGTERM)
         for p in procs:
@@ -91,7 +106,8 @@ async def test_jobs_of_a_killed_node_run_again_on_another_after_the_lease(
 ) -> None:
     """SIGKILL a node while it runs two jobs: once its lease (1 s) expires, a live node's
     reaper puts them back and that node runs them, the attempt counted; nothing else runs
-    twice."""
+    twice (the other jobs are enqueued once the node is dead: its idle worker would take
+    one, and it would rightly run twice)."""
     queue = unique("nodes")
     runs = tmp_path / "runs.txt"
     procs: list[subprocess.Popen[bytes]] = []
@@ -111,9 +127,9 @@ async def test_jobs_of_a_killed_node_run_again_on_another_after_the_lease(
                     if all(f" {j.id} " in text for j in hung):
                         break
                     await trio.sleep(0.02)
-            await state.enqueue(plain)
             first.kill()
             first.wait()
+            await state.enqueue(plain)
             second = spawn(queue, runs, lease=1.0)
             procs.append(second)
             await ready(second)
