@@ -194,6 +194,26 @@ async def test_old_finished_jobs_are_pruned(tmp_path: Path) -> None:
             await q.get("old")
         assert on_disk(db, "live") is not None  # live jobs are never pruned
         await q.cancel("live")
+        # Its id is free again: a new job, not a repeat of the pruned one.
+        assert q.enqueue_nowait("echo", 3, job_id="old").payload == 3
+        assert (await q.wait("old")).result == 3
+
+
+async def test_enqueue_nowait_of_a_job_that_left_memory_returns_the_stored_one(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "q.db"
+    async with trioqueue.open_queue(registry, cfg(db, finished_cache=0)) as q:
+        done = await q.wait((await q.enqueue("echo", "body", job_id="kept")).id)
+        await q.wait((await q.enqueue("echo", "next")).id)
+        with pytest.raises(trioqueue.JobNotFound):
+            q.get_nowait("kept")  # left memory: only the store has it
+        assert q.enqueue_nowait("echo", "body", job_id="kept") == done
+        with pytest.raises(trioqueue.DuplicateJob, match="different payload"):
+            q.enqueue_nowait("echo", "other", job_id="kept")
+        with pytest.raises(trioqueue.DuplicateJob, match="different task"):
+            q.enqueue_nowait("boom", "body", job_id="kept")
+        assert await q.get("kept") == done
 
 
 async def test_a_large_backlog_reopens_within_the_capacity_bound(tmp_path: Path) -> None:

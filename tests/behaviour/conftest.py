@@ -104,6 +104,7 @@ REDIS_XFAIL: dict[str, str] = {
     "test_a_slow_subscriber_is_told_how_many_it_lost_and_never_slows_the_queue": _NOWAIT,
     "test_same_id_and_body_returns_the_existing_job": _NOWAIT,
     "test_the_id_stays_taken_after_the_job_finished": _NOWAIT,
+    "test_enqueue_nowait_with_the_id_of_a_finished_job_is_idempotent_after_reopen": _NOWAIT,
     "test_totals_and_gauges_follow_a_mixed_workload": _NOWAIT,
     "test_a_priority_that_ran_out_banks_no_turns_while_it_has_no_work": _METRICS,
     "test_one_worker_picks_in_exactly_the_10_3_1_order_and_fifo_within_a_priority": _METRICS,

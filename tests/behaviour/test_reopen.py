@@ -143,12 +143,6 @@ async def test_the_scheduled_gauge_counts_each_recovered_job_once(
         assert q.metrics().scheduled == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="enqueue_nowait looks for a given id in memory only: after a reopen (or once "
-    "result_ttl let it go) the id of a finished job is taken for a new job, which "
-    "replaces the stored one, instead of returning it or raising DuplicateJob",
-)
 async def test_enqueue_nowait_with_the_id_of_a_finished_job_is_idempotent_after_reopen(
     backend: Backend, clock: MockClock | None, h: Harness
 ) -> None:

@@ -35,6 +35,9 @@ class JobTable:
         self._stats = stats
         self._changes = changes
         self._wall = wall_offset
+        self.left: set[str] | None = None
+        """With a store: where the ids of finished jobs go as they leave memory (the
+        store still has them)."""
 
     def get(self, job_id: str) -> JobRecord | None:
         return self.by_id.get(job_id)
@@ -113,11 +116,14 @@ class JobTable:
         if len(finished) > cap:
             cap -= cap // 64  # a little below the cap: one call per cap/64 jobs, not per job
         jobs = self.by_id
+        left = self.left
         while finished and (len(finished) > cap or finished[0][0] < horizon):
             ended, old = finished.popleft()
             # A job re-queued by retry() since it finished is live again: keep it.
             if old.finished_at == ended and old.status in TERMINAL and jobs.get(old.id) is old:
                 del jobs[old.id]
+                if left is not None:
+                    left.add(old.id)
 
     def wake_all_waiters(self) -> None:
         """The workers are gone: wake everyone still waiting for a job to end."""

@@ -414,18 +414,18 @@ class SqliteStore:
             n += len(batch)
         return n
 
-    def prune(self, finished_before: float, limit: int) -> int:
-        """Delete up to ``limit`` finished jobs that finished before the given time."""
+    def prune(self, finished_before: float, limit: int) -> list[str]:
+        """Delete up to ``limit`` finished jobs that finished before the given time;
+        return their ids."""
         with self._lock:
             try:
-                cur = self._w.execute(
+                return [row[0] for row in self._w.execute(
                     "DELETE FROM jobs WHERE rowid IN (SELECT rowid FROM jobs "
-                    "WHERE finished_at IS NOT NULL AND finished_at < ? LIMIT ?)",
+                    "WHERE finished_at IS NOT NULL AND finished_at < ? LIMIT ?) RETURNING id",
                     (finished_before, limit),
-                )
+                )]
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: cannot prune: {_describe(exc)}") from exc
-            return cur.rowcount
 
     # ------------------------------------------------------------------ reading
 
@@ -438,6 +438,10 @@ class SqliteStore:
     def get(self, job_id: str) -> Row | None:
         rows = self._read(f"{_SELECT} WHERE id = ?", (job_id,))
         return rows[0] if rows else None
+
+    def ids(self) -> list[str]:
+        """Every stored job's id (read once, at open)."""
+        return [row[0] for row in self._read("SELECT id FROM jobs")]
 
     def newest(self, status: str | None, limit: int, task: str | None = None,
                before: str | None = None) -> list[Row]:
