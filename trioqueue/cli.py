@@ -96,6 +96,9 @@ def _setup_logging(level: str, verbose: int = 0) -> None:
     # connection-level lines with -vv).
     logging.getLogger("httpx").setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("httpcore").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+    # coredis logs each of its re-sends at info ("Retry attempt 1 due to error: ..."):
+    # three lines before a node says Redis cannot be reached.  Shown with -v.
+    logging.getLogger("coredis").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _version() -> str:
