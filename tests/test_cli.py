@@ -181,9 +181,12 @@ def test_bad_redis_options_are_usage_errors(argv: list[str], env: dict[str, str]
     assert str(refused.value).startswith(message)
 
 
-def test_a_worker_needs_redis() -> None:
+def test_a_worker_needs_redis_and_workers() -> None:
     args = build_parser().parse_args(["worker"])
     with pytest.raises(UsageError, match=r"^give --redis URL \(or TRIOQUEUE_REDIS_URL\)"):
+        queue_options(args, {}, worker=True)
+    args = build_parser().parse_args(["worker", "--redis", REDIS, "--workers", "0"])
+    with pytest.raises(UsageError, match=r"^--workers: a worker node needs at least 1"):
         queue_options(args, {}, worker=True)
 
 

@@ -184,6 +184,9 @@ def queue_options(
         value = getattr(args, flag, None)
         if value is not None:
             overrides[field] = value
+    if worker and overrides.get("workers") == 0:
+        raise UsageError("--workers: a worker node needs at least 1 (a node that runs no "
+                         "jobs is `serve --workers 0`)")
     if overrides.get("workers") == 0 and not redis_from:
         raise UsageError("--workers: 0 needs --redis URL (a node that only enqueues and "
                          "serves the API while other nodes run the jobs)")
@@ -442,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--db", help="SQLite file: makes jobs durable")
             p.add_argument("--durability", choices=("sync", "batch"), help="with --db")
         p.add_argument("--redis", metavar="URL", help="redis://HOST:PORT/DB: the queue lives "
-                       "in Redis, shared by every node opened on it (excludes --db)")
+                       "in Redis, shared by every node opened on it"
+                       f"{'' if worker else ' (excludes --db)'}")
         p.add_argument("--queue", metavar="NAME",
                        help="with --redis: which queue (default 'default')")
         p.add_argument("--lease", type=float, help="with --redis: seconds a dead node's "
