@@ -32,10 +32,14 @@ import pytest
 import trio
 
 from tests.cli_redis_app import RUNS_VARIABLE
+from tests.cli_redis_app import registry as app_registry
 from tests.redis_util import REDIS_URL, admin, delete_queue, unique
 from tests.test_server import running_server
+from tests.test_server_app import call
+from trioqueue import QueueConfig, open_queue
 from trioqueue.cli import main
 from trioqueue.client import Client
+from trioqueue.server import App
 
 APP = "tests.cli_redis_app:registry"
 LEASE = "2"
@@ -310,3 +314,24 @@ def test_bad_redis_urls_are_one_line_errors(capsys: pytest.CaptureFixture[str]) 
     assert capsys.readouterr().err.strip() == (
         "trioqueue worker: --redis: expected a redis://, rediss:// or unix:// URL, got "
         "'http://127.0.0.1/'")
+
+
+async def test_a_retry_on_a_full_redis_queue_answers_429_at_once() -> None:
+    """The server reads the job from Redis (not this process's memory) to see that its
+    priority is full: 429 with Retry-After, not a request waiting for room."""
+    queue = unique("cli")
+    config = QueueConfig(redis_url=REDIS_URL, queue_name=queue, workers=0, capacity=1,
+                         shutdown_timeout=1)
+    try:
+        async with open_queue(app_registry, config) as q:
+            app = App(q)
+            status, _, later = await call(app, "POST", "/jobs", {"task": "record", "delay": 60})
+            assert status == 202
+            assert (await call(app, "POST", f"/jobs/{later['id']}/cancel"))[0] == 200
+            assert (await call(app, "POST", "/jobs", {"task": "record"}))[0] == 202  # full
+            with trio.fail_after(5):
+                status, headers, _ = await call(app, "POST", f"/jobs/{later['id']}/retry")
+            assert status == 429
+            assert b"retry-after" in headers
+    finally:
+        await _delete(queue)
