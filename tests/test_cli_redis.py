@@ -300,11 +300,12 @@ async def test_sigterm_on_a_worker_exits_0_and_leaves_queued_jobs_for_the_others
 
 def test_bad_redis_urls_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
     queue = ("--queue", unique("cli"))
-    code = main(["serve", "--port", "0", "--redis", "redis://:hunter2@127.0.0.1:1/0", *queue])
-    err = capsys.readouterr().err.strip()
     with warnings.catch_warnings():  # coredis' pool of the failed connect, collected here
         warnings.simplefilter("ignore", ResourceWarning)
+        code = main(["serve", "--port", "0", "--redis", "redis://:hunter2@127.0.0.1:1/0",
+                     *queue])
         gc.collect()
+    err = capsys.readouterr().err.strip()
     assert code == 1
     assert err.startswith("trioqueue serve: cannot use redis at redis://:***@127.0.0.1:1/0 ")
     assert "hunter2" not in err
