@@ -1,7 +1,10 @@
 """The server's POST rate with one dashboard open against none.
 
 ``python -m benchmarks.dashboard_load [--rounds N] [--seconds S] [--client K]``, and the
-case ``http/post-dashboard`` of ``python -m benchmarks``.  ``--screenshot PNG`` takes
+case ``http/post-dashboard`` of ``python -m benchmarks``.  ``--paced RATE`` measures
+instead the server's CPU at a fixed ``RATE`` of POSTs a second, with and without a
+dashboard: what the dashboard itself costs, which a shared machine disturbs less than a
+rate at saturation.  ``--screenshot PNG`` takes
 docs/img/dashboard.png instead (the overview after a few seconds of ~1,000 jobs/s).
 
 Each measurement starts a fresh ``trioqueue serve`` (demo tasks, 4 workers), opens the
@@ -49,11 +52,15 @@ CHROMIUM_ARGS = [
 EVENT_TYPES = ("enqueued,scheduled,started,completed,retrying,failed,cancelled,requeued,"
                "metrics")
 """What the page subscribes to (dashboard.js BASE_TYPES)."""
-MAX_RATE = 100
-"""Job events a second the page asks for at most."""
+MAX_RATE = 20
+"""Job events a second the page asks for at most (dashboard.js MAX_RATE); the websocket
+client's ``--max-rate`` changes it (to compare)."""
 RELOADS = ("/jobs?limit=50", "/jobs?status=failed&limit=200",
-           "/jobs?status=processing&limit=1000")
-"""What the page fetches on connect and after a ``lagged`` (at most once a second)."""
+           "/jobs?status=processing&limit=1000", "/tasks")
+"""What the page fetches on connect (its overview tab open)."""
+RELOADS_LAGGED = ("/jobs?status=failed&limit=200",)
+"""What it fetches after a ``lagged`` (at most once a second): the dead letters (the lists
+of the Jobs and Workers tabs only while those are shown)."""
 
 
 def _browser_available() -> str | None:
@@ -169,7 +176,7 @@ def _browser_dashboard(base: str) -> Iterator[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def _websocket_dashboard(base: str) -> Iterator[dict[str, Any]]:
+def _websocket_dashboard(base: str, max_rate: int | None = None) -> Iterator[dict[str, Any]]:
     """The page's subscription and reloads, without a browser (a thread running trio)."""
     import httpx
     import trio
@@ -179,19 +186,19 @@ def _websocket_dashboard(base: str) -> Iterator[dict[str, Any]]:
     ready = threading.Event()
     stop = threading.Event()
     url = (base.replace("http://", "ws://") + "/events?types=" + EVENT_TYPES
-           + f"&history=true&max_rate={MAX_RATE}")
+           + f"&history=true&max_rate={max_rate or MAX_RATE}")
 
     async def main() -> None:
         async with httpx.AsyncClient(base_url=base, timeout=30) as http, \
                 open_websocket_url(url, max_message_size=1 << 24) as ws:
             last_reload = 0.0
 
-            async def reload() -> None:
+            async def reload(paths: tuple[str, ...]) -> None:
                 seen["reloads"] += 1
-                for path in RELOADS:
+                for path in paths:
                     (await http.get(path)).raise_for_status()
 
-            await reload()
+            await reload(RELOADS)
             ready.set()
             while not stop.is_set():
                 with trio.move_on_after(0.2):
@@ -201,7 +208,7 @@ def _websocket_dashboard(base: str) -> Iterator[dict[str, Any]]:
                         seen["lagged_dropped"] += int(event.get("dropped") or 0)
                         if trio.current_time() - last_reload >= 1.0:
                             last_reload = trio.current_time()
-                            await reload()
+                            await reload(RELOADS_LAGGED)
 
     thread = threading.Thread(target=lambda: trio.run(main), daemon=True)
     thread.start()
@@ -217,12 +224,20 @@ def _websocket_dashboard(base: str) -> Iterator[dict[str, Any]]:
 # ---------------------------------------------------------------------------- the case
 
 
-def _measure(kind: str, client: str, seconds: float, workers: int) -> dict[str, Any]:
-    opener = {"none": _no_dashboard, "browser": _browser_dashboard,
-              "websocket": _websocket_dashboard}[kind if kind == "none" else client]
+def _opener(kind: str, client: str, base: str, max_rate: int | None
+            ) -> contextlib.AbstractContextManager[dict[str, Any]]:
+    if kind == "none":
+        return _no_dashboard(base)
+    if client == "browser":
+        return _browser_dashboard(base)
+    return _websocket_dashboard(base, max_rate)
+
+
+def _measure(kind: str, client: str, seconds: float, workers: int,
+             max_rate: int | None = None) -> dict[str, Any]:
     with _server(workers) as (base, pid):
         port = int(base.rsplit(":", 1)[1])
-        with opener(base) as seen:
+        with _opener(kind, client, base, max_rate) as seen:
             post_load(port, min(0.5, seconds / 4))  # warm up: connections, first jobs
             cpu0 = _cpu_seconds(pid)
             result = post_load(port, seconds)
@@ -232,7 +247,7 @@ def _measure(kind: str, client: str, seconds: float, workers: int) -> dict[str, 
 
 
 def post_dashboard(rounds: int = 3, seconds: float = 3.0, client: str = "auto",
-                   workers: int = 4) -> dict[str, Any]:
+                   workers: int = 4, max_rate: int | None = None) -> dict[str, Any]:
     """Interleaved runs with and without one dashboard; medians and their ratio."""
     if client == "auto":
         client = "browser" if _browser_available() is None else "websocket"
@@ -246,7 +261,7 @@ def post_dashboard(rounds: int = 3, seconds: float = 3.0, client: str = "auto",
     for r in range(rounds):
         order = ("none", "dashboard") if r % 2 == 0 else ("dashboard", "none")
         for kind in order:
-            runs[kind].append(_measure(kind, client, seconds, workers))
+            runs[kind].append(_measure(kind, client, seconds, workers, max_rate))
     none = statistics.median(run["requests_per_s"] for run in runs["none"])
     with_one = statistics.median(run["requests_per_s"] for run in runs["dashboard"])
 
@@ -267,6 +282,39 @@ def post_dashboard(rounds: int = 3, seconds: float = 3.0, client: str = "auto",
         "cpu_us_per_post_dashboard": cpu_per_post("dashboard"),
         "runs": runs,
     }
+
+
+def paced_cpu(rate: int = 1000, rounds: int = 4, seconds: float = 4.0, client: str = "auto",
+              workers: int = 4, max_rate: int | None = None) -> dict[str, Any]:
+    """The server's CPU (fraction of a core) at ``rate`` POSTs a second, interleaved
+    rounds with and without one dashboard; medians and their difference."""
+    if client == "auto":
+        client = "browser" if _browser_available() is None else "websocket"
+    runs: dict[str, list[float]] = {"none": [], "dashboard": []}
+    for r in range(rounds):
+        order = ("none", "dashboard") if r % 2 == 0 else ("dashboard", "none")
+        for kind in order:
+            with _server(workers) as (base, pid):
+                port = int(base.rsplit(":", 1)[1])
+                with _opener(kind, client, base, max_rate):
+                    stop = threading.Event()
+                    producer = threading.Thread(target=_paced_posts, args=(port, rate, stop),
+                                                daemon=True)
+                    producer.start()
+                    try:
+                        time.sleep(1.0)  # warm up
+                        cpu0, t0 = _cpu_seconds(pid), time.perf_counter()
+                        time.sleep(seconds)
+                        runs[kind].append((_cpu_seconds(pid) - cpu0)
+                                          / (time.perf_counter() - t0))
+                    finally:
+                        stop.set()
+                        producer.join(10)
+    none = statistics.median(runs["none"])
+    with_one = statistics.median(runs["dashboard"])
+    return {"client": client, "rate": rate, "rounds": rounds, "seconds": seconds,
+            "cpu_none": none, "cpu_dashboard": with_one, "cpu_added": with_one - none,
+            "runs": runs}
 
 
 # ---------------------------------------------------------------------------- screenshot
@@ -351,6 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client", choices=("auto", "browser", "websocket"), default="auto")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--json", help="write the result here too")
+    parser.add_argument("--paced", type=int, metavar="RATE",
+                        help="instead: the server's CPU at RATE POSTs/s, with and without")
+    parser.add_argument("--max-rate", type=int,
+                        help=f"the websocket client's max_rate (default {MAX_RATE}, the page's)")
     parser.add_argument("--screenshot", metavar="PNG",
                         help="instead: a screenshot of the dashboard under load")
     args = parser.parse_args(argv)
@@ -362,8 +414,27 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"wrote {args.screenshot}")
         return 0
+    if args.paced:
+        paced = paced_cpu(args.paced, args.rounds, args.seconds, args.client, args.workers,
+                          args.max_rate)
+
+        def pct(xs: list[float]) -> list[float]:
+            return [round(100 * x, 1) for x in xs]
+
+        print(f"server CPU (% of a core) at {args.paced:,} POST/s, {args.rounds} interleaved "
+              f"rounds of {args.seconds:g} s (dashboard: {paced['client']})")
+        print(f"  none:          median {100 * paced['cpu_none']:.1f}  runs "
+              f"{pct(paced['runs']['none'])}")
+        print(f"  one dashboard: median {100 * paced['cpu_dashboard']:.1f}  runs "
+              f"{pct(paced['runs']['dashboard'])}")
+        print(f"  the dashboard adds {100 * paced['cpu_added']:.1f} % of a core")
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(paced, f, indent=2)
+        return 0
     try:
-        result = post_dashboard(args.rounds, args.seconds, args.client, args.workers)
+        result = post_dashboard(args.rounds, args.seconds, args.client, args.workers,
+                                args.max_rate)
     except Skip as skip:
         print(f"skipped: {skip}", file=sys.stderr)
         return 1

@@ -22,14 +22,16 @@
   const RELOAD_GAP_MS = 1000;
   // Job events a second the server sends this page at most (/events?max_rate=); over it,
   // it drops the rest and says how many in a `lagged` event, and the page reloads what
-  // it shows (at most once a second).  Nobody reads a faster feed, and sending every
-  // event at thousands of jobs a second would cost the server a third of its POST rate.
-  const MAX_RATE = 100;
+  // it shows (at most once a second).  Nobody reads a faster feed, and each message costs
+  // the server CPU: 100 a second (and as many `lagged`) took about 6 % of a core at
+  // 1,000 jobs/s, 20 a second under 2 % (docs/dashboard.md); every event would cost it
+  // a third of its POST rate.
+  const MAX_RATE = 20;
   const TERMINAL = new Set(["completed", "failed", "cancelled"]);
   const CANCELLABLE = new Set(["queued", "scheduled", "processing"]);
   const RETRYABLE = new Set(["failed", "cancelled"]);
   const PRIORITIES = ["high", "medium", "low"];
-  const TASKS_GAP_MS = 3000; // GET /tasks again at most this often once a next run passed
+  const TASKS_GAP_MS = 1000; // GET /tasks again at most this often (a next run passed)
 
   const $ = (id) => document.getElementById(id);
 
@@ -84,7 +86,7 @@
     // Periodic tasks from GET /tasks (loaded on every connect, and again once a next run
     // has passed); `last` maps a task to its newest job, kept current by events.
     periodic: { tasks: [], names: new Set(), last: new Map(), loaded: false, inFlight: false,
-      at: 0, dirty: false, note: "" },
+      at: 0, timer: 0, dirty: false, note: "" },
     clicks: 0,
   };
 
@@ -351,7 +353,7 @@
     if (S.tab === "workers") S.runningDirty = true;
     if (S.tab === "periodic") {
       S.periodic.dirty = true; // the "in N s" column
-      if (nextRunPassed()) loadTasks();
+      if (nextRunPassed()) refreshTasks();
     }
     schedule();
   }
@@ -547,8 +549,17 @@
 
   function nextRunPassed() {
     const P = S.periodic;
-    if (!P.loaded || P.inFlight || Date.now() - P.at < TASKS_GAP_MS) return false;
-    return P.tasks.some((t) => isFinite(t.next) && t.next <= Date.now());
+    return P.loaded && P.tasks.some((t) => isFinite(t.next) && t.next <= Date.now());
+  }
+
+  // GET /tasks again (a next run passed, or a run was enqueued), at most once a second.
+  function refreshTasks() {
+    const P = S.periodic;
+    if (P.timer || P.inFlight) return;
+    P.timer = window.setTimeout(() => {
+      P.timer = 0;
+      loadTasks(false);
+    }, Math.max(0, P.at + TASKS_GAP_MS - Date.now()));
   }
 
   // `fresh`: on a (re)connect, when the jobs known as last runs may be gone (a restart).
@@ -584,12 +595,14 @@
     }
   }
 
-  async function loadLastRun(name) {
+  // `again`: replace what events made of it (a reload after events were skipped).
+  async function loadLastRun(name, again) {
     const mark = recentMark();
     const r = await api("GET", `jobs?${new URLSearchParams({ task: name, limit: "1" })}`);
     if (!r.ok || !r.data || !Array.isArray(r.data.jobs)) return;
     const job = r.data.jobs[0];
-    if (job && typeof job.id === "string" && job.task === name && !S.periodic.last.has(name)) {
+    if (job && typeof job.id === "string" && job.task === name
+      && (again || !S.periodic.last.has(name))) {
       S.periodic.last.set(name, jobRecord(job));
     }
     replaySince(mark, applyPeriodic);
@@ -608,6 +621,8 @@
         status: ev.status, attempts: ev.attempt, created: at, finished: NaN, error: ev.error,
         t: at, row: null });
       P.dirty = true;
+      // A periodic run ("<task>@<due>") was enqueued: the server's next run has moved.
+      if (S.tab === "periodic" && ev.job_id.startsWith(`${ev.task}@`)) refreshTasks();
     }
   }
 
@@ -638,8 +653,9 @@
     S.stale.jobs = !jobs;
     S.stale.running = !running;
     try {
+      const lastRuns = S.tab === "periodic" ? S.periodic.tasks.map((t) => loadLastRun(t.name, true)) : [];
       await Promise.all([jobs ? loadJobs() : null, loadDead(), running ? loadRunning() : null,
-        S.detail.id ? loadDetail() : null]);
+        S.detail.id ? loadDetail() : null, ...lastRuns]);
     } catch (e) {
       // the connection's own handlers say when the server is gone
     } finally {
@@ -1339,7 +1355,7 @@
     if (name === "overview") S.metricsDirty = true;
     if (name === "periodic") {
       S.periodic.dirty = true;
-      if (nextRunPassed()) loadTasks();
+      if (nextRunPassed()) refreshTasks();
     }
     schedule();
   }
