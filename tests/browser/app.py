@@ -6,8 +6,9 @@
 - ``fail_once``: fails the first time a job id runs, completes when it is retried.
 
 ``with_periodic`` has the same four tasks and two periodic ones (payload ``null``, they
-return it) that never come due while a test runs, so that the only job of each is the
-catch-up run enqueued at start (docs/guide.md, periodic tasks):
+return it) that do not come due while a test runs (unless it runs across midnight UTC on
+1 January), so that the only job of each is the catch-up run enqueued at start
+(docs/guide.md, periodic tasks):
 
 - ``new_year``: ``schedule="0 0 1 1 *"`` (midnight UTC on 1 January);
 - ``epoch``: ``every=1e9`` seconds (its runs: 2001-09-09, then 2033-05-18).
