@@ -12,9 +12,11 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
+from functools import partial
 from pathlib import Path
 from typing import IO, TypeVar
 
+import pytest
 import trio
 
 from trioqueue import JobStatus, Priority
@@ -291,6 +293,72 @@ async def test_a_node_stopped_past_its_lease_has_its_late_ack_refused(tmp_path: 
         [("recovered", "hang", 1), ("recovered", "late", 1), ("completed", "hang", 2),
          ("completed", "late", 2)])
     assert len(run_lines(runs)) == 4
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "RedisBackend.claim() hands a worker a prefetched job whose lease already expired by "
+    "the node's own clock (claimed before a SIGSTOP longer than the lease): the job, "
+    "reaped and completed by another node meanwhile, starts a second time before the "
+    "next renewal reports the lease lost"))
+async def test_a_node_stopped_past_its_lease_starts_none_of_its_prefetched_jobs(
+    tmp_path: Path,
+) -> None:
+    """Node A (1 worker, prefetch 4, lease 1 s) holds its worker with ``first`` (at a gate)
+    and has ``p0``..``p3`` claimed in its buffer when it is SIGSTOPped.  Node B reaps and
+    completes all five.  Once A is SIGCONTinued (its gate open), ``first``'s outcome is
+    refused, and A must start none of ``p0``..``p3``: their leases ended during the stop
+    (A's own clock says so), another node has run them."""
+    queue = unique("stopbuf")
+    runs = tmp_path / "runs.txt"
+    gate = str(tmp_path / "gate-{pid}")
+    buffered = [f"p{i}" for i in range(4)]
+    async with queue_state(queue) as state, nodes_on() as nodes:
+        a = Node(REDIS_URL, queue, runs, tmp_path / "a.err", workers=1, lease=1.0,
+                 prefetch=4)
+        nodes.append(a)
+        await a.ready()
+        await state.enqueue([NewJob.build("first", "record", {"gate": gate, "in": a.pid})])
+        await until(lambda: _lines_at_least(runs, 1))
+        first = await state.get("first")
+        assert first is not None
+        await state.enqueue([NewJob.build(j, "record", None) for j in buffered])
+
+        async def all_claimed_by_a() -> bool | None:
+            for j in buffered:
+                sj = await state.get(j)
+                assert sj is not None
+                if (sj.job.status, sj.owner) != (JobStatus.PROCESSING, first.owner):
+                    return None
+            return True
+
+        await until(all_claimed_by_a)
+        assert len(run_lines(runs)) == 1  # claimed, not started: the worker is busy
+        os.kill(a.pid, signal.SIGSTOP)
+        b = Node(REDIS_URL, queue, runs, tmp_path / "b.err", lease=1.0)
+        nodes.append(b)
+        await b.ready()
+        done = await all_finished(state, ["first", *buffered])
+        assert set(done.values()) == {(JobStatus.COMPLETED, 2, b.pid)}
+        beat = await heartbeat_of(state, first.owner)
+        open_gate(gate, a.pid)
+        os.kill(a.pid, signal.SIGCONT)
+        assert await a.line() == "done first\n"
+        for _ in range(2):  # A renews, then beats: two beats, and its renewal was handled
+            beat = await until(partial(_beat_after, state, first.owner, beat))
+        await stop_all(nodes)
+    started_in_a = sorted(j for pid, j, _ in run_lines(runs) if pid == a.pid)
+    assert started_in_a == ["first"]
+
+
+async def heartbeat_of(state: RedisState, node: str | None) -> float:
+    """A node's last heartbeat (Redis' clock)."""
+    (beat,) = [n.heartbeat for n in await state.nodes() if n.node == node]
+    return beat
+
+
+async def _beat_after(state: RedisState, node: str | None, after: float) -> float | None:
+    beat = await heartbeat_of(state, node)
+    return beat if beat > after else None
 
 
 def open_gate(template: str, pid: int) -> None:
