@@ -38,12 +38,14 @@ class FairPicker:
     :class:`Priority`, and returns the index to take from, or ``-1`` when all are empty.
     """
 
-    __slots__ = ("_credit", "_owed", "_weights")
+    __slots__ = ("_credit", "_weights", "owed")
 
     def __init__(self, weights: Mapping[Priority, int] = DEFAULT_WEIGHTS) -> None:
         self._weights = check_weights(weights)
         self._credit = [0, 0, 0]
-        self._owed = False  # some credit may be non-zero (a contested pick happened)
+        self.owed = False
+        """Some credit may be non-zero (a contested pick happened since the last
+        :meth:`clear`)."""
 
     @property
     def weights(self) -> tuple[int, int, int]:
@@ -51,8 +53,8 @@ class FairPicker:
 
     def pick(self, queues: Sequence[Sized]) -> int:
         h, m, lo = queues
-        # Fast path (a worker calls this per job): at most one priority has work.  It
-        # gets the pick, and every credit is cleared.
+        # Fast path: at most one priority has work.  It gets the pick, and every credit
+        # is cleared.  (The ready queues inline this part: a worker calls it per job.)
         if h:
             lone = -2 if m or lo else 0
         elif m:
@@ -60,18 +62,26 @@ class FairPicker:
         else:
             lone = 2 if lo else -1
         if lone != -2:
-            if self._owed:
-                self._credit = [0, 0, 0]
-                self._owed = False
+            if self.owed:
+                self.clear()
             return lone
-        self._owed = True
+        return self.contested(queues)
+
+    def clear(self) -> None:
+        """Forget every credit: a pick found at most one priority with work."""
+        self._credit = [0, 0, 0]
+        self.owed = False
+
+    def contested(self, queues: Sequence[Sized]) -> int:
+        """The pick when two priorities or more have work (:meth:`pick` otherwise)."""
+        self.owed = True
         credit = self._credit
         w = self._weights
         total = 0
         best = -1
         best_credit = 0
-        for i, has in ((0, bool(h)), (1, bool(m)), (2, bool(lo))):
-            if not has:
+        for i, queue in enumerate(queues):
+            if not queue:
                 credit[i] = 0
                 continue
             c = credit[i] + w[i]

@@ -6,6 +6,7 @@ part of the queue sees it, so nothing is ever half enqueued.
 
 from __future__ import annotations
 
+from math import floor as _floor
 from typing import Any
 
 import trio
@@ -36,7 +37,7 @@ class Intake:
                  wall_offset: float) -> None:
         self._registry = registry
         self._config = config
-        self._clock = clock
+        self._now = clock.current_time
         self._wall = wall_offset
         self._defaults: dict[str, tuple[TaskSpec, int, int, float | None]] = {}
         """Per task name: its spec and resolved job defaults (see :meth:`_defaults_of`)."""
@@ -53,8 +54,9 @@ class Intake:
     ) -> JobRecord:
         """Validate everything and make the new job's record (QUEUED, or SCHEDULED with
         a ``delay``); raise :class:`UnknownTask` or :class:`InvalidJob`."""
-        defaults = self._defaults.get(task) if task.__class__ is str else None
-        if defaults is None:
+        try:
+            defaults = self._defaults[task]
+        except (KeyError, TypeError):  # a task not seen yet (or not a name at all)
             defaults = self._defaults_of(task)  # raises UnknownTask
         spec, prio, retries, limit = defaults
         if priority is not None:
@@ -66,10 +68,11 @@ class Intake:
         if timeout is not None:
             limit = check_timeout(timeout)
         payload_json = "null" if payload is None else check_json("payload", payload)
-        now = self._clock.current_time()
+        now = self._now()
         created = now + self._wall
-        # The id's millisecond is the job's creation time: one clock read for both.
-        job_id = new_id(int(created * 1000.0)) if job_id is None else check_job_id(job_id)
+        # The id's millisecond is the job's creation time: one clock read for both
+        # (floor, not int(): a call into C that CPython 3.11 makes faster than a type's).
+        job_id = new_id(_floor(created * 1000.0)) if job_id is None else check_job_id(job_id)
         if delay:
             return JobRecord(job_id, task, payload, payload_json, prio, SCHEDULED, retries,
                              limit, created, created + delay, spec, now)
@@ -78,7 +81,7 @@ class Intake:
 
     def restamp(self, rec: JobRecord, delay: float) -> None:
         """Date a new record that had to wait for room as of now (its id stays)."""
-        now = self._clock.current_time()
+        now = self._now()
         rec.ready_at = now
         rec.created_at = now + self._wall
         if rec.status is SCHEDULED:

@@ -17,6 +17,7 @@ from ._record import LABELS
 
 WINDOW = 4096
 """Latency percentiles cover the most recent this-many jobs of each priority."""
+_QS = (0.5, 0.99)
 
 
 class Sampler:
@@ -33,28 +34,25 @@ class Sampler:
         self.samples: deque[float] = deque(maxlen=WINDOW)
         self.add: Callable[[float], None] = self.samples.append
 
-    def percentiles(self, *qs: float) -> list[float | None]:
-        n = len(self.samples)
-        if not n:
-            return [None for _ in qs]
-        data = sorted(self.samples)
-        return [data[min(n - 1, max(0, math.ceil(q * n) - 1))] for q in qs]
+
+def _percentiles(data: list[float], qs: Sequence[float]) -> list[float | None]:
+    """The nearest-rank percentiles ``qs`` of ``data`` (sorted)."""
+    n = len(data)
+    if not n:
+        return [None for _ in qs]
+    return [data[min(n - 1, max(0, math.ceil(q * n) - 1))] for q in qs]
 
 
-class Merged:
-    """The samples of three :class:`Sampler` (one per priority) as one."""
-
-    __slots__ = ("parts",)
-
-    def __init__(self, parts: Sequence[Sampler]) -> None:
-        self.parts = parts
-
-    def percentiles(self, *qs: float) -> list[float | None]:
-        data = sorted(x for part in self.parts for x in part.samples)
-        n = len(data)
-        if not n:
-            return [None for _ in qs]
-        return [data[min(n - 1, max(0, math.ceil(q * n) - 1))] for q in qs]
+def _merged(parts: list[list[float]]) -> list[float]:
+    """Sorted lists as one sorted list (sorting their concatenation merges the runs)."""
+    full = [part for part in parts if part]
+    if len(full) == 1:
+        return full[0]
+    data: list[float] = []
+    for part in full:
+        data += part
+    data.sort()
+    return data
 
 
 class Stats:
@@ -63,7 +61,7 @@ class Stats:
     __slots__ = (
         "busy_time", "cancelled", "cancelled_p", "completed", "completed_p", "dropped",
         "enqueued", "enqueued_p", "failed", "failed_p", "rejected", "rejected_p", "retried",
-        "retried_p", "run", "run_p", "scheduled", "started", "wait", "wait_p",
+        "retried_p", "run_p", "scheduled", "started", "wait_p",
     )
 
     def __init__(self) -> None:
@@ -92,12 +90,10 @@ class Stats:
         """Refused for lack of room (a refusal at shutdown comes before the job has a
         priority: it counts in :attr:`rejected` only)."""
         self.wait_p = (Sampler(), Sampler(), Sampler())
-        """Seconds from ready to started, by priority."""
+        """Seconds from ready to started, by priority (the totals' percentiles merge
+        the three)."""
         self.run_p = (Sampler(), Sampler(), Sampler())
         """Seconds a handler ran, by priority."""
-        self.wait = Merged(self.wait_p)
-        """All priorities' wait samples (what the totals' percentiles cover)."""
-        self.run = Merged(self.run_p)
 
 
 def metrics(
@@ -114,8 +110,11 @@ def metrics(
     priority of each running job."""
     capacity_time = uptime * workers
     busy = stats.busy_time + sum(running_for)
-    w50, w99 = stats.wait.percentiles(0.5, 0.99)
-    r50, r99 = stats.run.percentiles(0.5, 0.99)
+    # Each priority's samples sorted once, for its own percentiles and the totals'.
+    waits = [sorted(s.samples) for s in stats.wait_p]
+    runs = [sorted(s.samples) for s in stats.run_p]
+    w50, w99 = _percentiles(_merged(waits), _QS)
+    r50, r99 = _percentiles(_merged(runs), _QS)
     return Metrics(
         enqueued=stats.enqueued,
         started=stats.started,
@@ -136,20 +135,21 @@ def metrics(
         run_p99=r99,
         uptime=uptime,
         dropped=stats.dropped,
-        by_priority=_by_priority(stats, queued, running_priorities),
+        by_priority=_by_priority(stats, queued, running_priorities, waits, runs),
     )
 
 
 def _by_priority(
-    stats: Stats, queued: Sequence[int], running: Sequence[int]
+    stats: Stats, queued: Sequence[int], running: Sequence[int],
+    waits: list[list[float]], runs: list[list[float]],
 ) -> dict[str, dict[str, int | float | None]]:
     processing = [0, 0, 0]
     for p in running:
         processing[p] += 1
     out: dict[str, dict[str, int | float | None]] = {}
     for p, label in enumerate(LABELS):
-        w50, w99 = stats.wait_p[p].percentiles(0.5, 0.99)
-        r50, r99 = stats.run_p[p].percentiles(0.5, 0.99)
+        w50, w99 = _percentiles(waits[p], _QS)
+        r50, r99 = _percentiles(runs[p], _QS)
         out[label] = {
             "enqueued": stats.enqueued_p[p],
             "completed": stats.completed_p[p],
