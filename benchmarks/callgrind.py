@@ -3,6 +3,7 @@ machine, where seconds are not.  For tuning the hot path; not part of the table.
 
     python -m benchmarks.callgrind                  # every case, 20,000 jobs each
     python -m benchmarks.callgrind nowait await -n 50000
+    python -m benchmarks.callgrind await batch --against /tmp/base --runs 3
 
 Each case runs twice under ``valgrind --tool=callgrind`` (with 0 jobs, then with n) in
 a fresh interpreter; the difference divided by n is the cost of one job, start-up and
@@ -14,13 +15,21 @@ Instructions are counted per thread: the event loop's, and the rest (the store's
 thread) on their own, since the writer runs beside the loop on the other core.
 The 1 ms half of the engine's schedule-point rule is turned off in the child: under
 valgrind it would fire every few calls instead of every 64.
+
+``--against DIR`` counts a second checkout too (``git worktree add DIR REV``), its
+package imported from ``DIR`` with the same child, and prints the ratio: the engine's
+speed compared in one run.  Counts move by about 1 % from run to run (job ids are
+random, so the job table's hashing differs, and the store's writer thread is scheduled
+differently); ``--runs K`` takes the median of K counts of each.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,12 +38,16 @@ from pathlib import Path
 CASES = ("bare", "nowait", "await", "batch")
 
 _CHILD = """
-import math, sys, tempfile, trio, trioqueue, trioqueue._workers
+import math, sys, tempfile, trio, trioqueue
+try:
+    from trioqueue import _workers as hot
+except ImportError:  # a checkout from before the engine was split (--against)
+    from trioqueue import _engine as hot
 from pathlib import Path
 n, case = int(sys.argv[1]), sys.argv[2]
 # Under valgrind the program runs about 50 times slower, so the 1 ms half of the
 # schedule-point rule would fire every few calls; at full speed the 64-call half does.
-trioqueue._workers.CHECKPOINT_AFTER = math.inf
+hot.CHECKPOINT_AFTER = math.inf
 registry = trioqueue.TaskRegistry()
 
 @registry.task(name="noop")
@@ -75,13 +88,17 @@ trio.run(main)
 """
 
 
-def instructions(case: str, n: int) -> tuple[int, int]:
-    """Instructions of the event loop's thread, and of every other thread together."""
+def instructions(case: str, n: int, tree: Path | None = None) -> tuple[int, int]:
+    """Instructions of the event loop's thread, and of every other thread together
+    (trioqueue imported from ``tree`` if given, else from wherever it is installed)."""
+    env = None
+    if tree is not None:
+        env = {**os.environ, "PYTHONPATH": str(tree)}
     with tempfile.TemporaryDirectory(prefix="tq-callgrind-") as tmp:
         subprocess.run(
             ["valgrind", "--tool=callgrind", "--separate-threads=yes",
              f"--callgrind-out-file={tmp}/out", sys.executable, "-c", _CHILD, str(n), case],
-            capture_output=True, text=True, check=True,
+            capture_output=True, text=True, check=True, env=env, cwd=tree,
         )
         counts: dict[int, int] = {}
         for path in Path(tmp).iterdir():  # out-01 (the main thread), out-02, ...
@@ -97,25 +114,62 @@ def instructions(case: str, n: int) -> tuple[int, int]:
     return counts[1], sum(v for k, v in counts.items() if k != 1)
 
 
+def per_job(case: str, n: int, tree: Path | None = None) -> tuple[float, float]:
+    """Instructions per job on the loop and in other threads (start-up taken off)."""
+    (loop, other), (loop0, other0) = instructions(case, n, tree), instructions(case, 0, tree)
+    return (loop - loop0) / n, (other - other0) / n
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.callgrind",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("cases", nargs="*", metavar="CASE", help=", ".join(CASES))
     parser.add_argument("-n", type=int, default=20_000, help="jobs per case (20,000)")
+    parser.add_argument("--against", type=Path, metavar="DIR",
+                        help="another checkout to count too, and the ratio to it")
+    parser.add_argument("--runs", type=int, default=1, help="counts per case (median)")
     args = parser.parse_args(argv)
     unknown = [c for c in args.cases if c not in CASES]
     if unknown:
         parser.error(f"unknown case {unknown[0]!r}; choose from {', '.join(CASES)}")
     if args.n < 1:
         parser.error(f"-n: expected a positive number of jobs, got {args.n}")
+    if args.runs < 1:
+        parser.error(f"--runs: expected a positive number, got {args.runs}")
+    if args.against is not None and not (args.against / "trioqueue").is_dir():
+        parser.error(f"--against: no trioqueue package in {args.against}")
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
         return 2
     for case in args.cases or CASES:
-        (loop, other), (loop0, other0) = instructions(case, args.n), instructions(case, 0)
-        print(f"{case:8s} {(loop - loop0) / args.n:10,.0f} instructions per job on the loop"
-              f"{(other - other0) / args.n:10,.0f} in other threads")
+        trees: list[Path | None] = [None]
+        if args.against is not None:
+            trees.append(args.against.resolve())
+        counts: dict[Path | None, list[tuple[float, float]]] = {tree: [] for tree in trees}
+        for _ in range(args.runs):  # interleaved, when there are two trees
+            for tree in trees:
+                counts[tree].append(per_job(case, args.n, tree))
+        loop, other = _medians(counts[None])
+        print(f"{case:8s} {loop:10,.0f} instructions per job on the loop"
+              f"{other:10,.0f} in other threads" + _spread(counts[None]))
+        if args.against is not None:
+            base = counts[trees[1]]
+            loop_b, other_b = _medians(base)
+            print(f"{'':8s} {loop_b:10,.0f} in {args.against}: on the loop"
+                  f"{other_b:10,.0f} in other threads" + _spread(base))
+            print(f"{'':8s} {loop / loop_b:10.3f} x {args.against} on the loop")
     return 0
+
+
+def _medians(counts: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(c[0] for c in counts), statistics.median(c[1] for c in counts)
+
+
+def _spread(counts: list[tuple[float, float]]) -> str:
+    if len(counts) < 2:
+        return ""
+    loops = [c[0] for c in counts]
+    return f"   (loop {min(loops):,.0f}-{max(loops):,.0f})"
 
 
 if __name__ == "__main__":
