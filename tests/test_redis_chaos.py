@@ -75,14 +75,12 @@ async def stop_all(nodes: list[Node]) -> None:
 
 def kill_proc(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
-        with suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGCONT)  # a stopped process dies only once resumed
-        proc.kill()
+        proc.kill()  # SIGKILL ends a SIGSTOPped process too
     proc.wait()
 
 
 @asynccontextmanager
-async def nodes_on(url: str = REDIS_URL) -> AsyncIterator[list[Node]]:
+async def nodes_on() -> AsyncIterator[list[Node]]:
     """Every node appended to the list is killed (by pid) at the end, whatever happens."""
     nodes: list[Node] = []
     try:
