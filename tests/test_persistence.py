@@ -888,5 +888,8 @@ async def test_a_store_of_the_first_schema_is_upgraded_and_keeps_its_jobs(
         new = await q.wait((await q.enqueue("reports", "now")).id)
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert {row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+        )} == {"jobs_live", "jobs_by_finished"}  # the index of live jobs replaced the full one
         assert conn.execute("SELECT progress FROM jobs WHERE id = ?", (new.id,)).fetchone() == (
             '{"fraction": 0.5, "note": "half way"}',)

