@@ -329,6 +329,7 @@ def test_serve_an_app_from_the_working_directory(tmp_path: Path) -> None:
 def server() -> Iterator[Server]:
     with running_server("--workers", "2") as srv:
         yield srv
+    assert srv.proc.returncode == 0, srv.captured  # no job kept it from stopping in time
 
 
 def test_enqueue_then_status(server: Server) -> None:
@@ -536,7 +537,10 @@ def test_retry_failed_jobs_in_bulk(server: Server) -> None:
     assert json.loads(result.stdout)["retried"] >= 3
     status = json.loads(run_cli("status", "cli-bulk-0", "--url", server.url).stdout)
     assert status["attempts"] <= 1  # fresh attempts (it may have run and failed again)
-    cancelled = run_cli("retry", "--cancelled", "--url", server.url)
+    # Only echo's: every cancelled job would bring back test_enqueue_wait_exits_1_for_a_
+    # cancelled_job's sleep of 60 s, which then held the server's shutdown until it was
+    # killed (20 s).
+    cancelled = run_cli("retry", "--cancelled", "--task", "echo", "--url", server.url)
     assert cancelled.returncode == 0, cancelled.stderr
     assert "retried" in json.loads(cancelled.stdout)
 
