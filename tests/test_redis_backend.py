@@ -173,10 +173,78 @@ async def test_subscribers_see_other_nodes_events(queue_name: str) -> None:
     assert t.runs[job.id] == 1
 
 
-async def test_enqueue_nowait_is_refused_with_a_clear_error(queue_name: str) -> None:
-    async with trioqueue.open_queue(Tasks().registry, config(queue_name)) as q:
-        with pytest.raises(TypeError, match="enqueue_nowait: a queue in Redis"):
-            q.enqueue_nowait("echo", 1)
+async def test_enqueue_nowait_jobs_wait_for_room_in_their_nodes_outbox(queue_name: str) -> None:
+    """Two nodes both see room for one job and accept one each with enqueue_nowait: one is
+    written, the other finds no room in Redis and waits in its node's outbox (not
+    dropped) until a third node's worker makes room; both run once."""
+    t = Tasks()
+    with trio.fail_after(30):
+        async with trioqueue.open_queue(t.registry, config(queue_name, workers=0,
+                                                           capacity=1)) as a, \
+                trioqueue.open_queue(t.registry, config(queue_name, workers=0,
+                                                        capacity=1)) as b:
+            x = a.enqueue_nowait("echo", "x")  # no await between: neither is written yet
+            y = b.enqueue_nowait("echo", "y")
+            with pytest.raises(trioqueue.QueueFull):
+                a.enqueue_nowait("echo", "over")  # a's own view: full
+            await trio.sleep(0.3)
+            seen = []
+            for job, mine in ((x, a), (y, b)):
+                assert (await mine.get(job.id)).status is JobStatus.QUEUED
+                try:
+                    await (b if mine is a else a).get(job.id)
+                    seen.append(job.id)
+                except trioqueue.JobNotFound:
+                    pass
+            assert len(seen) == 1  # one in Redis, the other still in its node's outbox
+            async with trioqueue.open_queue(t.registry, config(queue_name, workers=1,
+                                                               capacity=1)):
+                done = [await a.wait(x.id), await b.wait(y.id)]
+    assert [d.result for d in done] == ["x", "y"]
+    assert t.runs == {x.id: 1, y.id: 1}
+
+
+async def test_progress_and_wait_across_nodes(queue_name: str) -> None:
+    """report_progress on the node running the job: the record's progress and a
+    progress event reach another node; that node's wait() is woken by the completed
+    event, not by its once-a-second look."""
+    reg = TaskRegistry()
+    go = trio.Event()
+    reported = trio.Event()
+
+    @reg.task
+    async def slow(job: Job) -> str:
+        trioqueue.report_progress(0.5, "half way")
+        reported.set()
+        await go.wait()
+        return "done"
+
+    with trio.fail_after(30):
+        async with trioqueue.open_queue(reg, config(queue_name, workers=1)) as a, \
+                trioqueue.open_queue(TaskRegistry(), config(queue_name, workers=0)) as b:
+            async with b.subscribe() as events:
+                await trio.sleep(0.3)  # b's reader is at the stream's end
+                job = await a.enqueue("slow")
+                await reported.wait()
+                async for ev in events:
+                    if ev.type == "progress":
+                        break
+                assert (ev.job_id, ev.fraction, ev.note) == (job.id, 0.5, "half way")
+                got = await b.get(job.id)
+                assert got.progress == {"fraction": 0.5, "note": "half way"}
+                result: list[Job] = []
+
+                async def waiter() -> None:
+                    result.append(await b.wait(job.id))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(waiter)
+                    await trio.sleep(0.1)  # the waiter is parked on its watch
+                    go.set()
+                    started = trio.current_time()
+                # Woken by the stream (XREAD blocks at most 250 ms), not the 1 s poll.
+                assert trio.current_time() - started < 0.6
+                assert result[0].result == "done"
 
 
 # A refused connection leaves coredis' stream objects unclosed: their ResourceWarning is

@@ -41,6 +41,9 @@ from ._workers import Lifecycle, Workers
 log = logging.getLogger("trioqueue")
 
 PROCESSING = JobStatus.PROCESSING
+REMOTE_WAIT_POLL = 1.0
+"""Seconds between two looks of :meth:`JobQueue.wait` on a shared backend when no event
+woke it."""
 _WITH_ERROR = (EventKind.RETRYING, EventKind.FAILED)
 
 
@@ -106,8 +109,17 @@ class JobQueue:
         if getattr(parts.backend, "remote", False):
             # A shared backend (Redis) admits with a round trip: the memory path above
             # stays as it is, these replace it on this instance only.
+            # enqueue_nowait and enqueue_many_nowait stay: the backend's admit and
+            # admit_many answer from the node's view of room (docs/redis-design.md).
             self.enqueue = self._enqueue_remote  # type: ignore[method-assign]
-            self.enqueue_nowait = self._enqueue_nowait_remote  # type: ignore[method-assign]
+            self._enqueue_records = self._enqueue_records_remote  # type: ignore[method-assign]
+            self.wait = self._wait_remote  # type: ignore[method-assign]
+            from ._redis.progress import RedisProgress
+
+            parts.workers.progress = RedisProgress(
+                parts.backend.send_progress,  # type: ignore[attr-defined]
+                parts.events, self._clock, self._wall)
+            parts.backend.use_events(parts.events)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ helpers
 
@@ -311,26 +323,68 @@ class JobQueue:
         await trio.lowlevel.checkpoint_if_cancelled()
         admit = self._backend.admit_async  # type: ignore[attr-defined]
         backoff = 0.001
-        first = True
         while True:
             if self._life.closing or self._backend.refusal is not None:
                 self._refuse()
             rec = self._build(task, payload, priority, job_id, delay, max_retries, timeout)
-            got: JobRecord | None = await admit(rec, count_rejected=first)
+            got: JobRecord | None = await admit(rec, count_rejected=not wait_for_room,
+                                                given=job_id is not None)
             if got is not None:
                 return got.snapshot()
             if not wait_for_room:
                 raise QueueFull(f"priority {LABELS[rec.priority]}: "
                                 f"{self._backend.full_reason(rec)}")
-            first = False
             await trio.sleep(backoff)
             backoff = min(backoff * 2, 0.05)
 
-    def _enqueue_nowait_remote(self, *args: Any, **kwargs: Any) -> Job:
-        raise TypeError(
-            "enqueue_nowait: a queue in Redis answers over the network; use "
-            "await q.enqueue(..., wait_for_room=False) for an at-once QueueFull"
-        )
+    async def _enqueue_records_remote(self, recs: list[JobRecord], given: set[str],
+                                      wait_for_room: bool) -> list[Job]:
+        """:meth:`_enqueue_records` on a shared backend: one script call admits the batch
+        all or nothing; waiting for room polls as :meth:`_enqueue_remote` does."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not recs:
+            await trio.lowlevel.checkpoint()
+            return []
+        admit = self._backend.admit_many_async  # type: ignore[attr-defined]
+        backoff = 0.001
+        while True:
+            if self._life.closing or self._backend.refusal is not None:
+                self._refuse()
+            got: list[JobRecord] | None = await admit(
+                recs, count_rejected=not wait_for_room, given=given)
+            if got is not None:
+                return [rec.snapshot() for rec in got]
+            if not wait_for_room:
+                raise QueueFull(f"batch of {len(recs)}: "
+                                f"{self._backend.full_reason_many(recs)}")
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, 0.05)
+            for rec in recs:  # waited for room: dated as of now
+                due = rec.scheduled_for
+                self._restamp(rec, 0.0 if due is None else due - rec.created_at)
+
+    async def _wait_remote(self, job_id: str) -> Job:
+        """:meth:`wait` on a shared backend: woken by the job's terminal event in the
+        events stream (any node's), with a look every :data:`REMOTE_WAIT_POLL` seconds in
+        case an event was missed (the stream was trimmed, or the reader reconnected)."""
+        backend = self._backend
+        watch = backend.watch  # type: ignore[attr-defined]
+        unwatch = backend.unwatch  # type: ignore[attr-defined]
+        while True:
+            if self._life.closed:
+                raise ShuttingDown(f"the queue closed before job {job_id!r} finished")
+            woken: trio.Event = watch(job_id)
+            try:
+                job = await self.get(job_id)
+                if job.status.terminal:
+                    return job
+                if self._life.closed:
+                    raise ShuttingDown(f"the queue closed before job {job_id!r} finished "
+                                       f"(it is {job.status.value})")
+                with trio.move_on_after(REMOTE_WAIT_POLL):
+                    await woken.wait()
+            finally:
+                unwatch(job_id, woken)
 
     async def _commit_or_take_back(self, rec: JobRecord) -> None:
         """Wait for the commit holding ``rec``.  If it fails the job was not acknowledged:

@@ -173,10 +173,7 @@ class RedisState:
                 if job is not None:
                     by_id.setdefault(j.id, job)
             out.append(Admitted(adm, job))
-        return Admissions(out, RoomView(
-            (int(view[0]), int(view[1]), int(view[2])),
-            (int(view[3]), int(view[4]), int(view[5])),
-        ) if view else None)
+        return Admissions(out, RoomView.parse(view))
 
     # ------------------------------------------------------------------ the hot path
 
@@ -219,8 +216,9 @@ class RedisState:
             self._rid() if n else "", self._maxlen, self._ttl_ms, node, _lease_ms(lease), n,
             w[0], w[1], w[2], batch, "" if tasks is None else _dumps(sorted(tasks)),
         ]
-        results, claimed = await self._run("finish_and_claim", args)
-        return FinishClaim(list(results), [stored_job(r) for r in claimed])
+        results, claimed, view = await self._run("finish_and_claim", args)
+        return FinishClaim(list(results), [stored_job(r) for r in claimed],
+                           RoomView.parse(view))
 
     async def renew(self, node: str, held: Sequence[tuple[str, int]], lease: float) -> Renewal:
         """Extend the leases ``node`` still holds (id, fence); report the lost ones."""

@@ -146,6 +146,16 @@ class RoomView:
     wait for room (``blocked``): a new ready job fits while this is below the capacity."""
     delayed: tuple[int, int, int]
     """New delayed jobs waiting, per priority (their own bound)."""
+    seq: int = 0
+    """The queue's last event number when this was read: of two views, the one with the
+    higher ``seq`` is the newer."""
+
+    @classmethod
+    def parse(cls, v: Sequence[Any]) -> RoomView | None:
+        if not v:
+            return None
+        return cls((int(v[0]), int(v[1]), int(v[2])), (int(v[3]), int(v[4]), int(v[5])),
+                   int(v[6]))
 
 
 @attrs.frozen
@@ -229,6 +239,8 @@ class FinishClaim:
     ``"cancelled"`` (a retry or release turned into CANCELLED: cancel was requested)."""
     claimed: list[StoredJob]
     """The jobs now PROCESSING under this node, in claim (fairness) order."""
+    view: RoomView | None = None
+    """The room after the call (for a node's ``enqueue_nowait``)."""
 
 
 @attrs.frozen

@@ -33,23 +33,23 @@ import trio
 
 from .._backend import ChangeHook
 from .._config import QueueConfig
+from .._events import Broadcaster, Event
 from .._exceptions import DuplicateJob, QueueFull, ShuttingDown, StoreError
 from .._job import Job, JobStatus, Priority
-from .._record import JobRecord
+from .._record import LABELS, JobRecord
 from .._registry import TaskRegistry
 from .._state import JobEvent
 from .._stats import Stats
 from ._client import RedisUnavailable, connect
+from ._outbox import Outbox, describe, new_job
 from ._state import (
     MAX_CLAIM,
     Admission,
     Counts,
-    NewJob,
     Outcome,
     RedisState,
     StoredJob,
     StreamEvent,
-    canonical_digest,
 )
 
 log = logging.getLogger("trioqueue")
@@ -59,13 +59,14 @@ READER_BLOCK_MS = 250
 cancelled (see BACKENDS.md's client rules), so this bounds how long a node's close waits
 for its reader; an idle node costs four round trips a second for it."""
 
-_PRIORITIES = (Priority.HIGH, Priority.MEDIUM, Priority.LOW)
 _PRIO_BY_LABEL = {"high": 0, "medium": 1, "low": 2}
 _STATUSES = {s.value: s for s in JobStatus}
 RETRY_BACKOFF = (0.001, 0.05)
 """A producer waiting for room polls Redis with a backoff from 1 ms doubling to 50 ms."""
 CLOSE_BUDGET = 2.0
 """Seconds the last flush at shutdown may take (shielded)."""
+_TERMINAL_EVENTS = frozenset(("completed", "failed", "cancelled"))
+_COUNTERS = ("enqueued", "completed", "failed", "retried", "cancelled", "rejected")
 
 
 class RedisBackend:
@@ -87,6 +88,9 @@ class RedisBackend:
         self.node = f"{uuid.uuid4().hex[:12]}"
         self._lease = config.lease
         self._prefetch = config.prefetch
+        self._park_max = config.capacity
+        """Claimed jobs of one limited task that may wait on this node: past it, this
+        node claims no more of that task (its priority waits for the others here)."""
         self._hook: ChangeHook | None = None
         self._state: RedisState | None = None
         self._counts: Counts | None = None
@@ -108,6 +112,18 @@ class RedisBackend:
         self._timer_wake = trio.Event()
         self._next_reap = -math.inf
         self._disconnected = False
+        self._outbox = Outbox(config.capacity)
+        self._totals_seq = -1
+        """The event number when the counters in :attr:`_stats` were read."""
+        self._watchers: dict[str, list[trio.Event]] = {}
+        """Job id -> tasks in ``wait`` for it: set by its terminal event in the stream."""
+        self._events: Broadcaster | None = None
+        # Per-task concurrency (per process): claimed jobs of a task at its limit wait
+        # here, leased to this node, while the workers run other tasks' jobs.
+        self._limits = {name: spec.concurrency for name in registry
+                        if (spec := registry.get(name)).concurrency is not None}
+        self._running_task: dict[str, int] = {}
+        self._parked: dict[str, deque[JobRecord]] = {}
 
     # ------------------------------------------------------------------ engine hooks
 
@@ -120,6 +136,10 @@ class RedisBackend:
 
     def attach(self, queue: object) -> None:
         pass
+
+    def use_events(self, events: Broadcaster) -> None:
+        """Where ``progress`` events read from the stream go (the queue's subscribers)."""
+        self._events = events
 
     @property
     def state(self) -> RedisState:
@@ -142,13 +162,14 @@ class RedisBackend:
             )
             await client.ping()
             await state.heartbeat(self.node, self._info())
-            self._counts = await state.counts()
+            self._refresh(await state.counts())
             reader = await state.event_reader()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._fetcher)
                 nursery.start_soon(self._flusher)
                 nursery.start_soon(self._heartbeat)
                 nursery.start_soon(self._read_events, reader)
+                nursery.start_soon(self._outbox.run, state)
                 task_status.started()
                 await self._closed.wait()
                 reader.stop()
@@ -169,7 +190,10 @@ class RedisBackend:
         return 0, 0
 
     def wake_all_waiters(self) -> None:
-        pass
+        watchers, self._watchers = self._watchers, {}
+        for events in watchers.values():
+            for event in events:
+                event.set()
 
     async def close(self) -> None:
         """Release the jobs claimed but not started, flush every outcome in one last call
@@ -177,8 +201,12 @@ class RedisBackend:
         remove this node; queued jobs stay in Redis."""
         with trio.CancelScope(shield=True):
             self._no_claims = True
-            while self._buffer:
-                rec = self._buffer.popleft()
+            unstarted = list(self._buffer)
+            self._buffer.clear()
+            for parked in self._parked.values():
+                unstarted.extend(parked)
+                parked.clear()
+            for rec in unstarted:
                 held = self._held.pop(rec.id, None)
                 if held is not None:
                     self._pending.append(Outcome.released(rec.id, held[1]))
@@ -193,6 +221,14 @@ class RedisBackend:
                         pass
                 with trio.move_on_after(CLOSE_BUDGET + 1.5):
                     await self._fetcher_done.wait()
+                with trio.move_on_after(CLOSE_BUDGET):
+                    await self._outbox.empty()
+                lost = self._outbox.abandon()
+                if lost:
+                    log.error("trioqueue: %d jobs accepted by enqueue_nowait were never "
+                              "written to redis (no room or no redis within %s s of the "
+                              "close) and are lost: %s", len(lost), CLOSE_BUDGET,
+                              describe(lost))
                 with trio.move_on_after(CLOSE_BUDGET):
                     try:
                         await self._state.remove_node(self.node)
@@ -224,9 +260,16 @@ class RedisBackend:
                     self._kick = trio.Event()
                     await self._kick.wait()
                     continue
+                if len(tasks) != len(self._registry):  # submit() registered a function
+                    tasks = self._registry_names()
+                claimable = tasks
+                if self._parked and n:
+                    full = {t for t, q in self._parked.items() if len(q) >= self._park_max}
+                    if full:
+                        claimable = [t for t in tasks if t not in full]
                 try:
                     got = await state.finish_and_claim(self.node, outcomes, n, self._lease,
-                                                       tasks)
+                                                       claimable)
                 except RedisUnavailable as exc:
                     self._pending[:0] = outcomes
                     if stopping:
@@ -239,6 +282,7 @@ class RedisBackend:
                     rec = self._record(sj)
                     self._held[rec.id] = (rec, sj.fence)
                     self._buffer.append(rec)
+                self._outbox.saw(got.view)
                 if got.claimed:
                     self._work_lot.unpark(count=len(got.claimed))
                 elif n and not self._pending and not stopping:
@@ -280,7 +324,7 @@ class RedisBackend:
 
     def _log_stale(self, outcomes: list[Outcome], results: list[str]) -> None:
         for o, r in zip(outcomes, results, strict=False):
-            if r == "stale":
+            if r == "stale" and o.kind != "progress":
                 log.warning("trioqueue: job %s: outcome %s refused, its lease moved on (the "
                             "job was taken by another node)", o.id, o.kind)
 
@@ -310,10 +354,23 @@ class RedisBackend:
         rec = held[0]
         log.warning("trioqueue: job %s: this node lost its lease; stopping it", job_id)
         self._lost.add(job_id)
+        if not self._unstart(rec):
+            self._cancel_job(rec)
+
+    def _unstart(self, rec: JobRecord) -> bool:
+        """Take ``rec`` out of the jobs claimed but not started; False if it runs."""
         try:
             self._buffer.remove(rec)
         except ValueError:
-            self._cancel_job(rec)
+            parked = self._parked.get(rec.task)
+            if not parked or rec not in parked:
+                return False
+            parked.remove(rec)
+        return True
+
+    def _started(self, rec: JobRecord) -> bool:
+        parked = self._parked.get(rec.task)
+        return rec not in self._buffer and not (parked and rec in parked)
 
     async def _read_events(self, reader: Any) -> None:
         while not reader.stopped:
@@ -326,11 +383,27 @@ class RedisBackend:
             for ev in batch.events:
                 if ev.type == "cancel_requested":
                     held = self._held.get(ev.job_id)
-                    if held is not None and held[0] not in self._buffer:
+                    if held is not None and self._started(held[0]):
                         self._cancel_job(held[0])
                     continue
-                if hook is not None:
+                if ev.type in _TERMINAL_EVENTS:
+                    for event in self._watchers.pop(ev.job_id, ()):
+                        event.set()
+                if ev.type == "progress":
+                    self._publish_progress(ev)
+                elif hook is not None:
                     hook(ev.type, self._event_record(ev), None, ev.duration)
+
+    def _publish_progress(self, ev: StreamEvent) -> None:
+        events = self._events
+        if events is None or not events or not events.takes():
+            return
+        progress = ev.progress or {}
+        events.publish(Event(
+            seq=events.next_seq(), type="progress", at=ev.at, job_id=ev.job_id,
+            task=ev.task, priority=ev.priority, status=ev.status, attempt=ev.attempt,
+            worker=None, fraction=progress.get("fraction"), note=progress.get("note"),
+        ))
 
     def _event_record(self, ev: StreamEvent) -> JobRecord:
         rec = JobRecord(ev.job_id, ev.task, None, "", _PRIO_BY_LABEL.get(ev.priority, 1),
@@ -351,6 +424,7 @@ class RedisBackend:
             j.error, j.traceback,
             self._registry.get(j.task) if spec else None,
         )
+        rec.progress = j.progress
         ready = j.scheduled_for if j.scheduled_for is not None else j.created_at
         rec.ready_at = min(ready - self._wall, self._clock.current_time())
         return rec
@@ -358,50 +432,116 @@ class RedisBackend:
     # ------------------------------------------------------------------ intake
 
     def admit(self, rec: JobRecord) -> JobRecord | None:
-        raise TypeError("the Redis backend admits jobs with admit_async")
+        """``enqueue_nowait``: accepted into this node's outbox if its priority has room
+        in this node's view (docs/redis-design.md); ``None`` (QueueFull) otherwise.  A
+        given id this node knows answers at once: the job holding it, or DuplicateJob."""
+        outbox = self._outbox
+        if rec.id in outbox.known or outbox.get(rec.id) is not None:
+            try:
+                got = outbox.repeat(rec)
+            except ValueError:
+                raise self._duplicate(rec.id) from None
+            if got is not None:
+                return got if isinstance(got, JobRecord) else self._from_job(got)
+        if not outbox.fits([rec]):
+            outbox.refuse([rec])
+            return None
+        outbox.put([rec], whole=False)
+        self._stats.enqueued += 1
+        if rec.status is JobStatus.SCHEDULED:
+            self._stats.scheduled += 1
+        return rec
 
-    async def admit_async(self, rec: JobRecord, *, count_rejected: bool = True
-                          ) -> JobRecord | None:
+    def admit_many(self, recs: list[JobRecord]) -> list[JobRecord] | None:
+        """``enqueue_many_nowait``: the batch into the outbox whole if every priority has
+        room for all of it in this node's view, else ``None``; written all or nothing in
+        one script call."""
+        outbox = self._outbox
+        if not outbox.fits(recs):
+            outbox.refuse(recs)
+            return None
+        outbox.put(recs, whole=True)
+        self._stats.enqueued += len(recs)
+        self._stats.scheduled += sum(rec.status is JobStatus.SCHEDULED for rec in recs)
+        return recs
+
+    async def admit_async(self, rec: JobRecord, *, count_rejected: bool = True,
+                          given: bool = False) -> JobRecord | None:
         """One script call: ``rec`` once accepted, the stored job for an idempotent repeat,
-        ``None`` when its priority is full; raises :class:`DuplicateJob`."""
-        delay = 0.0 if rec.scheduled_for is None else rec.scheduled_for - rec.created_at
-        new = NewJob(rec.id, rec.task, rec.payload, rec.payload_json,
-                     canonical_digest(rec.task, rec.payload), _PRIORITIES[rec.priority],
-                     rec.max_retries, rec.timeout, math.ceil(delay * 1000) if delay > 0 else 0)
+        ``None`` when its priority is full; raises :class:`DuplicateJob`.  ``given``: its
+        id was the caller's (this node remembers the job for ``enqueue_nowait``)."""
+        got = await self.admit_many_async([rec], count_rejected=count_rejected,
+                                          given={rec.id} if given else set())
+        return None if got is None else got[0]
+
+    async def admit_many_async(self, recs: list[JobRecord], *, count_rejected: bool = True,
+                               given: set[str] | None = None) -> list[JobRecord] | None:
+        """One script call admits ``recs`` all or nothing: each as accepted (or the stored
+        job holding its id), ``None`` when a priority lacks room; raises
+        :class:`DuplicateJob` (nothing admitted).  Jobs accepted by ``enqueue_nowait``
+        before are written first (this node's order)."""
+        if len(self._outbox):
+            await self._outbox.empty()
         try:
-            (got,) = await self.state.enqueue([new], count_rejected=count_rejected)
+            answer = await self.state.admit([new_job(rec) for rec in recs],
+                                            whole=len(recs) > 1,
+                                            count_rejected=count_rejected)
         except RedisUnavailable as exc:
             raise StoreError(f"{exc}; the job was not confirmed and may have been "
                              "stored: enqueue it again with the same job_id") from None
-        if got.code is Admission.ACCEPTED:
-            if got.job is not None:
-                rec.created_at = got.job.created_at
-                rec.scheduled_for = got.job.scheduled_for
-            return rec
-        if got.code is Admission.EXISTING:
-            assert got.job is not None
-            return self._from_job(got.job)
-        if got.code is Admission.DUPLICATE:
-            raise DuplicateJob(f"job id {rec.id!r} is taken by a job with another task or "
-                               "payload")
-        return None
+        self._outbox.saw(answer.view)
+        # This node's counters are the cluster's as of the last refresh: count this call
+        # here unless that refresh was read after it (then it counts it already).
+        fresh = answer.view is None or answer.view.seq > self._totals_seq
+        out: list[JobRecord] = []
+        full = False
+        for rec, got in zip(recs, answer.jobs, strict=True):
+            if got.code is Admission.DUPLICATE:
+                raise self._duplicate(rec.id)
+            if got.code is Admission.FULL:
+                full = True
+            elif got.code is Admission.ACCEPTED:
+                if got.job is not None:
+                    rec.created_at = got.job.created_at
+                    rec.scheduled_for = got.job.scheduled_for
+                if fresh:
+                    self._stats.enqueued += 1
+                out.append(rec)
+            elif got.code is Admission.EXISTING:
+                assert got.job is not None
+                out.append(self._from_job(got.job))
+        if full:
+            if count_rejected and fresh:
+                self._stats.rejected += len(recs)
+                for rec in recs:
+                    self._stats.rejected_p[rec.priority] += 1
+            return None
+        if given:
+            for rec in out:
+                if rec.id in given:
+                    self._outbox.remember(rec.snapshot())
+        return out
 
-    def admit_many(self, recs: list[JobRecord]) -> list[JobRecord] | None:
-        raise TypeError("enqueue_many: not available on the Redis backend yet; enqueue "
-                        "the jobs one by one")
+    def _duplicate(self, job_id: str) -> DuplicateJob:
+        return DuplicateJob(f"job id {job_id!r} is taken by a job with another task or "
+                            "payload")
 
     async def wait_for_room_many(self, recs: list[JobRecord]) -> None:
         await trio.sleep(RETRY_BACKOFF[1])
 
     def full_reason_many(self, recs: list[JobRecord]) -> str:
-        return f"{self._config.capacity} jobs at most per priority"
+        labels = sorted({rec.priority for rec in recs})
+        return (f"priority {', '.join(LABELS[p] for p in labels)}: no room for the whole "
+                f"batch ({self._config.capacity} jobs at most waiting per priority)")
 
     def _from_job(self, j: Job) -> JobRecord:
-        return JobRecord.restored(
+        rec = JobRecord.restored(
             j.id, j.task, j.payload, "", int(j.priority), j.status, j.attempts, j.max_retries,
             j.timeout, j.created_at, j.scheduled_for, j.started_at, j.finished_at, j.result,
             j.error, j.traceback,
         )
+        rec.progress = j.progress
+        return rec
 
     async def wait_for_room(self, rec: JobRecord) -> trio.lowlevel.ParkingLot | None:
         await trio.sleep(RETRY_BACKOFF[1])
@@ -429,13 +569,30 @@ class RedisBackend:
 
     def claim(self, worker: int, now: float) -> JobRecord | None:
         buffer = self._buffer
-        if not buffer:
-            return None
-        rec = buffer.popleft()
-        self._stats.started += 1
-        if self._idle + self._prefetch > len(buffer):
-            self._kick.set()
-        return rec
+        limits = self._limits
+        if self._parked:
+            # Jobs of a limited task that waited here were claimed before the buffer's.
+            for task, parked in self._parked.items():
+                if parked and self._running_task.get(task, 0) < limits[task]:
+                    self._running_task[task] += 1
+                    self._stats.started += 1
+                    return parked.popleft()
+        while buffer:
+            rec = buffer.popleft()
+            if limits and rec.task in limits:
+                running = self._running_task.get(rec.task, 0)
+                if running >= limits[rec.task]:
+                    # Its task is at its limit here: it waits, in claim order, and the
+                    # worker takes the next job (no head-of-line blocking).
+                    self._parked.setdefault(rec.task, deque()).append(rec)
+                    self._kick.set()
+                    continue
+                self._running_task[rec.task] = running + 1
+            self._stats.started += 1
+            if self._idle + self._prefetch > len(buffer):
+                self._kick.set()
+            return rec
+        return None
 
     async def wait_for_work(self) -> None:
         self._idle += 1
@@ -481,8 +638,12 @@ class RedisBackend:
         self._ack(rec, lambda f: Outcome.released(job_id, f))
 
     def attempt_ended(self, rec: JobRecord) -> None:
-        """Per-task ``concurrency`` limits are not enforced on Redis yet: every claimed
-        job runs, so there is no slot to free."""
+        """A job of a limited task stopped running here: the next one of that task that
+        waits on this node goes first in line for the workers."""
+        task = rec.task
+        self._running_task[task] = max(0, self._running_task.get(task, 0) - 1)
+        if self._parked.get(task):
+            self._work_lot.unpark()
 
     async def commit_start(self, rec: JobRecord) -> None:
         rec.durable_start = False
@@ -509,15 +670,20 @@ class RedisBackend:
         return nxt
 
     def _refresh(self, counts: Counts) -> None:
+        """The cluster's counters as of ``counts``, plus what this node did that Redis
+        does not count yet (jobs in its outbox, refusals not sent)."""
         self._counts = counts
+        self._totals_seq = int(counts.totals.get("seq", 0))
+        self._outbox.saw_counts(counts)
         s = self._stats
-        s.enqueued = counts.total("enqueued")
-        s.completed = counts.total("completed")
-        s.failed = counts.total("failed")
-        s.retried = counts.total("retried")
-        s.cancelled = counts.total("cancelled")
-        s.rejected = counts.total("rejected")
-        s.scheduled = counts.scheduled
+        totals = counts.totals
+        for name in _COUNTERS:
+            per = [int(totals.get(f"{name}:{label}", 0)) for label in _PRIO_BY_LABEL]
+            setattr(s, f"{name}_p", per)
+            setattr(s, name, sum(per))
+        s.enqueued += len(self._outbox)
+        s.rejected += sum(self._outbox.refused)
+        s.scheduled = counts.scheduled + self._outbox.delayed()
 
     async def wait_timer(self, deadline: float) -> None:
         with trio.move_on_at(deadline):
@@ -530,9 +696,14 @@ class RedisBackend:
     # ------------------------------------------------------------------ queries, control
 
     def get_nowait(self, job_id: str) -> JobRecord | None:
-        return None
+        """A job accepted by ``enqueue_nowait`` and not written yet, else ``None``."""
+        return self._outbox.get(job_id)
 
     async def find(self, job_id: str) -> JobRecord | None:
+        waiting = self._outbox.get(job_id)
+        if waiting is not None:
+            await trio.lowlevel.checkpoint()
+            return waiting
         state = self.state
         try:
             sj = await state.get(job_id)
@@ -545,10 +716,18 @@ class RedisBackend:
 
     async def list(self, status: JobStatus | None, limit: int, task: str | None = None,
                    before: str | None = None) -> tuple[list[Job], str | None]:
+        await self._written()
         jobs, nxt = await self.state.list_jobs(status, task, min(limit, 1000), before)
         return jobs, nxt
 
+    async def _written(self, job_id: str | None = None) -> None:
+        """Wait until the outbox wrote ``job_id`` (every job, for ``None``): what acts
+        on a job in Redis sees the jobs this node accepted with enqueue_nowait."""
+        if self._outbox.get(job_id) if job_id is not None else len(self._outbox):
+            await self._outbox.empty()
+
     async def cancel(self, job_id: str) -> JobRecord:
+        await self._written(job_id)
         state = self.state
         code, sj = await state.cancel(job_id)
         self._refresh(await state.counts())
@@ -559,6 +738,7 @@ class RedisBackend:
         return self._from_job(sj.job)
 
     async def retry(self, job_id: str) -> JobRecord:
+        await self._written(job_id)
         delay = RETRY_BACKOFF[0]
         while True:
             try:
@@ -577,7 +757,38 @@ class RedisBackend:
             raise ShuttingDown("the queue is shutting down and takes no new jobs")
 
     def depths(self) -> tuple[int, int, int]:
-        return (0, 0, 0) if self._counts is None else self._counts.queued
+        """Jobs waiting per priority: Redis' as last seen, less what this node claimed
+        since, plus its outbox."""
+        return self._outbox.depths()
+
+    # ------------------------------------------------------------------ waiting, progress
+
+    def watch(self, job_id: str) -> trio.Event:
+        """An event set when the stream shows ``job_id`` finished (or the queue closes);
+        :meth:`unwatch` it after."""
+        event = trio.Event()
+        self._watchers.setdefault(job_id, []).append(event)
+        return event
+
+    def unwatch(self, job_id: str, event: trio.Event) -> None:
+        events = self._watchers.get(job_id)
+        if events is not None and event in events:
+            events.remove(event)
+            if not events:
+                del self._watchers[job_id]
+
+    def send_progress(self, rec: JobRecord) -> None:
+        """``rec``'s progress to Redis with the next outcomes (its record and a
+        ``progress`` event every node's subscribers see); dropped once the job left this
+        node."""
+        held = self._held.get(rec.id)
+        if held is None or held[0] is not rec or rec.progress is None:
+            return
+        self._pending.append(Outcome.progress(rec.id, held[1], rec.progress["fraction"],
+                                              rec.progress["note"]))
+        self._kick.set()
+        if self._blocked:
+            self._flush.set()
 
     def counts_now(self) -> Counts | None:
         return self._counts

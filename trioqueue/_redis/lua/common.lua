@@ -101,3 +101,19 @@ local function split(s)
   for w in string.gmatch(s, '%S+') do out[#out + 1] = w end
   return out
 end
+
+-- The room a node's enqueue_nowait checks, after this call: per priority the ready list's
+-- length plus its blocked due jobs, then the delayed jobs waiting, then the last event
+-- number (the view's version: a node keeps the view of the highest one).  Call it after
+-- flush().
+local function room_view()
+  local room = redis.call('HMGET', P .. 'room', 'blocked:high', 'blocked:medium',
+    'blocked:low', 'delayed:high', 'delayed:medium', 'delayed:low')
+  local v = {}
+  for p = 1, 3 do
+    v[p] = redis.call('LLEN', P .. 'ready:' .. PRIO[p]) + (tonumber(room[p]) or 0)
+    v[p + 3] = tonumber(room[p + 3]) or 0
+  end
+  v[7] = tonumber(redis.call('HGET', P .. 'stats', 'seq') or '0')
+  return v
+end

@@ -7,7 +7,8 @@
 --   itself (enqueue_nowait's QueueFull from its local view) to count in rejected:<p>.
 -- Reply: {created_at ms, {code per job}, {record or false per job}, {room view}}: the
 --   room view is, after this call, per priority the ready list's length plus its blocked
---   due jobs (high, medium, low), then the delayed jobs waiting (high, medium, low).  Codes: accepted,
+--   due jobs (high, medium, low), then the delayed jobs waiting (high, medium, low), then
+--   the last event number (room_view in common.lua).  Codes: accepted,
 --   existing (same id and digest; its record is returned unless it is an earlier job of
 --   this batch), duplicate (same id, other digest), full (its priority has no room),
 --   aborted (whole batch refused because of another job's duplicate).
@@ -178,10 +179,4 @@ end
 wake(n_ready)
 flush(maxlen)
 remember(rid, now_ms .. ' ' .. table.concat(codes, ' '))
-local view = {}
-for p = 1, 3 do
-  view[p] = redis.call('LLEN', P .. 'ready:' .. PRIO[p])
-    + tonumber(redis.call('HGET', P .. 'room', 'blocked:' .. PRIO[p]) or '0')
-  view[p + 3] = tonumber(redis.call('HGET', P .. 'room', 'delayed:' .. PRIO[p]) or '0')
-end
-return {now_ms, codes, recs, view}
+return {now_ms, codes, recs, room_view()}

@@ -7,7 +7,7 @@
 --   released (back to the front of its ready list, the attempt stays counted),
 --   progress (value: {"fraction", "note"} JSON; the job stays PROCESSING: its record's
 --   progress field is set and a progress event written).
--- Reply: {{result per outcome}, {claimed record, ...}}.  A result is 'ok' (applied, or
+-- Reply: {{result per outcome}, {claimed record, ...}, room view (common.lua)}.  A result is 'ok' (applied, or
 --   applied already by an earlier send of the same outcome), 'stale' (the job's fence or
 --   owner moved on: this node no longer holds it; nothing changed) or 'cancelled' (a
 --   retry or release of a job whose cancellation was requested: it was cancelled instead).
@@ -207,4 +207,4 @@ else
 end
 wake(n_woken)
 flush(maxlen)
-return {results, claimed}
+return {results, claimed, room_view()}

@@ -1,0 +1,277 @@
+"""``enqueue_nowait`` on a Redis node: a local view of room and an outbox.
+
+A synchronous call cannot make a round trip, so a node answers ``enqueue_nowait`` (and
+``submit_nowait``, ``enqueue_many_nowait``) from what it knows, and writes the job to
+Redis just after:
+
+- **The room view.**  Per priority, the ready list's length (plus its due jobs waiting
+  for room) and the delayed jobs waiting, as the last enqueue reply or counts refresh
+  showed them, less the jobs this node claimed since, plus the jobs in this node's
+  outbox.  A job fits when that stays within the capacity; else ``QueueFull`` at once
+  (counted in the cluster's ``rejected`` with the next write).
+- **The outbox.**  An accepted job is held here, in order, until the admitter task
+  writes it with one ``enqueue`` script call per batch (a batch of
+  ``enqueue_many_nowait`` alone in its call, all or nothing).  A job Redis finds no room
+  for (another node filled the priority meanwhile) stays, first in line, and is sent
+  again (1 ms backoff doubling to 50 ms): it waits for room, it is never dropped.  While
+  Redis is unreachable the outbox keeps its jobs and tries again every 0.5 s.
+- **Ids.**  A given id found in the outbox, or among the jobs this node last saw with a
+  given id (:meth:`Outbox.remember`, up to :data:`KNOWN_IDS`), answers at once as
+  ``enqueue`` would (the existing job, or ``DuplicateJob``).  An id this node has not
+  seen is checked by Redis when the job is written: a job of the same task and payload
+  is an idempotent repeat (nothing more to do); another job holding the id means this
+  job is not stored, which is logged as an error (``enqueue``, which waits for Redis'
+  answer, raises ``DuplicateJob`` instead).
+
+docs/redis-design.md ("enqueue_nowait on Redis") states the guarantees.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+
+import trio
+
+from .._job import Job, JobStatus, Priority
+from .._record import LABELS, JobRecord
+from ._client import RedisUnavailable
+from ._state import MAX_BATCH, Admission, Counts, NewJob, RedisState, RoomView
+from ._values import canonical_digest
+
+log = logging.getLogger("trioqueue")
+
+KNOWN_IDS = 10_000
+"""Given ids (and their last snapshot) a node remembers for ``enqueue_nowait`` repeats."""
+RETRY_AFTER = 0.5
+"""Seconds between two tries of the admitter while Redis is unreachable."""
+_PRIORITIES = (Priority.HIGH, Priority.MEDIUM, Priority.LOW)
+
+
+def new_job(rec: JobRecord) -> NewJob:
+    """The record of a checked job as the enqueue script takes it."""
+    delay = 0.0 if rec.scheduled_for is None else rec.scheduled_for - rec.created_at
+    return NewJob(rec.id, rec.task, rec.payload, rec.payload_json,
+                  canonical_digest(rec.task, rec.payload), _PRIORITIES[rec.priority],
+                  rec.max_retries, rec.timeout, math.ceil(delay * 1000) if delay > 0 else 0)
+
+
+class _Unit:
+    """Jobs written together: one ``enqueue_nowait`` (``whole=False``: each job on its
+    own) or one ``enqueue_many_nowait`` batch (``whole=True``: all or nothing)."""
+
+    __slots__ = ("recs", "whole")
+
+    def __init__(self, recs: list[JobRecord], whole: bool) -> None:
+        self.recs = recs
+        self.whole = whole
+
+
+class Outbox:
+    """One node's jobs accepted by ``enqueue_nowait`` and not yet in Redis."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._units: deque[_Unit] = deque()
+        self._by_id: dict[str, JobRecord] = {}
+        self._pending = [[0, 0, 0], [0, 0, 0]]
+        """Jobs in the outbox (sent or not), ready and delayed, per priority."""
+        self.view = [[0, 0, 0], [0, 0, 0]]
+        """Redis' fill as last seen: ready (+ blocked) and delayed, per priority."""
+        self._seq = -1
+        """The view's version (the queue's event number when Redis answered it)."""
+        self.refused = [0, 0, 0]
+        """This node's QueueFull answers not yet counted in Redis."""
+        self._in_flight = False
+        self._wake = trio.Event()
+        self._empty = trio.Event()
+        self._empty.set()
+        self.known: dict[str, Job] = {}
+        """Given ids -> the job as this node last saw it (oldest first)."""
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    # ------------------------------------------------------------------ the view
+
+    def fits(self, recs: list[JobRecord]) -> bool:
+        need = [[0, 0, 0], [0, 0, 0]]
+        for rec in recs:
+            need[rec.status is JobStatus.SCHEDULED][rec.priority] += 1
+        cap = self.capacity
+        for kind in (0, 1):
+            for p in (0, 1, 2):
+                n = need[kind][p]
+                if n and self.view[kind][p] + self._pending[kind][p] + n > cap:
+                    return False
+        return True
+
+    def depths(self) -> tuple[int, int, int]:
+        """Jobs waiting per priority as this node sees them (the queued gauge)."""
+        v, o = self.view[0], self._pending[0]
+        return (v[0] + o[0], v[1] + o[1], v[2] + o[2])
+
+    def delayed(self) -> int:
+        """Delayed jobs in the outbox (the scheduled gauge counts them)."""
+        return sum(self._pending[1])
+
+    def saw(self, view: RoomView | None) -> None:
+        """A script's answer: kept if it is newer than the view held (replies of
+        concurrent calls arrive in any order)."""
+        if view is not None and view.seq >= self._seq:
+            self._seq = view.seq
+            self.view = [list(view.ready), list(view.delayed)]
+
+    def saw_counts(self, counts: Counts) -> None:
+        """A counts refresh; ignored while a write is on the wire (it may or may not
+        count that write's jobs, which the outbox still counts)."""
+        seq = int(counts.totals.get("seq", 0))
+        if not self._in_flight and seq >= self._seq:
+            self._seq = seq
+            self.view = [list(counts.queued), list(counts.delayed)]
+
+    # ------------------------------------------------------------------ intake
+
+    def put(self, recs: list[JobRecord], whole: bool) -> None:
+        self._units.append(_Unit(recs, whole))
+        for rec in recs:
+            self._by_id[rec.id] = rec
+            self._pending[rec.status is JobStatus.SCHEDULED][rec.priority] += 1
+        if self._empty.is_set():
+            self._empty = trio.Event()
+        self._wake.set()
+
+    def refuse(self, recs: list[JobRecord]) -> None:
+        for rec in recs:
+            self.refused[rec.priority] += 1
+        self._wake.set()
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return self._by_id.get(job_id)
+
+    def remember(self, job: Job) -> None:
+        """``job`` holds a given id: a later ``enqueue_nowait`` of that id finds it."""
+        known = self.known
+        known.pop(job.id, None)
+        known[job.id] = job
+        if len(known) > KNOWN_IDS:
+            del known[next(iter(known))]
+
+    def repeat(self, rec: JobRecord) -> JobRecord | Job | None:
+        """The job holding ``rec.id`` as this node knows it (the outbox's record or the
+        last snapshot seen), if it has the same task and payload; ``None`` when this node
+        knows no job with that id.  Raises ValueError when the known job differs."""
+        held = self._by_id.get(rec.id)
+        if held is not None:
+            if held.task == rec.task and held.payload_json == rec.payload_json:
+                return held
+            raise ValueError(rec.id)
+        job = self.known.get(rec.id)
+        if job is None:
+            return None
+        if job.task == rec.task and (canonical_digest(job.task, job.payload)
+                                     == canonical_digest(rec.task, rec.payload)):
+            return job
+        raise ValueError(rec.id)
+
+    async def empty(self) -> None:
+        """Return once every job accepted so far has been written (or dropped)."""
+        await self._empty.wait()
+
+    # ------------------------------------------------------------------ the admitter
+
+    def _take(self) -> tuple[list[_Unit], bool]:
+        units = self._units
+        if units[0].whole:
+            return [units.popleft()], True
+        out: list[_Unit] = []
+        n = 0
+        while units and not units[0].whole and n + len(units[0].recs) <= MAX_BATCH:
+            n += len(units[0].recs)
+            out.append(units.popleft())
+        return out, False
+
+    def _done(self, rec: JobRecord) -> None:
+        del self._by_id[rec.id]
+        self._pending[rec.status is JobStatus.SCHEDULED][rec.priority] -= 1
+
+    async def run(self, state: RedisState) -> None:
+        """The admitter: write the outbox to Redis, batch by batch, in order."""
+        backoff = 0.001
+        while True:
+            if not self._units and not any(self.refused):
+                if not self._by_id:
+                    self._empty.set()
+                self._wake = trio.Event()
+                await self._wake.wait()
+                continue
+            units, whole = self._take() if self._units else ([], False)
+            recs = [rec for unit in units for rec in unit.recs]
+            refused, self.refused = self.refused, [0, 0, 0]
+            self._in_flight = True
+            try:
+                got = await state.admit([new_job(rec) for rec in recs], whole=whole,
+                                        count_rejected=False, refused=refused)
+            except RedisUnavailable as exc:
+                self.refused = [a + b for a, b in zip(self.refused, refused, strict=True)]
+                self._units.extendleft(reversed(units))
+                log.warning("trioqueue: %d jobs accepted by enqueue_nowait wait for redis "
+                            "(%s); trying again", len(self._by_id), exc)
+                await trio.sleep(RETRY_AFTER)
+                continue
+            finally:
+                self._in_flight = False
+            self.saw(got.view)
+            full = self._settle(units, recs, [a.code for a in got.jobs],
+                                [a.job for a in got.jobs])
+            if full:
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 0.05)
+            else:
+                backoff = 0.001
+
+    def _settle(self, units: list[_Unit], recs: list[JobRecord], codes: list[Admission],
+                jobs: list[Job | None]) -> bool:
+        """Apply one write's answers; put what found no room back first in line."""
+        code_of = dict(zip((id(r) for r in recs), zip(codes, jobs, strict=True),
+                           strict=True))
+        back: list[_Unit] = []
+        for unit in units:
+            left: list[JobRecord] = []
+            for rec in unit.recs:
+                code, job = code_of[id(rec)]
+                if code is Admission.FULL:
+                    left.append(rec)
+                    continue
+                self._done(rec)
+                if code is Admission.ACCEPTED:
+                    continue
+                if code is Admission.EXISTING:
+                    if job is not None:
+                        self.remember(job)
+                    continue
+                log.error(
+                    "trioqueue: job %s (task %s, priority %s) accepted by enqueue_nowait "
+                    "is NOT stored: its id is taken in redis by another job (%s)",
+                    rec.id, rec.task, LABELS[rec.priority],
+                    "duplicate id" if code is Admission.DUPLICATE
+                    else "its batch held a duplicate id")
+            if left:
+                unit.recs = left
+                back.append(unit)
+        self._units.extendleft(reversed(back))
+        return bool(back)
+
+    def abandon(self) -> list[str]:
+        """The node closes: the ids of jobs never written (lost with this process)."""
+        ids = list(self._by_id)
+        self._units.clear()
+        self._by_id.clear()
+        self._empty.set()
+        return ids
+
+
+def describe(ids: list[str]) -> str:
+    return ", ".join(ids[:10]) + (", ..." if len(ids) > 10 else "")
+
