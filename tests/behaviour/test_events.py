@@ -6,13 +6,13 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from .conftest import Backend, Harness, drain
+from .conftest import Backend, Harness, drain, real_time_scale
 
 
 async def test_a_job_that_fails_once_then_succeeds(
     backend: Backend, clock: MockClock | None, h: Harness
 ) -> None:
-    async with backend.open(h.registry, retry_base=2.0) as q:
+    async with backend.open(h.registry, retry_base=2.0 * real_time_scale(clock)) as q:
         async with q.subscribe() as events:
             job = await q.enqueue("flaky", {"fail_times": 1}, priority="high", job_id="f1")
             await q.wait(job.id)
@@ -48,7 +48,7 @@ async def test_a_job_that_fails_once_then_succeeds(
 async def test_a_job_that_fails_for_good(
     backend: Backend, clock: MockClock | None, h: Harness
 ) -> None:
-    async with backend.open(h.registry, retry_base=0.5) as q:
+    async with backend.open(h.registry, retry_base=0.5 * real_time_scale(clock)) as q:
         async with q.subscribe() as events:
             job = await q.enqueue("fail", max_retries=1)
             await q.wait(job.id)

@@ -7,7 +7,7 @@ from trio.testing import MockClock
 
 from trioqueue import QueueFull
 
-from .conftest import EMPTY, Backend, Harness
+from .conftest import EMPTY, Backend, Harness, real_time_scale
 
 KEYS = ("enqueued", "started", "completed", "failed", "retried", "cancelled", "rejected",
         "queued", "scheduled", "processing", "workers", "busy_workers", "utilization",
@@ -33,7 +33,8 @@ async def test_a_fresh_queue_has_zero_everything(
 async def test_totals_and_gauges_follow_a_mixed_workload(
     backend: Backend, clock: MockClock | None, h: Harness
 ) -> None:
-    async with backend.open(h.registry, workers=3, capacity=5, retry_base=1.0) as q:
+    scale = real_time_scale(clock)
+    async with backend.open(h.registry, workers=3, capacity=5, retry_base=1.0 * scale) as q:
         holds = [await q.enqueue("gated", f"hold{i}", priority="high") for i in range(3)]
         for i in range(3):
             await h.entered(f"hold{i}")
@@ -45,7 +46,7 @@ async def test_totals_and_gauges_follow_a_mixed_workload(
         fails = [q.enqueue_nowait("fail", priority="low", max_retries=2) for _ in range(2)]
         to_cancel = q.enqueue_nowait("echo", priority="low")
         await q.cancel(to_cancel.id)
-        delayed = q.enqueue_nowait("echo", "delayed", delay=5)
+        delayed = q.enqueue_nowait("echo", "delayed", delay=5 * scale)
         m = q.metrics()
         assert m.queued == {"high": 0, "medium": 5, "low": 2}
         assert (m.scheduled, m.processing, m.enqueued, m.rejected, m.cancelled) == (

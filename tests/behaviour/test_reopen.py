@@ -9,7 +9,7 @@ from trio.testing import MockClock
 
 from trioqueue import DuplicateJob, InvalidTransition, JobStatus
 
-from .conftest import EMPTY, Backend, Harness, settle
+from .conftest import EMPTY, Backend, Harness, real_time_scale, settle
 
 
 @pytest.fixture(autouse=True)
@@ -67,7 +67,7 @@ async def test_ids_stay_taken_and_finished_jobs_can_be_retried_after_reopen(
     async with backend.open(h.registry) as q:
         await q.wait((await q.enqueue("echo", [1], job_id="kept")).id)
         await q.wait((await q.enqueue("fail", job_id="dead", max_retries=0)).id)
-    async with backend.open(h.registry, retry_base=0.5) as q:
+    async with backend.open(h.registry, retry_base=0.5 * real_time_scale(clock)) as q:
         again = await q.enqueue("echo", [1], job_id="kept")
         assert (again.status, again.result) == (JobStatus.COMPLETED, [1])
         with pytest.raises(DuplicateJob):

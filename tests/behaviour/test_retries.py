@@ -10,7 +10,7 @@ from trio.testing import MockClock
 
 from trioqueue import InvalidTransition, JobStatus
 
-from .conftest import Backend, Harness
+from .conftest import Backend, Harness, real_time_scale
 
 
 def gaps(times: list[float]) -> list[float]:
@@ -62,7 +62,8 @@ async def test_max_retries_zero_fails_on_the_first_error(
 async def test_a_job_that_fails_then_succeeds_completes_on_a_later_attempt(
     backend: Backend, clock: MockClock | None, h: Harness
 ) -> None:
-    async with backend.open(h.registry, retry_base=0.5, max_retries=2) as q:
+    async with backend.open(h.registry, retry_base=0.5 * real_time_scale(clock),
+                            max_retries=2) as q:
         done = await q.wait((await q.enqueue("flaky", {"fail_times": 2})).id)
         m = q.metrics()
     assert (done.status, done.result, done.attempts) == (JobStatus.COMPLETED, "ok", 3)
@@ -72,7 +73,8 @@ async def test_a_job_that_fails_then_succeeds_completes_on_a_later_attempt(
 async def test_the_config_default_max_retries_applies_to_tasks_without_their_own(
     backend: Backend, clock: MockClock | None, h: Harness
 ) -> None:
-    async with backend.open(h.registry, retry_base=0.5, max_retries=1) as q:
+    async with backend.open(h.registry, retry_base=0.5 * real_time_scale(clock),
+                            max_retries=1) as q:
         done = await q.wait((await q.enqueue("flaky", {"fail_times": 5})).id)
     assert (done.status, done.attempts, done.error) == (
         JobStatus.FAILED, 2, "RuntimeError: flaky 2",
@@ -112,7 +114,7 @@ async def test_a_job_that_finishes_within_its_timeout_is_not_affected(
     backend: Backend, clock: MockClock | None, h: Harness
 ) -> None:
     # 9 s of a 10 s timeout on the mock clock; a tenth of that where time is real (Redis).
-    scale = 1.0 if clock is not None else 0.1
+    scale = real_time_scale(clock)
     async with backend.open(h.registry, default_timeout=10.0 * scale) as q:
         first = await q.wait((await q.enqueue("sleep", 9 * scale)).id)
         second = await q.wait((await q.enqueue("sleep", 9 * scale)).id)
@@ -123,7 +125,7 @@ async def test_a_job_that_finishes_within_its_timeout_is_not_affected(
 async def test_retry_of_a_failed_job_requeues_it_with_attempts_from_zero(
     backend: Backend, clock: MockClock | None, h: Harness
 ) -> None:
-    async with backend.open(h.registry, retry_base=0.5) as q:
+    async with backend.open(h.registry, retry_base=0.5 * real_time_scale(clock)) as q:
         job = await q.enqueue("fail", max_retries=1)
         failed = await q.wait(job.id)
         assert (failed.status, failed.attempts, failed.error) == (

@@ -93,6 +93,11 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._by_id)
 
+    @property
+    def in_flight(self) -> bool:
+        """A write is on the wire: a counts reply now may or may not count its jobs."""
+        return self._in_flight
+
     # ------------------------------------------------------------------ the view
 
     def fits(self, recs: list[JobRecord]) -> bool:

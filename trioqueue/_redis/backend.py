@@ -65,6 +65,8 @@ RETRY_BACKOFF = (0.001, 0.05)
 """A producer waiting for room polls Redis with a backoff from 1 ms doubling to 50 ms."""
 CLOSE_BUDGET = 2.0
 """Seconds the last flush at shutdown may take (shielded)."""
+DUE_SLACK = 0.01
+"""Seconds after a job's due time (as this node computed it) that the timer promotes."""
 _TERMINAL_EVENTS = frozenset(("completed", "failed", "cancelled"))
 _COUNTERS = ("enqueued", "completed", "failed", "retried", "cancelled", "rejected")
 
@@ -113,6 +115,8 @@ class RedisBackend:
         self._next_reap = -math.inf
         self._disconnected = False
         self._outbox = Outbox(config.capacity)
+        self._due_hint = math.inf
+        """When a job this node delayed or retried comes due (trio time)."""
         self._totals_seq = -1
         """The event number when the counters in :attr:`_stats` were read."""
         self._watchers: dict[str, list[trio.Event]] = {}
@@ -164,17 +168,21 @@ class RedisBackend:
             await state.heartbeat(self.node, self._info())
             self._refresh(await state.counts())
             reader = await state.event_reader()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._fetcher)
-                nursery.start_soon(self._flusher)
-                nursery.start_soon(self._heartbeat)
-                nursery.start_soon(self._read_events, reader)
-                nursery.start_soon(self._outbox.run, state)
-                task_status.started()
-                await self._closed.wait()
-                reader.stop()
-                nursery.cancel_scope.cancel()
-            self._disconnected = True
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._fetcher)
+                    nursery.start_soon(self._flusher)
+                    nursery.start_soon(self._heartbeat)
+                    nursery.start_soon(self._read_events, reader)
+                    nursery.start_soon(self._outbox.run, state)
+                    task_status.started()
+                    await self._closed.wait()
+                    reader.stop()
+                    nursery.cancel_scope.cancel()
+            finally:
+                # Also when the queue's nursery was cancelled (its body raised): close()
+                # then has no client to talk to.
+                self._disconnected = True
 
     def _info(self) -> dict[str, Any]:
         return {"workers": self._config.workers, "busy": len(self._held) - len(self._buffer)}
@@ -213,7 +221,7 @@ class RedisBackend:
             self._stop = True
             self._kick.set()
             self._flush.set()
-            if self._state is not None:
+            if self._state is not None and not self._disconnected:
                 with trio.move_on_after(CLOSE_BUDGET):
                     try:
                         await self._state.stop_waiting(self.node)
@@ -223,17 +231,16 @@ class RedisBackend:
                     await self._fetcher_done.wait()
                 with trio.move_on_after(CLOSE_BUDGET):
                     await self._outbox.empty()
-                lost = self._outbox.abandon()
-                if lost:
-                    log.error("trioqueue: %d jobs accepted by enqueue_nowait were never "
-                              "written to redis (no room or no redis within %s s of the "
-                              "close) and are lost: %s", len(lost), CLOSE_BUDGET,
-                              describe(lost))
                 with trio.move_on_after(CLOSE_BUDGET):
                     try:
                         await self._state.remove_node(self.node)
                     except RedisUnavailable as exc:
                         log.warning("trioqueue: could not remove node %s: %s", self.node, exc)
+            lost = self._outbox.abandon()
+            if lost:
+                log.error("trioqueue: %d jobs accepted by enqueue_nowait were never written "
+                          "to redis (no room or no redis within %s s of the close) and are "
+                          "lost: %s", len(lost), CLOSE_BUDGET, describe(lost))
             if self._pending:
                 log.warning("trioqueue: %d outcomes not sent to redis at close (those jobs "
                             "run again after their lease)", len(self._pending))
@@ -447,6 +454,8 @@ class RedisBackend:
             outbox.refuse([rec])
             return None
         outbox.put([rec], whole=False)
+        if rec.scheduled_for is not None:
+            self._due_at(rec.scheduled_for - self._wall)
         self._stats.enqueued += 1
         if rec.status is JobStatus.SCHEDULED:
             self._stats.scheduled += 1
@@ -490,6 +499,9 @@ class RedisBackend:
             raise StoreError(f"{exc}; the job was not confirmed and may have been "
                              "stored: enqueue it again with the same job_id") from None
         self._outbox.saw(answer.view)
+        for rec in recs:
+            if rec.scheduled_for is not None:
+                self._due_at(rec.scheduled_for - self._wall)
         # This node's counters are the cluster's as of the last refresh: count this call
         # here unless that refresh was read after it (then it counts it already).
         fresh = answer.view is None or answer.view.seq > self._totals_seq
@@ -628,10 +640,21 @@ class RedisBackend:
 
     def retry_later(self, rec: JobRecord, due_wall: float, worker: int | None,
                     duration: float | None, *, timer_running: bool = True) -> None:
-        delay = max(0.0, due_wall - (self._clock.current_time() + self._wall))
+        now = self._clock.current_time()
+        delay = max(0.0, due_wall - (now + self._wall))
         job_id = rec.id
         self._ack(rec, lambda f: Outcome.retry(job_id, f, delay, rec.error or "",
                                                rec.traceback or "", duration))
+        self._due_at(now + delay)
+
+    def _due_at(self, when: float) -> None:
+        """A job this node scheduled comes due at ``when`` (trio time): the timer
+        promotes then (a few ms after, for the write to land), not at its next
+        once-a-second look."""
+        when += DUE_SLACK
+        if when < self._due_hint:
+            self._due_hint = when
+            self._timer_wake.set()
 
     def release(self, rec: JobRecord, worker: int | None) -> None:
         job_id = rec.id
@@ -657,6 +680,8 @@ class RedisBackend:
         the next due time, and within a second."""
         state = self.state
         nxt = now + 1.0
+        if now >= self._due_hint:
+            self._due_hint = math.inf
         try:
             promoted = await state.promote()
             if promoted.next_due is not None:
@@ -673,9 +698,12 @@ class RedisBackend:
         """The cluster's counters as of ``counts``, plus what this node did that Redis
         does not count yet (jobs in its outbox, refusals not sent)."""
         self._counts = counts
+        s = self._stats
+        s.scheduled = counts.scheduled + self._outbox.delayed()
+        if self._outbox.in_flight:
+            return  # these counts may or may not hold the write: keep the local ones
         self._totals_seq = int(counts.totals.get("seq", 0))
         self._outbox.saw_counts(counts)
-        s = self._stats
         totals = counts.totals
         for name in _COUNTERS:
             per = [int(totals.get(f"{name}:{label}", 0)) for label in _PRIO_BY_LABEL]
@@ -683,10 +711,9 @@ class RedisBackend:
             setattr(s, name, sum(per))
         s.enqueued += len(self._outbox)
         s.rejected += sum(self._outbox.refused)
-        s.scheduled = counts.scheduled + self._outbox.delayed()
 
     async def wait_timer(self, deadline: float) -> None:
-        with trio.move_on_at(deadline):
+        with trio.move_on_at(min(deadline, self._due_hint)):
             await self._timer_wake.wait()
         self._timer_wake = trio.Event()
 

@@ -140,6 +140,10 @@ end
 
 local ready = {{}, {}, {}}
 local n_ready = 0
+-- idx:all orders jobs by creation: now (microseconds' worth of room per ms) but always
+-- above the last job's, so jobs made in the same millisecond keep their creation order.
+local order = tonumber(redis.call('HGET', P .. 'stats', 'order') or '0')
+local order_moved = false
 for i = 1, n do
   if codes[i] == 'new' then
     codes[i] = 'accepted'
@@ -169,13 +173,16 @@ for i = 1, n do
       n_ready = n_ready + 1
       emit('enqueued', id, task, prio, 'queued', 0, '')
     end
-    redis.call('ZADD', P .. 'idx:all', now_ms, id)
+    order = math.max(now_ms * 1000, order + 1)
+    order_moved = true
+    redis.call('ZADD', P .. 'idx:all', order, id)
     count('enqueued', prio)
   end
 end
 for p = 1, 3 do
   if #ready[p] > 0 then redis.call('RPUSH', P .. 'ready:' .. PRIO[p], unpack(ready[p])) end
 end
+if order_moved then redis.call('HSET', P .. 'stats', 'order', string.format('%.0f', order)) end
 wake(n_ready)
 flush(maxlen)
 remember(rid, now_ms .. ' ' .. table.concat(codes, ' '))

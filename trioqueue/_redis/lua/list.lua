@@ -23,9 +23,10 @@ if status == 'queued' or status == 'scheduled' or status == 'processing' then
   end
   local rows = {}
   for _, id in ipairs(ids) do
-    local h = redis.call('HMGET', jkey(id), 'created_at', 'task', 'status')
-    if h[3] == status and (task == '' or h[2] == task) then
-      rows[#rows + 1] = {tonumber(h[1]), id}
+    local h = redis.call('HMGET', jkey(id), 'task', 'status')
+    if h[2] == status and (task == '' or h[1] == task) then
+      -- Creation order as idx:all keeps it (same-millisecond jobs in their order).
+      rows[#rows + 1] = {tonumber(redis.call('ZSCORE', P .. 'idx:all', id) or '0'), id}
     end
   end
   table.sort(rows, function(a, b)
@@ -35,7 +36,7 @@ if status == 'queued' or status == 'scheduled' or status == 'processing' then
   local start = 1
   if before ~= '' then
     start = #rows + 1
-    local bc = tonumber(redis.call('HGET', jkey(before), 'created_at') or '')
+    local bc = tonumber(redis.call('ZSCORE', P .. 'idx:all', before) or '')
     for i, row in ipairs(rows) do
       if bc and (row[1] < bc or (row[1] == bc and row[2] < before)) then start = i; break end
     end
