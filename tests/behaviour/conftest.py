@@ -65,10 +65,10 @@ def _redis(tmp_path: Path) -> dict[str, Any]:
         pytest.skip("Redis backend not built yet")
     # A queue of its own per test: nothing seen here was left by another test; the
     # ``backend`` fixture deletes its keys when the test ends.  prefetch=0: exact fairness.
-    # shutdown_timeout 1 s: time is real here, and a failing test's held handler would
+    # shutdown_timeout 0.3 s: time is real here, and a failing test's held handler would
     # keep its shutdown waiting the default 30 s (a test's own value wins).
     return {"redis_url": REDIS_URL, "queue_name": f"behaviour-{uuid.uuid4().hex}",
-            "prefetch": 0, "shutdown_timeout": 1.0}
+            "prefetch": 0, "shutdown_timeout": 0.3}
 
 
 _CLOSED = ("after close a Redis node is disconnected: get/wait raise ShuttingDown instead "

@@ -23,7 +23,8 @@ def _persistent_only(backend_config: dict[str, object], request: pytest.FixtureR
 async def test_every_job_is_there_again_as_it_was(
     backend: Backend, clock: MockClock | None, h: Harness
 ) -> None:
-    async with backend.open(h.registry, workers=1, shutdown_timeout=1.0) as q:
+    async with backend.open(h.registry, workers=1,
+                            shutdown_timeout=real_time_scale(clock)) as q:
         done = await q.wait((await q.enqueue("echo", {"x": 1}, job_id="done")).id)
         dead = await q.wait((await q.enqueue("fail", "f", job_id="dead", max_retries=0)).id)
         await q.enqueue("echo", job_id="gone", delay=30)
@@ -97,7 +98,8 @@ async def test_a_scheduled_job_runs_at_its_due_time_after_reopen(
 
 async def close_with_jobs_in_every_state(backend: Backend, h: Harness) -> None:
     """One gated job running (cut off at close), four gated jobs queued, two scheduled."""
-    async with backend.open(h.registry, workers=1, shutdown_timeout=1.0) as q:
+    cut_off = 1.0 if backend.virtual_time else 0.1
+    async with backend.open(h.registry, workers=1, shutdown_timeout=cut_off) as q:
         await q.enqueue("gated", "g0", job_id="g0")
         await h.entered("g0")
         for i, p in enumerate(("high", "medium", "medium", "low"), start=1):

@@ -8,7 +8,7 @@ from trio.testing import MockClock
 
 from trioqueue import JobQueue, JobStatus, ShuttingDown
 
-from .conftest import Backend, Harness, settle
+from .conftest import Backend, Harness, real_time_scale, settle
 
 
 async def test_jobs_in_flight_finish_and_intake_is_refused_while_closing(
@@ -79,7 +79,8 @@ async def test_waiting_for_an_unfinished_job_raises_shutting_down_at_and_after_c
 ) -> None:
     outcome: list[BaseException] = []
     async with trio.open_nursery() as outer:
-        async with backend.open(h.registry, workers=1, shutdown_timeout=1.0) as q:
+        async with backend.open(h.registry, workers=1,
+                                shutdown_timeout=real_time_scale(clock)) as q:
             running = await q.enqueue("gated", "never")
             await h.entered("never")
             queued = await q.enqueue("echo", "never runs")
@@ -119,7 +120,7 @@ async def test_a_producer_waiting_for_room_is_refused_when_the_queue_closes(
     outcome: list[str] = []
     async with trio.open_nursery() as outer:
         async with backend.open(h.registry, workers=1, capacity=1,
-                                shutdown_timeout=1.0) as q:
+                                shutdown_timeout=real_time_scale(clock)) as q:
             await q.enqueue("gated", "never")
             await h.entered("never")
             q.enqueue_nowait("echo", "fills the queue")
