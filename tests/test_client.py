@@ -124,7 +124,7 @@ async def test_tasks_metrics_text_and_bulk_retry(server: Server) -> None:
         tasks = await client.tasks()
         assert [t["name"] for t in tasks] == ["echo", "fail", "flaky", "sleep"]
         assert tasks[0] == {"name": "echo", "priority": "medium", "max_retries": 3,
-                            "timeout": None, "schedule": None, "every": None,
+                            "timeout": None, "schedule": None, "tz": None, "every": None,
                             "concurrency": None, "next_run": None}
         text = await client.prometheus_metrics()
         assert "trioqueue_jobs_enqueued_total" in text

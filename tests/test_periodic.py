@@ -193,6 +193,7 @@ async def test_get_tasks_shows_schedule_every_and_next_run(
     assert by_name["cleanup"]["next_run"] == "2026-12-05T10:00:00Z"
     assert by_name["heartbeat"]["next_run"] == "2026-12-05T09:59:00Z"
     assert by_name["morning"]["next_run"] == "2026-12-06T08:00:00Z"
+    assert (by_name["morning"]["tz"], by_name["cleanup"]["tz"]) == ("Europe/Paris", None)
     assert by_name["plain"]["next_run"] is None
     assert {t["name"]: t["next_run"] for t in later["tasks"]}["heartbeat"] == (
         "2026-12-05T09:59:30Z")

@@ -98,7 +98,7 @@ def test_task_spec_as_get_tasks_shows_it() -> None:
 
     assert registry.get("own").to_dict() == {
         "name": "own", "priority": "high", "max_retries": 5, "timeout": 2.0,
-        "schedule": None, "every": None, "concurrency": None,
+        "schedule": None, "tz": None, "every": None, "concurrency": None,
     }
     shown = registry.get("defaults").to_dict(default_max_retries=7, default_timeout=9.5)
     assert (shown["priority"], shown["max_retries"], shown["timeout"]) == ("medium", 7, 9.5)

@@ -130,11 +130,11 @@ async def test_get_tasks(setup: tuple[App, trioqueue.JobQueue, Tasks]) -> None:
     assert status == 200
     assert body == {"tasks": [
         {"name": "boom", "priority": "medium", "max_retries": 0, "timeout": None,
-         "schedule": None, "every": None, "concurrency": None, "next_run": None},
+         "schedule": None, "tz": None, "every": None, "concurrency": None, "next_run": None},
         {"name": "gate", "priority": "high", "max_retries": 4, "timeout": 30.0,
-         "schedule": None, "every": None, "concurrency": None, "next_run": None},
+         "schedule": None, "tz": None, "every": None, "concurrency": None, "next_run": None},
         {"name": "other", "priority": "low", "max_retries": 0, "timeout": None,
-         "schedule": None, "every": None, "concurrency": None, "next_run": None},
+         "schedule": None, "tz": None, "every": None, "concurrency": None, "next_run": None},
     ]}
 
 

@@ -40,9 +40,8 @@ class TaskSpec:
     def to_dict(self, default_max_retries: int = 3, default_timeout: float | None = None
                 ) -> dict[str, Any]:
         """The task as ``GET /tasks`` shows it: the values a job of it gets when the
-        request sets none (the queue's defaults where the task sets none).
-
-        ``schedule`` and ``every`` are ``None``: tasks have none of those options yet.
+        request sets none (the queue's defaults where the task sets none), and its
+        periodic options (``schedule``, ``tz``, ``every``: ``None`` for other tasks).
         """
         return {
             "name": self.name,
@@ -50,6 +49,7 @@ class TaskSpec:
             "max_retries": default_max_retries if self.max_retries is None else self.max_retries,
             "timeout": default_timeout if self.timeout is None else self.timeout,
             "schedule": self.schedule,
+            "tz": self.tz,
             "every": self.every,
             "concurrency": self.concurrency,
         }

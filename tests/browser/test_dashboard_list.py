@@ -49,7 +49,7 @@ def check_periodic_tab(page: Page, url: str) -> None:
         re.compile(r"^in [\d,]+ d$"), "epoch@2001-09-09T01:46:40.000Z", "completed"])
     row = page.locator('#periodic-body tr[data-task="new_year"]')
     assert new_year["next_run"].endswith("-01-01T00:00:00Z"), new_year
-    expect(row.locator("td").nth(1)).to_have_text("cron 0 0 1 1 *")
+    expect(row.locator("td").nth(1)).to_have_text("cron 0 0 1 1 * (UTC)")
     expect(row.locator("td").nth(3)).to_have_text(local(new_year["next_run"]))
     # The catch-up run the queue enqueued at start opens like any job.
     year = int(new_year["next_run"][:4]) - 1

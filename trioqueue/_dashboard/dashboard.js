@@ -577,7 +577,7 @@
       P.tasks = r.data.tasks
         .filter((t) => t && typeof t.name === "string"
           && (typeof t.schedule === "string" || typeof t.every === "number"))
-        .map((t) => ({ name: t.name, schedule: t.schedule, every: t.every,
+        .map((t) => ({ name: t.name, schedule: t.schedule, tz: t.tz, every: t.every,
           priority: t.priority, next: ms(t.next_run) }));
       P.names = new Set(P.tasks.map((t) => t.name));
       P.loaded = true;
@@ -1271,7 +1271,8 @@
       tr.dataset.task = t.name;
       setText(c[0], t.name);
       setText(c[1], typeof t.schedule === "string"
-        ? `cron ${t.schedule}` : `every ${span(t.every)}`);
+        ? `cron ${t.schedule} (${typeof t.tz === "string" ? t.tz : "UTC"})`
+        : `every ${span(t.every)}`);
       setText(c[2], t.priority);
       setText(c[3], isFinite(t.next) ? when(t.next) : "–");
       let left = "–";

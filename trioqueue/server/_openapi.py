@@ -153,6 +153,7 @@ SCHEMAS: dict[str, Any] = {
             "max_retries": {"type": "integer", "minimum": 0},
             "timeout": {"type": "number", "nullable": True},
             "schedule": {"type": "string", "nullable": True},
+            "tz": {"type": "string", "nullable": True},
             "every": {"type": "number", "nullable": True},
             "concurrency": {"type": "integer", "minimum": 1, "nullable": True},
             "next_run": {"type": "string", "format": "date-time", "nullable": True},
