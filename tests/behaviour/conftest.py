@@ -71,8 +71,6 @@ def _redis(tmp_path: Path) -> dict[str, Any]:
             "prefetch": 0, "shutdown_timeout": 0.3}
 
 
-_CLOSED = ("after close a Redis node is disconnected: get/wait raise ShuttingDown instead "
-           "of answering from memory")
 _POLLING = ("producers waiting for room on Redis poll, in no order: whichever looks first "
             "after room appears gets in (here a later producer can take the room, and the "
             "test then waits for its 60 s guard), so it is skipped on Redis")
@@ -101,8 +99,6 @@ REDIS_XFAIL: dict[str, str] = {
     "test_a_slow_subscriber_is_told_how_many_it_lost_and_never_slows_the_queue": _STREAM,
     "test_ids_stay_taken_and_finished_jobs_can_be_retried_after_reopen": _TOTALS,
     "test_enqueue_nowait_with_the_id_of_a_finished_job_is_idempotent_after_reopen": _UNSEEN_ID,
-    "test_an_exception_in_the_body_comes_out_as_itself_after_shutdown": _CLOSED,
-    "test_waiting_for_an_unfinished_job_raises_shutting_down_at_and_after_close": _CLOSED,
 }
 """Behaviour tests the Redis backend does not pass yet, each with what is missing: marked
 ``xfail(strict=True)`` for the ``redis`` parameter only (the ``backend`` fixture does it),

@@ -143,10 +143,12 @@ async def test_a_producer_waiting_for_room_is_refused_when_the_queue_closes(
 async def test_an_exception_in_the_body_comes_out_as_itself_after_shutdown(
     backend: Backend, clock: MockClock | None, h: Harness
 ) -> None:
+    scale = real_time_scale(clock)
+
     async def body() -> None:
-        async with backend.open(h.registry) as q:
+        async with backend.open(h.registry, shutdown_timeout=30 * scale) as q:
             queues.append(q)
-            await q.enqueue("sleep", 3, job_id="in-flight")
+            await q.enqueue("sleep", 3 * scale, job_id="in-flight")
             await settle()
             raise KeyError("mine")
 

@@ -731,6 +731,8 @@ class RedisBackend:
         if waiting is not None:
             await trio.lowlevel.checkpoint()
             return waiting
+        if self._disconnected and self._state is not None:
+            return await self._find_after_close(job_id)
         state = self.state
         try:
             sj = await state.get(job_id)
@@ -740,6 +742,26 @@ class RedisBackend:
         except RedisUnavailable as exc:
             raise StoreError(str(exc)) from None
         return None if sj is None else self._from_job(sj.job)
+
+    async def _find_after_close(self, job_id: str) -> JobRecord | None:
+        """``get`` once the node closed: a short connection of its own (the node's is
+        gone), so a closed queue still answers for its jobs as the local ones do."""
+        config, old = self._config, self.state_after_close
+        assert config.redis_url is not None
+        try:
+            async with connect(config.redis_url,
+                               client_name=f"trioqueue:{self.node}:closed") as client:
+                state = RedisState(client, config.queue_name, capacity=config.capacity,
+                                   weights=old.weights, result_ttl=old.result_ttl)
+                sj = await state.get(job_id)
+        except RedisUnavailable as exc:
+            raise StoreError(str(exc)) from None
+        return None if sj is None else self._from_job(sj.job)
+
+    @property
+    def state_after_close(self) -> RedisState:
+        assert self._state is not None
+        return self._state
 
     async def list(self, status: JobStatus | None, limit: int, task: str | None = None,
                    before: str | None = None) -> tuple[list[Job], str | None]:
