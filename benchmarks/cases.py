@@ -39,7 +39,7 @@ class Sizes:
     wrk_s: float  # seconds of wrk load
     timeout: float  # per subprocess
     redis_n: int = 10_000  # trioqueue on Redis: jobs per throughput case
-    redis_peer_n: int = 2_000  # SAQ, streaq, arq beside it (100-2,000 jobs/s here)
+    redis_peer_n: int = 2_000  # SAQ, streaq, arq, dramatiq beside it (100-2,000 jobs/s)
     redis_latency_n: int = 1_000  # 2 s at 500 jobs/s
 
 
@@ -126,6 +126,7 @@ def plan(sizes: Sizes) -> list[Case]:
     streaq = (_module("streaq"), _module("redis"), redis)
     server = (_module("trioqueue.cli", "test"), _module("httpx", "test"))
     arq = (_module("arq"), _module("redis"), redis)
+    dramatiq = (_module("dramatiq"), _module("redis"), redis)
     tq_redis = (_module("coredis"), _module("redis"), redis)
     n, pn = sizes.noop_n, sizes.peer_n
     cases: list[Case] = []
@@ -290,6 +291,9 @@ def plan(sizes: Sizes) -> list[Case]:
         {"n": rpn, "workers": WORKERS}, streaq, peer=True)
     add("redis/arq", "noop", "redis", "arq", "arq (asyncio, Redis), max_jobs 4, poll 10 ms",
         "noop", {"n": rpn, "workers": WORKERS}, arq, peer=True)
+    add("redis/dramatiq", "noop", "redis", "dramatiq",
+        "dramatiq (threads, Redis broker), 4 worker threads", "noop",
+        {"n": rpn, "workers": WORKERS}, dramatiq, peer=True)
     g = f"redis-latency@{REDIS_LATENCY_RATE}"
     ln = sizes.redis_latency_n
     for nodes in (1, 2):
@@ -303,6 +307,8 @@ def plan(sizes: Sizes) -> list[Case]:
         {"rate": REDIS_LATENCY_RATE, "n": ln, "workers": WORKERS}, streaq, peer=True)
     add(f"{g}/arq", "latency", g, "arq", "arq, poll 10 ms", "latency",
         {"rate": REDIS_LATENCY_RATE, "n": ln, "workers": WORKERS}, arq, peer=True)
+    add(f"{g}/dramatiq", "latency", g, "dramatiq", "dramatiq, Redis broker", "latency",
+        {"rate": REDIS_LATENCY_RATE, "n": ln, "workers": WORKERS}, dramatiq, peer=True)
     return cases
 
 

@@ -25,6 +25,7 @@ SYSTEMS = {
     "trioqueue-dashboard": "benchmarks.dashboard_load",
     "trioqueue-redis": "benchmarks.sys_redis",
     "arq": "benchmarks.sys_arq",
+    "dramatiq": "benchmarks.sys_dramatiq",
 }
 
 

@@ -39,7 +39,7 @@ def machine() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
     for pkg in ("trioqueue", "trio", "huey", "saq", "streaq", "redis", "httpx", "arq",
-                "coredis"):
+                "dramatiq", "coredis"):
         try:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:

@@ -3,7 +3,8 @@
 Rates are processing rates (``process_per_s``: jobs enqueued first, then timed from the
 consumers' start to the last completion) for every system, so the peers' slower enqueue
 does not count against them.  ``x best peer`` is the median of a case over the median of
-the fastest peer (SAQ, streaq or arq) in the same run, and in brackets the paired ratio:
+the fastest peer (SAQ, streaq, arq or dramatiq) in the same run, and in brackets the
+paired ratio:
 the median over repetitions of (this case's run i / the best peer's run i, measured
 moments apart).  The targets are issue 16's "Done when".
 
