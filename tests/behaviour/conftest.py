@@ -80,7 +80,6 @@ _STREAM = ("events on Redis come from the queue's stream: a subscriber sees a ch
            "a round trip, not when the call that made it returns")
 _TOTALS = ("metrics on Redis count the queue's jobs since the queue was created (the "
            "cluster's counters), not this process's since it opened")
-_WORKER = "events read from the Redis stream carry no worker index (worker is None)"
 _ARRIVAL = ("a job enqueue_nowait'ed inside a handler reaches Redis one write later, racing the "
             "worker's next claim, so where it enters the pick order depends on timing; "
             "not strict")
@@ -95,7 +94,6 @@ REDIS_SKIP: dict[str, str] = {
 REDIS_XFAIL: dict[str, str] = {
     "test_gauges_count_the_recovered_queued_and_running_jobs": _SETTLE,
     "test_a_priority_that_ran_out_banks_no_turns_while_it_has_no_work": _ARRIVAL,
-    "test_a_job_that_fails_once_then_succeeds": _WORKER,
     "test_a_slow_subscriber_is_told_how_many_it_lost_and_never_slows_the_queue": _STREAM,
     "test_ids_stay_taken_and_finished_jobs_can_be_retried_after_reopen": _TOTALS,
     "test_enqueue_nowait_with_the_id_of_a_finished_job_is_idempotent_after_reopen": _UNSEEN_ID,

@@ -148,8 +148,11 @@ async def test_an_exception_in_the_body_comes_out_as_itself_after_shutdown(
     async def body() -> None:
         async with backend.open(h.registry, shutdown_timeout=30 * scale) as q:
             queues.append(q)
-            await q.enqueue("sleep", 3 * scale, job_id="in-flight")
-            await settle()
+            async with q.subscribe() as events:
+                await q.enqueue("sleep", 3 * scale, job_id="in-flight")
+                async for event in events:  # in flight: its handler started
+                    if event.type == "started":
+                        break
             raise KeyError("mine")
 
     queues: list[JobQueue] = []

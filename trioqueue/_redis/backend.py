@@ -38,7 +38,7 @@ from .._exceptions import DuplicateJob, QueueFull, ShuttingDown, StoreError
 from .._job import Job, JobStatus, Priority
 from .._record import LABELS, JobRecord
 from .._registry import TaskRegistry
-from .._state import JobEvent
+from .._state import EventKind, JobEvent
 from .._stats import Stats
 from ._client import RedisUnavailable, connect
 from ._outbox import Outbox, describe, new_job
@@ -68,6 +68,8 @@ CLOSE_BUDGET = 2.0
 DUE_SLACK = 0.01
 """Seconds after a job's due time (as this node computed it) that the timer promotes."""
 _TERMINAL_EVENTS = frozenset(("completed", "failed", "cancelled"))
+_ATTEMPT_ENDS = frozenset(("retrying", "completed", "failed", "cancelled", "requeued"))
+_MAX_WORKER_OF = 100_000
 _COUNTERS = ("enqueued", "completed", "failed", "retried", "cancelled", "rejected")
 
 
@@ -128,6 +130,10 @@ class RedisBackend:
                         if (spec := registry.get(name)).concurrency is not None}
         self._running_task: dict[str, int] = {}
         self._parked: dict[str, deque[JobRecord]] = {}
+        self._worker_of: dict[str, int] = {}
+        """Job id -> the worker running it here (its events name it)."""
+        self._started_events: dict[str, StreamEvent] = {}
+        """``started`` events of this node's jobs that no worker took yet."""
 
     # ------------------------------------------------------------------ engine hooks
 
@@ -360,6 +366,7 @@ class RedisBackend:
             return
         rec = held[0]
         log.warning("trioqueue: job %s: this node lost its lease; stopping it", job_id)
+        self._started_events.pop(job_id, None)
         self._lost.add(job_id)
         if not self._unstart(rec):
             self._cancel_job(rec)
@@ -396,12 +403,42 @@ class RedisBackend:
                 if ev.type in _TERMINAL_EVENTS:
                     for event in self._watchers.pop(ev.job_id, ()):
                         event.set()
+                worker = None
+                if ev.node == self.node:
+                    if ev.type == "started":
+                        worker = self._worker_of.get(ev.job_id)
+                        if worker is None:
+                            # No worker took the job yet (the claim's reply may not even
+                            # be here): told when one does (claim()).
+                            self._started_events[ev.job_id] = ev
+                            continue
+                    else:
+                        early = self._started_events.pop(ev.job_id, None)
+                        if early is not None and hook is not None:
+                            hook(EventKind.STARTED, self._event_record(early), None, None)
+                        if ev.type in _ATTEMPT_ENDS:
+                            worker = self._worker_of.pop(ev.job_id, None)
+                        else:
+                            worker = self._worker_of.get(ev.job_id)
                 if ev.type == "progress":
-                    self._publish_progress(ev)
+                    self._publish_progress(ev, worker)
                 elif hook is not None:
-                    hook(ev.type, self._event_record(ev), None, ev.duration)
+                    hook(ev.type, self._event_record(ev), worker, ev.duration)
 
-    def _publish_progress(self, ev: StreamEvent) -> None:
+    def _took(self, rec: JobRecord, worker: int) -> JobRecord:
+        """A worker takes ``rec``: its events from now on name that worker, and its
+        ``started`` event, if the stream showed it already, goes out now."""
+        worker_of = self._worker_of
+        worker_of[rec.id] = worker
+        if len(worker_of) > _MAX_WORKER_OF:  # end events missed (stream trimmed)
+            del worker_of[next(iter(worker_of))]
+        if self._started_events:
+            ev = self._started_events.pop(rec.id, None)
+            if ev is not None and self._hook is not None:
+                self._hook(EventKind.STARTED, self._event_record(ev), worker, None)
+        return rec
+
+    def _publish_progress(self, ev: StreamEvent, worker: int | None) -> None:
         events = self._events
         if events is None or not events or not events.takes():
             return
@@ -409,7 +446,7 @@ class RedisBackend:
         events.publish(Event(
             seq=events.next_seq(), type="progress", at=ev.at, job_id=ev.job_id,
             task=ev.task, priority=ev.priority, status=ev.status, attempt=ev.attempt,
-            worker=None, fraction=progress.get("fraction"), note=progress.get("note"),
+            worker=worker, fraction=progress.get("fraction"), note=progress.get("note"),
         ))
 
     def _event_record(self, ev: StreamEvent) -> JobRecord:
@@ -588,7 +625,7 @@ class RedisBackend:
                 if parked and self._running_task.get(task, 0) < limits[task]:
                     self._running_task[task] += 1
                     self._stats.started += 1
-                    return parked.popleft()
+                    return self._took(parked.popleft(), worker)
         while buffer:
             rec = buffer.popleft()
             if limits and rec.task in limits:
@@ -603,7 +640,7 @@ class RedisBackend:
             self._stats.started += 1
             if self._idle + self._prefetch > len(buffer):
                 self._kick.set()
-            return rec
+            return self._took(rec, worker)
         return None
 
     async def wait_for_work(self) -> None:
