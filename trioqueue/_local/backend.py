@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -72,7 +71,8 @@ class LocalBackend:
         attribute, which the engine reads per enqueue."""
         if store is not None:
             store.on_error = self._store_error
-        self.changes = Changes(None if store is None else store.changed)
+        self.changes = (Changes() if store is None
+                        else Changes(store.changed, store.changed_many))
         self.timer = Timer(stats, wall_offset=wall_offset)
         self.table = JobTable(stats, self.changes, wall_offset=wall_offset,
                               finished_cache=config.finished_cache,
@@ -86,35 +86,16 @@ class LocalBackend:
                 self.ready.limit(name, limit)
         self.attempt_ended = self.ready.attempt_ended
         # The hot path: the parts' own methods.
-        self.admit = self.ready.admit if store is None else self._admit_beside_store()
+        if store is not None:
+            # An id only the store holds: admit looks it up there (a fresh one costs a
+            # set lookup); finished jobs' ids go there as they leave memory.
+            self.ready.beside_store(store.stored_only, store.lookup_now)
+            self.table.left = store.stored_only
+        self.admit = self.ready.admit
         self.claim = self.ready.take
         self.finish = self.table.finish
         self.wait_for_work = self.ready.wait_for_work
         self.wake_workers = self.ready.wake_workers
-
-    def _admit_beside_store(self) -> Callable[[JobRecord], JobRecord | None]:
-        """:meth:`ReadyQueues.admit` for a queue with a store: an id that may belong to
-        a job only the store holds (a finished job that left memory, or any job stored
-        before this open) is looked up there first, and a repeat of that job returns it
-        (or raises :class:`DuplicateJob`) instead of replacing it.  A fresh id costs one
-        set lookup, never a read."""
-        store = self.store
-        assert store is not None
-        admit = self.ready.admit
-        maybe_stored = store.stored_only
-        by_id = self.table.by_id
-        self.table.left = maybe_stored
-
-        def admit_beside_store(rec: JobRecord) -> JobRecord | None:
-            job_id = rec.id
-            if job_id in maybe_stored and job_id not in by_id:
-                stored = store.lookup_now(job_id)
-                if stored is not None:
-                    return same_or_duplicate(stored, rec)
-                maybe_stored.discard(job_id)
-            return admit(rec)
-
-        return admit_beside_store
 
     def _store_error(self, exc: StoreError | None) -> None:
         self.refusal = exc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .._backend import ChangeHook
 from .._record import JobRecord
 from .._state import EventKind
@@ -12,20 +14,34 @@ def _nobody(kind: EventKind, rec: JobRecord, worker: int | None = None,
     """The hook while nobody listens (never called: :attr:`Changes.observed` is False)."""
 
 
+ManyHook = Callable[[EventKind, list[JobRecord]], None]
+"""``changed_many(kind, recs)``: each of ``recs`` made the move ``kind`` (a batch)."""
+
+
+def _nobody_many(kind: EventKind, recs: list[JobRecord]) -> None:
+    """The batch hook while nobody listens."""
+
+
 class Changes:
     """The change hook the local backend's parts call after each move.
 
     ``if changes.observed: changes.changed(kind, rec, worker, duration)`` is one test per
     change while nobody listens, and one call while only the store (or only the engine's
     fan-out) does: the hook is the listener's own function, not a dispatcher.
+    :attr:`changed_many` is the same for a batch of records that made one move
+    (``enqueue_many``): one call for the store, the fan-out's hook per record.
     """
 
-    __slots__ = ("_fan_out", "_store", "changed", "observed")
+    __slots__ = ("_fan_out", "_store", "_store_many", "changed", "changed_many", "observed")
 
-    def __init__(self, store: ChangeHook | None = None) -> None:
+    def __init__(self, store: ChangeHook | None = None,
+                 store_many: ManyHook | None = None) -> None:
         self._store = store
+        self._store_many = store_many
+        """The store's batch hook (its :attr:`changed` for each record, in one call)."""
         self._fan_out: ChangeHook | None = None
         self.changed: ChangeHook = _nobody
+        self.changed_many: ManyHook = _nobody_many
         self.observed = False
         self._update()
 
@@ -46,4 +62,26 @@ class Changes:
             self.changed = both
         else:
             self.changed = store or fan_out or _nobody
+        self.changed_many = self._many_hook()
         self.observed = store is not None or fan_out is not None
+
+    def _many_hook(self) -> ManyHook:
+        store, fan_out = self._store, self._fan_out
+        store_many = self._store_many
+        if store_many is None and store is not None:
+
+            def store_each(kind: EventKind, recs: list[JobRecord]) -> None:
+                for rec in recs:
+                    store(kind, rec, None, None)
+
+            store_many = store_each
+        if fan_out is None:
+            return store_many or _nobody_many
+
+        def fan_out_each(kind: EventKind, recs: list[JobRecord]) -> None:
+            if store_many is not None:
+                store_many(kind, recs)
+            for rec in recs:
+                fan_out(kind, rec, None, None)
+
+        return fan_out_each

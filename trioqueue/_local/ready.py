@@ -12,7 +12,7 @@ each does its whole step inline, with one call out to the transition table.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import trio
 
@@ -87,10 +87,34 @@ class ReadyQueues:
         self._aside = [0, 0, 0]
         """Jobs per priority set aside by their task's gate: still QUEUED, still counted
         against the capacity and in the depths."""
+        self.stored_only: set[str] = set()
+        """With a store: ids that may belong to a job only the store holds (its
+        :attr:`Persistence.stored_only`, given by :meth:`beside_store`); empty in memory
+        mode.  :meth:`admit` tests it once per job, after the index."""
+        self._lookup_now: Callable[[str], JobRecord | None] | None = None
         self._full_at = [capacity, capacity, capacity]
         """The length of each ready queue at which :meth:`admit` finds no room: the
         capacity less the jobs set aside, 0 while a recovered backlog waits (one
         comparison per job; :meth:`_room_changed` keeps it)."""
+
+    def beside_store(self, stored_only: set[str],
+                     lookup_now: Callable[[str], JobRecord | None]) -> None:
+        """A queue with a store: an id in ``stored_only`` and not in memory may belong to
+        a job only the store holds (a finished job that left memory, or any job stored
+        before this open); :meth:`admit` looks it up there first (``lookup_now``), and a
+        repeat of that job returns it (or raises :class:`DuplicateJob`) instead of
+        replacing it.  A fresh id costs one set lookup, never a read."""
+        self.stored_only = stored_only
+        self._lookup_now = lookup_now
+
+    def _stored(self, job_id: str) -> JobRecord | None:
+        """The job only the store holds under ``job_id`` (in :attr:`stored_only`, not in
+        memory), or ``None``: then the id is free, and leaves :attr:`stored_only`."""
+        assert self._lookup_now is not None
+        stored = self._lookup_now(job_id)
+        if stored is None:
+            self.stored_only.discard(job_id)
+        return stored
 
     def limit(self, task: str, concurrency: int) -> None:
         """At most ``concurrency`` jobs of ``task`` run at once (this process)."""
@@ -110,15 +134,20 @@ class ReadyQueues:
         the new delayed jobs of its priority.
         """
         jobs = self._jobs
-        if rec.id in jobs:
-            return same_or_duplicate(jobs[rec.id], rec)
+        job_id = rec.id
+        if job_id in jobs:
+            return same_or_duplicate(jobs[job_id], rec)
+        if job_id in self.stored_only:  # maybe a job only the store holds (never fresh)
+            stored = self._stored(job_id)
+            if stored is not None:
+                return same_or_duplicate(stored, rec)
         p = rec.priority
         if rec.status is SCHEDULED:
             return self._admit_delayed(rec)
         queue = self._queues[p]
         if len(queue) >= self._full_at[p]:  # full, or a recovered backlog goes first
             return None
-        jobs[rec.id] = rec
+        jobs[job_id] = rec
         stats = self._stats
         stats.enqueued += 1
         stats.enqueued_p[p] += 1
@@ -372,14 +401,18 @@ class ReadyQueues:
         and payload; the same id twice in ``recs`` gives the first one).  Raises
         :class:`DuplicateJob` (nothing admitted) for an id taken by another job."""
         jobs = self._jobs
+        stored_only = self.stored_only
         seen: dict[str, JobRecord] = {}
         new: list[bool] = []
         queued = [0, 0, 0]
         delayed = [0, 0, 0]
         for rec in recs:
             old = jobs.get(rec.id) or seen.get(rec.id)
+            if old is None and stored_only and rec.id in stored_only:
+                old = self._stored(rec.id)
             if old is not None:
                 same_or_duplicate(old, rec)  # raises before anything is admitted
+                seen.setdefault(rec.id, old)
                 new.append(False)
                 continue
             seen[rec.id] = rec
@@ -390,11 +423,33 @@ class ReadyQueues:
                 queued[rec.priority] += 1
         if not self.fits(queued, delayed):
             return None
+        # Admitted in one step, as :meth:`admit` does each job, with one change call for
+        # the batch's ready jobs (the store marks them all at once).
         out: list[JobRecord] = []
+        ready: list[JobRecord] = []
+        queues = self._queues
+        idle = self._idle
+        stats = self._stats
+        enqueued_p = stats.enqueued_p
         for rec, is_new in zip(recs, new, strict=True):
-            got = self.admit(rec) if is_new else (jobs.get(rec.id) or seen[rec.id])
-            assert got is not None  # room was checked for all of them
-            out.append(got)
+            if not is_new:
+                out.append(jobs.get(rec.id) or seen[rec.id])
+            elif rec.status is SCHEDULED:
+                got = self._admit_delayed(rec)
+                assert got is not None  # room was checked for all of them
+                out.append(got)
+            else:
+                jobs[rec.id] = rec
+                stats.enqueued += 1
+                enqueued_p[rec.priority] += 1
+                queues[rec.priority].append(rec)
+                if idle:
+                    _reschedule(idle.pop())
+                ready.append(rec)
+                out.append(rec)
+        changes = self._changes
+        if ready and changes.observed:
+            changes.changed_many(ENQUEUED, ready)
         return out
 
     def fits(self, queued: list[int], delayed: list[int]) -> bool:

@@ -152,6 +152,21 @@ class Persistence:
             self._kick.set()  # the flusher sleeps without a deadline while nothing is dirty
         dirty[rec.id] = rec
 
+    def changed_many(self, kind: EventKind, recs: list[JobRecord]) -> None:
+        """:meth:`changed` for each of ``recs`` (a batch that made one move), in one call."""
+        if not recs:
+            return
+        dirty = self._dirty
+        if not dirty:
+            self._kick.set()
+        inflight = self._inflight
+        if inflight:
+            for rec in recs:
+                if rec.id not in inflight:
+                    dirty[rec.id] = rec
+        else:
+            dirty.update({rec.id: rec for rec in recs})
+
     def mark(self, rec: JobRecord) -> None:
         """``rec`` changed with no event of the store's kind (its progress): write its
         latest state in the next flush."""
