@@ -80,9 +80,6 @@ _STREAM = ("events on Redis come from the queue's stream: a subscriber sees a ch
            "a round trip, not when the call that made it returns")
 _TOTALS = ("metrics on Redis count the queue's jobs since the queue was created (the "
            "cluster's counters), not this process's since it opened")
-_ARRIVAL = ("a job enqueue_nowait'ed inside a handler reaches Redis one write later, racing the "
-            "worker's next claim, so where it enters the pick order depends on timing; "
-            "not strict")
 _UNSEEN_ID = ("enqueue_nowait on Redis answers a given id from what this node has seen: an id "
               "it has not seen (here: stored before this node opened) is checked in Redis "
               "after the call returns, so the call returns the new job, not the stored one "
@@ -93,15 +90,14 @@ REDIS_SKIP: dict[str, str] = {
 """Behaviour tests that do not apply to Redis, with why (skipped for ``redis`` only)."""
 REDIS_XFAIL: dict[str, str] = {
     "test_gauges_count_the_recovered_queued_and_running_jobs": _SETTLE,
-    "test_a_priority_that_ran_out_banks_no_turns_while_it_has_no_work": _ARRIVAL,
     "test_a_slow_subscriber_is_told_how_many_it_lost_and_never_slows_the_queue": _STREAM,
     "test_ids_stay_taken_and_finished_jobs_can_be_retried_after_reopen": _TOTALS,
     "test_enqueue_nowait_with_the_id_of_a_finished_job_is_idempotent_after_reopen": _UNSEEN_ID,
 }
 """Behaviour tests the Redis backend does not pass yet, each with what is missing: marked
 ``xfail(strict=True)`` for the ``redis`` parameter only (the ``backend`` fixture does it),
-so a test that starts passing fails until its entry goes; the ``_SETTLE`` and ``_ARRIVAL``
-ones are not strict (timing decides: they pass now and then)."""
+so a test that starts passing fails until its entry goes; the ``_SETTLE`` one is not
+strict (timing decides: it passes now and then)."""
 
 
 BACKENDS: dict[str, BackendSpec] = {
@@ -176,7 +172,7 @@ async def backend(
         reason = REDIS_XFAIL.get(request.node.originalname)
         if reason is not None:
             request.node.add_marker(pytest.mark.xfail(
-                strict=reason not in (_SETTLE, _ARRIVAL), reason=f"redis: {reason}"))
+                strict=reason != _SETTLE, reason=f"redis: {reason}"))
     try:
         yield Backend(backend_id, backend_config, spec.persistent, spec.virtual_time)
     finally:

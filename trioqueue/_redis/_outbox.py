@@ -61,11 +61,13 @@ class _Unit:
     """Jobs written together: one ``enqueue_nowait`` (``whole=False``: each job on its
     own) or one ``enqueue_many_nowait`` batch (``whole=True``: all or nothing)."""
 
-    __slots__ = ("recs", "whole")
+    __slots__ = ("recs", "waiting", "whole")
 
     def __init__(self, recs: list[JobRecord], whole: bool) -> None:
         self.recs = recs
         self.whole = whole
+        self.waiting = False
+        """Redis had no room for it at its last write."""
 
 
 class Outbox:
@@ -87,6 +89,10 @@ class Outbox:
         self._wake = trio.Event()
         self._empty = trio.Event()
         self._empty.set()
+        self._quiet = trio.Event()
+        """Set while no job of the outbox is on its way to Redis but those waiting for
+        room: a claim made then sees every other job this node accepted."""
+        self._quiet.set()
         self.known: dict[str, Job] = {}
         """Given ids -> the job as this node last saw it (oldest first)."""
 
@@ -145,6 +151,8 @@ class Outbox:
             self._pending[rec.status is JobStatus.SCHEDULED][rec.priority] += 1
         if self._empty.is_set():
             self._empty = trio.Event()
+        if self._quiet.is_set():
+            self._quiet = trio.Event()
         self._wake.set()
 
     def refuse(self, recs: list[JobRecord]) -> None:
@@ -180,6 +188,14 @@ class Outbox:
             return job
         raise ValueError(rec.id)
 
+    @property
+    def quiet(self) -> bool:
+        return self._quiet.is_set()
+
+    async def wait_quiet(self) -> None:
+        """Return once every job accepted so far is written or waits for room."""
+        await self._quiet.wait()
+
     async def empty(self) -> None:
         """Return once every job accepted so far has been written (or dropped)."""
         await self._empty.wait()
@@ -205,6 +221,8 @@ class Outbox:
         """The admitter: write the outbox to Redis, batch by batch, in order."""
         backoff = 0.001
         while True:
+            if all(unit.waiting for unit in self._units):
+                self._quiet.set()
             if not self._units and not any(self.refused):
                 if not self._by_id:
                     self._empty.set()
@@ -264,6 +282,7 @@ class Outbox:
                     else "its batch held a duplicate id")
             if left:
                 unit.recs = left
+                unit.waiting = True
                 back.append(unit)
         self._units.extendleft(reversed(back))
         return bool(back)
@@ -274,6 +293,7 @@ class Outbox:
         self._units.clear()
         self._by_id.clear()
         self._empty.set()
+        self._quiet.set()
         return ids
 
 

@@ -273,6 +273,12 @@ class RedisBackend:
                     self._kick = trio.Event()
                     await self._kick.wait()
                     continue
+                if n and not stopping and not self._outbox.quiet:
+                    # Jobs this node accepted with enqueue_nowait go in before it claims
+                    # (as they would in memory); those waiting for room do not hold it.
+                    self._pending[:0] = outcomes
+                    await self._outbox.wait_quiet()
+                    continue
                 if len(tasks) != len(self._registry):  # submit() registered a function
                     tasks = self._registry_names()
                 claimable = tasks
