@@ -195,7 +195,9 @@ class JobQueue:
         Raises :class:`UnknownTask`, :class:`InvalidJob`, :class:`DuplicateJob` and
         :class:`ShuttingDown` as :meth:`enqueue` does.  With ``durability="sync"`` the job
         is accepted but not yet committed when this returns; use :meth:`enqueue` to wait
-        (with ``wait_for_room=False`` to keep the at-once :class:`QueueFull`).
+        (with ``wait_for_room=False`` to keep the at-once :class:`QueueFull`).  On Redis
+        the node answers from its view of room and writes the job just after, waiting for
+        room if Redis has none (docs/redis-design.md, "enqueue_nowait on Redis").
         """
         if self._life.closing or self._backend.refusal is not None:
             self._refuse()
