@@ -293,11 +293,6 @@ async def test_a_node_stopped_past_its_lease_has_its_late_ack_refused(tmp_path: 
     assert len(run_lines(runs)) == 4
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "RedisBackend.claim() hands a worker a prefetched job whose lease already expired by "
-    "the node's own clock (claimed before a SIGSTOP longer than the lease): the job, "
-    "reaped and completed by another node meanwhile, starts a second time before the "
-    "next renewal reports the lease lost"))
 async def test_a_node_stopped_past_its_lease_starts_none_of_its_prefetched_jobs(
     tmp_path: Path,
 ) -> None:

@@ -101,6 +101,10 @@ class RedisBackend:
         self._cancel_job: Callable[[JobRecord], None] = lambda rec: None
         # Claimed jobs: id -> (record, fence); the buffer holds those not started yet.
         self._held: dict[str, tuple[JobRecord, int]] = {}
+        self._deadline: dict[str, float] = {}
+        """Claimed job id -> when its lease ends by this node's clock (trio time): when the
+        claim (or the last successful renewal) was sent, plus the lease.  A job past it is
+        not started here (:meth:`_lapsed`): another node may have reaped and run it."""
         self._buffer: deque[JobRecord] = deque()
         self._lost: set[str] = set()
         self._pending: list[Outcome] = []
@@ -222,6 +226,7 @@ class RedisBackend:
                 parked.clear()
             for rec in unstarted:
                 held = self._held.pop(rec.id, None)
+                self._deadline.pop(rec.id, None)
                 if held is not None:
                     self._pending.append(Outcome.released(rec.id, held[1]))
             self._stop = True
@@ -286,6 +291,7 @@ class RedisBackend:
                     full = {t for t, q in self._parked.items() if len(q) >= self._park_max}
                     if full:
                         claimable = [t for t in tasks if t not in full]
+                sent = self._clock.current_time()
                 try:
                     got = await state.finish_and_claim(self.node, outcomes, n, self._lease,
                                                        claimable)
@@ -297,9 +303,11 @@ class RedisBackend:
                     await trio.sleep(0.5)
                     continue
                 self._log_stale(outcomes, got.results)
+                until = sent + self._lease
                 for sj in got.claimed:
                     rec = self._record(sj)
                     self._held[rec.id] = (rec, sj.fence)
+                    self._deadline[rec.id] = until
                     self._buffer.append(rec)
                 self._outbox.saw(got.view)
                 if got.claimed:
@@ -353,12 +361,17 @@ class RedisBackend:
         while True:
             await trio.sleep(period)
             held = [(job_id, fence) for job_id, (rec, fence) in self._held.items()]
+            sent = self._clock.current_time()
             try:
                 renewal = await state.renew(self.node, held, self._lease)
-                await state.heartbeat(self.node, self._info())
             except RedisUnavailable as exc:
                 log.warning("trioqueue: heartbeat failed (%s)", exc)
                 continue
+            self._renewed(held, renewal.lost, sent + self._lease)
+            try:
+                await state.heartbeat(self.node, self._info())
+            except RedisUnavailable as exc:
+                log.warning("trioqueue: heartbeat failed (%s)", exc)
             for job_id in renewal.lost:
                 self._lose(job_id)
             for job_id in renewal.cancel_requested:
@@ -366,8 +379,37 @@ class RedisBackend:
                 if held_rec is not None:
                     self._cancel_job(held_rec[0])
 
+    def _renewed(self, sent: list[tuple[str, int]], lost: list[str], until: float) -> None:
+        """The leases of ``sent`` (id, fence) but ``lost`` now end at ``until`` (this
+        node's clock), for those this node still holds with the same fence."""
+        held, deadline = self._held, self._deadline
+        gone = set(lost)
+        for job_id, fence in sent:
+            h = held.get(job_id)
+            if h is not None and h[1] == fence and job_id not in gone:
+                deadline[job_id] = max(until, deadline.get(job_id, until))
+
+    def _lapsed(self, rec: JobRecord, now: float) -> bool:
+        """True if ``rec``'s lease ended by this node's clock (the node stalled, or could
+        not renew, for longer than the lease): it is dropped without running (released,
+        fenced, in case no node reaped it yet), as another node may have run it."""
+        if now < self._deadline.get(rec.id, math.inf):
+            return False
+        self._deadline.pop(rec.id, None)
+        self._started_events.pop(rec.id, None)
+        held = self._held.pop(rec.id, None)
+        log.warning("trioqueue: job %s: its lease ended before a worker here took it; "
+                    "not starting it", rec.id)
+        if held is not None:
+            self._pending.append(Outcome.released(rec.id, held[1]))
+            self._kick.set()
+            if self._blocked:
+                self._flush.set()
+        return True
+
     def _lose(self, job_id: str) -> None:
         held = self._held.pop(job_id, None)
+        self._deadline.pop(job_id, None)
         if held is None:
             return
         rec = held[0]
@@ -628,12 +670,17 @@ class RedisBackend:
         if self._parked:
             # Jobs of a limited task that waited here were claimed before the buffer's.
             for task, parked in self._parked.items():
-                if parked and self._running_task.get(task, 0) < limits[task]:
+                while parked and self._running_task.get(task, 0) < limits[task]:
+                    rec = parked.popleft()
+                    if self._lapsed(rec, now):
+                        continue
                     self._running_task[task] += 1
                     self._stats.started += 1
-                    return self._took(parked.popleft(), worker)
+                    return self._took(rec, worker)
         while buffer:
             rec = buffer.popleft()
+            if self._lapsed(rec, now):
+                continue
             if limits and rec.task in limits:
                 running = self._running_task.get(rec.task, 0)
                 if running >= limits[rec.task]:
@@ -662,6 +709,7 @@ class RedisBackend:
 
     def _ack(self, rec: JobRecord, outcome: Callable[[int], Outcome]) -> None:
         held = self._held.pop(rec.id, None)
+        self._deadline.pop(rec.id, None)
         if held is None or held[0] is not rec:
             self._lost.discard(rec.id)
             return  # lease lost: the result would be refused
