@@ -1,5 +1,5 @@
 """dramatiq (threads, Redis broker) against redis://127.0.0.1:6379/11 (the Redis
-benchmarks' own database, flushed before and after), a namespace unique per run.
+benchmarks' own database), a namespace unique per run whose keys are deleted afterwards.
 
 Messages are sent one ``actor.send()`` at a time, then a ``dramatiq.Worker`` with 4
 worker threads processes them; done when the actor ran ``n`` times and ``broker.join``
@@ -16,7 +16,7 @@ from typing import Any
 
 from .common import latency_summary, need_module, need_redis, pace_schedule, perf_counter
 from .common import throughput as _throughput
-from .sys_redis import URL, flush_db
+from .sys_redis import URL, drop_keys
 
 
 def _broker(name: str) -> Any:
@@ -33,7 +33,6 @@ def noop(n: int, workers: int = 4, timeout: float = 600.0) -> dict[str, Any]:
     need_redis()
     import dramatiq
 
-    flush_db()
     name = f"tqbench-{uuid.uuid4().hex[:12]}"
     broker = _broker(name)
     count = 0
@@ -64,7 +63,7 @@ def noop(n: int, workers: int = 4, timeout: float = 600.0) -> dict[str, Any]:
             worker.stop()
     finally:
         broker.close()
-        flush_db()
+        drop_keys(f"{name}*")
     return _throughput(n, t0, te, t1, overlapped=False) | {"workers": workers}
 
 
@@ -73,7 +72,6 @@ def latency(rate: float, n: int, workers: int = 4, timeout: float = 600.0) -> di
     need_redis()
     import dramatiq
 
-    flush_db()
     name = f"tqbench-{uuid.uuid4().hex[:12]}"
     broker = _broker(name)
     lat: list[float] = []
@@ -106,5 +104,5 @@ def latency(rate: float, n: int, workers: int = 4, timeout: float = 600.0) -> di
     finally:
         worker.stop()
         broker.close()
-        flush_db()
+        drop_keys(f"{name}*")
     return latency_summary(lat) | {"rate": rate, "n": n, "offered_per_s": n / offered_s}

@@ -8,8 +8,10 @@ millisecond; until it exists the handler waits), so start-up and import time are
 measured and two nodes start together.  It is done when Redis' cluster-wide
 ``completed`` total reaches ``n``.
 
-The database is :data:`REDIS_DB` (``redis://127.0.0.1:6379/11``), flushed before and
-after every case: nothing else should use it.
+The database is :data:`REDIS_DB` (``redis://127.0.0.1:6379/11``); each case deletes its
+own queue's keys afterwards (not FLUSHDB: two runs at once, say two people's test runs
+on one machine, must not wipe each other's queue).  Only arq's case flushes it
+(:mod:`benchmarks.sys_arq`: arq's job keys carry no queue name).
 """
 
 from __future__ import annotations
@@ -49,6 +51,19 @@ def flush_db() -> None:
     client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
     try:
         client.flushdb()
+    finally:
+        client.close()
+
+
+def drop_keys(pattern: str) -> None:
+    """Delete the keys of database :data:`REDIS_DB` that match ``pattern``."""
+    import redis
+
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
+    try:
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        for i in range(0, len(keys), 1000):
+            client.delete(*keys[i:i + 1000])
     finally:
         client.close()
 
@@ -259,7 +274,6 @@ def noop(n: int, nodes: int = 1, prefetch: int = 0, workers: int = 4,
     import trio
 
     queue = f"bench-{uuid.uuid4().hex[:10]}"
-    flush_db()
     client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
     try:
         with tempfile.TemporaryDirectory(prefix="tq-bench-redis-") as tmp:
@@ -282,7 +296,7 @@ def noop(n: int, nodes: int = 1, prefetch: int = 0, workers: int = 4,
                 group.kill()
     finally:
         client.close()
-        flush_db()
+        drop_keys(f"tq:{{{queue}}}:*")
     hz = os.sysconf("SC_CLK_TCK")
     process = t1 - tg
     return {
@@ -314,7 +328,6 @@ def latency(rate: float, n: int, nodes: int = 1, prefetch: int = 0, workers: int
     from .common import pace_schedule
 
     queue = f"bench-{uuid.uuid4().hex[:10]}"
-    flush_db()
     client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
     lat: list[float] = []
     try:
@@ -352,7 +365,7 @@ def latency(rate: float, n: int, nodes: int = 1, prefetch: int = 0, workers: int
                 lat.extend(json.loads(out.read_text()))
     finally:
         client.close()
-        flush_db()
+        drop_keys(f"tq:{{{queue}}}:*")
     return latency_summary(lat) | {"rate": rate, "n": n, "nodes": nodes,
                                    "prefetch": prefetch, "producer": how,
                                    "offered_per_s": n / offered_s,
