@@ -29,7 +29,11 @@ class JobTable:
                  finished_cache: int, result_ttl: float) -> None:
         self.by_id: dict[str, JobRecord] = {}
         """The index.  The ready queues add new jobs to it directly (their hot path)."""
-        self._finished: deque[tuple[float, JobRecord]] = deque()
+        self._finished: deque[JobRecord] = deque()
+        self._finished_at: deque[float] = deque()
+        """When each of :attr:`_finished` ended (wall time), in a deque of its own: a
+        ``(time, record)`` tuple per job is one more object for every collection of the
+        garbage collector to walk while the job stays."""
         self._cap = finished_cache
         self._ttl = result_ttl
         self._stats = stats
@@ -104,21 +108,24 @@ class JobTable:
         if rec.waiters:
             wake_waiters(rec)
         finished = self._finished
-        finished.append((at, rec))
-        if len(finished) > self._cap or finished[0][0] < at - self._ttl:
+        finished.append(rec)
+        finished_at = self._finished_at
+        finished_at.append(at)
+        if len(finished) > self._cap or finished_at[0] < at - self._ttl:
             self._age_out(at)
 
     def _age_out(self, now_wall: float) -> None:
         """Forget finished jobs beyond ``finished_cache`` or older than ``result_ttl``."""
         finished = self._finished
+        finished_at = self._finished_at
         horizon = now_wall - self._ttl
         cap = self._cap
         if len(finished) > cap:
             cap -= cap // 64  # a little below the cap: one call per cap/64 jobs, not per job
         jobs = self.by_id
         left = self.left
-        while finished and (len(finished) > cap or finished[0][0] < horizon):
-            ended, old = finished.popleft()
+        while finished and (len(finished) > cap or finished_at[0] < horizon):
+            ended, old = finished_at.popleft(), finished.popleft()
             # A job re-queued by retry() since it finished is live again: keep it.
             if old.finished_at == ended and old.status in TERMINAL and jobs.get(old.id) is old:
                 del jobs[old.id]
