@@ -45,8 +45,13 @@ QUEUED = JobStatus.QUEUED
 SCHEDULED = JobStatus.SCHEDULED
 PROCESSING = JobStatus.PROCESSING
 
-_BY_QUEUE: weakref.WeakKeyDictionary[object, LocalBackend] = weakref.WeakKeyDictionary()
-""":meth:`LocalBackend.of`'s index: the backend behind each open (or closed) queue."""
+_BY_QUEUE: weakref.WeakKeyDictionary[object, weakref.ref[LocalBackend]] = (
+    weakref.WeakKeyDictionary()
+)
+""":meth:`LocalBackend.of`'s index: the backend behind each open (or closed) queue.  The
+value is a weak reference too: a strong one would keep the backend, and every record it
+holds, alive from this module until a second collection after the queue's (the queue
+holds its backend anyway)."""
 
 
 class LocalBackend:
@@ -422,12 +427,15 @@ class LocalBackend:
 
     def attach(self, queue: object) -> None:
         """Let :meth:`of` find this backend from ``queue`` (the engine does it at open)."""
-        _BY_QUEUE[queue] = self
+        _BY_QUEUE[queue] = weakref.ref(self)
 
     @staticmethod
     def of(queue: object) -> LocalBackend:
         """Test hook: the local backend behind ``queue`` (a :class:`JobQueue`)."""
-        return _BY_QUEUE[queue]
+        backend = _BY_QUEUE[queue]()
+        if backend is None:  # pragma: no cover - the queue holds its backend
+            raise KeyError(queue)
+        return backend
 
     def jobs_in_memory(self) -> int:
         """Test hook: every job held in memory, live or finished."""
