@@ -247,6 +247,40 @@ async def test_progress_and_wait_across_nodes(queue_name: str) -> None:
                 assert result[0].result == "done"
 
 
+async def test_metrics_count_the_workers_and_jobs_of_every_live_node(queue_name: str) -> None:
+    """A node without workers (``serve --redis --workers 0``) reports the queue's figures:
+    the jobs processing in Redis, and the workers of every live node, busy ones included,
+    from their heartbeats (every lease/3).  Its per-priority counts of new jobs follow
+    every way of enqueueing, with and without a wait for Redis."""
+    t = Tasks()
+    with trio.fail_after(10):
+        async with trioqueue.open_queue(t.registry, config(queue_name, workers=2,
+                                                           lease=0.6)) as a, \
+                trioqueue.open_queue(t.registry, config(queue_name, workers=0,
+                                                        lease=0.6)) as b:
+            job = await b.enqueue("gated", priority="high")
+            m = b.metrics()
+            assert m.by_priority["high"]["enqueued"] == m.enqueued == 1
+            later = b.enqueue_nowait("echo", priority="low")  # in b's outbox
+            m = b.metrics()
+            assert m.by_priority["low"]["enqueued"] == 1
+            assert sum(p["enqueued"] for p in m.by_priority.values()) == m.enqueued == 2
+            await t.entered.wait()
+            while (m := b.metrics()).busy_workers != 1:
+                await trio.sleep(0.05)
+                await b.get(job.id)  # the counts and the nodes' figures, refreshed
+            assert (m.workers, m.busy_workers, m.processing) == (2, 1, 1)
+            assert m.utilization > 0
+            mine = a.metrics()  # a's own figures are live, b adds no workers
+            assert (mine.workers, mine.busy_workers) == (2, 1)
+            await b.wait(later.id)
+            t.gate.set()
+            await b.wait(job.id)
+            m = b.metrics()
+            assert [m.by_priority[p]["enqueued"] for p in ("high", "medium", "low")] == [
+                1, 0, 1]
+
+
 # A refused connection leaves coredis' stream objects unclosed: their ResourceWarning is
 # expected here (as in test_redis_state.py).
 @pytest.mark.filterwarnings("ignore::ResourceWarning")

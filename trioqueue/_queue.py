@@ -104,6 +104,7 @@ class JobQueue:
         self._enqueue_since = 0
         self._enqueue_yield = -math.inf
         self._debug = log.isEnabledFor(logging.DEBUG)
+        self._cluster_metrics: Callable[[Metrics], Metrics] | None = None
         self._events.on_change = self._observers_changed
         self._observers_changed()
         if getattr(parts.backend, "remote", False):
@@ -120,6 +121,9 @@ class JobQueue:
                 parts.backend.send_progress,  # type: ignore[attr-defined]
                 parts.events, self._clock, self._wall)
             parts.backend.use_events(parts.events)  # type: ignore[attr-defined]
+            # Worker figures summed over the live nodes (docs/redis-design.md).
+            parts.backend.use_metrics(self._node_metrics)  # type: ignore[attr-defined]
+            self._cluster_metrics = parts.backend.cluster_metrics  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ helpers
 
@@ -854,6 +858,10 @@ class JobQueue:
 
     def metrics(self) -> Metrics:
         """Counters, gauges and latency percentiles, as of now."""
+        m = self._node_metrics()
+        return m if self._cluster_metrics is None else self._cluster_metrics(m)
+
+    def _node_metrics(self) -> Metrics:
         now = self._clock.current_time()
         return metrics(
             self._stats,

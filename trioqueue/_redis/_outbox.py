@@ -123,6 +123,11 @@ class Outbox:
         v, o = self.view[0], self._pending[0]
         return (v[0] + o[0], v[1] + o[1], v[2] + o[2])
 
+    def by_priority(self) -> tuple[int, int, int]:
+        """Jobs in the outbox (ready and delayed) per priority."""
+        r, d = self._pending
+        return (r[0] + d[0], r[1] + d[1], r[2] + d[2])
+
     def delayed(self) -> int:
         """Delayed jobs in the outbox (the scheduled gauge counts them)."""
         return sum(self._pending[1])

@@ -315,14 +315,18 @@ class RedisState:
                             f"{self.capacity} jobs already waiting")
         return job
 
-    async def counts(self) -> Counts:
-        qh, qm, ql, sched, leases, stats, room = await self._run("counts", [])
+    async def counts(self, node_age: float = 0.0) -> Counts:
+        """The queue's gauges and counters; with ``node_age`` > 0, also the info of the
+        nodes whose last heartbeat is at most that many seconds old."""
+        qh, qm, ql, sched, leases, stats, room, nodes = await self._run(
+            "counts", [math.ceil(node_age * 1000)])
         totals = _pairs(stats)
         r = _pairs(room)
         return Counts(
             (int(qh), int(qm), int(ql)), int(sched), int(leases),
             {k: int(v) for k, v in totals.items()},
             tuple(int(r.get(f"delayed:{label}", 0)) for label in _LABELS),  # type: ignore[arg-type]
+            {nodes[i]: json.loads(nodes[i + 1]) for i in range(0, len(nodes), 2)},
         )
 
     # ------------------------------------------------------------------ nodes

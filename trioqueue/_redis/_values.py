@@ -278,6 +278,9 @@ class Counts:
     cancelled, retried, rejected, recovered (plus ``"seq"``, the last event number)."""
     delayed: tuple[int, int, int]
     """New delayed jobs waiting, by priority (bounded by the capacity, like the engine)."""
+    nodes: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    """Live nodes (asked for by ``counts(node_age)``) -> the info of their last
+    heartbeat."""
 
     def total(self, name: str) -> int:
         return sum(self.totals.get(f"{name}:{label}", 0) for label in _LABELS)

@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import trio
 
 from .._backend import ChangeHook
@@ -36,6 +37,7 @@ from .._config import QueueConfig
 from .._events import Broadcaster, Event
 from .._exceptions import DuplicateJob, QueueFull, ShuttingDown, StoreError
 from .._job import Job, JobStatus, Priority
+from .._metrics import Metrics
 from .._record import LABELS, JobRecord
 from .._registry import TaskRegistry
 from .._state import EventKind, JobEvent
@@ -98,6 +100,8 @@ class RedisBackend:
         self._hook: ChangeHook | None = None
         self._state: RedisState | None = None
         self._counts: Counts | None = None
+        self._held_at_refresh = 0
+        """This node's claimed jobs when :attr:`_counts` came (counted in it)."""
         self._cancel_job: Callable[[JobRecord], None] = lambda rec: None
         # Claimed jobs: id -> (record, fence); the buffer holds those not started yet.
         self._held: dict[str, tuple[JobRecord, int]] = {}
@@ -128,6 +132,9 @@ class RedisBackend:
         self._watchers: dict[str, list[trio.Event]] = {}
         """Job id -> tasks in ``wait`` for it: set by its terminal event in the stream."""
         self._events: Broadcaster | None = None
+        self._node_metrics: Callable[[], Metrics] | None = None
+        """This node's own metrics (the queue's): its heartbeat publishes its worker
+        figures for the others' :meth:`cluster_metrics`."""
         # Per-task concurrency (per process): claimed jobs of a task at its limit wait
         # here, leased to this node, while the workers run other tasks' jobs.
         self._limits = {name: spec.concurrency for name in registry
@@ -155,6 +162,35 @@ class RedisBackend:
         """Where ``progress`` events read from the stream go (the queue's subscribers)."""
         self._events = events
 
+    def use_metrics(self, node_metrics: Callable[[], Metrics]) -> None:
+        self._node_metrics = node_metrics
+
+    def cluster_metrics(self, m: Metrics) -> Metrics:
+        """This node's metrics ``m`` with the queue's figures: ``processing`` from Redis,
+        ``workers``, ``busy_workers`` and ``utilization`` summed over the live nodes (this
+        one now, the others as of their last heartbeat, read with the last counts)."""
+        counts = self._counts
+        if counts is None:
+            return m
+        workers, busy, busy_s, capacity_s = _worker_figures(m)
+        for node, info in counts.nodes.items():
+            if node == self.node:
+                continue
+            try:
+                workers += int(info.get("workers", 0))
+                busy += int(info.get("busy", 0))
+                busy_s += float(info.get("busy_s", 0.0))
+                capacity_s += float(info.get("capacity_s", 0.0))
+            except (TypeError, ValueError):
+                continue  # a node of another version: its figures are left out
+        # Redis' PROCESSING jobs as of the last counts, with this node's part live (its
+        # claimed jobs, the prefetched ones too: finished ones leave at once).
+        others = max(0, counts.processing - self._held_at_refresh)
+        return attrs.evolve(
+            m, workers=workers, busy_workers=busy, processing=others + len(self._held),
+            utilization=min(1.0, busy_s / capacity_s) if capacity_s > 0 else 0.0,
+        )
+
     @property
     def state(self) -> RedisState:
         if self._state is None or self._disconnected:
@@ -176,7 +212,7 @@ class RedisBackend:
             )
             await client.ping()
             await state.heartbeat(self.node, self._info())
-            self._refresh(await state.counts())
+            self._refresh(await state.counts(self._lease))
             reader = await state.event_reader()
             try:
                 async with trio.open_nursery() as nursery:
@@ -195,7 +231,12 @@ class RedisBackend:
                 self._disconnected = True
 
     def _info(self) -> dict[str, Any]:
-        return {"workers": self._config.workers, "busy": len(self._held) - len(self._buffer)}
+        """What this node's heartbeat registers: its worker figures (read by the other
+        nodes' :meth:`cluster_metrics` while the heartbeat is at most a lease old)."""
+        if self._node_metrics is None:
+            return {"workers": self._config.workers, "busy": 0}
+        workers, busy, busy_s, capacity_s = _worker_figures(self._node_metrics())
+        return {"workers": workers, "busy": busy, "busy_s": busy_s, "capacity_s": capacity_s}
 
     async def recover(self) -> None:
         await trio.lowlevel.checkpoint()  # the state is in Redis already
@@ -542,6 +583,7 @@ class RedisBackend:
         if rec.scheduled_for is not None:
             self._due_at(rec.scheduled_for - self._wall)
         self._stats.enqueued += 1
+        self._stats.enqueued_p[rec.priority] += 1
         if rec.status is JobStatus.SCHEDULED:
             self._stats.scheduled += 1
         return rec
@@ -556,6 +598,8 @@ class RedisBackend:
             return None
         outbox.put(recs, whole=True)
         self._stats.enqueued += len(recs)
+        for rec in recs:
+            self._stats.enqueued_p[rec.priority] += 1
         self._stats.scheduled += sum(rec.status is JobStatus.SCHEDULED for rec in recs)
         return recs
 
@@ -603,6 +647,7 @@ class RedisBackend:
                     rec.scheduled_for = got.job.scheduled_for
                 if fresh:
                     self._stats.enqueued += 1
+                    self._stats.enqueued_p[rec.priority] += 1
                 out.append(rec)
             elif got.code is Admission.EXISTING:
                 assert got.job is not None
@@ -780,7 +825,7 @@ class RedisBackend:
             if now >= self._next_reap:
                 self._next_reap = now + self._lease / 4
                 await state.reap()
-            self._refresh(await state.counts())
+            self._refresh(await state.counts(self._lease))
         except RedisUnavailable as exc:
             log.warning("trioqueue: timer: %s", exc)
         return nxt
@@ -789,6 +834,7 @@ class RedisBackend:
         """The cluster's counters as of ``counts``, plus what this node did that Redis
         does not count yet (jobs in its outbox, refusals not sent)."""
         self._counts = counts
+        self._held_at_refresh = len(self._held)
         s = self._stats
         s.scheduled = counts.scheduled + self._outbox.delayed()
         if self._outbox.in_flight:
@@ -800,8 +846,12 @@ class RedisBackend:
             per = [int(totals.get(f"{name}:{label}", 0)) for label in _PRIO_BY_LABEL]
             setattr(s, f"{name}_p", per)
             setattr(s, name, sum(per))
-        s.enqueued += len(self._outbox)
-        s.rejected += sum(self._outbox.refused)
+        # Per priority too (by_priority), so each total stays the sum of its priorities.
+        s.enqueued_p = [a + b for a, b in zip(s.enqueued_p, self._outbox.by_priority(),
+                                             strict=True)]
+        s.enqueued = sum(s.enqueued_p)
+        s.rejected_p = [a + b for a, b in zip(s.rejected_p, self._outbox.refused, strict=True)]
+        s.rejected = sum(s.rejected_p)
 
     async def wait_timer(self, deadline: float) -> None:
         with trio.move_on_at(min(deadline, self._due_hint)):
@@ -829,7 +879,7 @@ class RedisBackend:
             sj = await state.get(job_id)
             # The cluster's counts as of this answer: metrics() after get() or wait()
             # shows at least what that answer showed.
-            self._refresh(await state.counts())
+            self._refresh(await state.counts(self._lease))
         except RedisUnavailable as exc:
             raise StoreError(str(exc)) from None
         return None if sj is None else self._from_job(sj.job)
@@ -870,7 +920,7 @@ class RedisBackend:
         await self._written(job_id)
         state = self.state
         code, sj = await state.cancel(job_id)
-        self._refresh(await state.counts())
+        self._refresh(await state.counts(self._lease))
         if code == "requested":
             held = self._held.get(job_id)
             if held is not None:
@@ -883,7 +933,7 @@ class RedisBackend:
         while True:
             try:
                 rec = self._from_job(await self.state.retry(job_id))
-                self._refresh(await self.state.counts())
+                self._refresh(await self.state.counts(self._lease))
                 return rec
             except QueueFull:
                 pass
@@ -932,3 +982,10 @@ class RedisBackend:
 
     def counts_now(self) -> Counts | None:
         return self._counts
+
+
+def _worker_figures(m: Metrics) -> tuple[int, int, float, float]:
+    """A node's workers, busy workers, and busy and available worker-seconds since it
+    opened (from its own metrics ``m``)."""
+    capacity_s = m.uptime * m.workers
+    return m.workers, m.busy_workers, m.utilization * capacity_s, capacity_s
