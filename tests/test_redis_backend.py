@@ -5,6 +5,7 @@ short and bounded by ``fail_after``."""
 from __future__ import annotations
 
 import gc
+import time
 import warnings
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -279,6 +280,40 @@ async def test_metrics_count_the_workers_and_jobs_of_every_live_node(queue_name:
             m = b.metrics()
             assert [m.by_priority[p]["enqueued"] for p in ("high", "medium", "low")] == [
                 1, 0, 1]
+
+
+async def test_a_job_waiting_for_its_tasks_concurrency_past_its_lease_is_released_unrun(
+    queue_name: str,
+) -> None:
+    """``l2`` waits on the node for its task's ``concurrency`` while ``l1`` runs; ``l1``'s
+    handler then blocks the node's event loop past the lease (as a stalled process does:
+    no renewal).  When ``l1`` ends, the node must not start ``l2`` on its lapsed lease
+    (another node may have reaped and run it): it is released, claimed again, and runs
+    once, in its second attempt."""
+    reg = TaskRegistry()
+    runs: Counter[str] = Counter()
+    entered, go = trio.Event(), trio.Event()
+
+    @reg.task(concurrency=1)
+    async def limited(job: Job) -> None:
+        runs[job.id] += 1
+        if job.payload == "stall":
+            entered.set()
+            await go.wait()
+            time.sleep(0.8)  # noqa: ASYNC251 (meant: the node stalls, its heartbeat too)
+
+    with trio.fail_after(10):
+        async with trioqueue.open_queue(reg, config(queue_name, workers=2, lease=0.5)) as q:
+            l1 = await q.enqueue("limited", "stall", job_id="l1")
+            await entered.wait()
+            l2 = await q.enqueue("limited", "later", job_id="l2")
+            while (await q.get(l2.id)).status is not JobStatus.PROCESSING:  # noqa: ASYNC110
+                await trio.sleep(0.01)  # (claimed: Redis says so, no local event)
+            await q.get(l2.id)  # a round trip more: the idle worker parked it
+            go.set()
+            done = await q.wait(l2.id)
+            await q.wait(l1.id)
+    assert (done.status, done.attempts, runs[l2.id]) == (JobStatus.COMPLETED, 2, 1)
 
 
 # A refused connection leaves coredis' stream objects unclosed: their ResourceWarning is
