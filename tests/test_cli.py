@@ -16,9 +16,6 @@ import pytest
 
 from tests.test_server import Server, running_server
 from trioqueue import QueueConfig
-from trioqueue._cli_client import clean
-from trioqueue._cli_client import client_options as read_client_options
-from trioqueue._cli_client import table as render_table
 from trioqueue.cli import (
     UsageError,
     build_parser,
@@ -27,6 +24,9 @@ from trioqueue.cli import (
     redacted,
     serve_options,
 )
+from trioqueue.testing import clean
+from trioqueue.testing import client_options as read_client_options
+from trioqueue.testing import table as render_table
 
 CLIENT_VARIABLES = ("TRIOQUEUE_URL", "TRIOQUEUE_TOKEN", "TRIOQUEUE_PORT", "PORT")
 

@@ -27,9 +27,7 @@ import trio.testing
 import trioqueue
 from trioqueue.demo import registry as demo_registry
 from trioqueue.server import App, ServerSettings
-from trioqueue.server._app import EventEncoder
-from trioqueue.server._dashboard import CSP, HISTORY_FIELDS, MetricsHistory
-from trioqueue.server._http import parse_event_filter
+from trioqueue.testing import CSP, HISTORY_FIELDS, EventEncoder, MetricsHistory, parse_event_filter
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_DIR = ROOT / "trioqueue" / "_dashboard"

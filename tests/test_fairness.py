@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from trioqueue import Priority
-from trioqueue._fairness import FairPicker
+from trioqueue.testing import FairPicker
 
 from .strategies import eligibility, weights
 

@@ -12,8 +12,7 @@ import pytest
 
 import trioqueue
 from trioqueue import QueueConfig, TaskRegistry
-from trioqueue._gil import lowered_switch_interval
-from trioqueue._store.sqlite import SqliteStore
+from trioqueue.testing import SqliteStore, lowered_switch_interval
 
 DEFAULT = 0.005
 

@@ -28,7 +28,9 @@ import trio.testing
 
 from trioqueue import QueueConfig, open_queue
 from trioqueue.demo import registry as demo_registry
-from trioqueue.server import App, ServerSettings, _h1, _lean, serve
+from trioqueue.server import App, ServerSettings, serve
+from trioqueue.testing import h1 as _h1
+from trioqueue.testing import lean as _lean
 
 from .test_server_lean import Peer, connect, converse, echo_app, lean, parse_responses, post
 

@@ -33,17 +33,20 @@ from trio_websocket import (
 
 from tests.test_cli import run_cli
 from tests.test_server import Server, running_server
-from trioqueue._monitor import backoff, describe, monitor, refusal
-from trioqueue._monitor_view import (
+from trioqueue.testing import (
     COUNTERS,
     ELLIPSIS,
     MonitorView,
     ProtocolError,
+    backoff,
     cells,
     compute_rates,
     decode,
+    describe,
     fit,
     flow,
+    monitor,
+    refusal,
     render,
     stale_after,
 )

@@ -30,7 +30,7 @@ def at(text: str) -> float:
 @pytest.fixture
 def wall(monkeypatch: pytest.MonkeyPatch) -> Any:
     """Set the wall time the next queue opens at."""
-    import trioqueue._engine as engine
+    from trioqueue.testing import engine
 
     def set_wall(text: str) -> None:
         start = at(text)

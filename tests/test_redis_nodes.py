@@ -13,7 +13,7 @@ import trio
 
 import trioqueue
 from trioqueue import Job, JobStatus, QueueConfig, TaskRegistry
-from trioqueue._redis import NewJob, RedisState, connect
+from trioqueue.testing import NewJob, RedisState, connect
 
 from .redis_util import REDIS_URL, admin, delete_queue, unique
 

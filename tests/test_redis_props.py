@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from tests.redis_util import REDIS_URL, admin, delete_queue, unique
 from trioqueue import InvalidTransition, JobNotFound, QueueFull
-from trioqueue._redis import Admission, NewJob, Outcome, RedisState, connect
+from trioqueue.testing import Admission, NewJob, Outcome, RedisState, connect
 
 CAPACITY = 3
 LABELS = ("high", "medium", "low")

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import trioqueue
 from trioqueue.demo import registry as demo_registry
 from trioqueue.server import App, ServerSettings, ServerState, openapi_document
-from trioqueue.server._http import (
+from trioqueue.testing import (
     HostCheck,
     HTTPError,
     JobRequest,

@@ -15,7 +15,7 @@ from tests.test_server_app import call
 from tests.test_server_routes import Tasks, hold_the_worker, make_registry
 from trioqueue import JobStatus
 from trioqueue.server import App, ServerState, openapi_document
-from trioqueue.server._http import route
+from trioqueue.testing import route
 
 
 @pytest.fixture
@@ -132,7 +132,7 @@ async def test_413_for_a_body_over_the_limit(
 
 
 async def test_with_a_store_one_commit_and_ids_of_stored_jobs(tmp_path: Path) -> None:
-    from trioqueue._local.backend import LocalBackend
+    from trioqueue.testing import LocalBackend
 
     registry = trioqueue.TaskRegistry()
 

@@ -27,8 +27,10 @@ from trio_websocket import open_websocket_url
 
 from trioqueue import QueueConfig, open_queue
 from trioqueue.demo import registry as demo_registry
-from trioqueue.server import App, ServerSettings, _h1, _lean
-from trioqueue.server._lean import serve_lean
+from trioqueue.server import App, ServerSettings
+from trioqueue.testing import h1 as _h1
+from trioqueue.testing import lean as _lean
+from trioqueue.testing import serve_lean
 
 Scope = dict[str, Any]
 App_ = Callable[[Any, Any, Any], Awaitable[None]]

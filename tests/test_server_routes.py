@@ -15,8 +15,8 @@ import trioqueue
 from tests.test_server_app import call
 from trioqueue import JobStatus
 from trioqueue.server import App, ServerState, openapi_document
-from trioqueue.server import _app as app_module
-from trioqueue.server._http import HTTPError, route
+from trioqueue.testing import HTTPError, route
+from trioqueue.testing import app as app_module
 
 
 @attrs.define

@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 
 import trioqueue
 from trioqueue import InvalidTransition, JobStatus
-from trioqueue._job import TERMINAL
-from trioqueue._record import JobRecord
-from trioqueue._state import (
+from trioqueue.testing import (
     MOVES,
+    TERMINAL,
     TRANSITIONS,
     EventKind,
     JobEvent,
+    JobRecord,
     admitted,
     allowed,
     edge,

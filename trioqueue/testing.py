@@ -1,0 +1,155 @@
+"""The internal parts that trioqueue's own tests exercise one at a time.
+
+A program needs none of this: everything it uses is in :mod:`trioqueue`,
+:mod:`trioqueue.client` and :mod:`trioqueue.server`.  Tests of pure logic (the fair
+picker, the state table, the HTTP parser's limits, the monitor's layout) and of one
+backend's internals (the SQLite store, the Redis state layer) import those parts from
+here, so that no test reaches into a private module, and what they rely on is listed in
+one place.  Nothing here is a stable API: it changes with the code it names.
+"""
+
+from . import _engine as engine
+from ._cli_client import clean as clean
+from ._cli_client import client_options as client_options
+from ._cli_client import table as table
+from ._fairness import FairPicker as FairPicker
+from ._gil import lowered_switch_interval as lowered_switch_interval
+from ._ids import IdGenerator as IdGenerator
+from ._job import TERMINAL as TERMINAL
+from ._local import snapshot as snapshot
+from ._local.backend import LocalBackend as LocalBackend
+from ._local.snapshot import Persistence as Persistence
+from ._monitor import backoff as backoff
+from ._monitor import describe as describe
+from ._monitor import monitor as monitor
+from ._monitor import refusal as refusal
+from ._monitor_view import COUNTERS as COUNTERS
+from ._monitor_view import ELLIPSIS as ELLIPSIS
+from ._monitor_view import MonitorView as MonitorView
+from ._monitor_view import ProtocolError as ProtocolError
+from ._monitor_view import cells as cells
+from ._monitor_view import compute_rates as compute_rates
+from ._monitor_view import decode as decode
+from ._monitor_view import fit as fit
+from ._monitor_view import flow as flow
+from ._monitor_view import render as render
+from ._monitor_view import stale_after as stale_after
+from ._record import JobRecord as JobRecord
+from ._redis import RECORD_FIELDS as RECORD_FIELDS
+from ._redis import Admission as Admission
+from ._redis import CorruptRecord as CorruptRecord
+from ._redis import NewJob as NewJob
+from ._redis import Outcome as Outcome
+from ._redis import RedisClient as RedisClient
+from ._redis import RedisState as RedisState
+from ._redis import RedisUnavailable as RedisUnavailable
+from ._redis import StoredJob as StoredJob
+from ._redis import canonical_digest as canonical_digest
+from ._redis import connect as connect
+from ._redis import stored_job as stored_job
+from ._redis._scripts import source as source
+from ._state import MOVES as MOVES
+from ._state import TRANSITIONS as TRANSITIONS
+from ._state import EventKind as EventKind
+from ._state import JobEvent as JobEvent
+from ._state import admitted as admitted
+from ._state import allowed as allowed
+from ._state import edge as edge
+from ._state import move as move
+from ._state import transition as transition
+from ._store import sqlite as sqlite_store
+from ._store.sqlite import SqliteStore as SqliteStore
+from .server import _app as app
+from .server import _h1 as h1
+from .server import _lean as lean
+from .server._app import EventEncoder as EventEncoder
+from .server._dashboard import CSP as CSP
+from .server._dashboard import HISTORY_FIELDS as HISTORY_FIELDS
+from .server._dashboard import MetricsHistory as MetricsHistory
+from .server._http import HostCheck as HostCheck
+from .server._http import HTTPError as HTTPError
+from .server._http import JobRequest as JobRequest
+from .server._http import ListQuery as ListQuery
+from .server._http import allowed_host as allowed_host
+from .server._http import check_content_type as check_content_type
+from .server._http import host_name as host_name
+from .server._http import parse_event_filter as parse_event_filter
+from .server._http import parse_job_request as parse_job_request
+from .server._http import parse_list_query as parse_list_query
+from .server._http import route as route
+from .server._http import wants_prometheus as wants_prometheus
+from .server._lean import serve_lean as serve_lean
+
+__all__ = [
+    "COUNTERS",
+    "CSP",
+    "ELLIPSIS",
+    "HISTORY_FIELDS",
+    "MOVES",
+    "RECORD_FIELDS",
+    "TERMINAL",
+    "TRANSITIONS",
+    "Admission",
+    "CorruptRecord",
+    "EventEncoder",
+    "EventKind",
+    "FairPicker",
+    "HTTPError",
+    "HostCheck",
+    "IdGenerator",
+    "JobEvent",
+    "JobRecord",
+    "JobRequest",
+    "ListQuery",
+    "LocalBackend",
+    "MetricsHistory",
+    "MonitorView",
+    "NewJob",
+    "Outcome",
+    "Persistence",
+    "ProtocolError",
+    "RedisClient",
+    "RedisState",
+    "RedisUnavailable",
+    "SqliteStore",
+    "StoredJob",
+    "admitted",
+    "allowed",
+    "allowed_host",
+    "app",
+    "backoff",
+    "canonical_digest",
+    "cells",
+    "check_content_type",
+    "clean",
+    "client_options",
+    "compute_rates",
+    "connect",
+    "decode",
+    "describe",
+    "edge",
+    "engine",
+    "fit",
+    "flow",
+    "h1",
+    "host_name",
+    "lean",
+    "lowered_switch_interval",
+    "monitor",
+    "move",
+    "parse_event_filter",
+    "parse_job_request",
+    "parse_list_query",
+    "refusal",
+    "render",
+    "route",
+    "serve_lean",
+    "snapshot",
+    "source",
+    "sqlite_store",
+    "stale_after",
+    "stored_job",
+    "table",
+    "transition",
+    "wants_prometheus",
+]
