@@ -1,0 +1,167 @@
+"""A Redis node's intake: :class:`NodeIntake`, the part of
+:class:`~trioqueue._redis.backend.RedisBackend` that admits jobs (``enqueue`` in one
+script call, ``enqueue_nowait`` into the outbox, docs/redis-design.md)."""
+
+from __future__ import annotations
+
+import trio
+
+from .._exceptions import DuplicateJob, StoreError
+from .._job import Job, JobStatus
+from .._record import LABELS, JobRecord
+from ._client import RedisUnavailable
+from ._node import NodeCore
+from ._outbox import new_job
+from ._state import Admission
+
+RETRY_BACKOFF = (0.001, 0.05)
+"""A producer waiting for room polls Redis with a backoff from 1 ms doubling to 50 ms."""
+
+
+class NodeIntake(NodeCore):
+    """``admit`` and friends: what the engine's intake calls on a Redis node."""
+
+    _totals_seq: int
+
+    def admit(self, rec: JobRecord) -> JobRecord | None:
+        """``enqueue_nowait``: accepted into this node's outbox if its priority has room
+        in this node's view (docs/redis-design.md); ``None`` (QueueFull) otherwise.  A
+        given id this node knows answers at once: the job holding it, or DuplicateJob."""
+        outbox = self._outbox
+        if rec.id in outbox.known or outbox.get(rec.id) is not None:
+            try:
+                got = outbox.repeat(rec)
+            except ValueError:
+                raise self._duplicate(rec.id) from None
+            if got is not None:
+                return got if isinstance(got, JobRecord) else self._from_job(got)
+        if not outbox.fits([rec]):
+            outbox.refuse([rec])
+            return None
+        outbox.put([rec], whole=False)
+        if rec.scheduled_for is not None:
+            self._due_at(rec.scheduled_for - self._wall)
+        self._stats.enqueued += 1
+        self._stats.enqueued_p[rec.priority] += 1
+        if rec.status is JobStatus.SCHEDULED:
+            self._stats.scheduled += 1
+        return rec
+
+    def admit_many(self, recs: list[JobRecord]) -> list[JobRecord] | None:
+        """``enqueue_many_nowait``: the batch into the outbox whole if every priority has
+        room for all of it in this node's view, else ``None``; written all or nothing in
+        one script call."""
+        outbox = self._outbox
+        if not outbox.fits(recs):
+            outbox.refuse(recs)
+            return None
+        outbox.put(recs, whole=True)
+        self._stats.enqueued += len(recs)
+        for rec in recs:
+            self._stats.enqueued_p[rec.priority] += 1
+        self._stats.scheduled += sum(rec.status is JobStatus.SCHEDULED for rec in recs)
+        return recs
+
+    async def admit_async(self, rec: JobRecord, *, count_rejected: bool = True,
+                          given: bool = False) -> JobRecord | None:
+        """One script call: ``rec`` once accepted, the stored job for an idempotent repeat,
+        ``None`` when its priority is full; raises :class:`DuplicateJob`.  ``given``: its
+        id was the caller's (this node remembers the job for ``enqueue_nowait``)."""
+        got = await self.admit_many_async([rec], count_rejected=count_rejected,
+                                          given={rec.id} if given else set())
+        return None if got is None else got[0]
+
+    async def admit_many_async(self, recs: list[JobRecord], *, count_rejected: bool = True,
+                               given: set[str] | None = None) -> list[JobRecord] | None:
+        """One script call admits ``recs`` all or nothing: each as accepted (or the stored
+        job holding its id), ``None`` when a priority lacks room; raises
+        :class:`DuplicateJob` (nothing admitted).  Jobs accepted by ``enqueue_nowait``
+        before are written first (this node's order)."""
+        if len(self._outbox):
+            await self._outbox.empty()
+        try:
+            answer = await self.state.admit([new_job(rec) for rec in recs],
+                                            whole=len(recs) > 1,
+                                            count_rejected=count_rejected)
+        except RedisUnavailable as exc:
+            raise StoreError(f"{exc}; the job was not confirmed and may have been "
+                             "stored: enqueue it again with the same job_id") from None
+        self._outbox.saw(answer.view)
+        for rec in recs:
+            if rec.scheduled_for is not None:
+                self._due_at(rec.scheduled_for - self._wall)
+        # This node's counters are the cluster's as of the last refresh: count this call
+        # here unless that refresh was read after it (then it counts it already).
+        fresh = answer.view is None or answer.view.seq > self._totals_seq
+        out: list[JobRecord] = []
+        full = False
+        for rec, got in zip(recs, answer.jobs, strict=True):
+            if got.code is Admission.DUPLICATE:
+                raise self._duplicate(rec.id)
+            if got.code is Admission.FULL:
+                full = True
+            elif got.code is Admission.ACCEPTED:
+                if got.job is not None:
+                    rec.created_at = got.job.created_at
+                    rec.scheduled_for = got.job.scheduled_for
+                if fresh:
+                    self._stats.enqueued += 1
+                    self._stats.enqueued_p[rec.priority] += 1
+                out.append(rec)
+            elif got.code is Admission.EXISTING:
+                assert got.job is not None
+                out.append(self._from_job(got.job))
+        if full:
+            if count_rejected and fresh:
+                self._stats.rejected += len(recs)
+                for rec in recs:
+                    self._stats.rejected_p[rec.priority] += 1
+            return None
+        if given:
+            for rec in out:
+                if rec.id in given:
+                    self._outbox.remember(rec.snapshot())
+        return out
+
+    def _duplicate(self, job_id: str) -> DuplicateJob:
+        return DuplicateJob(f"job id {job_id!r} is taken by a job with another task or "
+                            "payload")
+
+    async def wait_for_room_many(self, recs: list[JobRecord]) -> None:
+        await trio.sleep(RETRY_BACKOFF[1])
+
+    def full_reason_many(self, recs: list[JobRecord]) -> str:
+        labels = sorted({rec.priority for rec in recs})
+        return (f"priority {', '.join(LABELS[p] for p in labels)}: no room for the whole "
+                f"batch ({self._config.capacity} jobs at most waiting per priority)")
+
+    def _from_job(self, j: Job) -> JobRecord:
+        rec = JobRecord.restored(
+            j.id, j.task, j.payload, "", int(j.priority), j.status, j.attempts, j.max_retries,
+            j.timeout, j.created_at, j.scheduled_for, j.started_at, j.finished_at, j.result,
+            j.error, j.traceback,
+        )
+        rec.progress = j.progress
+        return rec
+
+    async def wait_for_room(self, rec: JobRecord) -> trio.lowlevel.ParkingLot | None:
+        await trio.sleep(RETRY_BACKOFF[1])
+        return None
+
+    def pass_room_on(self, lot: trio.lowlevel.ParkingLot, p: int) -> None:
+        pass
+
+    def full_reason(self, rec: JobRecord) -> str:
+        return f"{self._config.capacity} jobs already waiting"
+
+    async def wait_committed(self, rec: JobRecord | None = None) -> None:
+        await trio.lowlevel.checkpoint()
+
+    def not_confirmed(self, exc: StoreError) -> bool:
+        return False
+
+    def withdraw(self, rec: JobRecord) -> bool:
+        return False
+
+    def repeat_of(self, stored: JobRecord, rec: JobRecord) -> JobRecord:
+        raise TypeError("the Redis backend checks repeats in admit_async")

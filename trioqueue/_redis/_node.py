@@ -1,0 +1,479 @@
+"""A Redis node's own tasks and its workers' side: :class:`NodeCore`, the part of
+:class:`~trioqueue._redis.backend.RedisBackend` that claims, runs and renews.
+
+- the **fetcher**: one ``finish_and_claim`` call acks what the workers finished since its
+  last call and claims up to (idle workers + ``prefetch`` - already buffered) jobs into a
+  local buffer that :meth:`NodeCore.claim` pops synchronously; when nothing could be
+  claimed it blocks in ``BLPOP [ctl, wake] 1`` (shielded, never cancelled);
+- the **flusher**: sends outcomes that arrive while the fetcher is blocked, at once;
+- the **heartbeat**: every ``lease / 3`` renews the leases this node holds, moves their
+  deadlines on this node's clock, and registers the node with its worker figures;
+- the **events reader**: every node's events to this node's subscribers and watchers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from .._backend import ChangeHook
+from .._config import QueueConfig
+from .._events import Broadcaster, Event
+from .._exceptions import ShuttingDown
+from .._job import JobStatus
+from .._metrics import Metrics
+from .._record import JobRecord
+from .._registry import TaskRegistry
+from .._state import EventKind, JobEvent
+from .._stats import Stats
+from ._client import RedisUnavailable
+from ._outbox import Outbox
+from ._state import MAX_CLAIM, Outcome, RedisState, StoredJob, StreamEvent
+
+log = logging.getLogger("trioqueue")
+
+READER_BLOCK_MS = 250
+"""How long the events reader's ``XREAD BLOCK`` waits for new events.  The call is never
+cancelled (see BACKENDS.md's client rules), so this bounds how long a node's close waits
+for its reader; an idle node costs four round trips a second for it."""
+
+PRIO_BY_LABEL = {"high": 0, "medium": 1, "low": 2}
+_STATUSES = {s.value: s for s in JobStatus}
+DUE_SLACK = 0.01
+"""Seconds after a job's due time (as this node computed it) that the timer promotes."""
+_TERMINAL_EVENTS = frozenset(("completed", "failed", "cancelled"))
+_ATTEMPT_ENDS = frozenset(("retrying", "completed", "failed", "cancelled", "requeued"))
+_MAX_WORKER_OF = 100_000
+
+
+class NodeCore:
+    """The fetcher, flusher, heartbeat and events reader of a node, and what its workers
+    call (:meth:`claim`, :meth:`finish`, ...)."""
+
+    # The node's state (set in RedisBackend.__init__, which documents it).
+    _config: QueueConfig
+    _registry: TaskRegistry
+    _stats: Stats
+    _clock: trio.abc.Clock
+    _wall: float
+    node: str
+    _lease: float
+    _prefetch: int
+    _park_max: int
+    _hook: ChangeHook | None
+    _state: RedisState | None
+    _cancel_job: Callable[[JobRecord], None]
+    _held: dict[str, tuple[JobRecord, int]]
+    _deadline: dict[str, float]
+    _buffer: deque[JobRecord]
+    _lost: set[str]
+    _pending: list[Outcome]
+    _idle: int
+    _work_lot: trio.lowlevel.ParkingLot
+    _kick: trio.Event
+    _flush: trio.Event
+    _blocked: bool
+    _no_claims: bool
+    _stop: bool
+    _fetcher_done: trio.Event
+    _timer_wake: trio.Event
+    _disconnected: bool
+    _outbox: Outbox
+    _due_hint: float
+    _events: Broadcaster | None
+    _node_metrics: Callable[[], Metrics] | None
+    _limits: dict[str, int]
+    _running_task: dict[str, int]
+    _parked: dict[str, deque[JobRecord]]
+    _worker_of: dict[str, int]
+    _started_events: dict[str, StreamEvent]
+    _watchers: dict[str, list[trio.Event]]
+
+    @property
+    def state(self) -> RedisState:
+        if self._state is None or self._disconnected:
+            raise ShuttingDown("the queue is closed: this node is no longer connected to "
+                               "redis")
+        return self._state
+    def _info(self) -> dict[str, Any]:
+        """What this node's heartbeat registers: its worker figures (read by the other
+        nodes' :meth:`cluster_metrics` while the heartbeat is at most a lease old)."""
+        if self._node_metrics is None:
+            return {"workers": self._config.workers, "busy": 0}
+        workers, busy, busy_s, capacity_s = worker_figures(self._node_metrics())
+        return {"workers": workers, "busy": busy, "busy_s": busy_s, "capacity_s": capacity_s}
+
+
+    # ------------------------------------------------------------------ the node's tasks
+
+    async def _fetcher(self) -> None:
+        state = self.state
+        tasks = self._registry_names()
+        try:
+            while True:
+                stopping = self._stop
+                n = 0
+                if not self._no_claims:
+                    n = max(0, min(MAX_CLAIM, self._idle + self._prefetch - len(self._buffer)))
+                outcomes = self._take_pending()
+                if not outcomes and n == 0:
+                    if stopping:
+                        return
+                    self._kick = trio.Event()
+                    await self._kick.wait()
+                    continue
+                if n and not stopping and not self._outbox.quiet:
+                    # Jobs this node accepted with enqueue_nowait go in before it claims
+                    # (as they would in memory); those waiting for room do not hold it.
+                    self._pending[:0] = outcomes
+                    await self._outbox.wait_quiet()
+                    continue
+                if len(tasks) != len(self._registry):  # submit() registered a function
+                    tasks = self._registry_names()
+                claimable = tasks
+                if self._parked and n:
+                    full = {t for t, q in self._parked.items() if len(q) >= self._park_max}
+                    if full:
+                        claimable = [t for t in tasks if t not in full]
+                sent = self._clock.current_time()
+                try:
+                    got = await state.finish_and_claim(self.node, outcomes, n, self._lease,
+                                                       claimable)
+                except RedisUnavailable as exc:
+                    self._pending[:0] = outcomes
+                    if stopping:
+                        return
+                    log.warning("trioqueue: redis unavailable (%s); retrying", exc)
+                    await trio.sleep(0.5)
+                    continue
+                self._log_stale(outcomes, got.results)
+                until = sent + self._lease
+                for sj in got.claimed:
+                    rec = self._record(sj)
+                    self._held[rec.id] = (rec, sj.fence)
+                    self._deadline[rec.id] = until
+                    self._buffer.append(rec)
+                self._outbox.saw(got.view)
+                if got.claimed:
+                    self._work_lot.unpark(count=len(got.claimed))
+                elif n and not self._pending and not stopping:
+                    self._blocked = True
+                    try:
+                        await state.wait_for_work(self.node, 1.0)
+                    finally:
+                        self._blocked = False
+        finally:
+            self._fetcher_done.set()
+
+    async def _flusher(self) -> None:
+        """Send outcomes finished while the fetcher waits in its blocking call."""
+        state = self.state
+        while True:
+            await self._flush.wait()
+            self._flush = trio.Event()
+            if not self._blocked:
+                continue  # the fetcher sends them on its next call
+            outcomes = self._take_pending()
+            if not outcomes:
+                continue
+            try:
+                got = await state.finish_and_claim(self.node, outcomes, 0, self._lease)
+            except RedisUnavailable:
+                self._pending[:0] = outcomes
+                self._kick.set()
+                continue
+            self._log_stale(outcomes, got.results)
+
+    def _take_pending(self) -> list[Outcome]:
+        pending = self._pending
+        if len(pending) <= MAX_CLAIM:
+            self._pending = []
+            return pending
+        out = pending[:MAX_CLAIM]
+        del pending[:MAX_CLAIM]
+        return out
+
+    def _log_stale(self, outcomes: list[Outcome], results: list[str]) -> None:
+        for o, r in zip(outcomes, results, strict=False):
+            if r == "stale" and o.kind != "progress":
+                log.warning("trioqueue: job %s: outcome %s refused, its lease moved on (the "
+                            "job was taken by another node)", o.id, o.kind)
+
+    async def _heartbeat(self) -> None:
+        state = self.state
+        period = self._lease / 3
+        while True:
+            await trio.sleep(period)
+            held = [(job_id, fence) for job_id, (rec, fence) in self._held.items()]
+            sent = self._clock.current_time()
+            try:
+                renewal = await state.renew(self.node, held, self._lease)
+            except RedisUnavailable as exc:
+                log.warning("trioqueue: heartbeat failed (%s)", exc)
+                continue
+            self._renewed(held, renewal.lost, sent + self._lease)
+            try:
+                await state.heartbeat(self.node, self._info())
+            except RedisUnavailable as exc:
+                log.warning("trioqueue: heartbeat failed (%s)", exc)
+            for job_id in renewal.lost:
+                self._lose(job_id)
+            for job_id in renewal.cancel_requested:
+                held_rec = self._held.get(job_id)
+                if held_rec is not None:
+                    self._cancel_job(held_rec[0])
+
+    def _renewed(self, sent: list[tuple[str, int]], lost: list[str], until: float) -> None:
+        """The leases of ``sent`` (id, fence) but ``lost`` now end at ``until`` (this
+        node's clock), for those this node still holds with the same fence."""
+        held, deadline = self._held, self._deadline
+        gone = set(lost)
+        for job_id, fence in sent:
+            h = held.get(job_id)
+            if h is not None and h[1] == fence and job_id not in gone:
+                deadline[job_id] = max(until, deadline.get(job_id, until))
+
+    def _lapsed(self, rec: JobRecord, now: float) -> bool:
+        """True if ``rec``'s lease ended by this node's clock (the node stalled, or could
+        not renew, for longer than the lease): it is dropped without running (released,
+        fenced, in case no node reaped it yet), as another node may have run it."""
+        if now < self._deadline.get(rec.id, math.inf):
+            return False
+        self._deadline.pop(rec.id, None)
+        self._started_events.pop(rec.id, None)
+        held = self._held.pop(rec.id, None)
+        log.warning("trioqueue: job %s: its lease ended before a worker here took it; "
+                    "not starting it", rec.id)
+        if held is not None:
+            self._pending.append(Outcome.released(rec.id, held[1]))
+            self._kick.set()
+            if self._blocked:
+                self._flush.set()
+        return True
+
+    def _lose(self, job_id: str) -> None:
+        held = self._held.pop(job_id, None)
+        self._deadline.pop(job_id, None)
+        if held is None:
+            return
+        rec = held[0]
+        log.warning("trioqueue: job %s: this node lost its lease; stopping it", job_id)
+        self._started_events.pop(job_id, None)
+        self._lost.add(job_id)
+        if not self._unstart(rec):
+            self._cancel_job(rec)
+
+    def _unstart(self, rec: JobRecord) -> bool:
+        """Take ``rec`` out of the jobs claimed but not started; False if it runs."""
+        try:
+            self._buffer.remove(rec)
+        except ValueError:
+            parked = self._parked.get(rec.task)
+            if not parked or rec not in parked:
+                return False
+            parked.remove(rec)
+        return True
+
+    def _started(self, rec: JobRecord) -> bool:
+        parked = self._parked.get(rec.task)
+        return rec not in self._buffer and not (parked and rec in parked)
+
+    async def _read_events(self, reader: Any) -> None:
+        while not reader.stopped:
+            try:
+                batch = await reader.read(block_ms=READER_BLOCK_MS)
+            except RedisUnavailable:
+                await trio.sleep(0.5)
+                continue
+            hook = self._hook
+            for ev in batch.events:
+                if ev.type == "cancel_requested":
+                    held = self._held.get(ev.job_id)
+                    if held is not None and self._started(held[0]):
+                        self._cancel_job(held[0])
+                    continue
+                if ev.type in _TERMINAL_EVENTS:
+                    for event in self._watchers.pop(ev.job_id, ()):
+                        event.set()
+                worker = None
+                if ev.node == self.node:
+                    if ev.type == "started":
+                        worker = self._worker_of.get(ev.job_id)
+                        if worker is None:
+                            # No worker took the job yet (the claim's reply may not even
+                            # be here): told when one does (claim()).
+                            self._started_events[ev.job_id] = ev
+                            continue
+                    else:
+                        early = self._started_events.pop(ev.job_id, None)
+                        if early is not None and hook is not None:
+                            hook(EventKind.STARTED, self._event_record(early), None, None)
+                        if ev.type in _ATTEMPT_ENDS:
+                            worker = self._worker_of.pop(ev.job_id, None)
+                        else:
+                            worker = self._worker_of.get(ev.job_id)
+                if ev.type == "progress":
+                    self._publish_progress(ev, worker)
+                elif hook is not None:
+                    hook(ev.type, self._event_record(ev), worker, ev.duration)
+
+    def _took(self, rec: JobRecord, worker: int) -> JobRecord:
+        """A worker takes ``rec``: its events from now on name that worker, and its
+        ``started`` event, if the stream showed it already, goes out now."""
+        worker_of = self._worker_of
+        worker_of[rec.id] = worker
+        if len(worker_of) > _MAX_WORKER_OF:  # end events missed (stream trimmed)
+            del worker_of[next(iter(worker_of))]
+        if self._started_events:
+            ev = self._started_events.pop(rec.id, None)
+            if ev is not None and self._hook is not None:
+                self._hook(EventKind.STARTED, self._event_record(ev), worker, None)
+        return rec
+
+    def _publish_progress(self, ev: StreamEvent, worker: int | None) -> None:
+        events = self._events
+        if events is None or not events or not events.takes():
+            return
+        progress = ev.progress or {}
+        events.publish(Event(
+            seq=events.next_seq(), type="progress", at=ev.at, job_id=ev.job_id,
+            task=ev.task, priority=ev.priority, status=ev.status, attempt=ev.attempt,
+            worker=worker, fraction=progress.get("fraction"), note=progress.get("note"),
+        ))
+
+    def _event_record(self, ev: StreamEvent) -> JobRecord:
+        rec = JobRecord(ev.job_id, ev.task, None, "", PRIO_BY_LABEL.get(ev.priority, 1),
+                        _STATUSES.get(ev.status, JobStatus.QUEUED), 0, None, ev.at, None,
+                        None, 0.0)
+        rec.attempts = ev.attempt
+        rec.error = ev.error
+        return rec
+
+    def _registry_names(self) -> list[str]:
+        return sorted(self._registry)
+
+    def _record(self, sj: StoredJob, spec: bool = True) -> JobRecord:
+        j = sj.job
+        rec = JobRecord.restored(
+            j.id, j.task, j.payload, "", int(j.priority), j.status, j.attempts, j.max_retries,
+            j.timeout, j.created_at, j.scheduled_for, j.started_at, j.finished_at, j.result,
+            j.error, j.traceback,
+            self._registry.get(j.task) if spec else None,
+        )
+        rec.progress = j.progress
+        ready = j.scheduled_for if j.scheduled_for is not None else j.created_at
+        rec.ready_at = min(ready - self._wall, self._clock.current_time())
+        return rec
+
+    # ------------------------------------------------------------------ workers
+
+    def claim(self, worker: int, now: float) -> JobRecord | None:
+        buffer = self._buffer
+        limits = self._limits
+        if self._parked:
+            # Jobs of a limited task that waited here were claimed before the buffer's.
+            for task, parked in self._parked.items():
+                while parked and self._running_task.get(task, 0) < limits[task]:
+                    rec = parked.popleft()
+                    if self._lapsed(rec, now):
+                        continue
+                    self._running_task[task] += 1
+                    self._stats.started += 1
+                    return self._took(rec, worker)
+        while buffer:
+            rec = buffer.popleft()
+            if self._lapsed(rec, now):
+                continue
+            if limits and rec.task in limits:
+                running = self._running_task.get(rec.task, 0)
+                if running >= limits[rec.task]:
+                    # Its task is at its limit here: it waits, in claim order, and the
+                    # worker takes the next job (no head-of-line blocking).
+                    self._parked.setdefault(rec.task, deque()).append(rec)
+                    self._kick.set()
+                    continue
+                self._running_task[rec.task] = running + 1
+            self._stats.started += 1
+            if self._idle + self._prefetch > len(buffer):
+                self._kick.set()
+            return self._took(rec, worker)
+        return None
+
+    async def wait_for_work(self) -> None:
+        self._idle += 1
+        self._kick.set()
+        try:
+            await self._work_lot.park()
+        finally:
+            self._idle -= 1
+
+    def wake_workers(self) -> None:
+        self._work_lot.unpark_all()
+
+    def _ack(self, rec: JobRecord, outcome: Callable[[int], Outcome]) -> None:
+        held = self._held.pop(rec.id, None)
+        self._deadline.pop(rec.id, None)
+        if held is None or held[0] is not rec:
+            self._lost.discard(rec.id)
+            return  # lease lost: the result would be refused
+        self._pending.append(outcome(held[1]))
+        self._kick.set()
+        if self._blocked:
+            self._flush.set()
+
+    def finish(self, rec: JobRecord, event: JobEvent, now: float, worker: int | None = None,
+               duration: float | None = None) -> None:
+        job_id = rec.id
+        if event is JobEvent.COMPLETE:
+            self._ack(rec, lambda f: Outcome.completed(job_id, f, rec.result, duration))
+        elif event is JobEvent.CANCEL:
+            self._ack(rec, lambda f: Outcome.cancelled(job_id, f, duration))
+        else:
+            self._ack(rec, lambda f: Outcome.failed(job_id, f, rec.error or "",
+                                                    rec.traceback or "", duration))
+
+    def retry_later(self, rec: JobRecord, due_wall: float, worker: int | None,
+                    duration: float | None, *, timer_running: bool = True) -> None:
+        now = self._clock.current_time()
+        delay = max(0.0, due_wall - (now + self._wall))
+        job_id = rec.id
+        self._ack(rec, lambda f: Outcome.retry(job_id, f, delay, rec.error or "",
+                                               rec.traceback or "", duration))
+        self._due_at(now + delay)
+
+    def _due_at(self, when: float) -> None:
+        """A job this node scheduled comes due at ``when`` (trio time): the timer
+        promotes then (a few ms after, for the write to land), not at its next
+        once-a-second look."""
+        when += DUE_SLACK
+        if when < self._due_hint:
+            self._due_hint = when
+            self._timer_wake.set()
+
+    def release(self, rec: JobRecord, worker: int | None) -> None:
+        job_id = rec.id
+        self._ack(rec, lambda f: Outcome.released(job_id, f))
+
+    def attempt_ended(self, rec: JobRecord) -> None:
+        """A job of a limited task stopped running here: the next one of that task that
+        waits on this node goes first in line for the workers."""
+        task = rec.task
+        self._running_task[task] = max(0, self._running_task.get(task, 0) - 1)
+        if self._parked.get(task):
+            self._work_lot.unpark()
+
+    async def commit_start(self, rec: JobRecord) -> None:
+        rec.durable_start = False
+        await trio.lowlevel.checkpoint()
+
+
+def worker_figures(m: Metrics) -> tuple[int, int, float, float]:
+    """A node's workers, busy workers, and busy and available worker-seconds since it
+    opened (from its own metrics ``m``)."""
+    capacity_s = m.uptime * m.workers
+    return m.workers, m.busy_workers, m.utilization * capacity_s, capacity_s
