@@ -16,7 +16,6 @@ from functools import partial
 from pathlib import Path
 from typing import IO, TypeVar
 
-import pytest
 import trio
 
 from trioqueue import JobStatus, Priority
