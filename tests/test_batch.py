@@ -230,3 +230,25 @@ async def test_store_one_commit_per_batch_and_reopen_keeps_them(
         done = await q.wait_many(ids)
         assert [d.result for d in done] == [2 * i for i in range(200)]
         assert all(d.priority is trioqueue.Priority.HIGH for d in done)
+
+
+@pytest.mark.parametrize("durability", ["batch", "sync"])
+async def test_store_and_a_subscriber_both_hear_each_job_of_a_batch(
+    tmp_path: Path, durability: str
+) -> None:
+    # A batch is marked for the store in one call; the event stream still gets an
+    # "enqueued" event per job, in order, and the store writes every job.
+    gate = trio.Event()
+    config = QueueConfig(persist_path=tmp_path / "q.db", durability=durability,  # type: ignore[arg-type]
+                         workers=1)
+    async with trioqueue.open_queue(make_registry(gate), config) as q:
+        async with q.subscribe() as events:
+            jobs = await q.enqueue_many("double", [{"n": i} for i in range(5)])
+            await q.flush()
+            got = [await events.receive() for _ in jobs]
+        gate.set()
+        assert [(e.type, e.job_id) for e in got] == [
+            ("enqueued", j.id) for j in jobs]
+        store = LocalBackend.of(q).store
+        assert store is not None
+        assert [store.store.get(j.id) is not None for j in jobs] == [True] * 5
