@@ -19,8 +19,7 @@ from typing import IO, TypeVar
 import trio
 
 from trioqueue import JobStatus, Priority
-from trioqueue._fairness import FairPicker
-from trioqueue._redis import NewJob, RedisState, RedisUnavailable, StoredJob, connect
+from trioqueue.testing import FairPicker, NewJob, RedisState, RedisUnavailable, StoredJob, connect
 
 from .redis_util import REDIS_URL, admin, delete_queue, kill_clients, unique
 
@@ -35,11 +34,11 @@ class Node:
     def __init__(self, url: str, queue: str, runs: Path, err: Path, *, workers: int = 3,
                  lease: float = 2.0, prefetch: int = 0) -> None:
         self.err = err
-        self._err_file = err.open("wb")
+        self.err_file = err.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.redis_node_child", url, queue, str(workers),
              str(runs), str(lease), str(prefetch)],
-            cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, stderr=self._err_file,
+            cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, stderr=self.err_file,
         )
         self.pid = self.proc.pid
 
@@ -61,7 +60,7 @@ class Node:
         kill_proc(self.proc)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
-        self._err_file.close()
+        self.err_file.close()
 
 
 async def stop_all(nodes: list[Node]) -> None:
@@ -441,15 +440,15 @@ class OwnRedis:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        self.log_file: IO[bytes] | None = None
 
     async def start(self) -> None:
-        self._log = (self.dir / "redis.log").open("ab")
+        self.log_file = (self.dir / "redis.log").open("ab")
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
             ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
              "--appendonly", "yes", "--appendfsync", "always", "--save", "",
              "--dir", str(self.dir), "--protected-mode", "yes"],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, stdout=self.log_file, stderr=subprocess.STDOUT,
         )
 
         async def answers() -> bool | None:
@@ -468,9 +467,9 @@ class OwnRedis:
         if self.proc is not None:
             kill_proc(self.proc)
             self.proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        if self.log_file is not None:
+            self.log_file.close()
+            self.log_file = None
 
 
 async def test_a_redis_restart_with_aof_loses_nothing_acknowledged(tmp_path: Path) -> None:

@@ -33,11 +33,11 @@ from tests.redis_util import (
     unique,
 )
 from trioqueue import InvalidJob, InvalidTransition, JobNotFound, JobStatus, Priority, QueueFull
-from trioqueue._fairness import FairPicker
-from trioqueue._redis import (
+from trioqueue.testing import (
     RECORD_FIELDS,
     Admission,
     CorruptRecord,
+    FairPicker,
     NewJob,
     Outcome,
     RedisClient,
@@ -652,7 +652,7 @@ async def test_scripts_are_idempotent_when_sent_again(env: Env) -> None:
     assert await env.admin.llen(env.key("ready:low")) == 1
     assert (await s.counts()).total("enqueued") == 3
 
-    s._rid = lambda: "resent-2"
+    s.request_id = lambda: "resent-2"
     claim = await s.finish_and_claim("n", [], 2, 30)
     again = await s.finish_and_claim("n", [], 2, 30)
     assert [c.job.id for c in again.claimed] == [c.job.id for c in claim.claimed] == ["a", "b"]
@@ -661,7 +661,7 @@ async def test_scripts_are_idempotent_when_sent_again(env: Env) -> None:
 
     # An ack sent twice: applied once, answered "ok" both times, counted once.
     acks = [Outcome.completed("a", 1, "r"), Outcome.failed("b", 1, "E: e")]
-    s._rid = lambda: "resent-3"
+    s.request_id = lambda: "resent-3"
     assert (await s.finish_and_claim("n", acks, 0, 30)).results == ["ok", "ok"]
     assert (await s.finish_and_claim("n", acks, 0, 30)).results == ["ok", "ok"]
     counts = await s.counts()
@@ -675,10 +675,10 @@ async def test_scripts_are_idempotent_when_sent_again(env: Env) -> None:
     assert (await s.finish_and_claim("n", [Outcome.completed("b", 1, "r")], 0, 30)
             ).results == ["stale"]
 
-    s._rid = lambda: "resent-4"
+    s.request_id = lambda: "resent-4"
     assert (await s.cancel("c"))[0] == "cancelled"
     assert (await s.cancel("c"))[0] == "cancelled"  # the first answer, not "finished"
-    s._rid = lambda: "resent-5"
+    s.request_id = lambda: "resent-5"
     assert (await s.retry("c")).status is JobStatus.QUEUED
     assert (await s.retry("c")).status is JobStatus.QUEUED
     assert await env.admin.lrange(env.key("ready:low"), 0, -1) == ["c"]
@@ -985,7 +985,7 @@ async def test_closing_the_adapter_waits_for_a_blocked_call(env: Env) -> None:
 
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 async def test_unreachable_redis_raises_redis_unavailable() -> None:
-    from trioqueue._redis import RedisUnavailable
+    from trioqueue.testing import RedisUnavailable
 
     with trio.fail_after(10):
         async with connect("redis://127.0.0.1:1/0", connect_timeout=1.0) as client:
@@ -1002,7 +1002,7 @@ async def test_unreachable_redis_raises_redis_unavailable() -> None:
 
 
 def test_record_fields_match_the_lua_list() -> None:
-    from trioqueue._redis._scripts import source
+    from trioqueue.testing import source
 
     lua = source("get")
     start = lua.index("local FIELDS = {")
@@ -1046,7 +1046,7 @@ async def test_a_malformed_batch_changes_nothing(env: Env) -> None:
     bad = json.dumps([["a", str(held["a"]), "completed", "null", "", "", ""],
                       ["b", str(held["b"]), "retry", "soon", "", "", ""]])
     with pytest.raises(coredis.exceptions.ResponseError, match="retry delay"):
-        await s._run("finish_and_claim", ["", 100, 1000, "n", 1000, 0, 10, 3, 1, bad])
+        await s.run_script("finish_and_claim", ["", 100, 1000, "n", 1000, 0, 10, 3, 1, bad])
     assert (await s.get("a")).job.status is JobStatus.PROCESSING  # type: ignore[union-attr]
     assert await env.admin.zcard(env.key("leases")) == 2
 
@@ -1094,7 +1094,7 @@ async def test_script_cache_flushed_and_server_restarted(tmp_path: Path) -> None
 
             server.kill()
             server.wait()
-            from trioqueue._redis import RedisUnavailable
+            from trioqueue.testing import RedisUnavailable
 
             with pytest.raises(RedisUnavailable):
                 await s.counts()

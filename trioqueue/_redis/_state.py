@@ -108,10 +108,14 @@ class RedisState:
         """The full name of one of this queue's keys (``ready:high``, ``job:<id>``...)."""
         return self.prefix + suffix
 
-    def _rid(self) -> str:
+    def request_id(self) -> str:
+        """A fresh request id for a script call: a call re-sent with the same id (as the
+        client does after a lost reply) is applied once.  Tests replace it to send one
+        call twice."""
         return self._rid_head + str(next(self._rid_count))
 
-    async def _run(self, name: str, args: Sequence[str | int]) -> Any:
+    async def run_script(self, name: str, args: Sequence[str | int]) -> Any:
+        """Run this queue's script ``name`` with ``args`` (the methods below wrap it)."""
         return await self.client.run(self._scripts[name], self._keys, args)
 
     # ------------------------------------------------------------------ intake
@@ -152,7 +156,7 @@ class RedisState:
             "1" if count_rejected else "0", batch,
             _dumps([int(k) for k in refused]) if any(refused) else "",
         ]
-        now_ms, codes, recs, view = await self._run("enqueue", args)
+        now_ms, codes, recs, view = await self.run_script("enqueue", args)
         created = int(now_ms) / 1000
         out: list[Admitted] = []
         by_id: dict[str, Job] = {}
@@ -213,10 +217,10 @@ class RedisState:
             for o in outcomes
         ])
         args: list[str | int] = [
-            self._rid() if n else "", self._maxlen, self._ttl_ms, node, _lease_ms(lease), n,
+            self.request_id() if n else "", self._maxlen, self._ttl_ms, node, _lease_ms(lease), n,
             w[0], w[1], w[2], batch, "" if tasks is None else _dumps(sorted(tasks)),
         ]
-        results, claimed, view = await self._run("finish_and_claim", args)
+        results, claimed, view = await self.run_script("finish_and_claim", args)
         return FinishClaim(list(results), [stored_job(r) for r in claimed],
                            RoomView.parse(view))
 
@@ -225,20 +229,20 @@ class RedisState:
         if not held:
             return Renewal([], [])
         held_json = _dumps([[job_id, str(fence)] for job_id, fence in held])
-        lost, cancel = await self._run("renew", [node, _lease_ms(lease), held_json])
+        lost, cancel = await self.run_script("renew", [node, _lease_ms(lease), held_json])
         return Renewal(list(lost), list(cancel))
 
     async def reap(self, max_n: int = 100, trim_n: int = 200) -> Reaped:
         """Requeue (or fail, or cancel) up to ``max_n`` jobs whose lease expired, and drop
         up to ``trim_n`` expired entries per terminal index."""
-        requeued, failed, cancelled = await self._run(
+        requeued, failed, cancelled = await self.run_script(
             "reap", [self._maxlen, self._ttl_ms, max_n, trim_n]
         )
         return Reaped(list(requeued), list(failed), list(cancelled))
 
     async def promote(self, max_n: int = 100) -> Promoted:
         """Move up to ``max_n`` due SCHEDULED jobs into ready lists that have room."""
-        promoted, next_due, blocked = await self._run(
+        promoted, next_due, blocked = await self.run_script(
             "promote", [self._maxlen, self.capacity, max_n]
         )
         return Promoted(int(promoted), None if next_due is None else int(next_due) / 1000,
@@ -248,7 +252,7 @@ class RedisState:
 
     async def get(self, job_id: str) -> StoredJob | None:
         check_job_id(job_id)
-        rec = await self._run("get", [job_id])
+        rec = await self.run_script("get", [job_id])
         return None if rec[0] is None else stored_job(rec)
 
     async def list_jobs(
@@ -276,7 +280,7 @@ class RedisState:
             raise InvalidJob(f"limit: expected an integer 1..1000, got {limit!r}")
         if before is not None:
             check_job_id(before)
-        records, nxt = await self._run(
+        records, nxt = await self.run_script(
             "list", ["" if status is None else status.value, task or "", limit, before or "",
                      budget],
         )
@@ -289,7 +293,8 @@ class RedisState:
         Raises :class:`JobNotFound`, or :class:`InvalidTransition` for a finished job.
         """
         check_job_id(job_id)
-        code, rec = await self._run("cancel", [self._rid(), self._maxlen, self._ttl_ms, job_id])
+        code, rec = await self.run_script(
+            "cancel", [self.request_id(), self._maxlen, self._ttl_ms, job_id])
         if code == "missing" or rec[0] is None:
             raise JobNotFound(f"job {job_id!r} not found")
         stored = stored_job(rec)
@@ -303,7 +308,8 @@ class RedisState:
         """FAILED or CANCELLED -> QUEUED with attempts reset to 0, if its priority has
         room (else :class:`QueueFull`)."""
         check_job_id(job_id)
-        code, rec = await self._run("retry", [self._rid(), self._maxlen, self.capacity, job_id])
+        code, rec = await self.run_script(
+            "retry", [self.request_id(), self._maxlen, self.capacity, job_id])
         if code == "missing" or rec[0] is None:
             raise JobNotFound(f"job {job_id!r} not found")
         job = stored_job(rec).job
@@ -318,7 +324,7 @@ class RedisState:
     async def counts(self, node_age: float = 0.0) -> Counts:
         """The queue's gauges and counters; with ``node_age`` > 0, also the info of the
         nodes whose last heartbeat is at most that many seconds old."""
-        qh, qm, ql, sched, leases, stats, room, nodes = await self._run(
+        qh, qm, ql, sched, leases, stats, room, nodes = await self.run_script(
             "counts", [math.ceil(node_age * 1000)])
         totals = _pairs(stats)
         r = _pairs(room)
@@ -334,12 +340,12 @@ class RedisState:
     async def heartbeat(self, node: str, info: Mapping[str, Any] | None = None) -> float:
         """Register ``node`` (or refresh it) with ``info`` (JSON); returns Redis' time."""
         check_name("node", node)
-        ms = await self._run("nodes", ["beat", node, json.dumps(dict(info or {}))])
+        ms = await self.run_script("nodes", ["beat", node, json.dumps(dict(info or {}))])
         return int(ms) / 1000
 
     async def nodes(self, max_age: float = 30.0) -> list[NodeInfo]:
         """Nodes whose last heartbeat is at most ``max_age`` seconds old."""
-        flat = await self._run("nodes", ["list", math.ceil(max_age * 1000)])
+        flat = await self.run_script("nodes", ["list", math.ceil(max_age * 1000)])
         return [
             NodeInfo(flat[i], int(flat[i + 1]) / 1000, json.loads(flat[i + 2]))
             for i in range(0, len(flat), 3)
@@ -347,7 +353,7 @@ class RedisState:
 
     async def remove_node(self, node: str) -> bool:
         check_name("node", node)
-        return bool(await self._run("nodes", ["remove", node]))
+        return bool(await self.run_script("nodes", ["remove", node]))
 
     # ------------------------------------------------------------------ wake-ups
 
@@ -377,7 +383,7 @@ class RedisState:
         """Wake ``node``'s :meth:`wait_for_work` with ``"stop"`` (now or on its next call
         within 60 s)."""
         check_name("node", node)
-        await self._run("nodes", ["stop", node])
+        await self.run_script("nodes", ["stop", node])
 
     # ------------------------------------------------------------------ events
 
