@@ -21,7 +21,7 @@ from trioqueue import (
     TaskRegistry,
     UnknownTask,
 )
-from trioqueue._local.backend import LocalBackend
+from trioqueue.testing import LocalBackend
 
 
 def make_registry(gate: trio.Event | None = None,

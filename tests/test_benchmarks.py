@@ -125,7 +125,7 @@ def test_ceiling_null_writer_writes_nothing_and_is_undone(durability: str) -> No
     """The null writer runs every job through the store's path, writes no row, and puts
     the real writer back afterwards (the test process goes on using SqliteStore)."""
     from benchmarks.sys_trioqueue import noop
-    from trioqueue._store.sqlite import SqliteStore
+    from trioqueue.testing import SqliteStore
 
     real = SqliteStore.write_values
     calls: list[int] = []

@@ -33,8 +33,7 @@ from trioqueue import (
     TaskRegistry,
     UnknownTask,
 )
-from trioqueue._ids import IdGenerator
-from trioqueue._local.backend import LocalBackend
+from trioqueue.testing import IdGenerator, LocalBackend
 
 
 class Harness:

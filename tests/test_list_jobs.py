@@ -11,7 +11,7 @@ import trio
 
 import trioqueue
 from trioqueue import JobStatus, QueueConfig, TaskRegistry
-from trioqueue._store.sqlite import SqliteStore
+from trioqueue.testing import SqliteStore
 
 
 def registry() -> TaskRegistry:

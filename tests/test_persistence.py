@@ -23,10 +23,8 @@ import trio
 
 import trioqueue
 from trioqueue import JobStatus, Priority, QueueConfig, StoreError
-from trioqueue._local import snapshot as persistence_module
-from trioqueue._local.backend import LocalBackend
-from trioqueue._store import sqlite as sqlite_store
-from trioqueue._store.sqlite import SqliteStore
+from trioqueue.testing import LocalBackend, SqliteStore, sqlite_store
+from trioqueue.testing import snapshot as persistence_module
 
 registry = trioqueue.TaskRegistry()
 gate = trio.Event()

@@ -33,8 +33,7 @@ from trioqueue import (
     StoreError,
     TaskRegistry,
 )
-from trioqueue._local.backend import LocalBackend
-from trioqueue._store import sqlite as sqlite_store
+from trioqueue.testing import LocalBackend, sqlite_store
 
 PRIORITIES = {"high": 0, "low": 2}
 

@@ -16,10 +16,7 @@ from hypothesis import strategies as st
 
 import trioqueue
 from trioqueue import JobStatus
-from trioqueue._local.snapshot import Persistence
-from trioqueue._record import JobRecord
-from trioqueue._state import EventKind
-from trioqueue._store.sqlite import SqliteStore
+from trioqueue.testing import EventKind, JobRecord, Persistence, SqliteStore
 
 from .strategies import json_values
 
