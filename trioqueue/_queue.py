@@ -19,6 +19,7 @@ import trio
 
 from . import _submit, _workers
 from ._backend import Backend, ChangeHook
+from ._batch import Batches, BatchItem
 from ._config import QueueConfig
 from ._events import Broadcaster, Event
 from ._exceptions import (
@@ -100,6 +101,9 @@ class JobQueue:
         self._build = parts.intake.build
         self._restamp = parts.intake.restamp
         self._admit = parts.backend.admit
+        self._batches = Batches(parts.config, parts.intake, parts.backend, parts.life,
+                                parts.stats, self._refuse)
+        self._admit_batch = self._batches.admit
         self._opened_at = self._clock.current_time()
         self._enqueue_since = 0
         self._enqueue_yield = -math.inf
@@ -113,7 +117,7 @@ class JobQueue:
             # enqueue_nowait and enqueue_many_nowait stay: the backend's admit and
             # admit_many answer from the node's view of room (docs/redis-design.md).
             self.enqueue = self._enqueue_remote  # type: ignore[method-assign]
-            self._enqueue_records = self._enqueue_records_remote  # type: ignore[method-assign]
+            self._admit_batch = self._batches.admit_remote
             self.wait = self._wait_remote  # type: ignore[method-assign]
             from ._redis.progress import RedisProgress
 
@@ -343,32 +347,6 @@ class JobQueue:
             await trio.sleep(backoff)
             backoff = min(backoff * 2, 0.05)
 
-    async def _enqueue_records_remote(self, recs: list[JobRecord], given: set[str],
-                                      wait_for_room: bool) -> list[Job]:
-        """:meth:`_enqueue_records` on a shared backend: one script call admits the batch
-        all or nothing; waiting for room polls as :meth:`_enqueue_remote` does."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        if not recs:
-            await trio.lowlevel.checkpoint()
-            return []
-        admit = self._backend.admit_many_async  # type: ignore[attr-defined]
-        backoff = 0.001
-        while True:
-            if self._life.closing or self._backend.refusal is not None:
-                self._refuse()
-            got: list[JobRecord] | None = await admit(
-                recs, count_rejected=not wait_for_room, given=given)
-            if got is not None:
-                return [rec.snapshot() for rec in got]
-            if not wait_for_room:
-                raise QueueFull(f"batch of {len(recs)}: "
-                                f"{self._backend.full_reason_many(recs)}")
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, 0.05)
-            for rec in recs:  # waited for room: dated as of now
-                due = rec.scheduled_for
-                self._restamp(rec, 0.0 if due is None else due - rec.created_at)
-
     async def _wait_remote(self, job_id: str) -> Job:
         """:meth:`wait` on a shared backend: woken by the job's terminal event in the
         events stream (any node's), with a look every :data:`REMOTE_WAIT_POLL` seconds in
@@ -495,13 +473,9 @@ class JobQueue:
         returns (:meth:`flush` waits for that)."""
         if self._life.closing or self._backend.refusal is not None:
             self._refuse()
-        recs = self._build_many(task, payloads, priority, delay, max_retries, timeout)
-        if not recs:
-            return []
-        got = self._backend.admit_many(recs)
-        if got is None:
-            raise self._full_many(recs)
-        return [rec.snapshot() for rec in got]
+        batches = self._batches
+        return batches.admit_nowait(
+            batches.build_many(task, payloads, priority, delay, max_retries, timeout))
 
     async def enqueue_many(
         self,
@@ -527,8 +501,9 @@ class JobQueue:
         committed, and a failed write raises :class:`StoreError` saying what became of
         the jobs.
         """
-        recs = self._build_many(task, payloads, priority, delay, max_retries, timeout)
-        return await self._enqueue_records(recs, set(), wait_for_room)
+        recs = self._batches.build_many(task, payloads, priority, delay, max_retries,
+                                        timeout)
+        return await self._admit_batch(recs, set(), wait_for_room)
 
     async def wait_many(self, job_ids: Iterable[str]) -> list[Job]:
         """:meth:`wait` for each id; the finished snapshots in the same order."""
@@ -555,130 +530,8 @@ class JobQueue:
                 raise type(exc)(f"jobs[{i}].{exc}") from None
             if item.job_id is not None:
                 given.add(recs[-1].id)
-        self.check_batch(recs)
-        return await self._enqueue_records(recs, given, wait_for_room)
-
-    def _build_many(self, task: str, payloads: Iterable[Any], priority: Priority | str | None,
-                    delay: float, max_retries: int | None,
-                    timeout: float | None) -> list[JobRecord]:
-        """A record per payload, each checked (an error names the payload's index)."""
-        if isinstance(payloads, (str, bytes, dict)) or not isinstance(payloads, Iterable):
-            raise InvalidJob(
-                f"payloads: expected a list of payloads, got {type(payloads).__name__}"
-            )
-        build = self._build
-        recs: list[JobRecord] = []
-        for i, payload in enumerate(payloads):
-            try:
-                recs.append(build(task, payload, priority, None, delay, max_retries, timeout))
-            except InvalidJob as exc:
-                text = str(exc)
-                if text.startswith("payload:"):
-                    raise InvalidJob(f"payloads[{i}]:{text[8:]}") from None
-                raise
-        self.check_batch(recs)
-        return recs
-
-    def check_batch(self, recs: list[JobRecord]) -> None:
-        """Raise :class:`InvalidJob` for a batch that could never fit: more new jobs of
-        one priority (ready, or delayed) than the capacity."""
-        cap = self._config.capacity
-        counts: dict[tuple[int, bool], int] = {}
-        for rec in recs:
-            key = (rec.priority, rec.status is JobStatus.SCHEDULED)
-            counts[key] = n = counts.get(key, 0) + 1
-            if n > cap:
-                raise InvalidJob(
-                    f"jobs: {n}+ {'delayed ' if key[1] else ''}jobs of priority "
-                    f"{LABELS[key[0]]} in one batch, more than the capacity ({cap}); "
-                    f"split the batch"
-                )
-
-    def _full_many(self, recs: list[JobRecord]) -> QueueFull:
-        self._stats.rejected += len(recs)
-        for rec in recs:
-            self._stats.rejected_p[rec.priority] += 1
-        return QueueFull(f"batch of {len(recs)}: {self._backend.full_reason_many(recs)}")
-
-    async def _enqueue_records(self, recs: list[JobRecord], given: set[str],
-                               wait_for_room: bool) -> list[Job]:
-        """Admit checked records all or nothing (waiting for room unless told not to),
-        then wait for the one commit that covers them.  ``given``: the ids a caller
-        chose (an idempotent repeat may find them in the store)."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        backend = self._backend
-        life = self._life
-        if not recs:
-            await trio.lowlevel.checkpoint()
-            return []
-        parked = False
-        stored: dict[str, JobRecord] = {}
-        if backend.persistent:
-            for rec in recs:
-                if rec.id in stored or backend.get_nowait(rec.id) is not None:
-                    continue
-                if life.closing or backend.refusal is not None:
-                    self._refuse()
-                if rec.id in given:
-                    # It may belong to a finished job that has left memory: ask the store.
-                    found = await backend.find(rec.id)
-                    parked = True
-                    if found is not None:
-                        stored[rec.id] = found
-        while True:
-            if life.closing or backend.refusal is not None:
-                self._refuse()
-            fresh = recs
-            repeats: dict[int, JobRecord] = {}
-            if stored:
-                fresh = []
-                for i, rec in enumerate(recs):
-                    old = stored.get(rec.id)
-                    if old is not None and backend.get_nowait(rec.id) is None:
-                        repeats[i] = backend.repeat_of(old, rec)  # or DuplicateJob
-                    else:
-                        fresh.append(rec)
-            got = backend.admit_many(fresh) if fresh else []
-            if got is not None:
-                break
-            if not wait_for_room:
-                raise self._full_many(fresh)
-            parked = True
-            await backend.wait_for_room_many(fresh)
-            for rec in fresh:  # waited for room: dated as of now
-                due = rec.scheduled_for
-                self._restamp(rec, 0.0 if due is None else due - rec.created_at)
-        it = iter(got)
-        out = [repeats[i] if i in repeats else next(it) for i in range(len(recs))]
-        accepted = [rec.snapshot() for rec in out]
-        new = [rec for rec, g in zip(fresh, got, strict=True) if g is rec]
-        if backend.durable and new:
-            await self._commit_or_take_back_many(new)
-        elif backend.persistent and len(new) < len(out):
-            await backend.wait_committed()  # an existing job: once it is stored
-        elif not parked:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-        return accepted
-
-    async def _commit_or_take_back_many(self, recs: list[JobRecord]) -> None:
-        """:meth:`_commit_or_take_back` for a batch admitted at once: one wait, since
-        one commit holds all of it."""
-        backend = self._backend
-        try:
-            # Admitted in one step, so all in the same commit: one wait covers them.
-            await backend.wait_committed(recs[0])
-        except StoreError as exc:
-            if backend.not_confirmed(exc):
-                raise StoreError(f"{exc}; the batch's jobs may run") from None
-            running = [rec.id for rec in recs if not backend.withdraw(rec)]
-            if not running:
-                raise StoreError(f"{exc}; the batch's jobs are not stored and will not "
-                                 f"run") from None
-            raise StoreError(
-                f"{exc}; {len(running)} of the batch's {len(recs)} jobs are not stored yet "
-                f"and may run ({', '.join(running[:5])}{', ...' if len(running) > 5 else ''})"
-                f", the others will not run"
-            ) from None
+        self._batches.check(recs)
+        return await self._admit_batch(recs, given, wait_for_room)
 
     async def flush(self) -> None:
         """Return once every job accepted so far is committed to the store.
@@ -871,16 +724,3 @@ class JobQueue:
             running_for=self._workers.running_for(now),
             running_priorities=self._workers.running_priorities(),
         )
-
-
-@attrs.frozen
-class BatchItem:
-    """One job of :meth:`JobQueue.enqueue_batch`: ``enqueue``'s arguments."""
-
-    task: str
-    payload: Any = None
-    priority: Priority | str | None = None
-    job_id: str | None = None
-    delay: float = 0.0
-    max_retries: int | None = None
-    timeout: float | None = None

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import trio
 
+from .._batch import BatchItem
 from .._engine import JobQueue
 from .._events import Event
 from .._exceptions import (
@@ -29,7 +30,6 @@ from .._exceptions import (
     UnknownTask,
 )
 from .._job import Job, JobStatus, check_json, rfc3339
-from .._queue import BatchItem
 from ._dashboard import MetricsHistory, static_response
 from ._http import (
     BulkRetry,

@@ -1,0 +1,213 @@
+"""Batches of jobs, all or nothing: what :meth:`JobQueue.enqueue_many`,
+:meth:`~JobQueue.enqueue_many_nowait` and :meth:`~JobQueue.enqueue_batch` share.
+
+Every record is built and checked first (an error names the payload's index or the
+item), the batch is admitted whole or not at all through the backend seam, and with a
+store one commit covers it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+import trio
+
+from ._backend import Backend
+from ._config import QueueConfig
+from ._exceptions import InvalidJob, QueueFull, StoreError
+from ._intake import Intake
+from ._job import Job, JobStatus, Priority
+from ._record import LABELS, JobRecord
+from ._stats import Stats
+from ._workers import Lifecycle
+
+
+@attrs.frozen
+class BatchItem:
+    """One job of :meth:`JobQueue.enqueue_batch`: ``enqueue``'s arguments."""
+
+    task: str
+    payload: Any = None
+    priority: Priority | str | None = None
+    job_id: str | None = None
+    delay: float = 0.0
+    max_retries: int | None = None
+    timeout: float | None = None
+
+
+class Batches:
+    """The batch paths of one queue, over its intake, backend and lifecycle.
+    ``refuse`` raises why no new job is taken (shutting down, or the store failing)."""
+
+    def __init__(self, config: QueueConfig, intake: Intake, backend: Backend,
+                 life: Lifecycle, stats: Stats, refuse: Callable[[], None]) -> None:
+        self._capacity = config.capacity
+        self._build = intake.build
+        self._restamp = intake.restamp
+        self._backend = backend
+        self._life = life
+        self._stats = stats
+        self._refuse = refuse
+
+    def build_many(self, task: str, payloads: Iterable[Any], priority: Priority | str | None,
+                   delay: float, max_retries: int | None,
+                   timeout: float | None) -> list[JobRecord]:
+        """A record per payload, each checked (an error names the payload's index)."""
+        if isinstance(payloads, (str, bytes, dict)) or not isinstance(payloads, Iterable):
+            raise InvalidJob(
+                f"payloads: expected a list of payloads, got {type(payloads).__name__}"
+            )
+        build = self._build
+        recs: list[JobRecord] = []
+        for i, payload in enumerate(payloads):
+            try:
+                recs.append(build(task, payload, priority, None, delay, max_retries, timeout))
+            except InvalidJob as exc:
+                text = str(exc)
+                if text.startswith("payload:"):
+                    raise InvalidJob(f"payloads[{i}]:{text[8:]}") from None
+                raise
+        self.check(recs)
+        return recs
+
+    def check(self, recs: list[JobRecord]) -> None:
+        """Raise :class:`InvalidJob` for a batch that could never fit: more new jobs of
+        one priority (ready, or delayed) than the capacity."""
+        cap = self._capacity
+        counts: dict[tuple[int, bool], int] = {}
+        for rec in recs:
+            key = (rec.priority, rec.status is JobStatus.SCHEDULED)
+            counts[key] = n = counts.get(key, 0) + 1
+            if n > cap:
+                raise InvalidJob(
+                    f"jobs: {n}+ {'delayed ' if key[1] else ''}jobs of priority "
+                    f"{LABELS[key[0]]} in one batch, more than the capacity ({cap}); "
+                    f"split the batch"
+                )
+
+    def full(self, recs: list[JobRecord]) -> QueueFull:
+        """The :class:`QueueFull` of a batch that does not fit now (counted rejected)."""
+        self._stats.rejected += len(recs)
+        for rec in recs:
+            self._stats.rejected_p[rec.priority] += 1
+        return QueueFull(f"batch of {len(recs)}: {self._backend.full_reason_many(recs)}")
+
+    def admit_nowait(self, recs: list[JobRecord]) -> list[Job]:
+        """Admit checked records now, all or nothing, or raise :class:`QueueFull`."""
+        if not recs:
+            return []
+        got = self._backend.admit_many(recs)
+        if got is None:
+            raise self.full(recs)
+        return [rec.snapshot() for rec in got]
+
+    async def admit(self, recs: list[JobRecord], given: set[str],
+                    wait_for_room: bool) -> list[Job]:
+        """Admit checked records all or nothing (waiting for room unless told not to),
+        then wait for the one commit that covers them.  ``given``: the ids a caller
+        chose (an idempotent repeat may find them in the store)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        backend = self._backend
+        life = self._life
+        if not recs:
+            await trio.lowlevel.checkpoint()
+            return []
+        parked = False
+        stored: dict[str, JobRecord] = {}
+        if backend.persistent:
+            for rec in recs:
+                if rec.id in stored or backend.get_nowait(rec.id) is not None:
+                    continue
+                if life.closing or backend.refusal is not None:
+                    self._refuse()
+                if rec.id in given:
+                    # It may belong to a finished job that has left memory: ask the store.
+                    found = await backend.find(rec.id)
+                    parked = True
+                    if found is not None:
+                        stored[rec.id] = found
+        while True:
+            if life.closing or backend.refusal is not None:
+                self._refuse()
+            fresh = recs
+            repeats: dict[int, JobRecord] = {}
+            if stored:
+                fresh = []
+                for i, rec in enumerate(recs):
+                    old = stored.get(rec.id)
+                    if old is not None and backend.get_nowait(rec.id) is None:
+                        repeats[i] = backend.repeat_of(old, rec)  # or DuplicateJob
+                    else:
+                        fresh.append(rec)
+            got = backend.admit_many(fresh) if fresh else []
+            if got is not None:
+                break
+            if not wait_for_room:
+                raise self.full(fresh)
+            parked = True
+            await backend.wait_for_room_many(fresh)
+            self._restamp_all(fresh)
+        it = iter(got)
+        out = [repeats[i] if i in repeats else next(it) for i in range(len(recs))]
+        accepted = [rec.snapshot() for rec in out]
+        new = [rec for rec, g in zip(fresh, got, strict=True) if g is rec]
+        if backend.durable and new:
+            await self._commit_or_take_back(new)
+        elif backend.persistent and len(new) < len(out):
+            await backend.wait_committed()  # an existing job: once it is stored
+        elif not parked:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return accepted
+
+    async def admit_remote(self, recs: list[JobRecord], given: set[str],
+                           wait_for_room: bool) -> list[Job]:
+        """:meth:`admit` on a shared backend: one script call admits the batch all or
+        nothing; waiting for room polls with a backoff from 1 ms doubling to 50 ms (a
+        producer on another node frees no room here to wake it)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not recs:
+            await trio.lowlevel.checkpoint()
+            return []
+        admit = self._backend.admit_many_async  # type: ignore[attr-defined]
+        backoff = 0.001
+        while True:
+            if self._life.closing or self._backend.refusal is not None:
+                self._refuse()
+            got: list[JobRecord] | None = await admit(
+                recs, count_rejected=not wait_for_room, given=given)
+            if got is not None:
+                return [rec.snapshot() for rec in got]
+            if not wait_for_room:
+                raise QueueFull(f"batch of {len(recs)}: "
+                                f"{self._backend.full_reason_many(recs)}")
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, 0.05)
+            self._restamp_all(recs)
+
+    def _restamp_all(self, recs: list[JobRecord]) -> None:
+        """Records that waited for room: dated as of now."""
+        for rec in recs:
+            due = rec.scheduled_for
+            self._restamp(rec, 0.0 if due is None else due - rec.created_at)
+
+    async def _commit_or_take_back(self, recs: list[JobRecord]) -> None:
+        """Wait for the commit holding a batch admitted at once (one wait, since one
+        commit holds all of it); if it fails, say what became of the jobs, as
+        :meth:`JobQueue.enqueue` does for one."""
+        backend = self._backend
+        try:
+            await backend.wait_committed(recs[0])
+        except StoreError as exc:
+            if backend.not_confirmed(exc):
+                raise StoreError(f"{exc}; the batch's jobs may run") from None
+            running = [rec.id for rec in recs if not backend.withdraw(rec)]
+            if not running:
+                raise StoreError(f"{exc}; the batch's jobs are not stored and will not "
+                                 f"run") from None
+            raise StoreError(
+                f"{exc}; {len(running)} of the batch's {len(recs)} jobs are not stored yet "
+                f"and may run ({', '.join(running[:5])}{', ...' if len(running) > 5 else ''})"
+                f", the others will not run"
+            ) from None
