@@ -393,27 +393,6 @@ class JobQueue:
 
     # ------------------------------------------------------------------ callables
 
-    def _call_job(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[str, Any]:
-        """The task name and payload of a submitted call (registering its handler)."""
-        if not callable(fn):
-            raise TypeError(f"submit: fn must be callable, got {fn!r}")
-        registered = _submit.handler_name(self._registry, fn)
-        if registered is not None:
-            raise TypeError(
-                f"submit: {fn!r} is registered as the task {registered!r}, a handler "
-                f"that takes the job; enqueue it by name instead: "
-                f"enqueue({registered!r}, payload)"
-            )
-        durable = self._backend.persistent
-        if durable:
-            name = _submit.check_module_level(fn)
-            payload: Any = {"args": _submit.durable_args(args)}
-        else:
-            name = _submit.task_name(fn)
-            payload = _submit.Call(fn, args)
-        _submit.ensure_registered(self._registry, name, fn, durable)
-        return name, payload
-
     async def submit(
         self,
         fn: Callable[..., Any],
@@ -436,7 +415,8 @@ class JobQueue:
         be a module-level function and the args JSON, else :class:`InvalidJob` naming
         which; the stored payload is ``{"args": [...]}``.
         """
-        name, payload = self._call_job(fn, args)
+        name, payload = _submit.call_job(self._registry, self._backend.persistent, fn,
+                                         args)
         return await self.enqueue(name, payload, priority=priority, job_id=job_id,
                                   delay=delay, max_retries=max_retries, timeout=timeout)
 
@@ -451,7 +431,8 @@ class JobQueue:
         job_id: str | None = None,
     ) -> Job:
         """:meth:`submit` now or :class:`QueueFull`, as :meth:`enqueue_nowait` does."""
-        name, payload = self._call_job(fn, args)
+        name, payload = _submit.call_job(self._registry, self._backend.persistent, fn,
+                                         args)
         return self.enqueue_nowait(name, payload, priority=priority, job_id=job_id,
                                    delay=delay, max_retries=max_retries, timeout=timeout)
 

@@ -168,3 +168,27 @@ def handler_name(registry: TaskRegistry, fn: Callable[..., Any]) -> str | None:
         if handler is fn and getattr(handler, _MARK, None) is None:
             return name
     return None
+
+
+def call_job(registry: TaskRegistry, durable: bool, fn: Callable[..., Any],
+             args: tuple[Any, ...]) -> tuple[str, Any]:
+    """The task name and payload of a submitted call ``fn(*args)``, registering its
+    handler in ``registry``; ``durable``: the queue keeps jobs beyond this process (a
+    store or Redis), so ``fn`` must be a module-level function and ``args`` JSON."""
+    if not callable(fn):
+        raise TypeError(f"submit: fn must be callable, got {fn!r}")
+    registered = handler_name(registry, fn)
+    if registered is not None:
+        raise TypeError(
+            f"submit: {fn!r} is registered as the task {registered!r}, a handler "
+            f"that takes the job; enqueue it by name instead: "
+            f"enqueue({registered!r}, payload)"
+        )
+    if durable:
+        name = check_module_level(fn)
+        payload: Any = {"args": durable_args(args)}
+    else:
+        name = task_name(fn)
+        payload = Call(fn, args)
+    ensure_registered(registry, name, fn, durable)
+    return name, payload
