@@ -18,7 +18,7 @@ import trio.lowlevel
 import trioqueue
 from trioqueue import Job, JobStatus, QueueConfig, TaskRegistry
 
-from .redis_util import REDIS_URL, admin, delete_queue, unique
+from .redis_util import REDIS_URL, admin, blocked_clients, delete_queue, unique
 
 
 @pytest.fixture
@@ -172,6 +172,31 @@ async def test_subscribers_see_other_nodes_events(queue_name: str) -> None:
                         break
     assert seen == ["enqueued", "started", "completed"]
     assert t.runs[job.id] == 1
+
+
+async def test_a_node_reads_no_events_without_subscribers_or_waiters(queue_name: str) -> None:
+    """A node nobody subscribes to or waits on never reads the events stream (none of its
+    connections ever ran XREAD); a subscriber arriving later starts the reader at the
+    stream's end: it sees the new job's events, none of the earlier job's."""
+    t = Tasks()
+    with trio.fail_after(30):
+        async with admin() as redis, trioqueue.open_queue(t.registry,
+                                                          config(queue_name)) as a:
+            (node,) = await redis.hkeys(f"tq:{{{queue_name}}}:nodes")
+            name = f"trioqueue:{node}"
+            early = await a.enqueue("echo", "early")
+            while (await a.get(early.id)).status is not JobStatus.COMPLETED:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            await trio.sleep(0.3)  # more than an XREAD BLOCK: a reading node would be in one
+            assert await blocked_clients(redis, name, "xread") == 0
+            async with a.subscribe() as events:
+                job = await a.enqueue("echo", "late")
+                seen = []
+                async for ev in events:
+                    seen.append((ev.type, ev.job_id))
+                    if ev.type == "completed":
+                        break
+    assert seen == [("enqueued", job.id), ("started", job.id), ("completed", job.id)]
 
 
 async def test_enqueue_nowait_jobs_wait_for_room_in_their_nodes_outbox(queue_name: str) -> None:

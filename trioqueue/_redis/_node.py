@@ -8,16 +8,20 @@
 - the **flusher**: sends outcomes that arrive while the fetcher is blocked, at once;
 - the **heartbeat**: every ``lease / 3`` renews the leases this node holds, moves their
   deadlines on this node's clock, and registers the node with its worker figures;
-- the **events reader**: every node's events to this node's subscribers and watchers.
+- the **events reader**: every node's events to this node's subscribers and waiters,
+  only while it has some (otherwise it reads nothing);
+- the **cancel listener**: ``BLPOP node:<id>:cancel``, the jobs running here whose
+  cancellation another node asked for.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import trio
 
@@ -33,14 +37,22 @@ from .._state import EventKind, JobEvent
 from .._stats import Stats
 from ._client import RedisUnavailable
 from ._outbox import Outbox
-from ._state import MAX_CLAIM, Outcome, RedisState, StoredJob, StreamEvent
+from ._state import MAX_CLAIM, EventReader, Outcome, RedisState, StoredJob, StreamEvent
 
 log = logging.getLogger("trioqueue")
 
 READER_BLOCK_MS = 250
 """How long the events reader's ``XREAD BLOCK`` waits for new events.  The call is never
 cancelled (see BACKENDS.md's client rules), so this bounds how long a node's close waits
-for its reader; an idle node costs four round trips a second for it."""
+for its reader; a reading node that sees no events makes four round trips a second for it."""
+
+EVENTS_MARGIN_MS = 50
+"""How far before a subscriber or waiter arrived (Redis' clock, as this node estimates it)
+a starting events reader begins."""
+
+READER_LINGER = 1.0
+"""Seconds the events reader goes on reading after the last subscriber or waiter left
+(a next ``wait`` soon after does not restart it)."""
 
 PRIO_BY_LABEL = {"high": 0, "medium": 1, "low": 2}
 _STATUSES = {s.value: s for s in JobStatus}
@@ -93,6 +105,15 @@ class NodeCore:
     _worker_of: dict[str, int]
     _started_events: dict[str, StreamEvent]
     _watchers: dict[str, list[trio.Event]]
+    _want_events: trio.Event
+    _stop_reading: bool
+    reader_starts: int
+    _reading: bool
+    _events_from: int | None
+    _redis_offset: float
+    _events_after_seq: int
+    _counts_seq: int
+    _held_at_refresh: int
 
     @property
     def state(self) -> RedisState:
@@ -159,6 +180,9 @@ class NodeCore:
                     self._deadline[rec.id] = until
                     self._buffer.append(rec)
                 self._outbox.saw(got.view)
+                if got.claimed and got.view is not None and got.view.seq <= self._counts_seq:
+                    # Counts read after this claim but before its reply count its jobs.
+                    self._held_at_refresh += len(got.claimed)
                 if got.claimed:
                     self._work_lot.unpark(count=len(got.claimed))
                 elif n and not self._pending and not stopping:
@@ -188,6 +212,8 @@ class NodeCore:
                 self._kick.set()
                 continue
             self._log_stale(outcomes, got.results)
+            if got.view is not None:
+                self._outbox.saw_seq(got.view.seq)
 
     def _take_pending(self) -> list[Outcome]:
         pending = self._pending
@@ -218,7 +244,9 @@ class NodeCore:
                 continue
             self._renewed(held, renewal.lost, sent + self._lease)
             try:
-                await state.heartbeat(self.node, self._info())
+                beat_sent = time.time()
+                self._set_redis_offset(beat_sent,
+                                       await state.heartbeat(self.node, self._info()))
             except RedisUnavailable as exc:
                 log.warning("trioqueue: heartbeat failed (%s)", exc)
             for job_id in renewal.lost:
@@ -283,48 +311,131 @@ class NodeCore:
         parked = self._parked.get(rec.task)
         return rec not in self._buffer and not (parked and rec in parked)
 
-    async def _read_events(self, reader: Any) -> None:
-        while not reader.stopped:
+    def _wants_events(self) -> bool:
+        """Something on this node needs the stream: subscribers (or the debug log), or
+        tasks in ``wait``."""
+        return self._hook is not None or bool(self._watchers)
+
+    def _events_wanted(self) -> None:
+        """A subscriber or a waiter arrived: the reader starts (if it was idle), at the
+        events written from about now on (Redis' clock, less :data:`EVENTS_MARGIN_MS`),
+        so what happens after ``subscribe()`` or ``wait()`` returns to the caller is seen
+        even if the reader's first call is sent later."""
+        if not self._reading and self._events_from is None:
+            self._events_from = int((time.time() + self._redis_offset) * 1000) \
+                - EVENTS_MARGIN_MS
+        self._want_events.set()
+
+    def _set_redis_offset(self, sent: float, redis_now: float) -> None:
+        """Redis' clock less this process' (``redis_now`` was answered to a call sent at
+        ``sent``, by :func:`time.time`)."""
+        self._redis_offset = redis_now - (sent + time.time()) / 2
+
+    async def _read_events(self) -> None:
+        """Read the stream while something here wants it (:meth:`_wants_events`), and
+        until :data:`READER_LINGER` s after the last one left; read nothing otherwise.
+        Each start reads from the events written since the first subscriber or waiter
+        arrived (:meth:`_events_wanted`: no backlog is parsed), and wakes the waiters
+        there are, so they look at their job again."""
+        state = self.state
+        clock = self._clock
+        while not self._stop_reading:
+            if not self._wants_events():
+                self._want_events = trio.Event()
+                await self._want_events.wait()
+                continue
+            start, self._events_from = self._events_from, None
+            if start is not None:
+                reader = EventReader(state, f"{max(0, start)}-0", 0)
+            else:
+                try:
+                    reader = await state.event_reader()
+                except RedisUnavailable:
+                    await trio.sleep(0.5)
+                    continue
+            self.reader_starts += 1
+            self._reading = True
+            for events in list(self._watchers.values()):
+                for event in events:
+                    event.set()
+            unwanted_since: float | None = None
+            while not self._stop_reading:
+                if self._wants_events():
+                    unwanted_since = None
+                else:
+                    now = clock.current_time()
+                    if unwanted_since is None:
+                        unwanted_since = now
+                    elif now - unwanted_since >= READER_LINGER:
+                        break
+                try:
+                    batch = await reader.read(block_ms=READER_BLOCK_MS)
+                except RedisUnavailable:
+                    await trio.sleep(0.5)
+                    continue
+                self._handle_events(batch.events)
+            self._reading = False
+            self._worker_of.clear()
+            self._started_events.clear()
+
+    async def _listen_for_cancels(self) -> None:
+        """Interrupt the handlers of jobs running here whose cancellation another node
+        asked for: ``cancel`` pushes the job's id onto this node's ``node:<id>:cancel``
+        list, which this task BLPOPs (nothing per job; an idle node makes four calls a
+        second, each returning at once when an id arrives)."""
+        state = self.state
+        while not self._stop_reading:
             try:
-                batch = await reader.read(block_ms=READER_BLOCK_MS)
+                job_id = await state.wait_for_cancel(self.node, READER_BLOCK_MS / 1000)
             except RedisUnavailable:
                 await trio.sleep(0.5)
                 continue
-            hook = self._hook
-            for ev in batch.events:
-                if ev.type == "cancel_requested":
-                    held = self._held.get(ev.job_id)
-                    if held is not None and self._started(held[0]):
-                        self._cancel_job(held[0])
-                    continue
-                if ev.type in _TERMINAL_EVENTS:
-                    for event in self._watchers.pop(ev.job_id, ()):
-                        event.set()
-                worker = None
-                if ev.node == self.node:
-                    if ev.type == "started":
-                        worker = self._worker_of.get(ev.job_id)
-                        if worker is None:
-                            # No worker took the job yet (the claim's reply may not even
-                            # be here): told when one does (claim()).
-                            self._started_events[ev.job_id] = ev
-                            continue
+            if job_id is None:
+                continue
+            held = self._held.get(job_id)
+            if held is not None and self._started(held[0]):
+                self._cancel_job(held[0])
+
+    def _handle_events(self, batch: list[StreamEvent]) -> None:
+        """Hand ``batch`` on; events numbered :attr:`_events_after_seq` or less (older
+        than the first subscriber) only wake waiters."""
+        hook = self._hook
+        skip = self._events_after_seq
+        for ev in batch:
+            if ev.type == "cancel_requested":
+                continue  # the node running it acts on its cancel list
+            if ev.type in _TERMINAL_EVENTS:
+                for event in self._watchers.pop(ev.job_id, ()):
+                    event.set()
+            if ev.seq <= skip:
+                continue
+            worker = None
+            if ev.node == self.node:
+                if ev.type == "started":
+                    worker = self._worker_of.get(ev.job_id)
+                    if worker is None:
+                        # No worker took the job yet (the claim's reply may not even
+                        # be here): told when one does (claim()).
+                        self._started_events[ev.job_id] = ev
+                        continue
+                else:
+                    early = self._started_events.pop(ev.job_id, None)
+                    if early is not None and hook is not None:
+                        hook(EventKind.STARTED, self._event_record(early), None, None)
+                    if ev.type in _ATTEMPT_ENDS:
+                        worker = self._worker_of.pop(ev.job_id, None)
                     else:
-                        early = self._started_events.pop(ev.job_id, None)
-                        if early is not None and hook is not None:
-                            hook(EventKind.STARTED, self._event_record(early), None, None)
-                        if ev.type in _ATTEMPT_ENDS:
-                            worker = self._worker_of.pop(ev.job_id, None)
-                        else:
-                            worker = self._worker_of.get(ev.job_id)
-                if ev.type == "progress":
-                    self._publish_progress(ev, worker)
-                elif hook is not None:
-                    hook(ev.type, self._event_record(ev), worker, ev.duration)
+                        worker = self._worker_of.get(ev.job_id)
+            if ev.type == "progress":
+                self._publish_progress(ev, worker)
+            elif hook is not None:
+                hook(cast(EventKind, ev.type), self._event_record(ev), worker, ev.duration)
 
     def _took(self, rec: JobRecord, worker: int) -> JobRecord:
         """A worker takes ``rec``: its events from now on name that worker, and its
         ``started`` event, if the stream showed it already, goes out now."""
+        if not self._reading:
+            return rec  # nothing reads this job's events here
         worker_of = self._worker_of
         worker_of[rec.id] = worker
         if len(worker_of) > _MAX_WORKER_OF:  # end events missed (stream trimmed)

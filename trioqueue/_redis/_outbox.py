@@ -83,6 +83,9 @@ class Outbox:
         """Redis' fill as last seen: ready (+ blocked) and delayed, per priority."""
         self._seq = -1
         """The view's version (the queue's event number when Redis answered it)."""
+        self.seen_seq = -1
+        """The highest event number in an answer this node had from Redis (its own
+        writes' events are at most that): a subscriber arriving now is not shown those."""
         self.refused = [0, 0, 0]
         """This node's QueueFull answers not yet counted in Redis."""
         self._in_flight = False
@@ -132,9 +135,16 @@ class Outbox:
         """Delayed jobs in the outbox (the scheduled gauge counts them)."""
         return sum(self._pending[1])
 
+    def saw_seq(self, seq: int) -> None:
+        """An answer from Redis written after event number ``seq`` (:attr:`seen_seq`)."""
+        if seq > self.seen_seq:
+            self.seen_seq = seq
+
     def saw(self, view: RoomView | None) -> None:
         """A script's answer: kept if it is newer than the view held (replies of
         concurrent calls arrive in any order)."""
+        if view is not None:
+            self.saw_seq(view.seq)
         if view is not None and view.seq >= self._seq:
             self._seq = view.seq
             self.view = [list(view.ready), list(view.delayed)]

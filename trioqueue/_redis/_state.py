@@ -379,6 +379,13 @@ class RedisState:
             return None
         return "stop" if got[0] == ctl else "work"
 
+    async def wait_for_cancel(self, node: str, timeout: float) -> str | None:
+        """Block until :meth:`cancel` asks ``node`` to stop a job it runs (the job's id,
+        from ``BLPOP node:<id>:cancel timeout``, shielded like :meth:`wait_for_work`), or
+        ``None`` after ``timeout`` seconds."""
+        got = await self.client.blpop([self.prefix + f"node:{node}:cancel"], timeout)
+        return None if got is None else got[1]
+
     async def stop_waiting(self, node: str) -> None:
         """Wake ``node``'s :meth:`wait_for_work` with ``"stop"`` (now or on its next call
         within 60 s)."""

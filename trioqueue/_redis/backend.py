@@ -1,7 +1,7 @@
 """The Redis backend: :class:`trioqueue._backend.Backend` over :mod:`._state`.
 
 Every process opened on one URL and queue name is a *node* of one queue.  A node runs,
-beside the engine's workers and timer, four tasks of its own (in :meth:`RedisBackend.run`;
+beside the engine's workers and timer, five tasks of its own (in :meth:`RedisBackend.run`;
 their code and the workers' side are in :mod:`._node`, the intake in :mod:`._intake`):
 
 - the **fetcher**: one ``finish_and_claim`` call acks what the workers finished since its
@@ -14,8 +14,11 @@ their code and the workers' side are in :mod:`._node`, the intake in :mod:`._int
   the node; a job whose lease was lost has its handler cancelled (its late result would
   be refused anyway);
 - the **events reader**: ``XREAD BLOCK 250`` (:data:`READER_BLOCK_MS`) on the queue's
-  events stream, feeding the engine's subscribers with every node's events, and
-  cancelling the handlers of jobs whose cancellation another node asked for.
+  events stream, feeding the engine's subscribers and ``wait`` with every node's events,
+  only while this node has subscribers or waiters (from the stream's end when it starts);
+  otherwise it reads nothing;
+- the **cancel listener**: ``BLPOP node:<id>:cancel``, interrupting the handlers of jobs
+  whose cancellation another node asked for (``cancel`` pushes their ids there).
 
 The engine's timer task calls :meth:`RedisBackend.promote`, which also reaps expired
 leases and refreshes the cluster-wide counts that :meth:`depths` and the metrics read.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -83,6 +87,9 @@ class RedisBackend(NodeIntake):
         self._counts: Counts | None = None
         self._held_at_refresh = 0
         """This node's claimed jobs when :attr:`_counts` came (counted in it)."""
+        self._counts_seq = -1
+        """The event number :attr:`_counts` were read at: a claim answered at or below it
+        is in those counts' ``processing`` already."""
         self._cancel_job: Callable[[JobRecord], None] = lambda rec: None
         # Claimed jobs: id -> (record, fence); the buffer holds those not started yet.
         self._held: dict[str, tuple[JobRecord, int]] = {}
@@ -112,6 +119,18 @@ class RedisBackend(NodeIntake):
         """The event number when the counters in :attr:`_stats` were read."""
         self._watchers: dict[str, list[trio.Event]] = {}
         """Job id -> tasks in ``wait`` for it: set by its terminal event in the stream."""
+        self._want_events = trio.Event()
+        self._stop_reading = False
+        self._reading = False
+        self._events_from: int | None = None
+        """Where the events reader starts next (ms, Redis' clock), if set."""
+        self._redis_offset = 0.0
+        self._events_after_seq = -1
+        """Events up to this number are older than the reader's next start."""
+        """Redis' clock less this process' (seconds), from the heartbeats' replies."""
+        self.reader_starts = 0
+        """How many times the events reader started reading the stream (it reads only
+        while this node has subscribers or waiters)."""
         self._events: Broadcaster | None = None
         self._node_metrics: Callable[[], Metrics] | None = None
         """This node's own metrics (the queue's): its heartbeat publishes its worker
@@ -130,7 +149,13 @@ class RedisBackend(NodeIntake):
     # ------------------------------------------------------------------ engine hooks
 
     def observe(self, hook: ChangeHook | None) -> None:
+        first = self._hook is None
         self._hook = hook
+        if hook is not None:
+            self._events_wanted()
+            if first:  # nobody listened: what this node saw answered is not shown
+                self._events_after_seq = max(self._events_after_seq,
+                                             self._outbox.seen_seq)
 
     def bind(self, cancel_job: Callable[[JobRecord], None]) -> None:
         """How to interrupt the handler running a job (the engine's workers)."""
@@ -186,19 +211,21 @@ class RedisBackend(NodeIntake):
                 result_ttl=max(config.result_ttl, 0.001),
             )
             await client.ping()
-            await state.heartbeat(self.node, self._info())
+            sent = time.time()
+            self._set_redis_offset(sent, await state.heartbeat(self.node, self._info()))
             self._refresh(await state.counts(self._lease))
-            reader = await state.event_reader()
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._fetcher)
                     nursery.start_soon(self._flusher)
                     nursery.start_soon(self._heartbeat)
-                    nursery.start_soon(self._read_events, reader)
+                    nursery.start_soon(self._read_events)
+                    nursery.start_soon(self._listen_for_cancels)
                     nursery.start_soon(self._outbox.run, state)
                     task_status.started()
                     await self._closed.wait()
-                    reader.stop()
+                    self._stop_reading = True
+                    self._want_events.set()
                     nursery.cancel_scope.cancel()
             finally:
                 # Also when the queue's nursery was cancelled (its body raised): close()
@@ -295,6 +322,8 @@ class RedisBackend(NodeIntake):
         does not count yet (jobs in its outbox, refusals not sent)."""
         self._counts = counts
         self._held_at_refresh = len(self._held)
+        self._counts_seq = int(counts.totals.get("seq", 0))
+        self._outbox.saw_seq(self._counts_seq)
         s = self._stats
         s.scheduled = counts.scheduled + self._outbox.delayed()
         if self._outbox.in_flight:
@@ -418,6 +447,7 @@ class RedisBackend(NodeIntake):
         :meth:`unwatch` it after."""
         event = trio.Event()
         self._watchers.setdefault(job_id, []).append(event)
+        self._events_wanted()
         return event
 
     def unwatch(self, job_id: str, event: trio.Event) -> None:

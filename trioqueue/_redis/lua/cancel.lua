@@ -1,5 +1,6 @@
 -- cancel(id): QUEUED or SCHEDULED -> CANCELLED now; PROCESSING -> the cancel_requested flag
--- and a `cancel_requested` event the owning node acts on (it acks `cancelled`).
+-- and a `cancel_requested` event; the job id is also pushed onto the owning node's
+-- `node:<owner>:cancel` list (kept 60 s), which that node BLPOPs (it acks `cancelled`).
 -- ARGV: rid, events maxlen, result ttl ms, id.
 -- Reply: {code, record}: cancelled, requested (already requested: the same), missing,
 --   finished (already COMPLETED, FAILED or CANCELLED: nothing changed).
@@ -31,6 +32,12 @@ else
   elseif status == 'processing' then
     redis.call('HSET', key, 'cancel_requested', 1)
     emit('cancel_requested', id, task, prio, 'processing', attempt, h[6])
+    if h[6] and h[6] ~= '' then
+      local ck = P .. 'node:' .. h[6] .. ':cancel'
+      redis.call('RPUSH', ck, id)
+      redis.call('LTRIM', ck, -1000, -1)
+      redis.call('PEXPIRE', ck, 60000)
+    end
     code = 'requested'
   else
     code = 'finished'

@@ -3,7 +3,7 @@
 --   beat, node, info JSON       -> heartbeat time (ms)
 --   list, max age ms            -> {node, heartbeat, info, ...} of nodes seen within max age;
 --                                  entries silent for 100x max age are dropped
---   remove, node                -> 1 if it was registered (its ctl list is deleted too)
+--   remove, node                -> 1 if it was registered (its ctl and cancel lists are deleted too)
 --   stop, node                  -> push 'stop' to the node's ctl list (kept 60 s): its
 --                                  fetcher leaves its BLPOP at once
 local op = ARGV[1]
@@ -28,7 +28,7 @@ elseif op == 'list' then
   return out
 elseif op == 'remove' then
   redis.call('ZREM', P .. 'beats', ARGV[2])
-  redis.call('DEL', P .. 'node:' .. ARGV[2] .. ':ctl')
+  redis.call('DEL', P .. 'node:' .. ARGV[2] .. ':ctl', P .. 'node:' .. ARGV[2] .. ':cancel')
   return redis.call('HDEL', P .. 'nodes', ARGV[2])
 elseif op == 'stop' then
   local ctl = P .. 'node:' .. ARGV[2] .. ':ctl'
