@@ -86,7 +86,7 @@ class NodeIntake(NodeCore):
         except RedisUnavailable as exc:
             raise StoreError(f"{exc}; the job was not confirmed and may have been "
                              "stored: enqueue it again with the same job_id") from None
-        self._outbox.saw(answer.view)
+        self._outbox.wrote(answer.view)
         for rec in recs:
             if rec.scheduled_for is not None:
                 self._due_at(rec.scheduled_for - self._wall)

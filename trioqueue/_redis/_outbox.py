@@ -88,6 +88,10 @@ class Outbox:
         writes' events are at most that): a subscriber arriving now is not shown those."""
         self.refused = [0, 0, 0]
         """This node's QueueFull answers not yet counted in Redis."""
+        self.written_seq = -1
+        """The event number of the newest answer to a write of this node's (the outbox's,
+        or an awaited enqueue's): counts read before it do not hold that write, which this
+        node has counted already, so a refresh from them would move its counters back."""
         self._in_flight = False
         self._wake = trio.Event()
         self._empty = trio.Event()
@@ -134,6 +138,12 @@ class Outbox:
     def delayed(self) -> int:
         """Delayed jobs in the outbox (the scheduled gauge counts them)."""
         return sum(self._pending[1])
+
+    def wrote(self, view: RoomView | None) -> None:
+        """The answer to one of this node's writes (see :attr:`written_seq`)."""
+        self.saw(view)
+        if view is not None and view.seq > self.written_seq:
+            self.written_seq = view.seq
 
     def saw_seq(self, seq: int) -> None:
         """An answer from Redis written after event number ``seq`` (:attr:`seen_seq`)."""
@@ -260,7 +270,7 @@ class Outbox:
                 continue
             finally:
                 self._in_flight = False
-            self.saw(got.view)
+            self.wrote(got.view)
             full = self._settle(units, recs, [a.code for a in got.jobs],
                                 [a.job for a in got.jobs])
             if full:

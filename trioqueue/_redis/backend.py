@@ -328,6 +328,8 @@ class RedisBackend(NodeIntake):
         s.scheduled = counts.scheduled + self._outbox.delayed()
         if self._outbox.in_flight:
             return  # these counts may or may not hold the write: keep the local ones
+        if self._counts_seq < self._outbox.written_seq:
+            return  # read before a write this node counted already: keep the local ones
         self._totals_seq = int(counts.totals.get("seq", 0))
         self._outbox.saw_counts(counts)
         totals = counts.totals
