@@ -122,3 +122,15 @@ async def test_with_a_store_cut_off_jobs_go_back_to_queued(tmp_path: Path) -> No
         again = await q2.get("s")
         assert again.status in (JobStatus.QUEUED, JobStatus.PROCESSING)
         assert again.attempts >= 1
+
+
+async def test_a_zero_shutdown_timeout_with_nothing_running_warns_of_nothing(
+    autojump_clock: Any, caplog: Any
+) -> None:
+    # shutdown_timeout=0 ends the wait at once; with no job running there is nothing to
+    # interrupt, so no "0 jobs still running" warning.
+    config = trioqueue.QueueConfig(workers=2, shutdown_timeout=0)
+    async with trioqueue.open_queue(make_registry(), config) as q:
+        job = await q.enqueue("quick")
+        assert (await q.wait(job.id)).status is JobStatus.COMPLETED
+    assert "still running" not in caplog.text

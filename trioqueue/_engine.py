@@ -213,7 +213,7 @@ class _Run:
         )
         with trio.move_on_after(config.shutdown_timeout) as waited:
             await workers.done.wait()
-        if waited.cancelled_caught:
+        if waited.cancelled_caught and workers.busy():
             log.warning(
                 "trioqueue: %d jobs still running after shutdown_timeout=%ss; interrupting "
                 "them (%s)", workers.busy(), config.shutdown_timeout,
