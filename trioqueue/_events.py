@@ -184,6 +184,27 @@ class Broadcaster:
             )
         )
 
+    def announce_progress(self, rec: JobRecord, worker: int | None,
+                          at: float | None = None) -> None:
+        """Publish ``rec``'s ``progress`` event (its :attr:`JobRecord.progress`), made
+        ``at`` (default: now), unless every subscriber is over its ``max_rate``."""
+        if not self.takes():
+            return
+        progress: dict[str, Any] = rec.progress or {}
+        self.publish(Event(
+            seq=self.next_seq(),
+            type="progress",
+            at=self._now() if at is None else at,
+            job_id=rec.id,
+            task=rec.task,
+            priority=LABELS[rec.priority],
+            status=rec.status.value,
+            attempt=rec.attempts,
+            worker=worker,
+            fraction=progress.get("fraction"),
+            note=progress.get("note"),
+        ))
+
     def publish(self, event: Event) -> None:
         metrics_only = event.type == "metrics"
         dead = None

@@ -17,12 +17,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
-from ._events import Broadcaster, Event
-from ._record import LABELS, JobRecord
+from ._events import Broadcaster
+from ._record import JobRecord
 
 if TYPE_CHECKING:
     from ._workers import WorkerSlot
@@ -142,23 +142,8 @@ class Progress:
               keep: bool = True) -> None:
         if keep:
             self._last[rec.id] = now
-        events = self._events
-        if not events or not events.takes():
-            return
-        progress: dict[str, Any] = rec.progress or {}
-        events.publish(Event(
-            seq=events.next_seq(),
-            type="progress",
-            at=self._wall(),
-            job_id=rec.id,
-            task=rec.task,
-            priority=LABELS[rec.priority],
-            status=rec.status.value,
-            attempt=rec.attempts,
-            worker=worker,
-            fraction=progress.get("fraction"),
-            note=progress.get("note"),
-        ))
+        if self._events:
+            self._events.announce_progress(rec, worker, self._wall())
 
     async def run(self) -> None:
         """Send each held change when its job's interval ends (the engine's task)."""

@@ -27,7 +27,7 @@ import trio
 
 from .._backend import ChangeHook
 from .._config import QueueConfig
-from .._events import Broadcaster, Event
+from .._events import Broadcaster
 from .._exceptions import ShuttingDown
 from .._job import JobStatus
 from .._metrics import Metrics
@@ -448,14 +448,11 @@ class NodeCore:
 
     def _publish_progress(self, ev: StreamEvent, worker: int | None) -> None:
         events = self._events
-        if events is None or not events or not events.takes():
+        if events is None or not events:
             return
-        progress = ev.progress or {}
-        events.publish(Event(
-            seq=events.next_seq(), type="progress", at=ev.at, job_id=ev.job_id,
-            task=ev.task, priority=ev.priority, status=ev.status, attempt=ev.attempt,
-            worker=worker, fraction=progress.get("fraction"), note=progress.get("note"),
-        ))
+        rec = self._event_record(ev)
+        rec.progress = None if ev.progress is None else dict(ev.progress)
+        events.announce_progress(rec, worker, ev.at)
 
     def _event_record(self, ev: StreamEvent) -> JobRecord:
         rec = JobRecord(ev.job_id, ev.task, None, "", PRIO_BY_LABEL.get(ev.priority, 1),
