@@ -247,6 +247,76 @@ async def test_max_rate_thins_job_events_and_counts_the_rest(
     assert [e.job_id for e in job_events[-3:]] == [all_events[-1].job_id] * 3
 
 
+async def test_max_rate_passes_an_event_as_soon_as_a_token_is_due(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Over its rate a subscriber's events are only counted; the next one passes the
+    moment its bucket holds a token again, not before, preceded by the exact count."""
+    config = trioqueue.QueueConfig(workers=1, capacity=1000, shutdown_timeout=0)
+    async with trioqueue.open_queue(demo_registry, config) as q:
+        async with q.subscribe(10_000, max_rate=4) as thinned:
+            start = trio.current_time()
+            for i in range(10):  # a burst of 4 passes, 6 are counted
+                q.enqueue_nowait("echo", i, delay=60)
+            await trio.sleep_until(start + 0.2)  # 0.8 of a token: none yet
+            q.enqueue_nowait("echo", "early", delay=60)
+            await trio.sleep_until(start + 0.25)  # one token
+            q.enqueue_nowait("echo", "due", delay=60)
+            q.enqueue_nowait("echo", "after", delay=60)  # spent: counted
+            await trio.sleep_until(start + 1.0)  # three tokens
+            last = [q.enqueue_nowait("echo", f"last {i}", delay=60).id for i in range(3)]
+            got = _drain(thinned)
+    kinds = [(e.type, e.dropped) if e.type == "lagged" else e.type for e in got]
+    assert kinds == ["scheduled"] * 4 + [("lagged", 7), "scheduled", ("lagged", 1)] + [
+        "scheduled"] * 3
+    assert [e.job_id for e in got[-3:]] == last
+
+
+async def test_a_subscriber_without_max_rate_gets_every_event_beside_a_thinned_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """One joining while every other subscriber is over its rate gets every event from
+    then on, in order; the thinned one still counts every event it did not get."""
+    config = trioqueue.QueueConfig(workers=2, capacity=1000, shutdown_timeout=0)
+    async with trioqueue.open_queue(demo_registry, config) as q:
+        async with q.subscribe(10_000, max_rate=3) as thinned:
+            for i in range(5):
+                await q.wait(q.enqueue_nowait("echo", i).id)
+            async with q.subscribe(10_000) as everything:
+                jobs = [q.enqueue_nowait("echo", i) for i in range(50)]
+                for job in jobs:
+                    await q.wait(job.id)
+                seen = _drain(everything)
+            await trio.sleep(1.0)  # 3 tokens: the last job's events all pass
+            await q.wait(q.enqueue_nowait("echo", "last").id)
+            got = _drain(thinned)
+    assert [e.type for e in seen if e.job_id == jobs[7].id] == [
+        "enqueued", "started", "completed"]
+    assert len(seen) == 3 * 50
+    assert "lagged" not in {e.type for e in seen}
+    assert [e.seq for e in seen] == sorted(e.seq for e in seen)
+    job_events = [e for e in got if e.type != "lagged"]
+    dropped = sum(e.dropped or 0 for e in got if e.type == "lagged")
+    assert len(job_events) + dropped == 3 * 56
+    assert [e.type for e in job_events[-3:]] == ["enqueued", "started", "completed"]
+
+
+async def test_a_metrics_event_brings_the_count_of_events_over_max_rate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """With no job event since, a ``metrics`` snapshot is what tells a thinned subscriber
+    what it missed (a ``lagged`` just before it): the page then reloads its lists."""
+    config = trioqueue.QueueConfig(workers=1, capacity=1000, shutdown_timeout=0)
+    async with trioqueue.open_queue(demo_registry, config) as q:
+        async with q.subscribe(10_000, metrics=True, max_rate=1) as thinned:
+            for i in range(5):
+                q.enqueue_nowait("echo", i, delay=60)
+            await trio.sleep(1.5)  # one metrics tick
+            got = _drain(thinned)
+    kinds = [(e.type, e.dropped) if e.type == "lagged" else e.type for e in got]
+    assert kinds == ["metrics", "scheduled", ("lagged", 4), "metrics"]
+
+
 def _drain(channel: trio.MemoryReceiveChannel[trioqueue.Event]) -> list[trioqueue.Event]:
     out = []
     while True:

@@ -90,6 +90,11 @@ class _Subscriber:
             self.refilled = now
         return self.tokens >= 1.0
 
+    def next_token(self) -> float:
+        """When :meth:`has_token` will next say yes (just refilled, it said no)."""
+        assert self.max_rate is not None
+        return self.refilled + (1.0 - self.tokens) / self.max_rate
+
 
 class Broadcaster:
     """Hands each event to every subscriber's own bounded channel without waiting.
@@ -97,8 +102,11 @@ class Broadcaster:
     A subscriber whose buffer is full loses the event and is owed a ``lagged`` marker,
     delivered (with the count) before the next event that fits.  So does one over its
     ``max_rate``; and when every subscriber is over it, :meth:`takes` says so, and the
-    queue does not even build the event (the live dashboard's subscription costs the
-    queue almost nothing per job at thousands of jobs a second).
+    queue does not even build the event.  Until the first of them has a token again
+    (a time :meth:`takes` works out once), a job event costs one clock reading and one
+    count (the live dashboard's subscription costs the queue almost nothing per job at
+    thousands of jobs a second); the count is each subscriber's ``dropped`` when the
+    gate reopens or anything is published.
     """
 
     def __init__(self, now: Callable[[], float],
@@ -111,11 +119,30 @@ class Broadcaster:
         """Seconds since the epoch, by the queue's clock (the ``at`` of events)."""
         self.on_change = on_change
         """Called after a subscriber is added or removed."""
+        self._dry = False
+        """Every subscriber is over its ``max_rate`` until :attr:`_reopen_at`."""
+        self._reopen_at = 0.0
+        """Trio time when the first subscriber has a token again."""
+        self._skipped = 0
+        """Job events dropped for every subscriber while :attr:`_dry`, not yet added to
+        their ``dropped`` (:meth:`_settle`)."""
+        self._clock: Callable[[], float] = trio.current_time
+        """Trio's clock (the run's own, read without the lookups of
+        :func:`trio.current_time`)."""
 
     def _changed(self) -> None:
         self._unlimited = sum(sub.max_rate is None for sub in self._subs)
         if self.on_change is not None:
             self.on_change()
+
+    def _settle(self) -> None:
+        """Open the gate: count what it skipped as dropped by every subscriber."""
+        self._dry = False
+        skipped = self._skipped
+        if skipped:
+            self._skipped = 0
+            for sub in self._subs:
+                sub.dropped += skipped
 
     def __bool__(self) -> bool:
         """Whether anyone subscribes."""
@@ -132,6 +159,8 @@ class Broadcaster:
         if max_rate is not None:
             sub.max_rate = sub.tokens = float(max_rate)
             sub.refilled = trio.current_time()
+        self._settle()  # the new subscriber has tokens (or no rate): the gate opens
+        self._clock = trio.lowlevel.current_clock().current_time
         self._subs.append(sub)
         self._changed()
         return receive
@@ -141,8 +170,13 @@ class Broadcaster:
 
         If every subscriber is over its ``max_rate``, each counts the event as dropped
         (it is told in its next ``lagged``) and the answer is no: the event need not be
-        built.
+        built.  Until the first of them has a token again, that is all it costs.
         """
+        if self._dry:
+            if self._clock() < self._reopen_at:
+                self._skipped += 1
+                return False
+            self._settle()
         if self._unlimited:
             return True
         subs = self._subs
@@ -153,8 +187,13 @@ class Broadcaster:
         for sub in subs:
             if sub.has_token(now):
                 return True
-        for sub in subs:
-            sub.dropped += 1
+        if not subs:
+            return False
+        # Every subscriber is over its max_rate (all have one): the first to have a
+        # token again has it at this time.
+        self._reopen_at = min(sub.next_token() for sub in subs)
+        self._dry = True
+        self._skipped += 1
         return False
 
     @property
@@ -166,6 +205,9 @@ class Broadcaster:
                  duration: float | None = None) -> None:
         """Publish ``rec``'s change of status (the event its move named), unless every
         subscriber is over its ``max_rate`` (:meth:`takes`)."""
+        if self._dry and self._clock() < self._reopen_at:  # takes()' hot path, inline
+            self._skipped += 1
+            return
         if not self.takes():
             return
         self.publish(
@@ -206,6 +248,8 @@ class Broadcaster:
         ))
 
     def publish(self, event: Event) -> None:
+        if self._skipped or self._dry:
+            self._settle()  # a ``lagged`` goes first, with every event skipped so far
         metrics_only = event.type == "metrics"
         dead = None
         for sub in self._subs:
@@ -236,6 +280,7 @@ class Broadcaster:
 
     def remove(self, receive: trio.MemoryReceiveChannel[Event]) -> None:
         """Forget the subscriber that :meth:`add` gave ``receive`` to."""
+        self._settle()  # the others' counts first; the gate is worked out again
         for sub in self._subs:
             if sub.receive is receive:
                 sub.send.close()
@@ -244,6 +289,7 @@ class Broadcaster:
                 return
 
     def close(self) -> None:
+        self._settle()
         for sub in self._subs:
             sub.send.close()
         self._subs.clear()
