@@ -2,9 +2,10 @@
 //
 // Data flow: the /events websocket pushes job events and a metrics snapshot every second
 // (the first connect also gets the last ~120 counter samples, for the chart).  Messages
-// are queued and applied in one requestAnimationFrame; the lists are (re)loaded over HTTP
-// on every (re)connect and after a `lagged`.  User data reaches the DOM only through
-// textContent (the page's CSP forbids inline code; this script never builds HTML).
+// are queued and applied in one requestAnimationFrame, at most 4 a second; the lists are
+// (re)loaded over HTTP on every (re)connect and after a `lagged`.  User data reaches the
+// DOM only through textContent (the page's CSP forbids inline code; this script never
+// builds HTML).
 "use strict";
 
 (() => {
@@ -20,6 +21,7 @@
   const CHART_POINTS = 120;
   const STALE_MS = 5000;
   const RELOAD_GAP_MS = 1000;
+  const LIVE_GAP_MS = 250; // pushed data is drawn at most 4 times a second
   // Job events a second the server sends this page at most (/events?max_rate=); over it,
   // it drops the rest and says how many in a `lagged` event, and the page reloads what
   // it shows (at most once a second).  Nobody reads a faster feed, and each message costs
@@ -50,6 +52,8 @@
     dropped: 0, // queued messages dropped since the last reload (inbox full)
     inbox: [],
     frame: 0,
+    liveTimer: 0, // a frame for pushed data, after LIVE_GAP_MS
+    lastFrame: -Infinity,
     recent: [], // job events since the last reloads, replayed after a reload lands
     recentBase: 0, // how many were trimmed from the front of `recent`
     metrics: null,
@@ -355,7 +359,7 @@
       S.periodic.dirty = true; // the "in N s" column
       if (nextRunPassed()) refreshTasks();
     }
-    schedule();
+    scheduleLive();
   }
 
   // ------------------------------------------------------------------ messages
@@ -376,13 +380,13 @@
         S.metrics = ev.metrics;
         addSample(ev.at, ev.metrics);
         S.metricsDirty = true;
-        schedule();
+        scheduleLive();
       }
       return;
     }
     if (type === "history") {
       resetSeries(Array.isArray(ev.samples) ? ev.samples : []);
-      schedule();
+      scheduleLive();
       return;
     }
     if (type === "lagged") { // events over MAX_RATE (or over the server's buffer) skipped
@@ -397,15 +401,36 @@
       return;
     }
     S.inbox.push(ev);
-    schedule();
+    scheduleLive();
   }
 
+  // What the user does is drawn in the next frame (schedule); what the server pushes,
+  // at most every LIVE_GAP_MS (scheduleLive): each frame repaints much of the page, and
+  // at 20 events a second one frame per message cost Chromium about half a core.
   function schedule() {
     if (!S.frame) S.frame = window.requestAnimationFrame(frame);
   }
 
+  function scheduleLive() {
+    if (S.frame || S.liveTimer) return;
+    const wait = S.lastFrame + LIVE_GAP_MS - performance.now();
+    if (wait <= 0) {
+      schedule();
+      return;
+    }
+    S.liveTimer = window.setTimeout(() => {
+      S.liveTimer = 0;
+      schedule();
+    }, wait);
+  }
+
   function frame() {
     S.frame = 0;
+    S.lastFrame = performance.now();
+    if (S.liveTimer) {
+      window.clearTimeout(S.liveTimer);
+      S.liveTimer = 0;
+    }
     const batch = S.inbox;
     S.inbox = [];
     for (const ev of batch) {
