@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-from coredis.commands.script import Script
-
-from ._client import lua_script
+from ._client import LuaScript, lua_script
 
 NAMES = (
     "enqueue", "finish_and_claim", "renew", "reap", "promote", "cancel", "retry", "get",
@@ -27,6 +25,6 @@ def source(name: str) -> str:
     return _read("common") + "\n" + _read(name)
 
 
-def load_all() -> dict[str, Script[str]]:
+def load_all() -> dict[str, LuaScript]:
     """Every script by name, ready for :meth:`RedisClient.run`."""
     return {name: lua_script(source(name)) for name in NAMES}
