@@ -454,6 +454,98 @@ async def test_app_error_is_500_and_logged(caplog: pytest.LogCaptureFixture) -> 
     assert "boom" in caplog.text
 
 
+async def test_direct_reads_and_writes_on_a_real_socket() -> None:
+    """On a plain socket a request that is there already is read without waiting, and a
+    response the socket takes at once is written directly (_h1.Connection.send)."""
+    reads: list[int] = []
+    writes: list[int] = []
+    read, write = _h1._os_read, _h1._os_write
+    sent_next = trio.Event()
+
+    def counted_read(fd: int, n: int) -> bytes:
+        data = read(fd, n)
+        reads.append(len(data))
+        return data
+
+    def counted_write(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        return write(fd, data)
+
+    async def app(scope: Scope, receive: Any, send: Any) -> None:
+        if scope["path"] == "/wait":  # answered once the next request is on its way
+            await sent_next.wait()
+        await echo_app(scope, receive, send)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_h1, "_os_read", counted_read)
+        mp.setattr(_h1, "_os_write", counted_write)
+        async with lean(app) as (port, _), connect(port) as peer:
+            await peer.send(post(b"a", "/wait"))
+            await trio.testing.wait_all_tasks_blocked()  # the server is in the app
+            await peer.send(post(b"b"))  # in the server's socket on return (loopback)
+            sent_next.set()
+            for body in ("a", "b"):
+                assert json.loads((await peer.response())[2])["body"] == body
+    assert len(writes) == 2  # each response
+    assert reads  # "b" was there when the server looked: read at once
+    assert reads[0] == len(post(b"b"))
+
+
+@pytest.mark.parametrize("takes", [0, 7])
+async def test_a_write_the_socket_takes_in_part_goes_on_through_the_stream(
+    takes: int,
+) -> None:
+    """``os.write`` may take part of a response (or none: EAGAIN); the rest is sent
+    through the stream, in order, and the connection goes on."""
+    write = _h1._os_write
+
+    def partial(fd: int, data: bytes) -> int:
+        if not takes:
+            raise BlockingIOError
+        return write(fd, bytes(data[:takes]))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_h1, "_os_write", partial)
+        async with lean() as (port, _), connect(port) as peer:
+            for body in (b"x" * 3000, b"y"):
+                await peer.send(post(body))
+                status, _, got = await peer.response()
+                assert (status, json.loads(got)["body"]) == (200, body.decode())
+
+
+@pytest.mark.parametrize("where", ["read", "write"])
+async def test_a_broken_socket_ends_its_connection_quietly(
+    where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reset seen by a direct read or write ends that connection as a broken stream
+    does: no traceback, and the server serves the next connection."""
+    real = {"read": _h1._os_read, "write": _h1._os_write}[where]
+    broken = [True]
+
+    def once(fd: int, arg: Any) -> Any:
+        if broken[0]:
+            broken[0] = False
+            raise ConnectionResetError(104, "Connection reset by peer")
+        return real(fd, arg)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_h1, f"_os_{where}", once)
+        async with lean() as (port, _):
+            async with connect(port) as peer:
+                await peer.send(post(b"x") * 2)
+                if where == "write":  # the first read may have waited: the reset
+                    assert await peer.eof()  # comes with the first response
+                else:
+                    with trio.fail_after(5):
+                        while not broken[0] and await peer.more():
+                            pass
+            async with connect(port) as peer:
+                await peer.send(post(b"y"))
+                assert json.loads((await peer.response())[2])["body"] == "y"
+    assert "Traceback" not in caplog.text
+    assert "error on an HTTP" not in caplog.text
+
+
 # ---------------------------------------------------------------------------- the real app
 
 

@@ -173,7 +173,7 @@ class HttpRequest:
             self.parts.append(bytes(message.get("body", b"")))
             if not message.get("more_body", False):
                 self.sent = True
-                await self.conn.stream.send_all(self._encode())
+                await self.conn.send(self._encode())
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
 
