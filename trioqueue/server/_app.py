@@ -80,8 +80,12 @@ CLOSE = (b"connection", b"close")
 """On a refusal sent before the body is read: the connection ends, the body is not read."""
 
 
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+"""``json.dumps(obj, separators=(",", ":"))`` without making an encoder per call."""
+
+
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return _encode_json(obj).encode()
 
 
 def _close_reason(text: str) -> str:

@@ -77,6 +77,11 @@ class Route:
     job_id: str | None = None
 
 
+_FIXED_ROUTES = {path: {method: Route(name) for method, name in methods.items()}
+                 for path, methods in ROUTES.items()}
+""":data:`ROUTES` as :class:`Route` values, made once."""
+
+
 def route(method: str, path: str) -> Route:
     """Match ``method`` and ``path``; raise :class:`HTTPError` 404 or 405 (with ``Allow``).
 
@@ -84,9 +89,8 @@ def route(method: str, path: str) -> Route:
     still names that job, so ``GET /jobs/retry`` is the job whose id is ``retry``.
     """
     fixed = ROUTES.get(path) or {}
-    name = fixed.get(method)
-    if name is not None:
-        return Route(name)
+    if method in fixed:
+        return _FIXED_ROUTES[path][method]
     methods: dict[str, str] | None = None
     job_id = None
     if path.startswith("/jobs/"):
@@ -113,12 +117,18 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+"""The decoder ``json.loads(..., parse_constant=_reject_constant)`` would make per call."""
+
+
 def parse_json(body: bytes) -> Any:
     """Strict JSON (no NaN or Infinity); raise :class:`HTTPError` 400."""
     if not body.strip():
         raise HTTPError(400, "body: expected a JSON object, got an empty body")
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        # What json.loads does with bytes: the encoding from the first bytes (UTF-8, -16
+        # or -32), then the decoder.
+        return _STRICT_JSON.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
     except RecursionError:
         raise HTTPError(400, "body: JSON nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -173,8 +183,8 @@ def parse_job_request(data: Any) -> JobRequest:
     """Check the fields of a ``POST /jobs`` body; raise :class:`HTTPError` 400 naming one."""
     if not isinstance(data, dict):
         raise HTTPError(400, f"body: expected a JSON object, got {type(data).__name__}")
-    unknown = sorted(set(data) - JOB_FIELDS)
-    if unknown:
+    if not JOB_FIELDS.issuperset(data):
+        unknown = sorted(set(data) - JOB_FIELDS)
         known = ", ".join(sorted(JOB_FIELDS))
         raise HTTPError(400, f"{unknown[0]}: unknown field (expected some of {known})")
     task = data.get("task")
@@ -253,6 +263,8 @@ def parse_batch_request(data: Any) -> list[JobRequest]:
 
 def parse_query(query_string: bytes) -> dict[str, str]:
     """The query string as a dict (the last of repeated names wins)."""
+    if not query_string:
+        return {}
     try:
         text = query_string.decode("ascii")
     except UnicodeDecodeError:
