@@ -51,6 +51,12 @@ What it speaks:
   still does not fit is kept under it (less :data:`FD_RESERVE`).  Accept errors
   (``EMFILE``...) close a connection as at the cap and are logged as one warning per
   :data:`WARN_INTERVAL` with a count, never a traceback per connection.
+- Cost: a keep-alive request already in the socket when its connection looks (nearly
+  every one under load) is read with ``os.read`` at once, with no deadline scope and no
+  schedule point, and a response the socket takes whole is written with ``os.write``,
+  then one checkpoint: one schedule point per request where Trio's ``receive_some`` and
+  ``send_all`` make two (:meth:`._h1.Connection.send`).  Otherwise, and on streams that
+  are not plain sockets (tests use memory streams), the stream's own calls.
 - Shutdown: when ``shutdown_trigger`` returns, listening stops, idle connections close,
   requests in progress finish (each then closes), and whatever is left after
   :data:`GRACEFUL_TIMEOUT` is cancelled.
