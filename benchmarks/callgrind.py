@@ -10,7 +10,10 @@ a fresh interpreter; the difference divided by n is the cost of one job, start-u
 shutdown excluded.  Cases: ``bare`` (a Trio memory channel, 4 receiving tasks, ``await
 send``: the floor of the throughput table), ``nowait`` (``enqueue_nowait`` n jobs with
 capacity n, then run them), ``await`` (one producer, ``await enqueue``), ``batch`` (the
-same with an SQLite store, ``durability="batch"``, and a final ``flush()``).  4 workers.
+same with an SQLite store, ``durability="batch"``, and a final ``flush()``), ``many``
+(one producer, ``await enqueue_many`` of :data:`MANY` jobs, capacity twice that),
+``sync-many`` and ``batch-many`` (the same with an SQLite store, ``durability="sync"``
+and ``"batch"``).  4 workers.
 Instructions are counted per thread: the event loop's, and the rest (the store's writer
 thread) on their own, since the writer runs beside the loop on the other core.
 The 1 ms half of the engine's schedule-point rule is turned off in the child: under
@@ -35,7 +38,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-CASES = ("bare", "nowait", "await", "batch")
+CASES = ("bare", "nowait", "await", "batch", "many", "sync-many", "batch-many")
+MANY = 1000
+"""Jobs per ``enqueue_many`` call in the ``*many`` cases."""
 
 _CHILD = """
 import math, sys, tempfile, trio, trioqueue
@@ -45,6 +50,7 @@ except ImportError:  # a checkout from before the engine was split (--against)
     from trioqueue import _engine as hot
 from pathlib import Path
 n, case = int(sys.argv[1]), sys.argv[2]
+many = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
 # Under valgrind the program runs about 50 times slower, so the 1 ms half of the
 # schedule-point rule would fire every few calls; at full speed the 64-call half does.
 hot.CHECKPOINT_AFTER = math.inf
@@ -69,15 +75,27 @@ async def bare():
 async def main():
     if case == "bare":
         return await bare()
-    if case == "batch":
+    if case in ("batch", "sync-many", "batch-many"):
         path = Path(tempfile.mkdtemp(prefix="tq-callgrind-")) / "batch.db"
-        config = trioqueue.QueueConfig(workers=4, persist_path=path, durability="batch")
+        durability = "sync" if case == "sync-many" else "batch"
+        config = trioqueue.QueueConfig(workers=4, persist_path=path, durability=durability,
+                                       capacity=max(1000, 2 * many))
+    elif case == "many":
+        config = trioqueue.QueueConfig(workers=4, capacity=max(1000, 2 * many))
     else:
         config = trioqueue.QueueConfig(workers=4, capacity=max(n, 1))
     async with trioqueue.open_queue(registry, config) as q:
         job = None
-        for _ in range(n):
-            job = q.enqueue_nowait("noop") if case == "nowait" else await q.enqueue("noop")
+        if case.endswith("many"):
+            payloads = [None] * many
+            left = n
+            while left > 0:
+                jobs = await q.enqueue_many("noop", payloads[:left])
+                left -= len(jobs)
+                job = jobs[-1]
+        else:
+            for _ in range(n):
+                job = q.enqueue_nowait("noop") if case == "nowait" else await q.enqueue("noop")
         await q.flush()
         if job is not None:
             await q.wait(job.id)
@@ -97,7 +115,8 @@ def instructions(case: str, n: int, tree: Path | None = None) -> tuple[int, int]
     with tempfile.TemporaryDirectory(prefix="tq-callgrind-") as tmp:
         subprocess.run(
             ["valgrind", "--tool=callgrind", "--separate-threads=yes",
-             f"--callgrind-out-file={tmp}/out", sys.executable, "-c", _CHILD, str(n), case],
+             f"--callgrind-out-file={tmp}/out", sys.executable, "-c", _CHILD, str(n), case,
+             str(MANY)],
             capture_output=True, text=True, check=True, env=env, cwd=tree,
         )
         counts: dict[int, int] = {}
@@ -114,9 +133,13 @@ def instructions(case: str, n: int, tree: Path | None = None) -> tuple[int, int]
     return counts[1], sum(v for k, v in counts.items() if k != 1)
 
 
-def per_job(case: str, n: int, tree: Path | None = None) -> tuple[float, float]:
-    """Instructions per job on the loop and in other threads (start-up taken off)."""
-    (loop, other), (loop0, other0) = instructions(case, n, tree), instructions(case, 0, tree)
+def per_job(case: str, n: int, tree: Path | None = None,
+            warm: int = 0) -> tuple[float, float]:
+    """Instructions per job on the loop and in other threads: the count of ``n + warm``
+    jobs less that of ``warm`` jobs, divided by ``n`` (start-up taken off, and with
+    ``warm`` what the first jobs pay once: caches filled, statements prepared)."""
+    (loop, other) = instructions(case, n + warm, tree)
+    (loop0, other0) = instructions(case, warm, tree)
     return (loop - loop0) / n, (other - other0) / n
 
 
@@ -128,12 +151,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--against", type=Path, metavar="DIR",
                         help="another checkout to count too, and the ratio to it")
     parser.add_argument("--runs", type=int, default=1, help="counts per case (median)")
+    parser.add_argument("--warm", type=int, default=0, metavar="W",
+                        help="jobs run before the counted ones, in both counts (0): "
+                             "the store's statements for large batches are prepared "
+                             "once, which a short run would count per job")
     args = parser.parse_args(argv)
     unknown = [c for c in args.cases if c not in CASES]
     if unknown:
         parser.error(f"unknown case {unknown[0]!r}; choose from {', '.join(CASES)}")
     if args.n < 1:
         parser.error(f"-n: expected a positive number of jobs, got {args.n}")
+    if args.warm < 0:
+        parser.error(f"--warm: expected 0 or more jobs, got {args.warm}")
     if args.runs < 1:
         parser.error(f"--runs: expected a positive number, got {args.runs}")
     if args.against is not None and not (args.against / "trioqueue").is_dir():
@@ -148,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         counts: dict[Path | None, list[tuple[float, float]]] = {tree: [] for tree in trees}
         for _ in range(args.runs):  # interleaved, when there are two trees
             for tree in trees:
-                counts[tree].append(per_job(case, args.n, tree))
+                counts[tree].append(per_job(case, args.n, tree, args.warm))
         loop, other = _medians(counts[None])
         print(f"{case:8s} {loop:10,.0f} instructions per job on the loop"
               f"{other:10,.0f} in other threads" + _spread(counts[None]))

@@ -76,12 +76,14 @@ def test_only_keeps_the_baseline_of_each_group() -> None:
                    "io@100/asyncio", "io@100/trioqueue"}
 
 
-@pytest.mark.parametrize("case", ["bare", "nowait", "await", "batch"])
+@pytest.mark.parametrize("case", ["bare", "nowait", "await", "batch", "many", "sync-many",
+                                  "batch-many"])
 def test_callgrind_workload_runs_without_valgrind(case: str) -> None:
-    """The script ``python -m benchmarks.callgrind`` runs under valgrind, run plainly."""
+    """The script ``python -m benchmarks.callgrind`` runs under valgrind, run plainly
+    (the batch cases with batches of 100, the last one short)."""
     from benchmarks.callgrind import _CHILD
 
-    proc = subprocess.run([sys.executable, "-c", _CHILD, "300", case], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-c", _CHILD, "250", case, "100"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -98,6 +100,9 @@ def test_callgrind_refuses_unknown_cases_and_bad_counts(
     with pytest.raises(SystemExit):
         main(["-n", "0"])
     assert "-n: expected a positive number of jobs, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--warm", "-1"])
+    assert "--warm: expected 0 or more jobs, got -1" in capsys.readouterr().err
 
 
 def test_only_the_group_trio_case_is_a_baseline() -> None:

@@ -5,6 +5,7 @@ floats, None)."""
 from __future__ import annotations
 
 import json
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -96,3 +97,65 @@ def test_a_flat_value_list_must_hold_whole_rows() -> None:
             assert store.get("a1") is not None
         finally:
             store.close()
+
+
+# A column whose value is the same in every row of a statement is bound once: records
+# drawn from a few values each, so that columns are now shared, now not, in batches that
+# fill a statement's size exactly, pad it, or take more than one statement.
+few_times = st.sampled_from([None, 1.5, 1e9])
+few_texts = st.sampled_from([None, "boom", "Traceback: x"])
+few_json = st.sampled_from([None, 1, "x", [1, 2]])
+
+
+@st.composite
+def similar_records(draw: st.DrawFn, job_id: str) -> JobRecord:
+    payload = draw(few_json)
+    rec = JobRecord.restored(
+        job_id, "echo", payload, json.dumps(payload), draw(st.sampled_from([0, 1])),
+        draw(st.sampled_from([JobStatus.QUEUED, JobStatus.COMPLETED])),
+        draw(st.sampled_from([0, 1])), 3, draw(st.sampled_from([None, 2.0])),
+        draw(st.sampled_from([1.0, 2.0])), draw(few_times), draw(few_times),
+        draw(few_times), draw(few_json), draw(few_texts), draw(few_texts),
+    )
+    rec.progress = draw(st.sampled_from([None, {"fraction": 0.5, "note": None}]))
+    return rec
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.data(), st.sampled_from([1, 3, 17, 32, 33, 100]), st.randoms(use_true_random=False))
+def test_rows_with_shared_columns_are_read_back(data: st.DataObject, n: int,
+                                                rnd: random.Random) -> None:
+    distinct = data.draw(st.integers(1, 3))  # at most this many distinct rows
+    pool = [data.draw(similar_records(f"tmpl{i}")) for i in range(distinct)]
+    picks = [rnd.randrange(distinct) for _ in range(n)]
+    recs = []
+    for i, k in enumerate(picks):
+        rec = pool[k].snapshot()
+        recs.append(JobRecord.restored(
+            f"j{i}", rec.task, rec.payload, json.dumps(rec.payload), int(rec.priority),
+            rec.status, rec.attempts, rec.max_retries, rec.timeout, rec.created_at,
+            rec.scheduled_for, rec.started_at, rec.finished_at, rec.result, rec.error,
+            rec.traceback,
+        ))
+        recs[-1].progress = pool[k].progress
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteStore.open(Path(tmp) / "q.db")
+        store._rows_per_statement = 32  # 33 rows and more: a statement per 32
+        try:
+            persistence = Persistence(trioqueue.QueueConfig(), registry, store)
+
+            async def write() -> None:
+                await persistence._write_batch()
+
+            for rec in recs:
+                persistence.changed(EventKind.ENQUEUED, rec)
+            trio.run(write)
+            rows = {row[0]: row for row in store.newest(None, n + 1)}
+            assert len(rows) == n
+            for rec in recs:
+                back = persistence.record(rows[rec.id])
+                assert back.snapshot() == rec.snapshot()
+                assert back.progress == rec.progress
+        finally:
+            store.close()
+

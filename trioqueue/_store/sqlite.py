@@ -87,29 +87,53 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 NULLABLE_TEXT = ("result", "error", "traceback", "progress")
-"""Text columns where an empty string is stored as NULL (see :data:`_PLACEHOLDERS`)."""
+"""Text columns where an empty string is stored as NULL (see :data:`_NULLABLE`)."""
 
-_PLACEHOLDERS = "(" + ", ".join(
-    "NULLIF(?, '')" if c in NULLABLE_TEXT else "?" for c in COLUMNS
-) + ")"
-"""One row's values.  Rows may give NULL as ``None``, but the store's writer gives NaN in
-the REAL columns (SQLite stores a NaN as NULL) and ``""`` in :data:`NULLABLE_TEXT`:
-``sqlite3`` binds an exact float or str in C, while each ``None`` takes a detour through
-its adapter registry (a tuple built and two attribute lookups): a typical row of seven
-NULLs took 34,600 instructions to bind and write that way, against 22,800 now."""
+_NULLABLE = tuple(c in NULLABLE_TEXT for c in COLUMNS)
+"""Rows may give NULL as ``None``, but the store's writer gives NaN in the REAL columns
+(SQLite stores a NaN as NULL) and ``""`` in :data:`NULLABLE_TEXT`, which the statement
+turns back into NULL (``NULLIF(?, '')``): ``sqlite3`` binds an exact float or str in C,
+while each ``None`` takes a detour through its adapter registry (a tuple built and two
+attribute lookups): a typical row of seven NULLs took 34,600 instructions to bind and
+write that way, against 22,800 then."""
 _ON_CONFLICT = " ON CONFLICT(id) DO UPDATE SET " + ", ".join(
     f"{c} = excluded.{c}" for c in COLUMNS[3:]
 )
-MAX_ROWS_PER_STATEMENT = 4096
+MAX_ROWS_PER_STATEMENT = 256
+"""Rows per statement at most (a write of more is several statements in one
+transaction).  Each statement size and shape is prepared once per connection, and
+preparing costs about 25 us a row, some 15 times what writing a row costs: with up to
+4,096 rows a statement, the distinct statements of a 50,000-job ``enqueue_many`` run
+took a third of the writer thread's instructions (callgrind: 600 of 1,900 million).
+At 256 a statement costs ~6 ms to prepare, and a large write is a few statements more
+(each a GIL hand-off, under a lowered switch interval)."""
+MAX_CACHED_UPSERTS = 96
+"""Upsert statements kept by size and shape (which columns are bound once); the
+connection's own cache of prepared statements holds as many (see :func:`_connect`)."""
 
 
-def _upsert(n: int) -> str:
-    """An upsert of ``n`` rows in one statement."""
-    return (
-        f"INSERT INTO jobs({', '.join(COLUMNS)}) VALUES "
-        + ", ".join([_PLACEHOLDERS] * n)
-        + _ON_CONFLICT
-    )
+def _upsert(n: int, shared: tuple[bool, ...] | None = None) -> str:
+    """An upsert of ``n`` rows in one statement.  ``shared[i]``: column ``i`` has one
+    value for every row, bound once: the parameters are the shared columns' values (in
+    column order), then each row's own values, row after row.
+
+    The shared columns come first in the statement's column list, as ``?1``, ``?2``, ...
+    in every row, and each row's own values are plain ``?``: SQLite numbers those on
+    from the highest number seen, and looks a repeated ``?N`` up among the numbered
+    parameters only (a ``?N`` per value made preparing a statement of 1,792 rows take
+    200 ms, against 80 ms for plain ``?``)."""
+    if shared is None:
+        shared = (False,) * len(COLUMNS)
+    first = [(c, nullable) for c, nullable, one in zip(COLUMNS, _NULLABLE, shared,
+                                                        strict=True) if one]
+    own = [(c, nullable) for c, nullable, one in zip(COLUMNS, _NULLABLE, shared,
+                                                      strict=True) if not one]
+    exprs = [f"NULLIF(?{k}, '')" if nullable else f"?{k}"
+             for k, (_, nullable) in enumerate(first, 1)]
+    exprs += ["NULLIF(?, '')" if nullable else "?" for _, nullable in own]
+    row = "(" + ",".join(exprs) + ")"
+    names = ", ".join(c for c, _ in first + own)
+    return f"INSERT INTO jobs({names}) VALUES " + ",".join([row] * n) + _ON_CONFLICT
 
 
 def _bucket(n: int) -> int:
@@ -132,7 +156,7 @@ def _tune(conn: sqlite3.Connection, fsync: bool) -> None:
 def _connect(path: Path, *, query_only: bool = False) -> sqlite3.Connection:
     conn = sqlite3.connect(
         path.resolve().as_uri(), uri=True, isolation_level=None, check_same_thread=False,
-        timeout=BUSY_TIMEOUT,
+        timeout=BUSY_TIMEOUT, cached_statements=MAX_CACHED_UPSERTS + 32,
     )
     if query_only:
         conn.execute("PRAGMA query_only = ON")
@@ -160,7 +184,7 @@ class SqliteStore:
         limit = writer.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         per = min(MAX_ROWS_PER_STATEMENT, limit // len(COLUMNS))
         self._rows_per_statement = per if per <= 256 else per // 256 * 256
-        self._upserts: dict[int, str] = {}
+        self._upserts: dict[tuple[int, tuple[bool, ...]], str] = {}
         self._w_failed = False
         self._fsync = fsync
         self._readers_lock = threading.Lock()
@@ -327,12 +351,19 @@ class SqliteStore:
 
         Up to :data:`MAX_ROWS_PER_STATEMENT` rows go in *one* statement, padded to a
         cached size by repeating the last row (upserting a row twice is harmless), with
-        no BEGIN/COMMIT around it.  The point is the GIL: sqlite3 releases it around each
-        statement and each BEGIN/COMMIT, and a writer thread must win it back from a busy
-        event loop every time, which can take the interpreter's whole switch interval
-        (5 ms).  Measured against a busy thread: one row per statement (``executemany``)
-        4,600 rows/s; 512 rows per statement 46,000; one statement per 4,096 rows
-        181,000.
+        no BEGIN/COMMIT around it when one statement holds them all.  The point is the
+        GIL: sqlite3 releases it around each statement and each BEGIN/COMMIT, and a
+        writer thread must win it back from a busy event loop every time, which takes
+        up to the interpreter's switch interval (lowered to 200 us while the store
+        writes; 5 ms by default).  Measured against a busy thread at 5 ms: one row per
+        statement (``executemany``) 4,600 rows/s; 512 rows per statement 46,000; one
+        statement per 4,096 rows 181,000.
+
+        A column whose value is the same in every row of a statement (the task, the
+        status of a batch of new jobs, the NULLs of a job not yet run) is bound once, as
+        a numbered parameter that every row names, not once per row: ``sqlite3`` binds
+        under the GIL, where each bound value is time taken from a busy event loop, while
+        finding those columns is a slice and a count per column, in C.
         """
         width = len(COLUMNS)
         n = len(values) // width
@@ -351,9 +382,7 @@ class SqliteStore:
                     count = min(per, n - first)
                     part = values[first * width : (first + count) * width]
                     size = min(_bucket(count), per)
-                    if size > count:  # the last row's values, repeated to fill up
-                        part = (*part, *tuple(part[-width:]) * (size - count))
-                    conn.execute(self._upsert(size), part)
+                    conn.execute(*self._statement(part, count, size))
                 if conn.in_transaction:
                     conn.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -368,6 +397,22 @@ class SqliteStore:
                 raise StoreError(
                     f"{self.path}: cannot write {n} job(s): {_describe(exc)}"
                 ) from exc
+
+    def _statement(self, part: Sequence[Any], count: int,
+                   size: int) -> tuple[str, list[Any]]:
+        """The upsert of ``count`` rows (flat ``part``) as one statement of ``size``
+        rows, and its parameters: the columns the same in every row bound once, the
+        others per row, the last row's repeated to fill up to ``size``."""
+        width = len(COLUMNS)
+        columns = [part[i::width] for i in range(width)]
+        shared = tuple([col.count(col[0]) == count for col in columns])
+        params = [col[0] for col, one in zip(columns, shared, strict=True) if one]
+        varying = [col for col, one in zip(columns, shared, strict=True) if not one]
+        if varying:
+            params.extend(chain.from_iterable(zip(*varying, strict=True)))
+            if size > count:  # the last row's values, repeated to fill up
+                params.extend([col[-1] for col in varying] * (size - count))
+        return self._upsert(size, shared), params
 
     def pragma(self, name: str) -> Any:
         """The writer connection's setting ``PRAGMA name`` (diagnostics and tests: what
@@ -402,10 +447,13 @@ class SqliteStore:
         self._upserts.clear()
         self._w_failed = False
 
-    def _upsert(self, n: int) -> str:
-        sql = self._upserts.get(n)
+    def _upsert(self, n: int, shared: tuple[bool, ...]) -> str:
+        key = (n, shared)
+        sql = self._upserts.get(key)
         if sql is None:
-            sql = self._upserts[n] = _upsert(n)
+            if len(self._upserts) >= MAX_CACHED_UPSERTS:
+                self._upserts.clear()
+            sql = self._upserts[key] = _upsert(n, shared)
         return sql
 
     def write_all(self, rows: Iterable[Row], chunk: int = 10_000) -> int:
