@@ -201,3 +201,11 @@ async def test_password_and_unix_socket(tmp_path: Path) -> None:
     finally:
         server.kill()
         server.wait()
+
+
+async def test_a_closed_client_refuses_calls() -> None:
+    one = lua_script("return 1")
+    async with connect(REDIS_URL, client_name=unique("c")) as client:
+        assert await client.run(one, [], []) == 1
+    with trio.fail_after(2), pytest.raises(RedisUnavailable, match="closed"):
+        await client.run(one, [], [])

@@ -1,7 +1,8 @@
-"""The Redis state layer: key layout, Lua scripts, and typed operations over coredis.
+"""The Redis state layer: key layout, Lua scripts, and typed operations over the client.
 
 One queue's state lives in Redis under ``tq:{<queue>}:``; every process opened on the same
-URL and queue name shares it.  :func:`connect` opens the adapter over coredis;
+URL and queue name shares it.  :func:`connect` opens the client (our pipelined
+connection for the scripts, coredis for blocking calls);
 :class:`RedisState` runs the scripts.  docs/redis-design.md describes both.
 """
 

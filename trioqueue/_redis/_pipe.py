@@ -224,12 +224,15 @@ class Pipe:
         self._lock = trio.Lock()
         self.connects = 0
         self._watching = False
+        self._closed = False
 
     async def execute(self, data: bytes) -> Any:
         lost = Lost("not sent")
         for attempt in range(ATTEMPTS):
             if attempt:
                 await trio.sleep(RESEND_PAUSE)
+            if self._closed:
+                raise Lost("the client is closed")
             try:
                 conn = self._conn
                 if conn is None or conn.dead is not None:
@@ -301,6 +304,9 @@ class Pipe:
                 conn.fail(TimeoutError(f"no reply in {self._stream_timeout} s"))
 
     def close(self) -> None:
+        """Fail the connection (its waiting requests raise :class:`Lost`); every later
+        :meth:`execute` raises :class:`Lost`."""
+        self._closed = True
         if self._conn is not None:
             self._conn.fail(ConnectionError("closed"))
 

@@ -388,8 +388,8 @@ def _event(entry_id: str, f: Mapping[str, str]) -> StreamEvent:
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 """Batches travel as one JSON argument (ASCII: every string escaped; the scripts decode
-it with cjson): coredis costs about half a microsecond per argument, a batch of 100
-outcomes as separate arguments cost more than its round trip."""
+it with cjson and check the whole batch before writing): one argument per batch, whatever
+its size (each argument costs the client ~0.1 µs on our connection, ~0.7 on coredis)."""
 
 
 def clean_text(text: str) -> str:
