@@ -116,18 +116,18 @@ class Batches:
             return []
         parked = False
         stored: dict[str, JobRecord] = {}
-        if backend.persistent:
+        if backend.persistent and given:  # ids chosen by the caller: maybe in the store
             for rec in recs:
-                if rec.id in stored or backend.get_nowait(rec.id) is not None:
+                if (rec.id not in given or rec.id in stored
+                        or backend.get_nowait(rec.id) is not None):
                     continue
                 if life.closing or backend.refusal is not None:
                     self._refuse()
-                if rec.id in given:
-                    # It may belong to a finished job that has left memory: ask the store.
-                    found = await backend.find(rec.id)
-                    parked = True
-                    if found is not None:
-                        stored[rec.id] = found
+                # It may belong to a finished job that has left memory: ask the store.
+                found = await backend.find(rec.id)
+                parked = True
+                if found is not None:
+                    stored[rec.id] = found
         while True:
             if life.closing or backend.refusal is not None:
                 self._refuse()
