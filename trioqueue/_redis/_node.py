@@ -37,7 +37,7 @@ from .._state import EventKind, JobEvent
 from .._stats import Stats
 from ._client import RedisUnavailable
 from ._outbox import Outbox
-from ._state import MAX_CLAIM, EventReader, Outcome, RedisState, StoredJob, StreamEvent
+from ._state import MAX_CLAIM, EventReader, Outcome, RecordParts, RedisState, StreamEvent
 
 log = logging.getLogger("trioqueue")
 
@@ -174,8 +174,8 @@ class NodeCore:
                         claimable = [t for t in tasks if t not in full]
                 sent = self._clock.current_time()
                 try:
-                    got = await state.finish_and_claim(self.node, outcomes, n, self._lease,
-                                                       claimable)
+                    results, claimed, view = await state.finish_and_claim_parts(
+                        self.node, outcomes, n, self._lease, claimable)
                 except RedisUnavailable as exc:
                     self._pending[:0] = outcomes
                     if stopping:
@@ -183,19 +183,20 @@ class NodeCore:
                     log.warning("trioqueue: redis unavailable (%s); retrying", exc)
                     await trio.sleep(0.5)
                     continue
-                self._log_stale(outcomes, got.results)
+                self._log_stale(outcomes, results)
                 until = sent + self._lease
-                for sj in got.claimed:
-                    rec = self._record(sj)
-                    self._held[rec.id] = (rec, sj.fence)
-                    self._deadline[rec.id] = until
-                    self._buffer.append(rec)
-                self._outbox.saw(got.view)
-                if got.claimed and got.view is not None and got.view.seq <= self._counts_seq:
+                held, deadline, buffer = self._held, self._deadline, self._buffer
+                for parts in claimed:
+                    rec = self._record(parts)
+                    held[rec.id] = (rec, parts[16])
+                    deadline[rec.id] = until
+                    buffer.append(rec)
+                self._outbox.saw(view)
+                if claimed and view is not None and view.seq <= self._counts_seq:
                     # Counts read after this claim but before its reply count its jobs.
-                    self._held_at_refresh += len(got.claimed)
-                if got.claimed:
-                    self._work_lot.unpark(count=len(got.claimed))
+                    self._held_at_refresh += len(claimed)
+                if claimed:
+                    self._work_lot.unpark(count=len(claimed))
                 elif n and not self._pending and not stopping:
                     self._blocked = True
                     try:
@@ -476,16 +477,14 @@ class NodeCore:
     def _registry_names(self) -> list[str]:
         return sorted(self._registry)
 
-    def _record(self, sj: StoredJob, spec: bool = True) -> JobRecord:
-        j = sj.job
+    def _record(self, p: RecordParts) -> JobRecord:
+        """A claimed job's record, from its parsed fields (:func:`record_parts`)."""
         rec = JobRecord.restored(
-            j.id, j.task, j.payload, "", int(j.priority), j.status, j.attempts, j.max_retries,
-            j.timeout, j.created_at, j.scheduled_for, j.started_at, j.finished_at, j.result,
-            j.error, j.traceback,
-            self._registry.get(j.task) if spec else None,
+            p[0], p[1], p[2], "", p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11],
+            p[12], p[13], p[14], self._registry.get(p[1]),
         )
-        rec.progress = j.progress
-        ready = j.scheduled_for if j.scheduled_for is not None else j.created_at
+        rec.progress = p[15]
+        ready = p[9] if p[9] is not None else p[8]
         rec.ready_at = min(ready - self._wall, self._clock.current_time())
         return rec
 

@@ -43,6 +43,7 @@ from ._values import (
     Outcome,
     Promoted,
     Reaped,
+    RecordParts,
     Renewal,
     RoomView,
     StoredJob,
@@ -52,6 +53,7 @@ from ._values import (
     canonical_digest,
     check_name,
     clean_text,
+    record_parts,
     stored_job,
 )
 
@@ -59,7 +61,8 @@ __all__ = [
     "MAX_BATCH", "MAX_CLAIM", "RECORD_FIELDS", "Admission", "Admissions", "Admitted",
     "CorruptRecord", "Counts", "EventBatch", "EventReader", "FinishClaim", "NewJob",
     "NodeInfo", "Outcome",
-    "Promoted", "Reaped", "RedisState", "Renewal", "RoomView", "StoredJob", "StreamEvent",
+    "Promoted", "Reaped", "RecordParts", "RedisState", "Renewal", "RoomView", "StoredJob",
+    "StreamEvent",
     "canonical_digest", "check_name", "clean_text", "stored_job",
 ]
 
@@ -204,6 +207,33 @@ class RedisState:
         that priority (a node lacking a task holds back that priority for itself only;
         fairness is exact when every node knows every task).
         """
+        results, claimed, view = await self._finish_and_claim_raw(node, outcomes, n, lease,
+                                                                  tasks)
+        return FinishClaim(list(results), [stored_job(r) for r in claimed],
+                           RoomView.parse(view))
+
+    async def finish_and_claim_parts(
+        self,
+        node: str,
+        outcomes: Sequence[Outcome],
+        n: int,
+        lease: float,
+        tasks: Collection[str] | None = None,
+    ) -> tuple[list[str], list[RecordParts], RoomView | None]:
+        """:meth:`finish_and_claim`, with the claimed records as :func:`record_parts`
+        (the node builds its own records from them: no job object in between)."""
+        got = await self._finish_and_claim_raw(node, outcomes, n, lease, tasks)
+        results, claimed, view = got
+        return list(results), [record_parts(r) for r in claimed], RoomView.parse(view)
+
+    async def _finish_and_claim_raw(
+        self,
+        node: str,
+        outcomes: Sequence[Outcome],
+        n: int,
+        lease: float,
+        tasks: Collection[str] | None,
+    ) -> Any:
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_CLAIM:
             raise ValueError(f"n: expected an integer 0..{MAX_CLAIM}, got {n!r}")
         if len(outcomes) > MAX_CLAIM:
@@ -221,9 +251,7 @@ class RedisState:
             self.request_id() if n else "", self._maxlen, self._ttl_ms, node, _lease_ms(lease), n,
             w[0], w[1], w[2], batch, "" if tasks is None else _dumps(sorted(tasks)),
         ]
-        results, claimed, view = await self.run_script("finish_and_claim", args)
-        return FinishClaim(list(results), [stored_job(r) for r in claimed],
-                           RoomView.parse(view))
+        return await self.run_script("finish_and_claim", args)
 
     async def renew(self, node: str, held: Sequence[tuple[str, int]], lease: float) -> Renewal:
         """Extend the leases ``node`` still holds (id, fence); report the lost ones."""

@@ -344,8 +344,17 @@ def _ms(value: str | None) -> float | None:
     return None if value is None or value == "" else int(value) / 1000
 
 
-def stored_job(r: Sequence[Any]) -> StoredJob:
-    """A record in :data:`RECORD_FIELDS` order (as the scripts return it) as a job."""
+RecordParts = tuple[str, str, Any, int, JobStatus, int, int, float | None, float,
+                    float | None, float | None, float | None, Any, str | None, str | None,
+                    Any, int, str | None, bool]
+"""A record's values, parsed: the :class:`~trioqueue.Job` fields in order (but the
+priority as 0-2), then fence, owner and cancel_requested."""
+
+
+def record_parts(r: Sequence[Any]) -> RecordParts:
+    """A record in :data:`RECORD_FIELDS` order (as the scripts return it), parsed and
+    checked (:class:`CorruptRecord`); what :func:`stored_job` builds a job from, and the
+    node a claimed job's record (without the job in between)."""
     job_id: str = r[0] if r else ""
     field = "fields"
     try:
@@ -356,22 +365,31 @@ def stored_job(r: Sequence[Any]) -> StoredJob:
         field = "result"
         result = None if r[12] is None or r[12] == "null" else json.loads(r[12])
         field = "prio"
-        prio = _PRIORITIES[int(r[3])]
+        prio = int(r[3])
+        if not 0 <= prio <= 2:
+            raise ValueError(f"expected 0, 1 or 2, got {prio}")
         field = "status"
         status = _STATUSES[r[4]]
         field = "progress"
         progress = json.loads(r[18]) if r[18] else None
         field = "times"
-        job = Job(
+        return (
             job_id, r[1], payload, prio, status, int(r[5]), int(r[6]),
             None if r[7] is None else float(r[7]),
             int(r[8]) / 1000, _ms(r[9]), _ms(r[10]), _ms(r[11]), result,
             r[13] or None, r[14] or None, progress,
+            int(r[15] or 0), r[16], bool(r[17]),
         )
-        field = "fence"
-        return StoredJob(job, int(r[15] or 0), r[16], bool(r[17]))
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise CorruptRecord(f"job {job_id!r}: {field}: {exc}") from None
+
+
+def stored_job(r: Sequence[Any]) -> StoredJob:
+    """A record in :data:`RECORD_FIELDS` order (as the scripts return it) as a job."""
+    p = record_parts(r)
+    job = Job(p[0], p[1], p[2], _PRIORITIES[p[3]], p[4], p[5], p[6], p[7], p[8], p[9],
+              p[10], p[11], p[12], p[13], p[14], p[15])
+    return StoredJob(job, p[16], p[17], p[18])
 
 
 def _event(entry_id: str, f: Mapping[str, str]) -> StreamEvent:
