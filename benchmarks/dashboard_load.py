@@ -233,15 +233,43 @@ def _opener(kind: str, client: str, base: str, max_rate: int | None
     return _websocket_dashboard(base, max_rate)
 
 
+def _descendants_cpu_seconds(but: int) -> float:
+    """utime + stime of this process's descendants (the browser client's Playwright
+    driver and Chromium), except the process ``but`` (the server) and its own."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[tuple[int, float]]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(
+            (int(entry), (int(fields[11]) + int(fields[12])) / tick))
+    total = 0.0
+    todo = [os.getpid()]
+    while todo:
+        for pid, cpu in children.get(todo.pop(), ()):
+            if pid != but:
+                total += cpu
+                todo.append(pid)
+    return total
+
+
 def _measure(kind: str, client: str, seconds: float, workers: int,
              max_rate: int | None = None) -> dict[str, Any]:
     with _server(workers) as (base, pid):
         port = int(base.rsplit(":", 1)[1])
         with _opener(kind, client, base, max_rate) as seen:
             post_load(port, min(0.5, seconds / 4))  # warm up: connections, first jobs
-            cpu0 = _cpu_seconds(pid)
+            cpu0, browser0 = _cpu_seconds(pid), _descendants_cpu_seconds(pid)
             result = post_load(port, seconds)
             result["server_cpu_s"] = _cpu_seconds(pid) - cpu0
+            # Chromium's CPU (browser client; nothing otherwise): on a small machine it
+            # competes with the server and the load for the same cores.
+            result["browser_cpu_s"] = _descendants_cpu_seconds(pid) - browser0
         result["dashboard"] = seen
     return result
 
@@ -280,6 +308,8 @@ def post_dashboard(rounds: int = 3, seconds: float = 3.0, client: str = "auto",
         "ratio": with_one / none if none else float("nan"),
         "cpu_us_per_post_none": cpu_per_post("none"),
         "cpu_us_per_post_dashboard": cpu_per_post("dashboard"),
+        "browser_cores": statistics.median(
+            r["browser_cpu_s"] / r["elapsed_s"] for r in runs["dashboard"]),
         "runs": runs,
     }
 
@@ -447,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  ratio {result['ratio']:.3f}; server CPU per POST: "
           f"{result['cpu_us_per_post_none']:.1f} us without, "
           f"{result['cpu_us_per_post_dashboard']:.1f} us with")
+    if result["client"] == "browser":
+        print(f"  Chromium meanwhile: {result['browser_cores']:.2f} of a core")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2, default=str)
