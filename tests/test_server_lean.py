@@ -491,6 +491,22 @@ async def test_direct_reads_and_writes_on_a_real_socket() -> None:
     assert reads[0] == len(post(b"b"))
 
 
+async def test_an_idle_real_connection_waits_then_times_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a plain socket the wait for the next request (``wait_readable``, then a
+    direct read) ends at the keep-alive timeout, and serves a request that comes first."""
+    monkeypatch.setattr(_h1, "KEEP_ALIVE_TIMEOUT", 0.2)
+    async with lean() as (port, _), connect(port) as peer:
+        for body in (b"a", b"b"):
+            await trio.testing.wait_all_tasks_blocked()  # the server waits on the socket
+            await peer.send(post(body))
+            assert json.loads((await peer.response())[2])["body"] == body.decode()
+        start = trio.current_time()
+        assert await peer.eof()
+        assert trio.current_time() - start >= 0.1
+
+
 @pytest.mark.parametrize("takes", [0, 7])
 async def test_a_write_the_socket_takes_in_part_goes_on_through_the_stream(
     takes: int,

@@ -283,10 +283,21 @@ class Connection:
             self.wait_kind = kind
             self.since = since
             try:
+                if kind == WAIT_IDLE and self.direct is not None:
+                    # Nothing was there a moment ago (_read_now): wait, then read.
+                    return await self._read_when_readable(self.direct)
                 return await self.stream.receive_some(READ_SIZE)
             finally:
                 self.waiting = None
         return None
+
+    async def _read_when_readable(self, sock: trio.socket.SocketType) -> bytes:
+        """``receive_some`` less the ``recv`` that would find nothing again."""
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            data = self._read_now()
+            if data is not None:
+                return data
 
     def _read_now(self) -> bytes | None:
         """What the client has sent already (``b""`` at its EOF), without waiting or
