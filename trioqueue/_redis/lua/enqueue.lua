@@ -152,18 +152,18 @@ for i = 1, n do
     local prio = tonumber(j[4])
     local delay = tonumber(j[8])
     local key = jkey(id)
-    local fields = {'id', id, 'task', task, 'payload', j[5], 'prio', prio,
-      'attempts', 0, 'max_retries', j[6], 'created_at', now_ms, 'digest', digest,
-      'fence', 0}
+    local fields = {'id', id, 'task', task, 'payload', j[5], 'prio', int(prio),
+      'attempts', '0', 'max_retries', j[6], 'created_at', NOW, 'digest', digest,
+      'fence', '0'}
     if j[7] ~= '' then
       fields[#fields + 1] = 'timeout'
       fields[#fields + 1] = j[7]
     end
     if delay > 0 then
       local due = now_ms + delay
-      redis.call('HSET', key, 'status', 'scheduled', 'scheduled_for', due, 'dslot', 1,
+      redis.call('HSET', key, 'status', 'scheduled', 'scheduled_for', int(due), 'dslot', '1',
         unpack(fields))
-      redis.call('ZADD', P .. 'sched', due, id)
+      redis.call('ZADD', P .. 'sched', int(due), id)
       redis.call('HINCRBY', P .. 'room', 'delayed:' .. PRIO[prio + 1], 1)
       emit('scheduled', id, task, prio, 'scheduled', 0, '')
     else
@@ -175,7 +175,7 @@ for i = 1, n do
     end
     order = math.max(now_ms * 1000, order + 1)
     order_moved = true
-    redis.call('ZADD', P .. 'idx:all', order, id)
+    redis.call('ZADD', P .. 'idx:all', int(order), id)
     count('enqueued', prio)
   end
 end

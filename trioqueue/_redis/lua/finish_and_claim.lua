@@ -93,9 +93,9 @@ for i = 1, n_out do
       emit('cancelled', id, task, prio, 'cancelled', attempt, node, extra)
     elseif kind == 'retry' then
       local due = now_ms + tonumber(value)
-      redis.call('HSET', key, 'status', 'scheduled', 'scheduled_for', due, 'error', err,
+      redis.call('HSET', key, 'status', 'scheduled', 'scheduled_for', int(due), 'error', err,
         'traceback', tb)
-      redis.call('ZADD', P .. 'sched', due, id)
+      redis.call('ZADD', P .. 'sched', int(due), id)
       count('retried', prio)
       extra[#extra + 1] = 'error'
       extra[#extra + 1] = err
@@ -128,7 +128,7 @@ else
     local raw = redis.call('HMGET', P .. 'swrr', 'high', 'medium', 'low')
     local credit = {tonumber(raw[1]) or 0, tonumber(raw[2]) or 0, tonumber(raw[3]) or 0}
     local before = {credit[1], credit[2], credit[3]}
-    local deadline = now_ms + lease
+    local deadline = int(now_ms + lease)
     local leased = {} -- {deadline, id, ...}: one ZADD
     while #ids < want do
       -- One smooth weighted round robin step, as trioqueue/_fairness.py: every priority
@@ -186,7 +186,7 @@ else
         local fence = tonumber(r[16] or '0') + 1
         local attempt = tonumber(r[6]) + 1
         redis.call('HSET', jkey(id), 'status', 'processing', 'owner', node,
-          'started_at', now_ms, 'fence', fence, 'attempts', attempt)
+          'started_at', NOW, 'fence', int(fence), 'attempts', int(attempt))
         r[5], r[6], r[11], r[16], r[17] = 'processing', attempt, now_ms, fence, node
         leased[#leased + 1] = deadline
         leased[#leased + 1] = id
