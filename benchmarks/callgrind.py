@@ -4,12 +4,15 @@ machine, where seconds are not.  For tuning the hot path; not part of the table.
     python -m benchmarks.callgrind                  # every case, 20,000 jobs each
     python -m benchmarks.callgrind nowait await -n 50000
     python -m benchmarks.callgrind await batch --against /tmp/base --runs 3
+    python -m benchmarks.callgrind many sync-many batch-many -n 10000 --warm 10000
 
-Each case runs twice under ``valgrind --tool=callgrind`` (with 0 jobs, then with n) in
-a fresh interpreter; the difference divided by n is the cost of one job, start-up and
-shutdown excluded.  Cases: ``bare`` (a Trio memory channel, 4 receiving tasks, ``await
-send``: the floor of the throughput table), ``nowait`` (``enqueue_nowait`` n jobs with
-capacity n, then run them), ``await`` (one producer, ``await enqueue``), ``batch`` (the
+Each case runs twice under ``valgrind --tool=callgrind`` (with W jobs, then with W + n)
+in a fresh interpreter; the difference divided by n is the cost of one job, start-up and
+shutdown excluded.  W is ``--warm`` (0 by default): with a store, a run prepares a
+statement for each batch size it meets, once, which a short run would count per job.
+Cases: ``bare`` (a Trio memory channel, 4 receiving tasks, ``await send``: the floor of
+the throughput table), ``nowait`` (``enqueue_nowait`` n jobs with capacity n, then run
+them), ``await`` (one producer, ``await enqueue``), ``batch`` (the
 same with an SQLite store, ``durability="batch"``, and a final ``flush()``), ``many``
 (one producer, ``await enqueue_many`` of :data:`MANY` jobs, capacity twice that),
 ``sync-many`` and ``batch-many`` (the same with an SQLite store, ``durability="sync"``
