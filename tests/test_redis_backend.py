@@ -123,6 +123,41 @@ async def test_shutdown_releases_running_job_and_leaves_queued_jobs(queue_name: 
     assert t.cancelled == [jobs[0].id]
 
 
+async def test_prefetch_two_fetchers_claim_no_more_than_idle_plus_prefetch(
+    queue_name: str,
+) -> None:
+    """With a prefetch a node runs two fetchers (one call's reply is handled while the
+    other's script runs); claims in flight count against the prefetch, every job runs
+    once, and a close releases every prefetched job (no lease left in Redis)."""
+    t = Tasks()
+    key = f"tq:{{{queue_name}}}:"
+    with trio.fail_after(30):
+        async with admin() as r:
+            async with trioqueue.open_queue(
+                t.registry, config(queue_name, workers=1, prefetch=8, shutdown_timeout=0.1)
+            ) as q:
+                await q.enqueue_many("gated", [None] * 40)
+                await t.entered.wait()
+
+                async def leases() -> int:
+                    return int(await r.zcard(key + "leases"))
+
+                while await leases() < 9:
+                    await trio.sleep(0.01)
+                await trio.sleep(0.2)  # both fetchers had time to claim more, if they would
+                assert await leases() == 9  # 1 running + 8 prefetched
+            assert await r.zcard(key + "leases") == 0
+            assert await r.llen(key + "ready:medium") == 40
+        t2 = Tasks()
+        t2.gate.set()
+        async with trioqueue.open_queue(t2.registry, config(queue_name, workers=4,
+                                                           prefetch=16)) as q2:
+            more = [await q2.enqueue("echo", i) for i in range(200)]
+            for job in more:
+                assert (await q2.wait(job.id)).result == job.payload
+    assert sorted(t2.runs.values()) == [1] * 240
+
+
 async def test_a_node_that_loses_its_lease_stops_the_job_and_its_ack_is_refused(
     queue_name: str,
 ) -> None:

@@ -4,7 +4,8 @@
 - the **fetcher**: one ``finish_and_claim`` call acks what the workers finished since its
   last call and claims up to (idle workers + ``prefetch`` - already buffered) jobs into a
   local buffer that :meth:`NodeCore.claim` pops synchronously; when nothing could be
-  claimed it blocks in ``BLPOP [ctl, wake] 1`` (shielded, never cancelled);
+  claimed it blocks in ``BLPOP [ctl, wake] 1`` (shielded, never cancelled); with a
+  prefetch, a second fetcher adds a call while the first one's is in flight;
 - the **flusher**: sends outcomes that arrive while the fetcher is blocked, at once;
 - the **heartbeat**: every ``lease / 3`` renews the leases this node holds, moves their
   deadlines on this node's clock, and registers the node with its worker figures;
@@ -93,6 +94,8 @@ class NodeCore:
     _no_claims: bool
     _stop: bool
     _fetcher_done: trio.Event
+    _fetchers: int
+    _inflight: int
     _timer_wake: trio.Event
     _disconnected: bool
     _outbox: Outbox
@@ -132,21 +135,37 @@ class NodeCore:
 
     # ------------------------------------------------------------------ the node's tasks
 
-    async def _fetcher(self) -> None:
+    async def _fetcher(self, second: bool = False) -> None:
+        """The fetcher loop.  With a prefetch a node runs two (``second``: the one that
+        never blocks in ``wait_for_work``), so that one call's reply is handled while the
+        other's script runs in Redis; claims in flight count against the prefetch."""
         state = self.state
         tasks = self._registry_names()
         ticked = False
+        idle_second = False
         try:
             while True:
                 stopping = self._stop
+                if second and not stopping and (
+                    idle_second or not self._inflight or self._blocked
+                ):
+                    # The second only adds a call while the first's is in flight (and
+                    # after a call that claimed nothing, waits for a worker's news).
+                    idle_second = False
+                    if self._kick.is_set():  # (the other fetcher may wait on it)
+                        self._kick = trio.Event()
+                    await self._kick.wait()
+                    continue
                 n = 0
                 if not self._no_claims:
-                    n = max(0, min(MAX_CLAIM, self._idle + self._prefetch - len(self._buffer)))
+                    n = max(0, min(MAX_CLAIM, self._idle + self._prefetch - len(self._buffer)
+                                   - self._inflight))
                 outcomes = self._take_pending()
                 if not outcomes and n == 0:
                     if stopping:
                         return
-                    self._kick = trio.Event()
+                    if self._kick.is_set():  # (the other fetcher may wait on it)
+                        self._kick = trio.Event()
                     await self._kick.wait()
                     continue
                 if n and not stopping and not self._outbox.quiet:
@@ -173,6 +192,9 @@ class NodeCore:
                     if full:
                         claimable = [t for t in tasks if t not in full]
                 sent = self._clock.current_time()
+                self._inflight += n
+                if n and not second and self._prefetch:
+                    self._kick.set()  # the second fetcher may add a call behind this one
                 try:
                     results, claimed, view = await state.finish_and_claim_parts(
                         self.node, outcomes, n, self._lease, claimable)
@@ -183,9 +205,17 @@ class NodeCore:
                     log.warning("trioqueue: redis unavailable (%s); retrying", exc)
                     await trio.sleep(0.5)
                     continue
+                finally:
+                    self._inflight -= n
                 self._log_stale(outcomes, results)
                 until = sent + self._lease
                 held, deadline, buffer = self._held, self._deadline, self._buffer
+                if self._stop and claimed:
+                    # Claimed while the node closed (its buffer was released already):
+                    # released at once, with the next call.
+                    self._pending.extend(Outcome.released(p[0], p[16]) for p in claimed)
+                    self._kick.set()
+                    claimed = []
                 for parts in claimed:
                     rec = self._record(parts)
                     held[rec.id] = (rec, parts[16])
@@ -197,6 +227,8 @@ class NodeCore:
                     self._held_at_refresh += len(claimed)
                 if claimed:
                     self._work_lot.unpark(count=len(claimed))
+                elif second:
+                    idle_second = bool(n)
                 elif n and not self._pending and not stopping:
                     self._blocked = True
                     try:
@@ -204,7 +236,9 @@ class NodeCore:
                     finally:
                         self._blocked = False
         finally:
-            self._fetcher_done.set()
+            self._fetchers -= 1
+            if not self._fetchers:
+                self._fetcher_done.set()
 
     async def _flusher(self) -> None:
         """Send outcomes finished while the fetcher waits in its blocking call."""

@@ -8,7 +8,9 @@ their code and the workers' side are in :mod:`._node`, the intake in :mod:`._int
   last call and claims up to (idle workers + ``prefetch`` - already buffered) jobs, which
   it puts in a local buffer that :meth:`RedisBackend.claim` pops synchronously.  When
   nothing could be claimed it blocks in ``BLPOP [ctl, wake] 1`` (shielded, never
-  cancelled);
+  cancelled).  With a prefetch a second fetcher adds a call while the first one's is in
+  flight (claims in flight count against the prefetch), so that Redis runs one script
+  while the node handles the other's reply;
 - the **flusher**: sends outcomes that arrive while the fetcher is blocked, at once;
 - the **heartbeat**: every ``lease / 3`` renews the leases this node holds and registers
   the node; a job whose lease was lost has its handler cancelled (its late result would
@@ -108,6 +110,8 @@ class RedisBackend(NodeIntake):
         self._no_claims = False
         self._stop = False
         self._fetcher_done = trio.Event()
+        self._fetchers = 0
+        self._inflight = 0
         self._closed = trio.Event()
         self._timer_wake = trio.Event()
         self._next_reap = -math.inf
@@ -216,7 +220,10 @@ class RedisBackend(NodeIntake):
             self._refresh(await state.counts(self._lease))
             try:
                 async with trio.open_nursery() as nursery:
+                    self._fetchers = 2 if self._prefetch else 1
                     nursery.start_soon(self._fetcher)
+                    if self._prefetch:
+                        nursery.start_soon(self._fetcher, True)
                     nursery.start_soon(self._flusher)
                     nursery.start_soon(self._heartbeat)
                     nursery.start_soon(self._read_events)
