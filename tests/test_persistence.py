@@ -891,3 +891,37 @@ async def test_a_store_of_the_first_schema_is_upgraded_and_keeps_its_jobs(
         )} == {"jobs_live", "jobs_by_finished"}  # the index of live jobs replaced the full one
         assert conn.execute("SELECT progress FROM jobs WHERE id = ?", (new.id,)).fetchone() == (
             '{"fraction": 0.5, "note": "half way"}',)
+
+
+moves_gate: dict[str, trio.Event] = {}
+
+
+@registry.task
+async def held(job: trioqueue.Job) -> int:
+    await moves_gate["open"].wait()
+    return 1
+
+
+async def test_moves_made_after_a_flush_are_written_by_the_next_one(tmp_path: Path) -> None:
+    """Jobs written as queued by one flush, then taken and ended: the next flush writes
+    each one's end.  (A taken or ended job's record goes into the store's dict of
+    changes without a call while only the store listens: after a flush, that is the
+    fresh dict, not the one just written.)"""
+    db = tmp_path / "q.db"
+    moves_gate["open"] = trio.Event()
+    config = cfg(db, workers=2, durability="batch", flush_interval=3600.0)
+    async with trioqueue.open_queue(registry, config) as q:
+        jobs = await q.enqueue_many("held", [None] * 6)
+        await q.flush()
+        assert {on_disk(db, j.id)[0] for j in jobs} <= {"queued", "processing"}  # type: ignore[index]
+        moves_gate["open"].set()
+        for job in jobs:
+            await q.wait(job.id)
+        await q.flush()  # before the final snapshot at close
+        assert [on_disk(db, j.id)[:2] for j in jobs] == [("completed", 1)] * 6  # type: ignore[index]
+        # Once more: these are changes the flush that just ran did not hold.
+        again = await q.enqueue_many("echo", [1, 2, 3])
+        for job in again:
+            await q.wait(job.id)
+        await q.flush()
+        assert [on_disk(db, j.id)[:2] for j in again] == [("completed", 1)] * 3  # type: ignore[index]

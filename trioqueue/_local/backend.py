@@ -78,6 +78,8 @@ class LocalBackend:
             store.on_error = self._store_error
         self.changes = (Changes() if store is None
                         else Changes(store.changed, store.changed_many))
+        if store is not None:
+            store.direct_to(self.changes.direct)
         self.timer = Timer(stats, wall_offset=wall_offset)
         self.table = JobTable(stats, self.changes, wall_offset=wall_offset,
                               finished_cache=config.finished_cache,

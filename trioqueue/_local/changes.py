@@ -30,9 +30,18 @@ class Changes:
     fan-out) does: the hook is the listener's own function, not a dispatcher.
     :attr:`changed_many` is the same for a batch of records that made one move
     (``enqueue_many``): one call for the store, the fan-out's hook per record.
+
+    The hot moves (a job taken, a job ended) skip even that call while they can:
+    ``d = changes.dirty; if d: d[rec.id] = rec``, else ``changes.changed(...)``.
+    :attr:`dirty` is the store's dict of records its next flush writes, given by the
+    store (:meth:`direct`) whenever a change may go straight into it, and only while
+    nobody else listens; it is ``None`` otherwise.  An empty dict means the call: the
+    store wakes its flusher on the first change.  (Callgrind, ``enqueue_many`` of
+    1,000 in ``durability="batch"``: the two calls were ~2,600 instructions a job.)
     """
 
-    __slots__ = ("_fan_out", "_store", "_store_many", "changed", "changed_many", "observed")
+    __slots__ = ("_fan_out", "_store", "_store_dirty", "_store_many", "changed",
+                 "changed_many", "dirty", "observed")
 
     def __init__(self, store: ChangeHook | None = None,
                  store_many: ManyHook | None = None) -> None:
@@ -40,10 +49,20 @@ class Changes:
         self._store_many = store_many
         """The store's batch hook (its :attr:`changed` for each record, in one call)."""
         self._fan_out: ChangeHook | None = None
+        self._store_dirty: dict[str, JobRecord] | None = None
+        self.dirty: dict[str, JobRecord] | None = None
+        """The store's records to write, while a change may be put in there directly
+        instead of calling :attr:`changed` (see the class); else ``None``."""
         self.changed: ChangeHook = _nobody
         self.changed_many: ManyHook = _nobody_many
         self.observed = False
         self._update()
+
+    def direct(self, dirty: dict[str, JobRecord] | None) -> None:
+        """The store's word: a change of a record may go straight into ``dirty`` (its
+        next flush's records) from now on, or (``None``) must call :attr:`changed`."""
+        self._store_dirty = dirty
+        self.dirty = dirty if self._fan_out is None else None
 
     def fan_out(self, hook: ChangeHook | None) -> None:
         """Call ``hook`` too from now on (``None``: no longer)."""
@@ -64,6 +83,7 @@ class Changes:
             self.changed = store or fan_out or _nobody
         self.changed_many = self._many_hook()
         self.observed = store is not None or fan_out is not None
+        self.dirty = self._store_dirty if fan_out is None else None
 
     def _many_hook(self) -> ManyHook:
         store, fan_out = self._store, self._fan_out

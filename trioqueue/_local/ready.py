@@ -217,7 +217,11 @@ class ReadyQueues:
         self._stats.started += 1
         changes = self._changes
         if changes.observed:
-            changes.changed(STARTED, rec, worker, None)
+            dirty = changes.dirty
+            if dirty:  # only the store listens: no call (see Changes)
+                dirty[rec.id] = rec
+            else:
+                changes.changed(STARTED, rec, worker, None)
         return rec
 
     def _through_gate(self, rec: JobRecord) -> JobRecord | None:

@@ -57,6 +57,10 @@ def _ignore(exc: StoreError | None) -> None:
     pass
 
 
+def _no_direct(dirty: dict[str, JobRecord] | None) -> None:
+    pass
+
+
 _NAN = math.nan
 
 
@@ -108,6 +112,8 @@ class Persistence:
         self._config = config
         self._registry = registry
         self._dirty: dict[str, JobRecord] = {}
+        self._direct: Callable[[dict[str, JobRecord] | None], None] = _no_direct
+        """Told which dict a change may go straight into (:meth:`direct_to`)."""
         self._inflight: dict[str, JobRecord] | None = None
         """The flush under way: records whose rows are not made yet."""
         self._writing: dict[str, JobRecord] = {}
@@ -174,13 +180,23 @@ class Persistence:
 
     # ------------------------------------------------------------------ engine side
 
+    def direct_to(self, hook: Callable[[dict[str, JobRecord] | None], None]) -> None:
+        """Tell ``hook`` (:meth:`Changes.direct`), now and whenever it changes, the
+        dict where a change of a record may be put directly (``dirty[rec.id] = rec``,
+        what :meth:`changed` does while that dict is not empty), or ``None`` while a
+        flush takes records in chunks (a change of a record not taken yet must not be
+        marked again: :meth:`changed` looks)."""
+        self._direct = hook
+        hook(None if self._inflight else self._dirty)
+
     def changed(self, kind: EventKind, rec: JobRecord, worker: int | None = None,
                 duration: float | None = None) -> None:
         """``rec`` changed: include its latest state in the next flush.
 
         The signature is the engine's change hook's (``kind``, ``worker`` and
         ``duration`` are for the event stream), so that while only the store watches,
-        the engine calls this directly."""
+        the engine calls this directly.  The hot moves put ``rec`` in the dict without
+        this call while it is not empty (:meth:`direct_to`): what is done here then."""
         inflight = self._inflight
         if inflight and rec.id in inflight:
             return  # taken by the flush under way, which reads its state when it gets to it
@@ -373,11 +389,14 @@ class Persistence:
         epoch = self._epoch
         self._epoch += 1
         self._inflight = pending
+        direct = self._direct
+        direct(None)  # until the records not taken yet are: changes go through changed()
         try:
             while pending:
                 if len(pending) <= WRITE_CHUNK:  # the usual case: all of it at once
                     writing, pending = pending, {}
                     self._inflight = pending
+                    direct(self._dirty)
                 else:
                     ids = list(islice(pending, WRITE_CHUNK))
                     writing = {job_id: pending.pop(job_id) for job_id in ids}
@@ -398,6 +417,7 @@ class Persistence:
         finally:
             self._inflight = None
             self._writing = {}
+            direct(self._dirty)
         return epoch
 
     async def _flush(self) -> None:

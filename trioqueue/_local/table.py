@@ -104,7 +104,11 @@ class JobTable:
         rec.finished_at = at = now + self._wall
         changes = self._changes
         if changes.observed:
-            changes.changed(kind, rec, worker, duration)
+            dirty = changes.dirty
+            if dirty:  # only the store listens: no call (see Changes)
+                dirty[rec.id] = rec
+            else:
+                changes.changed(kind, rec, worker, duration)
         if rec.waiters:
             wake_waiters(rec)
         finished = self._finished
