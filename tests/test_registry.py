@@ -81,6 +81,15 @@ def test_the_check_applies_to_bare_decorators_and_sync_handlers() -> None:
     assert list(registry) == ["fine"]
 
 
+def test_a_name_given_where_the_function_goes_is_a_clear_error() -> None:
+    # @registry.task("echo") (as Celery's or dramatiq's decorators read) names the
+    # keyword to use instead of failing later on the string's missing __name__.
+    registry = trioqueue.TaskRegistry()
+    with pytest.raises(TypeError, match=r"@registry.task\(name='echo'\)"):
+        registry.task("echo")  # type: ignore[call-overload]
+    assert "echo" not in registry
+
+
 def test_the_demo_registry_still_registers() -> None:
     from trioqueue.demo import registry
 

@@ -120,6 +120,10 @@ class TaskRegistry:
             )
             return f
 
+        if fn is not None and not callable(fn):
+            raise TypeError(
+                f"task(): expected the handler function (as a bare @registry.task), got "
+                f"{fn!r}; give the task's name as a keyword: @registry.task(name={fn!r})")
         return register(fn) if fn is not None else register
 
     def register(
