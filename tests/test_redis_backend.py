@@ -211,6 +211,33 @@ async def test_subscribers_see_other_nodes_events(queue_name: str) -> None:
     assert t.runs[job.id] == 1
 
 
+async def test_wait_returns_after_the_subscribers_here_have_the_jobs_events(
+    queue_name: str,
+) -> None:
+    # A job seen finished by wait()'s own look, before this node read its events: wait
+    # returns only once this node's subscribers have them (as on a local backend).
+    # Without that, 2 rounds in 300 missed the `completed` event here.
+    t = Tasks()
+    missed = 0
+    with trio.fail_after(60):
+        async with trioqueue.open_queue(t.registry, config(queue_name, workers=1)) as q:
+            async with q.subscribe() as events:
+                for i in range(300):
+                    job = await q.enqueue("echo", i)
+                    while not (await q.get(job.id)).status.terminal:
+                        pass
+                    await q.wait(job.id)
+                    seen = []
+                    while True:
+                        try:
+                            seen.append(events.receive_nowait())
+                        except trio.WouldBlock:
+                            break
+                    if not any(e.type == "completed" and e.job_id == job.id for e in seen):
+                        missed += 1
+    assert missed == 0
+
+
 async def test_a_node_reads_no_events_without_subscribers_or_waiters(queue_name: str) -> None:
     """A node nobody subscribes to or waits on never reads the events stream (none of its
     connections ever ran XREAD); a subscriber arriving later starts the reader at the

@@ -361,6 +361,10 @@ class JobQueue:
             try:
                 job = await self.get(job_id)
                 if job.status.terminal:
+                    if not woken.is_set():
+                        # Seen by looking, maybe before this node read its events: the
+                        # subscribers here get them first, as with a local backend.
+                        await backend.events_caught_up()  # type: ignore[attr-defined]
                     return job
                 if self._life.closed:
                     raise ShuttingDown(f"the queue closed before job {job_id!r} finished "

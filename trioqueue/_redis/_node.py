@@ -51,6 +51,10 @@ EVENTS_MARGIN_MS = 50
 """How far before a subscriber or waiter arrived (Redis' clock, as this node estimates it)
 a starting events reader begins."""
 
+CATCH_UP_MAX = 1.0
+"""Longest a ``wait`` that saw its job finished waits for this node's events reader to
+hand the job's events to the subscribers here (:meth:`NodeCore.events_caught_up`)."""
+
 READER_LINGER = 1.0
 """Seconds the events reader goes on reading after the last subscriber or waiter left
 (a next ``wait`` soon after does not restart it)."""
@@ -62,6 +66,12 @@ DUE_SLACK = 0.01
 _TERMINAL_EVENTS = frozenset(("completed", "failed", "cancelled"))
 _ATTEMPT_ENDS = frozenset(("retrying", "completed", "failed", "cancelled", "requeued"))
 _MAX_WORKER_OF = 100_000
+
+
+def stream_position(entry_id: str) -> tuple[int, int]:
+    """A stream entry's id (``"<ms>-<n>"``) as a pair that compares in stream order."""
+    ms, _, n = entry_id.partition("-")
+    return int(ms), int(n or 0)
 
 
 class NodeCore:
@@ -112,6 +122,8 @@ class NodeCore:
     _stop_reading: bool
     reader_starts: int
     _reading: bool
+    _read_to: tuple[int, int]
+    _read_done: trio.Event
     _events_from: int | None
     _redis_offset: float
     _events_after_seq: int
@@ -401,6 +413,7 @@ class NodeCore:
                     continue
             self.reader_starts += 1
             self._reading = True
+            self._read_to = stream_position(reader.last_id)  # (nothing before is read)
             for events in list(self._watchers.values()):
                 for event in events:
                     event.set()
@@ -420,9 +433,35 @@ class NodeCore:
                     await trio.sleep(0.5)
                     continue
                 self._handle_events(batch.events)
+                self._read_to = stream_position(reader.last_id)
+                self._read_done.set()
+                self._read_done = trio.Event()
             self._reading = False
+            self._read_done.set()
+            self._read_done = trio.Event()
             self._worker_of.clear()
             self._started_events.clear()
+
+    async def events_caught_up(self) -> None:
+        """Return once this node's subscribers were handed every event in the stream at
+        the call (at once if nothing here subscribes; at most :data:`CATCH_UP_MAX`
+        seconds).  ``wait`` calls it when it saw a job finished by looking rather than by
+        its event, so that a subscriber has the job's events by the time ``wait``
+        returns, as with a local backend."""
+        if self._hook is None:
+            return
+        try:
+            last = await self.state.last_event_id()
+        except RedisUnavailable:
+            return
+        if last is None:
+            return
+        target = stream_position(last)
+        with trio.move_on_after(CATCH_UP_MAX):
+            while self._read_to < target and not self._stop_reading:
+                if not self._reading and not self._wants_events():
+                    return  # nothing here subscribes any more
+                await self._read_done.wait()
 
     async def _listen_for_cancels(self) -> None:
         """Interrupt the handlers of jobs running here whose cancellation another node

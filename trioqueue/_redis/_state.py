@@ -423,6 +423,11 @@ class RedisState:
 
     # ------------------------------------------------------------------ events
 
+    async def last_event_id(self) -> str | None:
+        """The id of the newest entry of the ``events`` stream (None if it is empty)."""
+        last = await self.client.last_entry(self.prefix + "events")
+        return None if last is None else last[0]
+
     async def event_reader(self, *, from_start: bool = False) -> EventReader:
         """A reader of the ``events`` stream, from its end (or its first entry)."""
         if from_start:

@@ -126,6 +126,10 @@ class RedisBackend(NodeIntake):
         self._want_events = trio.Event()
         self._stop_reading = False
         self._reading = False
+        self._read_to = (0, 0)
+        """The stream position up to which the events reader handed events on."""
+        self._read_done = trio.Event()
+        """Set (and replaced) when a read of the stream was handled."""
         self._events_from: int | None = None
         """Where the events reader starts next (ms, Redis' clock), if set."""
         self._redis_offset = 0.0
@@ -233,6 +237,7 @@ class RedisBackend(NodeIntake):
                     await self._closed.wait()
                     self._stop_reading = True
                     self._want_events.set()
+                    self._read_done.set()  # (events_caught_up ends)
                     nursery.cancel_scope.cancel()
             finally:
                 # Also when the queue's nursery was cancelled (its body raised): close()
