@@ -17,8 +17,16 @@ import trio
 from coredis.exceptions import ResponseError
 
 from tests.redis_util import REDIS_URL, admin, blocked_clients, kill_clients, unique
-from trioqueue._redis._client import RedisClient, RedisUnavailable, connect, lua_script
-from trioqueue._redis._pipe import Endpoint, Lost, Pipe, pack
+from trioqueue.testing import (
+    Endpoint,
+    Lost,
+    Pipe,
+    RedisClient,
+    RedisUnavailable,
+    connect,
+    lua_script,
+    pack,
+)
 
 REPLIES = [
     "return {1, 'abc', {2, false}, 'é😀 \\0 x'}",

@@ -459,7 +459,7 @@ async def test_direct_reads_and_writes_on_a_real_socket() -> None:
     response the socket takes at once is written directly (_h1.Connection.send)."""
     reads: list[int] = []
     writes: list[int] = []
-    read, write = _h1._os_read, _h1._os_write
+    read, write = _h1.os_read, _h1.os_write
     sent_next = trio.Event()
 
     def counted_read(fd: int, n: int) -> bytes:
@@ -477,8 +477,8 @@ async def test_direct_reads_and_writes_on_a_real_socket() -> None:
         await echo_app(scope, receive, send)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_h1, "_os_read", counted_read)
-        mp.setattr(_h1, "_os_write", counted_write)
+        mp.setattr(_h1, "os_read", counted_read)
+        mp.setattr(_h1, "os_write", counted_write)
         async with lean(app) as (port, _), connect(port) as peer:
             await peer.send(post(b"a", "/wait"))
             await trio.testing.wait_all_tasks_blocked()  # the server is in the app
@@ -513,7 +513,7 @@ async def test_a_write_the_socket_takes_in_part_goes_on_through_the_stream(
 ) -> None:
     """``os.write`` may take part of a response (or none: EAGAIN); the rest is sent
     through the stream, in order, and the connection goes on."""
-    write = _h1._os_write
+    write = _h1.os_write
 
     def partial(fd: int, data: bytes) -> int:
         if not takes:
@@ -521,7 +521,7 @@ async def test_a_write_the_socket_takes_in_part_goes_on_through_the_stream(
         return write(fd, bytes(data[:takes]))
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_h1, "_os_write", partial)
+        mp.setattr(_h1, "os_write", partial)
         async with lean() as (port, _), connect(port) as peer:
             for body in (b"x" * 3000, b"y"):
                 await peer.send(post(body))
@@ -535,7 +535,7 @@ async def test_a_broken_socket_ends_its_connection_quietly(
 ) -> None:
     """A reset seen by a direct read or write ends that connection as a broken stream
     does: no traceback, and the server serves the next connection."""
-    real = {"read": _h1._os_read, "write": _h1._os_write}[where]
+    real = {"read": _h1.os_read, "write": _h1.os_write}[where]
     broken = [True]
 
     def once(fd: int, arg: Any) -> Any:
@@ -545,7 +545,7 @@ async def test_a_broken_socket_ends_its_connection_quietly(
         return real(fd, arg)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(_h1, f"_os_{where}", once)
+        mp.setattr(_h1, f"os_{where}", once)
         async with lean() as (port, _):
             async with connect(port) as peer:
                 await peer.send(post(b"x") * 2)

@@ -140,12 +140,12 @@ def test_rows_with_shared_columns_are_read_back(data: st.DataObject, n: int,
         recs[-1].progress = pool[k].progress
     with tempfile.TemporaryDirectory() as tmp:
         store = SqliteStore.open(Path(tmp) / "q.db")
-        store._rows_per_statement = 32  # 33 rows and more: a statement per 32
+        store.rows_per_statement = 32  # 33 rows and more: a statement per 32
         try:
             persistence = Persistence(trioqueue.QueueConfig(), registry, store)
 
             async def write() -> None:
-                await persistence._write_batch()
+                await persistence.write_batch()
 
             for rec in recs:
                 persistence.changed(EventKind.ENQUEUED, rec)

@@ -47,6 +47,11 @@ from ._redis import StoredJob as StoredJob
 from ._redis import canonical_digest as canonical_digest
 from ._redis import connect as connect
 from ._redis import stored_job as stored_job
+from ._redis._client import lua_script as lua_script
+from ._redis._pipe import Endpoint as Endpoint
+from ._redis._pipe import Lost as Lost
+from ._redis._pipe import Pipe as Pipe
+from ._redis._pipe import pack as pack
 from ._redis._scripts import source as source
 from ._state import MOVES as MOVES
 from ._state import TRANSITIONS as TRANSITIONS

@@ -68,7 +68,7 @@ def _rows(recs: Iterable[JobRecord]) -> tuple[Any, ...]:
     """The rows of ``recs``, flat, as :meth:`SqliteStore.write_values` takes them.
 
     A function of its own so that the list it builds is gone when it returns: a local of
-    :meth:`Persistence._write_batch` lived until the write ended, and every collection
+    :meth:`Persistence.write_batch` lived until the write ended, and every collection
     of the cyclic GC set off meanwhile by the loop's allocations walked its ~16 items a
     row (callgrind: ~500 instructions a job in ``list_traverse``)."""
     values: list[Any] = []
@@ -376,7 +376,7 @@ class Persistence:
                 self._write_ended.set()
                 self._write_ended = None
 
-    async def _write_batch(self) -> int:
+    async def write_batch(self) -> int:
         """Write everything dirty now as one batch; return its number.
 
         A large batch goes in transactions of :data:`WRITE_CHUNK` rows, oldest changes
@@ -434,7 +434,7 @@ class Persistence:
         epoch = self._epoch
         try:
             async with self._batch_lock:
-                await self._write_batch()
+                await self.write_batch()
         except StoreError as exc:
             self._failed = epoch
             if self.error is None:
@@ -581,7 +581,7 @@ class Persistence:
             async with self._batch_lock:
                 try:
                     while self._dirty:
-                        self._committed = await self._write_batch()
+                        self._committed = await self.write_batch()
                     with self._threads:
                         await trio.to_thread.run_sync(self.store.close)
                 except StoreError:

@@ -183,7 +183,8 @@ class SqliteStore:
         self._lock = threading.Lock()  # a belt to the persistence task's braces
         limit = writer.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         per = min(MAX_ROWS_PER_STATEMENT, limit // len(COLUMNS))
-        self._rows_per_statement = per if per <= 256 else per // 256 * 256
+        self.rows_per_statement = per if per <= 256 else per // 256 * 256
+        """Rows in one INSERT at most (a larger write uses several statements)."""
         self._upserts: dict[tuple[int, tuple[bool, ...]], str] = {}
         self._w_failed = False
         self._fsync = fsync
@@ -374,7 +375,7 @@ class SqliteStore:
             if self._w_failed:
                 self._reopen_writer()
             conn = self._w
-            per = self._rows_per_statement
+            per = self.rows_per_statement
             try:
                 if n > per:
                     conn.execute("BEGIN")

@@ -57,8 +57,8 @@ _DIRECT_IO = os.name == "posix"
 """Whether a socket's bytes are read and written with ``os.read`` and ``os.write`` on its
 file descriptor where that need not wait (see :meth:`Connection.send`)."""
 _CLOSED_ERRNOS = frozenset((errno.EBADF, errno.ENOTSOCK))
-_os_read = os.read
-_os_write = os.write
+os_read = os.read
+os_write = os.write
 
 
 def _stream_error(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
@@ -312,7 +312,7 @@ class Connection:
         if sock is None or self.evicted:
             return None
         try:
-            data = _os_read(sock.fileno(), READ_SIZE)
+            data = os_read(sock.fileno(), READ_SIZE)
         except BlockingIOError:
             return None
         except OSError as exc:
@@ -330,7 +330,7 @@ class Connection:
         sock = self.direct
         if sock is not None:
             try:
-                sent = _os_write(sock.fileno(), data)
+                sent = os_write(sock.fileno(), data)
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
