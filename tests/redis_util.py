@@ -10,6 +10,7 @@ beside other users of the same Redis.
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,13 @@ REDIS_URL = os.environ.get("TRIOQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0
 _host = urlparse(REDIS_URL).hostname
 if _host not in ("127.0.0.1", "localhost", "::1"):
     raise RuntimeError(f"TRIOQUEUE_TEST_REDIS_URL: only a loopback Redis, got {REDIS_URL!r}")
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (for a redis-server of a test's own)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def unique(prefix: str = "t") -> str:

@@ -5,7 +5,6 @@ concurrent tasks, re-sends after CLIENT KILL, the watchdog, and the connection h
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +15,14 @@ import pytest
 import trio
 from coredis.exceptions import ResponseError
 
-from tests.redis_util import REDIS_URL, admin, blocked_clients, kill_clients, unique
+from tests.redis_util import (
+    REDIS_URL,
+    admin,
+    blocked_clients,
+    free_port,
+    kill_clients,
+    unique,
+)
 from trioqueue.testing import (
     Endpoint,
     Lost,
@@ -176,12 +182,6 @@ async def test_handshake_selects_the_database_and_names_the_connection() -> None
         assert str(entry["db"]) == "13"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _start_redis(port: int, path: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
@@ -191,7 +191,7 @@ def _start_redis(port: int, path: Path) -> subprocess.Popen[bytes]:
 
 async def test_password_and_unix_socket(tmp_path: Path) -> None:
     """A private redis-server with a password and a unix socket."""
-    port, path = _free_port(), tmp_path / "r.sock"
+    port, path = free_port(), tmp_path / "r.sock"
     server = _start_redis(port, path)
     try:
         with trio.fail_after(10):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import gc
 import json
-import socket
 import subprocess
 import warnings
 from collections.abc import AsyncIterator
@@ -29,6 +28,7 @@ from tests.redis_util import (
     admin,
     blocked_clients,
     delete_queue,
+    free_port,
     kill_clients,
     unique,
 )
@@ -1051,12 +1051,6 @@ async def test_a_malformed_batch_changes_nothing(env: Env) -> None:
     assert await env.admin.zcard(env.key("leases")) == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _start_redis(port: int, directory: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
@@ -1072,7 +1066,7 @@ async def test_script_cache_flushed_and_server_restarted(tmp_path: Path) -> None
     """A private redis-server on another loopback port: the scripts are loaded again
     after SCRIPT FLUSH (as after a failover), and after a restart the next call
     reconnects and finds the state Redis kept (AOF)."""
-    port = _free_port()
+    port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     server = _start_redis(port, tmp_path)
     try:
