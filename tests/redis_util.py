@@ -18,11 +18,22 @@ from typing import Any
 from urllib.parse import urlparse
 
 import coredis
+import trio
 
 REDIS_URL = os.environ.get("TRIOQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 _host = urlparse(REDIS_URL).hostname
 if _host not in ("127.0.0.1", "localhost", "::1"):
     raise RuntimeError(f"TRIOQUEUE_TEST_REDIS_URL: only a loopback Redis, got {REDIS_URL!r}")
+
+
+async def poll(fn: Any, timeout: float = 5.0) -> Any:
+    """Call ``fn`` until it returns something true; for what waits on Redis' clock."""
+    with trio.fail_after(timeout):
+        while True:
+            got = await fn()
+            if got:
+                return got
+            await trio.sleep(0.01)
 
 
 def free_port() -> int:

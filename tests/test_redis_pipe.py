@@ -21,6 +21,7 @@ from tests.redis_util import (
     blocked_clients,
     free_port,
     kill_clients,
+    poll,
     unique,
 )
 from trioqueue.testing import (
@@ -47,15 +48,6 @@ REPLIES = [
     "return {ARGV[1], tonumber(ARGV[2]), #ARGV[3]}",
     "return string.rep('é', 300000)",
 ]
-
-
-async def poll(fn: Any, timeout: float = 5.0) -> Any:
-    with trio.fail_after(timeout):
-        while True:
-            got = await fn()
-            if got:
-                return got
-            await trio.sleep(0.01)
 
 
 @pytest.fixture

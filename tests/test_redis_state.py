@@ -30,6 +30,7 @@ from tests.redis_util import (
     delete_queue,
     free_port,
     kill_clients,
+    poll,
     unique,
 )
 from trioqueue import InvalidJob, InvalidTransition, JobNotFound, JobStatus, Priority, QueueFull
@@ -85,16 +86,6 @@ async def events(env: Env) -> list[dict[str, str]]:
 
 async def record(env: Env, job_id: str) -> dict[str, str]:
     return dict(await env.admin.hgetall(env.key(f"job:{job_id}")))
-
-
-async def poll(fn: Any, timeout: float = 5.0) -> Any:
-    """Call ``fn`` until it returns something true; for what waits on Redis' clock."""
-    with trio.fail_after(timeout):
-        while True:
-            got = await fn()
-            if got:
-                return got
-            await trio.sleep(0.02)
 
 
 # ---------------------------------------------------------------------------- round trip
