@@ -117,12 +117,15 @@ def noop(n: int, variant: str, workers: int = 4, producers: int = 1,
             return None
 
         with mock.patch.object(SqliteStore, "write_values", write_nothing):
-            return noop(n, variant, workers, producers, durability, "sqlite", beside_sqlite)
+            return noop(n, variant, workers, producers, durability, "sqlite", beside_sqlite,
+                        batch)
+    if variant == "many" and batch < 1:
+        raise ValueError(f"variant 'many' needs batch >= 1, not {batch}")
     if writer != "sqlite":
         raise ValueError(f"writer must be 'sqlite' or 'null', not {writer!r}")
     if beside_sqlite:
         with _sqlite_load(beside_sqlite) as load:
-            out = noop(n, variant, workers, producers, durability)
+            out = noop(n, variant, workers, producers, durability, batch=batch)
         return out | {f"beside_{k}": v for k, v in load.items()}
     registry = _registry()
     with tempfile.TemporaryDirectory(prefix="tq-bench-") as tmp:

@@ -4,15 +4,17 @@ handler, the store's reads and writes), and put back after."""
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 import trioqueue
 from trioqueue import QueueConfig, TaskRegistry
-from trioqueue.testing import SqliteStore, lowered_switch_interval
+from trioqueue.testing import SqliteStore, lowered_switch_interval, run_in_thread
 
 DEFAULT = 0.005
 
@@ -136,3 +138,68 @@ def test_a_bad_interval_names_the_field(bad: object) -> None:
 def test_from_env() -> None:
     assert QueueConfig.from_env({"TRIOQUEUE_SWITCH_INTERVAL": "0.001"}).switch_interval == 0.001
     assert QueueConfig.from_env({"TRIOQUEUE_SWITCH_INTERVAL": "none"}).switch_interval is None
+
+
+# -------------------------------------------------------------- run_in_thread
+
+
+async def test_run_in_thread_starts_the_thread_before_the_caller_yields() -> None:
+    """The store's writes start before the loop runs anything else: a task that gets
+    the loop next, and keeps it without yielding, still sees the thread start (with
+    ``trio.to_thread.run_sync`` it would wait forever: that call yields first)."""
+    started = threading.Event()
+    seen: list[bool] = []
+
+    def work() -> int:
+        started.set()
+        return 7
+
+    def hog() -> None:  # runs once the caller yields, and keeps the loop until then
+        seen.append(started.wait(timeout=10))
+
+    async def hogging() -> None:
+        hog()
+        await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hogging)  # runs only after the next line yields
+        assert await run_in_thread(work) == 7
+    assert seen == [True]
+
+
+async def test_run_in_thread_passes_the_exception_back() -> None:
+    def fail(what: str) -> None:
+        raise ValueError(what)
+
+    with pytest.raises(ValueError, match="disk said no"):
+        await run_in_thread(fail, "disk said no")
+
+
+async def test_run_in_thread_cannot_be_cancelled_midway() -> None:
+    """A write under way is waited for: a cancel arriving meanwhile takes effect at the
+    caller's next checkpoint, after the thread's value came back."""
+    release = threading.Event()
+    entered = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+    got: list[str] = []
+
+    def slow() -> str:
+        token.run_sync_soon(entered.set)
+        release.wait(timeout=10)
+        return "written"
+
+    async def caller(scope_box: list[trio.CancelScope]) -> None:
+        with trio.CancelScope() as scope:
+            scope_box.append(scope)
+            got.append(await run_in_thread(slow))
+            await trio.lowlevel.checkpoint()
+            got.append("not reached")
+
+    box: list[trio.CancelScope] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(caller, box)
+        await entered.wait()
+        box[0].cancel()
+        release.set()
+    assert got == ["written"]
+    assert box[0].cancelled_caught

@@ -21,9 +21,16 @@ touched.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
+from collections.abc import Callable
 from types import TracebackType
+from typing import Any, TypeVar
+
+import trio
+
+T = TypeVar("T")
 
 _lock = threading.Lock()
 _holders = 0
@@ -71,3 +78,33 @@ class LoweredSwitchInterval:
 
 def lowered_switch_interval(target: float | None) -> LoweredSwitchInterval:
     return LoweredSwitchInterval(target)
+
+
+def _not_cancellable(raise_cancel: Any) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.FAILED
+
+
+async def run_in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a worker thread, started before this task yields.
+
+    ``trio.to_thread.run_sync`` passes two scheduling points before the thread starts
+    (its capacity limiter's, and the lock a caller takes first has a third): on a busy
+    loop each lets every worker run a pass of up to 64 jobs, so a store write that a
+    batch's enqueuer waits for began only once the batch's jobs had run, and the loop
+    then sat idle for the write (the write no longer overlaps the jobs it covers).
+    Here the thread is handed the call at once, and this task then waits for it
+    without a limiter.  The wait cannot be cancelled: it ends when ``fn`` returns, with
+    its value or its exception.  The thread has no Trio context (``trio.from_thread``
+    does not work in it) and a fresh ``contextvars`` context.
+    """
+    token = trio.lowlevel.current_trio_token()
+    task = trio.lowlevel.current_task()
+
+    def deliver(result: Any) -> None:
+        with contextlib.suppress(trio.RunFinishedError):  # pragma: no cover - waited for
+            token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+    trio.lowlevel.start_thread_soon(lambda: fn(*args), deliver,
+                                    name=f"trioqueue {getattr(fn, '__name__', 'thread')}")
+    value: T = await trio.lowlevel.wait_task_rescheduled(_not_cancellable)
+    return value

@@ -14,6 +14,7 @@ from ._cli_client import client_options as client_options
 from ._cli_client import table as table
 from ._fairness import FairPicker as FairPicker
 from ._gil import lowered_switch_interval as lowered_switch_interval
+from ._gil import run_in_thread as run_in_thread
 from ._ids import IdGenerator as IdGenerator
 from ._job import TERMINAL as TERMINAL
 from ._local import snapshot as snapshot

@@ -25,7 +25,7 @@ import trio
 
 from .._config import QueueConfig
 from .._exceptions import StoreError
-from .._gil import lowered_switch_interval
+from .._gil import lowered_switch_interval, run_in_thread
 from .._job import Job, JobStatus
 from .._record import JobRecord
 from .._registry import TaskRegistry
@@ -55,6 +55,26 @@ _STATUS = {s: s.value for s in JobStatus}
 
 def _ignore(exc: StoreError | None) -> None:
     pass
+
+
+class _Held:
+    """``async with _Held(lock)``: hold a :class:`trio.Lock`, taken without a scheduling
+    point when it is free (``async with lock`` always yields, and on a busy loop every
+    yield lets the workers run a pass of jobs before the write it leads to begins)."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: trio.Lock) -> None:
+        self._lock = lock
+
+    async def __aenter__(self) -> None:
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
 
 
 def _no_direct(dirty: dict[str, JobRecord] | None) -> None:
@@ -369,7 +389,7 @@ class Persistence:
             self._kick_watch = None
         try:
             with self._threads:
-                return await trio.to_thread.run_sync(fn, *args)
+                return await run_in_thread(fn, *args)
         finally:
             self._write_began = None
             if self._write_ended is not None:
@@ -402,7 +422,7 @@ class Persistence:
                     writing = {job_id: pending.pop(job_id) for job_id in ids}
                 self._writing = writing
                 values = _rows(writing.values())
-                async with self._write_lock:
+                async with _Held(self._write_lock):
                     # As a tuple of str, int and float: the collector stops tracking it at
                     # its first pass, where a list would be walked by every collection that
                     # the loop's allocations set off while the thread writes.
@@ -423,7 +443,7 @@ class Persistence:
     async def _flush(self) -> None:
         if not self._dirty:  # failing, with nothing left to write (jobs were taken back)
             try:
-                async with self._write_lock:
+                async with _Held(self._write_lock):
                     await self._write(self.store.probe)
             except StoreError:
                 self._retry_at = trio.current_time() + RETRY_FAILED_WRITE
@@ -433,7 +453,7 @@ class Persistence:
             return
         epoch = self._epoch
         try:
-            async with self._batch_lock:
+            async with _Held(self._batch_lock):
                 await self.write_batch()
         except StoreError as exc:
             self._failed = epoch
