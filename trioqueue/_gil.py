@@ -87,11 +87,10 @@ def _not_cancellable(raise_cancel: Any) -> trio.lowlevel.Abort:
 async def run_in_thread(fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` in a worker thread, started before this task yields.
 
-    ``trio.to_thread.run_sync`` passes two scheduling points before the thread starts
-    (its capacity limiter's, and the lock a caller takes first has a third): on a busy
-    loop each lets every worker run a pass of up to 64 jobs, so a store write that a
-    batch's enqueuer waits for began only once the batch's jobs had run, and the loop
-    then sat idle for the write (the write no longer overlaps the jobs it covers).
+    ``trio.to_thread.run_sync`` yields once before the thread starts (its capacity
+    limiter's checkpoint), and on a busy loop every yield lets each worker run a pass
+    of up to 64 jobs: with that and the store's two locks, a batch's write began only
+    after most of the batch's jobs had run, and the loop then sat idle for the write.
     Here the thread is handed the call at once, and this task then waits for it
     without a limiter.  The wait cannot be cancelled: it ends when ``fn`` returns, with
     its value or its exception.  The thread has no Trio context (``trio.from_thread``
