@@ -124,6 +124,7 @@ async def test_the_store_writes_with_it_lowered(
     monkeypatch.setattr(SqliteStore, "write_values", watched)
     async with trioqueue.open_queue(registry, QueueConfig(persist_path=tmp_path / "q.db")) as q:
         await q.wait((await q.enqueue("echo", 1)).id)
+        await q.flush()  # the last write has ended (the job's end is committed)
         assert sys.getswitchinterval() == pytest.approx(DEFAULT)  # no write under way
     assert during_writes
     assert during_writes == [pytest.approx(0.0002)] * len(during_writes)
@@ -203,3 +204,20 @@ async def test_run_in_thread_cannot_be_cancelled_midway() -> None:
         release.set()
     assert got == ["written"]
     assert box[0].cancelled_caught
+
+
+async def test_run_in_thread_holds_a_token_of_the_default_thread_limiter() -> None:
+    """Like ``trio.to_thread.run_sync``: the thread counts against Trio's thread limit
+    while it works (the behaviour suite's clock watches that), and gives it back."""
+    limiter = trio.to_thread.current_default_thread_limiter()
+    inside: list[int] = []
+    token = trio.lowlevel.current_trio_token()
+
+    def look() -> None:
+        inside.append(trio.from_thread.run_sync(lambda: limiter.borrowed_tokens,
+                                                trio_token=token))
+
+    before = limiter.borrowed_tokens
+    await run_in_thread(look)
+    assert inside == [before + 1]
+    assert limiter.borrowed_tokens == before

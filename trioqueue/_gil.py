@@ -91,19 +91,32 @@ async def run_in_thread(fn: Callable[..., T], *args: Any) -> T:
     limiter's checkpoint), and on a busy loop every yield lets each worker run a pass
     of up to 64 jobs: with that and the store's two locks, a batch's write began only
     after most of the batch's jobs had run, and the loop then sat idle for the write.
-    Here the thread is handed the call at once, and this task then waits for it
-    without a limiter.  The wait cannot be cancelled: it ends when ``fn`` returns, with
-    its value or its exception.  The thread has no Trio context (``trio.from_thread``
-    does not work in it) and a fresh ``contextvars`` context.
+    Here the thread is handed the call at once: it borrows a token of Trio's default
+    thread limiter as ``to_thread`` does, but without yielding when one is free (when
+    none is, it waits for one), so the limit holds and whatever watches the limiter
+    sees the thread at work (the behaviour suite's clock moves only while no thread
+    holds a token).  The wait cannot be cancelled: it ends when ``fn`` returns, with its
+    value or its exception.  In the thread, ``trio.from_thread`` needs an explicit
+    ``trio_token``, and ``contextvars`` are not the caller's.
     """
     token = trio.lowlevel.current_trio_token()
     task = trio.lowlevel.current_task()
+    limiter = trio.to_thread.current_default_thread_limiter()
+    borrower = object()
+    try:
+        limiter.acquire_on_behalf_of_nowait(borrower)
+    except trio.WouldBlock:
+        await limiter.acquire_on_behalf_of(borrower)
 
     def deliver(result: Any) -> None:
         with contextlib.suppress(trio.RunFinishedError):  # pragma: no cover - waited for
             token.run_sync_soon(trio.lowlevel.reschedule, task, result)
 
-    trio.lowlevel.start_thread_soon(lambda: fn(*args), deliver,
-                                    name=f"trioqueue {getattr(fn, '__name__', 'thread')}")
-    value: T = await trio.lowlevel.wait_task_rescheduled(_not_cancellable)
+    try:
+        trio.lowlevel.start_thread_soon(
+            lambda: fn(*args), deliver, name=f"trioqueue {getattr(fn, '__name__', 'thread')}"
+        )
+        value: T = await trio.lowlevel.wait_task_rescheduled(_not_cancellable)
+    finally:
+        limiter.release_on_behalf_of(borrower)
     return value
