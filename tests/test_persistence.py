@@ -925,3 +925,47 @@ async def test_moves_made_after_a_flush_are_written_by_the_next_one(tmp_path: Pa
             await q.wait(job.id)
         await q.flush()
         assert [on_disk(db, j.id)[:2] for j in again] == [("completed", 1)] * 3  # type: ignore[index]
+
+
+async def test_a_flush_whose_jobs_are_all_taken_back_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write fails; before the next try, a ``flush()`` starts waiting for the batch that
+    holds the failed job again, and then that job is taken back (as an enqueuer does
+    whose commit failed).  Nothing is left to write: the flush returns instead of
+    waiting until some other job changes."""
+    db = tmp_path / "q.db"
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT", 0.2)
+    async with trioqueue.open_queue(registry, cfg(db, workers=1)) as q:
+        backend = LocalBackend.of(q)
+        store = backend.store
+        assert store is not None
+        told = store.on_error
+        failed = trio.Event()
+
+        def on_error(exc: StoreError | None) -> None:
+            told(exc)
+            if exc is not None:
+                failed.set()
+
+        store.on_error = on_error
+        with locked(db):
+            job = q.enqueue_nowait("echo", "x", delay=3600)  # dirty; the write will fail
+            with trio.fail_after(10):
+                await failed.wait()
+            flushed = trio.Event()
+
+            async def flush() -> None:
+                await q.flush()
+                flushed.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(flush)
+                await trio.testing.wait_all_tasks_blocked()
+                rec = backend.get_nowait(job.id)
+                assert rec is not None
+                assert backend.withdraw(rec)  # never stored, never started: taken back
+                with trio.fail_after(5):
+                    await flushed.wait()
+        with pytest.raises(trioqueue.JobNotFound):
+            await q.get(job.id)

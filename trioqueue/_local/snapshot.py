@@ -253,11 +253,22 @@ class Persistence:
             )
 
     def forget(self, rec: JobRecord) -> None:
-        """Drop a record the engine withdrew before it was ever committed."""
+        """Drop a record the engine withdrew before it was ever committed.
+
+        When that leaves the batch being collected empty with no write under way, the
+        batch is done as it stands: its waiters (a ``flush()`` that began while the
+        record waited for another try) return, where they waited until some other job
+        changed.  What they waited for is committed, or withdrawn like this record
+        (after a failed write, the next batch takes everything the failed one held)."""
         if self._dirty.get(rec.id) is rec:
             del self._dirty[rec.id]
         if self._inflight and self._inflight.get(rec.id) is rec:
             del self._inflight[rec.id]
+        if not self._dirty and self._inflight is None and self._epoch in self._epoch_done:
+            epoch = self._epoch
+            self._epoch += 1
+            self._committed = epoch
+            self._wake_committed(epoch)
 
     async def wait_committed(self, rec: JobRecord | None = None) -> None:
         """Return once everything marked so far (or just ``rec``) is committed.
