@@ -8,8 +8,8 @@ store one commit covers it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -22,6 +22,33 @@ from ._job import Job, JobStatus, Priority
 from ._record import LABELS, JobRecord
 from ._stats import Stats
 from ._workers import Lifecycle
+
+T = TypeVar("T")
+
+FIRST_BACKOFF = 0.001
+"""Seconds before a shared backend is asked again for room it had not (doubling)..."""
+LAST_BACKOFF = 0.05
+"""... up to this: a producer on another node frees no room here to wake a waiter."""
+
+
+async def admit_polling(attempt: Callable[[], Awaitable[T | None]], *,
+                        wait_for_room: bool, check: Callable[[], None],
+                        full: Callable[[], BaseException]) -> T:
+    """Admit on a shared backend: ``check()`` (raises while no new job is taken), then
+    ``await attempt()`` until it returns what it admitted; ``None`` means no room, then
+    raise ``full()`` unless ``wait_for_room``, else ask again after a sleep of
+    :data:`FIRST_BACKOFF` doubling to :data:`LAST_BACKOFF` (``attempt`` redates what it
+    admits: the wait is the job's, not its delay's)."""
+    backoff = FIRST_BACKOFF
+    while True:
+        check()
+        got = await attempt()
+        if got is not None:
+            return got
+        if not wait_for_room:
+            raise full()
+        await trio.sleep(backoff)
+        backoff = min(backoff * 2, LAST_BACKOFF)
 
 
 @attrs.frozen
@@ -164,27 +191,35 @@ class Batches:
     async def admit_remote(self, recs: list[JobRecord], given: set[str],
                            wait_for_room: bool) -> list[Job]:
         """:meth:`admit` on a shared backend: one script call admits the batch all or
-        nothing; waiting for room polls with a backoff from 1 ms doubling to 50 ms (a
-        producer on another node frees no room here to wake it)."""
+        nothing; waiting for room polls (:func:`admit_polling`)."""
         await trio.lowlevel.checkpoint_if_cancelled()
         if not recs:
             await trio.lowlevel.checkpoint()
             return []
         admit = self._backend.admit_many_async  # type: ignore[attr-defined]
-        backoff = 0.001
-        while True:
-            if self._life.closing or self._backend.refusal is not None:
-                self._refuse()
+        tries = 0
+
+        async def attempt() -> list[JobRecord] | None:
+            nonlocal tries
+            if tries:
+                self._restamp_all(recs)
+            tries += 1
             got: list[JobRecord] | None = await admit(
                 recs, count_rejected=not wait_for_room, given=given)
-            if got is not None:
-                return [rec.snapshot() for rec in got]
-            if not wait_for_room:
-                raise QueueFull(f"batch of {len(recs)}: "
-                                f"{self._backend.full_reason_many(recs)}")
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, 0.05)
-            self._restamp_all(recs)
+            return got
+
+        def full() -> QueueFull:
+            return QueueFull(f"batch of {len(recs)}: "
+                             f"{self._backend.full_reason_many(recs)}")
+
+        got = await admit_polling(attempt, wait_for_room=wait_for_room,
+                                  check=self.check_intake, full=full)
+        return [rec.snapshot() for rec in got]
+
+    def check_intake(self) -> None:
+        """Raise why no new job is taken now (shutting down, or the store failing)."""
+        if self._life.closing or self._backend.refusal is not None:
+            self._refuse()
 
     def _restamp_all(self, recs: list[JobRecord]) -> None:
         """Records that waited for room: dated as of now."""

@@ -19,7 +19,7 @@ import trio
 
 from . import _submit, _workers
 from ._backend import Backend, ChangeHook
-from ._batch import Batches, BatchItem
+from ._batch import Batches, BatchItem, admit_polling
 from ._config import QueueConfig
 from ._events import Broadcaster, Event
 from ._exceptions import (
@@ -328,24 +328,26 @@ class JobQueue:
         wait_for_room: bool = True,
     ) -> Job:
         """:meth:`enqueue` on a shared backend: one script call admits the job; waiting
-        for room polls with a backoff from 1 ms doubling to 50 ms (a producer on another
-        node frees no room here to wake it)."""
+        for room polls (:func:`~._batch.admit_polling`), the job made anew each time."""
         await trio.lowlevel.checkpoint_if_cancelled()
         admit = self._backend.admit_async  # type: ignore[attr-defined]
-        backoff = 0.001
-        while True:
-            if self._life.closing or self._backend.refusal is not None:
-                self._refuse()
+        rec: JobRecord | None = None
+
+        async def attempt() -> JobRecord | None:
+            nonlocal rec
             rec = self._build(task, payload, priority, job_id, delay, max_retries, timeout)
             got: JobRecord | None = await admit(rec, count_rejected=not wait_for_room,
                                                 given=job_id is not None)
-            if got is not None:
-                return got.snapshot()
-            if not wait_for_room:
-                raise QueueFull(f"priority {LABELS[rec.priority]}: "
-                                f"{self._backend.full_reason(rec)}")
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, 0.05)
+            return got
+
+        def full() -> QueueFull:
+            assert rec is not None
+            return QueueFull(f"priority {LABELS[rec.priority]}: "
+                             f"{self._backend.full_reason(rec)}")
+
+        got = await admit_polling(attempt, wait_for_room=wait_for_room,
+                                  check=self._batches.check_intake, full=full)
+        return got.snapshot()
 
     async def _wait_remote(self, job_id: str) -> Job:
         """:meth:`wait` on a shared backend: woken by the job's terminal event in the
