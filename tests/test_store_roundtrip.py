@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import trioqueue
 from trioqueue import JobStatus
-from trioqueue.testing import EventKind, JobRecord, Persistence, SqliteStore
+from trioqueue.testing import EventKind, JobRecord, Persistence, SqliteStore, sqlite_store
 
 from .strategies import json_values
 
@@ -159,3 +159,42 @@ def test_rows_with_shared_columns_are_read_back(data: st.DataObject, n: int,
         finally:
             store.close()
 
+
+
+def test_large_statements_are_capped_and_rows_still_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``MAX_LARGE_STATEMENTS`` distinct large statements, a write of another size
+    or shape goes in statements of ``LARGE_STATEMENT`` rows, in one transaction, and
+    every row is written as it was."""
+    monkeypatch.setattr(sqlite_store, "LARGE_STATEMENT", 4)
+    monkeypatch.setattr(sqlite_store, "MAX_LARGE_STATEMENTS", 1)
+    store = SqliteStore.open(tmp_path / "q.db")
+    store.rows_per_statement = 16
+    try:
+        persistence = Persistence(trioqueue.QueueConfig(), registry, store)
+
+        def batch(prefix: str, n: int, own_results: bool) -> list[JobRecord]:
+            return [JobRecord.restored(
+                f"{prefix}{i:03}", "echo", i, json.dumps(i), 1, JobStatus.COMPLETED, 1, 3,
+                None, 1.0 + i, None, 2.0 + i, 3.0 + i, f"r{i}" if own_results else "done",
+                None, None) for i in range(n)]
+
+        written: list[JobRecord] = []
+        # A shape is which columns are the same in every row: results shared, or not.
+        for prefix, n, own_results in (("a", 10, False),  # a 16-row statement: large
+                                       ("b", 10, True),  # another shape: capped
+                                       ("c", 16, False),  # a's size and shape again
+                                       ("d", 3, True)):  # small
+            recs = batch(prefix, n, own_results)
+            for rec in recs:
+                persistence.changed(EventKind.ENQUEUED, rec)
+            trio.run(persistence.write_batch)
+            assert store.large_statements == 1
+            written += recs
+        rows = {row[0]: row for row in store.newest(None, 100)}
+        assert len(rows) == len(written)
+        for rec in written:
+            assert persistence.record(rows[rec.id]).snapshot() == rec.snapshot()
+    finally:
+        store.close()

@@ -99,14 +99,25 @@ write that way, against 22,800 then."""
 _ON_CONFLICT = " ON CONFLICT(id) DO UPDATE SET " + ", ".join(
     f"{c} = excluded.{c}" for c in COLUMNS[3:]
 )
-MAX_ROWS_PER_STATEMENT = 256
+MAX_ROWS_PER_STATEMENT = 1024
 """Rows per statement at most (a write of more is several statements in one
-transaction).  Each statement size and shape is prepared once per connection, and
-preparing costs about 25 us a row, some 15 times what writing a row costs: with up to
-4,096 rows a statement, the distinct statements of a 50,000-job ``enqueue_many`` run
-took a third of the writer thread's instructions (callgrind: 600 of 1,900 million).
-At 256 a statement costs ~6 ms to prepare, and a large write is a few statements more
-(each a GIL hand-off, under a lowered switch interval)."""
+transaction).  Each statement between two of them hands the GIL back and forth (sqlite3
+releases it around every statement): the writer thread waits for a busy event loop to
+let go each time, and the loop for the writer to bind.  Against 256 rows a statement,
+1,024 gave the bulk enqueue of a store in ``batch`` mode 7-11 % more jobs a second (5 and
+8 interleaved pairs, ``noop/trioqueue/sqlite-batch-many-1000``: 101,766 against 95,415;
+91,169 against 82,138) and in ``sync`` mode 5-6 % (a noisy machine: 512 and 1,024 could
+not be told apart).  A statement of that size takes about 25 ms to prepare (once:
+statements are cached by size and shape) and 3-4.5 MB while it is prepared, hence
+:data:`MAX_LARGE_STATEMENTS`."""
+LARGE_STATEMENT = 256
+"""Statements of up to this many rows are made for every size and shape that comes
+(about 0.1 MB each, prepared); larger ones are counted against
+:data:`MAX_LARGE_STATEMENTS`."""
+MAX_LARGE_STATEMENTS = 8
+"""Distinct statements of more than :data:`LARGE_STATEMENT` rows a store prepares at most
+(about 30 MB in all): a write that would need another uses statements of
+:data:`LARGE_STATEMENT` rows, in one transaction."""
 MAX_CACHED_UPSERTS = 96
 """Upsert statements kept by size and shape (which columns are bound once); the
 connection's own cache of prepared statements holds as many (see :func:`_connect`)."""
@@ -186,6 +197,9 @@ class SqliteStore:
         self.rows_per_statement = per if per <= 256 else per // 256 * 256
         """Rows in one INSERT at most (a larger write uses several statements)."""
         self._upserts: dict[tuple[int, tuple[bool, ...]], str] = {}
+        self._large: set[tuple[int, tuple[bool, ...]]] = set()
+        """The sizes and shapes of the statements of more than :data:`LARGE_STATEMENT`
+        rows made so far (at most :data:`MAX_LARGE_STATEMENTS`)."""
         self._w_failed = False
         self._fsync = fsync
         self._readers_lock = threading.Lock()
@@ -352,7 +366,9 @@ class SqliteStore:
 
         Up to :data:`MAX_ROWS_PER_STATEMENT` rows go in *one* statement, padded to a
         cached size by repeating the last row (upserting a row twice is harmless), with
-        no BEGIN/COMMIT around it when one statement holds them all.  The point is the
+        no BEGIN/COMMIT around it when one statement holds them all (a statement larger
+        than :data:`LARGE_STATEMENT` rows of a size and shape not seen yet, past
+        :data:`MAX_LARGE_STATEMENTS`, is made of statements of that many rows).  The point is the
         GIL: sqlite3 releases it around each statement and each BEGIN/COMMIT, and a
         writer thread must win it back from a busy event loop every time, which takes
         up to the interpreter's switch interval (lowered to 200 us while the store
@@ -376,14 +392,24 @@ class SqliteStore:
                 self._reopen_writer()
             conn = self._w
             per = self.rows_per_statement
+            statements: list[tuple[str, list[Any]]] = []
+            first = 0
+            while first < n:
+                count = min(per, n - first)
+                made = self._statement(values[first * width : (first + count) * width],
+                                       count, min(_bucket(count), per))
+                if made is None:  # too many large statements already: smaller ones
+                    count = min(LARGE_STATEMENT, count)
+                    made = self._statement(values[first * width : (first + count) * width],
+                                           count, min(_bucket(count), LARGE_STATEMENT))
+                    assert made is not None
+                statements.append(made)
+                first += count
             try:
-                if n > per:
+                if len(statements) > 1:
                     conn.execute("BEGIN")
-                for first in range(0, n, per):
-                    count = min(per, n - first)
-                    part = values[first * width : (first + count) * width]
-                    size = min(_bucket(count), per)
-                    conn.execute(*self._statement(part, count, size))
+                for statement in statements:
+                    conn.execute(*statement)
                 if conn.in_transaction:
                     conn.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -399,14 +425,28 @@ class SqliteStore:
                     f"{self.path}: cannot write {n} job(s): {_describe(exc)}"
                 ) from exc
 
+    @property
+    def large_statements(self) -> int:
+        """How many statements of more than :data:`LARGE_STATEMENT` rows this store has
+        made (at most :data:`MAX_LARGE_STATEMENTS`)."""
+        return len(self._large)
+
     def _statement(self, part: Sequence[Any], count: int,
-                   size: int) -> tuple[str, list[Any]]:
+                   size: int) -> tuple[str, list[Any]] | None:
         """The upsert of ``count`` rows (flat ``part``) as one statement of ``size``
         rows, and its parameters: the columns the same in every row bound once, the
-        others per row, the last row's repeated to fill up to ``size``."""
+        others per row, the last row's repeated to fill up to ``size``.  ``None`` for a
+        statement of more than :data:`LARGE_STATEMENT` rows that would be one too many
+        (:data:`MAX_LARGE_STATEMENTS`)."""
         width = len(COLUMNS)
         columns = [part[i::width] for i in range(width)]
         shared = tuple([col.count(col[0]) == count for col in columns])
+        if size > LARGE_STATEMENT:
+            key = (size, shared)
+            if key not in self._large:
+                if len(self._large) >= MAX_LARGE_STATEMENTS:
+                    return None
+                self._large.add(key)
         params = [col[0] for col, one in zip(columns, shared, strict=True) if one]
         varying = [col for col, one in zip(columns, shared, strict=True) if not one]
         if varying:
