@@ -101,9 +101,9 @@ _ON_CONFLICT = " ON CONFLICT(id) DO UPDATE SET " + ", ".join(
 )
 MAX_ROWS_PER_STATEMENT = 1024
 """Rows per statement at most (a write of more is several statements in one
-transaction).  Each statement between two of them hands the GIL back and forth (sqlite3
-releases it around every statement): the writer thread waits for a busy event loop to
-let go each time, and the loop for the writer to bind.  Against 256 rows a statement,
+transaction).  Every statement hands the GIL back and forth (sqlite3 releases it around
+each one): the writer thread waits for a busy event loop to let go of it, and the loop
+for the writer to bind the next statement's values.  Against 256 rows a statement,
 1,024 gave the bulk enqueue of a store in ``batch`` mode 7-11 % more jobs a second (5 and
 8 interleaved pairs, ``noop/trioqueue/sqlite-batch-many-1000``: 101,766 against 95,415;
 91,169 against 82,138) and in ``sync`` mode 5-6 % (a noisy machine: 512 and 1,024 could
