@@ -29,6 +29,8 @@ from trioqueue.demo import registry as demo_registry
 from trioqueue.server import App, ServerSettings
 from trioqueue.testing import CSP, HISTORY_FIELDS, EventEncoder, MetricsHistory, parse_event_filter
 
+from .channels import drain
+
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD_DIR = ROOT / "trioqueue" / "_dashboard"
 
@@ -234,8 +236,8 @@ async def test_max_rate_thins_job_events_and_counts_the_rest(
                 await q.wait(job.id)
             await trio.sleep(2.0)  # two seconds later: 40 more tokens, nothing to spend
             await q.wait(q.enqueue_nowait("echo", "last").id)  # 3 more events, which fit
-            all_events = _drain(everything)
-            got = _drain(thinned)
+            all_events = drain(everything)
+            got = drain(thinned)
     kinds = [e.type for e in all_events]
     assert len(kinds) == 3 * 301
     assert "lagged" not in kinds
@@ -265,7 +267,7 @@ async def test_max_rate_passes_an_event_as_soon_as_a_token_is_due(
             q.enqueue_nowait("echo", "after", delay=60)  # spent: counted
             await trio.sleep_until(start + 1.0)  # three tokens
             last = [q.enqueue_nowait("echo", f"last {i}", delay=60).id for i in range(3)]
-            got = _drain(thinned)
+            got = drain(thinned)
     kinds = [(e.type, e.dropped) if e.type == "lagged" else e.type for e in got]
     assert kinds == ["scheduled"] * 4 + [("lagged", 7), "scheduled", ("lagged", 1)] + [
         "scheduled"] * 3
@@ -286,10 +288,10 @@ async def test_a_subscriber_without_max_rate_gets_every_event_beside_a_thinned_o
                 jobs = [q.enqueue_nowait("echo", i) for i in range(50)]
                 for job in jobs:
                     await q.wait(job.id)
-                seen = _drain(everything)
+                seen = drain(everything)
             await trio.sleep(1.0)  # 3 tokens: the last job's events all pass
             await q.wait(q.enqueue_nowait("echo", "last").id)
-            got = _drain(thinned)
+            got = drain(thinned)
     assert [e.type for e in seen if e.job_id == jobs[7].id] == [
         "enqueued", "started", "completed"]
     assert len(seen) == 3 * 50
@@ -312,18 +314,9 @@ async def test_a_metrics_event_brings_the_count_of_events_over_max_rate(
             for i in range(5):
                 q.enqueue_nowait("echo", i, delay=60)
             await trio.sleep(1.5)  # one metrics tick
-            got = _drain(thinned)
+            got = drain(thinned)
     kinds = [(e.type, e.dropped) if e.type == "lagged" else e.type for e in got]
     assert kinds == ["metrics", "scheduled", ("lagged", 4), "metrics"]
-
-
-def _drain(channel: trio.MemoryReceiveChannel[trioqueue.Event]) -> list[trioqueue.Event]:
-    out = []
-    while True:
-        try:
-            out.append(channel.receive_nowait())
-        except trio.WouldBlock:
-            return out
 
 
 def test_a_lagged_event_never_stands_in_for_the_event_after_it() -> None:

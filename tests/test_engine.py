@@ -35,6 +35,8 @@ from trioqueue import (
 )
 from trioqueue.testing import IdGenerator, LocalBackend
 
+from .channels import drain
+
 
 class Harness:
     """A registry of test tasks that log what ran, when, and can be held at a gate."""
@@ -677,12 +679,7 @@ async def test_events_follow_a_job_through_its_life(h: Harness, autojump_clock: 
         async with q.subscribe() as events:
             job = await q.enqueue("fail", {}, max_retries=1)
             await q.wait(job.id)
-            seen = []
-            while True:
-                try:
-                    seen.append(events.receive_nowait())
-                except trio.WouldBlock:
-                    break
+            seen = drain(events)
     assert [e.type for e in seen] == [
         "enqueued", "started", "retrying", "enqueued", "started", "failed",
     ]
@@ -701,26 +698,21 @@ async def test_events_reach_subscribers_that_join_late_and_stop_when_they_leave(
 ) -> None:
     """The engine skips event work while no one subscribes; subscribing turns it back on."""
 
-    def drain(events: trio.MemoryReceiveChannel[trioqueue.Event]) -> list[str]:
-        seen = []
-        while True:
-            try:
-                seen.append(events.receive_nowait().type)
-            except trio.WouldBlock:
-                return seen
+    def kinds(events: trio.MemoryReceiveChannel[trioqueue.Event]) -> list[str]:
+        return [e.type for e in drain(events)]
 
     async with trioqueue.open_queue(h.registry, cfg()) as q:
         await q.wait((await q.enqueue("ok", 1)).id)  # no one listening
         async with q.subscribe() as first:
             await q.wait((await q.enqueue("ok", 2)).id)
-            assert drain(first) == ["enqueued", "started", "completed"]
+            assert kinds(first) == ["enqueued", "started", "completed"]
         await q.wait((await q.enqueue("ok", 3)).id)  # the last one left
         async with q.subscribe() as second:
             async with q.subscribe() as third:
                 await q.wait((await q.enqueue("ok", 4)).id)
-                assert drain(third) == ["enqueued", "started", "completed"]
+                assert kinds(third) == ["enqueued", "started", "completed"]
             await q.wait((await q.enqueue("ok", 5)).id)  # one left, one still there
-            assert drain(second) == ["enqueued", "started", "completed"] * 2
+            assert kinds(second) == ["enqueued", "started", "completed"] * 2
 
 
 async def test_a_slow_subscriber_is_told_it_lagged_and_never_blocks(

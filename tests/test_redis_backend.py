@@ -18,6 +18,7 @@ import trio.lowlevel
 import trioqueue
 from trioqueue import Job, JobStatus, QueueConfig, TaskRegistry
 
+from .channels import drain
 from .redis_util import REDIS_URL, admin, blocked_clients, delete_queue, unique
 
 
@@ -227,12 +228,7 @@ async def test_wait_returns_after_the_subscribers_here_have_the_jobs_events(
                     while not (await q.get(job.id)).status.terminal:
                         pass
                     await q.wait(job.id)
-                    seen = []
-                    while True:
-                        try:
-                            seen.append(events.receive_nowait())
-                        except trio.WouldBlock:
-                            break
+                    seen = drain(events)
                     if not any(e.type == "completed" and e.job_id == job.id for e in seen):
                         missed += 1
     assert missed == 0

@@ -46,6 +46,8 @@ import trio.testing
 import trioqueue
 from trioqueue import Job, JobQueue, Priority, QueueConfig, TaskRegistry
 
+from ..channels import drain as drain
+
 REDIS_URL = os.environ.get("TRIOQUEUE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 """The Redis the suite uses once the Redis backend exists (a database of its own)."""
 
@@ -354,16 +356,6 @@ class Harness:
 @pytest.fixture
 def h() -> Harness:
     return Harness()
-
-
-def drain(events: trio.MemoryReceiveChannel[trioqueue.Event]) -> list[trioqueue.Event]:
-    """Every event already in the channel."""
-    out = []
-    while True:
-        try:
-            out.append(events.receive_nowait())
-        except trio.WouldBlock:
-            return out
 
 
 EMPTY = {"high": 0, "medium": 0, "low": 0}
