@@ -181,7 +181,7 @@ class Batches:
         accepted = [rec.snapshot() for rec in out]
         new = [rec for rec, g in zip(fresh, got, strict=True) if g is rec]
         if backend.durable and new:
-            await self._commit_or_take_back(new)
+            await commit_or_take_back(backend, new, batch=True)
         elif backend.persistent and len(new) < len(out):
             await backend.wait_committed()  # an existing job: once it is stored
         elif not parked:
@@ -227,22 +227,36 @@ class Batches:
             due = rec.scheduled_for
             self._restamp(rec, 0.0 if due is None else due - rec.created_at)
 
-    async def _commit_or_take_back(self, recs: list[JobRecord]) -> None:
-        """Wait for the commit holding a batch admitted at once (one wait, since one
-        commit holds all of it); if it fails, say what became of the jobs, as
-        :meth:`JobQueue.enqueue` does for one."""
-        backend = self._backend
-        try:
-            await backend.wait_committed(recs[0])
-        except StoreError as exc:
-            if backend.not_confirmed(exc):
-                raise StoreError(f"{exc}; the batch's jobs may run") from None
-            running = [rec.id for rec in recs if not backend.withdraw(rec)]
-            if not running:
-                raise StoreError(f"{exc}; the batch's jobs are not stored and will not "
-                                 f"run") from None
-            raise StoreError(
-                f"{exc}; {len(running)} of the batch's {len(recs)} jobs are not stored yet "
-                f"and may run ({', '.join(running[:5])}{', ...' if len(running) > 5 else ''})"
-                f", the others will not run"
-            ) from None
+
+async def commit_or_take_back(backend: Backend, recs: list[JobRecord], *,
+                              batch: bool = False) -> None:
+    """Wait for the commit holding ``recs`` (one job, or a batch admitted at once: one
+    commit holds all of it).  If it fails they were not acknowledged: each leaves the
+    queue unless a worker started it already (then it runs, and is stored once writes
+    work).
+
+    The :class:`StoreError` says which happened, since a caller retrying without job
+    ids makes second jobs of those that run: "the job is not stored and will not run";
+    "the job is not stored yet and may run" (the write failed, but a worker has the
+    job); or "not confirmed: the store did not answer within 30 s; the job may run" (the
+    write is still under way).  ``batch``: the message speaks of the batch's jobs,
+    naming those that may run."""
+    try:
+        await backend.wait_committed(recs[0])
+    except StoreError as exc:
+        if backend.not_confirmed(exc):  # the write goes on: it may yet commit
+            what = "the batch's jobs" if batch else "the job"
+            raise StoreError(f"{exc}; {what} may run") from None
+        running = [rec.id for rec in recs if not backend.withdraw(rec)]
+        if not batch:
+            if running:
+                raise StoreError(f"{exc}; the job is not stored yet and may run") from None
+            raise StoreError(f"{exc}; the job is not stored and will not run") from None
+        if not running:
+            raise StoreError(f"{exc}; the batch's jobs are not stored and will not "
+                             f"run") from None
+        raise StoreError(
+            f"{exc}; {len(running)} of the batch's {len(recs)} jobs are not stored yet "
+            f"and may run ({', '.join(running[:5])}{', ...' if len(running) > 5 else ''})"
+            f", the others will not run"
+        ) from None

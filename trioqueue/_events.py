@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
 from ._record import LABELS, JobRecord
 from ._state import EventKind
+
+if TYPE_CHECKING:
+    from ._backend import ChangeHook
+
+log = logging.getLogger("trioqueue")
 
 EVENT_TYPES = frozenset({*EventKind, "lagged", "metrics", "progress"})
 """Every ``Event.type``: a job's change of status (:class:`EventKind`; ``requeued`` is a
@@ -294,3 +300,27 @@ class Broadcaster:
             sub.send.close()
         self._subs.clear()
         self._changed()
+
+
+def change_hook(events: Broadcaster, debug: bool) -> ChangeHook | None:
+    """What a backend tells of each state change: the subscribers of ``events``, the
+    debug log (``debug``), both, or nobody (``None``: it skips the work of telling)."""
+    if events and debug:
+        def announce_and_log(kind: EventKind, rec: JobRecord, worker: int | None = None,
+                             duration: float | None = None) -> None:
+            events.announce(kind, rec, worker, duration)
+            log_change(kind, rec)
+        return announce_and_log
+    if events:
+        return events.announce
+    return log_change if debug else None
+
+
+def log_change(kind: EventKind, rec: JobRecord, worker: int | None = None,
+               duration: float | None = None) -> None:
+    """A state change as a line of the debug log."""
+    log.debug(
+        "job %s %s task=%s priority=%s attempt=%d%s",
+        rec.id, kind, rec.task, LABELS[rec.priority], rec.attempts,
+        f" error={rec.error!r}" if kind in _WITH_ERROR else "",
+    )

@@ -18,10 +18,10 @@ import attrs
 import trio
 
 from . import _submit, _workers
-from ._backend import Backend, ChangeHook
-from ._batch import Batches, BatchItem, admit_polling
+from ._backend import Backend
+from ._batch import Batches, BatchItem, commit_or_take_back
 from ._config import QueueConfig
-from ._events import Broadcaster, Event
+from ._events import Broadcaster, Event, change_hook
 from ._exceptions import (
     InvalidJob,
     JobNotFound,
@@ -35,17 +35,12 @@ from ._job import TERMINAL, Job, JobStatus, Priority, check_job_id
 from ._metrics import Metrics
 from ._record import LABELS, JobRecord
 from ._registry import TaskRegistry
-from ._state import EventKind
 from ._stats import Stats, metrics
 from ._workers import Lifecycle, Workers
 
 log = logging.getLogger("trioqueue")
 
 PROCESSING = JobStatus.PROCESSING
-REMOTE_WAIT_POLL = 1.0
-"""Seconds between two looks of :meth:`JobQueue.wait` on a shared backend when no event
-woke it."""
-_WITH_ERROR = (EventKind.RETRYING, EventKind.FAILED)
 
 
 @attrs.frozen
@@ -114,20 +109,15 @@ class JobQueue:
         if getattr(parts.backend, "remote", False):
             # A shared backend (Redis) admits with a round trip: the memory path above
             # stays as it is, these replace it on this instance only.
-            # enqueue_nowait and enqueue_many_nowait stay: the backend's admit and
-            # admit_many answer from the node's view of room (docs/redis-design.md).
-            self.enqueue = self._enqueue_remote  # type: ignore[method-assign]
-            self._admit_batch = self._batches.admit_remote
-            self.wait = self._wait_remote  # type: ignore[method-assign]
-            from ._redis.progress import RedisProgress
+            from ._redis.paths import RemotePaths
 
-            parts.workers.progress = RedisProgress(
-                parts.backend.send_progress,  # type: ignore[attr-defined]
-                parts.events, self._clock, self._wall)
-            parts.backend.use_events(parts.events)  # type: ignore[attr-defined]
-            # Worker figures summed over the live nodes (docs/redis-design.md).
-            parts.backend.use_metrics(self._node_metrics)  # type: ignore[attr-defined]
-            self._cluster_metrics = parts.backend.cluster_metrics  # type: ignore[attr-defined]
+            remote = RemotePaths(parts.backend, parts.intake, self._batches, parts.life,
+                                 parts.workers, parts.events, self._clock, self._wall,
+                                 self.get, self._node_metrics)
+            self.enqueue = remote.enqueue  # type: ignore[method-assign]
+            self.wait = remote.wait  # type: ignore[method-assign]
+            self._admit_batch = self._batches.admit_remote
+            self._cluster_metrics = remote.cluster_metrics
 
     # ------------------------------------------------------------------ helpers
 
@@ -145,29 +135,8 @@ class JobQueue:
         return self._life.closing
 
     def _observers_changed(self) -> None:
-        """Tell the backend who listens to state changes now: subscribers, the debug
-        log, both, or nobody (then it skips the work of telling)."""
-        hook: ChangeHook | None = None
-        if self._events and self._debug:
-            hook = self._announce_and_log
-        elif self._events:
-            hook = self._events.announce
-        elif self._debug:
-            hook = self._log_change
-        self._backend.observe(hook)
-
-    def _announce_and_log(self, kind: EventKind, rec: JobRecord, worker: int | None = None,
-                          duration: float | None = None) -> None:
-        self._events.announce(kind, rec, worker, duration)
-        self._log_change(kind, rec, worker, duration)
-
-    def _log_change(self, kind: EventKind, rec: JobRecord, worker: int | None = None,
-                    duration: float | None = None) -> None:
-        log.debug(
-            "job %s %s task=%s priority=%s attempt=%d%s",
-            rec.id, kind, rec.task, LABELS[rec.priority], rec.attempts,
-            f" error={rec.error!r}" if kind in _WITH_ERROR else "",
-        )
+        """Tell the backend who listens to state changes now."""
+        self._backend.observe(change_hook(self._events, self._debug))
 
     def _refuse(self) -> None:
         """Raise why no new job is taken: shutting down, or the store failing."""
@@ -302,7 +271,7 @@ class JobQueue:
             raise
         accepted = rec.snapshot()  # the job as accepted, before any worker touches it
         if backend.durable:
-            await self._commit_or_take_back(rec)
+            await commit_or_take_back(backend, [rec])
         elif not parked:
             # A schedule point as often as the workers take one (every CHECKPOINT_EVERY
             # calls, or CHECKPOINT_AFTER seconds), not per call: a yield costs more than
@@ -314,88 +283,6 @@ class JobQueue:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 self._enqueue_yield = self._clock.current_time()
         return accepted
-
-    async def _enqueue_remote(
-        self,
-        task: str,
-        payload: Any = None,
-        *,
-        priority: Priority | str | None = None,
-        job_id: str | None = None,
-        delay: float = 0.0,
-        max_retries: int | None = None,
-        timeout: float | None = None,
-        wait_for_room: bool = True,
-    ) -> Job:
-        """:meth:`enqueue` on a shared backend: one script call admits the job; waiting
-        for room polls (:func:`~._batch.admit_polling`), the job made anew each time."""
-        await trio.lowlevel.checkpoint_if_cancelled()
-        admit = self._backend.admit_async  # type: ignore[attr-defined]
-        rec: JobRecord | None = None
-
-        async def attempt() -> JobRecord | None:
-            nonlocal rec
-            rec = self._build(task, payload, priority, job_id, delay, max_retries, timeout)
-            got: JobRecord | None = await admit(rec, count_rejected=not wait_for_room,
-                                                given=job_id is not None)
-            return got
-
-        def full() -> QueueFull:
-            assert rec is not None
-            return QueueFull(f"priority {LABELS[rec.priority]}: "
-                             f"{self._backend.full_reason(rec)}")
-
-        got = await admit_polling(attempt, wait_for_room=wait_for_room,
-                                  check=self._batches.check_intake, full=full)
-        return got.snapshot()
-
-    async def _wait_remote(self, job_id: str) -> Job:
-        """:meth:`wait` on a shared backend: woken by the job's terminal event in the
-        events stream (any node's), with a look every :data:`REMOTE_WAIT_POLL` seconds in
-        case an event was missed (the stream was trimmed, or the reader reconnected)."""
-        backend = self._backend
-        watch = backend.watch  # type: ignore[attr-defined]
-        unwatch = backend.unwatch  # type: ignore[attr-defined]
-        while True:
-            if self._life.closed:
-                raise ShuttingDown(f"the queue closed before job {job_id!r} finished")
-            woken: trio.Event = watch(job_id)
-            try:
-                job = await self.get(job_id)
-                if job.status.terminal:
-                    if not woken.is_set():
-                        # Seen by looking, maybe before this node read its events: the
-                        # subscribers here get them first, as with a local backend.
-                        await backend.events_caught_up()  # type: ignore[attr-defined]
-                    return job
-                if self._life.closed:
-                    raise ShuttingDown(f"the queue closed before job {job_id!r} finished "
-                                       f"(it is {job.status.value})")
-                with trio.move_on_after(REMOTE_WAIT_POLL):
-                    await woken.wait()
-            finally:
-                unwatch(job_id, woken)
-
-    async def _commit_or_take_back(self, rec: JobRecord) -> None:
-        """Wait for the commit holding ``rec``.  If it fails the job was not acknowledged:
-        it leaves the queue unless a worker started it already (then it runs, and is
-        stored once writes work).
-
-        The :class:`StoreError` says which happened, since a caller retrying without a
-        job id makes a second job if the first one runs: "the job is not stored and
-        will not run"; "the job is not stored yet and may run" (the write failed, but a
-        worker has the job); or "not confirmed: the store did not answer within 30 s;
-        the job may run" (the write is still under way).
-        """
-        backend = self._backend
-        try:
-            await backend.wait_committed(rec)
-        except StoreError as exc:
-            if backend.not_confirmed(exc):  # the write goes on: it may yet commit
-                raise StoreError(f"{exc}; the job may run") from None
-            if backend.withdraw(rec):
-                raise StoreError(f"{exc}; the job is not stored and will not run") from None
-            raise StoreError(f"{exc}; the job is not stored yet and may run") from None
 
     # ------------------------------------------------------------------ callables
 
@@ -458,9 +345,8 @@ class JobQueue:
         nothing was added).  Raises as :meth:`enqueue_many` does.  With
         ``durability="sync"`` the jobs are accepted but not yet committed when this
         returns (:meth:`flush` waits for that)."""
-        if self._life.closing or self._backend.refusal is not None:
-            self._refuse()
         batches = self._batches
+        batches.check_intake()
         return batches.admit_nowait(
             batches.build_many(task, payloads, priority, delay, max_retries, timeout))
 
@@ -634,7 +520,7 @@ class JobQueue:
         Waits for room like :meth:`enqueue`.  Raises :class:`InvalidTransition` for a job
         in any other state, :class:`ShuttingDown` while closing.
         """
-        self._refuse_if_closing()
+        self._batches.check_intake()
         backend = self._backend
         rec = await backend.retry(job_id)
         requeued = rec.snapshot()
@@ -643,10 +529,6 @@ class JobQueue:
         else:
             await trio.lowlevel.cancel_shielded_checkpoint()
         return requeued
-
-    def _refuse_if_closing(self) -> None:
-        if self._life.closing or self._backend.refusal is not None:
-            self._refuse()
 
     # ------------------------------------------------------------------ events, metrics
 

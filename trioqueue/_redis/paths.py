@@ -1,0 +1,113 @@
+"""What a :class:`~trioqueue.JobQueue` does differently on a shared backend (Redis).
+
+``enqueue`` admits with one script call and polls for room; ``wait`` is woken by the
+job's terminal event in the events stream; progress and the worker figures of the
+metrics go through Redis.  :class:`JobQueue` puts :meth:`RemotePaths.enqueue` and
+:meth:`RemotePaths.wait` in place of its own on the instance whose backend is remote;
+``enqueue_nowait`` and ``enqueue_many_nowait`` stay, since the backend's ``admit`` and
+``admit_many`` answer from the node's view of room (docs/redis-design.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from .._backend import Backend
+from .._batch import Batches, admit_polling
+from .._events import Broadcaster
+from .._exceptions import QueueFull, ShuttingDown
+from .._intake import Intake
+from .._job import Job, Priority
+from .._metrics import Metrics
+from .._record import LABELS, JobRecord
+from .._workers import Lifecycle, Workers
+from .backend import RedisBackend
+from .progress import RedisProgress
+
+REMOTE_WAIT_POLL = 1.0
+"""Seconds between two looks of :meth:`RemotePaths.wait` when no event woke it."""
+
+
+class RemotePaths:
+    """The Redis side of one :class:`JobQueue`.  Made by the queue; it wires progress,
+    the events reader and the node's metrics to the backend as it is made."""
+
+    def __init__(self, backend: Backend, intake: Intake, batches: Batches,
+                 life: Lifecycle, workers: Workers, events: Broadcaster,
+                 clock: trio.abc.Clock, wall_offset: float,
+                 get: Callable[[str], Awaitable[Job]],
+                 node_metrics: Callable[[], Metrics]) -> None:
+        assert isinstance(backend, RedisBackend)
+        self._backend = backend
+        self._build = intake.build
+        self._batches = batches
+        self._life = life
+        self._get = get
+        """:meth:`JobQueue.get`."""
+        workers.progress = RedisProgress(backend.send_progress, events, clock, wall_offset)
+        backend.use_events(events)
+        # Worker figures summed over the live nodes (docs/redis-design.md).
+        backend.use_metrics(node_metrics)
+        self.cluster_metrics = backend.cluster_metrics
+        """:meth:`JobQueue.metrics`: this node's metrics with the queue's figures."""
+
+    async def enqueue(
+        self,
+        task: str,
+        payload: Any = None,
+        *,
+        priority: Priority | str | None = None,
+        job_id: str | None = None,
+        delay: float = 0.0,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        wait_for_room: bool = True,
+    ) -> Job:
+        """:meth:`JobQueue.enqueue`: one script call admits the job; waiting for room
+        polls (:func:`~trioqueue._batch.admit_polling`), the job made anew each time."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        backend = self._backend
+        rec: JobRecord | None = None
+
+        async def attempt() -> JobRecord | None:
+            nonlocal rec
+            rec = self._build(task, payload, priority, job_id, delay, max_retries, timeout)
+            return await backend.admit_async(rec, count_rejected=not wait_for_room,
+                                             given=job_id is not None)
+
+        def full() -> QueueFull:
+            assert rec is not None
+            return QueueFull(f"priority {LABELS[rec.priority]}: {backend.full_reason(rec)}")
+
+        got = await admit_polling(attempt, wait_for_room=wait_for_room,
+                                  check=self._batches.check_intake, full=full)
+        return got.snapshot()
+
+    async def wait(self, job_id: str) -> Job:
+        """:meth:`JobQueue.wait`: woken by the job's terminal event in the events stream
+        (any node's), with a look every :data:`REMOTE_WAIT_POLL` seconds in case an
+        event was missed (the stream was trimmed, or the reader reconnected)."""
+        backend = self._backend
+        life = self._life
+        while True:
+            if life.closed:
+                raise ShuttingDown(f"the queue closed before job {job_id!r} finished")
+            woken = backend.watch(job_id)
+            try:
+                job = await self._get(job_id)
+                if job.status.terminal:
+                    if not woken.is_set():
+                        # Seen by looking, maybe before this node read its events: the
+                        # subscribers here get them first, as with a local backend.
+                        await backend.events_caught_up()
+                    return job
+                if life.closed:
+                    raise ShuttingDown(f"the queue closed before job {job_id!r} finished "
+                                       f"(it is {job.status.value})")
+                with trio.move_on_after(REMOTE_WAIT_POLL):
+                    await woken.wait()
+            finally:
+                backend.unwatch(job_id, woken)
