@@ -121,6 +121,25 @@ async def test_results_of_jobs_that_left_memory_come_from_the_store(tmp_path: Pa
             await q.cancel("a")
 
 
+async def test_a_result_is_stored_as_the_json_text_the_worker_checked(tmp_path: Path) -> None:
+    """A dict or list result is encoded once, by the worker's check that it is JSON, and
+    the store writes that (compact) text rather than encoding the result again."""
+    db = tmp_path / "q.db"
+    value = {"a": [1, 2.5, None], "b": "x"}
+    async with trioqueue.open_queue(registry, cfg(db)) as q:
+        for job_id, payload in (("d", value), ("s", "text"), ("i", 7), ("n", None)):
+            await q.enqueue("echo", payload, job_id=job_id)
+            await q.wait(job_id)
+        await q.flush()
+    assert on_disk(db, "d")[3] == '{"a":[1,2.5,null],"b":"x"}'  # type: ignore[index]
+    assert on_disk(db, "s")[3] == '"text"'  # type: ignore[index]
+    assert on_disk(db, "i")[3] == "7"  # type: ignore[index]
+    assert on_disk(db, "n")[3] is None  # type: ignore[index]
+    async with trioqueue.open_queue(registry, cfg(db)) as q:
+        assert (await q.get("d")).result == value
+        assert (await q.get("s")).result == "text"
+
+
 async def test_a_failed_job_is_retried_after_reopen(tmp_path: Path) -> None:
     db = tmp_path / "q.db"
     async with trioqueue.open_queue(registry, cfg(db)) as q:

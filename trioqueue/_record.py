@@ -42,6 +42,10 @@ class JobRecord:
     started_at: float | None
     finished_at: float | None
     result: Any
+    result_json: str | None
+    """``result`` as the JSON text the worker checked it with (a dict, a list, a float),
+    or ``None`` (no result yet, a str, int or bool, a stored job): set with ``result``,
+    so that a store writes the text it has instead of encoding the result again."""
     error: str | None
     traceback: str | None
     progress: dict[str, Any] | None
@@ -91,6 +95,7 @@ class JobRecord:
         self.started_at = None
         self.finished_at = None
         self.result = None
+        self.result_json = None
         self.error = None
         self.traceback = None
         self.progress = None

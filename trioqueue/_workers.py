@@ -199,8 +199,8 @@ class Workers:
                         )
                 else:
                     result = await spec.handler(job)
-                if result.__class__ not in _SIMPLE_RESULT:
-                    check_json("result", result)
+                result_json = (None if result.__class__ in _SIMPLE_RESULT
+                               else check_json("result", result))
             except BaseException as exc:  # whatever the handler raised fails the attempt
                 if not isinstance(exc, Exception):  # ... but our scope's Cancelled, Ctrl+C
                     cancelled, ctrl_c = _passing_through(exc)
@@ -226,6 +226,7 @@ class Workers:
                 scope.deadline = math.inf
             if failure is None:
                 rec.result = result
+                rec.result_json = result_json
                 finish(rec, COMPLETE, end, index, duration)
             else:
                 self._attempt_failed(slot, rec, failure, end, duration)

@@ -360,6 +360,7 @@ class LocalBackend:
         rec.finished_at = None
         rec.scheduled_for = None
         rec.result = None
+        rec.result_json = None
         self.table.add(rec)
         ready.make_ready(rec, self.now())
         self.changes.changed(kind, rec, None, None)

@@ -113,7 +113,7 @@ def _rows(recs: Iterable[JobRecord]) -> tuple[Any, ...]:
             nan if scheduled_for is None else scheduled_for,
             nan if started_at is None else started_at,
             nan if finished_at is None else finished_at,
-            "" if result is None else dumps(result),
+            "" if result is None else rec.result_json or dumps(result),
             rec.error or "",
             rec.traceback or "",
             "" if progress is None else dumps(progress),

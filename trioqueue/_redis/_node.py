@@ -621,7 +621,8 @@ class NodeCore:
                duration: float | None = None) -> None:
         job_id = rec.id
         if event is JobEvent.COMPLETE:
-            self._ack(rec, lambda f: Outcome.completed(job_id, f, rec.result, duration))
+            self._ack(rec, lambda f: Outcome.completed(job_id, f, rec.result, duration,
+                                                       rec.result_json))
         elif event is JobEvent.CANCEL:
             self._ack(rec, lambda f: Outcome.cancelled(job_id, f, duration))
         else:

@@ -195,9 +195,12 @@ class Outcome(NamedTuple):
     duration: float | None = None
 
     @classmethod
-    def completed(cls, job_id: str, fence: int, result: Any, duration: float | None = None
-                  ) -> Outcome:
-        return cls(job_id, fence, "completed", _result_json(result), "", "", duration)
+    def completed(cls, job_id: str, fence: int, result: Any, duration: float | None = None,
+                  result_json: str | None = None) -> Outcome:
+        """``result_json``: the result's JSON text if the worker made it already."""
+        return cls(job_id, fence, "completed",
+                   _result_json(result) if result_json is None else result_json,
+                   "", "", duration)
 
     @classmethod
     def failed(cls, job_id: str, fence: int, error: str, traceback: str = "",
