@@ -201,7 +201,8 @@ async def test_subscribers_see_other_nodes_events(queue_name: str) -> None:
         async with trioqueue.open_queue(t.registry, config(queue_name)) as a, \
                 trioqueue.open_queue(TaskRegistry(), config(queue_name)) as b:
             async with b.subscribe() as events:
-                await trio.sleep(0.2)  # b's reader is at the stream's end
+                # Nothing to wait for: once subscribe() has returned, every node writes
+                # its events to the stream for b's reader.
                 job = await a.enqueue("echo", 1)
                 seen = []
                 async for ev in events:
@@ -236,26 +237,39 @@ async def test_wait_returns_after_the_subscribers_here_have_the_jobs_events(
 
 async def test_a_node_reads_no_events_without_subscribers_or_waiters(queue_name: str) -> None:
     """A node nobody subscribes to or waits on never reads the events stream (none of its
-    connections ever ran XREAD); a subscriber arriving later starts the reader at the
-    stream's end: it sees the new job's events, none of the earlier job's."""
+    connections ever ran XREAD), and no event is written to it; a subscriber arriving
+    later starts the reader at the stream's end: it sees the new job's events, none of
+    the earlier job's.  A second after the last subscriber left, the node withdraws
+    (``readers``) and the events stop again."""
     t = Tasks()
+    key = f"tq:{{{queue_name}}}:"
     with trio.fail_after(30):
         async with admin() as redis, trioqueue.open_queue(t.registry,
                                                           config(queue_name)) as a:
-            (node,) = await redis.hkeys(f"tq:{{{queue_name}}}:nodes")
+            (node,) = await redis.hkeys(key + "nodes")
             name = f"trioqueue:{node}"
             early = await a.enqueue("echo", "early")
             while (await a.get(early.id)).status is not JobStatus.COMPLETED:  # noqa: ASYNC110
                 await trio.sleep(0.01)
             await trio.sleep(0.3)  # more than an XREAD BLOCK: a reading node would be in one
             assert await blocked_clients(redis, name, "xread") == 0
+            assert await redis.xlen(key + "events") == 0
             async with a.subscribe() as events:
+                assert await redis.zrange(key + "readers", 0, -1) == (node,)
                 job = await a.enqueue("echo", "late")
                 seen = []
                 async for ev in events:
                     seen.append((ev.type, ev.job_id))
                     if ev.type == "completed":
                         break
+            written = await redis.xlen(key + "events")
+            assert written == 3
+            while await redis.zcard(key + "readers"):  # noqa: ASYNC110 (READER_LINGER)
+                await trio.sleep(0.05)
+            after = await a.enqueue("echo", "after")
+            while (await a.get(after.id)).status is not JobStatus.COMPLETED:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            assert await redis.xlen(key + "events") == written
     assert seen == [("enqueued", job.id), ("started", job.id), ("completed", job.id)]
 
 

@@ -91,10 +91,13 @@ async def nodes_on() -> AsyncIterator[list[Node]]:
 @asynccontextmanager
 async def queue_state(queue: str, url: str = REDIS_URL) -> AsyncIterator[RedisState]:
     """This test's own client (its own connection name, so that killing the nodes'
-    connections spares it) on ``queue``; the queue's keys are deleted at the end."""
+    connections spares it) on ``queue``, reading its events (so that every event is
+    written: :func:`events`); the queue's keys are deleted at the end."""
     try:
         async with connect(url, client_name=unique("test")) as client:
-            yield RedisState(client, queue)
+            state = RedisState(client, queue)
+            await state.read_events("test", 3600)
+            yield state
     finally:
         if url == REDIS_URL:
             with trio.CancelScope(shield=True):

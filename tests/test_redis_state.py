@@ -71,6 +71,8 @@ async def env() -> AsyncIterator[Env]:
     queue, name = unique("q"), unique("c")
     async with admin() as a, connect(REDIS_URL, client_name=name) as client:
         try:
+            # Events are written only while some node reads them: this test does.
+            await RedisState(client, queue).read_events("test", 3600)
             yield Env(client, a, queue, name)
         finally:
             await delete_queue(a, queue)
@@ -1110,3 +1112,33 @@ async def test_a_node_leaves_tasks_it_lacks_queued(env: Env) -> None:
     fc = await s.finish_and_claim("a", [], 3, 30, tasks={"mine"})
     assert [c.job.id for c in fc.claimed] == ["y"]
     assert (await s.get("x")).job.attempts == 1  # type: ignore[union-attr]
+
+
+async def test_events_are_written_only_while_some_node_reads_them(env: Env) -> None:
+    """No script writes an event while no node has said it reads them (``read_events``)
+    or while every such word has lapsed; the event numbers count on all the same, so the
+    numbers in replies still order them.  One reader of several leaving keeps them
+    written; ``remove_node`` withdraws a node's word too."""
+    s = env.state()
+    assert await s.stop_reading_events("test")  # the fixture's own reader
+    assert not await s.stop_reading_events("test")
+
+    async def seq() -> int:
+        return int(await env.admin.hget(env.key("stats"), "seq") or 0)
+
+    await s.enqueue([new("a")])
+    assert await events(env) == []
+    assert await seq() == 1
+    await s.read_events("n1", 0.2)  # Redis' clock: lapses in 200 ms
+    await s.enqueue([new("b")])
+    await trio.sleep(0.3)
+    await s.enqueue([new("c")])
+    await s.read_events("n1", 60)
+    await s.read_events("n2", 60)
+    assert await s.stop_reading_events("n1")
+    await s.enqueue([new("d")])
+    await s.remove_node("n2")
+    await s.enqueue([new("e")])
+    assert [(e["job_id"], e["seq"]) for e in await events(env)] == [("b", "2"), ("d", "4")]
+    assert await seq() == 5
+    assert await env.admin.zcard(env.key("readers")) == 0

@@ -57,6 +57,11 @@ class Backend(Protocol):
         """Call ``hook`` after every move from now on (``None``: nobody listens, and the
         backend skips the work of telling)."""
 
+    async def events_flowing(self) -> None:
+        """Return once ``hook`` is told of every move from now on, this node's and the
+        others' (a shared backend's stream may start to be written only when someone
+        reads it)."""
+
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self, task_status: trio.TaskStatus[None] = ...) -> None:

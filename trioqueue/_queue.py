@@ -537,7 +537,8 @@ class JobQueue:
         self, buffer: int | None = None, *, metrics: bool = False,
         max_rate: float | None = None,
     ) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
-        """A channel of every :class:`Event` from now on, with its own bounded buffer.
+        """A channel of every :class:`Event` from now on, with its own bounded buffer (on
+        a shared backend, entering it waits until every node writes events for it).
 
         A subscriber that falls behind loses events and then receives a ``lagged`` event
         saying how many; it never slows the queue.  With ``metrics=True`` it also receives
@@ -555,10 +556,11 @@ class JobQueue:
         ):
             raise ValueError(f"max_rate: expected events a second > 0, got {max_rate!r}")
         receive = self._events.add(size, metrics, max_rate)
-        if metrics:
-            self._events.publish(self.metrics_event())
-            self._backend.wake_timer()  # the timer starts ticking metrics
         try:
+            await self._backend.events_flowing()
+            if metrics:
+                self._events.publish(self.metrics_event())
+                self._backend.wake_timer()  # the timer starts ticking metrics
             with receive:
                 yield receive
         finally:

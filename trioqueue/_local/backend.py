@@ -116,6 +116,9 @@ class LocalBackend:
     def observe(self, hook: ChangeHook | None) -> None:
         self.changes.fan_out(hook)
 
+    async def events_flowing(self) -> None:
+        await trio.lowlevel.checkpoint()  # every move is told as it is made
+
     def now(self) -> float:
         """The queue's clock (trio time)."""
         return self._clock.current_time()

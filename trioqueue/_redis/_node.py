@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -58,6 +59,16 @@ hand the job's events to the subscribers here (:meth:`NodeCore.events_caught_up`
 READER_LINGER = 1.0
 """Seconds the events reader goes on reading after the last subscriber or waiter left
 (a next ``wait`` soon after does not restart it)."""
+
+READER_TTL = 60.0
+"""Seconds (Redis' clock) for which a reading node has events written after it last said
+it reads them (:meth:`RedisState.read_events`): the scripts write no events while no
+node reads them, and a node that died reading costs at most this long of unread ones."""
+
+READER_REFRESH = 2.0
+"""Seconds between two such calls of a node that goes on reading: short, since a Redis
+that restarted (it may keep nothing) has forgotten every reader, and a reader whose
+connection came back without a failed read would not know."""
 
 PRIO_BY_LABEL = {"high": 0, "medium": 1, "low": 2}
 _STATUSES = {s.value: s for s in JobStatus}
@@ -124,6 +135,7 @@ class NodeCore:
     _reading: bool
     _read_to: tuple[int, int]
     _read_done: trio.Event
+    _flowing: trio.Event
     _events_from: int | None
     _redis_offset: float
     _events_after_seq: int
@@ -392,9 +404,11 @@ class NodeCore:
     async def _read_events(self) -> None:
         """Read the stream while something here wants it (:meth:`_wants_events`), and
         until :data:`READER_LINGER` s after the last one left; read nothing otherwise.
-        Each start reads from the events written since the first subscriber or waiter
-        arrived (:meth:`_events_wanted`: no backlog is parsed), and wakes the waiters
-        there are, so they look at their job again."""
+        Each start first tells Redis that this node reads events (no script writes any
+        while no node does; renewed every :data:`READER_REFRESH` s while it reads, and
+        withdrawn when it stops), then reads from the events written since the first
+        subscriber or waiter arrived (:meth:`_events_wanted`: no backlog is parsed), and
+        wakes the waiters there are, so they look at their job again."""
         state = self.state
         clock = self._clock
         while not self._stop_reading:
@@ -402,6 +416,13 @@ class NodeCore:
                 self._want_events = trio.Event()
                 await self._want_events.wait()
                 continue
+            try:
+                await state.read_events(self.node, READER_TTL)
+            except RedisUnavailable:
+                await trio.sleep(0.5)
+                continue
+            told = clock.current_time()
+            self._flowing.set()
             start, self._events_from = self._events_from, None
             if start is not None:
                 reader = EventReader(state, f"{max(0, start)}-0", 0)
@@ -419,28 +440,46 @@ class NodeCore:
                     event.set()
             unwanted_since: float | None = None
             while not self._stop_reading:
+                now = clock.current_time()
                 if self._wants_events():
                     unwanted_since = None
-                else:
-                    now = clock.current_time()
-                    if unwanted_since is None:
-                        unwanted_since = now
-                    elif now - unwanted_since >= READER_LINGER:
-                        break
+                elif unwanted_since is None:
+                    unwanted_since = now
+                elif now - unwanted_since >= READER_LINGER:
+                    break
                 try:
+                    if now - told >= READER_REFRESH:
+                        await state.read_events(self.node, READER_TTL)
+                        told = now
                     batch = await reader.read(block_ms=READER_BLOCK_MS)
                 except RedisUnavailable:
+                    told = -math.inf  # a Redis that restarted has forgotten this node
                     await trio.sleep(0.5)
                     continue
                 self._handle_events(batch.events)
                 self._read_to = stream_position(reader.last_id)
                 self._read_done.set()
                 self._read_done = trio.Event()
+            self._flowing = trio.Event()
             self._reading = False
             self._read_done.set()
             self._read_done = trio.Event()
             self._worker_of.clear()
             self._started_events.clear()
+            if not self._stop_reading:  # (closing: removing the node withdraws it)
+                with contextlib.suppress(RedisUnavailable):
+                    await state.stop_reading_events(self.node)
+
+    async def events_flowing(self) -> None:
+        """Return once Redis writes the events this node's subscribers and waiters want
+        (its events reader said it reads them), so that whatever happens from then on is
+        in the stream; at once if it does already, at most :data:`CATCH_UP_MAX` s (Redis
+        not answering: ``wait`` looks at its job again on its own)."""
+        if self._flowing.is_set():
+            await trio.lowlevel.checkpoint()
+            return
+        with trio.move_on_after(CATCH_UP_MAX):
+            await self._flowing.wait()
 
     async def events_caught_up(self) -> None:
         """Return once this node's subscribers were handed every event in the stream at

@@ -384,6 +384,19 @@ class RedisState:
         check_name("node", node)
         return bool(await self.run_script("nodes", ["remove", node]))
 
+    async def read_events(self, node: str, ttl: float) -> float:
+        """Have events written to the ``events`` stream for the next ``ttl`` seconds at
+        least (on Redis' clock), on behalf of ``node`` (which reads them); returns Redis'
+        time.  While no node asked this within its ``ttl``, the scripts write no events."""
+        check_name("node", node)
+        ms = await self.run_script("nodes", ["read", node, _lease_ms(ttl)])
+        return int(ms) / 1000
+
+    async def stop_reading_events(self, node: str) -> bool:
+        """``node`` reads events no longer (:meth:`read_events`); True if it did."""
+        check_name("node", node)
+        return bool(await self.run_script("nodes", ["unread", node]))
+
     # ------------------------------------------------------------------ wake-ups
 
     async def wait_for_work(

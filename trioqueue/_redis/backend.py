@@ -130,12 +130,15 @@ class RedisBackend(NodeIntake):
         """The stream position up to which the events reader handed events on."""
         self._read_done = trio.Event()
         """Set (and replaced) when a read of the stream was handled."""
+        self._flowing = trio.Event()
+        """Set while Redis writes events for this node's events reader (it said it reads
+        them, :meth:`RedisState.read_events`); replaced when the reader stops."""
         self._events_from: int | None = None
         """Where the events reader starts next (ms, Redis' clock), if set."""
         self._redis_offset = 0.0
+        """Redis' clock less this process' (seconds), from the heartbeats' replies."""
         self._events_after_seq = -1
         """Events up to this number are older than the reader's next start."""
-        """Redis' clock less this process' (seconds), from the heartbeats' replies."""
         self.reader_starts = 0
         """How many times the events reader started reading the stream (it reads only
         while this node has subscribers or waiters)."""

@@ -97,6 +97,7 @@ class RemotePaths:
                 raise ShuttingDown(f"the queue closed before job {job_id!r} finished")
             woken = backend.watch(job_id)
             try:
+                await backend.events_flowing()  # the job's end is in the stream from now
                 job = await self._get(job_id)
                 if job.status.terminal:
                     if not woken.is_set():

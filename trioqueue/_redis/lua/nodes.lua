@@ -6,6 +6,9 @@
 --   remove, node                -> 1 if it was registered (its ctl and cancel lists are deleted too)
 --   stop, node                  -> push 'stop' to the node's ctl list (kept 60 s): its
 --                                  fetcher leaves its BLPOP at once
+--   read, node, ttl ms          -> Redis' time (ms); events are written for the next ttl ms
+--                                  at least (`readers`: node -> until when; lapsed ones dropped)
+--   unread, node                -> 1 if the node was reading (events stop once nobody is)
 local op = ARGV[1]
 if op == 'beat' then
   redis.call('HSET', P .. 'nodes', ARGV[2], ARGV[3])
@@ -28,6 +31,7 @@ elseif op == 'list' then
   return out
 elseif op == 'remove' then
   redis.call('ZREM', P .. 'beats', ARGV[2])
+  redis.call('ZREM', P .. 'readers', ARGV[2])
   redis.call('DEL', P .. 'node:' .. ARGV[2] .. ':ctl', P .. 'node:' .. ARGV[2] .. ':cancel')
   return redis.call('HDEL', P .. 'nodes', ARGV[2])
 elseif op == 'stop' then
@@ -35,5 +39,11 @@ elseif op == 'stop' then
   redis.call('RPUSH', ctl, 'stop')
   redis.call('PEXPIRE', ctl, 60000)
   return 1
+elseif op == 'read' then
+  redis.call('ZREMRANGEBYSCORE', P .. 'readers', '-inf', '(' .. NOW)
+  redis.call('ZADD', P .. 'readers', int(now_ms + tonumber(ARGV[3])), ARGV[2])
+  return now_ms
+elseif op == 'unread' then
+  return redis.call('ZREM', P .. 'readers', ARGV[2])
 end
 return redis.error_reply('nodes: unknown op ' .. tostring(op))
