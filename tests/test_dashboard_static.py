@@ -409,3 +409,17 @@ def test_serve_prints_the_dashboard_link_with_the_token_in_the_fragment(tmp_path
         reader.join(10)  # at the end of the output
         stdout.close()
     assert token not in (tmp_path / "err").read_text()
+
+
+def test_the_server_takes_every_event_type_the_dashboard_asks_for() -> None:
+    """The page asks for its base types and, first, the optional ones (``progress``,
+    ``recovered``); a server that refuses any of them makes it drop all the optional
+    ones, progress included.  This server takes them all."""
+    js = (ROOT / "trioqueue" / "_dashboard" / "dashboard.js").read_text()
+    asked: set[str] = set()
+    for name in ("BASE_TYPES", "OPTIONAL_TYPES"):
+        found = re.search(rf"const {name} = \[([^\]]*)\]", js)
+        assert found is not None, name
+        asked |= set(re.findall(r'"([a-z_]+)"', found.group(1)))
+    assert {"progress", "recovered", "completed", "metrics"} <= asked
+    assert parse_event_filter({"types": ",".join(sorted(asked))}).types == asked

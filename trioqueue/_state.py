@@ -64,6 +64,9 @@ class EventKind(enum.StrEnum):
     CANCELLED = "cancelled"
     REQUEUED = "requeued"
     """Back to QUEUED: by ``retry()``, or interrupted (shutdown, a crash)."""
+    RECOVERED = "recovered"
+    """Back to QUEUED at the front of its priority, the attempt counted: its lease ran
+    out (Redis: the node running it died or lost touch)."""
 
 
 Q, S, P = JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.PROCESSING
