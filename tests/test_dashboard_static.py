@@ -212,6 +212,10 @@ def test_the_history_and_max_rate_options_of_the_event_filter() -> None:
     with pytest.raises(ValueError, match="history"):
         parse_event_filter({"history": "maybe"})
     assert parse_event_filter({"max_rate": "100"}).max_rate == 100
+    # The job event types go to subscribe(types=...): the queue builds no others.
+    assert parse_event_filter({"types": "failed,metrics,lagged"}).job_types == {"failed"}
+    assert parse_event_filter({"types": "metrics"}).job_types == frozenset()
+    assert parse_event_filter({}).job_types is None
     assert parse_event_filter({}).max_rate is None
     for bad in ("0", "-1", "1.5", "", "1000001", "9" * 5000, "١٢"):
         with pytest.raises(ValueError, match="max_rate"):
@@ -317,6 +321,66 @@ async def test_a_metrics_event_brings_the_count_of_events_over_max_rate(
             got = drain(thinned)
     kinds = [(e.type, e.dropped) if e.type == "lagged" else e.type for e in got]
     assert kinds == ["metrics", "scheduled", ("lagged", 4), "metrics"]
+
+
+async def test_types_choose_the_job_events_and_no_other_is_built(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``subscribe(types=...)`` takes only job events of those types; with no other
+    subscriber the queue builds no other event (the ones it gets are numbered one after
+    the other, while 40 other jobs ran between them).  Bad types are refused by name."""
+    config = trioqueue.QueueConfig(workers=2, capacity=1000, shutdown_timeout=0,
+                                   max_retries=0)
+    async with trioqueue.open_queue(demo_registry, config) as q:
+        for bad in (["nope"], ["failed", "metrics"]):
+            with pytest.raises(ValueError, match="types: unknown job event type"):
+                async with q.subscribe(types=bad):
+                    pass  # pragma: no cover
+        async with q.subscribe(types="failed") as failures:
+            for i in range(3):
+                jobs = [q.enqueue_nowait("echo", n) for n in range(20)]
+                jobs.append(q.enqueue_nowait("fail", i))
+                for job in jobs:
+                    await q.wait(job.id)
+            got = drain(failures)
+    assert [(e.type, e.status) for e in got] == [("failed", "failed")] * 3
+    assert [e.seq for e in got] == [got[0].seq, got[0].seq + 1, got[0].seq + 2]
+
+
+async def test_a_typed_subscriber_beside_a_thinned_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A subscriber of failures with a rate is not thinned by the completions it does not
+    take, nor told of them in a ``lagged``; one without a rate that takes only failures
+    (``trioqueue monitor``) gets each, while a thinned subscriber of everything beside
+    them still counts every event it did not get, and none it was never meant to."""
+    config = trioqueue.QueueConfig(workers=2, capacity=1000, shutdown_timeout=0,
+                                   max_retries=0)
+    async with trioqueue.open_queue(demo_registry, config) as q:
+        async with q.subscribe(10_000, types={"failed"}, max_rate=2) as rated, \
+                q.subscribe(10_000, types={"failed", "retrying"}) as monitor, \
+                q.subscribe(10_000, max_rate=3) as thinned:
+            fails = []
+            for i in range(3):
+                jobs = [q.enqueue_nowait("echo", n) for n in range(100)]
+                fails.append(q.enqueue_nowait("fail", i))
+                for job in [*jobs, fails[-1]]:
+                    await q.wait(job.id)
+            await trio.sleep(1.0)  # tokens again: the last job's events all pass
+            fails.append(q.enqueue_nowait("fail", "last"))
+            await q.wait(fails[-1].id)
+            got_rated = drain(rated)
+            got_monitor = drain(monitor)
+            got = drain(thinned)
+    # A burst of 2; the third failure is counted, and nothing else.
+    assert [(e.type, e.job_id, e.dropped) for e in got_rated] == [
+        ("failed", fails[0].id, None), ("failed", fails[1].id, None),
+        ("lagged", None, 1), ("failed", fails[3].id, None)]
+    assert [e.job_id for e in got_monitor] == [j.id for j in fails]
+    job_events = [e for e in got if e.type != "lagged"]
+    dropped = sum(e.dropped or 0 for e in got if e.type == "lagged")
+    assert len(job_events) + dropped == 3 * (3 * 101 + 1)
+    assert [e.type for e in job_events[-3:]] == ["enqueued", "started", "failed"]
 
 
 def test_a_lagged_event_never_stands_in_for_the_event_after_it() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -21,6 +21,8 @@ EVENT_TYPES = frozenset({*EventKind, "lagged", "metrics", "progress"})
 """Every ``Event.type``: a job's change of status (:class:`EventKind`; ``requeued`` is a
 job put back to QUEUED by ``retry()`` or after an interrupted run), and the ``lagged``
 and ``metrics`` markers, and ``progress`` (a running job's ``report_progress``)."""
+JOB_EVENT_TYPES = frozenset({*EventKind, "progress"})
+"""The types of the events about one job (what ``subscribe(types=...)`` chooses among)."""
 _WITH_ERROR = frozenset({EventKind.RETRYING, EventKind.FAILED})
 
 
@@ -84,6 +86,9 @@ class _Subscriber:
     """The subscriber's end, by which :meth:`Broadcaster.remove` knows it."""
     metrics: bool = False
     dropped: int = 0
+    types: frozenset[str] | None = None
+    """The job event types it takes (``None``: all); the others never reach it, nor count
+    as dropped."""
     max_rate: float | None = None
     """Job events a second at most (a token bucket holding one second's worth)."""
     tokens: float = 0.0
@@ -112,15 +117,20 @@ class Broadcaster:
     (a time :meth:`takes` works out once), a job event costs one clock reading and one
     count (the live dashboard's subscription costs the queue almost nothing per job at
     thousands of jobs a second); the count is each subscriber's ``dropped`` when the
-    gate reopens or anything is published.
+    gate reopens or anything is published.  A subscriber that takes only some types
+    (``trioqueue monitor``: failures and metrics) is never handed the others, and a job
+    event of a type no subscriber takes is not built at all.
     """
 
     def __init__(self, now: Callable[[], float],
                  on_change: Callable[[], None] | None = None) -> None:
         self._subs: list[_Subscriber] = []
         self._seq = 0
-        self._unlimited = 0
-        """Subscribers without a ``max_rate``."""
+        self._unlimited: frozenset[str] | None = frozenset()
+        """The job event types some subscriber without a ``max_rate`` takes (``None``:
+        all of them): those always reach someone."""
+        self._kinds: frozenset[str] | None = frozenset()
+        """The job event types some subscriber takes (``None``: all of them)."""
         self._now = now
         """Seconds since the epoch, by the queue's clock (the ``at`` of events)."""
         self.on_change = on_change
@@ -129,26 +139,30 @@ class Broadcaster:
         """Every subscriber is over its ``max_rate`` until :attr:`_reopen_at`."""
         self._reopen_at = 0.0
         """Trio time when the first subscriber has a token again."""
-        self._skipped = 0
-        """Job events dropped for every subscriber while :attr:`_dry`, not yet added to
-        their ``dropped`` (:meth:`_settle`)."""
+        self._skipped: dict[str, int] = {}
+        """Job events (by type) dropped for every subscriber that takes them while
+        :attr:`_dry`, not yet added to their ``dropped`` (:meth:`_settle`)."""
         self._clock: Callable[[], float] = trio.current_time
         """Trio's clock (the run's own, read without the lookups of
         :func:`trio.current_time`)."""
 
     def _changed(self) -> None:
-        self._unlimited = sum(sub.max_rate is None for sub in self._subs)
+        self._unlimited = _union(sub.types for sub in self._subs if sub.max_rate is None)
+        self._kinds = _union(sub.types for sub in self._subs)
         if self.on_change is not None:
             self.on_change()
 
     def _settle(self) -> None:
-        """Open the gate: count what it skipped as dropped by every subscriber."""
+        """Open the gate: count what it skipped as dropped by every subscriber that takes
+        it."""
         self._dry = False
         skipped = self._skipped
         if skipped:
-            self._skipped = 0
+            self._skipped = {}
             for sub in self._subs:
-                sub.dropped += skipped
+                types = sub.types
+                sub.dropped += sum(n for kind, n in skipped.items()
+                                   if types is None or kind in types)
 
     def __bool__(self) -> bool:
         """Whether anyone subscribes."""
@@ -158,10 +172,11 @@ class Broadcaster:
         self._seq += 1
         return self._seq
 
-    def add(self, buffer: int, metrics: bool = False, max_rate: float | None = None
-            ) -> trio.MemoryReceiveChannel[Event]:
+    def add(self, buffer: int, max_rate: float | None = None,
+            types: frozenset[str] | None = None,
+            metrics: bool = False) -> trio.MemoryReceiveChannel[Event]:
         send, receive = trio.open_memory_channel[Event](buffer)
-        sub = _Subscriber(send, receive, metrics)
+        sub = _Subscriber(send, receive, metrics, types=types)
         if max_rate is not None:
             sub.max_rate = sub.tokens = float(max_rate)
             sub.refilled = trio.current_time()
@@ -171,21 +186,26 @@ class Broadcaster:
         self._changed()
         return receive
 
-    def takes(self) -> bool:
-        """Whether a job event published now would reach any subscriber.
+    def takes(self, kind: str) -> bool:
+        """Whether a job event of type ``kind`` published now would reach any subscriber.
 
-        If every subscriber is over its ``max_rate``, each counts the event as dropped
-        (it is told in its next ``lagged``) and the answer is no: the event need not be
-        built.  Until the first of them has a token again, that is all it costs.
+        If no subscriber takes ``kind``, no.  If every subscriber that takes it is over
+        its ``max_rate``, each counts the event as dropped (it is told in its next
+        ``lagged``) and the answer is no: the event need not be built.  Until the first
+        subscriber has a token again, that is all such an event costs.
         """
+        unlimited = self._unlimited
+        if unlimited is None or kind in unlimited:
+            return True
+        kinds = self._kinds
+        if kinds is not None and kind not in kinds:
+            return False
         if self._dry:
             if self._clock() < self._reopen_at:
-                self._skipped += 1
+                self._skipped[kind] = self._skipped.get(kind, 0) + 1
                 return False
             self._settle()
-        if self._unlimited:
-            return True
-        subs = self._subs
+        subs = [sub for sub in self._subs if sub.types is None or kind in sub.types]
         for sub in subs:
             if sub.tokens >= 1.0:
                 return True
@@ -193,13 +213,12 @@ class Broadcaster:
         for sub in subs:
             if sub.has_token(now):
                 return True
-        if not subs:
-            return False
-        # Every subscriber is over its max_rate (all have one): the first to have a
-        # token again has it at this time.
-        self._reopen_at = min(sub.next_token() for sub in subs)
+        # Every subscriber is over its max_rate (the others have one, or take none of
+        # the types that get this far): the first to have a token again has it then.
+        self._reopen_at = min(sub.next_token() for sub in self._subs
+                              if sub.max_rate is not None)
         self._dry = True
-        self._skipped += 1
+        self._skipped[kind] = self._skipped.get(kind, 0) + 1
         return False
 
     @property
@@ -209,12 +228,18 @@ class Broadcaster:
 
     def announce(self, kind: EventKind, rec: JobRecord, worker: int | None = None,
                  duration: float | None = None) -> None:
-        """Publish ``rec``'s change of status (the event its move named), unless every
-        subscriber is over its ``max_rate`` (:meth:`takes`)."""
+        """Publish ``rec``'s change of status (the event its move named), unless no
+        subscriber takes it or every one that does is over its ``max_rate``
+        (:meth:`takes`)."""
+        kinds = self._kinds
+        if kinds is not None and kind not in kinds:
+            return  # nobody takes it: not even counted
         if self._dry and self._clock() < self._reopen_at:  # takes()' hot path, inline
-            self._skipped += 1
-            return
-        if not self.takes():
+            unlimited = self._unlimited
+            if unlimited is not None and kind not in unlimited:
+                self._skipped[kind] = self._skipped.get(kind, 0) + 1
+                return
+        if not self.takes(kind):
             return
         self.publish(
             Event(
@@ -235,8 +260,8 @@ class Broadcaster:
     def announce_progress(self, rec: JobRecord, worker: int | None,
                           at: float | None = None) -> None:
         """Publish ``rec``'s ``progress`` event (its :attr:`JobRecord.progress`), made
-        ``at`` (default: now), unless every subscriber is over its ``max_rate``."""
-        if not self.takes():
+        ``at`` (default: now), unless no subscriber takes it (:meth:`takes`)."""
+        if not self.takes("progress"):
             return
         progress: dict[str, Any] = rec.progress or {}
         self.publish(Event(
@@ -256,12 +281,15 @@ class Broadcaster:
     def publish(self, event: Event) -> None:
         if self._skipped or self._dry:
             self._settle()  # a ``lagged`` goes first, with every event skipped so far
-        metrics_only = event.type == "metrics"
+        kind = event.type
+        metrics_only = kind == "metrics"
         dead = None
         for sub in self._subs:
             if metrics_only:
                 if not sub.metrics:
                     continue
+            elif sub.types is not None and kind not in sub.types:
+                continue
             elif sub.max_rate is not None:
                 if not sub.has_token(trio.current_time()):
                     sub.dropped += 1
@@ -324,3 +352,39 @@ def log_change(kind: EventKind, rec: JobRecord, worker: int | None = None,
         rec.id, kind, rec.task, LABELS[rec.priority], rec.attempts,
         f" error={rec.error!r}" if kind in _WITH_ERROR else "",
     )
+
+
+def _union(sets: Iterable[frozenset[str] | None]) -> frozenset[str] | None:
+    """The union of some subscribers' types (``None``, all types, if one takes all)."""
+    out: frozenset[str] = frozenset()
+    for types in sets:
+        if types is None:
+            return None
+        out |= types
+    return out
+
+
+def check_subscription(buffer: object, max_rate: object, types: object
+                       ) -> tuple[int, float | None, frozenset[str] | None]:
+    """:meth:`JobQueue.subscribe`'s ``buffer``, ``max_rate`` and ``types``, checked
+    (:class:`ValueError` naming the bad one); ``types`` as a frozenset (a single str is
+    one type)."""
+    if isinstance(buffer, bool) or not isinstance(buffer, int) or buffer < 1:
+        raise ValueError(f"buffer: expected a positive integer, got {buffer!r}")
+    if max_rate is not None and (
+        isinstance(max_rate, bool) or not isinstance(max_rate, (int, float))
+        or not 0 < max_rate < float("inf")
+    ):
+        raise ValueError(f"max_rate: expected events a second > 0, got {max_rate!r}")
+    if types is None:
+        return buffer, max_rate, None
+    if isinstance(types, str):
+        types = (types,)
+    if not isinstance(types, Iterable):
+        raise ValueError(f"types: expected job event types, got {types!r}")
+    wanted = frozenset(types)
+    bad = sorted(map(repr, wanted - JOB_EVENT_TYPES))
+    if bad:
+        raise ValueError(f"types: unknown job event type {bad[0]} (expected some of "
+                         f"{', '.join(sorted(JOB_EVENT_TYPES))})")
+    return buffer, max_rate, wanted

@@ -21,7 +21,7 @@ from . import _submit, _workers
 from ._backend import Backend
 from ._batch import Batches, BatchItem, commit_or_take_back
 from ._config import QueueConfig
-from ._events import Broadcaster, Event, change_hook
+from ._events import Broadcaster, Event, change_hook, check_subscription
 from ._exceptions import (
     InvalidJob,
     JobNotFound,
@@ -535,7 +535,7 @@ class JobQueue:
     @asynccontextmanager
     async def subscribe(
         self, buffer: int | None = None, *, metrics: bool = False,
-        max_rate: float | None = None,
+        max_rate: float | None = None, types: Iterable[str] | None = None,
     ) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
         """A channel of every :class:`Event` from now on, with its own bounded buffer (on
         a shared backend, entering it waits until every node writes events for it).
@@ -544,18 +544,13 @@ class JobQueue:
         saying how many; it never slows the queue.  With ``metrics=True`` it also receives
         a ``metrics`` event every ``config.metrics_interval`` seconds, starting with one
         at once.  With ``max_rate``, job events over that many a second (bursts of one
-        second's worth pass) are dropped and counted in ``lagged`` the same way.  The
-        channel ends when the queue closes.
+        second's worth pass) are dropped and counted in ``lagged`` the same way.  With
+        ``types`` (say ``{"failed", "retrying"}``), only job events of those types come
+        (and count against ``max_rate``); the queue does not even build an event that no
+        subscriber takes.  The channel ends when the queue closes.
         """
         size = self._config.event_buffer if buffer is None else buffer
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"buffer: expected a positive integer, got {size!r}")
-        if max_rate is not None and (
-            isinstance(max_rate, bool) or not isinstance(max_rate, (int, float))
-            or not 0 < max_rate < float("inf")
-        ):
-            raise ValueError(f"max_rate: expected events a second > 0, got {max_rate!r}")
-        receive = self._events.add(size, metrics, max_rate)
+        receive = self._events.add(*check_subscription(size, max_rate, types), metrics)
         try:
             await self._backend.events_flowing()
             if metrics:

@@ -567,7 +567,7 @@ class App:
         encode = self._encode
         async with self.queue.subscribe(
             self.settings.event_buffer, metrics=wanted.periodic_metrics,
-            max_rate=wanted.max_rate,
+            max_rate=wanted.max_rate, types=wanted.job_types,
         ) as events:
             if wanted.history:  # the chart's past, before the first live snapshot
                 message = self.history.message(self.queue.config.metrics_interval)

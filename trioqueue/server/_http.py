@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl
 
 import attrs
 
-from .._events import EVENT_TYPES
+from .._events import EVENT_TYPES, JOB_EVENT_TYPES
 from .._exceptions import InvalidJob
 from .._job import JobStatus, Priority, check_job_id
 
@@ -382,6 +382,11 @@ class EventFilter:
     @property
     def periodic_metrics(self) -> bool:
         return self.types is not None and "metrics" in self.types
+
+    @property
+    def job_types(self) -> frozenset[str] | None:
+        """The job event types asked for (``None``: all): the queue builds no other."""
+        return None if self.types is None else self.types & JOB_EVENT_TYPES
 
     def wants(self, kind: str, job_id: str | None) -> bool:
         if kind == "lagged":
