@@ -336,6 +336,9 @@ async def test_types_choose_the_job_events_and_no_other_is_built(
             with pytest.raises(ValueError, match="types: unknown job event type"):
                 async with q.subscribe(types=bad):
                     pass  # pragma: no cover
+        with pytest.raises(ValueError, match="types: expected job event types, got 5"):
+            async with q.subscribe(types=5):  # type: ignore[arg-type]
+                pass  # pragma: no cover
         async with q.subscribe(types="failed") as failures:
             for i in range(3):
                 jobs = [q.enqueue_nowait("echo", n) for n in range(20)]

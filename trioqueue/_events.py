@@ -380,9 +380,10 @@ def check_subscription(buffer: object, max_rate: object, types: object
         return buffer, max_rate, None
     if isinstance(types, str):
         types = (types,)
-    if not isinstance(types, Iterable):
-        raise ValueError(f"types: expected job event types, got {types!r}")
-    wanted = frozenset(types)
+    try:
+        wanted = frozenset(types)  # type: ignore[call-overload]
+    except TypeError:
+        raise ValueError(f"types: expected job event types, got {types!r}") from None
     bad = sorted(map(repr, wanted - JOB_EVENT_TYPES))
     if bad:
         raise ValueError(f"types: unknown job event type {bad[0]} (expected some of "
