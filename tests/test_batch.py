@@ -206,18 +206,28 @@ async def test_store_one_commit_per_batch_and_reopen_keeps_them(
 ) -> None:
     db = tmp_path / "q.db"
     registry = TaskRegistry()
-    hold = trio.Event()
+
+    hold, entered = trio.Event(), trio.Event()
 
     @registry.task
     async def double(job: Job) -> Any:
-        await hold.wait()
         return job.payload * 2
 
+    @registry.task
+    async def gate(job: Job) -> None:
+        entered.set()
+        await hold.wait()
+
+    # The one worker is busy while the batch is written: a worker starting the batch's
+    # first job meanwhile would make a commit of its own (in batch mode a store's first
+    # write begins at once), which is not the batch's.
     config = QueueConfig(persist_path=db, durability=durability, workers=1,  # type: ignore[arg-type]
                          shutdown_timeout=0.5)
     async with trioqueue.open_queue(registry, config) as q:
         store = LocalBackend.of(q).store
         assert store is not None
+        await q.enqueue("gate")
+        await entered.wait()
         await q.flush()
         before = store.commits
         jobs = await q.enqueue_many("double", list(range(200)), priority="high")
@@ -225,7 +235,7 @@ async def test_store_one_commit_per_batch_and_reopen_keeps_them(
             await q.flush()
         assert store.commits - before == 1
         ids = [j.id for j in jobs]
-    hold.set()
+        hold.set()
     async with trioqueue.open_queue(registry, config) as q:
         done = await q.wait_many(ids)
         assert [d.result for d in done] == [2 * i for i in range(200)]
