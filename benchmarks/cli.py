@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(the bare-trio baseline of each group runs too)")
     parser.add_argument("--no-peers", action="store_true",
                         help="leave out huey, SAQ and streaq")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="with --quick: run up to N cases at once (a smoke run's "
+                             "figures are no measurement anyway; the test suite uses 2)")
     parser.add_argument("--json", metavar="PATH", help="write the raw results here")
     parser.add_argument("--plot", metavar="DIR", help="write throughput.png and latency.png")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
@@ -147,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 5)
     if repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.jobs < 1 or (args.jobs > 1 and not args.quick):
+        parser.error("--jobs: at least 1, and more only with --quick (cases measured side "
+                     "by side measure each other)")
     cases = select(plan(sizes), args.only)
     if args.no_peers:
         cases = [c for c in cases if not c.peer]
@@ -166,24 +173,32 @@ def main(argv: list[str] | None = None) -> int:
         if reason is not None:
             results[c.id]["skipped"] = reason
     started = time.monotonic()
-    for rep in range(repeat):
-        for c in cases:
-            r = results[c.id]
-            if r["skipped"] is not None:
-                if rep == 0:
-                    print(f"[{rep + 1}/{repeat}] {c.id:34} skipped: {r['skipped']}",
-                          file=sys.stderr)
-                continue
-            t = time.monotonic()
-            outcome = run_child(c, sizes.timeout)
-            print(f"[{rep + 1}/{repeat}] {c.id:34} {short(outcome)} "
-                  f"({time.monotonic() - t:.1f} s)", file=sys.stderr)
-            if "skipped" in outcome:
-                r["skipped"] = outcome["skipped"]
-            elif "error" in outcome:
-                r["errors"].append(outcome["error"])
-            else:
-                r["runs"].append(outcome["metrics"])
+
+    def run_one(rep: int, c: Case) -> None:
+        r = results[c.id]
+        t = time.monotonic()
+        outcome = run_child(c, sizes.timeout)
+        print(f"[{rep + 1}/{repeat}] {c.id:34} {short(outcome)} "
+              f"({time.monotonic() - t:.1f} s)", file=sys.stderr)
+        if "skipped" in outcome:
+            r["skipped"] = outcome["skipped"]
+        elif "error" in outcome:
+            r["errors"].append(outcome["error"])
+        else:
+            r["runs"].append(outcome["metrics"])
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for rep in range(repeat):
+            todo = []
+            for c in cases:
+                if results[c.id]["skipped"] is not None:
+                    if rep == 0:
+                        print(f"[{rep + 1}/{repeat}] {c.id:34} skipped: "
+                              f"{results[c.id]['skipped']}", file=sys.stderr)
+                    continue
+                todo.append(pool.submit(run_one, rep, c))
+            for future in todo:
+                future.result()
     elapsed = time.monotonic() - started
 
     doc: dict[str, Any] = {

@@ -28,7 +28,8 @@ ALWAYS_MEASURED = {  # need nothing beyond the test extra
 def test_quick_run_produces_every_scenario(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--no-peers", "--json", str(out)],
+        [sys.executable, "-m", "benchmarks", "--quick", "--no-peers", "--jobs", "2",
+         "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
