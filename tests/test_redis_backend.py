@@ -273,6 +273,58 @@ async def test_a_node_reads_no_events_without_subscribers_or_waiters(queue_name:
     assert seen == [("enqueued", job.id), ("started", job.id), ("completed", job.id)]
 
 
+async def test_only_the_event_types_a_node_needs_are_written(queue_name: str) -> None:
+    """A subscriber of ``started`` events alone has only those written; a task in
+    ``wait`` alone, only the ends of jobs; a subscriber of every type, from the moment
+    ``subscribe()`` returns, every type."""
+    t = Tasks()
+    key = f"tq:{{{queue_name}}}:"
+
+    async def written() -> list[str]:
+        return [e.field_values["type"] for e in await redis.xrange(key + "events")]
+
+    with trio.fail_after(30):
+        async with admin() as redis, trioqueue.open_queue(t.registry,
+                                                          config(queue_name)) as a:
+            async with a.subscribe(types={"started"}) as started:
+                first = await a.enqueue("echo", 1)
+                ev = await started.receive()
+                assert (ev.type, ev.job_id) == ("started", first.id)
+                while not (await a.get(first.id)).status.terminal:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            assert await written() == ["started"]
+            while await redis.zcard(key + "readers"):  # noqa: ASYNC110 (READER_LINGER)
+                await trio.sleep(0.05)
+
+            held = await a.enqueue("gated", 2)
+            await t.entered.wait()
+            async with trio.open_nursery() as nursery:
+                got: list[Job] = []
+
+                async def waiter() -> None:
+                    got.append(await a.wait(held.id))
+
+                nursery.start_soon(waiter)
+                (node,) = await redis.hkeys(key + "nodes")
+                while await redis.hget(key + "readers:types", node) != (  # noqa: ASYNC110
+                        "cancelled,completed,failed"):  # (another process' state)
+                    await trio.sleep(0.01)
+                t.gate.set()
+            assert got[0].status is JobStatus.COMPLETED
+            assert await written() == ["started", "completed"]
+
+            async with a.subscribe() as everything:
+                last = await a.enqueue("echo", 3)
+                seen = []
+                async for e in everything:
+                    seen.append((e.type, e.job_id))
+                    if e.type == "completed":
+                        break
+            assert seen == [("enqueued", last.id), ("started", last.id),
+                            ("completed", last.id)]
+            assert (await written())[2:] == ["enqueued", "started", "completed"]
+
+
 async def test_enqueue_nowait_jobs_wait_for_room_in_their_nodes_outbox(queue_name: str) -> None:
     """Two nodes both see room for one job and accept one each with enqueue_nowait: one is
     written, the other finds no room in Redis and waits in its node's outbox (not

@@ -1142,3 +1142,27 @@ async def test_events_are_written_only_while_some_node_reads_them(env: Env) -> N
     assert [(e["job_id"], e["seq"]) for e in await events(env)] == [("b", "2"), ("d", "4")]
     assert await seq() == 5
     assert await env.admin.zcard(env.key("readers")) == 0
+
+
+async def test_only_the_event_types_some_node_reads_are_written(env: Env) -> None:
+    """A reader names the types it reads (``read_events(types=...)``, replacing what it
+    named before); the scripts write the union of the live readers' types, and count the
+    rest in ``seq`` all the same."""
+    s = env.state()
+    await s.stop_reading_events("test")
+    await s.read_events("n1", 60, types={"completed"})
+    await s.read_events("n2", 60, types=["failed", "cancelled"])
+    await s.enqueue([new("a"), new("b", max_retries=0)])
+    fc = await s.finish_and_claim("node-a", [], 4, lease=30)
+    assert len(fc.claimed) == 2
+    done = [Outcome.completed("a", 1, None), Outcome.failed("b", 1, "boom")]
+    await s.finish_and_claim("node-a", done, 4, lease=30)
+    assert [(e["type"], e["job_id"], e["seq"]) for e in await events(env)] == [
+        ("completed", "a", "5"), ("failed", "b", "6")]
+    await s.read_events("n2", 60, types=())  # n2 reads nothing now; n1 still completions
+    await s.enqueue([new("c")])
+    await s.read_events("n1", 60)  # every type
+    await s.enqueue([new("d")])
+    assert [e["job_id"] for e in await events(env)] == ["a", "b", "d"]
+    with pytest.raises(ValueError, match="types: expected event type names"):
+        await s.read_events("n1", 60, types=["completed,failed"])

@@ -164,6 +164,11 @@ class Broadcaster:
                 sub.dropped += sum(n for kind, n in skipped.items()
                                    if types is None or kind in types)
 
+    @property
+    def kinds(self) -> frozenset[str] | None:
+        """The job event types some subscriber takes (``None``: every type)."""
+        return self._kinds
+
     def __bool__(self) -> bool:
         """Whether anyone subscribes."""
         return bool(self._subs)

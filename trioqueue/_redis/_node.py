@@ -135,7 +135,9 @@ class NodeCore:
     _reading: bool
     _read_to: tuple[int, int]
     _read_done: trio.Event
-    _flowing: trio.Event
+    _registered: bool
+    _registered_types: frozenset[str] | None
+    _register_lock: trio.Lock
     _events_from: int | None
     _redis_offset: float
     _events_after_seq: int
@@ -404,11 +406,12 @@ class NodeCore:
     async def _read_events(self) -> None:
         """Read the stream while something here wants it (:meth:`_wants_events`), and
         until :data:`READER_LINGER` s after the last one left; read nothing otherwise.
-        Each start first tells Redis that this node reads events (no script writes any
-        while no node does; renewed every :data:`READER_REFRESH` s while it reads, and
-        withdrawn when it stops), then reads from the events written since the first
-        subscriber or waiter arrived (:meth:`_events_wanted`: no backlog is parsed), and
-        wakes the waiters there are, so they look at their job again."""
+        Each start first tells Redis that this node reads events, and of which types
+        (:meth:`_register`; no script writes an event of a type no node reads; renewed
+        every :data:`READER_REFRESH` s while it reads, and withdrawn when it stops), then
+        reads from the events written since the first subscriber or waiter arrived
+        (:meth:`_events_wanted`: no backlog is parsed), and wakes the waiters there are,
+        so they look at their job again."""
         state = self.state
         clock = self._clock
         while not self._stop_reading:
@@ -417,12 +420,11 @@ class NodeCore:
                 await self._want_events.wait()
                 continue
             try:
-                await state.read_events(self.node, READER_TTL)
+                await self._register()
             except RedisUnavailable:
                 await trio.sleep(0.5)
                 continue
             told = clock.current_time()
-            self._flowing.set()
             start, self._events_from = self._events_from, None
             if start is not None:
                 reader = EventReader(state, f"{max(0, start)}-0", 0)
@@ -448,8 +450,8 @@ class NodeCore:
                 elif now - unwanted_since >= READER_LINGER:
                     break
                 try:
-                    if now - told >= READER_REFRESH:
-                        await state.read_events(self.node, READER_TTL)
+                    if now - told >= READER_REFRESH or not self._covered():
+                        await self._register()
                         told = now
                     batch = await reader.read(block_ms=READER_BLOCK_MS)
                 except RedisUnavailable:
@@ -460,26 +462,67 @@ class NodeCore:
                 self._read_to = stream_position(reader.last_id)
                 self._read_done.set()
                 self._read_done = trio.Event()
-            self._flowing = trio.Event()
             self._reading = False
             self._read_done.set()
             self._read_done = trio.Event()
             self._worker_of.clear()
             self._started_events.clear()
-            if not self._stop_reading:  # (closing: removing the node withdraws it)
-                with contextlib.suppress(RedisUnavailable):
-                    await state.stop_reading_events(self.node)
+            async with self._register_lock:
+                # Not closing (removing the node withdraws it), and nobody arrived since
+                # the reader decided to stop (one who did registered, or waits to).
+                if not self._stop_reading and not self._wants_events():
+                    self._registered = False
+                    with contextlib.suppress(RedisUnavailable):
+                        await state.stop_reading_events(self.node)
+
+    def _event_types(self) -> frozenset[str] | None:
+        """The event types something on this node needs (``None``: every type): its
+        subscribers' (every type for the debug log), and the ends of jobs for the tasks
+        in ``wait``."""
+        hook = self._hook
+        events = self._events
+        kinds: frozenset[str] = frozenset()
+        if hook is not None:
+            if events is None or hook != events.announce:
+                return None  # the debug log shows every change
+            if events.kinds is None:
+                return None
+            kinds = events.kinds
+        if self._watchers:
+            kinds |= _TERMINAL_EVENTS
+        return kinds
+
+    def _covered(self) -> bool:
+        """Whether Redis writes every event type this node needs now."""
+        if not self._registered:
+            return False
+        have = self._registered_types
+        if have is None:
+            return True
+        need = self._event_types()
+        return need is not None and need <= have
+
+    async def _register(self) -> None:
+        """Tell Redis that this node reads events, of the types it needs now (raises
+        :class:`RedisUnavailable`)."""
+        async with self._register_lock:
+            types = self._event_types()
+            await self.state.read_events(self.node, READER_TTL, types)
+            self._registered = True
+            self._registered_types = types
 
     async def events_flowing(self) -> None:
-        """Return once Redis writes the events this node's subscribers and waiters want
-        (its events reader said it reads them), so that whatever happens from then on is
-        in the stream; at once if it does already, at most :data:`CATCH_UP_MAX` s (Redis
-        not answering: ``wait`` looks at its job again on its own)."""
-        if self._flowing.is_set():
+        """Return once Redis writes every event type this node's subscribers and waiters
+        need (it said so, :meth:`_register`), so that whatever happens from then on is in
+        the stream: at once if it does already, else after one call (at most
+        :data:`CATCH_UP_MAX` s: with Redis not answering, ``wait`` looks at its job again
+        on its own)."""
+        if self._covered():
             await trio.lowlevel.checkpoint()
             return
         with trio.move_on_after(CATCH_UP_MAX):
-            await self._flowing.wait()
+            with contextlib.suppress(RedisUnavailable):
+                await self._register()
 
     async def events_caught_up(self) -> None:
         """Return once this node's subscribers were handed every event in the stream at

@@ -17,7 +17,7 @@ import itertools
 import json
 import math
 import uuid
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from .._exceptions import InvalidJob, InvalidTransition, JobNotFound, QueueFull
@@ -384,12 +384,23 @@ class RedisState:
         check_name("node", node)
         return bool(await self.run_script("nodes", ["remove", node]))
 
-    async def read_events(self, node: str, ttl: float) -> float:
-        """Have events written to the ``events`` stream for the next ``ttl`` seconds at
-        least (on Redis' clock), on behalf of ``node`` (which reads them); returns Redis'
-        time.  While no node asked this within its ``ttl``, the scripts write no events."""
+    async def read_events(self, node: str, ttl: float,
+                          types: Iterable[str] | None = None) -> float:
+        """Have events of ``types`` (``None``: every type) written to the ``events``
+        stream for the next ``ttl`` seconds at least (on Redis' clock), on behalf of
+        ``node`` (which reads them; this replaces what it asked before); returns Redis'
+        time.  The scripts write an event only of a type that some node asked for within
+        its ``ttl``."""
         check_name("node", node)
-        ms = await self.run_script("nodes", ["read", node, _lease_ms(ttl)])
+        if types is None:
+            spelled = "*"
+        else:
+            names = sorted(set(types))
+            for name in names:
+                if not (name.isascii() and name.replace("_", "").isalpha()):
+                    raise ValueError(f"types: expected event type names, got {name!r}")
+            spelled = ",".join(names)
+        ms = await self.run_script("nodes", ["read", node, _lease_ms(ttl), spelled])
         return int(ms) / 1000
 
     async def stop_reading_events(self, node: str) -> bool:

@@ -130,9 +130,14 @@ class RedisBackend(NodeIntake):
         """The stream position up to which the events reader handed events on."""
         self._read_done = trio.Event()
         """Set (and replaced) when a read of the stream was handled."""
-        self._flowing = trio.Event()
-        """Set while Redis writes events for this node's events reader (it said it reads
-        them, :meth:`RedisState.read_events`); replaced when the reader stops."""
+        self._registered = False
+        """Redis writes events for this node (it said it reads them,
+        :meth:`RedisState.read_events`) ..."""
+        self._registered_types: frozenset[str] | None = None
+        """... of these types (``None``: every type)."""
+        self._register_lock = trio.Lock()
+        """Held while this node tells Redis what it reads (one call at a time, so that
+        the last one sent says what is wanted last)."""
         self._events_from: int | None = None
         """Where the events reader starts next (ms, Redis' clock), if set."""
         self._redis_offset = 0.0

@@ -27,20 +27,35 @@ local function record(id) return redis.call('HMGET', jkey(id), unpack(FIELDS)) e
 -- first event, and stored once by flush()): `seq` increases by one per event across the
 -- whole queue, so a reader that skipped entries (trimmed by MAXLEN) knows exactly how
 -- many.  The stream is trimmed once per script, in flush().
--- They are written only while some node reads them: a reading node keeps its entry in
--- `readers` (node -> until when, ms; nodes.lua 'read') in the future.  With no reader
--- the numbers still count on (replies carry them as the version of what they show), but
--- nothing is written: the XADDs were about a third of Redis' time per job.
+-- They are written only while some node reads them, and only of the types some reader
+-- takes: a reading node keeps its entry in `readers` (node -> until when, ms) in the
+-- future and its types in `readers:types` (node -> 'completed,failed,...' or '*': all;
+-- nodes.lua 'read').  The numbers count on all the same (replies carry them as the
+-- version of what they show), but nothing else is done: the XADDs were about a third of
+-- Redis' time per job.
 local seq_first, seq_n = nil, 0
 local EVENTS = P .. 'events'
-local read_by_someone
+local wanted -- false: nobody reads; true: every type; else the set of types read
+local written = 0
+local function read_types()
+  local live = redis.call('ZRANGEBYSCORE', P .. 'readers', NOW, '+inf')
+  if #live == 0 then return false end
+  local types = redis.call('HMGET', P .. 'readers:types', unpack(live))
+  local set = {}
+  for _, t in ipairs(types) do
+    if not t or t == '*' then return true end -- (no types recorded: every type)
+    for w in string.gmatch(t, '[^,]+') do set[w] = true end
+  end
+  return set
+end
 local function emit(kind, id, task, prio, status, attempt, node, extra)
   if not seq_first then
     seq_first = tonumber(redis.call('HGET', P .. 'stats', 'seq') or '0')
-    read_by_someone = redis.call('ZCOUNT', P .. 'readers', NOW, '+inf') > 0
+    wanted = read_types()
   end
   seq_n = seq_n + 1
-  if not read_by_someone then return end
+  if not (wanted == true or (wanted and wanted[kind])) then return end
+  written = written + 1
   local n_extra = extra and #extra or 0
   if n_extra == 0 then
     redis.call('XADD', EVENTS, '*', 'seq', int(seq_first + seq_n), 'at', NOW, 'type', kind,
@@ -78,7 +93,7 @@ local function flush(maxlen)
   end
   if seq_n == 0 then return end
   redis.call('HSET', P .. 'stats', 'seq', int(seq_first + seq_n))
-  if read_by_someone then redis.call('XTRIM', EVENTS, 'MAXLEN', '~', maxlen) end
+  if written > 0 then redis.call('XTRIM', EVENTS, 'MAXLEN', '~', maxlen) end
 end
 
 -- Wake tokens are hints for idle fetchers (BLPOP); at most 64 are kept.

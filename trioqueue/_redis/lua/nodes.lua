@@ -6,8 +6,10 @@
 --   remove, node                -> 1 if it was registered (its ctl and cancel lists are deleted too)
 --   stop, node                  -> push 'stop' to the node's ctl list (kept 60 s): its
 --                                  fetcher leaves its BLPOP at once
---   read, node, ttl ms          -> Redis' time (ms); events are written for the next ttl ms
---                                  at least (`readers`: node -> until when; lapsed ones dropped)
+--   read, node, ttl ms, types   -> Redis' time (ms); events of `types` ('*': all, or
+--                                  'completed,failed,...') are written for the next ttl ms
+--                                  at least (`readers`: node -> until when, `readers:types`:
+--                                  node -> types; lapsed ones dropped)
 --   unread, node                -> 1 if the node was reading (events stop once nobody is)
 local op = ARGV[1]
 if op == 'beat' then
@@ -32,6 +34,7 @@ elseif op == 'list' then
 elseif op == 'remove' then
   redis.call('ZREM', P .. 'beats', ARGV[2])
   redis.call('ZREM', P .. 'readers', ARGV[2])
+  redis.call('HDEL', P .. 'readers:types', ARGV[2])
   redis.call('DEL', P .. 'node:' .. ARGV[2] .. ':ctl', P .. 'node:' .. ARGV[2] .. ':cancel')
   return redis.call('HDEL', P .. 'nodes', ARGV[2])
 elseif op == 'stop' then
@@ -40,10 +43,16 @@ elseif op == 'stop' then
   redis.call('PEXPIRE', ctl, 60000)
   return 1
 elseif op == 'read' then
-  redis.call('ZREMRANGEBYSCORE', P .. 'readers', '-inf', '(' .. NOW)
+  local lapsed = redis.call('ZRANGEBYSCORE', P .. 'readers', '-inf', '(' .. NOW)
+  if #lapsed > 0 then
+    redis.call('ZREM', P .. 'readers', unpack(lapsed))
+    redis.call('HDEL', P .. 'readers:types', unpack(lapsed))
+  end
   redis.call('ZADD', P .. 'readers', int(now_ms + tonumber(ARGV[3])), ARGV[2])
+  redis.call('HSET', P .. 'readers:types', ARGV[2], ARGV[4] or '*')
   return now_ms
 elseif op == 'unread' then
+  redis.call('HDEL', P .. 'readers:types', ARGV[2])
   return redis.call('ZREM', P .. 'readers', ARGV[2])
 end
 return redis.error_reply('nodes: unknown op ' .. tostring(op))
