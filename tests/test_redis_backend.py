@@ -325,6 +325,38 @@ async def test_only_the_event_types_a_node_needs_are_written(queue_name: str) ->
             assert (await written())[2:] == ["enqueued", "started", "completed"]
 
 
+async def test_wait_many_across_nodes_in_order_with_repeats(queue_name: str) -> None:
+    """``wait_many`` on a node that runs nothing, for jobs another node runs: some done
+    before it is called, some held until after; it returns them in the order asked,
+    repeats included, and an unknown id among them is ``JobNotFound``."""
+    t = Tasks()
+    with trio.fail_after(30):
+        async with trioqueue.open_queue(t.registry, config(queue_name)) as runner, \
+                trioqueue.open_queue(t.registry, config(queue_name, workers=0)) as a:
+            early = await a.enqueue_many("echo", [1, 2, 3])
+            for job in early:
+                await runner.wait(job.id)
+            held = await a.enqueue_many("gated", [4, 5])
+            await t.entered.wait()
+            ids = [held[1].id, early[0].id, held[0].id, early[2].id, early[0].id]
+            async with trio.open_nursery() as nursery:
+                got: list[list[Job]] = []
+
+                async def waiter() -> None:
+                    got.append(await a.wait_many(ids))
+
+                nursery.start_soon(waiter)
+                await trio.sleep(0.2)
+                assert not got  # the held jobs are not done
+                t.gate.set()
+            assert [j.id for j in got[0]] == ids
+            assert [j.result for j in got[0]] == ["opened", 1, "opened", 3, 1]
+            assert {j.status for j in got[0]} == {JobStatus.COMPLETED}
+            with pytest.raises(trioqueue.JobNotFound, match="nope"):
+                await a.wait_many([early[1].id, "nope"])
+            assert await a.wait_many([]) == []
+
+
 async def test_enqueue_nowait_jobs_wait_for_room_in_their_nodes_outbox(queue_name: str) -> None:
     """Two nodes both see room for one job and accept one each with enqueue_nowait: one is
     written, the other finds no room in Redis and waits in its node's outbox (not

@@ -1166,3 +1166,19 @@ async def test_only_the_event_types_some_node_reads_are_written(env: Env) -> Non
     assert [e["job_id"] for e in await events(env)] == ["a", "b", "d"]
     with pytest.raises(ValueError, match="types: expected event type names"):
         await s.read_events("n1", 60, types=["completed,failed"])
+
+
+async def test_get_many_answers_each_id_in_order(env: Env) -> None:
+    """One script call per 1,000 ids (``GET_MANY``), in order, ``None`` for an unknown id,
+    a bad id refused before anything is sent."""
+    s = env.state(capacity=2000)
+    await s.enqueue([new(f"j{i}") for i in range(1000)])
+    await s.enqueue([new("j1000")])
+    got = await s.get_many(["j5", "nope", "j0"])
+    assert [None if g is None else g.job.id for g in got] == ["j5", None, "j0"]
+    assert [g.job.id for g in await s.get_many(["j7"]) if g is not None] == ["j7"]
+    ids = [f"j{i}" for i in range(1001)][::-1]
+    assert [g.job.id for g in await s.get_many(ids) if g is not None] == ids
+    assert await s.get_many([]) == []
+    with pytest.raises(InvalidJob):
+        await s.get_many(["j1", "not an id!"])

@@ -116,6 +116,7 @@ class JobQueue:
                                  self.get, self._node_metrics)
             self.enqueue = remote.enqueue  # type: ignore[method-assign]
             self.wait = remote.wait  # type: ignore[method-assign]
+            self.wait_many = remote.wait_many  # type: ignore[method-assign]
             self._admit_batch = self._batches.admit_remote
             self._cluster_metrics = remote.cluster_metrics
 

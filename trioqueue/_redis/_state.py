@@ -284,6 +284,20 @@ class RedisState:
         rec = await self.run_script("get", [job_id])
         return None if rec[0] is None else stored_job(rec)
 
+    async def get_many(self, job_ids: Sequence[str]) -> list[StoredJob | None]:
+        """:meth:`get` of each id, in order: one script call per :data:`GET_MANY` ids."""
+        for job_id in job_ids:
+            check_job_id(job_id)
+        out: list[StoredJob | None] = []
+        for first in range(0, len(job_ids), GET_MANY):
+            part = list(job_ids[first:first + GET_MANY])
+            if len(part) == 1:
+                out.append(await self.get(part[0]))
+                continue
+            recs = await self.run_script("get", part)
+            out.extend(None if rec[0] is None else stored_job(rec) for rec in recs)
+        return out
+
     async def list_jobs(
         self,
         status: JobStatus | str | None = None,
@@ -460,6 +474,10 @@ class RedisState:
         if last is None:
             return EventReader(self, "0-0", 0)
         return EventReader(self, last[0], int(last[1].get("seq", 0)))
+
+
+GET_MANY = 1000
+"""Ids looked up in one script call at most (:meth:`RedisState.get_many`)."""
 
 
 def _lease_ms(lease: float) -> int:

@@ -395,6 +395,27 @@ class RedisBackend(NodeIntake):
             raise StoreError(str(exc)) from None
         return None if sj is None else self._from_job(sj.job)
 
+    async def find_many(self, job_ids: list[str]) -> list[JobRecord | None]:
+        """:meth:`find` of each id, in order, in one call (and one counts refresh)."""
+        if self._disconnected and self._state is not None:
+            return [await self._find_after_close(job_id) for job_id in job_ids]
+        out: list[JobRecord | None] = [self._outbox.get(job_id) for job_id in job_ids]
+        ask = [job_id for job_id, rec in zip(job_ids, out, strict=True) if rec is None]
+        if not ask:
+            await trio.lowlevel.checkpoint()
+            return out
+        state = self.state
+        try:
+            found = dict(zip(ask, await state.get_many(ask), strict=True))
+            self._refresh(await state.counts(self._lease))
+        except RedisUnavailable as exc:
+            raise StoreError(str(exc)) from None
+        for i, job_id in enumerate(job_ids):
+            if out[i] is None:
+                sj = found[job_id]
+                out[i] = None if sj is None else self._from_job(sj.job)
+        return out
+
     async def _find_after_close(self, job_id: str) -> JobRecord | None:
         """``get`` once the node closed: a short connection of its own (the node's is
         gone), so a closed queue still answers for its jobs as the local ones do."""

@@ -10,7 +10,7 @@ metrics go through Redis.  :class:`JobQueue` puts :meth:`RemotePaths.enqueue` an
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import trio
@@ -18,7 +18,7 @@ import trio
 from .._backend import Backend
 from .._batch import Batches, admit_polling
 from .._events import Broadcaster
-from .._exceptions import QueueFull, ShuttingDown
+from .._exceptions import JobNotFound, QueueFull, ShuttingDown
 from .._intake import Intake
 from .._job import Job, Priority
 from .._metrics import Metrics
@@ -86,6 +86,46 @@ class RemotePaths:
                                   check=self._batches.check_intake, full=full)
         return got.snapshot()
 
+    async def wait_many(self, job_ids: Iterable[str]) -> list[Job]:
+        """:meth:`JobQueue.wait_many`: every id watched at once, and each look at the
+        jobs still waited for is one script call, not one per job; woken by the first
+        of them to end (its terminal event), with a look every :data:`REMOTE_WAIT_POLL`
+        seconds in case an event was missed."""
+        ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
+        backend = self._backend
+        life = self._life
+        if not ids:
+            await trio.lowlevel.checkpoint()
+            return []
+        done: dict[str, Job] = {}
+        watched = {job_id: backend.watch(job_id) for job_id in ids}
+        try:
+            await backend.events_flowing()
+            while True:
+                if life.closed:
+                    raise ShuttingDown(f"the queue closed before jobs {_few(ids, done)} "
+                                       f"finished")
+                pending = [job_id for job_id in watched if job_id not in done]
+                for job_id, rec in zip(pending, await backend.find_many(pending),
+                                       strict=True):
+                    if rec is None:
+                        raise JobNotFound(f"job {job_id!r} not found")
+                    if rec.status.terminal:
+                        done[job_id] = rec.snapshot()
+                if len(done) == len(watched):
+                    break
+                first = next(job_id for job_id in watched if job_id not in done)
+                with trio.move_on_after(REMOTE_WAIT_POLL):
+                    await watched[first].wait()
+            if not all(event.is_set() for event in watched.values()):
+                # Some were seen by looking, maybe before this node read their events:
+                # the subscribers here get them first, as with a local backend.
+                await backend.events_caught_up()
+        finally:
+            for job_id, event in watched.items():
+                backend.unwatch(job_id, event)
+        return [done[job_id] for job_id in ids]
+
     async def wait(self, job_id: str) -> Job:
         """:meth:`JobQueue.wait`: woken by the job's terminal event in the events stream
         (any node's), with a look every :data:`REMOTE_WAIT_POLL` seconds in case an
@@ -112,3 +152,9 @@ class RemotePaths:
                     await woken.wait()
             finally:
                 backend.unwatch(job_id, woken)
+
+
+def _few(ids: list[str], done: Mapping[str, Job]) -> str:
+    """The ids not done yet, a few of them, for an error message."""
+    left = [job_id for job_id in dict.fromkeys(ids) if job_id not in done]
+    return ", ".join(map(repr, left[:5])) + (", ..." if len(left) > 5 else "")
