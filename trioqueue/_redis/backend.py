@@ -49,8 +49,9 @@ from .._registry import TaskRegistry
 from .._stats import Stats
 from ._client import RedisUnavailable, connect
 from ._intake import RETRY_BACKOFF, NodeIntake
-from ._node import PRIO_BY_LABEL, READER_BLOCK_MS, NodeCore, worker_figures
+from ._node import NodeCore, worker_figures
 from ._outbox import Outbox, describe
+from ._reader import PRIO_BY_LABEL, READER_BLOCK_MS
 from ._state import Counts, Outcome, RedisState, StreamEvent
 
 __all__ = ["READER_BLOCK_MS", "RETRY_BACKOFF", "NodeCore", "RedisBackend"]
