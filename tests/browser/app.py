@@ -4,6 +4,8 @@
 - ``sleep``: payload ``{"seconds": s}``; holds a worker that long.
 - ``boom``: always fails, with ``payload["message"]`` as the error (no retries).
 - ``fail_once``: fails the first time a job id runs, completes when it is retried.
+- ``halfway``: reports progress 0.5 with the note ``payload["note"]``, then holds a
+  worker for ``payload["seconds"]``.
 
 ``with_periodic`` has the same four tasks and two periodic ones (payload ``null``, they
 return it) that do not come due while a test runs (unless it runs across midnight UTC on
@@ -20,7 +22,7 @@ from typing import Any
 
 import trio
 
-from trioqueue import Job, TaskRegistry
+from trioqueue import Job, TaskRegistry, report_progress
 
 registry = TaskRegistry()
 
@@ -54,6 +56,12 @@ async def fail_once(job: Job) -> dict[str, bool]:
         _failed_once.add(job.id)
         raise Boom("the first attempt fails on purpose")
     return {"second_run": True}
+
+
+@registry.task(name="halfway")
+async def halfway(job: Job) -> None:
+    report_progress(0.5, str(job.payload["note"]))
+    await trio.sleep(float(job.payload["seconds"]))
 
 
 with_periodic = TaskRegistry()

@@ -107,6 +107,17 @@ def test_the_jobs_list_grows_and_updates_in_place(server: Server, pages: Pages) 
     expect(rows).to_have_count(0)
 
 
+def test_a_jobs_progress_shows_in_the_live_feed(server: Server, pages: Pages) -> None:
+    """The page asks for ``progress`` events (and ``recovered``) first; the server takes
+    both, so a running job's progress is in the feed."""
+    page = open_live(pages, server.url + "/")
+    job = post(server.url, {"task": "halfway", "payload": {"note": "half way",
+                                                            "seconds": 0.5}})
+    row = page.locator("#feed-body tr.ev-progress")
+    expect(row.locator("td.error")).to_have_text("50 % half way", timeout=10_000)
+    expect(row.locator("td.id")).to_contain_text(str(job["id"])[:8])
+
+
 # ---------------------------------------------------------------------------- dead letters
 
 
