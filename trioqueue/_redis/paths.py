@@ -114,6 +114,12 @@ class RemotePaths:
                         done[job_id] = rec.snapshot()
                 if len(done) == len(watched):
                     break
+                for job_id in pending:
+                    if job_id not in done and watched[job_id].is_set() and not life.closed:
+                        # It ended, and was put back (retry) before the look: wait for
+                        # its next end, not again for this one.
+                        backend.unwatch(job_id, watched[job_id])
+                        watched[job_id] = backend.watch(job_id)
                 first = next(job_id for job_id in watched if job_id not in done)
                 with trio.move_on_after(REMOTE_WAIT_POLL):
                     await watched[first].wait()
