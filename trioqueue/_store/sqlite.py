@@ -14,7 +14,6 @@ and what is wrong.  Nothing is ever reset silently.
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -24,17 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from .._exceptions import StoreError
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no flock, so no one-queue-per-file check
-    fcntl = None  # type: ignore[assignment]
+from .lockfile import StoreLock
+from .schema import APPLICATION_ID as APPLICATION_ID
+from .schema import COLUMNS as COLUMNS
+from .schema import LIVE as LIVE
+from .schema import NULLABLE, SCHEMA, SCHEMA_VERSION, describe, locked, upgrade
+from .schema import Row as Row
 
 log = logging.getLogger("trioqueue.store")
-
-APPLICATION_ID = 0x74727175  # "trqu"
-SCHEMA_VERSION = 2
-"""1: the first schema; 2: ``jobs.progress`` (a file of version 1 is upgraded at open)."""
 
 BUSY_TIMEOUT = 30.0
 """Seconds a statement waits for a lock that another connection holds on the file
@@ -44,58 +40,6 @@ OPEN_WAIT = 30.0
 OPEN_PATIENCE = 0.1
 """Seconds it waits before it says (once, in the log) what it is waiting for."""
 
-COLUMNS = (
-    "id", "task", "payload", "priority", "status", "attempts", "max_retries", "timeout",
-    "created_at", "scheduled_for", "started_at", "finished_at", "result", "error", "traceback",
-    "progress",
-)
-"""The column order of every row tuple the store takes and gives."""
-
-Row = tuple[Any, ...]
-
-LIVE = "(status = 'queued' OR status = 'scheduled' OR status = 'processing')"
-"""The condition of the ``jobs_live`` index: a query on the jobs not finished names it
-word for word (SQLite uses a partial index only for a query that repeats its WHERE).
-Finished jobs, most rows, have no entry in it: a job's last write (completed, failed,
-cancelled) takes its entry out and puts none in, where a full index on ``(status,
-priority)`` moved it, about 15 % of the row's cost (callgrind: an upsert that completes
-a stored job 30,200 instructions -> 25,700, a completed job written at once 24,400 ->
-20,000)."""
-
-_SCHEMA = f"""
-CREATE TABLE jobs (
-    id            TEXT PRIMARY KEY,
-    task          TEXT NOT NULL,
-    payload       TEXT NOT NULL,            -- JSON
-    priority      INTEGER NOT NULL,         -- 0 high, 1 medium, 2 low
-    status        TEXT NOT NULL,            -- queued, scheduled, processing, completed, ...
-    attempts      INTEGER NOT NULL,
-    max_retries   INTEGER NOT NULL,
-    timeout       REAL,                     -- seconds per attempt, NULL for none
-    created_at    REAL NOT NULL,            -- seconds since the epoch
-    scheduled_for REAL,
-    started_at    REAL,
-    finished_at   REAL,
-    result        TEXT,                     -- JSON, NULL for none
-    error         TEXT,
-    traceback     TEXT,
-    progress      TEXT                      -- JSON (fraction, note), NULL for none
-);
-CREATE INDEX jobs_live ON jobs(status, priority) WHERE {LIVE};
-CREATE INDEX jobs_by_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
-NULLABLE_TEXT = ("result", "error", "traceback", "progress")
-"""Text columns where an empty string is stored as NULL (see :data:`_NULLABLE`)."""
-
-_NULLABLE = tuple(c in NULLABLE_TEXT for c in COLUMNS)
-"""Rows may give NULL as ``None``, but the store's writer gives NaN in the REAL columns
-(SQLite stores a NaN as NULL) and ``""`` in :data:`NULLABLE_TEXT`, which the statement
-turns back into NULL (``NULLIF(?, '')``): ``sqlite3`` binds an exact float or str in C,
-while each ``None`` takes a detour through its adapter registry (a tuple built and two
-attribute lookups): a typical row of seven NULLs took 34,600 instructions to bind and
-write that way, against 22,800 then."""
 _ON_CONFLICT = " ON CONFLICT(id) DO UPDATE SET " + ", ".join(
     f"{c} = excluded.{c}" for c in COLUMNS[3:]
 )
@@ -135,9 +79,9 @@ def _upsert(n: int, shared: tuple[bool, ...] | None = None) -> str:
     200 ms, against 80 ms for plain ``?``)."""
     if shared is None:
         shared = (False,) * len(COLUMNS)
-    first = [(c, nullable) for c, nullable, one in zip(COLUMNS, _NULLABLE, shared,
+    first = [(c, nullable) for c, nullable, one in zip(COLUMNS, NULLABLE, shared,
                                                         strict=True) if one]
-    own = [(c, nullable) for c, nullable, one in zip(COLUMNS, _NULLABLE, shared,
+    own = [(c, nullable) for c, nullable, one in zip(COLUMNS, NULLABLE, shared,
                                                       strict=True) if not one]
     exprs = [f"NULLIF(?{k}, '')" if nullable else f"?{k}"
              for k, (_, nullable) in enumerate(first, 1)]
@@ -179,7 +123,7 @@ class SqliteStore:
     the writer methods one at a time, and the reader methods one at a time."""
 
     def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection,
-                 clean: bool, lock: _Lock, *, fsync: bool) -> None:
+                 clean: bool, lock: StoreLock, *, fsync: bool) -> None:
         self.path = path
         self._lock_file = lock
         """``<store>.lock``, held while this store is open."""
@@ -212,12 +156,12 @@ class SqliteStore:
         where = str(path)
         if path.is_dir():
             raise StoreError(f"{where}: is a directory, not a trioqueue store file")
-        lock = _Lock.take(path)
+        lock = StoreLock.take(path)
         try:
             writer = _connect(path)
         except sqlite3.Error as exc:
             lock.release(failed=True)
-            raise StoreError(f"{where}: cannot open: {_describe(exc)}") from exc
+            raise StoreError(f"{where}: cannot open: {describe(exc)}") from exc
         try:
             clean = cls._prepare_when_free(writer, where, fsync)
             reader = _connect(path, query_only=True)
@@ -225,7 +169,7 @@ class SqliteStore:
             writer.close()
             lock.release(failed=True)
             if isinstance(exc, sqlite3.DatabaseError):
-                raise StoreError(f"{where}: {_describe(exc)}") from exc
+                raise StoreError(f"{where}: {describe(exc)}") from exc
             raise
         return cls(path, writer, reader, clean, lock, fsync=fsync)
 
@@ -244,7 +188,7 @@ class SqliteStore:
             try:
                 clean = cls._prepare(conn, where, fsync)
             except sqlite3.OperationalError as exc:
-                if not _locked(exc):
+                if not locked(exc):
                     raise
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -285,7 +229,7 @@ class SqliteStore:
             conn.execute("PRAGMA journal_mode = WAL")
             # One transaction: a crash mid-creation leaves an empty file, not half a schema.
             conn.executescript(
-                f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA application_id = {APPLICATION_ID};"
+                f"BEGIN IMMEDIATE;{SCHEMA}PRAGMA application_id = {APPLICATION_ID};"
                 f"PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
             )
             version = SCHEMA_VERSION
@@ -300,7 +244,7 @@ class SqliteStore:
         if missing:
             raise StoreError(f"{where}: corrupt: table(s) {', '.join(sorted(missing))} missing")
         if version < SCHEMA_VERSION:
-            _upgrade(conn, where, version)
+            upgrade(conn, where, version)
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal":  # pragma: no cover - WAL is refused only on odd filesystems
             raise StoreError(f"{where}: cannot use WAL journal mode (got {mode!r})")
@@ -320,7 +264,7 @@ class SqliteStore:
                 self._w.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('clean', '1')")
                 self._w.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:
-                raise StoreError(f"{self.path}: cannot close cleanly: {_describe(exc)}") from exc
+                raise StoreError(f"{self.path}: cannot close cleanly: {describe(exc)}") from exc
             finally:
                 self._close_all()
 
@@ -341,7 +285,7 @@ class SqliteStore:
             try:
                 conn = _connect(self.path, query_only=True)
             except sqlite3.Error as exc:
-                raise StoreError(f"{self.path}: cannot open: {_describe(exc)}") from exc
+                raise StoreError(f"{self.path}: cannot open: {describe(exc)}") from exc
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
@@ -422,7 +366,7 @@ class SqliteStore:
                 # the disk has room again: the next write starts on a fresh one.
                 self._w_failed = True
                 raise StoreError(
-                    f"{self.path}: cannot write {n} job(s): {_describe(exc)}"
+                    f"{self.path}: cannot write {n} job(s): {describe(exc)}"
                 ) from exc
 
     @property
@@ -475,14 +419,14 @@ class SqliteStore:
                 )
             except sqlite3.Error as exc:
                 self._w_failed = True
-                raise StoreError(f"{self.path}: cannot write: {_describe(exc)}") from exc
+                raise StoreError(f"{self.path}: cannot write: {describe(exc)}") from exc
 
     def _reopen_writer(self) -> None:
         try:
             conn = _connect(self.path)
             _tune(conn, self._fsync)
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot reopen: {_describe(exc)}") from exc
+            raise StoreError(f"{self.path}: cannot reopen: {describe(exc)}") from exc
         self._w.close()
         self._w = conn
         self._upserts.clear()
@@ -523,7 +467,7 @@ class SqliteStore:
                     (finished_before, limit),
                 )]
             except sqlite3.Error as exc:
-                raise StoreError(f"{self.path}: cannot prune: {_describe(exc)}") from exc
+                raise StoreError(f"{self.path}: cannot prune: {describe(exc)}") from exc
 
     # ------------------------------------------------------------------ reading
 
@@ -531,7 +475,7 @@ class SqliteStore:
         try:
             return self._reader().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot read: {_describe(exc)}") from exc
+            raise StoreError(f"{self.path}: cannot read: {describe(exc)}") from exc
 
     def get(self, job_id: str) -> Row | None:
         rows = self._read(f"{_SELECT} WHERE id = ?", (job_id,))
@@ -587,96 +531,3 @@ class SqliteStore:
             f"AND {LIVE} AND priority = ? AND rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?",
             (priority, after, upto, limit),
         )
-
-
-class _Lock:
-    """``<store>.lock``, locked with ``flock`` while a queue has the store open: two
-    processes running the jobs of one file would run each job twice.  The kernel drops
-    the lock when the process dies, however it dies."""
-
-    def __init__(self, fd: int, path: Path, created: bool) -> None:
-        self._fd: int | None = fd
-        self._path = path
-        self._created = created
-
-    @classmethod
-    def take(cls, store: Path) -> _Lock:
-        path = store.with_name(store.name + ".lock")
-        created = not path.exists()
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StoreError(
-                f"{store}: cannot open: cannot create its lock file {path.name} "
-                f"({exc.strerror}); check that the directory exists and is writable"
-            ) from exc
-        try:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            os.close(fd)
-            raise StoreError(
-                f"{store}: in use by another trioqueue queue"
-                + (f" (process {holder})" if holder.isdigit() else "")
-                + "; one queue per store file"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return cls(fd, path, created)
-
-    def release(self, *, failed: bool = False) -> None:
-        if self._fd is None:
-            return
-        if failed and self._created:  # leave nothing behind next to a file we refused
-            self._path.unlink(missing_ok=True)
-        os.close(self._fd)
-        self._fd = None
-
-
-_UPGRADES: dict[int, str] = {
-    1: "ALTER TABLE jobs ADD COLUMN progress TEXT;DROP INDEX IF EXISTS jobs_by_status;"
-       f"CREATE INDEX jobs_live ON jobs(status, priority) WHERE {LIVE};",
-}
-"""The schema step from each version to the next."""
-
-
-def _upgrade(conn: sqlite3.Connection, where: str, version: int) -> None:
-    """Bring a store of an older schema ``version`` up to :data:`SCHEMA_VERSION`, all
-    steps in one transaction: a crash midway leaves the file as it was."""
-    steps = "".join(_UPGRADES[v] for v in range(version, SCHEMA_VERSION))
-    try:
-        conn.executescript(
-            f"BEGIN IMMEDIATE;{steps}PRAGMA user_version = {SCHEMA_VERSION};COMMIT;"
-        )
-    except sqlite3.Error as exc:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        if _locked(exc):
-            raise
-        raise StoreError(
-            f"{where}: cannot upgrade the store from schema version {version} to "
-            f"{SCHEMA_VERSION}: {_describe(exc)}"
-        ) from exc
-    log.info("%s: upgraded from schema version %d to %d", where, version, SCHEMA_VERSION)
-
-
-def _locked(exc: sqlite3.Error) -> bool:
-    """Whether ``exc`` is SQLite's "another connection holds the lock" (BUSY or LOCKED)."""
-    code = getattr(exc, "sqlite_errorcode", None)  # set on every error SQLite raised
-    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-
-
-def _describe(exc: sqlite3.Error) -> str:
-    text = str(exc)
-    if "file is not a database" in text:
-        return "not a trioqueue store (not an SQLite database, or encrypted)"
-    if "malformed" in text:
-        return f"corrupt ({text})"
-    if "readonly" in text or "read-only" in text:
-        return f"read-only ({text}); check the file's and its directory's permissions"
-    if "unable to open" in text:
-        return f"{text}; check that the directory exists and is writable"
-    if "disk is full" in text or "database or disk is full" in text:
-        return f"disk full ({text})"
-    return text
