@@ -31,8 +31,9 @@ from .._record import JobRecord
 from .._registry import TaskRegistry
 from .._state import JobEvent, move, transition
 from .._stats import Stats
+from .batches import same_or_duplicate
 from .changes import Changes
-from .ready import ReadyQueues, same_or_duplicate
+from .ready import ReadyQueues
 from .table import JobTable
 from .timer import Timer
 

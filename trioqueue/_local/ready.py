@@ -16,24 +16,22 @@ from collections.abc import Callable, Mapping
 
 import trio
 
-from .._exceptions import DuplicateJob
 from .._fairness import FairPicker
 from .._job import JobStatus, Priority
-from .._record import LABELS, JobRecord
+from .._record import JobRecord
 from .._state import EventKind, JobEvent, edge
 from .._stats import Stats
+from .batches import NEVER, BatchAdmission, same_or_duplicate
 from .changes import Changes
 from .timer import Timer
 
 SCHEDULED = JobStatus.SCHEDULED
 PROCESSING, STARTED = edge(JobStatus.QUEUED, JobEvent.START)
-_NEVER = 1 << 62
-"""No batch waits for room (a need no room reaches)."""
 ENQUEUED = EventKind.ENQUEUED
 _reschedule = trio.lowlevel.reschedule
 
 
-class ReadyQueues:
+class ReadyQueues(BatchAdmission):
     """Three bounded ready queues (one per :class:`Priority`) and their waiting lines."""
 
     def __init__(self, jobs: dict[str, JobRecord], timer: Timer, stats: Stats,
@@ -61,9 +59,9 @@ class ReadyQueues:
         :meth:`wait_for_room_many`): all are woken once the room one of them needs is
         free, and look again.  Each counts in ``_room_waiting`` while parked, so
         :meth:`take` tests one int for both kinds of waiter."""
-        self._batch_need = [_NEVER, _NEVER, _NEVER]
+        self._batch_need = [NEVER, NEVER, NEVER]
         """The least free room in a ready queue that a parked batch waits for."""
-        self._batch_need_delayed = [_NEVER, _NEVER, _NEVER]
+        self._batch_need_delayed = [NEVER, NEVER, NEVER]
         """The same for the room of new delayed jobs."""
         self._batch_waiting = [0, 0, 0]
         """Batches parked in ``_batch_room`` (counted in ``_room_waiting`` too)."""
@@ -379,12 +377,6 @@ class ReadyQueues:
         if batches and self.capacity - self._waiting(p) >= self._batch_need[p]:
             self._wake_batches(p)
 
-    def _wake_batches(self, p: int) -> None:
-        """Wake every batch parked for priority ``p``: each looks again (and parks
-        again, setting what it needs, if it still does not fit)."""
-        self._batch_need[p] = self._batch_need_delayed[p] = _NEVER
-        self._batch_room[p].unpark_all()
-
     def pass_room_on(self, lot: trio.lowlevel.ParkingLot, p: int) -> None:
         """A producer woken from ``lot`` (priority ``p``'s room, or its delayed room)
         leaves without taking the room: wake the next one, if the room is still there
@@ -394,142 +386,6 @@ class ReadyQueues:
                 self._wake_for_room(p)
         elif self._delayed_new[p] < self.capacity:
             lot.unpark()
-
-    # ------------------------------------------------------------------ batches
-
-    def admit_many(self, recs: list[JobRecord]) -> list[JobRecord] | None:
-        """All or nothing: accept every new job of ``recs`` if each priority has room for
-        all of its new ones (queued and delayed counted apart, as in :meth:`admit`);
-        ``None`` when one has not, and then nothing changed.  The result holds, in
-        order, each record as accepted, or the job already holding its id (same task
-        and payload; the same id twice in ``recs`` gives the first one).  Raises
-        :class:`DuplicateJob` (nothing admitted) for an id taken by another job."""
-        jobs = self._jobs
-        stored_only = self.stored_only
-        seen: dict[str, JobRecord] = {}
-        new: list[bool] = []
-        queued = [0, 0, 0]
-        delayed = [0, 0, 0]
-        for rec in recs:
-            old = jobs.get(rec.id) or seen.get(rec.id)
-            if old is None and stored_only and rec.id in stored_only:
-                old = self._stored(rec.id)
-            if old is not None:
-                same_or_duplicate(old, rec)  # raises before anything is admitted
-                seen.setdefault(rec.id, old)
-                new.append(False)
-                continue
-            seen[rec.id] = rec
-            new.append(True)
-            if rec.status is SCHEDULED:
-                delayed[rec.priority] += 1
-            else:
-                queued[rec.priority] += 1
-        if not self.fits(queued, delayed):
-            return None
-        # Admitted in one step, as :meth:`admit` does each job, with one change call for
-        # the batch's ready jobs (the store marks them all at once).
-        out: list[JobRecord] = []
-        ready: list[JobRecord] = []
-        queues = self._queues
-        idle = self._idle
-        stats = self._stats
-        enqueued_p = stats.enqueued_p
-        for rec, is_new in zip(recs, new, strict=True):
-            if not is_new:
-                out.append(jobs.get(rec.id) or seen[rec.id])
-            elif rec.status is SCHEDULED:
-                got = self._admit_delayed(rec)
-                assert got is not None  # room was checked for all of them
-                out.append(got)
-            else:
-                jobs[rec.id] = rec
-                stats.enqueued += 1
-                enqueued_p[rec.priority] += 1
-                queues[rec.priority].append(rec)
-                if idle:
-                    _reschedule(idle.pop())
-                ready.append(rec)
-                out.append(rec)
-        changes = self._changes
-        if ready and changes.observed:
-            changes.changed_many(ENQUEUED, ready)
-        return out
-
-    def fits(self, queued: list[int], delayed: list[int]) -> bool:
-        """Whether ``queued[p]`` new ready jobs and ``delayed[p]`` new delayed jobs of
-        each priority ``p`` all fit now."""
-        cap = self.capacity
-        for p in range(3):
-            if queued[p] and (self._waiting(p) + queued[p] > cap or self._backlog[p]):
-                return False
-            if delayed[p] and self._delayed_new[p] + delayed[p] > cap:
-                return False
-        return True
-
-    def _needs(self, recs: list[JobRecord]) -> tuple[list[int], list[int]]:
-        """New ready and new delayed jobs of ``recs`` per priority (ids not known yet)."""
-        jobs = self._jobs
-        seen: set[str] = set()
-        queued = [0, 0, 0]
-        delayed = [0, 0, 0]
-        for rec in recs:
-            if rec.id in jobs or rec.id in seen:
-                continue
-            seen.add(rec.id)
-            if rec.status is SCHEDULED:
-                delayed[rec.priority] += 1
-            else:
-                queued[rec.priority] += 1
-        return queued, delayed
-
-    def full_reason_many(self, recs: list[JobRecord]) -> str:
-        """Why :meth:`admit_many` had no room for ``recs`` (the QueueFull message)."""
-        queued, delayed = self._needs(recs)
-        cap = self.capacity
-        for p in range(3):
-            label = LABELS[p]
-            if queued[p]:
-                if self._backlog[p]:
-                    return (f"priority {label}: {self._backlog[p]} jobs recovered from the "
-                            f"store run first")
-                room = cap - self._waiting(p)
-                if queued[p] > room:
-                    return (f"priority {label}: room for {max(room, 0)} of the batch's "
-                            f"{queued[p]} jobs ({cap} at most waiting)")
-            if delayed[p] and self._delayed_new[p] + delayed[p] > cap:
-                room = cap - self._delayed_new[p]
-                return (f"priority {label}: room for {max(room, 0)} of the batch's "
-                        f"{delayed[p]} delayed jobs ({cap} at most waiting for a due time)")
-        return "no room"  # pragma: no cover - only asked after admit_many found none
-
-    async def wait_for_room_many(self, recs: list[JobRecord]) -> None:
-        """Wait until room was freed in a priority where ``recs`` lack it (or shutdown,
-        or a recovered backlog ended); the caller then tries :meth:`admit_many` again.
-        Parked batches are woken together once the room the smallest of them needs is
-        free, and look again; a batch that still does not fit parks again and keeps no
-        room from anyone (single jobs are not held back for a batch)."""
-        queued, delayed = self._needs(recs)
-        cap = self.capacity
-        p = 0
-        for p in range(3):
-            if queued[p] and (self._waiting(p) + queued[p] > cap or self._backlog[p]):
-                # Woken once that much room is free (a backlog ends by waking all).
-                self._batch_need[p] = min(self._batch_need[p], queued[p])
-                break
-            if delayed[p] and self._delayed_new[p] + delayed[p] > cap:
-                self._batch_need_delayed[p] = min(self._batch_need_delayed[p], delayed[p])
-                break
-        else:  # it fits now: just a checkpoint
-            await trio.lowlevel.checkpoint()
-            return
-        self._room_waiting[p] += 1
-        self._batch_waiting[p] += 1
-        try:
-            await self._batch_room[p].park()
-        finally:
-            self._room_waiting[p] -= 1
-            self._batch_waiting[p] -= 1
 
     def room_lot(self, p: int) -> trio.lowlevel.ParkingLot:
         return self._room[p]
@@ -664,14 +520,3 @@ class TaskGate:
             return False  # full, or jobs set aside before it go first
         self.running += 1
         return True
-
-
-def same_or_duplicate(existing: JobRecord, rec: JobRecord) -> JobRecord:
-    """``existing`` if ``rec`` repeats it (same task and payload: an idempotent enqueue);
-    else raise :class:`DuplicateJob` naming what differs."""
-    if existing.same_job(rec.task, rec.payload_json):
-        return existing
-    raise DuplicateJob(
-        f"id: job {rec.id!r} already exists with a different "
-        + ("task" if existing.task != rec.task else "payload")
-    )
