@@ -17,6 +17,7 @@ import trio.lowlevel
 
 import trioqueue
 from trioqueue import Job, JobStatus, QueueConfig, TaskRegistry
+from trioqueue.testing import redis_paths
 
 from .channels import drain
 from .redis_util import REDIS_URL, admin, blocked_clients, delete_queue, unique
@@ -355,6 +356,22 @@ async def test_wait_many_across_nodes_in_order_with_repeats(queue_name: str) -> 
             with pytest.raises(trioqueue.JobNotFound, match="nope"):
                 await a.wait_many([early[1].id, "nope"])
             assert await a.wait_many([]) == []
+
+
+async def test_wait_many_is_woken_by_the_jobs_ends_not_by_its_poll(
+    queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the fallback look every hour instead of every second, batches whose jobs end
+    while ``wait_many`` looks at them are still waited for by their ends' events (it
+    once took an end seen during a look for a job put back, and waited for the poll)."""
+    monkeypatch.setattr(redis_paths, "REMOTE_WAIT_POLL", 3600.0)
+    t = Tasks()
+    with trio.fail_after(30):
+        async with trioqueue.open_queue(t.registry, config(queue_name, prefetch=128)) as q:
+            for round_ in range(5):
+                jobs = await q.enqueue_many("echo", [[round_, i] for i in range(200)])
+                done = await q.wait_many([j.id for j in jobs])
+                assert [d.result for d in done] == [[round_, i] for i in range(200)]
 
 
 async def test_enqueue_nowait_jobs_wait_for_room_in_their_nodes_outbox(queue_name: str) -> None:

@@ -47,6 +47,7 @@ from ._redis import RedisUnavailable as RedisUnavailable
 from ._redis import StoredJob as StoredJob
 from ._redis import canonical_digest as canonical_digest
 from ._redis import connect as connect
+from ._redis import paths as redis_paths
 from ._redis import stored_job as stored_job
 from ._redis._client import lua_script as lua_script
 from ._redis._pipe import Endpoint as Endpoint
@@ -146,6 +147,7 @@ __all__ = [
     "parse_event_filter",
     "parse_job_request",
     "parse_list_query",
+    "redis_paths",
     "refusal",
     "render",
     "route",
