@@ -53,6 +53,19 @@ def test_quick_run_produces_every_scenario(tmp_path: Path) -> None:
     assert "1 (baseline)" in proc.stdout
 
 
+def test_watchers_runs_every_case() -> None:
+    """``python -m benchmarks.watchers`` with small counts: every case of both groups in
+    its tables (Redis is on 127.0.0.1 in CI)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.watchers", "--rounds", "1", "--n", "2000",
+         "--redis-n", "300", "--batch", "100"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for case in ("none", "self-filtered", "typed", "wait-each", "wait-many"):
+        assert f"| {case} |" in proc.stdout, proc.stdout
+
+
 def test_peer_cases_skip_with_a_reason_when_missing(tmp_path: Path) -> None:
     """A peer whose package is missing is skipped, never dropped: simulated by a
     precheck on a package that cannot exist."""
