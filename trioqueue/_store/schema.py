@@ -103,6 +103,8 @@ def locked(exc: sqlite3.Error) -> bool:
 
 
 def describe(exc: sqlite3.Error) -> str:
+    """SQLite's error ``exc`` in words that say what is wrong with the file, and what to
+    check where that is known."""
     text = str(exc)
     if "file is not a database" in text:
         return "not a trioqueue store (not an SQLite database, or encrypted)"
