@@ -13,10 +13,9 @@ Reading the store back at open is :mod:`trioqueue._local.recovery`'s job.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable
 from functools import partial
 from itertools import islice
 from typing import Any
@@ -26,11 +25,12 @@ import trio
 from .._config import QueueConfig
 from .._exceptions import StoreError
 from .._gil import lowered_switch_interval, run_in_thread
-from .._job import Job, JobStatus
 from .._record import JobRecord
 from .._registry import TaskRegistry
 from .._state import EventKind
-from .._store.sqlite import Row, SqliteStore
+from .._store.sqlite import SqliteStore
+from .reads import StoreReads
+from .rows import rows_of
 
 log = logging.getLogger("trioqueue.store")
 
@@ -50,7 +50,6 @@ class NotConfirmed(StoreError):
     """The write holding a job did not end within :data:`COMMIT_WAIT`: it goes on, so the
     job may yet be stored (and run)."""
 
-_STATUS = {s: s.value for s in JobStatus}
 
 
 def _ignore(exc: StoreError | None) -> None:
@@ -81,47 +80,7 @@ def _no_direct(dirty: dict[str, JobRecord] | None) -> None:
     pass
 
 
-_NAN = math.nan
-
-
-def _rows(recs: Iterable[JobRecord]) -> tuple[Any, ...]:
-    """The rows of ``recs``, flat, as :meth:`SqliteStore.write_values` takes them.
-
-    A function of its own so that the list it builds is gone when it returns: a local of
-    :meth:`Persistence.write_batch` lived until the write ended, and every collection
-    of the cyclic GC set off meanwhile by the loop's allocations walked its ~16 items a
-    row (callgrind: ~500 instructions a job in ``list_traverse``)."""
-    values: list[Any] = []
-    extend = values.extend
-    nan = _NAN
-    dumps = json.dumps
-    # Each record's row, NULLs as NaN (the REAL columns) and "" (result, error,
-    # traceback and progress, never empty when set): sqlite3 binds an exact float or
-    # str in C, but each None takes its adapter detour.  Inline: no call per row.
-    for rec in recs:
-        result = rec.result
-        timeout = rec.timeout
-        scheduled_for = rec.scheduled_for
-        started_at = rec.started_at
-        finished_at = rec.finished_at
-        progress = rec.progress
-        extend((
-            rec.id, rec.task, rec.payload_json, rec.priority, _STATUS[rec.status],
-            rec.attempts, rec.max_retries,
-            nan if timeout is None else timeout,
-            rec.created_at,
-            nan if scheduled_for is None else scheduled_for,
-            nan if started_at is None else started_at,
-            nan if finished_at is None else finished_at,
-            "" if result is None else rec.result_json or dumps(result),
-            rec.error or "",
-            rec.traceback or "",
-            "" if progress is None else dumps(progress),
-        ))
-    return tuple(values)
-
-
-class Persistence:
+class Persistence(StoreReads):
     """Owns the store file; the local backend talks to storage only through this object."""
 
     def __init__(self, config: QueueConfig, registry: TaskRegistry, store: SqliteStore) -> None:
@@ -432,7 +391,7 @@ class Persistence:
                     ids = list(islice(pending, WRITE_CHUNK))
                     writing = {job_id: pending.pop(job_id) for job_id in ids}
                 self._writing = writing
-                values = _rows(writing.values())
+                values = rows_of(writing.values())
                 async with _Held(self._write_lock):
                     # As a tuple of str, int and float: the collector stops tracking it at
                     # its first pass, where a list would be walked by every collection that
@@ -498,99 +457,6 @@ class Persistence:
                 break
         if total:
             log.info("%s: pruned %d jobs finished more than %ss ago", self.path, total, retention)
-
-    # ------------------------------------------------------------------ reading
-
-    def record(self, row: Row) -> JobRecord:
-        """A record from a stored row (its ``spec`` is ``None`` for a task this registry
-        lacks)."""
-        (job_id, task, payload, priority, status, attempts, max_retries, timeout, created_at,
-         scheduled_for, started_at, finished_at, result, error, traceback, progress) = row[:16]
-        registry = self._registry
-        rec = JobRecord.restored(
-            job_id, task, json.loads(payload), payload, priority, JobStatus(status), attempts,
-            max_retries, timeout, created_at, scheduled_for, started_at, finished_at,
-            None if result is None else json.loads(result), error, traceback,
-            registry.get(task) if task in registry else None,
-        )
-        if progress is not None:
-            rec.progress = json.loads(progress)
-        return rec
-
-    async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run one of the store's reading methods in a thread."""
-        if self._closing and self._stopped.is_set():
-            raise StoreError(f"{self.path}: the store is closed")
-        self._reads += 1
-        try:
-            with self._threads:
-                return await trio.to_thread.run_sync(fn, *args)
-        finally:
-            self._reads -= 1
-            if not self._reads:
-                self._reads_done.set()
-
-    def holds(self, job_id: str) -> bool:
-        """Whether a change of this job waits to be written: its row is older than the
-        record (recovery then leaves the row alone)."""
-        return job_id in self._dirty or job_id in (self._inflight or ()) or (
-            job_id in self._writing
-        )
-
-    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        """Run ``fn(*args)`` in the store's task (recovery's backlog streamers): it ends
-        when the store closes."""
-        assert self._nursery is not None
-        self._nursery.start_soon(fn, *args)
-
-    # ------------------------------------------------------------------ queries
-
-    async def lookup(self, job_id: str) -> JobRecord | None:
-        """The stored record of a job that is not in memory, or ``None``."""
-        rec = self._dirty.get(job_id)
-        if rec is None and self._inflight is not None:
-            rec = self._inflight.get(job_id) or self._writing.get(job_id)
-        if rec is not None:
-            await trio.lowlevel.checkpoint()
-            return rec
-        if self.closed:
-            raise StoreError(f"{self.path}: the store is closed")
-        row = await self.read(self.store.get, job_id)
-        return None if row is None else self.record(row)
-
-    def lookup_now(self, job_id: str) -> JobRecord | None:
-        """:meth:`lookup` without waiting: a point read on the calling thread (for
-        ``enqueue_nowait`` of an id in :attr:`stored_only`, never for a fresh id)."""
-        rec = self._dirty.get(job_id)
-        if rec is None and self._inflight is not None:
-            rec = self._inflight.get(job_id) or self._writing.get(job_id)
-        if rec is not None:
-            return rec
-        if self.closed:
-            raise StoreError(f"{self.path}: the store is closed")
-        row = self.store.get(job_id)
-        return None if row is None else self.record(row)
-
-    async def list(self, in_memory: Callable[[str], JobRecord | None],
-                   status: JobStatus | None, limit: int, task: str | None = None,
-                   before: str | None = None) -> tuple[list[Job], str | None]:
-        """Up to ``limit`` jobs, newest first by id, and the ``before`` of the next page
-        (``None`` on the last); memory's state (``in_memory(id)``) wins over the
-        store's, so a page can be short when a job changed status since its write."""
-        await self.wait_committed()
-        rows = await self.read(self.store.newest, None if status is None else status.value,
-                               limit + 1, task, before)
-        more = len(rows) > limit
-        del rows[limit:]
-        out: list[Job] = []
-        for row in rows:
-            job_id = row[0]
-            rec = in_memory(job_id) or self._dirty.get(job_id)
-            if rec is None:
-                rec = self.record(row)
-            if status is None or rec.status is status:
-                out.append(rec.snapshot())
-        return out, (rows[-1][0] if more else None)
 
     # ------------------------------------------------------------------ closing
 

@@ -1,0 +1,133 @@
+"""The read side of the SQLite snapshot: :class:`StoreReads`, the part of
+:class:`~trioqueue._local.snapshot.Persistence` that turns stored rows back into records,
+runs the store's reads in threads, and answers lookups and listings (memory's state, and
+changes not written yet, win over the rows)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .._exceptions import StoreError
+from .._gil import LoweredSwitchInterval
+from .._job import Job, JobStatus
+from .._record import JobRecord
+from .._registry import TaskRegistry
+from .._store.sqlite import Row, SqliteStore
+
+
+class StoreReads:
+    """What :class:`Persistence` reads (a base of it, which sets this state and
+    documents it)."""
+
+    store: SqliteStore
+    path: Path
+    closed: bool
+    _registry: TaskRegistry
+    _closing: bool
+    _stopped: trio.Event
+    _reads: int
+    _reads_done: trio.Event
+    _threads: LoweredSwitchInterval
+    _dirty: dict[str, JobRecord]
+    _inflight: dict[str, JobRecord] | None
+    _writing: dict[str, JobRecord]
+    _nursery: trio.Nursery | None
+
+    if TYPE_CHECKING:
+        async def wait_committed(self, rec: JobRecord | None = None) -> None: ...
+
+    def record(self, row: Row) -> JobRecord:
+        """A record from a stored row (its ``spec`` is ``None`` for a task this registry
+        lacks)."""
+        (job_id, task, payload, priority, status, attempts, max_retries, timeout, created_at,
+         scheduled_for, started_at, finished_at, result, error, traceback, progress) = row[:16]
+        registry = self._registry
+        rec = JobRecord.restored(
+            job_id, task, json.loads(payload), payload, priority, JobStatus(status), attempts,
+            max_retries, timeout, created_at, scheduled_for, started_at, finished_at,
+            None if result is None else json.loads(result), error, traceback,
+            registry.get(task) if task in registry else None,
+        )
+        if progress is not None:
+            rec.progress = json.loads(progress)
+        return rec
+
+    async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run one of the store's reading methods in a thread."""
+        if self._closing and self._stopped.is_set():
+            raise StoreError(f"{self.path}: the store is closed")
+        self._reads += 1
+        try:
+            with self._threads:
+                return await trio.to_thread.run_sync(fn, *args)
+        finally:
+            self._reads -= 1
+            if not self._reads:
+                self._reads_done.set()
+
+    def holds(self, job_id: str) -> bool:
+        """Whether a change of this job waits to be written: its row is older than the
+        record (recovery then leaves the row alone)."""
+        return job_id in self._dirty or job_id in (self._inflight or ()) or (
+            job_id in self._writing
+        )
+
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the store's task (recovery's backlog streamers): it ends
+        when the store closes."""
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)
+
+    # ------------------------------------------------------------------ queries
+
+    async def lookup(self, job_id: str) -> JobRecord | None:
+        """The stored record of a job that is not in memory, or ``None``."""
+        rec = self._dirty.get(job_id)
+        if rec is None and self._inflight is not None:
+            rec = self._inflight.get(job_id) or self._writing.get(job_id)
+        if rec is not None:
+            await trio.lowlevel.checkpoint()
+            return rec
+        if self.closed:
+            raise StoreError(f"{self.path}: the store is closed")
+        row = await self.read(self.store.get, job_id)
+        return None if row is None else self.record(row)
+
+    def lookup_now(self, job_id: str) -> JobRecord | None:
+        """:meth:`lookup` without waiting: a point read on the calling thread (for
+        ``enqueue_nowait`` of an id in :attr:`stored_only`, never for a fresh id)."""
+        rec = self._dirty.get(job_id)
+        if rec is None and self._inflight is not None:
+            rec = self._inflight.get(job_id) or self._writing.get(job_id)
+        if rec is not None:
+            return rec
+        if self.closed:
+            raise StoreError(f"{self.path}: the store is closed")
+        row = self.store.get(job_id)
+        return None if row is None else self.record(row)
+
+    async def list(self, in_memory: Callable[[str], JobRecord | None],
+                   status: JobStatus | None, limit: int, task: str | None = None,
+                   before: str | None = None) -> tuple[list[Job], str | None]:
+        """Up to ``limit`` jobs, newest first by id, and the ``before`` of the next page
+        (``None`` on the last); memory's state (``in_memory(id)``) wins over the
+        store's, so a page can be short when a job changed status since its write."""
+        await self.wait_committed()
+        rows = await self.read(self.store.newest, None if status is None else status.value,
+                               limit + 1, task, before)
+        more = len(rows) > limit
+        del rows[limit:]
+        out: list[Job] = []
+        for row in rows:
+            job_id = row[0]
+            rec = in_memory(job_id) or self._dirty.get(job_id)
+            if rec is None:
+                rec = self.record(row)
+            if status is None or rec.status is status:
+                out.append(rec.snapshot())
+        return out, (rows[-1][0] if more else None)
