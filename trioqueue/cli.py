@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
-import inspect
 import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping
 from typing import Any, TextIO
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import httpx
 import trio
@@ -36,8 +34,12 @@ from ._cli_client import (
     cmd_status,
     cmd_tasks,
 )
-from ._cli_common import DEFAULT_PORT, env_first, env_named, parse_float, parse_int
+from ._cli_common import DEFAULT_PORT
 from ._cli_common import UsageError as UsageError
+from ._cli_options import load_registry as load_registry
+from ._cli_options import queue_options as queue_options
+from ._cli_options import redacted as redacted
+from ._cli_options import serve_options as serve_options
 from ._config import QueueConfig
 from ._exceptions import StoreError, TrioQueueError
 from ._job import JobStatus
@@ -48,41 +50,6 @@ log = logging.getLogger("trioqueue.cli")
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def load_registry(spec: str) -> TaskRegistry:
-    """``module:attribute`` (a :class:`TaskRegistry`, or a function returning one)."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise UsageError(f"--app: expected MODULE:REGISTRY, got {spec!r}")
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # like `python -m`: modules beside you import
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UsageError(f"--app: cannot import {module_name!r}: {exc}") from None
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise UsageError(f"--app: module {module_name!r} has no {attr!r}") from None
-    if callable(obj) and not isinstance(obj, TaskRegistry) and _takes_no_arguments(obj):
-        obj = obj()  # a factory
-    if not isinstance(obj, TaskRegistry):
-        raise UsageError(f"--app: {spec} is a {type(obj).__name__}, not a TaskRegistry")
-    return obj
-
-
-def _takes_no_arguments(fn: Any) -> bool:
-    try:
-        signature = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return False
-    return all(
-        p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        for p in signature.parameters.values()
-    ) and not inspect.iscoroutinefunction(fn)
 
 
 def _setup_logging(level: str, verbose: int = 0) -> None:
@@ -111,157 +78,6 @@ def _version() -> str:
 
 
 # ---------------------------------------------------------------------------- serve
-
-
-_FLAGS = {"workers": "--workers", "capacity": "--capacity", "persist_path": "--db",
-          "durability": "--durability", "shutdown_timeout": "--shutdown-timeout",
-          "redis_url": "--redis", "queue_name": "--queue", "lease": "--lease",
-          "prefetch": "--prefetch"}
-"""Flags of ``serve`` and ``worker`` by the :class:`QueueConfig` field they set: a field
-given by a flag is named by the flag in errors."""
-
-_REDIS_ONLY = (("queue", "--queue", "TRIOQUEUE_QUEUE"), ("lease", "--lease", "TRIOQUEUE_LEASE"),
-               ("prefetch", "--prefetch", "TRIOQUEUE_PREFETCH"))
-
-
-def redacted(url: str) -> str:
-    """``url`` with its password (if any) shown as ``***``: for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query,
-                       parts.fragment))
-
-
-def queue_options(
-    args: argparse.Namespace, env: Mapping[str, str], *, worker: bool = False
-) -> tuple[TaskRegistry, QueueConfig]:
-    """The registry and queue config of ``serve`` or ``worker``: flags over
-    ``TRIOQUEUE_*`` (and ``WORKER_COUNT``, ``JOB_QUEUE_CAPACITY``)."""
-    app = args.app or env_first(env, "TRIOQUEUE_APP")
-    if app:
-        registry = load_registry(app)
-    else:
-        from .demo import registry
-    db = getattr(args, "db", None)
-    db_from = "--db" if db else None
-    if db is None:
-        found = env_named(env, "TRIOQUEUE_DB", "TRIOQUEUE_PERSIST_PATH")
-        db_from = None if found is None else found[0]
-    redis_from = "--redis" if args.redis else None
-    if args.redis is None:
-        found = env_named(env, "TRIOQUEUE_REDIS_URL")
-        redis_from = None if found is None else found[0]
-    if redis_from and db_from:
-        raise UsageError(f"{redis_from} and {db_from} exclude each other: a queue lives "
-                         "either in Redis or in a SQLite file; give one of them")
-    if worker and not redis_from:
-        raise UsageError("give --redis URL (or TRIOQUEUE_REDIS_URL): a worker is a node of "
-                         "a queue in Redis")
-    if not redis_from:
-        # Options of a queue in Redis, refused rather than ignored without one.
-        for attr, flag, name in _REDIS_ONLY:
-            source = flag if getattr(args, attr) is not None else name if env.get(name) else None
-            if source:
-                raise UsageError(f"{source}: applies to a queue in Redis only: give --redis "
-                                 "URL (or TRIOQUEUE_REDIS_URL) too")
-    if not db_from:
-        # Options of the store, refused rather than ignored without one.
-        for given, source in ((getattr(args, "durability", None), "--durability"),
-                              *((env.get(name), name) for name in (
-                                  "TRIOQUEUE_DURABILITY", "TRIOQUEUE_FLUSH_INTERVAL",
-                                  "TRIOQUEUE_FSYNC"))):
-            if given:
-                raise UsageError(f"{source}: applies to a store only: give --db PATH (or "
-                                 "TRIOQUEUE_DB) too; without one, jobs "
-                                 f"{'are in Redis' if redis_from else 'live in memory'}")
-    overrides: dict[str, Any] = {}
-    for flag, field in (("workers", "workers"), ("capacity", "capacity"), ("db", "persist_path"),
-                        ("durability", "durability"), ("shutdown_timeout", "shutdown_timeout"),
-                        ("redis", "redis_url"), ("queue", "queue_name"), ("lease", "lease"),
-                        ("prefetch", "prefetch")):
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides[field] = value
-    if worker and overrides.get("workers") == 0:
-        raise UsageError("--workers: a worker node needs at least 1 (a node that runs no "
-                         "jobs is `serve --workers 0`)")
-    if overrides.get("workers") == 0 and not redis_from:
-        raise UsageError("--workers: 0 needs --redis URL (a node that only enqueues and "
-                         "serves the API while other nodes run the jobs)")
-    if redis_from and "prefetch" not in overrides:
-        workers = overrides.get("workers")
-        if workers is None:
-            found = env_named(env, "TRIOQUEUE_WORKERS", "WORKER_COUNT")
-            workers = None if found is None else parse_int(found[0], found[1])
-        if workers == 0:
-            overrides["prefetch"] = 0  # a node that runs no jobs claims none
-    try:
-        config = QueueConfig.from_env(env, **overrides)
-    except ValueError as exc:
-        text = str(exc)
-        field, sep, rest = text.partition(":")
-        if sep and field in overrides and field in _FLAGS:
-            text = f"{_FLAGS[field]}:{rest}"
-        raise UsageError(text) from None
-    return registry, config
-
-
-def serve_options(
-    args: argparse.Namespace, env: Mapping[str, str]
-) -> tuple[TaskRegistry, QueueConfig, Any]:
-    """Flags over ``TRIOQUEUE_*`` (and ``PORT``, ``WORKER_COUNT``, ``JOB_QUEUE_CAPACITY``)."""
-    from .server import ServerSettings
-
-    registry, config = queue_options(args, env)
-    host = args.host or env_first(env, "TRIOQUEUE_HOST") or "127.0.0.1"
-    port, port_from = DEFAULT_PORT, "--port"
-    if args.port is not None:
-        port = args.port
-    else:
-        found = env_named(env, "TRIOQUEUE_PORT", "PORT")
-        if found is not None:
-            port_from = found[0]
-            port = parse_int(port_from, found[1])
-    if not 0 <= port <= 65535:
-        raise UsageError(f"{port_from}: expected a port 0..65535, got {port}")
-    token = args.token if args.token is not None else env_first(env, "TRIOQUEUE_TOKEN")
-    max_body = args.max_body
-    if max_body is None:
-        raw = env_first(env, "TRIOQUEUE_MAX_BODY")
-        max_body = 1024 * 1024 if raw is None else parse_int("TRIOQUEUE_MAX_BODY", raw)
-    slow = args.slow_client_timeout
-    if slow is None:
-        raw = env_first(env, "TRIOQUEUE_SLOW_CLIENT_TIMEOUT")
-        slow = 20.0 if raw is None else parse_float("TRIOQUEUE_SLOW_CLIENT_TIMEOUT", raw)
-    event_buffer = args.event_buffer
-    if event_buffer is None:
-        raw = env_first(env, "TRIOQUEUE_EVENT_BUFFER")
-        event_buffer = 1000 if raw is None else parse_int("TRIOQUEUE_EVENT_BUFFER", raw)
-    max_connections = args.max_connections
-    if max_connections is None:
-        raw = env_first(env, "TRIOQUEUE_MAX_CONNECTIONS")
-        max_connections = 1000 if raw is None else parse_int("TRIOQUEUE_MAX_CONNECTIONS", raw)
-    if max_body < 1 or event_buffer < 1 or slow <= 0 or max_connections < 1:
-        raise UsageError("--max-body, --event-buffer, --slow-client-timeout and "
-                         "--max-connections must be > 0")
-    hosts, hosts_from = args.allowed_hosts, "--allowed-hosts"
-    if hosts is None:
-        hosts_from = "TRIOQUEUE_ALLOWED_HOSTS"
-        hosts = env_first(env, hosts_from) or ""
-    try:
-        settings = ServerSettings(
-            host=host, port=port, token=token or None, max_body=max_body,
-            event_buffer=event_buffer, slow_client_timeout=slow, access_log=args.access_log,
-            allowed_hosts=hosts, max_connections=max_connections,
-        )
-    except ValueError as exc:  # "allowed_hosts: 'entry': what is wrong"
-        raise UsageError(f"{hosts_from}: {str(exc).removeprefix('allowed_hosts: ')}") from None
-    if env.get("TRIOQUEUE_HTTP_SERVER"):
-        log.warning("TRIOQUEUE_HTTP_SERVER is no longer read: trioqueue has one HTTP server")
-    return registry, config, settings
 
 
 async def _serve_until_signalled(
