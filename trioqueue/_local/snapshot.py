@@ -51,7 +51,6 @@ class NotConfirmed(StoreError):
     job may yet be stored (and run)."""
 
 
-
 def _ignore(exc: StoreError | None) -> None:
     pass
 

@@ -380,41 +380,33 @@ class RedisBackend(NodeIntake):
         return self._outbox.get(job_id)
 
     async def find(self, job_id: str) -> JobRecord | None:
-        waiting = self._outbox.get(job_id)
-        if waiting is not None:
-            await trio.lowlevel.checkpoint()
-            return waiting
-        if self._disconnected and self._state is not None:
-            return await self._find_after_close(job_id)
-        state = self.state
-        try:
-            sj = await state.get(job_id)
-            # The cluster's counts as of this answer: metrics() after get() or wait()
-            # shows at least what that answer showed.
-            self._refresh(await state.counts(self._lease))
-        except RedisUnavailable as exc:
-            raise StoreError(str(exc)) from None
-        return None if sj is None else self._from_job(sj.job)
+        return (await self.find_many([job_id]))[0]
 
     async def find_many(self, job_ids: list[str]) -> list[JobRecord | None]:
-        """:meth:`find` of each id, in order, in one call (and one counts refresh)."""
-        if self._disconnected and self._state is not None:
-            return [await self._find_after_close(job_id) for job_id in job_ids]
+        """:meth:`find` of each id, in order: a job this node accepted and has not
+        written yet from its outbox, the others in one call (and one counts refresh)."""
         out: list[JobRecord | None] = [self._outbox.get(job_id) for job_id in job_ids]
         ask = [job_id for job_id, rec in zip(job_ids, out, strict=True) if rec is None]
         if not ask:
             await trio.lowlevel.checkpoint()
             return out
-        state = self.state
-        try:
-            found = dict(zip(ask, await state.get_many(ask), strict=True))
-            self._refresh(await state.counts(self._lease))
-        except RedisUnavailable as exc:
-            raise StoreError(str(exc)) from None
+        found: dict[str, JobRecord | None]
+        if self._disconnected and self._state is not None:
+            found = {job_id: await self._find_after_close(job_id) for job_id in ask}
+        else:
+            state = self.state
+            try:
+                stored = await state.get_many(ask)
+                # The cluster's counts as of this answer: metrics() after get() or
+                # wait() shows at least what that answer showed.
+                self._refresh(await state.counts(self._lease))
+            except RedisUnavailable as exc:
+                raise StoreError(str(exc)) from None
+            found = {job_id: None if sj is None else self._from_job(sj.job)
+                     for job_id, sj in zip(ask, stored, strict=True)}
         for i, job_id in enumerate(job_ids):
             if out[i] is None:
-                sj = found[job_id]
-                out[i] = None if sj is None else self._from_job(sj.job)
+                out[i] = found[job_id]
         return out
 
     async def _find_after_close(self, job_id: str) -> JobRecord | None:
