@@ -106,7 +106,13 @@ class RemotePaths:
                     raise ShuttingDown(f"the queue closed before jobs {_few(ids, done)} "
                                        f"finished")
                 pending = [job_id for job_id in watched if job_id not in done]
-                ended = [job_id for job_id in pending if watched[job_id].is_set()]
+                for job_id in pending:
+                    if watched[job_id].is_set():
+                        # Woken (its end, or the reader starting): watch it afresh
+                        # before the look, as wait() does, so that an end after the look
+                        # (it was put back, or had not ended) wakes this again.
+                        backend.unwatch(job_id, watched[job_id])
+                        watched[job_id] = backend.watch(job_id)
                 for job_id, rec in zip(pending, await backend.find_many(pending),
                                        strict=True):
                     if rec is None:
@@ -115,13 +121,6 @@ class RemotePaths:
                         done[job_id] = rec.snapshot()
                 if len(done) == len(watched):
                     break
-                for job_id in ended:
-                    if job_id not in done and not life.closed:
-                        # It ended before the look, and was put back (retry) by then:
-                        # wait for its next end, not again for this one.  (An end seen
-                        # while the look was under way is looked at next time.)
-                        backend.unwatch(job_id, watched[job_id])
-                        watched[job_id] = backend.watch(job_id)
                 first = next(job_id for job_id in watched if job_id not in done)
                 with trio.move_on_after(REMOTE_WAIT_POLL):
                     await watched[first].wait()
