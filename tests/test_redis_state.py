@@ -1182,3 +1182,42 @@ async def test_get_many_answers_each_id_in_order(env: Env) -> None:
     assert await s.get_many([]) == []
     with pytest.raises(InvalidJob):
         await s.get_many(["j1", "not an id!"])
+
+
+async def test_find_answers_ids_and_counts_in_one_call(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``find``: what ``get_many`` and ``counts`` answer, in one script call for up to
+    ``GET_MANY`` ids (more take ``get_many`` calls for the ones before the last
+    ``GET_MANY``), the counts as of the last ids read."""
+    s = env.state(capacity=100)
+    await s.enqueue([new(f"j{i}") for i in range(5)])
+    await s.heartbeat("n1", {"workers": 4})
+    calls: list[str] = []
+    run = s.run_script
+
+    async def counted(name: str, args: Any) -> Any:
+        calls.append(name)
+        return await run(name, args)
+
+    monkeypatch.setattr(s, "run_script", counted)
+    got, counts = await s.find(["j3", "nope", "j0"], node_age=30)
+    assert calls == ["find"]
+    assert [None if g is None else g.job.id for g in got] == ["j3", None, "j0"]
+    assert got[0] is not None
+    assert got[0].job.status is JobStatus.QUEUED
+    assert counts == await s.counts(node_age=30)
+    assert counts.queued == (5, 0, 0)
+    assert counts.total("enqueued") == 5
+    assert counts.nodes == {"n1": {"workers": 4}}
+    assert (await s.find(["j1"]))[1].nodes == {}  # no node age: no nodes, as counts()
+    calls.clear()
+    monkeypatch.setattr("trioqueue._redis._state.GET_MANY", 2)
+    ids = [f"j{i}" for i in range(5)][::-1]
+    got, counts = await s.find(ids)
+    assert [g.job.id for g in got if g is not None] == ids
+    assert calls == ["get", "get", "find"]  # get_many: 2 ids, then 1; find: the last 2
+    assert counts.queued == (5, 0, 0)
+    with pytest.raises(InvalidJob):
+        await s.find(["j1", "not an id!"])
+    assert calls == ["get", "get", "find"]  # refused before anything was sent

@@ -12,7 +12,7 @@ from ._client import LuaScript, lua_script
 
 NAMES = (
     "enqueue", "finish_and_claim", "renew", "reap", "promote", "cancel", "retry", "get",
-    "list", "counts", "nodes",
+    "find", "list", "counts", "nodes",
 )
 
 

@@ -367,16 +367,22 @@ class RedisState:
     async def counts(self, node_age: float = 0.0) -> Counts:
         """The queue's gauges and counters; with ``node_age`` > 0, also the info of the
         nodes whose last heartbeat is at most that many seconds old."""
-        qh, qm, ql, sched, leases, stats, room, nodes = await self.run_script(
-            "counts", [math.ceil(node_age * 1000)])
-        totals = _pairs(stats)
-        r = _pairs(room)
-        return Counts(
-            (int(qh), int(qm), int(ql)), int(sched), int(leases),
-            {k: int(v) for k, v in totals.items()},
-            tuple(int(r.get(f"delayed:{label}", 0)) for label in _LABELS),  # type: ignore[arg-type]
-            {nodes[i]: json.loads(nodes[i + 1]) for i in range(0, len(nodes), 2)},
-        )
+        return _counts(await self.run_script("counts", [math.ceil(node_age * 1000)]))
+
+    async def find(
+        self, job_ids: Sequence[str], node_age: float = 0.0
+    ) -> tuple[list[StoredJob | None], Counts]:
+        """:meth:`get_many` and :meth:`counts` in one round trip (for up to
+        :data:`GET_MANY` ids; more take a :meth:`get_many` call per :data:`GET_MANY`
+        before): the counts are as of the moment the last ids were read."""
+        for job_id in job_ids:
+            check_job_id(job_id)
+        split = max(0, len(job_ids) - GET_MANY)
+        out = await self.get_many(job_ids[:split]) if split else []
+        recs, counts = await self.run_script(
+            "find", [math.ceil(node_age * 1000), *job_ids[split:]])
+        out.extend(None if rec[0] is None else stored_job(rec) for rec in recs)
+        return out, _counts(counts)
 
     # ------------------------------------------------------------------ nodes
 
@@ -486,6 +492,19 @@ def _lease_ms(lease: float) -> int:
     ):
         raise ValueError(f"lease: expected seconds > 0, got {lease!r}")
     return max(1, math.ceil(lease * 1000))
+
+
+def _counts(reply: Any) -> Counts:
+    """A counts reply (``counts_reply`` in common.lua) as :class:`Counts`."""
+    qh, qm, ql, sched, leases, stats, room, nodes = reply
+    totals = _pairs(stats)
+    r = _pairs(room)
+    return Counts(
+        (int(qh), int(qm), int(ql)), int(sched), int(leases),
+        {k: int(v) for k, v in totals.items()},
+        tuple(int(r.get(f"delayed:{label}", 0)) for label in _LABELS),  # type: ignore[arg-type]
+        {nodes[i]: json.loads(nodes[i + 1]) for i in range(0, len(nodes), 2)},
+    )
 
 
 def _pairs(flat: Any) -> dict[str, str]:

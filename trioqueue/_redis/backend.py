@@ -384,7 +384,8 @@ class RedisBackend(NodeIntake):
 
     async def find_many(self, job_ids: list[str]) -> list[JobRecord | None]:
         """:meth:`find` of each id, in order: a job this node accepted and has not
-        written yet from its outbox, the others in one call (and one counts refresh)."""
+        written yet from its outbox, the others and a counts refresh in one call (per
+        1,000 ids)."""
         out: list[JobRecord | None] = [self._outbox.get(job_id) for job_id in job_ids]
         ask = [job_id for job_id, rec in zip(job_ids, out, strict=True) if rec is None]
         if not ask:
@@ -396,12 +397,12 @@ class RedisBackend(NodeIntake):
         else:
             state = self.state
             try:
-                stored = await state.get_many(ask)
-                # The cluster's counts as of this answer: metrics() after get() or
+                # With the cluster's counts as of this answer: metrics() after get() or
                 # wait() shows at least what that answer showed.
-                self._refresh(await state.counts(self._lease))
+                stored, counts = await state.find(ask, self._lease)
             except RedisUnavailable as exc:
                 raise StoreError(str(exc)) from None
+            self._refresh(counts)
             found = {job_id: None if sj is None else self._from_job(sj.job)
                      for job_id, sj in zip(ask, stored, strict=True)}
         for i, job_id in enumerate(job_ids):

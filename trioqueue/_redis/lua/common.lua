@@ -23,6 +23,25 @@ local function jkey(id) return P .. 'job:' .. id end
 
 local function record(id) return redis.call('HMGET', jkey(id), unpack(FIELDS)) end
 
+-- The queue's counts: {queued high, medium, low, scheduled, processing, {stats...},
+-- {room...}, {node, info JSON, ...}}, the nodes being those whose last heartbeat is at
+-- most age ms old (none for 0).  counts.lua's reply, and part of find.lua's.
+local function counts_reply(age)
+  local q = {}
+  for p = 1, 3 do q[p] = redis.call('LLEN', P .. 'ready:' .. PRIO[p]) end
+  local nodes = {}
+  if age > 0 then
+    local live = redis.call('ZRANGEBYSCORE', P .. 'beats', now_ms - age, '+inf')
+    for _, node in ipairs(live) do
+      nodes[#nodes + 1] = node
+      nodes[#nodes + 1] = redis.call('HGET', P .. 'nodes', node) or '{}'
+    end
+  end
+  return {q[1], q[2], q[3], redis.call('ZCARD', P .. 'sched'),
+    redis.call('ZCARD', P .. 'leases'), redis.call('HGETALL', P .. 'stats'),
+    redis.call('HGETALL', P .. 'room'), nodes}
+end
+
 -- Events are written as they happen, numbered from the queue's `seq` (read once, at the
 -- first event, and stored once by flush()): `seq` increases by one per event across the
 -- whole queue, so a reader that skipped entries (trimmed by MAXLEN) knows exactly how
