@@ -35,7 +35,7 @@ from .._stats import Stats
 from ._client import RedisUnavailable
 from ._outbox import Outbox
 from ._reader import READER_BLOCK_MS, EventsReader
-from ._state import MAX_CLAIM, Outcome, RecordParts
+from ._state import MAX_CLAIM, Outcome, RecordParts, Unreadable
 
 log = logging.getLogger("trioqueue")
 
@@ -153,7 +153,7 @@ class NodeCore(EventsReader):
                 if n and not second and self._prefetch:
                     self._kick.set()  # the second fetcher may add a call behind this one
                 try:
-                    results, claimed, view = await state.finish_and_claim_parts(
+                    results, claimed, view, unreadable = await state.finish_and_claim_parts(
                         self.node, outcomes, n, self._lease, claimable)
                 except RedisUnavailable as exc:
                     self._pending[:0] = outcomes
@@ -173,6 +173,8 @@ class NodeCore(EventsReader):
                     self._pending.extend(Outcome.released(p[0], p[16]) for p in claimed)
                     self._kick.set()
                     claimed = []
+                if unreadable:
+                    self._fail_unreadable(unreadable)
                 for parts in claimed:
                     rec = self._record(parts)
                     held[rec.id] = (rec, parts[16])
@@ -314,6 +316,18 @@ class NodeCore(EventsReader):
         parked = self._parked.get(rec.task)
         return rec not in self._buffer and not (parked and rec in parked)
 
+    def _fail_unreadable(self, unreadable: list[Unreadable]) -> None:
+        """Claimed records that cannot be read (written by something other than
+        trioqueue, or by a version that wrote other fields) end FAILED, with what was
+        wrong as the error, in the next call: such a job cannot run anywhere, and left
+        leased it would come back after every lease to every node."""
+        for u in unreadable:
+            log.error("trioqueue: job %r cannot be read (%s); it ends failed", u.job_id,
+                      u.error)
+            self._pending.append(Outcome.failed(u.job_id, u.fence,
+                                                f"CorruptRecord: {u.error}"))
+        self._kick.set()
+
     async def _listen_for_cancels(self) -> None:
         """Interrupt the handlers of jobs running here whose cancellation another node
         asked for: ``cancel`` pushes the job's id onto this node's ``node:<id>:cancel``
@@ -321,6 +335,9 @@ class NodeCore(EventsReader):
         second, each returning at once when an id arrives)."""
         state = self.state
         while not self._stop_reading:
+            # The call is shielded: without this, a cancelled node (one of its tasks
+            # raised) would never see it here, and its queue would hang in its nursery.
+            await trio.lowlevel.checkpoint_if_cancelled()
             try:
                 job_id = await state.wait_for_cancel(self.node, READER_BLOCK_MS / 1000)
             except RedisUnavailable:

@@ -11,6 +11,7 @@ nothing.  No script writes an event of a type that no node reads (``readers`` an
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from typing import cast
@@ -25,6 +26,8 @@ from .._record import JobRecord
 from .._state import EventKind
 from ._client import RedisUnavailable
 from ._state import EventReader, RedisState, StreamEvent
+
+log = logging.getLogger("trioqueue")
 
 READER_BLOCK_MS = 250
 """How long the events reader's ``XREAD BLOCK`` waits for new events.  The call is never
@@ -159,6 +162,8 @@ class EventsReader:
                     event.set()
             unwanted_since: float | None = None
             while not self._stop_reading:
+                # The read is shielded: a cancelled node must see it here.
+                await trio.lowlevel.checkpoint_if_cancelled()
                 now = clock.current_time()
                 if self._wants_events():
                     unwanted_since = None
@@ -175,6 +180,9 @@ class EventsReader:
                     told = -math.inf  # a Redis that restarted has forgotten this node
                     await trio.sleep(0.5)
                     continue
+                for exc in batch.unreadable:
+                    log.error("trioqueue: passed over an entry of the events stream that "
+                              "is not a trioqueue event: %s", exc)
                 self._handle_events(batch.events)
                 self._read_to = stream_position(reader.last_id)
                 self._read_done.set()

@@ -48,12 +48,13 @@ from ._values import (
     RoomView,
     StoredJob,
     StreamEvent,
+    Unreadable,
     _dumps,
     _event,
     canonical_digest,
     check_name,
+    claimed_parts,
     clean_text,
-    record_parts,
     stored_job,
 )
 
@@ -62,7 +63,7 @@ __all__ = [
     "CorruptRecord", "Counts", "EventBatch", "EventReader", "FinishClaim", "NewJob",
     "NodeInfo", "Outcome",
     "Promoted", "Reaped", "RecordParts", "RedisState", "Renewal", "RoomView", "StoredJob",
-    "StreamEvent",
+    "StreamEvent", "Unreadable",
     "canonical_digest", "check_name", "clean_text", "stored_job",
 ]
 
@@ -219,12 +220,15 @@ class RedisState:
         n: int,
         lease: float,
         tasks: Collection[str] | None = None,
-    ) -> tuple[list[str], list[RecordParts], RoomView | None]:
+    ) -> tuple[list[str], list[RecordParts], RoomView | None, list[Unreadable]]:
         """:meth:`finish_and_claim`, with the claimed records as :func:`record_parts`
-        (the node builds its own records from them: no job object in between)."""
+        (the node builds its own records from them: no job object in between), and
+        apart the claimed records that cannot be read (:class:`Unreadable`: claimed all
+        the same, leased to ``node``)."""
         got = await self._finish_and_claim_raw(node, outcomes, n, lease, tasks)
         results, claimed, view = got
-        return list(results), [record_parts(r) for r in claimed], RoomView.parse(view)
+        parts, unreadable = claimed_parts(claimed)
+        return list(results), parts, RoomView.parse(view), unreadable
 
     async def _finish_and_claim_raw(
         self,
@@ -541,13 +545,20 @@ class EventReader:
         entries = await self._state.client.xread(
             self._state.prefix + "events", self.last_id, count, block_ms
         )
-        events = [_event(entry_id, fields) for entry_id, fields in entries]
+        events: list[StreamEvent] = []
+        unreadable: list[CorruptRecord] = []
+        for entry_id, fields in entries:
+            try:
+                events.append(_event(entry_id, fields))
+            except CorruptRecord as exc:
+                unreadable.append(exc)  # passed over: the next read starts after it
         dropped = 0
         if events:
             dropped = max(0, events[0].seq - self.last_seq - 1)
-            self.last_id = events[-1].stream_id
             self.last_seq = events[-1].seq
-        return EventBatch(events, self.last_id, dropped)
+        if entries:
+            self.last_id = entries[-1][0]
+        return EventBatch(events, self.last_id, dropped, unreadable)
 
     async def __aiter__(self) -> AsyncIterator[EventBatch]:
         while not self._stopped:

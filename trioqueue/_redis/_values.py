@@ -324,6 +324,9 @@ class EventBatch:
     last_id: str
     dropped: int
     """Events trimmed from the stream before this reader got to them (0: no gap)."""
+    unreadable: list[CorruptRecord] = attrs.field(factory=list)
+    """Entries of the stream passed over because they are not events as trioqueue writes
+    them (written by something else, or by a version that wrote other fields)."""
 
 
 # ---------------------------------------------------------------------------- records
@@ -385,6 +388,33 @@ def record_parts(r: Sequence[Any]) -> RecordParts:
         )
     except (ValueError, TypeError, KeyError, IndexError) as exc:
         raise CorruptRecord(f"job {job_id!r}: {field}: {exc}") from None
+
+
+@attrs.frozen
+class Unreadable:
+    """A claimed record that :func:`record_parts` could not read: the job's id, its
+    fence (0 when even that cannot be read) and what was wrong."""
+
+    job_id: str
+    fence: int
+    error: CorruptRecord
+
+
+def claimed_parts(claimed: Sequence[Sequence[Any]]) -> tuple[list[RecordParts],
+                                                             list[Unreadable]]:
+    """Claimed records as :func:`record_parts`, and apart those that cannot be read."""
+    parts: list[RecordParts] = []
+    unreadable: list[Unreadable] = []
+    for r in claimed:
+        try:
+            parts.append(record_parts(r))
+        except CorruptRecord as exc:
+            try:
+                fence = int(r[15] or 0)
+            except (ValueError, TypeError, IndexError):
+                fence = 0
+            unreadable.append(Unreadable(str(r[0]) if r else "", fence, exc))
+    return parts, unreadable
 
 
 def stored_job(r: Sequence[Any]) -> StoredJob:

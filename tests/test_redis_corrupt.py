@@ -1,0 +1,155 @@
+"""What a Redis node does with what it cannot read, and with a task of its own that fails:
+the real Redis (tests/redis_util.py), real time, each wait bounded.
+
+Everything in a queue's keys is written by trioqueue's scripts, but a key can be written
+by something else (a person with redis-cli, another program, a version of trioqueue that
+wrote other fields).  A node must neither die of it nor stop silently: an entry of the
+events stream that is not an event is passed over with an error logged, a claimed job
+whose record cannot be read ends FAILED naming what was wrong, and a task of the node that
+raises ends ``open_queue`` with that error instead of leaving it hanging.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import trioqueue
+from trioqueue import Job, JobStatus, QueueConfig, TaskRegistry
+from trioqueue.testing import CorruptRecord
+
+from .redis_util import REDIS_URL, admin, delete_queue, unique
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+async def queue_name() -> AsyncIterator[str]:
+    name = unique("corrupt")
+    try:
+        yield name
+    finally:
+        with trio.CancelScope(shield=True):
+            async with admin() as client:
+                await delete_queue(client, name)
+
+
+def config(queue_name: str, **kw: Any) -> QueueConfig:
+    return QueueConfig(redis_url=REDIS_URL, queue_name=queue_name, **kw)
+
+
+def registry() -> TaskRegistry:
+    reg = TaskRegistry()
+
+    @reg.task
+    async def echo(job: Job) -> Any:
+        return job.payload
+
+    return reg
+
+
+async def test_an_entry_of_the_events_stream_that_is_not_an_event_is_passed_over(
+    queue_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A subscriber and ``wait`` go on past an entry that is not an event (it used to end
+    the node's reader, and the node with it), and the error names the entry."""
+    key = f"tq:{{{queue_name}}}:events"
+    with trio.fail_after(20):
+        async with admin() as redis, trioqueue.open_queue(registry(),
+                                                          config(queue_name)) as q:
+            async with q.subscribe() as events:
+                first = await q.enqueue("echo", 1)
+                assert (await q.wait(first.id)).status is JobStatus.COMPLETED
+                bad = await redis.xadd(key, {"seq": "x", "type": "completed"})
+                second = await q.enqueue("echo", 2)
+                assert (await q.wait(second.id)).result == 2
+                seen = []
+                async for ev in events:
+                    seen.append((ev.type, ev.job_id))
+                    if ev.type == "completed" and ev.job_id == second.id:
+                        break
+    assert seen == [(t, j.id) for j in (first, second)
+                    for t in ("enqueued", "started", "completed")]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [f"trioqueue: passed over an entry of the events stream that is not a "
+                      f"trioqueue event: event {bad}: ValueError(\"invalid literal for int() "
+                      f"with base 10: 'x'\")"]
+
+
+async def test_a_claimed_job_whose_record_cannot_be_read_ends_failed(
+    queue_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job whose stored payload is not JSON, claimed by a node, ends FAILED with an
+    error naming the job and the field (before, the node's fetcher raised, and every
+    node that claimed it after its lease did the same); the node goes on with the next
+    job.  The record keeps what it held: nothing is rewritten but status and error."""
+    with trio.fail_after(20):
+        async with admin() as redis:
+            async with trioqueue.open_queue(registry(),
+                                            config(queue_name, workers=0)) as producer:
+                bad = await producer.enqueue("echo", {"n": 1})
+                good = await producer.enqueue("echo", {"n": 2})
+            job_key = f"tq:{{{queue_name}}}:job:{bad.id}"
+            await redis.hset(job_key, {"payload": "{not json"})
+            async with trioqueue.open_queue(registry(), config(queue_name)) as q:
+                assert (await q.wait(good.id)).result == {"n": 2}
+                while await redis.hget(job_key, "status") != "failed":  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+                error = await redis.hget(job_key, "error")
+                assert await redis.hget(job_key, "payload") == "{not json"
+                again = await q.enqueue("echo", {"n": 3})
+                assert (await q.wait(again.id)).result == {"n": 3}
+                with pytest.raises(CorruptRecord, match="payload"):
+                    await q.get(bad.id)
+    assert error is not None
+    assert error.startswith(f"CorruptRecord: job {bad.id!r}: payload: ")
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [f"trioqueue: job {bad.id!r} cannot be read ({error[15:]}); "
+                      "it ends failed"]
+
+
+_CRASHING_NODE = """
+import sys, trio, trioqueue
+from trioqueue._redis import backend
+
+async def heartbeat(self):
+    await trio.sleep(0.2)
+    raise RuntimeError("a bug in one of the node's tasks")
+
+backend.RedisBackend._heartbeat = heartbeat
+registry = trioqueue.TaskRegistry()
+
+async def main():
+    config = trioqueue.QueueConfig(redis_url=sys.argv[1], queue_name=sys.argv[2])
+    async with trioqueue.open_queue(registry, config):
+        print("open", flush=True)
+        await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+async def test_a_node_task_that_raises_ends_the_queue_instead_of_hanging(
+    queue_name: str,
+) -> None:
+    """One of a node's own tasks raising (a bug, simulated here) ends ``open_queue`` with
+    that error at once.  Before, the node's cancel listener, whose blocking call is
+    shielded, went round its loop forever without seeing the cancellation, and the
+    process hung with no job running and no error shown.  In a child process so that a
+    hang fails the test (a shielded loop cannot be cancelled from within); trio kills
+    the child if the time runs out."""
+    with trio.fail_after(30):
+        done = await trio.run_process(
+            [sys.executable, "-c", textwrap.dedent(_CRASHING_NODE), REDIS_URL, queue_name],
+            cwd=ROOT, stdin=b"", capture_stdout=True, capture_stderr=True, check=False,
+        )
+    assert done.stdout == b"open\n"
+    assert done.returncode == 1
+    assert b"RuntimeError: a bug in one of the node's tasks" in done.stderr
