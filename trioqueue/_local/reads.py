@@ -5,7 +5,7 @@ changes not written yet, win over the rows)."""
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,8 +16,11 @@ from .._exceptions import StoreError
 from .._gil import LoweredSwitchInterval
 from .._job import Job, JobStatus
 from .._record import JobRecord
-from .._registry import TaskRegistry
+from .._registry import TaskRegistry, TaskSpec
 from .._store.sqlite import Row, SqliteStore
+from .rows import UnreadableRow, record_of
+
+log = logging.getLogger("trioqueue.store")
 
 
 class StoreReads:
@@ -43,19 +46,13 @@ class StoreReads:
 
     def record(self, row: Row) -> JobRecord:
         """A record from a stored row (its ``spec`` is ``None`` for a task this registry
-        lacks)."""
-        (job_id, task, payload, priority, status, attempts, max_retries, timeout, created_at,
-         scheduled_for, started_at, finished_at, result, error, traceback, progress) = row[:16]
+        lacks); :class:`UnreadableRow` (a :class:`StoreError`) naming the job and the
+        column when the row is not what trioqueue writes."""
+        return record_of(row, self._spec_of, self.path)
+
+    def _spec_of(self, task: str) -> TaskSpec | None:
         registry = self._registry
-        rec = JobRecord.restored(
-            job_id, task, json.loads(payload), payload, priority, JobStatus(status), attempts,
-            max_retries, timeout, created_at, scheduled_for, started_at, finished_at,
-            None if result is None else json.loads(result), error, traceback,
-            registry.get(task) if task in registry else None,
-        )
-        if progress is not None:
-            rec.progress = json.loads(progress)
-        return rec
+        return registry.get(task) if task in registry else None
 
     async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run one of the store's reading methods in a thread."""
@@ -127,7 +124,11 @@ class StoreReads:
             job_id = row[0]
             rec = in_memory(job_id) or self._dirty.get(job_id)
             if rec is None:
-                rec = self.record(row)
+                try:
+                    rec = self.record(row)
+                except UnreadableRow as exc:
+                    log.error("%s; not listed", exc)  # the others are
+                    continue
             if status is None or rec.status is status:
                 out.append(rec.snapshot())
         return out, (rows[-1][0] if more else None)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from .._record import JobRecord
 from .._store.sqlite import Row
+from .rows import UnreadableRow
 from .snapshot import Persistence
 
 if TYPE_CHECKING:
@@ -27,6 +28,8 @@ log = logging.getLogger("trioqueue.store")
 
 STREAM_CHUNK = 1000
 """Recovery streams a backlog into a ready queue at most this many jobs per read."""
+LOGGED_UNREADABLE = 20
+"""Rows that cannot be read named in the log one by one at most (then one line)."""
 
 
 async def recover(backend: LocalBackend, store: Persistence) -> None:
@@ -43,6 +46,8 @@ class Recovery:
         """After a crash: every recovered job commits its next start before running."""
         self._unknown: dict[str, int] = {}
         """Jobs met whose task this registry lacks, by task name."""
+        self._unreadable = 0
+        """Rows met that are not jobs as trioqueue writes them."""
         self._loaded = 0  # queued jobs streamed into memory
         self._exhausted = 0  # queued jobs recovered with no attempts left (FAILED)
         self._cursor: dict[int, int] = {}
@@ -99,8 +104,19 @@ class Recovery:
 
     def _runnable(self, row: Row) -> JobRecord | None:
         """The row's record, or ``None`` for a task this registry lacks (counted, and
-        logged once per task)."""
-        rec = self._store.record(row)
+        logged once per task) and for a row that cannot be read (logged, the first
+        :data:`LOGGED_UNREADABLE` of them, and counted); both are left in the store as
+        they are."""
+        try:
+            rec = self._store.record(row)
+        except UnreadableRow as exc:
+            self._unreadable += 1
+            if self._unreadable <= LOGGED_UNREADABLE:
+                log.error("%s; left in the store untouched", exc)
+            elif self._unreadable == LOGGED_UNREADABLE + 1:
+                log.error("%s: more rows that cannot be read are left in the store "
+                          "untouched, not named each", self._store.path)
+            return None
         if rec.spec is not None:
             return rec
         seen = self._unknown.get(rec.task, 0)

@@ -1,14 +1,17 @@
-"""A job record as a row of the SQLite store, in the flat form the writer takes."""
+"""A job record as a row of the SQLite store, in the flat form the writer takes, and a
+stored row back as a record, checked."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from .._exceptions import StoreError
 from .._job import JobStatus
 from .._record import JobRecord
+from .._registry import TaskSpec
 
 _STATUS = {s: s.value for s in JobStatus}
 
@@ -50,3 +53,77 @@ def rows_of(recs: Iterable[JobRecord]) -> tuple[Any, ...]:
             "" if progress is None else dumps(progress),
         ))
     return tuple(values)
+
+
+_STATUS_OF = {s.value: s for s in JobStatus}
+
+
+class UnreadableRow(StoreError):
+    """A stored row that is not a job as trioqueue writes it (the file was edited by
+    something else): the message names the file, the job and the column."""
+
+
+def record_of(row: Sequence[Any], spec_of: Callable[[str], TaskSpec | None],
+              where: object) -> JobRecord:
+    """The record of a stored row, each column checked: :class:`UnreadableRow` naming
+    ``where`` (the file), the job and the column when one is not what trioqueue writes
+    (SQLite keeps whatever a column is given).  ``spec_of``: the task's spec, or
+    ``None`` for a task the registry lacks."""
+    (job_id, task, payload, priority, status, attempts, max_retries, timeout, created_at,
+     scheduled_for, started_at, finished_at, result, error, traceback, progress) = row[:16]
+    column = "payload"
+    try:
+        payload_value = json.loads(payload)
+        column = "result"
+        result_value = None if result is None else json.loads(result)
+        column = "progress"
+        progress_value = None if progress is None else json.loads(progress)
+    except (ValueError, TypeError) as exc:  # (JSONDecodeError is a ValueError)
+        raise UnreadableRow(f"{where}: job {job_id!r}: {column}: not JSON ({exc})") from None
+    state = _STATUS_OF.get(status) if type(status) is str else None
+    bad = _bad_column(job_id, task, priority, status, state, attempts, max_retries, timeout,
+                      created_at, scheduled_for, started_at, finished_at, error, traceback)
+    if bad is not None:
+        column, value = bad
+        raise UnreadableRow(f"{where}: job {job_id!r}: {column}: unexpected value {value!r}")
+    assert state is not None
+    rec = JobRecord.restored(
+        job_id, task, payload_value, payload, priority, state, attempts, max_retries,
+        timeout, created_at, scheduled_for, started_at, finished_at, result_value, error,
+        traceback, spec_of(task),
+    )
+    if progress_value is not None:
+        rec.progress = progress_value
+    return rec
+
+
+def _bad_column(job_id: Any, task: Any, priority: Any, status: Any, state: JobStatus | None,
+                attempts: Any, max_retries: Any, timeout: Any, created_at: Any,
+                scheduled_for: Any, started_at: Any, finished_at: Any, error: Any,
+                traceback: Any) -> tuple[str, Any] | None:
+    """The first column of a row that is not of the type trioqueue writes, and its value."""
+    if type(job_id) is not str:
+        return "id", job_id
+    if type(task) is not str:
+        return "task", task
+    if type(priority) is not int or not 0 <= priority <= 2:
+        return "priority", priority
+    if state is None:
+        return "status", status
+    if type(attempts) is not int or attempts < 0:
+        return "attempts", attempts
+    if type(max_retries) is not int or max_retries < 0:
+        return "max_retries", max_retries
+    if type(created_at) not in _NUMBER:
+        return "created_at", created_at
+    for name, value in (("timeout", timeout), ("scheduled_for", scheduled_for),
+                        ("started_at", started_at), ("finished_at", finished_at)):
+        if value is not None and type(value) not in _NUMBER:
+            return name, value
+    for name, value in (("error", error), ("traceback", traceback)):
+        if value is not None and type(value) is not str:
+            return name, value
+    return None
+
+
+_NUMBER = (int, float)
