@@ -22,8 +22,7 @@ import pytest
 import trio
 
 import trioqueue
-from trioqueue import Job, JobStatus, QueueConfig, TaskRegistry
-from trioqueue.testing import CorruptRecord
+from trioqueue import Job, JobStatus, QueueConfig, StoreError, TaskRegistry
 
 from .redis_util import REDIS_URL, admin, delete_queue, unique
 
@@ -43,6 +42,10 @@ async def queue_name() -> AsyncIterator[str]:
 
 def config(queue_name: str, **kw: Any) -> QueueConfig:
     return QueueConfig(redis_url=REDIS_URL, queue_name=queue_name, **kw)
+
+
+def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def registry() -> TaskRegistry:
@@ -77,8 +80,7 @@ async def test_an_entry_of_the_events_stream_that_is_not_an_event_is_passed_over
                         break
     assert seen == [(t, j.id) for j in (first, second)
                     for t in ("enqueued", "started", "completed")]
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert errors == [f"trioqueue: passed over an entry of the events stream that is not a "
+    assert errors(caplog) == [f"trioqueue: passed over an entry of the events stream that is not a "
                       f"trioqueue event: event {bad}: ValueError(\"invalid literal for int() "
                       f"with base 10: 'x'\")"]
 
@@ -103,15 +105,20 @@ async def test_a_claimed_job_whose_record_cannot_be_read_ends_failed(
                 while await redis.hget(job_key, "status") != "failed":  # noqa: ASYNC110
                     await trio.sleep(0.01)
                 error = await redis.hget(job_key, "error")
+                assert error is not None
+                assert error.startswith(f"CorruptRecord: job {bad.id!r}: payload: ")
+                logged = errors(caplog)
                 assert await redis.hget(job_key, "payload") == "{not json"
                 again = await q.enqueue("echo", {"n": 3})
                 assert (await q.wait(again.id)).result == {"n": 3}
-                with pytest.raises(CorruptRecord, match="payload"):
+                with pytest.raises(StoreError, match=f"redis: job '{bad.id}': payload: "):
                     await q.get(bad.id)
-    assert error is not None
-    assert error.startswith(f"CorruptRecord: job {bad.id!r}: payload: ")
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert errors == [f"trioqueue: job {bad.id!r} cannot be read ({error[15:]}); "
+                caplog.clear()
+                listed = await q.list_jobs()
+                assert {j.id for j in listed} == {good.id, again.id}
+                what = error[len("CorruptRecord: "):]
+                assert errors(caplog) == [f"trioqueue: redis: {what}; not listed"]
+    assert logged == [f"trioqueue: job {bad.id!r} cannot be read ({error[15:]}); "
                       "it ends failed"]
 
 

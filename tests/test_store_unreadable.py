@@ -73,7 +73,7 @@ async def test_rows_that_cannot_be_read_are_named_and_left_as_they_are(
                 f"{db}: job {ids[2]!r}: created_at: unexpected value 'yesterday'; left in "
                 "the store untouched",
             ]
-            for job_id, (column, value) in zip(ids, edits, strict=False):
+            for job_id, (column, _) in zip(ids, edits, strict=False):
                 with pytest.raises(StoreError, match=rf"{db}: job '{job_id}': {column}: "):
                     await q.get(job_id)
             caplog.clear()

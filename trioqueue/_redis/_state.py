@@ -309,12 +309,15 @@ class RedisState:
         limit: int = 100,
         before: str | None = None,
         budget: int = 10_000,
+        unreadable: list[CorruptRecord] | None = None,
     ) -> tuple[list[Job], str | None]:
         """Up to ``limit`` jobs, newest first, and the ``before`` of the next page.
 
         Terminal statuses are ordered by finish time, the others by creation.  At most
         ``budget`` index entries are examined per call, so a filtered page can be short
-        while ``next`` is not ``None``.
+        while ``next`` is not ``None``.  A record that cannot be read raises
+        :class:`CorruptRecord`, or with ``unreadable`` given is left out and its error
+        appended there.
         """
         if status is not None:
             try:
@@ -331,7 +334,15 @@ class RedisState:
             "list", ["" if status is None else status.value, task or "", limit, before or "",
                      budget],
         )
-        return [stored_job(r).job for r in records], nxt or None
+        if unreadable is None:
+            return [stored_job(r).job for r in records], nxt or None
+        jobs: list[Job] = []
+        for r in records:
+            try:
+                jobs.append(stored_job(r).job)
+            except CorruptRecord as exc:
+                unreadable.append(exc)
+        return jobs, nxt or None
 
     async def cancel(self, job_id: str) -> tuple[Literal["cancelled", "requested"], StoredJob]:
         """Cancel a QUEUED or SCHEDULED job now (``"cancelled"``), or ask the node running

@@ -52,7 +52,7 @@ from ._intake import RETRY_BACKOFF, NodeIntake
 from ._node import NodeCore, worker_figures
 from ._outbox import Outbox, describe
 from ._reader import PRIO_BY_LABEL, READER_BLOCK_MS
-from ._state import Counts, Outcome, RedisState, StreamEvent
+from ._state import CorruptRecord, Counts, Outcome, RedisState, StreamEvent
 
 __all__ = ["READER_BLOCK_MS", "RETRY_BACKOFF", "NodeCore", "RedisBackend"]
 
@@ -402,6 +402,8 @@ class RedisBackend(NodeIntake):
                 stored, counts = await state.find(ask, self._lease)
             except RedisUnavailable as exc:
                 raise StoreError(str(exc)) from None
+            except CorruptRecord as exc:
+                raise StoreError(f"redis: {exc}") from None
             self._refresh(counts)
             found = {job_id: None if sj is None else self._from_job(sj.job)
                      for job_id, sj in zip(ask, stored, strict=True)}
@@ -433,7 +435,11 @@ class RedisBackend(NodeIntake):
     async def list(self, status: JobStatus | None, limit: int, task: str | None = None,
                    before: str | None = None) -> tuple[list[Job], str | None]:
         await self._written()
-        jobs, nxt = await self.state.list_jobs(status, task, min(limit, 1000), before)
+        unreadable: list[CorruptRecord] = []
+        jobs, nxt = await self.state.list_jobs(status, task, min(limit, 1000), before,
+                                               unreadable=unreadable)
+        for exc in unreadable:
+            log.error("trioqueue: redis: %s; not listed", exc)  # the others are
         return jobs, nxt
 
     async def _written(self, job_id: str | None = None) -> None:
