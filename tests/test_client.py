@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,6 +14,7 @@ import pytest
 import trio
 
 import trioqueue
+import trioqueue.client
 from tests.test_server import Server, running_server
 from trioqueue import JobStatus
 from trioqueue.client import Client, EventStreamClosed, Unauthorized
@@ -193,3 +198,95 @@ async def test_a_full_queue_raises_queue_full_with_the_servers_retry_after() -> 
         assert refused is not None
         assert refused.retry_after == 1.0  # the server's Retry-After: 1
         assert srv.stop() == 0
+
+
+def answering(status: int, body: bytes, content_type: str) -> httpx.AsyncClient:
+    """An HTTP client whose every request gets this answer: what another program at the
+    server's address (a web server, a proxy's error page) would say."""
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, content=body, headers={"content-type": content_type})
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="http://127.0.0.1")
+
+
+@pytest.mark.parametrize(("status", "body", "content_type", "why"), [
+    (200, b"<html>a web page</html>", "text/html", "text/html; not a JSON object"),
+    (404, b"<html>Not Found</html>", "text/html", "text/html; not a JSON object"),
+    (502, b"Bad Gateway", "text/plain", "text/plain; not a JSON object"),
+    (503, b"[1, 2]", "application/json", "application/json; not a JSON object"),
+    (200, b"{not json", "application/json", "application/json; not a JSON object"),
+    (200, b'{"something": "else"}', "application/json", "application/json; KeyError: "),
+])
+async def test_answers_no_trioqueue_server_gives_raise_server_error_saying_so(
+    status: int, body: bytes, content_type: str, why: str
+) -> None:
+    """Not ``JobNotFound`` for another program's 404, not ``ShuttingDown`` for a proxy's
+    503, and never a ``KeyError`` or ``TypeError`` from inside the client: a
+    ``ServerError`` that names the request, the content type and what the answer began
+    with."""
+    async with answering(status, body, content_type) as http:
+        client = Client("http://127.0.0.1", http=http)
+        calls = [client.get("j1"), client.enqueue("echo"), client.list_jobs(),
+                 client.tasks(), client.retry_all(), client.enqueue_many("echo", [1]),
+                 client.cancel("j1")]
+        if status != 200:
+            calls.append(client.metrics())
+        for call in calls:
+            with pytest.raises(trioqueue.client.ServerError) as raised:
+                await call
+            assert raised.value.status == status
+            assert f"answered in a way no trioqueue server does ({why}" in str(raised.value)
+            assert f"The answer began {body.decode()[:20]!r}"[:-1] in str(raised.value)
+
+
+async def test_a_shape_the_server_never_sends_is_a_server_error() -> None:
+    """JSON objects of the right kind with a wrong part: a job without its status, a
+    task list of strings, a retried count that is not a number."""
+    cases = [(b'{"id": "j1", "task": "echo", "priority": "high"}', "get", "KeyError"),
+             (b'{"tasks": ["echo"]}', "tasks", "'tasks' is not a list of tasks"),
+             (b'{"retried": "all"}', "retry_all", "'retried' is 'all', not a count"),
+             (b'{"jobs": [{"id": 1}]}', "list_jobs", "KeyError")]
+    for body, method, why in cases:
+        async with answering(200, body, "application/json") as http:
+            client = Client("http://127.0.0.1", http=http)
+            args = ("j1",) if method == "get" else ()
+            with pytest.raises(trioqueue.client.ServerError, match=why):
+                await getattr(client, method)(*args)
+
+
+def test_the_cli_pointed_at_another_web_server_says_so(tmp_path: Any) -> None:
+    """``trioqueue list`` / ``tasks`` / ``metrics`` with ``--url`` at a plain web server
+    (Python's own, serving files): exit 1 with one line saying what answered, no
+    traceback (``tasks`` used to end in ``TypeError: string indices must be
+    integers``)."""
+    (tmp_path / "tasks").write_text("<html>a file called tasks</html>")
+    (tmp_path / "metrics").write_text("<html>a file called metrics</html>")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    web = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                            "127.0.0.1"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        for command in ("list", "tasks", "metrics"):
+            done = subprocess.run([sys.executable, "-m", "trioqueue", command, "--url", url],
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 1, (command, done.stderr)
+            assert "Traceback" not in done.stderr
+            lines = done.stderr.strip().splitlines()
+            assert len(lines) == 1, lines
+            assert lines[0].startswith(f"trioqueue {command}: ServerError: HTTP ")
+            assert "answered in a way no trioqueue server does" in lines[0]
+    finally:
+        web.kill()
+        web.wait()

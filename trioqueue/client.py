@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -160,17 +160,33 @@ class Client:
 
     # ------------------------------------------------------------------ plumbing
 
-    async def _call(self, method: str, path: str, *, op: str = "", **kwargs: Any) -> Any:
+    async def _call(self, method: str, path: str, *, op: str = "",
+                    parse: Callable[[dict[str, Any]], Any] | None = None,
+                    text: bool = False, **kwargs: Any) -> Any:
+        """One request; the answer, a JSON object, through ``parse`` (``text``: the
+        body as text).  The server's refusals raise what :func:`_error` maps them to;
+        an answer no trioqueue server gives (not JSON, or JSON of another shape: another
+        program at that address, a proxy's error page) raises :class:`ServerError`
+        saying so, instead of a ``KeyError`` deep in the caller."""
         response = await self._http.request(method, path, **kwargs)
-        if response.status_code < 300:
-            if response.headers.get("content-type", "").startswith("application/json"):
-                return response.json()
+        status = response.status_code
+        if status < 300 and text:
             return response.text
         try:
-            message = str(response.json().get("error", response.text))
-        except (ValueError, AttributeError):
-            message = response.text
-        raise _error(response.status_code, message, op, response.headers.get("retry-after"))
+            data = response.json() if _is_json(response) else None
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise _not_ours(response, "not a JSON object")
+        if status >= 300:
+            raise _error(status, str(data.get("error", response.text)), op,
+                         response.headers.get("retry-after"))
+        if parse is None:
+            return data
+        try:
+            return parse(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise _not_ours(response, f"{type(exc).__name__}: {exc}") from None
 
     # ------------------------------------------------------------------ the API
 
@@ -193,7 +209,9 @@ class Client:
                            ("timeout", timeout)):
             if value is not None:
                 body[key] = value
-        return job_from_json(await self._call("POST", "/jobs", op="enqueue", json=body))
+        job: Job = await self._call("POST", "/jobs", op="enqueue", json=body,
+                                    parse=job_from_json)
+        return job
 
     async def enqueue_many(
         self,
@@ -226,12 +244,14 @@ class Client:
             for job, job_id in zip(jobs, job_ids, strict=True):
                 job["id"] = job_id
         body = {"jobs": jobs}
-        data = await self._call("POST", "/jobs/batch", op="enqueue", json=body)
-        return [job_from_json(job) for job in data["jobs"]]
+        accepted: list[Job] = await self._call("POST", "/jobs/batch", op="enqueue",
+                                               json=body, parse=_jobs)
+        return accepted
 
     async def get(self, job_id: str) -> Job:
         """``GET /jobs/{id}``."""
-        return job_from_json(await self._call("GET", f"/jobs/{job_id}"))
+        job: Job = await self._call("GET", f"/jobs/{job_id}", parse=job_from_json)
+        return job
 
     async def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100, *,
                         task: str | None = None, before: str | None = None) -> list[Job]:
@@ -251,10 +271,8 @@ class Client:
             params["task"] = task
         if before is not None:
             params["before"] = before
-        data = await self._call("GET", "/jobs", params=params)
-        nxt = data.get("next")
-        return JobPage([job_from_json(j) for j in data["jobs"]],
-                       nxt if isinstance(nxt, str) else None)
+        page: JobPage = await self._call("GET", "/jobs", params=params, parse=_page)
+        return page
 
     async def iter_jobs(self, status: JobStatus | str | None = None, *,
                         task: str | None = None, page_size: int = 1000) -> AsyncIterator[Job]:
@@ -270,11 +288,15 @@ class Client:
 
     async def cancel(self, job_id: str) -> Job:
         """``POST /jobs/{id}/cancel``."""
-        return job_from_json(await self._call("POST", f"/jobs/{job_id}/cancel", op="cancel"))
+        job: Job = await self._call("POST", f"/jobs/{job_id}/cancel", op="cancel",
+                                    parse=job_from_json)
+        return job
 
     async def retry(self, job_id: str) -> Job:
         """``POST /jobs/{id}/retry``."""
-        return job_from_json(await self._call("POST", f"/jobs/{job_id}/retry", op="retry"))
+        job: Job = await self._call("POST", f"/jobs/{job_id}/retry", op="retry",
+                                    parse=job_from_json)
+        return job
 
     async def retry_all(self, status: JobStatus | str = JobStatus.FAILED, *,
                         task: str | None = None) -> int:
@@ -295,13 +317,14 @@ class Client:
         if task is not None:
             body["task"] = task
         try:
-            data = await self._call("POST", "/jobs/retry", op="retry_all", json=body,
-                                    timeout=httpx.Timeout(self.timeout, read=None))
+            retried: int = await self._call(
+                "POST", "/jobs/retry", op="retry_all", json=body,
+                timeout=httpx.Timeout(self.timeout, read=None), parse=_retried)
         except ServerError as exc:
             if exc.status != 405:
                 raise
             return await self._retry_each(wanted, task)
-        return int(data["retried"])
+        return retried
 
     async def _retry_each(self, status: JobStatus, task: str | None) -> int:
         page_size = 1000  # the most GET /jobs answers with
@@ -329,15 +352,15 @@ class Client:
 
     async def prometheus_metrics(self) -> str:
         """``GET /metrics?format=prometheus``: the Prometheus text format."""
-        text: str = await self._call("GET", "/metrics", params={"format": "prometheus"})
+        text: str = await self._call("GET", "/metrics", params={"format": "prometheus"},
+                                     text=True)
         return text
 
     async def tasks(self) -> list[dict[str, Any]]:
         """``GET /tasks``: each registered task with the defaults a job of it gets
         (``name``, ``priority``, ``max_retries``, ``timeout``, ``schedule``, ``every``,
         ``concurrency``), by name."""
-        data = await self._call("GET", "/tasks")
-        tasks: list[dict[str, Any]] = data["tasks"]
+        tasks: list[dict[str, Any]] = await self._call("GET", "/tasks", parse=_tasks)
         return tasks
 
     async def health(self) -> bool:
@@ -488,6 +511,46 @@ def _seconds(retry_after: str | None) -> float:
     except ValueError:
         return 1.0
     return seconds if 0.0 <= seconds < math.inf else 1.0
+
+
+def _jobs(data: dict[str, Any]) -> list[Job]:
+    return [job_from_json(job) for job in data["jobs"]]
+
+
+def _page(data: dict[str, Any]) -> JobPage:
+    nxt = data.get("next")
+    return JobPage(_jobs(data), nxt if isinstance(nxt, str) else None)
+
+
+def _retried(data: dict[str, Any]) -> int:
+    retried = data["retried"]
+    if type(retried) is not int:
+        raise TypeError(f"'retried' is {retried!r}, not a count")
+    return retried
+
+
+def _tasks(data: dict[str, Any]) -> list[dict[str, Any]]:
+    tasks = data["tasks"]
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) and isinstance(
+            t.get("name"), str) for t in tasks):
+        raise TypeError("'tasks' is not a list of tasks")
+    return tasks
+
+
+def _is_json(response: httpx.Response) -> bool:
+    kind: str = response.headers.get("content-type", "")
+    return kind.startswith("application/json")
+
+
+def _not_ours(response: httpx.Response, why: str) -> ServerError:
+    """An answer that no trioqueue server gives: what it was, and the start of it."""
+    kind = response.headers.get("content-type") or "no content type"
+    body = response.text
+    start = body[:120] + ("..." if len(body) > 120 else "")
+    return ServerError(response.status_code,
+                       f"{response.request.method} {response.request.url} answered in a way "
+                       f"no trioqueue server does ({kind}; {why}): is that address a "
+                       f"trioqueue server? The answer began {start!r}")
 
 
 def _error(status: int, message: str, op: str, retry_after: str | None) -> TrioQueueError:
