@@ -154,3 +154,16 @@ def test_mypy_sees_the_decorated_function_and_a_bad_handler(tmp_path: Path) -> N
     assert "Coroutine[Any, Any, int]" in revealed[0]
     assert "Coroutine[Any, Any, str]" in revealed[1]
     assert len([line for line in lines if ": error" in line]) == 1, out
+
+
+@pytest.mark.parametrize("name", ["", "bad\ud800name", 3])
+def test_a_task_name_must_be_text_a_store_can_keep(name: Any) -> None:
+    """A lone surrogate in a name could not be encoded as UTF-8 by SQLite or Redis: the
+    first write of such a job would fail, so the name is refused where it is given."""
+    registry = trioqueue.TaskRegistry()
+
+    async def handler(job: Any) -> None: ...
+
+    with pytest.raises(ValueError, match="name: expected a non-empty string that can be "
+                                         "encoded as UTF-8, got"):
+        registry.task(name=name)(handler)

@@ -68,6 +68,20 @@ MAX_ID_LENGTH = 128
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@\-]*\Z")
 
 
+def clean_text(text: str) -> str:
+    """``text`` with lone surrogates escaped (``\\ud800``), so that it can be encoded as
+    UTF-8: what a store or Redis keeps of an exception's message or traceback, which
+    may hold them (a file name decoded with ``surrogateescape``, say).  The same object
+    when there is nothing to escape."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def check_job_id(job_id: object) -> str:
     """Return ``job_id`` if it is a usable id, else raise :class:`InvalidJob`.
 

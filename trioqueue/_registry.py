@@ -9,7 +9,7 @@ from typing import Any, TypeVar, overload
 import attrs
 
 from ._exceptions import UnknownTask
-from ._job import Job, Priority, check_max_retries, check_timeout
+from ._job import Job, Priority, check_max_retries, check_timeout, clean_text
 
 F = TypeVar("F", bound=Callable[[Job], Any])
 """A handler: called with the job, its type kept by the decorator (so mypy sees it)."""
@@ -141,8 +141,9 @@ class TaskRegistry:
         concurrency: int | None = None,
     ) -> TaskSpec:
         task_name = name if name is not None else getattr(fn, "__name__", None)
-        if not isinstance(task_name, str) or not task_name:
-            raise ValueError(f"name: expected a non-empty string, got {task_name!r}")
+        if not isinstance(task_name, str) or not task_name or clean_text(task_name) != task_name:
+            raise ValueError(f"name: expected a non-empty string that can be encoded as "
+                             f"UTF-8, got {task_name!r}")
         if task_name in self._tasks:
             raise ValueError(f"name: a task named {task_name!r} is already registered")
         _check_signature(fn, task_name)

@@ -21,7 +21,7 @@ import trio
 from ._backend import Backend
 from ._config import QueueConfig
 from ._gil import lowered_switch_interval
-from ._job import check_json
+from ._job import check_json, clean_text
 from ._progress import Progress, Reporter
 from ._record import JobRecord
 from ._state import JobEvent
@@ -258,8 +258,12 @@ class Workers:
         except Exception:  # a broken __str__ must not take the worker down
             text = "<str() failed>"
         # The type's name first, so that an exception without a message is still named.
-        rec.error = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-        rec.traceback = "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
+        # Lone surrogates escaped: SQLite (and Redis) keep UTF-8, and one of them in a
+        # message made the store's write fail.
+        rec.error = clean_text(f"{type(exc).__name__}: {text}" if text
+                               else type(exc).__name__)
+        rec.traceback = clean_text(
+            "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__)))
         backend = self._backend
         if rec.attempts > rec.max_retries:
             backend.finish(rec, JobEvent.FAIL_FINAL, end, slot.index, duration)

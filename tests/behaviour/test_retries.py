@@ -8,7 +8,7 @@ import itertools
 import pytest
 from trio.testing import MockClock
 
-from trioqueue import InvalidTransition, JobStatus
+from trioqueue import InvalidTransition, Job, JobStatus, TaskRegistry
 
 from .conftest import Backend, Harness, real_time_scale
 
@@ -162,3 +162,35 @@ async def test_retry_of_a_cancelled_job_runs_it(
     assert (done.status, done.result, done.attempts) == (
         JobStatus.COMPLETED, "was cancelled", 1,
     )
+
+
+async def test_an_error_message_that_is_not_valid_unicode_is_kept_escaped(
+    backend: Backend, clock: MockClock | None
+) -> None:
+    """An exception whose message holds a lone surrogate (a file name decoded with
+    ``surrogateescape``, as ``os.listdir`` does for bytes that are not UTF-8) fails its
+    job like any other, the surrogate escaped in the error and the traceback; and the
+    queue goes on.  Before, the SQLite store could not encode it: its write failed and
+    took the whole queue down."""
+    registry = TaskRegistry()
+    name = b"caf\xe9.txt".decode("utf-8", "surrogateescape")
+
+    @registry.task(max_retries=0)
+    async def undecodable(job: Job) -> None:
+        raise FileNotFoundError(f"no such file: {name}")
+
+    @registry.task
+    async def echo(job: Job) -> object:
+        return job.payload
+
+    async with backend.open(registry) as q:
+        done = await q.wait((await q.enqueue("undecodable")).id)
+        after = await q.wait((await q.enqueue("echo", 1)).id)
+    assert done.status is JobStatus.FAILED
+    assert done.error == "FileNotFoundError: no such file: caf\\udce9.txt"
+    assert done.traceback is not None
+    assert done.traceback.endswith("FileNotFoundError: no such file: caf\\udce9.txt\n")
+    assert after.result == 1
+    if backend.persistent:
+        async with backend.open(registry) as q:
+            assert await q.get(done.id) == done

@@ -54,7 +54,6 @@ from ._values import (
     canonical_digest,
     check_name,
     claimed_parts,
-    clean_text,
     stored_job,
 )
 
@@ -64,7 +63,7 @@ __all__ = [
     "NodeInfo", "Outcome",
     "Promoted", "Reaped", "RecordParts", "RedisState", "Renewal", "RoomView", "StoredJob",
     "StreamEvent", "Unreadable",
-    "canonical_digest", "check_name", "clean_text", "stored_job",
+    "canonical_digest", "check_name", "stored_job",
 ]
 
 

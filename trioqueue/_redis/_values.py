@@ -20,7 +20,7 @@ from typing import Any, Literal, NamedTuple
 import attrs
 
 from .._exceptions import InvalidJob
-from .._job import Job, JobStatus, Priority, check_job_id, check_json
+from .._job import Job, JobStatus, Priority, check_job_id, check_json, clean_text
 
 MAX_BATCH = 1000
 """Most jobs one :meth:`RedisState.enqueue` call takes (a script blocks Redis while it
@@ -441,16 +441,3 @@ _dumps = json.JSONEncoder(separators=(",", ":")).encode
 """Batches travel as one JSON argument (ASCII: every string escaped; the scripts decode
 it with cjson and check the whole batch before writing): one argument per batch, whatever
 its size (each argument costs the client ~0.1 µs on our connection, ~0.7 on coredis)."""
-
-
-def clean_text(text: str) -> str:
-    """``text`` with lone surrogates (possible in exception messages) escaped, so that it
-    can be encoded as UTF-8 and decoded by cjson."""
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
