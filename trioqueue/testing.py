@@ -42,6 +42,7 @@ from ._redis import CorruptRecord as CorruptRecord
 from ._redis import NewJob as NewJob
 from ._redis import Outcome as Outcome
 from ._redis import RedisClient as RedisClient
+from ._redis import RedisRefused as RedisRefused
 from ._redis import RedisState as RedisState
 from ._redis import RedisUnavailable as RedisUnavailable
 from ._redis import StoredJob as StoredJob
@@ -116,6 +117,7 @@ __all__ = [
     "Persistence",
     "ProtocolError",
     "RedisClient",
+    "RedisRefused",
     "RedisState",
     "RedisUnavailable",
     "SqliteStore",

@@ -6,7 +6,7 @@ connection for the scripts, coredis for blocking calls);
 :class:`RedisState` runs the scripts.  docs/redis-design.md describes both.
 """
 
-from ._client import MAX_BLOCK, RedisClient, RedisUnavailable, connect
+from ._client import MAX_BLOCK, RedisClient, RedisRefused, RedisUnavailable, connect
 from ._state import (
     MAX_BATCH,
     MAX_CLAIM,
@@ -50,6 +50,7 @@ __all__ = [
     "Promoted",
     "Reaped",
     "RedisClient",
+    "RedisRefused",
     "RedisState",
     "RedisUnavailable",
     "Renewal",

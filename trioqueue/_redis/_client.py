@@ -36,13 +36,20 @@ from urllib.parse import urlparse
 import coredis
 import trio
 from coredis.commands.script import Script
+from coredis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from coredis.exceptions import ConnectionError as RedisConnectionError
-from coredis.exceptions import RedisError, ResponseError
 from coredis.response.types import StreamEntry
 from coredis.retry import NoRetryPolicy
 
 from .._exceptions import TrioQueueError
-from ._pipe import Endpoint, Lost, NoScript, Pipe, pack
+from ._pipe import REFUSALS, Endpoint, Lost, NoScript, Pipe, Refused, pack
 
 MAX_BLOCK = 5.0
 """Longest server-side timeout a blocking call may ask for (seconds): the time a caller
@@ -51,6 +58,12 @@ can be kept in a shielded scope."""
 
 class RedisUnavailable(TrioQueueError):
     """Redis could not be reached, or did not answer in time (after coredis' re-sends)."""
+
+
+class RedisRefused(RedisUnavailable):
+    """Redis refused a script before running any of it (out of memory, loading its data,
+    busy, a read-only replica: :data:`~trioqueue._redis._pipe.REFUSALS`).  Nothing was
+    done; callers retry it as they would a lost connection, but know it was not applied."""
 
 
 class _Holder:
@@ -170,13 +183,13 @@ class RedisClient:
             return await self._run_on_coredis(script, keys, args)
         try:
             reply = await pipe.execute(pack(("EVALSHA", script.sha, len(keys), *keys, *args)))
-            if isinstance(reply, ResponseError):
-                if not isinstance(reply, NoScript):
-                    raise reply
+            if isinstance(reply, NoScript):
                 reply = await pipe.execute(pack(("EVAL", script.text, len(keys), *keys,
                                                  *args)))
-                if isinstance(reply, ResponseError):
-                    raise reply
+            if isinstance(reply, ResponseError):
+                if isinstance(reply, Refused):
+                    raise RedisRefused(f"redis: {reply}")
+                raise reply
         except Lost as exc:
             raise RedisUnavailable(f"redis: {exc}") from None
         return reply
@@ -192,6 +205,10 @@ class RedisClient:
             raise RedisUnavailable(f"redis: no answer in time ({exc})") from None
         except RedisConnectionError as exc:
             raise RedisUnavailable(f"redis: {exc}") from None
+        except ResponseError as exc:
+            if _refusal(exc):
+                raise RedisRefused(f"redis: {exc}") from None
+            raise
         finally:
             self._main.release()
 
@@ -244,6 +261,10 @@ class RedisClient:
             raise RedisUnavailable(f"redis: no answer in time ({exc})") from None
         except RedisConnectionError as exc:
             raise RedisUnavailable(f"redis: {exc}") from None
+        except ResponseError as exc:
+            if _refusal(exc):
+                raise RedisRefused(f"redis: {exc}") from None
+            raise
         finally:
             self._main.release()
         if not entries:
@@ -262,6 +283,16 @@ class RedisClient:
             raise RedisUnavailable(f"redis: {exc}") from None
         finally:
             self._main.release()
+
+
+_REFUSED_ON_COREDIS = (BusyLoadingError, ClusterDownError, ReadOnlyError, TryAgainError)
+"""What coredis raises for the :data:`~trioqueue._redis._pipe.REFUSALS` it knows by code
+(it takes the code off the message); the others keep theirs."""
+
+
+def _refusal(exc: ResponseError) -> bool:
+    """Whether coredis' ``exc`` is a refusal before anything ran."""
+    return isinstance(exc, _REFUSED_ON_COREDIS) or str(exc).partition(" ")[0] in REFUSALS
 
 
 def _entry(e: StreamEntry) -> tuple[str, Mapping[str, str]]:

@@ -9,7 +9,7 @@ import trio
 from .._exceptions import DuplicateJob, StoreError
 from .._job import Job, JobStatus
 from .._record import LABELS, JobRecord
-from ._client import RedisUnavailable
+from ._client import RedisRefused, RedisUnavailable
 from ._node import NodeCore
 from ._outbox import new_job
 from ._state import Admission
@@ -83,6 +83,8 @@ class NodeIntake(NodeCore):
             answer = await self.state.admit([new_job(rec) for rec in recs],
                                             whole=len(recs) > 1,
                                             count_rejected=count_rejected)
+        except RedisRefused as exc:
+            raise StoreError(f"{exc}; the job is not stored") from None
         except RedisUnavailable as exc:
             raise StoreError(f"{exc}; the job was not confirmed and may have been "
                              "stored: enqueue it again with the same job_id") from None

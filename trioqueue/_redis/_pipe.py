@@ -58,12 +58,31 @@ _ERROR_CODES = frozenset((
 the same on both."""
 
 
+class Refused(ResponseError):
+    """The server refused the command before running any of it (:data:`REFUSALS`): out
+    of memory, loading its data, busy with a long script, a replica, and the like.
+    Nothing was done; the same command may succeed later."""
+
+
+REFUSALS = frozenset((
+    "OOM", "LOADING", "BUSY", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN",
+    "NOREPLICAS",
+))
+"""Error codes of refusals before a command runs (:class:`Refused`).  A script is refused
+for memory (OOM) at a command that adds data only while it has written nothing yet
+(Redis' ``scriptVerifyOOM``: it does not stop a script midway), so a refused script did
+nothing either."""
+
+
 def reply_error(message: str) -> ResponseError:
     """An error reply as coredis decodes it (top level or nested): ``ResponseError`` with
-    the message less its known code (:class:`NoScript` for NOSCRIPT)."""
+    the message less its known code (:class:`NoScript` for NOSCRIPT), or
+    :class:`Refused` with the whole message."""
     code, _, rest = message.partition(" ")
     if code == "NOSCRIPT":
         return NoScript(rest)
+    if code in REFUSALS:
+        return Refused(message)
     return ResponseError(rest if code in _ERROR_CODES else message)
 
 
