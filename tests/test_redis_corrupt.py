@@ -23,6 +23,7 @@ import trio
 
 import trioqueue
 from trioqueue import Job, JobStatus, QueueConfig, StoreError, TaskRegistry
+from trioqueue.testing import NewJob, RedisState, connect
 
 from .redis_util import REDIS_URL, admin, delete_queue, unique
 
@@ -160,3 +161,37 @@ async def test_a_node_task_that_raises_ends_the_queue_instead_of_hanging(
     assert done.stdout == b"open\n"
     assert done.returncode == 1
     assert b"RuntimeError: a bug in one of the node's tasks" in done.stderr
+
+
+@pytest.mark.parametrize(("edit", "error"), [
+    ({"hdel": "id"}, "id: missing"),
+    ({"hdel": "task"}, "task: missing"),
+    ({"prio": "9"}, 'prio: "9"'),
+    ({"attempts": "-"}, 'attempts: "-"'),
+    ({"max_retries": "many"}, 'max_retries: "many"'),
+    ({"fence": "x"}, 'fence: "x"'),
+])
+async def test_a_queued_record_the_claim_cannot_compute_with_ends_failed_in_the_claim(
+    queue_name: str, edit: dict[str, str], error: str
+) -> None:
+    """The claim script computes with a record's attempts, fence and priority: one that
+    is not a number (or missing) stopped the script midway, after the LPOPs and claims
+    before it, with no reply and no leases for those (jobs left PROCESSING for no one,
+    for good), and ended the node.  Such a record ends FAILED in the claim, naming the
+    field, and the claim goes on to the next job."""
+    key = f"tq:{{{queue_name}}}:job:bad"
+    async with admin() as redis, connect(REDIS_URL, client_name=unique("t")) as client:
+        state = RedisState(client, queue_name)
+        await state.enqueue([NewJob.build(job_id, "t", None) for job_id in ("ok1", "bad",
+                                                                           "ok2")])
+        if "hdel" in edit:
+            await redis.hdel(key, [edit["hdel"]])
+        else:
+            await redis.hset(key, edit)
+        got = await state.finish_and_claim("node-a", [], 3, 30.0)
+        assert [sj.job.id for sj in got.claimed] == ["ok1", "ok2"]
+        assert await redis.hget(key, "status") == "failed"
+        assert await redis.hget(key, "error") == (
+            f"CorruptRecord: job 'bad': {error}, not what trioqueue writes")
+        counts = await state.counts()
+        assert (counts.processing, counts.total("failed")) == (2, 1)

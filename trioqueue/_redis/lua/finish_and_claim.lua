@@ -26,6 +26,28 @@ if ARGV[11] and ARGV[11] ~= '' then
   for _, name in ipairs(cjson.decode(ARGV[11])) do known[name] = true end
 end
 
+-- Why a queued record cannot be claimed (the error it ends FAILED with), or nil: the
+-- fields this script and the node compute with must be what trioqueue writes (HMGET
+-- gives false for a missing field).
+local CHECKED = {{'id', 1}, {'task', 2}, {'prio', 4}, {'attempts', 6}, {'max_retries', 7},
+  {'fence', 16}}
+local function unclaimable(id, r)
+  for _, c in ipairs(CHECKED) do
+    local name, v = c[1], r[c[2]]
+    local ok
+    if name == 'id' then ok = v == id
+    elseif name == 'task' then ok = type(v) == 'string' and v ~= ''
+    elseif name == 'prio' then ok = v == '0' or v == '1' or v == '2'
+    elseif name == 'fence' then ok = not v or tonumber(v) ~= nil
+    else ok = tonumber(v) ~= nil end
+    if not ok then
+      return "CorruptRecord: job '" .. id .. "': " .. name .. ': ' ..
+        (v and cjson.encode(v) or 'missing') .. ', not what trioqueue writes'
+    end
+  end
+  return nil
+end
+
 local TARGET = {completed = 'completed', failed = 'failed', retry = 'scheduled',
   cancelled = 'cancelled', released = 'queued', progress = 'processing'}
 
@@ -168,15 +190,25 @@ else
         else
           r = record(cand)
           if r[5] == 'queued' then
-            if known and not known[r[2]] then
+            local bad = unclaimable(cand, r)
+            if bad then
+              -- Not a record as trioqueue writes it (edited by something else): it cannot
+              -- run anywhere, and claiming it would stop this script midway (after the
+              -- LPOPs and claims before it, with no reply and no leases for them).
+              finish(cand, 'failed', best - 1, ttl, {'error', bad}, false)
+              emit('failed', cand, r[2] or '', best - 1, 'failed', 0, node,
+                {'error', bad})
+              r = nil
+            elseif known and not known[r[2]] then
               -- A task this node cannot run: it stays first in line for a node that
               -- can, and this node takes nothing more from that priority in this call.
               redis.call('LPUSH', list, cand)
               len[best] = 0
+              break
             else
               id = cand
+              break
             end
-            break
           end
         end
       end
