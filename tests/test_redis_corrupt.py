@@ -114,6 +114,8 @@ async def test_a_claimed_job_whose_record_cannot_be_read_ends_failed(
                 assert (await q.wait(again.id)).result == {"n": 3}
                 with pytest.raises(StoreError, match=f"redis: job '{bad.id}': payload: "):
                     await q.get(bad.id)
+                with pytest.raises(StoreError, match=f"redis: job '{bad.id}': payload: "):
+                    await q.enqueue("echo", {"n": 1}, job_id=bad.id)  # repeated
                 caplog.clear()
                 listed = await q.list_jobs()
                 assert {j.id for j in listed} == {good.id, again.id}

@@ -13,6 +13,7 @@ from ._client import RedisRefused, RedisUnavailable
 from ._node import NodeCore
 from ._outbox import new_job
 from ._state import Admission
+from ._values import CorruptRecord
 
 RETRY_BACKOFF = (0.001, 0.05)
 """A producer waiting for room polls Redis with a backoff from 1 ms doubling to 50 ms."""
@@ -85,6 +86,8 @@ class NodeIntake(NodeCore):
                                             count_rejected=count_rejected)
         except RedisRefused as exc:
             raise StoreError(f"{exc}; the job is not stored") from None
+        except CorruptRecord as exc:  # the stored job of a repeated id cannot be read
+            raise StoreError(f"redis: {exc}") from None
         except RedisUnavailable as exc:
             raise StoreError(f"{exc}; the job was not confirmed and may have been "
                              "stored: enqueue it again with the same job_id") from None
