@@ -8,7 +8,6 @@ import gc
 import time
 import warnings
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,18 +19,7 @@ from trioqueue import Job, JobStatus, QueueConfig, TaskRegistry
 from trioqueue.testing import redis_paths
 
 from .channels import drain
-from .redis_util import REDIS_URL, admin, blocked_clients, delete_queue, unique
-
-
-@pytest.fixture
-async def queue_name() -> AsyncIterator[str]:
-    name = unique("backend")
-    try:
-        yield name
-    finally:
-        with trio.CancelScope(shield=True):
-            async with admin() as client:
-                await delete_queue(client, name)
+from .redis_util import REDIS_URL, admin, blocked_clients
 
 
 def config(queue_name: str, **kw: Any) -> QueueConfig:

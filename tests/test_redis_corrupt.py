@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +24,9 @@ import trioqueue
 from trioqueue import Job, JobStatus, QueueConfig, StoreError, TaskRegistry
 from trioqueue.testing import NewJob, RedisState, connect
 
-from .redis_util import REDIS_URL, admin, delete_queue, unique
+from .redis_util import REDIS_URL, admin, unique
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-async def queue_name() -> AsyncIterator[str]:
-    name = unique("corrupt")
-    try:
-        yield name
-    finally:
-        with trio.CancelScope(shield=True):
-            async with admin() as client:
-                await delete_queue(client, name)
 
 
 def config(queue_name: str, **kw: Any) -> QueueConfig:
