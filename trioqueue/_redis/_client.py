@@ -61,7 +61,7 @@ class RedisUnavailable(TrioQueueError):
 
 
 class RedisRefused(RedisUnavailable):
-    """Redis refused a script before running any of it (out of memory, loading its data,
+    """Redis refused a call before running any of it (out of memory, loading its data,
     busy, a read-only replica: :data:`~trioqueue._redis._pipe.REFUSALS`).  Nothing was
     done; callers retry it as they would a lost connection, but know it was not applied."""
 
@@ -226,6 +226,10 @@ class RedisClient:
         except (RedisConnectionError, TimeoutError) as exc:
             self._lane.broken()
             raise RedisUnavailable(f"redis: blocking call lost ({exc})") from None
+        except ResponseError as exc:
+            if _refusal(exc):  # LOADING after a restart, say
+                raise RedisRefused(f"redis: {exc}") from None
+            raise
         finally:
             self._lane.release()
         if reply is None:
@@ -245,6 +249,10 @@ class RedisClient:
         except (RedisConnectionError, TimeoutError) as exc:
             self._lane.broken()
             raise RedisUnavailable(f"redis: blocking call lost ({exc})") from None
+        except ResponseError as exc:
+            if _refusal(exc):  # LOADING after a restart, say
+                raise RedisRefused(f"redis: {exc}") from None
+            raise
         finally:
             self._lane.release()
         if not reply:
