@@ -56,6 +56,7 @@ def rows_of(recs: Iterable[JobRecord]) -> tuple[Any, ...]:
 
 
 _STATUS_OF = {s.value: s for s in JobStatus}
+_NUMBER = (int, float)
 
 
 class UnreadableRow(StoreError):
@@ -124,6 +125,3 @@ def _bad_column(job_id: Any, task: Any, priority: Any, status: Any, state: JobSt
         if value is not None and type(value) is not str:
             return name, value
     return None
-
-
-_NUMBER = (int, float)
