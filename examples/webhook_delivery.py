@@ -149,7 +149,8 @@ async def main(args: argparse.Namespace) -> None:
     config = trioqueue.QueueConfig(
         workers=8,
         persist_path=None if args.memory else args.db,
-        retry_base=0.1 if args.quick else 0.5, retry_factor=2.0, retry_max=5.0,
+        retry_base=0.1 if args.quick else 0.5, retry_factor=2.0,
+        retry_max=1.0 if args.quick else 5.0,
         shutdown_timeout=5.0,
     )
     receiver = Receiver()
