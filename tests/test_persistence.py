@@ -235,7 +235,7 @@ async def test_enqueue_nowait_of_a_job_that_left_memory_returns_the_stored_one(
 
 async def test_a_large_backlog_reopens_within_the_capacity_bound(tmp_path: Path) -> None:
     db = tmp_path / "q.db"
-    n = 200_000
+    n = 50_000  # 50x the capacity; memory must follow the capacity, not the backlog
     store = SqliteStore.open(db)
     store.write_all(
         (f"b{i}", "count", str(i), i % 3, "queued", 0, 3, None, 1.0 + i, None, None, None,
@@ -266,7 +266,7 @@ async def test_a_large_backlog_reopens_within_the_capacity_bound(tmp_path: Path)
         await q.flush()
     assert dupes == 0
     # Three priorities of at most `capacity` waiting, plus the finished cache, plus jobs
-    # in hand: memory followed the bound, not the 200,000 on disk.
+    # in hand: memory followed the bound, not the 50,000 on disk.
     assert peak <= 3 * 1000 + 1000 + 2 * 1000, peak
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM jobs WHERE status = 'completed'").fetchone()[
