@@ -185,3 +185,26 @@ async def test_a_queued_record_the_claim_cannot_compute_with_ends_failed_in_the_
             f"CorruptRecord: job 'bad': {error}, not what trioqueue writes")
         counts = await state.counts()
         assert (counts.processing, counts.total("failed")) == (2, 1)
+
+
+async def test_a_leased_record_edited_since_its_claim_ends_failed_when_its_lease_expires(
+    queue_name: str,
+) -> None:
+    """The reaper computes with a leased record's attempts and fence: one edited since
+    the claim stopped the reap script midway (its lease already removed: PROCESSING for
+    good) and ended every node's timer in turn.  It ends FAILED instead, and the other
+    expired lease of the same call is requeued as usual."""
+    async with admin() as redis, connect(REDIS_URL, client_name=unique("t")) as client:
+        state = RedisState(client, queue_name)
+        await state.enqueue([NewJob.build(job_id, "t", None) for job_id in ("a", "b")])
+        got = await state.finish_and_claim("node-a", [], 2, 0.05)
+        assert [sj.job.id for sj in got.claimed] == ["a", "b"]
+        await redis.hset(f"tq:{{{queue_name}}}:job:a", {"attempts": "lots"})
+        await trio.sleep(0.1)  # both leases expire
+        reaped = await state.reap()
+        assert (reaped.requeued, reaped.failed) == (["b"], ["a"])
+        assert await redis.hget(f"tq:{{{queue_name}}}:job:a", "error") == (
+            "CorruptRecord: job 'a': its lease expired and its record cannot be requeued "
+            "(prio, attempts, max_retries or fence not a number)")
+        counts = await state.counts()
+        assert (counts.processing, counts.queued[1], counts.total("failed")) == (0, 1, 1)

@@ -21,27 +21,42 @@ for _, id in ipairs(expired) do
   if h[1] == 'processing' then
     local prio, task, attempt = tonumber(h[2]), h[3], tonumber(h[4])
     local max_retries = tonumber(h[5])
-    redis.call('HINCRBY', key, 'fence', 1)
-    if h[7] then
-      finish(id, 'cancelled', prio, ttl, {}, true)
-      count('recovered', prio)
-      emit('cancelled', id, task, prio, 'cancelled', attempt, h[6])
-      cancelled[#cancelled + 1] = id
-    elseif attempt >= max_retries + 1 then
-      local err = 'LeaseExpired: lease expired (worker lost) during attempt ' .. attempt ..
-        ' (max_retries=' .. max_retries .. ')'
+    local fence = redis.call('HGET', key, 'fence')
+    if not (prio and PRIO[prio + 1] and attempt and max_retries) or
+        (fence and not tonumber(fence)) then
+      -- Edited since its claim (by something else): it can be neither requeued nor
+      -- counted as it was; it ends FAILED (counted as medium if its prio is the fault).
+      local err = "CorruptRecord: job '" .. id .. "': its lease expired and its record " ..
+        'cannot be requeued (prio, attempts, max_retries or fence not a number)'
+      prio = (prio and PRIO[prio + 1]) and prio or 1
+      redis.call('HSET', key, 'fence', '0')
       finish(id, 'failed', prio, ttl, {'error', err, 'traceback', ''}, false)
-      count('recovered', prio)
-      emit('failed', id, task, prio, 'failed', attempt, h[6], {'error', err})
+      emit('failed', id, task or '', prio, 'failed', attempt or 0, h[6] or '',
+        {'error', err})
       failed[#failed + 1] = id
     else
-      redis.call('HSET', key, 'status', 'queued')
-      redis.call('HDEL', key, 'started_at')
-      redis.call('LPUSH', P .. 'ready:' .. PRIO[prio + 1], id)
-      count('recovered', prio)
-      n_woken = n_woken + 1
-      emit('recovered', id, task, prio, 'queued', attempt, h[6])
-      requeued[#requeued + 1] = id
+      redis.call('HINCRBY', key, 'fence', 1)
+      if h[7] then
+        finish(id, 'cancelled', prio, ttl, {}, true)
+        count('recovered', prio)
+        emit('cancelled', id, task, prio, 'cancelled', attempt, h[6])
+        cancelled[#cancelled + 1] = id
+      elseif attempt >= max_retries + 1 then
+        local err = 'LeaseExpired: lease expired (worker lost) during attempt ' .. attempt ..
+          ' (max_retries=' .. max_retries .. ')'
+        finish(id, 'failed', prio, ttl, {'error', err, 'traceback', ''}, false)
+        count('recovered', prio)
+        emit('failed', id, task, prio, 'failed', attempt, h[6], {'error', err})
+        failed[#failed + 1] = id
+      else
+        redis.call('HSET', key, 'status', 'queued')
+        redis.call('HDEL', key, 'started_at')
+        redis.call('LPUSH', P .. 'ready:' .. PRIO[prio + 1], id)
+        count('recovered', prio)
+        n_woken = n_woken + 1
+        emit('recovered', id, task, prio, 'queued', attempt, h[6])
+        requeued[#requeued + 1] = id
+      end
     end
   end
 end
