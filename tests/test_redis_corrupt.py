@@ -22,7 +22,7 @@ import trio
 
 import trioqueue
 from trioqueue import Job, JobStatus, QueueConfig, StoreError, TaskRegistry
-from trioqueue.testing import NewJob, RedisState, connect
+from trioqueue.testing import NewJob, Outcome, RedisState, connect
 
 from .redis_util import REDIS_URL, admin, unique
 
@@ -208,3 +208,27 @@ async def test_a_leased_record_edited_since_its_claim_ends_failed_when_its_lease
             "(prio, attempts, max_retries or fence not a number)")
         counts = await state.counts()
         assert (counts.processing, counts.queued[1], counts.total("failed")) == (0, 1, 1)
+
+
+async def test_an_outcome_for_a_record_edited_since_its_claim_is_refused_then_reaped(
+    queue_name: str,
+) -> None:
+    """An outcome computes with the record's priority and attempts: one edited since the
+    claim stopped ``finish_and_claim`` midway (the outcomes before it applied, the reply
+    lost).  Its outcome is refused as stale instead, the others of the call apply, and
+    the reaper ends it FAILED when its lease expires."""
+    async with admin() as redis, connect(REDIS_URL, client_name=unique("t")) as client:
+        state = RedisState(client, queue_name)
+        await state.enqueue([NewJob.build(job_id, "t", None) for job_id in ("a", "b")])
+        claimed = (await state.finish_and_claim("node-a", [], 2, 0.2)).claimed
+        fences = {sj.job.id: sj.fence for sj in claimed}
+        await redis.hset(f"tq:{{{queue_name}}}:job:a", {"prio": "high"})
+        done = await state.finish_and_claim(
+            "node-a", [Outcome.completed(job_id, fences[job_id], None) for job_id in "ab"],
+            0, 0.2)
+        assert done.results == ["stale", "ok"]
+        await trio.sleep(0.3)  # a's lease expires
+        assert (await state.reap()).failed == ["a"]
+        counts = await state.counts()
+        assert (counts.processing, counts.total("completed"), counts.total("failed")) == (
+            0, 1, 1)

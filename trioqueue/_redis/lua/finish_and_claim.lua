@@ -81,6 +81,10 @@ for i = 1, n_out do
   local status = h[1]
   if not status or h[2] ~= fence or h[3] ~= node then
     results[i] = 'stale'
+  elseif not (PRIO[(tonumber(h[4]) or -1) + 1] and tonumber(h[6])) then
+    -- Edited since its claim (by something else): nothing is applied; left to its lease,
+    -- and the reaper ends it FAILED, where stopping here would leave this call half done.
+    results[i] = 'stale'
   elseif kind == 'progress' then
     if status == 'processing' then
       redis.call('HSET', key, 'progress', o[4])
