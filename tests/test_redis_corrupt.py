@@ -232,3 +232,25 @@ async def test_an_outcome_for_a_record_edited_since_its_claim_is_refused_then_re
         counts = await state.counts()
         assert (counts.processing, counts.total("completed"), counts.total("failed")) == (
             0, 1, 1)
+
+
+async def test_a_scheduled_record_whose_priority_was_edited_ends_failed_when_due(
+    queue_name: str,
+) -> None:
+    """``promote`` moves due jobs into their priority's ready list: one whose priority is
+    not 0-2 stopped it midway, the jobs moved before it taken out of the schedule and
+    marked QUEUED but pushed to no list (lost), and ended every node's timer.  It ends
+    FAILED instead, and the others are promoted."""
+    async with admin() as redis, connect(REDIS_URL, client_name=unique("t")) as client:
+        state = RedisState(client, queue_name)
+        await state.enqueue([NewJob.build(job_id, "t", None, delay=0.05)
+                             for job_id in ("a", "b", "c")])
+        await redis.hset(f"tq:{{{queue_name}}}:job:b", {"prio": "urgent"})
+        await trio.sleep(0.1)  # all three due
+        assert (await state.promote()).promoted == 2
+        assert await redis.hget(f"tq:{{{queue_name}}}:job:b", "error") == (
+            "CorruptRecord: job 'b': prio: \"urgent\", not what trioqueue writes")
+        counts = await state.counts()
+        assert (counts.scheduled, counts.queued[1], counts.total("failed")) == (0, 2, 1)
+        claimed = (await state.finish_and_claim("node-a", [], 3, 30.0)).claimed
+        assert [sj.job.id for sj in claimed] == ["a", "c"]

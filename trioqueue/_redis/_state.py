@@ -275,7 +275,7 @@ class RedisState:
     async def promote(self, max_n: int = 100) -> Promoted:
         """Move up to ``max_n`` due SCHEDULED jobs into ready lists that have room."""
         promoted, next_due, blocked = await self.run_script(
-            "promote", [self._maxlen, self.capacity, max_n]
+            "promote", [self._maxlen, self.capacity, max_n, self._ttl_ms]
         )
         return Promoted(int(promoted), None if next_due is None else int(next_due) / 1000,
                         int(blocked))

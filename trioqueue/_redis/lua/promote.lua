@@ -1,12 +1,13 @@
 -- promote(max_n): move due SCHEDULED jobs (delays, retry backoff) into their ready lists
 -- while those have room.  Safe from every node at once.
--- ARGV: events maxlen, capacity, max_n.
+-- ARGV: events maxlen, capacity, max_n, result ttl ms.
 -- Reply: {promoted, next due ms or false, blocked}.  `blocked` counts due jobs left for
 --   lack of room; enqueue keeps that much room free for them (they go first), so new
 --   jobs cannot starve them.  `next due` is the earliest entry not due yet.
 local maxlen = ARGV[1]
 local capacity = tonumber(ARGV[2])
 local max_n = tonumber(ARGV[3])
+local ttl = tonumber(ARGV[4])
 local room = {}
 local blocked = {0, 0, 0}
 local moved = {{}, {}, {}}
@@ -17,6 +18,16 @@ for _, id in ipairs(due) do
   local h = redis.call('HMGET', key, 'status', 'prio', 'task', 'attempts', 'dslot')
   if h[1] ~= 'scheduled' then
     redis.call('ZREM', P .. 'sched', id) -- a left-over: the job moved on
+  elseif not PRIO[(tonumber(h[2]) or -1) + 1] then
+    -- Its priority edited (by something else): it has no ready list to go to, and
+    -- stopping here would leave the jobs moved before it in no list at all.  (A delayed
+    -- slot it held stays counted: which priority's is what cannot be read.)
+    local err = "CorruptRecord: job '" .. id .. "': prio: " .. cjson.encode(h[2] or nil) ..
+      ', not what trioqueue writes'
+    redis.call('ZREM', P .. 'sched', id)
+    if h[5] then redis.call('HDEL', key, 'dslot') end
+    finish(id, 'failed', 1, ttl, {'error', err, 'traceback', ''}, false)
+    emit('failed', id, h[3] or '', 1, 'failed', tonumber(h[4]) or 0, '', {'error', err})
   else
     local p = tonumber(h[2]) + 1
     if not room[p] then
