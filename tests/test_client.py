@@ -237,6 +237,9 @@ async def test_answers_no_trioqueue_server_gives_raise_server_error_saying_so(
             assert raised.value.status == status
             assert f"answered in a way no trioqueue server does ({why}" in str(raised.value)
             assert f"The answer began {body.decode()[:20]!r}"[:-1] in str(raised.value)
+        with pytest.raises(trioqueue.client.ServerError,
+                           match="answered in a way no trioqueue server does"):
+            await client.health()  # not True for any server answering 200 there
 
 
 async def test_a_shape_the_server_never_sends_is_a_server_error() -> None:
@@ -290,3 +293,17 @@ def test_the_cli_pointed_at_another_web_server_says_so(tmp_path: Any) -> None:
     finally:
         web.kill()
         web.wait()
+
+
+async def test_health_is_false_while_the_server_shuts_down() -> None:
+    """``/healthz`` answers 503 ``shutting_down`` once the server has begun to stop:
+    ``health()`` is False then, True before."""
+    config = trioqueue.QueueConfig(workers=1)
+    async with trioqueue.open_queue(demo_registry, config) as q:
+        app = App(q)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            client = Client("http://127.0.0.1", http=http)
+            assert await client.health() is True
+            app.state.closing = True
+            assert await client.health() is False

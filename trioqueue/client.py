@@ -364,9 +364,20 @@ class Client:
         return tasks
 
     async def health(self) -> bool:
-        """True while the server takes jobs (``/healthz`` 200), False while it shuts down."""
+        """True while the server takes jobs (``/healthz`` 200 ``{"status": "ok"}``), False
+        while it shuts down (503 ``{"status": "shutting_down"}``); :class:`ServerError`
+        for an answer no trioqueue server gives."""
         response = await self._http.get("/healthz")
-        return response.status_code == 200
+        try:
+            data = response.json() if _is_json(response) else None
+        except ValueError:
+            data = None
+        status = data.get("status") if isinstance(data, dict) else None
+        if (response.status_code, status) == (200, "ok"):
+            return True
+        if (response.status_code, status) == (503, "shutting_down"):
+            return False
+        raise _not_ours(response, "not the health answer of a trioqueue server")
 
     async def wait(self, job_id: str, *, poll: float = 5.0) -> Job:
         """Wait until the job is COMPLETED, FAILED or CANCELLED; return that snapshot.
