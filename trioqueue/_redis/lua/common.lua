@@ -2,6 +2,9 @@
 -- script touches is that prefix plus a suffix, so all of them hash to one Cluster slot.
 local P = KEYS[1]
 local PRIO = {'high', 'medium', 'low'} -- a record's prio field is 0, 1, 2: PRIO[prio + 1]
+-- A record's prio field as its number, nil when it is not one trioqueue writes (the
+-- record was edited by something else).
+local PRIO_OF = {['0'] = 0, ['1'] = 1, ['2'] = 2}
 local FIELDS = {'id', 'task', 'payload', 'prio', 'status', 'attempts', 'max_retries',
   'timeout', 'created_at', 'scheduled_for', 'started_at', 'finished_at', 'result', 'error',
   'traceback', 'fence', 'owner', 'cancel_requested', 'progress'}
@@ -22,6 +25,13 @@ local NOW = int(now_ms)
 local function jkey(id) return P .. 'job:' .. id end
 
 local function record(id) return redis.call('HMGET', jkey(id), unpack(FIELDS)) end
+
+-- The error a job ends FAILED with when its record's field `name` holds `v` (false:
+-- missing), which is not what trioqueue writes.
+local function corrupt(id, name, v)
+  return "CorruptRecord: job '" .. id .. "': " .. name .. ': ' ..
+    (v and cjson.encode(v) or 'missing') .. ', not what trioqueue writes'
+end
 
 -- The queue's counts: {queued high, medium, low, scheduled, processing, {stats...},
 -- {room...}, {node, info JSON, ...}}, the nodes being those whose last heartbeat is at

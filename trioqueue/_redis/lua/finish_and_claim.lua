@@ -37,13 +37,10 @@ local function unclaimable(id, r)
     local ok
     if name == 'id' then ok = v == id
     elseif name == 'task' then ok = type(v) == 'string' and v ~= ''
-    elseif name == 'prio' then ok = v == '0' or v == '1' or v == '2'
+    elseif name == 'prio' then ok = PRIO_OF[v] ~= nil
     elseif name == 'fence' then ok = not v or tonumber(v) ~= nil
     else ok = tonumber(v) ~= nil end
-    if not ok then
-      return "CorruptRecord: job '" .. id .. "': " .. name .. ': ' ..
-        (v and cjson.encode(v) or 'missing') .. ', not what trioqueue writes'
-    end
+    if not ok then return corrupt(id, name, v) end
   end
   return nil
 end
@@ -81,7 +78,7 @@ for i = 1, n_out do
   local status = h[1]
   if not status or h[2] ~= fence or h[3] ~= node then
     results[i] = 'stale'
-  elseif not (PRIO[(tonumber(h[4]) or -1) + 1] and tonumber(h[6])) then
+  elseif not (PRIO_OF[h[4]] and tonumber(h[6])) then
     -- Edited since its claim (by something else): nothing is applied; left to its lease,
     -- and the reaper ends it FAILED, where stopping here would leave this call half done.
     results[i] = 'stale'

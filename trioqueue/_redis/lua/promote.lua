@@ -18,12 +18,11 @@ for _, id in ipairs(due) do
   local h = redis.call('HMGET', key, 'status', 'prio', 'task', 'attempts', 'dslot')
   if h[1] ~= 'scheduled' then
     redis.call('ZREM', P .. 'sched', id) -- a left-over: the job moved on
-  elseif not PRIO[(tonumber(h[2]) or -1) + 1] then
+  elseif not PRIO_OF[h[2]] then
     -- Its priority edited (by something else): it has no ready list to go to, and
     -- stopping here would leave the jobs moved before it in no list at all.  (A delayed
     -- slot it held stays counted: which priority's is what cannot be read.)
-    local err = "CorruptRecord: job '" .. id .. "': prio: " .. cjson.encode(h[2] or nil) ..
-      ', not what trioqueue writes'
+    local err = corrupt(id, 'prio', h[2])
     redis.call('ZREM', P .. 'sched', id)
     if h[5] then redis.call('HDEL', key, 'dslot') end
     finish(id, 'failed', 1, ttl, {'error', err, 'traceback', ''}, false)

@@ -17,18 +17,16 @@ for _, id in ipairs(expired) do
   redis.call('ZREM', P .. 'leases', id)
   local key = jkey(id)
   local h = redis.call('HMGET', key, 'status', 'prio', 'task', 'attempts', 'max_retries',
-    'owner', 'cancel_requested')
+    'owner', 'cancel_requested', 'fence')
   if h[1] == 'processing' then
-    local prio, task, attempt = tonumber(h[2]), h[3], tonumber(h[4])
+    local prio, task, attempt = PRIO_OF[h[2]], h[3], tonumber(h[4])
     local max_retries = tonumber(h[5])
-    local fence = redis.call('HGET', key, 'fence')
-    if not (prio and PRIO[prio + 1] and attempt and max_retries) or
-        (fence and not tonumber(fence)) then
+    if not (prio and attempt and max_retries) or (h[8] and not tonumber(h[8])) then
       -- Edited since its claim (by something else): it can be neither requeued nor
       -- counted as it was; it ends FAILED (counted as medium if its prio is the fault).
       local err = "CorruptRecord: job '" .. id .. "': its lease expired and its record " ..
         'cannot be requeued (prio, attempts, max_retries or fence not a number)'
-      prio = (prio and PRIO[prio + 1]) and prio or 1
+      prio = prio or 1
       redis.call('HSET', key, 'fence', '0')
       finish(id, 'failed', prio, ttl, {'error', err, 'traceback', ''}, false)
       emit('failed', id, task or '', prio, 'failed', attempt or 0, h[6] or '',
