@@ -172,11 +172,8 @@ class Client:
         status = response.status_code
         if status < 300 and text:
             return response.text
-        try:
-            data = response.json() if _is_json(response) else None
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
+        data = _json_object(response)
+        if data is None:
             raise _not_ours(response, "not a JSON object")
         if status >= 300:
             raise _error(status, str(data.get("error", response.text)), op,
@@ -368,11 +365,8 @@ class Client:
         while it shuts down (503 ``{"status": "shutting_down"}``); :class:`ServerError`
         for an answer no trioqueue server gives."""
         response = await self._http.get("/healthz")
-        try:
-            data = response.json() if _is_json(response) else None
-        except ValueError:
-            data = None
-        status = data.get("status") if isinstance(data, dict) else None
+        data = _json_object(response)
+        status = None if data is None else data.get("status")
         if (response.status_code, status) == (200, "ok"):
             return True
         if (response.status_code, status) == (503, "shutting_down"):
@@ -548,9 +542,15 @@ def _tasks(data: dict[str, Any]) -> list[dict[str, Any]]:
     return tasks
 
 
-def _is_json(response: httpx.Response) -> bool:
-    kind: str = response.headers.get("content-type", "")
-    return kind.startswith("application/json")
+def _json_object(response: httpx.Response) -> dict[str, Any] | None:
+    """The answer's body if it is a JSON object sent as JSON, else ``None``."""
+    if not response.headers.get("content-type", "").startswith("application/json"):
+        return None
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _not_ours(response: httpx.Response, why: str) -> ServerError:
