@@ -32,6 +32,10 @@ end
 local CHECKED = {{'id', 1}, {'task', 2}, {'prio', 4}, {'attempts', 6}, {'max_retries', 7},
   {'fence', 16}}
 local function unclaimable(id, r)
+  if r[1] == id and r[2] and r[2] ~= '' and PRIO_OF[r[4]] and tonumber(r[6]) and
+      tonumber(r[7]) and (not r[16] or tonumber(r[16])) then
+    return nil -- (every record trioqueue wrote: the loop below only names the field)
+  end
   for _, c in ipairs(CHECKED) do
     local name, v = c[1], r[c[2]]
     local ok
