@@ -515,3 +515,33 @@ async def test_an_unreachable_redis_fails_open_naming_it(queue_name: str) -> Non
     with warnings.catch_warnings():  # collected here, under this test's filter
         warnings.simplefilter("ignore", ResourceWarning)
         gc.collect()
+
+
+async def test_a_job_of_a_task_no_node_has_holds_back_nothing_behind_it(
+    queue_name: str,
+) -> None:
+    """A job whose task no running node has (a renamed task, a release rolled back) waits,
+    still queued, for a node that has it, while the jobs behind it in its
+    priority run on the nodes there are."""
+    new = Tasks()  # the release that added "resize"
+
+    @new.registry.task
+    async def resize(job: Job) -> str:
+        return "resized"
+
+    old = Tasks()
+    with trio.fail_after(30):
+        async with trioqueue.open_queue(new.registry, config(queue_name, workers=0)) as app:
+            async with trioqueue.open_queue(old.registry, config(queue_name, workers=2)):
+                first = await app.enqueue("resize", priority="high")
+                rest = [await app.enqueue("echo", i, priority="high") for i in range(20)]
+                done = await app.wait_many([j.id for j in rest])
+                assert [d.result for d in done] == list(range(20))
+                assert (await app.get(first.id)).status is JobStatus.QUEUED
+                assert [j.id for j in await app.list_jobs("queued")] == [first.id]
+            async with trioqueue.open_queue(new.registry, config(queue_name, workers=1)):
+                finished = await app.wait(first.id)
+    assert (finished.status, finished.result, finished.attempts) == (
+        JobStatus.COMPLETED, "resized", 1)
+    assert new.runs == Counter()
+    assert sorted(old.runs.values()) == [1] * 20

@@ -3,10 +3,12 @@
 Against the real Redis: each example runs in its own ``trio.run`` on a queue of its own.
 After every operation the whole queue is read back and checked:
 
-* every job is in exactly one place, the one its status says: a ready list (once),
-  ``sched``, ``leases``, or (finished) its ``idx:<status>`` with a TTL;
-* enqueue and promote never push a ready list past the capacity (a reaped or released
-  job may go over: it was admitted already);
+* every job is in exactly one place, the one its status says: a ready list or the parked
+  list of its priority and task (once), ``sched``, ``leases``, or (finished) its
+  ``idx:<status>`` with a TTL; ``parked`` names exactly the parked lists that hold jobs,
+  and only jobs of a task node "a" lacks (it runs "t"; "b" runs any) are parked;
+* enqueue and promote never push a priority's queued jobs past the capacity (a reaped or
+  released job may go over: it was admitted already);
 * outcomes are applied only under the current fence and owner, else refused and nothing
   changes; ``attempts <= fence``; the totals agree with what was accepted.
 """
@@ -31,7 +33,7 @@ TARGET = {"completed": "completed", "failed": "failed", "retry": "scheduled",
           "cancelled": "cancelled", "released": "queued"}
 
 enqueue_op = st.tuples(st.just("enqueue"), st.sampled_from([0, 1, 2]), st.booleans(),
-                       st.integers(1, 3), st.booleans())
+                       st.integers(1, 3), st.booleans(), st.sampled_from(["t", "u"]))
 claim_op = st.tuples(st.just("claim"), st.sampled_from(["a", "b"]), st.integers(0, 4),
                      st.booleans())
 finish_op = st.tuples(st.just("finish"), st.integers(0, 20), st.sampled_from(sorted(TARGET)))
@@ -48,8 +50,10 @@ ops_strategy = st.lists(
     min_size=5,
     max_size=40,
 )
-# Every example starts with two jobs in each priority, so that claims find work.
-PROLOGUE = [("enqueue", p, False, 2, False) for p in (0, 1, 2)]
+# Every example starts with two jobs in each priority, so that claims find work: the
+# first of a task node "a" lacks, so that its claims park.
+PROLOGUE = [("enqueue", p, False, 1, False, task) for p in (0, 1, 2) for task in "ut"]
+TASKS = {"a": {"t"}, "b": None}  # what each node runs (None: any task)
 
 
 class Model:
@@ -68,7 +72,11 @@ class Model:
         return dict(await self.r.hgetall(self.key(f"job:{job_id}")))
 
     async def lens(self) -> list[int]:
-        return [await self.r.llen(self.key(f"ready:{label}")) for label in LABELS]
+        """Queued jobs per priority: its ready list and its parked lists."""
+        n = [await self.r.llen(self.key(f"ready:{label}")) for label in LABELS]
+        for member in await self.r.smembers(self.key("parked")):
+            n[int(member[0]) - 1] += await self.r.llen(self.key(f"park:{member}"))
+        return n
 
     def expected(self, rec: dict[str, str], node: str, fence: int, kind: str) -> str:
         if rec.get("fence") != str(fence) or rec.get("owner") != node:
@@ -93,12 +101,12 @@ class Model:
         s = self.s
         kind = op[0]
         if kind == "enqueue":
-            _, prio, delayed, k, whole = op
+            _, prio, delayed, k, whole, task = op
             before = await self.lens()
             jobs = []
             for _ in range(k):
                 self.n += 1
-                jobs.append(NewJob.build(f"j{self.n}", "t", self.n, priority=LABELS[prio],
+                jobs.append(NewJob.build(f"j{self.n}", task, self.n, priority=LABELS[prio],
                                          max_retries=1, delay=0.001 if delayed else 0))
             res = await s.enqueue(jobs, whole=whole)
             if whole:
@@ -110,10 +118,12 @@ class Model:
                 assert a <= max(b, CAPACITY)
         elif kind == "claim":
             _, node, n, short = op
-            fc = await s.finish_and_claim(node, [], n, lease=0.001 if short else 30)
+            fc = await s.finish_and_claim(node, [], n, lease=0.001 if short else 30,
+                                          tasks=TASKS[node])
             assert len(fc.claimed) <= n
             for c in fc.claimed:
                 assert c.owner == node
+                assert TASKS[node] is None or c.job.task in TASKS[node]
                 assert c.job.status.value == "processing"
                 self.held[c.job.id] = (node, c.fence)
                 self.old.append((c.job.id, node, c.fence))
@@ -169,6 +179,14 @@ class Model:
     async def check(self) -> None:
         r = self.r
         ready = {label: await r.lrange(self.key(f"ready:{label}"), 0, -1) for label in LABELS}
+        members = await r.smembers(self.key("parked"))
+        park_keys = {k async for k in r.scan_iter(match=self.key("park:*"))}
+        assert park_keys == {self.key(f"park:{m}") for m in members}
+        parked = {m: await r.lrange(self.key(f"park:{m}"), 0, -1) for m in members}
+        for m, ids in parked.items():
+            assert ids, m
+            assert m.split(":", 1)[1] not in (TASKS["a"] or ()), (m, ids)
+            ready[LABELS[int(m[0]) - 1]] += ids
         sched = set(await r.zrange(self.key("sched"), 0, -1))
         leases = set(await r.zrange(self.key("leases"), 0, -1))
         in_ready = [i for ids in ready.values() for i in ids]
@@ -182,6 +200,9 @@ class Model:
             if status == "queued":
                 assert where == [True, False, False], (job_id, rec, where)
                 assert job_id in ready[LABELS[int(rec["prio"])]]
+                if job_id not in await r.lrange(self.key(f"ready:{LABELS[int(rec['prio'])]}"),
+                                                0, -1):
+                    assert job_id in parked[f"{int(rec['prio']) + 1}:{rec['task']}"]
             elif status == "scheduled":
                 assert where == [False, True, False], (job_id, rec, where)
             elif status == "processing":
@@ -195,6 +216,7 @@ class Model:
                 delayed[int(rec["prio"])] += 1
         assert set(in_ready) | sched | leases <= set(self.ids)
         counts = await self.s.counts()
+        assert list(counts.queued) == [len(ids) for ids in ready.values()]
         assert counts.delayed == tuple(delayed)
         assert counts.total("enqueued") == len(self.ids)
         assert counts.processing == len(leases)

@@ -1098,20 +1098,48 @@ async def test_script_cache_flushed_and_server_restarted(tmp_path: Path) -> None
         server.wait()
 
 
-async def test_a_node_leaves_tasks_it_lacks_queued(env: Env) -> None:
+async def test_a_node_parks_the_jobs_of_tasks_it_lacks_and_takes_the_rest(env: Env) -> None:
     s = env.state()
-    await s.enqueue([NewJob.build("x", "other", None, priority=H),
+    await s.enqueue([NewJob.build("x1", "other", None, priority=H),
+                     NewJob.build("x2", "other", None, priority=H),
                      NewJob.build("y", "mine", None, priority=H),
                      NewJob.build("z", "mine", None, priority=M)])
     fc = await s.finish_and_claim("a", [], 3, 30, tasks={"mine"})
-    # "x" heads the high list and "a" cannot run it: it stays there, "a" takes medium.
-    assert [c.job.id for c in fc.claimed] == ["z"]
-    assert await env.admin.lrange(env.key("ready:high"), 0, -1) == ["x", "y"]
-    fc = await s.finish_and_claim("b", [], 1, 30, tasks={"mine", "other"})
-    assert [c.job.id for c in fc.claimed] == ["x"]
-    fc = await s.finish_and_claim("a", [], 3, 30, tasks={"mine"})
-    assert [c.job.id for c in fc.claimed] == ["y"]
-    assert (await s.get("x")).job.attempts == 1  # type: ignore[union-attr]
+    # "a" cannot run "other": x1 and x2 are parked, in order, and "a" takes what is behind.
+    assert [c.job.id for c in fc.claimed] == ["y", "z"]
+    assert await env.admin.lrange(env.key("ready:high"), 0, -1) == []
+    assert await env.admin.lrange(env.key("park:1:other"), 0, -1) == ["x1", "x2"]
+    assert await env.admin.smembers(env.key("parked")) == {"1:other"}
+    # Still queued, in the counts, the room and the list.
+    assert (await s.counts()).queued == (2, 0, 0)
+    jobs, _ = await s.list_jobs(status=JobStatus.QUEUED)
+    assert [j.id for j in jobs] == ["x2", "x1"]
+    assert (await s.list_jobs(status=JobStatus.QUEUED, task="mine"))[0] == []
+    assert [j.id for j in (await s.list_jobs(task="other"))[0]] == ["x2", "x1"]
+    # Another call of "a" finds nothing it can run.
+    assert (await s.finish_and_claim("a", [], 3, 30, tasks={"mine"})).claimed == []
+    # A node that has the task takes them, oldest first, before newer ready jobs.
+    await s.enqueue([NewJob.build("w", "other", None, priority=H)])
+    fc = await s.finish_and_claim("b", [], 2, 30, tasks={"mine", "other"})
+    assert [c.job.id for c in fc.claimed] == ["x1", "x2"]
+    assert await env.admin.exists([env.key("park:1:other")]) == 0
+    assert await env.admin.smembers(env.key("parked")) == set()
+    fc = await s.finish_and_claim("b", [], 2, 30, tasks={"mine", "other"})
+    assert [c.job.id for c in fc.claimed] == ["w"]
+    assert (await s.get("x1")).job.attempts == 1  # type: ignore[union-attr]
+
+
+async def test_a_parked_job_can_be_cancelled_and_its_list_goes(env: Env) -> None:
+    s = env.state()
+    await s.enqueue([NewJob.build("x", "other", None, priority=L)])
+    assert (await s.finish_and_claim("a", [], 1, 30, tasks={"mine"})).claimed == []
+    assert await env.admin.smembers(env.key("parked")) == {"3:other"}
+    code, got = await s.cancel("x")
+    assert (code, got.job.status) == ("cancelled", JobStatus.CANCELLED)
+    assert await env.admin.smembers(env.key("parked")) == set()
+    assert await env.admin.exists([env.key("park:3:other")]) == 0
+    assert (await s.counts()).queued == (0, 0, 0)
+    assert (await s.finish_and_claim("b", [], 1, 30, tasks={"other"})).claimed == []
 
 
 async def test_events_are_written_only_while_some_node_reads_them(env: Env) -> None:

@@ -16,7 +16,7 @@ if not status then
 else
   local prio, task, attempt = tonumber(h[2]), h[3], tonumber(h[4])
   if status == 'queued' then
-    redis.call('LREM', P .. 'ready:' .. PRIO[prio + 1], 1, id)
+    unqueue(prio + 1, task, id)
     finish(id, 'cancelled', prio, ttl, {}, false)
     emit('cancelled', id, task, prio, 'cancelled', attempt, '')
     code = 'cancelled'

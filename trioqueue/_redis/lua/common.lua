@@ -33,12 +33,58 @@ local function corrupt(id, name, v)
     (v and cjson.encode(v) or 'missing') .. ', not what trioqueue writes'
 end
 
+-- A queued job that a node took from its ready list but cannot run (its task is not
+-- registered there) waits in `park:<p>:<task>` (p: 1 high, 2 medium, 3 low), oldest
+-- first, named in the set `parked` as '<p>:<task>' while that list holds any, so that
+-- the jobs behind it flow on.  A parked job counts as queued in its priority, and a node
+-- that has its task takes it before the ready list of that priority.
+-- parked(): {{p, task, key, member}, ...}, read once per script until it changes.
+local parked_now = nil
+local function parked()
+  if not parked_now then
+    parked_now = {}
+    for _, m in ipairs(redis.call('SMEMBERS', P .. 'parked')) do
+      parked_now[#parked_now + 1] = {tonumber(string.sub(m, 1, 1)), string.sub(m, 3),
+        P .. 'park:' .. m, m}
+    end
+  end
+  return parked_now
+end
+
+local function park(p, task, id)
+  local m = int(p) .. ':' .. task
+  redis.call('RPUSH', P .. 'park:' .. m, id)
+  if redis.call('SADD', P .. 'parked', m) > 0 then parked_now = nil end
+end
+
+-- A parked list emptied: no longer named.
+local function unpark(m)
+  redis.call('SREM', P .. 'parked', m)
+  parked_now = nil
+end
+
+-- Takes a queued id out of its priority's ready list or, failing that, out of its parked
+-- list; p is 1-3.
+local function unqueue(p, task, id)
+  if redis.call('LREM', P .. 'ready:' .. PRIO[p], 1, id) > 0 or not task then return end
+  local m = int(p) .. ':' .. task
+  local key = P .. 'park:' .. m
+  if redis.call('LREM', key, 1, id) > 0 and redis.call('LLEN', key) == 0 then unpark(m) end
+end
+
+-- Queued jobs per priority: its ready list and its parked lists.
+local function queued_lengths()
+  local q = {}
+  for p = 1, 3 do q[p] = redis.call('LLEN', P .. 'ready:' .. PRIO[p]) end
+  for _, k in ipairs(parked()) do q[k[1]] = q[k[1]] + redis.call('LLEN', k[3]) end
+  return q
+end
+
 -- The queue's counts: {queued high, medium, low, scheduled, processing, {stats...},
 -- {room...}, {node, info JSON, ...}}, the nodes being those whose last heartbeat is at
 -- most age ms old (none for 0).  counts.lua's reply, and part of find.lua's.
 local function counts_reply(age)
-  local q = {}
-  for p = 1, 3 do q[p] = redis.call('LLEN', P .. 'ready:' .. PRIO[p]) end
+  local q = queued_lengths()
   local nodes = {}
   if age > 0 then
     local live = redis.call('ZRANGEBYSCORE', P .. 'beats', now_ms - age, '+inf')
@@ -170,16 +216,17 @@ local function split(s)
   return out
 end
 
--- The room a node's enqueue_nowait checks, after this call: per priority the ready list's
--- length plus its blocked due jobs, then the delayed jobs waiting, then the last event
+-- The room a node's enqueue_nowait checks, after this call: per priority its queued jobs
+-- plus its blocked due jobs, then the delayed jobs waiting, then the last event
 -- number (the view's version: a node keeps the view of the highest one).  Call it after
 -- flush().
 local function room_view()
   local room = redis.call('HMGET', P .. 'room', 'blocked:high', 'blocked:medium',
     'blocked:low', 'delayed:high', 'delayed:medium', 'delayed:low')
   local v = {}
+  local q = queued_lengths()
   for p = 1, 3 do
-    v[p] = redis.call('LLEN', P .. 'ready:' .. PRIO[p]) + (tonumber(room[p]) or 0)
+    v[p] = q[p] + (tonumber(room[p]) or 0)
     v[p + 3] = tonumber(room[p + 3]) or 0
   end
   v[7] = tonumber(redis.call('HGET', P .. 'stats', 'seq') or '0')

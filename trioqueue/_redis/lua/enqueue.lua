@@ -82,10 +82,12 @@ end
 -- Room per priority: the ready list's bound, less the due jobs promote could not move yet
 -- (they go first); delayed jobs have their own bound, like the engine's.
 local room, droom = {}, {}
+local queued = nil
 for p = 1, 3 do
   if need[p] > 0 then
     local blocked = tonumber(redis.call('HGET', P .. 'room', 'blocked:' .. PRIO[p]) or '0')
-    room[p] = capacity - redis.call('LLEN', P .. 'ready:' .. PRIO[p]) - blocked
+    queued = queued or queued_lengths()
+    room[p] = capacity - queued[p] - blocked
   end
   if dneed[p] > 0 then
     droom[p] = capacity - tonumber(redis.call('HGET', P .. 'room', 'delayed:' .. PRIO[p]) or '0')

@@ -150,8 +150,32 @@ if hit then
 else
   local ids = {}
   if want > 0 then
-    local len = {}
+    -- len[p]: the jobs of priority p this node may take: its ready list, and the parked
+    -- lists of tasks this node has (taken first: their jobs are older).
+    local len, mine = {}, {{}, {}, {}}
     for p = 1, 3 do len[p] = redis.call('LLEN', P .. 'ready:' .. PRIO[p]) end
+    for _, k in ipairs(parked()) do
+      if not known or known[k[2]] then
+        local n = redis.call('LLEN', k[3])
+        local pl = mine[k[1]]
+        pl[#pl + 1] = {key = k[3], member = k[4], n = n}
+        len[k[1]] = len[k[1]] + n
+      end
+    end
+    -- The next id of priority p for this node (false: none after all).
+    local function pop(p)
+      local pl = mine[p]
+      local k = pl[#pl]
+      len[p] = len[p] - 1
+      if not k then return redis.call('LPOP', P .. 'ready:' .. PRIO[p]) end
+      k.n = k.n - 1
+      if k.n <= 0 then
+        pl[#pl] = nil
+        unpark(k.member)
+      end
+      return redis.call('LPOP', k.key)
+    end
+    local n_parked = 0
     local raw = redis.call('HMGET', P .. 'swrr', 'high', 'medium', 'low')
     local credit = {tonumber(raw[1]) or 0, tonumber(raw[2]) or 0, tonumber(raw[3]) or 0}
     local before = {credit[1], credit[2], credit[3]}
@@ -185,12 +209,11 @@ else
         credit[best] = credit[best] - total
       end
       -- Take the first id of that list that is still QUEUED (others are left-overs).
-      local list = P .. 'ready:' .. PRIO[best]
       local id, r = nil, nil
       while len[best] > 0 do
-        local cand = redis.call('LPOP', list)
-        len[best] = len[best] - 1
+        local cand = pop(best)
         if not cand then
+          -- (The lengths above are exact within this script: not reached.)
           len[best] = 0
         else
           r = record(cand)
@@ -205,11 +228,10 @@ else
                 {'error', bad})
               r = nil
             elseif known and not known[r[2]] then
-              -- A task this node cannot run: it stays first in line for a node that
-              -- can, and this node takes nothing more from that priority in this call.
-              redis.call('LPUSH', list, cand)
-              len[best] = 0
-              break
+              -- A task this node cannot run: parked for a node that can (woken for it),
+              -- while this one goes on with the jobs behind it.
+              park(best, r[2], cand)
+              n_parked = n_parked + 1
             else
               id = cand
               break
@@ -236,6 +258,7 @@ else
       end
     end
     if #leased > 0 then redis.call('ZADD', P .. 'leases', unpack(leased)) end
+    n_woken = n_woken + n_parked
     if credit[1] ~= before[1] or credit[2] ~= before[2] or credit[3] ~= before[3] then
       redis.call('HSET', P .. 'swrr', 'high', credit[1], 'medium', credit[2], 'low', credit[3])
     end

@@ -3,8 +3,9 @@
 --   budget (index entries examined at most).
 -- Reply: {{record, ...}, next id or false}.  Order: no status -> by creation (idx:all);
 --   completed/failed/cancelled -> by finish time (idx:<status>); queued, scheduled,
---   processing -> by creation, from the ready lists, `sched` and `leases`.  `next` is the
---   `before` of the following page; a page can be short when the budget ran out first.
+--   processing -> by creation, from the ready and parked lists, `sched` and `leases`.
+--   `next` is the `before` of the following page; a page can be short when the budget ran
+--   out first.
 local status, task, limit, before = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local budget = tonumber(ARGV[5])
 local out = {}
@@ -15,6 +16,11 @@ if status == 'queued' or status == 'scheduled' or status == 'processing' then
     for p = 1, 3 do
       for _, id in ipairs(redis.call('LRANGE', P .. 'ready:' .. PRIO[p], 0, budget - 1)) do
         ids[#ids + 1] = id
+      end
+    end
+    for _, k in ipairs(parked()) do
+      if task == '' or k[2] == task then
+        for _, id in ipairs(redis.call('LRANGE', k[3], 0, budget - 1)) do ids[#ids + 1] = id end
       end
     end
   else

@@ -9,6 +9,7 @@ local capacity = tonumber(ARGV[2])
 local max_n = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
 local room = {}
+local queued = nil
 local blocked = {0, 0, 0}
 local moved = {{}, {}, {}}
 local promoted = 0
@@ -30,7 +31,8 @@ for _, id in ipairs(due) do
   else
     local p = tonumber(h[2]) + 1
     if not room[p] then
-      room[p] = capacity - redis.call('LLEN', P .. 'ready:' .. PRIO[p])
+      queued = queued or queued_lengths()
+      room[p] = capacity - queued[p]
     end
     if room[p] > 0 then
       room[p] = room[p] - 1
