@@ -254,3 +254,30 @@ async def test_a_scheduled_record_whose_priority_was_edited_ends_failed_when_due
         assert (counts.scheduled, counts.queued[1], counts.total("failed")) == (0, 2, 1)
         claimed = (await state.finish_and_claim("node-a", [], 3, 30.0)).claimed
         assert [sj.job.id for sj in claimed] == ["a", "c"]
+
+
+async def test_cancel_and_retry_of_a_record_whose_priority_was_edited_name_it(
+    queue_name: str,
+) -> None:
+    """``cancel`` and ``retry`` compute with a record's priority: one that is not 0-2 made
+    them fail with a Lua error naming a line of the script (a 500 with that text over
+    HTTP).  They raise ``StoreError`` naming the job and the field, and change nothing."""
+    job_key = f"tq:{{{queue_name}}}:job:"
+    with trio.fail_after(20):
+        async with admin() as redis, trioqueue.open_queue(
+                registry(), config(queue_name, workers=0)) as q:
+            await q.enqueue("echo", 1, job_id="queued")
+            await q.enqueue("echo", 2, job_id="later", delay=60)
+            await q.enqueue("echo", 3, job_id="done")
+            await q.cancel("done")
+            for job_id in ("queued", "later", "done"):
+                await redis.hset(job_key + job_id, {"prio": "urgent"})
+            before = {job_id: await redis.hgetall(job_key + job_id)
+                      for job_id in ("queued", "later", "done")}
+            for call, job_id in ((q.cancel, "queued"), (q.cancel, "later"),
+                                 (q.retry, "done")):
+                with pytest.raises(StoreError) as err:
+                    await call(job_id)
+                assert str(err.value) == (f"redis: CorruptRecord: job {job_id!r}: prio: "
+                                          "\"urgent\", not what trioqueue writes")
+                assert await redis.hgetall(job_key + job_id) == before[job_id]

@@ -347,11 +347,14 @@ class RedisState:
         """Cancel a QUEUED or SCHEDULED job now (``"cancelled"``), or ask the node running
         a PROCESSING one to stop it (``"requested"``: a ``cancel_requested`` event).
 
-        Raises :class:`JobNotFound`, or :class:`InvalidTransition` for a finished job.
+        Raises :class:`JobNotFound`, :class:`InvalidTransition` for a finished job, or
+        :class:`CorruptRecord` for a record that cannot be read (nothing changed).
         """
         check_job_id(job_id)
         code, rec = await self.run_script(
             "cancel", [self.request_id(), self._maxlen, self._ttl_ms, job_id])
+        if code == "corrupt":
+            raise CorruptRecord(rec)
         if code == "missing" or rec[0] is None:
             raise JobNotFound(f"job {job_id!r} not found")
         stored = stored_job(rec)
@@ -363,10 +366,13 @@ class RedisState:
 
     async def retry(self, job_id: str) -> Job:
         """FAILED or CANCELLED -> QUEUED with attempts reset to 0, if its priority has
-        room (else :class:`QueueFull`)."""
+        room (else :class:`QueueFull`; :class:`CorruptRecord` for a record that cannot be
+        read: nothing changed)."""
         check_job_id(job_id)
         code, rec = await self.run_script(
             "retry", [self.request_id(), self._maxlen, self.capacity, job_id])
+        if code == "corrupt":
+            raise CorruptRecord(rec)
         if code == "missing" or rec[0] is None:
             raise JobNotFound(f"job {job_id!r} not found")
         job = stored_job(rec).job

@@ -451,7 +451,10 @@ class RedisBackend(NodeIntake):
     async def cancel(self, job_id: str) -> JobRecord:
         await self._written(job_id)
         state = self.state
-        code, sj = await state.cancel(job_id)
+        try:
+            code, sj = await state.cancel(job_id)
+        except CorruptRecord as exc:
+            raise StoreError(f"redis: {exc}") from None
         self._refresh(await state.counts(self._lease))
         if code == "requested":
             held = self._held.get(job_id)
@@ -469,6 +472,8 @@ class RedisBackend(NodeIntake):
                 return rec
             except QueueFull:
                 pass
+            except CorruptRecord as exc:
+                raise StoreError(f"redis: {exc}") from None
             await trio.sleep(delay)
             delay = min(delay * 2, RETRY_BACKOFF[1])
             self.check_intake()

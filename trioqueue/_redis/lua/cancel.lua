@@ -3,7 +3,9 @@
 -- `node:<owner>:cancel` list (kept 60 s), which that node BLPOPs (it acks `cancelled`).
 -- ARGV: rid, events maxlen, result ttl ms, id.
 -- Reply: {code, record}: cancelled, requested (already requested: the same), missing,
---   finished (already COMPLETED, FAILED or CANCELLED: nothing changed).
+--   finished (already COMPLETED, FAILED or CANCELLED: nothing changed); or {'corrupt',
+--   error}: a live record whose priority or attempts are not what trioqueue writes
+--   (edited by something else): nothing changed.
 local rid, maxlen, ttl, id = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local hit = cached(rid)
 if hit then return {hit, record(id)} end
@@ -13,6 +15,10 @@ local status = h[1]
 local code
 if not status then
   code = 'missing'
+elseif status ~= 'completed' and status ~= 'failed' and status ~= 'cancelled' and
+    not (PRIO_OF[h[2]] and tonumber(h[4])) then
+  return {'corrupt', corrupt(id, PRIO_OF[h[2]] and 'attempts' or 'prio',
+    PRIO_OF[h[2]] and h[4] or h[2])}
 else
   local prio, task, attempt = tonumber(h[2]), h[3], tonumber(h[4])
   if status == 'queued' then

@@ -1,7 +1,8 @@
 -- retry(id): FAILED or CANCELLED -> QUEUED at the back of its priority with a fresh set of
 -- attempts, if the ready list has room.
 -- ARGV: rid, events maxlen, capacity, id.
--- Reply: {code, record}: requeued, full, missing, invalid (any other status).
+-- Reply: {code, record}: requeued, full, missing, invalid (any other status); or
+--   {'corrupt', error}: its priority is not what trioqueue writes: nothing changed.
 local rid, maxlen, capacity, id = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local hit = cached(rid)
 if hit then return {hit, record(id)} end
@@ -13,6 +14,8 @@ if not status then
   code = 'missing'
 elseif status ~= 'failed' and status ~= 'cancelled' then
   code = 'invalid'
+elseif not PRIO_OF[h[2]] then
+  return {'corrupt', corrupt(id, 'prio', h[2])}
 else
   local prio, task = tonumber(h[2]), h[3]
   local list = P .. 'ready:' .. PRIO[prio + 1]
