@@ -202,10 +202,10 @@ class RedisState:
         each claimed job gets fence+1, attempts+1, PROCESSING, a lease of ``lease``
         seconds on Redis' clock and a ``started`` event, in the same script.
 
-        ``tasks``: the task names this node can run.  A job of another task stays first in
-        its priority for a node that can run it, and this call takes nothing more from
-        that priority (a node lacking a task holds back that priority for itself only;
-        fairness is exact when every node knows every task).
+        ``tasks``: the task names this node can run (``None``: any).  A job of another
+        task is parked, still QUEUED, in ``park:<p>:<task>`` for a node that can run it,
+        and the claim goes on behind it; parked jobs of these tasks are taken before their
+        priority's ready list (fairness is exact when every node knows every task).
         """
         results, claimed, view = await self._finish_and_claim_raw(node, outcomes, n, lease,
                                                                   tasks)
