@@ -1129,6 +1129,26 @@ async def test_a_node_parks_the_jobs_of_tasks_it_lacks_and_takes_the_rest(env: E
     assert (await s.get("x1")).job.attempts == 1  # type: ignore[union-attr]
 
 
+async def test_a_claim_parks_at_most_128_jobs_and_leaves_wake_tokens_for_the_rest(
+    env: Env,
+) -> None:
+    """A long run of jobs a node cannot take is moved a bounded part per call (one
+    script call holds Redis), and the call leaves wake tokens so the node comes back."""
+    s = env.state()
+    await s.enqueue([NewJob.build(f"x{i:03d}", "other", None) for i in range(300)])
+    await s.enqueue([NewJob.build("y", "mine", None)])
+    await env.admin.delete([env.key("wake")])
+    for parked in (128, 256):
+        assert (await s.finish_and_claim("a", [], 1, 30, tasks={"mine"})).claimed == []
+        assert await env.admin.llen(env.key("park:2:other")) == parked
+        assert await env.admin.llen(env.key("wake")) == 64
+    fc = await s.finish_and_claim("a", [], 1, 30, tasks={"mine"})
+    assert [c.job.id for c in fc.claimed] == ["y"]
+    assert await env.admin.lrange(env.key("park:2:other"), 0, -1) == [
+        f"x{i:03d}" for i in range(300)]
+    assert (await s.counts()).queued == (0, 300, 0)
+
+
 async def test_a_parked_job_can_be_cancelled_and_its_list_goes(env: Env) -> None:
     s = env.state()
     await s.enqueue([NewJob.build("x", "other", None, priority=L)])

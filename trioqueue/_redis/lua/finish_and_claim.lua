@@ -175,13 +175,17 @@ else
       end
       return redis.call('LPOP', k.key)
     end
+    -- At most PARK_MAX jobs parked a call, so that one call meeting a long run of jobs it
+    -- cannot take does not hold Redis while it moves them all: the call ends there, and
+    -- the wake tokens left for those jobs bring this node back for the rest.
+    local PARK_MAX = 128
     local n_parked = 0
     local raw = redis.call('HMGET', P .. 'swrr', 'high', 'medium', 'low')
     local credit = {tonumber(raw[1]) or 0, tonumber(raw[2]) or 0, tonumber(raw[3]) or 0}
     local before = {credit[1], credit[2], credit[3]}
     local deadline = int(now_ms + lease)
     local leased = {} -- {deadline, id, ...}: one ZADD
-    while #ids < want do
+    while #ids < want and n_parked < PARK_MAX do
       -- One smooth weighted round robin step, as trioqueue/_fairness.py: every priority
       -- with work earns its weight, the richest (ties: more urgent) pays the total back;
       -- a priority without work has its credit cleared; a lone priority clears them all.
@@ -210,7 +214,7 @@ else
       end
       -- Take the first id of that list that is still QUEUED (others are left-overs).
       local id, r = nil, nil
-      while len[best] > 0 do
+      while len[best] > 0 and n_parked < PARK_MAX do
         local cand = pop(best)
         if not cand then
           -- (The lengths above are exact within this script: not reached.)
