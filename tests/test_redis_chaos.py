@@ -378,6 +378,14 @@ async def kill_node_connections(state: RedisState) -> int:
     return killed
 
 
+async def every_node_connected(state: RedisState) -> bool | None:
+    """True once every live node of the queue has a connection to Redis."""
+    names = {f"trioqueue:{n.node}" for n in await state.nodes()}
+    async with admin() as a:
+        have = {dict(c).get("name") for c in await a.client_list()}
+    return True if names <= have else None
+
+
 async def test_nodes_recover_when_every_connection_is_killed(tmp_path: Path) -> None:
     """Two nodes (lease 2 s) run 150 short jobs; three times mid-run, and six times while
     both are idle in their blocking wait, every connection of both is killed.  The nodes
@@ -397,6 +405,9 @@ async def test_nodes_recover_when_every_connection_is_killed(tmp_path: Path) -> 
         await state.enqueue([NewJob.build(j, "record", {"sleep": 0.005}) for j in ids])
         for done in (30, 70, 110):
             await completed_at_least(state, done)
+            # (Each node back from the last kill first: on a busy machine one may still be
+            # reconnecting when the other has run 40 more jobs.)
+            await until(lambda: every_node_connected(state))
             assert await kill_node_connections(state) >= 2
         await all_finished(state, ids)
         # Idle: both blocked in BLPOP.  Kill them there (they wait there again), then give
