@@ -1149,6 +1149,20 @@ async def test_a_claim_parks_at_most_128_jobs_and_leaves_wake_tokens_for_the_res
     assert (await s.counts()).queued == (0, 300, 0)
 
 
+async def test_parked_jobs_count_against_the_capacity(env: Env) -> None:
+    s = env.state(capacity=2)
+    await s.enqueue([NewJob.build("x", "other", None), NewJob.build("f", "mine", None)])
+    fc = await s.finish_and_claim("a", [], 1, 30, tasks={"mine"})
+    assert [c.job.id for c in fc.claimed] == ["f"]  # x parked on the way
+    await s.finish_and_claim("a", [Outcome.failed("f", fc.claimed[0].fence, "E")], 0, 30)
+    (adm,) = await s.enqueue([NewJob.build("y", "mine", None)])
+    assert adm.code is Admission.ACCEPTED  # x and y: the priority is full
+    (adm,) = await s.enqueue([NewJob.build("z", "mine", None)])
+    assert adm.code is Admission.FULL
+    with pytest.raises(QueueFull):
+        await s.retry("f")
+
+
 async def test_a_parked_job_can_be_cancelled_and_its_list_goes(env: Env) -> None:
     s = env.state()
     await s.enqueue([NewJob.build("x", "other", None, priority=L)])
