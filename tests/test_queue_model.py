@@ -30,7 +30,6 @@ unknown until a worker finds nothing to do, which clears it.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import tempfile
 import threading
@@ -696,15 +695,11 @@ async def _metrics_and_runs(
     return q.metrics(), dict(queue.invocations)
 
 
-# Half as many runs in CI, whose profile is derandomized (the same runs every time) and
-# whose whole suite must stay within 6 minutes; a local run explores the full count, new
-# runs each time.
-_SHARE = 0.5 if os.environ.get("CI") else 1.0
 QueueMachine.TestCase.settings = settings(
-    settings.default, max_examples=int(150 * _SHARE), stateful_step_count=30
+    settings.default, max_examples=150, stateful_step_count=30
 )
 StoreMachine.TestCase.settings = settings(
-    settings.default, max_examples=int(100 * _SHARE), stateful_step_count=30
+    settings.default, max_examples=100, stateful_step_count=30
 )
 TestMemoryQueueAgreesWithTheModel = QueueMachine.TestCase
 TestStoreQueueAgreesWithTheModel = StoreMachine.TestCase
