@@ -545,3 +545,48 @@ async def test_a_job_of_a_task_no_node_has_holds_back_nothing_behind_it(
         JobStatus.COMPLETED, "resized", 1)
     assert new.runs == Counter()
     assert sorted(old.runs.values()) == [1] * 20
+
+
+async def test_a_task_whose_line_on_the_node_is_full_holds_back_nothing_behind_it(
+    queue_name: str,
+) -> None:
+    """A node holds about ``capacity`` claimed jobs of one task waiting for its
+    ``concurrency`` (a claim call may take more than the room left); once its line is
+    full it claims no more of that task, and the jobs of other tasks behind them in their
+    priority still run (the limited task's jobs there are parked, still queued, and run
+    later, each once)."""
+    reg = TaskRegistry()
+    runs: Counter[str] = Counter()
+    go = trio.Event()
+
+    @reg.task(concurrency=1)
+    async def limited(job: Job) -> None:
+        runs[job.id] += 1
+        await go.wait()
+
+    @reg.task
+    async def quick(job: Job) -> int:
+        runs[job.id] += 1
+        return int(job.payload)
+
+    with trio.fail_after(20):
+        async with trioqueue.open_queue(reg, config(queue_name, workers=8, capacity=4)) as q:
+            limited_ids: list[str] = []
+            for _ in range(2):  # one running and seven waiting: more than its line holds
+                limited_ids += [(await q.enqueue("limited", i)).id for i in range(4)]
+                while len(await q.list_jobs("processing")) < len(limited_ids):  # noqa: ASYNC110
+                    await trio.sleep(0.01)  # (claimed: Redis says so, no local event)
+            left = [(await q.enqueue("limited", i)).id for i in range(3)]
+            quick_ids: list[str] = []
+            while len(quick_ids) < 4:  # (the three left take three places of four)
+                try:
+                    quick_ids.append((await q.enqueue("quick", len(quick_ids))).id)
+                except trioqueue.QueueFull:
+                    await trio.sleep(0.01)
+            done = await q.wait_many(quick_ids)
+            assert [d.result for d in done] == [0, 1, 2, 3]
+            assert {j.id for j in await q.list_jobs("queued")} == set(left)
+            go.set()
+            finished = await q.wait_many(limited_ids + left)
+    assert [f.status for f in finished] == [JobStatus.COMPLETED] * 11
+    assert sorted(runs.values()) == [1] * 15
