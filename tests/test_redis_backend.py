@@ -518,7 +518,7 @@ async def test_an_unreachable_redis_fails_open_naming_it(queue_name: str) -> Non
 
 
 async def test_a_job_of_a_task_no_node_has_holds_back_nothing_behind_it(
-    queue_name: str,
+    queue_name: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A job whose task no running node has (a renamed task, a release rolled back) waits,
     still queued, for a node that has it, while the jobs behind it in its
@@ -545,6 +545,10 @@ async def test_a_job_of_a_task_no_node_has_holds_back_nothing_behind_it(
         JobStatus.COMPLETED, "resized", 1)
     assert new.runs == Counter()
     assert sorted(old.runs.values()) == [1] * 20
+    # The node that parked it says so, once.
+    assert [r.getMessage() for r in caplog.records if "wait, queued" in r.getMessage()] == [
+        "trioqueue: jobs of task 'resize' wait, queued, for a node that has it: it is not "
+        "registered on this node"]
 
 
 async def test_a_task_whose_line_on_the_node_is_full_holds_back_nothing_behind_it(

@@ -1107,6 +1107,7 @@ async def test_a_node_parks_the_jobs_of_tasks_it_lacks_and_takes_the_rest(env: E
     fc = await s.finish_and_claim("a", [], 3, 30, tasks={"mine"})
     # "a" cannot run "other": x1 and x2 are parked, in order, and "a" takes what is behind.
     assert [c.job.id for c in fc.claimed] == ["y", "z"]
+    assert fc.parked == ["other"]
     assert await env.admin.lrange(env.key("ready:high"), 0, -1) == []
     assert await env.admin.lrange(env.key("park:1:other"), 0, -1) == ["x1", "x2"]
     assert await env.admin.smembers(env.key("parked")) == {"1:other"}

@@ -79,6 +79,7 @@ class NodeCore(EventsReader):
     _limits: dict[str, int]
     _running_task: dict[str, int]
     _parked: dict[str, deque[JobRecord]]
+    _parked_said: dict[str, float]
     _counts_seq: int
     _held_at_refresh: int
 
@@ -153,8 +154,9 @@ class NodeCore(EventsReader):
                 if n and not second and self._prefetch:
                     self._kick.set()  # the second fetcher may add a call behind this one
                 try:
-                    results, claimed, view, unreadable = await state.finish_and_claim_parts(
-                        self.node, outcomes, n, self._lease, claimable)
+                    results, claimed, view, unreadable, parked = (
+                        await state.finish_and_claim_parts(
+                            self.node, outcomes, n, self._lease, claimable))
                 except RedisUnavailable as exc:
                     self._pending[:0] = outcomes
                     if stopping:
@@ -175,6 +177,8 @@ class NodeCore(EventsReader):
                     claimed = []
                 if unreadable:
                     self._fail_unreadable(unreadable)
+                if parked:
+                    self._log_parked(parked, tasks)
                 for parts in claimed:
                     rec = self._record(parts)
                     held[rec.id] = (rec, parts[16])
@@ -315,6 +319,18 @@ class NodeCore(EventsReader):
     def _started(self, rec: JobRecord) -> bool:
         parked = self._parked.get(rec.task)
         return rec not in self._buffer and not (parked and rec in parked)
+
+    def _log_parked(self, parked: list[str], tasks: list[str]) -> None:
+        """Say (once a minute per task) that jobs of a task this node does not have were
+        set aside for a node that has it; a task at its ``concurrency`` bound here is
+        parked as a matter of course, unsaid."""
+        now = self._clock.current_time()
+        for task in parked:
+            if task in tasks or now < self._parked_said.get(task, -math.inf) + 60.0:
+                continue
+            self._parked_said[task] = now
+            log.warning("trioqueue: jobs of task %r wait, queued, for a node that has it: "
+                        "it is not registered on this node", task)
 
     def _fail_unreadable(self, unreadable: list[Unreadable]) -> None:
         """Claimed records that cannot be read (written by something other than

@@ -207,10 +207,10 @@ class RedisState:
         and the claim goes on behind it; parked jobs of these tasks are taken before their
         priority's ready list (fairness is exact when every node knows every task).
         """
-        results, claimed, view = await self._finish_and_claim_raw(node, outcomes, n, lease,
-                                                                  tasks)
+        results, claimed, view, parked = await self._finish_and_claim_raw(
+            node, outcomes, n, lease, tasks)
         return FinishClaim(list(results), [stored_job(r) for r in claimed],
-                           RoomView.parse(view))
+                           RoomView.parse(view), list(parked))
 
     async def finish_and_claim_parts(
         self,
@@ -219,15 +219,15 @@ class RedisState:
         n: int,
         lease: float,
         tasks: Collection[str] | None = None,
-    ) -> tuple[list[str], list[RecordParts], RoomView | None, list[Unreadable]]:
+    ) -> tuple[list[str], list[RecordParts], RoomView | None, list[Unreadable], list[str]]:
         """:meth:`finish_and_claim`, with the claimed records as :func:`record_parts`
         (the node builds its own records from them: no job object in between), and
         apart the claimed records that cannot be read (:class:`Unreadable`: claimed all
-        the same, leased to ``node``)."""
+        the same, leased to ``node``); last, the tasks of the jobs it parked."""
         got = await self._finish_and_claim_raw(node, outcomes, n, lease, tasks)
-        results, claimed, view = got
+        results, claimed, view, parked = got
         parts, unreadable = claimed_parts(claimed)
-        return list(results), parts, RoomView.parse(view), unreadable
+        return list(results), parts, RoomView.parse(view), unreadable, list(parked)
 
     async def _finish_and_claim_raw(
         self,

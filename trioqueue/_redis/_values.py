@@ -244,6 +244,8 @@ class FinishClaim:
     """The jobs now PROCESSING under this node, in claim (fairness) order."""
     view: RoomView | None = None
     """The room after the call (for a node's ``enqueue_nowait``)."""
+    parked: list[str] = attrs.field(factory=list)
+    """The tasks (not in the call's ``tasks``) of which this call parked jobs."""
 
 
 @attrs.frozen

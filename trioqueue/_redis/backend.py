@@ -158,6 +158,8 @@ class RedisBackend(NodeIntake):
                         if (spec := registry.get(name)).concurrency is not None}
         self._running_task: dict[str, int] = {}
         self._parked: dict[str, deque[JobRecord]] = {}
+        self._parked_said: dict[str, float] = {}
+        """Task -> when this node last said it parked jobs of it (a task it lacks)."""
         self._worker_of: dict[str, int] = {}
         """Job id -> the worker running it here (its events name it)."""
         self._started_events: dict[str, StreamEvent] = {}

@@ -7,7 +7,8 @@
 --   released (back to the front of its ready list, the attempt stays counted),
 --   progress (value: {"fraction", "note"} JSON; the job stays PROCESSING: its record's
 --   progress field is set and a progress event written).
--- Reply: {{result per outcome}, {claimed record, ...}, room view (common.lua)}.  A result is 'ok' (applied, or
+-- Reply: {{result per outcome}, {claimed record, ...}, room view (common.lua), {task, ...}:
+--   the tasks of the jobs this call parked (not in `tasks`), each once}.  A result is 'ok' (applied, or
 --   applied already by an earlier send of the same outcome), 'stale' (the job's fence or
 --   owner moved on: this node no longer holds it; nothing changed) or 'cancelled' (a
 --   retry or release of a job whose cancellation was requested: it was cancelled instead).
@@ -140,6 +141,7 @@ end
 if #left > 0 then redis.call('ZREM', P .. 'leases', unpack(left)) end
 
 local claimed = {}
+local parked_tasks, parked_seen = {}, {}
 local hit = cached(rid)
 if hit then
   -- Re-sent: hand back what the first send claimed (still ours), claim nothing more.
@@ -236,6 +238,10 @@ else
               -- while this one goes on with the jobs behind it.
               park(best, r[2], cand)
               n_parked = n_parked + 1
+              if not parked_seen[r[2]] then
+                parked_seen[r[2]] = true
+                parked_tasks[#parked_tasks + 1] = r[2]
+              end
             else
               id = cand
               break
@@ -271,4 +277,4 @@ else
 end
 wake(n_woken)
 flush(maxlen)
-return {results, claimed, room_view()}
+return {results, claimed, room_view(), parked_tasks}
