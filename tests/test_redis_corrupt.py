@@ -281,3 +281,11 @@ async def test_cancel_and_retry_of_a_record_whose_priority_was_edited_name_it(
                 assert str(err.value) == (f"redis: CorruptRecord: job {job_id!r}: prio: "
                                           "\"urgent\", not what trioqueue writes")
                 assert await redis.hgetall(job_key + job_id) == before[job_id]
+            # A live record whose attempts are gone is named by that field.
+            await q.enqueue("echo", 4, job_id="bare")
+            await redis.hdel(job_key + "bare", ["attempts"])
+            with pytest.raises(StoreError) as err:
+                await q.cancel("bare")
+            assert str(err.value) == ("redis: CorruptRecord: job 'bare': attempts: missing, "
+                                      "not what trioqueue writes")
+            assert (await redis.hget(job_key + "bare", "status")) == "queued"

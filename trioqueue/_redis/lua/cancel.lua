@@ -17,8 +17,8 @@ if not status then
   code = 'missing'
 elseif status ~= 'completed' and status ~= 'failed' and status ~= 'cancelled' and
     not (PRIO_OF[h[2]] and tonumber(h[4])) then
-  return {'corrupt', corrupt(id, PRIO_OF[h[2]] and 'attempts' or 'prio',
-    PRIO_OF[h[2]] and h[4] or h[2])}
+  if not PRIO_OF[h[2]] then return {'corrupt', corrupt(id, 'prio', h[2])} end
+  return {'corrupt', corrupt(id, 'attempts', h[4])}
 else
   local prio, task, attempt = tonumber(h[2]), h[3], tonumber(h[4])
   if status == 'queued' then
