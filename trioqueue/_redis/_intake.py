@@ -87,7 +87,7 @@ class NodeIntake(NodeCore):
         except RedisRefused as exc:
             raise StoreError(f"{exc}; the job is not stored") from None
         except CorruptRecord as exc:  # the stored job of a repeated id cannot be read
-            raise StoreError(f"redis: {exc}") from None
+            raise exc.store_error() from None
         except RedisUnavailable as exc:
             raise StoreError(f"{exc}; the job was not confirmed and may have been "
                              "stored: enqueue it again with the same job_id") from None

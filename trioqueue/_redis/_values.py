@@ -19,7 +19,7 @@ from typing import Any, Literal, NamedTuple
 
 import attrs
 
-from .._exceptions import InvalidJob
+from .._exceptions import InvalidJob, StoreError
 from .._job import Job, JobStatus, Priority, check_job_id, check_json, clean_text
 
 MAX_BATCH = 1000
@@ -53,6 +53,10 @@ def check_name(field: str, value: object) -> str:
 
 class CorruptRecord(ValueError):
     """A record read from Redis does not have the shape trioqueue writes."""
+
+    def store_error(self) -> StoreError:
+        """What the queue's callers get for it: a :class:`StoreError` naming it."""
+        return StoreError(f"redis: {self}")
 
 
 # ---------------------------------------------------------------------------- values

@@ -405,7 +405,7 @@ class RedisBackend(NodeIntake):
             except RedisUnavailable as exc:
                 raise StoreError(str(exc)) from None
             except CorruptRecord as exc:
-                raise StoreError(f"redis: {exc}") from None
+                raise exc.store_error() from None
             self._refresh(counts)
             found = {job_id: None if sj is None else self._from_job(sj.job)
                      for job_id, sj in zip(ask, stored, strict=True)}
@@ -456,7 +456,7 @@ class RedisBackend(NodeIntake):
         try:
             code, sj = await state.cancel(job_id)
         except CorruptRecord as exc:
-            raise StoreError(f"redis: {exc}") from None
+            raise exc.store_error() from None
         self._refresh(await state.counts(self._lease))
         if code == "requested":
             held = self._held.get(job_id)
@@ -475,7 +475,7 @@ class RedisBackend(NodeIntake):
             except QueueFull:
                 pass
             except CorruptRecord as exc:
-                raise StoreError(f"redis: {exc}") from None
+                raise exc.store_error() from None
             await trio.sleep(delay)
             delay = min(delay * 2, RETRY_BACKOFF[1])
             self.check_intake()
