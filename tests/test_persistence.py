@@ -233,6 +233,113 @@ async def test_enqueue_nowait_of_a_job_that_left_memory_returns_the_stored_one(
         assert await q.get("kept") == done
 
 
+async def test_a_generated_id_given_back_finds_the_job_that_left_memory(
+    tmp_path: Path,
+) -> None:
+    """The store's generated ids are not kept in memory: a caller who gives one back
+    (``job_id=`` an id the queue made) has it looked up in the store, before and after a
+    reopen, by every way of enqueueing."""
+    from tests.test_server_app import call
+    from trioqueue.server import App
+
+    db = tmp_path / "q.db"
+    async with trioqueue.open_queue(registry, cfg(db, finished_cache=0)) as q:
+        done = await q.wait((await q.enqueue("echo", "body")).id)
+        await q.wait((await q.enqueue("echo", "next")).id)
+        with pytest.raises(trioqueue.JobNotFound):
+            q.get_nowait(done.id)  # left memory: only the store has it
+        assert q.enqueue_nowait("echo", "body", job_id=done.id) == done
+        with pytest.raises(trioqueue.DuplicateJob, match="different payload"):
+            q.enqueue_nowait("echo", "other", job_id=done.id)
+        assert await q.enqueue("echo", "body", job_id=done.id) == done
+        with pytest.raises(trioqueue.DuplicateJob, match="different task"):
+            await q.enqueue("boom", "body", job_id=done.id)
+        assert q.metrics().enqueued == 2
+    async with trioqueue.open_queue(registry, cfg(db, finished_cache=0)) as q:
+        assert q.enqueue_nowait("echo", "body", job_id=done.id) == done
+        with pytest.raises(trioqueue.DuplicateJob, match="different payload"):
+            await q.enqueue("echo", "other", job_id=done.id)
+        status, _, body = await call(App(q), "POST", "/jobs/batch", {"jobs": [
+            {"task": "echo", "payload": "body", "id": done.id}]})
+        assert (status, body["jobs"][0]["status"]) == (202, "completed")
+        status, _, body = await call(App(q), "POST", "/jobs/batch", {"jobs": [
+            {"task": "echo", "payload": "x", "id": done.id}]})
+        assert status == 409
+        assert q.metrics().enqueued == 0
+    assert on_disk(db, done.id) == ("completed", 1, None, '"body"', None)
+
+
+async def test_memory_keeps_only_the_ids_callers_chose_of_what_left_it(tmp_path: Path) -> None:
+    """With a store, the ids of finished jobs that left memory are kept (so that a
+    repeat finds its job without a read) only when a caller chose them in a shape of
+    its own: generated ids, however many, take no memory once their jobs leave it."""
+    db = tmp_path / "q.db"
+    chosen = {f"order-{i}" for i in range(5)} | {"x" * 32}
+    config = cfg(db, finished_cache=0, capacity=1000)
+    async with trioqueue.open_queue(registry, config) as q:
+        store = LocalBackend.of(q).store
+        assert store is not None
+        made = await q.enqueue_many("echo", list(range(300)))
+        for job_id in sorted(chosen):
+            await q.enqueue("echo", job_id, job_id=job_id)
+        await q.wait_many([j.id for j in made] + sorted(chosen))
+        assert store.stored_only == chosen
+    async with trioqueue.open_queue(registry, config) as q:
+        store = LocalBackend.of(q).store
+        assert store is not None
+        assert store.stored_only == chosen  # read back at open: the same ids, no others
+        assert q.enqueue_nowait("echo", "order-3", job_id="order-3").status is (
+            JobStatus.COMPLETED)
+
+
+async def test_a_given_id_that_leaves_memory_while_its_repeat_reads_the_store(
+    tmp_path: Path,
+) -> None:
+    """``await enqueue(job_id=...)`` reads the store before it admits; a job with that
+    id that is admitted, finishes and leaves memory meanwhile is still found (the
+    admission looks again, with no wait in between), for a generated id and for one of
+    the caller's own shape: never a second job under one id."""
+    db = tmp_path / "q.db"
+    async with trioqueue.open_queue(registry, cfg(db, finished_cache=0)) as q:
+        backend = LocalBackend.of(q)
+        given_back = (await q.enqueue("echo", "seed")).id
+        await q.wait(given_back)
+        with pytest.raises(trioqueue.JobNotFound):
+            q.get_nowait(given_back)
+        await q.flush()  # the seed's row is in the store
+        with sqlite3.connect(db) as conn:
+            conn.execute("DELETE FROM jobs WHERE id = ?", (given_back,))  # free again
+        for job_id in (given_back, "mine-1"):
+            reading = trio.Event()
+            go_on = trio.Event()
+            find = backend.find
+
+            async def slow_find(job_id: str, find: Any = find, reading: trio.Event = reading,
+                                go_on: trio.Event = go_on) -> Any:
+                found = await find(job_id)
+                reading.set()
+                await go_on.wait()
+                return found
+
+            got: list[trioqueue.Job] = []
+
+            async def repeat(job_id: str = job_id, got: list[trioqueue.Job] = got) -> None:
+                got.append(await q.enqueue("echo", "same", job_id=job_id))
+
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(backend, "find", slow_find)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(repeat)
+                    await reading.wait()
+                    first = await q.wait(q.enqueue_nowait("echo", "same", job_id=job_id).id)
+                    with pytest.raises(trioqueue.JobNotFound):
+                        q.get_nowait(job_id)  # finished and left memory
+                    go_on.set()
+            assert got == [first]
+            assert first.status is JobStatus.COMPLETED
+        assert q.metrics().enqueued == 3  # the seed and one job per id
+
+
 async def test_a_large_backlog_reopens_within_the_capacity_bound(tmp_path: Path) -> None:
     db = tmp_path / "q.db"
     n = 50_000  # 50x the capacity; memory must follow the capacity, not the backlog

@@ -17,7 +17,15 @@ from hypothesis import strategies as st
 
 import trioqueue
 from trioqueue import JobStatus
-from trioqueue.testing import EventKind, JobRecord, Persistence, SqliteStore, sqlite_store
+from trioqueue.testing import (
+    EventKind,
+    IdGenerator,
+    JobRecord,
+    Persistence,
+    SqliteStore,
+    generated_shape,
+    sqlite_store,
+)
 
 from .strategies import json_values
 
@@ -198,3 +206,39 @@ def test_large_statements_are_capped_and_rows_still_read_back(
             assert persistence.record(rows[rec.id]).snapshot() == rec.snapshot()
     finally:
         store.close()
+
+
+
+_ID_ALPHABET = "abcdef0123456789ABCXYZ_.:@-7"
+_ids = st.text(_ID_ALPHABET, min_size=1, max_size=40).filter(lambda s: s[0].isalnum())
+_shaped = st.builds(lambda a, b: a + "7" + b,  # 32 or 33 characters, '7' at index 12
+                    st.text(_ID_ALPHABET, min_size=12, max_size=12).filter(
+                        lambda s: s[0].isalnum()),
+                    st.text(_ID_ALPHABET, min_size=19, max_size=20))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(_ids, _shaped,
+                          st.integers(0, 2**48 - 1).map(lambda ms: IdGenerator().new(ms))),
+                min_size=1, max_size=40, unique=True))
+def test_the_store_reads_back_the_ids_of_other_shapes_than_the_generated(
+    ids: list[str],
+) -> None:
+    """What recovery keeps in memory (:meth:`SqliteStore.given_ids`, in SQL) and what the
+    queue keeps as jobs leave memory (:func:`generated_shape`, in Python) are the same
+    ids."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteStore.open(Path(tmp) / "q.db")
+        try:
+            store.write([(i, "echo", "null", 1, "completed", 1, 0, None, 1.0, None, 1.0,
+                          2.0, None, None, None, None) for i in ids])
+            assert sorted(store.given_ids()) == sorted(
+                i for i in ids if not generated_shape(i))
+        finally:
+            store.close()
+
+
+@given(st.integers(0, 2**48 - 2), st.integers(0, 2**32), st.integers(1, 5000))
+def test_every_generated_id_has_the_generated_shape(ms: int, seed: int, n: int) -> None:
+    ids = IdGenerator(seed=seed)
+    assert all(generated_shape(ids.new(ms)) for _ in range(n))

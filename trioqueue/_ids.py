@@ -53,5 +53,20 @@ class IdGenerator:
         return head + "000"
 
 
+def generated_shape(job_id: str) -> bool:
+    """Whether ``job_id`` has the shape of the ids :class:`IdGenerator` makes: 32
+    characters with the version digit ``7`` at index 12.  A caller may choose such an id
+    too (say, one the queue gave it earlier); with a store, a caller's id of this shape
+    is looked up in the store when memory lacks it, while ids of other shapes are kept
+    in the set of ids only the store holds (:attr:`Persistence.stored_only`), which
+    therefore never holds the generated ids of the history (docs/persistence.md).
+    :data:`GENERATED_SHAPE_SQL` is the same test in SQL; both must agree."""
+    return len(job_id) == 32 and job_id[12] == "7"
+
+
+GENERATED_SHAPE_SQL = "(length(id) = 32 AND substr(id, 13, 1) = '7')"
+""":func:`generated_shape` of the column ``id``, in SQLite."""
+
+
 new_id = IdGenerator().new
 """The process's id generator: ids of every queue in the process sort together."""

@@ -72,12 +72,18 @@ class Intake:
         created = now + self._wall
         # The id's millisecond is the job's creation time: one clock read for both
         # (floor, not int(): a call into C that CPython 3.11 makes faster than a type's).
-        job_id = new_id(_floor(created * 1000.0)) if job_id is None else check_job_id(job_id)
-        if delay:
-            return JobRecord(job_id, task, payload, payload_json, prio, SCHEDULED, retries,
-                             limit, created, created + delay, spec, now)
-        return JobRecord(job_id, task, payload, payload_json, prio, QUEUED, retries, limit,
-                         created, None, spec, now)
+        if job_id is None:
+            job_id = new_id(_floor(created * 1000.0))
+            if delay:
+                return JobRecord(job_id, task, payload, payload_json, prio, SCHEDULED,
+                                 retries, limit, created, created + delay, spec, now)
+            return JobRecord(job_id, task, payload, payload_json, prio, QUEUED, retries,
+                             limit, created, None, spec, now)
+        rec = JobRecord(check_job_id(job_id), task, payload, payload_json, prio,
+                        SCHEDULED if delay else QUEUED, retries, limit, created,
+                        created + delay if delay else None, spec, now)
+        rec.id_given = True
+        return rec
 
     def restamp(self, rec: JobRecord, delay: float) -> None:
         """Date a new record that had to wait for room as of now (its id stays)."""

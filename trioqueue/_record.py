@@ -63,6 +63,9 @@ class JobRecord:
     """Recovered after a crash: commit the next start before running the handler."""
     waiters: list[trio.Event] | None
     """Tasks in :meth:`JobQueue.wait` for this job, woken when it ends."""
+    id_given: bool
+    """The caller chose the id (``job_id=``): with a store, admission asks whether a
+    stored job holds it.  A generated id is new by construction and is not looked up."""
 
     def __init__(
         self,
@@ -105,6 +108,7 @@ class JobRecord:
         self.holds_delay_slot = False
         self.durable_start = False
         self.waiters = None
+        self.id_given = False
 
     @classmethod
     def restored(

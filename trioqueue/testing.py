@@ -15,7 +15,9 @@ from ._cli_client import table as table
 from ._fairness import FairPicker as FairPicker
 from ._gil import lowered_switch_interval as lowered_switch_interval
 from ._gil import run_in_thread as run_in_thread
+from ._ids import GENERATED_SHAPE_SQL as GENERATED_SHAPE_SQL
 from ._ids import IdGenerator as IdGenerator
+from ._ids import generated_shape as generated_shape
 from ._job import TERMINAL as TERMINAL
 from ._local import snapshot as snapshot
 from ._local.backend import LocalBackend as LocalBackend
@@ -92,6 +94,7 @@ __all__ = [
     "COUNTERS",
     "CSP",
     "ELLIPSIS",
+    "GENERATED_SHAPE_SQL",
     "HISTORY_FIELDS",
     "MOVES",
     "RECORD_FIELDS",
@@ -140,6 +143,7 @@ __all__ = [
     "engine",
     "fit",
     "flow",
+    "generated_shape",
     "h1",
     "host_name",
     "lean",

@@ -95,8 +95,9 @@ class LocalBackend:
         self.attempt_ended = self.ready.attempt_ended
         # The hot path: the parts' own methods.
         if store is not None:
-            # An id only the store holds: admit looks it up there (a fresh one costs a
-            # set lookup); finished jobs' ids go there as they leave memory.
+            # A caller's id that only the store may hold: admit looks it up there (a
+            # fresh one of another shape than the generated costs a set lookup);
+            # finished jobs' ids of such shapes go there as they leave memory.
             self.ready.beside_store(store.stored_only, store.lookup_now)
             self.table.left = store.stored_only
         self.admit = self.ready.admit

@@ -29,7 +29,6 @@ class BatchAdmission:
     and documents it)."""
 
     _jobs: dict[str, JobRecord]
-    stored_only: set[str]
     _stats: Stats
     _changes: Changes
     capacity: int
@@ -45,6 +44,7 @@ class BatchAdmission:
 
     if TYPE_CHECKING:
         def _stored(self, job_id: str) -> JobRecord | None: ...
+        def _maybe_stored(self, job_id: str) -> bool: ...
         def _admit_delayed(self, rec: JobRecord) -> JobRecord | None: ...
         def _waiting(self, p: int) -> int: ...
 
@@ -56,14 +56,13 @@ class BatchAdmission:
         and payload; the same id twice in ``recs`` gives the first one).  Raises
         :class:`DuplicateJob` (nothing admitted) for an id taken by another job."""
         jobs = self._jobs
-        stored_only = self.stored_only
         seen: dict[str, JobRecord] = {}
         new: list[bool] = []
         queued = [0, 0, 0]
         delayed = [0, 0, 0]
         for rec in recs:
             old = jobs.get(rec.id) or seen.get(rec.id)
-            if old is None and stored_only and rec.id in stored_only:
+            if old is None and rec.id_given and self._maybe_stored(rec.id):
                 old = self._stored(rec.id)
             if old is not None:
                 same_or_duplicate(old, rec)  # raises before anything is admitted

@@ -96,8 +96,9 @@ class StoreReads:
         return None if row is None else self.record(row)
 
     def lookup_now(self, job_id: str) -> JobRecord | None:
-        """:meth:`lookup` without waiting: a point read on the calling thread (for
-        ``enqueue_nowait`` of an id in :attr:`stored_only`, never for a fresh id)."""
+        """:meth:`lookup` without waiting: a point read on the calling thread (when a
+        caller's id is admitted that memory lacks and that is in :attr:`stored_only` or
+        has the generated shape; never for a generated id)."""
         rec = self._dirty.get(job_id)
         if rec is None and self._inflight is not None:
             rec = self._inflight.get(job_id) or self._writing.get(job_id)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 import trio
 
 from .._fairness import FairPicker
+from .._ids import generated_shape
 from .._job import JobStatus, Priority
 from .._record import JobRecord
 from .._state import EventKind, JobEvent, edge
@@ -86,9 +87,9 @@ class ReadyQueues(BatchAdmission):
         """Jobs per priority set aside by their task's gate: still QUEUED, still counted
         against the capacity and in the depths."""
         self.stored_only: set[str] = set()
-        """With a store: ids that may belong to a job only the store holds (its
-        :attr:`Persistence.stored_only`, given by :meth:`beside_store`); empty in memory
-        mode.  :meth:`admit` tests it once per job, after the index."""
+        """With a store: the ids, not of the generated shape, that may belong to a job
+        only the store holds (its :attr:`Persistence.stored_only`, given by
+        :meth:`beside_store`); empty in memory mode."""
         self._lookup_now: Callable[[str], JobRecord | None] | None = None
         self._full_at = [capacity, capacity, capacity]
         """The length of each ready queue at which :meth:`admit` finds no room: the
@@ -97,17 +98,25 @@ class ReadyQueues(BatchAdmission):
 
     def beside_store(self, stored_only: set[str],
                      lookup_now: Callable[[str], JobRecord | None]) -> None:
-        """A queue with a store: an id in ``stored_only`` and not in memory may belong to
-        a job only the store holds (a finished job that left memory, or any job stored
-        before this open); :meth:`admit` looks it up there first (``lookup_now``), and a
-        repeat of that job returns it (or raises :class:`DuplicateJob`) instead of
-        replacing it.  A fresh id costs one set lookup, never a read."""
+        """A queue with a store: a caller's id (``job_id=``) that memory lacks may belong
+        to a job only the store holds (a finished job that left memory, or any job
+        stored before this open).  Admission looks it up there (``lookup_now``) when
+        it is in ``stored_only`` or has the generated shape
+        (:func:`~trioqueue._ids.generated_shape`), and a repeat of that job returns it
+        (or raises :class:`DuplicateJob`) instead of replacing it.  A generated id is
+        never looked up (it is new by construction), and a caller's id of another shape
+        that is not in ``stored_only`` costs one set lookup, never a read."""
         self.stored_only = stored_only
         self._lookup_now = lookup_now
 
+    def _maybe_stored(self, job_id: str) -> bool:
+        """Whether a caller's id that memory lacks must be looked up in the store."""
+        return self._lookup_now is not None and (
+            job_id in self.stored_only or generated_shape(job_id))
+
     def _stored(self, job_id: str) -> JobRecord | None:
-        """The job only the store holds under ``job_id`` (in :attr:`stored_only`, not in
-        memory), or ``None``: then the id is free, and leaves :attr:`stored_only`."""
+        """The job only the store holds under ``job_id`` (not in memory), or ``None``:
+        then the id is free, and leaves :attr:`stored_only`."""
         assert self._lookup_now is not None
         stored = self._lookup_now(job_id)
         if stored is None:
@@ -135,7 +144,7 @@ class ReadyQueues(BatchAdmission):
         job_id = rec.id
         if job_id in jobs:
             return same_or_duplicate(jobs[job_id], rec)
-        if job_id in self.stored_only:  # maybe a job only the store holds (never fresh)
+        if rec.id_given and self._maybe_stored(job_id):
             stored = self._stored(job_id)
             if stored is not None:
                 return same_or_duplicate(stored, rec)

@@ -60,7 +60,7 @@ class Recovery:
     async def run(self) -> None:
         store, backend, ready = self._store, self._backend, self._ready
         db = store.store
-        store.stored_only.update(await store.read(db.ids))
+        store.stored_only.update(await store.read(db.given_ids))
         processing = await store.read(db.live, "processing")
         scheduled = await store.read(db.live, "scheduled")
         spans = [await store.read(db.queued_span, p) for p in range(3)]

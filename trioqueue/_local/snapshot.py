@@ -126,10 +126,13 @@ class Persistence(StoreReads):
         self._threads = lowered_switch_interval(config.switch_interval)
         """Around every read and write: the store's threads get the GIL from a busy loop."""
         self.stored_only: set[str] = set()
-        """Ids that may belong to a job held in the store but not in memory: every stored
-        id at open, and each finished job's as it leaves memory, less those pruned.  A
-        new job's id is looked up in the store only when it is in here, so an
-        ``enqueue_nowait`` of a fresh id never reads the store (about 100 bytes per id)."""
+        """Ids not of the generated shape (:func:`~trioqueue._ids.generated_shape`) that
+        may belong to a job held in the store but not in memory: every such stored id at
+        open, and each finished job's as it leaves memory, less those pruned.  A
+        caller's id is looked up in the store when it is in here or has the generated
+        shape, so an ``enqueue_nowait`` of a fresh id of another shape never reads the
+        store (about 100 bytes per id), and generated ids, never looked up, are not
+        kept."""
         self.commits = 0
         """Transactions committed so far (for benchmarks and metrics)."""
         self.rows_written = 0

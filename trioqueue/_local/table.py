@@ -41,7 +41,9 @@ class JobTable:
         self._wall = wall_offset
         self.left: set[str] | None = None
         """With a store: where the ids of finished jobs go as they leave memory (the
-        store still has them)."""
+        store still has them), those not of the generated shape
+        (:func:`~trioqueue._ids.generated_shape`: a caller's id of that shape is looked
+        up in the store instead, so the generated ids of the history take no memory)."""
 
     def get(self, job_id: str) -> JobRecord | None:
         return self.by_id.get(job_id)
@@ -132,9 +134,11 @@ class JobTable:
             ended, old = finished_at.popleft(), finished.popleft()
             # A job re-queued by retry() since it finished is live again: keep it.
             if old.finished_at == ended and old.status in TERMINAL and jobs.get(old.id) is old:
-                del jobs[old.id]
-                if left is not None:
-                    left.add(old.id)
+                oid = old.id
+                del jobs[oid]
+                # Not of the generated shape (inline: once per job with a store).
+                if left is not None and (len(oid) != 32 or oid[12] != "7"):
+                    left.add(oid)
 
     def wake_all_waiters(self) -> None:
         """The workers are gone: wake everyone still waiting for a job to end."""

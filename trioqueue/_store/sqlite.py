@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .._exceptions import StoreError
+from .._ids import GENERATED_SHAPE_SQL
 from .lockfile import StoreLock
 from .schema import APPLICATION_ID as APPLICATION_ID
 from .schema import COLUMNS as COLUMNS
@@ -481,9 +482,12 @@ class SqliteStore:
         rows = self._read(f"{_SELECT} WHERE id = ?", (job_id,))
         return rows[0] if rows else None
 
-    def ids(self) -> list[str]:
-        """Every stored job's id (read once, at open)."""
-        return [row[0] for row in self._read("SELECT id FROM jobs")]
+    def given_ids(self) -> list[str]:
+        """The id of every stored job whose id is not of the generated shape
+        (:func:`~trioqueue._ids.generated_shape`): ids a caller chose (read once, at
+        open)."""
+        return [row[0] for row in self._read(
+            f"SELECT id FROM jobs WHERE NOT {GENERATED_SHAPE_SQL}")]
 
     def newest(self, status: str | None, limit: int, task: str | None = None,
                before: str | None = None) -> list[Row]:
