@@ -185,6 +185,30 @@ async def test_sync_enqueue_returns_after_the_commit_and_shares_it(tmp_path: Pat
     assert len(acked) == 320
 
 
+async def test_a_large_flush_goes_in_several_transactions_each_job_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """More changed jobs than ``WRITE_CHUNK`` go in transactions of that many, and a job
+    that changed several times before the flush is written once, in its latest state."""
+    monkeypatch.setattr(persistence_module, "WRITE_CHUNK", 100)
+    db = tmp_path / "q.db"
+    config = cfg(db, durability="batch", flush_interval=3600.0, capacity=1000)
+    async with trioqueue.open_queue(registry, config) as q:
+        store = LocalBackend.of(q).store
+        assert store is not None
+        await q.flush()
+        commits, rows = store.commits, store.rows_written
+        await q.enqueue_many("echo", list(range(350)))
+        # Enqueued, started and completed, all before a write (wait() would ask for one).
+        await trio.testing.wait_all_tasks_blocked()
+        assert (q.metrics().completed, store.commits) == (350, commits)
+        await q.flush()
+        assert (store.commits - commits, store.rows_written - rows) == (4, 350)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT status, count(*), sum(result) FROM jobs").fetchall() == [
+            ("completed", 350, sum(range(350)))]
+
+
 async def test_batch_enqueue_returns_before_the_commit(tmp_path: Path) -> None:
     db = tmp_path / "q.db"
     config = cfg(db, durability="batch", flush_interval=3600.0)
