@@ -300,22 +300,26 @@ async def test_memory_keeps_only_the_ids_callers_chose_of_what_left_it(tmp_path:
     repeat finds its job without a read) only when a caller chose them in a shape of
     its own: generated ids, however many, take no memory once their jobs leave it."""
     db = tmp_path / "q.db"
-    chosen = {f"order-{i}" for i in range(5)} | {"x" * 32}
+    chosen = {f"order-{i}" for i in range(5)} | {"x" * 32, "a" * 31, "a" * 33}
+    shaped = "a" * 12 + "7" + "a" * 19  # a caller's id of the generated shape: read
     config = cfg(db, finished_cache=0, capacity=1000)
     async with trioqueue.open_queue(registry, config) as q:
         store = LocalBackend.of(q).store
         assert store is not None
         made = await q.enqueue_many("echo", list(range(300)))
-        for job_id in sorted(chosen):
+        for job_id in sorted(chosen | {shaped}):
             await q.enqueue("echo", job_id, job_id=job_id)
-        await q.wait_many([j.id for j in made] + sorted(chosen))
+        await q.wait_many([j.id for j in made] + sorted(chosen | {shaped}))
         assert store.stored_only == chosen
+        assert q.enqueue_nowait("echo", shaped, job_id=shaped).status is JobStatus.COMPLETED
     async with trioqueue.open_queue(registry, config) as q:
         store = LocalBackend.of(q).store
         assert store is not None
         assert store.stored_only == chosen  # read back at open: the same ids, no others
-        assert q.enqueue_nowait("echo", "order-3", job_id="order-3").status is (
-            JobStatus.COMPLETED)
+        for job_id in ("order-3", shaped):
+            assert q.enqueue_nowait("echo", job_id, job_id=job_id).status is (
+                JobStatus.COMPLETED)
+        assert q.metrics().enqueued == 0
 
 
 async def test_a_given_id_that_leaves_memory_while_its_repeat_reads_the_store(
