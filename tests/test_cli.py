@@ -359,6 +359,23 @@ def test_enqueue_errors_exit_1(server: Server) -> None:
     assert "payload" in bad.stderr
 
 
+@pytest.mark.parametrize(("argv", "code", "needle"), [
+    (["{\"a\": NaN}"], 2, "payload: not valid JSON (NaN is not a JSON value"),
+    (["Infinity", "--count", "3"], 2, "payload: not valid JSON (Infinity is not a JSON"),
+    (["1e400"], 1, "payload: not JSON-serializable"),
+    (["[1e400]", "--count", "3"], 1, "payloads[0]: not JSON-serializable"),
+    (["--delay", "nan"], 1, "delay: expected a finite number of seconds, got nan"),
+    (["--timeout", "inf"], 1, "timeout: expected a finite number of seconds, got inf"),
+])
+def test_enqueue_of_what_json_cannot_carry_is_one_line_not_a_traceback(
+    server: Server, argv: list[str], code: int, needle: str,
+) -> None:
+    result = run_cli("enqueue", "echo", *argv, "--url", server.url)
+    assert (result.returncode, "Traceback" in result.stderr) == (code, False), result.stderr
+    assert needle in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_enqueue_count_shows_progress_without_a_tty(server: Server) -> None:
     result = run_cli("enqueue", "echo", "[1]", "--count", "40", "--url", server.url)
     assert result.returncode == 0, result.stderr

@@ -192,11 +192,17 @@ async def _enqueue_many(args: argparse.Namespace, payload: Any) -> int:
     return 0
 
 
+def _not_json_constant(name: str) -> Any:
+    """``json.loads`` takes ``NaN`` and ``Infinity``; JSON has no such values."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
 async def cmd_enqueue(args: argparse.Namespace) -> int:
     from .client import Client
 
     try:
-        payload = None if args.payload is None else json.loads(args.payload)
+        payload = None if args.payload is None else json.loads(
+            args.payload, parse_constant=_not_json_constant)
     except ValueError as exc:
         raise UsageError(f"payload: not valid JSON ({exc})") from None
     if args.count > 1:

@@ -61,7 +61,7 @@ from ._exceptions import (
     TrioQueueError,
     UnknownTask,
 )
-from ._job import Job, JobStatus, Priority
+from ._job import Job, JobStatus, Priority, check_json
 from ._queue import JobPage
 
 __all__ = ["Client", "EventStreamClosed", "ServerError", "Unauthorized", "job_from_json"]
@@ -126,6 +126,13 @@ _EVENT_FIELDS = frozenset(f.name for f in attrs.fields(Event))
 
 def event_from_json(data: dict[str, Any]) -> Event:
     return Event(**{k: v for k, v in data.items() if k in _EVENT_FIELDS})
+
+
+def _check_finite(**numbers: float | None) -> None:
+    """Raise :class:`InvalidJob` for a number JSON cannot carry (NaN, infinity)."""
+    for name, value in numbers.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidJob(f"{name}: expected a finite number of seconds, got {value!r}")
 
 
 class Client:
@@ -198,7 +205,11 @@ class Client:
         max_retries: int | None = None,
         timeout: float | None = None,
     ) -> Job:
-        """``POST /jobs``: the job as accepted (or the existing one, for a repeated id)."""
+        """``POST /jobs``: the job as accepted (or the existing one, for a repeated id).
+        A payload or number that JSON cannot carry (NaN, infinity, an object of another
+        type) raises :class:`InvalidJob` naming it, before anything is sent."""
+        check_json("payload", payload)
+        _check_finite(delay=delay, timeout=timeout)
         body: dict[str, Any] = {"task": task, "payload": payload}
         if priority is not None:
             body["priority"] = Priority.coerce(priority).label
@@ -226,6 +237,9 @@ class Client:
         enqueued) when the whole batch does not fit now.  ``job_ids``: an id per
         payload (each job idempotent, as with :meth:`enqueue`)."""
         payloads = list(payloads)
+        for i, payload in enumerate(payloads):
+            check_json(f"payloads[{i}]", payload)
+        _check_finite(delay=delay, timeout=timeout)
         if job_ids is not None and len(job_ids) != len(payloads):
             raise ValueError(f"job_ids: expected {len(payloads)} ids (one per payload), "
                              f"got {len(job_ids)}")
