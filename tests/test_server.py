@@ -546,12 +546,16 @@ def test_idempotent_post_sees_jobs_that_left_memory(tmp_path: Path) -> None:
     with running_server("--db", db, env={"TRIOQUEUE_RESULT_TTL": "0"}) as srv, httpx.Client(
         base_url=srv.url
     ) as client:
-        body = {"task": "echo", "payload": {"n": 1}, "id": "kept-1"}
+        body = {"task": "echo", "payload": {"n": 1, "m": [2]}, "id": "kept-1"}
         assert client.post("/jobs", json=body).status_code == 202
         wait_for(client, "kept-1", {"completed"})
         again = client.post("/jobs", json=body)
         assert again.status_code == 200
         assert again.json()["status"] == "completed"
+        # The same payload with its keys in another order (another client's JSON library).
+        reordered = b'{"id": "kept-1", "payload": {"m": [2], "n": 1}, "task": "echo"}'
+        assert client.post("/jobs", content=reordered,
+                           headers={"content-type": "application/json"}).status_code == 200
         assert client.post("/jobs", json={**body, "payload": {"n": 2}}).status_code == 409
         assert srv.stop() == 0
 

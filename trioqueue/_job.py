@@ -180,6 +180,20 @@ def check_json(field: str, value: Any) -> str:
         raise InvalidJob(f"{field}: not JSON-serializable ({exc})") from None
 
 
+def canonical_json(value: Any) -> str:
+    """``value`` as compact JSON with every object's keys sorted: two payloads are the
+    same job's when these are equal (an object's key order does not matter; ``1`` and
+    ``1.0``, or ``1`` and ``true``, differ)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def same_payload_json(a: str, b: str) -> bool:
+    """Whether two payloads, as the JSON text :func:`check_json` made of them, are the
+    same (:func:`canonical_json`); the texts are compared first, the values only when
+    they differ."""
+    return a == b or canonical_json(json.loads(a)) == canonical_json(json.loads(b))
+
+
 def check_delay(delay: object) -> float:
     """A delay in seconds (>= 0, finite), or raise :class:`InvalidJob` naming it."""
     if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not (

@@ -11,7 +11,7 @@ from typing import Any
 import attrs
 import trio
 
-from ._job import Job, JobStatus, Priority
+from ._job import Job, JobStatus, Priority, same_payload_json
 from ._registry import TaskSpec
 
 PRIORITIES = (Priority.HIGH, Priority.MEDIUM, Priority.LOW)
@@ -165,4 +165,4 @@ class JobRecord:
     def same_job(self, task: str, payload_json: str) -> bool:
         """Whether a request for ``task`` with this payload repeats this job (an
         idempotent enqueue) rather than clashing with it (:class:`DuplicateJob`)."""
-        return self.task == task and self.payload_json == payload_json
+        return self.task == task and same_payload_json(self.payload_json, payload_json)

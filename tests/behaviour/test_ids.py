@@ -37,6 +37,28 @@ async def test_same_id_and_body_returns_the_existing_job(
     assert h.started("echo") == ["order-42"]
 
 
+async def test_a_payload_is_the_same_whatever_the_order_of_its_keys(
+    backend: Backend, clock: MockClock | None, h: Harness
+) -> None:
+    """A client whose JSON library orders an object's keys otherwise, retrying, gets the
+    job it made; a number spelled as another type is another payload."""
+    async with backend.open(h.registry) as q:
+        first = await q.enqueue("echo", {"a": 1, "b": [{"x": 1, "y": 2}]}, job_id="keys-1")
+        same = {"b": [{"y": 2, "x": 1}], "a": 1}
+        again = await q.enqueue("echo", same, job_id="keys-1")
+        assert (again.id, again.created_at, again.payload) == (
+            first.id, first.created_at, first.payload)
+        assert q.enqueue_nowait("echo", same, job_id="keys-1").created_at == first.created_at
+        for other in ({"a": 1.0, "b": [{"x": 1, "y": 2}]}, {"a": True, "b": [{"x": 1, "y": 2}]},
+                      {"a": 1, "b": [{"y": 2}, {"x": 1}]}):
+            with pytest.raises(DuplicateJob, match="keys-1"):
+                await q.enqueue("echo", other, job_id="keys-1")
+        done = await q.wait("keys-1")
+        assert await q.enqueue("echo", same, job_id="keys-1") == done
+        assert q.metrics().enqueued == 1
+    assert h.started() == ["keys-1"]
+
+
 async def test_the_id_stays_taken_after_the_job_finished(
     backend: Backend, clock: MockClock | None, h: Harness
 ) -> None:

@@ -34,7 +34,7 @@ from collections import deque
 
 import trio
 
-from .._job import Job, JobStatus, Priority
+from .._job import Job, JobStatus, Priority, same_payload_json
 from .._record import LABELS, JobRecord
 from ._client import RedisUnavailable
 from ._state import MAX_BATCH, Admission, Counts, NewJob, RedisState, RoomView
@@ -202,7 +202,8 @@ class Outbox:
         knows no job with that id.  Raises ValueError when the known job differs."""
         held = self._by_id.get(rec.id)
         if held is not None:
-            if held.task == rec.task and held.payload_json == rec.payload_json:
+            if held.task == rec.task and same_payload_json(held.payload_json,
+                                                           rec.payload_json):
                 return held
             raise ValueError(rec.id)
         job = self.known.get(rec.id)

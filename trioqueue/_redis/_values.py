@@ -20,7 +20,7 @@ from typing import Any, Literal, NamedTuple
 import attrs
 
 from .._exceptions import InvalidJob, StoreError
-from .._job import Job, JobStatus, Priority, check_job_id, check_json, clean_text
+from .._job import Job, JobStatus, Priority, canonical_json, check_job_id, check_json, clean_text
 
 MAX_BATCH = 1000
 """Most jobs one :meth:`RedisState.enqueue` call takes (a script blocks Redis while it
@@ -65,7 +65,7 @@ class CorruptRecord(ValueError):
 def canonical_digest(task: str, payload: Any) -> str:
     """sha1 of the task name and the payload as canonical JSON (sorted keys, compact):
     the same body gives the same digest whatever the key order or the node."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    canonical = canonical_json(payload)
     return hashlib.sha1(f"{len(task)}:{task}:{canonical}".encode()).hexdigest()
 
 

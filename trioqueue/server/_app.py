@@ -29,7 +29,7 @@ from .._exceptions import (
     TrioQueueError,
     UnknownTask,
 )
-from .._job import Job, JobStatus, check_json, rfc3339
+from .._job import Job, JobStatus, canonical_json, rfc3339
 from ._dashboard import MetricsHistory, static_response
 from ._http import (
     BulkRetry,
@@ -428,9 +428,7 @@ class App:
             stored = await self.queue.get(request.id)
         except JobNotFound:
             return None
-        same_payload = check_json("payload", stored.payload) == check_json(
-            "payload", request.payload
-        )
+        same_payload = canonical_json(stored.payload) == canonical_json(request.payload)
         if stored.task != request.task or not same_payload:
             differs = "task" if stored.task != request.task else "payload"
             raise DuplicateJob(f"id: job {request.id!r} already exists with a different {differs}")
