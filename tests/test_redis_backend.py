@@ -150,6 +150,51 @@ async def test_prefetch_two_fetchers_claim_no_more_than_idle_plus_prefetch(
     assert sorted(t2.runs.values()) == [1] * 240
 
 
+async def test_a_closing_node_hands_its_unstarted_jobs_back_at_once_in_order(
+    queue_name: str,
+) -> None:
+    """Shutdown: the jobs a node claimed but had not started go back to the front of
+    their priority when the shutdown begins, not when its running jobs end, in the order
+    they were claimed and with no attempt counted; another node runs them while the
+    first one's running job finishes."""
+    t = Tasks()
+    key = f"tq:{{{queue_name}}}:"
+    stop = trio.Event()
+    with trio.fail_after(30):
+        async with admin() as r, trio.open_nursery() as nursery:
+
+            async def first_node() -> None:
+                async with trioqueue.open_queue(t.registry, config(
+                        queue_name, workers=1, prefetch=4, shutdown_timeout=20)) as q:
+                    await q.enqueue("gated", job_id="run")
+                    await t.entered.wait()
+                    for i in range(6):
+                        await q.enqueue("echo", i, job_id=f"e{i}")
+                    while int(await r.zcard(key + "leases")) < 5:  # noqa: ASYNC110
+                        await trio.sleep(0.01)  # (1 running, 4 held: Redis' state)
+                    await stop.wait()
+
+            nursery.start_soon(first_node)
+            while int(await r.zcard(key + "leases")) < 5:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            assert await r.lrange(key + "ready:medium", 0, -1) == ["e4", "e5"]
+            stop.set()  # the first node's shutdown begins; "run" holds it up
+            while int(await r.zcard(key + "leases")) > 1:  # noqa: ASYNC110
+                await trio.sleep(0.01)  # (put back: Redis' state, no local event)
+            assert await r.lrange(key + "ready:medium", 0, -1) == [f"e{i}" for i in range(6)]
+            attempts = [await r.hget(f"{key}job:e{i}", "attempts") for i in range(4)]
+            assert attempts == ["0"] * 4
+            t2 = Tasks()
+            async with trioqueue.open_queue(t2.registry, config(queue_name, workers=1)) as q2:
+                done = [await q2.wait(f"e{i}") for i in range(6)]
+                assert [d.attempts for d in done] == [1] * 6
+                assert (await q2.get("run")).status is JobStatus.PROCESSING  # still running
+                t.gate.set()
+                assert (await q2.wait("run")).attempts == 1
+    assert sum(t.runs[f"e{i}"] for i in range(6)) == 0
+    assert sum(t2.runs.values()) == 6
+
+
 async def test_a_node_that_loses_its_lease_stops_the_job_and_its_ack_is_refused(
     queue_name: str,
 ) -> None:
@@ -476,8 +521,8 @@ async def test_a_job_waiting_for_its_tasks_concurrency_past_its_lease_is_release
     """``l2`` waits on the node for its task's ``concurrency`` while ``l1`` runs; ``l1``'s
     handler then blocks the node's event loop past the lease (as a stalled process does:
     no renewal).  When ``l1`` ends, the node must not start ``l2`` on its lapsed lease
-    (another node may have reaped and run it): it is released, claimed again, and runs
-    once, in its second attempt."""
+    (another node may have reaped and run it): it is put back, claimed again, and runs
+    once, as its first attempt (the claim that never started it is not counted)."""
     reg = TaskRegistry()
     runs: Counter[str] = Counter()
     entered, go = trio.Event(), trio.Event()
@@ -501,7 +546,7 @@ async def test_a_job_waiting_for_its_tasks_concurrency_past_its_lease_is_release
             go.set()
             done = await q.wait(l2.id)
             await q.wait(l1.id)
-    assert (done.status, done.attempts, runs[l2.id]) == (JobStatus.COMPLETED, 2, 1)
+    assert (done.status, done.attempts, runs[l2.id]) == (JobStatus.COMPLETED, 1, 1)
 
 
 # A refused connection leaves coredis' stream objects unclosed: their ResourceWarning is

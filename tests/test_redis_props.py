@@ -30,7 +30,7 @@ from trioqueue.testing import Admission, NewJob, Outcome, RedisState, connect
 CAPACITY = 3
 LABELS = ("high", "medium", "low")
 TARGET = {"completed": "completed", "failed": "failed", "retry": "scheduled",
-          "cancelled": "cancelled", "released": "queued"}
+          "cancelled": "cancelled", "released": "queued", "unstarted": "queued"}
 
 enqueue_op = st.tuples(st.just("enqueue"), st.sampled_from([0, 1, 2]), st.booleans(),
                        st.integers(1, 3), st.booleans(), st.sampled_from(["t", "u"]))
@@ -83,7 +83,7 @@ class Model:
             return "stale"
         if rec.get("status") != "processing":
             return "ok" if rec.get("status") == TARGET[kind] else "stale"
-        if kind in ("retry", "released") and rec.get("cancel_requested"):
+        if kind in ("retry", "released", "unstarted") and rec.get("cancel_requested"):
             return "cancelled"
         return "ok"
 
@@ -95,6 +95,7 @@ class Model:
             "retry": Outcome.retry(job_id, fence, 0.0, "E: x"),
             "cancelled": Outcome.cancelled(job_id, fence),
             "released": Outcome.released(job_id, fence),
+            "unstarted": Outcome.unstarted(job_id, fence),
         }[kind]
 
     async def apply(self, op: tuple[Any, ...]) -> None:
@@ -138,6 +139,11 @@ class Model:
             assert got == expect, (job_id, before, outcome)
             if got == "stale":
                 assert await self.rec(job_id) == before
+            elif outcome in ("released", "unstarted") and got == "ok":
+                after = await self.rec(job_id)
+                uncounted = 1 if outcome == "unstarted" else 0
+                assert (after["status"], int(after["attempts"])) == (
+                    "queued", int(before["attempts"]) - uncounted), (before, after)
         elif kind == "stale" and self.old:
             job_id, node, fence = self.old[op[1] % len(self.old)]
             before = await self.rec(job_id)

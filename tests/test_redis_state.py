@@ -488,6 +488,35 @@ async def test_failed_retry_cancelled_released(env: Env) -> None:
     assert again.job.attempts == 2
 
 
+async def test_unstarted_jobs_go_back_in_order_with_their_attempt_uncounted(
+    env: Env,
+) -> None:
+    s = env.state()
+    await s.enqueue([new(f"u{i}", H) for i in range(5)])
+    held = {c.job.id: c.fence for c in (await s.finish_and_claim("n", [], 4, 30)).claimed}
+    assert await env.admin.lrange(env.key("ready:high"), 0, -1) == ["u4"]
+    fc = await s.finish_and_claim("n", [
+        Outcome.unstarted("u0", held["u0"]), Outcome.released("u1", held["u1"]),
+        Outcome.unstarted("u2", held["u2"]), Outcome.unstarted("u3", held["u3"]),
+    ], 0, 30)
+    assert fc.results == ["ok"] * 4
+    # The first put back is taken first; the job that ran (released) keeps its attempt.
+    assert await env.admin.lrange(env.key("ready:high"), 0, -1) == [
+        "u0", "u1", "u2", "u3", "u4"]
+    back = [await s.get(f"u{i}") for i in range(4)]
+    assert [(b.job.status, b.job.attempts, b.job.started_at) for b in back if b] == [
+        (JobStatus.QUEUED, 0, None), (JobStatus.QUEUED, 1, None),
+        (JobStatus.QUEUED, 0, None), (JobStatus.QUEUED, 0, None)]
+    assert await env.admin.zcard(env.key("leases")) == 0
+    assert [e["type"] for e in await events(env)][-4:] == ["requeued"] * 4
+    again = (await s.finish_and_claim("n", [], 5, 30)).claimed
+    assert [(c.job.id, c.job.attempts) for c in again] == [
+        ("u0", 1), ("u1", 2), ("u2", 1), ("u3", 1), ("u4", 1)]
+    # Sent again (a reply lost): applied once.
+    assert (await s.finish_and_claim("n", [Outcome.unstarted("u0", held["u0"])], 0, 30)
+            ).results == ["stale"]
+
+
 async def test_retry_then_promote_when_due(env: Env) -> None:
     s = env.state()
     await s.enqueue([new("r", M)])

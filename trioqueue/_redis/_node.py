@@ -171,8 +171,8 @@ class NodeCore(EventsReader):
                 held, deadline, buffer = self._held, self._deadline, self._buffer
                 if self._stop and claimed:
                     # Claimed while the node closed (its buffer was released already):
-                    # released at once, with the next call.
-                    self._pending.extend(Outcome.released(p[0], p[16]) for p in claimed)
+                    # put back at once, with the next call.
+                    self._pending.extend(Outcome.unstarted(p[0], p[16]) for p in claimed)
                     self._kick.set()
                     claimed = []
                 if unreadable:
@@ -287,7 +287,7 @@ class NodeCore(EventsReader):
         log.warning("trioqueue: job %s: its lease ended before a worker here took it; "
                     "not starting it", rec.id)
         if held is not None:
-            self._pending.append(Outcome.released(rec.id, held[1]))
+            self._pending.append(Outcome.unstarted(rec.id, held[1]))
             self._kick.set()
             if self._blocked:
                 self._flush.set()

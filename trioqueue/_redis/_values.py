@@ -182,8 +182,10 @@ class StoredJob(NamedTuple):
     cancel_requested: bool
 
 
-OutcomeKind = Literal["completed", "failed", "retry", "cancelled", "released", "progress"]
-_KINDS = frozenset(("completed", "failed", "retry", "cancelled", "released", "progress"))
+OutcomeKind = Literal["completed", "failed", "retry", "cancelled", "released", "unstarted",
+                      "progress"]
+_KINDS = frozenset(("completed", "failed", "retry", "cancelled", "released", "unstarted",
+                    "progress"))
 
 
 class Outcome(NamedTuple):
@@ -227,8 +229,15 @@ class Outcome(NamedTuple):
 
     @classmethod
     def released(cls, job_id: str, fence: int) -> Outcome:
-        """Not run to the end (shutdown): back to the front of its priority."""
+        """Not run to the end (shutdown): back to the front of its priority, the attempt
+        counted (it ran)."""
         return cls(job_id, fence, "released")
+
+    @classmethod
+    def unstarted(cls, job_id: str, fence: int) -> Outcome:
+        """Claimed but never started (a shutdown, a lease that ended first): back to the
+        front of its priority, its claim's attempt not counted."""
+        return cls(job_id, fence, "unstarted")
 
     @classmethod
     def progress(cls, job_id: str, fence: int, fraction: float, note: str | None

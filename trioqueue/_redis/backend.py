@@ -259,8 +259,31 @@ class RedisBackend(NodeIntake):
         await trio.lowlevel.checkpoint()  # the state is in Redis already
 
     def close_intake(self) -> None:
+        """Shutdown begins: claim nothing more, and hand the jobs claimed but not started
+        back at once (the workers take no new job from here on), so that other nodes run
+        them while this one's running jobs finish."""
         self._no_claims = True
+        self._put_back_unstarted()
         self._kick.set()
+        if self._blocked:
+            self._flush.set()
+
+    def _put_back_unstarted(self) -> None:
+        """The jobs claimed but not started (prefetched, or waiting for their task's
+        ``concurrency``) go back to the front of their priority with the next call, in the
+        order they were claimed, their attempts not counted."""
+        unstarted: list[JobRecord] = []
+        for parked in self._parked.values():  # (claimed before the buffer's jobs)
+            unstarted.extend(parked)
+            parked.clear()
+        unstarted.extend(self._buffer)
+        self._buffer.clear()
+        for rec in unstarted:
+            held = self._held.pop(rec.id, None)
+            self._deadline.pop(rec.id, None)
+            self._started_events.pop(rec.id, None)
+            if held is not None:
+                self._pending.append(Outcome.unstarted(rec.id, held[1]))
 
     def drop_leftovers(self) -> tuple[int, int]:
         return 0, 0
@@ -277,16 +300,7 @@ class RedisBackend(NodeIntake):
         remove this node; queued jobs stay in Redis."""
         with trio.CancelScope(shield=True):
             self._no_claims = True
-            unstarted = list(self._buffer)
-            self._buffer.clear()
-            for parked in self._parked.values():
-                unstarted.extend(parked)
-                parked.clear()
-            for rec in unstarted:
-                held = self._held.pop(rec.id, None)
-                self._deadline.pop(rec.id, None)
-                if held is not None:
-                    self._pending.append(Outcome.released(rec.id, held[1]))
+            self._put_back_unstarted()  # (close_intake did, unless the queue never ran)
             self._stop = True
             self._kick.set()
             self._flush.set()

@@ -4,7 +4,8 @@
 --   strings: id, fence, kind, value, error, traceback, duration (seconds, '' for none),
 --   tasks: a JSON array of the task names this node can run ('' for any).
 --   kind: completed (value: result JSON), failed, retry (value: delay ms), cancelled,
---   released (back to the front of its ready list, the attempt stays counted),
+--   released (back to the front of its ready list, the attempt stays counted: it ran),
+--   unstarted (claimed but never started: back to the front, its attempt uncounted),
 --   progress (value: {"fraction", "note"} JSON; the job stays PROCESSING: its record's
 --   progress field is set and a progress event written).
 -- Reply: {{result per outcome}, {claimed record, ...}, room view (common.lua), {task, ...}:
@@ -12,6 +13,8 @@
 --   applied already by an earlier send of the same outcome), 'stale' (the job's fence or
 --   owner moved on: this node no longer holds it; nothing changed) or 'cancelled' (a
 --   retry or release of a job whose cancellation was requested: it was cancelled instead).
+-- Jobs put back (released, unstarted) go to the front of their ready list in the order of
+-- the outcomes: the first one is taken first.
 local rid = ARGV[1]
 local maxlen = ARGV[2]
 local ttl = tonumber(ARGV[3])
@@ -51,7 +54,8 @@ local function unclaimable(id, r)
 end
 
 local TARGET = {completed = 'completed', failed = 'failed', retry = 'scheduled',
-  cancelled = 'cancelled', released = 'queued', progress = 'processing'}
+  cancelled = 'cancelled', released = 'queued', unstarted = 'queued',
+  progress = 'processing'}
 
 -- Check every outcome before changing anything: a script that fails half way keeps its
 -- writes.
@@ -74,6 +78,7 @@ end
 local results = {}
 local left = {} -- ids whose lease ends here: one ZREM
 local n_woken = 0
+local front = {{}, {}, {}} -- per priority, the ids put back, in outcome order
 for i = 1, n_out do
   local o = OUT[i]
   local id, fence, kind = o[1], o[2], o[3]
@@ -104,7 +109,9 @@ for i = 1, n_out do
     local value, err, tb, dur = o[4], o[5], o[6], o[7]
     local extra = {}
     if dur ~= '' then extra = {'duration', dur} end
-    if h[7] and (kind == 'retry' or kind == 'released') then kind = 'cancelled' end
+    if h[7] and (kind == 'retry' or kind == 'released' or kind == 'unstarted') then
+      kind = 'cancelled'
+    end
     left[#left + 1] = id
     results[i] = 'ok'
     if kind == 'completed' then
@@ -128,13 +135,33 @@ for i = 1, n_out do
       extra[#extra + 1] = 'error'
       extra[#extra + 1] = err
       emit('retrying', id, task, prio, 'scheduled', attempt, node, extra)
-    elseif kind == 'released' then
-      redis.call('HSET', key, 'status', 'queued')
+    else -- released, unstarted
+      if kind == 'unstarted' and attempt > 0 then
+        attempt = attempt - 1
+        redis.call('HSET', key, 'status', 'queued', 'attempts', int(attempt))
+      else
+        redis.call('HSET', key, 'status', 'queued')
+      end
       redis.call('HDEL', key, 'started_at')
-      redis.call('LPUSH', P .. 'ready:' .. PRIO[prio + 1], id)
+      local f = front[prio + 1]
+      f[#f + 1] = id
       n_woken = n_woken + 1
       emit('requeued', id, task, prio, 'queued', attempt, node)
     end
+  end
+end
+
+for p = 1, 3 do
+  -- LPUSH puts each id before the one pushed before it: last first, in chunks (unpack).
+  local f = front[p]
+  local j = #f
+  while j > 0 do
+    local chunk = {}
+    while j > 0 and #chunk < 1000 do
+      chunk[#chunk + 1] = f[j]
+      j = j - 1
+    end
+    redis.call('LPUSH', P .. 'ready:' .. PRIO[p], unpack(chunk))
   end
 end
 
