@@ -80,16 +80,22 @@ async def test_a_batch_of_several_tasks_and_priorities_in_order(
         ({"jobs": [{"task": "echo"}, {"task": "nope"}]}, 404,
          "jobs[1].task: no handler registered as 'nope'"),
         ({"jobs": [{"task": "echo", "id": "x"}, {"task": "boom", "id": "x"}]}, 409,
-         "already exists with a different task"),
+         "jobs[1].id: 'x' is given to two jobs of the batch with a different task"),
+        ({"jobs": [{"task": "echo", "id": "y", "payload": 1},
+                   {"task": "echo", "id": "y", "payload": 2}]}, 409,
+         "jobs[1].id: 'y' is given to two jobs of the batch with a different payload"),
+        ({"jobs": [{"task": "echo"}, {"task": "echo", "id": "held", "payload": 2}]}, 409,
+         "jobs[1].id: job 'held' already exists with a different payload"),
     ],
 )
 async def test_bad_batches_admit_nothing(
     setup: tuple[App, trioqueue.JobQueue, Tasks], body: Any, status: int, error: str
 ) -> None:
     app, q, _ = setup
+    await q.enqueue("echo", 1, job_id="held", delay=60)
     got, _, answer = await call(app, "POST", "/jobs/batch", body)
     assert (got, error in answer["error"]) == (status, True), answer
-    assert q.metrics().enqueued == 0
+    assert q.metrics().enqueued == 1  # "held" alone
 
 
 async def test_429_when_the_whole_batch_does_not_fit(

@@ -50,6 +50,11 @@ class JobNotFound(TrioQueueError, LookupError):
 class DuplicateJob(TrioQueueError):
     """A job with this id already exists with a different task or payload."""
 
+    def __init__(self, message: str, job_id: str | None = None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        """The id that is taken, when the queue knows it."""
+
 
 class InvalidTransition(TrioQueueError):
     """The job's current state does not allow the requested change.

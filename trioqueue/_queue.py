@@ -23,6 +23,7 @@ from ._batch import Batches, BatchItem, commit_or_take_back
 from ._config import QueueConfig
 from ._events import Broadcaster, Event, change_hook, check_subscription
 from ._exceptions import (
+    DuplicateJob,
     InvalidJob,
     JobNotFound,
     QueueFull,
@@ -33,7 +34,7 @@ from ._exceptions import (
 from ._intake import Intake
 from ._job import TERMINAL, Job, JobStatus, Priority, check_job_id
 from ._metrics import Metrics
-from ._record import LABELS, JobRecord
+from ._record import LABELS, JobRecord, same_or_duplicate
 from ._registry import TaskRegistry
 from ._stats import Stats, metrics
 from ._workers import Lifecycle, Workers
@@ -395,17 +396,27 @@ class JobQueue:
         exists (same task and payload) gives that job, as :meth:`enqueue` does."""
         build = self._build
         recs: list[JobRecord] = []
-        given: set[str] = set()
+        given: dict[str, JobRecord] = {}
         for i, item in enumerate(jobs):
             try:
-                recs.append(build(item.task, item.payload, item.priority, item.job_id,
-                                  item.delay, item.max_retries, item.timeout))
-            except (InvalidJob, UnknownTask) as exc:
+                rec = build(item.task, item.payload, item.priority, item.job_id,
+                            item.delay, item.max_retries, item.timeout)
+                if item.job_id is not None:
+                    # The same id twice in the batch: one job, if the two agree.
+                    first = given.setdefault(rec.id, rec)
+                    if first is not rec:
+                        same_or_duplicate(first, rec, in_batch=True)
+            except (InvalidJob, UnknownTask, DuplicateJob) as exc:
                 raise type(exc)(f"jobs[{i}].{exc}") from None
-            if item.job_id is not None:
-                given.add(recs[-1].id)
+            recs.append(rec)
         self._batches.check(recs)
-        return await self._admit_batch(recs, given, wait_for_room)
+        try:
+            return await self._admit_batch(recs, set(given), wait_for_room)
+        except DuplicateJob as exc:  # name the item, as the other errors do
+            for i, item in enumerate(jobs):
+                if item.job_id is not None and item.job_id == exc.job_id:
+                    raise DuplicateJob(f"jobs[{i}].{exc}", exc.job_id) from None
+            raise
 
     async def flush(self) -> None:
         """Return once every job accepted so far is committed to the store.

@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 import trio
 
+from ._exceptions import DuplicateJob
 from ._job import Job, JobStatus, Priority, same_payload_json
 from ._registry import TaskSpec
 
@@ -166,3 +167,17 @@ class JobRecord:
         """Whether a request for ``task`` with this payload repeats this job (an
         idempotent enqueue) rather than clashing with it (:class:`DuplicateJob`)."""
         return self.task == task and same_payload_json(self.payload_json, payload_json)
+
+
+def same_or_duplicate(existing: JobRecord, rec: JobRecord, *,
+                      in_batch: bool = False) -> JobRecord:
+    """``existing`` if ``rec`` repeats it (same task and payload: an idempotent enqueue);
+    else raise :class:`DuplicateJob` naming what differs.  ``in_batch``: ``existing`` is
+    an earlier item of the same batch, not a job."""
+    if existing.same_job(rec.task, rec.payload_json):
+        return existing
+    what = "task" if existing.task != rec.task else "payload"
+    if in_batch:
+        raise DuplicateJob(f"id: {rec.id!r} is given to two jobs of the batch with a "
+                           f"different {what}", rec.id)
+    raise DuplicateJob(f"id: job {rec.id!r} already exists with a different {what}", rec.id)

@@ -119,3 +119,33 @@ async def test_what_submit_takes_depends_on_whether_jobs_outlive_the_process(
             assert things == [marker]
         with pytest.raises(TypeError, match="enqueue it by name"):
             await q.submit(h.registry.get("echo").handler, 1)
+
+
+async def test_a_batch_id_conflict_names_the_item_and_admits_nothing(
+    backend: Backend, clock: MockClock | None, h: Harness
+) -> None:
+    """``POST /jobs/batch`` (what ``enqueue_batch`` serves): an id given twice with
+    different payloads, or the id of a job that exists with another payload, is a 409
+    naming the item, and nothing of the batch is admitted."""
+    from tests.test_server_app import call
+    from trioqueue.server import App
+
+    async with backend.open(h.registry) as q:
+        await q.enqueue("echo", 1, job_id="held", delay=60)
+        app = App(q)
+        for jobs, error in [
+            ([{"task": "echo", "id": "y", "payload": 1}, {"task": "echo", "payload": 3},
+              {"task": "echo", "id": "y", "payload": 2}],
+             "jobs[2].id: 'y' is given to two jobs of the batch with a different payload"),
+            ([{"task": "echo"}, {"task": "echo", "id": "held", "payload": 2}],
+             "jobs[1].id: job 'held' already exists with a different "),
+        ]:
+            status, _, body = await call(app, "POST", "/jobs/batch", {"jobs": jobs})
+            assert (status, body["error"].startswith(error)) == (409, True), body
+        status, _, body = await call(app, "POST", "/jobs/batch", {"jobs": [
+            {"task": "echo", "id": "z", "payload": {"a": 1, "b": 2}},
+            {"task": "echo", "id": "z", "payload": {"b": 2, "a": 1}}]})
+        assert status == 202
+        assert body["jobs"][0]["id"] == body["jobs"][1]["id"] == "z"
+        assert q.metrics().enqueued == 2  # "held" and "z"
+        await q.cancel("held")

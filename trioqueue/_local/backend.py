@@ -27,11 +27,10 @@ from .._backend import ChangeHook
 from .._config import QueueConfig
 from .._exceptions import JobNotFound, ShuttingDown, StoreError
 from .._job import Job, JobStatus
-from .._record import JobRecord
+from .._record import JobRecord, same_or_duplicate
 from .._registry import TaskRegistry
 from .._state import JobEvent, move, transition
 from .._stats import Stats
-from .batches import same_or_duplicate
 from .changes import Changes
 from .ready import ReadyQueues
 from .table import JobTable

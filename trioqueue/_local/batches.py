@@ -10,9 +10,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .._exceptions import DuplicateJob
 from .._job import JobStatus
-from .._record import LABELS, JobRecord
+from .._record import LABELS, JobRecord, same_or_duplicate
 from .._state import EventKind
 from .._stats import Stats
 from .changes import Changes
@@ -61,9 +60,14 @@ class BatchAdmission:
         queued = [0, 0, 0]
         delayed = [0, 0, 0]
         for rec in recs:
-            old = jobs.get(rec.id) or seen.get(rec.id)
-            if old is None and rec.id_given and self._maybe_stored(rec.id):
+            old = jobs.get(rec.id)
+            earlier = seen.get(rec.id) if old is None else None
+            if old is None and earlier is None and rec.id_given and self._maybe_stored(rec.id):
                 old = self._stored(rec.id)
+            if earlier is not None:
+                same_or_duplicate(earlier, rec, in_batch=True)  # raises: nothing admitted
+                new.append(False)
+                continue
             if old is not None:
                 same_or_duplicate(old, rec)  # raises before anything is admitted
                 seen.setdefault(rec.id, old)
@@ -186,14 +190,3 @@ class BatchAdmission:
         again, setting what it needs, if it still does not fit)."""
         self._batch_need[p] = self._batch_need_delayed[p] = NEVER
         self._batch_room[p].unpark_all()
-
-
-def same_or_duplicate(existing: JobRecord, rec: JobRecord) -> JobRecord:
-    """``existing`` if ``rec`` repeats it (same task and payload: an idempotent enqueue);
-    else raise :class:`DuplicateJob` naming what differs."""
-    if existing.same_job(rec.task, rec.payload_json):
-        return existing
-    raise DuplicateJob(
-        f"id: job {rec.id!r} already exists with a different "
-        + ("task" if existing.task != rec.task else "payload")
-    )

@@ -19,10 +19,10 @@ import trio
 from .._fairness import FairPicker
 from .._ids import generated_shape
 from .._job import JobStatus, Priority
-from .._record import JobRecord
+from .._record import JobRecord, same_or_duplicate
 from .._state import EventKind, JobEvent, edge
 from .._stats import Stats
-from .batches import NEVER, BatchAdmission, same_or_duplicate
+from .batches import NEVER, BatchAdmission
 from .changes import Changes
 from .timer import Timer
 

@@ -129,8 +129,8 @@ class NodeIntake(NodeCore):
         return out
 
     def _duplicate(self, job_id: str) -> DuplicateJob:
-        return DuplicateJob(f"job id {job_id!r} is taken by a job with another task or "
-                            "payload")
+        return DuplicateJob(f"id: job {job_id!r} already exists with a different task or "
+                            "payload", job_id)
 
     async def wait_for_room_many(self, recs: list[JobRecord]) -> None:
         await trio.sleep(RETRY_BACKOFF[1])

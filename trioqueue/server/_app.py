@@ -431,7 +431,8 @@ class App:
         same_payload = canonical_json(stored.payload) == canonical_json(request.payload)
         if stored.task != request.task or not same_payload:
             differs = "task" if stored.task != request.task else "payload"
-            raise DuplicateJob(f"id: job {request.id!r} already exists with a different {differs}")
+            raise DuplicateJob(
+                f"id: job {request.id!r} already exists with a different {differs}", request.id)
         return stored
 
     async def _retry(self, job_id: str) -> Job:
