@@ -23,6 +23,7 @@ from trioqueue.cli import (
     queue_options,
     redacted,
     serve_options,
+    transport_failure,
 )
 from trioqueue.testing import clean
 from trioqueue.testing import client_options as read_client_options
@@ -374,6 +375,18 @@ def test_enqueue_of_what_json_cannot_carry_is_one_line_not_a_traceback(
     assert (result.returncode, "Traceback" in result.stderr) == (code, False), result.stderr
     assert needle in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_request_with_no_answer_is_named_not_left_blank() -> None:
+    """httpx's timeouts have no text: "cannot reach the server: " said nothing (a cancel
+    on Redis waiting for a dead node's lease, seen by a user), and the server was up."""
+    import httpx
+
+    assert transport_failure(httpx.ReadTimeout("")) == (
+        "the server did not answer within 30 s (ReadTimeout); it may still carry the "
+        "request out")
+    assert transport_failure(httpx.ConnectError("")) == "cannot reach the server: ConnectError"
+    assert transport_failure(OSError("refused")) == "cannot reach the server: refused"
 
 
 def test_enqueue_count_shows_progress_without_a_tty(server: Server) -> None:

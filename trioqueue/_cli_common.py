@@ -39,3 +39,18 @@ def parse_float(name: str, raw: str) -> float:
         return float(raw)
     except ValueError:
         raise UsageError(f"{name}: expected a number, got {raw!r}") from None
+
+
+def transport_failure(exc: BaseException) -> str:
+    """What a client command says when its request got no answer: a timeout names the
+    client's wait (the server may still carry the request out), anything else is
+    "cannot reach the server" with the reason, or the error's type when it has no
+    text (httpx's timeouts have none)."""
+    import httpx
+
+    from .client import DEFAULT_TIMEOUT
+
+    if isinstance(exc, httpx.TimeoutException):
+        return (f"the server did not answer within {DEFAULT_TIMEOUT:g} s "
+                f"({type(exc).__name__}); it may still carry the request out")
+    return f"cannot reach the server: {str(exc) or type(exc).__name__}"

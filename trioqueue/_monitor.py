@@ -36,6 +36,7 @@ from trio_websocket import (
     HandshakeError,
 )
 
+from ._cli_common import transport_failure
 from ._monitor_view import (
     MonitorView,
     ProtocolError,
@@ -334,7 +335,7 @@ async def monitor(url: str, token: str | None, *, interval: float = 1.0, window:
             err.write("trioqueue monitor: the server sent a message this monitor cannot "
                       f"read: {found}\n")
         else:
-            err.write(f"trioqueue monitor: cannot reach the server: {found}\n")
+            err.write(f"trioqueue monitor: {transport_failure(found)}\n")
         err.flush()
         return 1
     return 0

@@ -36,6 +36,7 @@ from ._cli_client import (
 )
 from ._cli_common import DEFAULT_PORT
 from ._cli_common import UsageError as UsageError
+from ._cli_common import transport_failure as transport_failure
 from ._cli_options import load_registry as load_registry
 from ._cli_options import queue_options as queue_options
 from ._cli_options import redacted as redacted
@@ -424,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         if isinstance(found, (httpx.TransportError, OSError)):
-            print(f"trioqueue {args.command}: cannot reach the server: {found}", file=sys.stderr)
+            print(f"trioqueue {args.command}: {transport_failure(found)}", file=sys.stderr)
             return 1
         raise
     return code

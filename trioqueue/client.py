@@ -128,6 +128,10 @@ def event_from_json(data: dict[str, Any]) -> Event:
     return Event(**{k: v for k, v in data.items() if k in _EVENT_FIELDS})
 
 
+DEFAULT_TIMEOUT = 30.0
+"""Seconds a :class:`Client` waits for an answer, by default (``timeout=``)."""
+
+
 def _check_finite(**numbers: float | None) -> None:
     """Raise :class:`InvalidJob` for a number JSON cannot carry (NaN, infinity)."""
     for name, value in numbers.items():
@@ -144,7 +148,7 @@ class Client:
         url: str = "http://127.0.0.1:8080",
         *,
         token: str | None = None,
-        timeout: float = 30.0,
+        timeout: float = DEFAULT_TIMEOUT,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self.url = url.rstrip("/")
