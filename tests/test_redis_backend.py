@@ -195,6 +195,36 @@ async def test_a_closing_node_hands_its_unstarted_jobs_back_at_once_in_order(
     assert sum(t2.runs.values()) == 6
 
 
+async def test_a_queue_cancelled_from_outside_still_puts_its_running_job_back(
+    queue_name: str,
+) -> None:
+    """A second Ctrl+C cancels the whole queue from outside: the running job is put back
+    QUEUED in Redis as it closes (what operations.md promises), not left PROCESSING
+    until its lease runs out; the node's entry is removed."""
+    t = Tasks()
+    key = f"tq:{{{queue_name}}}:"
+    with trio.fail_after(20):
+        async with trio.open_nursery() as outer:
+
+            async def node() -> None:
+                async with trioqueue.open_queue(t.registry, config(
+                        queue_name, workers=1, prefetch=2, lease=30)) as q:
+                    await q.enqueue("gated", job_id="running")
+                    await q.enqueue_many("echo", [1, 2], priority="low")
+                    await trio.sleep_forever()
+
+            outer.start_soon(node)
+            await t.entered.wait()
+            outer.cancel_scope.cancel()  # what the CLI's second signal does
+        async with admin() as r:
+            status, attempts = await r.hmget(key + "job:running", ["status", "attempts"])
+            assert (status, attempts) == ("queued", "1")
+            assert await r.zcard(key + "leases") == 0
+            assert await r.lrange(key + "ready:medium", 0, -1) == ["running"]
+            assert await r.zcard(key + "beats") == 0
+    assert t.cancelled == ["running"]
+
+
 async def test_a_node_that_loses_its_lease_stops_the_job_and_its_ack_is_refused(
     queue_name: str,
 ) -> None:

@@ -149,8 +149,12 @@ class _Run:
                 finally:
                     # The workers are gone, however the work nursery ended (even cancelled
                     # from outside): wake waiters, then write the final snapshot (shielded).
-                    self._closed_down()
-                    await backend.close()
+                    # close() runs whatever _closed_down() does: the backend's own tasks
+                    # (in `root`) end only when it has.
+                    try:
+                        self._closed_down()
+                    finally:
+                        await backend.close()
         except BaseExceptionGroup as group:
             self._raise_from_group(group)
         finally:

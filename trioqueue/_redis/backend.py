@@ -223,37 +223,44 @@ class RedisBackend(NodeIntake):
         config = self._config
         assert config.redis_url is not None
         fair = config.fairness
-        async with connect(config.redis_url, client_name=f"trioqueue:{self.node}") as client:
-            self._state = state = RedisState(
-                client, config.queue_name, capacity=config.capacity,
-                weights=(fair[Priority.HIGH], fair[Priority.MEDIUM], fair[Priority.LOW]),
-                result_ttl=max(config.result_ttl, 0.001),
-            )
-            await client.ping()
-            sent = time.time()
-            self._set_redis_offset(sent, await state.heartbeat(self.node, self._info()))
-            self._refresh(await state.counts(self._lease))
-            try:
-                async with trio.open_nursery() as nursery:
-                    self._fetchers = 2 if self._prefetch else 1
-                    nursery.start_soon(self._fetcher)
-                    if self._prefetch:
-                        nursery.start_soon(self._fetcher, True)
-                    nursery.start_soon(self._flusher)
-                    nursery.start_soon(self._heartbeat)
-                    nursery.start_soon(self._read_events)
-                    nursery.start_soon(self._listen_for_cancels)
-                    nursery.start_soon(self._outbox.run, state)
-                    task_status.started()
-                    await self._closed.wait()
-                    self._stop_reading = True
-                    self._want_events.set()
-                    self._read_done.set()  # (events_caught_up ends)
-                    nursery.cancel_scope.cancel()
-            finally:
-                # Also when the queue's nursery was cancelled (its body raised): close()
-                # then has no client to talk to.
-                self._disconnected = True
+        with trio.CancelScope() as lifetime:
+            async with connect(config.redis_url,
+                               client_name=f"trioqueue:{self.node}") as client:
+                self._state = state = RedisState(
+                    client, config.queue_name, capacity=config.capacity,
+                    weights=(fair[Priority.HIGH], fair[Priority.MEDIUM], fair[Priority.LOW]),
+                    result_ttl=max(config.result_ttl, 0.001),
+                )
+                await client.ping()
+                sent = time.time()
+                self._set_redis_offset(sent, await state.heartbeat(self.node, self._info()))
+                self._refresh(await state.counts(self._lease))
+                try:
+                    async with trio.open_nursery() as nursery:
+                        self._fetchers = 2 if self._prefetch else 1
+                        nursery.start_soon(self._fetcher)
+                        if self._prefetch:
+                            nursery.start_soon(self._fetcher, True)
+                        nursery.start_soon(self._flusher)
+                        nursery.start_soon(self._heartbeat)
+                        nursery.start_soon(self._read_events)
+                        nursery.start_soon(self._listen_for_cancels)
+                        nursery.start_soon(self._outbox.run, state)
+                        task_status.started()
+                        # Open: from here only close() (or abandon()) ends the node's
+                        # connection and tasks.  A queue cancelled from outside (a second
+                        # Ctrl+C) still puts its running jobs back and removes its entry
+                        # through them, in close()'s bounded, shielded last call.
+                        lifetime.shield = True
+                        await self._closed.wait()
+                        self._stop_reading = True
+                        self._want_events.set()
+                        self._read_done.set()  # (events_caught_up ends)
+                        nursery.cancel_scope.cancel()
+                finally:
+                    # A task of the node failed (its nursery's error ends the queue):
+                    # close() then has no client to talk to.
+                    self._disconnected = True
 
     async def recover(self) -> None:
         await trio.lowlevel.checkpoint()  # the state is in Redis already
@@ -299,35 +306,39 @@ class RedisBackend(NodeIntake):
         (shielded, at most :data:`CLOSE_BUDGET` s plus the fetcher's blocking call), and
         remove this node; queued jobs stay in Redis."""
         with trio.CancelScope(shield=True):
-            self._no_claims = True
-            self._put_back_unstarted()  # (close_intake did, unless the queue never ran)
-            self._stop = True
-            self._kick.set()
-            self._flush.set()
-            if self._state is not None and not self._disconnected:
-                with trio.move_on_after(CLOSE_BUDGET):
-                    try:
-                        await self._state.stop_waiting(self.node)
-                    except RedisUnavailable:
-                        pass
-                with trio.move_on_after(CLOSE_BUDGET + 1.5):
-                    await self._fetcher_done.wait()
-                with trio.move_on_after(CLOSE_BUDGET):
-                    await self._outbox.empty()
-                with trio.move_on_after(CLOSE_BUDGET):
-                    try:
-                        await self._state.remove_node(self.node)
-                    except RedisUnavailable as exc:
-                        log.warning("trioqueue: could not remove node %s: %s", self.node, exc)
-            lost = self._outbox.abandon()
-            if lost:
-                log.error("trioqueue: %d jobs accepted by enqueue_nowait were never written "
-                          "to redis (no room or no redis within %s s of the close) and are "
-                          "lost: %s", len(lost), CLOSE_BUDGET, describe(lost))
-            if self._pending:
-                log.warning("trioqueue: %d outcomes not sent to redis at close (those jobs "
-                            "run again after their lease)", len(self._pending))
-            self._closed.set()
+            try:
+                self._no_claims = True
+                self._put_back_unstarted()  # (close_intake did, unless the queue never ran)
+                self._stop = True
+                self._kick.set()
+                self._flush.set()
+                if self._state is not None and not self._disconnected:
+                    with trio.move_on_after(CLOSE_BUDGET):
+                        try:
+                            await self._state.stop_waiting(self.node)
+                        except RedisUnavailable:
+                            pass
+                    with trio.move_on_after(CLOSE_BUDGET + 1.5):
+                        await self._fetcher_done.wait()
+                    with trio.move_on_after(CLOSE_BUDGET):
+                        await self._outbox.empty()
+                    with trio.move_on_after(CLOSE_BUDGET):
+                        try:
+                            await self._state.remove_node(self.node)
+                        except RedisUnavailable as exc:
+                            log.warning("trioqueue: could not remove node %s: %s",
+                                        self.node, exc)
+                lost = self._outbox.abandon()
+                if lost:
+                    log.error("trioqueue: %d jobs accepted by enqueue_nowait were never "
+                              "written to redis (no room or no redis within %s s of the "
+                              "close) and are lost: %s", len(lost), CLOSE_BUDGET,
+                              describe(lost))
+                if self._pending:
+                    log.warning("trioqueue: %d outcomes not sent to redis at close (those "
+                                "jobs run again after their lease)", len(self._pending))
+            finally:
+                self._closed.set()  # (the node's tasks end: run() waits for this)
 
     def abandon(self) -> None:
         self._closed.set()
