@@ -333,6 +333,25 @@ async def test_idempotent_post(queue: trioqueue.JobQueue) -> None:
     assert (await call(app, "POST", "/jobs", {**body, "payload": {"a": 2}}))[0] == 409
 
 
+async def test_concurrent_posts_of_one_new_id_answer_202_once(tmp_path: Any) -> None:
+    """With a store the id check reads it (an await): twenty requests with one new id at
+    once made several 202s for one job.  Exactly one is 202 now, the others 200."""
+    config = trioqueue.QueueConfig(persist_path=tmp_path / "q.db", workers=1)
+    async with trioqueue.open_queue(demo_registry, config) as q:
+        app = App(q)
+        body = {"task": "echo", "payload": {"x": 1}, "id": "conc-1"}
+        statuses: list[int] = []
+
+        async def post() -> None:
+            statuses.append((await call(app, "POST", "/jobs", body))[0])
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(20):
+                nursery.start_soon(post)
+        assert sorted(statuses) == [200] * 19 + [202]
+        assert q.metrics().enqueued == 1
+
+
 async def test_deeply_nested_payload_is_400_not_500(queue: trioqueue.JobQueue) -> None:
     app = App(queue)
     deep = b'{"task": "echo", "payload": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"

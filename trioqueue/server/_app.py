@@ -133,6 +133,9 @@ class App:
         self.history = MetricsHistory()
         """Recent counter samples for the dashboard's chart; :func:`serve` runs its
         sampler (``history.run``)."""
+        self._creating: dict[str, trio.Event] = {}
+        """Ids of ``POST /jobs`` requests under way: a second request with the same id
+        waits for the first, so that exactly one of them answers 202."""
 
     @property
     def closing(self) -> bool:
@@ -366,7 +369,21 @@ class App:
         return HTTPError(429, str(exc), ((b"retry-after", retry_after),))
 
     async def _create(self, request: JobRequest) -> tuple[int, Job]:
-        """Enqueue without waiting for room: a full queue answers 429 at once."""
+        """Enqueue without waiting for room: a full queue answers 429 at once.  Requests
+        with the same id take turns here (one process: on Redis, two servers may both
+        answer 202 for one job)."""
+        if request.id is None:
+            return await self._create_one(request)
+        while (earlier := self._creating.get(request.id)) is not None:
+            await earlier.wait()
+        done = self._creating[request.id] = trio.Event()
+        try:
+            return await self._create_one(request)
+        finally:
+            del self._creating[request.id]
+            done.set()
+
+    async def _create_one(self, request: JobRequest) -> tuple[int, Job]:
         q = self.queue
         if self.closing:
             raise HTTPError(503, "the server is shutting down and takes no new jobs")
