@@ -66,11 +66,11 @@ async def test_a_batch_of_several_tasks_and_priorities_in_order(
 @pytest.mark.parametrize(
     ("body", "status", "error"),
     [
-        ([], 400, "body: expected a JSON object, got list"),
+        ([], 400, "body: expected a JSON object, got an array"),
         ({}, 400, "jobs: expected a list of job objects, got nothing"),
-        ({"jobs": {}}, 400, "jobs: expected a list of job objects, got dict"),
+        ({"jobs": {}}, 400, "jobs: expected a list of job objects, got an object"),
         ({"jobs": [], "x": 1}, 400, "x: unknown field (expected jobs)"),
-        ({"jobs": [{"task": "echo"}, 3]}, 400, "jobs[1]: expected a JSON object, got int"),
+        ({"jobs": [{"task": "echo"}, 3]}, 400, "jobs[1]: expected a JSON object, got 3"),
         ({"jobs": [{"task": "echo"}] * 3 + [{"task": "echo", "priority": "urgent"}]}, 400,
          "jobs[3].priority: expected one of 'high', 'medium', 'low'; got 'urgent'"),
         ({"jobs": [{"task": "echo", "delay": -1}]}, 400, "jobs[0].delay: "),

@@ -323,12 +323,37 @@ async def test_bulk_retry_while_closing_is_503(
 @pytest.mark.parametrize(
     ("body", "error"),
     [
-        ([], "body: expected a JSON object, got list"),
-        ({}, "status: expected 'failed' or 'cancelled', got None"),
+        ({}, "task: expected a non-empty string, got nothing"),
+        ({"task": None}, "task: expected a non-empty string, got null"),
+        ({"task": ["echo"]}, "task: expected a non-empty string, got an array"),
+        ({"task": "echo", "max_retries": True},
+         "max_retries: expected an integer 0..1000000, got true"),
+        ({"task": "echo", "delay": "soon"}, "delay: expected a number of seconds, got 'soon'"),
+        ({"task": "echo", "id": {"a": 1}}, "id: expected a string, got an object"),
+        ({"task": "echo", "priority": False},
+         "priority: expected one of 'high', 'medium', 'low'; got false"),
+        (b"true", "body: expected a JSON object, got true"),
+    ],
+)
+async def test_post_job_errors_name_json_values_as_json(
+    setup: tuple[App, trioqueue.JobQueue, Tasks], body: Any, error: str
+) -> None:
+    app, _, _ = setup
+    status, _, answer = await call(app, "POST", "/jobs", body)
+    assert (status, answer["error"]) == (400, error)
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ([], "body: expected a JSON object, got an array"),
+        ({}, "status: expected 'failed' or 'cancelled', got nothing"),
         ({"status": "completed"}, "status: expected 'failed' or 'cancelled', got 'completed'"),
         ({"status": "FAILED"}, "status: expected 'failed' or 'cancelled', got 'FAILED'"),
         ({"status": "failed", "task": ""}, "task: expected a non-empty string, got ''"),
         ({"status": "failed", "task": 3}, "task: expected a non-empty string, got 3"),
+        ({"status": None}, "status: expected 'failed' or 'cancelled', got null"),
+        (b"null", "body: expected a JSON object, got null"),
         ({"status": "failed", "priority": "high"},
          "priority: unknown field (expected some of status, task)"),
         (b"{nope", "body: not valid JSON"),

@@ -166,40 +166,64 @@ class JobRequest:
     delay: float = 0.0
 
 
+_NOTHING: Any = object()
+"""A field the body does not have (for :func:`_shown`)."""
+
+
+def _shown(value: Any) -> str:
+    """A value from a JSON body in a message: ``null``, ``true`` and ``false`` as JSON
+    spells them (Python's ``None`` or ``True`` mean nothing to a client that sent JSON),
+    an object or array by its kind, ``nothing`` for a field the body lacks, a string or
+    number as the messages quote them (``'x'``, ``5``), shortened."""
+    if value is _NOTHING:
+        return "nothing"
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _seconds(name: str, value: Any, *, zero_ok: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise HTTPError(400, f"{name}: expected a number of seconds, got {value!r}")
+        raise HTTPError(400, f"{name}: expected a number of seconds, got {_shown(value)}")
     try:
         seconds = float(value)
     except OverflowError:
         raise HTTPError(400, f"{name}: {value!r} is too large") from None
     if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero_ok):
         bound = ">= 0" if zero_ok else "> 0"
-        raise HTTPError(400, f"{name}: expected a number of seconds {bound}, got {value!r}")
+        raise HTTPError(400, f"{name}: expected a number of seconds {bound}, got "
+                             f"{_shown(value)}")
     return seconds
 
 
 def parse_job_request(data: Any) -> JobRequest:
     """Check the fields of a ``POST /jobs`` body; raise :class:`HTTPError` 400 naming one."""
     if not isinstance(data, dict):
-        raise HTTPError(400, f"body: expected a JSON object, got {type(data).__name__}")
+        raise HTTPError(400, f"body: expected a JSON object, got {_shown(data)}")
     if not JOB_FIELDS.issuperset(data):
         unknown = sorted(set(data) - JOB_FIELDS)
         known = ", ".join(sorted(JOB_FIELDS))
         raise HTTPError(400, f"{unknown[0]}: unknown field (expected some of {known})")
     task = data.get("task")
     if not isinstance(task, str) or not task:
-        raise HTTPError(400, f"task: expected a non-empty string, got {task!r}")
+        raise HTTPError(400, "task: expected a non-empty string, got "
+                             f"{_shown(data.get('task', _NOTHING))}")
     priority = data.get("priority")
     if priority is not None:
         if not isinstance(priority, str) or priority not in ("high", "medium", "low"):
             raise HTTPError(
-                400, f"priority: expected one of 'high', 'medium', 'low'; got {priority!r}"
+                400, f"priority: expected one of 'high', 'medium', 'low'; got "
+                     f"{_shown(priority)}"
             )
         priority = Priority.coerce(priority)
     job_id = data.get("id")
     if job_id is not None and not isinstance(job_id, str):
-        raise HTTPError(400, f"id: expected a string, got {job_id!r}")
+        raise HTTPError(400, f"id: expected a string, got {_shown(job_id)}")
     max_retries = data.get("max_retries")
     if max_retries is not None and (
         isinstance(max_retries, bool)
@@ -207,7 +231,8 @@ def parse_job_request(data: Any) -> JobRequest:
         or not 0 <= max_retries <= MAX_RETRIES_LIMIT
     ):
         raise HTTPError(
-            400, f"max_retries: expected an integer 0..{MAX_RETRIES_LIMIT}, got {max_retries!r}"
+            400, f"max_retries: expected an integer 0..{MAX_RETRIES_LIMIT}, got "
+                 f"{_shown(max_retries)}"
         )
     timeout = data.get("timeout")
     if timeout is not None:
@@ -236,21 +261,20 @@ def parse_batch_request(data: Any) -> list[JobRequest]:
     job bodies as for ``POST /jobs``); raise :class:`HTTPError` 400 naming the item and
     field (``jobs[3].priority: ...``)."""
     if not isinstance(data, dict):
-        raise HTTPError(400, f"body: expected a JSON object, got {type(data).__name__}")
+        raise HTTPError(400, f"body: expected a JSON object, got {_shown(data)}")
     unknown = sorted(set(data) - {"jobs"})
     if unknown:
         raise HTTPError(400, f"{unknown[0]}: unknown field (expected jobs)")
     jobs = data.get("jobs")
     if not isinstance(jobs, list):
-        raise HTTPError(400, f"jobs: expected a list of job objects, got "
-                             f"{type(jobs).__name__ if 'jobs' in data else 'nothing'}")
+        raise HTTPError(400, "jobs: expected a list of job objects, got "
+                             f"{_shown(data.get('jobs', _NOTHING))}")
     if len(jobs) > MAX_BATCH:
         raise HTTPError(400, f"jobs: at most {MAX_BATCH} per batch, got {len(jobs)}")
     requests: list[JobRequest] = []
     for i, item in enumerate(jobs):
         if not isinstance(item, dict):
-            raise HTTPError(400, f"jobs[{i}]: expected a JSON object, got "
-                                 f"{type(item).__name__}")
+            raise HTTPError(400, f"jobs[{i}]: expected a JSON object, got {_shown(item)}")
         try:
             requests.append(parse_job_request(item))
         except HTTPError as exc:
@@ -336,7 +360,7 @@ class BulkRetry:
 def parse_bulk_retry(data: Any) -> BulkRetry:
     """Check a ``POST /jobs/retry`` body; raise :class:`HTTPError` 400 naming the field."""
     if not isinstance(data, dict):
-        raise HTTPError(400, f"body: expected a JSON object, got {type(data).__name__}")
+        raise HTTPError(400, f"body: expected a JSON object, got {_shown(data)}")
     unknown = sorted(set(data) - RETRY_FIELDS)
     if unknown:
         known = ", ".join(sorted(RETRY_FIELDS))
@@ -344,10 +368,11 @@ def parse_bulk_retry(data: Any) -> BulkRetry:
     raw = data.get("status")
     names = " or ".join(repr(s.value) for s in RETRYABLE)
     if not isinstance(raw, str) or raw not in {s.value for s in RETRYABLE}:
-        raise HTTPError(400, f"status: expected {names}, got {raw!r}")
+        raise HTTPError(400, f"status: expected {names}, got "
+                             f"{_shown(data.get('status', _NOTHING))}")
     task = data.get("task")
     if task is not None and (not isinstance(task, str) or not task):
-        raise HTTPError(400, f"task: expected a non-empty string, got {task!r}")
+        raise HTTPError(400, f"task: expected a non-empty string, got {_shown(task)}")
     return BulkRetry(JobStatus(raw), task)
 
 
