@@ -173,6 +173,13 @@ async def test_list_refuses_unknown_query_parameters(
     ("before=a%2Fb", "before: 'a/b' has characters other than"),
     ("before=" + "a" * 129, "before: must be 1 to 128 characters, got 129"),
     ("limit=0", "limit: expected a positive integer, got '0'"),
+    ("limit=1_0", "limit: expected a positive integer, got '1_0'"),
+    ("limit=0000", "limit: expected a positive integer, got '0000'"),
+    ("limit=%2B1", "limit: expected a positive integer, got '+1'"),
+    ("limit=%201", "limit: expected a positive integer, got ' 1'"),
+    ("limit=%D9%A1", "limit: expected a positive integer, got '\u0661'"),  # int() took it
+    ("status=failed&status=completed", "status: given more than once"),
+    ("limit=abc&limit=1", "limit: given more than once"),
 ])
 async def test_list_refuses_a_bad_before_or_limit(
     setup: tuple[App, trioqueue.JobQueue, Tasks], query: str, error: str
@@ -192,6 +199,9 @@ async def test_list_with_known_parameters_still_works(
     assert status == 200
     assert [j["id"] for j in body["jobs"]] == [ids[2], ids[1]]
     assert body["next"] == ids[1]
+    # Any number of digits counts (as 1000 at most): 5,000 of them included.
+    status, _, body = await call(app, "GET", "/jobs", query="status=failed&limit=" + "9" * 5000)
+    assert (status, len(body["jobs"])) == (200, 3)
 
 
 async def test_list_filters_by_task_and_pages_with_before_and_next(

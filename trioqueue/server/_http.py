@@ -286,14 +286,24 @@ def parse_batch_request(data: Any) -> list[JobRequest]:
 
 
 def parse_query(query_string: bytes) -> dict[str, str]:
-    """The query string as a dict (the last of repeated names wins)."""
+    """The query string as a dict; a name given twice is refused (400) rather than one of
+    its values chosen silently (a proxy or log may have judged the request by the
+    other)."""
     if not query_string:
         return {}
     try:
         text = query_string.decode("ascii")
     except UnicodeDecodeError:
         raise HTTPError(400, "query: not ASCII") from None
-    return dict(parse_qsl(text, keep_blank_values=True))
+    pairs = parse_qsl(text, keep_blank_values=True)
+    query = dict(pairs)
+    if len(query) < len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise HTTPError(400, f"{name}: given more than once")
+            seen.add(name)
+    return query
 
 
 LIST_PARAMS = frozenset({"status", "task", "limit", "before"})
@@ -327,10 +337,10 @@ def parse_list_query(query: Mapping[str, str]) -> ListQuery:
             names = ", ".join(s.value for s in JobStatus)
             raise HTTPError(400, f"status: expected one of {names}; got {raw_status!r}") from None
     raw_limit = query.get("limit", "100")
-    try:
-        limit = int(raw_limit)
-    except ValueError:
-        raise HTTPError(400, f"limit: expected a positive integer, got {raw_limit!r}") from None
+    # Digits only: int() would also take "1_0", "+1", " 1" and other scripts' digits.
+    if not (raw_limit.isascii() and raw_limit.isdigit()):
+        raise HTTPError(400, f"limit: expected a positive integer, got {raw_limit!r}")
+    limit = MAX_LIST_LIMIT if len(raw_limit) > 9 else int(raw_limit)  # (clamped below)
     if limit < 1:
         raise HTTPError(400, f"limit: expected a positive integer, got {raw_limit!r}")
     task = query.get("task")
