@@ -71,7 +71,8 @@ async def test_invalid_payload_names_its_index_and_admits_nothing(autojump_clock
 
 async def test_batch_larger_than_capacity_is_invalid(autojump_clock: Any) -> None:
     async with trioqueue.open_queue(make_registry(), QueueConfig(workers=1, capacity=5)) as q:
-        with pytest.raises(InvalidJob, match=r"more than the capacity \(5\)"):
+        with pytest.raises(InvalidJob, match=r"^jobs: 6 jobs of priority medium in one batch, "
+                                              r"more than the capacity \(5\)"):
             await q.enqueue_many("double", [{"n": i} for i in range(6)])
         with pytest.raises(InvalidJob, match="capacity"):
             q.enqueue_many_nowait("double", [{"n": i} for i in range(6)], delay=5.0)

@@ -103,14 +103,17 @@ class Batches:
         """Raise :class:`InvalidJob` for a batch that could never fit: more new jobs of
         one priority (ready, or delayed) than the capacity."""
         cap = self._capacity
+        if len(recs) <= cap:
+            return
         counts: dict[tuple[int, bool], int] = {}
         for rec in recs:
             key = (rec.priority, rec.status is JobStatus.SCHEDULED)
-            counts[key] = n = counts.get(key, 0) + 1
+            counts[key] = counts.get(key, 0) + 1
+        for (p, delayed), n in sorted(counts.items()):
             if n > cap:
                 raise InvalidJob(
-                    f"jobs: {n}+ {'delayed ' if key[1] else ''}jobs of priority "
-                    f"{LABELS[key[0]]} in one batch, more than the capacity ({cap}); "
+                    f"jobs: {n} {'delayed ' if delayed else ''}jobs of priority "
+                    f"{LABELS[p]} in one batch, more than the capacity ({cap}); "
                     f"split the batch"
                 )
 
