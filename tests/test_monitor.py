@@ -660,6 +660,18 @@ def test_once_prints_one_view_with_current_rates(server: Server) -> None:
     assert "\x1b" not in result.stdout  # plain text when not on a terminal
 
 
+def test_once_shows_the_failures_from_before_it_connected(server: Server) -> None:
+    """A user's first look after something failed: ``--once`` said "recent failures:
+    none" for a job that had failed a second before, since only the stream fed it."""
+    failed = run_cli("enqueue", "fail", "--max-retries", "0", "--id", "failed-before",
+                     "--wait", "--url", server.url)
+    assert failed.returncode == 1, failed.stderr
+    result = run_cli("monitor", "--once", "--url", server.url)
+    assert result.returncode == 0, result.stderr
+    assert "recent failures, newest first:" in result.stdout
+    assert re.search(r"failed fail failed-before attempt 1", result.stdout), result.stdout
+
+
 def test_once_without_a_server_exits_1() -> None:
     result = run_cli("monitor", "--once", "--url", "http://127.0.0.1:9")
     assert result.returncode == 1

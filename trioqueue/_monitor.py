@@ -38,6 +38,7 @@ from trio_websocket import (
 
 from ._cli_common import transport_failure
 from ._monitor_view import (
+    FAILURES_KEPT,
     MonitorView,
     ProtocolError,
     decode,
@@ -183,6 +184,8 @@ class Monitor:
                 self.view.receive(data)
                 if first:
                     first = False
+                    if not self.view.conn.ever_connected:
+                        await self._seed_failures()
                     again = self.view.conn.ever_connected
                     self.view.connected(trio.current_time(), time.time())
                     if again:
@@ -192,6 +195,24 @@ class Monitor:
                         self._notice(f"watching {self.view.url}")
                 if data["type"] == "metrics":
                     self._first_snapshot.set()
+
+    async def _seed_failures(self) -> None:
+        """The failures from before the monitor connected (``GET /jobs?status=failed``),
+        so that they show at once and in ``--once``; a server that refuses the listing
+        (an older one, a token for events only) leaves the list to the stream."""
+        import httpx
+
+        headers = {"authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            async with httpx.AsyncClient(base_url=self.url, headers=headers,
+                                         timeout=CONNECT_TIMEOUT) as http:
+                answer = await http.get("/jobs", params={"status": "failed",
+                                                         "limit": FAILURES_KEPT})
+            jobs = answer.json().get("jobs") if answer.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return
+        if isinstance(jobs, list):
+            self.view.seed_failures([j for j in jobs if isinstance(j, dict)])
 
     async def connect_forever(self) -> None:
         """Connect, and again after every drop, with backoff.  Raises :class:`Refused`
