@@ -209,6 +209,11 @@ async def test_a_large_flush_goes_in_several_transactions_each_job_once(
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT status, count(*), sum(result) FROM jobs").fetchall() == [
             ("completed", 351, sum(range(350)) - 1)]
+        # Oldest first (a row's rowid is its first write; generated ids sort by age),
+        # through both ways of splitting: a chunk off the front (351, 251 left), and
+        # the newest few off the back (151: a little over the chunk).
+        ids = [row[0] for row in conn.execute("SELECT id FROM jobs ORDER BY rowid")]
+        assert ids == sorted(ids)
 
 
 async def test_batch_enqueue_returns_before_the_commit(tmp_path: Path) -> None:

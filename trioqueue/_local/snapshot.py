@@ -394,6 +394,14 @@ class Persistence(StoreReads):
                     writing, pending = pending, {}
                     self._inflight = pending
                     direct(self._dirty)
+                elif len(pending) < 2 * WRITE_CHUNK:
+                    # A little over a chunk (a flush that came late): the oldest chunk
+                    # goes now, split off by moving the newest few, not the chunk.
+                    excess = len(pending) - WRITE_CHUNK
+                    newest = list(islice(reversed(pending), excess))
+                    rest = {job_id: pending.pop(job_id) for job_id in reversed(newest)}
+                    writing, pending = pending, rest
+                    self._inflight = pending
                 else:
                     ids = list(islice(pending, WRITE_CHUNK))
                     writing = {job_id: pending.pop(job_id) for job_id in ids}
