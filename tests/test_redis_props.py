@@ -126,6 +126,8 @@ class Model:
                 assert c.owner == node
                 assert TASKS[node] is None or c.job.task in TASKS[node]
                 assert c.job.status.value == "processing"
+                # Never past its max_retries (a released last attempt fails instead).
+                assert c.job.attempts <= c.job.max_retries + 1, c.job
                 self.held[c.job.id] = (node, c.fence)
                 self.old.append((c.job.id, node, c.fence))
         elif kind == "finish" and self.held:

@@ -156,3 +156,23 @@ async def test_enqueue_nowait_with_the_id_of_a_finished_job_is_idempotent_after_
             q.enqueue_nowait("echo", "another body", job_id="kept")
         assert await q.get("kept") == done
     assert h.started() == ["kept"]
+
+
+async def test_a_job_cut_off_in_its_last_attempt_fails_instead_of_running_again(
+    backend: Backend, clock: MockClock | None, h: Harness
+) -> None:
+    """A shutdown that cuts a job off puts it back with the attempt counted; when that
+    was its last one (``max_retries`` used up), it ends FAILED, "Interrupted: ...", and
+    does not run again: a handler that stops its process in an orderly way (sending it
+    SIGTERM) is not run again on every restart, on any backend."""
+    async with backend.open(h.registry, workers=1,
+                            shutdown_timeout=real_time_scale(clock)) as q:
+        await q.enqueue("gated", "last", job_id="last", max_retries=0)
+        await h.entered("last")
+    h.open_gate("last")
+    async with backend.open(h.registry, workers=1) as q:
+        done = await q.wait("last")
+        assert (done.status, done.attempts) == (JobStatus.FAILED, 1)
+        assert done.error is not None
+        assert done.error.startswith("Interrupted: the queue stopped while attempt 1 ran")
+    assert h.started("gated") == ["last"]

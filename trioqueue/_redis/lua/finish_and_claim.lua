@@ -260,6 +260,15 @@ else
               emit('failed', cand, r[2] or '', best - 1, 'failed', 0, node,
                 {'error', bad})
               r = nil
+            elseif tonumber(r[6]) > tonumber(r[7]) then
+              -- Its last attempt was cut off by a shutdown (released, attempt counted):
+              -- it ends FAILED rather than run past its max_retries (as on SQLite).
+              local err = 'Interrupted: the queue stopped while attempt ' .. r[6] ..
+                ' ran (max_retries=' .. r[7] .. ')'
+              finish(cand, 'failed', best - 1, ttl, {'error', err}, false)
+              emit('failed', cand, r[2], best - 1, 'failed', tonumber(r[6]), node,
+                {'error', err})
+              r = nil
             elseif known and not known[r[2]] then
               -- A task this node cannot run: parked for a node that can (woken for it),
               -- while this one goes on with the jobs behind it.
