@@ -200,7 +200,12 @@ async def test_get_tasks_shows_schedule_every_and_next_run(
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"schedule": "* * *"}, "schedule: '* * *' is not a cron expression"),
+    ({"schedule": "* * *"}, "schedule: expected five fields (minute, hour, day of month, "
+                            "month, day of week), got 3 in '* * *'"),
+    ({"schedule": "* * * * * *"}, "schedule: expected five fields"),  # (seconds: no)
+    ({"schedule": "61 * * * *"}, "schedule: '61 * * * *' is not a cron expression"),
+    ({"every": 0.0005}, "every: expected 0.001 to 316224000 seconds (ten years), got 0.0005"),
+    ({"every": 1e300}, "every: expected 0.001 to 316224000 seconds"),
     ({"schedule": "*/5 * * * *", "every": 5}, "schedule and every: give one, not both"),
     ({"every": 0}, "every: expected a number of seconds > 0, got 0"),
     ({"every": float("nan")}, "every: expected a number of seconds > 0"),

@@ -1130,3 +1130,59 @@ async def test_a_flush_whose_jobs_are_all_taken_back_returns(
                     await flushed.wait()
         with pytest.raises(trioqueue.JobNotFound):
             await q.get(job.id)
+
+
+async def test_a_writer_that_fails_unexpectedly_still_lets_the_file_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A write that fails with something other than a StoreError (a bug) ends the queue
+    with it; the file's lock is released all the same, so the process can open the file
+    again (it said "in use by another trioqueue queue (process <its own pid>)")."""
+    db = tmp_path / "q.db"
+
+    def broken(self: SqliteStore, values: Any) -> None:
+        raise RuntimeError("a bug in the writer")
+
+    async def run_until_it_breaks() -> None:
+        async with trioqueue.open_queue(registry, cfg(db, durability="batch")) as q:
+            monkeypatch.setattr(SqliteStore, "write_values", broken)
+            await q.enqueue("echo", 1)
+            await q.flush()
+
+    with pytest.raises(BaseException) as caught:
+        await run_until_it_breaks()
+    assert "a bug in the writer" in repr(caught.value) or any(
+        "a bug in the writer" in repr(e) for e in getattr(caught.value, "exceptions", ()))
+    monkeypatch.undo()
+    async with trioqueue.open_queue(registry, cfg(db)) as q:
+        await q.flush()
+
+
+@pytest.mark.parametrize("where", ["enqueue", "task", "config"])
+async def test_max_retries_is_bounded_everywhere(tmp_path: Path, where: str) -> None:
+    """A store keeps ``max_retries`` as a 64-bit integer: 2**63 was accepted and then
+    crashed the store's writer, losing the queue's acknowledged jobs."""
+    reg = trioqueue.TaskRegistry()
+    too_many = 2**63
+    if where == "task":
+        with pytest.raises(trioqueue.InvalidJob, match=r"max_retries: expected an integer "
+                                                      r"0\.\.1000000, got 9223372036854775808"):
+
+            @reg.task(max_retries=too_many)
+            async def greedy(job: trioqueue.Job) -> None:
+                pass  # pragma: no cover
+        return
+    if where == "config":
+        with pytest.raises(ValueError, match=r"max_retries: expected an integer 0\.\.1000000"):
+            QueueConfig(max_retries=too_many)
+        return
+
+    @reg.task
+    async def echo(job: trioqueue.Job) -> Any:
+        return job.payload
+
+    async with trioqueue.open_queue(reg, cfg(tmp_path / "q.db")) as q:
+        with pytest.raises(trioqueue.InvalidJob, match="max_retries: expected an integer"):
+            await q.enqueue("echo", 1, max_retries=too_many)
+        done = await q.wait((await q.enqueue("echo", 2, max_retries=1_000_000)).id)
+        assert (done.result, done.max_retries) == (2, 1_000_000)

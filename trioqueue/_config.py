@@ -14,7 +14,7 @@ import attrs
 
 from ._backoff import RetryPolicy
 from ._fairness import DEFAULT_WEIGHTS, check_weights
-from ._job import Priority
+from ._job import MAX_RETRIES, Priority
 
 Durability = Literal["sync", "batch"]
 
@@ -30,6 +30,11 @@ def _positive_int(inst: object, attr: attrs.Attribute[int], value: int) -> None:
 def _non_negative_int(inst: object, attr: attrs.Attribute[int], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{attr.name}: expected an integer >= 0, got {value!r}")
+
+
+def _retries(inst: object, attr: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
+        raise ValueError(f"{attr.name}: expected an integer 0..{MAX_RETRIES}, got {value!r}")
 
 
 def _seconds(inst: object, attr: attrs.Attribute[float], value: float) -> None:
@@ -86,7 +91,11 @@ _QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}\Z")
 
 
 def _path(value: str | os.PathLike[str] | None) -> Path | None:
-    return None if value is None or value == "" else Path(value)
+    if value is None or value == "":  # ("": an empty TRIOQUEUE_PERSIST_PATH, unset)
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"persist_path: expected a file path, got {value!r}")
+    return Path(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -102,7 +111,7 @@ class QueueConfig:
     new delayed jobs may wait for their due time).  ``enqueue`` waits for room,
     ``enqueue_nowait`` raises :class:`QueueFull`.  Retries and jobs coming due are never
     refused: they were accepted already."""
-    max_retries: int = attrs.field(default=3, validator=_non_negative_int)
+    max_retries: int = attrs.field(default=3, validator=_retries)
     """Default for tasks that do not set their own."""
     retry_base: float = attrs.field(default=1.0, validator=_seconds)
     retry_factor: float = attrs.field(default=2.0, validator=_seconds)

@@ -178,6 +178,16 @@ def check_json(field: str, value: Any) -> str:
         return json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise InvalidJob(f"{field}: not JSON-serializable ({exc})") from None
+    except RecursionError:
+        raise InvalidJob(f"{field}: not JSON-serializable (nested too deeply)") from None
+
+
+MAX_RETRIES = 1_000_000
+"""The most retries a job may have (``max_retries``): a store keeps the count as a 64-bit
+integer, and no job needs more."""
+MAX_DELAY = 10 * 366 * 86400.0
+"""The longest delay, in seconds: ten years (a due time stays a representable date, and
+a millisecond count that Redis keeps exactly)."""
 
 
 def canonical_json(value: Any) -> str:
@@ -195,18 +205,22 @@ def same_payload_json(a: str, b: str) -> bool:
 
 
 def check_delay(delay: object) -> float:
-    """A delay in seconds (>= 0, finite), or raise :class:`InvalidJob` naming it."""
+    """A delay in seconds (0 to :data:`MAX_DELAY`), or raise :class:`InvalidJob` naming it."""
     if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not (
         delay >= 0 and math.isfinite(delay)
     ):
         raise InvalidJob(f"delay: expected a number of seconds >= 0, got {delay!r}")
+    if delay > MAX_DELAY:
+        raise InvalidJob(f"delay: at most {MAX_DELAY:.0f} seconds (ten years), got {delay!r}")
     return delay
 
 
 def check_max_retries(max_retries: object) -> int:
     """A retry count (an int >= 0), or raise :class:`InvalidJob` naming it."""
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-        raise InvalidJob(f"max_retries: expected an integer >= 0, got {max_retries!r}")
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or not (
+            0 <= max_retries <= MAX_RETRIES):
+        raise InvalidJob(f"max_retries: expected an integer 0..{MAX_RETRIES}, got "
+                         f"{max_retries!r}")
     return max_retries
 
 

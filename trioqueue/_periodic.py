@@ -26,7 +26,7 @@ import trio
 from cronsim import CronSim, CronSimError
 
 from ._exceptions import ShuttingDown, TrioQueueError
-from ._job import MAX_ID_LENGTH, check_job_id
+from ._job import MAX_DELAY, MAX_ID_LENGTH, check_job_id
 
 if TYPE_CHECKING:
     from ._queue import JobQueue
@@ -47,12 +47,20 @@ def check_periodic(name: str, schedule: object, every: object, tz: object) -> No
             math.isfinite(every) and every > 0
         ):
             raise ValueError(f"{where}: every: expected a number of seconds > 0, got {every!r}")
+        if not 0.001 <= every <= MAX_DELAY:
+            # A run's id names its millisecond; and a run is due within ten years.
+            raise ValueError(f"{where}: every: expected 0.001 to {MAX_DELAY:.0f} seconds "
+                             f"(ten years), got {every!r}")
         if tz is not None:
             raise ValueError(f"{where}: tz: only with schedule=")
     if schedule is not None:
         if not isinstance(schedule, str):
             raise ValueError(f"{where}: schedule: expected a cron expression (str), "
                              f"got {type(schedule).__name__}")
+        fields = len(schedule.split())
+        if fields != 5:
+            raise ValueError(f"{where}: schedule: expected five fields (minute, hour, day "
+                             f"of month, month, day of week), got {fields} in {schedule!r}")
         zone = _zone(where, tz)
         try:
             CronSim(schedule, datetime(2026, 1, 1, tzinfo=zone))

@@ -115,6 +115,13 @@ async def test_unknown_task_is_refused_and_nothing_is_enqueued(
         assert await q.list_jobs() == []
 
 
+def _nested(depth: int) -> Any:
+    value: Any = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 BAD_INPUT: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ("priority", (), {"priority": "urgent"}),
     ("priority", (), {"priority": 7}),
@@ -143,6 +150,13 @@ BAD_INPUT: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ("id", (), {"job_id": "a/b"}),
     ("id", (), {"job_id": "spaced id"}),
     ("id", (), {"job_id": 12}),
+    # Bounds a store or Redis needs: 2**63 retries crashed the SQLite writer; a delay of
+    # 1e16 s ran at once on Redis (its due time in ms is no longer exact).
+    ("max_retries", (), {"max_retries": 2**63}),
+    ("max_retries", (), {"max_retries": 1_000_001}),
+    ("delay", (), {"delay": 1e16}),
+    ("delay", (), {"delay": 10 * 366 * 86400.0 + 1}),
+    ("payload", (_nested(5000),), {}),  # was a bare RecursionError
 ]
 
 

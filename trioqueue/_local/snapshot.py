@@ -496,7 +496,7 @@ class Persistence(StoreReads):
                         self._committed = await self.write_batch()
                     with self._threads:
                         await trio.to_thread.run_sync(self.store.close)
-                except StoreError:
+                except BaseException:  # a StoreError, or a bug: the file is let go all the same
                     self.store.abandon()
                     raise
                 finally:

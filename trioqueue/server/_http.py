@@ -16,7 +16,8 @@ import attrs
 
 from .._events import EVENT_TYPES, JOB_EVENT_TYPES
 from .._exceptions import InvalidJob
-from .._job import JobStatus, Priority, check_job_id
+from .._job import MAX_DELAY as _MAX_DELAY
+from .._job import MAX_RETRIES, JobStatus, Priority, check_job_id
 
 # The ASGI shapes the app (_app) and the lean server (_lean) exchange.
 Scope = MutableMapping[str, Any]
@@ -25,9 +26,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-MAX_RETRIES_LIMIT = 1_000_000
+MAX_RETRIES_LIMIT = MAX_RETRIES
 """``max_retries`` above this is refused (400): it is a typo, not a policy."""
-MAX_DELAY = 10 * 366 * 86400.0
+MAX_DELAY = _MAX_DELAY
 """``delay`` above ten years is refused (400)."""
 MAX_LIST_LIMIT = 1000
 """``GET /jobs?limit=`` is clamped to this."""
