@@ -182,3 +182,35 @@ async def test_a_stored_call_runs_after_reopen_only_where_it_was_submitted(
             done = await q.wait(job.id)
         assert done.status is JobStatus.COMPLETED
     assert calls == [("a", 1)]
+
+
+async def test_a_registry_that_submitted_in_memory_runs_stored_calls_too(
+    tmp_path: Path,
+) -> None:
+    """One registry, a memory queue first and then one with a store: the function the
+    memory queue registered runs the stored calls (each failed with 'the payload ... must
+    be {"args": [...]}' before), after a reopen too; a partial submitted in memory under
+    the function's name cannot run a stored call and says so."""
+    calls.clear()
+    registry = TaskRegistry()
+    async with trioqueue.open_queue(registry) as m:
+        await m.wait((await m.submit(record, "warm-up")).id)
+    config = QueueConfig(persist_path=tmp_path / "q.db", workers=1)
+    async with trioqueue.open_queue(registry, config) as q:
+        done = await q.wait((await q.submit(record, "stored", 1)).id)
+        assert (done.status, done.error) == (JobStatus.COMPLETED, None)
+        later = await q.submit(record, "after reopen", delay=0.3)
+    async with trioqueue.open_queue(registry, config) as q:
+        with trio.fail_after(10):
+            assert (await q.wait(later.id)).status is JobStatus.COMPLETED
+    assert calls == [("warm-up",), ("stored", 1), ("after reopen",)]
+
+    other = TaskRegistry()
+    async with trioqueue.open_queue(other) as m:
+        await m.wait((await m.submit(functools.partial(add, 1), 2)).id)
+    async with trioqueue.open_queue(other, QueueConfig(persist_path=tmp_path / "p.db",
+                                                       max_retries=0)) as q:
+        job = await q.enqueue("tests.test_submit.add", {"args": [1, 2]})
+        failed = await q.wait(job.id)
+    assert failed.status is JobStatus.FAILED
+    assert "cannot run a stored call" in (failed.error or "")

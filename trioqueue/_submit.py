@@ -129,7 +129,7 @@ def ensure_registered(registry: TaskRegistry, name: str, fn: Callable[..., Any],
     if is_async(fn):
 
         async def run_async(job: Job) -> Any:
-            call_fn, args = _call_of(job, name, durable, fn)
+            call_fn, args = _call_of(job, name, fn)
             return await call_fn(*args)
 
         handler: Callable[[Job], Any] = run_async
@@ -137,7 +137,7 @@ def ensure_registered(registry: TaskRegistry, name: str, fn: Callable[..., Any],
     else:
 
         def run_sync(job: Job) -> Any:
-            call_fn, args = _call_of(job, name, durable, fn)
+            call_fn, args = _call_of(job, name, fn)
             return call_fn(*args)
 
         handler = run_sync
@@ -147,12 +147,22 @@ def ensure_registered(registry: TaskRegistry, name: str, fn: Callable[..., Any],
     registry.register(handler, name=name, sync=sync)
 
 
-def _call_of(job: Job, name: str, durable: bool, fn: Callable[..., Any]
+def _call_of(job: Job, name: str, fn: Callable[..., Any]
              ) -> tuple[Callable[..., Any], Sequence[Any]]:
+    """The call a job makes: a memory-mode job carries it; a stored one (a store's or
+    Redis') has its args as JSON, for ``fn``, whichever kind of queue registered ``fn``
+    first (one registry may serve a memory queue and then a stored one)."""
     payload = job.payload
     if isinstance(payload, Call):
         return payload.fn, payload.args
-    if durable and isinstance(payload, dict) and isinstance(payload.get("args"), list):
+    if isinstance(payload, dict) and isinstance(payload.get("args"), list):
+        try:
+            check_module_level(fn)  # (a memory queue may have registered a partial)
+        except InvalidJob:
+            raise TypeError(
+                f"job {job.id}: {name} was submitted to a memory queue as {fn!r}, which "
+                f"cannot run a stored call; submit the module-level function itself"
+            ) from None
         return fn, payload["args"]
     raise TypeError(
         f"job {job.id}: the payload of a submitted call to {name} must be "
