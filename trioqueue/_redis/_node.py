@@ -316,10 +316,6 @@ class NodeCore(EventsReader):
             parked.remove(rec)
         return True
 
-    def _started(self, rec: JobRecord) -> bool:
-        parked = self._parked.get(rec.task)
-        return rec not in self._buffer and not (parked and rec in parked)
-
     def _log_parked(self, parked: list[str], tasks: list[str]) -> None:
         """Say (once a minute per task) that jobs of a task this node does not have were
         set aside for a node that has it; a task at its ``concurrency`` bound here is
@@ -362,8 +358,21 @@ class NodeCore(EventsReader):
             if job_id is None:
                 continue
             held = self._held.get(job_id)
-            if held is not None and self._started(held[0]):
-                self._cancel_job(held[0])
+            if held is None:
+                continue
+            rec, fence = held
+            if self._unstart(rec):
+                # Claimed here but not started (prefetched, or waiting for its task's
+                # concurrency): it ends CANCELLED without running.
+                del self._held[job_id]
+                self._deadline.pop(job_id, None)
+                self._started_events.pop(job_id, None)
+                self._pending.append(Outcome.cancelled(job_id, fence))
+                self._kick.set()
+                if self._blocked:
+                    self._flush.set()
+            else:
+                self._cancel_job(rec)
 
     def _registry_names(self) -> list[str]:
         return sorted(self._registry)
