@@ -204,8 +204,8 @@ async def test_get_tasks_shows_schedule_every_and_next_run(
                             "month, day of week), got 3 in '* * *'"),
     ({"schedule": "* * * * * *"}, "schedule: expected five fields"),  # (seconds: no)
     ({"schedule": "61 * * * *"}, "schedule: '61 * * * *' is not a cron expression"),
-    ({"every": 0.0005}, "every: expected 0.001 to 316224000 seconds (ten years), got 0.0005"),
-    ({"every": 1e300}, "every: expected 0.001 to 316224000 seconds"),
+    ({"every": 0.0005}, "every: expected 0.001 to 1e+10 seconds, got 0.0005"),
+    ({"every": 1e300}, "every: expected 0.001 to 1e+10 seconds"),
     ({"schedule": "*/5 * * * *", "every": 5}, "schedule and every: give one, not both"),
     ({"every": 0}, "every: expected a number of seconds > 0, got 0"),
     ({"every": float("nan")}, "every: expected a number of seconds > 0"),
@@ -223,5 +223,6 @@ def test_bad_periodic_options_are_refused_at_registration(
     async def handler(job: trioqueue.Job) -> None: ...
 
     with pytest.raises(ValueError, match="task '.*': " + message.replace("(", r"\(")
-                       .replace(")", r"\)").replace("*", r"\*").replace("?", r"\?")):
+                       .replace(")", r"\)").replace("*", r"\*").replace("?", r"\?")
+                       .replace("+", r"\+")):
         registry.task(**options)(handler)

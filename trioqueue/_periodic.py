@@ -26,7 +26,7 @@ import trio
 from cronsim import CronSim, CronSimError
 
 from ._exceptions import ShuttingDown, TrioQueueError
-from ._job import MAX_DELAY, MAX_ID_LENGTH, check_job_id
+from ._job import MAX_ID_LENGTH, check_job_id
 
 if TYPE_CHECKING:
     from ._queue import JobQueue
@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("trioqueue")
 
 _ID_SUFFIX = len("@2026-12-05T10:00:00.000Z")
+
+
+MAX_EVERY = 1e10
+"""The longest ``every=``, in seconds (about 300 years): its due times, multiples of it
+since the epoch, stay dates a job's JSON can carry."""
 
 
 def check_periodic(name: str, schedule: object, every: object, tz: object) -> None:
@@ -47,10 +52,10 @@ def check_periodic(name: str, schedule: object, every: object, tz: object) -> No
             math.isfinite(every) and every > 0
         ):
             raise ValueError(f"{where}: every: expected a number of seconds > 0, got {every!r}")
-        if not 0.001 <= every <= MAX_DELAY:
-            # A run's id names its millisecond; and a run is due within ten years.
-            raise ValueError(f"{where}: every: expected 0.001 to {MAX_DELAY:.0f} seconds "
-                             f"(ten years), got {every!r}")
+        if not 0.001 <= every <= MAX_EVERY:
+            # A run's id names its millisecond; and its due times must stay dates.
+            raise ValueError(f"{where}: every: expected 0.001 to {MAX_EVERY:.0e} seconds, "
+                             f"got {every!r}")
         if tz is not None:
             raise ValueError(f"{where}: tz: only with schedule=")
     if schedule is not None:
