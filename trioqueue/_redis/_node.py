@@ -169,9 +169,10 @@ class NodeCore(EventsReader):
                 self._log_stale(outcomes, results)
                 until = sent + self._lease
                 held, deadline, buffer = self._held, self._deadline, self._buffer
-                if self._stop and claimed:
-                    # Claimed while the node closed (its buffer was released already):
-                    # put back at once, with the next call.
+                if self._no_claims and claimed:
+                    # Claimed while the node began to close (its buffer was put back
+                    # already, and no worker takes a job now): put back at once, with
+                    # the next call.
                     self._pending.extend(Outcome.unstarted(p[0], p[16]) for p in claimed)
                     self._kick.set()
                     claimed = []
