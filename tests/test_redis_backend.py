@@ -195,6 +195,57 @@ async def test_a_closing_node_hands_its_unstarted_jobs_back_at_once_in_order(
     assert sum(t2.runs.values()) == 6
 
 
+async def test_jobs_a_claim_in_flight_brings_back_after_the_shutdown_began_go_back_at_once(
+    queue_name: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A claim whose reply arrives once the node began to close: its jobs go back at
+    once (no worker takes a job now), not when the node's running job has ended."""
+    from trioqueue.testing import RedisState
+
+    t = Tasks()
+    key = f"tq:{{{queue_name}}}:"
+    stop, armed, in_flight, reply = trio.Event(), trio.Event(), trio.Event(), trio.Event()
+    original = RedisState.finish_and_claim_parts
+
+    async def slow_reply(self: RedisState, node: str, outcomes: Any, n: int,
+                         *args: Any, **kwargs: Any) -> Any:
+        if armed.is_set() and n > 0 and not in_flight.is_set():
+            in_flight.set()
+            await reply.wait()  # (the script runs after the shutdown began)
+        return await original(self, node, outcomes, n, *args, **kwargs)
+
+    monkeypatch.setattr(RedisState, "finish_and_claim_parts", slow_reply)
+    with trio.fail_after(30):
+        async with admin() as r, trio.open_nursery() as nursery:
+            closing: list[trioqueue.JobQueue] = []
+
+            async def first_node() -> None:
+                async with trioqueue.open_queue(t.registry, config(
+                        queue_name, workers=1, prefetch=2, shutdown_timeout=20)) as q:
+                    closing.append(q)
+                    await q.enqueue("gated", job_id="run")
+                    await t.entered.wait()
+                    armed.set()
+                    for i in range(4):
+                        await q.enqueue("echo", i, job_id=f"e{i}")
+                    await stop.wait()
+
+            nursery.start_soon(first_node)
+            await in_flight.wait()
+            stop.set()
+            while not closing[0].closing:  # noqa: ASYNC110 (the shutdown's first step)
+                await trio.sleep(0.01)
+            reply.set()
+            while int(await r.zcard(key + "leases")) > 1:  # noqa: ASYNC110
+                await trio.sleep(0.01)  # (put back: Redis' state, no local event)
+            assert sorted(await r.lrange(key + "ready:medium", 0, -1)) == [
+                f"e{i}" for i in range(4)]
+            assert [await r.hget(f"{key}job:e{i}", "attempts") for i in range(4)] == ["0"] * 4
+            assert (await r.hget(key + "job:run", "status")) == "processing"  # still running
+            t.gate.set()
+    assert sum(t.runs[f"e{i}"] for i in range(4)) == 0
+
+
 async def test_a_queue_cancelled_from_outside_still_puts_its_running_job_back(
     queue_name: str,
 ) -> None:
