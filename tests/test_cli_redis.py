@@ -70,7 +70,11 @@ class Worker:
                 line = raw.decode()
                 if line.startswith(prefix):
                     return line
-            ready, _, _ = select.select([out], [], [], max(0.0, deadline - time.monotonic()))
+            # poll(), not select(): a descriptor past 1023 (a busy pytest worker) is fine.
+            poller = select.poll()
+            poller.register(out.fileno(), select.POLLIN)
+            wait_ms = max(0.0, deadline - time.monotonic()) * 1000
+            ready = poller.poll(wait_ms)
             chunk = os.read(out.fileno(), 65536) if ready else b""
             if not chunk:
                 pytest.fail(f"worker {self.pid}: no line starting {prefix!r}")

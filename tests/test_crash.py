@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.sqlite_util import sqlite_at
 
 CHILD = str(Path(__file__).with_name("crash_child.py"))
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -57,7 +58,7 @@ def ran(db: Path) -> list[str]:
 
 
 def stored(db: Path, job_id: str) -> tuple[str, int, str | None]:
-    with sqlite3.connect(db) as conn:
+    with sqlite_at(db) as conn:
         row = conn.execute(
             "SELECT status, attempts, error FROM jobs WHERE id = ?", (job_id,)
         ).fetchone()
@@ -145,7 +146,7 @@ def test_ctrl_c_is_a_clean_shutdown(tmp_path: Path) -> None:
         assert child.stdout.readline().strip() == "enqueued"
         child.send_signal(signal.SIGINT)  # KeyboardInterrupt: open_queue shuts down in order
         assert child.wait(timeout=30) == -signal.SIGINT  # KeyboardInterrupt came out
-    with sqlite3.connect(db) as conn:
+    with sqlite_at(db) as conn:
         clean = conn.execute("SELECT value FROM meta WHERE key = 'clean'").fetchone()[0]
         statuses = [r[0] for r in conn.execute("SELECT status FROM jobs ORDER BY id")]
     assert clean == "1"
@@ -192,7 +193,7 @@ def test_ctrl_c_in_a_handler_that_never_yields_is_the_graceful_shutdown(
         assert child.stderr is not None
         err = child.stderr.read()
     assert err.rstrip().endswith("KeyboardInterrupt"), err
-    with sqlite3.connect(db) as conn:
+    with sqlite_at(db) as conn:
         clean = conn.execute("SELECT value FROM meta WHERE key = 'clean'").fetchone()[0]
         rows = dict(
             (r[0], r[1:]) for r in conn.execute("SELECT id, status, attempts, error FROM jobs")

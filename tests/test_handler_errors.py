@@ -10,7 +10,6 @@ Only our own scope's ``trio.Cancelled`` (cancel(), a timeout, shutdown) and a Ct
 from __future__ import annotations
 
 import signal
-import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -23,6 +22,7 @@ import trio
 import trio.testing
 
 import trioqueue
+from tests.sqlite_util import sqlite_at
 from tests.test_server import running_server, wait_for
 from trioqueue import Job, JobStatus, QueueConfig, TaskRegistry
 
@@ -180,7 +180,7 @@ async def test_a_system_exit_job_is_failed_in_the_store_too(tmp_path: Path) -> N
         job = await q.enqueue("bad", job_id="poison", max_retries=0)
         with trio.fail_after(10):
             assert (await q.wait(job.id)).error == "SystemExit: 1"
-    with sqlite3.connect(db) as conn:
+    with sqlite_at(db) as conn:
         row = conn.execute("SELECT status, attempts, error FROM jobs").fetchone()
     assert row == ("failed", 1, "SystemExit: 1")
     async with opened(registry, config) as q:  # not queued again
@@ -312,5 +312,5 @@ def test_a_system_exit_job_does_not_stop_the_server(tmp_path: Path) -> None:
         assert wait_for(client, "e1", {"completed"})["result"] == 7
         assert srv.proc.poll() is None
         assert srv.stop(signal.SIGTERM) == 0
-    with sqlite3.connect(db) as conn:
+    with sqlite_at(db) as conn:
         assert conn.execute("SELECT status FROM jobs WHERE id = 'p1'").fetchone() == ("failed",)

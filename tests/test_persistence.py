@@ -22,6 +22,7 @@ import pytest
 import trio
 
 import trioqueue
+from tests.sqlite_util import sqlite_at
 from trioqueue import JobStatus, Priority, QueueConfig, StoreError
 from trioqueue.testing import LocalBackend, SqliteStore, sqlite_store
 from trioqueue.testing import snapshot as persistence_module
@@ -53,7 +54,7 @@ def cfg(db: Path, **kw: Any) -> QueueConfig:
 
 
 def on_disk(db: Path, job_id: str) -> tuple[Any, ...] | None:
-    with sqlite3.connect(db) as conn:
+    with sqlite_at(db) as conn:
         return conn.execute(
             "SELECT status, attempts, scheduled_for, result, error FROM jobs WHERE id = ?",
             (job_id,),
@@ -179,7 +180,7 @@ async def test_sync_enqueue_returns_after_the_commit_and_shares_it(tmp_path: Pat
         used = store.commits - commits
         assert used <= 320 // 8, f"{used} commits for 320 concurrent enqueues"
         await q.cancel("hold")
-    with sqlite3.connect(db) as conn:
+    with sqlite_at(db) as conn:
         ids = {r[0] for r in conn.execute("SELECT id FROM jobs")}
     assert set(acked) <= ids
     assert len(acked) == 320
@@ -206,7 +207,7 @@ async def test_a_large_flush_goes_in_several_transactions_each_job_once(
         assert (q.metrics().completed, store.commits) == (351, commits)
         await q.flush()
         assert (store.commits - commits, store.rows_written - rows) == (4, 350)
-    with sqlite3.connect(db) as conn:
+    with sqlite_at(db) as conn:
         assert conn.execute("SELECT status, count(*), sum(result) FROM jobs").fetchall() == [
             ("completed", 351, sum(range(350)) - 1)]
         # Oldest first (a row's rowid is its first write; generated ids sort by age),
@@ -342,7 +343,7 @@ async def test_a_given_id_that_leaves_memory_while_its_repeat_reads_the_store(
         with pytest.raises(trioqueue.JobNotFound):
             q.get_nowait(given_back)
         await q.flush()  # the seed's row is in the store
-        with sqlite3.connect(db) as conn:
+        with sqlite_at(db) as conn:
             conn.execute("DELETE FROM jobs WHERE id = ?", (given_back,))  # free again
         for job_id in (given_back, "mine-1"):
             reading = trio.Event()
@@ -410,7 +411,7 @@ async def test_a_large_backlog_reopens_within_the_capacity_bound(tmp_path: Path)
     # Three priorities of at most `capacity` waiting, plus the finished cache, plus jobs
     # in hand: memory followed the bound, not the 50,000 on disk.
     assert peak <= 3 * 1000 + 1000 + 2 * 1000, peak
-    with sqlite3.connect(db) as conn:
+    with sqlite_at(db) as conn:
         assert conn.execute("SELECT count(*) FROM jobs WHERE status = 'completed'").fetchone()[
             0
         ] == n
@@ -455,7 +456,7 @@ async def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
 
 async def test_a_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
     db = tmp_path / "app.db"
-    with sqlite3.connect(db) as conn:
+    with sqlite_at(db) as conn:
         conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
         conn.execute("INSERT INTO users (name) VALUES ('ada')")
     conn.close()
@@ -648,7 +649,7 @@ async def test_a_cancelled_queue_still_writes_its_final_snapshot(tmp_path: Path)
             await trio.sleep_forever()
     assert on_disk(db, "running")[:2] == ("queued", 1)  # type: ignore[index]
     assert on_disk(db, "waiting")[0] == "scheduled"  # type: ignore[index]
-    with sqlite3.connect(db) as conn:
+    with sqlite_at(db) as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'clean'").fetchone()[0] == "1"
 
 
@@ -996,7 +997,7 @@ async def test_progress_is_stored_while_the_job_runs_and_after_it_ends(tmp_path:
         report_now.set()
         await reported.wait()
         await q.flush()
-        with sqlite3.connect(db) as conn:  # the running job's report is on disk already
+        with sqlite_at(db) as conn:  # the running job's report is on disk already
             stored = conn.execute("SELECT progress FROM jobs WHERE id = ?",
                                   (running.id,)).fetchone()
         assert stored == ('{"fraction": 0.5, "note": "half way"}',)
@@ -1045,7 +1046,7 @@ async def test_a_store_of_the_first_schema_is_upgraded_and_keeps_its_jobs(
         assert (await q.wait("old-queued")).result == "b"
         progress_gate.set()
         new = await q.wait((await q.enqueue("reports", "now")).id)
-    with sqlite3.connect(db) as conn:
+    with sqlite_at(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (2,)
         assert {row[0] for row in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"

@@ -97,9 +97,10 @@ def running_server(*args: str, env: dict[str, str] | None = None, cwd: Path | No
 def _read_url(proc: subprocess.Popen[str], log: Path) -> str:
     assert proc.stdout is not None
     deadline = time.monotonic() + START_TIMEOUT
+    poller = select.poll()  # (not select(): a descriptor past 1023 is fine)
+    poller.register(proc.stdout.fileno(), select.POLLIN)
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if ready:
+        if poller.poll(200):
             line = proc.stdout.readline()
             if line.startswith("trioqueue serving on "):
                 return line.split()[-1]

@@ -10,7 +10,6 @@ one such row made ``open_queue`` fail with a bare ``JSONDecodeError`` (or a
 from __future__ import annotations
 
 import logging
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 import trio
 
 import trioqueue
+from tests.sqlite_util import sqlite_at
 from trioqueue import JobStatus, QueueConfig, StoreError
 
 registry = trioqueue.TaskRegistry()
@@ -33,7 +33,7 @@ def cfg(db: Path, **kw: Any) -> QueueConfig:
 
 
 def rows(db: Path) -> dict[str, tuple[Any, ...]]:
-    with sqlite3.connect(db) as conn:
+    with sqlite_at(db) as conn:
         return {r[0]: r for r in conn.execute("SELECT * FROM jobs")}
 
 
@@ -41,7 +41,7 @@ async def fill(db: Path, n: int) -> list[str]:
     """``n`` echo jobs left queued in ``db`` (enqueued delayed, then made due)."""
     async with trioqueue.open_queue(registry, cfg(db)) as q:
         ids = [(await q.enqueue("echo", {"n": i}, delay=3600)).id for i in range(n)]
-    with sqlite3.connect(db) as conn:
+    with sqlite_at(db) as conn:
         conn.execute("UPDATE jobs SET status = 'queued', scheduled_for = NULL")
     return ids
 
@@ -57,7 +57,7 @@ async def test_rows_that_cannot_be_read_are_named_and_left_as_they_are(
     ids = await fill(db, 6)
     edits = [("payload", "{not json"), ("attempts", "two"), ("created_at", "yesterday"),
              ("status", "paused"), ("priority", 7)]
-    with sqlite3.connect(db) as conn:
+    with sqlite_at(db) as conn:
         for job_id, (column, value) in zip(ids, edits, strict=False):
             conn.execute(f"UPDATE jobs SET {column} = ? WHERE id = ?", (value, job_id))
     edited = {job_id: row for job_id, row in rows(db).items() if job_id != ids[5]}
@@ -93,7 +93,7 @@ async def test_past_twenty_unreadable_rows_one_line_says_there_are_more(
 ) -> None:
     db = tmp_path / "q.db"
     ids = await fill(db, 25)
-    with sqlite3.connect(db) as conn:
+    with sqlite_at(db) as conn:
         conn.execute("UPDATE jobs SET payload = '{' WHERE id != ?", (ids[-1],))
     with trio.fail_after(10):
         async with trioqueue.open_queue(registry, cfg(db)) as q:
