@@ -126,10 +126,15 @@ def ensure_registered(registry: TaskRegistry, name: str, fn: Callable[..., Any],
                 f"{'an async' if spec.sync else 'a plain'} one"
             )
         return
+    try:
+        check_module_level(fn)  # (a memory queue may register a partial, a lambda, ...)
+        runs_stored = True
+    except InvalidJob:
+        runs_stored = False
     if is_async(fn):
 
         async def run_async(job: Job) -> Any:
-            call_fn, args = _call_of(job, name, fn)
+            call_fn, args = _call_of(job, name, fn, runs_stored)
             return await call_fn(*args)
 
         handler: Callable[[Job], Any] = run_async
@@ -137,7 +142,7 @@ def ensure_registered(registry: TaskRegistry, name: str, fn: Callable[..., Any],
     else:
 
         def run_sync(job: Job) -> Any:
-            call_fn, args = _call_of(job, name, fn)
+            call_fn, args = _call_of(job, name, fn, runs_stored)
             return call_fn(*args)
 
         handler = run_sync
@@ -147,22 +152,21 @@ def ensure_registered(registry: TaskRegistry, name: str, fn: Callable[..., Any],
     registry.register(handler, name=name, sync=sync)
 
 
-def _call_of(job: Job, name: str, fn: Callable[..., Any]
+def _call_of(job: Job, name: str, fn: Callable[..., Any], runs_stored: bool
              ) -> tuple[Callable[..., Any], Sequence[Any]]:
     """The call a job makes: a memory-mode job carries it; a stored one (a store's or
     Redis') has its args as JSON, for ``fn``, whichever kind of queue registered ``fn``
-    first (one registry may serve a memory queue and then a stored one)."""
+    first (one registry may serve a memory queue and then a stored one); ``runs_stored``:
+    ``fn`` is a module-level function, which a stored call names."""
     payload = job.payload
     if isinstance(payload, Call):
         return payload.fn, payload.args
     if isinstance(payload, dict) and isinstance(payload.get("args"), list):
-        try:
-            check_module_level(fn)  # (a memory queue may have registered a partial)
-        except InvalidJob:
+        if not runs_stored:
             raise TypeError(
                 f"job {job.id}: {name} was submitted to a memory queue as {fn!r}, which "
                 f"cannot run a stored call; submit the module-level function itself"
-            ) from None
+            )
         return fn, payload["args"]
     raise TypeError(
         f"job {job.id}: the payload of a submitted call to {name} must be "
