@@ -37,6 +37,8 @@ from trio_websocket import (
 )
 
 from ._cli_common import transport_failure
+from ._exceptions import TrioQueueError
+from ._job import JobStatus
 from ._monitor_view import (
     FAILURES_KEPT,
     MonitorView,
@@ -49,7 +51,7 @@ from ._monitor_view import (
     render,
     stale_after,
 )
-from .client import open_websocket
+from .client import Client, open_websocket
 
 STREAM_TYPES = ("failed", "retrying", "metrics")
 BACKOFF_FIRST = 0.5
@@ -202,17 +204,12 @@ class Monitor:
         (an older one, a token for events only) leaves the list to the stream."""
         import httpx
 
-        headers = {"authorization": f"Bearer {self.token}"} if self.token else {}
         try:
-            async with httpx.AsyncClient(base_url=self.url, headers=headers,
-                                         timeout=CONNECT_TIMEOUT) as http:
-                answer = await http.get("/jobs", params={"status": "failed",
-                                                         "limit": FAILURES_KEPT})
-            jobs = answer.json().get("jobs") if answer.status_code == 200 else None
-        except (httpx.HTTPError, ValueError, AttributeError):
+            async with Client(self.url, token=self.token, timeout=CONNECT_TIMEOUT) as client:
+                page = await client.list_page(JobStatus.FAILED, FAILURES_KEPT)
+        except (TrioQueueError, httpx.HTTPError):
             return
-        if isinstance(jobs, list):
-            self.view.seed_failures([j for j in jobs if isinstance(j, dict)])
+        self.view.seed_failures(page.jobs)
 
     async def connect_forever(self) -> None:
         """Connect, and again after every drop, with backoff.  Raises :class:`Refused`

@@ -9,10 +9,11 @@ import time
 import unicodedata
 from collections import deque
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from typing import Any, Literal
 
 import attrs
+
+from ._job import Job
 
 COUNTERS = ("enqueued", "started", "completed", "failed", "retried", "cancelled", "rejected")
 """The server's totals since it started (``GET /metrics``)."""
@@ -187,17 +188,6 @@ def history_samples(data: Mapping[str, Any]) -> tuple[float, list[Sample]]:
     return interval, samples
 
 
-def _epoch(value: Any) -> float | None:
-    """An RFC 3339 time of the job JSON (``2026-01-02T03:04:05.6Z``) as seconds since the
-    epoch, or ``None``."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
 def printable(value: Any) -> str:
     """Text from the network for one terminal line: control characters escaped."""
     text = "-" if value is None else str(value)
@@ -269,19 +259,17 @@ class MonitorView:
             self.lagged += _count(data, "dropped", "lagged")
         # Other types (a newer server's) are not shown.
 
-    def seed_failures(self, jobs: list[dict[str, Any]]) -> None:
+    def seed_failures(self, jobs: Sequence[Job]) -> None:
         """Jobs that ended FAILED before the monitor connected (newest first, as
         ``GET /jobs?status=failed`` lists them), shown while no failure came by the
-        stream; a listing of another shape is passed over."""
+        stream."""
         if self.failures:
             return
         for job in reversed(jobs[:FAILURES_KEPT]):
-            at = _epoch(job.get("finished_at") or job.get("created_at"))
-            if at is None:
-                continue
-            about = (f"failed {printable(job.get('task'))} {printable(job.get('id'))} "
-                     f"attempt {printable(job.get('attempts'))}")
-            self.failures.appendleft((at, about, printable(job.get("error"))))
+            at = job.created_at if job.finished_at is None else job.finished_at
+            about = (f"failed {printable(job.task)} {printable(job.id)} "
+                     f"attempt {printable(job.attempts)}")
+            self.failures.appendleft((at, about, printable(job.error)))
 
     def _add(self, sample: Sample) -> None:
         samples = self.samples
