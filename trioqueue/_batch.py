@@ -8,7 +8,7 @@ store one commit covers it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -16,10 +16,10 @@ import trio
 
 from ._backend import Backend
 from ._config import QueueConfig
-from ._exceptions import InvalidJob, QueueFull, StoreError
+from ._exceptions import DuplicateJob, InvalidJob, QueueFull, StoreError, UnknownTask
 from ._intake import Intake
 from ._job import Job, JobStatus, Priority
-from ._record import LABELS, JobRecord
+from ._record import LABELS, JobRecord, same_or_duplicate
 from ._stats import Stats
 from ._workers import Lifecycle
 
@@ -98,6 +98,36 @@ class Batches:
                 raise
         self.check(recs)
         return recs
+
+    def build_items(self, items: Sequence[BatchItem]) -> tuple[list[JobRecord], set[str]]:
+        """A record per item of :meth:`JobQueue.enqueue_batch`, each checked (an error
+        names the item: ``jobs[3].priority: ...``), and the ids the caller chose.  The
+        same id on two items is one job if the two agree, else :class:`DuplicateJob`."""
+        build = self._build
+        recs: list[JobRecord] = []
+        given: dict[str, JobRecord] = {}
+        for i, item in enumerate(items):
+            try:
+                rec = build(item.task, item.payload, item.priority, item.job_id,
+                            item.delay, item.max_retries, item.timeout)
+                if item.job_id is not None:
+                    first = given.setdefault(rec.id, rec)
+                    if first is not rec:
+                        same_or_duplicate(first, rec, in_batch=True)
+            except (InvalidJob, UnknownTask, DuplicateJob) as exc:
+                raise type(exc)(f"jobs[{i}].{exc}") from None
+            recs.append(rec)
+        self.check(recs)
+        return recs, set(given)
+
+    @staticmethod
+    def naming_the_item(exc: DuplicateJob, items: Sequence[BatchItem]) -> DuplicateJob:
+        """``exc`` (an id taken by another job, raised by admission) naming the first
+        item with that id, as the other errors of a batch do."""
+        for i, item in enumerate(items):
+            if item.job_id is not None and item.job_id == exc.job_id:
+                return DuplicateJob(f"jobs[{i}].{exc}", exc.job_id)
+        return exc
 
     def check(self, recs: list[JobRecord]) -> None:
         """Raise :class:`InvalidJob` for a batch that could never fit: more new jobs of

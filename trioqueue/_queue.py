@@ -29,12 +29,11 @@ from ._exceptions import (
     QueueFull,
     ShuttingDown,
     StoreError,
-    UnknownTask,
 )
 from ._intake import Intake
 from ._job import TERMINAL, Job, JobStatus, Priority, check_job_id
 from ._metrics import Metrics
-from ._record import LABELS, JobRecord, same_or_duplicate
+from ._record import LABELS, JobRecord
 from ._registry import TaskRegistry
 from ._stats import Stats, metrics
 from ._workers import Lifecycle, Workers
@@ -394,29 +393,11 @@ class JobQueue:
         takes): :meth:`enqueue_many`'s rules, each item a :class:`BatchItem`; an error
         names the item (``jobs[3].priority: ...``).  An item with an ``id`` whose job
         exists (same task and payload) gives that job, as :meth:`enqueue` does."""
-        build = self._build
-        recs: list[JobRecord] = []
-        given: dict[str, JobRecord] = {}
-        for i, item in enumerate(jobs):
-            try:
-                rec = build(item.task, item.payload, item.priority, item.job_id,
-                            item.delay, item.max_retries, item.timeout)
-                if item.job_id is not None:
-                    # The same id twice in the batch: one job, if the two agree.
-                    first = given.setdefault(rec.id, rec)
-                    if first is not rec:
-                        same_or_duplicate(first, rec, in_batch=True)
-            except (InvalidJob, UnknownTask, DuplicateJob) as exc:
-                raise type(exc)(f"jobs[{i}].{exc}") from None
-            recs.append(rec)
-        self._batches.check(recs)
+        recs, given = self._batches.build_items(jobs)
         try:
-            return await self._admit_batch(recs, set(given), wait_for_room)
-        except DuplicateJob as exc:  # name the item, as the other errors do
-            for i, item in enumerate(jobs):
-                if item.job_id is not None and item.job_id == exc.job_id:
-                    raise DuplicateJob(f"jobs[{i}].{exc}", exc.job_id) from None
-            raise
+            return await self._admit_batch(recs, given, wait_for_room)
+        except DuplicateJob as exc:
+            raise self._batches.naming_the_item(exc, jobs) from None
 
     async def flush(self) -> None:
         """Return once every job accepted so far is committed to the store.
