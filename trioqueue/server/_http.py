@@ -16,8 +16,9 @@ import attrs
 
 from .._events import EVENT_TYPES, JOB_EVENT_TYPES
 from .._exceptions import InvalidJob
-from .._job import MAX_DELAY as _MAX_DELAY
-from .._job import MAX_RETRIES, JobStatus, Priority, check_job_id
+from .._job import MAX_DELAY as MAX_DELAY  # (and MAX_RETRIES: the library's bounds)
+from .._job import MAX_RETRIES as MAX_RETRIES
+from .._job import JobStatus, Priority, check_job_id
 
 # The ASGI shapes the app (_app) and the lean server (_lean) exchange.
 Scope = MutableMapping[str, Any]
@@ -26,10 +27,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-MAX_RETRIES_LIMIT = MAX_RETRIES
-"""``max_retries`` above this is refused (400): it is a typo, not a policy."""
-MAX_DELAY = _MAX_DELAY
-"""``delay`` above ten years is refused (400)."""
 MAX_LIST_LIMIT = 1000
 """``GET /jobs?limit=`` is clamped to this."""
 JOB_FIELDS = frozenset({"task", "payload", "priority", "id", "max_retries", "timeout", "delay"})
@@ -229,10 +226,10 @@ def parse_job_request(data: Any) -> JobRequest:
     if max_retries is not None and (
         isinstance(max_retries, bool)
         or not isinstance(max_retries, int)
-        or not 0 <= max_retries <= MAX_RETRIES_LIMIT
+        or not 0 <= max_retries <= MAX_RETRIES
     ):
         raise HTTPError(
-            400, f"max_retries: expected an integer 0..{MAX_RETRIES_LIMIT}, got "
+            400, f"max_retries: expected an integer 0..{MAX_RETRIES}, got "
                  f"{_shown(max_retries)}"
         )
     timeout = data.get("timeout")

@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import __version__
 from .._events import EVENT_TYPES
-from ._http import MAX_BATCH, MAX_DELAY, MAX_RETRIES_LIMIT
+from ._http import MAX_BATCH, MAX_DELAY, MAX_RETRIES
 
 _ANY: dict[str, Any] = {"nullable": True, "description": "any JSON value"}
 _TIME: dict[str, Any] = {"type": "string", "format": "date-time", "nullable": True}
@@ -68,7 +68,7 @@ SCHEMAS: dict[str, Any] = {
                          "description": "default: the task's priority"},
             "id": {**_ID, "nullable": True,
                    "description": "makes the request idempotent; default: a new uuid4 hex"},
-            "max_retries": {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES_LIMIT,
+            "max_retries": {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES,
                             "nullable": True},
             "timeout": {"type": "number", "exclusiveMinimum": True, "minimum": 0,
                         "nullable": True, "description": "seconds one attempt may run"},
