@@ -136,7 +136,7 @@ class JobTable:
             if old.finished_at == ended and old.status in TERMINAL and jobs.get(old.id) is old:
                 oid = old.id
                 del jobs[oid]
-                # Not of the generated shape (inline: once per job with a store).
+                # Not of the generated shape: _ids.generated_shape, inline (once per job).
                 if left is not None and (len(oid) != 32 or oid[12] != "7"):
                     left.add(oid)
 
