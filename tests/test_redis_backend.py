@@ -92,6 +92,38 @@ async def test_two_nodes_share_one_queue_and_run_each_job_once(queue_name: str) 
     assert sorted(t.runs.values()) == [1] * 100
 
 
+async def test_dead_letters_stay_for_retention_not_result_ttl(queue_name: str) -> None:
+    """A FAILED job is kept as a store keeps it, for ``retention``; a completed one for
+    ``result_ttl``.  The TTLs are read off Redis, not waited for."""
+    reg = TaskRegistry()
+
+    @reg.task(max_retries=0)
+    async def boom(job: Job) -> None:
+        raise RuntimeError("dead letter")
+
+    @reg.task
+    async def fine(job: Job) -> int:
+        return 1
+
+    with trio.fail_after(30):
+        async with trioqueue.open_queue(reg, config(queue_name, result_ttl=60,
+                                                    retention=86400)) as q:
+            dead, done = await q.enqueue("boom"), await q.enqueue("fine")
+            assert (await q.wait(dead.id)).status is JobStatus.FAILED
+            assert (await q.wait(done.id)).status is JobStatus.COMPLETED
+        async with admin() as a:
+            prefix = f"tq:{{{queue_name}}}:job:"
+            assert 86_000_000 < await a.pttl(prefix + dead.id) <= 86_400_000
+            assert 0 < await a.pttl(prefix + done.id) <= 60_000
+        # result_ttl longer than retention: the longer of the two.
+        async with trioqueue.open_queue(reg, config(queue_name, result_ttl=7200,
+                                                    retention=60)) as q:
+            dead = await q.enqueue("boom")
+            assert (await q.wait(dead.id)).status is JobStatus.FAILED
+        async with admin() as a:
+            assert 7_100_000 < await a.pttl(prefix + dead.id) <= 7_200_000
+
+
 async def test_shutdown_releases_running_job_and_leaves_queued_jobs(queue_name: str) -> None:
     t = Tasks()
     with trio.fail_after(30):

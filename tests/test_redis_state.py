@@ -759,6 +759,40 @@ async def test_reap_trims_indexes_of_expired_records(env: Env) -> None:
     assert await env.admin.zscore(env.key("idx:all"), "live") is not None
 
 
+async def test_dead_letters_outlive_finished_jobs(env: Env) -> None:
+    """A FAILED job expires after ``failed_ttl``, the other finished ones after
+    ``result_ttl``; reap trims each index by its own TTL, whichever script finished the
+    job (a handler's failure, a lease lost on the last attempt, a cancel)."""
+    s = env.state(result_ttl=0.1, failed_ttl=3600)
+    await s.enqueue([new("done", H), new("dead", H), new("lost", H, max_retries=0),
+                     new("gone", H)])
+    held = {c.job.id: c.fence for c in (await s.finish_and_claim("n", [], 3, 0.05)).claimed}
+    assert sorted(held) == ["dead", "done", "lost"]
+    await s.finish_and_claim("n", [Outcome.completed("done", held["done"], 1),
+                                   Outcome.failed("dead", held["dead"], "E: x", "")], 0, 30)
+    assert (await s.cancel("gone"))[0] == "cancelled"
+    assert 0 < await env.admin.pttl(env.key("job:done")) <= 100
+    assert 3_590_000 < await env.admin.pttl(env.key("job:dead")) <= 3_600_000
+
+    async def reaped() -> bool:  # "lost"'s lease (50 ms) expires: its last attempt
+        return "lost" in (await s.reap()).failed
+
+    await poll(reaped)
+    assert 3_590_000 < await env.admin.pttl(env.key("job:lost")) <= 3_600_000
+
+    async def trimmed() -> bool:
+        await s.reap()
+        return (await env.admin.zscore(env.key("idx:completed"), "done") is None
+                and await env.admin.zscore(env.key("idx:cancelled"), "gone") is None)
+
+    await poll(trimmed)
+    assert await env.admin.exists([env.key("job:done"), env.key("job:gone")]) == 0
+    assert {j.id for j in (await s.list_jobs(status="failed"))[0]} == {"dead", "lost"}
+    assert (await s.get("dead")) is not None
+    with pytest.raises(ValueError, match="failed_ttl"):
+        env.state(failed_ttl=float("inf"))
+
+
 async def test_nodes_registry(env: Env) -> None:
     s = env.state()
     t = await s.heartbeat("node-a", {"workers": 4, "busy": 1})

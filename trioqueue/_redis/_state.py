@@ -72,8 +72,9 @@ class RedisState:
 
     ``capacity`` bounds each priority's ready list (and, apart, its new delayed jobs);
     ``weights`` are the fair-claim weights high, medium, low; ``result_ttl`` (seconds) is
-    how long a finished job's record stays; ``events_maxlen`` caps the events stream
-    (approximately, ``MAXLEN ~``).
+    how long a finished job's record stays, and ``failed_ttl`` (seconds, ``result_ttl``
+    if None) how long a FAILED one does (a dead letter); ``events_maxlen`` caps the
+    events stream (approximately, ``MAXLEN ~``).
     """
 
     def __init__(
@@ -84,6 +85,7 @@ class RedisState:
         capacity: int = 1000,
         weights: tuple[int, int, int] = (10, 3, 1),
         result_ttl: float = 3600.0,
+        failed_ttl: float | None = None,
         events_maxlen: int = 100_000,
     ) -> None:
         check_name("queue_name", queue)
@@ -95,13 +97,20 @@ class RedisState:
             raise ValueError(f"weights: expected three positive integers, got {weights!r}")
         if not (result_ttl > 0 and math.isfinite(result_ttl)):
             raise ValueError(f"result_ttl: expected seconds > 0, got {result_ttl!r}")
+        if failed_ttl is None:
+            failed_ttl = result_ttl
+        elif not (failed_ttl > 0 and math.isfinite(failed_ttl)):
+            raise ValueError(f"failed_ttl: expected seconds > 0, got {failed_ttl!r}")
         self.client = client
         self.queue = queue
         self.prefix = f"tq:{{{queue}}}:"
         self.capacity = capacity
         self.weights = weights
         self.result_ttl = result_ttl
-        self._ttl_ms = max(1, math.ceil(result_ttl * 1000))
+        self.failed_ttl = failed_ttl
+        # The scripts' "result ttl" argument (common.lua's ttls): ms, and ms if FAILED.
+        self._ttls = (f"{max(1, math.ceil(result_ttl * 1000))} "
+                        f"{max(1, math.ceil(failed_ttl * 1000))}")
         self._maxlen = events_maxlen
         self._keys = (self.prefix,)
         self._scripts = load_all()
@@ -251,7 +260,8 @@ class RedisState:
             for o in outcomes
         ])
         args: list[str | int] = [
-            self.request_id() if n else "", self._maxlen, self._ttl_ms, node, _lease_ms(lease), n,
+            self.request_id() if n else "", self._maxlen, self._ttls, node, _lease_ms(lease),
+            n,
             w[0], w[1], w[2], batch, "" if tasks is None else _dumps(sorted(tasks)),
         ]
         return await self.run_script("finish_and_claim", args)
@@ -268,14 +278,14 @@ class RedisState:
         """Requeue (or fail, or cancel) up to ``max_n`` jobs whose lease expired, and drop
         up to ``trim_n`` expired entries per terminal index."""
         requeued, failed, cancelled = await self.run_script(
-            "reap", [self._maxlen, self._ttl_ms, max_n, trim_n]
+            "reap", [self._maxlen, self._ttls, max_n, trim_n]
         )
         return Reaped(list(requeued), list(failed), list(cancelled))
 
     async def promote(self, max_n: int = 100) -> Promoted:
         """Move up to ``max_n`` due SCHEDULED jobs into ready lists that have room."""
         promoted, next_due, blocked = await self.run_script(
-            "promote", [self._maxlen, self.capacity, max_n, self._ttl_ms]
+            "promote", [self._maxlen, self.capacity, max_n, self._ttls]
         )
         return Promoted(int(promoted), None if next_due is None else int(next_due) / 1000,
                         int(blocked))
@@ -352,7 +362,7 @@ class RedisState:
         """
         check_job_id(job_id)
         code, rec = await self.run_script(
-            "cancel", [self.request_id(), self._maxlen, self._ttl_ms, job_id])
+            "cancel", [self.request_id(), self._maxlen, self._ttls, job_id])
         if code == "corrupt":
             raise CorruptRecord(rec)
         if code == "missing" or rec[0] is None:

@@ -61,6 +61,14 @@ log = logging.getLogger("trioqueue")
 CLOSE_BUDGET = 2.0
 """Seconds the last flush at shutdown may take (shielded)."""
 _COUNTERS = ("enqueued", "completed", "failed", "retried", "cancelled", "rejected")
+_CENTURY = 100 * 365 * 86400.0
+
+
+def dead_letter_ttl(config: QueueConfig) -> float:
+    """Seconds a FAILED job (a dead letter) stays in Redis: ``retention``, as in a store,
+    or ``result_ttl`` where that is longer (at most a century: Redis takes a finite
+    expiry)."""
+    return min(max(config.result_ttl, config.retention, 0.001), _CENTURY)
 
 
 class RedisBackend(NodeIntake):
@@ -230,6 +238,7 @@ class RedisBackend(NodeIntake):
                     client, config.queue_name, capacity=config.capacity,
                     weights=(fair[Priority.HIGH], fair[Priority.MEDIUM], fair[Priority.LOW]),
                     result_ttl=max(config.result_ttl, 0.001),
+                    failed_ttl=dead_letter_ttl(config),
                 )
                 await client.ping()
                 sent = time.time()
@@ -448,7 +457,8 @@ class RedisBackend(NodeIntake):
             async with connect(config.redis_url,
                                client_name=f"trioqueue:{self.node}:closed") as client:
                 state = RedisState(client, config.queue_name, capacity=config.capacity,
-                                   weights=old.weights, result_ttl=old.result_ttl)
+                                   weights=old.weights, result_ttl=old.result_ttl,
+                                   failed_ttl=old.failed_ttl)
                 sj = await state.get(job_id)
         except RedisUnavailable as exc:
             raise StoreError(str(exc)) from None

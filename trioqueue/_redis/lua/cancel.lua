@@ -1,12 +1,12 @@
 -- cancel(id): QUEUED or SCHEDULED -> CANCELLED now; PROCESSING -> the cancel_requested flag
 -- and a `cancel_requested` event; the job id is also pushed onto the owning node's
 -- `node:<owner>:cancel` list (kept 60 s), which that node BLPOPs (it acks `cancelled`).
--- ARGV: rid, events maxlen, result ttl ms, id.
+-- ARGV: rid, events maxlen, result ttl ms (common.lua's ttls), id.
 -- Reply: {code, record}: cancelled, requested (already requested: the same), missing,
 --   finished (already COMPLETED, FAILED or CANCELLED: nothing changed); or {'corrupt',
 --   error}: a live record whose priority or attempts are not what trioqueue writes
 --   (edited by something else): nothing changed.
-local rid, maxlen, ttl, id = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local rid, maxlen, ttl, id = ARGV[1], ARGV[2], ttls(ARGV[3]), ARGV[4]
 local hit = cached(rid)
 if hit then return {hit, record(id)} end
 local key = jkey(id)

@@ -181,13 +181,25 @@ local function wake(n)
   redis.call('LTRIM', P .. 'wake', -64, -1)
 end
 
--- A job reaches COMPLETED, FAILED or CANCELLED: it expires after the result TTL (ms) and
--- is listed in idx:<status> by finish time (trimmed by reap once the record has expired).
-local function finish(id, status, prio, ttl_ms, fields, flagged)
+-- How long a finished record stays, in ms, by its status, from a script's "result ttl"
+-- argument: "<ms>" for every status, or "<ms> <failed ms>" when a FAILED job (a dead
+-- letter, kept for `retention`) stays longer than a completed or cancelled one.
+local function ttls(arg)
+  local done, failed = string.match(arg, '^(%d+) (%d+)$')
+  if done then return {completed = tonumber(done), cancelled = tonumber(done),
+    failed = tonumber(failed)} end
+  local ms = tonumber(arg)
+  return {completed = ms, cancelled = ms, failed = ms}
+end
+
+-- A job reaches COMPLETED, FAILED or CANCELLED: it expires after its status' TTL (`ttl`,
+-- from ttls) and is listed in idx:<status> by finish time (trimmed by reap once the
+-- record has expired).
+local function finish(id, status, prio, ttl, fields, flagged)
   local key = jkey(id)
   redis.call('HSET', key, 'status', status, 'finished_at', NOW, unpack(fields))
   if flagged then redis.call('HDEL', key, 'cancel_requested') end
-  redis.call('PEXPIRE', key, int(ttl_ms))
+  redis.call('PEXPIRE', key, int(ttl[status]))
   local idx = pending_idx[status]
   if not idx then
     idx = {}

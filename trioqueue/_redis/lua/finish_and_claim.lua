@@ -1,5 +1,5 @@
 -- finish_and_claim(outcomes, n): the hot path, one call per fetcher round trip.
--- ARGV: rid, events maxlen, result ttl ms, node, lease ms, n (claims wanted),
+-- ARGV: rid, events maxlen, result ttl ms (common.lua's ttls), node, lease ms, n (claims wanted),
 --   weights high, medium, low, outcomes: a JSON array with per outcome an array of 7
 --   strings: id, fence, kind, value, error, traceback, duration (seconds, '' for none),
 --   tasks: a JSON array of the task names this node can run ('' for any).
@@ -17,7 +17,7 @@
 -- the outcomes: the first one is taken first.
 local rid = ARGV[1]
 local maxlen = ARGV[2]
-local ttl = tonumber(ARGV[3])
+local ttl = ttls(ARGV[3])
 local node = ARGV[4]
 local lease = tonumber(ARGV[5])
 local want = tonumber(ARGV[6])

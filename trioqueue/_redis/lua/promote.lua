@@ -1,13 +1,13 @@
 -- promote(max_n): move due SCHEDULED jobs (delays, retry backoff) into their ready lists
 -- while those have room.  Safe from every node at once.
--- ARGV: events maxlen, capacity, max_n, result ttl ms.
+-- ARGV: events maxlen, capacity, max_n, result ttl ms (common.lua's ttls).
 -- Reply: {promoted, next due ms or false, blocked}.  `blocked` counts due jobs left for
 --   lack of room; enqueue keeps that much room free for them (they go first), so new
 --   jobs cannot starve them.  `next due` is the earliest entry not due yet.
 local maxlen = ARGV[1]
 local capacity = tonumber(ARGV[2])
 local max_n = tonumber(ARGV[3])
-local ttl = tonumber(ARGV[4])
+local ttl = ttls(ARGV[4])
 local room = {}
 local queued = nil
 local blocked = {0, 0, 0}

@@ -1,13 +1,14 @@
 -- reap(max_n): requeue the jobs whose lease expired (their node died or stalled), and
 -- trim the terminal indexes of records that have expired.
--- ARGV: events maxlen, result ttl ms, max_n, trim_n (index entries dropped per status).
+-- ARGV: events maxlen, result ttl ms (common.lua's ttls), max_n, trim_n (index entries
+--   dropped per status).
 -- Reply: {{requeued id, ...}, {failed id, ...}, {cancelled id, ...}}.
 -- Fence+1 makes the old owner's late ack and renew fail.  A requeued job goes to the FRONT
 -- of its priority (it was admitted already: no capacity check), its attempt counted.  A
 -- job that used all its attempts this way ends FAILED: the poison-job guard.  A job whose
 -- cancellation was requested ends CANCELLED.
 local maxlen = ARGV[1]
-local ttl = tonumber(ARGV[2])
+local ttl = ttls(ARGV[2])
 local max_n = tonumber(ARGV[3])
 local trim_n = tonumber(ARGV[4])
 local requeued, failed, cancelled = {}, {}, {}
@@ -59,10 +60,10 @@ for _, id in ipairs(expired) do
   end
 end
 -- Terminal records expire by themselves; drop their index entries once they have.
-local cutoff = now_ms - ttl
 for _, status in ipairs({'completed', 'failed', 'cancelled'}) do
   local idx = P .. 'idx:' .. status
-  local old = redis.call('ZRANGEBYSCORE', idx, '-inf', '(' .. cutoff, 'LIMIT', 0, trim_n)
+  local cutoff = now_ms - ttl[status]
+  local old = redis.call('ZRANGEBYSCORE', idx, '-inf', '(' .. int(cutoff), 'LIMIT', 0, trim_n)
   for _, id in ipairs(old) do
     redis.call('ZREM', idx, id)
     if redis.call('EXISTS', jkey(id)) == 0 then redis.call('ZREM', P .. 'idx:all', id) end
