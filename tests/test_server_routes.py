@@ -12,6 +12,7 @@ import pytest
 import trio
 
 import trioqueue
+from tests.redis_util import REDIS_URL
 from tests.test_server_app import call
 from trioqueue import JobStatus
 from trioqueue.server import App, ServerState, openapi_document
@@ -300,6 +301,34 @@ async def test_bulk_retry_retries_a_job_once_per_request(
     status, _, body = await call(app, "POST", "/jobs/retry", {"status": "failed"})
     assert (status, body) == (202, {"retried": 3})
     assert q.metrics().enqueued == 3
+
+
+async def test_bulk_retry_on_redis_reaches_every_job_of_many_pages_that_fail_again(
+    queue_name: str,
+) -> None:
+    """On Redis a terminal status lists by finish time, so jobs that fail again at once
+    come back at the front of the listing: each still retried once, and the jobs behind
+    the first 1,000 reached too (the listing asks at most 1,000 at a time)."""
+    registry = trioqueue.TaskRegistry()
+    runs: dict[str, int] = {}
+
+    @registry.task(max_retries=0)
+    async def boom(job: trioqueue.Job) -> None:
+        runs[job.id] = runs.get(job.id, 0) + 1
+        raise RuntimeError("boom")
+
+    n = 1_100
+    config = trioqueue.QueueConfig(redis_url=REDIS_URL, queue_name=queue_name, workers=8,
+                                   capacity=2_000)
+    with trio.fail_after(60):
+        async with trioqueue.open_queue(registry, config) as q:
+            jobs = await q.enqueue_many("boom", list(range(550)))
+            jobs += await q.enqueue_many("boom", list(range(550)))
+            await q.wait_many([j.id for j in jobs])
+            status, _, body = await call(App(q), "POST", "/jobs/retry", {"status": "failed"})
+            assert (status, body) == (202, {"retried": n})
+            await q.wait_many([j.id for j in jobs])
+    assert sorted(runs.values()) == [2] * n
 
 
 async def test_bulk_retry_answers_429_when_a_queue_fills() -> None:

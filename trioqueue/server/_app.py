@@ -474,32 +474,30 @@ class App:
     async def _retry_all(self, bulk: BulkRetry) -> int:
         """Retry every job in ``bulk.status`` (of ``bulk.task``, if given); the count.
 
-        Built on ``list_jobs`` and ``retry`` for now: one job, and with a store one
-        commit, at a time.  It belongs in the engine and its store (one pass, one
-        commit), with the task filter and paging of ``list_jobs``.
+        Built on ``list_page`` and ``retry``: one job, and with a store one commit, at a
+        time (it belongs in the engine and its store: one pass, one commit).
 
-        The listing is newest first and a retried job leaves the status, so each pass
-        asks for the jobs seen already (those still in the status: another task's, one
-        that failed again) plus a page of new ones, and ends on a short page.  A job is
-        retried at most once per request.  Like a single retry, a full queue answers 429
-        at once rather than waiting for room; the jobs retried until then stay retried,
-        and sending the request again retries the rest.
+        The jobs are walked once, newest first, a page at a time, and a page's jobs are
+        retried only once the next page is read: the walk's cursor is the last job of
+        the page before, still in the status when it is used (on Redis, a terminal
+        status lists by finish time and a job that left it is no cursor).  A retried job
+        that fails again is behind the cursor (its place is its creation) or before the
+        walk's start (on Redis, its new finish time), so it is retried at most once per
+        request, and a page costs the same however many jobs came before it.  Like a
+        single retry, a full queue answers 429 at once rather than waiting for room; the
+        jobs retried until then stay retried, and sending the request again retries the
+        rest.
         """
         q = self.queue
         if self.closing:
             raise HTTPError(503, "the server is shutting down and takes no new jobs")
-        seen: set[str] = set()
         retried = 0
         room: dict[str, int] | None = None
+        page = await q.list_page(bulk.status, RETRY_PAGE, task=bulk.task)
         while True:
-            limit = len(seen) + RETRY_PAGE
-            page = await q.list_jobs(bulk.status, limit)
-            for job in page:
-                if job.id in seen:
-                    continue
-                seen.add(job.id)
-                if bulk.task is not None and job.task != bulk.task:
-                    continue
+            ahead = None if page.next is None else await q.list_page(
+                bulk.status, RETRY_PAGE, task=bulk.task, before=page.next)
+            for job in page.jobs:
                 label = job.priority.label
                 if room is None or room[label] <= 0:
                     capacity = q.config.capacity
@@ -517,8 +515,9 @@ class App:
                     raise HTTPError(503, f"{exc} ({retried} jobs were retried before)") from None
                 retried += 1
                 room[label] -= 1
-            if len(page) < limit:
+            if ahead is None:
                 return retried
+            page = ahead
 
     # ------------------------------------------------------------------ websocket
 
