@@ -16,7 +16,7 @@ import trio.lowlevel
 
 import trioqueue
 from trioqueue import Job, JobStatus, QueueConfig, TaskRegistry
-from trioqueue.testing import redis_paths
+from trioqueue.testing import EventKind, redis_paths
 
 from .channels import drain
 from .redis_util import REDIS_URL, admin, blocked_clients
@@ -357,6 +357,8 @@ async def test_subscribers_see_other_nodes_events(queue_name: str) -> None:
                     if ev.type == "completed":
                         break
     assert seen == ["enqueued", "started", "completed"]
+    # The same kind of value as a local queue's events (not a plain str).
+    assert [type(kind) for kind in seen] == [EventKind] * 3
     assert t.runs[job.id] == 1
 
 

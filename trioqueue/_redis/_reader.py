@@ -14,7 +14,6 @@ import contextlib
 import logging
 import math
 import time
-from typing import cast
 
 import trio
 
@@ -60,6 +59,8 @@ PRIO_BY_LABEL = {"high": 0, "medium": 1, "low": 2}
 _STATUSES = {s.value: s for s in JobStatus}
 _TERMINAL_EVENTS = frozenset(("completed", "failed", "cancelled"))
 _ATTEMPT_ENDS = frozenset(("retrying", "completed", "failed", "cancelled", "requeued"))
+_KIND_OF: dict[str, EventKind] = {kind.value: kind for kind in EventKind}
+"""A stream event's type as the :class:`EventKind` the local backends publish."""
 _MAX_WORKER_OF = 100_000
 
 
@@ -303,7 +304,9 @@ class EventsReader:
             if ev.type == "progress":
                 self._publish_progress(ev, worker)
             elif hook is not None:
-                hook(cast(EventKind, ev.type), self._event_record(ev), worker, ev.duration)
+                kind = _KIND_OF.get(ev.type)
+                if kind is not None:  # else a type a newer node writes: not this one's
+                    hook(kind, self._event_record(ev), worker, ev.duration)
 
     def _took(self, rec: JobRecord, worker: int) -> JobRecord:
         """A worker takes ``rec``: its events from now on name that worker, and its
