@@ -97,6 +97,37 @@ async def test_memory_mode_queued_jobs_still_count_as_dropped(autojump_clock: An
     assert (m.failed, m.dropped) == (1, 3)
 
 
+async def test_a_cancelled_queue_fails_its_running_jobs_instead_of_dropping_them(
+    autojump_clock: Any,
+) -> None:
+    """The code around ``open_queue`` cancelled (a second Ctrl+C, a deadline): the
+    shutdown does not wait, and in memory mode a job that had started ends FAILED with
+    its ``failed`` event, not put back and then dropped with the queued ones."""
+    config = trioqueue.QueueConfig(workers=1, shutdown_timeout=100.0)
+    seen: list[tuple[str, str | None]] = []
+    async with trio.open_nursery() as nursery:
+        with trio.move_on_after(5) as deadline:
+            async with trioqueue.open_queue(make_registry(), config) as q:
+
+                async def collect(task_status: trio.TaskStatus[None]) -> None:
+                    async with q.subscribe() as channel:
+                        task_status.started()
+                        seen.extend([(e.type, e.job_id) async for e in channel])
+
+                await nursery.start(collect)
+                running = await q.enqueue("slow")
+                waiting = await q.enqueue("quick")
+                await trio.sleep_forever()
+    assert deadline.cancelled_caught
+    got = q.get_nowait(running.id)
+    assert (got.status, got.error, got.attempts) == (
+        JobStatus.FAILED, "aborted: the queue was cancelled", 1)
+    assert [t for t, job_id in seen if job_id == running.id] == ["enqueued", "started", "failed"]
+    assert q.get_nowait(waiting.id).status is JobStatus.QUEUED
+    m = q.metrics()
+    assert (m.failed, m.dropped) == (1, 1)
+
+
 async def test_a_sync_handler_cut_off_ends_failed_too(autojump_clock: Any) -> None:
     config = trioqueue.QueueConfig(workers=1, shutdown_timeout=0.0)
     async with trioqueue.open_queue(make_registry(), config) as q:

@@ -35,6 +35,9 @@ CHECKPOINT_AFTER = 0.001
 COMPLETE = JobEvent.COMPLETE
 ABORTED = "aborted: shutdown timeout"
 """The error of a job that memory mode's shutdown cut off."""
+ABORTED_AT_ONCE = "aborted: the queue was cancelled"
+"""Memory mode: the error of a job running when the code around ``open_queue`` was
+cancelled (a second Ctrl+C, a deadline): the shutdown did not wait."""
 _SIMPLE_RESULT = (str, int, bool, type(None))
 
 
@@ -130,11 +133,12 @@ class Workers:
                 # Only our own scope's cancellation lands here: cancel() or a timeout.
                 self._interrupted(slot)
         except BaseException:
-            # Shutdown (or a crash) interrupts the job: never leave it PROCESSING.  Cut
-            # off by shutdown_timeout in memory mode it ends FAILED (nothing would keep
-            # it); otherwise back to QUEUED with the attempt counted.
-            if life.cutting_off and not self._backend.persistent:
-                self._abort(slot)
+            # Shutdown (or a crash) interrupts the job: never leave it PROCESSING.  In
+            # memory mode it ends FAILED (put back, it would be dropped with the queued
+            # jobs, the attempt it began lost without a trace); otherwise back to QUEUED
+            # with the attempt counted.
+            if not self._backend.persistent:
+                self._abort(slot, ABORTED if life.cutting_off else ABORTED_AT_ONCE)
             else:
                 self._put_back(slot)
             raise
@@ -327,14 +331,14 @@ class Workers:
             self._slot_freed(rec)  # first: the interrupted job goes back in front of any
             self._backend.release(rec, slot.index)  # job of its task let in here
 
-    def _abort(self, slot: WorkerSlot) -> None:
-        """Memory mode, ``shutdown_timeout`` passed: the worker's job ends FAILED with
-        the error ``"aborted: shutdown timeout"`` (and its ``failed`` event)."""
+    def _abort(self, slot: WorkerSlot, error: str) -> None:
+        """Memory mode, the shutdown interrupts a running job: it ends FAILED with
+        ``error`` (and its ``failed`` event)."""
         stopped = self._stop_attempt(slot)
         if stopped is None:
             return
         rec, end, duration = stopped
-        rec.error = ABORTED
+        rec.error = error
         rec.traceback = None
         self._backend.finish(rec, JobEvent.FAIL_FINAL, end, slot.index, duration)
         self._slot_freed(rec)
