@@ -4,6 +4,7 @@ jobs."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,42 @@ async def test_the_limit_is_never_exceeded(autojump_clock: trio.testing.MockCloc
             assert (await q.wait(job.id)).status is JobStatus.COMPLETED
     assert tasks.most == 3
     assert tasks.running == 0
+
+
+async def test_a_sync_task_keeps_its_slot_until_a_thread_let_go_of_ends(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A ``sync=True`` handler that times out runs on in its abandoned thread: its
+    task's next job waits for that thread to end, so that ``concurrency`` bounds the
+    handlers really running (a rate-limited service sees one call at a time).  The
+    clock moves only when the test moves it."""
+    reg = TaskRegistry()
+    entered = [trio.Event(), trio.Event()]
+    gates = [threading.Event(), threading.Event()]
+
+    @reg.task(sync=True, concurrency=1, timeout=1.0, max_retries=0)
+    def call_api(job: Job) -> str:
+        trio.from_thread.run_sync(entered[job.payload].set)
+        gates[job.payload].wait(30)  # the bound only guards against a hang
+        return "called"
+
+    try:
+        async with trioqueue.open_queue(reg, QueueConfig(workers=3)) as q:
+            first, second = await q.enqueue_many("call_api", [0, 1])
+            await entered[0].wait()
+            mock_clock.jump(1.0)
+            ended = await q.wait(first.id)
+            assert (ended.status, ended.error) == (
+                JobStatus.FAILED, "TimeoutError: job exceeded its timeout of 1.0 s")
+            await trio.testing.wait_all_tasks_blocked()
+            assert (await q.get(second.id)).status is JobStatus.QUEUED  # thread 0 runs
+            gates[0].set()  # thread 0 ends: the slot is free
+            await entered[1].wait()
+            gates[1].set()
+            assert (await q.wait(second.id)).result == "called"
+    finally:
+        for gate in gates:
+            gate.set()
 
 
 async def test_a_set_aside_job_is_cancellable(autojump_clock: trio.testing.MockClock) -> None:

@@ -13,7 +13,10 @@ from __future__ import annotations
 import math
 import random
 import signal
+import threading
 import traceback as tb_module
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import trio
@@ -60,6 +63,23 @@ class Lifecycle:
     """The workers are gone."""
 
 
+class _ThreadAttempt:
+    """A limited task's ``sync=True`` attempt in its thread.  Its task's slot stays taken
+    until the thread ends, even when the worker lets go of the job first (a timeout,
+    ``cancel()``, the shutdown: trio abandons the thread, which runs on), so that
+    ``concurrency`` bounds the handlers really running.  ``state`` moves under ``lock``:
+    WAITING (the thread has not started the handler), RUNNING, LET_GO (the worker let go
+    while it ran: the thread's end frees the slot), ENDED (the thread is done, or the
+    worker let go before it started: then the handler does not run at all)."""
+
+    __slots__ = ("lock", "state")
+    WAITING, RUNNING, LET_GO, ENDED = range(4)
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.state = self.WAITING
+
+
 @attrs.define(eq=False)
 class WorkerSlot:
     index: int
@@ -85,6 +105,8 @@ class Workers:
         self._threads = lowered_switch_interval(config.switch_interval)
         """Around ``sync=True`` handlers: their thread gets the GIL from a busy loop."""
         self._alive = 0
+        self._in_threads: dict[JobRecord, _ThreadAttempt] = {}
+        """Limited tasks' ``sync=True`` attempts whose worker has not let go yet."""
         self.progress: Progress | None = None
         """``report_progress`` calls' state (the engine sets it)."""
         self.done = trio.Event()
@@ -199,7 +221,9 @@ class Workers:
                 if spec.sync:
                     with threads:
                         result = await trio.to_thread.run_sync(
-                            spec.handler, job, abandon_on_cancel=True
+                            spec.handler if spec.concurrency is None
+                            else self._holding_the_slot(rec, spec.handler), job,
+                            abandon_on_cancel=True,
                         )
                 else:
                     result = await spec.handler(job)
@@ -236,6 +260,7 @@ class Workers:
                 self._attempt_failed(slot, rec, failure, end, duration)
                 failure = None
             if spec.concurrency is not None:  # a limited task: its next job may run
+                self._in_threads.pop(rec, None)
                 backend.attempt_ended(rec)
             if (timeout is not None or slot.cancel_requested) and scope.cancel_called:
                 # cancel() or the deadline arrived after the handler had returned: leave
@@ -313,8 +338,46 @@ class Workers:
         return rec, end, duration
 
     def _slot_freed(self, rec: JobRecord) -> None:
-        """``rec`` stopped running: a limited task's next job may run."""
+        """The worker let go of ``rec``: a limited task's next job may run, once the
+        thread of a ``sync=True`` handler has ended too."""
         if rec.spec is not None and rec.spec.concurrency is not None:
+            attempt = self._in_threads.pop(rec, None)
+            if attempt is not None:
+                with attempt.lock:
+                    if attempt.state == attempt.RUNNING:
+                        attempt.state = attempt.LET_GO
+                        return  # _thread_let_go frees it
+                    attempt.state = attempt.ENDED
+            self._backend.attempt_ended(rec)
+
+    def _holding_the_slot(self, rec: JobRecord, handler: Callable[[Any], Any]
+                          ) -> Callable[[Any], Any]:
+        """``handler`` for its thread, telling the worker when it ends (_ThreadAttempt)."""
+        attempt = self._in_threads[rec] = _ThreadAttempt()
+        token = trio.lowlevel.current_trio_token()
+
+        def run(job: Any) -> Any:
+            with attempt.lock:
+                if attempt.state == attempt.ENDED:
+                    return None  # let go of before it started: not run (nobody waits)
+                attempt.state = attempt.RUNNING
+            try:
+                return handler(job)
+            finally:
+                with attempt.lock:
+                    let_go = attempt.state == attempt.LET_GO
+                    attempt.state = attempt.ENDED
+                if let_go:
+                    try:
+                        token.run_sync_soon(self._thread_let_go, rec)
+                    except trio.RunFinishedError:
+                        pass  # the program's trio.run is over: nothing to free
+
+        return run
+
+    def _thread_let_go(self, rec: JobRecord) -> None:
+        """The thread of an attempt its worker let go of has ended: free its slot."""
+        if not self._life.closed:
             self._backend.attempt_ended(rec)
 
     def _progress_ended(self, rec: JobRecord) -> None:
