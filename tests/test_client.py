@@ -71,6 +71,20 @@ async def test_errors_are_the_library_exceptions(server: Server) -> None:
             await anonymous.get("c-dup")
 
 
+async def test_an_id_no_job_can_have_is_refused_before_it_reaches_a_path(
+    server: Server,
+) -> None:
+    """Ids go into URL paths: one that would walk to another path (another job's
+    cancel, the bulk retry, /metrics) or carry a query is refused, naming the id."""
+    async with Client(server.url, token="tok") as client:
+        target = await client.enqueue("echo", job_id="target", delay=60)
+        for bad in ("x/../../jobs/target", "x/..", "target?x", "../metrics", "", "a b"):
+            for call in (client.get, client.cancel, client.retry, client.wait):
+                with pytest.raises(trioqueue.InvalidJob, match=r"^id: "):
+                    await call(bad)
+        assert (await client.get(target.id)).status is JobStatus.SCHEDULED
+
+
 async def test_cancel_and_retry(server: Server) -> None:
     async with Client(server.url, token="tok") as client:
         job = await client.enqueue("echo", delay=60)

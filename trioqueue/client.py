@@ -61,7 +61,7 @@ from ._exceptions import (
     TrioQueueError,
     UnknownTask,
 )
-from ._job import Job, JobStatus, Priority, check_json
+from ._job import Job, JobStatus, Priority, check_job_id, check_json
 from ._queue import JobPage
 
 __all__ = ["Client", "EventStreamClosed", "ServerError", "Unauthorized", "job_from_json"]
@@ -264,8 +264,11 @@ class Client:
         return accepted
 
     async def get(self, job_id: str) -> Job:
-        """``GET /jobs/{id}``."""
-        job: Job = await self._call("GET", f"/jobs/{job_id}", parse=job_from_json)
+        """``GET /jobs/{id}``.  An id no job can have (``check_job_id``: ``"a/../b"``,
+        ``"a?x"``) raises :class:`~trioqueue.InvalidJob` before any request, as with
+        :meth:`cancel`, :meth:`retry` and :meth:`wait`."""
+        job: Job = await self._call("GET", f"/jobs/{check_job_id(job_id)}",
+                                    parse=job_from_json)
         return job
 
     async def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100, *,
@@ -303,13 +306,13 @@ class Client:
 
     async def cancel(self, job_id: str) -> Job:
         """``POST /jobs/{id}/cancel``."""
-        job: Job = await self._call("POST", f"/jobs/{job_id}/cancel", op="cancel",
+        job: Job = await self._call("POST", f"/jobs/{check_job_id(job_id)}/cancel", op="cancel",
                                     parse=job_from_json)
         return job
 
     async def retry(self, job_id: str) -> Job:
         """``POST /jobs/{id}/retry``."""
-        job: Job = await self._call("POST", f"/jobs/{job_id}/retry", op="retry",
+        job: Job = await self._call("POST", f"/jobs/{check_job_id(job_id)}/retry", op="retry",
                                     parse=job_from_json)
         return job
 
@@ -398,6 +401,7 @@ class Client:
         every ``poll`` seconds, in case the stream missed one).  Wrap it in
         ``trio.fail_after`` for a deadline.
         """
+        check_job_id(job_id)
         try:
             async with self.events(types=TERMINAL_TYPES, job_id=job_id) as events:
                 while True:
