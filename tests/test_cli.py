@@ -20,6 +20,7 @@ from trioqueue.cli import (
     UsageError,
     build_parser,
     load_registry,
+    main,
     queue_options,
     redacted,
     serve_options,
@@ -79,12 +80,39 @@ def test_platform_variables_are_accepted() -> None:
         (["--app", "no_such_module_xyz:registry"], {}, "cannot import"),
         (["--app", "trioqueue.demo:nothing"], {}, "has no"),
         (["--app", "trioqueue.demo:echo"], {}, "not a TaskRegistry"),
+        # An empty secret would serve with no authentication at all.
+        (["--token", ""], {}, "^--token: empty; leave it out to serve without a token$"),
+        (["--token", " "], {}, "^--token: empty"),
+        ([], {"TRIOQUEUE_TOKEN": ""}, "^TRIOQUEUE_TOKEN: empty"),
     ],
 )
 def test_bad_options_are_usage_errors(argv: list[str], env: dict[str, str], needle: str
                                       ) -> None:
     with pytest.raises(UsageError, match=needle):
         options(argv, env)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["serve", "--log-level", "verbose"], {}, "argument --log-level: invalid choice"),
+        (["worker", "--log-level", "loud"], {}, "argument --log-level: invalid choice"),
+        (["serve"], {"TRIOQUEUE_LOG_LEVEL": "bogus"}, "trioqueue serve: TRIOQUEUE_LOG_LEVEL: "
+         "expected one of debug, info, warning, error, got 'bogus'"),
+    ],
+)
+def test_a_log_level_no_logger_has_is_refused(
+    argv: list[str], env: dict[str, str], message: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own refusal
+        code = exc.code  # type: ignore[assignment]
+    assert code == 2
+    assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

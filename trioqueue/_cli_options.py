@@ -171,7 +171,13 @@ def serve_options(
             port = parse_int(port_from, found[1])
     if not 0 <= port <= 65535:
         raise UsageError(f"{port_from}: expected a port 0..65535, got {port}")
-    token = args.token if args.token is not None else env_first(env, "TRIOQUEUE_TOKEN")
+    token, token_from = args.token, "--token"
+    if token is None:  # set but empty counts here, unlike the other variables
+        token, token_from = env.get("TRIOQUEUE_TOKEN"), "TRIOQUEUE_TOKEN"
+    if token is not None and not token.strip():
+        # An empty secret (a file that was missing, a variable set from nothing) would
+        # serve with no authentication at all.
+        raise UsageError(f"{token_from}: empty; leave it out to serve without a token")
     max_body = args.max_body
     if max_body is None:
         raw = env_first(env, "TRIOQUEUE_MAX_BODY")
@@ -197,7 +203,7 @@ def serve_options(
         hosts = env_first(env, hosts_from) or ""
     try:
         settings = ServerSettings(
-            host=host, port=port, token=token or None, max_body=max_body,
+            host=host, port=port, token=token, max_body=max_body,
             event_buffer=event_buffer, slow_client_timeout=slow, access_log=args.access_log,
             allowed_hosts=hosts, max_connections=max_connections,
         )

@@ -48,6 +48,9 @@ from ._registry import TaskRegistry
 
 log = logging.getLogger("trioqueue.cli")
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+"""``--log-level`` / ``TRIOQUEUE_LOG_LEVEL`` (either case)."""
+
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -289,8 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(behind a proxy: its public name); '*': any")
     serve.add_argument("--max-connections", type=int,
                        help="connections open at once (default 1000)")
-    serve.add_argument("--log-level", default=None,
-                       help="debug (one line per job state change), info (default), warning")
+    serve.add_argument("--log-level", default=None, type=str.lower, choices=LOG_LEVELS,
+                       help="debug (one line per job state change), info (default), warning, "
+                       "error")
     serve.set_defaults(handler=cmd_serve)
 
     worker = commands.add_parser(
@@ -300,8 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
         "nodes). Each flag also comes from TRIOQUEUE_<FLAG> (TRIOQUEUE_REDIS_URL, "
         "TRIOQUEUE_QUEUE, ...; a flag wins).")
     queue_flags(worker, worker=True)
-    worker.add_argument("--log-level", default=None,
-                        help="debug (one line per job state change), info (default), warning")
+    worker.add_argument("--log-level", default=None, type=str.lower, choices=LOG_LEVELS,
+                        help="debug (one line per job state change), info (default), "
+                        "warning, error")
     worker.set_defaults(handler=cmd_worker)
 
     def client_flags(p: argparse.ArgumentParser) -> None:
@@ -398,8 +403,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    level = getattr(args, "log_level", None) or os.environ.get("TRIOQUEUE_LOG_LEVEL") or "info"
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = getattr(args, "log_level", None)
+    if level is None:
+        level = os.environ.get("TRIOQUEUE_LOG_LEVEL") or "info"
+        if level.lower() not in LOG_LEVELS:
+            print(f"trioqueue {args.command}: TRIOQUEUE_LOG_LEVEL: expected one of "
+                  f"{', '.join(LOG_LEVELS)}, got {level!r}", file=sys.stderr)
+            return 2
     _setup_logging(level, args.verbose)
     try:
         code: int = args.handler(args)
