@@ -352,6 +352,40 @@ async def test_concurrent_posts_of_one_new_id_answer_202_once(tmp_path: Any) -> 
         assert q.metrics().enqueued == 1
 
 
+@pytest.mark.parametrize("backend", ["memory", "sqlite", "redis"])
+async def test_a_lone_surrogate_is_never_a_500(backend: str, tmp_path: Any) -> None:
+    """JSON's "\ud800" decodes to a str that UTF-8 cannot encode: as an id it was looked
+    up in the store before it was checked, and as a task filter it reached SQLite or
+    Redis, each a 500.  Ids are 400 now, a filter matches nothing, a payload keeps it."""
+    from tests.redis_util import REDIS_URL, admin, delete_queue, unique
+
+    queue_name = unique("surrogate")
+    where: dict[str, Any] = {
+        "memory": {}, "sqlite": {"persist_path": tmp_path / "q.db"},
+        "redis": {"redis_url": REDIS_URL, "queue_name": queue_name}}[backend]
+    try:
+        async with trioqueue.open_queue(demo_registry, trioqueue.QueueConfig(**where)) as q:
+            app = App(q)
+            for path, body in (("/jobs", b'{"task": "echo", "id": "\\ud800"}'),
+                               ("/jobs/batch", b'{"jobs": [{"task": "echo", "id": "\\ud800"}]}')):
+                status, _, answer = await call(app, "POST", path, body)
+                assert status == 400, answer
+                assert "id: '\\ud800' has characters other than" in answer["error"]
+            status, _, answer = await call(app, "POST", "/jobs/retry",
+                                           b'{"status": "failed", "task": "\\ud800"}')
+            assert (status, answer) == (202, {"retried": 0})
+            status, _, answer = await call(app, "POST", "/jobs",
+                                           b'{"task": "echo", "payload": {"\\ud800": 1}}')
+            assert status == 202
+            assert (await q.wait(answer["id"])).result == {"\ud800": 1}
+            status, _, _ = await call(app, "GET", "/jobs/\udc80")  # a path, decoded so
+            assert status in (400, 404)
+    finally:
+        if backend == "redis":
+            async with admin() as client:
+                await delete_queue(client, queue_name)
+
+
 async def test_deeply_nested_payload_is_400_not_500(queue: trioqueue.JobQueue) -> None:
     app = App(queue)
     deep = b'{"task": "echo", "payload": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"

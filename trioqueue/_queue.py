@@ -31,7 +31,7 @@ from ._exceptions import (
     StoreError,
 )
 from ._intake import Intake
-from ._job import TERMINAL, Job, JobStatus, Priority, check_job_id
+from ._job import TERMINAL, Job, JobStatus, Priority, check_job_id, clean_text
 from ._metrics import Metrics
 from ._record import LABELS, JobRecord
 from ._registry import TaskRegistry
@@ -482,6 +482,11 @@ class JobQueue:
             raise InvalidJob(f"limit: expected a positive integer, got {limit!r}")
         if task is not None and not isinstance(task, str):
             raise InvalidJob(f"task: expected a task name (str), got {task!r}")
+        if task is not None and clean_text(task) != task:
+            # A lone surrogate: no task has such a name (and a store or Redis could not
+            # be asked for it: it is not UTF-8).
+            await trio.lowlevel.checkpoint()
+            return JobPage([], None)
         if before is not None:
             try:
                 check_job_id(before)

@@ -47,6 +47,9 @@ async def test_list_page_by_task_and_before_walks_every_job_once(
         assert everything.next is None
         assert (await q.list_page(before="e0")).jobs == []
         assert (await q.list_page(task="no-such-task")).jobs == []
+        # A lone surrogate (JSON's "\ud800") names no task; a store or Redis could not
+        # even be asked for it (not UTF-8).
+        assert (await q.list_page(task="\ud800", status="completed")).jobs == []
 
 
 @pytest.mark.parametrize(("kwargs", "field"), [

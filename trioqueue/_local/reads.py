@@ -92,6 +92,9 @@ class StoreReads:
             return rec
         if self.closed:
             raise StoreError(f"{self.path}: the store is closed")
+        if not job_id.isascii():  # no job has such an id, and SQLite could not take it
+            await trio.lowlevel.checkpoint()
+            return None
         row = await self.read(self.store.get, job_id)
         return None if row is None else self.record(row)
 
@@ -106,6 +109,8 @@ class StoreReads:
             return rec
         if self.closed:
             raise StoreError(f"{self.path}: the store is closed")
+        if not job_id.isascii():  # no job has such an id (a lone surrogate: not UTF-8)
+            return None
         row = self.store.get(job_id)
         return None if row is None else self.record(row)
 

@@ -220,8 +220,13 @@ def parse_job_request(data: Any) -> JobRequest:
             )
         priority = Priority.coerce(priority)
     job_id = data.get("id")
-    if job_id is not None and not isinstance(job_id, str):
-        raise HTTPError(400, f"id: expected a string, got {_shown(job_id)}")
+    if job_id is not None:
+        if not isinstance(job_id, str):
+            raise HTTPError(400, f"id: expected a string, got {_shown(job_id)}")
+        try:  # here, before the server looks the id up (a store could not take "\ud800")
+            check_job_id(job_id)
+        except InvalidJob as exc:
+            raise HTTPError(400, str(exc)) from None
     max_retries = data.get("max_retries")
     if max_retries is not None and (
         isinstance(max_retries, bool)
