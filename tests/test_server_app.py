@@ -386,6 +386,19 @@ async def test_a_lone_surrogate_is_never_a_500(backend: str, tmp_path: Any) -> N
                 await delete_queue(client, queue_name)
 
 
+async def test_the_access_log_escapes_what_a_path_decodes_to(
+    queue: trioqueue.JobQueue, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``%0a`` in a path decodes to a newline: logged as it was, it forged a log line
+    (``GET /x`` then a made-up ``GET /jobs 200``), without a token."""
+    app = App(queue, ServerSettings(access_log=True, token="t"))
+    with caplog.at_level("INFO", logger="trioqueue.server"):
+        status, _, _ = await call(app, "GET", "/x\n2026-12-06 INFO trioqueue.server: GET /jobs 200")
+    assert status == 404
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("GET")]
+    assert line == "GET /x\\n2026-12-06 INFO trioqueue.server: GET /jobs 200 404"
+
+
 async def test_deeply_nested_payload_is_400_not_500(queue: trioqueue.JobQueue) -> None:
     app = App(queue)
     deep = b'{"task": "echo", "payload": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"

@@ -41,6 +41,7 @@ from ._http import (
     Scope,
     Send,
     check_content_type,
+    loggable,
     parse_batch_request,
     parse_bulk_retry,
     parse_event_filter,
@@ -248,7 +249,7 @@ class App:
             if exc.status == 413:
                 extra = (*extra, CLOSE)
         except StoreError as exc:
-            log.error("store error while answering %s %s: %s", method, path, exc)
+            log.error("store error while answering %s %s: %s", method, loggable(path), exc)
             status, body, extra = 500, _dumps({"error": f"store error: {exc}"}), ()
         except TrioQueueError as exc:  # the queue refused: the error's own status
             answer = self._refused(exc)
@@ -262,7 +263,7 @@ class App:
                     "headers": response_headers})
         await send({"type": "http.response.body", "body": body})
         if self.settings.access_log:
-            log.info("%s %s %d", method, path, status)
+            log.info("%s %s %d", method, loggable(path), status)
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
         limit = self.settings.max_body

@@ -15,7 +15,7 @@ from urllib.parse import unquote
 import trio
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from ._http import Scope
+from ._http import Scope, loggable
 from ._wire import (
     EVICTED,
     READ_SIZE,
@@ -491,12 +491,12 @@ class Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise
         except Exception:
-            log.exception("error in the app answering %s %s", req.method, path)
+            log.exception("error in the app answering %s %s", req.method, loggable(path))
             if not req.sent:
                 await self.stream.send_all(error_response(500, "internal server error"))
             return False
         if not req.sent:
-            log.error("the app sent no response to %s %s", req.method, path)
+            log.error("the app sent no response to %s %s", req.method, loggable(path))
             await self.stream.send_all(error_response(500, "internal server error"))
             return False
         return req.keep_alive and not req.dropped

@@ -111,6 +111,14 @@ def route(method: str, path: str) -> Route:
 # ---------------------------------------------------------------------------- bodies
 
 
+def loggable(text: str) -> str:
+    """``text`` (a request's decoded path) for a log line: control and other unprintable
+    characters escaped, so that ``%0a`` in a path cannot forge a line of its own."""
+    if text.isprintable():
+        return text
+    return text.encode("unicode_escape").decode("ascii")
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
