@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import json
 import os
+import pty
 import queue as queue_module
 import re
 import signal
@@ -443,19 +444,33 @@ async def test_websocket_sends_the_history_first(queue: trioqueue.JobQueue) -> N
 # ---------------------------------------------------------------------------- the link
 
 
-def test_serve_prints_the_dashboard_link_with_the_token_in_the_fragment(tmp_path: Path) -> None:
+def _first_lines(tmp_path: Path, token: str, *, tty: bool) -> list[str]:
+    """The first two lines ``serve --token`` prints, to a terminal (a pty) or a pipe."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIOQUEUE_")}
     env["PYTHONUNBUFFERED"] = "1"
-    token = "t0k&n/+x"
+    if tty:
+        parent, child = pty.openpty()
+        stdout: Any = open(parent, encoding="utf-8", errors="replace")
+        target: Any = child
+    else:
+        target = subprocess.PIPE
     with open(tmp_path / "err", "w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "trioqueue", "serve", "--port", "0", "--token", token],
-            stdout=subprocess.PIPE, stderr=err, text=True, env=env)
-    assert proc.stdout is not None
-    stdout = proc.stdout
+            stdout=target, stderr=err, text=True, env=env)
+    if tty:
+        os.close(child)
+    else:
+        assert proc.stdout is not None
+        stdout = proc.stdout
     lines: queue_module.Queue[str] = queue_module.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(x.strip()) for x in stdout],
-                              daemon=True)
+
+    def read() -> None:
+        with contextlib.suppress(OSError):  # EIO: the pty's other end closed
+            for line in stdout:
+                lines.put(line.strip())
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
         got = []
@@ -463,9 +478,7 @@ def test_serve_prints_the_dashboard_link_with_the_token_in_the_fragment(tmp_path
             while len(got) < 2:
                 got.append(lines.get(timeout=20))
         assert len(got) == 2, (got, (tmp_path / "err").read_text())
-        url = got[0].split()[-1]
-        assert got[1] == f"trioqueue dashboard: {url}/#token=t0k%26n%2F%2Bx"
-        assert "?token" not in got[1]
+        return got
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -475,7 +488,22 @@ def test_serve_prints_the_dashboard_link_with_the_token_in_the_fragment(tmp_path
             proc.wait()
         reader.join(10)  # at the end of the output
         stdout.close()
-    assert token not in (tmp_path / "err").read_text()
+        assert token not in (tmp_path / "err").read_text()
+
+
+def test_serve_prints_the_dashboard_link_with_the_token_in_the_fragment(tmp_path: Path) -> None:
+    """To a terminal: the link with the token, in the fragment."""
+    got = _first_lines(tmp_path, "t0k&n/+x", tty=True)
+    url = got[0].split()[-1]
+    assert got[1] == f"trioqueue dashboard: {url}/#token=t0k%26n%2F%2Bx"
+    assert "?token" not in got[1]
+
+
+def test_serve_keeps_the_token_out_of_an_output_that_is_not_a_terminal(tmp_path: Path) -> None:
+    """A service's stdout goes to a journal or a log collector: the link, not the token."""
+    got = _first_lines(tmp_path, "s3cr3t-TOKEN", tty=False)
+    url = got[0].split()[-1]
+    assert got[1] == f"trioqueue dashboard: {url}/ (open {url}/#token=<the token>)"
 
 
 def test_the_server_takes_every_event_type_the_dashboard_asks_for() -> None:

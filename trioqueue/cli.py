@@ -102,8 +102,10 @@ async def _serve_until_signalled(
                         log.info("%s: shutting down (send it again to stop at once)", name)
                         stop.set()
                     else:
-                        log.warning("second %s: stopping now; running jobs are recorded "
-                                    "as queued", name)
+                        log.warning("second %s: stopping now; running jobs %s", name,
+                                    "end failed (memory mode)" if config.persist_path is None
+                                    and config.redis_url is None
+                                    else "are recorded as queued")
                         forced.append(signum)
                         nursery.cancel_scope.cancel()
                         return
@@ -116,8 +118,13 @@ async def _serve_until_signalled(
 
             url = await nursery.start(run_server)
             print(f"trioqueue serving on {url}", file=out, flush=True)
-            if settings.token:  # in the fragment, which browsers never send to a server
+            if settings.token and out.isatty():
+                # In the fragment, which browsers never send to a server; and only to a
+                # terminal: a service's stdout goes to a journal or a log collector.
                 print(f"trioqueue dashboard: {url}/#token={quote(settings.token, safe='')}",
+                      file=out, flush=True)
+            elif settings.token:
+                print(f"trioqueue dashboard: {url}/ (open {url}/#token=<the token>)",
                       file=out, flush=True)
     if forced:
         return 128 + forced[0]
