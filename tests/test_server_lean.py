@@ -262,6 +262,16 @@ async def test_head_over_max_head_is_431(autojump_clock: Any) -> None:
     talk = await converse(pieces)
     assert talk.statuses == [431]
     assert talk.closed_at_once
+    # A whole head of 1.5x the limit whose first read is exactly the limit: its end in
+    # the next read made progress, and such a head of up to two reads was answered.
+    start = b"GET / HTTP/1.1\r\nHost: t\r\nX: "
+    first = start + b"y" * (_h1.MAX_HEAD - len(start))
+    talk = await converse([first, b"y" * (_h1.MAX_HEAD // 2) + b"\r\n\r\n"])
+    assert talk.statuses == [431]
+    # A target alone over the limit, the same.
+    long_target = await converse(b"GET /" + b"a" * (_h1.MAX_HEAD + 1) + b" HTTP/1.1\r\n"
+                                 b"Host: t\r\n\r\n")
+    assert long_target.statuses == [431]
 
 
 async def test_too_many_trailers_or_trailer_bytes_are_refused(autojump_clock: Any) -> None:

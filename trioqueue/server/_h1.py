@@ -142,6 +142,9 @@ class Connection:
         req = self.current
         assert req is not None
         req.url += url
+        req.head_size += len(url)
+        if req.head_size > MAX_HEAD:
+            raise self._reject(431, f"request head: over {MAX_HEAD} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self.current
@@ -154,6 +157,11 @@ class Connection:
             return
         if len(headers) >= MAX_HEADERS:
             raise self._reject(431, f"headers: more than {MAX_HEADERS}")
+        # Counted here as well as by the bytes fed without progress (_feed): a head that
+        # ends in the read after the one that passed MAX_HEAD shows no such run.
+        req.head_size += len(name) + len(value) + 4
+        if req.head_size > MAX_HEAD:
+            raise self._reject(431, f"request head: over {MAX_HEAD} bytes")
         name = name.lower()
         if value and value[-1] in b" \t":
             value = value.rstrip(b" \t")

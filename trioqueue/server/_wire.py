@@ -79,7 +79,8 @@ class HttpRequest:
     """
 
     __slots__ = ("body", "complete", "conn", "continued", "deadline", "delivered", "dropped",
-                 "ended", "error", "expect", "has_body", "head_done", "headers", "hosts",
+                 "ended", "error", "expect", "has_body", "head_done", "head_size", "headers",
+                 "hosts",
                  "http_version", "keep_alive", "method", "parts", "resp_headers", "rest",
                  "sent", "started", "status", "trailers", "transfer_encoding", "upgrade",
                  "upgrade_to", "url")
@@ -100,6 +101,8 @@ class HttpRequest:
         self.body: list[bytes] = []
         """Body bytes parsed and not yet given to the app."""
         self.hosts = 0
+        self.head_size = 0
+        """Bytes of the target and header fields so far (``MAX_HEAD`` bounds them)."""
         self.trailers = 0
         self.expect: bytes | None = None
         self.has_body = False
