@@ -226,6 +226,38 @@ async def test_slow_body_deadline_is_a_module_setting(
     assert talk.closed_at == 3.0
 
 
+# ---------------------------------------------------------------------------- slow readers
+
+
+async def test_a_client_that_reads_no_response_is_cut_off_and_evictable(
+    autojump_clock: Any,
+) -> None:
+    """A response its client does not read waits in ``send``: that wait lasts
+    SEND_TIMEOUT in all and can be evicted at the cap, like a slow head or body (a
+    client pipelining requests and reading slowly held its connection past every cap,
+    with no token needed: the dashboard's files are public)."""
+    for evict in (False, True):
+        server_end, client_end = trio.testing.lockstep_stream_pair()  # reads nothing
+        server = _lean.Server(echo_app, 1024, max_connections=1)
+        conn = _h1.Connection(server, server_end)
+        server.connections.add(conn)
+        async with trio.open_nursery() as nursery:
+            started = trio.current_time()
+            nursery.start_soon(server.handle, conn)
+            await client_end.send_all(post(b"x"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert conn.waiting is not None  # in send, waiting for the client
+            if evict:
+                assert server.evict("a new connection") is True
+            with trio.fail_after(2 * _h1.SEND_TIMEOUT):
+                while conn in server.connections:
+                    await trio.sleep(0.5)
+            closed_after = trio.current_time() - started
+            assert closed_after == (pytest.approx(0, abs=0.5) if evict
+                                    else pytest.approx(_h1.SEND_TIMEOUT, abs=0.5))
+            nursery.cancel_scope.cancel()
+
+
 # ---------------------------------------------------------------------------- connections
 
 
@@ -317,9 +349,32 @@ async def test_busy_connections_get_503_at_once() -> None:
         await fill_with_busy_requests(port, 3, nursery, answers)
         with trio.fail_after(5):
             await app.full.wait()
-            await assert_refused_at_once(port, 3)
+            # Each request reaches the server before it closes: the 503 must not be
+            # lost to the reset that closing a socket with unread data sends.
+            for _ in range(20):
+                await assert_refused_at_once(port, 3)
         app.gate.set()
     assert answers == [200, 200, 200]
+
+
+async def test_a_refusal_reads_the_request_so_that_no_reset_loses_the_503(
+    autojump_clock: Any,
+) -> None:
+    """Closing a socket with unread data sends a reset, and the client then loses the
+    503 (what the audit saw at the cap with 1,000 connections): the refusal shuts its
+    side, then reads and drops the request before it closes."""
+    server_end, client_end = trio.testing.lockstep_stream_pair()  # a send waits for a read
+    server = _lean.Server(echo_app, 1024, max_connections=1)
+    server.refusing = 1
+    received = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server._refuse, server_end)
+        while not received.endswith(b"}"):  # the 503's JSON body
+            received += await client_end.receive_some(65536)
+        await client_end.send_all(post(b"the request"))  # read by the server: no error
+        assert await client_end.receive_some(65536) == b""  # then the close
+    assert parse_responses(bytes(received))[0][0][0] == 503
+    assert server.refusing == 0
 
 
 async def test_open_file_limit_caps_max_connections(

@@ -19,6 +19,11 @@ from ._http import Scope, loggable
 from ._wire import (
     EVICTED,
     READ_SIZE,
+    WAIT_BODY,
+    WAIT_CLOSING,
+    WAIT_HEAD,
+    WAIT_IDLE,
+    WAIT_SEND,
     BadRequest,
     BodyTooLarge,
     HttpRequest,
@@ -42,6 +47,8 @@ MAX_HEAD = 64 * 1024
 """Bytes of a request head; also of a body's chunk framing and trailers in a row."""
 MAX_HEADERS = 100
 """Header fields of a request (and trailer fields of a chunked body)."""
+SEND_TIMEOUT = 30.0
+"""Seconds, in all, a response may wait for its client to read it (else the close)."""
 LINGER_TIMEOUT = 2.0
 LINGER_MAX = 16 * 1024 * 1024
 """After a closing response, what the peer still sends is read (and dropped) that long."""
@@ -68,11 +75,6 @@ def _stream_error(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourc
     return trio.BrokenResourceError(f"socket connection broken: {exc}")
 
 
-# What a connection waits for, when it waits on its client (for eviction at the cap).
-WAIT_IDLE = 0  # the next request, nothing of it received
-WAIT_CLOSING = 1  # the peer's end after our closing response
-WAIT_HEAD = 2  # the rest of a request head
-WAIT_BODY = 3  # the rest of a request body
 
 
 # ---------------------------------------------------------------------------- connections
@@ -347,9 +349,29 @@ class Connection:
                 await trio.lowlevel.checkpoint()
                 return
             if sent:
-                await self.stream.send_all(memoryview(data)[sent:])
+                await self._send_waiting(memoryview(data)[sent:])
                 return
-        await self.stream.send_all(data)
+        await self._send_waiting(data)
+
+    async def _send_waiting(self, data: bytes | memoryview) -> None:
+        """The rest of a response, which waits for the client to read: at most
+        SEND_TIMEOUT in all, and an evictable wait (a client that pipelines requests and
+        reads slowly would otherwise hold its connection past every cap)."""
+        if self.evicted:
+            raise trio.BrokenResourceError("evicted")
+        now = trio.current_time()
+        with trio.move_on_at(now + SEND_TIMEOUT) as scope:
+            self.waiting = scope
+            self.wait_kind = WAIT_SEND
+            self.since = now
+            try:
+                await self.stream.send_all(data)
+            finally:
+                self.waiting = None
+        if scope.cancelled_caught:  # part of it may be sent: nothing can follow it
+            raise trio.BrokenResourceError(
+                "evicted" if self.evicted else
+                f"the client read no response within {SEND_TIMEOUT:g} s")
 
     async def _wait_head(self) -> bool:
         """Read until ``pending[0]`` is ready; False when the connection is to end.

@@ -45,8 +45,11 @@ What it speaks:
   takes the place of the one that has waited longest on its client (an idle keep-alive
   connection or one closing first, then the oldest slow head or body), which is closed;
   only when every connection is busy in the app (or a websocket) is the new one answered
-  503 and closed at once.  So slow or idle clients cannot keep ``/healthz`` from an
-  answer (they would, were new connections left to wait), and a refusal costs no task.
+  503 and closed (its request read and dropped for up to :data:`REFUSE_LINGER`, so that
+  the 503 is not lost to a reset; :data:`REFUSING_MAX` such answers at once, then a
+  reset).  A response that waits for its client to read it counts as waiting on the
+  client (and ends after :data:`._h1.SEND_TIMEOUT`).  So slow or idle clients cannot keep
+  ``/healthz`` from an answer (they would, were new connections left to wait).
   The soft open-file limit is raised to fit the cap (up to the hard limit); a cap that
   still does not fit is kept under it (less :data:`FD_RESERVE`).  Accept errors
   (``EMFILE``...) close a connection as at the cap and are logged as one warning per
@@ -78,9 +81,9 @@ from typing import Any
 
 import trio
 
-from ._h1 import WAIT_CLOSING, Connection
+from ._h1 import Connection
 from ._http import ASGIApp
-from ._wire import error_response
+from ._wire import READ_SIZE, WAIT_CLOSING, error_response
 
 log = logging.getLogger("trioqueue.http")
 
@@ -88,6 +91,10 @@ GRACEFUL_TIMEOUT = 5.0
 """Seconds requests in progress get once the server begins to stop."""
 MAX_CONNECTIONS = 1000
 """Default of ``serve_lean(max_connections=)``: connections open at once."""
+REFUSING_MAX = 64
+"""Connections answered 503 at once; past that a refused connection is reset."""
+REFUSE_LINGER = 1.0
+"""Seconds a 503 at the cap may take, its request read and dropped."""
 WARN_INTERVAL = 10.0
 """At most one warning this often for each kind of refused or failed connection."""
 ACCEPT_RETRY_DELAY = 0.1
@@ -131,6 +138,8 @@ class Server:
         self.stopping = False
         self.connections: set[Connection] = set()
         """Connections counted against ``max_connections`` (not those evicted)."""
+        self.refusing = 0
+        """Connections being answered 503 (each a task, REFUSING_MAX at most)."""
         self.accept_failed = _Throttled()
         self.refused = _Throttled()
         self.evicted = _Throttled()
@@ -162,7 +171,13 @@ class Server:
                 if len(self.connections) >= self.max_connections and not self.evict(
                     f"max_connections ({self.max_connections}) reached"
                 ):
-                    await self._refuse(stream)
+                    self.refused("max_connections (%d) reached with every connection busy: "
+                                 "new connections get 503", self.max_connections)
+                    if self.refusing < REFUSING_MAX:
+                        self.refusing += 1
+                        nursery.start_soon(self._refuse, stream)
+                    else:  # a flood: no task more, the connection reset
+                        await trio.aclose_forcefully(stream)
                     continue
                 conn = Connection(self, stream)
                 self.connections.add(conn)
@@ -193,18 +208,28 @@ class Server:
                      "make room", why, "a slow request" if best[0] else "idle")
         return True
 
-    async def _refuse(self, stream: trio.abc.Stream) -> None:
-        """Answer 503 and close at once: every connection is busy in the app."""
-        self.refused("max_connections (%d) reached with every connection busy: new "
-                     "connections get 503", self.max_connections)
-        with trio.move_on_after(1):
-            try:
+    async def _refuse(self, stream: trio.abc.HalfCloseableStream) -> None:
+        """Answer 503 and close: every connection is busy in the app.  The request is
+        read and dropped for a moment after the answer (at most REFUSE_LINGER), since
+        closing a socket with unread data resets the connection and the client would
+        lose the 503."""
+        try:
+            with trio.move_on_after(REFUSE_LINGER):
                 await stream.send_all(error_response(
                     503, f"server busy: {self.max_connections} connections open",
                     b"retry-after: 1\r\n"))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-        await trio.aclose_forcefully(stream)
+                await stream.send_eof()
+                dropped = 0
+                while dropped < READ_SIZE:
+                    data = await stream.receive_some(READ_SIZE)
+                    if not data:
+                        break
+                    dropped += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.refusing -= 1
+            await trio.aclose_forcefully(stream)
 
     async def handle(self, conn: Connection) -> None:
         try:

@@ -21,6 +21,13 @@ if TYPE_CHECKING:
 READ_SIZE = 65536
 """Bytes asked of the socket per read."""
 
+# What a connection waits for, when it waits on its client (for eviction at the cap).
+WAIT_IDLE = 0  # the next request, nothing of it received
+WAIT_CLOSING = 1  # the peer's end after our closing response
+WAIT_HEAD = 2  # the rest of a request head
+WAIT_BODY = 3  # the rest of a request body
+WAIT_SEND = 4  # the client to read the rest of a response
+
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 

@@ -21,7 +21,7 @@ from wsproto.events import (
 )
 
 from ._http import Message, Scope
-from ._wire import READ_SIZE, HttpRequest, error_response
+from ._wire import READ_SIZE, WAIT_CLOSING, HttpRequest, error_response
 
 if TYPE_CHECKING:
     from ._h1 import Connection
@@ -96,10 +96,16 @@ class WebSocket:
         if self.state == "connected":  # the app returned without closing
             await self._close(1000, "")
         # Wait (briefly) for the peer's close frame, so that it reads ours before the
-        # connection goes: closing with unread data would reset it.
-        with trio.move_on_after(WS_CLOSE_TIMEOUT):
-            while not self.peer_closed and not self.broken:
-                await self._read_events()
+        # connection goes: closing with unread data would reset it.  An evictable wait:
+        # a client that never answers must not hold the connection at the cap.
+        with trio.move_on_after(WS_CLOSE_TIMEOUT) as closing:
+            conn.waiting, conn.wait_kind = closing, WAIT_CLOSING
+            conn.since = trio.current_time()
+            try:
+                while not self.peer_closed and not self.broken and not conn.evicted:
+                    await self._read_events()
+            finally:
+                conn.waiting = None
 
     # ------------------------------------------------------------------ to the app
 
