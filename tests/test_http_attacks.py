@@ -229,33 +229,39 @@ async def test_slow_body_deadline_is_a_module_setting(
 # ---------------------------------------------------------------------------- slow readers
 
 
+@pytest.mark.parametrize("evict", [False, True])
 async def test_a_client_that_reads_no_response_is_cut_off_and_evictable(
-    autojump_clock: Any,
+    autojump_clock: Any, evict: bool,
 ) -> None:
     """A response its client does not read waits in ``send``: that wait lasts
     SEND_TIMEOUT in all and can be evicted at the cap, like a slow head or body (a
     client pipelining requests and reading slowly held its connection past every cap,
     with no token needed: the dashboard's files are public)."""
-    for evict in (False, True):
-        server_end, client_end = trio.testing.lockstep_stream_pair()  # reads nothing
-        server = _lean.Server(echo_app, 1024, max_connections=1)
-        conn = _h1.Connection(server, server_end)
-        server.connections.add(conn)
-        async with trio.open_nursery() as nursery:
-            started = trio.current_time()
-            nursery.start_soon(server.handle, conn)
-            await client_end.send_all(post(b"x"))
-            await trio.testing.wait_all_tasks_blocked()
-            assert conn.waiting is not None  # in send, waiting for the client
-            if evict:
-                assert server.evict("a new connection") is True
-            with trio.fail_after(2 * _h1.SEND_TIMEOUT):
-                while conn in server.connections:
-                    await trio.sleep(0.5)
-            closed_after = trio.current_time() - started
-            assert closed_after == (pytest.approx(0, abs=0.5) if evict
-                                    else pytest.approx(_h1.SEND_TIMEOUT, abs=0.5))
-            nursery.cancel_scope.cancel()
+    server_end, client_end = trio.testing.lockstep_stream_pair()  # reads nothing
+    server = _lean.Server(echo_app, 1024, max_connections=1)
+    conn = _h1.Connection(server, server_end)
+    server.connections.add(conn)
+    closed = trio.Event()
+
+    async def handle() -> None:
+        await server.handle(conn)
+        closed.set()
+
+    async with trio.open_nursery() as nursery:
+        started = trio.current_time()
+        nursery.start_soon(handle)
+        await client_end.send_all(post(b"x"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert conn.waiting is not None  # in send, waiting for the client
+        if evict:
+            assert server.evict("a new connection") is True
+        with trio.fail_after(2 * _h1.SEND_TIMEOUT):
+            await closed.wait()
+        assert conn not in server.connections
+        closed_after = trio.current_time() - started
+        assert closed_after == (pytest.approx(0, abs=0.5) if evict
+                                else pytest.approx(_h1.SEND_TIMEOUT, abs=0.5))
+        nursery.cancel_scope.cancel()
 
 
 # ---------------------------------------------------------------------------- connections
@@ -368,7 +374,7 @@ async def test_a_refusal_reads_the_request_so_that_no_reset_loses_the_503(
     server.refusing = 1
     received = bytearray()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(server._refuse, server_end)
+        nursery.start_soon(server.refuse, server_end)
         while not received.endswith(b"}"):  # the 503's JSON body
             received += await client_end.receive_some(65536)
         await client_end.send_all(post(b"the request"))  # read by the server: no error

@@ -264,11 +264,8 @@ class Client:
         return accepted
 
     async def get(self, job_id: str) -> Job:
-        """``GET /jobs/{id}``.  An id no job can have (``check_job_id``: ``"a/../b"``,
-        ``"a?x"``) raises :class:`~trioqueue.InvalidJob` before any request, as with
-        :meth:`cancel`, :meth:`retry` and :meth:`wait`."""
-        job: Job = await self._call("GET", f"/jobs/{check_job_id(job_id)}",
-                                    parse=job_from_json)
+        """``GET /jobs/{id}``; an id no job can have is InvalidJob (no request is sent)."""
+        job: Job = await self._call("GET", f"/jobs/{check_job_id(job_id)}", parse=job_from_json)
         return job
 
     async def list_jobs(self, status: JobStatus | str | None = None, limit: int = 100, *,

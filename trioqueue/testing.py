@@ -76,13 +76,13 @@ from .server._app import EventEncoder as EventEncoder
 from .server._dashboard import CSP as CSP
 from .server._dashboard import HISTORY_FIELDS as HISTORY_FIELDS
 from .server._dashboard import MetricsHistory as MetricsHistory
-from .server._http import HostCheck as HostCheck
+from .server._hosts import HostCheck as HostCheck
+from .server._hosts import allowed_host as allowed_host
+from .server._hosts import host_name as host_name
 from .server._http import HTTPError as HTTPError
 from .server._http import JobRequest as JobRequest
 from .server._http import ListQuery as ListQuery
-from .server._http import allowed_host as allowed_host
 from .server._http import check_content_type as check_content_type
-from .server._http import host_name as host_name
 from .server._http import parse_event_filter as parse_event_filter
 from .server._http import parse_job_request as parse_job_request
 from .server._http import parse_list_query as parse_list_query

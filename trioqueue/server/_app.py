@@ -31,10 +31,10 @@ from .._exceptions import (
 )
 from .._job import Job, JobStatus, canonical_json, rfc3339
 from ._dashboard import MetricsHistory, static_response
+from ._hosts import HostCheck
 from ._http import (
     BulkRetry,
     EventFilter,
-    HostCheck,
     HTTPError,
     JobRequest,
     Receive,

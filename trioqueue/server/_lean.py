@@ -175,7 +175,7 @@ class Server:
                                  "new connections get 503", self.max_connections)
                     if self.refusing < REFUSING_MAX:
                         self.refusing += 1
-                        nursery.start_soon(self._refuse, stream)
+                        nursery.start_soon(self.refuse, stream)
                     else:  # a flood: no task more, the connection reset
                         await trio.aclose_forcefully(stream)
                     continue
@@ -208,7 +208,7 @@ class Server:
                      "make room", why, "a slow request" if best[0] else "idle")
         return True
 
-    async def _refuse(self, stream: trio.abc.HalfCloseableStream) -> None:
+    async def refuse(self, stream: trio.abc.HalfCloseableStream) -> None:
         """Answer 503 and close: every connection is busy in the app.  The request is
         read and dropped for a moment after the answer (at most REFUSE_LINGER), since
         closing a socket with unread data resets the connection and the client would

@@ -8,7 +8,7 @@ from typing import Any
 import attrs
 import trio
 
-from ._http import parse_allowed_hosts
+from ._hosts import parse_allowed_hosts
 
 
 @attrs.define(kw_only=True)
