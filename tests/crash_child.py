@@ -10,6 +10,9 @@ with SIGKILL at chosen moments, and reads what it printed and the store it left.
                                               os._exit(1), max_retries=1, and run it
     python tests/crash_child.py ctrlc DB      run a job that computes forever beside one
                                               that sleeps 1 s; print "busy" when both run
+    python tests/crash_child.py cancel DB     cancel a running job and a delayed one, print
+                                              "cancelled" once both cancels returned, and
+                                              SIGKILL its own process at once
     python tests/crash_child.py drain DB      recover and run everything left, then exit
 
 Every handler appends "<job id>\\n" to DB + ".ran" when it starts, so the test can see
@@ -136,6 +139,20 @@ async def ctrl_c(db: str) -> None:
         await trio.sleep_forever()
 
 
+async def cancel_then_die(db: str) -> None:
+    async with trioqueue.open_queue(registry, config(db)) as q:
+        async with q.subscribe() as events:
+            await q.enqueue("slow", job_id="c-running")
+            async for event in events:
+                if event.type == "started":
+                    break
+        await q.enqueue("record", {"n": 0}, job_id="c-later", delay=600)
+        await q.cancel("c-running")
+        await q.cancel("c-later")
+        print("cancelled", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # acknowledged: nothing more gets written
+
+
 async def drain(db: str) -> None:
     async with trioqueue.open_queue(registry, config(db)) as q:
         while True:
@@ -161,6 +178,8 @@ def main() -> None:
         trio.run(enqueue_exit, db)
     elif mode == "ctrlc":
         trio.run(ctrl_c, db)
+    elif mode == "cancel":
+        trio.run(cancel_then_die, db)
     elif mode == "drain":
         trio.run(drain, db)
     else:

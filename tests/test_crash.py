@@ -121,6 +121,20 @@ def test_jobs_running_at_the_kill_run_again_after_restart(tmp_path: Path) -> Non
             assert runs.count(f"s{i}") == 1
 
 
+def test_a_cancel_that_returned_survives_a_sigkill(tmp_path: Path) -> None:
+    """With durability="sync", cancel() returns once the CANCELLED state is committed,
+    as retry() does: a cancelled job does not come back and run after a crash."""
+    db = tmp_path / "cancel.db"
+    with spawn("cancel", str(db), env={**ENV, "CRASH_CHILD_QUICK": "0"}) as child:
+        out, err = child.communicate(timeout=60)
+        assert child.returncode == -signal.SIGKILL, err
+        assert "cancelled" in out.split(), err
+    assert stored(db, "c-running")[0] == "cancelled"
+    assert stored(db, "c-later")[0] == "cancelled"
+    assert run("drain", str(db), env={**ENV, "CRASH_CHILD_QUICK": "1"}) == 0
+    assert ran(db) == ["c-running"]  # the one start before the cancel
+
+
 def test_a_job_that_kills_its_process_every_time_ends_failed(tmp_path: Path) -> None:
     db = tmp_path / "suicide.db"
     assert run("suicide", str(db)) == -signal.SIGKILL

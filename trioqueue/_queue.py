@@ -504,13 +504,18 @@ class JobQueue:
         is abandoned: it runs on, its result discarded).  If the handler finished before
         it could be interrupted, the finished snapshot is returned.  A job that already
         finished raises :class:`InvalidTransition`.  A cancelled job is never retried by
-        itself.
+        itself.  With ``durability="sync"`` it returns once the store holds the outcome.
         """
-        rec = await self._backend.cancel(job_id)
+        backend = self._backend
+        rec = await backend.cancel(job_id)
         if rec.status is PROCESSING:
             self._workers.cancel(rec)
-            return await self.wait(job_id)
-        return rec.snapshot()
+            ended = await self.wait(job_id)
+        else:
+            ended = rec.snapshot()
+        if backend.durable:
+            await backend.wait_committed(rec)
+        return ended
 
     async def retry(self, job_id: str) -> Job:
         """Put a FAILED or CANCELLED job back in its queue with a fresh set of attempts.
