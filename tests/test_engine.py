@@ -647,15 +647,18 @@ async def test_without_drain_queued_jobs_are_counted_dropped(
     assert "trioqueue shutting down" in caplog.text
 
 
-async def test_outer_cancellation_records_interrupted_jobs_queued(
+async def test_outer_cancellation_fails_interrupted_jobs_in_memory_mode(
     h: Harness, autojump_clock: Any
 ) -> None:
+    """No waiting for shutdown_timeout; put back, the job would be dropped with the
+    queued ones (memory mode keeps nothing), so it ends FAILED, saying why."""
     with trio.move_on_after(10):
         async with trioqueue.open_queue(h.registry, cfg()) as q:
             job = await q.enqueue("sleep", {"seconds": 100})
             await trio.sleep_forever()
     assert trio.current_time() == pytest.approx(10.0)
-    assert q.get_nowait(job.id).status is JobStatus.QUEUED
+    got = q.get_nowait(job.id)
+    assert (got.status, got.error) == (JobStatus.FAILED, "aborted: the queue was cancelled")
 
 
 async def test_two_queues_in_one_process_do_not_see_each_other(

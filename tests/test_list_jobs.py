@@ -7,10 +7,13 @@ import contextlib
 import sqlite3
 from pathlib import Path
 
+import pytest
 import trio
 
 import trioqueue
+from tests.test_server_app import call
 from trioqueue import JobStatus, QueueConfig, TaskRegistry
+from trioqueue.server import App
 from trioqueue.testing import SqliteStore
 
 
@@ -87,3 +90,39 @@ async def test_store_pages_across_a_reopen_and_past_a_pruned_cursor(tmp_path: Pa
         assert not any("TEMP B-TREE" in str(row) for row in plan), plan
     finally:
         store.close()
+
+
+async def test_a_page_of_large_jobs_stops_at_its_byte_budgets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A page of 1,000 jobs with 1 MiB payloads would be a gigabyte read from the file and
+    encoded while the event loop waits: a listing stops at a budget of bytes (the store's
+    reading, and the server's answer), its ``next`` where it stopped, and the pages
+    still walk every job once.  The budgets are lowered here to a few jobs' worth."""
+    from trioqueue.testing import json_out, reads
+
+    # A job here: 2,004 bytes of payload and result in the file, ~2,300 of JSON.
+    monkeypatch.setattr(reads, "LIST_READ_BYTES", 7_000)
+    monkeypatch.setattr(json_out, "LIST_MAX_BYTES", 5_000)
+    config = QueueConfig(persist_path=tmp_path / "big.db", workers=1, result_ttl=0.0)
+    async with trioqueue.open_queue(registry(), config) as q:
+        jobs = [await q.enqueue("echo", "x" * 1000) for _ in range(9)]
+        for job in jobs:
+            await q.wait(job.id)
+        newest_first = [j.id for j in reversed(jobs)]
+        page = await q.list_page(limit=100)  # from the store: 4 rows pass 7,000 bytes
+        assert [j.id for j in page.jobs] == newest_first[:4]
+        assert page.next == newest_first[3]
+        assert await walk(q) == newest_first
+        app = App(q)
+        seen: list[str] = []
+        query = "limit=100"
+        while True:
+            status, _, body = await call(app, "GET", "/jobs", query=query)
+            assert status == 200
+            assert len(body["jobs"]) <= 2  # the answer's budget
+            seen += [j["id"] for j in body["jobs"]]
+            if body["next"] is None:
+                break
+            query = f"limit=100&before={body['next']}"
+        assert seen == newest_first

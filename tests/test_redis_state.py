@@ -742,6 +742,25 @@ async def test_list_jobs_pages_newest_first(env: Env) -> None:
         await s.list_jobs(limit=0)
 
 
+async def test_list_jobs_pages_end_at_a_byte_budget(env: Env) -> None:
+    """A page of 1,000 jobs with 1 MiB payloads would be a gigabyte in one reply: a page
+    ends once its payloads and results pass ``max_bytes``, and the pages still walk
+    every job once, in both of the script's orders."""
+    s = env.state()
+    await s.enqueue([new(f"b{i}", M, "x" * 1000) for i in range(7)])
+    for status in (None, "queued"):
+        seen: list[str] = []
+        before = None
+        while True:
+            page, before = await s.list_jobs(status=status, limit=100, before=before,
+                                             max_bytes=2_500)
+            assert 1 <= len(page) <= 3  # 1,002 bytes a payload: the third passes 2,500
+            seen += [j.id for j in page]
+            if before is None:
+                break
+        assert seen == [f"b{i}" for i in reversed(range(7))], status
+
+
 async def test_reap_trims_indexes_of_expired_records(env: Env) -> None:
     s = env.state(result_ttl=0.1)
     await s.enqueue([new("gone", H), new("live", H)])

@@ -19,6 +19,7 @@ from ._ids import GENERATED_SHAPE_SQL as GENERATED_SHAPE_SQL
 from ._ids import IdGenerator as IdGenerator
 from ._ids import generated_shape as generated_shape
 from ._job import TERMINAL as TERMINAL
+from ._local import reads as reads
 from ._local import snapshot as snapshot
 from ._local.backend import LocalBackend as LocalBackend
 from ._local.snapshot import Persistence as Persistence
@@ -71,8 +72,8 @@ from ._store import sqlite as sqlite_store
 from ._store.sqlite import SqliteStore as SqliteStore
 from .server import _app as app
 from .server import _h1 as h1
+from .server import _json as json_out
 from .server import _lean as lean
-from .server._app import EventEncoder as EventEncoder
 from .server._dashboard import CSP as CSP
 from .server._dashboard import HISTORY_FIELDS as HISTORY_FIELDS
 from .server._dashboard import MetricsHistory as MetricsHistory
@@ -88,6 +89,7 @@ from .server._http import parse_job_request as parse_job_request
 from .server._http import parse_list_query as parse_list_query
 from .server._http import route as route
 from .server._http import wants_prometheus as wants_prometheus
+from .server._json import EventEncoder as EventEncoder
 from .server._lean import serve_lean as serve_lean
 
 __all__ = [
@@ -146,6 +148,7 @@ __all__ = [
     "generated_shape",
     "h1",
     "host_name",
+    "json_out",
     "lean",
     "lowered_switch_interval",
     "monitor",
@@ -153,6 +156,7 @@ __all__ = [
     "parse_event_filter",
     "parse_job_request",
     "parse_list_query",
+    "reads",
     "redis_paths",
     "refusal",
     "render",

@@ -17,10 +17,14 @@ from .._gil import LoweredSwitchInterval
 from .._job import Job, JobStatus
 from .._record import JobRecord
 from .._registry import TaskRegistry, TaskSpec
-from .._store.sqlite import Row, SqliteStore
+from .._store.sqlite import Row, SqliteStore, row_bytes
 from .rows import UnreadableRow, record_of
 
 log = logging.getLogger("trioqueue.store")
+
+LIST_READ_BYTES = 16 * 1024 * 1024
+"""Bytes of payloads and results one listing reads from the file at most (one job at
+least); past them its page ends early, its ``next`` where it stopped."""
 
 
 class StoreReads:
@@ -92,7 +96,7 @@ class StoreReads:
             return rec
         if self.closed:
             raise StoreError(f"{self.path}: the store is closed")
-        if not job_id.isascii():  # no job has such an id, and SQLite could not take it
+        if not isinstance(job_id, str) or not job_id.isascii():  # no job has such an id
             await trio.lowlevel.checkpoint()
             return None
         row = await self.read(self.store.get, job_id)
@@ -109,7 +113,7 @@ class StoreReads:
             return rec
         if self.closed:
             raise StoreError(f"{self.path}: the store is closed")
-        if not job_id.isascii():  # no job has such an id (a lone surrogate: not UTF-8)
+        if not isinstance(job_id, str) or not job_id.isascii():  # no job has such an id
             return None
         row = self.store.get(job_id)
         return None if row is None else self.record(row)
@@ -122,8 +126,9 @@ class StoreReads:
         store's, so a page can be short when a job changed status since its write."""
         await self.wait_committed()
         rows = await self.read(self.store.newest, None if status is None else status.value,
-                               limit + 1, task, before)
-        more = len(rows) > limit
+                               limit + 1, task, before, LIST_READ_BYTES)
+        # Past the budget the reading stopped early: the next page goes on from here.
+        more = len(rows) > limit or sum(map(row_bytes, rows)) > LIST_READ_BYTES
         del rows[limit:]
         out: list[Job] = []
         for row in rows:

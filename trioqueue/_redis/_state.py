@@ -67,6 +67,11 @@ __all__ = [
 ]
 
 
+LIST_BYTES = 16 * 1024 * 1024
+"""Bytes of payloads and results one ``list_jobs`` reply carries at most (one job at
+least); past them the page ends early, its ``next`` where it stopped."""
+
+
 class RedisState:
     """One queue's state in Redis, shared by every node opened on the same queue name.
 
@@ -319,12 +324,14 @@ class RedisState:
         before: str | None = None,
         budget: int = 10_000,
         unreadable: list[CorruptRecord] | None = None,
+        max_bytes: int = LIST_BYTES,
     ) -> tuple[list[Job], str | None]:
         """Up to ``limit`` jobs, newest first, and the ``before`` of the next page.
 
         Terminal statuses are ordered by finish time, the others by creation.  At most
         ``budget`` index entries are examined per call, so a filtered page can be short
-        while ``next`` is not ``None``.  A record that cannot be read raises
+        while ``next`` is not ``None``, as when its payloads and results pass ``max_bytes``
+        (one job at least).  A record that cannot be read raises
         :class:`CorruptRecord`, or with ``unreadable`` given is left out and its error
         appended there.
         """
@@ -341,7 +348,7 @@ class RedisState:
             check_job_id(before)
         records, nxt = await self.run_script(
             "list", ["" if status is None else status.value, task or "", limit, before or "",
-                     budget],
+                     budget, max_bytes],
         )
         if unreadable is None:
             return [stored_job(r).job for r in records], nxt or None

@@ -101,6 +101,12 @@ def _bucket(n: int) -> int:
 
 
 _SELECT = f"SELECT {', '.join(COLUMNS)} FROM jobs"
+_PAYLOAD, _RESULT = COLUMNS.index("payload"), COLUMNS.index("result")
+
+
+def row_bytes(row: Row) -> int:
+    """What a row's payload and result take (the JSON texts): ``newest``'s budget."""
+    return len(row[_PAYLOAD]) + len(row[_RESULT] or "")
 
 
 def _tune(conn: sqlite3.Connection, fsync: bool) -> None:
@@ -490,12 +496,16 @@ class SqliteStore:
             f"SELECT id FROM jobs WHERE NOT {GENERATED_SHAPE_SQL}")]
 
     def newest(self, status: str | None, limit: int, task: str | None = None,
-               before: str | None = None) -> list[Row]:
+               before: str | None = None, max_bytes: int | None = None) -> list[Row]:
         """Up to ``limit`` jobs, newest first (by rowid: the order they were first
         written, which is the order they were made), only those in ``status``, of
         ``task``, and made before the job ``before`` if given: before its rowid, or,
         when it is not stored (pruned), with a lower id (generated ids sort by creation
-        time).  The table's own b-tree serves the order and the rowid bound."""
+        time).  The table's own b-tree serves the order and the rowid bound.
+
+        With ``max_bytes``, the rows stop once their payloads and results pass that many
+        bytes (one row at least): the caller tells a short answer from the end by
+        asking one row more than it lists."""
         where: list[str] = []
         params: list[Any] = []
         if before is not None:
@@ -511,7 +521,20 @@ class SqliteStore:
                 where.append(clause)
                 params.append(value)
         sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
-        return self._read(f"{sql} ORDER BY rowid DESC LIMIT ?", (*params, limit))
+        sql = f"{sql} ORDER BY rowid DESC LIMIT ?"
+        if max_bytes is None:
+            return self._read(sql, (*params, limit))
+        rows: list[Row] = []
+        size = 0
+        try:
+            cursor = self._reader().execute(sql, (*params, limit))
+            while size <= max_bytes and (row := cursor.fetchone()) is not None:
+                rows.append(row)
+                size += row_bytes(row)
+            cursor.close()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot read: {describe(exc)}") from exc
+        return rows
 
     def live(self, status: str) -> list[Row]:
         """Every job in ``status`` (used for processing and scheduled jobs at recovery)."""

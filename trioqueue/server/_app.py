@@ -8,16 +8,13 @@ live in :mod:`._http`.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
-from typing import Any
 from urllib.parse import urlsplit
 
 import trio
 
 from .._batch import BatchItem
 from .._engine import JobQueue
-from .._events import Event
 from .._exceptions import (
     DuplicateJob,
     InvalidJob,
@@ -52,6 +49,7 @@ from ._http import (
     route,
     wants_prometheus,
 )
+from ._json import EventEncoder, dumps, listing
 from ._openapi import openapi_document
 from ._settings import ServerSettings, ServerState
 
@@ -81,37 +79,9 @@ CLOSE = (b"connection", b"close")
 """On a refusal sent before the body is read: the connection ends, the body is not read."""
 
 
-_encode_json = json.JSONEncoder(separators=(",", ":")).encode
-"""``json.dumps(obj, separators=(",", ":"))`` without making an encoder per call."""
-
-
-def _dumps(obj: Any) -> bytes:
-    return _encode_json(obj).encode()
-
-
 def _close_reason(text: str) -> str:
     """A websocket close reason fits in 123 bytes of UTF-8."""
     return text.encode()[:120].decode(errors="ignore")
-
-
-class EventEncoder:
-    """Encodes each event once however many clients receive it (a small ring by seq)."""
-
-    def __init__(self, size: int = 4096) -> None:
-        self._size = size
-        self._cache: dict[int, str] = {}
-
-    def __call__(self, event: Event) -> str:
-        if event.type == "lagged":  # per client, and it shares the next event's seq
-            return json.dumps(event.to_dict(), separators=(",", ":"))
-        text = self._cache.get(event.seq)
-        if text is None:
-            text = json.dumps(event.to_dict(), separators=(",", ":"))
-            cache = self._cache
-            if len(cache) >= self._size:
-                cache.pop(next(iter(cache)))
-            cache[event.seq] = text
-        return text
 
 
 class App:
@@ -245,15 +215,15 @@ class App:
                 status, body, extra = await self._dispatch(found.name, found.job_id, query,
                                                            headers, receive)
         except HTTPError as exc:
-            status, body, extra = exc.status, _dumps({"error": exc.message}), exc.headers
+            status, body, extra = exc.status, dumps({"error": exc.message}), exc.headers
             if exc.status == 413:
                 extra = (*extra, CLOSE)
         except StoreError as exc:
             log.error("store error while answering %s %s: %s", method, loggable(path), exc)
-            status, body, extra = 500, _dumps({"error": f"store error: {exc}"}), ()
+            status, body, extra = 500, dumps({"error": f"store error: {exc}"}), ()
         except TrioQueueError as exc:  # the queue refused: the error's own status
             answer = self._refused(exc)
-            status, body, extra = answer.status, _dumps({"error": answer.message}), answer.headers
+            status, body, extra = answer.status, dumps({"error": answer.message}), answer.headers
         response_headers = [
             extra[0] if extra and extra[0][0] == b"content-type" else JSON_TYPE,
             (b"content-length", str(len(body)).encode()),
@@ -302,34 +272,33 @@ class App:
             check_content_type(headers)
             request = parse_job_request(parse_json(await self._read_body(headers, receive)))
             status, job = await self._create(request)
-            return status, _dumps(job.to_dict()), ()
+            return status, dumps(job.to_dict()), ()
         if name == "create_jobs":
             check_content_type(headers)
             requests = parse_batch_request(parse_json(await self._read_body(headers, receive)))
             jobs = await self._create_many(requests)
-            return 202, _dumps({"jobs": [job.to_dict() for job in jobs]}), ()
+            return 202, dumps({"jobs": [job.to_dict() for job in jobs]}), ()
         if name == "get_job":
             assert job_id is not None
             job = await q.get(job_id)
-            return 200, _dumps(job.to_dict()), ()
+            return 200, dumps(job.to_dict()), ()
         if name == "list_jobs":
             lq = parse_list_query(query)
             page = await q.list_page(lq.status, lq.limit, task=lq.task, before=lq.before)
-            return 200, _dumps({"jobs": [j.to_dict() for j in page.jobs],
-                                "next": page.next}), ()
+            return 200, listing(page.jobs, page.next), ()
         if name == "cancel_job":
             assert job_id is not None
             # ShuttingDown (503): it was running and the queue closed under it.
             job = await q.cancel(job_id)
-            return 200, _dumps(job.to_dict()), ()
+            return 200, dumps(job.to_dict()), ()
         if name == "retry_job":
             assert job_id is not None
             job = await self._retry(job_id)
-            return 202, _dumps(job.to_dict()), ()
+            return 202, dumps(job.to_dict()), ()
         if name == "retry_jobs":
             check_content_type(headers)
             bulk = parse_bulk_retry(parse_json(await self._read_body(headers, receive)))
-            return 202, _dumps({"retried": await self._retry_all(bulk)}), ()
+            return 202, dumps({"retried": await self._retry_all(bulk)}), ()
         if name == "tasks":
             await trio.lowlevel.checkpoint()
             config, registry = q.config, q.registry
@@ -337,21 +306,21 @@ class App:
                                                    config.default_timeout),
                       "next_run": rfc3339(q.next_run(task))}
                      for task in sorted(registry)]
-            return 200, _dumps({"tasks": tasks}), ()
+            return 200, dumps({"tasks": tasks}), ()
         if name == "metrics":
             metrics = q.metrics()
             if wants_prometheus(query, headers.get(b"accept")):
                 return 200, metrics.to_prometheus().encode(), (PROMETHEUS_TYPE,)
-            return 200, _dumps(metrics.to_dict()), ()
+            return 200, dumps(metrics.to_dict()), ()
         if name == "healthz":
             await trio.lowlevel.checkpoint()
             if self.closing:
-                return 503, _dumps({"status": "shutting_down"}), ()
-            return 200, _dumps({"status": "ok"}), ()
+                return 503, dumps({"status": "shutting_down"}), ()
+            return 200, dumps({"status": "ok"}), ()
         if name == "openapi":
             await trio.lowlevel.checkpoint()
             if self._openapi is None:
-                self._openapi = _dumps(openapi_document())
+                self._openapi = dumps(openapi_document())
             return 200, self._openapi, ()
         raise AssertionError(f"unhandled route {name}")  # pragma: no cover
 
@@ -587,7 +556,7 @@ class App:
         ) as events:
             if wanted.history:  # the chart's past, before the first live snapshot
                 message = self.history.message(self.queue.config.metrics_interval)
-                await send({"type": "websocket.send", "text": _dumps(message).decode()})
+                await send({"type": "websocket.send", "text": dumps(message).decode()})
             if wanted.snapshot and not wanted.periodic_metrics:
                 await send({"type": "websocket.send", "text": encode(self.queue.metrics_event())})
             async for event in events:

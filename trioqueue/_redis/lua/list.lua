@@ -1,6 +1,7 @@
 -- list(status, task, limit, before): newest first.
 -- ARGV: status ('' for any), task ('' for any), limit, before (an id, '' for the start),
---   budget (index entries examined at most).
+--   budget (index entries examined at most), max bytes (the page ends once its payloads
+--   and results pass them, one job at least; '' for no bound).
 -- Reply: {{record, ...}, next id or false}.  Order: no status -> by creation (idx:all);
 --   completed/failed/cancelled -> by finish time (idx:<status>); queued, scheduled,
 --   processing -> by creation, from the ready and parked lists, `sched` and `leases`.
@@ -8,7 +9,10 @@
 --   out first.
 local status, task, limit, before = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local budget = tonumber(ARGV[5])
+local max_bytes = tonumber(ARGV[6] or '') or math.huge
 local out = {}
+local bytes = 0
+local function size(r) return #(r[3] or '') + #(r[13] or '') end
 
 if status == 'queued' or status == 'scheduled' or status == 'processing' then
   local ids = {}
@@ -49,8 +53,10 @@ if status == 'queued' or status == 'scheduled' or status == 'processing' then
   end
   local nxt = false
   for i = start, #rows do
-    if #out >= limit then nxt = out[#out][1]; break end
-    out[#out + 1] = record(rows[i][2])
+    if #out >= limit or bytes > max_bytes then nxt = out[#out][1]; break end
+    local r = record(rows[i][2])
+    out[#out + 1] = r
+    bytes = bytes + size(r)
   end
   return {out, nxt}
 end
@@ -64,7 +70,7 @@ if before ~= '' then
 end
 local examined = 0
 local last = false
-while #out < limit and examined < budget do
+while #out < limit and examined < budget and bytes <= max_bytes do
   local chunk = math.min(100, budget - examined)
   local ids = redis.call('ZREVRANGE', idx, rank, rank + chunk - 1)
   if #ids == 0 then return {out, false} end
@@ -77,7 +83,8 @@ while #out < limit and examined < budget do
       if status == '' then redis.call('ZREM', idx, id); rank = rank - 1 end
     elseif (status == '' or r[5] == status) and (task == '' or r[2] == task) then
       out[#out + 1] = r
-      if #out >= limit then break end
+      bytes = bytes + size(r)
+      if #out >= limit or bytes > max_bytes then break end
     end
   end
 end
