@@ -468,6 +468,12 @@ def test_enqueue_wait_with_count_is_a_usage_error(server: Server) -> None:
     result = run_cli("enqueue", "echo", "--count", "3", "--wait", "--url", server.url)
     assert result.returncode == 2
     assert "--wait: not with --count" in result.stderr
+    for bad in ("0", "-1"):  # 0 waited forever, -1 was a traceback
+        result = run_cli("enqueue", "echo", "--count", "3", "--concurrency", bad,
+                         "--url", server.url)
+        assert result.returncode == 2
+        assert result.stderr.strip() == (
+            f"trioqueue enqueue: --concurrency: expected a positive integer, got {bad}")
 
 
 def test_no_http_request_lines_unless_verbose(server: Server) -> None:

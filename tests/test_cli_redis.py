@@ -319,6 +319,13 @@ def test_bad_redis_urls_are_one_line_errors(capsys: pytest.CaptureFixture[str]) 
     assert capsys.readouterr().err.strip() == (
         "trioqueue worker: --redis: expected a redis://, rediss:// or unix:// URL, got "
         "'http://127.0.0.1/'")
+    # What the Redis client would raise a traceback for: named at once, no password.
+    for url, said in (("redis://127.0.0.1:6390/abc", "the database 'abc' is not a number"),
+                      ("redis://:hunter2@127.0.0.1:abc/9", "the port 'abc' is not a number")):
+        assert main(["worker", "--redis", url, *queue]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"trioqueue worker: --redis: {said}"), err
+        assert "hunter2" not in err
 
 
 async def test_a_retry_on_a_full_redis_queue_answers_429_at_once() -> None:

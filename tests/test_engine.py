@@ -645,6 +645,19 @@ async def test_without_drain_queued_jobs_are_counted_dropped(
     assert m.completed + m.dropped == 51
     assert m.dropped >= 1
     assert "trioqueue shutting down" in caplog.text
+    assert "or drain=True to run queued ones first" in caplog.text
+
+
+async def test_with_drain_the_dropped_warning_says_what_drain_does_not_run(
+    h: Harness, autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """drain=True was set: the warning does not advise it, it says what it leaves."""
+    async with trioqueue.open_queue(h.registry, cfg(workers=1, drain=True)) as q:
+        q.enqueue_nowait("ok", delay=100)
+    assert q.metrics().dropped == 1
+    assert "drain=True runs queued jobs only within shutdown_timeout, and never " \
+        "scheduled ones" in caplog.text
+    assert "or drain=True to run" not in caplog.text
 
 
 async def test_outer_cancellation_fails_interrupted_jobs_in_memory_mode(

@@ -208,6 +208,9 @@ async def cmd_enqueue(args: argparse.Namespace) -> int:
     if args.count > 1:
         if args.wait:
             raise UsageError("--wait: not with --count (it waits for one job)")
+        if args.concurrency < 1:
+            raise UsageError(f"--concurrency: expected a positive integer, got "
+                             f"{args.concurrency}")
         return await _enqueue_many(args, payload)
     if args.count < 1:
         raise UsageError(f"--count: expected a positive integer, got {args.count}")

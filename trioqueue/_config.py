@@ -77,6 +77,17 @@ def _optional_redis_url(inst: object, attr: attrs.Attribute[str | None],
         return
     if not isinstance(value, str) or urlparse(value).scheme not in ("redis", "rediss", "unix"):
         raise ValueError(f"redis_url: expected a redis://, rediss:// or unix:// URL, got {value!r}")
+    # What the Redis client would fail on later with a traceback; named here, the URL
+    # itself not repeated (it may carry a password).
+    parsed = urlparse(value)
+    try:
+        _ = parsed.port  # the property raises for a port that is not a number
+    except ValueError:
+        port = parsed.netloc.rpartition("@")[2].rpartition(":")[2]
+        raise ValueError(f"redis_url: the port {port!r} is not a number 0..65535") from None
+    db = parsed.path.strip("/")
+    if parsed.scheme != "unix" and db and not (db.isascii() and db.isdigit()):
+        raise ValueError(f"redis_url: the database {db!r} is not a number (redis://HOST:PORT/N)")
 
 
 def _queue_name(inst: object, attr: attrs.Attribute[str], value: str) -> None:

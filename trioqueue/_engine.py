@@ -237,8 +237,10 @@ class _Run:
         if queued or scheduled:
             log.warning(
                 "trioqueue (memory mode) dropped %d jobs at shutdown: %d queued, %d scheduled "
-                "(use persist_path to keep them, or drain=True to run queued ones first)",
-                queued + scheduled, queued, scheduled,
+                "(%s)", queued + scheduled, queued, scheduled,
+                "drain=True runs queued jobs only within shutdown_timeout, and never "
+                "scheduled ones; use persist_path to keep them" if self._config.drain
+                else "use persist_path to keep them, or drain=True to run queued ones first",
             )
         core.events.close()
 
