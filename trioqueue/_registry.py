@@ -8,7 +8,7 @@ from typing import Any, TypeVar, overload
 
 import attrs
 
-from ._exceptions import UnknownTask
+from ._exceptions import InvalidJob, UnknownTask
 from ._job import Job, Priority, check_max_retries, check_timeout, clean_text
 
 F = TypeVar("F", bound=Callable[[Job], Any])
@@ -155,10 +155,14 @@ class TaskRegistry:
                 f"task {task_name!r}: handler must be an async function "
                 "(or register a plain function with sync=True)"
             )
-        if max_retries is not None:
-            check_max_retries(max_retries)  # InvalidJob: a ValueError naming the field
-        if timeout is not None:
-            timeout = check_timeout(timeout)
+        try:  # InvalidJob (a ValueError) naming the field, and here the task too
+            if max_retries is not None:
+                check_max_retries(max_retries)
+            if timeout is not None:
+                timeout = check_timeout(timeout)
+            priority = Priority.coerce(priority)
+        except InvalidJob as exc:
+            raise InvalidJob(f"task {task_name!r}: {exc}") from None
         if concurrency is not None and (
             isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
         ):
@@ -172,7 +176,7 @@ class TaskRegistry:
             handler=fn,
             max_retries=max_retries,
             timeout=None if timeout is None else float(timeout),
-            priority=Priority.coerce(priority),
+            priority=priority,
             sync=sync,
             schedule=schedule,
             every=None if every is None else float(every),
@@ -187,7 +191,11 @@ class TaskRegistry:
         try:
             return self._tasks[name]
         except (KeyError, TypeError):
-            raise UnknownTask(f"task: no handler registered as {name!r}") from None
+            hint = ""
+            if callable(name):  # a Celery habit: the function itself
+                hint = ("; a task is named by its name (a str), and submit() runs a "
+                        "function as a job")
+            raise UnknownTask(f"task: no handler registered as {name!r}{hint}") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._tasks
@@ -226,7 +234,9 @@ def _check_signature(fn: Callable[..., Any], task_name: str) -> None:
         signature.bind(None)
     except TypeError as exc:
         shown = getattr(fn, "__qualname__", None) or repr(fn)
+        what = ("it takes no positional argument" if str(exc) == "too many positional arguments"
+                else str(exc))
         raise TypeError(
             f"task {task_name!r}: handler {shown}{signature} must take exactly one "
-            f"positional argument, the job (it is called as handler(job)): {exc}"
+            f"positional argument, the job (it is called as handler(job)): {what}"
         ) from None
