@@ -184,6 +184,32 @@ async def test_a_stored_call_runs_after_reopen_only_where_it_was_submitted(
     assert calls == [("a", 1)]
 
 
+async def test_a_new_process_names_its_functions_with_submittable_before_it_opens(
+    tmp_path: Path,
+) -> None:
+    """A new process has submitted nothing yet when it opens its queue: the stored call
+    waits for a registry that has the function.  ``registry.submittable(fn)`` (also a
+    decorator) registers it before the open, so the recovered call runs; ``submit`` of
+    the same function then uses that registration."""
+    config = QueueConfig(persist_path=tmp_path / "q.db", workers=1)
+    calls.clear()
+    async with trioqueue.open_queue(TaskRegistry(), config) as q:
+        job = await q.submit(record, "kept", 2, delay=0.3)
+    fresh = TaskRegistry()  # the new process
+    assert fresh.submittable(record) is record
+    assert f"{record.__module__}.{record.__qualname__}" in fresh
+    async with trioqueue.open_queue(fresh, config) as q:
+        with trio.fail_after(10):
+            assert (await q.wait(job.id)).status is JobStatus.COMPLETED
+            again = await q.submit(record, "again")
+            assert (await q.wait(again.id)).task == job.task
+    assert calls == [("kept", 2), ("again",)]
+    with pytest.raises(trioqueue.InvalidJob, match=r"^fn: expected a function defined"):
+        fresh.submittable(lambda: None)
+    with pytest.raises(trioqueue.InvalidJob, match=r"^fn: "):
+        fresh.submittable(functools.partial(record, 1))
+
+
 async def test_a_registry_that_submitted_in_memory_runs_stored_calls_too(
     tmp_path: Path,
 ) -> None:

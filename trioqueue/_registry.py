@@ -12,6 +12,7 @@ from ._exceptions import InvalidJob, UnknownTask
 from ._job import Job, Priority, check_max_retries, check_timeout, clean_text
 
 F = TypeVar("F", bound=Callable[[Job], Any])
+C = TypeVar("C", bound=Callable[..., Any])
 """A handler: called with the job, its type kept by the decorator (so mypy sees it)."""
 Handler = Callable[[Job], Awaitable[Any]] | Callable[[Job], Any]
 
@@ -185,6 +186,21 @@ class TaskRegistry:
         )
         self._tasks[task_name] = spec
         return spec
+
+    def submittable(self, fn: C) -> C:
+        """Register ``fn`` for :meth:`JobQueue.submit` now, as its first ``submit`` would;
+        return it (a decorator too).  A queue opened with this registry then runs the
+        calls of ``fn`` that a store or Redis kept from before a restart (a queue that
+        lacks it leaves them waiting).  ``fn`` must be a function defined at a module's
+        top level, as ``submit`` requires of a queue with a store or Redis."""
+        from ._submit import ensure_registered, task_name
+
+        qualname = getattr(fn, "__qualname__", "")
+        if not inspect.isfunction(fn) or "<" in qualname:  # <lambda>, <locals>
+            raise InvalidJob(f"fn: expected a function defined at a module's top level, "
+                             f"got {fn!r}")
+        ensure_registered(self, task_name(fn), fn, durable=True)
+        return fn
 
     def get(self, name: str) -> TaskSpec:
         """The spec registered as ``name``; raises :class:`UnknownTask`."""
