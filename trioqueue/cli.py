@@ -262,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the queue with its HTTP API",
                                 description="Run a queue and its HTTP API on one port. "
-                                "Each flag also comes from TRIOQUEUE_<FLAG> (a flag wins).")
+                                "Each flag but --access-log also comes from "
+                                "TRIOQUEUE_<FLAG> (a flag wins).")
 
     def queue_flags(p: argparse.ArgumentParser, *, worker: bool = False) -> None:
         p.add_argument("--app", help="MODULE:REGISTRY of your tasks (default: demo tasks)")
