@@ -181,6 +181,9 @@ async def test_get_tasks_shows_schedule_every_and_next_run(
 
     wall("2026-12-05T09:58:40")
     async with trioqueue.open_queue(registry, trioqueue.QueueConfig(workers=1)) as q:
+        # Known as soon as the queue is open, before its periodic task has run at all.
+        assert q.next_run("heartbeat") == at("2026-12-05T09:59:00")
+        assert q.next_run("plain") is None
         await trio.testing.wait_all_tasks_blocked()
         status, _, body = await call(App(q), "GET", "/tasks")
         assert q.next_run("heartbeat") == at("2026-12-05T09:59:00")

@@ -131,8 +131,10 @@ class Periodic:
         self._wall = wall
         self._offset = wall_offset
         """wall time - trio time."""
-        self.next_run: dict[str, float] = {}
-        """Task name -> its next due time (seconds since the epoch)."""
+        now = wall()
+        self.next_run: dict[str, float] = {s.name: next_due(s, now) for s in self.specs}
+        """Task name -> its next due time (seconds since the epoch); known from the open
+        on (``run`` moves it on as runs are enqueued)."""
 
     async def run(self, queue: JobQueue) -> None:
         """Enqueue the catch-up runs, then each run as it comes due (the engine's task)."""

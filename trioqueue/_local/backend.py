@@ -361,6 +361,7 @@ class LocalBackend:
                 raise
         kind = move(rec, JobEvent.REQUEUE)
         rec.attempts = 0
+        rec.started_at = None  # as on Redis: the fresh attempts have not started
         rec.finished_at = None
         rec.scheduled_for = None
         rec.result = None
