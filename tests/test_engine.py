@@ -418,6 +418,28 @@ def test_bad_config_names_the_field() -> None:
         QueueConfig(fairness={Priority.LOW: 0})
 
 
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"fsync": True}, "fsync: needs persist_path (a SQLite store); without one, jobs live "
+                      "in memory only"),
+    ({"flush_interval": 1.0}, "flush_interval: needs persist_path"),
+    ({"lease": 5.0}, "lease: needs redis_url (a queue in Redis)"),
+    ({"prefetch": 8}, "prefetch: needs redis_url"),
+    ({"queue_name": "emails"}, "queue_name: needs redis_url"),
+    ({"drain": True, "persist_path": "q.db"}, "drain: memory mode only"),
+    ({"drain": True, "redis_url": "redis://127.0.0.1"}, "drain: memory mode only"),
+    ({"durability": "batch", "redis_url": "redis://127.0.0.1"},
+     "durability: 'batch' needs persist_path (a SQLite store); on Redis, what Redis keeps "
+     "is Redis' own setting"),
+    ({"fsync": True, "redis_url": "redis://127.0.0.1"}, "fsync: needs persist_path"),
+])
+def test_a_setting_this_queue_would_ignore_is_refused(kwargs: dict[str, Any], message: str
+                                                      ) -> None:
+    """Each of these did nothing silently (the CLI refused them already)."""
+    with pytest.raises(ValueError) as refused:
+        QueueConfig(**kwargs)
+    assert str(refused.value).startswith(message)
+
+
 def test_config_from_env() -> None:
     env = {"TRIOQUEUE_WORKERS": "7", "JOB_QUEUE_CAPACITY": "50", "TRIOQUEUE_DRAIN": "yes"}
     c = QueueConfig.from_env(env, max_retries=9)

@@ -666,7 +666,8 @@ async def test_fsync_sets_how_sqlite_syncs_each_commit(
 
 
 def test_fsync_comes_from_the_environment_too() -> None:
-    assert QueueConfig.from_env({"TRIOQUEUE_FSYNC": "1"}).fsync is True
+    env = {"TRIOQUEUE_FSYNC": "1", "TRIOQUEUE_DB": "q.db"}
+    assert QueueConfig.from_env(env).fsync is True
     with pytest.raises(ValueError, match="TRIOQUEUE_FSYNC"):
         QueueConfig.from_env({"TRIOQUEUE_FSYNC": "sometimes"})
     with pytest.raises(ValueError, match="fsync: expected True or False, got 'yes'"):
