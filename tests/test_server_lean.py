@@ -621,3 +621,22 @@ async def test_websocket_on_the_same_port() -> None:
             await peer.send(b"GET /events HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
                             b"Connection: Upgrade\r\n\r\n")
             assert (await peer.response())[0] == 400
+
+
+@pytest.mark.parametrize(("frame", "code"), [
+    (b"\x81\x02hi", 1002),  # a client frame without its mask
+    (b"\x81\x82\x00\x00\x00\x00\xff\xfe", 1007),  # a text frame that is not UTF-8
+])
+async def test_a_websocket_frame_wsproto_refuses_gets_a_close_frame(frame: bytes, code: int
+                                                                    ) -> None:
+    """A protocol error or bad UTF-8 is answered with a close frame saying which
+    (RFC 6455, 7.4.1) before the connection ends, not a bare end."""
+    async with real_app(1024) as port, connect(port) as peer:
+        await peer.send(b"GET /events HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+                        b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        assert (await peer.response())[0] == 101
+        await peer.send(frame)
+        await peer.eof()
+        close = peer.buf[peer.buf.index(b"\x88"):]  # the first close frame
+        assert int.from_bytes(close[2:4], "big") == code

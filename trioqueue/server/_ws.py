@@ -164,6 +164,10 @@ class WebSocket:
                 self.peer_closed = True
                 if self.ws.state is ConnectionState.REMOTE_CLOSING:
                     await self._write(self.ws.send(event.response()))
+                elif self.ws.state is ConnectionState.OPEN:
+                    # Not the peer's close but wsproto's word for a frame it could not
+                    # take (1002 a protocol error, 1007 bad UTF-8): say so before the end.
+                    await self._close(event.code, event.reason)
                 self.state = "closed"
                 return
 
