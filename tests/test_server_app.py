@@ -159,6 +159,11 @@ def test_event_filters() -> None:
     for bad in ({"types": "done"}, {"types": ","}, {"job_id": ","}, {"snapshot": "perhaps"}):
         with pytest.raises(ValueError):
             parse_event_filter(bad)
+    # A typo of a filter streamed every event; refused as GET /jobs refuses one.
+    with pytest.raises(ValueError, match=r"^type: unknown query parameter \(expected some "
+                       r"of history, job_id, max_rate, snapshot, token, types\)$"):
+        parse_event_filter({"type": "failed"})
+    assert parse_event_filter({"token": "t", "types": "failed"}).wants("failed", "x")
 
 
 # ---------------------------------------------------------------------------- hosts

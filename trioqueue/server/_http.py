@@ -450,9 +450,17 @@ def _flag(name: str, raw: str) -> bool:
     raise ValueError(f"{name}: expected true or false, got {raw!r}")
 
 
+EVENT_PARAMS = frozenset({"types", "job_id", "snapshot", "history", "max_rate", "token"})
+
+
 def parse_event_filter(query: Mapping[str, str]) -> EventFilter:
     """``types=a,b``, ``job_id=x[,y]``, ``snapshot=true``, ``history=true``,
-    ``max_rate=N``; raise ``ValueError``."""
+    ``max_rate=N`` (and ``token``, the app's); raise ``ValueError``, also for another
+    parameter (``type=failed`` must not stream every event)."""
+    unknown = sorted(set(query) - EVENT_PARAMS)
+    if unknown:
+        known = ", ".join(sorted(EVENT_PARAMS))
+        raise ValueError(f"{unknown[0]}: unknown query parameter (expected some of {known})")
     types = None
     raw_types = query.get("types")
     if raw_types:
