@@ -21,11 +21,13 @@ import functools
 import inspect
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._exceptions import InvalidJob
 from ._job import Job, check_json
-from ._registry import TaskRegistry
+
+if TYPE_CHECKING:  # _registry imports this module (TaskRegistry.submittable)
+    from ._registry import TaskRegistry
 
 _MARK = "__trioqueue_submitted__"
 """Set on the handlers this module registers: the function they run (durable mode)."""

@@ -167,7 +167,7 @@ class WebSocket:
                 elif self.ws.state is ConnectionState.OPEN:
                     # Not the peer's close but wsproto's word for a frame it could not
                     # take (1002 a protocol error, 1007 bad UTF-8): say so before the end.
-                    await self._close(event.code, event.reason)
+                    await self._close(event.code, event.reason or "")
                 self.state = "closed"
                 return
 
