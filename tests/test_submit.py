@@ -184,6 +184,32 @@ async def test_a_stored_call_runs_after_reopen_only_where_it_was_submitted(
     assert calls == [("a", 1)]
 
 
+DECORATED = TaskRegistry()
+
+
+@DECORATED.submittable
+async def decorated(n: int) -> int:
+    """Registered by the decorator, before this module has the name ``decorated``."""
+    return n * 2
+
+
+async def test_a_function_decorated_with_submittable_runs_stored_calls(
+    tmp_path: Path,
+) -> None:
+    """The decorator runs before the module holds the function's name: the call form's
+    module-level lookup would fail there, and its calls were then refused as a memory
+    queue's ("cannot run a stored call")."""
+    config = QueueConfig(persist_path=tmp_path / "q.db", workers=1)
+    async with trioqueue.open_queue(TaskRegistry(), config) as q:
+        job = await q.submit(decorated, 21, delay=0.3)
+    async with trioqueue.open_queue(DECORATED, config) as q:
+        with trio.fail_after(10):
+            done = await q.wait(job.id)
+        assert (done.status, done.result, done.error) == (JobStatus.COMPLETED, 42, None)
+        again = await q.submit(decorated, 5)
+        assert (await q.wait(again.id)).result == 10
+
+
 async def test_a_new_process_names_its_functions_with_submittable_before_it_opens(
     tmp_path: Path,
 ) -> None:

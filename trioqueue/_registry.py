@@ -199,7 +199,7 @@ class TaskRegistry:
         if not inspect.isfunction(fn) or "<" in qualname:  # <lambda>, <locals>
             raise InvalidJob(f"fn: expected a function defined at a module's top level, "
                              f"got {fn!r}")
-        ensure_registered(self, task_name(fn), fn, durable=True)
+        ensure_registered(self, task_name(fn), fn, durable=True, top_level=True)
         return fn
 
     def get(self, name: str) -> TaskSpec:

@@ -107,8 +107,10 @@ def durable_args(args: Sequence[Any]) -> list[Any]:
 
 
 def ensure_registered(registry: TaskRegistry, name: str, fn: Callable[..., Any],
-                      durable: bool) -> None:
-    """Register the handler that runs submitted calls under ``name`` (once)."""
+                      durable: bool, *, top_level: bool = False) -> None:
+    """Register the handler that runs submitted calls under ``name`` (once);
+    ``top_level``: ``fn`` is known to be a module-level function (``submittable``, whose
+    decorator runs before the module has the name, so ``check_module_level`` would fail)."""
     if name in registry:
         spec = registry.get(name)
         marked = getattr(spec.handler, _MARK, None)
@@ -129,7 +131,8 @@ def ensure_registered(registry: TaskRegistry, name: str, fn: Callable[..., Any],
             )
         return
     try:
-        check_module_level(fn)  # (a memory queue may register a partial, a lambda, ...)
+        if not top_level:
+            check_module_level(fn)  # (a memory queue may register a partial, a lambda, ...)
         runs_stored = True
     except InvalidJob:
         runs_stored = False
