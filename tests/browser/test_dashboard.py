@@ -105,6 +105,14 @@ def test_the_jobs_list_grows_and_updates_in_place(server: Server, pages: Pages) 
     expect(rows).to_have_count(3)
     page.locator("#jobs-status").select_option("failed")
     expect(rows).to_have_count(0)
+    # Filtered by a status, a row leaves the list when its job leaves that status (it
+    # stayed, showing "completed" under "processing", until a reload).
+    page.locator("#jobs-status").select_option("processing")
+    expect(page.locator("#jobs-note")).to_have_text("No jobs.")
+    running = post(server.url, {"task": "sleep", "payload": {"seconds": 0.5}})["id"]
+    expect(page.locator(f'#jobs-body tr[data-id="{running}"]')).to_have_count(1)
+    expect(page.locator(f'#jobs-body tr[data-id="{running}"]')).to_have_count(
+        0, timeout=10_000)
 
 
 def test_a_jobs_progress_shows_in_the_live_feed(server: Server, pages: Pages) -> None:

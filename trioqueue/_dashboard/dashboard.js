@@ -184,10 +184,14 @@
 
   // ------------------------------------------------------------------ HTTP
 
-  async function api(method, path, body) {
+  // A request the server does not answer within this many ms fails (TimeoutError) rather
+  // than leave "retrying…" up for good; 0 for none (a bulk retry of many jobs takes long).
+  const API_TIMEOUT_MS = 30000;
+  async function api(method, path, body, timeoutMs = API_TIMEOUT_MS) {
     const headers = { Accept: "application/json" };
     if (S.token) headers.Authorization = `Bearer ${S.token}`;
     const init = { method, headers, cache: "no-store", credentials: "same-origin" };
+    if (timeoutMs) init.signal = AbortSignal.timeout(timeoutMs);
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
@@ -203,6 +207,9 @@
     return { status: response.status, ok: response.ok, data };
   }
   const errorText = (r) => (r.data && typeof r.data.error === "string" ? r.data.error : `HTTP ${r.status}`);
+  const unreached = (e) => (e && e.name === "TimeoutError"
+    ? `The server did not answer within ${API_TIMEOUT_MS / 1000} s (it may still do it).`
+    : "Could not reach the server.");
 
   // ------------------------------------------------------------------ token
 
@@ -488,6 +495,8 @@
     const rec = S.jobs.get(ev.job_id);
     if (rec) {
       if (update(rec, ev)) S.jobsDirty = true;
+      const filtered = $("jobs-status").value;
+      if (filtered && rec.status !== filtered) dropJob(ev.job_id); // it left the status shown
       return;
     }
     if (S.jobsPages.length || !S.jobsLoaded) return; // only the first page grows
@@ -869,7 +878,7 @@
       }
       loadDetail();
     } catch (e) {
-      setText(note, "Could not reach the server.");
+      setText(note, unreached(e));
     }
   }
 
@@ -887,7 +896,7 @@
         setText(note, r.status === 404 ? `No job with id ${id}.` : errorText(r));
       }
     } catch (e) {
-      setText(note, "Could not reach the server.");
+      setText(note, unreached(e));
     }
   }
 
@@ -909,7 +918,7 @@
       }
       schedule();
     } catch (e) {
-      setText($("dead-note"), "Could not reach the server.");
+      setText($("dead-note"), unreached(e));
       button.disabled = false;
     }
   }
@@ -947,7 +956,7 @@
     setText(note, "retrying…");
     try {
       if (await hasBulkRetry()) {
-        const bulk = await api("POST", "jobs/retry", { status: "failed" });
+        const bulk = await api("POST", "jobs/retry", { status: "failed" }, 0);
         if (bulk.ok && bulk.data && typeof bulk.data.retried === "number") {
           setText(note, `Retried ${num(bulk.data.retried)} jobs.`);
         } else {
@@ -977,7 +986,7 @@
       setText(note, `Retried ${done} of ${ids.length}${refused ? `; ${refused} refused (no longer failed?)` : ""}${stop ? `; stopped: ${stop}` : ""}.`);
       requestReload(true);
     } catch (e) {
-      setText(note, "Could not reach the server.");
+      setText(note, unreached(e));
     }
   }
 
@@ -1164,6 +1173,18 @@
     setText(c[5], clock(rec.created));
     setText(c[6], clock(rec.finished));
     rec.dirty = false;
+  }
+
+  // A row leaves the list (its job left the status the list is filtered by).
+  function dropJob(id) {
+    const rec = S.jobs.get(id);
+    if (rec && rec.row) rec.row.remove();
+    S.jobs.delete(id);
+    for (const list of [S.jobsOrder, S.jobsHeld]) {
+      const i = list.indexOf(id);
+      if (i >= 0) list.splice(i, 1);
+    }
+    S.jobsDirty = true;
   }
 
   function renderJobs() {
