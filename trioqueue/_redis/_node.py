@@ -146,7 +146,13 @@ class NodeCore(EventsReader):
                     tasks = self._registry_names()
                 claimable = tasks
                 if self._parked and n:
-                    full = {t for t, q in self._parked.items() if len(q) >= self._park_max}
+                    # A limited task's line here holds as many claimed jobs as it may run
+                    # at once: the rest stay in Redis, for whichever node has room first
+                    # (a node that held a whole backlog kept it from the others, and a
+                    # crash cost each an attempt it never began).
+                    limits = self._limits
+                    full = {t for t, q in self._parked.items()
+                            if len(q) >= min(self._park_max, limits.get(t, self._park_max))}
                     if full:
                         claimable = [t for t in tasks if t not in full]
                 sent = self._clock.current_time()

@@ -91,8 +91,8 @@ class RedisBackend(NodeIntake):
         self._lease = config.lease
         self._prefetch = config.prefetch
         self._park_max = config.capacity
-        """Claimed jobs of one limited task that may wait on this node: past it, this
-        node claims no more of that task (its priority waits for the others here)."""
+        """Claimed jobs of one limited task that may wait on this node, at most (and at
+        most its ``concurrency``): past it, this node claims no more of that task."""
         self._hook: ChangeHook | None = None
         self._state: RedisState | None = None
         self._counts: Counts | None = None
