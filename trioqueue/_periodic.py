@@ -4,8 +4,10 @@
 One job per due time, its id ``"<task>@<due time, RFC 3339 UTC with milliseconds>"``
 (``cleanup@2026-12-05T10:00:00.000Z``) and its payload ``null``.  The enqueue is
 idempotent by that id, so a restart, or a second process on the same store or Redis,
-never enqueues the same run twice.  At start the most recent due time at or before now
-is enqueued once (one catch-up run for whatever was missed, however many times were);
+does not enqueue the same run twice while that run's job is kept (``result_ttl`` on
+Redis, ``retention`` with a store; past it the catch-up below runs it again).  At start
+the most recent due time at or before now is enqueued once (one catch-up run for
+whatever was missed, however many times were);
 then each due time as it comes.  ``every=`` due times are the multiples of the interval
 since the epoch.
 
