@@ -18,6 +18,7 @@ import trio
 import trio.testing
 
 import trioqueue
+from tests.sqlite_util import sqlite_at
 from tests.test_server_app import call
 from trioqueue import JobNotFound, JobStatus
 from trioqueue.server import App
@@ -169,6 +170,54 @@ async def test_no_duplicate_run_across_close_and_reopen_with_a_store(
             with pytest.raises(JobNotFound):
                 await q.get(f"hourly@2026-12-05T{hour}:00:00.000Z")
     assert runs == ["hourly@2026-12-05T10:00:00.000Z", "hourly@2026-12-05T15:00:00.000Z"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_run_whose_job_is_gone_is_not_run_again(
+    wall: Any, tmp_path: Path, backend: str
+) -> None:
+    """A run's job is not kept for ever (``retention``; on Redis ``result_ttl``, one
+    hour): once it was gone, a queue opened later in the same period enqueued that due
+    time again as its catch-up run (a daily report sent again on every deploy).  The
+    latest enqueued due time is kept apart, per task, and the catch-up skips it."""
+    from tests.redis_util import REDIS_URL, admin, delete_queue, unique
+
+    runs: list[str] = []
+    registry = trioqueue.TaskRegistry()
+
+    @registry.task(schedule="0 9 * * *")
+    async def daily(job: trioqueue.Job) -> None:
+        runs.append(job.id)
+
+    queue_name = unique("periodic")
+    config = (trioqueue.QueueConfig(persist_path=tmp_path / "q.db") if backend == "sqlite"
+              else trioqueue.QueueConfig(redis_url=REDIS_URL, queue_name=queue_name))
+    first = "daily@2026-12-05T09:00:00.000Z"
+    try:
+        wall("2026-12-05T09:00:30")
+        async with trioqueue.open_queue(registry, config) as q:
+            await _wait_for(q, first)
+        # The run's job goes, as retention or result_ttl would take it.
+        if backend == "sqlite":
+            with sqlite_at(tmp_path / "q.db") as conn:
+                conn.execute("DELETE FROM jobs WHERE id = ?", (first,))
+        else:
+            async with admin() as client:
+                await client.delete([f"tq:{{{queue_name}}}:job:{first}"])
+        wall("2026-12-05T15:00:00")  # the same day: 09:00 is still the last due time
+        async with trioqueue.open_queue(registry, config) as q:
+            await trio.sleep(0.3)  # (real time: the periodic task's first pass is done)
+            with pytest.raises(JobNotFound):
+                await q.get(first)
+            assert q.next_run("daily") == at("2026-12-06T09:00:00")
+        wall("2026-12-07T10:00:00")  # two due times later: one catch-up run, as ever
+        async with trioqueue.open_queue(registry, config) as q:
+            await _wait_for(q, "daily@2026-12-07T09:00:00.000Z")
+        assert runs == [first, "daily@2026-12-07T09:00:00.000Z"]
+    finally:
+        if backend == "redis":
+            async with admin() as client:
+                await delete_queue(client, queue_name)
 
 
 async def test_get_tasks_shows_schedule_every_and_next_run(

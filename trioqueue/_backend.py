@@ -122,6 +122,13 @@ class Backend(Protocol):
     def full_reason(self, rec: JobRecord) -> str:
         """Why :meth:`admit` had no room for ``rec`` (the QueueFull message)."""
 
+    async def periodic_marks(self) -> dict[str, float]:
+        """Per periodic task, the latest due time (wall seconds) enqueued for it, kept
+        beyond its run's job (empty where nothing outlives the process)."""
+
+    async def mark_periodic(self, name: str, due: float) -> None:
+        """Keep ``due`` as ``name``'s latest enqueued due time (once its job is stored)."""
+
     async def wait_committed(self, rec: JobRecord | None = None) -> None:
         """Return once ``rec`` (every accepted change, for ``None``) is durable.  Raises
         :class:`~trioqueue.StoreError` when the write failed."""

@@ -114,7 +114,7 @@ class _Run:
                                     lambda: clock.current_time() + wall,
                                     None if store is None else local.progress_changed)
         self._periodic = Periodic([registry.get(name) for name in registry],
-                                  lambda: clock.current_time() + wall, wall)
+                                  lambda: clock.current_time() + wall, wall, backend)
         core = QueueCore(registry, config, clock, wall, stats, backend,
                          Intake(registry, config, clock, wall), workers, events, life,
                          self._periodic.next_run)

@@ -4,10 +4,11 @@
 One job per due time, its id ``"<task>@<due time, RFC 3339 UTC with milliseconds>"``
 (``cleanup@2026-12-05T10:00:00.000Z``) and its payload ``null``.  The enqueue is
 idempotent by that id, so a restart, or a second process on the same store or Redis,
-does not enqueue the same run twice while that run's job is kept (``result_ttl`` on
-Redis, ``retention`` with a store; past it the catch-up below runs it again).  At start
-the most recent due time at or before now is enqueued once (one catch-up run for
-whatever was missed, however many times were);
+never enqueues the same run twice; and since a run's job does not last for ever
+(``retention``, ``result_ttl``), the backend keeps each task's latest enqueued due time
+too (``Backend.periodic_marks``), written once the run's job is stored.  At start the
+most recent due time at or before now is enqueued once unless it was before (one
+catch-up run for whatever was missed, however many times were);
 then each due time as it comes.  ``every=`` due times are the multiples of the interval
 since the epoch.
 
@@ -31,6 +32,7 @@ from ._exceptions import ShuttingDown, TrioQueueError
 from ._job import MAX_ID_LENGTH, check_job_id
 
 if TYPE_CHECKING:
+    from ._backend import Backend
     from ._queue import JobQueue
     from ._registry import TaskSpec
 
@@ -128,8 +130,9 @@ class Periodic:
     """The scheduler of a queue's periodic tasks."""
 
     def __init__(self, specs: Sequence[TaskSpec], wall: Callable[[], float],
-                 wall_offset: float) -> None:
+                 wall_offset: float, backend: Backend) -> None:
         self.specs = [s for s in specs if s.schedule is not None or s.every is not None]
+        self._backend = backend
         self._wall = wall
         self._offset = wall_offset
         """wall time - trio time."""
@@ -142,9 +145,19 @@ class Periodic:
         """Enqueue the catch-up runs, then each run as it comes due (the engine's task)."""
         if not self.specs:
             return
+        try:  # what a store or Redis kept of the runs enqueued before this queue opened
+            marks = await self._backend.periodic_marks()
+        except TrioQueueError as exc:
+            log.warning("trioqueue: periodic runs enqueued before cannot be read (%s); "
+                        "their run ids still keep each run once while its job is kept", exc)
+            marks = {}
         now = self._wall()
         for spec in self.specs:
-            if not await self._enqueue(queue, spec, last_due(spec, now)):
+            due = last_due(spec, now)
+            # The catch-up run, unless it was enqueued before: its job may be gone by now
+            # (result_ttl, retention), and its id alone would let it run again.
+            if marks.get(spec.name, -math.inf) < due and not await self._enqueue(
+                    queue, spec, due):
                 return
             self.next_run[spec.name] = next_due(spec, now)
         while True:
@@ -168,4 +181,11 @@ class Periodic:
             return False
         except TrioQueueError as exc:  # the store failing, an id taken by another job
             log.warning("trioqueue: periodic run %s not enqueued: %s", job_id, exc)
+            return True
+        try:
+            await self._backend.mark_periodic(spec.name, due)
+        except ShuttingDown:
+            return False
+        except TrioQueueError as exc:
+            log.warning("trioqueue: periodic run %s enqueued, not marked: %s", job_id, exc)
         return True

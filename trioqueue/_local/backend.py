@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trioqueue")
 
+PERIODIC_MARK = "periodic:"
+"""``meta`` key prefix of a periodic task's latest enqueued due time (then its name)."""
 QUEUED = JobStatus.QUEUED
 SCHEDULED = JobStatus.SCHEDULED
 PROCESSING = JobStatus.PROCESSING
@@ -187,6 +189,28 @@ class LocalBackend:
 
     def full_reason(self, rec: JobRecord) -> str:
         return self.ready.full_reason(rec)
+
+    async def periodic_marks(self) -> dict[str, float]:
+        """From the store's ``meta`` table (memory mode keeps nothing past the process)."""
+        if self.store is None:
+            await trio.lowlevel.checkpoint()
+            return {}
+        raw = await self.store.read(self.store.store.meta_with, PERIODIC_MARK)
+        marks: dict[str, float] = {}
+        for name, value in raw.items():
+            try:
+                marks[name] = float(value)
+            except ValueError:
+                log.warning("%s: meta %r: not a time, ignored", self.store.path,
+                            PERIODIC_MARK + name)
+        return marks
+
+    async def mark_periodic(self, name: str, due: float) -> None:
+        if self.store is None:
+            await trio.lowlevel.checkpoint()
+            return
+        await self.store.wait_committed()  # the run's job first: a mark never outruns it
+        await self.store.read(self.store.store.set_meta, PERIODIC_MARK + name, repr(due))
 
     async def wait_committed(self, rec: JobRecord | None = None) -> None:
         """Return once ``rec`` (everything, for ``None``) is committed; a checkpoint in

@@ -418,6 +418,15 @@ class RedisBackend(NodeIntake):
     async def find(self, job_id: str) -> JobRecord | None:
         return (await self.find_many([job_id]))[0]
 
+    async def periodic_marks(self) -> dict[str, float]:
+        """The queue's ``periodic`` hash (nodes.lua): shared by its nodes, no expiry."""
+        flat = await self.state.run_script("nodes", ["marks"])
+        return {flat[i]: int(flat[i + 1]) / 1000 for i in range(0, len(flat), 2)
+                if str(flat[i + 1]).isdigit()}
+
+    async def mark_periodic(self, name: str, due: float) -> None:
+        await self.state.run_script("nodes", ["mark", name, round(due * 1000)])
+
     async def find_many(self, job_ids: list[str]) -> list[JobRecord | None]:
         """:meth:`find` of each id, in order: a job this node accepted and has not
         written yet from its outbox, the others and a counts refresh in one call (per

@@ -275,6 +275,21 @@ class SqliteStore:
             finally:
                 self._close_all()
 
+    def meta_with(self, prefix: str) -> dict[str, str]:
+        """The ``meta`` entries whose key starts with ``prefix``, the prefix taken off."""
+        rows = self._read("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?",
+                          (len(prefix), prefix))
+        return {key[len(prefix):]: value for key, value in rows}
+
+    def set_meta(self, key: str, value: str) -> None:
+        """One ``meta`` entry, committed at once (on the writer's connection)."""
+        with self._lock:
+            try:
+                self._w.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                                (key, value))
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot write: {describe(exc)}") from exc
+
     def abandon(self) -> None:
         """Close the connections without marking the file clean."""
         self._close_all()

@@ -11,7 +11,18 @@
 --                                  at least (`readers`: node -> until when, `readers:types`:
 --                                  node -> types; lapsed ones dropped)
 --   unread, node                -> 1 if the node was reading (events stop once nobody is)
+--   marks                       -> {task, due ms, ...}: each periodic task's latest
+--                                  enqueued due time (`periodic`, kept without expiry)
+--   mark, task, due ms          -> 1 if it moved the task's mark on (never back)
 local op = ARGV[1]
+if op == 'marks' then
+  return redis.call('HGETALL', P .. 'periodic')
+elseif op == 'mark' then
+  local old = tonumber(redis.call('HGET', P .. 'periodic', ARGV[2]) or '')
+  if old and old >= tonumber(ARGV[3]) then return 0 end
+  redis.call('HSET', P .. 'periodic', ARGV[2], ARGV[3])
+  return 1
+end
 if op == 'beat' then
   redis.call('HSET', P .. 'nodes', ARGV[2], ARGV[3])
   redis.call('ZADD', P .. 'beats', now_ms, ARGV[2])
