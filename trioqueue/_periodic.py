@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("trioqueue")
 
 _ID_SUFFIX = len("@2026-12-05T10:00:00.000Z")
+MARK_MIN_INTERVAL = 1.0
+"""Seconds: an ``every=`` task at least this slow has its latest due time kept apart from
+its jobs (``Backend.mark_periodic``, one write a run); a faster one relies on its run
+ids alone (its last run's job outlives the interval but for ``result_ttl`` under it)."""
 
 
 MAX_EVERY = 1e10
@@ -182,6 +186,8 @@ class Periodic:
         except TrioQueueError as exc:  # the store failing, an id taken by another job
             log.warning("trioqueue: periodic run %s not enqueued: %s", job_id, exc)
             return True
+        if spec.every is not None and spec.every < MARK_MIN_INTERVAL:
+            return True  # its run ids are enough (and a write a run would be too many)
         try:
             await self._backend.mark_periodic(spec.name, due)
         except ShuttingDown:
