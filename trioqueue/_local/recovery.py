@@ -17,6 +17,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from .._record import JobRecord
+from .._state import JobEvent, move
 from .._store.sqlite import Row
 from .rows import UnreadableRow
 from .snapshot import Persistence
@@ -68,6 +69,7 @@ class Recovery:
         for row in processing:
             rec = self._runnable(row)
             if rec is None:
+                self._interrupted_elsewhere(row)
                 continue
             died += 1
             self._restored.add(rec.id)
@@ -101,6 +103,21 @@ class Recovery:
                 store.path, sum(self._unknown.values()),
                 ", ".join(f"{task!r}: {n}" for task, n in sorted(self._unknown.items())),
             )
+
+    def _interrupted_elsewhere(self, row: Row) -> None:
+        """A job found PROCESSING whose task this registry lacks: the process that ran it
+        died.  It is recorded QUEUED, its attempt counted, for a queue that has the task
+        (left as it was, it showed PROCESSING though nothing runs it); a row that cannot
+        be read is left alone."""
+        try:
+            rec = self._store.record(row)
+        except UnreadableRow:
+            return
+        if rec.spec is not None:
+            return
+        rec.started_at = None
+        move(rec, JobEvent.INTERRUPT)
+        self._store.mark(rec)
 
     def _runnable(self, row: Row) -> JobRecord | None:
         """The row's record, or ``None`` for a task this registry lacks (counted, and
