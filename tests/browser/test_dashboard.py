@@ -89,6 +89,22 @@ def test_live_counts_move_while_jobs_run(server: Server, pages: Pages) -> None:
     assert min(heights) < 39, points  # a rate above zero is drawn above the baseline
 
 
+def test_a_worker_busy_before_the_page_loaded_is_not_shown_idle(
+    server: Server, pages: Pages
+) -> None:
+    """A job that started before the page loaded has no known worker: the boxes said
+    "idle" beside "1 busy of 4"; they say "?" until the page knows."""
+    job = post(server.url, {"task": "sleep", "payload": {"seconds": 3}})
+    poll(lambda: job_status(server.url, job["id"]) == "processing")
+    page = open_live(pages, server.url + "/")
+    page.locator("#tabs button[data-tab=workers]").click()
+    expect(page.locator("#workers-summary")).to_have_text("1 busy of 4")
+    expect(page.locator("#slots .slot")).to_have_count(4)
+    expect(page.locator("#slots .slot").first).to_have_text("0: ?")
+    expect(page.locator("#slots .slot", has_text="idle")).to_have_count(0)
+    expect(page.locator("#slots .slot").first).to_have_text("0: idle", timeout=10_000)
+
+
 def test_the_jobs_list_grows_and_updates_in_place(server: Server, pages: Pages) -> None:
     page = open_live(pages, server.url + "/")
     page.locator("#tabs button[data-tab=jobs]").click()

@@ -1269,13 +1269,17 @@
     const slots = $("slots");
     while (slots.childNodes.length < total) slots.appendChild(el("span", "slot"));
     while (slots.childNodes.length > total) slots.lastChild.remove();
+    // Workers busy with a job whose worker this page has not seen (it started before the
+    // page loaded, or on another node): the other boxes cannot say "idle" for sure.
+    const unseen = Math.max(0, (Number(m.busy_workers) || 0) - byWorker.size);
     for (let i = 0; i < total; i += 1) {
       const r = byWorker.get(i);
       const slot = slots.childNodes[i];
-      const label = r ? `${i}: ${r.task}` : `${i}: idle`;
+      const label = r ? `${i}: ${r.task}` : unseen ? `${i}: ?` : `${i}: idle`;
       setText(slot, label);
       slot.className = r ? "slot busy" : "slot";
-      slot.title = r ? `${r.id} (${r.task})` : "idle";
+      slot.title = r ? `${r.id} (${r.task})` : unseen
+        ? `${unseen} busy worker(s) whose job this page has not seen start` : "idle";
     }
     const body = $("running-body");
     const rows = Array.from(S.running.values()).sort((a, b) => {
