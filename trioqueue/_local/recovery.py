@@ -117,6 +117,7 @@ class Recovery:
             return
         rec.started_at = None
         move(rec, JobEvent.INTERRUPT)
+        self._restored.add(rec.id)  # its row may turn queued before the streamer passes
         self._store.mark(rec)
 
     def _runnable(self, row: Row) -> JobRecord | None:
