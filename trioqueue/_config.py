@@ -71,10 +71,6 @@ def _fairness(value: Mapping[Priority | str, int]) -> dict[Priority, int]:
     return {**DEFAULT_WEIGHTS, **weights}
 
 
-_DEFAULT_FLUSH = 0.05
-"""``flush_interval``'s default (any other value needs a store)."""
-
-
 def _optional_redis_url(inst: object, attr: attrs.Attribute[str | None],
                         value: str | None) -> None:
     if value is None:
@@ -139,7 +135,7 @@ class QueueConfig:
     durability: Durability = attrs.field(default="sync", validator=_durability)
     """``"sync"``: ``enqueue`` returns after the commit holding the job.  ``"batch"``:
     it returns at once; up to ``flush_interval`` of acknowledged work can be lost."""
-    flush_interval: float = attrs.field(default=_DEFAULT_FLUSH, validator=_seconds)
+    flush_interval: float = attrs.field(default=0.05, validator=_seconds)
     fsync: bool = attrs.field(default=False, validator=_flag)
     """With ``persist_path``: ``fsync`` every commit (SQLite ``synchronous=FULL``), so
     committed jobs survive a power cut or a kernel crash too, not only the process dying
@@ -204,7 +200,9 @@ class QueueConfig:
             raise ValueError("workers: 0 needs redis_url (a node that runs no jobs); a queue "
                              "in memory or in a SQLite file needs at least 1 worker")
         # A setting that would do nothing here is refused, not ignored: it was meant for
-        # a store, or for Redis, which this queue does not have.
+        # a store, or for Redis, which this queue does not have (a value other than the
+        # field's own default is a setting).
+        fields = attrs.fields(QueueConfig)
         if self.persist_path is None:
             where = ("on Redis, what Redis keeps is Redis' own setting (docs/scale-out.md)"
                      if self.redis_url is not None else "without one, jobs live in memory only")
@@ -213,13 +211,13 @@ class QueueConfig:
                                  f"SQLite store); {where}")
             if self.fsync:
                 raise ValueError(f"fsync: needs persist_path (a SQLite store); {where}")
-            if self.flush_interval != _DEFAULT_FLUSH:
+            if self.flush_interval != fields.flush_interval.default:
                 raise ValueError(f"flush_interval: needs persist_path (a SQLite store); "
                                  f"{where}")
         if self.redis_url is None:
-            for name, default in (("queue_name", "default"), ("lease", 30.0), ("prefetch", 0)):
-                if getattr(self, name) != default:
-                    raise ValueError(f"{name}: needs redis_url (a queue in Redis)")
+            for field in (fields.queue_name, fields.lease, fields.prefetch):
+                if getattr(self, field.name) != field.default:
+                    raise ValueError(f"{field.name}: needs redis_url (a queue in Redis)")
         if self.drain and (self.persist_path is not None or self.redis_url is not None):
             raise ValueError("drain: memory mode only (a store or Redis keeps the queued "
                              "jobs for the next start)")
