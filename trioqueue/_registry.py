@@ -12,8 +12,9 @@ from ._exceptions import InvalidJob, UnknownTask
 from ._job import Job, Priority, check_max_retries, check_timeout, clean_text
 
 F = TypeVar("F", bound=Callable[[Job], Any])
-C = TypeVar("C", bound=Callable[..., Any])
 """A handler: called with the job, its type kept by the decorator (so mypy sees it)."""
+C = TypeVar("C", bound=Callable[..., Any])
+"""A function for ``submit`` (``submittable``), its type kept by the decorator."""
 Handler = Callable[[Job], Awaitable[Any]] | Callable[[Job], Any]
 
 
