@@ -260,8 +260,7 @@ class Workers:
                 self._attempt_failed(slot, rec, failure, end, duration)
                 failure = None
             if spec.concurrency is not None:  # a limited task: its next job may run
-                self._in_threads.pop(rec, None)
-                backend.attempt_ended(rec)
+                self._slot_freed(rec)
             if (timeout is not None or slot.cancel_requested) and scope.cancel_called:
                 # cancel() or the deadline arrived after the handler had returned: leave
                 # this scope (slot.current is None, so nothing is interrupted) so that the
