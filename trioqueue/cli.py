@@ -411,8 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     level = getattr(args, "log_level", None)
     if level is None:
         level = os.environ.get("TRIOQUEUE_LOG_LEVEL") or "info"

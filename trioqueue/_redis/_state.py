@@ -115,7 +115,7 @@ class RedisState:
         self.failed_ttl = failed_ttl
         # The scripts' "result ttl" argument (common.lua's ttls): ms, and ms if FAILED.
         self._ttls = (f"{max(1, math.ceil(result_ttl * 1000))} "
-                        f"{max(1, math.ceil(failed_ttl * 1000))}")
+                      f"{max(1, math.ceil(failed_ttl * 1000))}")
         self._maxlen = events_maxlen
         self._keys = (self.prefix,)
         self._scripts = load_all()

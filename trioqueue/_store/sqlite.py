@@ -519,8 +519,8 @@ class SqliteStore:
         time).  The table's own b-tree serves the order and the rowid bound.
 
         With ``max_bytes``, the rows stop once their payloads and results pass that many
-        bytes (one row at least): the caller tells a short answer from the end by
-        asking one row more than it lists."""
+        bytes (one row at least): the caller tells such a stop from the end of the rows
+        by their :func:`row_bytes`, which then pass ``max_bytes``."""
         where: list[str] = []
         params: list[Any] = []
         if before is not None:

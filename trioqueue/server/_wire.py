@@ -87,8 +87,7 @@ class HttpRequest:
 
     __slots__ = ("body", "complete", "conn", "continued", "deadline", "delivered", "dropped",
                  "ended", "error", "expect", "has_body", "head_done", "head_size", "headers",
-                 "hosts",
-                 "http_version", "keep_alive", "method", "parts", "resp_headers", "rest",
+                 "hosts", "http_version", "keep_alive", "method", "parts", "resp_headers", "rest",
                  "sent", "started", "status", "trailers", "transfer_encoding", "upgrade",
                  "upgrade_to", "url")
 
