@@ -4,11 +4,13 @@ make, the limits, and the loop that serves a connection's requests in order (see
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
 import os
 from collections import deque
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
@@ -283,22 +285,31 @@ class Connection:
         if req.error is None:
             req.error = error
 
-    async def _read(self, deadline: float, kind: int, since: float) -> bytes | bytearray | None:
-        """Read from the client until ``deadline``; None when that passed or we evicted it."""
-        self.fresh = False
-        if self.evicted:
-            return None
+    @contextlib.contextmanager
+    def waiting_on_client(self, deadline: float, kind: int, since: float
+                          ) -> Iterator[trio.CancelScope]:
+        """A wait on the client until ``deadline``, of ``kind`` (``WAIT_*``) since
+        ``since``: :meth:`Server.evict` may end it at the cap (by cancelling the scope
+        this yields, and setting :attr:`evicted`)."""
         with trio.move_on_at(deadline) as scope:
             self.waiting = scope
             self.wait_kind = kind
             self.since = since
             try:
-                if kind == WAIT_IDLE and self.direct is not None:
-                    # Nothing was there a moment ago (_read_now): wait, then read.
-                    return await self._read_when_readable(self.direct)
-                return await self.stream.receive_some(READ_SIZE)
+                yield scope
             finally:
                 self.waiting = None
+
+    async def _read(self, deadline: float, kind: int, since: float) -> bytes | bytearray | None:
+        """Read from the client until ``deadline``; None when that passed or we evicted it."""
+        self.fresh = False
+        if self.evicted:
+            return None
+        with self.waiting_on_client(deadline, kind, since):
+            if kind == WAIT_IDLE and self.direct is not None:
+                # Nothing was there a moment ago (_read_now): wait, then read.
+                return await self._read_when_readable(self.direct)
+            return await self.stream.receive_some(READ_SIZE)
         return None
 
     async def _read_when_readable(self, sock: trio.socket.SocketType) -> bytes:
@@ -360,14 +371,8 @@ class Connection:
         if self.evicted:
             raise trio.BrokenResourceError("evicted")
         now = trio.current_time()
-        with trio.move_on_at(now + SEND_TIMEOUT) as scope:
-            self.waiting = scope
-            self.wait_kind = WAIT_SEND
-            self.since = now
-            try:
-                await self.stream.send_all(data)
-            finally:
-                self.waiting = None
+        with self.waiting_on_client(now + SEND_TIMEOUT, WAIT_SEND, now) as scope:
+            await self.stream.send_all(data)
         if scope.cancelled_caught:  # part of it may be sent: nothing can follow it
             raise trio.BrokenResourceError(
                 "evicted" if self.evicted else

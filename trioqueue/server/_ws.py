@@ -98,14 +98,10 @@ class WebSocket:
         # Wait (briefly) for the peer's close frame, so that it reads ours before the
         # connection goes: closing with unread data would reset it.  An evictable wait:
         # a client that never answers must not hold the connection at the cap.
-        with trio.move_on_after(WS_CLOSE_TIMEOUT) as closing:
-            conn.waiting, conn.wait_kind = closing, WAIT_CLOSING
-            conn.since = trio.current_time()
-            try:
-                while not self.peer_closed and not self.broken and not conn.evicted:
-                    await self._read_events()
-            finally:
-                conn.waiting = None
+        now = trio.current_time()
+        with conn.waiting_on_client(now + WS_CLOSE_TIMEOUT, WAIT_CLOSING, now):
+            while not self.peer_closed and not self.broken and not conn.evicted:
+                await self._read_events()
 
     # ------------------------------------------------------------------ to the app
 
