@@ -190,6 +190,8 @@ def test_post_same_id_same_body_200_other_body_409(http: httpx.Client) -> None:
         (b'{"task": "echo", "id": 7}', "id"),
         (b'{"task": "echo", "payload": NaN}', "body"),
         (b'{"task": "echo", "colour": "red"}', "colour"),
+        (b'{"task": "echo", "task": "fail"}', "duplicate key 'task'"),
+        (b'{"task": "echo", "payload": {"a": 1, "b": 2, "a": 3}}', "duplicate key 'a'"),
     ],
 )
 def test_post_bad_body_400_names_the_field(http: httpx.Client, content: bytes, needle: str

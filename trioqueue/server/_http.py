@@ -122,12 +122,29 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
-"""The decoder ``json.loads(..., parse_constant=_reject_constant)`` would make per call."""
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's members as a dict, refusing a name given twice: JSON leaves what it
+    means undefined (RFC 8259, 4), and taking the last one silently would let a body say
+    one thing to a proxy that reads the first and another to the queue."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise ValueError(f"duplicate key {name!r}")
+            seen.add(name)
+    return obj
+
+
+_STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant,
+                                object_pairs_hook=_unique_keys)
+"""The decoder ``json.loads(..., parse_constant=..., object_pairs_hook=...)`` would make
+per call."""
 
 
 def parse_json(body: bytes) -> Any:
-    """Strict JSON (no NaN or Infinity); raise :class:`HTTPError` 400."""
+    """Strict JSON (no NaN or Infinity, no key twice in an object); raise
+    :class:`HTTPError` 400."""
     if not body.strip():
         raise HTTPError(400, "body: expected a JSON object, got an empty body")
     try:
