@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import trioqueue
 from tests.sqlite_util import sqlite_at
@@ -278,3 +280,143 @@ def test_bad_periodic_options_are_refused_at_registration(
                        .replace(")", r"\)").replace("*", r"\*").replace("?", r"\?")
                        .replace("+", r"\+")):
         registry.task(**options)(handler)
+
+
+# ---------------------------------------------------------------- clocks going back
+
+DST_ZONES = ["Europe/Paris", "America/New_York", "Australia/Lord_Howe", "UTC"]
+DST_SCHEDULES = ["30 2 * * *", "30 1 * * *", "15,45 2 * * *", "*/30 * * * *", "0 * * * *",
+                 "45 1 * * 0"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    schedule=st.sampled_from(DST_SCHEDULES),
+    tz=st.sampled_from(DST_ZONES),
+    # Within hours of a 2026 clock change (UTC): Paris, New York, Lord Howe (half an hour).
+    change=st.sampled_from(["2026-03-29T01:00", "2026-10-25T01:00", "2026-03-08T07:00",
+                            "2026-11-01T06:00", "2026-04-04T15:00", "2026-10-03T15:30"]),
+    offset=st.floats(min_value=-4 * 3600, max_value=4 * 3600),
+)
+def test_due_times_are_ordered_through_clock_changes(
+    schedule: str, tz: str, change: str, offset: float
+) -> None:
+    """``last_due(t) <= t < next_due(t)``, and nothing is due between them.  cronsim reads a
+    local time in an hour repeated by a clock change as its first instance: trusted as
+    it came, the latest due time was a day old and the next one already past (the
+    scheduler then enqueued that past time again and again, a busy loop)."""
+    from trioqueue._periodic import last_due, next_due
+
+    spec = SimpleNamespace(name="t", schedule=schedule, every=None, tz=tz)
+    t = at(change) + offset
+    last, nxt = last_due(spec, t), next_due(spec, t)  # type: ignore[arg-type]
+    assert last <= t < nxt
+    assert next_due(spec, last) == nxt  # type: ignore[arg-type]
+
+
+async def test_a_queue_opened_in_a_repeated_hour_catches_up_once(wall: Any) -> None:
+    """Opened at 02:10 Paris time in the hour repeated on 25 October (01:10 UTC), a daily
+    02:30 task caught up both yesterday's and today's run, and its next run stayed in the
+    past: the scheduler enqueued it again in a loop until the hour reached 02:30."""
+    runs: list[str] = []
+    registry = trioqueue.TaskRegistry()
+
+    @registry.task(schedule="30 2 * * *", tz="Europe/Paris")
+    async def nightly(job: trioqueue.Job) -> None:
+        runs.append(job.id)
+
+    wall("2026-10-25T01:10:00")
+    async with trioqueue.open_queue(registry, trioqueue.QueueConfig()) as q:
+        await _wait_for(q, "nightly@2026-10-25T00:30:00.000Z")  # 02:30 CEST, today
+        await trio.sleep(0.2)  # (real time: a busy scheduler would have run by now)
+        assert q.next_run("nightly") == at("2026-10-26T01:30:00")  # 02:30 CET, tomorrow
+    assert runs == ["nightly@2026-10-25T00:30:00.000Z"]
+
+
+async def test_a_run_waiting_for_room_holds_back_no_other_task(
+    wall: Any, autojump_clock: Any
+) -> None:
+    """The LOW queue full: ``lowtick``'s run waits for room.  ``hightick`` (HIGH, with room)
+    got no run at all meanwhile (one scheduler awaited each enqueue in turn)."""
+    runs: list[str] = []
+    registry = trioqueue.TaskRegistry()
+
+    @registry.task(every=10.0, priority="low")
+    async def lowtick(job: trioqueue.Job) -> None:
+        runs.append(job.id)
+
+    @registry.task(every=10.0, priority="high")
+    async def hightick(job: trioqueue.Job) -> None:
+        runs.append(job.id)
+
+    @registry.task(priority="low")
+    async def long(job: trioqueue.Job) -> None:
+        await trio.sleep(1000)
+
+    wall("2026-12-05T10:00:05")
+    config = trioqueue.QueueConfig(workers=2, capacity=10)
+    async with trioqueue.open_queue(registry, config) as q:
+        await trio.testing.wait_all_tasks_blocked()
+        runs.clear()  # the catch-up runs
+        blockers = [await q.enqueue("long") for _ in range(2)]
+        await trio.testing.wait_all_tasks_blocked()  # both workers busy for good
+        blockers += [await q.enqueue("long") for _ in range(10)]  # LOW full
+        await trio.sleep(60)  # to 10:01:05
+        for m, s in [(0, 1), (0, 2), (0, 3), (0, 4), (0, 5), (1, 0)]:
+            await q.get(f"hightick@2026-12-05T10:0{m}:{s}0.000Z")  # enqueued, not run
+        with pytest.raises(JobNotFound):
+            await q.get("lowtick@2026-12-05T10:00:10.000Z")  # still waiting for room
+        for job in blockers:
+            await q.cancel(job.id)
+        await trio.testing.wait_all_tasks_blocked()
+        # The run that waited stands for the due times that passed meanwhile.
+        assert [r for r in runs if r.startswith("lowtick")] == [
+            "lowtick@2026-12-05T10:00:10.000Z"]
+        assert len([r for r in runs if r.startswith("hightick")]) == 6
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_fractional_interval_is_marked_to_its_millisecond(
+    wall: Any, tmp_path: Path, backend: str
+) -> None:
+    """Redis keeps a mark in whole milliseconds, and 1796464799.8 read back was compared
+    with the due time 1796464799.8000002 as floats: below it, so a reopen in the same
+    period ran that run again once its job was gone.  Marks compare as run ids do."""
+    from tests.redis_util import REDIS_URL, admin, delete_queue, unique
+
+    runs: list[str] = []
+    registry = trioqueue.TaskRegistry()
+
+    @registry.task(every=1.1)
+    async def tick(job: trioqueue.Job) -> None:
+        runs.append(job.id)
+
+    from trioqueue._periodic import last_due, run_id
+
+    spec = registry.get("tick")
+    due = last_due(spec, at("2026-12-05T10:00:00.300"))
+    assert round(due * 1000) / 1000 != due  # the case: not a whole millisecond as a float
+    first = run_id("tick", due)
+    queue_name = unique("periodic")
+    config = (trioqueue.QueueConfig(persist_path=tmp_path / "q.db") if backend == "sqlite"
+              else trioqueue.QueueConfig(redis_url=REDIS_URL, queue_name=queue_name))
+    try:
+        wall("2026-12-05T10:00:00.300")
+        async with trioqueue.open_queue(registry, config) as q:
+            await _wait_for(q, first)
+        for _ in range(2):
+            if backend == "sqlite":
+                with sqlite_at(tmp_path / "q.db") as conn:
+                    conn.execute("DELETE FROM jobs WHERE id = ?", (first,))
+            else:
+                async with admin() as client:
+                    await client.delete([f"tq:{{{queue_name}}}:job:{first}"])
+            async with trioqueue.open_queue(registry, config) as q:
+                await trio.sleep(0.3)  # (real time: the periodic task's first pass is done)
+                with pytest.raises(JobNotFound):
+                    await q.get(first)
+        assert runs.count(first) == 1  # (a later due time may come in the 0.3 s)
+    finally:
+        if backend == "redis":
+            async with admin() as client:
+                await delete_queue(client, queue_name)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -107,16 +107,27 @@ def run_id(name: str, due: float) -> str:
     return f"{name}@{stamp}.{ms % 1000:03d}Z"
 
 
+FOLD_MARGIN = 3 * 3600.0
+"""Seconds a local time can stand for more than one instant (the hour repeated when
+clocks go back; two at most anywhere), with a margin: cronsim reads a time in that hour
+as its first instance (it drops ``fold``), so a start handed to it may mean an instant
+up to this much earlier than the one meant, and its answers are checked, not trusted."""
+
+
 def last_due(spec: TaskSpec, now: float) -> float:
     """The latest due time of ``spec`` at or before ``now`` (seconds since the epoch)."""
     if spec.every is not None:
         return math.floor(now / spec.every) * spec.every
     assert spec.schedule is not None
     zone = _zone(spec.name, spec.tz)
-    start = datetime.fromtimestamp(now, tz=zone).replace(microsecond=0)
-    # cronsim's reverse iteration gives the times strictly before its start.
-    prev = next(CronSim(spec.schedule, start + timedelta(seconds=1), reverse=True))
-    return prev.timestamp()
+    # cronsim's reverse iteration gives the times strictly before its start; started
+    # past ``now`` by the margin, it cannot start before ``now`` whatever it makes of a
+    # repeated hour, and the times after ``now`` are passed over.
+    start = datetime.fromtimestamp(math.floor(now + FOLD_MARGIN), tz=zone)
+    for prev in CronSim(spec.schedule, start, reverse=True):
+        if (t := prev.timestamp()) <= now:
+            return t
+    raise AssertionError("unreachable: a cron expression that is due never")  # pragma: no cover
 
 
 def next_due(spec: TaskSpec, after: float) -> float:
@@ -126,8 +137,18 @@ def next_due(spec: TaskSpec, after: float) -> float:
         return nxt if nxt > after else nxt + spec.every
     assert spec.schedule is not None
     zone = _zone(spec.name, spec.tz)
-    start = datetime.fromtimestamp(math.floor(after), tz=zone)
-    return next(CronSim(spec.schedule, start)).timestamp()
+    # In the repeated hour, cronsim reads ``after`` as an instant up to an hour earlier
+    # and its first answers may not be after it (the hour's due time, once more): passed
+    # over, or the scheduler would enqueue a due time in the past again and again.
+    for when in CronSim(spec.schedule, datetime.fromtimestamp(math.floor(after), tz=zone)):
+        if (t := when.timestamp()) > after:
+            return t
+    raise AssertionError("unreachable: a cron expression that is due never")  # pragma: no cover
+
+
+def _ms(t: float) -> int:
+    """A due time as its run id's millisecond (what a mark is compared by)."""
+    return round(t * 1000)
 
 
 class Periodic:
@@ -146,7 +167,9 @@ class Periodic:
         on (``run`` moves it on as runs are enqueued)."""
 
     async def run(self, queue: JobQueue) -> None:
-        """Enqueue the catch-up runs, then each run as it comes due (the engine's task)."""
+        """Enqueue the catch-up runs, then each run as it comes due (the engine's task):
+        one task per periodic task, so that a run waiting for room in its priority holds
+        back no other task's runs."""
         if not self.specs:
             return
         try:  # what a store or Redis kept of the runs enqueued before this queue opened
@@ -156,24 +179,29 @@ class Periodic:
                         "their run ids still keep each run once while its job is kept", exc)
             marks = {}
         now = self._wall()
-        for spec in self.specs:
-            due = last_due(spec, now)
-            # The catch-up run, unless it was enqueued before: its job may be gone by now
-            # (result_ttl, retention), and its id alone would let it run again.
-            if marks.get(spec.name, -math.inf) < due and not await self._enqueue(
-                    queue, spec, due):
-                return
-            self.next_run[spec.name] = next_due(spec, now)
-        while True:
-            due = min(self.next_run.values())
-            await trio.sleep_until(due - self._offset)
-            now = self._wall()
+        async with trio.open_nursery() as nursery:
             for spec in self.specs:
-                at = self.next_run[spec.name]
-                if at <= now:
-                    if not await self._enqueue(queue, spec, at):
-                        return
-                    self.next_run[spec.name] = next_due(spec, max(at, now))
+                nursery.start_soon(self._run_task, queue, spec, marks.get(spec.name), now)
+
+    async def _run_task(self, queue: JobQueue, spec: TaskSpec, mark: float | None,
+                        now: float) -> None:
+        """``spec``'s runs: the catch-up run, then each due time as it comes.  A run that
+        waits for room stands for the due times that pass while it waits, as the catch-up
+        run does for those missed while nothing ran."""
+        name = spec.name
+        due = last_due(spec, now)
+        # The catch-up run, unless it was enqueued before: its job may be gone by now
+        # (result_ttl, retention), and its id alone would let it run again.
+        if (mark is None or _ms(mark) < _ms(due)) and not await self._enqueue(
+                queue, spec, due):
+            return
+        self.next_run[name] = next_due(spec, max(now, self._wall()))
+        while True:
+            at = self.next_run[name]
+            await trio.sleep_until(at - self._offset)
+            if not await self._enqueue(queue, spec, at):
+                return
+            self.next_run[name] = next_due(spec, max(at, self._wall()))
 
     async def _enqueue(self, queue: JobQueue, spec: TaskSpec, due: float) -> bool:
         """Enqueue ``spec``'s run due at ``due`` (a repeat returns the existing job).
