@@ -115,9 +115,54 @@ async def test_a_sync_handler_reports_from_its_thread(autojump_clock: Any) -> No
     assert done.progress == {"fraction": 0.25, "note": "from a thread"}
 
 
+async def test_an_abandoned_threads_progress_does_not_land_on_the_next_job() -> None:
+    """A ``sync=True`` handler that timed out runs on in its thread; its progress was put
+    on whatever job its worker ran by then (read from the worker, not bound to the
+    thread).  It is refused now: the thread's ``report_progress`` raises, and neither job
+    shows it.  (The real clock: the thread sleeps for real.)"""
+    import threading
+
+    registry = trioqueue.TaskRegistry()
+    refused: list[BaseException] = []
+    reported = threading.Event()
+    go_on = threading.Event()
+
+    @registry.task(sync=True, timeout=0.05, max_retries=0)
+    def stuck(job: trioqueue.Job) -> None:
+        go_on.wait(10)
+        try:
+            trioqueue.report_progress(0.99, f"from {job.id}")
+        except RuntimeError as exc:
+            refused.append(exc)
+        finally:
+            reported.set()
+
+    next_started = trio.Event()
+
+    @registry.task()
+    async def other(job: trioqueue.Job) -> None:
+        next_started.set()
+        await trio.to_thread.run_sync(reported.wait, 10)
+
+    async with trioqueue.open_queue(registry, trioqueue.QueueConfig(workers=1)) as q:
+        first = await q.enqueue("stuck")
+        second = await q.enqueue("other")
+        assert (await q.wait(first.id)).status is JobStatus.FAILED  # timed out
+        await next_started.wait()  # the worker runs the next job; the thread runs on
+        go_on.set()
+        done = await q.wait(second.id)
+        stuck_job = await q.get(first.id)
+    assert done.progress is None
+    assert stuck_job.progress is None
+    assert [str(e) for e in refused] == [
+        "report_progress(): the job this handler ran has ended"]
+
+
 @pytest.mark.parametrize(("args", "error"), [
     ([1.5], "ValueError: fraction: expected a number from 0 to 1, got 1.5"),
     ([-0.1], "ValueError: fraction: expected a number from 0 to 1, got -0.1"),
+    ([10**400], "ValueError: fraction: expected a number from 0 to 1, got an integer of more "
+                "than 20 digits"),
     (["half"], "TypeError: fraction: expected a number from 0 to 1, got str"),
     ([True], "TypeError: fraction: expected a number from 0 to 1, got bool"),
     ([0.5, 3], "TypeError: note: expected a string or None, got int"),

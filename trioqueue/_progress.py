@@ -14,10 +14,9 @@ after the last event is held, and the last value held is sent when the interval 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -33,6 +32,24 @@ MAX_NOTE = 1000
 """Characters a note may have."""
 
 _REPORTER: ContextVar[Reporter | None] = ContextVar("trioqueue_reporter", default=None)
+_THREAD_JOB: ContextVar[tuple[JobRecord, int] | None] = ContextVar(
+    "trioqueue_thread_job", default=None)
+"""In a ``sync=True`` handler's thread: its job and attempt (:func:`in_thread`).  The
+worker's current job will not do there: a thread abandoned at a timeout or ``cancel()``
+runs on while its worker takes the next job."""
+
+
+def in_thread(rec: JobRecord, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``fn`` (a ``sync=True`` handler) bound, in the thread that runs it, to ``rec``'s
+    attempt now: :func:`report_progress` there reports for that attempt or raises once
+    it ended, whatever its worker runs by then."""
+    attempt = rec.attempts
+
+    def bound(job: Any) -> Any:
+        _THREAD_JOB.set((rec, attempt))  # the thread's own copy of the context
+        return fn(job)
+
+    return bound
 
 
 def report_progress(fraction: float, note: str | None = None) -> None:
@@ -44,8 +61,10 @@ def report_progress(fraction: float, note: str | None = None) -> None:
     """
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
         raise TypeError(f"fraction: expected a number from 0 to 1, got {type(fraction).__name__}")
-    if not (math.isfinite(fraction) and 0.0 <= fraction <= 1.0):
-        raise ValueError(f"fraction: expected a number from 0 to 1, got {fraction!r}")
+    if not (0.0 <= fraction <= 1.0):  # NaN too; an int of any size (isfinite overflows)
+        shown = (repr(fraction) if isinstance(fraction, float) or abs(fraction) < 10**20
+                 else "an integer of more than 20 digits")
+        raise ValueError(f"fraction: expected a number from 0 to 1, got {shown}")
     if note is not None:
         if not isinstance(note, str):
             raise TypeError(f"note: expected a string or None, got {type(note).__name__}")
@@ -57,11 +76,17 @@ def report_progress(fraction: float, note: str | None = None) -> None:
             "report_progress() called outside a job's handler (call it from the handler "
             "a worker runs, or from a thread it runs in)"
         )
-    rec = reporter.slot.current
     if _in_trio_task():
-        reporter.report(rec, float(fraction), note)
-    else:  # a sync handler's thread: the state lives on the event loop
-        trio.from_thread.run_sync(reporter.report, rec, float(fraction), note)
+        reporter.report(reporter.slot.current, float(fraction), note)
+        return
+    # A sync handler's thread: the state lives on the event loop.
+    bound = _THREAD_JOB.get()
+    if bound is None:  # a thread the handler started itself: the worker's job
+        trio.from_thread.run_sync(reporter.report, reporter.slot.current, float(fraction),
+                                  note)
+    else:
+        trio.from_thread.run_sync(reporter.report, bound[0], float(fraction), note,
+                                  bound[1])
 
 
 def _in_trio_task() -> bool:
@@ -85,8 +110,10 @@ class Reporter:
         """In the worker's task: make :func:`report_progress` find this reporter."""
         _REPORTER.set(self)
 
-    def report(self, rec: JobRecord | None, fraction: float, note: str | None) -> None:
-        if rec is None or self.slot.current is not rec:
+    def report(self, rec: JobRecord | None, fraction: float, note: str | None,
+               attempt: int | None = None) -> None:
+        if rec is None or self.slot.current is not rec or (
+                attempt is not None and rec.attempts != attempt):
             raise RuntimeError("report_progress(): the job this handler ran has ended")
         self.progress.report(rec, fraction, note, self.slot.index)
 

@@ -25,7 +25,7 @@ from ._backend import Backend
 from ._config import QueueConfig
 from ._gil import lowered_switch_interval
 from ._job import check_json, clean_text
-from ._progress import Progress, Reporter
+from ._progress import Progress, Reporter, in_thread
 from ._record import JobRecord
 from ._state import JobEvent
 from ._stats import Stats
@@ -221,8 +221,8 @@ class Workers:
                 if spec.sync:
                     with threads:
                         result = await trio.to_thread.run_sync(
-                            spec.handler if spec.concurrency is None
-                            else self._holding_the_slot(rec, spec.handler), job,
+                            in_thread(rec, spec.handler if spec.concurrency is None
+                                      else self._holding_the_slot(rec, spec.handler)), job,
                             abandon_on_cancel=True,
                         )
                 else:

@@ -8,7 +8,7 @@ import itertools
 import pytest
 from trio.testing import MockClock
 
-from trioqueue import InvalidTransition, Job, JobStatus, TaskRegistry
+from trioqueue import InvalidTransition, Job, JobStatus, TaskRegistry, report_progress
 
 from .conftest import Backend, Harness, real_time_scale
 
@@ -143,6 +143,25 @@ async def test_retry_of_a_failed_job_requeues_it_with_attempts_from_zero(
     )
     assert [r.attempt for r in h.runs] == [1, 2, 1, 2]
     assert (m.enqueued, m.started, m.failed, m.retried) == (1, 4, 2, 2)
+
+
+async def test_retry_starts_with_no_progress(
+    backend: Backend, clock: MockClock | None, h: Harness
+) -> None:
+    """A retried job is queued afresh: it showed the last run's progress (100 % on a
+    dashboard, for a job not started) until its next run reported."""
+
+    @h.registry.task(max_retries=0)
+    async def halfway(job: Job) -> None:
+        report_progress(0.5, "half")
+        raise RuntimeError("stop")
+
+    async with backend.open(h.registry) as q:
+        job = await q.enqueue("halfway")
+        failed = await q.wait(job.id)
+        assert failed.progress == {"fraction": 0.5, "note": "half"}
+        again = await q.retry(job.id)
+        assert (again.status, again.progress) == (JobStatus.QUEUED, None)
 
 
 async def test_retry_of_a_cancelled_job_runs_it(

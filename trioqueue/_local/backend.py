@@ -390,6 +390,7 @@ class LocalBackend:
         rec.scheduled_for = None
         rec.result = None
         rec.result_json = None
+        rec.progress = None  # the runs before reported it
         self.table.add(rec)
         ready.make_ready(rec, self.now())
         self.changes.changed(kind, rec, None, None)
