@@ -263,3 +263,48 @@ async def test_store_and_a_subscriber_both_hear_each_job_of_a_batch(
         store = LocalBackend.of(q).store
         assert store is not None
         assert [store.store.get(j.id) is not None for j in jobs] == [True] * 5
+
+
+async def test_wait_many_keeps_jobs_that_end_and_leave_memory_while_it_waits(
+    autojump_clock: Any
+) -> None:
+    """``wait_many`` waited for one id after another: jobs that ended while it waited for
+    a slower one, and then left memory (``finished_cache``), raised ``JobNotFound``."""
+    registry = trioqueue.TaskRegistry()
+
+    @registry.task()
+    async def slow(job: trioqueue.Job) -> str:
+        await trio.sleep(10)
+        return "slow"
+
+    go = trio.Event()
+
+    @registry.task()
+    async def fast(job: trioqueue.Job) -> Any:
+        await go.wait()
+        return job.payload
+
+    config = trioqueue.QueueConfig(workers=11, finished_cache=5)
+    async with trioqueue.open_queue(registry, config) as q:
+        first = await q.enqueue("slow")
+        rest = await q.enqueue_many("fast", list(range(10)))
+        got: list[list[trioqueue.Job]] = []
+        async with trio.open_nursery() as nursery:
+
+            async def waiter() -> None:
+                got.append(await q.wait_many([first.id] + [j.id for j in rest]))
+
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            go.set()  # the fast jobs end (and leave memory) while it waits for the slow one
+        done = got[0]
+        gone = 0
+        for job in rest:
+            try:
+                await q.get(job.id)
+            except trioqueue.JobNotFound:
+                gone += 1
+        assert gone >= 5  # they did leave memory (5 finished jobs are kept)
+        with pytest.raises(trioqueue.JobNotFound, match="nope"):
+            await q.wait_many([first.id, "nope"])
+    assert [j.result for j in done] == ["slow", *range(10)]

@@ -506,6 +506,54 @@ async def test_wait_many_across_nodes_in_order_with_repeats(queue_name: str) -> 
             assert await a.wait_many([]) == []
 
 
+async def test_wait_many_reads_each_job_at_its_end_before_its_result_expires(
+    queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``wait_many`` read the jobs only when the first one it waited for ended (or at its
+    poll): jobs that ended sooner had expired by then (``result_ttl``) and the call
+    raised ``JobNotFound``, their results lost.  Each is read as its end shows now."""
+    monkeypatch.setattr(redis_paths, "REMOTE_WAIT_POLL", 3600.0)  # no look by the clock
+    registry = TaskRegistry()
+    hold, go = trio.Event(), trio.Event()
+    started: list[str] = []
+    all_started = trio.Event()
+
+    @registry.task
+    async def slow(job: Job) -> str:
+        started.append(job.id)
+        await hold.wait()
+        return "slow"
+
+    @registry.task
+    async def quick(job: Job) -> Any:
+        started.append(job.id)
+        if len(started) == 3:
+            all_started.set()
+        await go.wait()
+        return job.payload
+
+    with trio.fail_after(30):
+        async with trioqueue.open_queue(registry, config(queue_name, workers=4,
+                                                         result_ttl=0.5)) as q:
+            first = await q.enqueue("slow")
+            quicks = await q.enqueue_many("quick", [1, 2])
+            await all_started.wait()
+            got: list[list[Job]] = []
+            async with trio.open_nursery() as nursery:
+
+                async def waiter() -> None:
+                    got.append(await q.wait_many([first.id] + [j.id for j in quicks]))
+
+                nursery.start_soon(waiter)
+                await trio.sleep(0.2)  # its first look is done
+                go.set()
+                await trio.sleep(1.0)  # the quick jobs ended and their results expired
+                with pytest.raises(trioqueue.JobNotFound):
+                    await q.get(quicks[0].id)
+                hold.set()
+    assert [j.result for j in got[0]] == ["slow", 1, 2]
+
+
 async def test_wait_many_is_woken_by_the_jobs_ends_not_by_its_poll(
     queue_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

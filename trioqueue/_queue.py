@@ -29,6 +29,7 @@ from ._exceptions import (
     QueueFull,
     ShuttingDown,
     StoreError,
+    TrioQueueError,
 )
 from ._intake import Intake
 from ._job import TERMINAL, Job, JobStatus, Priority, check_job_id, clean_text
@@ -380,11 +381,34 @@ class JobQueue:
         return await self._admit_batch(recs, set(), wait_for_room)
 
     async def wait_many(self, job_ids: Iterable[str]) -> list[Job]:
-        """:meth:`wait` for each id; the finished snapshots in the same order."""
+        """:meth:`wait` for each id, all at once; the finished snapshots in the same order.
+
+        Each job is held from the call on, so one that ends early and then leaves memory
+        (``finished_cache``) is not lost while a slower one is waited for.  The first
+        :class:`JobNotFound` (or :class:`ShuttingDown`) ends the call at once."""
         ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
-        if not ids:
-            await trio.lowlevel.checkpoint()
-        return [await self.wait(job_id) for job_id in ids]
+        if len(ids) <= 1:
+            if not ids:
+                await trio.lowlevel.checkpoint()
+            return [await self.wait(job_id) for job_id in ids]
+        done: list[Job | None] = [None] * len(ids)
+        failed: list[TrioQueueError] = []
+        held = [self._backend.get_nowait(job_id) for job_id in ids]  # now, not a tick later
+
+        async def one(i: int, job_id: str, cancel_scope: trio.CancelScope) -> None:
+            try:
+                done[i] = await self._wait_for(job_id, held[i])
+            except TrioQueueError as exc:
+                if not failed:
+                    failed.append(exc)
+                cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            for i, job_id in enumerate(ids):
+                nursery.start_soon(one, i, job_id, nursery.cancel_scope)
+        if failed:
+            raise failed[0]
+        return [job for job in done if job is not None]
 
     async def enqueue_batch(
         self, jobs: Sequence[BatchItem], *, wait_for_room: bool = True
@@ -430,8 +454,11 @@ class JobQueue:
         :meth:`retry`).  Raises :class:`JobNotFound`, or :class:`ShuttingDown` when the
         queue closes while the job is still waiting or was interrupted.
         """
+        return await self._wait_for(job_id, self._backend.get_nowait(job_id))
+
+    async def _wait_for(self, job_id: str, rec: JobRecord | None) -> Job:
+        """:meth:`wait` for ``job_id``, whose record in memory was ``rec`` when asked."""
         backend = self._backend
-        rec = backend.get_nowait(job_id)
         while rec is None:
             job = await self.get(job_id)  # finished long ago (store) or not found
             if job.status.terminal:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import math
 import time
+from typing import Protocol
 
 import trio
 
@@ -70,6 +71,13 @@ def stream_position(entry_id: str) -> tuple[int, int]:
     return int(ms), int(n or 0)
 
 
+class Waker(Protocol):
+    """What a job's watcher is: set once the stream shows the job ended (a
+    :class:`trio.Event`, or :meth:`RedisBackend.watch_with`'s own)."""
+
+    def set(self) -> None: ...
+
+
 class EventsReader:
     """The events reader of a node (a base of :class:`NodeCore`, which runs
     :meth:`_read_events` as one of its tasks)."""
@@ -83,7 +91,7 @@ class EventsReader:
     _events: Broadcaster | None
     _worker_of: dict[str, int]
     _started_events: dict[str, StreamEvent]
-    _watchers: dict[str, list[trio.Event]]
+    _watchers: dict[str, list[Waker]]
     _want_events: trio.Event
     _stop_reading: bool
     reader_starts: int

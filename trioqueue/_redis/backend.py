@@ -51,7 +51,7 @@ from ._client import RedisUnavailable, connect
 from ._intake import RETRY_BACKOFF, NodeIntake
 from ._node import NodeCore, worker_figures
 from ._outbox import Outbox, describe
-from ._reader import PRIO_BY_LABEL, READER_BLOCK_MS
+from ._reader import PRIO_BY_LABEL, READER_BLOCK_MS, Waker
 from ._state import CorruptRecord, Counts, Outcome, RedisState, StreamEvent
 
 __all__ = ["READER_BLOCK_MS", "RETRY_BACKOFF", "NodeCore", "RedisBackend"]
@@ -130,7 +130,7 @@ class RedisBackend(NodeIntake):
         """When a job this node delayed or retried comes due (trio time)."""
         self._totals_seq = -1
         """The event number when the counters in :attr:`_stats` were read."""
-        self._watchers: dict[str, list[trio.Event]] = {}
+        self._watchers: dict[str, list[Waker]] = {}
         """Job id -> tasks in ``wait`` for it: set by its terminal event in the stream."""
         self._want_events = trio.Event()
         self._stop_reading = False
@@ -544,7 +544,13 @@ class RedisBackend(NodeIntake):
         self._events_wanted()
         return event
 
-    def unwatch(self, job_id: str, event: trio.Event) -> None:
+    def watch_with(self, job_id: str, waker: Waker) -> None:
+        """:meth:`watch` with a waker of the caller's (``wait_many``'s, which learns from
+        it which job ended); :meth:`unwatch` it after."""
+        self._watchers.setdefault(job_id, []).append(waker)
+        self._events_wanted()
+
+    def unwatch(self, job_id: str, event: Waker) -> None:
         events = self._watchers.get(job_id)
         if events is not None and event in events:
             events.remove(event)

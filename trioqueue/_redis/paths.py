@@ -87,50 +87,61 @@ class RemotePaths:
         return got.snapshot()
 
     async def wait_many(self, job_ids: Iterable[str]) -> list[Job]:
-        """:meth:`JobQueue.wait_many`: every id watched at once, and each look at the
-        jobs still waited for is one script call, not one per job; woken by the first
-        of them to end (its terminal event), with a look every :data:`REMOTE_WAIT_POLL`
-        seconds in case an event was missed."""
+        """:meth:`JobQueue.wait_many`: every id watched at once and each job read as soon
+        as the stream shows it ended (its result expires after ``result_ttl``: read at
+        the end of a slower job, it could be gone), one script call for those that ended
+        together; the jobs still waited for are all looked at every
+        :data:`REMOTE_WAIT_POLL` seconds in case an event was missed."""
         ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
         backend = self._backend
+        assert isinstance(backend, RedisBackend)
         life = self._life
         if not ids:
             await trio.lowlevel.checkpoint()
             return []
         done: dict[str, Job] = {}
-        watched = {job_id: backend.watch(job_id) for job_id in ids}
+        ended = _Ended()
+        watched = {job_id: _Watch(job_id, ended) for job_id in ids}
+        for job_id, watch in watched.items():
+            backend.watch_with(job_id, watch)
         try:
             await backend.events_flowing()
+            look = list(watched)  # first, every job
             while True:
                 if life.closed:
                     raise ShuttingDown(f"the queue closed before jobs {_few(ids, done)} "
                                        f"finished")
-                pending = [job_id for job_id in watched if job_id not in done]
-                for job_id in pending:
-                    if watched[job_id].is_set():
-                        # Woken (its end, or the reader starting): watch it afresh
-                        # before the look, as wait() does, so that an end after the look
-                        # (it was put back, or had not ended) wakes this again.
-                        backend.unwatch(job_id, watched[job_id])
-                        watched[job_id] = backend.watch(job_id)
-                for job_id, rec in zip(pending, await backend.find_many(pending),
-                                       strict=True):
+                for job_id in look:
+                    # Watched afresh before the look, as wait() does, so that an end after
+                    # the look (it was put back, or had not ended) wakes this again.
+                    watch = watched[job_id]
+                    backend.unwatch(job_id, watch)
+                    watch.woken = False
+                    backend.watch_with(job_id, watch)
+                for job_id, rec in zip(look, await backend.find_many(look), strict=True):
                     if rec is None:
                         raise JobNotFound(f"job {job_id!r} not found")
                     if rec.status.terminal:
                         done[job_id] = rec.snapshot()
                 if len(done) == len(watched):
                     break
-                first = next(job_id for job_id in watched if job_id not in done)
-                with trio.move_on_after(REMOTE_WAIT_POLL):
-                    await watched[first].wait()
-            if not all(event.is_set() for event in watched.values()):
+                if not ended.ids:
+                    with trio.move_on_after(REMOTE_WAIT_POLL):
+                        await ended.event.wait()
+                if ended.ids:
+                    look = [job_id for job_id in dict.fromkeys(ended.ids)
+                            if job_id not in done]
+                else:  # the poll: every job still waited for
+                    look = [job_id for job_id in watched if job_id not in done]
+                ended.ids = []
+                ended.event = trio.Event()
+            if not all(watch.woken for watch in watched.values()):
                 # Some were seen by looking, maybe before this node read their events:
                 # the subscribers here get them first, as with a local backend.
                 await backend.events_caught_up()
         finally:
-            for job_id, event in watched.items():
-                backend.unwatch(job_id, event)
+            for job_id, watch in watched.items():
+                backend.unwatch(job_id, watch)
         return [done[job_id] for job_id in ids]
 
     async def wait(self, job_id: str) -> Job:
@@ -159,6 +170,34 @@ class RemotePaths:
                     await woken.wait()
             finally:
                 backend.unwatch(job_id, woken)
+
+
+class _Ended:
+    """``wait_many``'s jobs that the stream showed ended since its last look."""
+
+    __slots__ = ("event", "ids")
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.event = trio.Event()
+
+
+class _Watch:
+    """One job's watcher in ``wait_many``: its end is noted in :class:`_Ended`.  (The
+    reader setting every watcher as it starts reads here as every job ended: each is
+    looked at again.)"""
+
+    __slots__ = ("ended", "job_id", "woken")
+
+    def __init__(self, job_id: str, ended: _Ended) -> None:
+        self.job_id = job_id
+        self.ended = ended
+        self.woken = False
+
+    def set(self) -> None:
+        self.woken = True
+        self.ended.ids.append(self.job_id)
+        self.ended.event.set()
 
 
 def _few(ids: list[str], done: Mapping[str, Job]) -> str:
