@@ -81,6 +81,19 @@ async def test_batch_larger_than_capacity_is_invalid(autojump_clock: Any) -> Non
         assert len(await q.enqueue_many("double", [{"n": i} for i in range(5)], delay=5)) == 5
 
 
+async def test_an_id_repeated_in_a_batch_counts_once_against_the_capacity(
+    autojump_clock: Any
+) -> None:
+    """Six items, five ids: five new jobs, within a capacity of five (the check before the
+    batch was admitted counted items, and refused it as larger than the capacity)."""
+    from trioqueue._batch import BatchItem
+
+    async with trioqueue.open_queue(make_registry(), QueueConfig(workers=1, capacity=5)) as q:
+        items = [BatchItem("double", {"n": i}, job_id=f"n{i}") for i in range(5)]
+        jobs = await q.enqueue_batch([*items, items[0]])
+    assert [j.id for j in jobs] == ["n0", "n1", "n2", "n3", "n4", "n0"]
+
+
 async def test_nowait_is_all_or_nothing(autojump_clock: Any) -> None:
     gate, entered = trio.Event(), trio.Event()
     async with trioqueue.open_queue(make_registry(gate, entered),

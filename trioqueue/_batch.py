@@ -136,7 +136,11 @@ class Batches:
         if len(recs) <= cap:
             return
         counts: dict[tuple[int, bool], int] = {}
+        seen: set[str] = set()
         for rec in recs:
+            if rec.id in seen:
+                continue  # an id repeated in the batch is one job
+            seen.add(rec.id)
             key = (rec.priority, rec.status is JobStatus.SCHEDULED)
             counts[key] = counts.get(key, 0) + 1
         for (p, delayed), n in sorted(counts.items()):
