@@ -423,3 +423,36 @@ def test_trioqueue_serve_allowed_hosts(served_cli: str) -> None:
         refused = client.post("/jobs", json={"task": "echo"}, headers=browser(f"{EVIL}:{port}"))
         assert refused.status_code == 400
         assert client.get("/metrics").json()["enqueued"] == 1
+
+
+def test_a_misspelt_variable_is_named_with_the_one_meant(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``TRIOQUEUE_REDIS=redis://...`` (``--redis`` is ``TRIOQUEUE_REDIS_URL``) was ignored
+    without a word: the node ran in memory."""
+    env = {"TRIOQUEUE_REDIS": "redis://127.0.0.1:6379/0", "TRIOQUEUE_WORKRES": "3",
+           "TRIOQUEUE_PORT": "8081"}
+    _, config, _ = serve_options(build_parser().parse_args(["serve"]), env)
+    assert config.redis_url is None
+    assert ("TRIOQUEUE_REDIS is not a trioqueue setting and is ignored; did you mean "
+            "TRIOQUEUE_REDIS_URL?") in caplog.text
+    assert "TRIOQUEUE_WORKRES is not a trioqueue setting and is ignored; did you mean " \
+        "TRIOQUEUE_WORKERS?" in caplog.text
+    assert "TRIOQUEUE_PORT" not in caplog.text
+
+
+def test_every_variable_the_source_reads_is_known() -> None:
+    """:data:`KNOWN_ENV` (what is not warned of) is every ``TRIOQUEUE_*`` name the package
+    source reads, and no other."""
+    import re
+    from pathlib import Path
+
+    import trioqueue
+    from trioqueue._cli_options import KNOWN_ENV
+
+    root = Path(trioqueue.__file__).parent
+    named = set()
+    for path in root.rglob("*.py"):
+        named |= set(re.findall(r"TRIOQUEUE_[A-Z][A-Z_]*[A-Z]", path.read_text()))
+    named -= {"TRIOQUEUE_HTTP_SERVER"}  # named only to say it is no longer read
+    assert named == KNOWN_ENV

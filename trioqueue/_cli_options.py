@@ -84,6 +84,8 @@ def queue_options(
 ) -> tuple[TaskRegistry, QueueConfig]:
     """The registry and queue config of ``serve`` or ``worker``: flags over
     ``TRIOQUEUE_*`` (and ``WORKER_COUNT``, ``JOB_QUEUE_CAPACITY``)."""
+    for warning in unknown_env(env):
+        log.warning("%s", warning)
     app = args.app or env_first(env, "TRIOQUEUE_APP")
     if app:
         registry = load_registry(app)
@@ -209,6 +211,44 @@ def serve_options(
         )
     except ValueError as exc:  # "allowed_hosts: 'entry': what is wrong"
         raise UsageError(f"{hosts_from}: {str(exc).removeprefix('allowed_hosts: ')}") from None
-    if env.get("TRIOQUEUE_HTTP_SERVER"):
-        log.warning("TRIOQUEUE_HTTP_SERVER is no longer read: trioqueue has one HTTP server")
     return registry, config, settings
+
+
+KNOWN_ENV = frozenset({
+    # serve and worker (QueueConfig.from_env reads the queue's own)
+    "TRIOQUEUE_APP", "TRIOQUEUE_WORKERS", "TRIOQUEUE_CAPACITY", "TRIOQUEUE_MAX_RETRIES",
+    "TRIOQUEUE_RETRY_BASE", "TRIOQUEUE_RETRY_FACTOR", "TRIOQUEUE_RETRY_MAX",
+    "TRIOQUEUE_RETRY_JITTER", "TRIOQUEUE_DEFAULT_TIMEOUT", "TRIOQUEUE_DB",
+    "TRIOQUEUE_PERSIST_PATH", "TRIOQUEUE_DURABILITY", "TRIOQUEUE_FLUSH_INTERVAL",
+    "TRIOQUEUE_FSYNC", "TRIOQUEUE_SHUTDOWN_TIMEOUT", "TRIOQUEUE_DRAIN",
+    "TRIOQUEUE_RESULT_TTL", "TRIOQUEUE_FINISHED_CACHE", "TRIOQUEUE_RETENTION",
+    "TRIOQUEUE_SWITCH_INTERVAL", "TRIOQUEUE_REDIS_URL", "TRIOQUEUE_QUEUE",
+    "TRIOQUEUE_LEASE", "TRIOQUEUE_PREFETCH", "TRIOQUEUE_LOG_LEVEL",
+    # serve's server
+    "TRIOQUEUE_HOST", "TRIOQUEUE_PORT", "TRIOQUEUE_TOKEN", "TRIOQUEUE_MAX_BODY",
+    "TRIOQUEUE_EVENT_BUFFER", "TRIOQUEUE_SLOW_CLIENT_TIMEOUT", "TRIOQUEUE_ALLOWED_HOSTS",
+    "TRIOQUEUE_MAX_CONNECTIONS",
+    # the client commands (often set in the same shell)
+    "TRIOQUEUE_URL",
+})
+"""Every ``TRIOQUEUE_*`` variable trioqueue reads (a test holds it to the source)."""
+
+
+def unknown_env(env: Mapping[str, str]) -> list[str]:
+    """A warning for each ``TRIOQUEUE_*`` variable set that trioqueue does not read: a
+    misspelt one (``..._REDIS`` for ``TRIOQUEUE_REDIS_URL``) is otherwise ignored
+    without a word, and a node meant for Redis runs in memory."""
+    import difflib
+
+    warnings = []
+    for name in sorted(env):
+        if not name.startswith("TRIOQUEUE_") or name in KNOWN_ENV:
+            continue
+        if name == "TRIOQUEUE_HTTP_SERVER":
+            warnings.append("TRIOQUEUE_HTTP_SERVER is no longer read: trioqueue has one "
+                            "HTTP server")
+            continue
+        close = difflib.get_close_matches(name, KNOWN_ENV, n=1, cutoff=0.75)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        warnings.append(f"{name} is not a trioqueue setting and is ignored{hint}")
+    return warnings

@@ -263,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the queue with its HTTP API",
                                 description="Run a queue and its HTTP API on one port. "
                                 "Each flag but --access-log also comes from "
-                                "TRIOQUEUE_<FLAG> (a flag wins).")
+                                "TRIOQUEUE_<FLAG>, but --redis from TRIOQUEUE_REDIS_URL "
+                                "(a flag wins; a TRIOQUEUE_ variable trioqueue does not "
+                                "read is named in a warning).")
 
     def queue_flags(p: argparse.ArgumentParser, *, worker: bool = False) -> None:
         p.add_argument("--app", help="MODULE:REGISTRY of your tasks (default: demo tasks)")
