@@ -6,6 +6,7 @@ import argparse
 import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -462,6 +463,69 @@ def test_enqueue_wait_exits_1_for_a_cancelled_job(server: Server) -> None:
     assert proc.returncode == 1, err
     assert json.loads(out)["status"] == "cancelled"
     assert "job cli-cancelled ended cancelled" in err
+
+
+def test_enqueue_wait_names_its_job_and_what_a_ctrl_c_left(server: Server) -> None:
+    """Ctrl+C during ``enqueue --wait`` of a job without ``--id`` left the operator with
+    nothing: exit 130 and no output, the job running on under an id never shown."""
+    import select
+    import signal
+
+    with subprocess.Popen(
+        [sys.executable, "-m", "trioqueue", "enqueue", "sleep", '{"seconds": 60}', "--wait",
+         "--url", server.url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as proc:
+        job_id = None
+        try:
+            assert proc.stderr is not None
+            ready, _, _ = select.select([proc.stderr], [], [], 20)
+            assert ready, "no line on stderr"
+            line = proc.stderr.readline()
+            assert line.startswith("trioqueue enqueue: job "), line
+            assert line.endswith(" enqueued; waiting for it to finish\n"), line
+            job_id = line.split()[3]
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            if job_id is not None:  # (the server fixture stops in time)
+                run_cli("cancel", job_id, "--url", server.url)
+    assert proc.returncode == 130, err
+    assert (f"stopped waiting; job {job_id} was enqueued and may still run "
+            f"(trioqueue status {job_id})") in err
+
+
+def test_enqueue_count_stopped_by_ctrl_c_says_how_many_went(server: Server) -> None:
+    """Ctrl+C during ``enqueue --count`` printed a ``BaseExceptionGroup`` traceback and
+    exited 1, with no word of how many jobs were enqueued."""
+    import select
+    import signal
+
+    with subprocess.Popen(
+        [sys.executable, "-m", "trioqueue", "enqueue", "echo", "1", "--count", "1000000",
+         "--url", server.url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as proc:
+        try:
+            assert proc.stderr is not None
+            for _ in range(3):  # a progress line (after a note that the queue is full)
+                ready, _, _ = select.select([proc.stderr], [], [], 20)
+                assert ready, "no progress line"
+                line = proc.stderr.readline()
+                if line.startswith("enqueued "):
+                    break
+                assert line.startswith("the queue is full ("), line
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert re.search(r"stopped with \d+ of 1000000 jobs enqueued \(first \w+, last \w+\)",
+                     err), err
 
 
 def test_enqueue_wait_with_count_is_a_usage_error(server: Server) -> None:

@@ -11,7 +11,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -111,6 +111,11 @@ class _Progress:
             self.stream.flush()
             self._next_line = self.done + max(1, self.total // 10)
 
+    def note(self, text: str) -> None:
+        """A line of its own (on a terminal, below the bar as it stands)."""
+        self.stream.write(("\n" if self.tty and self.done else "") + f"{text}\n")
+        self.stream.flush()
+
     def close(self) -> None:
         if self.tty:
             self.stream.write("\n")
@@ -124,14 +129,44 @@ BATCH = 100
 async def _enqueue_many(args: argparse.Namespace, payload: Any) -> int:
     """``--count N``: N jobs in batches of :data:`BATCH` (``POST /jobs/batch``),
     ``--concurrency`` requests in flight; one request a job against a server without
-    the batch route or with a capacity under the batch size."""
-    from .client import Client, ServerError
-
+    the batch route or with a capacity under the batch size.  Stopped (an error, Ctrl+C),
+    it says how many were enqueued before."""
     url, token = client_options(args)
     progress = _Progress(args.count, sys.stderr)
     ids: list[str] = []
     started = time.monotonic()
     limiter = trio.CapacityLimiter(args.concurrency)
+    told_full = False
+
+    async def back_off(exc: QueueFull) -> None:
+        nonlocal told_full
+        delay = exc.retry_after or 1.0
+        if not told_full:  # once: it may go on for long, and the bar would stop silently
+            told_full = True
+            progress.note(f"the queue is full ({exc}); trying again every {delay:g} s")
+        await trio.sleep(delay)
+
+    try:
+        await _post_all(args, payload, url, token, ids, progress, limiter, back_off)
+    except BaseException:
+        progress.close()
+        print(f"trioqueue enqueue: stopped with {len(ids)} of {args.count} jobs enqueued"
+              + (f" (first {ids[0]}, last {ids[-1]})" if ids else ""), file=sys.stderr)
+        raise
+    progress.close()
+    elapsed = time.monotonic() - started
+    print(json.dumps({"enqueued": len(ids), "seconds": round(elapsed, 3),
+                      "per_second": round(len(ids) / max(elapsed, 1e-9), 1),
+                      "first": ids[0] if ids else None, "last": ids[-1] if ids else None}))
+    return 0
+
+
+async def _post_all(args: argparse.Namespace, payload: Any, url: str, token: str | None,
+                    ids: list[str], progress: _Progress, limiter: trio.CapacityLimiter,
+                    back_off: Callable[[QueueFull], Awaitable[None]]) -> None:
+    """:func:`_enqueue_many`'s requests: each job's id goes in ``ids`` as it is taken."""
+    from .client import Client, ServerError
+
     singles = False
     """Set once the server cannot take batches: the rest go one by one."""
     async with Client(url, token=token) as client:
@@ -147,7 +182,7 @@ async def _enqueue_many(args: argparse.Namespace, payload: Any) -> int:
                     )
                     break
                 except QueueFull as exc:  # back off as the server asks, then again
-                    await trio.sleep(exc.retry_after or 1.0)
+                    await back_off(exc)
             ids.append(job.id)
             progress.step()
 
@@ -164,7 +199,7 @@ async def _enqueue_many(args: argparse.Namespace, payload: Any) -> int:
                             if args.id else None,
                         )
                     except QueueFull as exc:
-                        await trio.sleep(exc.retry_after or 1.0)
+                        await back_off(exc)
                         continue
                     except InvalidJob as exc:
                         if "more than the capacity" not in str(exc):
@@ -184,12 +219,6 @@ async def _enqueue_many(args: argparse.Namespace, payload: Any) -> int:
         async with trio.open_nursery() as nursery:
             for first in range(0, args.count, BATCH):
                 nursery.start_soon(chunk, first, min(BATCH, args.count - first))
-    progress.close()
-    elapsed = time.monotonic() - started
-    print(json.dumps({"enqueued": len(ids), "seconds": round(elapsed, 3),
-                      "per_second": round(len(ids) / max(elapsed, 1e-9), 1),
-                      "first": ids[0] if ids else None, "last": ids[-1] if ids else None}))
-    return 0
 
 
 def _not_json_constant(name: str) -> Any:
@@ -221,7 +250,14 @@ async def cmd_enqueue(args: argparse.Namespace) -> int:
             max_retries=args.max_retries, timeout=args.timeout,
         )
         if args.wait:
-            job = await client.wait(job.id)
+            try:  # (Ctrl+C may come as soon as the line is out)
+                print(f"trioqueue enqueue: job {job.id} enqueued; waiting for it to finish",
+                      file=sys.stderr)
+                job = await client.wait(job.id)
+            except BaseException:
+                print(f"trioqueue enqueue: stopped waiting; job {job.id} was enqueued and may "
+                      f"still run (trioqueue status {job.id})", file=sys.stderr)
+                raise
     _print_job(job)
     if args.wait and job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
         # The job ran and did not succeed: a script's `&&` must not go on.

@@ -429,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:
         found = exc
         if isinstance(exc, BaseExceptionGroup):
+            if _lone(exc, (KeyboardInterrupt,)) is not None:
+                return 130  # Ctrl+C while requests were in flight (enqueue --count)
             found = _lone(exc, (UsageError, TrioQueueError, httpx.TransportError, OSError)) or exc
         if isinstance(found, BrokenPipeError):  # `trioqueue list | head`: stop quietly
             devnull = os.open(os.devnull, os.O_WRONLY)
