@@ -635,6 +635,24 @@ def test_list_into_a_closed_pipe_is_quiet(server: Server) -> None:
     assert result.stderr == ""
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["enqueue", "echo", "--delay", "-1"], "--delay: expected a number of seconds >= 0"),
+    (["enqueue", "echo", "--delay", "nan"], "--delay: expected a number of seconds >= 0"),
+    (["enqueue", "echo", "--timeout", "0"], "--timeout: expected a number of seconds > 0"),
+    (["enqueue", "echo", "--max-retries", "-1"], "--max-retries: expected an integer 0.."),
+    (["enqueue", "echo", "--id", "x y"], "--id: 'x y' has characters other than"),
+    (["enqueue", "echo", "--id", "a" * 126, "--count", "100"],
+     "--id: must be 1 to 128 characters, got 129"),  # (the last id, a...a-99)
+    (["list", "--before", "bad id"], "--before: 'bad id' has characters other than"),
+])
+def test_bad_job_flags_are_usage_errors_naming_the_flag(argv: list[str], message: str) -> None:
+    """They were sent, and the server's 400 named a JSON field (``max_retries``), exit 1;
+    checked before any request now (no server here: a request would fail otherwise)."""
+    result = run_cli(*argv, "--url", "http://127.0.0.1:9")
+    assert result.returncode == 2, result.stderr
+    assert f"trioqueue {argv[0]}: {message}" in result.stderr
+
+
 def test_cancel_and_retry_one_job(server: Server) -> None:
     assert run_cli("enqueue", "echo", "--id", "cli-later", "--delay", "3600", "--url",
                    server.url).returncode == 0
@@ -643,7 +661,8 @@ def test_cancel_and_retry_one_job(server: Server) -> None:
     assert json.loads(cancelled.stdout)["status"] == "cancelled"
     again = run_cli("cancel", "cli-later", "--url", server.url)
     assert again.returncode == 1
-    assert "InvalidTransition: cannot cancel a job that is cancelled" in again.stderr
+    assert "InvalidTransition: job cli-later: cannot cancel a job that is cancelled" in (
+        again.stderr)
     retried = run_cli("retry", "cli-later", "--url", server.url)
     assert retried.returncode == 0, retried.stderr
     assert json.loads(retried.stdout)["status"] in ("queued", "processing", "completed")

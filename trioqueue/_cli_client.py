@@ -11,14 +11,14 @@ import math
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
 from ._cli_common import DEFAULT_PORT, UsageError, env_first, env_named, parse_int
-from ._exceptions import InvalidJob, QueueFull
+from ._exceptions import InvalidJob, InvalidTransition, QueueFull
 from ._job import Job, JobStatus
 
 if TYPE_CHECKING:
@@ -226,6 +226,29 @@ def _not_json_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+def _check_job_flags(args: argparse.Namespace) -> None:
+    """``enqueue``'s job options checked here, before any request, as the queue checks
+    them: a bad one is a usage error naming the flag (exit 2), not the server's 400
+    naming a JSON field."""
+    from ._job import check_delay, check_job_id, check_max_retries, check_timeout
+
+    checks: list[tuple[str, Any, Callable[[Any], object]]] = [
+        ("--delay", args.delay, check_delay), ("--timeout", args.timeout, check_timeout),
+        ("--max-retries", args.max_retries, check_max_retries),
+        # With --count the ids are ID-0, ID-1, ...: the longest is checked.
+        ("--id", args.id if args.id is None or args.count <= 1
+         else f"{args.id}-{args.count - 1}", check_job_id),
+    ]
+    for flag, value, check in checks:
+        if value is None:
+            continue
+        try:
+            check(value)
+        except InvalidJob as exc:
+            field, _, why = str(exc).partition(": ")
+            raise UsageError(f"{flag}: {why or field}") from None
+
+
 async def cmd_enqueue(args: argparse.Namespace) -> int:
     from .client import Client
 
@@ -234,6 +257,7 @@ async def cmd_enqueue(args: argparse.Namespace) -> int:
             args.payload, parse_constant=_not_json_constant)
     except ValueError as exc:
         raise UsageError(f"payload: not valid JSON ({exc})") from None
+    _check_job_flags(args)
     if args.count > 1:
         if args.wait:
             raise UsageError("--wait: not with --count (it waits for one job)")
@@ -278,6 +302,13 @@ async def cmd_status(args: argparse.Namespace) -> int:
 async def cmd_list(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UsageError(f"--limit: expected a positive integer, got {args.limit}")
+    if args.before is not None:
+        from ._job import check_job_id
+
+        try:
+            check_job_id(args.before)
+        except InvalidJob as exc:
+            raise UsageError(f"--before: {str(exc).partition(': ')[2] or exc}") from None
     nxt: str | None = None
     async with _connect(args) as client:
         if args.all:
@@ -304,9 +335,20 @@ async def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _naming(job_id: str) -> Iterator[None]:
+    """An :class:`InvalidTransition` names the job (``job ID: cannot cancel a job that is
+    completed``)."""
+    try:
+        yield
+    except InvalidTransition as exc:
+        raise InvalidTransition(f"job {job_id}: {exc}", exc.status) from None
+
+
 async def cmd_cancel(args: argparse.Namespace) -> int:
     async with _connect(args) as client:
-        job = await client.cancel(args.id)
+        with _naming(args.id):
+            job = await client.cancel(args.id)
     _print_job(job)
     return 0
 
@@ -321,7 +363,8 @@ async def cmd_retry(args: argparse.Namespace) -> int:
         raise UsageError(f"a job ID or --{bulk}, not both")
     async with _connect(args) as client:
         if bulk is None:
-            _print_job(await client.retry(args.id))
+            with _naming(args.id):
+                _print_job(await client.retry(args.id))
             return 0
         retried = await client.retry_all(bulk, task=args.task)
     print(json.dumps({"retried": retried}))
