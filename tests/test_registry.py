@@ -173,3 +173,16 @@ def test_a_task_name_must_be_text_a_store_can_keep(name: Any) -> None:
     with pytest.raises(ValueError, match="name: expected a non-empty string that can be "
                                          "encoded as UTF-8, got"):
         registry.task(name=name)(handler)
+
+
+@pytest.mark.parametrize("name", ["two\nlines", "tab\there", "bell\x07", "nbsp\u00a0name"])
+def test_a_task_name_must_be_printable(name: str) -> None:
+    """A name is in every log line of its jobs (``task=two⏎lines`` split one event over
+    two lines)."""
+    registry = trioqueue.TaskRegistry()
+
+    async def handler(job: Any) -> None: ...
+
+    with pytest.raises(ValueError, match="name: expected printable characters"):
+        registry.task(name=name)(handler)
+    registry.task(name="with space.and-dots:ü")(handler)  # printable is enough

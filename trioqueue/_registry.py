@@ -146,6 +146,9 @@ class TaskRegistry:
         if not isinstance(task_name, str) or not task_name or clean_text(task_name) != task_name:
             raise ValueError(f"name: expected a non-empty string that can be encoded as "
                              f"UTF-8, got {task_name!r}")
+        if not task_name.isprintable():  # it is in every log line of its jobs
+            raise ValueError(f"name: expected printable characters (no newline, tab or "
+                             f"other control character), got {task_name!r}")
         if task_name in self._tasks:
             raise ValueError(f"name: a task named {task_name!r} is already registered")
         _check_signature(fn, task_name)
