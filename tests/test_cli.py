@@ -394,8 +394,8 @@ def test_enqueue_errors_exit_1(server: Server) -> None:
     (["Infinity", "--count", "3"], 2, "payload: not valid JSON (Infinity is not a JSON"),
     (["1e400"], 1, "payload: not JSON-serializable"),
     (["[1e400]", "--count", "3"], 1, "payloads[0]: not JSON-serializable"),
-    (["--delay", "nan"], 1, "delay: expected a finite number of seconds, got nan"),
-    (["--timeout", "inf"], 1, "timeout: expected a finite number of seconds, got inf"),
+    (["--delay", "nan"], 2, "--delay: expected a number of seconds >= 0, got nan"),
+    (["--timeout", "inf"], 2, "--timeout: expected a number of seconds > 0, got inf"),
 ])
 def test_enqueue_of_what_json_cannot_carry_is_one_line_not_a_traceback(
     server: Server, argv: list[str], code: int, needle: str,
@@ -651,6 +651,22 @@ def test_bad_job_flags_are_usage_errors_naming_the_flag(argv: list[str], message
     result = run_cli(*argv, "--url", "http://127.0.0.1:9")
     assert result.returncode == 2, result.stderr
     assert f"trioqueue {argv[0]}: {message}" in result.stderr
+
+
+def test_a_url_with_a_path_or_a_query_is_named_as_the_problem(server: Server) -> None:
+    """``--url http://host:port/queue`` gave ``JobNotFound: no route for /queue/jobs/...``
+    (``UnknownTask`` for enqueue), and ``?x=1`` sent the request to the dashboard."""
+    status = run_cli("status", "some-job", "--url", server.url + "/queue")
+    assert status.returncode == 1
+    assert "JobNotFound" not in status.stderr
+    assert "no route for /queue/jobs/some-job: is the client's URL the server's root" in (
+        status.stderr)
+    enqueue = run_cli("enqueue", "echo", "--url", server.url + "/queue")
+    assert "UnknownTask" not in enqueue.stderr
+    assert "is the client's URL the server's root" in enqueue.stderr
+    query = run_cli("list", "--url", server.url + "?x=1")
+    assert query.returncode == 2
+    assert "--url: expected the server's address without a query or fragment" in query.stderr
 
 
 def test_cancel_and_retry_one_job(server: Server) -> None:

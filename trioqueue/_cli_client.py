@@ -44,6 +44,9 @@ def client_options(args: argparse.Namespace) -> tuple[str, str | None]:
         url = f"http://127.0.0.1:{port}"
     if not url.startswith(("http://", "https://")):
         raise UsageError(f"{url_from}: expected http://HOST[:PORT] or https://..., got {url!r}")
+    if "?" in url or "#" in url:  # the client puts its own path and query after it
+        raise UsageError(f"{url_from}: expected the server's address without a query or "
+                         f"fragment, got {url!r}")
     token = args.token if args.token is not None else env_first(env, "TRIOQUEUE_TOKEN")
     return url, token or None
 
@@ -148,10 +151,11 @@ async def _enqueue_many(args: argparse.Namespace, payload: Any) -> int:
 
     try:
         await _post_all(args, payload, url, token, ids, progress, limiter, back_off)
-    except BaseException:
+    except BaseException as exc:
         progress.close()
-        print(f"trioqueue enqueue: stopped with {len(ids)} of {args.count} jobs enqueued"
-              + (f" (first {ids[0]}, last {ids[-1]})" if ids else ""), file=sys.stderr)
+        if ids or not isinstance(exc, Exception):  # some went, or Ctrl+C: say how many
+            print(f"trioqueue enqueue: stopped with {len(ids)} of {args.count} jobs enqueued"
+                  + (f" (first {ids[0]}, last {ids[-1]})" if ids else ""), file=sys.stderr)
         raise
     progress.close()
     elapsed = time.monotonic() - started

@@ -587,6 +587,9 @@ def _error(status: int, message: str, op: str, retry_after: str | None) -> TrioQ
     if status == 400:
         return InvalidJob(message)
     if status == 404:
+        if message.startswith("no route for "):  # not a job or task this server lacks
+            return ServerError(status, f"{message}: is the client's URL the server's root "
+                                       "(http://HOST:PORT, no path)?")
         return UnknownTask(message) if op == "enqueue" else JobNotFound(message)
     if status == 409:
         return DuplicateJob(message) if op == "enqueue" else InvalidTransition(message)
