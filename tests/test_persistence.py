@@ -1201,3 +1201,72 @@ async def test_max_retries_is_bounded_everywhere(tmp_path: Path, where: str) -> 
             await q.enqueue("echo", 1, max_retries=too_many)
         done = await q.wait((await q.enqueue("echo", 2, max_retries=1_000_000)).id)
         assert (done.result, done.max_retries) == (2, 1_000_000)
+
+
+async def test_batch_mode_bounds_the_age_of_what_a_crash_can_lose(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``durability="batch"`` acknowledged jobs however far its writer fell behind: with
+    jobs coming faster than the disk took them, what a crash would lose grew without
+    bound (5 s and 10 s old in the audit, growing).  Once the oldest unwritten change is
+    ``max_write_lag`` old, ``enqueue`` waits for its commit and ``enqueue_nowait``
+    refuses, until the writer caught up.  (The real clock: the store's thread.)"""
+    registry = trioqueue.TaskRegistry()
+
+    @registry.task()
+    async def echo(job: trioqueue.Job) -> Any:
+        return job.payload
+
+    gate = threading.Event()
+    real_write = SqliteStore.write_values
+
+    def stuck_write(self: SqliteStore, values: Any) -> Any:
+        gate.wait(30)  # the disk stops answering for a while
+        return real_write(self, values)
+
+    monkeypatch.setattr(SqliteStore, "write_values", stuck_write)
+    config = QueueConfig(persist_path=tmp_path / "q.db", durability="batch",
+                         max_write_lag=0.2, workers=1)
+    try:
+        with trio.fail_after(30):
+            async with trioqueue.open_queue(registry, config) as q:
+                first = q.enqueue_nowait("echo", 1)  # acknowledged now; its write hangs
+                refused = ""
+                while not refused:  # within about max_write_lag, new jobs are held back
+                    try:
+                        q.enqueue_nowait("echo", "early")
+                    except trioqueue.QueueFull as exc:
+                        refused = str(exc)
+                    else:
+                        await trio.sleep(0.02)
+                assert "the store's writer is behind" in refused
+                assert q.metrics().rejected == 1
+                got: list[trioqueue.Job] = []
+                async with trio.open_nursery() as nursery:
+
+                    async def enqueue() -> None:
+                        got.append(await q.enqueue("echo", 2))
+
+                    nursery.start_soon(enqueue)
+                    await trio.sleep(0.3)
+                    assert not got  # waiting for the commit that holds it
+                    gate.set()  # the disk answers again
+                assert (await q.wait(got[0].id)).result == 2
+                while True:  # caught up: acknowledged ahead of the commit again
+                    try:
+                        q.enqueue_nowait("echo", 3)
+                        break
+                    except trioqueue.QueueFull:
+                        await trio.sleep(0.02)
+                assert (await q.wait(first.id)).status is JobStatus.COMPLETED
+    finally:
+        gate.set()
+
+
+def test_max_write_lag_is_for_batch_mode_only() -> None:
+    with pytest.raises(ValueError, match="max_write_lag: only with durability='batch'"):
+        QueueConfig(persist_path="q.db", max_write_lag=1.0)
+    with pytest.raises(ValueError, match="max_write_lag: only with durability='batch'"):
+        QueueConfig(max_write_lag=1.0)
+    assert QueueConfig.from_env({"TRIOQUEUE_DB": "q.db", "TRIOQUEUE_DURABILITY": "batch",
+                                 "TRIOQUEUE_MAX_WRITE_LAG": "2"}).max_write_lag == 2.0

@@ -49,6 +49,9 @@ class Backend(Protocol):
     :meth:`get_nowait` does not know them."""
     durable: bool
     """An accepted job is not acknowledged until :meth:`wait_committed` returns."""
+    lagging: bool
+    """Not durable, but the store is too far behind: a job is acknowledged only once
+    :meth:`wait_committed` returns, and ``enqueue_nowait`` is refused."""
     refusal: StoreError | None
     """Why new jobs are refused right now (the storage fails to write), else ``None``.
     A plain attribute: the engine reads it per enqueue."""

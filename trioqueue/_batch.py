@@ -162,6 +162,13 @@ class Batches:
         """Admit checked records now, all or nothing, or raise :class:`QueueFull`."""
         if not recs:
             return []
+        if self._backend.lagging:
+            self._stats.rejected += len(recs)
+            for rec in recs:
+                self._stats.rejected_p[rec.priority] += 1
+            raise QueueFull(f"batch of {len(recs)}: the store's writer is behind (its "
+                            "oldest change waits longer than max_write_lag): try again "
+                            "soon, or await enqueue_many, which waits for the commit")
         got = self._backend.admit_many(recs)
         if got is None:
             raise self.full(recs)
@@ -217,7 +224,7 @@ class Batches:
         out = [repeats[i] if i in repeats else next(it) for i in range(len(recs))]
         accepted = [rec.snapshot() for rec in out]
         new = [rec for rec, g in zip(fresh, got, strict=True) if g is rec]
-        if backend.durable and new:
+        if (backend.durable or backend.lagging) and new:
             await commit_or_take_back(backend, new, batch=True)
         elif backend.persistent and len(new) < len(out):
             await backend.wait_committed()  # an existing job: once it is stored

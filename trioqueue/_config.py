@@ -136,6 +136,13 @@ class QueueConfig:
     """``"sync"``: ``enqueue`` returns after the commit holding the job.  ``"batch"``:
     it returns at once; up to ``flush_interval`` of acknowledged work can be lost."""
     flush_interval: float = attrs.field(default=0.05, validator=_seconds)
+    max_write_lag: float = attrs.field(default=0.5, validator=_seconds)
+    """``durability="batch"``: seconds the oldest acknowledged change may wait for its
+    commit.  Past it, the writer is behind (jobs come faster than the disk takes them):
+    ``enqueue`` and ``enqueue_many`` wait for the commit holding their jobs, as in
+    ``"sync"`` mode, and ``enqueue_nowait`` raises :class:`QueueFull`, until it caught up.
+    What a crash can lose stays about this old (plus one write); ``math.inf``: no
+    bound."""
     fsync: bool = attrs.field(default=False, validator=_flag)
     """With ``persist_path``: ``fsync`` every commit (SQLite ``synchronous=FULL``), so
     committed jobs survive a power cut or a kernel crash too, not only the process dying
@@ -214,6 +221,9 @@ class QueueConfig:
             if self.flush_interval != fields.flush_interval.default:
                 raise ValueError(f"flush_interval: needs persist_path (a SQLite store); "
                                  f"{where}")
+        if self.durability != "batch" and self.max_write_lag != fields.max_write_lag.default:
+            raise ValueError("max_write_lag: only with durability='batch' (with 'sync' "
+                             "every enqueue waits for its commit already)")
         if self.redis_url is None:
             for field in (fields.queue_name, fields.lease, fields.prefetch):
                 if getattr(self, field.name) != field.default:
@@ -291,6 +301,7 @@ _ENV: dict[str, tuple[tuple[str, ...], Any]] = {
     "persist_path": (("TRIOQUEUE_DB", "TRIOQUEUE_PERSIST_PATH"), str),
     "durability": (("TRIOQUEUE_DURABILITY",), str),
     "flush_interval": (("TRIOQUEUE_FLUSH_INTERVAL",), float),
+    "max_write_lag": (("TRIOQUEUE_MAX_WRITE_LAG",), float),
     "fsync": (("TRIOQUEUE_FSYNC",), _bool),
     "shutdown_timeout": (("TRIOQUEUE_SHUTDOWN_TIMEOUT",), float),
     "drain": (("TRIOQUEUE_DRAIN",), _bool),

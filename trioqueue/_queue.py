@@ -73,6 +73,11 @@ class JobPage:
     next: str | None
 
 
+BEHIND = ("the store's writer is behind (its oldest change waits longer than "
+          "max_write_lag): try again soon, or await enqueue, which waits for the commit")
+"""The :class:`QueueFull` of ``enqueue_nowait`` while a ``batch`` store lags."""
+
+
 class JobQueue:
     """A running queue.  Get one from :func:`open_queue`; there is no public constructor.
 
@@ -181,6 +186,11 @@ class JobQueue:
         if self._life.closing or self._backend.refusal is not None:
             self._refuse()
         rec = self._build(task, payload, priority, job_id, delay, max_retries, timeout)
+        if self._backend.lagging and (not rec.id_given
+                                      or self._backend.get_nowait(rec.id) is None):
+            self._stats.rejected += 1
+            self._stats.rejected_p[rec.priority] += 1
+            raise QueueFull(BEHIND)
         got = self._admit(rec)
         if got is None:
             raise self._full(rec)
@@ -272,7 +282,7 @@ class JobQueue:
                 backend.pass_room_on(woken, p)
             raise
         accepted = rec.snapshot()  # the job as accepted, before any worker touches it
-        if backend.durable:
+        if backend.durable or backend.lagging:
             await commit_or_take_back(backend, [rec])
         elif not parked:
             # A schedule point as often as the workers take one (every CHECKPOINT_EVERY

@@ -76,8 +76,12 @@ class LocalBackend:
         self.refusal: StoreError | None = None
         """Why new jobs are refused now (the store fails to write), or ``None``: a plain
         attribute, which the engine reads per enqueue."""
+        self.lagging = False
+        """``batch`` mode: the store's writer is behind (``config.max_write_lag``):
+        enqueuers wait for their commit, ``enqueue_nowait`` is refused."""
         if store is not None:
             store.on_error = self._store_error
+            store.on_lag = self._store_lag
         self.changes = (Changes() if store is None
                         else Changes(store.changed, store.changed_many))
         if store is not None:
@@ -109,6 +113,9 @@ class LocalBackend:
 
     def _store_error(self, exc: StoreError | None) -> None:
         self.refusal = exc
+
+    def _store_lag(self, lagging: bool) -> None:
+        self.lagging = lagging
 
     def progress_changed(self, rec: JobRecord) -> None:
         """A handler reported progress (``rec.progress``): the store writes it with the

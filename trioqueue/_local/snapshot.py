@@ -80,6 +80,10 @@ class _Held:
         self._lock.release()
 
 
+def _ignore_lag(lagging: bool) -> None:
+    pass
+
+
 def _no_direct(dirty: dict[str, JobRecord] | None) -> None:
     pass
 
@@ -138,6 +142,14 @@ class Persistence(StoreReads):
         shape, so an ``enqueue_nowait`` of a fresh id of another shape never reads the
         store (about 100 bytes per id), and generated ids, never looked up, are not
         kept."""
+        self.lagging = False
+        """True while the oldest change not yet committed is older than
+        ``config.max_write_lag`` (``batch`` mode): enqueuers wait for their commit."""
+        self.on_lag: Callable[[bool], None] = _ignore_lag
+        self._dirty_since = 0.0  # trio time the dirty map last became non-empty
+        self._batch_since = 0.0  # the same, for the batch being written
+        self._lag_kick = trio.Event()  # set when the dirty map becomes non-empty
+        self._lag_commit: trio.Event | None = None  # set when a transaction ends
         self.commits = 0
         """Transactions committed so far (for benchmarks and metrics)."""
         self.rows_written = 0
@@ -189,6 +201,8 @@ class Persistence(StoreReads):
         dirty = self._dirty
         if not dirty:
             self._kick.set()  # the flusher sleeps without a deadline while nothing is dirty
+            self._dirty_since = trio.current_time()
+            self._lag_kick.set()
         dirty[rec.id] = rec
 
     def changed_many(self, kind: EventKind, recs: list[JobRecord]) -> None:
@@ -198,6 +212,8 @@ class Persistence(StoreReads):
         dirty = self._dirty
         if not dirty:
             self._kick.set()
+            self._dirty_since = trio.current_time()
+            self._lag_kick.set()
         inflight = self._inflight
         if inflight:
             for rec in recs:
@@ -296,6 +312,9 @@ class Persistence(StoreReads):
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._watch_writes)
+                if self._config.durability == "batch" and math.isfinite(
+                        self._config.max_write_lag):
+                    nursery.start_soon(self._watch_lag, self._config.max_write_lag)
                 task_status.started()
                 await self._flush_loop(now_wall)
                 nursery.cancel_scope.cancel()  # the watchdog, the backlog streamers
@@ -358,6 +377,38 @@ class Persistence(StoreReads):
             ended = self._write_ended = trio.Event()
             await ended.wait()
 
+    def _oldest_unwritten(self) -> float | None:
+        """Trio time of the oldest change not yet committed, or None."""
+        if self._inflight is not None:
+            return self._batch_since
+        if self._dirty:
+            return self._dirty_since
+        return None
+
+    def _set_lagging(self, lagging: bool) -> None:
+        if lagging != self.lagging:
+            self.lagging = lagging
+            self.on_lag(lagging)
+
+    async def _watch_lag(self, limit: float) -> None:
+        """Keep :attr:`lagging` true while the oldest uncommitted change is older than
+        ``limit``: looked at when it would pass the limit, and after each transaction
+        while lagging (never per job)."""
+        while True:
+            oldest = self._oldest_unwritten()
+            if oldest is None:
+                self._set_lagging(False)
+                self._lag_kick = trio.Event()
+                await self._lag_kick.wait()
+                continue
+            if trio.current_time() - oldest >= limit:
+                self._set_lagging(True)
+                ended = self._lag_commit = trio.Event()
+                await ended.wait()
+            else:
+                self._set_lagging(False)
+                await trio.sleep_until(oldest + limit)
+
     async def _write(self, fn: Any, *args: Any) -> Any:
         """Run a store method that writes in a thread, under the watchdog's eye."""
         self._write_began = trio.current_time()
@@ -369,6 +420,9 @@ class Persistence(StoreReads):
                 return await run_in_thread(fn, *args)
         finally:
             self._write_began = None
+            if self._lag_commit is not None:
+                self._lag_commit.set()
+                self._lag_commit = None
             if self._write_ended is not None:
                 self._write_ended.set()
                 self._write_ended = None
@@ -383,6 +437,7 @@ class Persistence(StoreReads):
         """
         pending = self._dirty
         self._dirty = {}
+        self._batch_since = self._dirty_since
         epoch = self._epoch
         self._epoch += 1
         self._inflight = pending

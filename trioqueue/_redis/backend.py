@@ -76,6 +76,7 @@ class RedisBackend(NodeIntake):
 
     persistent = True
     durable = False
+    lagging = False
     remote = True
 
     def __init__(self, config: QueueConfig, registry: TaskRegistry, stats: Stats, *,
