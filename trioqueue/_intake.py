@@ -6,6 +6,7 @@ part of the queue sees it, so nothing is ever half enqueued.
 
 from __future__ import annotations
 
+from json import loads as _loads
 from math import floor as _floor
 from typing import Any
 
@@ -22,7 +23,7 @@ from ._job import (
     check_max_retries,
     check_timeout,
 )
-from ._record import JobRecord
+from ._record import CONTAINERS, JobRecord, OwnedPayload
 from ._registry import TaskRegistry, TaskSpec
 
 QUEUED = JobStatus.QUEUED
@@ -67,7 +68,14 @@ class Intake:
             retries = check_max_retries(max_retries)
         if timeout is not None:
             limit = check_timeout(timeout)
-        payload_json = "null" if payload is None else check_json("payload", payload)
+        make = JobRecord
+        if payload is None:
+            payload_json = "null"
+        else:
+            payload_json = check_json("payload", payload)
+            if payload.__class__ in CONTAINERS:  # the job's own copy, as JSON gives it back
+                payload = _loads(payload_json)
+                make = OwnedPayload
         now = self._now()
         created = now + self._wall
         # The id's millisecond is the job's creation time: one clock read for both
@@ -75,13 +83,13 @@ class Intake:
         if job_id is None:
             job_id = new_id(_floor(created * 1000.0))
             if delay:
-                return JobRecord(job_id, task, payload, payload_json, prio, SCHEDULED,
-                                 retries, limit, created, created + delay, spec, now)
-            return JobRecord(job_id, task, payload, payload_json, prio, QUEUED, retries,
-                             limit, created, None, spec, now)
-        rec = JobRecord(check_job_id(job_id), task, payload, payload_json, prio,
-                        SCHEDULED if delay else QUEUED, retries, limit, created,
-                        created + delay if delay else None, spec, now)
+                return make(job_id, task, payload, payload_json, prio, SCHEDULED,
+                            retries, limit, created, created + delay, spec, now)
+            return make(job_id, task, payload, payload_json, prio, QUEUED, retries,
+                        limit, created, None, spec, now)
+        rec = make(check_job_id(job_id), task, payload, payload_json, prio,
+                   SCHEDULED if delay else QUEUED, retries, limit, created,
+                   created + delay if delay else None, spec, now)
         rec.id_given = True
         return rec
 

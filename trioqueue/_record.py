@@ -6,6 +6,7 @@ parts change a record, and only :func:`trioqueue._state.move` changes its status
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import attrs
@@ -133,8 +134,10 @@ class JobRecord:
         spec: TaskSpec | None = None,
     ) -> JobRecord:
         """A record with every stored field (a store's row, a test's example)."""
-        rec = cls(id, task, payload, payload_json, priority, status, max_retries, timeout,
-                  created_at, scheduled_for, spec, 0.0)
+        # (Redis records come without the JSON: each claim parses its payload afresh.)
+        make = OwnedPayload if payload_json and payload.__class__ in CONTAINERS else cls
+        rec = make(id, task, payload, payload_json, priority, status, max_retries, timeout,
+                   created_at, scheduled_for, spec, 0.0)
         rec.attempts = attempts
         rec.started_at = started_at
         rec.finished_at = finished_at
@@ -167,6 +170,28 @@ class JobRecord:
         """Whether a request for ``task`` with this payload repeats this job (an
         idempotent enqueue) rather than clashing with it (:class:`DuplicateJob`)."""
         return self.task == task and same_payload_json(self.payload_json, payload_json)
+
+
+CONTAINERS = (dict, list)
+"""Payload types a job keeps its own copy of (exactly these: a memory-mode ``submit``'s
+``Call``, a dict subclass, is the call itself)."""
+
+
+_loads = json.loads
+
+
+class OwnedPayload(JobRecord):
+    """A record whose payload is a JSON object or array.  The record holds its own copy
+    (made from the payload's JSON when the job is made), and each snapshot gets a copy of
+    that: a caller changing the object it enqueued, a handler changing ``job.payload``
+    before it fails (its retry sees the payload as enqueued), or code changing a snapshot
+    from ``get()`` leaves the job as it was, as it would be in a store or in Redis."""
+
+    __slots__ = ()
+
+    def snapshot(self) -> Job:
+        job = super().snapshot()
+        return job._replace(payload=_loads(self.payload_json))
 
 
 def same_or_duplicate(existing: JobRecord, rec: JobRecord, *,

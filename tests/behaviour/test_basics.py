@@ -11,13 +11,14 @@ from trio.testing import MockClock
 from trioqueue import (
     InvalidJob,
     InvalidTransition,
+    Job,
     JobNotFound,
     JobStatus,
     Priority,
     UnknownTask,
 )
 
-from .conftest import EMPTY, Backend, Harness
+from .conftest import EMPTY, Backend, Harness, real_time_scale
 
 
 async def test_enqueue_get_wait_round_trip(
@@ -227,3 +228,32 @@ async def test_retry_and_cancel_refuse_jobs_in_the_wrong_state(
         await q.cancel(scheduled.id)
         h.open_gate("g")
         await q.wait(queued.id)
+
+
+async def test_a_job_keeps_its_own_payload(
+    backend: Backend, clock: MockClock | None, h: Harness
+) -> None:
+    """The payload is the job's, as in a store or Redis: the caller changing the object it
+    enqueued, a handler changing ``job.payload`` before it fails, or code changing a
+    snapshot, all changed the job in memory mode and (until a restart) with SQLite: the
+    retry ran with a popped list, and ``get()`` showed what the caller did after."""
+    seen: list[Any] = []
+
+    @h.registry.task(max_retries=1)
+    async def pops(job: Job) -> None:
+        seen.append(list(job.payload["items"]))
+        job.payload["items"].pop()
+        if len(seen) == 1:
+            raise RuntimeError("first attempt")
+
+    async with backend.open(h.registry, retry_base=0.01 * real_time_scale(clock)) as q:
+        payload = {"items": [1, 2, 3]}
+        job = await q.enqueue("pops", payload)
+        payload["items"].append(4)  # the caller's object, changed after the enqueue
+        job.payload["items"].clear()  # the returned snapshot's, too
+        done = await q.wait(job.id)
+        done.payload["items"].clear()
+        again = await q.get(job.id)
+    assert done.status is JobStatus.COMPLETED
+    assert seen == [[1, 2, 3], [1, 2, 3]]
+    assert again.payload == {"items": [1, 2, 3]}
