@@ -79,6 +79,21 @@ async def test_by_priority_counts_what_each_priority_did(autojump_clock: Any) ->
         assert 'trioqueue_priority_jobs_processing{priority="medium"} 1\n' in text
         assert 'trioqueue_priority_job_run_seconds{priority="low",quantile="0.5"} 5.0\n' in text
         assert "# TYPE trioqueue_priority_jobs_completed_total counter\n" in text
+        assert "# HELP trioqueue_jobs_completed_total Jobs completed.\n" in text  # one queue
+        # On a Redis node each HELP says whose figure it is (docs/redis-design.md).
+        shared = m.to_prometheus(shared=True)
+        helps = {line.split()[2]: line for line in shared.splitlines()
+                 if line.startswith("# HELP")}
+        for name in ("jobs_completed_total", "jobs_queued", "jobs_processing", "workers",
+                     "worker_utilization", "priority_jobs_enqueued_total"):
+            assert helps[f"trioqueue_{name}"].endswith(
+                "Cluster-wide: every node shows the same (aggregate with max, not sum)."), name
+        for name in ("jobs_started_total", "job_run_seconds", "uptime_seconds",
+                     "priority_jobs_processing", "priority_job_wait_seconds"):
+            assert helps[f"trioqueue_{name}"].endswith("This node's own."), name
+        assert shared.replace(" This node's own.", "").replace(
+            " Cluster-wide: every node shows the same (aggregate with max, not sum).", ""
+        ) == text  # the samples are the same
 
         app = App(q)
         status, _, body = await call(app, "GET", "/metrics")

@@ -52,12 +52,18 @@ class Metrics:
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
 
-    def to_prometheus(self, prefix: str = "trioqueue") -> str:
-        """The Prometheus text exposition format (version 0.0.4)."""
+    def to_prometheus(self, prefix: str = "trioqueue", *, shared: bool = False) -> str:
+        """The Prometheus text exposition format (version 0.0.4).
+
+        ``shared``: a node of a queue in Redis.  Each HELP line then says whose figure it
+        is: the cluster's (every node shows the same: aggregate across nodes with
+        ``max``, not ``sum``) or this node's own (docs/redis-design.md, "Metrics")."""
         lines: list[str] = []
 
         def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
             full = f"{prefix}_{name}"
+            if shared:
+                help_ += _NODE_ONLY if name in _OWN_FIGURES else _CLUSTER_WIDE
             lines.append(f"# HELP {full} {help_}")
             lines.append(f"# TYPE {full} {kind}")
             for labels, value in samples:
@@ -113,6 +119,15 @@ class Metrics:
                 metric(f"priority_job_{name}_seconds", "summary", help_, samples)
         return "\n".join(lines) + "\n"
 
+
+_CLUSTER_WIDE = " Cluster-wide: every node shows the same (aggregate with max, not sum)."
+_NODE_ONLY = " This node's own."
+_OWN_FIGURES = frozenset({
+    "jobs_started_total", "jobs_dropped_total", "uptime_seconds", "job_wait_seconds",
+    "job_run_seconds", "priority_jobs_processing", "priority_job_wait_seconds",
+    "priority_job_run_seconds",
+})
+"""On a Redis node, the figures that are the node's own (the rest are the cluster's)."""
 
 _BY_PRIORITY_COUNTERS = (
     ("enqueued", "Jobs accepted (new ones, not retries), by priority."),

@@ -310,7 +310,8 @@ class App:
         if name == "metrics":
             metrics = q.metrics()
             if wants_prometheus(query, headers.get(b"accept")):
-                return 200, metrics.to_prometheus().encode(), (PROMETHEUS_TYPE,)
+                shared = self.queue.config.redis_url is not None
+                return 200, metrics.to_prometheus(shared=shared).encode(), (PROMETHEUS_TYPE,)
             return 200, dumps(metrics.to_dict()), ()
         if name == "healthz":
             await trio.lowlevel.checkpoint()
