@@ -447,11 +447,14 @@ def free_port() -> int:
 
 class OwnRedis:
     """A redis-server of this test's own on 127.0.0.1, AOF fsynced at every write, in
-    ``dir``; killed (by pid) and restarted on the same port and files."""
+    ``dir``; killed (by pid) and restarted on the same port and files.  ``persist=False``:
+    no AOF and no RDB snapshot (``--save ''``), so a restart starts empty (Redis lost its
+    data); ``port``: that port rather than any free one."""
 
-    def __init__(self, dir: Path) -> None:
+    def __init__(self, dir: Path, *, persist: bool = True, port: int | None = None) -> None:
         self.dir = dir
-        self.port = free_port()
+        self.persist = persist
+        self.port = free_port() if port is None else port
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_file: IO[bytes] | None = None
@@ -460,12 +463,19 @@ class OwnRedis:
         self.log_file = (self.dir / "redis.log").open("ab")
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
             ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "",
-             "--dir", str(self.dir), "--protected-mode", "yes"],
+             *(("--appendonly", "yes", "--appendfsync", "always") if self.persist
+               else ("--appendonly", "no")),
+             "--save", "", "--dir", str(self.dir), "--protected-mode", "yes"],
             stdin=subprocess.DEVNULL, stdout=self.log_file, stderr=subprocess.STDOUT,
         )
 
+        proc = self.proc
+        assert proc is not None
+
         async def answers() -> bool | None:
+            if proc.poll() is not None:  # (the port was taken, say)
+                raise RuntimeError(f"redis-server on port {self.port} exited: "
+                                   f"{(self.dir / 'redis.log').read_text()[-2000:]}")
             try:
                 stream = await trio.open_tcp_stream("127.0.0.1", self.port)
             except OSError:
@@ -473,7 +483,21 @@ class OwnRedis:
             async with stream:
                 await stream.send_all(b"PING\r\n")
                 reply = await stream.receive_some(64)
-            return True if reply == b"+PONG\r\n" else None  # not -LOADING
+                if reply != b"+PONG\r\n":  # -LOADING
+                    return None
+                # This test's own server, not another one on the port it had before.
+                await stream.send_all(b"INFO server\r\n")
+                info = b""
+                while b"process_id:" not in info or not info.split(
+                        b"process_id:", 1)[1].count(b"\r\n"):
+                    got = await stream.receive_some(4096)
+                    if not got:
+                        return None
+                    info += got
+            pid = int(info.split(b"process_id:", 1)[1].split(b"\r\n", 1)[0])
+            if pid != proc.pid:
+                raise RuntimeError(f"port {self.port} answers for another redis-server")
+            return True
 
         await until(answers, timeout=10)
 

@@ -80,6 +80,7 @@ class NodeIntake(NodeCore):
         before are written first (this node's order)."""
         if len(self._outbox):
             await self._outbox.empty()
+        mark = self._outbox.mark()
         try:
             answer = await self.state.admit([new_job(rec) for rec in recs],
                                             whole=len(recs) > 1,
@@ -91,6 +92,8 @@ class NodeIntake(NodeCore):
         except RedisUnavailable as exc:
             raise StoreError(f"{exc}; the job was not confirmed and may have been "
                              "stored: enqueue it again with the same job_id") from None
+        if answer.view is not None:
+            self._outbox.check_seq(mark, answer.view.seq)
         self._outbox.wrote(answer.view)
         for rec in recs:
             if rec.scheduled_for is not None:

@@ -82,6 +82,7 @@ class NodeCore(EventsReader):
     _parked_said: dict[str, float]
     _counts_seq: int
     _held_at_refresh: int
+    _gone: set[str]
 
     def _info(self) -> dict[str, Any]:
         """What this node's heartbeat registers: its worker figures (read by the other
@@ -156,6 +157,7 @@ class NodeCore(EventsReader):
                     if full:
                         claimable = [t for t in tasks if t not in full]
                 sent = self._clock.current_time()
+                mark = self._outbox.mark()
                 self._inflight += n
                 if n and not second and self._prefetch:
                     self._kick.set()  # the second fetcher may add a call behind this one
@@ -172,7 +174,9 @@ class NodeCore(EventsReader):
                     continue
                 finally:
                     self._inflight -= n
-                self._log_stale(outcomes, results)
+                if view is not None:
+                    self._outbox.check_seq(mark, view.seq)
+                self._log_stale(outcomes, results, mark[0])
                 until = sent + self._lease
                 held, deadline, buffer = self._held, self._deadline, self._buffer
                 if self._no_claims and claimed:
@@ -221,13 +225,16 @@ class NodeCore(EventsReader):
             outcomes = self._take_pending()
             if not outcomes:
                 continue
+            mark = self._outbox.mark()
             try:
                 got = await state.finish_and_claim(self.node, outcomes, 0, self._lease)
             except RedisUnavailable:
                 self._pending[:0] = outcomes
                 self._kick.set()
                 continue
-            self._log_stale(outcomes, got.results)
+            if got.view is not None:
+                self._outbox.check_seq(mark, got.view.seq)
+            self._log_stale(outcomes, got.results, mark[0])
             if got.view is not None:
                 self._outbox.saw_seq(got.view.seq)
 
@@ -240,9 +247,28 @@ class NodeCore(EventsReader):
         del pending[:MAX_CLAIM]
         return out
 
-    def _log_stale(self, outcomes: list[Outcome], results: list[str]) -> None:
+    def _log_stale(self, outcomes: list[Outcome], results: list[str], epoch: int) -> None:
+        """Say which outcomes Redis refused, and why: another node took the job, or
+        (a job claimed before Redis lost the queue's data: the call was sent before this
+        node saw it, ``epoch``, or the job was held or its outcome pending then) the job
+        is gone with the data."""
+        gone = self._gone
+        lost = epoch != self._outbox.epoch
         for o, r in zip(outcomes, results, strict=False):
-            if r == "stale" and o.kind != "progress":
+            if o.kind == "progress":
+                continue
+            if gone:
+                was_held = o.id in gone
+                gone.discard(o.id)
+            else:
+                was_held = False
+            if r != "stale":
+                continue
+            if lost or was_held:
+                log.warning("trioqueue: job %s: outcome %s refused: redis lost its data "
+                            "after this node claimed the job (its record is gone, or "
+                            "older)", o.id, o.kind)
+            else:
                 log.warning("trioqueue: job %s: outcome %s refused, its lease moved on (the "
                             "job was taken by another node)", o.id, o.kind)
 
@@ -306,7 +332,12 @@ class NodeCore(EventsReader):
         if held is None:
             return
         rec = held[0]
-        log.warning("trioqueue: job %s: this node lost its lease; stopping it", job_id)
+        if job_id in self._gone:
+            self._gone.discard(job_id)
+            log.warning("trioqueue: job %s: redis lost its data after this node claimed "
+                        "it (its record is gone, or older); stopping it", job_id)
+        else:
+            log.warning("trioqueue: job %s: this node lost its lease; stopping it", job_id)
         self._started_events.pop(job_id, None)
         self._lost.add(job_id)
         if not self._unstart(rec):

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from collections.abc import Callable
 
 import trio
 
@@ -85,7 +86,15 @@ class Outbox:
         """The view's version (the queue's event number when Redis answered it)."""
         self.seen_seq = -1
         """The highest event number in an answer this node had from Redis (its own
-        writes' events are at most that): a subscriber arriving now is not shown those."""
+        writes' events are at most that): a subscriber arriving now is not shown those.
+        A call sent after it was read answers at least that much, unless Redis lost the
+        queue's data (:meth:`check_seq`)."""
+        self.epoch = 0
+        """How many times this node saw the queue's event number go back (Redis lost its
+        data): a call sent before the last time is not checked against the marks of the
+        lost state (:meth:`mark`)."""
+        self.on_back: Callable[[int, int], None] = lambda high, seq: None
+        """Called by :meth:`went_back` (the node resets its own marks and says so)."""
         self.refused = [0, 0, 0]
         """This node's QueueFull answers not yet counted in Redis."""
         self.written_seq = -1
@@ -144,6 +153,38 @@ class Outbox:
         self.saw(view)
         if view is not None and view.seq > self.written_seq:
             self.written_seq = view.seq
+
+    # ------------------------------------------------------------------ lost data
+
+    def mark(self) -> tuple[int, int]:
+        """Taken just before a call whose answer carries the queue's event number, for
+        :meth:`check_seq`: the epoch and the highest number read so far."""
+        return self.epoch, self.seen_seq
+
+    def check_seq(self, mark: tuple[int, int], seq: int) -> None:
+        """An answer carrying event number ``seq`` to a call sent at ``mark``.  That call
+        ran in Redis after every call whose answer this node had read when it was sent
+        (Redis runs them one at a time, and ``seq`` never decreases in one data set), so
+        a lower number means Redis lost the queue's data (a restart without persistence,
+        or from an older snapshot): :meth:`went_back`.  Answers of concurrent calls may be
+        handled in any order; each is checked against its own mark only."""
+        epoch, floor = mark
+        if seq < floor and epoch == self.epoch:
+            self.went_back(seq, floor)
+
+    def went_back(self, seq: int, high: int) -> None:
+        """The queue's event number went back from ``high`` (or :attr:`seen_seq`) to
+        ``seq``: forget every mark of the lost state (the next answers count, whatever
+        their number) and the given ids seen (those jobs are gone); the node does the
+        same with its own (:attr:`on_back`).  Jobs in the outbox stay: they are written
+        to the new state."""
+        high = max(high, self.seen_seq)
+        self.epoch += 1
+        self._seq = -1
+        self.seen_seq = seq
+        self.written_seq = -1
+        self.known.clear()
+        self.on_back(high, seq)
 
     def saw_seq(self, seq: int) -> None:
         """An answer from Redis written after event number ``seq`` (:attr:`seen_seq`)."""
@@ -258,6 +299,7 @@ class Outbox:
             units, whole = self._take() if self._units else ([], False)
             recs = [rec for unit in units for rec in unit.recs]
             refused, self.refused = self.refused, [0, 0, 0]
+            mark = self.mark()
             self._in_flight = True
             try:
                 got = await state.admit([new_job(rec) for rec in recs], whole=whole,
@@ -271,6 +313,8 @@ class Outbox:
                 continue
             finally:
                 self._in_flight = False
+            if got.view is not None:
+                self.check_seq(mark, got.view.seq)
             self.wrote(got.view)
             full = self._settle(units, recs, [a.code for a in got.jobs],
                                 [a.job for a in got.jobs])

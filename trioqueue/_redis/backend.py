@@ -127,6 +127,7 @@ class RedisBackend(NodeIntake):
         self._next_reap = -math.inf
         self._disconnected = False
         self._outbox = Outbox(config.capacity)
+        self._outbox.on_back = self._went_back
         self._due_hint = math.inf
         """When a job this node delayed or retried comes due (trio time)."""
         self._totals_seq = -1
@@ -154,6 +155,12 @@ class RedisBackend(NodeIntake):
         """Redis' clock less this process' (seconds), from the heartbeats' replies."""
         self._events_after_seq = -1
         """Events up to this number are older than the reader's next start."""
+        self._read_seq = -1
+        """The number of the last event the events reader read since it started (the
+        stream's numbers only increase while Redis keeps the queue's data)."""
+        self._gone: set[str] = set()
+        """Jobs this node held when Redis lost the queue's data (:meth:`_went_back`):
+        their outcomes are refused because of it, not because another node took them."""
         self.reader_starts = 0
         """How many times the events reader started reading the stream (it reads only
         while this node has subscribers or waiters)."""
@@ -244,7 +251,8 @@ class RedisBackend(NodeIntake):
                 await client.ping()
                 sent = time.time()
                 self._set_redis_offset(sent, await state.heartbeat(self.node, self._info()))
-                self._refresh(await state.counts(self._lease))
+                mark = self._outbox.mark()
+                self._refresh(await state.counts(self._lease), mark)
                 try:
                     async with trio.open_nursery() as nursery:
                         self._fetchers = 2 if self._prefetch else 1
@@ -370,17 +378,21 @@ class RedisBackend(NodeIntake):
             if now >= self._next_reap:
                 self._next_reap = now + self._lease / 4
                 await state.reap()
-            self._refresh(await state.counts(self._lease))
+            mark = self._outbox.mark()
+            self._refresh(await state.counts(self._lease), mark)
         except RedisUnavailable as exc:
             log.warning("trioqueue: timer: %s", exc)
         return nxt
 
-    def _refresh(self, counts: Counts) -> None:
-        """The cluster's counters as of ``counts``, plus what this node did that Redis
-        does not count yet (jobs in its outbox, refusals not sent)."""
+    def _refresh(self, counts: Counts, mark: tuple[int, int]) -> None:
+        """The cluster's counters as of ``counts`` (answered to a call sent at ``mark``,
+        :meth:`Outbox.mark`), plus what this node did that Redis does not count yet (jobs
+        in its outbox, refusals not sent)."""
+        seq = int(counts.totals.get("seq", 0))
+        self._outbox.check_seq(mark, seq)
         self._counts = counts
         self._held_at_refresh = len(self._held)
-        self._counts_seq = int(counts.totals.get("seq", 0))
+        self._counts_seq = seq
         self._outbox.saw_seq(self._counts_seq)
         s = self._stats
         s.scheduled = counts.scheduled + self._outbox.delayed()
@@ -388,7 +400,7 @@ class RedisBackend(NodeIntake):
             return  # these counts may or may not hold the write: keep the local ones
         if self._counts_seq < self._outbox.written_seq:
             return  # read before a write this node counted already: keep the local ones
-        self._totals_seq = int(counts.totals.get("seq", 0))
+        self._totals_seq = seq
         self._outbox.saw_counts(counts)
         totals = counts.totals
         for name in _COUNTERS:
@@ -401,6 +413,39 @@ class RedisBackend(NodeIntake):
         s.enqueued = sum(s.enqueued_p)
         s.rejected_p = [a + b for a, b in zip(s.rejected_p, self._outbox.refused, strict=True)]
         s.rejected = sum(s.rejected_p)
+
+    def _went_back(self, high: int, seq: int) -> None:
+        """Redis lost the queue's data (:meth:`Outbox.check_seq` saw its event number go
+        back from ``high`` to ``seq``; the outbox forgot its own marks): forget every
+        mark of the lost state, so that the counters, the room view and the events of
+        the new one are taken (an old mark would hide them until the new number passed
+        it: millions of events on a long-lived queue), and refresh the counts now."""
+        log.warning("trioqueue: redis: the queue's event number went back from %d to %d: "
+                    "Redis lost its data (restarted without persistence?); jobs, results "
+                    "and counters before it are gone", high, seq)
+        self._counts_seq = -1
+        self._totals_seq = -1
+        self._events_after_seq = -1
+        self._read_seq = -1
+        # Redis forgot its readers too: the events reader says again that it reads
+        # (before its next read), so that events are written for it.
+        self._registered = False
+        # The jobs claimed before: their outcomes and renewals are refused for it.
+        self._gone = set(self._held)
+        self._gone.update(o.id for o in self._pending)
+        self._timer_wake.set()
+
+    async def _stream_went_back(self) -> None:
+        """The events stream's numbers went back (:meth:`EventsReader._read_events`):
+        a counts call tells whether the queue's did (:meth:`Outbox.check_seq`, which is
+        sound where the stream is not: a script that fails half way keeps the events it
+        wrote, and the next one numbers its own from the same ``seq``)."""
+        mark = self._outbox.mark()
+        try:
+            counts = await self.state.counts(self._lease)
+        except RedisUnavailable:
+            return
+        self._refresh(counts, mark)
 
     async def wait_timer(self, deadline: float) -> None:
         with trio.move_on_at(min(deadline, self._due_hint)):
@@ -445,12 +490,13 @@ class RedisBackend(NodeIntake):
             try:
                 # With the cluster's counts as of this answer: metrics() after get() or
                 # wait() shows at least what that answer showed.
+                mark = self._outbox.mark()
                 stored, counts = await state.find(ask, self._lease)
             except RedisUnavailable as exc:
                 raise StoreError(str(exc)) from None
             except CorruptRecord as exc:
                 raise exc.store_error() from None
-            self._refresh(counts)
+            self._refresh(counts, mark)
             found = {job_id: None if sj is None else self._from_job(sj.job)
                      for job_id, sj in zip(ask, stored, strict=True)}
         for i, job_id in enumerate(job_ids):
@@ -502,7 +548,8 @@ class RedisBackend(NodeIntake):
             code, sj = await state.cancel(job_id)
         except CorruptRecord as exc:
             raise exc.store_error() from None
-        self._refresh(await state.counts(self._lease))
+        mark = self._outbox.mark()
+        self._refresh(await state.counts(self._lease), mark)
         if code == "requested":
             held = self._held.get(job_id)
             if held is not None:
@@ -515,7 +562,8 @@ class RedisBackend(NodeIntake):
         while True:
             try:
                 rec = self._from_job(await self.state.retry(job_id))
-                self._refresh(await self.state.counts(self._lease))
+                mark = self._outbox.mark()
+                self._refresh(await self.state.counts(self._lease), mark)
                 return rec
             except QueueFull:
                 pass
