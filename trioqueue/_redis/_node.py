@@ -33,6 +33,7 @@ from .._registry import TaskRegistry
 from .._state import JobEvent
 from .._stats import Stats
 from ._client import RedisUnavailable
+from ._outage import Outage
 from ._outbox import Outbox
 from ._reader import READER_BLOCK_MS, EventsReader
 from ._state import MAX_CLAIM, Outcome, RecordParts, Unreadable
@@ -83,6 +84,7 @@ class NodeCore(EventsReader):
     _counts_seq: int
     _held_at_refresh: int
     _gone: set[str]
+    _outage: Outage
 
     def _info(self) -> dict[str, Any]:
         """What this node's heartbeat registers: its worker figures (read by the other
@@ -169,11 +171,13 @@ class NodeCore(EventsReader):
                     self._pending[:0] = outcomes
                     if stopping:
                         return
-                    log.warning("trioqueue: redis unavailable (%s); retrying", exc)
+                    self._outage.failed("claims", exc)
                     await trio.sleep(0.5)
                     continue
                 finally:
                     self._inflight -= n
+                if self._outage.since is not None:
+                    self._outage.answered()
                 if view is not None:
                     self._outbox.check_seq(mark, view.seq)
                 self._log_stale(outcomes, results, mark[0])
@@ -282,7 +286,7 @@ class NodeCore(EventsReader):
             try:
                 renewal = await state.renew(self.node, held, self._lease)
             except RedisUnavailable as exc:
-                log.warning("trioqueue: heartbeat failed (%s)", exc)
+                self._outage.failed("lease renewal", exc)
                 continue
             self._renewed(held, renewal.lost, sent + self._lease)
             try:
@@ -290,7 +294,7 @@ class NodeCore(EventsReader):
                 self._set_redis_offset(beat_sent,
                                        await state.heartbeat(self.node, self._info()))
             except RedisUnavailable as exc:
-                log.warning("trioqueue: heartbeat failed (%s)", exc)
+                self._outage.failed("heartbeat", exc)
             for job_id in renewal.lost:
                 self._lose(job_id)
             for job_id in renewal.cancel_requested:

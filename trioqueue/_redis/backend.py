@@ -50,6 +50,7 @@ from .._stats import Stats
 from ._client import RedisUnavailable, connect
 from ._intake import RETRY_BACKOFF, NodeIntake
 from ._node import NodeCore, worker_figures
+from ._outage import Outage
 from ._outbox import Outbox, describe
 from ._reader import PRIO_BY_LABEL, READER_BLOCK_MS, Waker
 from ._state import CorruptRecord, Counts, Outcome, RedisState, StreamEvent
@@ -86,6 +87,7 @@ class RedisBackend(NodeIntake):
         self._registry = registry
         self._stats = stats
         self._clock = clock
+        self._outage = Outage(clock.current_time)
         self._wall = wall_offset
         self.refusal: StoreError | None = None
         self.node = f"{uuid.uuid4().hex[:12]}"
@@ -380,8 +382,10 @@ class RedisBackend(NodeIntake):
                 await state.reap()
             mark = self._outbox.mark()
             self._refresh(await state.counts(self._lease), mark)
+            if self._outage.since is not None:
+                self._outage.answered()
         except RedisUnavailable as exc:
-            log.warning("trioqueue: timer: %s", exc)
+            self._outage.failed("timer", exc)
         return nxt
 
     def _refresh(self, counts: Counts, mark: tuple[int, int]) -> None:
