@@ -305,7 +305,7 @@ def test_due_times_are_ordered_through_clock_changes(
     local time in an hour repeated by a clock change as its first instance: trusted as
     it came, the latest due time was a day old and the next one already past (the
     scheduler then enqueued that past time again and again, a busy loop)."""
-    from trioqueue._periodic import last_due, next_due
+    from trioqueue.testing import last_due, next_due
 
     spec = SimpleNamespace(name="t", schedule=schedule, every=None, tz=tz)
     t = at(change) + offset
@@ -391,7 +391,7 @@ async def test_a_fractional_interval_is_marked_to_its_millisecond(
     async def tick(job: trioqueue.Job) -> None:
         runs.append(job.id)
 
-    from trioqueue._periodic import last_due, run_id
+    from trioqueue.testing import last_due, run_id
 
     spec = registry.get("tick")
     due = last_due(spec, at("2026-12-05T10:00:00.300"))

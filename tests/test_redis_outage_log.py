@@ -9,7 +9,7 @@ import logging
 import pytest
 import trio.testing
 
-from trioqueue._redis._outage import REMIND, Outage
+from trioqueue.testing import REMIND, Outage
 
 
 def test_an_outage_is_told_at_its_start_every_30_s_and_at_its_end(

@@ -448,7 +448,7 @@ def test_every_variable_the_source_reads_is_known() -> None:
     from pathlib import Path
 
     import trioqueue
-    from trioqueue._cli_options import KNOWN_ENV
+    from trioqueue.testing import KNOWN_ENV
 
     root = Path(trioqueue.__file__).parent
     named = set()

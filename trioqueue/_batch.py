@@ -16,7 +16,14 @@ import trio
 
 from ._backend import Backend
 from ._config import QueueConfig
-from ._exceptions import DuplicateJob, InvalidJob, QueueFull, StoreError, UnknownTask
+from ._exceptions import (
+    DuplicateJob,
+    InvalidJob,
+    QueueFull,
+    StoreError,
+    TrioQueueError,
+    UnknownTask,
+)
 from ._intake import Intake
 from ._job import Job, JobStatus, Priority
 from ._record import LABELS, JobRecord, same_or_duplicate
@@ -158,17 +165,20 @@ class Batches:
             self._stats.rejected_p[rec.priority] += 1
         return QueueFull(f"batch of {len(recs)}: {self._backend.full_reason_many(recs)}")
 
+    def behind(self, recs: list[JobRecord]) -> QueueFull:
+        """The :class:`QueueFull` of a ``*_nowait`` call while a ``batch`` store's writer
+        lags (``max_write_lag``; counted rejected)."""
+        for rec in recs:
+            self._stats.rejected_p[rec.priority] += 1
+        self._stats.rejected += len(recs)
+        return QueueFull(f"batch of {len(recs)}: {BEHIND}" if len(recs) > 1 else BEHIND)
+
     def admit_nowait(self, recs: list[JobRecord]) -> list[Job]:
         """Admit checked records now, all or nothing, or raise :class:`QueueFull`."""
         if not recs:
             return []
         if self._backend.lagging:
-            self._stats.rejected += len(recs)
-            for rec in recs:
-                self._stats.rejected_p[rec.priority] += 1
-            raise QueueFull(f"batch of {len(recs)}: the store's writer is behind (its "
-                            "oldest change waits longer than max_write_lag): try again "
-                            "soon, or await enqueue_many, which waits for the commit")
+            raise self.behind(recs)
         got = self._backend.admit_many(recs)
         if got is None:
             raise self.full(recs)
@@ -270,6 +280,36 @@ class Batches:
         for rec in recs:
             due = rec.scheduled_for
             self._restamp(rec, 0.0 if due is None else due - rec.created_at)
+
+
+BEHIND = ("the store's writer is behind (its oldest change waits longer than "
+          "max_write_lag): try again soon, or await the call (enqueue, enqueue_many), "
+          "which waits for the commit")
+"""Why ``enqueue_nowait`` (and a batch's) is refused while a ``batch`` store lags."""
+
+
+async def wait_all(ids: list[str], held: list[JobRecord | None],
+                   wait_for: Callable[[str, JobRecord | None], Awaitable[Job]]) -> list[Job]:
+    """``wait_many``: ``wait_for(ids[i], held[i])`` for every ``i`` at once (each record
+    taken when the call began); the jobs in order.  The first :class:`TrioQueueError`
+    (an unknown id, the queue closing) ends the call at once."""
+    done: list[Job | None] = [None] * len(ids)
+    failed: list[TrioQueueError] = []
+
+    async def one(i: int, cancel_scope: trio.CancelScope) -> None:
+        try:
+            done[i] = await wait_for(ids[i], held[i])
+        except TrioQueueError as exc:
+            if not failed:
+                failed.append(exc)
+            cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(ids)):
+            nursery.start_soon(one, i, nursery.cancel_scope)
+    if failed:
+        raise failed[0]
+    return [job for job in done if job is not None]
 
 
 async def commit_or_take_back(backend: Backend, recs: list[JobRecord], *,

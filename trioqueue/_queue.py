@@ -19,7 +19,7 @@ import trio
 
 from . import _submit, _workers
 from ._backend import Backend
-from ._batch import Batches, BatchItem, commit_or_take_back
+from ._batch import Batches, BatchItem, commit_or_take_back, wait_all
 from ._config import QueueConfig
 from ._events import Broadcaster, Event, change_hook, check_subscription
 from ._exceptions import (
@@ -29,7 +29,6 @@ from ._exceptions import (
     QueueFull,
     ShuttingDown,
     StoreError,
-    TrioQueueError,
 )
 from ._intake import Intake
 from ._job import TERMINAL, Job, JobStatus, Priority, check_job_id, clean_text
@@ -71,11 +70,6 @@ class JobPage:
 
     jobs: list[Job]
     next: str | None
-
-
-BEHIND = ("the store's writer is behind (its oldest change waits longer than "
-          "max_write_lag): try again soon, or await enqueue, which waits for the commit")
-"""The :class:`QueueFull` of ``enqueue_nowait`` while a ``batch`` store lags."""
 
 
 class JobQueue:
@@ -157,9 +151,7 @@ class JobQueue:
     def _full(self, rec: JobRecord) -> QueueFull:
         self._stats.rejected += 1
         self._stats.rejected_p[rec.priority] += 1
-        return QueueFull(
-            f"priority {LABELS[rec.priority]}: {self._backend.full_reason(rec)}"
-        )
+        return QueueFull(f"priority {LABELS[rec.priority]}: {self._backend.full_reason(rec)}")
 
     # ------------------------------------------------------------------ intake
 
@@ -188,9 +180,7 @@ class JobQueue:
         rec = self._build(task, payload, priority, job_id, delay, max_retries, timeout)
         if self._backend.lagging and (not rec.id_given
                                       or self._backend.get_nowait(rec.id) is None):
-            self._stats.rejected += 1
-            self._stats.rejected_p[rec.priority] += 1
-            raise QueueFull(BEHIND)
+            raise self._batches.behind([rec])
         got = self._admit(rec)
         if got is None:
             raise self._full(rec)
@@ -391,34 +381,13 @@ class JobQueue:
         return await self._admit_batch(recs, set(), wait_for_room)
 
     async def wait_many(self, job_ids: Iterable[str]) -> list[Job]:
-        """:meth:`wait` for each id, all at once; the finished snapshots in the same order.
-
-        Each job is held from the call on, so one that ends early and then leaves memory
-        (``finished_cache``) is not lost while a slower one is waited for.  The first
-        :class:`JobNotFound` (or :class:`ShuttingDown`) ends the call at once."""
+        """:meth:`wait` for each id, all at once (a job that ends early and leaves memory
+        is held for the call); the finished snapshots in the same order."""
         ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
-        if len(ids) <= 1:
-            if not ids:
-                await trio.lowlevel.checkpoint()
-            return [await self.wait(job_id) for job_id in ids]
-        done: list[Job | None] = [None] * len(ids)
-        failed: list[TrioQueueError] = []
+        if not ids:
+            await trio.lowlevel.checkpoint()
         held = [self._backend.get_nowait(job_id) for job_id in ids]  # now, not a tick later
-
-        async def one(i: int, job_id: str, cancel_scope: trio.CancelScope) -> None:
-            try:
-                done[i] = await self._wait_for(job_id, held[i])
-            except TrioQueueError as exc:
-                if not failed:
-                    failed.append(exc)
-                cancel_scope.cancel()
-
-        async with trio.open_nursery() as nursery:
-            for i, job_id in enumerate(ids):
-                nursery.start_soon(one, i, job_id, nursery.cancel_scope)
-        if failed:
-            raise failed[0]
-        return [job for job in done if job is not None]
+        return await wait_all(ids, held, self._wait_for)
 
     async def enqueue_batch(
         self, jobs: Sequence[BatchItem], *, wait_for_room: bool = True
@@ -458,12 +427,9 @@ class JobQueue:
         return rec.snapshot()
 
     async def wait(self, job_id: str) -> Job:
-        """Wait until the job is COMPLETED, FAILED or CANCELLED; return that snapshot.
-
-        A job that is FAILED already returns at once (it stays FAILED until someone calls
-        :meth:`retry`).  Raises :class:`JobNotFound`, or :class:`ShuttingDown` when the
-        queue closes while the job is still waiting or was interrupted.
-        """
+        """Wait until the job is COMPLETED, FAILED or CANCELLED; return that snapshot (a
+        FAILED one at once: it stays so until :meth:`retry`).  Raises :class:`JobNotFound`,
+        or :class:`ShuttingDown` when the queue closes while the job waits or runs."""
         return await self._wait_for(job_id, self._backend.get_nowait(job_id))
 
     async def _wait_for(self, job_id: str, rec: JobRecord | None) -> Job:

@@ -191,7 +191,7 @@ class OwnedPayload(JobRecord):
 
     def snapshot(self) -> Job:
         job = super().snapshot()
-        return job._replace(payload=_loads(self.payload_json))
+        return _new_tuple(Job, (*job[:2], _loads(self.payload_json), *job[3:]))
 
 
 def same_or_duplicate(existing: JobRecord, rec: JobRecord, *,

@@ -276,9 +276,8 @@ class Client:
     async def list_page(self, status: JobStatus | str | None = None, limit: int = 100, *,
                         task: str | None = None, before: str | None = None) -> JobPage:
         """``GET /jobs``: a page of jobs, newest first, only those in ``status``, of
-        ``task`` and created before the job ``before`` if given; ``next`` is the
-        ``before`` of the next page (``None`` on the last, and from a server that does
-        not page)."""
+        ``task`` and created before the job ``before`` if given; ``next`` is the next
+        page's ``before`` (``None`` on the last, and from a server that does not page)."""
         params: dict[str, Any] = {"limit": limit}
         if status is not None:
             params["status"] = JobStatus(status).value
@@ -323,8 +322,7 @@ class Client:
         left retried; call it again for the rest.  Against a server without that route
         (405), the jobs are listed and retried one by one from here, a page of the newest
         1,000 at a time: with ``task``, jobs behind 1,000 newer ones of other tasks are
-        not reached that way.
-        """
+        not reached that way."""
         wanted = JobStatus(status)
         if wanted not in (JobStatus.FAILED, JobStatus.CANCELLED):
             raise InvalidJob(f"status: expected 'failed' or 'cancelled', got {wanted.value!r}")
@@ -587,9 +585,8 @@ def _error(status: int, message: str, op: str, retry_after: str | None) -> TrioQ
     if status == 400:
         return InvalidJob(message)
     if status == 404:
-        if message.startswith("no route for "):  # not a job or task this server lacks
-            return ServerError(status, f"{message}: is the client's URL the server's root "
-                                       "(http://HOST:PORT, no path)?")
+        if message.startswith("no route for "):  # not a job or task the server lacks
+            return ServerError(status, f"{message}: is the client's URL the server's root?")
         return UnknownTask(message) if op == "enqueue" else JobNotFound(message)
     if status == 409:
         return DuplicateJob(message) if op == "enqueue" else InvalidTransition(message)

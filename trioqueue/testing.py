@@ -9,9 +9,11 @@ one place.  Nothing here is a stable API: it changes with the code it names.
 """
 
 from . import _engine as engine
+from ._batch import BatchItem as BatchItem
 from ._cli_client import clean as clean
 from ._cli_client import client_options as client_options
 from ._cli_client import table as table
+from ._cli_options import KNOWN_ENV as KNOWN_ENV
 from ._fairness import FairPicker as FairPicker
 from ._gil import lowered_switch_interval as lowered_switch_interval
 from ._gil import run_in_thread as run_in_thread
@@ -38,6 +40,9 @@ from ._monitor_view import fit as fit
 from ._monitor_view import flow as flow
 from ._monitor_view import render as render
 from ._monitor_view import stale_after as stale_after
+from ._periodic import last_due as last_due
+from ._periodic import next_due as next_due
+from ._periodic import run_id as run_id
 from ._record import JobRecord as JobRecord
 from ._redis import RECORD_FIELDS as RECORD_FIELDS
 from ._redis import Admission as Admission
@@ -54,6 +59,8 @@ from ._redis import connect as connect
 from ._redis import paths as redis_paths
 from ._redis import stored_job as stored_job
 from ._redis._client import lua_script as lua_script
+from ._redis._outage import REMIND as REMIND
+from ._redis._outage import Outage as Outage
 from ._redis._pipe import Endpoint as Endpoint
 from ._redis._pipe import Lost as Lost
 from ._redis._pipe import Pipe as Pipe

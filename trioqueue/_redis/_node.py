@@ -251,6 +251,27 @@ class NodeCore(EventsReader):
         del pending[:MAX_CLAIM]
         return out
 
+    def _went_back(self, high: int, seq: int) -> None:
+        """Redis lost the queue's data (:meth:`Outbox.check_seq` saw its event number go
+        back from ``high`` to ``seq``; the outbox forgot its own marks): forget every
+        mark of the lost state, so that the counters, the room view and the events of
+        the new one are taken (an old mark would hide them until the new number passed
+        it: millions of events on a long-lived queue), and refresh the counts now."""
+        log.warning("trioqueue: redis: the queue's event number went back from %d to %d: "
+                    "Redis lost its data (restarted without persistence?); jobs, results "
+                    "and counters before it are gone", high, seq)
+        self._counts_seq = -1
+        self._totals_seq = -1
+        self._events_after_seq = -1
+        self._read_seq = -1
+        # Redis forgot its readers too: the events reader says again that it reads
+        # (before its next read), so that events are written for it.
+        self._registered = False
+        # The jobs claimed before: their outcomes and renewals are refused for it.
+        self._gone = set(self._held)
+        self._gone.update(o.id for o in self._pending)
+        self._timer_wake.set()
+
     def _log_stale(self, outcomes: list[Outcome], results: list[str], epoch: int) -> None:
         """Say which outcomes Redis refused, and why: another node took the job, or
         (a job claimed before Redis lost the queue's data: the call was sent before this

@@ -28,6 +28,7 @@ leases and refreshes the cluster-wide counts that :meth:`depths` and the metrics
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -67,8 +68,7 @@ _CENTURY = 100 * 365 * 86400.0
 
 def dead_letter_ttl(config: QueueConfig) -> float:
     """Seconds a FAILED job (a dead letter) stays in Redis: ``retention``, as in a store,
-    or ``result_ttl`` where that is longer (at most a century: Redis takes a finite
-    expiry)."""
+    or ``result_ttl`` where longer (at most a century: Redis takes a finite expiry)."""
     return min(max(config.result_ttl, config.retention, 0.001), _CENTURY)
 
 
@@ -253,8 +253,7 @@ class RedisBackend(NodeIntake):
                 await client.ping()
                 sent = time.time()
                 self._set_redis_offset(sent, await state.heartbeat(self.node, self._info()))
-                mark = self._outbox.mark()
-                self._refresh(await state.counts(self._lease), mark)
+                await self._read_counts()
                 try:
                     async with trio.open_nursery() as nursery:
                         self._fetchers = 2 if self._prefetch else 1
@@ -380,8 +379,7 @@ class RedisBackend(NodeIntake):
             if now >= self._next_reap:
                 self._next_reap = now + self._lease / 4
                 await state.reap()
-            mark = self._outbox.mark()
-            self._refresh(await state.counts(self._lease), mark)
+            await self._read_counts()
             if self._outage.since is not None:
                 self._outage.answered()
         except RedisUnavailable as exc:
@@ -389,9 +387,8 @@ class RedisBackend(NodeIntake):
         return nxt
 
     def _refresh(self, counts: Counts, mark: tuple[int, int]) -> None:
-        """The cluster's counters as of ``counts`` (answered to a call sent at ``mark``,
-        :meth:`Outbox.mark`), plus what this node did that Redis does not count yet (jobs
-        in its outbox, refusals not sent)."""
+        """The cluster's counters as of ``counts`` (the answer to a call sent at ``mark``),
+        plus what this node did that Redis does not count yet (outbox, refusals)."""
         seq = int(counts.totals.get("seq", 0))
         self._outbox.check_seq(mark, seq)
         self._counts = counts
@@ -418,38 +415,15 @@ class RedisBackend(NodeIntake):
         s.rejected_p = [a + b for a, b in zip(s.rejected_p, self._outbox.refused, strict=True)]
         s.rejected = sum(s.rejected_p)
 
-    def _went_back(self, high: int, seq: int) -> None:
-        """Redis lost the queue's data (:meth:`Outbox.check_seq` saw its event number go
-        back from ``high`` to ``seq``; the outbox forgot its own marks): forget every
-        mark of the lost state, so that the counters, the room view and the events of
-        the new one are taken (an old mark would hide them until the new number passed
-        it: millions of events on a long-lived queue), and refresh the counts now."""
-        log.warning("trioqueue: redis: the queue's event number went back from %d to %d: "
-                    "Redis lost its data (restarted without persistence?); jobs, results "
-                    "and counters before it are gone", high, seq)
-        self._counts_seq = -1
-        self._totals_seq = -1
-        self._events_after_seq = -1
-        self._read_seq = -1
-        # Redis forgot its readers too: the events reader says again that it reads
-        # (before its next read), so that events are written for it.
-        self._registered = False
-        # The jobs claimed before: their outcomes and renewals are refused for it.
-        self._gone = set(self._held)
-        self._gone.update(o.id for o in self._pending)
-        self._timer_wake.set()
-
     async def _stream_went_back(self) -> None:
-        """The events stream's numbers went back (:meth:`EventsReader._read_events`):
-        a counts call tells whether the queue's did (:meth:`Outbox.check_seq`, which is
-        sound where the stream is not: a script that fails half way keeps the events it
-        wrote, and the next one numbers its own from the same ``seq``)."""
+        """A counts call tells whether the queue's number went back too (the reader's)."""
+        with contextlib.suppress(RedisUnavailable):
+            await self._read_counts()
+
+    async def _read_counts(self) -> None:
+        """Read the cluster's counts and :meth:`_refresh` from them."""
         mark = self._outbox.mark()
-        try:
-            counts = await self.state.counts(self._lease)
-        except RedisUnavailable:
-            return
-        self._refresh(counts, mark)
+        self._refresh(await self.state.counts(self._lease), mark)
 
     async def wait_timer(self, deadline: float) -> None:
         with trio.move_on_at(min(deadline, self._due_hint)):
@@ -552,8 +526,7 @@ class RedisBackend(NodeIntake):
             code, sj = await state.cancel(job_id)
         except CorruptRecord as exc:
             raise exc.store_error() from None
-        mark = self._outbox.mark()
-        self._refresh(await state.counts(self._lease), mark)
+        await self._read_counts()
         if code == "requested":
             held = self._held.get(job_id)
             if held is not None:
@@ -566,8 +539,7 @@ class RedisBackend(NodeIntake):
         while True:
             try:
                 rec = self._from_job(await self.state.retry(job_id))
-                mark = self._outbox.mark()
-                self._refresh(await self.state.counts(self._lease), mark)
+                await self._read_counts()
                 return rec
             except QueueFull:
                 pass
