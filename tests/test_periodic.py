@@ -174,6 +174,18 @@ async def test_no_duplicate_run_across_close_and_reopen_with_a_store(
     assert runs == ["hourly@2026-12-05T10:00:00.000Z", "hourly@2026-12-05T15:00:00.000Z"]
 
 
+async def _delete_job(backend: str, tmp_path: Path, queue_name: str, job_id: str) -> None:
+    """Take a run's job away, as ``retention`` (SQLite) or ``result_ttl`` (Redis) would."""
+    from tests.redis_util import admin
+
+    if backend == "sqlite":
+        with sqlite_at(tmp_path / "q.db") as conn:
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+    else:
+        async with admin() as client:
+            await client.delete([f"tq:{{{queue_name}}}:job:{job_id}"])
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 async def test_a_run_whose_job_is_gone_is_not_run_again(
     wall: Any, tmp_path: Path, backend: str
@@ -200,12 +212,7 @@ async def test_a_run_whose_job_is_gone_is_not_run_again(
         async with trioqueue.open_queue(registry, config) as q:
             await _wait_for(q, first)
         # The run's job goes, as retention or result_ttl would take it.
-        if backend == "sqlite":
-            with sqlite_at(tmp_path / "q.db") as conn:
-                conn.execute("DELETE FROM jobs WHERE id = ?", (first,))
-        else:
-            async with admin() as client:
-                await client.delete([f"tq:{{{queue_name}}}:job:{first}"])
+        await _delete_job(backend, tmp_path, queue_name, first)
         wall("2026-12-05T15:00:00")  # the same day: 09:00 is still the last due time
         async with trioqueue.open_queue(registry, config) as q:
             await trio.sleep(0.3)  # (real time: the periodic task's first pass is done)
@@ -405,12 +412,7 @@ async def test_a_fractional_interval_is_marked_to_its_millisecond(
         async with trioqueue.open_queue(registry, config) as q:
             await _wait_for(q, first)
         for _ in range(2):
-            if backend == "sqlite":
-                with sqlite_at(tmp_path / "q.db") as conn:
-                    conn.execute("DELETE FROM jobs WHERE id = ?", (first,))
-            else:
-                async with admin() as client:
-                    await client.delete([f"tq:{{{queue_name}}}:job:{first}"])
+            await _delete_job(backend, tmp_path, queue_name, first)
             async with trioqueue.open_queue(registry, config) as q:
                 await trio.sleep(0.3)  # (real time: the periodic task's first pass is done)
                 with pytest.raises(JobNotFound):
