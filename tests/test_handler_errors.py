@@ -315,3 +315,24 @@ def test_a_system_exit_job_does_not_stop_the_server(tmp_path: Path) -> None:
         assert srv.stop(signal.SIGTERM) == 0
     with sqlite_at(db) as conn:
         assert conn.execute("SELECT status FROM jobs WHERE id = 'p1'").fetchone() == ("failed",)
+
+
+async def test_a_job_that_ends_failed_is_a_warning_its_retries_are_not(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dead letter logged nothing at the default level (the operator audit)."""
+    import logging
+
+    registry = trioqueue.TaskRegistry()
+
+    @registry.task(max_retries=2)
+    async def breaks(job: trioqueue.Job) -> None:
+        raise ValueError("bad row\nsecond line")
+
+    caplog.set_level(logging.INFO, logger="trioqueue")
+    async with trioqueue.open_queue(registry, trioqueue.QueueConfig(retry_base=0.1)) as q:
+        job = await q.enqueue("breaks")
+        await q.wait(job.id)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"trioqueue: job {job.id} (task breaks) failed after 3 attempts: "
+                        "'ValueError: bad row\\nsecond line'"]

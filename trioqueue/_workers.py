@@ -10,6 +10,7 @@ finish, and the enqueue's admit on the producer's side), each a part's own metho
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import signal
@@ -29,6 +30,8 @@ from ._progress import Progress, Reporter, in_thread
 from ._record import JobRecord
 from ._state import JobEvent
 from ._stats import Stats
+
+log = logging.getLogger("trioqueue")
 
 CHECKPOINT_EVERY = 64
 """A worker that keeps finding ready jobs yields to the scheduler at least this often."""
@@ -295,6 +298,10 @@ class Workers:
         backend = self._backend
         if rec.attempts > rec.max_retries:
             backend.finish(rec, JobEvent.FAIL_FINAL, end, slot.index, duration)
+            # A dead letter: said at the default level (its retries are debug lines).
+            log.warning("trioqueue: job %s (task %s) failed after %d attempt%s: %.200r",
+                        rec.id, rec.task, rec.attempts, "" if rec.attempts == 1 else "s",
+                        rec.error)
         elif not self._life.closing:
             delay = self._policy.delay(rec.attempts, self._random.random())
             backend.retry_later(rec, end + self._wall + delay, slot.index, duration)
