@@ -844,3 +844,37 @@ async def test_a_task_whose_line_on_the_node_is_full_holds_back_nothing_behind_i
             finished = await q.wait_many(limited_ids)
     assert [f.status for f in finished] == [JobStatus.COMPLETED] * len(limited_ids)
     assert sorted(runs.values()) == [1] * (len(limited_ids) + 4)
+
+
+async def test_jobs_a_closing_node_gives_back_run_before_their_tasks_later_jobs(
+    queue_name: str,
+) -> None:
+    """``concurrency=1``: a node closing with jobs 2-4 set aside for the limit gave them
+    back to the front of the ready list, while 5-8 waited in their task's parked list,
+    which claims take first: the next node ran 5, 6, 7, 8, 2, 3, 4.  Given back in front
+    of the parked list, they run in the order they were picked."""
+    registry = TaskRegistry()
+    ran: list[int] = []
+    first_started = trio.Event()
+
+    @registry.task(concurrency=1)
+    async def limited(job: Job) -> None:
+        first_started.set()
+        await trio.sleep(0.05)
+        ran.append(job.payload)
+
+    with trio.fail_after(30):
+        async with trioqueue.open_queue(registry, config(queue_name, workers=4,
+                                                         shutdown_timeout=5)) as q:
+            jobs = await q.enqueue_many("limited", list(range(1, 9)))
+            await first_started.wait()
+            while True:  # 1 running, 2-4 set aside on this node (PROCESSING), 5-8 parked
+                statuses = [(await q.get(j.id)).status for j in jobs]
+                if statuses.count(JobStatus.PROCESSING) == 4:
+                    break
+                await trio.sleep(0.01)
+        first = list(ran)
+        async with trioqueue.open_queue(registry, config(queue_name, workers=4)) as q:
+            await q.wait_many([j.id for j in jobs])
+    assert first == [1]
+    assert ran == list(range(1, 9))
