@@ -230,27 +230,28 @@ def _not_json_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+def _check_flag(flag: str, value: Any, check: Callable[[Any], object]) -> None:
+    """A job option checked here, before any request, as the queue checks it: a bad one
+    is a usage error naming the flag (exit 2), not the server's 400 naming a JSON field."""
+    if value is None:
+        return
+    try:
+        check(value)
+    except InvalidJob as exc:
+        field, _, why = str(exc).partition(": ")
+        raise UsageError(f"{flag}: {why or field}") from None
+
+
 def _check_job_flags(args: argparse.Namespace) -> None:
-    """``enqueue``'s job options checked here, before any request, as the queue checks
-    them: a bad one is a usage error naming the flag (exit 2), not the server's 400
-    naming a JSON field."""
+    """``enqueue``'s job options (:func:`_check_flag`)."""
     from ._job import check_delay, check_job_id, check_max_retries, check_timeout
 
-    checks: list[tuple[str, Any, Callable[[Any], object]]] = [
-        ("--delay", args.delay, check_delay), ("--timeout", args.timeout, check_timeout),
-        ("--max-retries", args.max_retries, check_max_retries),
-        # With --count the ids are ID-0, ID-1, ...: the longest is checked.
-        ("--id", args.id if args.id is None or args.count <= 1
-         else f"{args.id}-{args.count - 1}", check_job_id),
-    ]
-    for flag, value, check in checks:
-        if value is None:
-            continue
-        try:
-            check(value)
-        except InvalidJob as exc:
-            field, _, why = str(exc).partition(": ")
-            raise UsageError(f"{flag}: {why or field}") from None
+    _check_flag("--delay", args.delay, check_delay)
+    _check_flag("--timeout", args.timeout, check_timeout)
+    _check_flag("--max-retries", args.max_retries, check_max_retries)
+    # With --count the ids are ID-0, ID-1, ...: the longest is checked.
+    _check_flag("--id", args.id if args.id is None or args.count <= 1
+                else f"{args.id}-{args.count - 1}", check_job_id)
 
 
 async def cmd_enqueue(args: argparse.Namespace) -> int:
@@ -306,13 +307,9 @@ async def cmd_status(args: argparse.Namespace) -> int:
 async def cmd_list(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise UsageError(f"--limit: expected a positive integer, got {args.limit}")
-    if args.before is not None:
-        from ._job import check_job_id
+    from ._job import check_job_id
 
-        try:
-            check_job_id(args.before)
-        except InvalidJob as exc:
-            raise UsageError(f"--before: {str(exc).partition(': ')[2] or exc}") from None
+    _check_flag("--before", args.before, check_job_id)
     nxt: str | None = None
     async with _connect(args) as client:
         if args.all:

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ._cli_common import DEFAULT_PORT, env_first, env_named, parse_float, parse_int
 from ._cli_common import UsageError as UsageError
-from ._config import QueueConfig
+from ._config import ENV_VARIABLES, QueueConfig
 from ._registry import TaskRegistry
 
 log = logging.getLogger("trioqueue.cli")
@@ -214,24 +214,16 @@ def serve_options(
     return registry, config, settings
 
 
-KNOWN_ENV = frozenset({
-    # serve and worker (QueueConfig.from_env reads the queue's own)
-    "TRIOQUEUE_APP", "TRIOQUEUE_WORKERS", "TRIOQUEUE_CAPACITY", "TRIOQUEUE_MAX_RETRIES",
-    "TRIOQUEUE_RETRY_BASE", "TRIOQUEUE_RETRY_FACTOR", "TRIOQUEUE_RETRY_MAX",
-    "TRIOQUEUE_RETRY_JITTER", "TRIOQUEUE_DEFAULT_TIMEOUT", "TRIOQUEUE_DB",
-    "TRIOQUEUE_PERSIST_PATH", "TRIOQUEUE_DURABILITY", "TRIOQUEUE_FLUSH_INTERVAL",
-    "TRIOQUEUE_MAX_WRITE_LAG",
-    "TRIOQUEUE_FSYNC", "TRIOQUEUE_SHUTDOWN_TIMEOUT", "TRIOQUEUE_DRAIN",
-    "TRIOQUEUE_RESULT_TTL", "TRIOQUEUE_FINISHED_CACHE", "TRIOQUEUE_RETENTION",
-    "TRIOQUEUE_SWITCH_INTERVAL", "TRIOQUEUE_REDIS_URL", "TRIOQUEUE_QUEUE",
-    "TRIOQUEUE_LEASE", "TRIOQUEUE_PREFETCH", "TRIOQUEUE_LOG_LEVEL",
+KNOWN_ENV = frozenset(name for name in ENV_VARIABLES if name.startswith("TRIOQUEUE_")) | {
+    # serve and worker, besides the queue's own (QueueConfig.from_env)
+    "TRIOQUEUE_APP", "TRIOQUEUE_LOG_LEVEL",
     # serve's server
     "TRIOQUEUE_HOST", "TRIOQUEUE_PORT", "TRIOQUEUE_TOKEN", "TRIOQUEUE_MAX_BODY",
     "TRIOQUEUE_EVENT_BUFFER", "TRIOQUEUE_SLOW_CLIENT_TIMEOUT", "TRIOQUEUE_ALLOWED_HOSTS",
     "TRIOQUEUE_MAX_CONNECTIONS",
     # the client commands (often set in the same shell)
     "TRIOQUEUE_URL",
-})
+}
 """Every ``TRIOQUEUE_*`` variable trioqueue reads (a test holds it to the source)."""
 
 

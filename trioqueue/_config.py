@@ -314,3 +314,6 @@ _ENV: dict[str, tuple[tuple[str, ...], Any]] = {
     "lease": (("TRIOQUEUE_LEASE",), float),
     "prefetch": (("TRIOQUEUE_PREFETCH",), int),
 }
+
+ENV_VARIABLES = frozenset(name for names, _ in _ENV.values() for name in names)
+"""Every variable :meth:`QueueConfig.from_env` reads."""

@@ -100,9 +100,14 @@ def _zone(where: str, tz: object) -> ZoneInfo:
         raise ValueError(f"{where}: tz: unknown time zone {tz!r}") from None
 
 
+def _ms(t: float) -> int:
+    """A due time as its run id's millisecond (what a mark is compared by)."""
+    return round(t * 1000)
+
+
 def run_id(name: str, due: float) -> str:
     """The job id of ``name``'s run due at ``due`` (seconds since the epoch)."""
-    ms = round(due * 1000)
+    ms = _ms(due)
     stamp = datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return f"{name}@{stamp}.{ms % 1000:03d}Z"
 
@@ -144,11 +149,6 @@ def next_due(spec: TaskSpec, after: float) -> float:
         if (t := when.timestamp()) > after:
             return t
     raise AssertionError("unreachable: a cron expression that is due never")  # pragma: no cover
-
-
-def _ms(t: float) -> int:
-    """A due time as its run id's millisecond (what a mark is compared by)."""
-    return round(t * 1000)
 
 
 class Periodic:

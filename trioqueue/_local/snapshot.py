@@ -209,9 +209,7 @@ class Persistence(StoreReads):
             return  # taken by the flush under way, which reads its state when it gets to it
         dirty = self._dirty
         if not dirty:
-            self._kick.set()  # the flusher sleeps without a deadline while nothing is dirty
-            self._dirty_since = _trio_now()
-            self._lag_kick.set()
+            self._first_change()
         dirty[rec.id] = rec
 
     def changed_many(self, kind: EventKind, recs: list[JobRecord]) -> None:
@@ -220,9 +218,7 @@ class Persistence(StoreReads):
             return
         dirty = self._dirty
         if not dirty:
-            self._kick.set()
-            self._dirty_since = _trio_now()
-            self._lag_kick.set()
+            self._first_change()
         inflight = self._inflight
         if inflight:
             for rec in recs:
@@ -230,6 +226,14 @@ class Persistence(StoreReads):
                     dirty[rec.id] = rec
         else:
             dirty.update({rec.id: rec for rec in recs})
+
+    def _first_change(self) -> None:
+        """The batch being collected gets its first record: wake the flusher (it sleeps
+        without a deadline while nothing is dirty) and the lag watcher, which time the
+        batch from now."""
+        self._kick.set()
+        self._dirty_since = _trio_now()
+        self._lag_kick.set()
 
     def mark(self, rec: JobRecord) -> None:
         """``rec`` changed with no event of the store's kind (its progress): write its

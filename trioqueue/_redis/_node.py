@@ -238,9 +238,8 @@ class NodeCore(EventsReader):
                 continue
             if got.view is not None:
                 self._outbox.check_seq(mark, got.view.seq)
-            self._log_stale(outcomes, got.results, mark[0])
-            if got.view is not None:
                 self._outbox.saw_seq(got.view.seq)
+            self._log_stale(outcomes, got.results, mark[0])
 
     def _take_pending(self) -> list[Outcome]:
         pending = self._pending

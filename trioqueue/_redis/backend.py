@@ -565,8 +565,7 @@ class RedisBackend(NodeIntake):
         """An event set when the stream shows ``job_id`` finished (or the queue closes);
         :meth:`unwatch` it after."""
         event = trio.Event()
-        self._watchers.setdefault(job_id, []).append(event)
-        self._events_wanted()
+        self.watch_with(job_id, event)
         return event
 
     def watch_with(self, job_id: str, waker: Waker) -> None:

@@ -94,7 +94,6 @@ class RemotePaths:
         :data:`REMOTE_WAIT_POLL` seconds in case an event was missed."""
         ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
         backend = self._backend
-        assert isinstance(backend, RedisBackend)
         life = self._life
         if not ids:
             await trio.lowlevel.checkpoint()
