@@ -205,6 +205,46 @@ async def test_memory_mode_drops_set_aside_jobs_at_shutdown_like_queued_ones(
     assert (await q.get("a")).status is JobStatus.FAILED  # cut off by shutdown_timeout
 
 
+async def test_drain_waits_for_a_set_aside_job_whose_slot_an_abandoned_thread_holds(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """``drain=True``: a limited task's job waiting for the slot that a timed-out
+    ``sync=True`` handler's thread still holds runs once that thread ends, within
+    ``shutdown_timeout``; the idle workers do not take "nothing I may run now" for
+    "nothing left" and stop (which dropped it at once)."""
+    reg = TaskRegistry()
+    entered = trio.Event()
+    gates = [threading.Event(), threading.Event()]
+
+    @reg.task(sync=True, concurrency=1, timeout=1.0, max_retries=0)
+    def call_api(job: Job) -> str:
+        if job.payload == 0:
+            trio.from_thread.run_sync(entered.set)
+        gates[job.payload].wait(30)  # the bound only guards against a hang
+        return "called"
+
+    async def let_go() -> None:
+        await trio.testing.wait_all_tasks_blocked()  # shutdown under way, workers idle
+        gates[1].set()  # the next job will not block
+        gates[0].set()  # the abandoned thread ends: the slot is free
+
+    config = QueueConfig(workers=3, drain=True, shutdown_timeout=60.0)
+    try:
+        async with trio.open_nursery() as nursery:
+            async with trioqueue.open_queue(reg, config) as q:
+                first, second = await q.enqueue_many("call_api", [0, 1])
+                await entered.wait()
+                mock_clock.jump(1.0)
+                assert (await q.wait(first.id)).status is JobStatus.FAILED  # timed out
+                nursery.start_soon(let_go)
+        assert mock_clock.current_time() < 60.0  # not cut off by the timeout
+        assert q.get_nowait(second.id).result == "called"
+        assert q.metrics().dropped == 0
+    finally:
+        for gate in gates:
+            gate.set()
+
+
 async def test_set_aside_jobs_stay_queued_in_the_store_and_run_after_reopen(
     tmp_path: Path,
 ) -> None:

@@ -199,7 +199,10 @@ class Workers:
             start = current_time() if now is None else now
             rec = claim(index, start)
             if rec is None:
-                if life.draining:
+                if life.draining and not sum(backend.depths()):
+                    # Nothing left: the workers parked for a set-aside job (its task's
+                    # slot held by another attempt) look again, find none and stop too.
+                    backend.wake_workers()
                     return
                 await backend.wait_for_work()
                 since = 0
