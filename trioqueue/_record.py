@@ -160,11 +160,17 @@ class JobRecord:
             self.scheduled_for,
             self.started_at,
             self.finished_at,
-            self.result,
+            self.result if self.result_json is None else self._own_result(),
             self.error,
             self.traceback,
             self.progress,
         ))
+
+    def _own_result(self) -> Any:
+        """A result that is a JSON object or array: each snapshot gets its own copy of it
+        as it was returned (as from a store), never the object the handler returned."""
+        result, text = self.result, self.result_json
+        return result if text is None or result.__class__ not in CONTAINERS else _loads(text)
 
     def same_job(self, task: str, payload_json: str) -> bool:
         """Whether a request for ``task`` with this payload repeats this job (an

@@ -257,3 +257,28 @@ async def test_a_job_keeps_its_own_payload(
     assert done.status is JobStatus.COMPLETED
     assert seen == [[1, 2, 3], [1, 2, 3]]
     assert again.payload == {"items": [1, 2, 3]}
+
+
+async def test_a_job_keeps_its_own_result(
+    backend: Backend, clock: MockClock | None, h: Harness
+) -> None:
+    """The result is the job's as it was returned, as in a store or Redis: a handler
+    changing the object it returned (kept somewhere) or code changing a snapshot's
+    ``result`` changed the job in memory mode and (until a restart) with SQLite."""
+    kept: list[dict[str, list[int]]] = []
+
+    @h.registry.task
+    async def keeps(job: Job) -> dict[str, list[int]]:
+        kept.append({"items": [1, 2]})
+        return kept[-1]
+
+    async with backend.open(h.registry) as q:
+        done = await q.wait((await q.enqueue("keeps")).id)
+        kept[0]["items"].append(3)  # the handler's object, changed after it returned
+        done.result["items"].clear()  # a snapshot's, too
+        again = await q.get(done.id)
+        second = await q.wait((await q.enqueue("keeps")).id)
+        second.result["items"].clear()
+        second_again = await q.get(second.id)
+    assert again.result == {"items": [1, 2]}
+    assert second_again.result == {"items": [1, 2]}
