@@ -52,31 +52,40 @@ class Event:
     """``progress`` only: the fraction reported."""
     note: str | None = None
     """``progress`` only: the note reported."""
+    node: str | None = None
+    """Redis: the id of the node that made the change (the one running the job for
+    ``started``, ``progress`` and the ends of an attempt); ``None`` (and not in the JSON)
+    for a queue of one process."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form; ``lagged`` and ``metrics`` carry only their own fields."""
+        """The JSON form; ``lagged`` and ``metrics`` carry only their own fields, and
+        ``node`` is there only when set (Redis)."""
         if self.type == "lagged":
             return {"seq": self.seq, "type": "lagged", "at": self.at, "dropped": self.dropped}
         if self.type == "metrics":
             return {"seq": self.seq, "type": "metrics", "at": self.at, "metrics": self.metrics}
         if self.type == "progress":
-            return {"seq": self.seq, "type": "progress", "job_id": self.job_id,
-                    "task": self.task, "priority": self.priority, "status": self.status,
-                    "attempt": self.attempt, "at": self.at, "worker": self.worker,
-                    "fraction": self.fraction, "note": self.note}
-        return {
-            "seq": self.seq,
-            "type": self.type,
-            "job_id": self.job_id,
-            "task": self.task,
-            "priority": self.priority,
-            "status": self.status,
-            "attempt": self.attempt,
-            "at": self.at,
-            "worker": self.worker,
-            "error": self.error,
-            "duration": self.duration,
-        }
+            out = {"seq": self.seq, "type": "progress", "job_id": self.job_id,
+                   "task": self.task, "priority": self.priority, "status": self.status,
+                   "attempt": self.attempt, "at": self.at, "worker": self.worker,
+                   "fraction": self.fraction, "note": self.note}
+        else:
+            out = {
+                "seq": self.seq,
+                "type": self.type,
+                "job_id": self.job_id,
+                "task": self.task,
+                "priority": self.priority,
+                "status": self.status,
+                "attempt": self.attempt,
+                "at": self.at,
+                "worker": self.worker,
+                "error": self.error,
+                "duration": self.duration,
+            }
+        if self.node is not None:
+            out["node"] = self.node
+        return out
 
 
 @attrs.define(eq=False)
@@ -145,6 +154,10 @@ class Broadcaster:
         self._clock: Callable[[], float] = trio.current_time
         """Trio's clock (the run's own, read without the lookups of
         :func:`trio.current_time`)."""
+        self.origin: str | None = None
+        """The node whose change is being announced: set by a Redis node's events reader
+        while it hands on an event of the queue's stream (the ``node`` of the events
+        built meanwhile); ``None`` in a queue of one process."""
 
     def _changed(self) -> None:
         self._unlimited = _union(sub.types for sub in self._subs if sub.max_rate is None)
@@ -259,6 +272,7 @@ class Broadcaster:
                 worker=worker,
                 error=rec.error if kind in _WITH_ERROR else None,
                 duration=duration,
+                node=self.origin,
             )
         )
 
@@ -281,6 +295,7 @@ class Broadcaster:
             worker=worker,
             fraction=progress.get("fraction"),
             note=progress.get("note"),
+            node=self.origin,
         ))
 
     def publish(self, event: Event) -> None:

@@ -49,8 +49,18 @@ class Metrics:
     wait_p99, run_p50, run_p99`` for that priority's jobs (``rejected``: refused for lack
     of room; a refusal at shutdown counts in the total only)."""
 
+    node: str | None = None
+    """Redis: this node's id (the ``node`` of events); ``None`` otherwise."""
+    nodes: dict[str, dict[str, int]] | None = None
+    """Redis: ``{node id: {"workers": n, "busy_workers": n}}`` of the live nodes whose
+    figures ``workers`` and ``busy_workers`` sum; ``None`` otherwise."""
+
     def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        """The JSON form (``node`` and ``nodes`` only on Redis)."""
+        out = attrs.asdict(self)
+        if self.nodes is None:
+            del out["node"], out["nodes"]
+        return out
 
     def to_prometheus(self, prefix: str = "trioqueue", *, shared: bool = False) -> str:
         """The Prometheus text exposition format (version 0.0.4).

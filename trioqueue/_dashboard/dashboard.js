@@ -544,14 +544,25 @@
     }
   }
 
+  // A worker is its node's (the event's `node`, on Redis only) and its number there: on
+  // Redis every node has a worker 0.
   function applyRunning(ev) {
     const at = Number(ev.at) * 1000;
+    const node = typeof ev.node === "string" && ev.node ? ev.node : null;
     if (ev.type === "started") {
       if (typeof ev.worker === "number") {
-        for (const [id, r] of S.running) if (r.worker === ev.worker && id !== ev.job_id) S.running.delete(id);
+        for (const [id, r] of S.running) {
+          if (r.worker === ev.worker && r.node === node && id !== ev.job_id) S.running.delete(id);
+        }
       }
-      S.running.set(ev.job_id, { id: ev.job_id, worker: ev.worker, task: ev.task,
+      S.running.set(ev.job_id, { id: ev.job_id, worker: ev.worker, node, task: ev.task,
         priority: ev.priority, attempt: ev.attempt, since: at });
+      S.runningDirty = true;
+    } else if (ev.type === "progress" && S.running.has(ev.job_id)) {
+      // A job that was running when the page loaded: its progress says where.
+      const r = S.running.get(ev.job_id);
+      if (r.node === null && node !== null) r.node = node;
+      if (typeof r.worker !== "number" && typeof ev.worker === "number") r.worker = ev.worker;
       S.runningDirty = true;
     } else if (S.running.has(ev.job_id) && ev.status !== "processing") {
       const r = S.running.get(ev.job_id);
@@ -779,8 +790,9 @@
     for (const job of r.data.jobs) {
       if (!job || typeof job.id !== "string") continue;
       const known = old.get(job.id);
-      S.running.set(job.id, { id: job.id, worker: known ? known.worker : null, task: job.task,
-        priority: job.priority, attempt: job.attempts, since: ms(job.started_at) });
+      S.running.set(job.id, { id: job.id, worker: known ? known.worker : null,
+        node: known ? known.node : null, task: job.task, priority: job.priority,
+        attempt: job.attempts, since: ms(job.started_at) });
     }
     replaySince(mark, applyRunning);
     S.runningLoaded = true;
@@ -1057,6 +1069,7 @@
     if (S.metricsDirty) {
       S.metricsDirty = false;
       renderMetrics();
+      S.runningDirty = true; // the Workers panel's busy of total (and each node's)
     }
     if (S.chartDirty) {
       S.chartDirty = false;
@@ -1262,27 +1275,159 @@
   function renderWorkers() {
     S.runningDirty = false;
     const m = S.metrics || {};
+    // On Redis the metrics name this node and give each live node's workers (`nodes`):
+    // the boxes are grouped by node.  A queue of one process has no `nodes`.
+    const nodes = m.nodes && typeof m.nodes === "object" ? m.nodes : null;
+    let summary = `${num(m.busy_workers)} busy of ${num(Number(m.workers) || 0)}`;
+    if (nodes) {
+      const n = Object.values(nodes).filter((v) => v && Number(v.workers) > 0).length;
+      summary += ` · ${n} node${n === 1 ? "" : "s"} with workers`;
+    }
+    setText($("workers-summary"), summary);
+    if (nodes) renderNodeSlots(m, nodes);
+    else renderSlots(m);
+    renderRunning(nodes ? (typeof m.node === "string" ? m.node : "") : null);
+  }
+
+  // `count` boxes in `box` (added or removed at the end).
+  function fitSlots(box, count) {
+    while (box.childNodes.length < count) box.appendChild(el("span", "slot"));
+    while (box.childNodes.length > count) box.lastChild.remove();
+  }
+
+  function setSlot(slot, label, title, job, worker) {
+    setText(slot, label);
+    slot.className = job ? "slot busy" : "slot";
+    slot.title = title;
+    if (job) slot.dataset.job = job.id;
+    else delete slot.dataset.job;
+    if (worker === null) delete slot.dataset.worker;
+    else slot.dataset.worker = String(worker);
+  }
+
+  // One process's workers, numbered.
+  function renderSlots(m) {
     const total = Number(m.workers) || 0;
-    const byWorker = new Map();
-    for (const r of S.running.values()) if (typeof r.worker === "number") byWorker.set(r.worker, r);
-    setText($("workers-summary"), `${num(m.busy_workers)} busy of ${num(total)}`);
     const slots = $("slots");
-    while (slots.childNodes.length < total) slots.appendChild(el("span", "slot"));
-    while (slots.childNodes.length > total) slots.lastChild.remove();
-    // Workers busy with a job whose worker this page has not seen (it started before the
-    // page loaded, or on another node): the other boxes cannot say "idle" for sure.
-    const unseen = Math.max(0, (Number(m.busy_workers) || 0) - byWorker.size);
+    if (slots.classList.contains("grouped")) {
+      slots.classList.remove("grouped");
+      slots.replaceChildren();
+    }
+    numberedSlots(slots, total, S.running.values(), Number(m.busy_workers) || 0, 0);
+  }
+
+  // Boxes 0 to total - 1, each job whose worker number the page knows in its box.  Of the
+  // `reported` busy workers (the metrics'), those beyond the boxes filled whose job the
+  // page cannot place (a job that started before the page loaded: `jobs` without a
+  // worker number, and up to `unknown` more whose node it does not know either) make the
+  // other boxes say "?", not "idle": which of them are busy is not known.  Returns how
+  // many are busy, and how many of the `unknown` that took.
+  function numberedSlots(box, total, jobs, reported, unknown) {
+    const byWorker = new Map();
+    let floating = 0;
+    for (const r of jobs) {
+      if (typeof r.worker === "number" && r.worker >= 0 && r.worker < total) byWorker.set(r.worker, r);
+      else floating += 1;
+    }
+    fitSlots(box, total);
+    const unseen = Math.min(Math.max(0, reported - byWorker.size), floating + unknown);
     for (let i = 0; i < total; i += 1) {
       const r = byWorker.get(i);
-      const slot = slots.childNodes[i];
-      const label = r ? `${i}: ${r.task}` : unseen ? `${i}: ?` : `${i}: idle`;
-      setText(slot, label);
-      slot.className = r ? "slot busy" : "slot";
-      slot.title = r ? `${r.id} (${r.task})` : unseen
-        ? `${unseen} busy worker(s) whose job this page has not seen start` : "idle";
+      const slot = box.childNodes[i];
+      if (r) setSlot(slot, `${i}: ${r.task}`, `${r.id} (${r.task})`, r, i);
+      else if (unseen) {
+        setSlot(slot, `${i}: ?`, `${unseen} busy worker(s) whose job this page has not seen start`, null, i);
+      } else setSlot(slot, `${i}: idle`, "idle", null, i);
     }
+    return { busy: byWorker.size + unseen, took: Math.max(0, unseen - floating) };
+  }
+
+  // Redis: a group of boxes per live node (and per node still running a job this page saw
+  // start).  This server's own workers are numbered, as their events say; another
+  // node's events carry no worker number (the claim that writes its `started` comes
+  // before a worker takes the job), so its boxes are its busy workers with their jobs,
+  // then its idle ones.
+  function renderNodeSlots(m, nodes) {
+    const here = typeof m.node === "string" ? m.node : "";
+    const slots = $("slots");
+    if (!slots.classList.contains("grouped")) {
+      slots.classList.add("grouped");
+      slots.replaceChildren();
+    }
+    const byNode = new Map();
+    let unplaced = 0; // running jobs whose node this page has not seen (loaded, not started)
+    for (const r of S.running.values()) {
+      if (r.node === null || r.node === undefined) {
+        unplaced += 1;
+        continue;
+      }
+      if (!byNode.has(r.node)) byNode.set(r.node, []);
+      byNode.get(r.node).push(r);
+    }
+    const ids = Object.keys(nodes).filter((id) => {
+      const v = nodes[id];
+      return v && typeof v === "object" && (Number(v.workers) > 0 || byNode.has(id));
+    });
+    for (const id of byNode.keys()) if (!Object.prototype.hasOwnProperty.call(nodes, id)) ids.push(id);
+    ids.sort((a, b) => Number(b === here) - Number(a === here) || (a < b ? -1 : a > b ? 1 : 0));
+    const groups = new Map();
+    for (const g of Array.from(slots.children)) {
+      if (ids.includes(g.dataset.node)) groups.set(g.dataset.node, g);
+      else g.remove();
+    }
+    ids.forEach((id, index) => {
+      let g = groups.get(id);
+      if (!g) {
+        g = el("div", "node-group");
+        g.dataset.node = id;
+        g.appendChild(el("div", "node-head"));
+        g.appendChild(el("div", "slots"));
+      }
+      const at = slots.children[index] || null;
+      if (at !== g) slots.insertBefore(g, at);
+      const info = Object.prototype.hasOwnProperty.call(nodes, id) ? nodes[id] : null;
+      const total = info ? Math.max(0, Number(info.workers) || 0) : 0;
+      const reported = info ? Math.max(0, Number(info.busy_workers) || 0) : 0;
+      const jobs = (byNode.get(id) || []).sort((a, b) => (a.since || 0) - (b.since || 0));
+      const box = g.lastChild;
+      let busy;
+      if (id === here) {
+        const shown = numberedSlots(box, total, jobs, reported, unplaced);
+        unplaced -= shown.took;
+        busy = shown.busy;
+      } else {
+        // Busy workers whose job this page has not seen start: at most the running jobs
+        // whose node it does not know (the rest is a heartbeat not yet sent).
+        const unseen = Math.min(unplaced, Math.max(0, reported - jobs.length));
+        unplaced -= unseen;
+        fitSlots(box, Math.max(total, jobs.length + unseen));
+        let i = 0;
+        for (const r of jobs) setSlot(box.childNodes[i++], r.task, `${r.id} (${r.task})`, r, null);
+        for (let k = 0; k < unseen; k += 1) {
+          setSlot(box.childNodes[i++], "?", "a busy worker whose job this page has not seen start", null, null);
+        }
+        while (i < box.childNodes.length) setSlot(box.childNodes[i++], "idle", "idle", null, null);
+        busy = jobs.length + unseen;
+      }
+      const where = id === here ? " (this server)" : "";
+      setText(g.firstChild, info
+        ? `node ${id}${where} · ${busy} busy of ${total}`
+        : `node ${id}${where} · ${jobs.length} running · no heartbeat within a lease`);
+    });
+  }
+
+  // `here`: null for a queue of one process (no node column), else this server's node.
+  function renderRunning(here) {
+    const grouped = here !== null;
+    $("running-node").hidden = !grouped;
+    $("running-nodes-note").hidden = !grouped;
     const body = $("running-body");
     const rows = Array.from(S.running.values()).sort((a, b) => {
+      if (grouped) {
+        const na = a.node === here ? "" : a.node || "~";
+        const nb = b.node === here ? "" : b.node || "~";
+        if (na !== nb) return na < nb ? -1 : 1;
+      }
       const wa = typeof a.worker === "number" ? a.worker : 1e9;
       const wb = typeof b.worker === "number" ? b.worker : 1e9;
       return wa - wb || (a.since || 0) - (b.since || 0);
@@ -1290,7 +1435,11 @@
     const frag = document.createDocumentFragment();
     for (const r of rows.slice(0, 200)) {
       const tr = el("tr");
-      tr.appendChild(el("td", "num", typeof r.worker === "number" ? r.worker : "?"));
+      const known = typeof r.node === "string";
+      if (grouped) tr.appendChild(el("td", "id", known ? r.node : "?"));
+      let worker = typeof r.worker === "number" ? r.worker : "?";
+      if (grouped && known && r.node !== here && worker === "?") worker = "–";
+      tr.appendChild(el("td", "num", worker));
       const idCell = el("td", "id");
       idCell.appendChild(jobLink(r.id));
       tr.appendChild(idCell);

@@ -299,7 +299,10 @@ class EventsReader:
         than the first subscriber) only wake waiters."""
         hook = self._hook
         skip = self._events_after_seq
+        events = self._events
         for ev in batch:
+            if events is not None:
+                events.origin = ev.node or None  # the ``node`` of the events published
             if ev.type == "cancel_requested":
                 continue  # the node running it acts on its cancel list
             if ev.type in _TERMINAL_EVENTS:
@@ -330,6 +333,8 @@ class EventsReader:
                 kind = _KIND_OF.get(ev.type)
                 if kind is not None:  # else a type a newer node writes: not this one's
                     hook(kind, self._event_record(ev), worker, ev.duration)
+        if events is not None:
+            events.origin = None
 
     def _took(self, rec: JobRecord, worker: int) -> JobRecord:
         """A worker takes ``rec``: its events from now on name that worker, and its
@@ -343,7 +348,11 @@ class EventsReader:
         if self._started_events:
             ev = self._started_events.pop(rec.id, None)
             if ev is not None and self._hook is not None:
+                if self._events is not None:
+                    self._events.origin = ev.node or None
                 self._hook(EventKind.STARTED, self._event_record(ev), worker, None)
+                if self._events is not None:
+                    self._events.origin = None
         return rec
 
     def _publish_progress(self, ev: StreamEvent, worker: int | None) -> None:

@@ -36,7 +36,6 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 
-import attrs
 import trio
 
 from .._backend import ChangeHook
@@ -49,8 +48,9 @@ from .._record import JobRecord
 from .._registry import TaskRegistry
 from .._stats import Stats
 from ._client import RedisUnavailable, connect
+from ._cluster import cluster_workers
 from ._intake import RETRY_BACKOFF, NodeIntake
-from ._node import NodeCore, worker_figures
+from ._node import NodeCore
 from ._outage import Outage
 from ._outbox import Outbox, describe
 from ._reader import PRIO_BY_LABEL, READER_BLOCK_MS, Waker
@@ -215,24 +215,10 @@ class RedisBackend(NodeIntake):
         counts = self._counts
         if counts is None:
             return m
-        workers, busy, busy_s, capacity_s = worker_figures(m)
-        for node, info in counts.nodes.items():
-            if node == self.node:
-                continue
-            try:
-                workers += int(info.get("workers", 0))
-                busy += int(info.get("busy", 0))
-                busy_s += float(info.get("busy_s", 0.0))
-                capacity_s += float(info.get("capacity_s", 0.0))
-            except (TypeError, ValueError):
-                continue  # a node of another version: its figures are left out
         # Redis' PROCESSING jobs as of the last counts, with this node's part live (its
         # claimed jobs, the prefetched ones too: finished ones leave at once).
         others = max(0, counts.processing - self._held_at_refresh)
-        return attrs.evolve(
-            m, workers=workers, busy_workers=busy, processing=others + len(self._held),
-            utilization=min(1.0, busy_s / capacity_s) if capacity_s > 0 else 0.0,
-        )
+        return cluster_workers(m, self.node, counts.nodes, others + len(self._held))
 
 
     # ------------------------------------------------------------------ lifecycle
