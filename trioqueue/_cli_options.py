@@ -214,6 +214,32 @@ def serve_options(
     return registry, config, settings
 
 
+def metrics_options(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[str, int] | None:
+    """``worker``'s metrics endpoint, ``(host, port)``, or None without ``--metrics-port``
+    (or ``TRIOQUEUE_METRICS_PORT``)."""
+    port_from, host_from = "--metrics-port", "--metrics-host"
+    port = args.metrics_port
+    if port is None:
+        found = env_named(env, "TRIOQUEUE_METRICS_PORT")
+        if found is not None:
+            port_from = found[0]
+            port = parse_int(port_from, found[1])
+    host = args.metrics_host
+    if host is None:
+        host_from = "TRIOQUEUE_METRICS_HOST"
+        host = env_first(env, host_from)
+    if port is None:
+        if host is not None:
+            raise UsageError(f"{host_from}: applies with --metrics-port only (or "
+                             "TRIOQUEUE_METRICS_PORT): give the port to serve the metrics on")
+        return None
+    if not 0 <= port <= 65535:
+        raise UsageError(f"{port_from}: expected a port 0..65535, got {port}")
+    if host is not None and not host.strip():
+        raise UsageError(f"{host_from}: empty; leave it out to bind 127.0.0.1")
+    return (host or "127.0.0.1"), port
+
+
 KNOWN_ENV = frozenset(name for name in ENV_VARIABLES if name.startswith("TRIOQUEUE_")) | {
     # serve and worker, besides the queue's own (QueueConfig.from_env)
     "TRIOQUEUE_APP", "TRIOQUEUE_LOG_LEVEL",
@@ -221,6 +247,8 @@ KNOWN_ENV = frozenset(name for name in ENV_VARIABLES if name.startswith("TRIOQUE
     "TRIOQUEUE_HOST", "TRIOQUEUE_PORT", "TRIOQUEUE_TOKEN", "TRIOQUEUE_MAX_BODY",
     "TRIOQUEUE_EVENT_BUFFER", "TRIOQUEUE_SLOW_CLIENT_TIMEOUT", "TRIOQUEUE_ALLOWED_HOSTS",
     "TRIOQUEUE_MAX_CONNECTIONS",
+    # worker's metrics endpoint
+    "TRIOQUEUE_METRICS_PORT", "TRIOQUEUE_METRICS_HOST",
     # the client commands (often set in the same shell)
     "TRIOQUEUE_URL",
 }

@@ -3,9 +3,14 @@ samplers behind it are in :mod:`trioqueue._stats`)."""
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 import attrs
+
+WINDOW = 4096
+"""Latency percentiles cover the most recent this-many jobs of each priority."""
 
 
 @attrs.frozen
@@ -35,7 +40,8 @@ class Metrics:
     workers: int
     busy_workers: int
     utilization: float
-    """Share of worker time spent running handlers since the queue opened, 0..1."""
+    """Share of worker time spent running handlers since the queue opened, 0..1 (an
+    average over the whole uptime: :attr:`busy_seconds` gives a recent one)."""
     wait_p50: float | None
     wait_p99: float | None
     run_p50: float | None
@@ -43,12 +49,20 @@ class Metrics:
     uptime: float
     dropped: int = 0
     """Memory mode: queued or scheduled jobs dropped at shutdown."""
+    run_count: int = 0
+    """Attempts of this process that ended (completed, failed, retried, cancelled or
+    interrupted while running) since the queue opened."""
+    run_sum: float = 0.0
+    """Seconds handlers ran in those attempts, in all."""
+    busy_seconds: float = 0.0
+    """Worker-seconds this process spent running handlers since the queue opened, the
+    attempts running now included: its change over a window, divided by the window and
+    by ``workers``, is the utilization over that window."""
     by_priority: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     """``{"high": {...}, "medium": {...}, "low": {...}}``, each with ``enqueued,
     completed, failed, retried, cancelled, rejected, queued, processing, wait_p50,
     wait_p99, run_p50, run_p99`` for that priority's jobs (``rejected``: refused for lack
     of room; a refusal at shutdown counts in the total only)."""
-
     node: str | None = None
     """Redis: this node's id (the ``node`` of events); ``None`` otherwise."""
     nodes: dict[str, dict[str, int]] | None = None
@@ -65,19 +79,34 @@ class Metrics:
     def to_prometheus(self, prefix: str = "trioqueue", *, shared: bool = False) -> str:
         """The Prometheus text exposition format (version 0.0.4).
 
-        ``shared``: a node of a queue in Redis.  Each HELP line then says whose figure it
-        is: the cluster's (every node shows the same: aggregate across nodes with
-        ``max``, not ``sum``) or this node's own (docs/redis-design.md, "Metrics")."""
+        ``prefix`` starts every metric name (a valid name itself: letters, digits, ``_``
+        and ``:``).  ``shared``: a node of a queue in Redis.  Each HELP line then says
+        whose figure it is: the cluster's (every node shows the same: aggregate across
+        nodes with ``max``, not ``sum``) or this node's own (docs/redis-design.md,
+        "Metrics").
+
+        The run time is a summary: quantiles over the most recent jobs, ``_sum`` and
+        ``_count`` over every attempt that ended.  Wait times are not summed (that would
+        cost every job an addition on the workers' loop), so their quantiles, and the
+        per-priority ones, are gauges labelled ``quantile``."""
+        if not _NAME.fullmatch(prefix):
+            raise ValueError(f"prefix: {prefix!r} is not a Prometheus metric name (letters, "
+                             "digits, '_' and ':', not starting with a digit)")
         lines: list[str] = []
 
-        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+        def metric(name: str, kind: str, help_: str,
+                   samples: list[tuple[str, dict[str, str], float]]) -> None:
+            """One family: its HELP and TYPE once, then ``(suffix, labels, value)``s."""
             full = f"{prefix}_{name}"
             if shared:
                 help_ += _NODE_ONLY if name in _OWN_FIGURES else _CLUSTER_WIDE
-            lines.append(f"# HELP {full} {help_}")
+            lines.append(f"# HELP {full} {_escape_help(help_)}")
             lines.append(f"# TYPE {full} {kind}")
-            for labels, value in samples:
-                lines.append(f"{full}{labels} {_num(value)}")
+            for suffix, labels, value in samples:
+                lines.append(f"{full}{suffix}{_labels(labels)} {_num(value)}")
+
+        def one(value: float) -> list[tuple[str, dict[str, str], float]]:
+            return [("", {}, value)]
 
         for name, help_ in (
             ("enqueued", "Jobs accepted."),
@@ -89,51 +118,77 @@ class Metrics:
             ("rejected", "Enqueues refused (full or shutting down)."),
             ("dropped", "Jobs dropped at shutdown in memory mode."),
         ):
-            metric(f"jobs_{name}_total", "counter", help_, [("", getattr(self, name))])
-        metric(
-            "jobs_queued",
-            "gauge",
-            "Jobs waiting in a ready queue.",
-            [(f'{{priority="{p}"}}', n) for p, n in self.queued.items()],
-        )
-        metric("jobs_scheduled", "gauge", "Jobs waiting for a due time.", [("", self.scheduled)])
-        metric("jobs_processing", "gauge", "Jobs running.", [("", self.processing)])
-        metric("workers", "gauge", "Worker tasks.", [("", self.workers)])
-        metric("workers_busy", "gauge", "Workers running a job.", [("", self.busy_workers)])
-        metric(
-            "worker_utilization", "gauge", "Share of worker time busy.", [("", self.utilization)]
-        )
-        for name, p50, p99, help_ in (
-            ("wait", self.wait_p50, self.wait_p99, "Seconds from ready to started."),
-            ("run", self.run_p50, self.run_p99, "Seconds a handler ran."),
-        ):
-            pairs = (("0.5", p50), ("0.99", p99))
-            samples = [(f'{{quantile="{q}"}}', v) for q, v in pairs if v is not None]
-            metric(f"job_{name}_seconds", "summary", help_, samples)
-        metric("uptime_seconds", "gauge", "Seconds since the queue opened.", [("", self.uptime)])
+            metric(f"jobs_{name}_total", "counter", help_, one(getattr(self, name)))
+        metric("jobs_queued", "gauge", "Jobs waiting in a ready queue.",
+               [("", {"priority": p}, n) for p, n in self.queued.items()])
+        metric("jobs_scheduled", "gauge", "Jobs waiting for a due time.", one(self.scheduled))
+        metric("jobs_processing", "gauge", "Jobs running.", one(self.processing))
+        metric("workers", "gauge", "Worker tasks.", one(self.workers))
+        metric("workers_busy", "gauge", "Workers running a job.", one(self.busy_workers))
+        metric("worker_utilization", "gauge",
+               "Share of worker time busy since the queue opened (the rate of "
+               "worker_busy_seconds_total over workers gives a recent one).",
+               one(self.utilization))
+        metric("worker_busy_seconds_total", "counter",
+               "Worker-seconds spent running handlers, running attempts included.",
+               one(self.busy_seconds))
+        metric("job_wait_seconds", "gauge",
+               f"Seconds from ready to started: the quantile over the last {WINDOW} jobs "
+               "of each priority.", _quantiles(self.wait_p50, self.wait_p99))
+        metric("job_run_seconds", "summary",
+               f"Seconds a handler ran: quantiles over the last {WINDOW} jobs of each "
+               "priority, sum and count over every attempt that ended.",
+               [*_quantiles(self.run_p50, self.run_p99), ("_sum", {}, self.run_sum),
+                ("_count", {}, self.run_count)])
+        metric("uptime_seconds", "gauge", "Seconds since the queue opened.", one(self.uptime))
         by = self.by_priority
         if by:
             for name, help_ in _BY_PRIORITY_COUNTERS:
                 metric(f"priority_jobs_{name}_total", "counter", help_,
-                       [(f'{{priority="{p}"}}', row[name]) for p, row in by.items()])
+                       [("", {"priority": p}, row[name]) for p, row in by.items()])
             metric("priority_jobs_processing", "gauge", "Jobs running, by priority.",
-                   [(f'{{priority="{p}"}}', row["processing"]) for p, row in by.items()])
-            for name, help_ in (("wait", "Seconds from ready to started, by priority."),
-                                ("run", "Seconds a handler ran, by priority.")):
-                samples = [
-                    (f'{{priority="{p}",quantile="{q}"}}', row[f"{name}_p{key}"])
-                    for p, row in by.items()
-                    for q, key in (("0.5", "50"), ("0.99", "99"))
-                    if row[f"{name}_p{key}"] is not None
-                ]
-                metric(f"priority_job_{name}_seconds", "summary", help_, samples)
+                   [("", {"priority": p}, row["processing"]) for p, row in by.items()])
+            for name, help_ in (("wait", "Seconds from ready to started, by priority"),
+                                ("run", "Seconds a handler ran, by priority")):
+                metric(f"priority_job_{name}_seconds", "gauge",
+                       f"{help_}: the quantile over its last {WINDOW} jobs.",
+                       [sample for p, row in by.items() for sample in _quantiles(
+                           row[f"{name}_p50"], row[f"{name}_p99"], priority=p)])
         return "\n".join(lines) + "\n"
+
+
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
+def _quantiles(p50: float | None, p99: float | None, **labels: str
+               ) -> list[tuple[str, dict[str, str], float]]:
+    """The samples of the two percentiles known so far (none before the first job)."""
+    return [("", {**labels, "quantile": q}, v) for q, v in (("0.5", p50), ("0.99", p99))
+            if v is not None]
+
+
+def _labels(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels.items()) + "}"
+
+
+def _escape_label(value: str) -> str:
+    """A label value as the text format wants it: backslash, double quote and line feed
+    escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _escape_help(text: str) -> str:
+    """HELP text: backslash and line feed escaped."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
 _CLUSTER_WIDE = " Cluster-wide: every node shows the same (aggregate with max, not sum)."
 _NODE_ONLY = " This node's own."
 _OWN_FIGURES = frozenset({
     "jobs_started_total", "jobs_dropped_total", "uptime_seconds", "job_wait_seconds",
+    "worker_busy_seconds_total",
     "job_run_seconds", "priority_jobs_processing", "priority_job_wait_seconds",
     "priority_job_run_seconds",
 })
@@ -150,6 +205,9 @@ _BY_PRIORITY_COUNTERS = (
 
 
 def _num(value: float) -> str:
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    return repr(float(value))
+    value = float(value)
+    if math.isfinite(value):
+        return repr(value)
+    return "NaN" if math.isnan(value) else "+Inf" if value > 0 else "-Inf"

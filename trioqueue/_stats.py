@@ -12,11 +12,10 @@ import math
 from collections import deque
 from collections.abc import Callable, Sequence
 
+from ._metrics import WINDOW as WINDOW
 from ._metrics import Metrics
 from ._record import LABELS
 
-WINDOW = 4096
-"""Latency percentiles cover the most recent this-many jobs of each priority."""
 _QS = (0.5, 0.99)
 
 
@@ -110,6 +109,8 @@ def metrics(
     priority of each running job."""
     capacity_time = uptime * workers
     busy = stats.busy_time + sum(running_for)
+    # Every attempt started is running or has ended, its run time in busy_time: the
+    # run-time summary's count and sum, with nothing added per job.
     # Each priority's samples sorted once, for its own percentiles and the totals'.
     waits = [sorted(s.samples) for s in stats.wait_p]
     runs = [sorted(s.samples) for s in stats.run_p]
@@ -135,6 +136,9 @@ def metrics(
         run_p99=r99,
         uptime=uptime,
         dropped=stats.dropped,
+        run_count=stats.started - len(running_for),
+        run_sum=stats.busy_time,
+        busy_seconds=busy,
         by_priority=_by_priority(stats, queued, running_priorities, waits, runs),
     )
 

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+from functools import partial
 from typing import Any, TextIO
 from urllib.parse import quote
 
@@ -38,6 +39,7 @@ from ._cli_common import DEFAULT_PORT
 from ._cli_common import UsageError as UsageError
 from ._cli_common import transport_failure as transport_failure
 from ._cli_options import load_registry as load_registry
+from ._cli_options import metrics_options
 from ._cli_options import queue_options as queue_options
 from ._cli_options import redacted as redacted
 from ._cli_options import serve_options as serve_options
@@ -203,21 +205,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- worker
 
 
-async def _work_until_signalled(registry: TaskRegistry, config: QueueConfig, out: TextIO
-                                ) -> int:
-    """Run a node without HTTP; the first SIGINT/SIGTERM shuts it down in order (running
-    jobs get ``shutdown_timeout``, claimed ones go back, queued ones stay in Redis), a
-    second one cuts it short."""
+async def _work_until_signalled(registry: TaskRegistry, config: QueueConfig, out: TextIO,
+                                metrics: tuple[str, int] | None = None) -> int:
+    """Run a node without HTTP (but ``metrics``, ``(host, port)``: its metrics endpoint);
+    the first SIGINT/SIGTERM shuts it down in order (running jobs get
+    ``shutdown_timeout``, claimed ones go back, queued ones stay in Redis), a second one
+    cuts it short."""
     from ._engine import open_queue
 
     forced: list[int] = []
+    closed = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            async with open_queue(registry, config):
+            async with open_queue(registry, config) as queue:
                 assert config.redis_url is not None
+                url = None
+                if metrics is not None:  # it answers until the queue has closed
+                    from ._node_http import serve_node_metrics
+
+                    url = await nursery.start(partial(serve_node_metrics, queue, *metrics,
+                                                      stop=closed))
                 print(f"trioqueue worker {os.getpid()}: {config.workers} workers on queue "
                       f"{config.queue_name!r} at {redacted(config.redis_url)}, tasks "
                       f"{', '.join(sorted(registry)) or '(none)'}", file=out, flush=True)
+                if url is not None:
+                    print(f"trioqueue worker {os.getpid()}: metrics on {url}/metrics",
+                          file=out, flush=True)
                 async for signum in signals:
                     log.info("%s: shutting down (send it again to stop at once)",
                              signal.Signals(signum).name)
@@ -232,6 +245,7 @@ async def _work_until_signalled(registry: TaskRegistry, config: QueueConfig, out
                         return
 
                 nursery.start_soon(watch_signals)
+            closed.set()
             nursery.cancel_scope.cancel()  # closed: stop watching for signals
     if forced:
         return 128 + forced[0]
@@ -241,9 +255,15 @@ async def _work_until_signalled(registry: TaskRegistry, config: QueueConfig, out
 
 def cmd_worker(args: argparse.Namespace) -> int:
     registry, config = queue_options(args, os.environ, worker=True)
-    code, line = _run_node(_work_until_signalled, config, registry, config, sys.stdout)
+    metrics = metrics_options(args, os.environ)
+    code, line = _run_node(_work_until_signalled, config, registry, config, sys.stdout,
+                           metrics)
     if code is not None:
         return code
+    assert line is not None
+    if metrics is not None and line.startswith("OSError: "):
+        line = (f"cannot serve metrics on {metrics[0]}:{metrics[1]}: "
+                f"{line.removeprefix('OSError: ')}")
     print(f"trioqueue worker: {line}", file=sys.stderr)
     return 1
 
@@ -317,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--log-level", default=None, type=str.lower, choices=LOG_LEVELS,
                         help="debug (one line per job state change), info (default), "
                         "warning, error")
+    worker.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve GET /metrics (JSON or Prometheus) and /healthz on this "
+                        "port (default: none; 0: any free)")
+    worker.add_argument("--metrics-host", metavar="HOST",
+                        help="address of --metrics-port (default 127.0.0.1)")
     worker.set_defaults(handler=cmd_worker)
 
     def client_flags(p: argparse.ArgumentParser) -> None:
