@@ -96,6 +96,7 @@ SCHEMAS: dict[str, Any] = {
             **{name: {"type": "integer", "minimum": 0} for name in (
                 "enqueued", "started", "completed", "failed", "retried", "cancelled",
                 "rejected", "scheduled", "processing", "workers", "busy_workers", "dropped",
+                "run_count",
             )},
             "queued": {
                 "type": "object",
@@ -108,6 +109,18 @@ SCHEMAS: dict[str, Any] = {
                 "wait_p50", "wait_p99", "run_p50", "run_p99",
             )},
             "uptime": {"type": "number"},
+            "run_sum": {"type": "number", "minimum": 0,
+                        "description": "seconds handlers ran in the attempts that ended"},
+            "busy_seconds": {"type": "number", "minimum": 0,
+                             "description": "worker-seconds busy since the queue opened"},
+            "by_priority": {"type": "object",
+                            "description": "the counters and percentiles of each priority"},
+            "node": {"type": "string", "description": "Redis: the id of this node"},
+            "nodes": {"type": "object", "description": "Redis: the live nodes' workers",
+                      "additionalProperties": {
+                          "type": "object", "properties": {
+                              "workers": {"type": "integer", "minimum": 0},
+                              "busy_workers": {"type": "integer", "minimum": 0}}}},
         },
     },
     "BulkRetry": {
