@@ -1,7 +1,8 @@
 """A Redis node in a process of its own, for tests/test_redis_nodes.py and
 tests/test_redis_chaos.py.
 
-``python -m tests.redis_node_child URL QUEUE WORKERS RUNS_FILE [LEASE [PREFETCH]]``: opens
+``python -m tests.redis_node_child URL QUEUE WORKERS RUNS_FILE [LEASE [PREFETCH [START]]]``
+(with START, a file: it waits until that file exists before it opens the queue): opens
 the queue with a task ``record`` that appends ``<pid> <job id> <attempt>`` to RUNS_FILE when
 it starts, prints ``ready`` once open, and shuts down gracefully on SIGTERM.  What the
 handler does then depends on its payload (a dict; anything else returns at once):
@@ -11,9 +12,12 @@ handler does then depends on its payload (a dict; anything else returns at once)
 - ``{"gate": <path>, "in": <pid or null>}``: in that process (every process for null),
   waits until the file ``path`` exists (polled every 5 ms; ``{pid}`` in it is replaced by
   this process' pid), prints ``done <job id>`` and returns without another checkpoint;
-- ``{"sleep": <seconds>}``: sleeps that long.
+- ``{"sleep": <seconds>}``: sleeps that long;
+- ``{"exit": true}``: ends this process at once (``os._exit(3)``, before any checkpoint:
+  a job that kills its node as it starts).
 
-It returns this process' pid.  Warnings (a refused outcome, a lost lease) go to stderr.
+It returns this process' pid.  A second task, ``limited``, does the same with
+``concurrency=1``.  Warnings (a refused outcome, a lost lease) go to stderr.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ def main() -> None:
     url, queue, workers, runs_file = sys.argv[1:5]
     lease = float(sys.argv[5]) if len(sys.argv) > 5 else 30.0
     prefetch = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+    start = sys.argv[7] if len(sys.argv) > 7 else None
     registry = TaskRegistry()
     out = open(runs_file, "a", buffering=1)  # closed at exit
     pid = os.getpid()
@@ -44,6 +49,9 @@ def main() -> None:
     async def record(job: Job) -> int:
         out.write(f"{pid} {job.id} {job.attempts}\n")
         payload = job.payload if isinstance(job.payload, dict) else {}
+        if payload.get("exit"):
+            out.flush()
+            os._exit(3)
         if payload.get("hang_in") == pid:
             try:
                 await trio.sleep_forever()
@@ -59,10 +67,16 @@ def main() -> None:
         await trio.sleep(float(payload.get("sleep", 0.001)))
         return pid
 
+    @registry.task(concurrency=1)
+    async def limited(job: Job) -> int:
+        return await record(job)
+
     async def run() -> None:
         config = QueueConfig(redis_url=url, queue_name=queue, workers=int(workers),
                              lease=lease, prefetch=prefetch)
         with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            while start is not None and not gate_open(start):  # noqa: ASYNC110
+                await trio.sleep(0.005)
             async with trioqueue.open_queue(registry, config):
                 print("ready", flush=True)
                 async for _ in signals:

@@ -32,12 +32,13 @@ class Node:
     ``ready``, ``stopped <id>``, ``done <id>``), its stderr a file (warnings)."""
 
     def __init__(self, url: str, queue: str, runs: Path, err: Path, *, workers: int = 3,
-                 lease: float = 2.0, prefetch: int = 0) -> None:
+                 lease: float = 2.0, prefetch: int = 0, start: Path | None = None) -> None:
+        """``start``: the node opens the queue only once that file exists."""
         self.err = err
         self.err_file = err.open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tests.redis_node_child", url, queue, str(workers),
-             str(runs), str(lease), str(prefetch)],
+             str(runs), str(lease), str(prefetch), *(() if start is None else (str(start),))],
             cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, stderr=self.err_file,
         )
         self.pid = self.proc.pid
@@ -298,10 +299,11 @@ async def test_a_node_stopped_past_its_lease_starts_none_of_its_prefetched_jobs(
     tmp_path: Path,
 ) -> None:
     """Node A (1 worker, prefetch 4, lease 1 s) holds its worker with ``first`` (at a gate)
-    and has ``p0``..``p3`` claimed in its buffer when it is SIGSTOPped.  Node B reaps and
-    completes all five.  Once A is SIGCONTinued (its gate open), ``first``'s outcome is
-    refused, and A must start none of ``p0``..``p3``: their leases ended during the stop
-    (A's own clock says so), another node has run them."""
+    and has ``p0``..``p3`` claimed in its buffer (and has told Redis it holds them) when
+    it is SIGSTOPped.  Node B reaps and completes all five: ``first`` at attempt 2, the
+    four A never started at attempt 1.  Once A is SIGCONTinued (its gate open),
+    ``first``'s outcome is refused, and A must start none of ``p0``..``p3``: their leases
+    ended during the stop (A's own clock says so), another node has run them."""
     queue = unique("stopbuf")
     runs = tmp_path / "runs.txt"
     gate = str(tmp_path / "gate-{pid}")
@@ -326,13 +328,21 @@ async def test_a_node_stopped_past_its_lease_starts_none_of_its_prefetched_jobs(
             return True
 
         await until(all_claimed_by_a)
+
+        async def all_marked_held() -> bool | None:
+            async with admin() as r:
+                marks = await r.hgetall(state.key("held"))
+            return True if all(j in marks for j in buffered) else None
+
+        await until(all_marked_held)
         assert len(run_lines(runs)) == 1  # claimed, not started: the worker is busy
         os.kill(a.pid, signal.SIGSTOP)
         b = Node(REDIS_URL, queue, runs, tmp_path / "b.err", lease=1.0)
         nodes.append(b)
         await b.ready()
         done = await all_finished(state, ["first", *buffered])
-        assert set(done.values()) == {(JobStatus.COMPLETED, 2, b.pid)}
+        assert done == {"first": (JobStatus.COMPLETED, 2, b.pid),
+                        **{j: (JobStatus.COMPLETED, 1, b.pid) for j in buffered}}
         beat = await heartbeat_of(state, first.owner)
         open_gate(gate, a.pid)
         os.kill(a.pid, signal.SIGCONT)

@@ -5,7 +5,8 @@
   last call and claims up to (idle workers + ``prefetch`` - already buffered) jobs into a
   local buffer that :meth:`NodeCore.claim` pops synchronously; when nothing could be
   claimed it blocks in ``BLPOP [ctl, wake] 1`` (shielded, never cancelled); with a
-  prefetch, a second fetcher adds a call while the first one's is in flight;
+  prefetch, a second fetcher adds a call while the first one's is in flight; its calls
+  also say which claimed jobs the node holds unstarted (:mod:`._holds`);
 - the **flusher**: sends outcomes that arrive while the fetcher is blocked, at once;
 - the **heartbeat**: every ``lease / 3`` renews the leases this node holds, moves their
   deadlines on this node's clock, and registers the node with its worker figures;
@@ -33,6 +34,7 @@ from .._registry import TaskRegistry
 from .._state import JobEvent
 from .._stats import Stats
 from ._client import RedisUnavailable
+from ._holds import MARK_DELAY, NodeHolds
 from ._outage import Outage
 from ._outbox import Outbox
 from ._reader import READER_BLOCK_MS, EventsReader
@@ -44,7 +46,7 @@ DUE_SLACK = 0.01
 """Seconds after a job's due time (as this node computed it) that the timer promotes."""
 
 
-class NodeCore(EventsReader):
+class NodeCore(NodeHolds, EventsReader):
     """The fetcher, flusher, heartbeat and (from :class:`EventsReader`) events reader of a
     node, and what its workers call (:meth:`claim`, :meth:`finish`, ...)."""
 
@@ -104,6 +106,9 @@ class NodeCore(EventsReader):
         tasks = self._registry_names()
         ticked = False
         idle_second = False
+        mark_at = math.inf  # when held jobs Redis does not know of get a call of their own
+        mark_due = False
+        holds = self._holds
         try:
             while True:
                 stopping = self._stop
@@ -122,12 +127,22 @@ class NodeCore(EventsReader):
                     n = max(0, min(MAX_CLAIM, self._idle + self._prefetch - len(self._buffer)
                                    - self._inflight))
                 outcomes = self._take_pending()
-                if not outcomes and n == 0:
+                if not outcomes and n == 0 and not holds.started and not (
+                        mark_due and not self._no_claims and self._marks_pending()):
                     if stopping:
                         return
                     if self._kick.is_set():  # (the other fetcher may wait on it)
                         self._kick = trio.Event()
-                    await self._kick.wait()
+                    if second or self._no_claims or not self._marks_pending():
+                        mark_at = math.inf
+                        await self._kick.wait()
+                        continue
+                    # Jobs held here that Redis does not know are held: they ride on
+                    # the next call, or go in one of their own after MARK_DELAY.
+                    mark_at = min(mark_at, trio.current_time() + MARK_DELAY)
+                    with trio.move_on_at(mark_at):
+                        await self._kick.wait()
+                    mark_due = trio.current_time() >= mark_at
                     continue
                 if n and not stopping and not self._outbox.quiet:
                     # Jobs this node accepted with enqueue_nowait go in before it claims
@@ -160,15 +175,20 @@ class NodeCore(EventsReader):
                         claimable = [t for t in tasks if t not in full]
                 sent = self._clock.current_time()
                 mark = self._outbox.mark()
+                marks = [] if self._no_claims else self._take_marks()
+                unmarks = holds.take_started()
+                mark_at, mark_due = math.inf, False
                 self._inflight += n
                 if n and not second and self._prefetch:
                     self._kick.set()  # the second fetcher may add a call behind this one
                 try:
-                    results, claimed, view, unreadable, parked = (
+                    results, claimed, view, unreadable, parked, suspect = (
                         await state.finish_and_claim_parts(
-                            self.node, outcomes, n, self._lease, claimable))
+                            self.node, outcomes, n, self._lease, claimable, marks,
+                            unmarks))
                 except RedisUnavailable as exc:
                     self._pending[:0] = outcomes
+                    holds.failed(unmarks)
                     if stopping:
                         return
                     self._outage.failed("claims", exc)
@@ -178,6 +198,7 @@ class NodeCore(EventsReader):
                     self._inflight -= n
                 if self._outage.since is not None:
                     self._outage.answered()
+                holds.landed(unmarks)
                 if view is not None:
                     self._outbox.check_seq(mark, view.seq)
                 self._log_stale(outcomes, results, mark[0])
@@ -194,8 +215,11 @@ class NodeCore(EventsReader):
                     self._fail_unreadable(unreadable)
                 if parked:
                     self._log_parked(parked, tasks)
+                suspects = set(suspect) if suspect else ()
                 for parts in claimed:
                     rec = self._record(parts)
+                    if suspects and rec.id in suspects:
+                        rec.durable_start = True  # (commit_start)
                     held[rec.id] = (rec, parts[16])
                     deadline[rec.id] = until
                     buffer.append(rec)
@@ -227,15 +251,19 @@ class NodeCore(EventsReader):
             if not self._blocked:
                 continue  # the fetcher sends them on its next call
             outcomes = self._take_pending()
-            if not outcomes:
+            unmarks = self._holds.take_started()
+            if not outcomes and not unmarks:
                 continue
             mark = self._outbox.mark()
             try:
-                got = await state.finish_and_claim(self.node, outcomes, 0, self._lease)
+                got = await state.finish_and_claim(self.node, outcomes, 0, self._lease,
+                                                   started=unmarks)
             except RedisUnavailable:
                 self._pending[:0] = outcomes
+                self._holds.failed(unmarks)
                 self._kick.set()
                 continue
+            self._holds.landed(unmarks)
             if got.view is not None:
                 self._outbox.check_seq(mark, got.view.seq)
                 self._outbox.saw_seq(got.view.seq)
@@ -269,6 +297,7 @@ class NodeCore(EventsReader):
         # The jobs claimed before: their outcomes and renewals are refused for it.
         self._gone = set(self._held)
         self._gone.update(o.id for o in self._pending)
+        self._holds.forget()
         self._timer_wake.set()
 
     def _log_stale(self, outcomes: list[Outcome], results: list[str], epoch: int) -> None:
@@ -309,6 +338,7 @@ class NodeCore(EventsReader):
                 self._outage.failed("lease renewal", exc)
                 continue
             self._renewed(held, renewal.lost, sent + self._lease)
+            self._holds.prune(self._held)
             try:
                 beat_sent = time.time()
                 self._set_redis_offset(beat_sent,
@@ -341,6 +371,7 @@ class NodeCore(EventsReader):
         self._deadline.pop(rec.id, None)
         self._started_events.pop(rec.id, None)
         held = self._held.pop(rec.id, None)
+        self._holds.drop(rec.id)
         log.warning("trioqueue: job %s: its lease ended before a worker here took it; "
                     "not starting it", rec.id)
         if held is not None:
@@ -353,6 +384,7 @@ class NodeCore(EventsReader):
     def _lose(self, job_id: str) -> None:
         held = self._held.pop(job_id, None)
         self._deadline.pop(job_id, None)
+        self._holds.drop(job_id)
         if held is None:
             return
         rec = held[0]
@@ -429,6 +461,7 @@ class NodeCore(EventsReader):
                 del self._held[job_id]
                 self._deadline.pop(job_id, None)
                 self._started_events.pop(job_id, None)
+                self._holds.drop(job_id)
                 self._pending.append(Outcome.cancelled(job_id, fence))
                 self._kick.set()
                 if self._blocked:
@@ -464,6 +497,8 @@ class NodeCore(EventsReader):
                         continue
                     self._running_task[task] += 1
                     self._stats.started += 1
+                    if self._holds.marked:
+                        self._started(rec)
                     return self._took(rec, worker)
         while buffer:
             rec = buffer.popleft()
@@ -479,6 +514,8 @@ class NodeCore(EventsReader):
                     continue
                 self._running_task[rec.task] = running + 1
             self._stats.started += 1
+            if self._holds.marked:
+                self._started(rec)
             if self._idle + self._prefetch > len(buffer):
                 self._kick.set()
             return self._took(rec, worker)
@@ -547,10 +584,6 @@ class NodeCore(EventsReader):
         self._running_task[task] = max(0, self._running_task.get(task, 0) - 1)
         if self._parked.get(task):
             self._work_lot.unpark()
-
-    async def commit_start(self, rec: JobRecord) -> None:
-        rec.durable_start = False
-        await trio.lowlevel.checkpoint()
 
 
 def worker_figures(m: Metrics) -> tuple[int, int, float, float]:

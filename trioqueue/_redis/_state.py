@@ -31,6 +31,7 @@ from ._values import (
     MAX_BATCH,
     MAX_CLAIM,
     RECORD_FIELDS,
+    UNSTARTED_MAX,
     Admission,
     Admissions,
     Admitted,
@@ -49,6 +50,7 @@ from ._values import (
     StoredJob,
     StreamEvent,
     Unreadable,
+    _counts,
     _dumps,
     _event,
     canonical_digest,
@@ -206,6 +208,8 @@ class RedisState:
         n: int,
         lease: float,
         tasks: Collection[str] | None = None,
+        held: Sequence[tuple[str, int]] = (),
+        started: Sequence[str] = (),
     ) -> FinishClaim:
         """Apply ``outcomes`` (fenced) and claim up to ``n`` jobs, fairly, in one call.
 
@@ -220,11 +224,15 @@ class RedisState:
         task is parked, still QUEUED, in ``park:<p>:<task>`` for a node that can run it,
         and the claim goes on behind it; parked jobs of these tasks are taken before their
         priority's ready list (fairness is exact when every node knows every task).
+
+        ``held``: (id, fence) of jobs ``node`` claimed and holds unstarted (marked in
+        ``held``: the reaper gives them back uncounted if the node dies); ``started``: ids
+        marked so that a worker has started since (their marks dropped).
         """
-        results, claimed, view, parked = await self._finish_and_claim_raw(
-            node, outcomes, n, lease, tasks)
+        results, claimed, view, parked, suspect = await self._finish_and_claim_raw(
+            node, outcomes, n, lease, tasks, held, started)
         return FinishClaim(list(results), [stored_job(r) for r in claimed],
-                           RoomView.parse(view), list(parked))
+                           RoomView.parse(view), list(parked), list(suspect))
 
     async def finish_and_claim_parts(
         self,
@@ -233,15 +241,21 @@ class RedisState:
         n: int,
         lease: float,
         tasks: Collection[str] | None = None,
-    ) -> tuple[list[str], list[RecordParts], RoomView | None, list[Unreadable], list[str]]:
+        held: Sequence[tuple[str, int]] = (),
+        started: Sequence[str] = (),
+    ) -> tuple[list[str], list[RecordParts], RoomView | None, list[Unreadable], list[str],
+               list[str]]:
         """:meth:`finish_and_claim`, with the claimed records as :func:`record_parts`
         (the node builds its own records from them: no job object in between), and
         apart the claimed records that cannot be read (:class:`Unreadable`: claimed all
-        the same, leased to ``node``); last, the tasks of the jobs it parked."""
-        got = await self._finish_and_claim_raw(node, outcomes, n, lease, tasks)
-        results, claimed, view, parked = got
+        the same, leased to ``node``); then the tasks of the jobs it parked; last, the
+        claimed ids that came back unstarted from a lost node before."""
+        got = await self._finish_and_claim_raw(node, outcomes, n, lease, tasks, held,
+                                               started)
+        results, claimed, view, parked, suspect = got
         parts, unreadable = claimed_parts(claimed)
-        return list(results), parts, RoomView.parse(view), unreadable, list(parked)
+        return (list(results), parts, RoomView.parse(view), unreadable, list(parked),
+                list(suspect))
 
     async def _finish_and_claim_raw(
         self,
@@ -250,6 +264,8 @@ class RedisState:
         n: int,
         lease: float,
         tasks: Collection[str] | None,
+        held: Sequence[tuple[str, int]],
+        started: Sequence[str],
     ) -> Any:
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_CLAIM:
             raise ValueError(f"n: expected an integer 0..{MAX_CLAIM}, got {n!r}")
@@ -268,6 +284,8 @@ class RedisState:
             self.request_id() if n else "", self._maxlen, self._ttls, node, _lease_ms(lease),
             n,
             w[0], w[1], w[2], batch, "" if tasks is None else _dumps(sorted(tasks)),
+            _dumps([x for job_id, fence in held for x in (job_id, str(fence))]) if held
+            else "", _dumps(list(started)) if started else "",
         ]
         return await self.run_script("finish_and_claim", args)
 
@@ -280,12 +298,12 @@ class RedisState:
         return Renewal(list(lost), list(cancel))
 
     async def reap(self, max_n: int = 100, trim_n: int = 200) -> Reaped:
-        """Requeue (or fail, or cancel) up to ``max_n`` jobs whose lease expired, and drop
-        up to ``trim_n`` expired entries per terminal index."""
-        requeued, failed, cancelled = await self.run_script(
-            "reap", [self._maxlen, self._ttls, max_n, trim_n]
-        )
-        return Reaped(list(requeued), list(failed), list(cancelled))
+        """Requeue (or fail, or cancel) up to ``max_n`` jobs whose lease expired (those
+        their node held unstarted: uncounted, at most :data:`UNSTARTED_MAX` times a job),
+        and drop up to ``trim_n`` expired entries per terminal index."""
+        requeued, failed, cancelled, unstarted = await self.run_script(
+            "reap", [self._maxlen, self._ttls, max_n, trim_n, UNSTARTED_MAX])
+        return Reaped(list(requeued), list(failed), list(cancelled), list(unstarted))
 
     async def promote(self, max_n: int = 100) -> Promoted:
         """Move up to ``max_n`` due SCHEDULED jobs into ready lists that have room."""
@@ -529,26 +547,6 @@ def _lease_ms(lease: float) -> int:
     ):
         raise ValueError(f"lease: expected seconds > 0, got {lease!r}")
     return max(1, math.ceil(lease * 1000))
-
-
-def _counts(reply: Any) -> Counts:
-    """A counts reply (``counts_reply`` in common.lua) as :class:`Counts`."""
-    qh, qm, ql, sched, leases, stats, room, nodes = reply
-    totals = _pairs(stats)
-    r = _pairs(room)
-    return Counts(
-        (int(qh), int(qm), int(ql)), int(sched), int(leases),
-        {k: int(v) for k, v in totals.items()},
-        tuple(int(r.get(f"delayed:{label}", 0)) for label in _LABELS),  # type: ignore[arg-type]
-        {nodes[i]: json.loads(nodes[i + 1]) for i in range(0, len(nodes), 2)},
-    )
-
-
-def _pairs(flat: Any) -> dict[str, str]:
-    """A HGETALL reply inside a script reply: a flat list (RESP2 style) or a map."""
-    if isinstance(flat, Mapping):
-        return {str(k): str(v) for k, v in flat.items()}
-    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
 
 
 class EventReader:

@@ -259,6 +259,9 @@ class FinishClaim:
     """The room after the call (for a node's ``enqueue_nowait``)."""
     parked: list[str] = attrs.field(factory=list)
     """The tasks (not in the call's ``tasks``) of which this call parked jobs."""
+    suspect: list[str] = attrs.field(factory=list)
+    """Claimed ids that came back unstarted from a lost node before: a node makes their
+    start known to Redis before it runs them."""
 
 
 @attrs.frozen
@@ -274,6 +277,14 @@ class Reaped:
     requeued: list[str]
     failed: list[str]
     cancelled: list[str]
+    unstarted: list[str] = attrs.field(factory=list)
+    """Those of ``requeued`` that came back unstarted (held by their node, never started
+    as far as Redis knew): their attempt taken back."""
+
+
+UNSTARTED_MAX = 5
+"""How many times a job may come back unstarted from a lost node (its ``orphaned``
+count); past it, the reaper counts its attempt as any other's (docs/redis-design.md)."""
 
 
 @attrs.frozen
@@ -456,3 +467,23 @@ _dumps = json.JSONEncoder(separators=(",", ":")).encode
 """Batches travel as one JSON argument (ASCII: every string escaped; the scripts decode
 it with cjson and check the whole batch before writing): one argument per batch, whatever
 its size (each argument costs the client ~0.1 µs on our connection, ~0.7 on coredis)."""
+
+
+def _counts(reply: Any) -> Counts:
+    """A counts reply (``counts_reply`` in common.lua) as :class:`Counts`."""
+    qh, qm, ql, sched, leases, stats, room, nodes = reply
+    totals = _pairs(stats)
+    r = _pairs(room)
+    return Counts(
+        (int(qh), int(qm), int(ql)), int(sched), int(leases),
+        {k: int(v) for k, v in totals.items()},
+        tuple(int(r.get(f"delayed:{label}", 0)) for label in _LABELS),  # type: ignore[arg-type]
+        {nodes[i]: json.loads(nodes[i + 1]) for i in range(0, len(nodes), 2)},
+    )
+
+
+def _pairs(flat: Any) -> dict[str, str]:
+    """A HGETALL reply inside a script reply: a flat list (RESP2 style) or a map."""
+    if isinstance(flat, Mapping):
+        return {str(k): str(v) for k, v in flat.items()}
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}

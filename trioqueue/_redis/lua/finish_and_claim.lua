@@ -2,14 +2,22 @@
 -- ARGV: rid, events maxlen, result ttl ms (common.lua's ttls), node, lease ms, n (claims wanted),
 --   weights high, medium, low, outcomes: a JSON array with per outcome an array of 7
 --   strings: id, fence, kind, value, error, traceback, duration (seconds, '' for none),
---   tasks: a JSON array of the task names this node can run ('' for any).
+--   tasks: a JSON array of the task names this node can run ('' for any),
+--   held: a JSON array [id, fence, id, fence, ...] of jobs this node claimed and holds
+--   without running them (its prefetch buffer, a limited task's line): each is marked
+--   in `held` (id -> fence), so that the reaper gives it back uncounted if the node dies
+--   ('' or absent: none),
+--   started: a JSON array of ids marked held that a worker here has started since: their
+--   marks are dropped, the reaper counts their attempt ('' or absent: none).
 --   kind: completed (value: result JSON), failed, retry (value: delay ms), cancelled,
 --   released (back to the front of its ready list, the attempt stays counted: it ran),
 --   unstarted (claimed but never started: back to the front, its attempt uncounted),
 --   progress (value: {"fraction", "note"} JSON; the job stays PROCESSING: its record's
 --   progress field is set and a progress event written).
 -- Reply: {{result per outcome}, {claimed record, ...}, room view (common.lua), {task, ...}:
---   the tasks of the jobs this call parked (not in `tasks`), each once}.  A result is 'ok' (applied, or
+--   the tasks of the jobs this call parked (not in `tasks`), each once, {id, ...}: the
+--   claimed jobs that came back unstarted from a lost node before (`orphaned`: the node
+--   makes their start known to Redis before it runs them)}.  A result is 'ok' (applied, or
 --   applied already by an earlier send of the same outcome), 'stale' (the job's fence or
 --   owner moved on: this node no longer holds it; nothing changed) or 'cancelled' (a
 --   retry or release of a job whose cancellation was requested: it was cancelled instead).
@@ -29,6 +37,9 @@ if ARGV[11] and ARGV[11] ~= '' then
   known = {}
   for _, name in ipairs(cjson.decode(ARGV[11])) do known[name] = true end
 end
+local HELD = P .. 'held'
+local marks = (ARGV[12] and ARGV[12] ~= '') and cjson.decode(ARGV[12]) or {}
+local unmarks = (ARGV[13] and ARGV[13] ~= '') and cjson.decode(ARGV[13]) or {}
 
 -- Why a queued record cannot be claimed (the error it ends FAILED with), or nil: the
 -- fields this script and the node compute with must be what trioqueue writes (HMGET
@@ -74,6 +85,32 @@ for i = 1, n_out do
     return redis.error_reply('finish_and_claim: outcome ' .. i .. ': retry delay')
   end
 end
+if type(marks) ~= 'table' or #marks % 2 ~= 0 or type(unmarks) ~= 'table' then
+  return redis.error_reply('finish_and_claim: held, started: bad shape')
+end
+for i = 1, #marks do
+  if type(marks[i]) ~= 'string' or (i % 2 == 0 and not tonumber(marks[i])) then
+    return redis.error_reply('finish_and_claim: held: item ' .. i .. ' is not an id or fence')
+  end
+end
+for i = 1, #unmarks do
+  if type(unmarks[i]) ~= 'string' then
+    return redis.error_reply('finish_and_claim: started: item ' .. i .. ' is not an id')
+  end
+end
+
+-- Held marks, one HSET / HDEL per call whatever the batch (chunks of 1000 arguments).
+local function each_chunk(cmd, items)
+  local j = 1
+  while j <= #items do
+    local chunk = {}
+    for k = j, math.min(j + 999, #items) do chunk[#chunk + 1] = items[k] end
+    redis.call(cmd, HELD, unpack(chunk))
+    j = j + 1000
+  end
+end
+each_chunk('HDEL', unmarks)
+each_chunk('HSET', marks)
 
 local results = {}
 local left = {} -- ids whose lease ends here: one ZREM
@@ -115,6 +152,10 @@ for i = 1, n_out do
     end
     left[#left + 1] = id
     results[i] = 'ok'
+    if o[3] == 'unstarted' or kind == 'cancelled' then
+      -- Put back or cancelled while held: its held mark (if any) goes with this claim.
+      redis.call('HDEL', HELD, id)
+    end
     if kind == 'completed' then
       finish(id, 'completed', prio, ttl, {'result', value}, h[7])
       emit('completed', id, task, prio, 'completed', attempt, node, extra)
@@ -180,12 +221,28 @@ if #left > 0 then redis.call('ZREM', P .. 'leases', unpack(left)) end
 
 local claimed = {}
 local parked_tasks, parked_seen = {}, {}
+-- A record in FIELDS order, read with its `orphaned` count (times it came back
+-- unstarted from a lost node), which is not in the reply: such a job's id is listed in
+-- `suspect` when it is claimed.
+local CLAIM_FIELDS = {unpack(FIELDS)}
+CLAIM_FIELDS[#CLAIM_FIELDS + 1] = 'orphaned'
+local N_FIELDS = #FIELDS
+local suspect = {}
+local function claim_record(id)
+  local r = redis.call('HMGET', jkey(id), unpack(CLAIM_FIELDS))
+  local o = r[N_FIELDS + 1]
+  r[N_FIELDS + 1] = nil
+  return r, o
+end
 local hit = cached(rid)
 if hit then
   -- Re-sent: hand back what the first send claimed (still ours), claim nothing more.
   for _, id in ipairs(split(hit)) do
-    local r = record(id)
-    if r[5] == 'processing' and r[17] == node then claimed[#claimed + 1] = r end
+    local r, o = claim_record(id)
+    if r[5] == 'processing' and r[17] == node then
+      claimed[#claimed + 1] = r
+      if o then suspect[#suspect + 1] = id end
+    end
   end
 else
   local ids = {}
@@ -253,14 +310,14 @@ else
         credit[best] = credit[best] - total
       end
       -- Take the first id of that list that is still QUEUED (others are left-overs).
-      local id, r = nil, nil
+      local id, r, orphaned = nil, nil, nil
       while len[best] > 0 and n_parked < PARK_MAX do
         local cand = pop(best)
         if not cand then
           -- (The lengths above are exact within this script: not reached.)
           len[best] = 0
         else
-          r = record(cand)
+          r, orphaned = claim_record(cand)
           if r[5] == 'queued' then
             local bad = unclaimable(cand, r)
             if bad then
@@ -308,6 +365,7 @@ else
         leased[#leased + 1] = id
         ids[#ids + 1] = id
         claimed[#claimed + 1] = r
+        if orphaned then suspect[#suspect + 1] = id end
         emit('started', id, r[2], best - 1, 'processing', attempt, node)
       else
         -- The list held nothing claimable: undo the step, look again without it.
@@ -324,4 +382,4 @@ else
 end
 wake(n_woken)
 flush(maxlen)
-return {results, claimed, room_view(), parked_tasks}
+return {results, claimed, room_view(), parked_tasks, suspect}

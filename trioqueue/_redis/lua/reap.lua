@@ -1,24 +1,35 @@
 -- reap(max_n): requeue the jobs whose lease expired (their node died or stalled), and
 -- trim the terminal indexes of records that have expired.
 -- ARGV: events maxlen, result ttl ms (common.lua's ttls), max_n, trim_n (index entries
---   dropped per status).
--- Reply: {{requeued id, ...}, {failed id, ...}, {cancelled id, ...}}.
+--   dropped per status), unstarted_max (default 5).
+-- Reply: {{requeued id, ...}, {failed id, ...}, {cancelled id, ...}, {id, ...}: those of
+--   the requeued that came back unstarted}.
 -- Fence+1 makes the old owner's late ack and renew fail.  A requeued job goes to the FRONT
 -- of its priority (it was admitted already: no capacity check), its attempt counted.  A
 -- job that used all its attempts this way ends FAILED: the poison-job guard.  A job whose
 -- cancellation was requested ends CANCELLED.
+-- A job its node had marked held under this claim (`held`: id -> fence; claimed, not
+-- started: a prefetch buffer, a limited task's line) comes back unstarted instead: its
+-- attempt taken back, as a node's own `unstarted` does, and its `orphaned` count + 1.  At
+-- most unstarted_max times: a job started just before its node died can still look held
+-- (its "started" had not reached Redis), and a job that kills its node as it starts
+-- must not come back for ever; past that its attempt counts as any other's.
 local maxlen = ARGV[1]
 local ttl = ttls(ARGV[2])
 local max_n = tonumber(ARGV[3])
 local trim_n = tonumber(ARGV[4])
-local requeued, failed, cancelled = {}, {}, {}
+local unstarted_max = tonumber(ARGV[5] or '5')
+local HELD = P .. 'held'
+local requeued, failed, cancelled, unstarted = {}, {}, {}, {}
 local n_woken = 0
 local expired = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', now_ms, 'LIMIT', 0, max_n)
 for _, id in ipairs(expired) do
   redis.call('ZREM', P .. 'leases', id)
   local key = jkey(id)
   local h = redis.call('HMGET', key, 'status', 'prio', 'task', 'attempts', 'max_retries',
-    'owner', 'cancel_requested', 'fence')
+    'owner', 'cancel_requested', 'fence', 'orphaned')
+  local mark = redis.call('HGET', HELD, id)
+  if mark then redis.call('HDEL', HELD, id) end
   if h[1] == 'processing' then
     local prio, task, attempt = PRIO_OF[h[2]], h[3], tonumber(h[4])
     local max_retries = tonumber(h[5])
@@ -35,14 +46,31 @@ for _, id in ipairs(expired) do
       failed[#failed + 1] = id
     else
       redis.call('HINCRBY', key, 'fence', 1)
+      local orphaned = tonumber(h[9]) or 0
       if h[7] then
         finish(id, 'cancelled', prio, ttl, {}, true)
         count('recovered', prio)
         emit('cancelled', id, task, prio, 'cancelled', attempt, h[6])
         cancelled[#cancelled + 1] = id
+      elseif mark and mark == h[8] and orphaned < unstarted_max then
+        -- Claimed and held, never started (as far as Redis knows): back uncounted.
+        if attempt > 0 then attempt = attempt - 1 end
+        redis.call('HSET', key, 'status', 'queued', 'attempts', int(attempt),
+          'orphaned', int(orphaned + 1))
+        redis.call('HDEL', key, 'started_at')
+        redis.call('LPUSH', P .. 'ready:' .. PRIO[prio + 1], id)
+        count('recovered', prio)
+        n_woken = n_woken + 1
+        emit('recovered', id, task, prio, 'queued', attempt, h[6])
+        requeued[#requeued + 1] = id
+        unstarted[#unstarted + 1] = id
       elseif attempt >= max_retries + 1 then
         local err = 'LeaseExpired: lease expired (worker lost) during attempt ' .. attempt ..
           ' (max_retries=' .. max_retries .. ')'
+        if orphaned > 0 then
+          err = err .. '; it had come back unstarted from ' .. orphaned .. ' lost node' ..
+            (orphaned > 1 and 's' or '') .. ' before'
+        end
         finish(id, 'failed', prio, ttl, {'error', err, 'traceback', ''}, false)
         count('recovered', prio)
         emit('failed', id, task, prio, 'failed', attempt, h[6], {'error', err})
@@ -68,7 +96,9 @@ for _, status in ipairs({'completed', 'failed', 'cancelled'}) do
     redis.call('ZREM', idx, id)
     if redis.call('EXISTS', jkey(id)) == 0 then redis.call('ZREM', P .. 'idx:all', id) end
   end
+  -- A held mark left behind (a node's late mark of a job reaped meanwhile) goes with it.
+  if #old > 0 then redis.call('HDEL', HELD, unpack(old)) end
 end
 wake(n_woken)
 flush(maxlen)
-return {requeued, failed, cancelled}
+return {requeued, failed, cancelled, unstarted}

@@ -28,7 +28,7 @@ else
     redis.call('ZREM', P .. 'idx:' .. status, id)
     redis.call('HSET', key, 'status', 'queued', 'attempts', 0)
     redis.call('HDEL', key, 'finished_at', 'scheduled_for', 'result', 'started_at',
-      'cancel_requested', 'progress')
+      'cancel_requested', 'progress', 'orphaned')
     redis.call('RPUSH', list, id)
     emit('requeued', id, task, prio, 'queued', 0, '')
     wake(1)

@@ -1,0 +1,195 @@
+"""Held marks: which of a node's claimed jobs Redis knows the node holds unstarted.
+
+A claim counts the job's attempt (``finish_and_claim``), but a node claims more than it
+starts: its prefetch buffer, and the jobs of a ``concurrency``-limited task it sets aside
+until the task has room.  A node that closes gives those back as ``unstarted`` (the
+attempt taken back); one that is killed cannot, so it tells Redis beforehand, on the
+calls it makes anyway:
+
+- a claimed job still waiting here when the node sends its next call (past the first
+  ``idle`` of the buffer, which the idle workers are about to take) is sent in that
+  call's ``held`` list: Redis marks it (``held``: id -> fence).  When nothing else
+  goes out for :data:`MARK_DELAY`, the fetcher makes a call for the marks alone;
+- a worker that takes a marked job puts its id in the next call's ``started`` list
+  (sent at once: the fetcher, or the flusher while the fetcher waits), and Redis drops
+  the mark;
+- the reaper gives a job whose lease expired while it was marked under that claim back
+  uncounted, at most :data:`~._values.UNSTARTED_MAX` times (its ``orphaned`` count).
+
+A job that came back that way before (``suspect`` in the claim's reply: it may be a job
+that kills its node as it starts) has ``durable_start`` set: if it was marked, its
+worker waits for the call carrying its ``started`` to return before the handler runs
+(:meth:`NodeHolds.commit_start`), so a node it kills counts its attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable
+from functools import cached_property
+
+import trio
+
+from .._record import JobRecord
+
+log = logging.getLogger("trioqueue")
+
+MARK_DELAY = 0.02
+"""Seconds the fetcher lets held jobs wait for a call to ride on before it makes one for
+their marks alone (a node killed sooner counts their attempts, as it did before)."""
+
+
+class Holds:
+    """The node's side of the held marks (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self.marked: dict[str, int] = {}
+        """Job id -> the fence of the claim whose held mark was sent."""
+        self.started: list[str] = []
+        """Marked jobs a worker took since: their ``started`` is not sent yet."""
+        self.unlanded: dict[str, trio.Event] = {}
+        """Suspect jobs taken while marked -> set once their ``started`` landed."""
+
+    def pending(self, buffer: deque[JobRecord], lines: Iterable[deque[JobRecord]],
+                idle: int, held: dict[str, tuple[JobRecord, int]]) -> bool:
+        """Whether a job held here is not marked yet (the newest of the buffer past the
+        first ``idle``, or of a limited task's line)."""
+        marked = self.marked
+        if len(buffer) > idle:
+            rec = buffer[-1]
+            h = held.get(rec.id)
+            if h is not None and marked.get(rec.id) != h[1]:
+                return True
+        for line in lines:
+            if line:
+                rec = line[-1]
+                h = held.get(rec.id)
+                if h is not None and marked.get(rec.id) != h[1]:
+                    return True
+        return False
+
+    def take_marks(self, buffer: deque[JobRecord], lines: Iterable[deque[JobRecord]],
+                   idle: int, held: dict[str, tuple[JobRecord, int]],
+                   gone: set[str]) -> list[tuple[str, int]]:
+        """The (id, fence) of the held jobs not marked yet, now counted as marked: the
+        newest ones, back to the first one marked already (claims append)."""
+        marked = self.marked
+        out: list[tuple[str, int]] = []
+        for queue, skip in ((buffer, idle), *((line, 0) for line in lines)):
+            left = len(queue) - skip
+            for rec in reversed(queue):
+                if left <= 0:
+                    break
+                left -= 1
+                h = held.get(rec.id)
+                if h is None:
+                    continue
+                if marked.get(rec.id) == h[1]:
+                    break
+                marked[rec.id] = h[1]
+                if not (gone and rec.id in gone):  # (its record went with Redis' data)
+                    out.append((rec.id, h[1]))
+        return out
+
+    def start(self, rec: JobRecord, fence: int) -> bool:
+        """A worker takes ``rec``: True if it was marked (its ``started`` is due)."""
+        if self.marked.pop(rec.id, None) != fence:
+            return False
+        self.started.append(rec.id)
+        if rec.durable_start:
+            self.unlanded[rec.id] = trio.Event()
+        return True
+
+    def take_started(self) -> list[str]:
+        started = self.started
+        if started:
+            self.started = []
+        return started
+
+    def landed(self, ids: list[str]) -> None:
+        """A call carrying ``ids`` as ``started`` returned."""
+        unlanded = self.unlanded
+        if unlanded:
+            for job_id in ids:
+                event = unlanded.pop(job_id, None)
+                if event is not None:
+                    event.set()
+
+    def failed(self, ids: list[str]) -> None:
+        """A call carrying ``ids`` as ``started`` failed: they go with the next one."""
+        if ids:
+            self.started[:0] = ids
+
+    def drop(self, job_id: str) -> None:
+        """``job_id`` left this node otherwise (put back, cancelled, lost): Redis drops
+        its mark with that outcome, or the reaper did."""
+        self.marked.pop(job_id, None)
+        event = self.unlanded.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    def prune(self, held: dict[str, tuple[JobRecord, int]]) -> None:
+        """Forget the marks of jobs this node no longer holds."""
+        for job_id in [j for j in self.marked if j not in held]:
+            self.drop(job_id)
+        for job_id in [j for j in self.unlanded if j not in held]:
+            self.drop(job_id)
+
+    def forget(self) -> None:
+        """Redis lost the queue's data: every mark with it."""
+        self.marked.clear()
+        self.started = []
+        for event in self.unlanded.values():
+            event.set()
+        self.unlanded.clear()
+
+
+class NodeHolds:
+    """The part of :class:`~._node.NodeCore` that keeps the held marks."""
+
+    _held: dict[str, tuple[JobRecord, int]]
+    _buffer: deque[JobRecord]
+    _parked: dict[str, deque[JobRecord]]
+    _idle: int
+    _lease: float
+    _gone: set[str]
+    _blocked: bool
+    _kick: trio.Event
+    _flush: trio.Event
+
+    @cached_property
+    def _holds(self) -> Holds:
+        return Holds()
+
+    def _marks_pending(self) -> bool:
+        return self._holds.pending(self._buffer, self._parked.values(), self._idle,
+                                   self._held)
+
+    def _take_marks(self) -> list[tuple[str, int]]:
+        return self._holds.take_marks(self._buffer, self._parked.values(), self._idle,
+                                      self._held, self._gone)
+
+    def _started(self, rec: JobRecord) -> None:
+        """A worker takes ``rec``: if Redis has it marked held, say it started, now."""
+        held = self._held.get(rec.id)
+        if held is not None and self._holds.start(rec, held[1]):
+            self._kick.set()
+            if self._blocked:
+                self._flush.set()
+
+    async def commit_start(self, rec: JobRecord) -> None:
+        """A job that came back unstarted from a lost node before (it may kill its node
+        as it starts): if Redis has it marked held, the handler waits until Redis knows
+        it started (a call, shared with the other jobs' news), so that a node it kills
+        counts its attempt (bounded by the lease)."""
+        rec.durable_start = False
+        event = self._holds.unlanded.get(rec.id)
+        if event is None:
+            await trio.lowlevel.checkpoint()
+            return
+        with trio.move_on_after(self._lease) as waited:
+            await event.wait()
+        if waited.cancelled_caught:
+            log.warning("trioqueue: job %s: could not tell redis it started (no answer "
+                        "within %s s); running it anyway", rec.id, self._lease)
