@@ -46,7 +46,7 @@ def operations(fuzz_server: Server) -> dict[str, Any]:
 OPERATIONS = [
     "POST /jobs", "GET /jobs", "GET /jobs/{id}", "POST /jobs/{id}/cancel",
     "POST /jobs/{id}/retry", "POST /jobs/retry", "GET /tasks", "GET /metrics", "GET /healthz",
-    "POST /jobs/batch",
+    "GET /readyz", "POST /jobs/batch",
 ]
 WITH_INVALID_INPUTS = ["POST /jobs", "GET /jobs", "POST /jobs/retry", "GET /metrics",
                        "POST /jobs/batch"]

@@ -56,6 +56,10 @@ class Backend(Protocol):
     """Why new jobs are refused right now (the storage fails to write), else ``None``.
     A plain attribute: the engine reads it per enqueue."""
 
+    def unavailable(self) -> str | None:
+        """Why new jobs cannot be taken now (the storage fails to write; a shared
+        backend does not answer), else ``None``: read per readiness probe, not per job."""
+
     def observe(self, hook: ChangeHook | None) -> None:
         """Call ``hook`` after every move from now on (``None``: nobody listens, and the
         backend skips the work of telling)."""

@@ -33,9 +33,10 @@ from ._exceptions import (
 from ._intake import Intake
 from ._job import TERMINAL, Job, JobStatus, Priority, check_job_id, clean_text
 from ._metrics import Metrics
+from ._readings import Readings
 from ._record import LABELS, JobRecord
 from ._registry import TaskRegistry
-from ._stats import Stats, metrics
+from ._stats import Stats
 from ._workers import Lifecycle, Workers
 
 log = logging.getLogger("trioqueue")
@@ -72,7 +73,7 @@ class JobPage:
     next: str | None
 
 
-class JobQueue:
+class JobQueue(Readings):
     """A running queue.  Get one from :func:`open_queue`; there is no public constructor.
 
     Every method is safe to call from any task of the ``trio.run`` that opened it.
@@ -566,33 +567,3 @@ class JobQueue:
                 yield receive
         finally:
             self._events.remove(receive)
-
-    def next_run(self, task: str) -> float | None:
-        """When the periodic task ``task`` runs next (seconds since the epoch), or
-        ``None`` (not periodic, or the queue has not scheduled it yet)."""
-        return self._next_runs.get(task)
-
-    def metrics_event(self) -> Event:
-        """A ``metrics`` event holding :meth:`metrics` now (for event streams)."""
-        return Event(
-            seq=self._events.next_seq(),
-            type="metrics",
-            at=self._clock.current_time() + self._wall,
-            metrics=self.metrics().to_dict(),
-        )
-
-    def metrics(self) -> Metrics:
-        """Counters, gauges and latency percentiles, as of now."""
-        m = self._node_metrics()
-        return m if self._cluster_metrics is None else self._cluster_metrics(m)
-
-    def _node_metrics(self) -> Metrics:
-        now = self._clock.current_time()
-        return metrics(
-            self._stats,
-            uptime=now - self._opened_at,
-            queued=self._backend.depths(),
-            workers=len(self._workers.slots),
-            running_for=self._workers.running_for(now),
-            running_priorities=self._workers.running_priorities(),
-        )

@@ -111,6 +111,10 @@ class LocalBackend:
         self.wait_for_work = self.ready.wait_for_work
         self.wake_workers = self.ready.wake_workers
 
+    def unavailable(self) -> str | None:
+        refusal = self.refusal
+        return None if refusal is None else f"the store fails to write: {refusal}"
+
     def _store_error(self, exc: StoreError | None) -> None:
         self.refusal = exc
 

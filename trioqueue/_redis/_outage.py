@@ -16,7 +16,7 @@ REMIND = 30.0
 class Outage:
     """The node's view of whether Redis answers (``now``: trio's clock)."""
 
-    __slots__ = ("_failures", "_now", "_said", "since")
+    __slots__ = ("_failures", "_last", "_now", "_said", "since")
 
     def __init__(self, now: Callable[[], float]) -> None:
         self._now = now
@@ -24,11 +24,13 @@ class Outage:
         """When the calls began to fail, or ``None`` while Redis answers."""
         self._said = 0.0
         self._failures = 0
+        self._last = ""
 
     def failed(self, what: str, exc: BaseException) -> None:
         """A call for ``what`` (``claims``, ``timer``, ``heartbeat``) failed with ``exc``."""
         now = self._now()
         self._failures += 1
+        self._last = f"{what}: {exc}"
         if self.since is None:
             self.since = self._said = now
             log.warning("trioqueue: redis unavailable (%s: %s); retrying", what, exc)
@@ -36,6 +38,13 @@ class Outage:
             self._said = now
             log.warning("trioqueue: redis still unavailable after %.0f s (%d failed calls; "
                         "the last, %s: %s)", now - self.since, self._failures, what, exc)
+
+    def describe(self) -> str | None:
+        """While Redis does not answer: for how long, and the last failure."""
+        if self.since is None:
+            return None
+        return (f"redis unavailable for {self._now() - self.since:.0f} s "
+                f"({self._failures} failed calls; the last, {self._last})")
 
     def answered(self) -> None:
         """A call succeeded: if Redis was unavailable, say for how long."""

@@ -540,6 +540,9 @@ class RedisBackend(NodeIntake):
             self._stats.rejected += 1
             raise ShuttingDown("the queue is shutting down and takes no new jobs")
 
+    def unavailable(self) -> str | None:
+        return self._outage.describe()
+
     def depths(self) -> tuple[int, int, int]:
         """Jobs waiting per priority: Redis' as last seen, less what this node claimed
         since, plus its outbox."""

@@ -77,6 +77,8 @@ RETRY_PAGE = 1000
 
 CLOSE = (b"connection", b"close")
 """On a refusal sent before the body is read: the connection ends, the body is not read."""
+_PROBES = frozenset({"/healthz", "/readyz"})
+"""Answered whatever the Host and without a token: load balancers probe by address."""
 
 
 def _close_reason(text: str) -> str:
@@ -194,12 +196,12 @@ class App:
         try:
             # The refusals below come before the body is read, and end the connection
             # (CLOSE) rather than read a body nobody asked for.
-            if path != "/healthz":  # load balancers probe it by address
+            if path not in _PROBES:  # load balancers probe them by address
                 problem = self._host_problem(scope["headers"])
                 if problem is not None:
                     raise HTTPError(400, problem, (CLOSE,))
             found = route(method, path)
-            if found.name != "healthz":
+            if found.name not in ("healthz", "readyz"):
                 if self._cross_site(method, headers):
                     raise HTTPError(403, "sec-fetch-site: cross-site requests are not allowed",
                                     (CLOSE,))
@@ -318,6 +320,16 @@ class App:
             if self.closing:
                 return 503, dumps({"status": "shutting_down"}), ()
             return 200, dumps({"status": "ok"}), ()
+        if name == "readyz":
+            await trio.lowlevel.checkpoint()
+            if self.closing:
+                return 503, dumps({"status": "shutting_down"}), ()
+            reason = q.unavailable
+            if reason is None:
+                return 200, dumps({"status": "ok"}), ()
+            # The reason may name a file or a host: only to who may read the queue.
+            told = {"reason": reason} if self._authorized(headers) else {}
+            return 503, dumps({"status": "unavailable", **told}), ()
         if name == "openapi":
             await trio.lowlevel.checkpoint()
             if self._openapi is None:

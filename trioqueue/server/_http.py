@@ -53,6 +53,7 @@ ROUTES: dict[str, dict[str, str]] = {
     "/tasks": {"GET": "tasks"},
     "/metrics": {"GET": "metrics"},
     "/healthz": {"GET": "healthz"},
+    "/readyz": {"GET": "readyz"},
     "/openapi.json": {"GET": "openapi"},
     # The dashboard's page shell: public, it holds no data (see _dashboard.py).
     "/": {"GET": "dashboard", "HEAD": "dashboard"},

@@ -180,7 +180,11 @@ SCHEMAS: dict[str, Any] = {
     "Health": {
         "type": "object",
         "required": ["status"],
-        "properties": {"status": {"type": "string", "enum": ["ok", "shutting_down"]}},
+        "properties": {
+            "status": {"type": "string", "enum": ["ok", "shutting_down", "unavailable"]},
+            "reason": {"type": "string",
+                       "description": "readyz, unavailable: why (to a caller with the token)"},
+        },
     },
 }
 
@@ -213,9 +217,9 @@ _BAD_HOST = "a Host header the server does not answer to (see --allowed-hosts)"
 
 
 def _with_host_check(document: dict[str, Any]) -> dict[str, Any]:
-    """Every operation but /healthz may answer 400 for its Host."""
+    """Every operation but the probes may answer 400 for its Host."""
     for path, item in document["paths"].items():
-        if path == "/healthz":
+        if path in ("/healthz", "/readyz"):
             continue
         for operation in item.values():
             responses = operation["responses"]
@@ -433,6 +437,19 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "200": _json("serving", "Health"),
                         "503": _json("shutting down", "Health"),
+                    },
+                },
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "summary": "Readiness: 503 while the queue takes no new jobs (its store "
+                               "fails to write, Redis does not answer, shutdown began); "
+                               "never needs a token",
+                    "security": [],
+                    "responses": {
+                        "200": _json("taking jobs", "Health"),
+                        "503": _json("not taking jobs now", "Health"),
                     },
                 },
             },
