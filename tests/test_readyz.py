@@ -18,6 +18,7 @@ import trio
 
 import trioqueue
 from trioqueue import QueueConfig, TaskRegistry
+from trioqueue.client import Client
 from trioqueue.server import App, ServerSettings, ServerState
 
 from .redis_util import unique
@@ -74,6 +75,10 @@ async def test_a_store_that_cannot_write_makes_the_server_unready_until_it_can(
             assert down.json()["status"] == "unavailable"
             assert down.json()["reason"].startswith("the store fails to write: ")
             assert str(db) in down.json()["reason"]
+            async with Client(str(http.base_url), token=token) as client:
+                assert (await client.unavailable()) == down.json()["reason"]
+            async with Client(str(http.base_url)) as anonymous_client:
+                assert (await anonymous_client.unavailable()) == "unavailable"
             # Without the token: the status, not the reason (it names a file).
             async with httpx.AsyncClient(base_url=http.base_url) as anonymous:
                 bare = await anonymous.get("/readyz")
@@ -83,6 +88,8 @@ async def test_a_store_that_cannot_write_makes_the_server_unready_until_it_can(
                              (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
             back = await _poll(http, 200)
             assert back.json() == {"status": "ok"}
+            async with Client(str(http.base_url), token=token) as client:
+                assert (await client.unavailable()) is None
             assert (await http.post("/jobs", json={"task": "echo"})).status_code == 202
     finally:
         server.kill()
@@ -136,4 +143,7 @@ async def test_readyz_says_shutting_down_once_the_queue_closes() -> None:
         state.closing = True  # what serve sets when the shutdown begins
         status, _, body = await call(app, "GET", "/readyz", headers={"host": "anything"})
         assert (status, body) == (503, {"status": "shutting_down"})
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            assert await Client("http://127.0.0.1", http=http).unavailable() == "shutting down"
 

@@ -51,7 +51,8 @@ from ._monitor_view import (
     render,
     stale_after,
 )
-from .client import Client, open_websocket
+from ._websocket import open_websocket
+from .client import Client
 
 STREAM_TYPES = ("failed", "retrying", "metrics")
 BACKOFF_FIRST = 0.5

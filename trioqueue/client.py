@@ -32,23 +32,16 @@ from __future__ import annotations
 
 import json
 import math
-import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import attrs
 import httpx
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionTimeout,
-    HandshakeError,
-    WebSocketConnection,
-    wrap_client_stream,
-)
+from trio_websocket import ConnectionClosed
 
 from ._events import Event
 from ._exceptions import (
@@ -63,6 +56,7 @@ from ._exceptions import (
 )
 from ._job import Job, JobStatus, Priority, check_job_id, check_json
 from ._queue import JobPage
+from ._websocket import open_websocket
 
 __all__ = ["Client", "EventStreamClosed", "ServerError", "Unauthorized", "job_from_json"]
 
@@ -389,6 +383,24 @@ class Client:
             return False
         raise _not_ours(response, "not the health answer of a trioqueue server")
 
+    async def unavailable(self) -> str | None:
+        """``None`` while the server's queue takes new jobs (``/readyz`` 200); else why
+        not, as :attr:`JobQueue.unavailable <trioqueue.JobQueue.unavailable>` says it:
+        ``"shutting down"``, or the reason the store or Redis fails (``"unavailable"``
+        when the server tells only a caller with its token)."""
+        response = await self._http.get("/readyz")
+        data = _json_object(response)
+        status = None if data is None else data.get("status")
+        if (response.status_code, status) == (200, "ok"):
+            return None
+        if (response.status_code, status) == (503, "shutting_down"):
+            return "shutting down"
+        if (response.status_code, status) == (503, "unavailable"):
+            assert data is not None
+            reason = data.get("reason")
+            return reason if isinstance(reason, str) and reason else "unavailable"
+        raise _not_ours(response, "not the readiness answer of a trioqueue server")
+
     async def wait(self, job_id: str, *, poll: float = 5.0) -> Job:
         """Wait until the job is COMPLETED, FAILED or CANCELLED; return that snapshot.
 
@@ -459,70 +471,6 @@ class Client:
                 yield iterator
             finally:
                 await iterator.aclose()
-
-
-@asynccontextmanager
-async def open_websocket(
-    url: str,
-    headers: list[tuple[bytes, bytes]] | None = None,
-    *,
-    connect_timeout: float = 60.0,
-    disconnect_timeout: float = 5.0,
-) -> AsyncIterator[WebSocketConnection]:
-    """A client websocket to ``url`` (``ws://`` or ``wss://``) for an ``async with`` block.
-
-    The TCP (or TLS) stream is opened here and handed to trio-websocket's
-    ``wrap_client_stream``, so it is ours to close: ``open_websocket_url`` of
-    trio-websocket 0.12 leaves its socket to the garbage collector when the server
-    closed first.  The block's own exception comes out as itself; an error of the
-    connection's reader task comes out as itself when the block raised nothing.
-    """
-    target = urlsplit(url)
-    if target.scheme not in ("ws", "wss") or not target.hostname:
-        raise ValueError(f"url: expected ws://HOST[:PORT]/PATH or wss://..., got {url!r}")
-    secure = target.scheme == "wss"
-    port = target.port or (443 if secure else 80)
-    resource = (target.path or "/") + (f"?{target.query}" if target.query else "")
-    try:
-        with trio.fail_after(connect_timeout):
-            tcp = await trio.open_tcp_stream(target.hostname, port)
-            stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
-            if secure:
-                stream = trio.SSLStream(tcp, ssl.create_default_context(),
-                                        server_hostname=target.hostname)
-    except trio.TooSlowError:
-        raise ConnectionTimeout from None
-    except OSError as exc:
-        raise HandshakeError from exc
-    body_exc: BaseException | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            try:
-                with trio.fail_after(connect_timeout):
-                    ws = await wrap_client_stream(
-                        nursery, stream, target.netloc, resource, extra_headers=headers
-                    )
-            except trio.TooSlowError:
-                raise ConnectionTimeout from None
-            try:
-                yield ws
-            except BaseException as exc:  # raised as itself below, outside the nursery
-                body_exc = exc
-            finally:
-                with trio.move_on_after(disconnect_timeout) as closing:
-                    closing.shield = True
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()  # the reader task, if it still runs
-    except BaseExceptionGroup as group:
-        leaves = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
-        if body_exc is None and len(leaves) == 1:
-            raise leaves[0] from None
-        if body_exc is None:
-            raise
-    finally:
-        await trio.aclose_forcefully(stream)
-    if body_exc is not None:
-        raise body_exc
 
 
 def _seconds(retry_after: str | None) -> float:
