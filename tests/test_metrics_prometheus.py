@@ -164,11 +164,11 @@ async def test_busy_seconds_give_the_utilization_of_a_recent_window(
 def test_label_values_and_help_are_escaped() -> None:
     """A label value with a backslash, a double quote and a line feed reads back as it
     was (through the reference parser); so does such a HELP text."""
-    from trioqueue._metrics import _escape_help, _labels
+    from trioqueue.testing import escape_help, label_set
 
     odd = 'a\\b"c\nd'
-    text = (f"# HELP x_total {_escape_help(odd)}\n"
-            f"# TYPE x_total counter\nx_total{_labels({'node': odd})} 1\n")
+    text = (f"# HELP x_total {escape_help(odd)}\n"
+            f"# TYPE x_total counter\nx_total{label_set({'node': odd})} 1\n")
     (family,) = text_string_to_metric_families(text)
     assert family.samples[0].labels == {"node": odd}
     assert family.documentation == odd

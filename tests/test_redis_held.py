@@ -20,8 +20,15 @@ from coredis.exceptions import ResponseError
 
 import trioqueue
 from trioqueue import Job, JobStatus, QueueConfig, TaskRegistry
-from trioqueue._redis._values import UNSTARTED_MAX, Reaped, StreamEvent
-from trioqueue.testing import NewJob, Outcome, RedisState, connect
+from trioqueue.testing import (
+    UNSTARTED_MAX,
+    NewJob,
+    Outcome,
+    Reaped,
+    RedisState,
+    StreamEvent,
+    connect,
+)
 
 from .redis_util import REDIS_URL, admin, delete_queue, unique
 from .test_redis_chaos import (

@@ -21,9 +21,8 @@ from tests.test_cli_redis import _delete, workers
 from tests.test_metrics_prometheus import check_exposition, value
 from tests.test_server_app import call
 from trioqueue import Job, QueueConfig, TaskRegistry, open_queue
-from trioqueue._cli_options import metrics_options
-from trioqueue._node_http import NodeMetricsApp
 from trioqueue.cli import UsageError, build_parser, main
+from trioqueue.testing import NodeMetricsApp, metrics_options
 
 
 @pytest.fixture

@@ -100,10 +100,10 @@ class Metrics:
             full = f"{prefix}_{name}"
             if shared:
                 help_ += _NODE_ONLY if name in _OWN_FIGURES else _CLUSTER_WIDE
-            lines.append(f"# HELP {full} {_escape_help(help_)}")
+            lines.append(f"# HELP {full} {escape_help(help_)}")
             lines.append(f"# TYPE {full} {kind}")
             for suffix, labels, value in samples:
-                lines.append(f"{full}{suffix}{_labels(labels)} {_num(value)}")
+                lines.append(f"{full}{suffix}{label_set(labels)} {_num(value)}")
 
         def one(value: float) -> list[tuple[str, dict[str, str], float]]:
             return [("", {}, value)]
@@ -167,7 +167,7 @@ def _quantiles(p50: float | None, p99: float | None, **labels: str
             if v is not None]
 
 
-def _labels(labels: dict[str, str]) -> str:
+def label_set(labels: dict[str, str]) -> str:
     if not labels:
         return ""
     return "{" + ",".join(f'{k}="{_escape_label(v)}"' for k, v in labels.items()) + "}"
@@ -179,7 +179,7 @@ def _escape_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _escape_help(text: str) -> str:
+def escape_help(text: str) -> str:
     """HELP text: backslash and line feed escaped."""
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 

@@ -14,6 +14,7 @@ from ._cli_client import clean as clean
 from ._cli_client import client_options as client_options
 from ._cli_client import table as table
 from ._cli_options import KNOWN_ENV as KNOWN_ENV
+from ._cli_options import metrics_options as metrics_options
 from ._fairness import FairPicker as FairPicker
 from ._gil import lowered_switch_interval as lowered_switch_interval
 from ._gil import run_in_thread as run_in_thread
@@ -25,6 +26,8 @@ from ._local import reads as reads
 from ._local import snapshot as snapshot
 from ._local.backend import LocalBackend as LocalBackend
 from ._local.snapshot import Persistence as Persistence
+from ._metrics import escape_help as escape_help
+from ._metrics import label_set as label_set
 from ._monitor import backoff as backoff
 from ._monitor import describe as describe
 from ._monitor import monitor as monitor
@@ -40,6 +43,7 @@ from ._monitor_view import fit as fit
 from ._monitor_view import flow as flow
 from ._monitor_view import render as render
 from ._monitor_view import stale_after as stale_after
+from ._node_http import NodeMetricsApp as NodeMetricsApp
 from ._periodic import last_due as last_due
 from ._periodic import next_due as next_due
 from ._periodic import run_id as run_id
@@ -66,6 +70,9 @@ from ._redis._pipe import Lost as Lost
 from ._redis._pipe import Pipe as Pipe
 from ._redis._pipe import pack as pack
 from ._redis._scripts import source as source
+from ._redis._values import UNSTARTED_MAX as UNSTARTED_MAX
+from ._redis._values import Reaped as Reaped
+from ._redis._values import StreamEvent as StreamEvent
 from ._state import MOVES as MOVES
 from ._state import TRANSITIONS as TRANSITIONS
 from ._state import EventKind as EventKind
@@ -105,12 +112,17 @@ __all__ = [
     "ELLIPSIS",
     "GENERATED_SHAPE_SQL",
     "HISTORY_FIELDS",
+    "KNOWN_ENV",
     "MOVES",
     "RECORD_FIELDS",
+    "REMIND",
     "TERMINAL",
     "TRANSITIONS",
+    "UNSTARTED_MAX",
     "Admission",
+    "BatchItem",
     "CorruptRecord",
+    "Endpoint",
     "EventEncoder",
     "EventKind",
     "FairPicker",
@@ -122,18 +134,24 @@ __all__ = [
     "JobRequest",
     "ListQuery",
     "LocalBackend",
+    "Lost",
     "MetricsHistory",
     "MonitorView",
     "NewJob",
+    "NodeMetricsApp",
+    "Outage",
     "Outcome",
     "Persistence",
+    "Pipe",
     "ProtocolError",
+    "Reaped",
     "RedisClient",
     "RedisRefused",
     "RedisState",
     "RedisUnavailable",
     "SqliteStore",
     "StoredJob",
+    "StreamEvent",
     "admitted",
     "allowed",
     "allowed_host",
@@ -150,16 +168,23 @@ __all__ = [
     "describe",
     "edge",
     "engine",
+    "escape_help",
     "fit",
     "flow",
     "generated_shape",
     "h1",
     "host_name",
     "json_out",
+    "label_set",
+    "last_due",
     "lean",
     "lowered_switch_interval",
+    "lua_script",
+    "metrics_options",
     "monitor",
     "move",
+    "next_due",
+    "pack",
     "parse_event_filter",
     "parse_job_request",
     "parse_list_query",
@@ -168,6 +193,8 @@ __all__ = [
     "refusal",
     "render",
     "route",
+    "run_id",
+    "run_in_thread",
     "serve_lean",
     "snapshot",
     "source",
