@@ -27,10 +27,9 @@ from trioqueue.testing import (
     Reaped,
     RedisState,
     StreamEvent,
-    connect,
 )
 
-from .redis_util import REDIS_URL, admin, delete_queue, unique
+from .redis_util import REDIS_URL, admin, unique
 from .test_redis_chaos import (
     Node,
     nodes_on,
@@ -43,16 +42,8 @@ from .test_redis_chaos import (
 
 @pytest.fixture
 async def state() -> AsyncIterator[RedisState]:
-    queue = unique("held")
-    try:
-        async with connect(REDIS_URL, client_name=unique("c")) as client:
-            s = RedisState(client, queue)
-            await s.read_events("test", 3600)
-            yield s
-    finally:
-        with trio.CancelScope(shield=True):
-            async with admin() as a:
-                await delete_queue(a, queue)
+    async with queue_state(unique("held")) as s:
+        yield s
 
 
 async def expire(s: RedisState, *ids: str) -> None:

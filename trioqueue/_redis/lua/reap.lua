@@ -22,6 +22,16 @@ local unstarted_max = tonumber(ARGV[5] or '5')
 local HELD = P .. 'held'
 local requeued, failed, cancelled, unstarted = {}, {}, {}, {}
 local n_woken = 0
+-- Back to the FRONT of its ready list as QUEUED, a `recovered` event.
+local function requeue(id, key, prio, task, attempt, owner)
+  redis.call('HSET', key, 'status', 'queued')
+  redis.call('HDEL', key, 'started_at')
+  redis.call('LPUSH', P .. 'ready:' .. PRIO[prio + 1], id)
+  count('recovered', prio)
+  n_woken = n_woken + 1
+  emit('recovered', id, task, prio, 'queued', attempt, owner)
+  requeued[#requeued + 1] = id
+end
 local expired = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', now_ms, 'LIMIT', 0, max_n)
 for _, id in ipairs(expired) do
   redis.call('ZREM', P .. 'leases', id)
@@ -55,14 +65,8 @@ for _, id in ipairs(expired) do
       elseif mark and mark == h[8] and orphaned < unstarted_max then
         -- Claimed and held, never started (as far as Redis knows): back uncounted.
         if attempt > 0 then attempt = attempt - 1 end
-        redis.call('HSET', key, 'status', 'queued', 'attempts', int(attempt),
-          'orphaned', int(orphaned + 1))
-        redis.call('HDEL', key, 'started_at')
-        redis.call('LPUSH', P .. 'ready:' .. PRIO[prio + 1], id)
-        count('recovered', prio)
-        n_woken = n_woken + 1
-        emit('recovered', id, task, prio, 'queued', attempt, h[6])
-        requeued[#requeued + 1] = id
+        redis.call('HSET', key, 'attempts', int(attempt), 'orphaned', int(orphaned + 1))
+        requeue(id, key, prio, task, attempt, h[6])
         unstarted[#unstarted + 1] = id
       elseif attempt >= max_retries + 1 then
         local err = 'LeaseExpired: lease expired (worker lost) during attempt ' .. attempt ..
@@ -76,13 +80,7 @@ for _, id in ipairs(expired) do
         emit('failed', id, task, prio, 'failed', attempt, h[6], {'error', err})
         failed[#failed + 1] = id
       else
-        redis.call('HSET', key, 'status', 'queued')
-        redis.call('HDEL', key, 'started_at')
-        redis.call('LPUSH', P .. 'ready:' .. PRIO[prio + 1], id)
-        count('recovered', prio)
-        n_woken = n_woken + 1
-        emit('recovered', id, task, prio, 'queued', attempt, h[6])
-        requeued[#requeued + 1] = id
+        requeue(id, key, prio, task, attempt, h[6])
       end
     end
   end
