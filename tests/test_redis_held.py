@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +23,8 @@ import trioqueue
 from trioqueue import Job, JobStatus, QueueConfig, TaskRegistry
 from trioqueue.testing import (
     UNSTARTED_MAX,
+    Holds,
+    JobRecord,
     NewJob,
     Outcome,
     Reaped,
@@ -187,6 +190,45 @@ async def _marked(state: RedisState, ids: list[str]) -> bool | None:
 async def _ran(runs: Path, job_id: str) -> bool | None:
     await trio.lowlevel.checkpoint()
     return True if any(j == job_id for _, j, _ in run_lines(runs)) else None
+
+
+def _recs(*ids: str) -> list[JobRecord]:
+    return [JobRecord.restored(i, "t", None, "", 1, JobStatus.PROCESSING, 1, 0, None, 0.0,
+                               None, 0.0, None, None, None, None) for i in ids]
+
+
+def test_every_held_job_is_marked_whatever_order_it_is_held_in() -> None:
+    """Which jobs are marked follows no order: a job left unmarked as one of the first
+    ``idle`` of the buffer may stay there when the workers get busy, or move into a
+    limited task's line behind marked ones (the operator audit: six jobs of a task
+    limited to 1, five set aside, the three in front never marked; a kill -9 then failed
+    them with max_retries=0 though they never ran)."""
+    holds = Holds()
+    recs = _recs("s0", "s1", "s2", "s3", "s4", "s5")
+    held = {r.id: (r, 7) for r in recs}
+    buffer = deque(recs)
+    assert holds.pending(buffer, [], 4, held)
+    assert sorted(holds.take_marks(buffer, [], 4, held, set())) == [("s4", 7), ("s5", 7)]
+    assert not holds.pending(buffer, [], 4, held)
+    # A worker takes s0 (started, its task now at its limit); s1..s5 are set aside.
+    buffer.popleft()
+    del held["s0"]
+    line = deque(buffer)
+    buffer.clear()
+    assert holds.pending(buffer, [line], 3, held)
+    assert sorted(holds.take_marks(buffer, [line], 3, held, set())) == [
+        ("s1", 7), ("s2", 7), ("s3", 7)]
+    # The buffer's own: unmarked as the first of 4 idle, the workers then got busy.
+    more = _recs("b0", "b1", "b2")
+    held.update((r.id, (r, 8)) for r in more)
+    buffer.extend(more)
+    assert holds.take_marks(buffer, [line], 4, held, set()) == []
+    assert holds.pending(buffer, [line], 0, held)
+    assert sorted(holds.take_marks(buffer, [line], 0, held, {"b1"})) == [("b0", 8), ("b2", 8)]
+    assert not holds.pending(buffer, [line], 0, held)
+    # A new claim of a job marked under an older claim is marked again.
+    held["s1"] = (held["s1"][0], 9)
+    assert holds.take_marks(buffer, [line], 0, held, set()) == [("s1", 9)]
 
 
 async def test_a_killed_nodes_buffered_and_set_aside_jobs_run_again_at_attempt_1(

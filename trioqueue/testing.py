@@ -63,6 +63,7 @@ from ._redis import connect as connect
 from ._redis import paths as redis_paths
 from ._redis import stored_job as stored_job
 from ._redis._client import lua_script as lua_script
+from ._redis._holds import Holds as Holds
 from ._redis._outage import REMIND as REMIND
 from ._redis._outage import Outage as Outage
 from ._redis._pipe import Endpoint as Endpoint
@@ -127,6 +128,7 @@ __all__ = [
     "EventKind",
     "FairPicker",
     "HTTPError",
+    "Holds",
     "HostCheck",
     "IdGenerator",
     "JobEvent",

@@ -28,6 +28,7 @@ import logging
 from collections import deque
 from collections.abc import Iterable
 from functools import cached_property
+from itertools import islice
 
 import trio
 
@@ -53,17 +54,11 @@ class Holds:
 
     def pending(self, buffer: deque[JobRecord], lines: Iterable[deque[JobRecord]],
                 idle: int, held: dict[str, tuple[JobRecord, int]]) -> bool:
-        """Whether a job held here is not marked yet (the newest of the buffer past the
-        first ``idle``, or of a limited task's line)."""
+        """Whether a job held here is not marked yet (one of the buffer past the first
+        ``idle``, or of a limited task's line)."""
         marked = self.marked
-        if len(buffer) > idle:
-            rec = buffer[-1]
-            h = held.get(rec.id)
-            if h is not None and marked.get(rec.id) != h[1]:
-                return True
-        for line in lines:
-            if line:
-                rec = line[-1]
+        for queue in (islice(buffer, idle, None), *lines):
+            for rec in queue:
                 h = held.get(rec.id)
                 if h is not None and marked.get(rec.id) != h[1]:
                     return True
@@ -72,24 +67,23 @@ class Holds:
     def take_marks(self, buffer: deque[JobRecord], lines: Iterable[deque[JobRecord]],
                    idle: int, held: dict[str, tuple[JobRecord, int]],
                    gone: set[str]) -> list[tuple[str, int]]:
-        """The (id, fence) of the held jobs not marked yet, now counted as marked: the
-        newest ones, back to the first one marked already (claims append)."""
+        """The (id, fence) of the held jobs not marked yet, now counted as marked.
+
+        Every held job is looked at (a buffer of at most ``idle + prefetch`` jobs and the
+        lines of limited tasks, which the claim keeps as short): which are marked follows
+        no order, since a job skipped as one of the first ``idle`` may stay when workers
+        get busy, and a limited task's line takes unmarked jobs behind marked ones."""
         marked = self.marked
         out: list[tuple[str, int]] = []
-        for queue, skip in ((buffer, idle), *((line, 0) for line in lines)):
-            left = len(queue) - skip
-            for rec in reversed(queue):
-                if left <= 0:
-                    break
-                left -= 1
-                h = held.get(rec.id)
-                if h is None:
+        for queue in (islice(buffer, idle, None), *lines):
+            for rec in queue:
+                job_id = rec.id
+                h = held.get(job_id)
+                if h is None or marked.get(job_id) == h[1]:
                     continue
-                if marked.get(rec.id) == h[1]:
-                    break
-                marked[rec.id] = h[1]
-                if not (gone and rec.id in gone):  # (its record went with Redis' data)
-                    out.append((rec.id, h[1]))
+                marked[job_id] = h[1]
+                if not (gone and job_id in gone):  # (its record went with Redis' data)
+                    out.append((job_id, h[1]))
         return out
 
     def start(self, rec: JobRecord, fence: int) -> bool:
