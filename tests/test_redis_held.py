@@ -10,6 +10,7 @@ tests run tests/redis_node_child.py in processes of their own and SIGKILL them b
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import deque
 from collections.abc import AsyncIterator
@@ -190,6 +191,21 @@ async def _marked(state: RedisState, ids: list[str]) -> bool | None:
 async def _ran(runs: Path, job_id: str) -> bool | None:
     await trio.lowlevel.checkpoint()
     return True if any(j == job_id for _, j, _ in run_lines(runs)) else None
+
+
+def test_what_the_reaper_did_is_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """A job the reaper fails (its node lost during its last attempt) gets a warning, as a
+    handler's last failure does: it was in no log at all (the operator audit)."""
+    caplog.set_level(logging.INFO, logger="trioqueue")
+    Reaped(requeued=["q1", "q2"], failed=[f"f{i}" for i in range(12)], cancelled=["c"],
+           unstarted=["q2"]).report()
+    Reaped(requeued=[], failed=[], cancelled=[]).report()
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "trioqueue: 12 job(s) ended failed, their node lost during their last "
+                    "attempt (LeaseExpired): f0, f1, f2, f3, f4, f5, f6, f7, f8, f9 and 2 more"),
+        ("INFO", "trioqueue: a lost node's jobs recovered: 2 back to queued (1 of them never "
+                 "started), 1 cancelled as asked"),
+    ]
 
 
 def _recs(*ids: str) -> list[JobRecord]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,8 @@ import attrs
 
 from .._exceptions import InvalidJob, StoreError
 from .._job import Job, JobStatus, Priority, canonical_json, check_job_id, check_json, clean_text
+
+log = logging.getLogger("trioqueue")
 
 MAX_BATCH = 1000
 """Most jobs one :meth:`RedisState.enqueue` call takes (a script blocks Redis while it
@@ -280,6 +283,25 @@ class Reaped:
     unstarted: list[str] = attrs.field(factory=list)
     """Those of ``requeued`` that came back unstarted (held by their node, never started
     as far as Redis knew): their attempt taken back."""
+
+    def report(self) -> None:
+        """Say in the log what the reaper did: the jobs that ended FAILED (their
+        attempts spent with a node lost) each time, as a handler's last failure is; the
+        rest in one line."""
+        if self.failed:
+            log.warning("trioqueue: %d job(s) ended failed, their node lost during their "
+                        "last attempt (LeaseExpired): %s", len(self.failed),
+                        _some(self.failed))
+        if self.requeued or self.cancelled:
+            log.info("trioqueue: a lost node's jobs recovered: %d back to queued (%d of "
+                     "them never started), %d cancelled as asked", len(self.requeued),
+                     len(self.unstarted), len(self.cancelled))
+
+
+def _some(ids: list[str], most: int = 10) -> str:
+    """``ids`` for a log line: the first ``most``, and how many more."""
+    shown = ", ".join(ids[:most])
+    return shown if len(ids) <= most else f"{shown} and {len(ids) - most} more"
 
 
 UNSTARTED_MAX = 5

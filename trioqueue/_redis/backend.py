@@ -364,7 +364,7 @@ class RedisBackend(NodeIntake):
                 nxt = min(nxt, promoted.next_due - self._wall)
             if now >= self._next_reap:
                 self._next_reap = now + self._lease / 4
-                await state.reap()
+                (await state.reap()).report()
             await self._read_counts()
             if self._outage.since is not None:
                 self._outage.answered()
