@@ -265,7 +265,8 @@ async def test_a_node_stopped_past_its_lease_has_its_late_ack_refused(tmp_path: 
         assert {await a.line(), await a.line()} == {"done late\n", "stopped hang\n"}
         # A's late outcome goes out once and is refused (A logs it when the answer
         # arrives); taken, it would finish the job B still runs.
-        refused = "job late: outcome completed refused"
+        refused = ("refused, the job's lease moved on (it was taken by another node): "
+                   "late (completed)")
 
         async def answered() -> StoredJob | None:
             sj = await state.get("late")

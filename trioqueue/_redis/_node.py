@@ -39,6 +39,7 @@ from ._outage import Outage
 from ._outbox import Outbox
 from ._reader import READER_BLOCK_MS, EventsReader
 from ._state import MAX_CLAIM, Outcome, RecordParts, Unreadable
+from ._values import some
 
 log = logging.getLogger("trioqueue")
 
@@ -307,6 +308,8 @@ class NodeCore(NodeHolds, EventsReader):
         is gone with the data."""
         gone = self._gone
         lost = epoch != self._outbox.epoch
+        with_data: list[str] = []
+        moved_on: list[str] = []
         for o, r in zip(outcomes, results, strict=False):
             if o.kind == "progress":
                 continue
@@ -317,13 +320,15 @@ class NodeCore(NodeHolds, EventsReader):
                 was_held = False
             if r != "stale":
                 continue
-            if lost or was_held:
-                log.warning("trioqueue: job %s: outcome %s refused: redis lost its data "
-                            "after this node claimed the job (its record is gone, or "
-                            "older)", o.id, o.kind)
-            else:
-                log.warning("trioqueue: job %s: outcome %s refused, its lease moved on (the "
-                            "job was taken by another node)", o.id, o.kind)
+            (with_data if lost or was_held else moved_on).append(f"{o.id} ({o.kind})")
+        # One line a call, not one a job (an outage can make hundreds at once).
+        if with_data:
+            log.warning("trioqueue: %d outcome(s) refused: redis lost its data after this "
+                        "node claimed the job (its record is gone, or older): %s",
+                        len(with_data), some(with_data))
+        if moved_on:
+            log.warning("trioqueue: %d outcome(s) refused, the job's lease moved on (it was "
+                        "taken by another node): %s", len(moved_on), some(moved_on))
 
     async def _heartbeat(self) -> None:
         state = self.state
@@ -343,6 +348,7 @@ class NodeCore(NodeHolds, EventsReader):
                 beat_sent = time.time()
                 self._set_redis_offset(beat_sent,
                                        await state.heartbeat(self.node, self._info()))
+                self._outage.wrote()  # (a write went through: ends even an OOM outage)
             except RedisUnavailable as exc:
                 self._outage.failed("heartbeat", exc)
             for job_id in renewal.lost:

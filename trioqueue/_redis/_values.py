@@ -291,14 +291,14 @@ class Reaped:
         if self.failed:
             log.warning("trioqueue: %d job(s) ended failed, their node lost during their "
                         "last attempt (LeaseExpired): %s", len(self.failed),
-                        _some(self.failed))
+                        some(self.failed))
         if self.requeued or self.cancelled:
             log.info("trioqueue: a lost node's jobs recovered: %d back to queued (%d of "
                      "them never started), %d cancelled as asked", len(self.requeued),
                      len(self.unstarted), len(self.cancelled))
 
 
-def _some(ids: list[str], most: int = 10) -> str:
+def some(ids: list[str], most: int = 10) -> str:
     """``ids`` for a log line: the first ``most``, and how many more."""
     shown = ", ".join(ids[:most])
     return shown if len(ids) <= most else f"{shown} and {len(ids) - most} more"
