@@ -759,3 +759,48 @@ def test_a_token_from_the_environment_and_a_clear_refusal_without_it() -> None:
         ok = run_cli("tasks", env={"TRIOQUEUE_URL": srv.url, "TRIOQUEUE_TOKEN": "s3cret"})
         assert ok.returncode == 0, ok.stderr
         assert ok.stdout.startswith("NAME")
+
+
+def test_enqueue_count_stopped_names_the_jobs_that_did_not_go() -> None:
+    """Stopped, ``enqueue --count`` named the first and last id of the requests that had
+    ended (in the order they ended), not which jobs of the sequence were left: now the
+    ranges not enqueued (or not answered), by id with ``--id``, which the same command
+    enqueues again."""
+    import select
+    import signal
+
+    with running_server("--workers", "1", "--capacity", "150",
+                        "--shutdown-timeout", "1") as srv:
+        # One batch of 100 fits beside the running job; the next two wait for room.
+        with subprocess.Popen(
+            [sys.executable, "-m", "trioqueue", "enqueue", "sleep", '{"seconds": 60}',
+             "--count", "300", "--id", "st", "--url", srv.url],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        ) as proc:
+            try:
+                assert proc.stderr is not None
+                said = b""
+                while b"the queue is full (" not in said or b"enqueued 100/300" not in said:
+                    ready, _, _ = select.select([proc.stderr], [], [], 20)
+                    chunk = os.read(proc.stderr.fileno(), 4096) if ready else b""
+                    assert chunk, f"no note that the queue is full: {said!r}"
+                    said += chunk
+                proc.send_signal(signal.SIGINT)
+                _, rest = proc.communicate(timeout=30)
+                err = (said + rest).decode()
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        assert proc.returncode == 130, err
+        match = re.search(r"stopped with 100 of 300 jobs enqueued \(first st-(\d+), last "
+                          r"st-(\d+)\); not enqueued \(or unanswered\), ids: (.*); the same "
+                          r"command again enqueues just those\n", err)
+        assert match, err
+        first, last = int(match[1]), int(match[2])
+        assert (first % 100, last) == (0, first + 99)  # one batch, in order
+        missing = [f"st-{a}..st-{b}" for a, b in ((0, first - 1), (last + 1, 299)) if a < b]
+        assert match[3] == ", ".join(missing)  # the rest, in the order asked for
+        assert run_cli("status", f"st-{last}", "--url", srv.url).returncode == 0
+        for name in missing:
+            gone = run_cli("status", name.split("..")[0], "--url", srv.url)
+            assert gone.returncode == 1, gone.stdout

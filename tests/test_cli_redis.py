@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -54,6 +55,8 @@ class Worker:
     proc: subprocess.Popen[bytes]
     buffered: bytes = b""
     """Read from its stdout, not yet split into lines."""
+    banner: str = ""
+    """Its first line (``trioqueue worker PID: N workers on queue ...``)."""
 
     @property
     def pid(self) -> int:
@@ -100,7 +103,8 @@ def workers(queue: str, runs: Path, *args: str, count: int = 1) -> Iterator[list
     try:
         nodes = [Worker(p) for p in procs]
         for node in nodes:
-            assert f"worker {node.pid}: " in node.read_until("trioqueue worker ")
+            node.banner = node.read_until("trioqueue worker ")
+            assert f"worker {node.pid}: " in node.banner
         yield nodes
     finally:
         for p in procs:
@@ -300,6 +304,33 @@ async def test_sigterm_on_a_worker_exits_0_and_leaves_queued_jobs_for_the_others
     assert Counter(job_id for _, job_id, _ in runs) == Counter(ids)  # each ran once
     assert {pid for pid, job_id, _ in runs if job_id not in ran_there} <= {
         n.pid for n in cluster.nodes}
+
+
+async def test_a_workers_banner_names_its_node_lease_and_prefetch() -> None:
+    """The line a worker prints once it is connected names the node id that events' and
+    metrics' ``node`` carry (it showed only the pid), and its ``--lease`` and
+    ``--prefetch``."""
+    from tests.test_redis_chaos import until
+
+    queue = unique("banner")
+    try:
+        with tempfile.TemporaryDirectory() as tmp, workers(
+            queue, Path(tmp) / "runs", "--workers", "2", "--prefetch", "3"
+        ) as (node,):
+            start = f"trioqueue worker {node.pid}: 2 workers on queue {queue!r} at "
+            assert node.banner.startswith(start), node.banner
+            match = re.search(r", node ([0-9a-f]{12}), lease 2 s, prefetch 3, tasks ",
+                              node.banner)
+            assert match, node.banner
+            config = QueueConfig(redis_url=REDIS_URL, queue_name=queue, workers=0)
+            async with open_queue(app_registry, config) as q:
+
+                async def listed() -> bool | None:
+                    return True if match[1] in (q.metrics().nodes or {}) else None
+
+                await until(listed)  # the id the cluster knows the node by
+    finally:
+        await _delete(queue)
 
 
 def test_bad_redis_urls_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:

@@ -180,3 +180,25 @@ async def test_a_prefix_that_is_not_a_metric_name_is_refused() -> None:
     for bad in ("my-app", "9lives", "", "a b"):
         with pytest.raises(ValueError, match=r"^prefix: .* is not a Prometheus metric name"):
             m.to_prometheus(prefix=bad)
+
+
+async def test_a_redis_nodes_help_gives_the_clusters_formulas() -> None:
+    """On a Redis node (``shared``) ``workers`` is the cluster's and the busy seconds the
+    node's own: the recent utilization is their ``sum(rate(...)) / max(...)``, not one
+    node's rate over the cluster's workers; ``processing`` is Redis' count of claimed
+    jobs, started or not.  One process keeps its own formula and "Jobs running"."""
+    async with trioqueue.open_queue(registry(trio.Event()), trioqueue.QueueConfig()) as q:
+        m = q.metrics()
+    helps = {name.removeprefix("trioqueue_"): family.documentation
+             for name, family in check_exposition(m.to_prometheus(shared=True)).items()}
+    assert ("sum(rate(trioqueue_worker_busy_seconds_total[5m])) / max(trioqueue_workers)"
+            in helps["worker_utilization"])
+    assert "the rate of worker_busy_seconds_total over workers" not in (
+        helps["worker_utilization"])
+    assert "claimed and not started yet" in helps["jobs_processing"]
+    alone = {name.removeprefix("trioqueue_"): family.documentation
+             for name, family in check_exposition(m.to_prometheus()).items()}
+    assert "the rate of worker_busy_seconds_total over workers" in alone["worker_utilization"]
+    assert alone["jobs_processing"] == "Jobs running."
+    prefixed = m.to_prometheus(prefix="app", shared=True)
+    assert "sum(rate(app_worker_busy_seconds_total[5m])) / max(app_workers)" in prefixed

@@ -210,17 +210,25 @@ def test_cli_enqueue_count_posts_batches() -> None:
         result = run_cli("enqueue", "echo", "[1]", "--count", "250", "--id", "cli-b",
                          "--url", srv.url)
         assert result.returncode == 0, result.stderr
-        assert json.loads(result.stdout)["enqueued"] == 250
+        summary = json.loads(result.stdout)
+        assert summary["enqueued"] == 250
+        # The first and last of the sequence asked for, not of the requests as they ended.
+        assert (summary["first"], summary["last"]) == ("cli-b-0", "cli-b-249")
         assert "enqueued 250/250" in result.stderr
+        many = run_cli("enqueue", "echo", "[2]", "--count", "1000", "--id", "cli-o",
+                       "--url", srv.url)
+        assert many.returncode == 0, many.stderr
+        assert (json.loads(many.stdout)["first"], json.loads(many.stdout)["last"]) == (
+            "cli-o-0", "cli-o-999")
         status = run_cli("status", "cli-b-249", "--url", srv.url)
         assert status.returncode == 0, status.stderr
         again = run_cli("enqueue", "echo", "[1]", "--count", "250", "--id", "cli-b",
                         "--url", srv.url)  # the same ids: the same jobs
         assert again.returncode == 0, again.stderr
         metrics = run_cli("metrics", "--url", srv.url)
-        assert json.loads(metrics.stdout)["enqueued"] == 250
+        assert json.loads(metrics.stdout)["enqueued"] == 1250
         log = srv.stderr()
-        assert log.count("POST /jobs/batch 202") == 6
+        assert log.count("POST /jobs/batch 202") == 16
         assert "POST /jobs 20" not in log
     with running_server("--workers", "1", "--capacity", "30") as small:
         result = run_cli("enqueue", "echo", "[1]", "--count", "120", "--url", small.url)

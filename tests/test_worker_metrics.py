@@ -4,6 +4,7 @@ end), and its flags and variables."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -98,8 +99,11 @@ def test_metrics_flags_and_variables() -> None:
 
 
 def test_a_metrics_port_in_use_stops_the_worker_with_a_line_naming_it(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Before it opens its queue: it joined the cluster (``trioqueue open: 4 workers``)
+    and only then found the port taken."""
+    caplog.set_level(logging.INFO)
     queue = unique("wm")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -115,6 +119,7 @@ def test_a_metrics_port_in_use_stops_the_worker_with_a_line_naming_it(
     assert f"trioqueue worker: cannot serve metrics on 127.0.0.1:{port}: " in err
     assert "in use" in err
     assert "metrics on" not in out
+    assert not [r for r in caplog.records if "trioqueue open" in r.getMessage()]
 
 
 async def test_while_a_node_shuts_down_healthz_says_so_and_metrics_still_answer() -> None:

@@ -127,16 +127,71 @@ class _Progress:
 
 BATCH = 100
 """Jobs per ``POST /jobs/batch`` request of ``enqueue --count``."""
+MISSING_SHOWN = 4
+"""Ranges of jobs not enqueued that the message of a stopped ``enqueue --count`` names."""
+
+
+class _Taken:
+    """The ids of ``enqueue --count``'s jobs by their index (0..count-1), as the server
+    took them: requests end in any order, the summary speaks of the sequence asked for."""
+
+    def __init__(self, count: int) -> None:
+        self.ids: list[str | None] = [None] * count
+        self.done = 0
+
+    def take(self, first: int, ids: list[str]) -> None:
+        self.ids[first:first + len(ids)] = ids
+        self.done += len(ids)
+
+    def ends(self) -> tuple[str | None, str | None]:
+        """The ids of the first and the last job of the sequence that were enqueued."""
+        taken = [job_id for job_id in self.ids if job_id is not None]
+        return (taken[0], taken[-1]) if taken else (None, None)
+
+    def missing(self) -> list[tuple[int, int]]:
+        """The runs of indexes not enqueued, ``(first, last)`` each, in order."""
+        runs: list[tuple[int, int]] = []
+        start: int | None = None
+        for i, job_id in enumerate([*self.ids, ""]):
+            if job_id is None and start is None:
+                start = i
+            elif job_id is not None and start is not None:
+                runs.append((start, i - 1))
+                start = None
+        return runs
+
+    def stopped(self, prefix: str | None) -> str:
+        """The one line of a stopped run: how many went, the first and last that did,
+        and the ones that did not (their ids with ``--id``, else their numbers from 0;
+        a request cut short may have gone through: with ``--id``, running the same
+        command again enqueues only the missing ones)."""
+        first, last = self.ends()
+        line = f"stopped with {self.done} of {len(self.ids)} jobs enqueued"
+        if first is not None:
+            line += f" (first {first}, last {last})"
+        runs = self.missing()
+        if not runs:
+            return line
+
+        def name(i: int) -> str:
+            return f"{prefix}-{i}" if prefix else str(i)
+
+        shown = [name(a) if a == b else f"{name(a)}..{name(b)}" for a, b in runs[:MISSING_SHOWN]]
+        if len(runs) > MISSING_SHOWN:
+            shown.append(f"and {len(runs) - MISSING_SHOWN} more ranges")
+        what = "ids" if prefix else "jobs numbered from 0"
+        again = "; the same command again enqueues just those" if prefix else ""
+        return f"{line}; not enqueued (or unanswered), {what}: {', '.join(shown)}{again}"
 
 
 async def _enqueue_many(args: argparse.Namespace, payload: Any) -> int:
     """``--count N``: N jobs in batches of :data:`BATCH` (``POST /jobs/batch``),
     ``--concurrency`` requests in flight; one request a job against a server without
     the batch route or with a capacity under the batch size.  Stopped (an error, Ctrl+C),
-    it says how many were enqueued before."""
+    it says how many were enqueued before, and which were not."""
     url, token = client_options(args)
     progress = _Progress(args.count, sys.stderr)
-    ids: list[str] = []
+    ids = _Taken(args.count)
     started = time.monotonic()
     limiter = trio.CapacityLimiter(args.concurrency)
     told_full = False
@@ -153,22 +208,23 @@ async def _enqueue_many(args: argparse.Namespace, payload: Any) -> int:
         await _post_all(args, payload, url, token, ids, progress, limiter, back_off)
     except BaseException as exc:
         progress.close()
-        if ids or not isinstance(exc, Exception):  # some went, or Ctrl+C: say how many
-            print(f"trioqueue enqueue: stopped with {len(ids)} of {args.count} jobs enqueued"
-                  + (f" (first {ids[0]}, last {ids[-1]})" if ids else ""), file=sys.stderr)
+        if ids.done or not isinstance(exc, Exception):  # some went, or Ctrl+C: say which
+            print(f"trioqueue enqueue: {ids.stopped(args.id)}", file=sys.stderr)
         raise
     progress.close()
     elapsed = time.monotonic() - started
-    print(json.dumps({"enqueued": len(ids), "seconds": round(elapsed, 3),
-                      "per_second": round(len(ids) / max(elapsed, 1e-9), 1),
-                      "first": ids[0] if ids else None, "last": ids[-1] if ids else None}))
+    first, last = ids.ends()
+    print(json.dumps({"enqueued": ids.done, "seconds": round(elapsed, 3),
+                      "per_second": round(ids.done / max(elapsed, 1e-9), 1),
+                      "first": first, "last": last}))
     return 0
 
 
 async def _post_all(args: argparse.Namespace, payload: Any, url: str, token: str | None,
-                    ids: list[str], progress: _Progress, limiter: trio.CapacityLimiter,
+                    ids: _Taken, progress: _Progress, limiter: trio.CapacityLimiter,
                     back_off: Callable[[QueueFull], Awaitable[None]]) -> None:
-    """:func:`_enqueue_many`'s requests: each job's id goes in ``ids`` as it is taken."""
+    """:func:`_enqueue_many`'s requests: each job's id goes in ``ids``, at its index, as
+    it is taken."""
     from .client import Client, ServerError
 
     singles = False
@@ -187,7 +243,7 @@ async def _post_all(args: argparse.Namespace, payload: Any, url: str, token: str
                     break
                 except QueueFull as exc:  # back off as the server asks, then again
                     await back_off(exc)
-            ids.append(job.id)
+            ids.take(i, [job.id])
             progress.step()
 
         async def chunk(first: int, n: int) -> None:
@@ -214,7 +270,7 @@ async def _post_all(args: argparse.Namespace, payload: Any, url: str, token: str
                             raise
                         singles = True  # a server without POST /jobs/batch
                     else:
-                        ids.extend(job.id for job in jobs)
+                        ids.take(first, [job.id for job in jobs])
                         progress.step(len(jobs))
                         return
                 for i in range(first, first + n):

@@ -122,12 +122,14 @@ class Metrics:
         metric("jobs_queued", "gauge", "Jobs waiting in a ready queue.",
                [("", {"priority": p}, n) for p, n in self.queued.items()])
         metric("jobs_scheduled", "gauge", "Jobs waiting for a due time.", one(self.scheduled))
-        metric("jobs_processing", "gauge", "Jobs running.", one(self.processing))
+        metric("jobs_processing", "gauge", _PROCESSING_SHARED if shared else "Jobs running.",
+               one(self.processing))
         metric("workers", "gauge", "Worker tasks.", one(self.workers))
         metric("workers_busy", "gauge", "Workers running a job.", one(self.busy_workers))
         metric("worker_utilization", "gauge",
-               "Share of worker time busy since the queue opened (the rate of "
-               "worker_busy_seconds_total over workers gives a recent one).",
+               "Share of worker time busy since the queue opened ("
+               + (_RECENT_UTILIZATION_SHARED.format(prefix=prefix) if shared else "the rate "
+                  "of worker_busy_seconds_total over workers gives a recent one") + ").",
                one(self.utilization))
         metric("worker_busy_seconds_total", "counter",
                "Worker-seconds spent running handlers, running attempts included.",
@@ -184,6 +186,15 @@ def escape_help(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
+_PROCESSING_SHARED = ("Jobs claimed by a node: running, or claimed and not started yet (a "
+                      "prefetch buffer, a limited task's set-aside jobs), which the queued "
+                      "gauge no longer counts.")
+"""The HELP of ``jobs_processing`` on a Redis node: Redis' PROCESSING count."""
+_RECENT_UTILIZATION_SHARED = (
+    "the cluster's over five minutes is sum(rate({prefix}_worker_busy_seconds_total[5m])) "
+    "/ max({prefix}_workers): each node's busy seconds are its own, workers the "
+    "cluster's")
+"""On a Redis node: the recent utilization's formula (docs/operations.md)."""
 _CLUSTER_WIDE = " Cluster-wide: every node shows the same (aggregate with max, not sum)."
 _NODE_ONLY = " This node's own."
 _OWN_FIGURES = frozenset({

@@ -76,12 +76,20 @@ async def serve_node_metrics(
     port: int,
     *,
     stop: trio.Event,
+    listeners: list[trio.SocketListener] | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``queue``'s metrics on ``host:port`` until ``stop`` is set.
+    """Serve ``queue``'s metrics on ``host:port`` (or on ``listeners``, bound already by
+    :func:`bind_metrics`) until ``stop`` is set.
 
     ``task_status.started`` gets the base URL (with port 0, the port the system chose).
     An address that cannot be bound raises the ``OSError`` at once."""
     await serve_lean(NodeMetricsApp(queue), host, port, max_body=MAX_BODY,
                      max_connections=MAX_CONNECTIONS, shutdown_trigger=stop.wait,
-                     task_status=task_status)
+                     listeners=listeners, task_status=task_status)
+
+
+async def bind_metrics(host: str, port: int) -> list[trio.SocketListener]:
+    """The listening sockets of a metrics port, bound before the node opens its queue:
+    a port in use then stops the worker before it joins the cluster (``OSError``)."""
+    return await trio.open_tcp_listeners(port, host=host)

@@ -211,23 +211,39 @@ async def _work_until_signalled(registry: TaskRegistry, config: QueueConfig, out
     the first SIGINT/SIGTERM shuts it down in order (running jobs get
     ``shutdown_timeout``, claimed ones go back, queued ones stay in Redis), a second one
     cuts it short."""
-    from ._engine import open_queue
+    from ._node_http import bind_metrics
 
     forced: list[int] = []
     closed = trio.Event()
+    # The metrics port first: one in use stops the worker before it joins the cluster.
+    listeners = None if metrics is None else await bind_metrics(*metrics)
+    try:
+        return await _work(registry, config, out, metrics, listeners, forced, closed)
+    finally:
+        for listener in listeners or ():  # (closed already once served)
+            await trio.aclose_forcefully(listener)
+
+
+async def _work(registry: TaskRegistry, config: QueueConfig, out: TextIO,
+                metrics: tuple[str, int] | None, listeners: list[trio.SocketListener] | None,
+                forced: list[int], closed: trio.Event) -> int:
+    """:func:`_work_until_signalled` once its metrics port is bound."""
+    from ._engine import open_queue
+    from ._node_http import serve_node_metrics
+
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             async with open_queue(registry, config) as queue:
                 assert config.redis_url is not None
                 url = None
                 if metrics is not None:  # it answers until the queue has closed
-                    from ._node_http import serve_node_metrics
-
                     url = await nursery.start(partial(serve_node_metrics, queue, *metrics,
-                                                      stop=closed))
+                                                      stop=closed, listeners=listeners))
                 print(f"trioqueue worker {os.getpid()}: {config.workers} workers on queue "
-                      f"{config.queue_name!r} at {redacted(config.redis_url)}, tasks "
-                      f"{', '.join(sorted(registry)) or '(none)'}", file=out, flush=True)
+                      f"{config.queue_name!r} at {redacted(config.redis_url)}, node "
+                      f"{queue.metrics().node}, lease {config.lease:g} s, prefetch "
+                      f"{config.prefetch}, tasks {', '.join(sorted(registry)) or '(none)'}",
+                      file=out, flush=True)
                 if url is not None:
                     print(f"trioqueue worker {os.getpid()}: metrics on {url}/metrics",
                           file=out, flush=True)

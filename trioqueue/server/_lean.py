@@ -281,9 +281,14 @@ async def serve_lean(
     user_timeout_ms: int = 0,
     max_connections: int = MAX_CONNECTIONS,
     shutdown_trigger: Callable[[], Awaitable[object]],
+    listeners: list[trio.SocketListener] | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on ``host:port`` until ``shutdown_trigger`` returns, then stop.
+
+    ``listeners``: sockets bound already (``trio.open_tcp_listeners``), served instead of
+    binding ``host:port`` (which are then unused), so that a caller can find a port in
+    use before it starts anything else; they are closed when this returns.
 
     ``task_status.started`` gets the base URL (``http://HOST:PORT``, the actual port).
     ``user_timeout_ms`` sets ``TCP_USER_TIMEOUT`` (Linux) on the listening sockets, which
@@ -305,7 +310,8 @@ async def serve_lean(
                     "LimitNOFILE= under systemd) to allow more", max_connections, limit,
                     FD_RESERVE, capped)
         max_connections = capped
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    if listeners is None:
+        listeners = await trio.open_tcp_listeners(port, host=host)
     option = getattr(socket, "TCP_USER_TIMEOUT", None)
     for listener in listeners:
         sock = listener.socket
