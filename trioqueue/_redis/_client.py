@@ -27,6 +27,7 @@ non-blocking command is written) and which re-sends too.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -51,6 +52,43 @@ from coredis.retry import NoRetryPolicy
 from .._exceptions import TrioQueueError
 from ._pipe import REFUSALS, Endpoint, Lost, NoScript, Pipe, Refused, pack
 
+
+class _OneLine(logging.Filter):
+    """coredis logs a failed connection attempt (a Redis that does not answer its
+    handshake within ``connect_timeout``: a stopped or partitioned server) at ERROR with
+    its whole exception group, ~100 lines, several times per outage.  The node says what
+    matters itself (``redis unavailable (...)``, :mod:`._outage`): these become one
+    WARNING line naming the cause.  Nothing else of coredis' is touched."""
+
+    MESSAGES = frozenset(("Connection attempt failed unexpectedly!",
+                          "Connection closed unexpectedly!"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.msg in self.MESSAGES:
+            exc = record.exc_info[1]
+            record.msg = f"{record.msg} ({_cause(exc)})"
+            record.exc_info = record.exc_text = None
+            if record.levelno > logging.WARNING:
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _cause(exc: BaseException | None) -> str:
+    while exc is not None and not isinstance(exc, trio.Cancelled):
+        if exc.__cause__ is not None:
+            exc = exc.__cause__
+        elif isinstance(exc, BaseExceptionGroup):
+            exc = exc.exceptions[-1]
+        else:
+            break
+    if exc is None or isinstance(exc, trio.Cancelled):
+        return "cut short: no answer within connect_timeout, or the client closed"
+    return f"{type(exc).__name__}: {exc}"
+
+
+if not any(isinstance(f, _OneLine) for f in logging.getLogger("coredis").filters):
+    logging.getLogger("coredis").addFilter(_OneLine())
+
 MAX_BLOCK = 5.0
 """Longest server-side timeout a blocking call may ask for (seconds): the time a caller
 can be kept in a shielded scope."""
@@ -60,10 +98,53 @@ class RedisUnavailable(TrioQueueError):
     """Redis could not be reached, or did not answer in time (after coredis' re-sends)."""
 
 
+class RedisNotSent(RedisUnavailable):
+    """No connection to Redis took the call (refused, unreachable, no connection in
+    time, the handshake failed): it was never sent, so nothing was done."""
+
+
 class RedisRefused(RedisUnavailable):
     """Redis refused a call before running any of it (out of memory, loading its data,
     busy, a read-only replica: :data:`~trioqueue._redis._pipe.REFUSALS`).  Nothing was
-    done; callers retry it as they would a lost connection, but know it was not applied."""
+    done; callers retry it as they would a lost connection, but know it was not applied.
+    ``writes``: only writes are refused (:data:`WRITE_REFUSALS`): reads still answer."""
+
+    def __init__(self, message: str, *, writes: bool = False) -> None:
+        super().__init__(message)
+        self.writes = writes
+
+
+WRITE_REFUSALS = frozenset(("OOM", "READONLY", "NOREPLICAS"))
+"""Refusals of writes only (over ``maxmemory``, a read-only replica, too few replicas):
+a call that wrote nothing still succeeds meanwhile, so its answer does not mean that
+Redis takes the node's calls again (:class:`~trioqueue._redis._outage.Outage`)."""
+
+
+class Waiting:
+    """Whether script calls wait for Redis, and since when it last answered one.
+
+    ``calls``: script calls in flight (:meth:`RedisClient.run`: sent, being re-sent or
+    connecting); ``since``: while there are any, when Redis last answered one of them or
+    (none answered since) when the first was sent, on trio's clock.  At most one clock
+    read per call, none per job.  Blocking calls (BLPOP, XREAD BLOCK) are not counted:
+    they wait by design."""
+
+    __slots__ = ("calls", "since")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.since = 0.0
+
+    def stalled(self, now: float) -> float:
+        """Seconds the calls in flight have waited with no answer from Redis (0 if none
+        waits)."""
+        return now - self.since if self.calls else 0.0
+
+
+def _refused(message: str, exc: ResponseError) -> RedisRefused:
+    code = str(exc).partition(" ")[0]
+    return RedisRefused(message, writes=code in WRITE_REFUSALS
+                        or isinstance(exc, ReadOnlyError))
 
 
 class _Holder:
@@ -158,6 +239,9 @@ class RedisClient:
         self._main = main
         self._lane = lane
         self._pipe = pipe
+        self.waiting = Waiting()
+        """The script calls in flight and when Redis last answered one (a Redis that
+        hangs: SIGSTOP, a network partition, shows here long before a timeout)."""
 
     @property
     def rebuilds(self) -> tuple[int, int]:
@@ -178,6 +262,29 @@ class RedisClient:
         a NOSCRIPT answer (the server's cache was flushed, a failover) sends the script
         once with EVAL, which loads it.
         """
+        waiting = self.waiting
+        if not waiting.calls:
+            waiting.since = trio.current_time()
+        waiting.calls += 1
+        answered = False
+        try:
+            reply = await self._run(script, keys, args)
+            answered = True
+        except RedisUnavailable as exc:
+            answered = isinstance(exc, RedisRefused)  # (Redis answered: a refusal)
+            raise
+        except ResponseError:
+            answered = True  # a script's own error
+            raise
+        finally:
+            waiting.calls -= 1
+            if answered and waiting.calls:
+                waiting.since = trio.current_time()
+        return reply
+
+    async def _run(
+        self, script: LuaScript, keys: Sequence[str], args: Sequence[str | int]
+    ) -> Any:
         pipe = self._pipe
         if pipe is None:
             return await self._run_on_coredis(script, keys, args)
@@ -188,9 +295,11 @@ class RedisClient:
                                                  *args)))
             if isinstance(reply, ResponseError):
                 if isinstance(reply, Refused):
-                    raise RedisRefused(f"redis: {reply}")
+                    raise _refused(f"redis: {reply}", reply)
                 raise reply
         except Lost as exc:
+            if not exc.sent:
+                raise RedisNotSent(f"redis: {exc}") from None
             raise RedisUnavailable(f"redis: {exc}") from None
         return reply
 
@@ -207,7 +316,7 @@ class RedisClient:
             raise RedisUnavailable(f"redis: {exc}") from None
         except ResponseError as exc:
             if _refusal(exc):
-                raise RedisRefused(f"redis: {exc}") from None
+                raise _refused(f"redis: {exc}", exc) from None
             raise
         finally:
             self._main.release()
@@ -228,7 +337,7 @@ class RedisClient:
             raise RedisUnavailable(f"redis: blocking call lost ({exc})") from None
         except ResponseError as exc:
             if _refusal(exc):  # LOADING after a restart, say
-                raise RedisRefused(f"redis: {exc}") from None
+                raise _refused(f"redis: {exc}", exc) from None
             raise
         finally:
             self._lane.release()
@@ -251,7 +360,7 @@ class RedisClient:
             raise RedisUnavailable(f"redis: blocking call lost ({exc})") from None
         except ResponseError as exc:
             if _refusal(exc):  # LOADING after a restart, say
-                raise RedisRefused(f"redis: {exc}") from None
+                raise _refused(f"redis: {exc}", exc) from None
             raise
         finally:
             self._lane.release()
@@ -271,7 +380,7 @@ class RedisClient:
             raise RedisUnavailable(f"redis: {exc}") from None
         except ResponseError as exc:
             if _refusal(exc):
-                raise RedisRefused(f"redis: {exc}") from None
+                raise _refused(f"redis: {exc}", exc) from None
             raise
         finally:
             self._main.release()

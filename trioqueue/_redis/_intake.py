@@ -9,7 +9,7 @@ import trio
 from .._exceptions import DuplicateJob, StoreError
 from .._job import Job, JobStatus
 from .._record import LABELS, JobRecord
-from ._client import RedisRefused, RedisUnavailable
+from ._client import RedisNotSent, RedisRefused, RedisUnavailable
 from ._node import NodeCore
 from ._outbox import new_job
 from ._state import Admission
@@ -85,13 +85,15 @@ class NodeIntake(NodeCore):
             answer = await self.state.admit([new_job(rec) for rec in recs],
                                             whole=len(recs) > 1,
                                             count_rejected=count_rejected)
-        except RedisRefused as exc:
-            raise StoreError(f"{exc}; the job is not stored") from None
+        except (RedisRefused, RedisNotSent) as exc:  # (nothing was done)
+            raise StoreError(f"{exc}; {not_stored(recs)}") from None
         except CorruptRecord as exc:  # the stored job of a repeated id cannot be read
             raise exc.store_error() from None
-        except RedisUnavailable as exc:
-            raise StoreError(f"{exc}; the job was not confirmed and may have been "
-                             "stored: enqueue it again with the same job_id") from None
+        except RedisUnavailable as exc:  # sent, and no answer came
+            raise StoreError(f"{exc}; {maybe_stored(recs, given or set())}") from None
+        if self._outage.since is not None and any(
+                got.code is Admission.ACCEPTED for got in answer.jobs):
+            self._outage.wrote()  # (Redis took a write: an OOM outage is over)
         if answer.view is not None:
             self._outbox.check_seq(mark, answer.view.seq)
         self._outbox.wrote(answer.view)
@@ -173,3 +175,33 @@ class NodeIntake(NodeCore):
 
     def repeat_of(self, stored: JobRecord, rec: JobRecord) -> JobRecord:
         raise TypeError("the Redis backend checks repeats in admit_async")
+
+
+def not_stored(recs: list[JobRecord]) -> str:
+    """What became of ``recs`` when Redis never ran the call (no connection took it, or
+    Redis refused it): nothing (enqueueing them again is safe, with or without ids)."""
+    if len(recs) == 1:
+        return "the job is not stored"
+    return f"none of the {len(recs)} jobs is stored"
+
+
+def maybe_stored(recs: list[JobRecord], given: set[str]) -> str:
+    """What became of ``recs`` when the call was sent and no answer came (a timeout, a
+    connection lost after sending): Redis may have stored them.  A retry under the same
+    ids stores each once; the caller's ids are named, or (none given) the ids made
+    here, which a retry may give as its own."""
+    if len(recs) == 1:
+        job_id = recs[0].id
+        if job_id in given:
+            return (f"the job was not confirmed and may have been stored: enqueue it "
+                    f"again with the same id, {job_id!r}, which stores it once")
+        return (f"the job was not confirmed and may have been stored, as {job_id!r} (an "
+                f"id made for it): enqueue it again with that id (job_id=, or \"id\" "
+                f"over HTTP) to store it once; without an id a retry may store it twice")
+    if all(rec.id in given for rec in recs):
+        return (f"the batch of {len(recs)} jobs was not confirmed and may have been "
+                "stored (all or none of it): enqueue it again with the same ids, which "
+                "stores each job once")
+    return (f"the batch of {len(recs)} jobs was not confirmed and may have been stored (all "
+            "or none of it): give every job an id to retry it safely; jobs without one "
+            "may be stored twice")

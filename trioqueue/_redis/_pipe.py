@@ -87,7 +87,13 @@ def reply_error(message: str) -> ResponseError:
 
 
 class Lost(Exception):
-    """The connection a request was on is gone (or never came): send it again."""
+    """The connection a request was on is gone (or never came): send it again.
+    ``sent``: the request was written to a connection (Redis may have run it); false
+    when no send of it reached a socket (no connection: nothing was done)."""
+
+    def __init__(self, message: str, *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class Endpoint:
@@ -150,7 +156,7 @@ class Connection:
         """Send ``data`` (one packed command) and return its reply; :class:`Lost` if the
         connection fails first."""
         if self.dead is not None:
-            raise Lost(str(self.dead))
+            raise Lost(str(self.dead), sent=False)
         if self._unsent is not None:
             self._unsent.append(data)  # after the bytes already waiting, in order
         else:
@@ -160,7 +166,7 @@ class Connection:
                 sent = 0
             except OSError as exc:
                 self.fail(exc)
-                raise Lost(str(exc)) from None
+                raise Lost(str(exc), sent=False) from None
             if sent < len(data):
                 self._unsent = [data[sent:]]
                 self.nursery.start_soon(self._drain)
@@ -246,12 +252,13 @@ class Pipe:
         self._closed = False
 
     async def execute(self, data: bytes) -> Any:
-        lost = Lost("not sent")
+        lost = Lost("not sent", sent=False)
+        sent = False
         for attempt in range(ATTEMPTS):
             if attempt:
                 await trio.sleep(RESEND_PAUSE)
             if self._closed:
-                raise Lost("the client is closed")
+                raise Lost("the client is closed", sent=sent)
             try:
                 conn = self._conn
                 if conn is None or conn.dead is not None:
@@ -259,6 +266,8 @@ class Pipe:
                 return await conn.call(data)
             except Lost as exc:
                 lost = exc
+                sent = sent or exc.sent
+        lost.sent = sent
         raise lost
 
     async def _connect(self) -> Connection:
@@ -270,7 +279,7 @@ class Pipe:
             with trio.move_on_after(self._connect_timeout):
                 conn = await self._open()
             if conn is None:
-                raise Lost(f"no connection within {self._connect_timeout} s")
+                raise Lost(f"no connection within {self._connect_timeout} s", sent=False)
             self._conn = conn
             self.connects += 1
             if not self._watching:
@@ -286,20 +295,22 @@ class Pipe:
             else:
                 sock = await _connect_tcp(ep.host, ep.port)
         except OSError as exc:
-            raise Lost(f"cannot connect: {exc}") from None
+            raise Lost(f"cannot connect: {exc}", sent=False) from None
         conn = Connection(sock, self._nursery)
         self._nursery.start_soon(conn.read_replies)
         handshake = ep.handshake()
         if handshake:
             try:
                 replies = [await conn.call(pack(cmd)) for cmd in handshake]
-            except BaseException:
+            except BaseException as exc:
                 conn.fail(ConnectionError("handshake cut short"))
+                if isinstance(exc, Lost):
+                    exc.sent = False  # (the handshake's, not the request's)
                 raise
             for cmd, reply in zip(handshake, replies, strict=True):
                 if isinstance(reply, ResponseError):
                     conn.fail(reply)
-                    raise Lost(f"{cmd[0]} refused: {reply}")
+                    raise Lost(f"{cmd[0]} refused: {reply}", sent=False)
         return conn
 
     async def _watchdog(self) -> None:

@@ -51,7 +51,7 @@ from ._client import RedisUnavailable, connect
 from ._cluster import cluster_workers
 from ._intake import RETRY_BACKOFF, NodeIntake
 from ._node import NodeCore
-from ._outage import Outage
+from ._outage import Outage, stall_bound
 from ._outbox import Outbox, describe
 from ._reader import PRIO_BY_LABEL, READER_BLOCK_MS, Waker
 from ._state import CorruptRecord, Counts, Outcome, RedisState, StreamEvent
@@ -230,6 +230,7 @@ class RedisBackend(NodeIntake):
         with trio.CancelScope() as lifetime:
             async with connect(config.redis_url,
                                client_name=f"trioqueue:{self.node}") as client:
+                self._outage.watch(client.waiting, stall_bound(self._lease))  # (a hang)
                 self._state = state = RedisState(
                     client, config.queue_name, capacity=config.capacity,
                     weights=(fair[Priority.HIGH], fair[Priority.MEDIUM], fair[Priority.LOW]),

@@ -428,6 +428,9 @@ class App:
             stored = await self.queue.get(request.id)
         except JobNotFound:
             return None
+        except StoreError as exc:  # (the look failed: nothing was sent to be stored)
+            raise StoreError(f"{exc}; the job is not stored: send it again with the same "
+                             f"id, {request.id!r}") from None
         same_payload = canonical_json(stored.payload) == canonical_json(request.payload)
         if stored.task != request.task or not same_payload:
             differs = "task" if stored.task != request.task else "payload"
