@@ -37,8 +37,9 @@ class Readings:
     @property
     def unavailable(self) -> str | None:
         """Why the queue takes no new jobs now, or ``None`` while it does: it is shutting
-        down, its store fails to write, or (Redis) Redis has not answered since the last
-        call that failed.  What ``GET /readyz`` answers with."""
+        down, its store fails to write, or (Redis) Redis does not answer: its calls fail,
+        or wait unanswered past a bound (a Redis that hangs), or it refuses writes, until
+        one goes through.  What ``GET /readyz`` answers with."""
         if self._life.closing:
             return "shutting down"
         return self._backend.unavailable()
