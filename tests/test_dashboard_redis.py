@@ -6,15 +6,19 @@ node processes and Chromium: tests/browser/test_dashboard_nodes.py."""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
+from functools import partial
 from typing import Any
 
+import httpx
+import pytest
 import trio
 
 import trioqueue
 from trioqueue import Event, Job, QueueConfig, TaskRegistry
 
-from .redis_util import REDIS_URL, poll
+from .redis_util import REDIS_URL, admin, delete_queue, poll, unique
 
 
 def hold_registry(gate: trio.Event) -> TaskRegistry:
@@ -99,3 +103,31 @@ async def test_a_queue_of_one_process_names_no_node() -> None:
             m = q.metrics()
             assert (m.node, m.nodes) == (None, None)
             assert not {"node", "nodes"} & set(m.to_dict())
+
+
+async def test_serve_on_redis_names_its_node_in_its_serving_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``serve --redis``'s line names the node id that events' and metrics' ``node``
+    carry, with its lease and prefetch (as ``trioqueue worker``'s banner does), so that a
+    node in the dashboard or the metrics can be matched to its process."""
+    from trioqueue.server import ServerSettings, serve
+
+    queue = unique("servenode")
+    caplog.set_level(logging.INFO, logger="trioqueue.server")
+    config = QueueConfig(redis_url=REDIS_URL, queue_name=queue, workers=1, lease=6.0,
+                         prefetch=2)
+    try:
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(partial(serve, TaskRegistry(), config,
+                                              ServerSettings(port=0), stop=stop))
+            async with httpx.AsyncClient(base_url=url) as http:
+                node = (await http.get("/metrics")).json()["node"]
+            stop.set()
+        line = next(r.getMessage() for r in caplog.records
+                    if "trioqueue server: serving" in r.getMessage())
+        assert line.endswith(f"; redis node {node}, lease 6 s, prefetch 2)"), line
+    finally:
+        async with admin() as a:
+            await delete_queue(a, queue)

@@ -82,8 +82,11 @@ async def serve(
             max_connections=settings.max_connections,
             shutdown_trigger=state.closed.wait,
         ))
-        log.info("trioqueue server: serving %d tasks on %s (token %s; answers to Host %s)",
+        node = queue.metrics().node  # on Redis, the id events and metrics name it by
+        log.info("trioqueue server: serving %d tasks on %s (token %s; answers to Host %s%s)",
                  len(registry), url, "required" if settings.token else "not set",
-                 app.hosts.describe())
+                 app.hosts.describe(),
+                 "" if node is None else f"; redis node {node}, lease {config.lease:g} s, "
+                 f"prefetch {config.prefetch}")
         task_status.started(url)
     log.info("trioqueue server: stopped")
