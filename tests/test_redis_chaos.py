@@ -353,6 +353,11 @@ async def test_a_node_stopped_past_its_lease_starts_none_of_its_prefetched_jobs(
         await stop_all(nodes)
     started_in_a = sorted(j for pid, j, _ in run_lines(runs) if pid == a.pid)
     assert started_in_a == ["first"]
+    # Said once for the four, not once a job (an outage's whole buffer at once).
+    said = [line for line in _read(tmp_path / "a.err").splitlines() if "not started" in line]
+    assert len(said) == 1, said
+    assert said[0].endswith("4 job(s) not started, their lease ended before a worker here "
+                            "took them (this node could not renew it): p0, p1, p2, p3"), said
 
 
 async def heartbeat_of(state: RedisState, node: str | None) -> float:

@@ -35,11 +35,11 @@ from .._state import JobEvent
 from .._stats import Stats
 from ._client import RedisUnavailable
 from ._holds import MARK_DELAY, NodeHolds
+from ._nodelog import log_lapsed, log_refused
 from ._outage import Outage
 from ._outbox import Outbox
 from ._reader import READER_BLOCK_MS, EventsReader
 from ._state import MAX_CLAIM, Outcome, RecordParts, Unreadable
-from ._values import some
 
 log = logging.getLogger("trioqueue")
 
@@ -88,6 +88,7 @@ class NodeCore(NodeHolds, EventsReader):
     _held_at_refresh: int
     _gone: set[str]
     _outage: Outage
+    _lapsed_ids: list[str]
 
     def _info(self) -> dict[str, Any]:
         """What this node's heartbeat registers: its worker figures (read by the other
@@ -271,6 +272,9 @@ class NodeCore(NodeHolds, EventsReader):
             self._log_stale(outcomes, got.results, mark[0])
 
     def _take_pending(self) -> list[Outcome]:
+        if self._lapsed_ids:
+            log_lapsed(self._lapsed_ids)
+            self._lapsed_ids = []
         pending = self._pending
         if len(pending) <= MAX_CLAIM:
             self._pending = []
@@ -302,33 +306,8 @@ class NodeCore(NodeHolds, EventsReader):
         self._timer_wake.set()
 
     def _log_stale(self, outcomes: list[Outcome], results: list[str], epoch: int) -> None:
-        """Say which outcomes Redis refused, and why: another node took the job, or
-        (a job claimed before Redis lost the queue's data: the call was sent before this
-        node saw it, ``epoch``, or the job was held or its outcome pending then) the job
-        is gone with the data."""
-        gone = self._gone
-        lost = epoch != self._outbox.epoch
-        with_data: list[str] = []
-        moved_on: list[str] = []
-        for o, r in zip(outcomes, results, strict=False):
-            if o.kind == "progress":
-                continue
-            if gone:
-                was_held = o.id in gone
-                gone.discard(o.id)
-            else:
-                was_held = False
-            if r != "stale":
-                continue
-            (with_data if lost or was_held else moved_on).append(f"{o.id} ({o.kind})")
-        # One line a call, not one a job (an outage can make hundreds at once).
-        if with_data:
-            log.warning("trioqueue: %d outcome(s) refused: redis lost its data after this "
-                        "node claimed the job (its record is gone, or older): %s",
-                        len(with_data), some(with_data))
-        if moved_on:
-            log.warning("trioqueue: %d outcome(s) refused, the job's lease moved on (it was "
-                        "taken by another node): %s", len(moved_on), some(moved_on))
+        """Say which outcomes Redis refused, and why (:func:`._nodelog.log_refused`)."""
+        log_refused(outcomes, results, epoch != self._outbox.epoch, self._gone)
 
     async def _heartbeat(self) -> None:
         state = self.state
@@ -378,8 +357,7 @@ class NodeCore(NodeHolds, EventsReader):
         self._started_events.pop(rec.id, None)
         held = self._held.pop(rec.id, None)
         self._holds.drop(rec.id)
-        log.warning("trioqueue: job %s: its lease ended before a worker here took it; "
-                    "not starting it", rec.id)
+        self._lapsed_ids.append(rec.id)  # logged with the call that puts them back
         if held is not None:
             self._pending.append(Outcome.unstarted(rec.id, held[1]))
             self._kick.set()

@@ -113,6 +113,8 @@ class RedisBackend(NodeIntake):
         not started here (:meth:`_lapsed`): another node may have reaped and run it."""
         self._buffer: deque[JobRecord] = deque()
         self._lost: set[str] = set()
+        self._lapsed_ids: list[str] = []
+        """Jobs not started because their lease ended first, not logged yet."""
         self._pending: list[Outcome] = []
         self._idle = 0
         self._work_lot = trio.lowlevel.ParkingLot()
