@@ -37,18 +37,22 @@ COUNTERS = ("enqueued", "completed", "failed", "retried", "cancelled", "rejected
 LABELS = ("high", "medium", "low")
 
 
-def port_in_range() -> int:
-    """A loopback port of 18400-18449 that nothing listens on now."""
-    ports = list(range(18400, 18450))
-    random.shuffle(ports)
-    for port in ports:
+PORTS = range(18400, 18450)
+"""Loopback ports this module's own redis-servers take."""
+
+
+def port_in_range(ports: range = PORTS) -> int:
+    """A loopback port of ``ports`` that nothing listens on now."""
+    shuffled = list(ports)
+    random.shuffle(shuffled)
+    for port in shuffled:
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    raise RuntimeError("no free port in 18400-18449")
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")
 
 
 class Tasks:
@@ -74,12 +78,13 @@ class Tasks:
 
 
 @asynccontextmanager
-async def empty_redis(tmp_path: Path) -> AsyncIterator[OwnRedis]:
-    """A redis-server of the test's own that keeps nothing across a restart; killed (by
-    its pid) at the end whatever happens."""
+async def empty_redis(tmp_path: Path, ports: range = PORTS) -> AsyncIterator[OwnRedis]:
+    """A redis-server of the test's own (on a port of ``ports``) that keeps nothing
+    across a restart; killed (by its pid: SIGKILL ends a stopped one too) at the end
+    whatever happens."""
     data = tmp_path / "redis"
     data.mkdir()
-    server = OwnRedis(data, persist=False, port=port_in_range())
+    server = OwnRedis(data, persist=False, port=port_in_range(ports))
     try:
         for _ in range(5):
             try:
@@ -87,7 +92,7 @@ async def empty_redis(tmp_path: Path) -> AsyncIterator[OwnRedis]:
                 break
             except RuntimeError:  # another process took the port meanwhile: another one
                 server.kill()
-                server = OwnRedis(data, persist=False, port=port_in_range())
+                server = OwnRedis(data, persist=False, port=port_in_range(ports))
         else:
             raise RuntimeError("no redis-server of this test's own could start")
         yield server

@@ -16,16 +16,11 @@ stopped with SIGSTOP, filled past ``maxmemory``, or killed, and killed by its pi
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
-import random
 import re
 import signal
-import socket
-import warnings
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -40,45 +35,15 @@ from trioqueue.testing import connect
 
 from .redis_util import unique
 from .test_redis_chaos import OwnRedis, until
+from .test_redis_dataloss import empty_redis
 from .test_server_app import call
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 
-def _free_port() -> int:
-    ports = list(range(18800, 18850))
-    random.shuffle(ports)
-    for port in ports:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 18800-18849")
-
-
-@asynccontextmanager
-async def own_redis(tmp_path: Path) -> AsyncIterator[OwnRedis]:
-    """A redis-server of the test's own (nothing saved), killed by its pid at the end
-    (SIGKILL ends a stopped one too)."""
-    server = OwnRedis(tmp_path, persist=False, port=_free_port())
-    try:
-        for _ in range(5):
-            try:
-                await server.start()
-                break
-            except RuntimeError:  # another process took the port meanwhile
-                server.kill()
-                server = OwnRedis(tmp_path, persist=False, port=_free_port())
-        else:
-            raise RuntimeError("no redis-server of this test's own could start")
-        yield server
-    finally:
-        server.kill()
-        with warnings.catch_warnings():  # coredis' cut-short connections, collected here
-            warnings.simplefilter("ignore", ResourceWarning)
-            gc.collect()
+def own_redis(tmp_path: Path) -> AbstractAsyncContextManager[OwnRedis]:
+    """A redis-server of the test's own (nothing saved) on a port of 18800-18849."""
+    return empty_redis(tmp_path, range(18800, 18850))
 
 
 def _pid(server: OwnRedis) -> int:
