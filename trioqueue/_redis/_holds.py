@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import cached_property
 from itertools import islice
 
@@ -52,38 +52,39 @@ class Holds:
         self.unlanded: dict[str, trio.Event] = {}
         """Suspect jobs taken while marked -> set once their ``started`` landed."""
 
-    def pending(self, buffer: deque[JobRecord], lines: Iterable[deque[JobRecord]],
-                idle: int, held: dict[str, tuple[JobRecord, int]]) -> bool:
-        """Whether a job held here is not marked yet (one of the buffer past the first
-        ``idle``, or of a limited task's line)."""
+    def _unmarked(self, buffer: deque[JobRecord], lines: Iterable[deque[JobRecord]],
+                  idle: int, held: dict[str, tuple[JobRecord, int]]
+                  ) -> Iterator[tuple[str, int]]:
+        """The (id, fence) of the jobs held here and not marked under their claim: the
+        buffer's past the first ``idle``, and those of the limited tasks' lines.
+
+        Every held job is looked at (a buffer of at most ``idle + prefetch`` jobs, lines
+        about as long as their task's limit): which are marked follows no order, since a
+        job skipped as one of the first ``idle`` may stay when workers get busy, and a
+        limited task's line takes unmarked jobs behind marked ones."""
         marked = self.marked
         for queue in (islice(buffer, idle, None), *lines):
             for rec in queue:
                 h = held.get(rec.id)
                 if h is not None and marked.get(rec.id) != h[1]:
-                    return True
-        return False
+                    yield rec.id, h[1]
+
+    def pending(self, buffer: deque[JobRecord], lines: Iterable[deque[JobRecord]],
+                idle: int, held: dict[str, tuple[JobRecord, int]]) -> bool:
+        """Whether a job held here is not marked yet."""
+        return next(self._unmarked(buffer, lines, idle, held), None) is not None
 
     def take_marks(self, buffer: deque[JobRecord], lines: Iterable[deque[JobRecord]],
                    idle: int, held: dict[str, tuple[JobRecord, int]],
                    gone: set[str]) -> list[tuple[str, int]]:
-        """The (id, fence) of the held jobs not marked yet, now counted as marked.
-
-        Every held job is looked at (a buffer of at most ``idle + prefetch`` jobs and the
-        lines of limited tasks, which the claim keeps as short): which are marked follows
-        no order, since a job skipped as one of the first ``idle`` may stay when workers
-        get busy, and a limited task's line takes unmarked jobs behind marked ones."""
+        """The (id, fence) of the held jobs not marked yet, now counted as marked (those
+        whose record went with Redis' data, ``gone``, are counted but not sent)."""
         marked = self.marked
         out: list[tuple[str, int]] = []
-        for queue in (islice(buffer, idle, None), *lines):
-            for rec in queue:
-                job_id = rec.id
-                h = held.get(job_id)
-                if h is None or marked.get(job_id) == h[1]:
-                    continue
-                marked[job_id] = h[1]
-                if not (gone and job_id in gone):  # (its record went with Redis' data)
-                    out.append((job_id, h[1]))
+        for job_id, fence in list(self._unmarked(buffer, lines, idle, held)):
+            marked[job_id] = fence
+            if not (gone and job_id in gone):
+                out.append((job_id, fence))
         return out
 
     def start(self, rec: JobRecord, fence: int) -> bool:
