@@ -41,8 +41,7 @@ class Outage:
     __slots__ = ("_bound", "_failures", "_last", "_now", "_said", "_waiting",
                  "_writes_refused", "since")
 
-    def __init__(self, now: Callable[[], float], *, waiting: Waiting | None = None,
-                 bound: float = STALL_MAX) -> None:
+    def __init__(self, now: Callable[[], float]) -> None:
         self._now = now
         self.since: float | None = None
         """When the calls began to fail, or ``None`` while Redis answers."""
@@ -51,8 +50,9 @@ class Outage:
         self._last = ""
         self._writes_refused = False
         """Writes were refused in this outage: only a call that wrote ends it."""
-        self._waiting = waiting
-        self._bound = bound
+        self._waiting: Waiting | None = None
+        """The client's calls in flight, once :meth:`watch` is given them."""
+        self._bound = STALL_MAX
 
     def watch(self, waiting: Waiting, bound: float) -> None:
         """Count script calls waiting more than ``bound`` seconds for an answer (the
