@@ -21,6 +21,7 @@ from . import _submit, _workers
 from ._backend import Backend
 from ._batch import Batches, BatchItem, commit_or_take_back, wait_all
 from ._config import QueueConfig
+from ._created import repeated
 from ._events import Broadcaster, Event, change_hook, check_subscription
 from ._exceptions import (
     DuplicateJob,
@@ -253,6 +254,7 @@ class JobQueue(Readings):
                 if got is rec:
                     break
                 if got is not None:  # the job holding this id: an idempotent repeat
+                    repeated()  # (for enqueue_created: POST /jobs answers 200, not 202)
                     if woken is not None:
                         backend.pass_room_on(woken, p)
                         woken = None

@@ -17,6 +17,7 @@ import trio
 
 from .._backend import Backend
 from .._batch import Batches, admit_polling
+from .._created import repeated
 from .._events import Broadcaster
 from .._exceptions import JobNotFound, QueueFull, ShuttingDown
 from .._intake import Intake
@@ -84,6 +85,8 @@ class RemotePaths:
 
         got = await admit_polling(attempt, wait_for_room=wait_for_room,
                                   check=self._batches.check_intake, full=full)
+        if got is not rec:  # Redis answered EXISTING: the job already holding the id
+            repeated()
         return got.snapshot()
 
     async def wait_many(self, job_ids: Iterable[str]) -> list[Job]:

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import trio
 
 from .._batch import BatchItem
+from .._created import enqueue_created
 from .._engine import JobQueue
 from .._exceptions import (
     DuplicateJob,
@@ -108,7 +109,8 @@ class App:
         sampler (``history.run``)."""
         self._creating: dict[str, trio.Event] = {}
         """Ids of ``POST /jobs`` requests under way: a second request with the same id
-        waits for the first, so that exactly one of them answers 202."""
+        waits for the first to be done (its job committed, or taken back after a failed
+        commit), then finds the job or makes it."""
 
     @property
     def closing(self) -> bool:
@@ -353,8 +355,9 @@ class App:
 
     async def _create(self, request: JobRequest) -> tuple[int, Job]:
         """Enqueue without waiting for room: a full queue answers 429 at once.  Requests
-        with the same id take turns here (one process: on Redis, two servers may both
-        answer 202 for one job)."""
+        with the same id take turns here; 202 or 200 is the enqueue's own answer (it made
+        the job, or found it there), so one job gets one 202 however many servers share
+        the queue."""
         if request.id is None:
             return await self._create_one(request)
         while (earlier := self._creating.get(request.id)) is not None:
@@ -371,27 +374,22 @@ class App:
         if self.closing:
             raise HTTPError(503, "the server is shutting down and takes no new jobs")
         try:
-            existed = False
             if request.id is not None:
                 try:
-                    q.get_nowait(request.id)
-                    existed = True
+                    q.get_nowait(request.id)  # held here: the enqueue returns it
                 except JobNotFound:
                     # A finished job may have left memory and live on in the store only:
-                    # the idempotency check must see it too (enqueue_nowait looks in
-                    # memory only).
+                    # a repeat of it is answered from the store.  Not finding it decides
+                    # nothing: another request or server may make the job before the
+                    # enqueue below, which then says so.
                     stored = await self._stored_repeat(request)
                     if stored is not None:
                         return 200, stored
-                    try:  # the await above let other requests run
-                        q.get_nowait(request.id)
-                        existed = True
-                    except JobNotFound:
-                        pass
             # A full queue answers 429 at once (wait_for_room=False); with
             # durability="sync", acknowledge only what is committed (a job whose commit
             # fails is taken back, and the StoreError answers 500).
-            job = await q.enqueue(
+            job, created = await enqueue_created(
+                q.enqueue,
                 request.task,
                 request.payload,
                 priority=request.priority,
@@ -403,7 +401,7 @@ class App:
             )
         except RecursionError:
             raise HTTPError(400, "payload: nested too deeply") from None
-        return (200 if existed else 202), job
+        return (202 if created else 200), job
 
     async def _create_many(self, requests: list[JobRequest]) -> list[Job]:
         """A batch, all or nothing, without waiting for room: 429 unless all of it fits

@@ -1,0 +1,62 @@
+"""Whether an enqueue made its job or returned the one already holding its id.
+
+``POST /jobs`` answers 202 for a new job and 200 for an idempotent repeat (API.md); only
+the enqueue knows which it was (the admission itself: ``got is rec`` in memory,
+``Admission.ACCEPTED`` or ``EXISTING`` from Redis), so the server asks it with
+:func:`enqueue_created`.  :meth:`JobQueue.enqueue` keeps its signature and return type,
+and its common path (a new job) pays nothing for this: only the path returning an
+existing job calls :func:`repeated`, which tells a caller of :func:`enqueue_created` in
+the same task, if there is one.  A context variable is per task under Trio, and the
+caller's task is checked too (a task started meanwhile inherits the variable): the
+enqueue of the same id by another task or node is never taken for this one's.
+
+On Redis a script call re-sent after a lost connection finds the job its first send
+made, and answers "existing": the request that made the job is then told it was there
+(never two requests told they made it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import ParamSpec
+
+import trio
+
+from ._job import Job
+
+P = ParamSpec("P")
+
+
+class _Asking:
+    """One :func:`enqueue_created` call waiting for its enqueue's answer."""
+
+    __slots__ = ("repeated", "task")
+
+    def __init__(self) -> None:
+        self.task = trio.lowlevel.current_task()
+        self.repeated = False
+
+
+_ASKING: ContextVar[_Asking | None] = ContextVar("trioqueue_enqueue_asking", default=None)
+
+
+def repeated() -> None:
+    """Called by an enqueue that returns the job already holding the id (a repeat)."""
+    asking = _ASKING.get()
+    if asking is not None and asking.task is trio.lowlevel.current_task():
+        asking.repeated = True
+
+
+async def enqueue_created(enqueue: Callable[P, Awaitable[Job]], *args: P.args,
+                          **kwargs: P.kwargs) -> tuple[Job, bool]:
+    """``await enqueue(*args, **kwargs)`` (a queue's :meth:`~JobQueue.enqueue`) and
+    whether that call made the job: ``False`` when it returned the job that already
+    held the id."""
+    asking = _Asking()
+    token = _ASKING.set(asking)
+    try:
+        job = await enqueue(*args, **kwargs)
+    finally:
+        _ASKING.reset(token)
+    return job, not asking.repeated
