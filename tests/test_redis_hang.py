@@ -94,6 +94,25 @@ async def test_a_redis_that_hangs_makes_the_node_unready_within_the_bound(
                 status, _, body = await call(app, "GET", "/readyz", headers=auth)
                 assert (status, body["status"]) == (503, "unavailable")
                 assert body["reason"].startswith("redis unavailable for ")
+                # A POST is refused at once, not sent on to wait for the client's
+                # timeouts (15 s and more; before, it then said "may have been stored").
+                with trio.fail_after(10):
+                    status, _, body = await call(app, "POST", "/jobs", {"task": "echo"},
+                                                 headers=auth)
+                    assert status == 500
+                    assert re.fullmatch(r"store error: redis unavailable for \d+\.\d s "
+                                        r"\(no answer to \d+ calls in flight\); the job is "
+                                        r"not stored", body["error"]), body
+                    status, _, body = await call(app, "POST", "/jobs",
+                                                 {"task": "echo", "id": "h1"}, headers=auth)
+                    assert status == 500
+                    assert body["error"].endswith(
+                        "; the job is not stored: send it again with the same id, 'h1'")
+                    status, _, body = await call(app, "POST", "/jobs/batch",
+                                                 {"jobs": [{"task": "echo"}] * 2},
+                                                 headers=auth)
+                    assert status == 500
+                    assert body["error"].endswith("; none of the jobs is stored"), body
             finally:
                 os.kill(_pid(redis), signal.SIGCONT)
 

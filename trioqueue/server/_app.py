@@ -373,6 +373,7 @@ class App:
         q = self.queue
         if self.closing:
             raise HTTPError(503, "the server is shutting down and takes no new jobs")
+        self._check_available(request.id)
         try:
             if request.id is not None:
                 try:
@@ -408,12 +409,24 @@ class App:
         now (per priority); a batch larger than the capacity is 400."""
         if self.closing:
             raise HTTPError(503, "the server is shutting down and takes no new jobs")
+        self._check_available(None, many=True)
         items = [BatchItem(r.task, r.payload, r.priority, r.id, r.delay, r.max_retries,
                            r.timeout) for r in requests]
         try:
             return await self.queue.enqueue_batch(items, wait_for_room=False)
         except RecursionError:
             raise HTTPError(400, "jobs: a payload is nested too deeply") from None
+
+    def _check_available(self, job_id: str | None, *, many: bool = False) -> None:
+        """While the queue cannot store a job (what ``GET /readyz`` says: its store fails
+        to write; on Redis, Redis fails calls, refuses writes, or leaves them unanswered),
+        a POST is refused at once: sent on into a Redis that hangs, it would wait for the
+        client's timeouts (15 s and more) and then not know whether the job was stored."""
+        reason = self.queue.unavailable
+        if reason is not None:
+            again = "" if job_id is None else f": send it again with the same id, {job_id!r}"
+            what = "none of the jobs is stored" if many else "the job is not stored"
+            raise StoreError(f"{reason}; {what}{again}")
 
     async def _stored_repeat(self, request: JobRequest) -> Job | None:
         """The stored job under ``request.id`` if it is the same task and payload; raise
