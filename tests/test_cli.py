@@ -695,6 +695,9 @@ def test_retry_failed_jobs_in_bulk(server: Server) -> None:
                        "--wait", "--url", server.url).returncode == 1
     none = run_cli("retry", "--failed", "--task", "echo", "--url", server.url)
     assert (none.returncode, json.loads(none.stdout)) == (0, {"retried": 0})
+    typo = run_cli("retry", "--failed", "--task", "fial", "--url", server.url)
+    assert typo.returncode == 1  # a misspelt task is refused (404), not 0 jobs retried
+    assert "no handler registered as 'fial'" in typo.stderr, typo.stderr
     result = run_cli("retry", "--failed", "--task", "fail", "--url", server.url)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["retried"] >= 3

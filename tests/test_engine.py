@@ -237,7 +237,8 @@ async def test_failed_job_is_a_dead_letter_that_can_be_requeued(
         assert (await q.wait(job.id)).status is JobStatus.FAILED
         assert len(h.started("fail")) == 2
         ok = await q.enqueue("ok", delay=60)
-        with pytest.raises(InvalidTransition, match="requeue a job that is scheduled"):
+        with pytest.raises(InvalidTransition, match=r"cannot retry a job that is scheduled "
+                                                    r"\(only failed or cancelled jobs "):
             await q.retry(ok.id)
 
 

@@ -221,7 +221,8 @@ class _Run:
             log.warning(
                 "trioqueue: %d jobs still running after shutdown_timeout=%ss; interrupting "
                 "them (%s)", workers.busy(), config.shutdown_timeout,
-                "recorded as queued" if backend.persistent
+                "recorded as queued, the attempt counted: each runs again unless that "
+                "attempt was its last, then it ends failed" if backend.persistent
                 else "failed: aborted: shutdown timeout",
             )
         life.cutting_off = True

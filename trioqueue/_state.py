@@ -103,7 +103,15 @@ _BY_EVENT: dict[JobEvent, dict[JobStatus, tuple[JobStatus, EventKind]]] = {
 
 
 def _refuse(status: JobStatus, event: JobEvent) -> InvalidTransition:
+    if event is JobEvent.REQUEUE:  # what users call it: retry()
+        return cannot_retry(status)
     return InvalidTransition(f"cannot {event.value} a job that is {status.value}", status)
+
+
+def cannot_retry(status: JobStatus) -> InvalidTransition:
+    """:meth:`~trioqueue.JobQueue.retry` of a job in ``status`` (not FAILED or CANCELLED)."""
+    return InvalidTransition(f"cannot retry a job that is {status.value} (only failed or "
+                             "cancelled jobs are retried)", status)
 
 
 def move(rec: JobRecord, event: JobEvent) -> EventKind:

@@ -10,6 +10,7 @@ import trio.testing
 from trio.testing import MockClock
 
 from trioqueue import InvalidJob, JobNotFound, JobStatus, QueueFull
+from trioqueue._batch import BatchItem
 
 from .conftest import EMPTY, Backend, Harness, settle
 
@@ -37,6 +38,12 @@ async def test_a_batch_that_does_not_fit_leaves_nothing(
             q.enqueue_many_nowait("echo", ["b", "c", "d"])
         with pytest.raises(QueueFull):
             await q.enqueue_many("echo", ["b", "c", "d"], wait_for_room=False)
+        # A batch of several priorities (POST /jobs/batch) names the one without room.
+        mixed = [BatchItem("echo", "h", "high"), *[BatchItem("echo", x) for x in "bcd"]]
+        with pytest.raises(QueueFull) as full:
+            await q.enqueue_batch(mixed, wait_for_room=False)
+        assert "priority medium: room for 2 of the batch's 3 jobs" in str(full.value)
+        assert "high" not in str(full.value)
         with pytest.raises(InvalidJob, match=r"payloads\[1\]"):
             await q.enqueue_many("echo", ["b", {1, 2}])
         with pytest.raises(InvalidJob, match="capacity"):

@@ -141,9 +141,20 @@ class NodeIntake(NodeCore):
         await trio.sleep(RETRY_BACKOFF[1])
 
     def full_reason_many(self, recs: list[JobRecord]) -> str:
-        labels = sorted({rec.priority for rec in recs})
-        return (f"priority {', '.join(LABELS[p] for p in labels)}: no room for the whole "
-                f"batch ({self._config.capacity} jobs at most waiting per priority)")
+        """Names the priority that lacked room, from the room Redis answered with (the
+        script says only that the batch did not fit), as memory and SQLite do."""
+        cap = self._config.capacity
+        short = self._outbox.lacking(recs)
+        if short is None:  # (the room changed since): every priority of the batch
+            labels = sorted({rec.priority for rec in recs})
+            return (f"priority {', '.join(LABELS[p] for p in labels)}: no room for the "
+                    f"whole batch ({cap} jobs at most waiting per priority)")
+        delayed, p, room, n = short
+        if delayed:
+            return (f"priority {LABELS[p]}: room for {max(room, 0)} of the batch's {n} "
+                    f"delayed jobs ({cap} at most waiting for a due time)")
+        return (f"priority {LABELS[p]}: room for {max(room, 0)} of the batch's {n} jobs "
+                f"({cap} at most waiting)")
 
     def _from_job(self, j: Job) -> JobRecord:
         rec = JobRecord.restored(

@@ -123,16 +123,22 @@ class Outbox:
     # ------------------------------------------------------------------ the view
 
     def fits(self, recs: list[JobRecord]) -> bool:
+        return self.lacking(recs) is None
+
+    def lacking(self, recs: list[JobRecord]) -> tuple[bool, int, int, int] | None:
+        """The first priority without room for its part of ``recs`` as this node sees
+        it: (its delayed jobs?, the priority, the room, the part), or ``None``."""
         need = [[0, 0, 0], [0, 0, 0]]
         for rec in recs:
             need[rec.status is JobStatus.SCHEDULED][rec.priority] += 1
         cap = self.capacity
-        for kind in (0, 1):
-            for p in (0, 1, 2):
+        for p in (0, 1, 2):
+            for kind in (0, 1):
                 n = need[kind][p]
-                if n and self.view[kind][p] + self._pending[kind][p] + n > cap:
-                    return False
-        return True
+                room = cap - self.view[kind][p] - self._pending[kind][p]
+                if n and n > room:
+                    return bool(kind), p, room, n
+        return None
 
     def depths(self) -> tuple[int, int, int]:
         """Jobs waiting per priority as this node sees them (the queued gauge)."""

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from .._exceptions import InvalidJob, InvalidTransition, JobNotFound, QueueFull
 from .._job import Job, JobStatus, check_job_id
+from .._state import cannot_retry
 from ._client import RedisClient
 from ._scripts import load_all
 from ._values import (
@@ -412,8 +413,7 @@ class RedisState:
             raise JobNotFound(f"job {job_id!r} not found")
         job = stored_job(rec).job
         if code == "invalid":
-            raise InvalidTransition(f"cannot requeue a job that is {job.status.value}",
-                                    job.status)
+            raise cannot_retry(job.status)
         if code == "full":
             raise QueueFull(f"priority {_LABELS[job.priority]}: "
                             f"{self.capacity} jobs already waiting")

@@ -488,6 +488,8 @@ class App:
         q = self.queue
         if self.closing:
             raise HTTPError(503, "the server is shutting down and takes no new jobs")
+        if bulk.task is not None:
+            q.registry.get(bulk.task)  # UnknownTask, 404: a misspelt task retries nothing
         retried = 0
         room: dict[str, int] | None = None
         page = await q.list_page(bulk.status, RETRY_PAGE, task=bulk.task)

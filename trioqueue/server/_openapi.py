@@ -316,6 +316,7 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "202": _json("how many jobs were queued again", "Retried"),
                         "400": _error("bad JSON or a bad field"),
+                        "404": _error("`task` names no registered task"),
                         "413": _error("the body is over the limit"),
                         "429": {**_error("a priority's queue filled; the jobs retried until "
                                          "then stay retried (the message says how many), "
