@@ -16,10 +16,9 @@ import trio
 
 import trioqueue
 from trioqueue import Job, QueueConfig
-from trioqueue._created import enqueue_created
 from trioqueue.demo import registry
 from trioqueue.server import App
-from trioqueue.server._http import JobRequest
+from trioqueue.testing import JobRequest, enqueue_created
 
 from .redis_util import REDIS_URL, admin, delete_queue, unique
 from .test_server_app import call
@@ -171,7 +170,7 @@ async def test_two_servers_posting_one_new_id_at_once_answer_202_once(
 async def test_a_task_started_during_the_enqueue_does_not_answer_for_it() -> None:
     """A task started while :func:`enqueue_created` waits inherits its context (Trio
     copies it): a repeat that task enqueues is its own, not the waiting call's."""
-    from trioqueue._created import repeated
+    from trioqueue.testing import repeated
 
     async with trioqueue.open_queue(registry, QueueConfig(workers=1)) as q, \
             trio.open_nursery() as nursery:

@@ -25,6 +25,7 @@ from ._job import (
 )
 from ._record import CONTAINERS, JobRecord, OwnedPayload
 from ._registry import TaskRegistry, TaskSpec
+from ._submit import check_call_payload, is_call_task
 
 QUEUED = JobStatus.QUEUED
 SCHEDULED = JobStatus.SCHEDULED
@@ -42,6 +43,10 @@ class Intake:
         self._wall = wall_offset
         self._defaults: dict[str, tuple[TaskSpec, int, int, float | None]] = {}
         """Per task name: its spec and resolved job defaults (see :meth:`_defaults_of`)."""
+        self._calls: dict[str, tuple[TaskSpec, int, int, float | None]] = {}
+        """The same for submitted functions' tasks, kept apart: :meth:`build` finds them
+        by :meth:`_defaults_of`, which checks their payload (the other tasks' jobs pay
+        nothing for it)."""
 
     def build(
         self,
@@ -57,8 +62,9 @@ class Intake:
         a ``delay``); raise :class:`UnknownTask` or :class:`InvalidJob`."""
         try:
             defaults = self._defaults[task]
-        except (KeyError, TypeError):  # a task not seen yet (or not a name at all)
-            defaults = self._defaults_of(task)  # raises UnknownTask
+        except (KeyError, TypeError):  # a task not seen yet (or not a name at all), or
+            # a submitted function's (never kept above: its payload is checked here)
+            defaults = self._defaults_of(task, payload)  # raises UnknownTask, InvalidJob
         spec, prio, retries, limit = defaults
         if priority is not None:
             prio = int(Priority.coerce(priority))
@@ -101,11 +107,20 @@ class Intake:
         if rec.status is SCHEDULED:
             rec.scheduled_for = rec.created_at + delay
 
-    def _defaults_of(self, task: str) -> tuple[TaskSpec, int, int, float | None]:
+    def _defaults_of(self, task: str, payload: Any
+                     ) -> tuple[TaskSpec, int, int, float | None]:
         """A task's spec with its job defaults resolved: priority (an int), retries and
         timeout, the task's own or else the config's.  Looked up once per task name (the
-        registry only grows, and specs and the config are frozen)."""
+        registry only grows, and specs and the config are frozen).  For a submitted
+        function's task, ``payload`` must be a call's (``{"args": [...]}``), else
+        :class:`InvalidJob` naming ``payload``: no attempt of it could run."""
+        if task.__class__ is str and (known := self._calls.get(task)) is not None:
+            check_call_payload(task, payload)
+            return known
         spec = self._registry.get(task)  # raises UnknownTask
+        call = is_call_task(spec)
+        if call:
+            check_call_payload(task, payload)
         config = self._config
         defaults = (
             spec,
@@ -113,5 +128,5 @@ class Intake:
             config.max_retries if spec.max_retries is None else spec.max_retries,
             config.default_timeout if spec.timeout is None else spec.timeout,
         )
-        self._defaults[task] = defaults
+        (self._calls if call else self._defaults)[task] = defaults
         return defaults

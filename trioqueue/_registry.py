@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import types
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar, overload
 
@@ -16,6 +18,13 @@ F = TypeVar("F", bound=Callable[[Job], Any])
 C = TypeVar("C", bound=Callable[..., Any])
 """A function for ``submit`` (``submittable``), its type kept by the decorator."""
 Handler = Callable[[Job], Awaitable[Any]] | Callable[[Job], Any]
+
+_HANDLERS: weakref.WeakKeyDictionary[TaskRegistry, dict[object, str]] = (
+    weakref.WeakKeyDictionary())
+"""Every registry alive -> :func:`handler_key` of each of its handlers -> its task's name
+(the specs hold the handlers, so a key is never another object's while the registry
+lives), so ``submit`` knows a handler registered in any of them.  The handlers ``submit``
+registers are wrappers no caller holds: a function given to ``submit`` is never one."""
 
 
 @attrs.frozen
@@ -62,6 +71,7 @@ class TaskRegistry:
 
     def __init__(self) -> None:
         self._tasks: dict[str, TaskSpec] = {}
+        _HANDLERS[self] = {}
 
     @overload
     def task(self, fn: F, /) -> F: ...
@@ -189,6 +199,7 @@ class TaskRegistry:
             concurrency=concurrency,
         )
         self._tasks[task_name] = spec
+        _HANDLERS[self].setdefault(handler_key(fn), task_name)
         return spec
 
     def submittable(self, fn: C) -> C:
@@ -217,6 +228,20 @@ class TaskRegistry:
                         "function as a job")
             raise UnknownTask(f"task: no handler registered as {name!r}{hint}") from None
 
+    def handler_task(self, fn: object) -> tuple[str, bool] | None:
+        """The task whose handler is ``fn`` (a function registered with :meth:`task`,
+        which takes the job): its name, and ``True`` when it is in this registry,
+        ``False`` when in another one alive; ``None`` if in none.  What ``submit``
+        checks: such a function is enqueued by name, not submitted."""
+        key = handler_key(fn)
+        name = _HANDLERS[self].get(key)
+        if name is not None:
+            return name, True
+        for other, handlers in list(_HANDLERS.items()):
+            if other is not self and (name := handlers.get(key)) is not None:
+                return name, False
+        return None
+
     def __contains__(self, name: object) -> bool:
         return name in self._tasks
 
@@ -225,6 +250,15 @@ class TaskRegistry:
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+
+def handler_key(fn: object) -> object:
+    """What identifies a handler: the object itself (by ``id``, so any callable, hashable
+    or not), a bound method by its object and function (each ``obj.method`` is a new
+    bound method)."""
+    if isinstance(fn, types.MethodType):
+        return (id(fn.__self__), id(fn.__func__))
+    return id(fn)
 
 
 def _check_periodic(name: str, schedule: object, every: object, tz: object) -> None:

@@ -13,12 +13,17 @@ queue's registry (for this process) the first time it is submitted.  Its handler
   modules this process has imported, and the same object) and the args JSON.  The
   payload is ``{"args": [...]}``, and the handler runs the function this process
   registered under that name, never one imported by a name read from the store.
+
+Such a task may be enqueued by name (HTTP, the CLI) with that payload; the intake refuses
+any other (:func:`check_call_payload`), and ``submit`` refuses a handler that takes the
+job, whichever registry it is registered in.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import reprlib
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,7 +32,7 @@ from ._exceptions import InvalidJob
 from ._job import Job, check_json
 
 if TYPE_CHECKING:  # _registry imports this module (TaskRegistry.submittable)
-    from ._registry import TaskRegistry
+    from ._registry import TaskRegistry, TaskSpec
 
 _MARK = "__trioqueue_submitted__"
 """Set on the handlers this module registers: the function they run (durable mode)."""
@@ -166,27 +171,45 @@ def _call_of(job: Job, name: str, fn: Callable[..., Any], runs_stored: bool
     payload = job.payload
     if isinstance(payload, Call):
         return payload.fn, payload.args
-    if isinstance(payload, dict) and isinstance(payload.get("args"), list):
+    if is_call_payload(payload):
         if not runs_stored:
             raise TypeError(
                 f"job {job.id}: {name} was submitted to a memory queue as {fn!r}, which "
                 f"cannot run a stored call; submit the module-level function itself"
             )
         return fn, payload["args"]
-    raise TypeError(
-        f"job {job.id}: the payload of a submitted call to {name} must be "
-        f'{{"args": [...]}}, got {payload!r}'
-    )
+    # (enqueue refuses such a payload: this one was stored before it did)
+    raise TypeError(f"job {job.id}: {_bad_payload(name, payload)}")
 
 
-def handler_name(registry: TaskRegistry, fn: Callable[..., Any]) -> str | None:
-    """The name ``fn`` is registered under as a task handler (it takes the job), or
-    ``None``."""
-    for name in registry:
-        handler = registry.get(name).handler
-        if handler is fn and getattr(handler, _MARK, None) is None:
-            return name
-    return None
+def is_call_task(spec: TaskSpec) -> bool:
+    """Whether ``spec`` is a submitted function's task (its handler calls ``fn(*args)``
+    with the payload's args), not a handler that takes the job."""
+    return getattr(spec.handler, _MARK, None) is not None
+
+
+def is_call_payload(payload: Any) -> bool:
+    """The payload of a submitted call: ``{"args": [...]}`` and no other key (a memory
+    queue's :class:`Call` is one too)."""
+    return (isinstance(payload, dict) and len(payload) == 1
+            and isinstance(payload.get("args"), list))
+
+
+def check_call_payload(task: str, payload: Any) -> None:
+    """Refuse, at enqueue, a payload a submitted function's task can never run
+    (:class:`InvalidJob` naming ``payload``, HTTP 400): every attempt would fail."""
+    if not is_call_payload(payload):
+        raise InvalidJob(f"payload: {_bad_payload(task, payload)}")
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+
+
+def _bad_payload(task: str, payload: Any) -> str:
+    return (f"{task} is a submitted function's task, run as fn(*args): its payload must "
+            f'be {{"args": [...]}} (the positional arguments, and no other key), got '
+            f"{_SHORT.repr(payload)}")
 
 
 def call_job(registry: TaskRegistry, durable: bool, fn: Callable[..., Any],
@@ -196,12 +219,18 @@ def call_job(registry: TaskRegistry, durable: bool, fn: Callable[..., Any],
     store or Redis), so ``fn`` must be a module-level function and ``args`` JSON."""
     if not callable(fn):
         raise TypeError(f"submit: fn must be callable, got {fn!r}")
-    registered = handler_name(registry, fn)
+    registered = registry.handler_task(fn)
     if registered is not None:
+        name, here = registered
+        if here:
+            raise TypeError(
+                f"submit: {fn!r} is registered as the task {name!r}, a handler that "
+                f"takes the job; enqueue it by name instead: enqueue({name!r}, payload)"
+            )
         raise TypeError(
-            f"submit: {fn!r} is registered as the task {registered!r}, a handler "
-            f"that takes the job; enqueue it by name instead: "
-            f"enqueue({registered!r}, payload)"
+            f"submit: {fn!r} is registered as the task {name!r} in another registry "
+            f"(not this queue's), a handler that takes the job; enqueue it by name in a "
+            f"queue opened with that registry instead: enqueue({name!r}, payload)"
         )
     if durable:
         name = check_module_level(fn)

@@ -15,6 +15,8 @@ from ._cli_client import client_options as client_options
 from ._cli_client import table as table
 from ._cli_options import KNOWN_ENV as KNOWN_ENV
 from ._cli_options import metrics_options as metrics_options
+from ._created import enqueue_created as enqueue_created
+from ._created import repeated as repeated
 from ._fairness import FairPicker as FairPicker
 from ._gil import lowered_switch_interval as lowered_switch_interval
 from ._gil import run_in_thread as run_in_thread
@@ -170,6 +172,7 @@ __all__ = [
     "describe",
     "edge",
     "engine",
+    "enqueue_created",
     "escape_help",
     "fit",
     "flow",
@@ -194,6 +197,7 @@ __all__ = [
     "redis_paths",
     "refusal",
     "render",
+    "repeated",
     "route",
     "run_id",
     "run_in_thread",

@@ -10,7 +10,7 @@ import trio.testing
 from trio.testing import MockClock
 
 from trioqueue import InvalidJob, JobNotFound, JobStatus, QueueFull
-from trioqueue._batch import BatchItem
+from trioqueue.testing import BatchItem
 
 from .conftest import EMPTY, Backend, Harness, settle
 
