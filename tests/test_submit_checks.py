@@ -202,9 +202,10 @@ async def test_ordinary_tasks_take_any_payload(autojump_clock: Any) -> None:
 
 
 async def test_a_stored_call_with_a_bad_payload_fails_saying_why(tmp_path: Path) -> None:
-    """What a store kept from before the check: it fails (after its retries) naming the
-    payload's shape.  An extra key (``kwargs``) was dropped silently: ``add(1, 2)``."""
-    config = QueueConfig(persist_path=tmp_path / "q.db", workers=1, max_retries=0)
+    """What a store kept from before the check: it fails at once, its retries not spent
+    (no attempt could run it), naming the payload's shape.  An extra key (``kwargs``)
+    was dropped silently: ``add(1, 2)``."""
+    config = QueueConfig(persist_path=tmp_path / "q.db", workers=1, max_retries=3)
     before = TaskRegistry()
     before.register(lambda job: None, name=ADD, sync=True)  # stands in for the old code
     async with trioqueue.open_queue(before, config) as q:
@@ -216,7 +217,7 @@ async def test_a_stored_call_with_a_bad_payload_fails_saying_why(tmp_path: Path)
         with trio.fail_after(10):
             done = await q.wait_many([j.id for j in jobs])
     for job in done:
-        assert job.status is JobStatus.FAILED
+        assert (job.status, job.attempts) == (JobStatus.FAILED, 1)
         assert job.error is not None
         assert job.error.startswith(f"TypeError: job {job.id}: {ADD} is a submitted")
         assert 'its payload must be {"args": [...]} (the positional arguments, and no other' \

@@ -173,13 +173,25 @@ def _call_of(job: Job, name: str, fn: Callable[..., Any], runs_stored: bool
         return payload.fn, payload.args
     if is_call_payload(payload):
         if not runs_stored:
-            raise TypeError(
+            raise never_runs(
                 f"job {job.id}: {name} was submitted to a memory queue as {fn!r}, which "
                 f"cannot run a stored call; submit the module-level function itself"
             )
         return fn, payload["args"]
     # (enqueue refuses such a payload: this one was stored before it did)
-    raise TypeError(f"job {job.id}: {_bad_payload(name, payload)}")
+    raise never_runs(f"job {job.id}: {_bad_payload(name, payload)}")
+
+
+NEVER_RUNS = "__trioqueue_never_runs__"
+"""Set on the ``TypeError`` of a job no attempt can run (:func:`never_runs`)."""
+
+
+def never_runs(message: str) -> TypeError:
+    """The ``TypeError`` of a call no retry can make run: the job fails at once, its
+    retries not spent (the workers look for :data:`NEVER_RUNS` on a plain ``TypeError``)."""
+    exc = TypeError(message)
+    setattr(exc, NEVER_RUNS, True)
+    return exc
 
 
 def is_call_task(spec: TaskSpec) -> bool:

@@ -30,6 +30,7 @@ from ._progress import Progress, Reporter, in_thread
 from ._record import JobRecord
 from ._state import JobEvent
 from ._stats import Stats
+from ._submit import NEVER_RUNS
 
 log = logging.getLogger("trioqueue")
 
@@ -299,7 +300,8 @@ class Workers:
         rec.traceback = clean_text(
             "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__)))
         backend = self._backend
-        if rec.attempts > rec.max_retries:
+        if rec.attempts > rec.max_retries or (  # (or a submitted call that never runs)
+                exc.__class__ is TypeError and getattr(exc, NEVER_RUNS, False)):
             backend.finish(rec, JobEvent.FAIL_FINAL, end, slot.index, duration)
             # A dead letter: said at the default level (its retries are debug lines).
             log.warning("trioqueue: job %s (task %s) failed after %d attempt%s: %.200r",
