@@ -39,7 +39,7 @@ async def test_a_worker_serves_its_metrics_and_they_move_as_it_runs_jobs(runs: P
     try:
         with workers(queue, runs, "--workers", "2", "--metrics-port", "0") as (node,):
             line = node.read_until(f"trioqueue worker {node.pid}: metrics on ")
-            url = line.split()[-1]
+            url = line.split()[5]  # "... metrics on URL (answers to Host ...)"
             base, _, route = url.rpartition("/")
             assert (base.startswith("http://127.0.0.1:"), route) == (True, "metrics")
             async with httpx.AsyncClient(base_url=base) as http:

@@ -199,19 +199,28 @@ def serve_options(
     if max_body < 1 or event_buffer < 1 or slow <= 0 or max_connections < 1:
         raise UsageError("--max-body, --event-buffer, --slow-client-timeout and "
                          "--max-connections must be > 0")
+    settings = ServerSettings(
+        host=host, port=port, token=token, max_body=max_body,
+        event_buffer=event_buffer, slow_client_timeout=slow, access_log=args.access_log,
+        allowed_hosts=allowed_hosts_option(args, env), max_connections=max_connections,
+    )
+    return registry, config, settings
+
+
+def allowed_hosts_option(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[str, ...]:
+    """``--allowed-hosts`` (or ``TRIOQUEUE_ALLOWED_HOSTS``) of ``serve`` and of
+    ``worker``'s metrics port, each entry checked: a bad one is a usage error naming
+    whichever was given."""
+    from .server._hosts import parse_allowed_hosts
+
     hosts, hosts_from = args.allowed_hosts, "--allowed-hosts"
     if hosts is None:
         hosts_from = "TRIOQUEUE_ALLOWED_HOSTS"
         hosts = env_first(env, hosts_from) or ""
     try:
-        settings = ServerSettings(
-            host=host, port=port, token=token, max_body=max_body,
-            event_buffer=event_buffer, slow_client_timeout=slow, access_log=args.access_log,
-            allowed_hosts=hosts, max_connections=max_connections,
-        )
+        return parse_allowed_hosts(hosts)
     except ValueError as exc:  # "allowed_hosts: 'entry': what is wrong"
         raise UsageError(f"{hosts_from}: {str(exc).removeprefix('allowed_hosts: ')}") from None
-    return registry, config, settings
 
 
 def metrics_options(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[str, int] | None:
@@ -238,6 +247,21 @@ def metrics_options(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[s
     if host is not None and not host.strip():
         raise UsageError(f"{host_from}: empty; leave it out to bind 127.0.0.1")
     return (host or "127.0.0.1"), port
+
+
+def metrics_allowed_hosts(args: argparse.Namespace, env: Mapping[str, str],
+                          metrics: tuple[str, int] | None) -> tuple[str, ...]:
+    """The Host names ``worker``'s metrics port answers to besides its bind address and
+    the local ones (:func:`allowed_hosts_option`); ``metrics`` is what
+    :func:`metrics_options` gave.  Without a metrics port ``--allowed-hosts`` is refused
+    (it would do nothing) and ``TRIOQUEUE_ALLOWED_HOSTS`` ignored (``serve`` nodes read it
+    too, often from the same environment)."""
+    if metrics is None:
+        if args.allowed_hosts is not None:
+            raise UsageError("--allowed-hosts: applies with --metrics-port only (or "
+                             "TRIOQUEUE_METRICS_PORT): the names the metrics port answers to")
+        return ()
+    return allowed_hosts_option(args, env)
 
 
 KNOWN_ENV = frozenset(name for name in ENV_VARIABLES if name.startswith("TRIOQUEUE_")) | {

@@ -5,27 +5,39 @@ A worker has no HTTP API; this gives Prometheus something to scrape on each node
 runs on the server's own HTTP machinery (the lean HTTP/1.1 server of
 :mod:`trioqueue.server._lean`, the format negotiation of ``/metrics``) with an app of two
 read-only routes: no jobs, no events, no token.  The figures are computed when a request
-asks for them, as for ``serve``.
+asks for them, as for ``serve``.  ``GET /metrics`` answers only the ``Host`` names that
+``serve`` would (:class:`~trioqueue.server._hosts.HostCheck`: the bind address, the local
+names, ``--allowed-hosts``), so that a page using DNS rebinding cannot read them;
+``GET /healthz`` answers any Host (probes come by address).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import trio
 
 from ._engine import JobQueue
-from .server._app import JSON_TYPE, PROMETHEUS_TYPE
+from .server._app import CLOSE, JSON_TYPE, PROMETHEUS_TYPE
+from .server._hosts import HostCheck
 from .server._http import HTTPError, Receive, Scope, Send, parse_query, wants_prometheus
 from .server._json import dumps
 from .server._lean import serve_lean
 
 ROUTES = ("/metrics", "/healthz")
+PROBE = "/healthz"
+"""Answered whatever the ``Host`` (as on ``serve``): load balancers probe by address."""
 
 
 class NodeMetricsApp:
-    """The ASGI app of a worker's metrics port."""
+    """The ASGI app of a worker's metrics port bound on ``host``; ``allowed_hosts`` (as
+    :func:`~trioqueue.server._hosts.parse_allowed_hosts` gives them) are the names it
+    answers to besides ``host`` and the local ones."""
 
-    def __init__(self, queue: JobQueue) -> None:
+    def __init__(self, queue: JobQueue, *, host: str = "127.0.0.1",
+                 allowed_hosts: Iterable[str] = ()) -> None:
         self.queue = queue
+        self.hosts = HostCheck(host, allowed_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":  # no event stream here: the upgrade gets 403
@@ -45,6 +57,10 @@ class NodeMetricsApp:
 
     def _answer(self, scope: Scope) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         path, method = scope["path"], scope["method"]
+        if path != PROBE:  # before the route: an unknown path says nothing either
+            problem = self.hosts.headers_problem(scope["headers"])
+            if problem is not None:  # serve's status and body for a bad Host
+                raise HTTPError(400, problem, (CLOSE,))
         if path not in ROUTES:
             raise HTTPError(404, f"no route {path!r} here: a worker's metrics port serves "
                             "GET /metrics and GET /healthz only")
@@ -76,15 +92,18 @@ async def serve_node_metrics(
     port: int,
     *,
     stop: trio.Event,
+    allowed_hosts: Iterable[str] = (),
     listeners: list[trio.SocketListener] | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``queue``'s metrics on ``host:port`` (or on ``listeners``, bound already by
-    :func:`bind_metrics`) until ``stop`` is set.
+    :func:`bind_metrics`) until ``stop`` is set; ``/metrics`` to the Host names of
+    ``host`` and ``allowed_hosts`` only (:class:`NodeMetricsApp`).
 
     ``task_status.started`` gets the base URL (with port 0, the port the system chose).
     An address that cannot be bound raises the ``OSError`` at once."""
-    await serve_lean(NodeMetricsApp(queue), host, port, max_body=MAX_BODY,
+    app = NodeMetricsApp(queue, host=host, allowed_hosts=allowed_hosts)
+    await serve_lean(app, host, port, max_body=MAX_BODY,
                      max_connections=MAX_CONNECTIONS, shutdown_trigger=stop.wait,
                      listeners=listeners, task_status=task_status)
 

@@ -39,7 +39,7 @@ from ._cli_common import DEFAULT_PORT
 from ._cli_common import UsageError as UsageError
 from ._cli_common import transport_failure as transport_failure
 from ._cli_options import load_registry as load_registry
-from ._cli_options import metrics_options
+from ._cli_options import metrics_allowed_hosts, metrics_options
 from ._cli_options import queue_options as queue_options
 from ._cli_options import redacted as redacted
 from ._cli_options import serve_options as serve_options
@@ -206,8 +206,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _work_until_signalled(registry: TaskRegistry, config: QueueConfig, out: TextIO,
-                                metrics: tuple[str, int] | None = None) -> int:
-    """Run a node without HTTP (but ``metrics``, ``(host, port)``: its metrics endpoint);
+                                metrics: tuple[str, int] | None = None,
+                                allowed_hosts: tuple[str, ...] = ()) -> int:
+    """Run a node without HTTP (but ``metrics``, ``(host, port)``: its metrics endpoint,
+    answering the Host names of its address and ``allowed_hosts``);
     the first SIGINT/SIGTERM shuts it down in order (running jobs get
     ``shutdown_timeout``, claimed ones go back, queued ones stay in Redis), a second one
     cuts it short."""
@@ -218,18 +220,21 @@ async def _work_until_signalled(registry: TaskRegistry, config: QueueConfig, out
     # The metrics port first: one in use stops the worker before it joins the cluster.
     listeners = None if metrics is None else await bind_metrics(*metrics)
     try:
-        return await _work(registry, config, out, metrics, listeners, forced, closed)
+        return await _work(registry, config, out, metrics, allowed_hosts, listeners, forced,
+                           closed)
     finally:
         for listener in listeners or ():  # (closed already once served)
             await trio.aclose_forcefully(listener)
 
 
 async def _work(registry: TaskRegistry, config: QueueConfig, out: TextIO,
-                metrics: tuple[str, int] | None, listeners: list[trio.SocketListener] | None,
+                metrics: tuple[str, int] | None, allowed_hosts: tuple[str, ...],
+                listeners: list[trio.SocketListener] | None,
                 forced: list[int], closed: trio.Event) -> int:
     """:func:`_work_until_signalled` once its metrics port is bound."""
     from ._engine import open_queue
     from ._node_http import serve_node_metrics
+    from .server._hosts import HostCheck
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -238,15 +243,18 @@ async def _work(registry: TaskRegistry, config: QueueConfig, out: TextIO,
                 url = None
                 if metrics is not None:  # it answers until the queue has closed
                     url = await nursery.start(partial(serve_node_metrics, queue, *metrics,
-                                                      stop=closed, listeners=listeners))
+                                                      stop=closed, allowed_hosts=allowed_hosts,
+                                                      listeners=listeners))
                 print(f"trioqueue worker {os.getpid()}: {config.workers} workers on queue "
                       f"{config.queue_name!r} at {redacted(config.redis_url)}, node "
                       f"{queue.metrics().node}, lease {config.lease:g} s, prefetch "
                       f"{config.prefetch}, tasks {', '.join(sorted(registry)) or '(none)'}",
                       file=out, flush=True)
                 if url is not None:
-                    print(f"trioqueue worker {os.getpid()}: metrics on {url}/metrics",
-                          file=out, flush=True)
+                    assert metrics is not None
+                    hosts = HostCheck(metrics[0], allowed_hosts).describe()
+                    print(f"trioqueue worker {os.getpid()}: metrics on {url}/metrics "
+                          f"(answers to Host {hosts})", file=out, flush=True)
                 async for signum in signals:
                     log.info("%s: shutting down (send it again to stop at once)",
                              signal.Signals(signum).name)
@@ -272,8 +280,9 @@ async def _work(registry: TaskRegistry, config: QueueConfig, out: TextIO,
 def cmd_worker(args: argparse.Namespace) -> int:
     registry, config = queue_options(args, os.environ, worker=True)
     metrics = metrics_options(args, os.environ)
+    allowed_hosts = metrics_allowed_hosts(args, os.environ, metrics)
     code, line = _run_node(_work_until_signalled, config, registry, config, sys.stdout,
-                           metrics)
+                           metrics, allowed_hosts)
     if code is not None:
         return code
     assert line is not None
@@ -358,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "port (default: none; 0: any free)")
     worker.add_argument("--metrics-host", metavar="HOST",
                         help="address of --metrics-port (default 127.0.0.1)")
+    worker.add_argument("--allowed-hosts", metavar="A,B",
+                        help="Host names --metrics-port answers besides its address and "
+                        "localhost (/healthz: any); '*': any")
     worker.set_defaults(handler=cmd_worker)
 
     def client_flags(p: argparse.ArgumentParser) -> None:

@@ -101,7 +101,6 @@ class App:
         self.state = state or ServerState()
         self._token = None if not self.settings.token else self.settings.token.encode()
         self.hosts = HostCheck(self.settings.host, self.settings.allowed_hosts)
-        self._good_hosts: set[bytes] = set()
         self._openapi: bytes | None = None
         self._encode = EventEncoder()
         self.history = MetricsHistory()
@@ -151,23 +150,6 @@ class App:
             return False
         return hmac.compare_digest(presented, self._token)
 
-    def _host_problem(self, raw_headers: list[tuple[bytes, bytes]]) -> str | None:
-        """Why the request's ``Host`` is refused (see :class:`HostCheck`), or None."""
-        if self.hosts.any_host:
-            return None
-        found = [value for name, value in raw_headers if name == b"host"]
-        if not found:
-            return None
-        if len(found) > 1:
-            return "host: more than one Host header"
-        value = found[0]
-        if value in self._good_hosts:
-            return None
-        problem = self.hosts.problem(value.decode("latin-1"))
-        if problem is None and len(self._good_hosts) < 64:
-            self._good_hosts.add(value)
-        return problem
-
     @staticmethod
     def _cross_site(method: str, headers: dict[bytes, bytes]) -> bool:
         """A browser says another site's page sent this request (``Sec-Fetch-Site``)."""
@@ -199,7 +181,7 @@ class App:
             # The refusals below come before the body is read, and end the connection
             # (CLOSE) rather than read a body nobody asked for.
             if path not in _PROBES:  # load balancers probe them by address
-                problem = self._host_problem(scope["headers"])
+                problem = self.hosts.headers_problem(scope["headers"])
                 if problem is not None:
                     raise HTTPError(400, problem, (CLOSE,))
             found = route(method, path)
@@ -533,7 +515,7 @@ class App:
         except HTTPError as exc:
             problem = exc.message
         if problem is None:
-            problem = self._host_problem(scope["headers"])
+            problem = self.hosts.headers_problem(scope["headers"])
         if problem is None and scope["path"] != "/events":
             problem = f"no websocket endpoint at {scope['path']}"
         if problem is None and not self._authorized(headers, query.get("token")):

@@ -108,6 +108,26 @@ class HostCheck:
         if bind_name and not self.any_ip:
             names.add(canonical or bind_name.removesuffix("."))
         self.names = frozenset(names)
+        self._good: set[bytes] = set()
+        """Host values answered already (at most 64): most requests name one of a few."""
+
+    def headers_problem(self, raw_headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+        """Why a request with these headers is refused, or None: no Host is answered
+        (HTTP/1.0; every browser sends one), two are refused, one is :meth:`problem`'s."""
+        if self.any_host:
+            return None
+        found = [value for name, value in raw_headers if name == b"host"]
+        if not found:
+            return None
+        if len(found) > 1:
+            return "host: more than one Host header"
+        value = found[0]
+        if value in self._good:
+            return None
+        problem = self.problem(value.decode("latin-1"))
+        if problem is None and len(self._good) < 64:
+            self._good.add(value)
+        return problem
 
     def describe(self) -> str:
         """The answered-to hosts, for the log."""
