@@ -7,7 +7,6 @@ Redis (tests/redis_util.py), on queues named ``tq-created-*``."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +19,8 @@ from trioqueue.demo import registry
 from trioqueue.server import App
 from trioqueue.testing import JobRequest, enqueue_created
 
-from .redis_util import REDIS_URL, admin, delete_queue, unique
+from .redis_util import REDIS_URL
 from .test_server_app import call
-
-
-@pytest.fixture
-async def redis_queue() -> AsyncIterator[str]:
-    """A fresh Redis queue name; its keys are deleted afterwards."""
-    name = unique("tq-created")
-    try:
-        yield name
-    finally:
-        with trio.CancelScope(shield=True):
-            async with admin() as client:
-                await delete_queue(client, name)
 
 
 def on_redis(queue_name: str) -> QueueConfig:
@@ -41,14 +28,14 @@ def on_redis(queue_name: str) -> QueueConfig:
 
 
 async def test_two_redis_nodes_enqueue_one_new_id_and_one_is_told_created(
-    redis_queue: str,
+    queue_name: str,
 ) -> None:
     """Two nodes each enqueue every one of 20 new ids twice, all at once: each job is
     made once, and exactly one of its four enqueues is told it made it."""
     told: dict[str, list[tuple[str, bool, Job]]] = {}
     with trio.fail_after(30):
-        async with trioqueue.open_queue(registry, on_redis(redis_queue)) as a, \
-                trioqueue.open_queue(registry, on_redis(redis_queue)) as b:
+        async with trioqueue.open_queue(registry, on_redis(queue_name)) as a, \
+                trioqueue.open_queue(registry, on_redis(queue_name)) as b:
 
             async def enqueue(node: str, q: trioqueue.JobQueue, job_id: str) -> None:
                 job, created = await enqueue_created(q.enqueue, "echo", {"id": job_id},
@@ -108,15 +95,15 @@ async def test_one_process_enqueues_one_new_id_and_one_is_told_created(
 
 
 async def test_a_job_made_by_another_server_after_the_look_up_is_answered_200(
-    redis_queue: str,
+    queue_name: str,
 ) -> None:
     """Server B looks the id up (not there), then server A makes the job (202), then B
     enqueues: B's enqueue finds A's job, and B answers 200 with it.  (B decided from its
     look-up before, and answered 202 too.)"""
     body = {"task": "echo", "payload": {"n": 1}, "id": "race-1"}
     with trio.fail_after(30):
-        async with trioqueue.open_queue(registry, on_redis(redis_queue)) as a, \
-                trioqueue.open_queue(registry, on_redis(redis_queue)) as b:
+        async with trioqueue.open_queue(registry, on_redis(queue_name)) as a, \
+                trioqueue.open_queue(registry, on_redis(queue_name)) as b:
             app_a, app_b = App(a), App(b)
             made_by_a: list[tuple[int, Any]] = []
             look_up = app_b._stored_repeat
@@ -144,14 +131,14 @@ async def test_a_job_made_by_another_server_after_the_look_up_is_answered_200(
 
 
 async def test_two_servers_posting_one_new_id_at_once_answer_202_once(
-    redis_queue: str,
+    queue_name: str,
 ) -> None:
     """Two servers on one Redis queue, ten requests each with one new id, all at once:
     one 202 (from either server), nineteen 200s, and the same job in every answer."""
     body = {"task": "echo", "payload": {"n": 1}, "id": "conc-1"}
     with trio.fail_after(30):
-        async with trioqueue.open_queue(registry, on_redis(redis_queue)) as a, \
-                trioqueue.open_queue(registry, on_redis(redis_queue)) as b:
+        async with trioqueue.open_queue(registry, on_redis(queue_name)) as a, \
+                trioqueue.open_queue(registry, on_redis(queue_name)) as b:
             apps = (App(a), App(b))
             answers: list[tuple[int, Any]] = []
 
