@@ -697,7 +697,7 @@ def test_retry_failed_jobs_in_bulk(server: Server) -> None:
     assert (none.returncode, json.loads(none.stdout)) == (0, {"retried": 0})
     typo = run_cli("retry", "--failed", "--task", "fial", "--url", server.url)
     assert typo.returncode == 1  # a misspelt task is refused (404), not 0 jobs retried
-    assert "no handler registered as 'fial'" in typo.stderr, typo.stderr
+    assert "UnknownTask: task: no handler registered as 'fial'" in typo.stderr, typo.stderr
     result = run_cli("retry", "--failed", "--task", "fail", "--url", server.url)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["retried"] >= 3

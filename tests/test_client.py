@@ -159,6 +159,8 @@ async def test_tasks_metrics_text_and_bulk_retry(server: Server) -> None:
         with pytest.raises(trioqueue.InvalidJob, match="status: expected 'failed' or "
                            "'cancelled', got 'completed'"):
             await client.retry_all("completed")
+        with pytest.raises(trioqueue.UnknownTask, match="no handler registered as 'fial'"):
+            await client.retry_all("failed", task="fial")
 
 
 def without_bulk_retry(app: App) -> Any:

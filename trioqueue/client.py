@@ -535,7 +535,8 @@ def _error(status: int, message: str, op: str, retry_after: str | None) -> TrioQ
     if status == 404:
         if message.startswith("no route for "):  # not a job or task the server lacks
             return ServerError(status, f"{message}: is the client's URL the server's root?")
-        return UnknownTask(message) if op == "enqueue" else JobNotFound(message)
+        # (retry_all's 404: its task is not registered)
+        return UnknownTask(message) if op in ("enqueue", "retry_all") else JobNotFound(message)
     if status == 409:
         return DuplicateJob(message) if op == "enqueue" else InvalidTransition(message)
     if status == 429:
