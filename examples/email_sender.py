@@ -81,7 +81,7 @@ def start_relay(relay: Relay) -> tuple[int, Any]:
     """Run aiosmtpd in a thread on 127.0.0.1; return (port, stop)."""
     from aiosmtpd.smtp import SMTP
 
-    class LimitedSMTP(SMTP):  # type: ignore[misc]
+    class LimitedSMTP(SMTP):
         """Greets at most MAX_SESSIONS clients at once; the others get 421 and goodbye."""
 
         over_limit = False
@@ -99,7 +99,7 @@ def start_relay(relay: Relay) -> tuple[int, Any]:
             else:
                 super().connection_made(transport)
 
-        def connection_lost(self, exc: BaseException | None) -> None:
+        def connection_lost(self, exc: Exception | None) -> None:
             if not self.over_limit:
                 with relay.lock:
                     relay.sessions -= 1

@@ -63,9 +63,11 @@ async def heartbeat(q: trioqueue.JobQueue, every: float) -> None:
     while True:
         await trio.sleep(every)
         m = q.metrics()
+        # None until a job has waited in the queue (no jobs yet, or none recently)
+        wait = "-" if m.wait_p50 is None else f"{m.wait_p50 * 1000:.1f} ms"
         print(
             f"heartbeat: {m.completed} done, {sum(m.queued.values())} queued, "
-            f"{m.busy_workers}/{m.workers} workers busy, wait p50 {m.wait_p50 * 1000:.1f} ms",
+            f"{m.busy_workers}/{m.workers} workers busy, wait p50 {wait}",
             flush=True,
         )
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import gc
 import json
+import sys
+import textwrap
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -266,3 +268,39 @@ def test_the_cli_enqueue_of_a_bad_call_payload_exits_1(tmp_path: Path) -> None:
                        "--url", srv.url)
         assert good.returncode == 0, good.stderr
         assert json.loads(good.stdout)["result"] == 3
+
+
+def test_mypy_checks_the_arguments_of_a_submitted_call(tmp_path: Path) -> None:
+    """``submit(fn, *args)`` is typed as Trio's ``start_soon``: the args against ``fn``'s
+    parameters, an async or a plain ``fn``."""
+    from mypy import api
+
+    source = tmp_path / "typed_submit.py"
+    source.write_text(textwrap.dedent("""
+        import trioqueue
+
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        async def fetch(url: str) -> str:
+            return url
+
+        async def main(q: trioqueue.JobQueue) -> None:
+            await q.submit(add, 1, 2)
+            await q.submit(fetch, "https://example.com", priority="high")
+            q.submit_nowait(add, 1, 2, delay=1.0)
+            await q.submit(add, 1, "two")  # BAD
+            q.submit_nowait(fetch)  # BAD
+    """))
+    limit = sys.getrecursionlimit()
+    try:
+        out, err, status = api.run([
+            "--strict", "--no-error-summary", "--cache-dir", str(tmp_path / "cache"),
+            str(source),
+        ])
+    finally:  # (mypy raises the limit for good; see test_registry's mypy test)
+        sys.setrecursionlimit(limit)
+    bad = [n for n, line in enumerate(source.read_text().splitlines(), 1) if "# BAD" in line]
+    errors = [line for line in out.splitlines() if ": error:" in line]
+    assert status == 1, out + err
+    assert sorted({int(line.split(":")[1]) for line in errors}) == bad, out

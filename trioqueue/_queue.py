@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVarTuple
 
 import attrs
 import trio
@@ -73,6 +73,10 @@ class JobPage:
     jobs: list[Job]
     next: str | None
 
+
+PosArgsT = TypeVarTuple("PosArgsT")
+"""``submit``'s positional arguments, checked against ``fn``'s by a type checker (as
+Trio types ``nursery.start_soon``)."""
 
 class JobQueue(Readings):
     """A running queue.  Get one from :func:`open_queue`; there is no public constructor.
@@ -293,8 +297,8 @@ class JobQueue(Readings):
 
     async def submit(
         self,
-        fn: Callable[..., Any],
-        *args: Any,
+        fn: Callable[[*PosArgsT], object],
+        *args: *PosArgsT,
         priority: Priority | str | None = None,
         delay: float = 0.0,
         max_retries: int | None = None,
@@ -320,8 +324,8 @@ class JobQueue(Readings):
 
     def submit_nowait(
         self,
-        fn: Callable[..., Any],
-        *args: Any,
+        fn: Callable[[*PosArgsT], object],
+        *args: *PosArgsT,
         priority: Priority | str | None = None,
         delay: float = 0.0,
         max_retries: int | None = None,
