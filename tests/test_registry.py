@@ -139,6 +139,11 @@ def test_mypy_sees_the_decorated_function_and_a_bad_handler(tmp_path: Path) -> N
         async def bad(a: int, b: int) -> int:
             return a + b
 
+        async def plain(job: trioqueue.Job) -> None:
+            return None
+
+        direct = registry.task(plain, name="direct", max_retries=1)  # GOOD: not a decorator
+
         reveal_type(good)
         reveal_type(bare)
     """))
@@ -153,6 +158,9 @@ def test_mypy_sees_the_decorated_function_and_a_bad_handler(tmp_path: Path) -> N
     lines = out.splitlines()
     assert status == 1, out + err
     bad_line = source.read_text().splitlines().index('@registry.task(name="bad")') + 1
+    good_line = next(n for n, line in enumerate(source.read_text().splitlines(), 1)
+                     if "# GOOD" in line)
+    assert not [line for line in lines if f"typed_tasks.py:{good_line}:" in line], out
     assert any(f"typed_tasks.py:{bad_line}: error" in line and "type-var" in line
                for line in lines), out
     revealed = [line for line in lines if "Revealed type" in line]

@@ -304,12 +304,26 @@ async def wait_all(ids: list[str], held: list[JobRecord | None],
                 failed.append(exc)
             cancel_scope.cancel()
 
-    async with trio.open_nursery() as nursery:
-        for i in range(len(ids)):
-            nursery.start_soon(one, i, nursery.cancel_scope)
+    try:
+        async with trio.open_nursery() as nursery:
+            for i in range(len(ids)):
+                nursery.start_soon(one, i, nursery.cancel_scope)
+    except BaseExceptionGroup as group:
+        # Cancelled from outside, each waiter raised Cancelled: the caller sees one, as
+        # from any single await, not a group of them.
+        cancelled, rest = group.split(trio.Cancelled)
+        if rest is not None or cancelled is None:
+            raise
+        raise _leaf(cancelled) from None
     if failed:
         raise failed[0]
     return [job for job in done if job is not None]
+
+
+def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception of ``group`` that is not itself a group."""
+    first = group.exceptions[0]
+    return _leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 async def commit_or_take_back(backend: Backend, recs: list[JobRecord], *,

@@ -516,6 +516,7 @@ class JobQueue(Readings):
         finished raises :class:`InvalidTransition`.  A cancelled job is never retried by
         itself.  With ``durability="sync"`` it returns once the store holds the outcome.
         """
+        await trio.lowlevel.checkpoint_if_cancelled()  # (Cancelled: nothing was done)
         backend = self._backend
         rec = await backend.cancel(job_id)
         if rec.status is PROCESSING:
@@ -533,6 +534,7 @@ class JobQueue(Readings):
         Waits for room like :meth:`enqueue`.  Raises :class:`InvalidTransition` for a job
         in any other state, :class:`ShuttingDown` while closing.
         """
+        await trio.lowlevel.checkpoint_if_cancelled()  # (Cancelled: nothing was done)
         self._batches.check_intake()
         backend = self._backend
         rec = await backend.retry(job_id)

@@ -74,7 +74,21 @@ class TaskRegistry:
         _HANDLERS[self] = {}
 
     @overload
-    def task(self, fn: F, /) -> F: ...
+    def task(
+        self,
+        fn: F,
+        /,
+        *,
+        name: str | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        priority: Priority | str = Priority.MEDIUM,
+        sync: bool = False,
+        schedule: str | None = None,
+        every: float | None = None,
+        tz: str | None = None,
+        concurrency: int | None = None,
+    ) -> F: ...
 
     @overload
     def task(

@@ -35,7 +35,7 @@ import math
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlencode
 
 import attrs
@@ -153,7 +153,7 @@ class Client:
         self._http = http or httpx.AsyncClient(base_url=self.url, timeout=timeout,
                                                headers=headers)
 
-    async def __aenter__(self) -> Client:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

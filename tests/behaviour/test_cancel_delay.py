@@ -110,3 +110,26 @@ async def test_a_zero_delay_is_no_delay(
         assert job.status is JobStatus.QUEUED
         assert job.scheduled_for is None
         assert (await q.wait(job.id)).status is JobStatus.COMPLETED
+
+
+async def test_a_cancelled_caller_changes_no_job_and_sees_one_cancelled(
+    backend: Backend, clock: MockClock | None, h: Harness
+) -> None:
+    """Trio's rule: ``Cancelled`` from a call means it did nothing.  ``cancel`` and
+    ``retry`` in a cancelled scope leave the job as it was; ``wait_many`` cancelled from
+    outside raises one ``Cancelled``, not a group of its waiters' ones."""
+    async with backend.open(h.registry, workers=1) as q:
+        later = await q.enqueue("echo", "later", delay=60)
+        failed = await q.wait((await q.enqueue("fail", "x", max_retries=0)).id)
+        assert failed.status is JobStatus.FAILED
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            with pytest.raises(trio.Cancelled):
+                await q.cancel(later.id)
+            with pytest.raises(trio.Cancelled):
+                await q.retry(failed.id)
+        assert (await q.get(later.id)).status is JobStatus.SCHEDULED
+        assert (await q.get(failed.id)).status is JobStatus.FAILED
+        with trio.move_on_after(0.5):  # (later is due in 60 s)
+            with pytest.raises(trio.Cancelled):  # (a BaseExceptionGroup would not match)
+                await q.wait_many([later.id, failed.id])

@@ -369,7 +369,7 @@ class LocalBackend:
             self.timer.unschedule(rec)
             self.ready.release_delay_slot(rec)
         self.table.finish(rec, JobEvent.CANCEL, self.now())
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.cancel_shielded_checkpoint()  # (done: no Cancelled now)
         return rec
 
     async def retry(self, job_id: str) -> JobRecord:
