@@ -6,7 +6,7 @@ import inspect
 import types
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 
 import attrs
 
@@ -15,6 +15,11 @@ from ._job import Job, Priority, check_max_retries, check_timeout, clean_text
 
 F = TypeVar("F", bound=Callable[[Job], Any])
 """A handler: called with the job, its type kept by the decorator (so mypy sees it)."""
+A = TypeVar("A", bound=Callable[[Job], Awaitable[object]])
+"""An ``async def`` handler (``sync=False``, the default): mypy flags a plain function
+registered without ``sync=True``, which would block the event loop."""
+S = TypeVar("S", bound=Callable[[Job], object])
+"""A ``sync=True`` handler, run in a worker thread."""
 C = TypeVar("C", bound=Callable[..., Any])
 """A function for ``submit`` (``submittable``), its type kept by the decorator."""
 Handler = Callable[[Job], Awaitable[Any]] | Callable[[Job], Any]
@@ -74,24 +79,41 @@ class TaskRegistry:
         _HANDLERS[self] = {}
 
     @overload
-    def task(
+    def task(  # an async def handler, bare or called
         self,
-        fn: F,
+        fn: A,
         /,
         *,
         name: str | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
         priority: Priority | str = Priority.MEDIUM,
-        sync: bool = False,
+        sync: Literal[False] = False,
         schedule: str | None = None,
         every: float | None = None,
         tz: str | None = None,
         concurrency: int | None = None,
-    ) -> F: ...
+    ) -> A: ...
 
     @overload
-    def task(
+    def task(  # a plain function, with sync=True
+        self,
+        fn: S,
+        /,
+        *,
+        name: str | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        priority: Priority | str = Priority.MEDIUM,
+        sync: Literal[True],
+        schedule: str | None = None,
+        every: float | None = None,
+        tz: str | None = None,
+        concurrency: int | None = None,
+    ) -> S: ...
+
+    @overload
+    def task(  # @registry.task(...)
         self,
         fn: None = None,
         /,
@@ -100,7 +122,58 @@ class TaskRegistry:
         max_retries: int | None = None,
         timeout: float | None = None,
         priority: Priority | str = Priority.MEDIUM,
-        sync: bool = False,
+        sync: Literal[False] = False,
+        schedule: str | None = None,
+        every: float | None = None,
+        tz: str | None = None,
+        concurrency: int | None = None,
+    ) -> Callable[[A], A]: ...
+
+    @overload
+    def task(  # @registry.task(sync=True, ...)
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        priority: Priority | str = Priority.MEDIUM,
+        sync: Literal[True],
+        schedule: str | None = None,
+        every: float | None = None,
+        tz: str | None = None,
+        concurrency: int | None = None,
+    ) -> Callable[[S], S]: ...
+
+    @overload
+    def task(  # sync given as a bool variable: not checked
+        self,
+        fn: F,
+        /,
+        *,
+        name: str | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        priority: Priority | str = Priority.MEDIUM,
+        sync: bool,
+        schedule: str | None = None,
+        every: float | None = None,
+        tz: str | None = None,
+        concurrency: int | None = None,
+    ) -> F: ...
+
+    @overload
+    def task(  # the same, as a decorator
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        priority: Priority | str = Priority.MEDIUM,
+        sync: bool,
         schedule: str | None = None,
         every: float | None = None,
         tz: str | None = None,
