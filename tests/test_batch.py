@@ -86,7 +86,7 @@ async def test_an_id_repeated_in_a_batch_counts_once_against_the_capacity(
 ) -> None:
     """Six items, five ids: five new jobs, within a capacity of five (the check before the
     batch was admitted counted items, and refused it as larger than the capacity)."""
-    from trioqueue.testing import BatchItem
+    from trioqueue import BatchItem
 
     async with trioqueue.open_queue(make_registry(), QueueConfig(workers=1, capacity=5)) as q:
         items = [BatchItem("double", {"n": i}, job_id=f"n{i}") for i in range(5)]

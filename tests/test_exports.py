@@ -7,6 +7,7 @@ import types
 import trioqueue
 
 EXPECTED = {
+    "BatchItem",
     "DuplicateJob",
     "Event",
     "InvalidJob",

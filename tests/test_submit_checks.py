@@ -17,9 +17,8 @@ import pytest
 import trio
 
 import trioqueue
-from trioqueue import InvalidJob, Job, JobStatus, QueueConfig, TaskRegistry
+from trioqueue import BatchItem, InvalidJob, Job, JobStatus, QueueConfig, TaskRegistry
 from trioqueue.server import App
-from trioqueue.testing import BatchItem
 
 from .redis_util import REDIS_URL, admin, delete_queue, unique
 from .test_cli import run_cli

@@ -4,6 +4,7 @@ Open one with :func:`open_queue` inside ``trio.run``; see docs/python-api.md.
 """
 
 from ._backoff import RetryPolicy
+from ._batch import BatchItem
 from ._config import QueueConfig
 from ._engine import JobQueue, open_queue
 from ._events import Event
@@ -27,6 +28,7 @@ from ._registry import TaskRegistry, TaskSpec
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchItem",
     "DuplicateJob",
     "Event",
     "InvalidJob",

@@ -9,7 +9,6 @@ one place.  Nothing here is a stable API: it changes with the code it names.
 """
 
 from . import _engine as engine
-from ._batch import BatchItem as BatchItem
 from ._cli_client import clean as clean
 from ._cli_client import client_options as client_options
 from ._cli_client import table as table
@@ -123,7 +122,6 @@ __all__ = [
     "TRANSITIONS",
     "UNSTARTED_MAX",
     "Admission",
-    "BatchItem",
     "CorruptRecord",
     "Endpoint",
     "EventEncoder",

@@ -9,8 +9,7 @@ import trio.lowlevel
 import trio.testing
 from trio.testing import MockClock
 
-from trioqueue import InvalidJob, JobNotFound, JobStatus, QueueFull
-from trioqueue.testing import BatchItem
+from trioqueue import BatchItem, InvalidJob, JobNotFound, JobStatus, QueueFull
 
 from .conftest import EMPTY, Backend, Harness, settle
 
