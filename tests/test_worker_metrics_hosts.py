@@ -91,7 +91,7 @@ async def test_bind_address_and_allowed_hosts(queue: JobQueue) -> None:
 
 
 def test_allowed_hosts_flag_and_variable() -> None:
-    from trioqueue._cli_options import metrics_allowed_hosts
+    from trioqueue.testing import metrics_allowed_hosts
 
     def options(argv: list[str], env: dict[str, str]) -> tuple[str, ...]:
         args = build_parser().parse_args(["worker", *argv])

@@ -13,6 +13,7 @@ from ._cli_client import clean as clean
 from ._cli_client import client_options as client_options
 from ._cli_client import table as table
 from ._cli_options import KNOWN_ENV as KNOWN_ENV
+from ._cli_options import metrics_allowed_hosts as metrics_allowed_hosts
 from ._cli_options import metrics_options as metrics_options
 from ._created import enqueue_created as enqueue_created
 from ._created import repeated as repeated
@@ -183,6 +184,7 @@ __all__ = [
     "lean",
     "lowered_switch_interval",
     "lua_script",
+    "metrics_allowed_hosts",
     "metrics_options",
     "monitor",
     "move",
