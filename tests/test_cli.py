@@ -224,6 +224,18 @@ def test_redacted_hides_only_the_password() -> None:
     assert redacted("redis://:s3cret@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
     assert redacted("rediss://me:s3cret@host/1") == "rediss://me:***@host/1"
     assert redacted(REDIS) == REDIS
+    assert (redacted("redis://127.0.0.1:6379/8?password=s3cret")
+            == "redis://127.0.0.1:6379/8?password=***")
+    assert (redacted("unix:///run/r.sock?db=2&password=s3cret&username=me")
+            == "unix:///run/r.sock?db=2&password=***&username=me")
+
+
+def test_a_redis_url_with_a_query_parameter_it_would_ignore_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"^redis_url: unknown query parameters "
+                       r"'socket_timeout', 'ssl' \(a redis:// or unix:// URL takes db, "
+                       r"password, username\): it would be ignored$"):
+        QueueConfig(redis_url="redis://127.0.0.1/0?socket_timeout=5&ssl=s3cret")
+    QueueConfig(redis_url="unix:///run/r.sock?db=2&password=x&username=me")
 
 
 def test_durability_options_with_a_store_are_taken(tmp_path: Path) -> None:

@@ -123,6 +123,15 @@ async def test_redis_not_answering_makes_the_server_unready_until_it_does(
             status, _, body = await call(app, "GET", "/readyz", headers=auth)
             assert (status, body["status"]) == (503, "unavailable")
             assert body["reason"].startswith("redis unavailable for ")
+            # A page rebound to this server (its Host a name the server does not answer
+            # to) gets the status, never the reason (Redis' address); nor on a server
+            # without a token, where every request may read the queue.
+            rebound = {**auth, "host": "rebind.evil.example"}
+            for where in (app, App(q, ServerSettings())):
+                status, _, body = await call(where, "GET", "/readyz", headers=rebound)
+                assert (status, body) == (503, {"status": "unavailable"})
+                status, _, body = await call(where, "GET", "/readyz", headers=auth)
+                assert body["reason"].startswith("redis unavailable for ")
             assert (await call(app, "GET", "/healthz"))[0] == 200
             await redis.start()
 

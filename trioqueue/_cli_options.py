@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from ._cli_common import DEFAULT_PORT, env_first, env_named, parse_float, parse_int
 from ._cli_common import UsageError as UsageError
@@ -69,14 +69,20 @@ _REDIS_ONLY = (("queue", "--queue", "TRIOQUEUE_QUEUE"), ("lease", "--lease", "TR
 
 
 def redacted(url: str) -> str:
-    """``url`` with its password (if any) shown as ``***``: for messages and logs."""
+    """``url`` with its password (if any: in the netloc, or a ``password=`` query
+    parameter) shown as ``***``: for messages and logs."""
     parts = urlsplit(url)
-    if parts.password is None:
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+    query = "&".join(
+        "password=***" if part.partition("=")[0] == "password" else part
+        for part in parts.query.split("&")) if parts.query else ""
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query,
-                       parts.fragment))
+    # (not urlunsplit: it drops the "//" of an empty netloc, as in unix:///path)
+    return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+            + (f"#{parts.fragment}" if parts.fragment else ""))
 
 
 def queue_options(

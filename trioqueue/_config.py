@@ -88,6 +88,18 @@ def _optional_redis_url(inst: object, attr: attrs.Attribute[str | None],
     db = parsed.path.strip("/")
     if parsed.scheme != "unix" and db and not (db.isascii() and db.isdigit()):
         raise ValueError(f"redis_url: the database {db!r} is not a number (redis://HOST:PORT/N)")
+    if parsed.scheme != "rediss":  # (rediss:// is coredis', which reads more of them)
+        keys = [part.partition("=")[0] for part in parsed.query.split("&") if part]
+        unknown = sorted(set(keys) - _URL_QUERY)
+        if unknown:  # named, their values not shown (a password may be among them)
+            raise ValueError(
+                f"redis_url: unknown query parameter{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(map(repr, unknown))} (a redis:// or unix:// URL takes "
+                f"{', '.join(sorted(_URL_QUERY))}): it would be ignored")
+
+
+_URL_QUERY = frozenset({"db", "username", "password"})
+"""The query parameters a ``redis://`` or ``unix://`` URL may carry (redis-py's names)."""
 
 
 def _queue_name(inst: object, attr: attrs.Attribute[str], value: str) -> None:

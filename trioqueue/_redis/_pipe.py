@@ -103,15 +103,18 @@ class Endpoint:
         u = urlparse(url)
         if u.scheme not in ("redis", "unix"):
             raise ValueError(f"the lean connection takes redis:// or unix://, not {url!r}")
-        query = dict(part.split("=", 1) for part in u.query.split("&") if "=" in part)
+        query = {key: unquote(value) for key, _, value in
+                 (part.partition("=") for part in u.query.split("&") if "=" in part)}
         self.unix = u.scheme == "unix"
         self.path = unquote(u.path) if self.unix else ""
         self.host = u.hostname or "127.0.0.1"
         self.port = u.port or 6379
         db = query.get("db") or ("" if self.unix else u.path.lstrip("/"))
         self.db = int(db) if db else 0
-        self.username = unquote(u.username) if u.username else None
-        self.password = unquote(u.password) if u.password else None
+        # As redis-py reads a URL: the user and password of the netloc, else of the query
+        # (``unix://`` has no other place for them).
+        self.username = unquote(u.username) if u.username else query.get("username")
+        self.password = unquote(u.password) if u.password else query.get("password")
         self.client_name = client_name
 
     def handshake(self) -> list[tuple[str | int, ...]]:

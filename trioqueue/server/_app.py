@@ -311,8 +311,11 @@ class App:
             reason = q.unavailable
             if reason is None:
                 return 200, dumps({"status": "ok"}), ()
-            # The reason may name a file or a host: only to who may read the queue.
-            told = {"reason": reason} if self._authorized(headers) else {}
+            # The reason may name a file or a host: only to who may read the queue, by a
+            # name this server answers to (not a page rebound to it: no token needed).
+            told = {"reason": reason} if (
+                self._authorized(headers)
+                and self.hosts.headers_problem(headers.items()) is None) else {}
             return 503, dumps({"status": "unavailable", **told}), ()
         if name == "openapi":
             await trio.lowlevel.checkpoint()
