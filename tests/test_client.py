@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 import subprocess
 import sys
@@ -223,6 +225,21 @@ def answering(status: int, body: bytes, content_type: str) -> httpx.AsyncClient:
         return httpx.Response(status, content=body, headers={"content-type": content_type})
 
     return httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="http://127.0.0.1")
+
+
+@pytest.mark.parametrize(("message", "raised"), [
+    ("server busy: 67108864 bytes of responses are waiting ...", trioqueue.client.ServerError),
+    ("server busy: 1000 connections open", trioqueue.client.ServerError),
+    ("the server is shutting down and takes no new jobs", trioqueue.ShuttingDown),
+])
+async def test_a_busy_server_is_not_a_shutdown(message: str, raised: type[Exception]) -> None:
+    """The server's 503s of an overload (retry later) are a ``ServerError``; only those of
+    a shutdown are ``ShuttingDown``."""
+    body = json.dumps({"error": message}).encode()
+    async with answering(503, body, "application/json") as http:
+        with pytest.raises(raised, match=re.escape(message)) as caught:
+            await Client("http://127.0.0.1", http=http).list_jobs()
+    assert type(caught.value) is raised
 
 
 @pytest.mark.parametrize(("status", "body", "content_type", "why"), [

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import InvalidJob
-from ._job import Job, check_json
+from ._job import MAX_DEPTH, Job, check_json
 
 if TYPE_CHECKING:  # _registry imports this module (TaskRegistry.submittable)
     from ._registry import TaskRegistry, TaskSpec
@@ -105,9 +105,9 @@ def check_module_level(fn: Callable[..., Any]) -> str:
 
 def durable_args(args: Sequence[Any]) -> list[Any]:
     """The args as stored: each must be JSON (``args[i]: ...`` names the one that is
-    not)."""
+    not), nested at most two levels less than a payload (it is one's ``{"args": [...]}``)."""
     for i, arg in enumerate(args):
-        check_json(f"args[{i}]", arg)
+        check_json(f"args[{i}]", arg, MAX_DEPTH - 2)
     return list(args)
 
 

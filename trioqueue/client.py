@@ -529,6 +529,11 @@ def _not_ours(response: httpx.Response, why: str) -> ServerError:
                        f"trioqueue server? The answer began {start!r}")
 
 
+_BUSY = ("server busy: ", "closed to make room for a new connection")
+"""How the server's 503s for an overload begin (its connection cap, its budget of large
+responses, an eviction), as opposed to those of a shutdown."""
+
+
 def _error(status: int, message: str, op: str, retry_after: str | None) -> TrioQueueError:
     if status == 400:
         return InvalidJob(message)
@@ -542,6 +547,8 @@ def _error(status: int, message: str, op: str, retry_after: str | None) -> TrioQ
     if status == 429:
         return QueueFull(message, retry_after=_seconds(retry_after))
     if status == 503:
+        if message.startswith(_BUSY):  # a temporary overload, not a shutdown: retry later
+            return ServerError(status, message)
         return ShuttingDown(message)
     if status == 401:
         return Unauthorized(status, message)

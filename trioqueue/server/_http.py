@@ -16,8 +16,8 @@ import attrs
 from .._events import EVENT_TYPES, JOB_EVENT_TYPES
 from .._exceptions import InvalidJob
 from .._job import MAX_DELAY as MAX_DELAY  # (and MAX_RETRIES: the library's bounds)
+from .._job import MAX_DEPTH, JobStatus, Priority, check_job_id, nests_deeper, too_deep
 from .._job import MAX_RETRIES as MAX_RETRIES
-from .._job import JobStatus, Priority, check_job_id
 
 # The ASGI shapes the app (_app) and the lean server (_lean) exchange.
 Scope = MutableMapping[str, Any]
@@ -152,8 +152,9 @@ def parse_json(body: bytes) -> Any:
         # What json.loads does with bytes: the encoding from the first bytes (UTF-8, -16
         # or -32), then the decoder.
         return _STRICT_JSON.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
-    except RecursionError:
-        raise HTTPError(400, "body: JSON nested too deeply") from None
+    except RecursionError:  # (past what the stack allows: far past any payload's limit)
+        raise HTTPError(400, f"body: JSON nested too deeply (a payload may nest at most "
+                             f"{MAX_DEPTH} levels)") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise HTTPError(400, f"body: not valid JSON ({exc})") from None
 
@@ -188,6 +189,9 @@ class JobRequest:
     timeout: float | None = None
     delay: float = 0.0
 
+
+_CONTAINERS = (dict, list)
+"""What a decoded JSON payload nests in."""
 
 _NOTHING: Any = object()
 """A field the body does not have (for :func:`_shown`)."""
@@ -269,9 +273,14 @@ def parse_job_request(data: Any) -> JobRequest:
     delay = 0.0 if delay is None else _seconds("delay", delay, zero_ok=True)
     if delay > MAX_DELAY:
         raise HTTPError(400, f"delay: at most {MAX_DELAY:.0f} seconds (ten years), got {delay!r}")
+    payload = data.get("payload")
+    # Here, before anything reads the payload (an id's stored repeat compares it): the
+    # decoder took whatever its stack allowed, and a deeper stack would fail on it later.
+    if payload.__class__ in _CONTAINERS and nests_deeper(payload, MAX_DEPTH):
+        raise HTTPError(400, too_deep("payload"))
     return JobRequest(
         task=task,
-        payload=data.get("payload"),
+        payload=payload,
         priority=priority,
         id=job_id,
         max_retries=max_retries,

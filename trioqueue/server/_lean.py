@@ -54,6 +54,13 @@ What it speaks:
   still does not fit is kept under it (less :data:`FD_RESERVE`).  Accept errors
   (``EMFILE``...) close a connection as at the cap and are logged as one warning per
   :data:`WARN_INTERVAL` with a count, never a traceback per connection.
+- Memory: a response is written whole from memory, and stays there until its client has
+  read it (up to :data:`._h1.SEND_TIMEOUT`).  Responses of
+  :data:`._wire.LARGE_RESPONSE` bytes or more (a ``GET /jobs`` page is up to 8 MiB) count
+  against ``response_budget`` (:data:`RESPONSE_BUDGET`) from when the app hands over the
+  body until it is written or the connection ends; one that would take the total past it
+  is dropped and answered 503 with ``Retry-After`` (:meth:`Server.send_large`).  Smaller
+  responses (probes, metrics, a job of ordinary size) are never counted nor refused.
 - Cost: a keep-alive request already in the socket when its connection looks (nearly
   every one under load) is read with ``os.read`` at once, with no deadline scope and no
   schedule point, and a response the socket takes whole is written with ``os.write``,
@@ -83,7 +90,8 @@ import trio
 
 from ._h1 import Connection
 from ._http import ASGIApp
-from ._wire import READ_SIZE, WAIT_CLOSING, error_response
+from ._wire import LARGE_RESPONSE as LARGE_RESPONSE  # (the size the budget counts from)
+from ._wire import READ_SIZE, WAIT_CLOSING, HttpRequest, error_response
 
 log = logging.getLogger("trioqueue.http")
 
@@ -102,6 +110,20 @@ ACCEPT_RETRY_DELAY = 0.1
 FD_RESERVE = 64
 """File descriptors left to the rest of the process when the open-file limit (soft
 ``RLIMIT_NOFILE``) caps ``max_connections``."""
+RESPONSE_BUDGET = 64 * 1024 * 1024
+"""Default of ``serve_lean(response_budget=)``: bytes of large responses (of
+:data:`._wire.LARGE_RESPONSE` or more) held at once while their clients read them.
+
+Without a budget, 1,000 connections (the default cap) that asked for an 8 MiB ``GET
+/jobs`` page and read nothing held 8 GB for :data:`._h1.SEND_TIMEOUT` (300 of them took
+a server from 90 MB to 1.2 GB).  The process holds about twice the budget (the app's body
+beside the response being written): with 64 MiB, 300 or 1,000 such clients took it to
+260 MB at most, while 8 pages of the largest size (64 jobs of the 1 MiB ``max_body``) can
+still go out at once; a client reading at 10 MB/s holds its 8 MiB page for under a
+second, so legitimate traffic seldom meets the budget.  Raise it for many large answers
+to slow clients (payloads or results of megabytes, dashboards over slow links)."""
+RESPONSE_RETRY_AFTER = b"retry-after: 1\r\n"
+"""A refusal for the budget: a fast client's response leaves it in milliseconds."""
 
 _ACCEPT_CAPACITY_ERRNOS = frozenset(
     getattr(errno, name) for name in ("EMFILE", "ENFILE", "ENOMEM", "ENOBUFS")
@@ -131,10 +153,15 @@ class _Throttled:
 
 class Server:
     def __init__(self, app: ASGIApp, max_body: int,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS,
+                 response_budget: int = RESPONSE_BUDGET) -> None:
         self.app = app
         self.max_body = max_body
         self.max_connections = max_connections
+        self.response_budget = response_budget
+        self._held = 0
+        self.responses_refused = 0
+        """Large responses answered 503 for the budget, since the start."""
         self.stopping = False
         self.connections: set[Connection] = set()
         """Connections counted against ``max_connections`` (not those evicted)."""
@@ -143,6 +170,7 @@ class Server:
         self.accept_failed = _Throttled()
         self.refused = _Throttled()
         self.evicted = _Throttled()
+        self.busy = _Throttled()
 
     async def accept(self, listener: trio.abc.Listener[Any],
                      nursery: trio.Nursery) -> None:
@@ -231,6 +259,52 @@ class Server:
             self.refusing -= 1
             await trio.aclose_forcefully(stream)
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of large responses being sent now, counted against ``response_budget``
+        (see :meth:`send_large`)."""
+        return self._held
+
+    async def send_large(self, req: HttpRequest, data: bytes) -> None:
+        """Send ``data``, the whole response to ``req`` (of ``LARGE_RESPONSE`` bytes or
+        more), counted in :attr:`held_bytes` until it has been written or the connection
+        has failed (a timeout, an eviction, a cancellation: the ``finally``).
+
+        If the count would pass ``response_budget`` the response is dropped and the
+        request answered 503 with ``Retry-After`` and ``connection: close``
+        (:attr:`responses_refused` counts them).  A response that waited for room
+        instead would still hold its body while it waits, so that the budget would bound
+        nothing; dropping it frees the memory at once.  With nothing held, one response
+        is sent whatever its size: a budget under the largest answer slows large answers
+        to one at a time rather than refusing them all.
+        """
+        size = len(data)
+        held = self._held
+        if held and held + size > self.response_budget:
+            self.responses_refused += 1
+            self.busy("response_budget (%d bytes) reached: %d bytes of responses wait for "
+                      "their clients to read them; large responses get 503",
+                      self.response_budget, held)
+            req.keep_alive = False  # the connection closes after the refusal
+            refusal = error_response(
+                503, f"server busy: {held} bytes of responses are waiting for their clients "
+                     f"to read them (response budget {self.response_budget}); retry later",
+                RESPONSE_RETRY_AFTER)
+            # Written now or never: the app and the request still hold the dropped body
+            # until this returns, so a refusal that waited on its client would hold it too
+            # (uncounted).  A socket takes these few hundred bytes at once unless its
+            # client has stopped reading; then it gets part of them, or none, and the
+            # close.  (A stream that is not a plain POSIX socket takes nothing without a
+            # schedule point: it gets a moment.)
+            with trio.move_on_after(0 if req.conn.direct is not None else REFUSE_LINGER):
+                await req.conn.send(refusal)
+            return
+        self._held = held + size
+        try:
+            await req.conn.send(data)
+        finally:
+            self._held -= size
+
     async def handle(self, conn: Connection) -> None:
         try:
             await conn.run()
@@ -280,6 +354,7 @@ async def serve_lean(
     max_body: int,
     user_timeout_ms: int = 0,
     max_connections: int = MAX_CONNECTIONS,
+    response_budget: int = RESPONSE_BUDGET,
     shutdown_trigger: Callable[[], Awaitable[object]],
     listeners: list[trio.SocketListener] | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
@@ -297,11 +372,17 @@ async def serve_lean(
     what happens past it).  The soft open-file limit is raised to fit it (up to the hard
     limit); a cap that still does not fit is lowered to the limit less
     :data:`FD_RESERVE`, so that slow clients meet the cap, not ``EMFILE``.
+    ``response_budget`` bounds the bytes of large responses held at once for their
+    clients (:meth:`Server.send_large`).
     """
     if isinstance(max_connections, bool) or not isinstance(max_connections, int) or (
         max_connections < 1
     ):
         raise ValueError(f"max_connections: expected an integer >= 1, got {max_connections!r}")
+    if isinstance(response_budget, bool) or not isinstance(response_budget, int) or (
+        response_budget < 0
+    ):
+        raise ValueError(f"response_budget: expected an integer >= 0, got {response_budget!r}")
     limit = open_file_limit(max_connections + FD_RESERVE)
     if limit is not None and max_connections > limit - FD_RESERVE:
         capped = max(1, limit - FD_RESERVE)
@@ -322,7 +403,7 @@ async def serve_lean(
     name = listeners[0].socket.getsockname()
     bound = f"[{name[0]}]" if ":" in name[0] else name[0]
     url = f"http://{bound}:{name[1]}"
-    server = Server(app, max_body, max_connections)
+    server = Server(app, max_body, max_connections, response_budget)
     async with trio.open_nursery() as connections:
         async with trio.open_nursery() as accepting:
             for listener in listeners:  # each closed when its accept loop ends

@@ -9,6 +9,7 @@ import attrs
 import trio
 
 from ._hosts import parse_allowed_hosts
+from ._lean import RESPONSE_BUDGET
 
 
 @attrs.define(kw_only=True)
@@ -33,11 +34,20 @@ class ServerSettings:
     ``[::1]`` (a string ``"a,b"`` or a sequence); ``"*"``: any Host (no Host check)."""
     max_connections: int = attrs.field(default=1000)
     """Connections open at once; past it, new ones wait to be accepted."""
+    response_budget: int = attrs.field(default=RESPONSE_BUDGET)
+    """Bytes of large responses (64 KiB or more) held at once while their clients read
+    them (64 MiB; see :data:`._lean.RESPONSE_BUDGET` for why); one that would pass it
+    is dropped and answered 503 with ``Retry-After``."""
 
     @max_connections.validator
     def _check_max_connections(self, attribute: Any, value: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"max_connections: expected an integer >= 1, got {value!r}")
+
+    @response_budget.validator
+    def _check_response_budget(self, attribute: Any, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"response_budget: expected an integer >= 0, got {value!r}")
 
 
 @attrs.define(eq=False)

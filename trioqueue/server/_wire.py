@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 READ_SIZE = 65536
 """Bytes asked of the socket per read."""
+LARGE_RESPONSE = 64 * 1024
+"""Responses of this many bytes or more count against the server's response budget while
+they are sent (``Server.send_large``); smaller ones are never counted nor refused."""
 
 # What a connection waits for, when it waits on its client (for eviction at the cap).
 WAIT_IDLE = 0  # the next request, nothing of it received
@@ -182,7 +185,11 @@ class HttpRequest:
             self.parts.append(bytes(message.get("body", b"")))
             if not message.get("more_body", False):
                 self.sent = True
-                await self.conn.send(self._encode())
+                data = self._encode()
+                if len(data) < LARGE_RESPONSE:
+                    await self.conn.send(data)
+                else:
+                    await self.conn.server.send_large(self, data)
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
 
