@@ -130,6 +130,8 @@ def test_list_query() -> None:
         trioqueue.JobStatus.FAILED, 1000)
     assert parse_list_query({"task": "t", "before": "0190abc"}) == ListQuery(
         None, 100, "t", "0190abc")
+    assert parse_list_query({"limit": "0000000001"}) == ListQuery(None, 1)  # (not 1000)
+    assert parse_list_query({"limit": "9" * 4400}) == ListQuery(None, 1000)  # (no int())
     for bad in ({"status": "FAILED"}, {"status": ""}, {"limit": "-1"}, {"limit": ""},
                 {"task": ""}, {"before": ""}, {"before": "a b"}, {"after": "x"}):
         with pytest.raises(HTTPError):

@@ -377,7 +377,8 @@ def parse_list_query(query: Mapping[str, str]) -> ListQuery:
     # Digits only: int() would also take "1_0", "+1", " 1" and other scripts' digits.
     if not (raw_limit.isascii() and raw_limit.isdigit()):
         raise HTTPError(400, f"limit: expected a positive integer, got {raw_limit!r}")
-    limit = MAX_LIST_LIMIT if len(raw_limit) > 9 else int(raw_limit)  # (clamped below)
+    digits = raw_limit.lstrip("0")  # (leading zeros: 0000000001 is 1)
+    limit = MAX_LIST_LIMIT if len(digits) > 9 else int(digits or "0")  # (clamped below)
     if limit < 1:
         raise HTTPError(400, f"limit: expected a positive integer, got {raw_limit!r}")
     task = query.get("task")
