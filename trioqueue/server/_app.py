@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from typing import Any
 from urllib.parse import urlsplit
 
 import trio
@@ -27,7 +28,7 @@ from .._exceptions import (
     TrioQueueError,
     UnknownTask,
 )
-from .._job import Job, JobStatus, canonical_json, rfc3339
+from .._job import MAX_DEPTH, Job, JobStatus, canonical_json, rfc3339
 from ._dashboard import MetricsHistory, static_response
 from ._hosts import HostCheck
 from ._http import (
@@ -256,7 +257,9 @@ class App:
         q = self.queue
         if name == "create_job":
             check_content_type(headers)
-            request = parse_job_request(parse_json(await self._read_body(headers, receive)))
+            body = await self._read_body(headers, receive)
+            # (a body of 2 * MAX_DEPTH bytes cannot nest deeper: each level is 2 brackets)
+            request = parse_job_request(parse_json(body), may_nest=len(body) > 2 * MAX_DEPTH)
             status, job = await self._create(request)
             return status, dumps(job.to_dict()), ()
         if name == "create_jobs":
@@ -374,17 +377,15 @@ class App:
             # A full queue answers 429 at once (wait_for_room=False); with
             # durability="sync", acknowledge only what is committed (a job whose commit
             # fails is taken back, and the StoreError answers 500).
-            job, created = await enqueue_created(
-                q.enqueue,
-                request.task,
-                request.payload,
-                priority=request.priority,
-                job_id=request.id,
-                delay=request.delay,
-                max_retries=request.max_retries,
-                timeout=request.timeout,
-                wait_for_room=False,
-            )
+            options: dict[str, Any] = {
+                "priority": request.priority, "job_id": request.id, "delay": request.delay,
+                "max_retries": request.max_retries, "timeout": request.timeout,
+                "wait_for_room": False,
+            }
+            if request.id is None:  # a new job every time: nothing to ask
+                return 202, await q.enqueue(request.task, request.payload, **options)
+            job, created = await enqueue_created(q.enqueue, request.task, request.payload,
+                                                 **options)
         except RecursionError:
             raise HTTPError(400, "payload: nested too deeply") from None
         return (202 if created else 200), job

@@ -228,7 +228,7 @@ def _seconds(name: str, value: Any, *, zero_ok: bool) -> float:
     return seconds
 
 
-def parse_job_request(data: Any) -> JobRequest:
+def parse_job_request(data: Any, *, may_nest: bool = True) -> JobRequest:
     """Check the fields of a ``POST /jobs`` body; raise :class:`HTTPError` 400 naming one."""
     if not isinstance(data, dict):
         raise HTTPError(400, f"body: expected a JSON object, got {_shown(data)}")
@@ -276,7 +276,7 @@ def parse_job_request(data: Any) -> JobRequest:
     payload = data.get("payload")
     # Here, before anything reads the payload (an id's stored repeat compares it): the
     # decoder took whatever its stack allowed, and a deeper stack would fail on it later.
-    if payload.__class__ in _CONTAINERS and nests_deeper(payload, MAX_DEPTH):
+    if may_nest and payload.__class__ in _CONTAINERS and nests_deeper(payload, MAX_DEPTH):
         raise HTTPError(400, too_deep("payload"))
     return JobRequest(
         task=task,
