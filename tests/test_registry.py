@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import trioqueue
+import trioqueue.client
 from trioqueue import Priority
 
 
@@ -212,3 +213,25 @@ def test_a_task_name_must_be_printable(name: str) -> None:
     with pytest.raises(ValueError, match="name: expected printable characters"):
         registry.task(name=name)(handler)
     registry.task(name="with space.and-dots:ü")(handler)  # printable is enough
+
+
+async def test_reprs_say_what_they_are(tmp_path: Path) -> None:
+    """A registry, a queue and a client show what they hold in a REPL or a log line,
+    not ``<... object at 0x...>``."""
+    registry = trioqueue.TaskRegistry()
+
+    @registry.task
+    async def one(job: trioqueue.Job) -> None: ...
+
+    assert repr(registry) == "<TaskRegistry of 1 task: one>"
+    for i in range(11):
+        registry.register(one, name=f"t{i:02}")
+    assert repr(registry).startswith("<TaskRegistry of 12 tasks: one, t00, t01, ")
+    assert repr(registry).endswith(", t08, ...>")
+    async with trioqueue.open_queue(registry, trioqueue.QueueConfig(workers=2)) as q:
+        assert repr(q) == "<JobQueue memory, 2 workers>"
+    config = trioqueue.QueueConfig(persist_path=tmp_path / "q.db", durability="batch")
+    async with trioqueue.open_queue(registry, config) as q:
+        assert repr(q) == f"<JobQueue store {str(tmp_path / 'q.db')!r} (batch), 4 workers>"
+    async with trioqueue.client.Client("http://127.0.0.1:8080/") as client:
+        assert repr(client) == "<Client http://127.0.0.1:8080>"

@@ -136,6 +136,14 @@ class JobQueue(Readings):
     def registry(self) -> TaskRegistry:
         return self._registry
 
+    def __repr__(self) -> str:
+        c = self._config
+        where = (f"redis queue {c.queue_name!r}" if c.redis_url is not None
+                 else f"store {str(c.persist_path)!r} ({c.durability})"
+                 if c.persist_path is not None else "memory")
+        state = " closing" if self._life.closing else ""
+        return f"<JobQueue {where}, {c.workers} workers{state}>"
+
     @property
     def closing(self) -> bool:
         """True once shutdown began: new jobs are refused with :class:`ShuttingDown`."""

@@ -329,6 +329,11 @@ class TaskRegistry:
                 return name, False
         return None
 
+    def __repr__(self) -> str:
+        names = sorted(self._tasks)
+        shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        return f"<TaskRegistry of {len(names)} task{'' if len(names) == 1 else 's'}: {shown}>"
+
     def __contains__(self, name: object) -> bool:
         return name in self._tasks
 

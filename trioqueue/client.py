@@ -153,6 +153,9 @@ class Client:
         self._http = http or httpx.AsyncClient(base_url=self.url, timeout=timeout,
                                                headers=headers)
 
+    def __repr__(self) -> str:
+        return f"<Client {self.url}>"
+
     async def __aenter__(self) -> Self:
         return self
 
