@@ -24,10 +24,9 @@ import trio
 
 import trioqueue
 from trioqueue import BatchItem, InvalidJob, JobStatus, QueueConfig, TaskRegistry
-from trioqueue._job import MAX_DEPTH, check_json, nests_deeper
 from trioqueue.client import Client
 from trioqueue.server import App
-from trioqueue.testing import HTTPError, parse_job_request
+from trioqueue.testing import MAX_DEPTH, HTTPError, check_json, nests_deeper, parse_job_request
 
 from .redis_util import REDIS_URL, admin, delete_queue
 from .sqlite_util import sqlite_at

@@ -23,7 +23,10 @@ from ._gil import run_in_thread as run_in_thread
 from ._ids import GENERATED_SHAPE_SQL as GENERATED_SHAPE_SQL
 from ._ids import IdGenerator as IdGenerator
 from ._ids import generated_shape as generated_shape
+from ._job import MAX_DEPTH as MAX_DEPTH
 from ._job import TERMINAL as TERMINAL
+from ._job import check_json as check_json
+from ._job import nests_deeper as nests_deeper
 from ._local import reads as reads
 from ._local import snapshot as snapshot
 from ._local.backend import LocalBackend as LocalBackend
@@ -116,6 +119,7 @@ __all__ = [
     "GENERATED_SHAPE_SQL",
     "HISTORY_FIELDS",
     "KNOWN_ENV",
+    "MAX_DEPTH",
     "MOVES",
     "RECORD_FIELDS",
     "REMIND",
@@ -163,6 +167,7 @@ __all__ = [
     "canonical_digest",
     "cells",
     "check_content_type",
+    "check_json",
     "clean",
     "client_options",
     "compute_rates",
@@ -188,6 +193,7 @@ __all__ = [
     "metrics_options",
     "monitor",
     "move",
+    "nests_deeper",
     "next_due",
     "pack",
     "parse_event_filter",
