@@ -17,7 +17,7 @@ import trioqueue
 from trioqueue import Job, QueueConfig
 from trioqueue.demo import registry
 from trioqueue.server import App
-from trioqueue.testing import JobRequest, enqueue_created
+from trioqueue.testing import enqueue_created
 
 from .redis_util import REDIS_URL
 from .test_server_app import call
@@ -94,35 +94,21 @@ async def test_one_process_enqueues_one_new_id_and_one_is_told_created(
             await enqueue_created(q.enqueue, "echo", 2, job_id="one")
 
 
-async def test_a_job_made_by_another_server_after_the_look_up_is_answered_200(
-    queue_name: str,
-) -> None:
-    """Server B looks the id up (not there), then server A makes the job (202), then B
-    enqueues: B's enqueue finds A's job, and B answers 200 with it.  (B decided from its
-    look-up before, and answered 202 too.)"""
+async def test_a_job_made_by_another_server_is_answered_200(queue_name: str) -> None:
+    """Server A makes the job (202); server B, which never saw the id, is posted the same
+    request: B's enqueue finds A's job in Redis and B answers 200 with it, from the
+    enqueue's own answer (B has no look-up of its own before it)."""
     body = {"task": "echo", "payload": {"n": 1}, "id": "race-1"}
     with trio.fail_after(30):
         async with trioqueue.open_queue(registry, on_redis(queue_name)) as a, \
                 trioqueue.open_queue(registry, on_redis(queue_name)) as b:
             app_a, app_b = App(a), App(b)
-            made_by_a: list[tuple[int, Any]] = []
-            look_up = app_b._stored_repeat
-
-            async def look_up_then_a_makes_it(request: JobRequest) -> Job | None:
-                found = await look_up(request)
-                assert found is None  # not there yet
-                status, _, answer = await call(app_a, "POST", "/jobs", body)
-                made_by_a.append((status, answer))
-                return found
-
-            app_b._stored_repeat = look_up_then_a_makes_it  # type: ignore[method-assign]
+            status, _, made = await call(app_a, "POST", "/jobs", body)
+            assert status == 202, made
             status, _, answer = await call(app_b, "POST", "/jobs", body)
-            assert [s for s, _ in made_by_a] == [202]
             assert status == 200, answer
-            made = made_by_a[0][1]
             assert (answer["id"], answer["created_at"]) == ("race-1", made["created_at"])
-            app_b._stored_repeat = look_up  # type: ignore[method-assign]
-            # Afterwards both servers answer 200 for it, and 409 for another payload.
+            # Both servers answer 200 for it again, and 409 for another payload.
             for app in (app_a, app_b):
                 assert (await call(app, "POST", "/jobs", body))[0] == 200
                 assert (await call(app, "POST", "/jobs",
@@ -179,3 +165,25 @@ async def test_a_task_started_during_the_enqueue_does_not_answer_for_it() -> Non
         assert (job.id, created) == ("mine", True)
         assert (await enqueue_created(enqueue_and_start_a_task, "echo", 1,
                                       job_id="mine"))[1] is False
+
+
+async def test_a_repeat_of_a_job_only_the_store_holds_is_200_and_its_clash_409(
+    tmp_path: Path,
+) -> None:
+    """After a reopen the finished job is in the store only: the enqueue finds it there
+    (the server asks nothing itself) and the server answers 200 with it, 409 for another
+    payload, and makes no second job."""
+    config = QueueConfig(persist_path=tmp_path / "q.db", workers=1)
+    body = {"task": "echo", "payload": {"n": 1}, "id": "kept-1"}
+    async with trioqueue.open_queue(registry, config) as q:
+        status, _, made = await call(App(q), "POST", "/jobs", body)
+        assert status == 202, made
+        await q.wait("kept-1")
+    async with trioqueue.open_queue(registry, config) as q:
+        app = App(q)
+        status, _, again = await call(app, "POST", "/jobs", body)
+        assert (status, again["status"], again["result"]) == (200, "completed", {"n": 1})
+        status, _, clash = await call(app, "POST", "/jobs", {**body, "payload": {"n": 2}})
+        assert status == 409, clash
+        assert "already exists with a different payload" in clash["error"]
+        assert q.metrics().enqueued == 0

@@ -28,7 +28,7 @@ from .._exceptions import (
     TrioQueueError,
     UnknownTask,
 )
-from .._job import MAX_DEPTH, Job, JobStatus, canonical_json, rfc3339
+from .._job import MAX_DEPTH, Job, JobStatus, rfc3339
 from ._dashboard import MetricsHistory, static_response
 from ._hosts import HostCheck
 from ._http import (
@@ -363,20 +363,12 @@ class App:
             raise HTTPError(503, "the server is shutting down and takes no new jobs")
         self._check_available(request.id)
         try:
-            if request.id is not None:
-                try:
-                    q.get_nowait(request.id)  # held here: the enqueue returns it
-                except JobNotFound:
-                    # A finished job may have left memory and live on in the store only:
-                    # a repeat of it is answered from the store.  Not finding it decides
-                    # nothing: another request or server may make the job before the
-                    # enqueue below, which then says so.
-                    stored = await self._stored_repeat(request)
-                    if stored is not None:
-                        return 200, stored
-            # A full queue answers 429 at once (wait_for_room=False); with
-            # durability="sync", acknowledge only what is committed (a job whose commit
-            # fails is taken back, and the StoreError answers 500).
+            # The enqueue finds a job of the same id wherever it is (memory, the store,
+            # Redis) and says whether it made the job: 202, or 200 for the one there (409
+            # for another task or payload).  A full queue answers 429 at once
+            # (wait_for_room=False); with durability="sync", acknowledge only what is
+            # committed (a job whose commit fails is taken back, and the StoreError
+            # answers 500).
             options: dict[str, Any] = {
                 "priority": request.priority, "job_id": request.id, "delay": request.delay,
                 "max_retries": request.max_retries, "timeout": request.timeout,
@@ -413,27 +405,6 @@ class App:
             again = "" if job_id is None else f": send it again with the same id, {job_id!r}"
             what = "none of the jobs is stored" if many else "the job is not stored"
             raise StoreError(f"{reason}; {what}{again}")
-
-    async def _stored_repeat(self, request: JobRequest) -> Job | None:
-        """The stored job under ``request.id`` if it is the same task and payload; raise
-        409 if it differs; ``None`` if the store has no such job (or there is no store)."""
-        assert request.id is not None
-        config = self.queue.config
-        if config.persist_path is None and config.redis_url is None:
-            return None
-        try:
-            stored = await self.queue.get(request.id)
-        except JobNotFound:
-            return None
-        except StoreError as exc:  # (the look failed: nothing was sent to be stored)
-            raise StoreError(f"{exc}; the job is not stored: send it again with the same "
-                             f"id, {request.id!r}") from None
-        same_payload = canonical_json(stored.payload) == canonical_json(request.payload)
-        if stored.task != request.task or not same_payload:
-            differs = "task" if stored.task != request.task else "payload"
-            raise DuplicateJob(
-                f"id: job {request.id!r} already exists with a different {differs}", request.id)
-        return stored
 
     async def _retry(self, job_id: str) -> Job:
         """Retry answers 429 at once too, rather than waiting for room in the queue."""
