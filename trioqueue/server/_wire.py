@@ -185,15 +185,18 @@ class HttpRequest:
             self.parts.append(bytes(message.get("body", b"")))
             if not message.get("more_body", False):
                 self.sent = True
-                data = self._encode()
-                if len(data) < LARGE_RESPONSE:
-                    await self.conn.send(data)
-                else:
-                    await self.conn.server.send_large(self, data)
+                head, body = self._encode()
+                if len(body) < LARGE_RESPONSE:
+                    head.append(body)
+                    await self.conn.send(b"".join(head))
+                else:  # the body written as it is, not copied after its head
+                    await self.conn.server.send_large(self, b"".join(head), body)
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
 
-    def _encode(self) -> bytes:
+    def _encode(self) -> tuple[list[bytes], bytes]:
+        """The response's head (its lines, the blank line last) and the body to send
+        after it (none for HEAD, 204, 304 or 1xx)."""
         status = self.status
         body = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
         out = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
@@ -218,6 +221,4 @@ class HttpRequest:
         elif self.keep_alive and self.http_version == "1.0":
             out.append(b"connection: keep-alive\r\n")
         out.append(b"date: " + http_date() + b"\r\n\r\n")
-        if self.method != "HEAD" and not no_body:
-            out.append(body)
-        return b"".join(out)
+        return out, (body if self.method != "HEAD" and not no_body else b"")
