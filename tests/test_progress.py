@@ -67,6 +67,8 @@ async def test_progress_is_on_the_job_in_events_and_in_the_json(autojump_clock: 
         await trio.sleep(2)  # blocked on the gate after reporting 0.5
         running = q.get_nowait(job.id)
         assert running.progress == {"fraction": 0.5, "note": "half way"}
+        running.progress["note"] = "changed by a caller"  # its own copy: the job keeps its
+        assert (await q.get(job.id)).progress == {"fraction": 0.5, "note": "half way"}
         status, _, body = await call(App(q), "GET", f"/jobs/{job.id}")
         assert status == 200
         assert body["progress"] == {"fraction": 0.5, "note": "half way"}

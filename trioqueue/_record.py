@@ -163,7 +163,10 @@ class JobRecord:
             self.result if self.result_json is None else self._own_result(),
             self.error,
             self.traceback,
-            self.progress,
+            # (each snapshot its own dict, as from a store or Redis: a caller changing it
+            # changes no job; a report makes a new one, so None, the common case, is all
+            # this costs a snapshot)
+            None if self.progress is None else dict(self.progress),
         ))
 
     def _own_result(self) -> Any:
