@@ -359,47 +359,41 @@ class App:
 
     async def _create_one(self, request: JobRequest) -> tuple[int, Job]:
         q = self.queue
-        if self.closing:
-            raise HTTPError(503, "the server is shutting down and takes no new jobs")
-        self._check_available(request.id)
-        try:
-            # The enqueue finds a job of the same id wherever it is (memory, the store,
-            # Redis) and says whether it made the job: 202, or 200 for the one there (409
-            # for another task or payload).  A full queue answers 429 at once
-            # (wait_for_room=False); with durability="sync", acknowledge only what is
-            # committed (a job whose commit fails is taken back, and the StoreError
-            # answers 500).
-            options: dict[str, Any] = {
-                "priority": request.priority, "job_id": request.id, "delay": request.delay,
-                "max_retries": request.max_retries, "timeout": request.timeout,
-                "wait_for_room": False,
-            }
-            if request.id is None:  # a new job every time: nothing to ask
-                return 202, await q.enqueue(request.task, request.payload, **options)
-            job, created = await enqueue_created(q.enqueue, request.task, request.payload,
-                                                 **options)
-        except RecursionError:
-            raise HTTPError(400, "payload: nested too deeply") from None
+        self._check_taking(request.id)
+        # The enqueue finds a job of the same id wherever it is (memory, the store, Redis)
+        # and says whether it made the job: 202, or 200 for the one there (409 for
+        # another task or payload).  A full queue answers 429 at once
+        # (wait_for_room=False); with durability="sync", acknowledge only what is
+        # committed (a job whose commit fails is taken back, and the StoreError answers
+        # 500).  (A payload nested too deeply was refused before: the body's parser and
+        # the enqueue's JSON check bound it, so no RecursionError comes from here.)
+        options: dict[str, Any] = {
+            "priority": request.priority, "job_id": request.id, "delay": request.delay,
+            "max_retries": request.max_retries, "timeout": request.timeout,
+            "wait_for_room": False,
+        }
+        if request.id is None:  # a new job every time: nothing to ask
+            return 202, await q.enqueue(request.task, request.payload, **options)
+        job, created = await enqueue_created(q.enqueue, request.task, request.payload,
+                                             **options)
         return (202 if created else 200), job
 
     async def _create_many(self, requests: list[JobRequest]) -> list[Job]:
         """A batch, all or nothing, without waiting for room: 429 unless all of it fits
         now (per priority); a batch larger than the capacity is 400."""
-        if self.closing:
-            raise HTTPError(503, "the server is shutting down and takes no new jobs")
-        self._check_available(None, many=True)
+        self._check_taking(None, many=True)
         items = [BatchItem(r.task, r.payload, r.priority, r.id, r.delay, r.max_retries,
                            r.timeout) for r in requests]
-        try:
-            return await self.queue.enqueue_batch(items, wait_for_room=False)
-        except RecursionError:
-            raise HTTPError(400, "jobs: a payload is nested too deeply") from None
+        return await self.queue.enqueue_batch(items, wait_for_room=False)
 
-    def _check_available(self, job_id: str | None, *, many: bool = False) -> None:
-        """While the queue cannot store a job (what ``GET /readyz`` says: its store fails
-        to write; on Redis, Redis fails calls, refuses writes, or leaves them unanswered),
-        a POST is refused at once: sent on into a Redis that hangs, it would wait for the
+    def _check_taking(self, job_id: str | None, *, many: bool = False) -> None:
+        """Refuse a POST of new jobs at once while the server cannot take them, as ``GET
+        /readyz`` says: 503 once it shuts down; 500 while the queue cannot store a job
+        (its store fails to write; on Redis, Redis fails calls, refuses writes, or leaves
+        them unanswered): sent on into a Redis that hangs, the POST would wait for the
         client's timeouts (15 s and more) and then not know whether the job was stored."""
+        if self.closing:
+            raise HTTPError(503, "the server is shutting down and takes no new jobs")
         reason = self.queue.unavailable
         if reason is not None:
             again = "" if job_id is None else f": send it again with the same id, {job_id!r}"
