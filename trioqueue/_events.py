@@ -32,7 +32,9 @@ class Event:
 
     ``at`` is seconds since the epoch.  ``duration`` is the run time of the attempt for
     ``completed``, ``retrying`` and ``failed``.  ``dropped`` is set on ``lagged`` only,
-    ``metrics`` on ``metrics`` only.
+    ``metrics`` on ``metrics`` only.  ``priority`` and ``status`` are the JSON spellings
+    (``"high"``, ``"completed"``): compare ``event.priority == Priority.HIGH.label``
+    (a :class:`Priority` is a number; a :class:`JobStatus` is its own string).
     """
 
     seq: int

@@ -6,6 +6,8 @@ import pytest
 import trio
 from trio.testing import MockClock
 
+from trioqueue import JobStatus, Priority
+
 from .conftest import Backend, Harness, drain, real_time_scale
 
 
@@ -25,6 +27,9 @@ async def test_a_job_that_fails_once_then_succeeds(
     ]
     assert [e.attempt for e in seen] == [0, 1, 1, 1, 2, 2]
     assert {(e.task, e.priority) for e in seen} == {("flaky", "high")}
+    # As python-api.md says: the JSON spellings, compared with the enums like this.
+    assert all(e.priority == Priority.HIGH.label for e in seen)
+    assert seen[-1].status == JobStatus.COMPLETED
     assert [e.error for e in seen] == [None, None, "RuntimeError: flaky 1", None, None, None]
     seqs = [e.seq for e in seen]
     assert seqs == sorted(seqs)
