@@ -144,7 +144,9 @@ async def test_a_batch_id_conflict_names_the_item_and_admits_nothing(
               {"task": "echo", "id": "y", "payload": 2}],
              "jobs[2].id: 'y' is given to two jobs of the batch with a different payload"),
             ([{"task": "echo"}, {"task": "echo", "id": "held", "payload": 2}],
-             "jobs[1].id: job 'held' already exists with a different "),
+             "jobs[1].id: job 'held' already exists with a different payload"),
+            ([{"task": "echo"}, {"task": "fail", "id": "held", "payload": 1}],
+             "jobs[1].id: job 'held' already exists with a different task"),
         ]:
             status, _, body = await call(app, "POST", "/jobs/batch", {"jobs": jobs})
             assert (status, body["error"].startswith(error)) == (409, True), body

@@ -23,12 +23,16 @@ async def test_same_id_and_body_returns_the_existing_job(
         # Options other than task and payload do not make it another job.
         assert q.enqueue_nowait("echo", {"a": 1}, job_id="order-42", priority="high",
                                 delay=5, max_retries=9) == first
-        with pytest.raises(DuplicateJob, match="order-42"):
+        payload = r"'order-42' already exists with a different payload$"
+        task = r"'order-42' already exists with a different task$"
+        with pytest.raises(DuplicateJob, match=payload):
             await q.enqueue("echo", {"a": 2}, job_id="order-42")
-        with pytest.raises(DuplicateJob, match="order-42"):
+        with pytest.raises(DuplicateJob, match=payload):
             q.enqueue_nowait("echo", {"a": 2}, job_id="order-42")
-        with pytest.raises(DuplicateJob, match="order-42"):
+        with pytest.raises(DuplicateJob, match=task):
             await q.enqueue("flaky", {"a": 1}, job_id="order-42")
+        with pytest.raises(DuplicateJob, match=task):
+            q.enqueue_nowait("flaky", {"a": 1}, job_id="order-42")
         m = q.metrics()
         assert (m.enqueued, m.rejected, m.queued["medium"]) == (2, 0, 1)
         h.open_gate("hold")
@@ -67,8 +71,10 @@ async def test_the_id_stays_taken_after_the_job_finished(
         again = await q.enqueue("echo", [1, 2], job_id="done-1")
         assert (again.status, again.result, again.attempts) == (JobStatus.COMPLETED, [1, 2], 1)
         assert q.enqueue_nowait("echo", [1, 2], job_id="done-1") == again
-        with pytest.raises(DuplicateJob):
+        with pytest.raises(DuplicateJob, match=r"'done-1' .* different payload$"):
             await q.enqueue("echo", [3], job_id="done-1")
+        with pytest.raises(DuplicateJob, match=r"'done-1' .* different task$"):
+            await q.enqueue("fail", [1, 2], job_id="done-1")
         failed = await q.wait((await q.enqueue("fail", job_id="dead-1", max_retries=0)).id)
         assert await q.enqueue("fail", job_id="dead-1") == failed  # not run again
         assert q.metrics().enqueued == 2

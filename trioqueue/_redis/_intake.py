@@ -32,8 +32,8 @@ class NodeIntake(NodeCore):
         if rec.id in outbox.known or outbox.get(rec.id) is not None:
             try:
                 got = outbox.repeat(rec)
-            except ValueError:
-                raise self._duplicate(rec.id) from None
+            except ValueError as exc:
+                raise self._duplicate(rec.id, str(exc)) from None
             if got is not None:
                 return got if isinstance(got, JobRecord) else self._from_job(got)
         if not outbox.fits([rec]):
@@ -107,7 +107,7 @@ class NodeIntake(NodeCore):
         full = False
         for rec, got in zip(recs, answer.jobs, strict=True):
             if got.code is Admission.DUPLICATE:
-                raise self._duplicate(rec.id)
+                raise self._duplicate(rec.id, await self._what_differs(rec))
             if got.code is Admission.FULL:
                 full = True
             elif got.code is Admission.ACCEPTED:
@@ -133,9 +133,21 @@ class NodeIntake(NodeCore):
                     self._outbox.remember(rec.snapshot())
         return out
 
-    def _duplicate(self, job_id: str) -> DuplicateJob:
-        return DuplicateJob(f"id: job {job_id!r} already exists with a different task or "
-                            "payload", job_id)
+    def _duplicate(self, job_id: str, what: str) -> DuplicateJob:
+        return DuplicateJob(f"id: job {job_id!r} already exists with a different {what}",
+                            job_id)
+
+    async def _what_differs(self, rec: JobRecord) -> str:
+        """``"task"`` or ``"payload"``: what the job stored under ``rec.id`` has that
+        ``rec`` has not (the script compares one digest of both), from a look-up made on
+        this error path only; ``"task or payload"`` when the look-up cannot tell."""
+        try:
+            stored = await self.state.get(rec.id)
+        except (RedisRefused, RedisNotSent, RedisUnavailable, CorruptRecord):
+            return "task or payload"
+        if stored is None:  # (gone since: pruned, or the queue was cleared)
+            return "task or payload"
+        return "task" if stored.job.task != rec.task else "payload"
 
     async def wait_for_room_many(self, recs: list[JobRecord]) -> None:
         await trio.sleep(RETRY_BACKOFF[1])

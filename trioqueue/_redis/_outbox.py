@@ -246,20 +246,23 @@ class Outbox:
     def repeat(self, rec: JobRecord) -> JobRecord | Job | None:
         """The job holding ``rec.id`` as this node knows it (the outbox's record or the
         last snapshot seen), if it has the same task and payload; ``None`` when this node
-        knows no job with that id.  Raises ValueError when the known job differs."""
+        knows no job with that id.  Raises ValueError when the known job differs, its
+        argument what differs (``"task"`` or ``"payload"``)."""
         held = self._by_id.get(rec.id)
         if held is not None:
-            if held.task == rec.task and same_payload_json(held.payload_json,
-                                                           rec.payload_json):
+            if held.task != rec.task:
+                raise ValueError("task")
+            if same_payload_json(held.payload_json, rec.payload_json):
                 return held
-            raise ValueError(rec.id)
+            raise ValueError("payload")
         job = self.known.get(rec.id)
         if job is None:
             return None
-        if job.task == rec.task and (canonical_digest(job.task, job.payload)
-                                     == canonical_digest(rec.task, rec.payload)):
+        if job.task != rec.task:
+            raise ValueError("task")
+        if canonical_digest(job.task, job.payload) == canonical_digest(rec.task, rec.payload):
             return job
-        raise ValueError(rec.id)
+        raise ValueError("payload")
 
     @property
     def quiet(self) -> bool:
