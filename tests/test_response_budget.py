@@ -7,18 +7,25 @@ the default connection cap).  Responses of ``LARGE_RESPONSE`` (64 KiB) or more n
 against the budget until written or dropped; one that would pass it gets 503 with
 ``Retry-After``, and small ones (probes, metrics, one job) are always answered.
 
+When the budget is short, a held response whose client has fallen behind (read nothing for
+``_budget.GRACE``, or less than the pace that ends it within ``SEND_TIMEOUT``) gives its
+place to the newcomer, its connection reset; only when none has is the newcomer refused.
+
 Raw sockets against the real app and queue: slow clients have a 4 KiB receive buffer and
 read nothing.  What the server holds is read from ``Server.held_bytes`` (waited for with a
-bounded poll); the slow-client timeout is reached by jumping trio's MockClock.
+bounded poll); the slow-client timeout and the grace are reached by jumping trio's
+MockClock, and the grace is made longer than any step of a test can take in real time.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -29,6 +36,7 @@ from trioqueue import QueueConfig, open_queue
 from trioqueue.cli import UsageError, build_parser, serve_options
 from trioqueue.demo import registry as demo_registry
 from trioqueue.server import App, ServerSettings, serve
+from trioqueue.testing import budget as _budget
 from trioqueue.testing import h1 as _h1
 from trioqueue.testing import lean as _lean
 
@@ -38,6 +46,15 @@ PAYLOAD = 300_000
 """Characters of each big job's payload: four make a page of about 1.2 MB."""
 BUDGET = 3_000_000
 """Two such pages fit, a third does not."""
+GRACE = 20.0
+"""``_budget.GRACE`` in these tests: longer than a test's steps take in real time (the mock
+clock runs at the real rate for the polls), shorter than ``SEND_TIMEOUT``."""
+
+
+@pytest.fixture
+def grace(monkeypatch: pytest.MonkeyPatch) -> float:
+    monkeypatch.setattr(_budget, "GRACE", GRACE)
+    return GRACE
 
 
 async def until(check: Callable[[], bool], what: str) -> None:
@@ -82,13 +99,28 @@ class SlowClients:
             sock.close()
 
 
+async def drain(sock: trio.socket.SocketType) -> int:
+    """Read a slow client's connection to its end (an EOF or a reset): the bytes it got."""
+    got = 0
+    with trio.fail_after(10):
+        while True:
+            try:
+                data = await sock.recv(65536)
+            except ConnectionResetError:
+                return got
+            if not data:
+                return got
+            got += len(data)
+
+
 @asynccontextmanager
-async def big_jobs_server(budget: int) -> AsyncIterator[tuple[Any, int, str]]:
+async def big_jobs_server(budget: int, access_log: bool = False
+                          ) -> AsyncIterator[tuple[Any, int, str]]:
     """The app on a real queue holding four jobs of PAYLOAD characters (and one small
     one), served on 127.0.0.1 by a Server of ``response_budget=budget``: yields the
     server, its port and the small job's id.  The jobs are scheduled an hour ahead, so
     that the pages stay the same whatever the clock does."""
-    settings = ServerSettings(response_budget=budget)
+    settings = ServerSettings(response_budget=budget, access_log=access_log)
     async with open_queue(demo_registry, QueueConfig(workers=1)) as queue:
         for i in range(4):
             await queue.enqueue("echo", {"i": i, "blob": "x" * PAYLOAD}, delay=3600)
@@ -105,7 +137,7 @@ async def big_jobs_server(budget: int) -> AsyncIterator[tuple[Any, int, str]]:
 
 
 async def test_slow_readers_hold_at_most_the_budget(
-    mock_clock: trio.testing.MockClock,
+    mock_clock: trio.testing.MockClock, grace: float,
 ) -> None:
     mock_clock.rate = 1.0  # real time for the polls; jumped past the slow-client timeout
     async with big_jobs_server(BUDGET) as (server, port, small_id):
@@ -153,7 +185,89 @@ async def test_slow_readers_hold_at_most_the_budget(
             assert server.responses_refused == 5
 
 
-async def test_the_settings_budget_reaches_the_server() -> None:
+async def test_a_reader_takes_the_place_of_clients_that_read_nothing(
+    mock_clock: trio.testing.MockClock, grace: float,
+) -> None:
+    """Clients that asked for large answers and read nothing hold the budget only until
+    they have read nothing for the grace: then a reader's answer takes the place of the
+    one behind the longest (its connection reset) instead of a 503."""
+    mock_clock.rate = 1.0
+    async with big_jobs_server(BUDGET) as (server, port, _):
+        status, _, _, page = await get(port, "/jobs")
+        assert status == 200
+        await until(lambda: server.held_bytes == 0, "the page read whole")
+        with SlowClients(port) as slow:
+            first = await slow.get()
+            await until(lambda: server.held_bytes == page, "the first page held")
+            await slow.get()
+            await until(lambda: server.held_bytes == 2 * page, "the second page held")
+            # Neither has been held for the grace: a third large answer is refused.
+            assert (await get(port, "/jobs"))[0] == 503
+            assert (server.responses_refused, server.responses_preempted) == (1, 0)
+
+            mock_clock.jump(grace)  # both have read nothing since
+            status, _, body, size = await get(port, "/jobs")
+            assert (status, size) == (200, page)
+            assert len(json.loads(body)["jobs"]) == 5
+            assert (server.responses_refused, server.responses_preempted) == (1, 1)
+            await until(lambda: server.held_bytes == page, "the reader's page written")
+            # The first slow client (behind the longest) lost its answer: a reset.
+            assert await drain(first) < page
+            # With room, a large answer takes nobody's place.
+            status, _, _, size = await get(port, "/jobs")
+            assert (status, size) == (200, page)
+            assert (server.responses_refused, server.responses_preempted) == (1, 1)
+            assert server.held_bytes == page
+
+
+async def test_the_access_log_shows_the_503_sent_for_the_budget(
+    mock_clock: trio.testing.MockClock, grace: float, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A large answer refused for the budget is logged with the 503 the client got, not
+    with the status the app gave it."""
+    mock_clock.rate = 1.0
+    with caplog.at_level(logging.INFO, logger="trioqueue.server"):
+        async with big_jobs_server(0, access_log=True) as (server, port, _):
+            with SlowClients(port) as slow:
+                await slow.get()
+                await until(lambda: server.held_bytes > 0, "the slow client's page held")
+                assert (await get(port, "/jobs"))[0] == 503
+                assert (await get(port, "/healthz"))[0] == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "trioqueue.server"]
+    assert "GET /jobs 503" in lines
+    assert "GET /healthz 200" in lines
+    assert "GET /jobs 200" not in lines  # the slow client's page is not written yet
+
+
+def test_a_client_falls_behind_when_it_stalls_or_reads_too_slowly() -> None:
+    """``Hold.behind``: never within the grace nor outside a wait on the client; after it,
+    when the socket took nothing for the grace, or less than the pace that ends the
+    response within SEND_TIMEOUT (``size * (held - GRACE) / SEND_TIMEOUT``)."""
+    size = 30 * 1024 * 1024
+    pace = size / _h1.SEND_TIMEOUT  # bytes a second
+    g = _budget.GRACE
+    conn: Any = SimpleNamespace(waiting=trio.CancelScope())
+    hold = _budget.Hold(conn, size, 100.0)
+    hold.waiting = True
+    assert hold.behind(100.0 + g / 2) is None  # within the grace, even reading nothing
+    assert hold.behind(100.0 + g + 5) == g + 5  # read nothing since it came
+    hold.waiting = False
+    assert hold.behind(100.0 + g + 5) is None  # not waiting on its client: not taken
+    hold.waiting = True
+    conn.waiting = None
+    assert hold.behind(100.0 + g + 5) is None
+    conn.waiting = trio.CancelScope()
+    # Reading at the pace (a second of it ahead): kept, however long it takes.
+    for held in (g, g + 3, g + 20):
+        hold.sent = int(pace * (held - g + 1))
+        hold.progressed = 100.0 + held - g / 10
+        assert hold.behind(100.0 + held) is None
+    # Reading, but a second's worth behind the pace: taken.
+    hold.sent = int(pace * 19)
+    assert hold.behind(100.0 + g + 20) == pytest.approx(1.0, abs=1e-6)
+
+
+async def test_the_settings_budget_reaches_the_server(grace: float) -> None:
     """``ServerSettings.response_budget`` through ``serve``: with a budget of 0 one large
     response is sent at a time; while a slow client holds one, another gets 503 and
     small ones are answered; once it closes, large responses go out again."""

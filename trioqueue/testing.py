@@ -91,6 +91,7 @@ from ._state import transition as transition
 from ._store import sqlite as sqlite_store
 from ._store.sqlite import SqliteStore as SqliteStore
 from .server import _app as app
+from .server import _budget as budget
 from .server import _h1 as h1
 from .server import _json as json_out
 from .server import _lean as lean
@@ -164,6 +165,7 @@ __all__ = [
     "allowed_host",
     "app",
     "backoff",
+    "budget",
     "canonical_digest",
     "cells",
     "check_content_type",

@@ -219,8 +219,9 @@ class App:
         await send({"type": "http.response.start", "status": status,
                     "headers": response_headers})
         await send({"type": "http.response.body", "body": body})
-        if self.settings.access_log:
-            log.info("%s %s %d", method, loggable(path), status)
+        if self.settings.access_log:  # the status sent (the server may have answered 503)
+            sent = (scope.get("extensions") or {}).get("trioqueue.response")
+            log.info("%s %s %d", method, loggable(path), status if sent is None else sent.status)
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
         limit = self.settings.max_body

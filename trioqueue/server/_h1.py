@@ -70,7 +70,7 @@ os_read = os.read
 os_write = os.write
 
 
-def _stream_error(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
+def stream_error(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
     """An error of ``os.read`` or ``os.write`` on a socket as Trio's streams raise it."""
     if exc.errno in _CLOSED_ERRNOS:
         return trio.ClosedResourceError("this socket was already closed")
@@ -337,7 +337,7 @@ class Connection:
         except BlockingIOError:
             return None
         except OSError as exc:
-            raise _stream_error(exc) from exc
+            raise stream_error(exc) from exc
         self.fresh = False
         return data
 
@@ -355,7 +355,7 @@ class Connection:
             except BlockingIOError:
                 sent = 0
             except OSError as exc:
-                raise _stream_error(exc) from exc
+                raise stream_error(exc) from exc
             if sent == len(data):
                 await trio.lowlevel.checkpoint()
                 return
@@ -514,7 +514,9 @@ class Connection:
             "headers": req.headers,
             "client": self.client,
             "server": self.local,
-            "extensions": {},
+            # The response as sent: its ``status`` is what the client got (a large one
+            # the response budget refused went out as 503).
+            "extensions": {"trioqueue.response": req},
         }
         try:
             await self.server.app(scope, req.receive, req.send)

@@ -59,8 +59,11 @@ What it speaks:
   :data:`._wire.LARGE_RESPONSE` bytes or more (a ``GET /jobs`` page is up to 8 MiB) count
   against ``response_budget`` (:data:`RESPONSE_BUDGET`) from when the app hands over the
   body until it is written or the connection ends; one that would take the total past it
-  is dropped and answered 503 with ``Retry-After`` (:meth:`Server.send_large`).  Smaller
-  responses (probes, metrics, a job of ordinary size) are never counted nor refused.
+  takes the place of held ones whose clients have fallen behind (read nothing for
+  :data:`._budget.GRACE`, or too slowly to finish within :data:`._h1.SEND_TIMEOUT`), whose
+  connections are reset, or else is dropped and answered 503 with ``Retry-After``
+  (:meth:`Server.send_large`, :mod:`._budget`).  Smaller responses (probes, metrics, a job
+  of ordinary size) are never counted nor refused.
 - Cost: a keep-alive request already in the socket when its connection looks (nearly
   every one under load) is read with ``os.read`` at once, with no deadline scope and no
   schedule point, and a response the socket takes whole is written with ``os.write``,
@@ -88,6 +91,8 @@ from typing import Any
 
 import trio
 
+from ._budget import GRACE as BUDGET_GRACE
+from ._budget import ResponseBudget, send_counted
 from ._h1 import Connection
 from ._http import ASGIApp
 from ._wire import LARGE_RESPONSE as LARGE_RESPONSE  # (the size the budget counts from)
@@ -121,8 +126,9 @@ sent apart, not joined to a copy of it): with 64 MiB, 300 such clients took the 
 from 89 MB to 166 MB (264 MB while the head was joined to a copy of the body), while 8
 pages of the largest size (64 jobs of the 1 MiB ``max_body``) can
 still go out at once; a client reading at 10 MB/s holds its 8 MiB page for under a
-second, so legitimate traffic seldom meets the budget.  Raise it for many large answers
-to slow clients (payloads or results of megabytes, dashboards over slow links)."""
+second, so legitimate traffic seldom meets the budget, and clients that read nothing hold
+their share only until a large answer needs it (:mod:`._budget`).  Raise it for many large
+answers to slow clients (payloads or results of megabytes, dashboards over slow links)."""
 RESPONSE_RETRY_AFTER = b"retry-after: 1\r\n"
 """A refusal for the budget: a fast client's response leaves it in milliseconds."""
 
@@ -160,9 +166,7 @@ class Server:
         self.max_body = max_body
         self.max_connections = max_connections
         self.response_budget = response_budget
-        self._held = 0
-        self.responses_refused = 0
-        """Large responses answered 503 for the budget, since the start."""
+        self.budget = ResponseBudget(response_budget)
         self.stopping = False
         self.connections: set[Connection] = set()
         """Connections counted against ``max_connections`` (not those evicted)."""
@@ -172,6 +176,7 @@ class Server:
         self.refused = _Throttled()
         self.evicted = _Throttled()
         self.busy = _Throttled()
+        self.preempting = _Throttled()
 
     async def accept(self, listener: trio.abc.Listener[Any],
                      nursery: trio.Nursery) -> None:
@@ -264,7 +269,17 @@ class Server:
     def held_bytes(self) -> int:
         """Bytes of large responses being sent now, counted against ``response_budget``
         (see :meth:`send_large`)."""
-        return self._held
+        return self.budget.held
+
+    @property
+    def responses_refused(self) -> int:
+        """Large responses answered 503 for the budget, since the start."""
+        return self.budget.refused
+
+    @property
+    def responses_preempted(self) -> int:
+        """Large responses whose clients fell behind, reset to make room, since the start."""
+        return self.budget.preempted
 
     async def send_large(self, req: HttpRequest, head: bytes, body: bytes) -> None:
         """Send the response to ``req``, ``head`` then ``body`` (of ``LARGE_RESPONSE``
@@ -272,41 +287,49 @@ class Server:
         in :attr:`held_bytes` until it has been written or the connection has failed (a
         timeout, an eviction, a cancellation: the ``finally``).
 
-        If the count would pass ``response_budget`` the response is dropped and the
-        request answered 503 with ``Retry-After`` and ``connection: close``
-        (:attr:`responses_refused` counts them).  A response that waited for room
-        instead would still hold its body while it waits, so that the budget would bound
-        nothing; dropping it frees the memory at once.  With nothing held, one response
-        is sent whatever its size: a budget under the largest answer slows large answers
-        to one at a time rather than refusing them all.
+        If the count would pass ``response_budget``, held responses whose clients have
+        fallen behind make room (:meth:`._budget.ResponseBudget.admit`: their connections
+        are reset); if they cannot, the response is dropped and the request answered 503
+        with ``Retry-After`` and ``connection: close`` (:attr:`responses_refused` counts
+        them).  A response that waited for room instead would still hold its body while it
+        waits, so that the budget would bound nothing; dropping it frees the memory at
+        once.
         """
-        size = len(head) + len(body)
-        held = self._held
-        if held and held + size > self.response_budget:
-            self.responses_refused += 1
-            self.busy("response_budget (%d bytes) reached: %d bytes of responses wait for "
-                      "their clients to read them; large responses get 503",
-                      self.response_budget, held)
-            req.keep_alive = False  # the connection closes after the refusal
-            refusal = error_response(
-                503, f"server busy: {held} bytes of responses are waiting for their clients "
-                     f"to read them (response budget {self.response_budget}); retry later",
-                RESPONSE_RETRY_AFTER)
-            # Written now or never: the app and the request still hold the dropped body
-            # until this returns, so a refusal that waited on its client would hold it too
-            # (uncounted).  A socket takes these few hundred bytes at once unless its
-            # client has stopped reading; then it gets part of them, or none, and the
-            # close.  (A stream that is not a plain POSIX socket takes nothing without a
-            # schedule point: it gets a moment.)
-            with trio.move_on_after(0 if req.conn.direct is not None else REFUSE_LINGER):
-                await req.conn.send(refusal)
+        budget = self.budget
+        preempted = budget.preempted
+        hold = budget.admit(req.conn, len(head) + len(body))
+        if hold is None:
+            await self._refuse_large(req)
             return
-        self._held = held + size
+        if budget.preempted != preempted:
+            self.preempting("response_budget (%d bytes) reached: reset %d connections whose "
+                            "clients fell behind reading large responses (%g s), to make room",
+                            self.response_budget, budget.preempted - preempted, BUDGET_GRACE)
         try:
-            await req.conn.send(head)
-            await req.conn.send(body)
+            await send_counted(req.conn, hold, head)
+            await send_counted(req.conn, hold, body)
         finally:
-            self._held -= size
+            budget.release(hold)
+
+    async def _refuse_large(self, req: HttpRequest) -> None:
+        held = self.budget.held
+        self.busy("response_budget (%d bytes) reached: %d bytes of responses wait for "
+                  "their clients to read them; large responses get 503",
+                  self.response_budget, held)
+        req.keep_alive = False  # the connection closes after the refusal
+        req.status = 503  # what the access log shows (the app's status was not sent)
+        refusal = error_response(
+            503, f"server busy: {held} bytes of responses are waiting for their clients "
+                 f"to read them (response budget {self.response_budget}); retry later",
+            RESPONSE_RETRY_AFTER)
+        # Written now or never: the app and the request still hold the dropped body
+        # until this returns, so a refusal that waited on its client would hold it too
+        # (uncounted).  A socket takes these few hundred bytes at once unless its
+        # client has stopped reading; then it gets part of them, or none, and the
+        # close.  (A stream that is not a plain POSIX socket takes nothing without a
+        # schedule point: it gets a moment.)
+        with trio.move_on_after(0 if req.conn.direct is not None else REFUSE_LINGER):
+            await req.conn.send(refusal)
 
     async def handle(self, conn: Connection) -> None:
         try:

@@ -37,7 +37,8 @@ class ServerSettings:
     response_budget: int = attrs.field(default=RESPONSE_BUDGET)
     """Bytes of large responses (64 KiB or more) held at once while their clients read
     them (64 MiB; see :data:`._lean.RESPONSE_BUDGET` for why); one that would pass it
-    is dropped and answered 503 with ``Retry-After``."""
+    takes the place of those whose clients fell behind reading, or else is dropped and
+    answered 503 with ``Retry-After`` (see :mod:`._budget`)."""
 
     @max_connections.validator
     def _check_max_connections(self, attribute: Any, value: int) -> None:

@@ -1,0 +1,220 @@
+"""The lean server's budget for large responses held for their clients (``response_budget``):
+what :meth:`._lean.Server.send_large` counts, and which held response a new one may replace.
+
+A response is written whole from memory and stays there until its client has read it.
+Responses of :data:`._wire.LARGE_RESPONSE` bytes or more count (:class:`Hold`) from when the
+app hands over the body until it is written or its connection ends.  A new one that would
+take the total past the budget (:meth:`ResponseBudget.admit`):
+
+- takes the place of held responses whose clients are *behind* (:meth:`Hold.behind`): in a
+  wait for their client to read, held :data:`GRACE` or longer, and either the socket took
+  none of their bytes for :data:`GRACE`, or it took fewer than the pace that ends the
+  response within :data:`._h1.SEND_TIMEOUT` (``size * (held - GRACE) / SEND_TIMEOUT``).  The
+  longest behind go first, only as many as it needs, and only if they free enough; their
+  connections are reset (the kernel drops what it held for them at once) and counted in
+  :attr:`ResponseBudget.preempted`;
+- else it is dropped and answered 503 with ``Retry-After`` (:attr:`ResponseBudget.refused`).
+
+Why not refuse every newcomer, as when the budget only counted: clients that ask for large
+answers and read nothing, reconnecting as soon as they are cut off (after ``SEND_TIMEOUT``),
+held the whole budget for as long as they kept at it, from one address: with 8 of them
+(64 MiB, 8 MB pages) a client that reads got 21 of 70 pages, only while they reconnected,
+and with 50 none (0 of 12); with this rule 74 of 74 and 7 of 7 (docs/operations.md has
+the figures).  A share per
+address helps nothing there (every client of a proxy, or of one host, has the same one), and
+any rule that judges a response before it is sent is a lottery that the side with more
+connections wins.  What tells a reader from the rest is that it reads: so a response holds
+its share while its client keeps up, and only while it does, once the budget is short.  A
+client that reads a little now and then to look alive must still read at the pace that
+ends its response within ``SEND_TIMEOUT`` (about 280 KB/s for an 8 MiB page), which is what
+a reader does anyway; one that cannot would be cut off at ``SEND_TIMEOUT`` all the same.
+
+What it costs: nothing for responses under ``LARGE_RESPONSE`` (they never come here); a
+large one is written by :func:`send_counted`, the same ``os.write`` / ``wait_writable``
+loop as Trio's ``send_all`` with a clock read after each write; the budget is looked over
+only when a newcomer does not fit.  A reader whose client pauses :data:`GRACE` or more
+while the budget is short loses its response (a reset, no 503): a client of a busy server
+should read its answer as it comes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+from typing import TYPE_CHECKING
+
+import trio
+
+from . import _h1
+from ._wire import WAIT_SEND
+
+if TYPE_CHECKING:
+    from ._h1 import Connection
+
+GRACE = 1.0
+"""Seconds a large response's client may read nothing (or fall behind its pace) before a
+new large response that does not fit the budget may take its place: longer than a
+retransmission after a lost packet (Linux waits 0.2 s or more) or slow start over a long
+link, shorter than any client that asks and reads nothing is worth."""
+
+_RESET = struct.pack("ii", 1, 0)
+"""``SO_LINGER`` on, for 0 s: ``close`` resets the connection and drops what is unsent."""
+
+
+class Hold:
+    """A large response counted against the budget, while its connection sends it."""
+
+    __slots__ = ("conn", "progressed", "sent", "since", "size", "waiting")
+
+    def __init__(self, conn: Connection, size: int, now: float) -> None:
+        self.conn = conn
+        self.size = size
+        self.since = now
+        self.progressed = now
+        """When the socket last took bytes of it (or when it was admitted)."""
+        self.sent = 0
+        """Bytes of it the socket has taken."""
+        self.waiting = False
+        """In a wait for its client to read: the only place it can be taken from."""
+
+    def behind(self, now: float) -> float | None:
+        """Seconds this response has been behind its client (longest first), or None if
+        it may not be taken now (see the module docstring)."""
+        if not self.waiting or self.conn.waiting is None:
+            return None
+        held = now - self.since
+        if held < GRACE:
+            return None
+        stalled = now - self.progressed
+        if stalled >= GRACE:
+            return stalled
+        due = self.size * (held - GRACE) / _h1.SEND_TIMEOUT
+        if self.sent < due:  # behind since its sent bytes were due, at the pace
+            return (due - self.sent) * _h1.SEND_TIMEOUT / self.size
+        return None
+
+
+class ResponseBudget:
+    """The bytes of large responses held (:attr:`held`) against ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.holds: set[Hold] = set()
+        self.refused = 0
+        """Large responses answered 503, since the start."""
+        self.preempted = 0
+        """Held responses whose connections were reset to make room, since the start."""
+
+    def admit(self, conn: Connection, size: int) -> Hold | None:
+        """Count a response of ``size`` bytes for ``conn``: its hold (to :meth:`release`),
+        or None if it does not fit (nothing held then changes).  With nothing held, one
+        response is admitted whatever its size: a budget under the largest answer sends
+        large answers one at a time rather than refusing them all."""
+        now = trio.current_time()
+        held = self.held
+        if held and held + size > self.limit:
+            victims = self._victims(size, now)
+            if victims is None:
+                self.refused += 1
+                return None
+            for victim in victims:
+                self._preempt(victim)
+        hold = Hold(conn, size, now)
+        self.holds.add(hold)
+        self.held += size
+        return hold
+
+    def release(self, hold: Hold) -> None:
+        """The response is written, or its connection ended (once per hold)."""
+        if hold in self.holds:
+            self.holds.discard(hold)
+            self.held -= hold.size
+
+    def _victims(self, size: int, now: float) -> list[Hold] | None:
+        """The fewest held responses, longest behind first, whose room lets ``size`` in."""
+        behind = []
+        for hold in self.holds:
+            late = hold.behind(now)
+            if late is not None:
+                behind.append((late, hold))
+        if not behind:
+            return None
+        behind.sort(key=lambda pair: pair[0], reverse=True)
+        held = self.held
+        victims = []
+        for _, hold in behind:
+            victims.append(hold)
+            held -= hold.size
+            if not held or held + size <= self.limit:
+                return victims
+        return None
+
+    def _preempt(self, hold: Hold) -> None:
+        """Uncount ``hold`` and end its connection (a reset: its send raises)."""
+        self.release(hold)
+        self.preempted += 1
+        conn = hold.conn
+        conn.evicted = True  # its send raises; no lingering close (Server.handle)
+        conn.server.connections.discard(conn)
+        if conn.direct is not None:
+            with contextlib.suppress(OSError):
+                conn.direct.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        if conn.waiting is not None:
+            conn.waiting.cancel()
+
+
+async def send_counted(conn: Connection, hold: Hold, data: bytes) -> None:
+    """``conn.send(data)``, noting in ``hold`` what the socket takes and when, and marking
+    it ``waiting`` while it waits for its client (where :meth:`ResponseBudget.admit` may end
+    it).  Written straight to a plain socket, as :meth:`._h1.Connection.send` does; on
+    another stream (tests' memory streams) the progress of a wait is not seen: it counts as
+    none from the admission on."""
+    sock = conn.direct
+    if sock is None:
+        hold.waiting = True
+        try:
+            await conn.send(data)
+        finally:
+            hold.waiting = False
+        hold.sent += len(data)
+        return
+    total = len(data)
+    try:
+        sent = _h1.os_write(sock.fileno(), data)
+    except BlockingIOError:
+        sent = 0
+    except OSError as exc:
+        raise _h1.stream_error(exc) from exc
+    hold.sent += sent
+    if sent == total:
+        await trio.lowlevel.checkpoint()
+        return
+    if conn.evicted:
+        raise trio.BrokenResourceError("evicted")
+    view = memoryview(data)
+    now = trio.current_time()
+    if sent:
+        hold.progressed = now
+    timeout = _h1.SEND_TIMEOUT
+    with conn.waiting_on_client(now + timeout, WAIT_SEND, now) as scope:
+        hold.waiting = True
+        try:
+            while sent < total:
+                await trio.lowlevel.wait_writable(sock)
+                try:
+                    taken = _h1.os_write(sock.fileno(), view[sent:])
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    raise _h1.stream_error(exc) from exc
+                sent += taken
+                hold.sent += taken
+                hold.progressed = trio.current_time()
+        finally:
+            hold.waiting = False
+    if scope.cancelled_caught:  # part of it may be sent: nothing can follow it
+        raise trio.BrokenResourceError(
+            "evicted" if conn.evicted else
+            f"the client read no response within {timeout:g} s")
