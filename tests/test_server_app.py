@@ -361,7 +361,7 @@ async def test_concurrent_posts_of_one_new_id_answer_202_once(tmp_path: Any) -> 
 
 @pytest.mark.parametrize("backend", ["memory", "sqlite", "redis"])
 async def test_a_lone_surrogate_is_never_a_500(backend: str, tmp_path: Any) -> None:
-    """JSON's "\ud800" decodes to a str that UTF-8 cannot encode: as an id it was looked
+    """JSON's "\\ud800" decodes to a str that UTF-8 cannot encode: as an id it was looked
     up in the store before it was checked, and as a task filter it reached SQLite or
     Redis, each a 500.  Ids are 400 now, a filter matches nothing, a payload keeps it."""
     from tests.redis_util import REDIS_URL, admin, delete_queue, unique
