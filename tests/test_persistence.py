@@ -201,7 +201,8 @@ async def test_a_large_flush_goes_in_several_transactions_each_job_once(
         await q.wait((await q.enqueue("echo", -1)).id)
         await q.flush()
         commits, rows = store.commits, store.rows_written
-        await q.enqueue_many("echo", list(range(350)))
+        for i in range(350):  # (single jobs: a batch is never cut, see below)
+            q.enqueue_nowait("echo", i)
         # Enqueued, started and completed, all before a write (wait() would ask for one).
         await trio.testing.wait_all_tasks_blocked()
         assert (q.metrics().completed, store.commits) == (351, commits)
@@ -215,6 +216,29 @@ async def test_a_large_flush_goes_in_several_transactions_each_job_once(
         # the newest few off the back (151: a little over the chunk).
         ids = [row[0] for row in conn.execute("SELECT id FROM jobs ORDER BY rowid")]
         assert ids == sorted(ids)
+
+
+async def test_a_large_flush_is_cut_between_batches_never_inside_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch commits whole, whatever its place in a flush written in chunks (a kill
+    between two transactions left part of one stored: tests/test_crash_wave2.py)."""
+    monkeypatch.setattr(persistence_module, "WRITE_CHUNK", 100)
+    config = cfg(tmp_path / "q.db", durability="batch", flush_interval=3600.0)
+    async with trioqueue.open_queue(registry, config) as q:
+        store = LocalBackend.of(q).store
+        assert store is not None
+        await q.wait((await q.enqueue("echo", -1)).id)
+        await q.flush()
+        commits = store.commits
+        for i in range(60):
+            q.enqueue_nowait("echo", i)
+        q.enqueue_many_nowait("echo", list(range(150)))  # rows 61 to 210: past the cut
+        for i in range(50):
+            q.enqueue_nowait("echo", i)
+        await q.flush()
+        # 210 rows (60 jobs, then the batch), then the 50 jobs after it.
+        assert store.commits - commits == 2
 
 
 async def test_batch_enqueue_returns_before_the_commit(tmp_path: Path) -> None:

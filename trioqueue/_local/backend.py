@@ -190,7 +190,9 @@ class LocalBackend:
         self.ready.pass_room_on(lot, p)
 
     def admit_many(self, recs: list[JobRecord]) -> list[JobRecord] | None:
-        return self.ready.admit_many(recs)
+        if self.store is None:
+            return self.ready.admit_many(recs)
+        return self.store.admit_batch(self.ready.admit_many, recs)  # committed whole
 
     async def wait_for_room_many(self, recs: list[JobRecord]) -> None:
         await self.ready.wait_for_room_many(recs)

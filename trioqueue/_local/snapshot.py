@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable
 from functools import partial
 from itertools import islice
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -29,10 +29,12 @@ from .._record import JobRecord
 from .._registry import TaskRegistry
 from .._state import EventKind
 from .._store.sqlite import SqliteStore
+from .chunks import chunk_size
 from .reads import StoreReads
 from .rows import rows_of
 
 log = logging.getLogger("trioqueue.store")
+T = TypeVar("T")
 
 WRITE_CHUNK = 16_384
 """Rows per transaction when a flush is large (a burst, or the final snapshot): about
@@ -108,6 +110,7 @@ class Persistence(StoreReads):
         self._config = config
         self._registry = registry
         self._dirty: dict[str, JobRecord] = {}
+        self._groups: dict[str, int] = {}  # batches in _dirty, as chunk_size takes them
         self._direct: Callable[[dict[str, JobRecord] | None], None] = _no_direct
         """Told which dict a change may go straight into (:meth:`direct_to`)."""
         self._inflight: dict[str, JobRecord] | None = None
@@ -226,6 +229,16 @@ class Persistence(StoreReads):
                     dirty[rec.id] = rec
         else:
             dirty.update({rec.id: rec for rec in recs})
+
+    def admit_batch(self, admit: Callable[[list[JobRecord]], T], recs: list[JobRecord]) -> T:
+        """``admit(recs)``, whose new records (the last ones marked) then commit together
+        even in a write cut in chunks: a batch is stored all or nothing."""
+        dirty = self._dirty
+        before = len(dirty)
+        got = admit(recs)
+        if len(dirty) - before > 1:
+            self._groups[next(reversed(dirty))] = len(dirty) - before
+        return got
 
     def _first_change(self) -> None:
         """The batch being collected gets its first record: wake the flusher (it sleeps
@@ -443,13 +456,15 @@ class Persistence(StoreReads):
     async def write_batch(self) -> int:
         """Write everything dirty now as one batch; return its number.
 
-        A large batch goes in transactions of :data:`WRITE_CHUNK` rows, oldest changes
-        first, each chunk's rows made just before it is written: a job that changed again
-        meanwhile is written once, in its latest state, not once per state.  Raises
+        A large batch goes in transactions of :data:`WRITE_CHUNK` rows (more to keep a
+        batch of jobs whole), oldest changes first, each chunk's rows made just before it
+        is written: a job that changed again meanwhile is written once.  Raises
         :class:`StoreError`; what was not written is dirty again.
         """
         pending = self._dirty
         self._dirty = {}
+        groups = self._groups
+        self._groups = {}
         self._batch_since = self._dirty_since
         epoch = self._epoch
         self._epoch += 1
@@ -458,20 +473,21 @@ class Persistence(StoreReads):
         direct(None)  # until the records not taken yet are: changes go through changed()
         try:
             while pending:
-                if len(pending) <= WRITE_CHUNK:  # the usual case: all of it at once
+                size = chunk_size(pending, groups, WRITE_CHUNK)  # never inside a batch
+                if len(pending) <= size:  # the usual case: all of it at once
                     writing, pending = pending, {}
                     self._inflight = pending
                     direct(self._dirty)
-                elif len(pending) < 2 * WRITE_CHUNK:
+                elif len(pending) < size + WRITE_CHUNK:
                     # A little over a chunk (a flush that came late): the oldest chunk
                     # goes now, split off by moving the newest few, not the chunk.
-                    excess = len(pending) - WRITE_CHUNK
+                    excess = len(pending) - size
                     newest = list(islice(reversed(pending), excess))
                     rest = {job_id: pending.pop(job_id) for job_id in reversed(newest)}
                     writing, pending = pending, rest
                     self._inflight = pending
                 else:
-                    ids = list(islice(pending, WRITE_CHUNK))
+                    ids = list(islice(pending, size))
                     writing = {job_id: pending.pop(job_id) for job_id in ids}
                 self._writing = writing
                 values = rows_of(writing.values())
@@ -486,6 +502,7 @@ class Persistence(StoreReads):
         except BaseException:
             for job_id, rec in (*self._writing.items(), *pending.items()):
                 self._dirty.setdefault(job_id, rec)  # kept for the next try
+            self._groups.update(groups)
             raise
         finally:
             self._inflight = None
