@@ -188,7 +188,10 @@ class Batches:
                     wait_for_room: bool) -> list[Job]:
         """Admit checked records all or nothing (waiting for room unless told not to),
         then wait for the one commit that covers them.  ``given``: the ids a caller
-        chose (an idempotent repeat may find them in the store)."""
+        chose.  An id that memory lacks and that may belong to a job only the store
+        holds is looked up there by the admission itself, as :meth:`JobQueue.enqueue`'s
+        is (a point read, only for the ids the store may hold: a fresh id of the
+        caller's costs a set lookup, not a read)."""
         await trio.lowlevel.checkpoint_if_cancelled()
         backend = self._backend
         life = self._life
@@ -196,47 +199,22 @@ class Batches:
             await trio.lowlevel.checkpoint()
             return []
         parked = False
-        stored: dict[str, JobRecord] = {}
-        if backend.persistent and given:  # ids chosen by the caller: maybe in the store
-            for rec in recs:
-                if (rec.id not in given or rec.id in stored
-                        or backend.get_nowait(rec.id) is not None):
-                    continue
-                if life.closing or backend.refusal is not None:
-                    self._refuse()
-                # It may belong to a finished job that has left memory: ask the store.
-                found = await backend.find(rec.id)
-                parked = True
-                if found is not None:
-                    stored[rec.id] = found
         while True:
             if life.closing or backend.refusal is not None:
                 self._refuse()
-            fresh = recs
-            repeats: dict[int, JobRecord] = {}
-            if stored:
-                fresh = []
-                for i, rec in enumerate(recs):
-                    old = stored.get(rec.id)
-                    if old is not None and backend.get_nowait(rec.id) is None:
-                        repeats[i] = backend.repeat_of(old, rec)  # or DuplicateJob
-                    else:
-                        fresh.append(rec)
-            got = backend.admit_many(fresh) if fresh else []
+            got = backend.admit_many(recs)
             if got is not None:
                 break
             if not wait_for_room:
-                raise self.full(fresh)
+                raise self.full(recs)
             parked = True
-            await backend.wait_for_room_many(fresh)
-            self._restamp_all(fresh)
-        it = iter(got)
-        out = [repeats[i] if i in repeats else next(it) for i in range(len(recs))]
-        accepted = [rec.snapshot() for rec in out]
-        new = [rec for rec, g in zip(fresh, got, strict=True) if g is rec]
+            await backend.wait_for_room_many(recs)
+            self._restamp_all(recs)
+        accepted = [rec.snapshot() for rec in got]
+        new = [rec for rec, g in zip(recs, got, strict=True) if g is rec]
         if (backend.durable or backend.lagging) and new:
             await commit_or_take_back(backend, new, batch=True)
-        elif backend.persistent and len(new) < len(out):
+        elif backend.persistent and len(new) < len(got):
             await backend.wait_committed()  # an existing job: once it is stored
         elif not parked:
             await trio.lowlevel.cancel_shielded_checkpoint()
