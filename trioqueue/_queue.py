@@ -35,7 +35,7 @@ from ._intake import Intake
 from ._job import TERMINAL, Job, JobStatus, Priority, check_job_id, clean_text
 from ._metrics import Metrics
 from ._readings import Readings
-from ._record import LABELS, JobRecord
+from ._record import LABELS, JobRecord, forget_waiter
 from ._registry import TaskRegistry
 from ._stats import Stats
 from ._workers import Lifecycle, Workers
@@ -468,7 +468,11 @@ class JobQueue(Readings):
             if rec.waiters is None:
                 rec.waiters = []
             rec.waiters.append(event)
-            await event.wait()
+            try:
+                await event.wait()
+            finally:
+                if not event.is_set():  # cut short: no longer a waiter (a poll in a loop)
+                    forget_waiter(rec, event)
         await trio.lowlevel.checkpoint()
         return rec.snapshot()
 

@@ -215,3 +215,14 @@ def same_or_duplicate(existing: JobRecord, rec: JobRecord, *,
         raise DuplicateJob(f"id: {rec.id!r} is given to two jobs of the batch with a "
                            f"different {what}", rec.id)
     raise DuplicateJob(f"id: job {rec.id!r} already exists with a different {what}", rec.id)
+
+
+def forget_waiter(rec: JobRecord, event: trio.Event) -> None:
+    """Take back the :meth:`JobQueue.wait` of ``event`` on ``rec``, cut short (cancelled,
+    a timeout): else each such wait on a job that stays live would stay in
+    ``rec.waiters`` until the job ends."""
+    waiters = rec.waiters
+    if waiters is not None and event in waiters:
+        waiters.remove(event)
+        if not waiters:
+            rec.waiters = None

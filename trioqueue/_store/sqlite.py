@@ -2,9 +2,10 @@
 
 Every method here blocks; the persistence task calls them through
 ``trio.to_thread.run_sync`` so the event loop never waits on the disk.  One writer
-connection (flushes, pruning; one call at a time) and a reader connection per thread
-that reads (lookups, listing, recovery streaming): WAL lets readers see the last commit
-while a write runs, and lookups from many tasks run side by side.
+connection (flushes, pruning; one call at a time) and a pool of reader connections,
+one for each read under way (lookups, listing, recovery streaming), whatever thread it
+runs in: WAL lets readers see the last commit while a write runs, and lookups from many
+tasks run side by side.
 
 The file identifies itself with ``PRAGMA application_id`` and records its schema in
 ``PRAGMA user_version``; opening anything else raises :class:`StoreError` naming the file
@@ -17,7 +18,8 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -136,10 +138,12 @@ class SqliteStore:
         """``<store>.lock``, held while this store is open."""
         self._w = writer
         self._readers = [reader]
-        """Every reader connection: one per thread that reads, so lookups run side by
-        side (WAL lets readers share the file with the writer)."""
-        self._local = threading.local()
-        self._local.conn = reader
+        """Every reader connection: as many as reads ran at once, so lookups run side
+        by side (WAL lets readers share the file with the writer).  Not one per thread:
+        Trio's idle worker threads end and new ones start, and a connection each kept
+        two file descriptors and its caches open for every thread that ever read."""
+        self._idle = [reader]
+        """The reader connections no read is using now."""
         self.was_clean = clean
         """False when the last process using the file did not close it (a crash)."""
         self._lock = threading.Lock()  # a belt to the persistence task's braces
@@ -301,17 +305,28 @@ class SqliteStore:
         self._w.close()
         self._lock_file.release()
 
-    def _reader(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        """An idle reader connection (a new one when every one is in use), for one read."""
+        with self._readers_lock:
+            conn = self._idle.pop() if self._idle else None
         if conn is None:
             try:
                 conn = _connect(self.path, query_only=True)
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: cannot open: {describe(exc)}") from exc
-            self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
-        return conn
+        try:
+            yield conn
+        finally:
+            with self._readers_lock:
+                self._idle.append(conn)
+
+    def reader_connections(self) -> int:
+        """Test hook: the reader connections open."""
+        with self._readers_lock:
+            return len(self._readers)
 
     # ------------------------------------------------------------------ writing
 
@@ -495,7 +510,8 @@ class SqliteStore:
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         try:
-            return self._reader().execute(sql, params).fetchall()
+            with self._reader() as conn:
+                return conn.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot read: {describe(exc)}") from exc
 
@@ -542,11 +558,14 @@ class SqliteStore:
         rows: list[Row] = []
         size = 0
         try:
-            cursor = self._reader().execute(sql, (*params, limit))
-            while size <= max_bytes and (row := cursor.fetchone()) is not None:
-                rows.append(row)
-                size += row_bytes(row)
-            cursor.close()
+            with self._reader() as conn:
+                cursor = conn.execute(sql, (*params, limit))
+                try:
+                    while size <= max_bytes and (row := cursor.fetchone()) is not None:
+                        rows.append(row)
+                        size += row_bytes(row)
+                finally:
+                    cursor.close()  # before another read takes the connection
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot read: {describe(exc)}") from exc
         return rows
