@@ -214,7 +214,13 @@ def same_or_duplicate(existing: JobRecord, rec: JobRecord, *,
     if in_batch:
         raise DuplicateJob(f"id: {rec.id!r} is given to two jobs of the batch with a "
                            f"different {what}", rec.id)
-    raise DuplicateJob(f"id: job {rec.id!r} already exists with a different {what}", rec.id)
+    raise exists_differently(rec.id, what)
+
+
+def exists_differently(job_id: str, what: str) -> DuplicateJob:
+    """The :class:`DuplicateJob` for ``job_id``, held by a job whose ``what`` (``"task"``
+    or ``"payload"``) differs: every backend's words for it."""
+    return DuplicateJob(f"id: job {job_id!r} already exists with a different {what}", job_id)
 
 
 def forget_waiter(rec: JobRecord, event: trio.Event) -> None:

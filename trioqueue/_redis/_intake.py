@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import trio
 
-from .._exceptions import DuplicateJob, StoreError
+from .._exceptions import StoreError
 from .._job import Job, JobStatus
-from .._record import LABELS, JobRecord
+from .._record import LABELS, JobRecord, exists_differently
 from ._client import RedisNotSent, RedisRefused, RedisUnavailable
 from ._node import NodeCore
 from ._outbox import new_job
@@ -33,7 +33,7 @@ class NodeIntake(NodeCore):
             try:
                 got = outbox.repeat(rec)
             except ValueError as exc:
-                raise self._duplicate(rec.id, str(exc)) from None
+                raise exists_differently(rec.id, str(exc)) from None
             if got is not None:
                 return got if isinstance(got, JobRecord) else self._from_job(got)
         if not outbox.fits([rec]):
@@ -107,7 +107,7 @@ class NodeIntake(NodeCore):
         full = False
         for rec, got in zip(recs, answer.jobs, strict=True):
             if got.code is Admission.DUPLICATE:
-                raise self._duplicate(rec.id, await self._what_differs(rec))
+                raise exists_differently(rec.id, await self._what_differs(rec))
             if got.code is Admission.FULL:
                 full = True
             elif got.code is Admission.ACCEPTED:
@@ -132,10 +132,6 @@ class NodeIntake(NodeCore):
                 if rec.id in given:
                     self._outbox.remember(rec.snapshot())
         return out
-
-    def _duplicate(self, job_id: str, what: str) -> DuplicateJob:
-        return DuplicateJob(f"id: job {job_id!r} already exists with a different {what}",
-                            job_id)
 
     async def _what_differs(self, rec: JobRecord) -> str:
         """``"task"`` or ``"payload"``: what the job stored under ``rec.id`` has that
