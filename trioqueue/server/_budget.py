@@ -18,9 +18,9 @@ take the total past the budget (:meth:`ResponseBudget.admit`):
 Why not refuse every newcomer, as when the budget only counted: clients that ask for large
 answers and read nothing, reconnecting as soon as they are cut off (after ``SEND_TIMEOUT``),
 held the whole budget for as long as they kept at it, from one address: with 8 of them
-(64 MiB, 8 MB pages) a client that reads got 21 of 70 pages, only while they reconnected,
-and with 50 none (0 of 12); with this rule 74 of 74 and 7 of 7 (docs/operations.md has
-the figures).  A share per
+(64 MiB, 8 MB pages) a client that reads got 21 of 70 pages, only while they reconnected;
+with this rule 66 of 68 (``benchmarks.slow_readers``; docs/operations.md has the figures,
+and what many more such clients still do).  A share per
 address helps nothing there (every client of a proxy, or of one host, has the same one), and
 any rule that judges a response before it is sent is a lottery that the side with more
 connections wins.  What tells a reader from the rest is that it reads: so a response holds
