@@ -40,17 +40,20 @@ should read its answer as it comes.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import socket
 import struct
+import termios
 from typing import TYPE_CHECKING
 
 import trio
 
 from . import _h1
-from ._wire import WAIT_SEND
+from ._wire import EVICTED, WAIT_BODY, WAIT_SEND, BadRequest
 
 if TYPE_CHECKING:
     from ._h1 import Connection
+    from ._wire import HttpRequest
 
 GRACE = 1.0
 """Seconds a large response's client may read nothing (or fall behind its pace) before a
@@ -218,3 +221,104 @@ async def send_counted(conn: Connection, hold: Hold, data: bytes) -> None:
         raise trio.BrokenResourceError(
             "evicted" if conn.evicted else
             f"the client read no response within {timeout:g} s")
+
+
+# ---------------------------------------------------------------------------- request bodies
+
+
+class BodyBudget:
+    """The bytes of request bodies held (:attr:`held`) against ``limit``: those past each
+    body's first :data:`._wire.BODY_COUNTED_FROM`, from when the parser takes them until
+    their request ends (the app's copies come on top: about twice as much).
+
+    A connection reading a body that is counted waits before it reads more while the
+    budget is spent (:meth:`._h1.Connection.wait_body`: the client is held back by TCP, and
+    its body's deadline runs on), unless no connection has held counted bytes longer
+    (:meth:`spent`).  While it waits,
+    a connection whose client has sent nothing of its counted body for :data:`GRACE` while
+    the server waited on it gives its place (:meth:`stalled`: its connection is closed,
+    its request dropped).  So clients that send large bodies slowly, or start them and
+    stall, hold at most the budget, and only until a body that comes at a sender's pace
+    needs the room."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.holders: dict[Connection, None] = {}
+        """Connections holding counted bytes, the longest first."""
+        self.room = trio.lowlevel.ParkingLot()
+        """Connections waiting for room, woken when a request gives its bytes back."""
+        self.parked: set[Connection] = set()
+        self.evicted = 0
+        """Connections closed because their client stalled in a counted body, since the
+        start."""
+
+    def take(self, conn: Connection, size: int) -> None:
+        """``conn`` took ``size`` more bytes of a counted body."""
+        if not conn.counted:
+            self.holders[conn] = None
+        conn.counted += size
+        self.held += size
+
+    def give_back(self, conn: Connection, size: int) -> None:
+        """A request of ``conn`` ended, and its ``size`` counted bytes with it."""
+        conn.counted -= size
+        self.held -= size
+        if not conn.counted:
+            del self.holders[conn]
+        if self.room:
+            self.room.unpark_all()  # (each looks again: the oldest holder may be another)
+
+    def spent(self, conn: Connection) -> bool:
+        """Whether ``conn``, which holds counted bytes, must wait before it reads more:
+        the budget is spent and another connection has held bytes longer.  The one that
+        has held them longest always reads on, so that some body always comes to its end
+        and gives its bytes back (were every holder to wait for room, none would come)."""
+        return self.held >= self.limit and next(iter(self.holders)) is not conn
+
+    async def wait(self, conn: Connection, req: HttpRequest) -> None:
+        """Wait, reading nothing, until a request gives its bytes back, for :data:`GRACE`
+        at most (the caller looks again), and never past the body's deadline (then 408).
+        First, connections whose clients stalled in their bodies are closed
+        (:meth:`stalled`)."""
+        server = conn.server
+        now = trio.current_time()
+        victims = self.stalled(conn, now)
+        for victim in victims:
+            server.evict_stalled_body(victim)
+        if victims and self.room:
+            self.room.unpark_all()  # (a victim waiting here sees that it is closed)
+        self.parked.add(conn)
+        try:
+            with trio.move_on_at(min(req.deadline, now + GRACE)):
+                await self.room.park()
+        finally:
+            self.parked.discard(conn)
+        if conn.evicted:
+            req.error = EVICTED
+        elif trio.current_time() >= req.deadline and self.spent(conn):
+            req.error = BadRequest(408, f"body: not received within {_h1.BODY_TIMEOUT:g} s")
+
+    def stalled(self, me: Connection, now: float) -> list[Connection]:
+        """The connections holding counted bytes whose clients have sent none of their
+        bodies for :data:`GRACE` while the server was ready to read them: those waiting on
+        their client, and those waiting here for room with nothing unread in their socket
+        (a client that sends has its bytes waiting there)."""
+        since = now - GRACE
+        return [conn for conn in self.holders
+                if conn is not me and not conn.evicted and conn.body_at <= since and (
+                    (conn.waiting is not None and conn.wait_kind == WAIT_BODY)
+                    or (conn in self.parked and not _unread(conn)))]
+
+
+def _unread(conn: Connection) -> int:
+    """Bytes the client has sent that the server has not read (1 where it cannot tell)."""
+    sock = conn.direct
+    if sock is None:
+        return 1
+    try:
+        answer = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 1
+    unread: int = struct.unpack("i", answer)[0]
+    return unread

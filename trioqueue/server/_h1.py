@@ -19,6 +19,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from ._http import Scope, loggable
 from ._wire import (
+    BODY_COUNTED_FROM,
     EVICTED,
     READ_SIZE,
     WAIT_BODY,
@@ -120,6 +121,11 @@ class Connection:
         self.linger = False
         """The connection ends after a response: read what the peer still sends."""
         self.evicted = False
+        self.counted = 0
+        """Bytes of this connection's request bodies counted against the server's body
+        budget (:class:`._budget.BodyBudget`), given back as each request ends."""
+        self.body_at = -math.inf
+        """When the client last sent counted body bytes (or its wait for room ended)."""
         self.waiting: trio.CancelScope | None = None
         """The scope of a read from the client, while waiting on it (see ``Server.evict``)."""
         self.wait_kind = WAIT_IDLE
@@ -224,6 +230,18 @@ class Connection:
         assert req is not None
         req.body.append(body)
         self.progress = True
+        req.received += len(body)
+        over = req.received - BODY_COUNTED_FROM
+        if over > req.counted:  # past the first BODY_COUNTED_FROM: counted
+            self.server.bodies.take(self, over - req.counted)
+            req.counted = over
+            self.body_at = trio.current_time()
+
+    def give_back(self, req: HttpRequest) -> None:
+        """``req`` has ended: its counted body bytes leave the body budget."""
+        if req.counted:
+            self.server.bodies.give_back(self, req.counted)
+            req.counted = 0
 
     def on_message_complete(self) -> None:
         req = self.current
@@ -428,6 +446,9 @@ class Connection:
             if self.stopped:  # pragma: no cover - an error would be on req
                 req.error = BadRequest(400, "body: not readable")
                 return
+            if self.counted and self.server.bodies.spent(self):
+                await self.server.bodies.wait(self, req)
+                continue
             try:
                 data = await self._read(req.deadline, WAIT_BODY, req.deadline - BODY_TIMEOUT)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -487,7 +508,11 @@ class Connection:
                              f"{req.upgrade_to.decode('latin-1')!r} with a body"))
                     self.linger = True
                     return
-            if not await self._http(req):
+            try:
+                served = await self._http(req)
+            finally:
+                self.give_back(req)
+            if not served:
                 self.linger = True
                 return
             if req.upgrade:  # served as plain HTTP (the offer ignored): parse on

@@ -24,6 +24,10 @@ LARGE_RESPONSE = 64 * 1024
 """Responses of this many bytes or more count against the server's response budget while
 they are sent (``Server.send_large``); smaller ones are never counted nor refused."""
 
+BODY_COUNTED_FROM = 64 * 1024
+"""Bytes of a request body past this many count against the server's body budget while
+the request lasts (``Server.body_budget``); a body under it is never held back."""
+
 # What a connection waits for, when it waits on its client (for eviction at the cap).
 WAIT_IDLE = 0  # the next request, nothing of it received
 WAIT_CLOSING = 1  # the peer's end after our closing response
@@ -88,11 +92,11 @@ class HttpRequest:
     is given.
     """
 
-    __slots__ = ("body", "complete", "conn", "continued", "deadline", "delivered", "dropped",
-                 "ended", "error", "expect", "has_body", "head_done", "head_size", "headers",
-                 "hosts", "http_version", "keep_alive", "method", "parts", "resp_headers", "rest",
-                 "sent", "started", "status", "trailers", "transfer_encoding", "upgrade",
-                 "upgrade_to", "url")
+    __slots__ = ("body", "complete", "conn", "continued", "counted", "deadline", "delivered",
+                 "dropped", "ended", "error", "expect", "has_body", "head_done", "head_size",
+                 "headers", "hosts", "http_version", "keep_alive", "method", "parts", "received",
+                 "resp_headers", "rest", "sent", "started", "status", "trailers",
+                 "transfer_encoding", "upgrade", "upgrade_to", "url")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -109,6 +113,11 @@ class HttpRequest:
         """Why the request (or its body) cannot be read: answered, then the close."""
         self.body: list[bytes] = []
         """Body bytes parsed and not yet given to the app."""
+        self.received = 0
+        """Body bytes parsed so far."""
+        self.counted = 0
+        """Of them, those counted against the server's body budget (past
+        :data:`BODY_COUNTED_FROM`) until the request ends."""
         self.hosts = 0
         self.head_size = 0
         """Bytes of the target and header fields so far (``MAX_HEAD`` bounds them)."""
