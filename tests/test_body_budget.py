@@ -22,9 +22,9 @@ import pytest
 import trio
 import trio.testing
 
-from trioqueue.server._wire import BODY_COUNTED_FROM, READ_SIZE
 from trioqueue.testing import budget as _budget
 from trioqueue.testing import lean as _lean
+from trioqueue.testing import wire as _wire
 
 from .test_response_budget import until
 
@@ -111,13 +111,13 @@ async def test_clients_that_stall_in_large_bodies_hold_at_most_the_budget() -> N
                 await until(lambda: server.bodies.held >= budget, "the budget spent")
                 # What may still come in: a read under way on each connection, and all
                 # that the one that has held bytes longest sent (it reads on).
-                bound = budget + part + clients * (BODY_COUNTED_FROM + READ_SIZE)
+                bound = budget + part + clients * (_wire.BODY_COUNTED_FROM + _wire.READ_SIZE)
                 last = -1
                 while last != (now := taken(server, app)):  # until nothing more comes in
                     last = now
                     await trio.sleep(0.2)
                 assert now <= bound < clients * part  # (without the budget: all of it)
-                assert server.bodies.held <= budget + part + clients * READ_SIZE
+                assert server.bodies.held <= budget + part + clients * _wire.READ_SIZE
                 nursery.cancel_scope.cancel()
             # Clients that go away give their bytes back.
             for sock in socks:
@@ -142,7 +142,7 @@ async def test_a_client_stalled_in_its_body_gives_its_place(
         try:
             for _ in range(2):
                 await send_part(port, 1_000_000, 250_000, socks)
-            held = 2 * (250_000 - BODY_COUNTED_FROM)
+            held = 2 * (250_000 - _wire.BODY_COUNTED_FROM)
             await until(lambda: server.bodies.held == held, "both parts read")
             mock_clock.jump(GRACE + 1)  # they have stalled since
             with trio.fail_after(10):
@@ -182,8 +182,8 @@ async def test_a_body_under_the_threshold_is_never_held_back(
                 await send_part(port, 1_000_000, 300_000, socks)
             await until(lambda: server.bodies.held >= 200_000, "the budget spent")
             with trio.fail_after(10):
-                answer = await post(port, BODY_COUNTED_FROM)
-            assert answer.endswith(b"\r\n\r\n%d" % BODY_COUNTED_FROM)
+                answer = await post(port, _wire.BODY_COUNTED_FROM)
+            assert answer.endswith(b"\r\n\r\n%d" % _wire.BODY_COUNTED_FROM)
             assert server.bodies.evicted == 0
         finally:
             for sock in socks:

@@ -95,6 +95,7 @@ from .server import _budget as budget
 from .server import _h1 as h1
 from .server import _json as json_out
 from .server import _lean as lean
+from .server import _wire as wire
 from .server._dashboard import CSP as CSP
 from .server._dashboard import HISTORY_FIELDS as HISTORY_FIELDS
 from .server._dashboard import MetricsHistory as MetricsHistory
@@ -218,4 +219,5 @@ __all__ = [
     "table",
     "transition",
     "wants_prometheus",
+    "wire",
 ]
