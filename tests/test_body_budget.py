@@ -16,12 +16,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
+from trioqueue import QueueConfig
+from trioqueue.cli import UsageError, build_parser, serve_options
+from trioqueue.demo import registry as demo_registry
+from trioqueue.server import ServerSettings, serve
 from trioqueue.testing import budget as _budget
 from trioqueue.testing import lean as _lean
 from trioqueue.testing import wire as _wire
@@ -188,3 +193,45 @@ async def test_a_body_under_the_threshold_is_never_held_back(
         finally:
             for sock in socks:
                 sock.close()
+
+
+# ---------------------------------------------------------------------------- options
+
+
+async def test_the_settings_body_budget_reaches_the_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``ServerSettings.body_budget`` through ``serve`` is the budget the server keeps."""
+    made: list[Any] = []
+
+    class Recorded(_lean.Server):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(_lean, "Server", Recorded)
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(serve, demo_registry, QueueConfig(workers=1),
+                                    ServerSettings(port=0, body_budget=12345), stop=stop))
+        assert [server.bodies.limit for server in made] == [12345]
+        stop.set()
+
+
+def options(argv: list[str], env: dict[str, str]) -> Any:
+    return serve_options(build_parser().parse_args(["serve", *argv]), env)[2]
+
+
+def test_the_body_budget_option() -> None:
+    assert options([], {}).body_budget == _lean.BODY_BUDGET == 64 * 1024 * 1024
+    env = {"TRIOQUEUE_BODY_BUDGET": "5000"}
+    assert options([], env).body_budget == 5000
+    assert options(["--body-budget", "0"], env).body_budget == 0  # the flag wins
+    with pytest.raises(UsageError, match=r"^--body-budget: expected bytes >= 0, got -1$"):
+        options(["--body-budget", "-1"], {})
+    with pytest.raises(UsageError, match="TRIOQUEUE_BODY_BUDGET"):
+        options([], {"TRIOQUEUE_BODY_BUDGET": "lots"})
+    with pytest.raises(ValueError, match="body_budget"):
+        ServerSettings(body_budget=-1)
+    with pytest.raises(ValueError, match="body_budget"):
+        ServerSettings(body_budget=True)  # type: ignore[arg-type]

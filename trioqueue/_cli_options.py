@@ -166,7 +166,7 @@ def serve_options(
 ) -> tuple[TaskRegistry, QueueConfig, Any]:
     """Flags over ``TRIOQUEUE_*`` (and ``PORT``, ``WORKER_COUNT``, ``JOB_QUEUE_CAPACITY``)."""
     from .server import ServerSettings
-    from .server._lean import RESPONSE_BUDGET
+    from .server._lean import BODY_BUDGET, RESPONSE_BUDGET
 
     registry, config = queue_options(args, env)
     host = args.host or env_first(env, "TRIOQUEUE_HOST") or "127.0.0.1"
@@ -206,20 +206,30 @@ def serve_options(
     if max_body < 1 or event_buffer < 1 or slow <= 0 or max_connections < 1:
         raise UsageError("--max-body, --event-buffer, --slow-client-timeout and "
                          "--max-connections must be > 0")
-    budget, budget_from = args.response_budget, "--response-budget"
-    if budget is None:
-        budget_from = "TRIOQUEUE_RESPONSE_BUDGET"
-        raw = env_first(env, budget_from)
-        budget = RESPONSE_BUDGET if raw is None else parse_int(budget_from, raw)
-    if budget < 0:
-        raise UsageError(f"{budget_from}: expected bytes >= 0, got {budget}")
+    budget = _budget_option(args.response_budget, "--response-budget",
+                            "TRIOQUEUE_RESPONSE_BUDGET", RESPONSE_BUDGET, env)
+    body_budget = _budget_option(args.body_budget, "--body-budget", "TRIOQUEUE_BODY_BUDGET",
+                                 BODY_BUDGET, env)
     settings = ServerSettings(
         host=host, port=port, token=token, max_body=max_body,
         event_buffer=event_buffer, slow_client_timeout=slow, access_log=args.access_log,
         allowed_hosts=allowed_hosts_option(args, env), max_connections=max_connections,
-        response_budget=budget,
+        response_budget=budget, body_budget=body_budget,
     )
     return registry, config, settings
+
+
+def _budget_option(given: int | None, flag: str, variable: str, default: int,
+                   env: Mapping[str, str]) -> int:
+    """A budget in bytes: the flag, else the variable, else ``default``; >= 0."""
+    budget, source = given, flag
+    if budget is None:
+        source = variable
+        raw = env_first(env, variable)
+        budget = default if raw is None else parse_int(variable, raw)
+    if budget < 0:
+        raise UsageError(f"{source}: expected bytes >= 0, got {budget}")
+    return budget
 
 
 def allowed_hosts_option(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[str, ...]:
@@ -285,7 +295,7 @@ KNOWN_ENV = frozenset(name for name in ENV_VARIABLES if name.startswith("TRIOQUE
     # serve's server
     "TRIOQUEUE_HOST", "TRIOQUEUE_PORT", "TRIOQUEUE_TOKEN", "TRIOQUEUE_MAX_BODY",
     "TRIOQUEUE_EVENT_BUFFER", "TRIOQUEUE_SLOW_CLIENT_TIMEOUT", "TRIOQUEUE_ALLOWED_HOSTS",
-    "TRIOQUEUE_MAX_CONNECTIONS", "TRIOQUEUE_RESPONSE_BUDGET",
+    "TRIOQUEUE_MAX_CONNECTIONS", "TRIOQUEUE_RESPONSE_BUDGET", "TRIOQUEUE_BODY_BUDGET",
     # worker's metrics endpoint
     "TRIOQUEUE_METRICS_PORT", "TRIOQUEUE_METRICS_HOST",
     # the client commands (often set in the same shell)

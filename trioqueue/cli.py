@@ -350,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--response-budget", type=int, metavar="BYTES",
                        help="bytes of large responses held at once for clients still "
                        "reading them; past it, 503 (default 67108864: 64 MiB)")
+    serve.add_argument("--body-budget", type=int, metavar="BYTES",
+                       help="bytes of large request bodies held at once; past it, bodies "
+                       "wait to be read (default 67108864: 64 MiB)")
     serve.add_argument("--log-level", default=None, type=str.lower, choices=LOG_LEVELS,
                        help="debug (one line per job state change), info (default), warning, "
                        "error")

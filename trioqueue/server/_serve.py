@@ -80,6 +80,7 @@ async def serve(
             serve_lean, app, settings.host, settings.port, max_body=settings.max_body,
             user_timeout_ms=int(settings.slow_client_timeout * 1000),
             max_connections=settings.max_connections, response_budget=settings.response_budget,
+            body_budget=settings.body_budget,
             shutdown_trigger=state.closed.wait,
         ))
         node = queue.metrics().node  # on Redis, the id events and metrics name it by

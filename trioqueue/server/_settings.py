@@ -9,7 +9,7 @@ import attrs
 import trio
 
 from ._hosts import parse_allowed_hosts
-from ._lean import RESPONSE_BUDGET
+from ._lean import BODY_BUDGET, RESPONSE_BUDGET
 
 
 @attrs.define(kw_only=True)
@@ -39,6 +39,10 @@ class ServerSettings:
     them (64 MiB; see :data:`._lean.RESPONSE_BUDGET` for why); one that would pass it
     takes the place of those whose clients fell behind reading, or else is dropped and
     answered 503 with ``Retry-After`` (see :mod:`._budget`)."""
+    body_budget: int = attrs.field(default=BODY_BUDGET)
+    """Bytes of large request bodies (past each one's first 64 KiB) held at once until
+    their requests end (64 MiB); past it, connections wait before they read more of their
+    bodies, and clients stalled in theirs are closed (see :class:`._budget.BodyBudget`)."""
 
     @max_connections.validator
     def _check_max_connections(self, attribute: Any, value: int) -> None:
@@ -49,6 +53,11 @@ class ServerSettings:
     def _check_response_budget(self, attribute: Any, value: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"response_budget: expected an integer >= 0, got {value!r}")
+
+    @body_budget.validator
+    def _check_body_budget(self, attribute: Any, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"body_budget: expected an integer >= 0, got {value!r}")
 
 
 @attrs.define(eq=False)
