@@ -4,15 +4,17 @@
                                       [--db] [--json FILE]
 
 Starts ``trioqueue serve`` (memory mode, or ``--db`` a temporary SQLite file) in a child
-process with the default response budget, and posts 9 jobs of 900 KB payload, so that
-``GET /jobs?limit=1000`` answers about 8.1 MB.  Then, for ``--seconds``:
+process with the default response budget, and posts 9 jobs of 900 KB payload (``--job-kb``:
+8.1 MB of jobs of that size), so that ``GET /jobs?limit=1000`` answers about 8.1 MB.
+Then, for ``--seconds``:
 
 - ``--clients`` attackers, each with a 4 KiB receive buffer, ask for that page, read
   nothing, and reconnect as soon as they are answered 503, reset or closed (the server
   cuts a client off 30 s after its answer began);
 - one reader asks for the same page every 0.5 s and reads it whole (20 s timeout).
 
-Prints the pages the reader got and their median time, and the server's peak RSS
+Prints the pages the reader got (and the jobs in them: a page is cut short while the
+response budget has no room for the whole of it) and their median time, and the server's peak RSS
 (``VmHWM``) and its RSS at the end, as docs/operations.md reports them.  Only loopback
 is a target.
 """
@@ -48,10 +50,11 @@ def rss(pid: int) -> dict[str, float]:
     return out
 
 
-async def post_jobs(port: int) -> None:
-    """9 jobs whose payload is 900 KB each (sleeping, so that they stay queued)."""
-    payload = json.dumps({"seconds": 3600, "pad": "x" * 900_000}).encode()
-    for _ in range(9):
+async def post_jobs(port: int, kb: int) -> None:
+    """Jobs whose payload is ``kb`` KB each, 8.1 MB in all (sleeping, so that they stay
+    queued)."""
+    payload = json.dumps({"seconds": 3600, "pad": "x" * (kb * 1000)}).encode()
+    for _ in range(8_100 // kb):
         body = b'{"task":"sleep","payload":' + payload + b"}"
         stream = await trio.open_tcp_stream(HOST, port)
         async with stream:
@@ -97,7 +100,8 @@ async def attacker(port: int, stats: dict[str, int]) -> None:
         await trio.lowlevel.checkpoint()
 
 
-async def reader(port: int, seconds: float, got: list[float], failed: list[str]) -> None:
+async def reader(port: int, seconds: float, got: list[float], jobs: list[int],
+                 failed: list[str]) -> None:
     end = trio.current_time() + seconds
     while trio.current_time() < end:
         start = trio.current_time()
@@ -110,8 +114,10 @@ async def reader(port: int, seconds: float, got: list[float], failed: list[str])
                     reply = bytearray()
                     while chunk := await stream.receive_some(1 << 20):
                         reply += chunk
-            if reply.startswith(b"HTTP/1.1 200") and len(reply) > 8_000_000:
+            if reply.startswith(b"HTTP/1.1 200"):
                 got.append(trio.current_time() - start)
+                body = bytes(reply[reply.index(b"\r\n\r\n") + 4:])
+                jobs.append(len(json.loads(body)["jobs"]))
             else:
                 failed.append(bytes(reply[:40]).decode(errors="replace"))
         except (trio.TooSlowError, OSError) as exc:
@@ -120,9 +126,10 @@ async def reader(port: int, seconds: float, got: list[float], failed: list[str])
 
 
 async def drive(args: argparse.Namespace, pid: int) -> dict[str, Any]:
-    await post_jobs(args.port)
+    await post_jobs(args.port, args.job_kb)
     stats = {"asked": 0, "refused": 0, "reset": 0}
     got: list[float] = []
+    jobs: list[int] = []
     failed: list[str] = []
     peak_seen = 0.0
     async with trio.open_nursery() as nursery:
@@ -136,10 +143,11 @@ async def drive(args: argparse.Namespace, pid: int) -> dict[str, Any]:
                 await trio.sleep(0.25)
 
         nursery.start_soon(sample)
-        await reader(args.port, args.seconds, got, failed)
+        await reader(args.port, args.seconds, got, jobs, failed)
         nursery.cancel_scope.cancel()
     figures = rss(pid)
     return {"clients": args.clients, "pages": len(got), "asked": len(got) + len(failed),
+            "jobs": sum(jobs),
             "median_s": statistics.median(got) if got else None, "failed": failed[:5],
             "attackers": stats, "rss_peak_mb": figures["VmHWM"],
             "rss_end_mb": figures["VmRSS"]}
@@ -150,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=37.0)
     parser.add_argument("--port", type=int, default=18120)
+    parser.add_argument("--job-kb", type=int, default=900,
+                        help="KB of payload a job (8.1 MB of jobs in all; default 900)")
     parser.add_argument("--db", action="store_true", help="a SQLite store, not memory mode")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for the server (repeatable)")
@@ -174,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             server.kill()
             server.wait()
     print(f"slow_readers: {result['clients']} clients reading nothing; the reader got "
-          f"{result['pages']} of {result['asked']} pages"
+          f"{result['pages']} of {result['asked']} pages ({result['jobs']} jobs, of "
+          f"{8_100 // args.job_kb} a whole page)"
           + (f" (median {result['median_s']:.2f} s)" if result["median_s"] else "")
           + f"; server RSS peak {result['rss_peak_mb']:.0f} MB, end {result['rss_end_mb']:.0f}"
           f" MB; attackers {result['attackers']}")

@@ -46,6 +46,10 @@ PAYLOAD = 300_000
 """Characters of each big job's payload: four make a page of about 1.2 MB."""
 BUDGET = 3_000_000
 """Two such pages fit, a third does not."""
+BIG_ID = "big-0"
+"""The id of one of the big jobs."""
+JOB_BUDGET = 750_000
+"""Two of the big jobs' answers fit, a third does not."""
 GRACE = 20.0
 """``_budget.GRACE`` in these tests: longer than a test's steps take in real time (the mock
 clock runs at the real rate for the polls), shorter than ``SEND_TIMEOUT``."""
@@ -117,13 +121,15 @@ async def drain(sock: trio.socket.SocketType) -> int:
 async def big_jobs_server(budget: int, access_log: bool = False
                           ) -> AsyncIterator[tuple[Any, int, str]]:
     """The app on a real queue holding four jobs of PAYLOAD characters (and one small
-    one), served on 127.0.0.1 by a Server of ``response_budget=budget``: yields the
-    server, its port and the small job's id.  The jobs are scheduled an hour ahead, so
-    that the pages stay the same whatever the clock does."""
+    one, the newest), served on 127.0.0.1 by a Server of ``response_budget=budget``:
+    yields the server, its port and the small job's id.  The jobs are scheduled an hour
+    ahead, so that the pages stay the same whatever the clock does.  ``/jobs/{BIG_ID}`` is
+    one of the big jobs: a large answer that cannot be cut short, as a page can."""
     settings = ServerSettings(response_budget=budget, access_log=access_log)
     async with open_queue(demo_registry, QueueConfig(workers=1)) as queue:
         for i in range(4):
-            await queue.enqueue("echo", {"i": i, "blob": "x" * PAYLOAD}, delay=3600)
+            await queue.enqueue("echo", {"i": i, "blob": "x" * PAYLOAD}, delay=3600,
+                                job_id=BIG_ID if i == 0 else None)
         small = await queue.enqueue("echo", {"small": True}, delay=3600)
         server = _lean.Server(App(queue, settings), settings.max_body,
                               settings.max_connections, settings.response_budget)
@@ -140,27 +146,28 @@ async def test_slow_readers_hold_at_most_the_budget(
     mock_clock: trio.testing.MockClock, grace: float,
 ) -> None:
     mock_clock.rate = 1.0  # real time for the polls; jumped past the slow-client timeout
-    async with big_jobs_server(BUDGET) as (server, port, small_id):
-        status, _, body, page = await get(port, "/jobs")
+    big = f"/jobs/{BIG_ID}"
+    async with big_jobs_server(JOB_BUDGET) as (server, port, small_id):
+        status, _, body, job = await get(port, big)
         assert status == 200
-        assert len(json.loads(body)["jobs"]) == 5
-        assert 2 * page <= BUDGET < 3 * page
-        await until(lambda: server.held_bytes == 0, "the page read whole")
+        assert len(json.loads(body)["payload"]["blob"]) == PAYLOAD
+        assert 2 * job <= JOB_BUDGET < 3 * job
+        await until(lambda: server.held_bytes == 0, "the job read whole")
 
         with SlowClients(port) as slow:
-            # Two slow clients: their pages are held, counted.
-            first = await slow.get()
-            await until(lambda: server.held_bytes == page, "the first page held")
-            await slow.get()
-            await until(lambda: server.held_bytes == 2 * page, "the second page held")
-            # Four more: each page would pass the budget, so none is held.
+            # Two slow clients: their answers are held, counted.
+            first = await slow.get(big)
+            await until(lambda: server.held_bytes == job, "the first answer held")
+            await slow.get(big)
+            await until(lambda: server.held_bytes == 2 * job, "the second answer held")
+            # Four more: each answer would pass the budget, so none is held.
             for _ in range(4):
-                await slow.get()
-            await until(lambda: server.responses_refused == 4, "four pages refused")
-            assert server.held_bytes == 2 * page <= BUDGET
+                await slow.get(big)
+            await until(lambda: server.responses_refused == 4, "four answers refused")
+            assert server.held_bytes == 2 * job <= JOB_BUDGET
 
-            # A large request now gets the refusal; small ones are answered.
-            status, headers, body, _ = await get(port, "/jobs")
+            # A large answer now gets the refusal; small ones are answered.
+            status, headers, body, _ = await get(port, big)
             assert status == 503
             assert headers["retry-after"] == "1"
             assert headers["connection"] == "close"
@@ -171,18 +178,60 @@ async def test_slow_readers_hold_at_most_the_budget(
             assert status == 200
             assert json.loads(body)["id"] == small_id
             assert (await get(port, "/metrics"))[0] == 200
-            assert server.held_bytes == 2 * page
+            # A page is cut short to fit what is left instead (here: the small job).
+            status, _, body, _ = await get(port, "/jobs")
+            assert status == 200
+            assert [j["id"] for j in json.loads(body)["jobs"]] == [small_id]
+            assert json.loads(body)["next"] == small_id
+            assert server.held_bytes == 2 * job
+            assert server.responses_refused == 5
 
             # A slow client that closes gives its share back...
             first.close()
-            await until(lambda: server.held_bytes == page, "the closed client's page dropped")
+            await until(lambda: server.held_bytes == job, "the closed client's answer dropped")
             # ... and one that is cut off for reading nothing (SEND_TIMEOUT) too.
             mock_clock.jump(_h1.SEND_TIMEOUT + 1)
-            await until(lambda: server.held_bytes == 0, "the cut-off client's page dropped")
-            status, _, body, size = await get(port, "/jobs")
-            assert (status, size) == (200, page)
-            await until(lambda: server.held_bytes == 0, "the page read whole")
+            await until(lambda: server.held_bytes == 0, "the cut-off client's answer dropped")
+            status, _, body, size = await get(port, big)
+            assert (status, size) == (200, job)
+            await until(lambda: server.held_bytes == 0, "the answer read whole")
             assert server.responses_refused == 5
+
+
+async def test_a_page_is_cut_short_to_the_room_the_budget_has(
+    mock_clock: trio.testing.MockClock, grace: float,
+) -> None:
+    """While slow clients hold most of the budget, ``GET /jobs`` answers a page of the
+    jobs that fit what is left (``next`` where it stopped), not a 503; following
+    ``next`` gets every job; with room again, the page is whole."""
+    mock_clock.rate = 1.0
+    async with big_jobs_server(BUDGET) as (server, port, _):
+        status, _, body, page = await get(port, "/jobs")
+        assert status == 200
+        everything = [j["id"] for j in json.loads(body)["jobs"]]
+        assert len(everything) == 5
+        await until(lambda: server.held_bytes == 0, "the page read whole")
+        with SlowClients(port) as slow:
+            await slow.get()
+            await slow.get()
+            await until(lambda: server.held_bytes == 2 * page, "two pages held")
+            seen: list[str] = []
+            before = ""
+            while True:
+                status, _, body, size = await get(port, "/jobs" + before)
+                assert status == 200
+                got = json.loads(body)
+                assert 0 < len(got["jobs"]) < 5
+                assert size <= BUDGET - 2 * page  # it fits: nobody's place taken
+                seen += [j["id"] for j in got["jobs"]]
+                if got["next"] is None:
+                    break
+                before = f"?before={got['next']}"
+            assert seen == everything
+            assert (server.responses_refused, server.responses_preempted) == (0, 0)
+        await until(lambda: server.held_bytes == 0, "the slow clients gone")
+        status, _, body, size = await get(port, "/jobs")
+        assert (status, size) == (200, page)
 
 
 async def test_a_reader_takes_the_place_of_clients_that_read_nothing(
@@ -192,32 +241,33 @@ async def test_a_reader_takes_the_place_of_clients_that_read_nothing(
     they have read nothing for the grace: then a reader's answer takes the place of the
     one behind the longest (its connection reset) instead of a 503."""
     mock_clock.rate = 1.0
-    async with big_jobs_server(BUDGET) as (server, port, _):
-        status, _, _, page = await get(port, "/jobs")
+    big = f"/jobs/{BIG_ID}"
+    async with big_jobs_server(JOB_BUDGET) as (server, port, _):
+        status, _, _, job = await get(port, big)
         assert status == 200
-        await until(lambda: server.held_bytes == 0, "the page read whole")
+        await until(lambda: server.held_bytes == 0, "the answer read whole")
         with SlowClients(port) as slow:
-            first = await slow.get()
-            await until(lambda: server.held_bytes == page, "the first page held")
-            await slow.get()
-            await until(lambda: server.held_bytes == 2 * page, "the second page held")
+            first = await slow.get(big)
+            await until(lambda: server.held_bytes == job, "the first answer held")
+            await slow.get(big)
+            await until(lambda: server.held_bytes == 2 * job, "the second answer held")
             # Neither has been held for the grace: a third large answer is refused.
-            assert (await get(port, "/jobs"))[0] == 503
+            assert (await get(port, big))[0] == 503
             assert (server.responses_refused, server.responses_preempted) == (1, 0)
 
             mock_clock.jump(grace)  # both have read nothing since
-            status, _, body, size = await get(port, "/jobs")
-            assert (status, size) == (200, page)
-            assert len(json.loads(body)["jobs"]) == 5
+            status, _, body, size = await get(port, big)
+            assert (status, size) == (200, job)
+            assert json.loads(body)["id"] == BIG_ID
             assert (server.responses_refused, server.responses_preempted) == (1, 1)
-            await until(lambda: server.held_bytes == page, "the reader's page written")
+            await until(lambda: server.held_bytes == job, "the reader's answer written")
             # The first slow client (behind the longest) lost its answer: a reset.
-            assert await drain(first) < page
+            assert await drain(first) < job
             # With room, a large answer takes nobody's place.
-            status, _, _, size = await get(port, "/jobs")
-            assert (status, size) == (200, page)
+            status, _, _, size = await get(port, big)
+            assert (status, size) == (200, job)
             assert (server.responses_refused, server.responses_preempted) == (1, 1)
-            assert server.held_bytes == page
+            assert server.held_bytes == job
 
 
 async def test_the_access_log_shows_the_503_sent_for_the_budget(
@@ -226,17 +276,18 @@ async def test_the_access_log_shows_the_503_sent_for_the_budget(
     """A large answer refused for the budget is logged with the 503 the client got, not
     with the status the app gave it."""
     mock_clock.rate = 1.0
+    big = f"/jobs/{BIG_ID}"
     with caplog.at_level(logging.INFO, logger="trioqueue.server"):
         async with big_jobs_server(0, access_log=True) as (server, port, _):
             with SlowClients(port) as slow:
-                await slow.get()
-                await until(lambda: server.held_bytes > 0, "the slow client's page held")
-                assert (await get(port, "/jobs"))[0] == 503
+                await slow.get(big)
+                await until(lambda: server.held_bytes > 0, "the slow client's answer held")
+                assert (await get(port, big))[0] == 503
                 assert (await get(port, "/healthz"))[0] == 200
     lines = [r.getMessage() for r in caplog.records if r.name == "trioqueue.server"]
-    assert "GET /jobs 503" in lines
+    assert f"GET {big} 503" in lines
     assert "GET /healthz 200" in lines
-    assert "GET /jobs 200" not in lines  # the slow client's page is not written yet
+    assert f"GET {big} 200" not in lines  # the slow client's answer is not written yet
 
 
 def test_a_client_falls_behind_when_it_stalls_or_reads_too_slowly() -> None:

@@ -51,7 +51,7 @@ from ._http import (
     route,
     wants_prometheus,
 )
-from ._json import EventEncoder, dumps, listing
+from ._json import SHORT_PAGE, EventEncoder, dumps, listing
 from ._openapi import openapi_document
 from ._settings import ServerSettings, ServerState
 
@@ -81,6 +81,18 @@ CLOSE = (b"connection", b"close")
 """On a refusal sent before the body is read: the connection ends, the body is not read."""
 _PROBES = frozenset({"/healthz", "/readyz"})
 """Answered whatever the Host and without a token: load balancers probe by address."""
+
+
+def _page_bytes(scope: Scope) -> int | None:
+    """Bytes of job JSON a ``GET /jobs`` page may carry, if fewer than the page's own
+    bound (:data:`._json.LIST_MAX_BYTES`): what the lean server's response budget has
+    room for now, and at least :data:`SHORT_PAGE` (a page under 64 KiB is never
+    refused).  Without this, a crowd asking for large pages while the budget is full
+    made the server build each one whole only to refuse it (an 8 MiB page a request,
+    for a 503)."""
+    response = (scope.get("extensions") or {}).get("trioqueue.response")
+    room: int | None = None if response is None else response.response_room()
+    return None if room is None else max(SHORT_PAGE, room - 4096)  # (head, wrapper)
 
 
 def _close_reason(text: str) -> str:
@@ -200,7 +212,7 @@ class App:
             else:
                 query = parse_query(scope.get("query_string", b""))
                 status, body, extra = await self._dispatch(found.name, found.job_id, query,
-                                                           headers, receive)
+                                                           headers, receive, scope)
         except HTTPError as exc:
             status, body, extra = exc.status, dumps({"error": exc.message}), exc.headers
             if exc.status == 413:
@@ -254,6 +266,7 @@ class App:
         query: dict[str, str],
         headers: dict[bytes, bytes],
         receive: Receive,
+        scope: Scope,
     ) -> tuple[int, bytes, tuple[tuple[bytes, bytes], ...]]:
         q = self.queue
         if name == "create_job":
@@ -275,7 +288,8 @@ class App:
         if name == "list_jobs":
             lq = parse_list_query(query)
             page = await q.list_page(lq.status, lq.limit, task=lq.task, before=lq.before)
-            return 200, listing(page.jobs, page.next), ()
+            # (no schedule point from here to the server's budget: the room is current)
+            return 200, listing(page.jobs, page.next, _page_bytes(scope)), ()
         if name == "cancel_job":
             assert job_id is not None
             # ShuttingDown (503): it was running and the queue closed under it.

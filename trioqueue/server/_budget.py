@@ -129,6 +129,18 @@ class ResponseBudget:
         self.held += size
         return hold
 
+    def room(self, now: float) -> int | None:
+        """Bytes a large response could have now (:meth:`admit` would take one this size):
+        the budget left, plus what the held responses whose clients are behind would
+        free; None when nothing is held (one response is admitted whatever its size)."""
+        if not self.held:
+            return None
+        free = self.limit - self.held
+        for hold in self.holds:
+            if hold.behind(now) is not None:
+                free += hold.size
+        return free
+
     def release(self, hold: Hold) -> None:
         """The response is written, or its connection ended (once per hold)."""
         if hold in self.holds:

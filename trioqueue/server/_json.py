@@ -19,19 +19,25 @@ def dumps(obj: Any) -> bytes:
 
 LIST_MAX_BYTES = 8 * 1024 * 1024
 """Bytes of job JSON one ``GET /jobs`` answer carries (past them, the page ends early)."""
+SHORT_PAGE = 60 * 1024
+"""Bytes of job JSON a ``GET /jobs`` page carries while the server's response budget has
+no room for a large answer: under the 64 KiB it counts from, so the page is sent, not
+refused, and its build costs little (``App._page_bytes``)."""
 
 
-def listing(jobs: list[Job], nxt: str | None) -> bytes:
+def listing(jobs: list[Job], nxt: str | None, max_bytes: int | None = None) -> bytes:
     """A page of ``GET /jobs``: ``{"jobs": [...], "next": ...}``.  The jobs' JSON stops
-    at :data:`LIST_MAX_BYTES` (one job at least), ``next`` then the last one's id: a
-    page of 1,000 jobs with 1 MiB payloads would be a gigabyte, built in memory while
-    the event loop waits."""
+    at :data:`LIST_MAX_BYTES`, or ``max_bytes`` if fewer (one job at least), ``next``
+    then the last one's id: a page of 1,000 jobs with 1 MiB payloads would be a
+    gigabyte, built in memory while the event loop waits."""
+    if max_bytes is None or max_bytes > LIST_MAX_BYTES:
+        max_bytes = LIST_MAX_BYTES
     parts: list[bytes] = []
     size = 0
     for i, job in enumerate(jobs):
         part = dumps(job.to_dict())
         size += len(part)
-        if size > LIST_MAX_BYTES and parts:
+        if size > max_bytes and parts:
             nxt = jobs[i - 1].id
             break
         parts.append(part)

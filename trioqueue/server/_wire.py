@@ -180,6 +180,12 @@ class HttpRequest:
                     pass
         return {"type": "http.disconnect"}
 
+    def response_room(self) -> int | None:
+        """Bytes a large response to this request could have now in the server's response
+        budget (None: any), so that an app can build a smaller answer rather than one
+        that would be refused (``scope["extensions"]["trioqueue.response"]``)."""
+        return self.conn.server.budget.room(trio.current_time())
+
     # ------------------------------------------------------------------ from the app
 
     async def send(self, message: Message) -> None:
