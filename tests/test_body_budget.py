@@ -166,6 +166,29 @@ async def test_a_client_stalled_in_its_body_gives_its_place(
         await until(lambda: server.bodies.held == 0, "the bodies given back")
 
 
+async def test_many_bodies_sent_whole_at_once_all_come_through() -> None:
+    """Twelve clients send 400 KB bodies at once, over a budget of 300 KB: they are read
+    one after another (the one holding bytes longest reads on), and every one is
+    answered, none waits for its deadline (were every holder to wait for room, none
+    would get it)."""
+    clients, size = 12, 400_000
+    answers: list[bytes] = []
+    async with body_server(300_000) as (server, app, port):
+
+        async def one() -> None:
+            answers.append(await post(port, size))
+
+        with trio.fail_after(20):  # a hang guard: the deadline of a body is 30 s
+            async with trio.open_nursery() as nursery:
+                for _ in range(clients):
+                    nursery.start_soon(one)
+        assert [a.startswith(b"HTTP/1.1 200 ") for a in answers] == [True] * clients
+        assert all(a.endswith(b"\r\n\r\n%d" % size) for a in answers)
+        assert sorted(app.received.values()) == [size] * clients
+        assert server.bodies.evicted == 0
+        await until(lambda: server.bodies.held == 0, "the bodies given back")
+
+
 async def test_one_body_larger_than_the_budget_is_read(autojump_clock: Any) -> None:
     """With nothing else held, a body is read whatever its size."""
     async with body_server(100_000) as (server, _, port):
