@@ -1,12 +1,12 @@
 """Clients that ask for large pages and read nothing, beside one that reads.
 
     python -m benchmarks.slow_readers [--clients 300] [--seconds 37] [--port 18120]
-                                      [--db] [--json FILE]
+                                      [--job-kb 900] [--db | --redis URL] [--json FILE]
 
-Starts ``trioqueue serve`` (memory mode, or ``--db`` a temporary SQLite file) in a child
-process with the default response budget, and posts 9 jobs of 900 KB payload (``--job-kb``:
-8.1 MB of jobs of that size), so that ``GET /jobs?limit=1000`` answers about 8.1 MB.
-Then, for ``--seconds``:
+Starts ``trioqueue serve`` (memory mode, ``--db`` a temporary SQLite file, or ``--redis``)
+in a child process with the default response budget, and posts 9 jobs of 900 KB payload
+(``--job-kb``: 8.1 MB of jobs of that size), so that ``GET /jobs?limit=1000`` answers
+about 8.1 MB.  Then, for ``--seconds``:
 
 - ``--clients`` attackers, each with a 4 KiB receive buffer, ask for that page, read
   nothing, and reconnect as soon as they are answered 503, reset or closed (the server
@@ -14,9 +14,9 @@ Then, for ``--seconds``:
 - one reader asks for the same page every 0.5 s and reads it whole (20 s timeout).
 
 Prints the pages the reader got (and the jobs in them: a page is cut short while the
-response budget has no room for the whole of it) and their median time, and the server's peak RSS
-(``VmHWM``) and its RSS at the end, as docs/operations.md reports them.  Only loopback
-is a target.
+response budget has no room for the whole of it) and their median time, and the server's
+peak RSS (``VmHWM``) and its RSS at the end, as docs/operations.md reports them.  Only
+loopback is a target.
 """
 
 from __future__ import annotations
@@ -38,6 +38,14 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 PAGE = b"GET /jobs?limit=1000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+def clean_redis(url: str) -> None:
+    import redis
+    r = redis.Redis.from_url(url)
+    keys = list(r.scan_iter(match="*slow-readers*", count=1000))
+    for i in range(0, len(keys), 500):
+        r.delete(*keys[i:i + 500])
 
 
 def rss(pid: int) -> dict[str, float]:
@@ -161,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job-kb", type=int, default=900,
                         help="KB of payload a job (8.1 MB of jobs in all; default 900)")
     parser.add_argument("--db", action="store_true", help="a SQLite store, not memory mode")
+    parser.add_argument("--redis", metavar="URL",
+                        help="the queue in Redis (queue name slow-readers; its keys are "
+                        "deleted after), e.g. redis://127.0.0.1:6379/9")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for the server (repeatable)")
     parser.add_argument("--json", help="write the figures to this file")
@@ -171,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                "--workers", "1", "--log-level", "error"]
         if args.db:
             cmd += ["--db", str(Path(tmp) / "slow.db")]
+        if args.redis:
+            cmd += ["--redis", args.redis, "--queue", "slow-readers"]
         server = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, env=env)
         try:
             for _ in range(100):
@@ -183,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.kill()
             server.wait()
+            if args.redis:
+                clean_redis(args.redis)
     print(f"slow_readers: {result['clients']} clients reading nothing; the reader got "
           f"{result['pages']} of {result['asked']} pages ({result['jobs']} jobs, of "
           f"{8_100 // args.job_kb} a whole page)"

@@ -126,3 +126,46 @@ async def test_a_page_of_large_jobs_stops_at_its_byte_budgets(
                 break
             query = f"limit=100&before={body['next']}"
         assert seen == newest_first
+
+
+async def test_listings_read_the_file_two_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each listing holds up to 16 MiB of rows while it reads: ten at once read two at a
+    time (300 clients asking for pages of big jobs held a read each: 899 MB)."""
+    import threading
+    import time
+
+    from trioqueue.testing import reads
+
+    lock = threading.Lock()
+    now = peak = 0
+    newest = SqliteStore.newest
+
+    def counted(self: SqliteStore, *args: object) -> object:
+        nonlocal now, peak
+        with lock:
+            now += 1
+            peak = max(peak, now)
+        try:
+            time.sleep(0.02)  # (in the reading thread: the others may start meanwhile)
+            return newest(self, *args)  # type: ignore[arg-type]
+        finally:
+            with lock:
+                now -= 1
+
+    monkeypatch.setattr(SqliteStore, "newest", counted)
+    config = QueueConfig(persist_path=tmp_path / "lists.db", workers=1)
+    async with trioqueue.open_queue(registry(), config) as q:
+        for _ in range(3):
+            await q.enqueue("echo", "x", delay=3600)
+        pages: list[int] = []
+
+        async def list_one() -> None:
+            pages.append(len((await q.list_page(limit=10)).jobs))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(list_one)
+    assert pages == [3] * 10
+    assert peak == reads.LIST_READS == 2

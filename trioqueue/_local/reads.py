@@ -27,6 +27,13 @@ LIST_READ_BYTES = 16 * 1024 * 1024
 least); past them its page ends early, its ``next`` where it stopped."""
 
 
+LIST_READS = 2
+"""Listings reading the file at once (each holds up to :data:`LIST_READ_BYTES` of rows
+until its page is made); the others wait their turn, holding nothing.  Without a bound,
+300 clients asking at once for pages of big jobs held one read each, in Trio's 40
+threads and past them: a server at 899 MB (``benchmarks.slow_readers --db``)."""
+
+
 class StoreReads:
     """What :class:`Persistence` reads (a base of it, which sets this state and
     documents it)."""
@@ -39,6 +46,7 @@ class StoreReads:
     _stopped: trio.Event
     _reads: int
     _reads_done: trio.Event
+    _list_reads: trio.CapacityLimiter
     _threads: LoweredSwitchInterval
     _dirty: dict[str, JobRecord]
     _inflight: dict[str, JobRecord] | None
@@ -125,8 +133,10 @@ class StoreReads:
         (``None`` on the last); memory's state (``in_memory(id)``) wins over the
         store's, so a page can be short when a job changed status since its write."""
         await self.wait_committed()
-        rows = await self.read(self.store.newest, None if status is None else status.value,
-                               limit + 1, task, before, LIST_READ_BYTES)
+        async with self._list_reads:  # (released before the rows become a page)
+            rows = await self.read(self.store.newest,
+                                   None if status is None else status.value,
+                                   limit + 1, task, before, LIST_READ_BYTES)
         # Past the budget the reading stopped early: the next page goes on from here.
         more = len(rows) > limit or sum(map(row_bytes, rows)) > LIST_READ_BYTES
         del rows[limit:]

@@ -30,7 +30,7 @@ from .._registry import TaskRegistry
 from .._state import EventKind
 from .._store.sqlite import SqliteStore
 from .chunks import chunk_size
-from .reads import StoreReads
+from .reads import LIST_READS, StoreReads
 from .rows import rows_of
 
 log = logging.getLogger("trioqueue.store")
@@ -144,6 +144,7 @@ class Persistence(StoreReads):
         self._stopped = trio.Event()  # the persistence task has returned
         self._reads = 0  # reads under way in threads
         self._reads_done = trio.Event()
+        self._list_reads = trio.CapacityLimiter(LIST_READS)  # (StoreReads.list)
         self._threads = lowered_switch_interval(config.switch_interval)
         """Around every read and write: the store's threads get the GIL from a busy loop."""
         self.stored_only: set[str] = set()
