@@ -290,6 +290,74 @@ async def test_the_access_log_shows_the_503_sent_for_the_budget(
     assert f"GET {big} 200" not in lines  # the slow client's answer is not written yet
 
 
+async def post_raw(port: int, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+    async with connect(port) as peer:
+        await peer.send(post(body, path, b"Content-Type: application/json\r\n").replace(
+            b"Host: t", b"Host: 127.0.0.1:%d" % port))
+        return await peer.response()
+
+
+async def all_ids(port: int) -> list[str]:
+    """Every job's id, walking ``GET /jobs`` pages (short ones while the budget is held)."""
+    ids: list[str] = []
+    query = ""
+    while True:
+        status, _, body, _ = await get(port, "/jobs" + query)
+        assert status == 200
+        page = json.loads(body)
+        ids += [j["id"] for j in page["jobs"]]
+        if page["next"] is None:
+            return ids
+        query = f"?before={page['next']}"
+
+
+async def test_a_post_whose_answer_has_no_room_is_refused_before_anything_is_done(
+    mock_clock: trio.testing.MockClock, grace: float,
+) -> None:
+    """A batch whose answer would be large, while the budget has no room for it, gets
+    503 before any of its jobs is made: a 503 after them would have the client send the
+    batch again and make them twice."""
+    mock_clock.rate = 1.0
+    batch = json.dumps({"jobs": [{"task": "echo", "payload": "x" * 1000, "delay": 3600}
+                                 for _ in range(100)]}).encode()
+    async with big_jobs_server(0) as (server, port, _):
+        before = await all_ids(port)
+        with SlowClients(port) as slow:
+            await slow.get(f"/jobs/{BIG_ID}")
+            await until(lambda: server.held_bytes > 0, "the slow client's answer held")
+            status, headers, body = await post_raw(port, "/jobs/batch", batch)
+            assert (status, headers["retry-after"]) == (503, "1")
+            assert "nothing was done" in json.loads(body)["error"]
+            # A small one still goes through.
+            status, _, body = await post_raw(port, "/jobs", b'{"task": "echo", "payload": 1}')
+            assert status == 202
+            small = json.loads(body)["id"]
+        await until(lambda: server.held_bytes == 0, "the slow client gone")
+        assert await all_ids(port) == [small, *before]  # none of the batch
+        status, _, body = await post_raw(port, "/jobs/batch", batch)
+        assert status == 202
+        assert len(json.loads(body)["jobs"]) == 100
+
+
+async def test_the_answer_to_a_change_goes_out_past_the_budget(
+    mock_clock: trio.testing.MockClock, grace: float,
+) -> None:
+    """Cancelling a big job while the budget is held: the job is cancelled, and the
+    large answer that says so is sent, not refused (the client would think nothing
+    was done)."""
+    mock_clock.rate = 1.0
+    async with big_jobs_server(0) as (server, port, _):
+        with SlowClients(port) as slow:
+            await slow.get(f"/jobs/{BIG_ID}")
+            await until(lambda: server.held_bytes > 0, "the slow client's answer held")
+            status, _, body = await post_raw(port, f"/jobs/{BIG_ID}/cancel", b"")
+            assert status == 200
+            answer = json.loads(body)
+            assert (answer["id"], answer["status"]) == (BIG_ID, "cancelled")
+            assert len(answer["payload"]["blob"]) == PAYLOAD
+            assert server.responses_refused == 0
+
+
 def test_a_client_falls_behind_when_it_stalls_or_reads_too_slowly() -> None:
     """``Hold.behind``: never within the grace nor outside a wait on the client; after it,
     when the socket took nothing for the grace, or less than the pace that ends the

@@ -54,6 +54,7 @@ from ._http import (
 from ._json import SHORT_PAGE, EventEncoder, dumps, listing
 from ._openapi import openapi_document
 from ._settings import ServerSettings, ServerState
+from ._wire import LARGE_RESPONSE
 
 log = logging.getLogger("trioqueue.server")
 
@@ -93,6 +94,27 @@ def _page_bytes(scope: Scope) -> int | None:
     response = (scope.get("extensions") or {}).get("trioqueue.response")
     room: int | None = None if response is None else response.response_room()
     return None if room is None else max(SHORT_PAGE, room - 4096)  # (head, wrapper)
+
+
+JOB_FIELDS_BYTES = 512
+"""What a job's JSON adds to its payload in an answer (its id, times and other fields),
+at most: the estimate :func:`_room_for_answer` is given."""
+
+
+def _room_for_answer(scope: Scope, size: int) -> None:
+    """Refuse with 503 (before anything is done) a request whose answer of about ``size``
+    bytes would be large while the lean server's response budget has no room for it:
+    once its jobs are made, the answer goes out whatever the budget (a 503 then would
+    tell the client nothing was done, and its retry would make them twice)."""
+    if size < LARGE_RESPONSE:
+        return
+    response = (scope.get("extensions") or {}).get("trioqueue.response")
+    room: int | None = None if response is None else response.response_room()
+    if room is not None and size > room:
+        raise HTTPError(
+            503, f"server busy: no room for a {size}-byte answer among the responses "
+                 "waiting for their clients to read them; nothing was done, retry later",
+            ((b"retry-after", b"1"),))
 
 
 def _close_reason(text: str) -> str:
@@ -274,11 +296,14 @@ class App:
             body = await self._read_body(headers, receive)
             # (a body of 2 * MAX_DEPTH bytes cannot nest deeper: each level is 2 brackets)
             request = parse_job_request(parse_json(body), may_nest=len(body) > 2 * MAX_DEPTH)
+            _room_for_answer(scope, len(body) + JOB_FIELDS_BYTES)
             status, job = await self._create(request)
             return status, dumps(job.to_dict()), ()
         if name == "create_jobs":
             check_content_type(headers)
-            requests = parse_batch_request(parse_json(await self._read_body(headers, receive)))
+            body = await self._read_body(headers, receive)
+            requests = parse_batch_request(parse_json(body))
+            _room_for_answer(scope, len(body) + JOB_FIELDS_BYTES * len(requests))
             jobs = await self._create_many(requests)
             return 202, dumps({"jobs": [job.to_dict() for job in jobs]}), ()
         if name == "get_job":

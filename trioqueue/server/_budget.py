@@ -110,19 +110,22 @@ class ResponseBudget:
         self.preempted = 0
         """Held responses whose connections were reset to make room, since the start."""
 
-    def admit(self, conn: Connection, size: int) -> Hold | None:
+    def admit(self, conn: Connection, size: int, *, must: bool = False) -> Hold | None:
         """Count a response of ``size`` bytes for ``conn``: its hold (to :meth:`release`),
         or None if it does not fit (nothing held then changes).  With nothing held, one
         response is admitted whatever its size: a budget under the largest answer sends
-        large answers one at a time rather than refusing them all."""
+        large answers one at a time rather than refusing them all.  A response that
+        ``must`` go out (the answer to a request that changed something: refused, its
+        client would not know what was done) is admitted past the budget if nothing can
+        make room; the app checks the room before it acts (``response_room``)."""
         now = trio.current_time()
         held = self.held
         if held and held + size > self.limit:
             victims = self._victims(size, now)
-            if victims is None:
+            if victims is None and not must:
                 self.refused += 1
                 return None
-            for victim in victims:
+            for victim in victims or ():
                 self._preempt(victim)
         hold = Hold(conn, size, now)
         self.holds.add(hold)

@@ -322,7 +322,9 @@ class Server:
         """
         budget = self.budget
         preempted = budget.preempted
-        hold = budget.admit(req.conn, len(head) + len(body))
+        # (the answer to a request that may have changed something always goes out)
+        must = req.method not in ("GET", "HEAD")
+        hold = budget.admit(req.conn, len(head) + len(body), must=must)
         if hold is None:
             await self._refuse_large(req)
             return
