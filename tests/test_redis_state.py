@@ -994,6 +994,7 @@ async def test_no_hang_after_100_stop_wake_cycles(env: Env) -> None:
             assert await s.wait_for_work("n", 1.0) in ("work", "stop")
 
 
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
 async def test_coredis_loses_a_slot_per_cancelled_blpop(env: Env) -> None:
     """What the adapter works around (coredis 6.9.0): a pool of 3, three BLPOPs cancelled
     in flight, and the next command cannot get a connection.  If this starts failing, the
@@ -1005,6 +1006,12 @@ async def test_coredis_loses_a_slot_per_cancelled_blpop(env: Env) -> None:
                 await raw.blpop([env.key("never")], 5)
         with pytest.raises(TimeoutError), trio.fail_after(5):
             await raw.blpop([env.key("never")], 0.1)
+    # The cancelled calls leave coredis' memory streams unclosed: collected here, under
+    # this test's filter, not whenever the collector next runs (it failed a run once,
+    # as an unraisable ResourceWarning).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 async def test_client_kill_mid_run(env: Env) -> None:
