@@ -79,6 +79,24 @@ async def get(port: int, path: str) -> tuple[int, dict[str, str], bytes, int]:
         return status, headers, body, len(peer.last_head) + 4 + len(body)
 
 
+async def all_ids(port: int, check: Callable[[dict[str, Any], int], None] | None = None
+                  ) -> list[str]:
+    """Every job's id, walking ``GET /jobs`` pages (short ones while the budget is held),
+    each page and its size given to ``check``."""
+    ids: list[str] = []
+    query = ""
+    while True:
+        status, _, body, size = await get(port, "/jobs" + query)
+        assert status == 200
+        page = json.loads(body)
+        if check is not None:
+            check(page, size)
+        ids += [j["id"] for j in page["jobs"]]
+        if page["next"] is None:
+            return ids
+        query = f"?before={page['next']}"
+
+
 class SlowClients:
     """Clients that ask for a page and read nothing (closed at the end, whatever happens)."""
 
@@ -215,19 +233,12 @@ async def test_a_page_is_cut_short_to_the_room_the_budget_has(
             await slow.get()
             await slow.get()
             await until(lambda: server.held_bytes == 2 * page, "two pages held")
-            seen: list[str] = []
-            before = ""
-            while True:
-                status, _, body, size = await get(port, "/jobs" + before)
-                assert status == 200
-                got = json.loads(body)
+
+            def short(got: dict[str, Any], size: int) -> None:
                 assert 0 < len(got["jobs"]) < 5
                 assert size <= BUDGET - 2 * page  # it fits: nobody's place taken
-                seen += [j["id"] for j in got["jobs"]]
-                if got["next"] is None:
-                    break
-                before = f"?before={got['next']}"
-            assert seen == everything
+
+            assert await all_ids(port, short) == everything
             assert (server.responses_refused, server.responses_preempted) == (0, 0)
         await until(lambda: server.held_bytes == 0, "the slow clients gone")
         status, _, body, size = await get(port, "/jobs")
@@ -295,20 +306,6 @@ async def post_raw(port: int, path: str, body: bytes) -> tuple[int, dict[str, st
         await peer.send(post(body, path, b"Content-Type: application/json\r\n").replace(
             b"Host: t", b"Host: 127.0.0.1:%d" % port))
         return await peer.response()
-
-
-async def all_ids(port: int) -> list[str]:
-    """Every job's id, walking ``GET /jobs`` pages (short ones while the budget is held)."""
-    ids: list[str] = []
-    query = ""
-    while True:
-        status, _, body, _ = await get(port, "/jobs" + query)
-        assert status == 200
-        page = json.loads(body)
-        ids += [j["id"] for j in page["jobs"]]
-        if page["next"] is None:
-            return ids
-        query = f"?before={page['next']}"
 
 
 async def test_a_post_whose_answer_has_no_room_is_refused_before_anything_is_done(
