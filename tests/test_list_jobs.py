@@ -168,4 +168,4 @@ async def test_listings_read_the_file_two_at_a_time(
             for _ in range(10):
                 nursery.start_soon(list_one)
     assert pages == [3] * 10
-    assert peak == reads.LIST_READS == 2
+    assert 1 <= peak <= reads.LIST_READS == 2  # (without the bound: up to 10)
