@@ -125,7 +125,8 @@ class Connection:
         """Bytes of this connection's request bodies counted against the server's body
         budget (:class:`._budget.BodyBudget`), given back as each request ends."""
         self.body_at = -math.inf
-        """When the client last sent counted body bytes (or its wait for room ended)."""
+        """When counted body bytes of this client's were last read (bytes that waited
+        unread while the connection waited for room count when they are read)."""
         self.waiting: trio.CancelScope | None = None
         """The scope of a read from the client, while waiting on it (see ``Server.evict``)."""
         self.wait_kind = WAIT_IDLE
