@@ -185,3 +185,26 @@ def test_ceiling_beside_sqlite_load_reports_the_load() -> None:
     assert out["completed"] == 2_000
     assert out["beside_rows"] >= 4096  # at least one statement written beside
     assert out["beside_cpu_s"] > 0
+
+
+def test_slow_readers_runs_end_to_end(tmp_path: Path) -> None:
+    """``python -m benchmarks.slow_readers`` with a few clients for a moment: the reader
+    got pages, and the figures are written (nothing about speed or memory)."""
+    import socket
+
+    with socket.socket() as probe:  # a free port on 127.0.0.1 for the child's server
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "slow.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.slow_readers", "--clients", "4", "--seconds", "2",
+         "--port", str(port), "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["clients"] == 4
+    assert result["pages"] >= 1
+    assert result["jobs"] >= 1
+    assert result["rss_peak_mb"] > 0
+    assert "slow_readers: 4 clients reading nothing; the reader got" in proc.stdout
