@@ -2,7 +2,7 @@
 
 A small hand-written router rather than a framework: eight routes do not need one, and
 each request costs only what it uses.  The rules that need no I/O (routing, validation)
-live in :mod:`._http`.
+live in :mod:`._http`; what it asks of the lean server's response budget, in :mod:`._room`.
 """
 
 from __future__ import annotations
@@ -51,10 +51,10 @@ from ._http import (
     route,
     wants_prometheus,
 )
-from ._json import SHORT_PAGE, EventEncoder, dumps, listing
+from ._json import EventEncoder, dumps, listing
 from ._openapi import openapi_document
+from ._room import JOB_FIELDS_BYTES, page_bytes, response_of, room_for_answer
 from ._settings import ServerSettings, ServerState
-from ._wire import LARGE_RESPONSE
 
 log = logging.getLogger("trioqueue.server")
 
@@ -82,39 +82,6 @@ CLOSE = (b"connection", b"close")
 """On a refusal sent before the body is read: the connection ends, the body is not read."""
 _PROBES = frozenset({"/healthz", "/readyz"})
 """Answered whatever the Host and without a token: load balancers probe by address."""
-
-
-def _page_bytes(scope: Scope) -> int | None:
-    """Bytes of job JSON a ``GET /jobs`` page may carry, if fewer than the page's own
-    bound (:data:`._json.LIST_MAX_BYTES`): what the lean server's response budget has
-    room for now, and at least :data:`SHORT_PAGE` (a page under 64 KiB is never
-    refused).  Without this, a crowd asking for large pages while the budget is full
-    made the server build each one whole only to refuse it (an 8 MiB page a request,
-    for a 503)."""
-    response = (scope.get("extensions") or {}).get("trioqueue.response")
-    room: int | None = None if response is None else response.response_room()
-    return None if room is None else max(SHORT_PAGE, room - 4096)  # (head, wrapper)
-
-
-JOB_FIELDS_BYTES = 512
-"""What a job's JSON adds to its payload in an answer (its id, times and other fields),
-at most: the estimate :func:`_room_for_answer` is given."""
-
-
-def _room_for_answer(scope: Scope, size: int) -> None:
-    """Refuse with 503 (before anything is done) a request whose answer of about ``size``
-    bytes would be large while the lean server's response budget has no room for it:
-    once its jobs are made, the answer goes out whatever the budget (a 503 then would
-    tell the client nothing was done, and its retry would make them twice)."""
-    if size < LARGE_RESPONSE:
-        return
-    response = (scope.get("extensions") or {}).get("trioqueue.response")
-    room: int | None = None if response is None else response.response_room()
-    if room is not None and size > room:
-        raise HTTPError(
-            503, f"server busy: no room for a {size}-byte answer among the responses "
-                 "waiting for their clients to read them; nothing was done, retry later",
-            ((b"retry-after", b"1"),))
 
 
 def _close_reason(text: str) -> str:
@@ -254,7 +221,7 @@ class App:
                     "headers": response_headers})
         await send({"type": "http.response.body", "body": body})
         if self.settings.access_log:  # the status sent (the server may have answered 503)
-            sent = (scope.get("extensions") or {}).get("trioqueue.response")
+            sent = response_of(scope)
             log.info("%s %s %d", method, loggable(path), status if sent is None else sent.status)
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: Receive) -> bytes:
@@ -296,14 +263,14 @@ class App:
             body = await self._read_body(headers, receive)
             # (a body of 2 * MAX_DEPTH bytes cannot nest deeper: each level is 2 brackets)
             request = parse_job_request(parse_json(body), may_nest=len(body) > 2 * MAX_DEPTH)
-            _room_for_answer(scope, len(body) + JOB_FIELDS_BYTES)
+            room_for_answer(scope, len(body) + JOB_FIELDS_BYTES)
             status, job = await self._create(request)
             return status, dumps(job.to_dict()), ()
         if name == "create_jobs":
             check_content_type(headers)
             body = await self._read_body(headers, receive)
             requests = parse_batch_request(parse_json(body))
-            _room_for_answer(scope, len(body) + JOB_FIELDS_BYTES * len(requests))
+            room_for_answer(scope, len(body) + JOB_FIELDS_BYTES * len(requests))
             jobs = await self._create_many(requests)
             return 202, dumps({"jobs": [job.to_dict() for job in jobs]}), ()
         if name == "get_job":
@@ -314,7 +281,7 @@ class App:
             lq = parse_list_query(query)
             page = await q.list_page(lq.status, lq.limit, task=lq.task, before=lq.before)
             # (no schedule point from here to the server's budget: the room is current)
-            return 200, listing(page.jobs, page.next, _page_bytes(scope)), ()
+            return 200, listing(page.jobs, page.next, page_bytes(scope)), ()
         if name == "cancel_job":
             assert job_id is not None
             # ShuttingDown (503): it was running and the queue closed under it.

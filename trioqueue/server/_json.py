@@ -22,7 +22,7 @@ LIST_MAX_BYTES = 8 * 1024 * 1024
 SHORT_PAGE = 60 * 1024
 """Bytes of job JSON a ``GET /jobs`` page carries while the server's response budget has
 no room for a large answer: under the 64 KiB it counts from, so the page is sent, not
-refused, and its build costs little (``App._page_bytes``)."""
+refused, and its build costs little (:func:`._room.page_bytes`)."""
 
 
 def listing(jobs: list[Job], nxt: str | None, max_bytes: int | None = None) -> bytes:
