@@ -174,13 +174,10 @@ class ResponseBudget:
         self.release(hold)
         self.preempted += 1
         conn = hold.conn
-        conn.evicted = True  # its send raises; no lingering close (Server.handle)
-        conn.server.connections.discard(conn)
-        if conn.direct is not None:
+        if conn.direct is not None:  # (then the close resets it)
             with contextlib.suppress(OSError):
                 conn.direct.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-        if conn.waiting is not None:
-            conn.waiting.cancel()
+        conn.server.drop(conn)  # its send raises; no lingering close (Server.handle)
 
 
 async def send_counted(conn: Connection, hold: Hold, data: bytes) -> None:

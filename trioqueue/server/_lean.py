@@ -247,21 +247,24 @@ class Server:
                 best, victim = key, conn
         if victim is None:
             return False
-        self.connections.discard(victim)
-        victim.evicted = True
-        if victim.waiting is not None:
-            victim.waiting.cancel()
+        self.drop(victim)
         self.evicted("%s: closed the connection that waited longest on its client (%s) to "
                      "make room", why, "a slow request" if best[0] else "idle")
         return True
 
-    def evict_stalled_body(self, conn: Connection) -> None:
-        """Close ``conn``, whose client stalled in a large body while the body budget is
-        spent (:meth:`._budget.BodyBudget.wait`): its request is dropped unanswered."""
+    def drop(self, conn: Connection) -> None:
+        """End ``conn`` from outside its task (at the cap, for a budget): it no longer
+        counts against ``max_connections``, its reads and sends give up (``evicted``: no
+        lingering close), and a wait on its client ends now."""
         self.connections.discard(conn)
         conn.evicted = True
         if conn.waiting is not None:
             conn.waiting.cancel()
+
+    def evict_stalled_body(self, conn: Connection) -> None:
+        """Close ``conn``, whose client stalled in a large body while the body budget is
+        spent (:meth:`._budget.BodyBudget.wait`): its request is dropped unanswered."""
+        self.drop(conn)
         self.bodies.evicted += 1
         self.evicted("body budget (%d bytes) spent: closed a connection whose client "
                      "stalled in its body for %g s, to make room", self.bodies.limit,
