@@ -190,11 +190,9 @@ def test_ceiling_beside_sqlite_load_reports_the_load() -> None:
 def test_slow_readers_runs_end_to_end(tmp_path: Path) -> None:
     """``python -m benchmarks.slow_readers`` with a few clients for a moment: the reader
     got pages, and the figures are written (nothing about speed or memory)."""
-    import socket
+    from .redis_util import free_port
 
-    with socket.socket() as probe:  # a free port on 127.0.0.1 for the child's server
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # for the child's server
     out = tmp_path / "slow.json"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.slow_readers", "--clients", "4", "--seconds", "2",

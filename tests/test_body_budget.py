@@ -24,14 +24,14 @@ import trio
 import trio.testing
 
 from trioqueue import QueueConfig
-from trioqueue.cli import UsageError, build_parser, serve_options
+from trioqueue.cli import UsageError
 from trioqueue.demo import registry as demo_registry
 from trioqueue.server import ServerSettings, serve
 from trioqueue.testing import budget as _budget
 from trioqueue.testing import lean as _lean
 from trioqueue.testing import wire as _wire
 
-from .test_response_budget import until
+from .test_response_budget import options, until
 
 GRACE = 20.0
 """``_budget.GRACE`` here: longer than a test's steps take in real time."""
@@ -239,10 +239,6 @@ async def test_the_settings_body_budget_reaches_the_server(
                                     ServerSettings(port=0, body_budget=12345), stop=stop))
         assert [server.bodies.limit for server in made] == [12345]
         stop.set()
-
-
-def options(argv: list[str], env: dict[str, str]) -> Any:
-    return serve_options(build_parser().parse_args(["serve", *argv]), env)[2]
 
 
 def test_the_body_budget_option() -> None:
