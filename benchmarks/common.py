@@ -124,11 +124,12 @@ def need_redis() -> None:
         raise Skip(f"Redis at {REDIS_HOST}:{REDIS_PORT} answered {reply[:40]!r} to PING")
 
 
-def redis_cleanup(pattern: str) -> int:
-    """Delete every key matching ``pattern`` (with redis-py); return how many."""
+def redis_cleanup(pattern: str, url: str = REDIS_URL) -> int:
+    """Delete every key matching ``pattern`` in the database of ``url`` (with redis-py);
+    return how many."""
     import redis
 
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT)
+    client = redis.Redis.from_url(url)
     try:
         keys = list(client.scan_iter(match=pattern, count=1000))
         for i in range(0, len(keys), 1000):

@@ -35,17 +35,11 @@ from typing import Any
 
 import trio
 
+from .common import redis_cleanup
+
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 PAGE = b"GET /jobs?limit=1000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-
-
-def clean_redis(url: str) -> None:
-    import redis
-    r = redis.Redis.from_url(url)
-    keys = list(r.scan_iter(match="*slow-readers*", count=1000))
-    for i in range(0, len(keys), 500):
-        r.delete(*keys[i:i + 500])
 
 
 def rss(pid: int) -> dict[str, float]:
@@ -197,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             server.kill()
             server.wait()
             if args.redis:
-                clean_redis(args.redis)
+                redis_cleanup("*slow-readers*", args.redis)
     print(f"slow_readers: {result['clients']} clients reading nothing; the reader got "
           f"{result['pages']} of {result['asked']} pages ({result['jobs']} jobs, of "
           f"{8_100 // args.job_kb} a whole page)"

@@ -55,6 +55,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .common import redis_cleanup
 from .soak_churn import TASKS, Driver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -262,12 +263,8 @@ def run_server_soak(args: argparse.Namespace) -> int:
 
 
 def clean_redis(url: str) -> None:
-    import redis
-    r = redis.Redis.from_url(url)
-    keys = list(r.scan_iter(match="*soak-leaks*", count=1000))
-    for i in range(0, len(keys), 500):
-        r.delete(*keys[i:i + 500])
-    print(f"soak_leaks: deleted the queue's {len(keys)} keys in Redis (jobs stay there for "
+    deleted = redis_cleanup("*soak-leaks*", url)
+    print(f"soak_leaks: deleted the queue's {deleted} keys in Redis (jobs stay there for "
           "result_ttl by design)")
 
 

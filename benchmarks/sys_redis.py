@@ -36,6 +36,7 @@ from .common import (
     need_module,
     need_redis,
     perf_counter,
+    redis_cleanup,
 )
 
 REDIS_DB = 11
@@ -57,15 +58,7 @@ def flush_db() -> None:
 
 def drop_keys(pattern: str) -> None:
     """Delete the keys of database :data:`REDIS_DB` that match ``pattern``."""
-    import redis
-
-    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DB)
-    try:
-        keys = list(client.scan_iter(match=pattern, count=1000))
-        for i in range(0, len(keys), 1000):
-            client.delete(*keys[i:i + 1000])
-    finally:
-        client.close()
+    redis_cleanup(pattern, URL)
 
 
 def _cpu_ticks(pid: int) -> int:
