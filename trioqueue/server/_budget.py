@@ -138,11 +138,7 @@ class ResponseBudget:
         free; None when nothing is held (one response is admitted whatever its size)."""
         if not self.held:
             return None
-        free = self.limit - self.held
-        for hold in self.holds:
-            if hold.behind(now) is not None:
-                free += hold.size
-        return free
+        return self.limit - self.held + sum(hold.size for _, hold in self._behind(now))
 
     def release(self, hold: Hold) -> None:
         """The response is written, or its connection ended (once per hold)."""
@@ -150,13 +146,13 @@ class ResponseBudget:
             self.holds.discard(hold)
             self.held -= hold.size
 
+    def _behind(self, now: float) -> list[tuple[float, Hold]]:
+        """The held responses whose clients are behind, with how long (:meth:`Hold.behind`)."""
+        return [(late, hold) for hold in self.holds if (late := hold.behind(now)) is not None]
+
     def _victims(self, size: int, now: float) -> list[Hold] | None:
         """The fewest held responses, longest behind first, whose room lets ``size`` in."""
-        behind = []
-        for hold in self.holds:
-            late = hold.behind(now)
-            if late is not None:
-                behind.append((late, hold))
+        behind = self._behind(now)
         if not behind:
             return None
         behind.sort(key=lambda pair: pair[0], reverse=True)
