@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -21,7 +20,7 @@ import trio
 from trioqueue import JobStatus, Priority
 from trioqueue.testing import FairPicker, NewJob, RedisState, RedisUnavailable, StoredJob, connect
 
-from .redis_util import REDIS_URL, admin, delete_queue, kill_clients, unique
+from .redis_util import REDIS_URL, admin, delete_queue, free_port, kill_clients, unique
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -452,13 +451,6 @@ async def test_nodes_recover_when_every_connection_is_killed(tmp_path: Path) -> 
 
 
 # ---------------------------------------------------------------------------- Redis restart
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class OwnRedis:

@@ -11,7 +11,6 @@ first refusal a node met ended it.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,13 +26,7 @@ import trioqueue.testing
 from trioqueue import Job, JobStatus, QueueConfig, StoreError, TaskRegistry
 from trioqueue.testing import NewJob, Outcome, RedisState, connect
 
-from .redis_util import unique
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .redis_util import free_port, unique
 
 
 @asynccontextmanager

@@ -105,12 +105,6 @@ def browser(chromium: str) -> Iterator[Browser]:
 # ---------------------------------------------------------------------------- servers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @attrs.define
 class Server:
     proc: subprocess.Popen[str]

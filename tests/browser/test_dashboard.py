@@ -19,7 +19,8 @@ import urllib.request
 import httpx
 import pytest
 
-from .conftest import Flood, Pages, Server, free_port, missing_playwright, poll, run_server
+from ..redis_util import free_port
+from .conftest import Flood, Pages, Server, missing_playwright, poll, run_server
 
 if missing_playwright():  # under CI the import below fails instead: these tests must run
     pytest.skip(missing_playwright(), allow_module_level=True)
