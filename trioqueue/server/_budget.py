@@ -254,7 +254,7 @@ class BodyBudget:
         self.held = 0
         self.holders: dict[Connection, None] = {}
         """Connections holding counted bytes, the longest first."""
-        self.room = trio.lowlevel.ParkingLot()
+        self.for_room = trio.lowlevel.ParkingLot()
         """Connections waiting for room, woken when a request gives its bytes back."""
         self.parked: set[Connection] = set()
         self.evicted = 0
@@ -274,8 +274,8 @@ class BodyBudget:
         self.held -= size
         if not conn.counted:
             del self.holders[conn]
-        if self.room:
-            self.room.unpark_all()  # (each looks again: the oldest holder may be another)
+        if self.for_room:
+            self.for_room.unpark_all()  # (each looks again: the oldest holder may be another)
 
     def spent(self, conn: Connection) -> bool:
         """Whether ``conn``, which holds counted bytes, must wait before it reads more:
@@ -294,12 +294,12 @@ class BodyBudget:
         victims = self.stalled(conn, now)
         for victim in victims:
             server.evict_stalled_body(victim)
-        if victims and self.room:
-            self.room.unpark_all()  # (a victim waiting here sees that it is closed)
+        if victims and self.for_room:
+            self.for_room.unpark_all()  # (a victim waiting here sees that it is closed)
         self.parked.add(conn)
         try:
             with trio.move_on_at(min(req.deadline, now + GRACE)):
-                await self.room.park()
+                await self.for_room.park()
         finally:
             self.parked.discard(conn)
         if conn.evicted:
