@@ -174,6 +174,54 @@ async def test_two_host_headers_are_refused() -> None:
         assert closed
 
 
+@pytest.mark.parametrize(
+    ("target", "host", "status"),
+    [
+        # RFC 9112 3.2.2: a server must accept the absolute form, and judge the request
+        # by the target's authority, the received Host ignored.
+        ("http://127.0.0.1:{port}/metrics", "127.0.0.1:{port}", 200),
+        ("HTTP://localhost:{port}/metrics?format=json", EVIL, 200),
+        ("http://127.0.0.1:{port}", "127.0.0.1", 200),  # path "/": the dashboard
+        ("http://" + EVIL + "/metrics", "127.0.0.1:{port}", 400),  # no bypass either way
+        ("http://" + EVIL + ":{port}/jobs", "127.0.0.1:{port}", 400),
+        ("http://user@127.0.0.1:{port}/metrics", "127.0.0.1:{port}", 400),
+        ("http://127.0.0.1:99999/metrics", "127.0.0.1:{port}", 400),
+        ("ftp://127.0.0.1/metrics", "127.0.0.1:{port}", 404),  # another scheme: no route
+    ],
+)
+async def test_an_absolute_form_target_is_routed_and_judged_by_its_authority(
+        target: str, host: str, status: int) -> None:
+    async with served() as srv:
+        port = srv.port
+        got, _, body, _ = await raw_exchange(port, (
+            f"GET {target.format(port=port)} HTTP/1.1\r\nHost: {host.format(port=port)}"
+            "\r\nConnection: close\r\n\r\n").encode())
+        assert got == status, body
+        if status == 200:
+            assert (b"<!doctype html>" if target.endswith("}") else b'"enqueued"') in body
+        if status == 400:
+            error = json.loads(body)["error"]
+            assert error.startswith(("host: ", "target: ")), error
+            assert EVIL not in target or EVIL in error
+
+
+async def test_an_absolute_form_target_needs_no_host_in_http_1_0_and_opens_a_websocket(
+        ) -> None:
+    async with served() as srv:
+        got, _, body, _ = await raw_exchange(
+            srv.port, b"GET http://%s/metrics HTTP/1.0\r\n\r\n" % EVIL.encode())
+        assert got == 400, body
+        assert EVIL in json.loads(body)["error"]
+        kind, message = await websocket(
+            srv.port, f"127.0.0.1:{srv.port}",
+            target=f"http://127.0.0.1:{srv.port}/events?snapshot=true")
+        assert kind == "message", message
+        assert json.loads(message)["type"] == "metrics"
+        kind, closed = await websocket(
+            srv.port, f"127.0.0.1:{srv.port}", target=f"http://{EVIL}/events")
+        assert kind == "closed" and EVIL in closed[1], closed
+
+
 # ---------------------------------------------------------------------------- cross-site
 
 
