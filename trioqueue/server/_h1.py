@@ -15,14 +15,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 import trio
-from httptools import (
-    HttpParserError,
-    HttpParserInvalidURLError,
-    HttpParserUpgrade,
-    HttpRequestParser,
-    parse_url,
-)
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
+from ._hosts import origin_form
 from ._http import Scope, loggable
 from ._wire import (
     BODY_COUNTED_FROM,
@@ -208,8 +203,16 @@ class Connection:
         if req.hosts != 1 and (req.hosts or version == "1.1"):
             raise self._reject(400, "host: missing" if not req.hosts else
                                "host: more than one")
-        if req.url[:1] != b"/":
-            self._absolute_form(req)
+        if req.url[:1] != b"/":  # (an absolute-form target: see origin_form)
+            try:
+                target = origin_form(req.url)
+            except ValueError as exc:
+                raise self._reject(400, str(exc)) from None
+            if target is not None:  # its host is the request's one Host
+                req.url, host = target
+                req.headers = [(k, v) for k, v in req.headers if k != b"host"]
+                req.headers.append((b"host", host))
+                req.hosts = 1
         te = req.transfer_encoding
         if te is not None:
             if version == "1.0":
@@ -233,37 +236,6 @@ class Connection:
         req.head_done = True
         self.head_started = None
         self.progress = True
-
-    def _absolute_form(self, req: HttpRequest) -> None:
-        """An absolute-form target (``GET http://host:port/path?query``, which RFC 9112
-        3.2.2 says a server must accept) becomes the origin form the app routes, and its
-        authority the request's one Host: the received Host is ignored, as the RFC says,
-        so the Host check judges the name the request was really for.  Other targets
-        than these two forms (``*``, another scheme) are left to find no route."""
-        url = req.url
-        scheme, sep, rest = url.partition(b"://")
-        if not sep or scheme.lower() not in (b"http", b"https"):
-            return
-        shown = loggable(url[:100].decode("latin-1")) + ("..." if len(url) > 100 else "")
-        try:
-            parts = parse_url(url)
-        except HttpParserInvalidURLError:
-            raise self._reject(400, f"target: {shown!r} is not a valid URL") from None
-        if parts.userinfo is not None:
-            raise self._reject(400, f"target: {shown!r}: user information is not "
-                                    "allowed in an http URL")
-        end = len(rest)
-        for stop in b"/?#":
-            at = rest.find(stop)
-            if 0 <= at < end:
-                end = at
-        authority = rest[:end]
-        req.url = (parts.path or b"/") + (b"?" + parts.query
-                                          if parts.query is not None else b"")
-        headers = [(name, value) for name, value in req.headers if name != b"host"]
-        headers.append((b"host", authority))
-        req.headers = headers
-        req.hosts = 1
 
     def on_body(self, body: bytes) -> None:
         req = self.current

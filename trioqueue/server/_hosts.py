@@ -6,6 +6,10 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+from httptools import HttpParserInvalidURLError, parse_url
+
+from ._http import loggable
+
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 """Names a server answers to whatever its bind address (``::1`` is ``[::1]`` in a Host)."""
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-._")
@@ -17,6 +21,33 @@ def _ip(text: str) -> str | None:
         return str(ipaddress.ip_address(text))
     except ValueError:
         return None
+
+
+def origin_form(target: bytes) -> tuple[bytes, bytes] | None:
+    """An absolute-form request target (``http://host:port/path?query``, which RFC 9112
+    3.2.2 says a server must accept) as the origin form the app routes and the authority
+    that is to be the request's one Host (the received Host is ignored, as the RFC says,
+    so that the Host check judges the name the request was really for); None for a
+    target of neither form (``*``, another scheme: left to find no route).  ValueError
+    names what is wrong with a malformed URL or one that carries user information."""
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return None
+    shown = loggable(target[:100].decode("latin-1")) + ("..." if len(target) > 100 else "")
+    try:
+        parts = parse_url(target)
+    except HttpParserInvalidURLError:
+        raise ValueError(f"target: {shown!r} is not a valid URL") from None
+    if parts.userinfo is not None:
+        raise ValueError(f"target: {shown!r}: user information is not allowed in an "
+                         "http URL")
+    end = len(rest)
+    for stop in b"/?#":
+        at = rest.find(stop)
+        if 0 <= at < end:
+            end = at
+    query = b"" if parts.query is None else b"?" + parts.query
+    return (parts.path or b"/") + query, rest[:end]
 
 
 def host_name(value: str) -> tuple[str, bool] | None:
