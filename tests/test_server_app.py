@@ -26,6 +26,7 @@ from trioqueue.testing import (
     allowed_host,
     check_content_type,
     host_name,
+    origin_form,
     parse_event_filter,
     parse_job_request,
     parse_list_query,
@@ -188,6 +189,46 @@ def test_event_filters() -> None:
 )
 def test_host_name(value: str, expected: tuple[str, bool] | None) -> None:
     assert host_name(value) == expected
+
+
+_HOSTS = st.one_of(
+    st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?(\.[a-z0-9]{1,10}){0,3}", fullmatch=True),
+    st.ip_addresses(v=4).map(str),
+    st.ip_addresses(v=6).map(lambda ip: f"[{ip}]"),
+)
+_PATH_CHARS = st.sampled_from("abcXYZ019-._~!$&'()*+,;=:@%/")
+
+
+@given(scheme=st.sampled_from(["http", "https", "HTTP", "hTTps"]), host=_HOSTS,
+       port=st.none() | st.integers(0, 65535),
+       path=st.none() | st.text(_PATH_CHARS, max_size=30).map(lambda p: "/" + p),
+       query=st.none() | st.text(_PATH_CHARS | st.sampled_from("/?"), max_size=30))
+def test_origin_form_splits_a_url_as_urllib_does(scheme: str, host: str, port: int | None,
+                                                 path: str | None, query: str | None
+                                                 ) -> None:
+    """The target and Host made of an absolute-form URL agree with urllib.parse's split
+    of the same URL (the reference; httptools' parse_url does the parsing)."""
+    from urllib.parse import urlsplit
+    url = f"{scheme}://{host}{'' if port is None else f':{port}'}{path or ''}"
+    url += "" if query is None else f"?{query}"
+    got = origin_form(url.encode())
+    assert got is not None
+    target, authority = got
+    ref = urlsplit(url)
+    assert authority.decode() == ref.netloc
+    got_path, _, got_query = target.decode().partition("?")
+    assert (got_path, got_query) == (ref.path or "/", ref.query)  # (an empty query: none)
+
+
+def test_origin_form_refuses_user_information_and_leaves_other_targets() -> None:
+    assert origin_form(b"http://h/x#frag") == (b"/x", b"h")
+    assert origin_form(b"*") is None
+    assert origin_form(b"ftp://h/x") is None
+    assert origin_form(b"httpx://h/x") is None
+    for bad, why in [(b"http://u:p@h/x", "user information"), (b"http:///x", "not a valid"),
+                     (b"http://h:65536/", "not a valid")]:
+        with pytest.raises(ValueError, match=why):
+            origin_form(bad)
 
 
 def test_allowed_host_entries() -> None:

@@ -102,6 +102,7 @@ from .server._dashboard import MetricsHistory as MetricsHistory
 from .server._hosts import HostCheck as HostCheck
 from .server._hosts import allowed_host as allowed_host
 from .server._hosts import host_name as host_name
+from .server._hosts import origin_form as origin_form
 from .server._http import HTTPError as HTTPError
 from .server._http import JobRequest as JobRequest
 from .server._http import ListQuery as ListQuery
@@ -198,6 +199,7 @@ __all__ = [
     "move",
     "nests_deeper",
     "next_due",
+    "origin_form",
     "pack",
     "parse_event_filter",
     "parse_job_request",
