@@ -266,3 +266,31 @@ async def test_a_registry_that_submitted_in_memory_runs_stored_calls_too(
         failed = await q.wait(job.id)
     assert failed.status is JobStatus.FAILED
     assert "cannot run a stored call" in (failed.error or "")
+    # Submitting the function itself to a stored queue then takes the name over (the
+    # memory queue's jobs carry their own calls); it was an InvalidJob, "another
+    # function was submitted", before.
+    async with trioqueue.open_queue(other, QueueConfig(persist_path=tmp_path / "p.db",
+                                                       max_retries=0)) as q:
+        done = await q.wait((await q.submit(add, 1, 2)).id)
+        assert (done.status, done.result) == (JobStatus.COMPLETED, 3)
+        job = await q.enqueue("tests.test_submit.add", {"args": [2, 2]})
+        assert (await q.wait(job.id)).result == 4
+    async with trioqueue.open_queue(other) as m:  # and memory mode's partials still run
+        assert (await m.wait((await m.submit(functools.partial(add, 5), 2)).id)).result == 7
+
+
+async def test_a_name_rebound_to_another_function_is_refused_with_a_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = TaskRegistry()
+    config = QueueConfig(persist_path=tmp_path / "q.db")
+    async with trioqueue.open_queue(registry, config) as q:
+        await q.wait((await q.submit(record, 1)).id)
+
+        def record_again(*args: Any) -> None: ...
+
+        record_again.__qualname__ = record_again.__name__ = "record"
+        monkeypatch.setattr(f"{__name__}.record", record_again)
+        with pytest.raises(InvalidJob, match=r"^fn: 'tests\.test_submit\.record' was "
+                                             r"submitted in this process before as "):
+            await q.submit(record_again, 2)

@@ -35,7 +35,19 @@ if TYPE_CHECKING:  # _registry imports this module (TaskRegistry.submittable)
     from ._registry import TaskRegistry, TaskSpec
 
 _MARK = "__trioqueue_submitted__"
-"""Set on the handlers this module registers: the function they run (durable mode)."""
+"""Set on the handlers this module registers: their :class:`_Target`."""
+
+
+class _Target:
+    """What a submitted function's handler runs for a stored call (a memory-mode job
+    carries its own call): ``fn``, and whether it is a module-level function, which a
+    stored call can name (``runs_stored``)."""
+
+    __slots__ = ("fn", "runs_stored")
+
+    def __init__(self, fn: Callable[..., Any], runs_stored: bool) -> None:
+        self.fn = fn
+        self.runs_stored = runs_stored
 
 
 class Call(dict[str, Any]):
@@ -124,16 +136,21 @@ def ensure_registered(registry: TaskRegistry, name: str, fn: Callable[..., Any],
                 f"submit: a task named {name!r} is registered already and is not "
                 f"{fn!r}; rename one of them"
             )
-        if durable and marked is not fn:
-            raise InvalidJob(
-                f"fn: another function was submitted as {name!r} in this process"
-            )
         if spec.sync == is_async(fn):
             raise TypeError(
                 f"submit: {name!r} was submitted before as "
                 f"{'a plain' if spec.sync else 'an async'} function, now as "
                 f"{'an async' if spec.sync else 'a plain'} one"
             )
+        if durable and marked.fn is not fn:
+            if marked.runs_stored:  # (a module attribute rebound since, say)
+                raise InvalidJob(
+                    f"fn: {name!r} was submitted in this process before as "
+                    f"{marked.fn!r}, not {fn!r}: a task name runs one function"
+                )
+            # A memory queue registered the name for a partial, a lambda, ...: its jobs
+            # carry their own calls, so from now on the name's stored calls run ``fn``.
+            marked.fn, marked.runs_stored = fn, True
         return
     try:
         if not top_level:
@@ -141,10 +158,11 @@ def ensure_registered(registry: TaskRegistry, name: str, fn: Callable[..., Any],
         runs_stored = True
     except InvalidJob:
         runs_stored = False
+    target = _Target(fn, runs_stored)
     if is_async(fn):
 
         async def run_async(job: Job) -> Any:
-            call_fn, args = _call_of(job, name, fn, runs_stored)
+            call_fn, args = _call_of(job, name, target)
             return await call_fn(*args)
 
         handler: Callable[[Job], Any] = run_async
@@ -152,32 +170,31 @@ def ensure_registered(registry: TaskRegistry, name: str, fn: Callable[..., Any],
     else:
 
         def run_sync(job: Job) -> Any:
-            call_fn, args = _call_of(job, name, fn, runs_stored)
+            call_fn, args = _call_of(job, name, target)
             return call_fn(*args)
 
         handler = run_sync
         sync = True
-    setattr(handler, _MARK, fn)
+    setattr(handler, _MARK, target)
     handler.__qualname__ = handler.__name__ = name
     registry.register(handler, name=name, sync=sync)
 
 
-def _call_of(job: Job, name: str, fn: Callable[..., Any], runs_stored: bool
+def _call_of(job: Job, name: str, target: _Target
              ) -> tuple[Callable[..., Any], Sequence[Any]]:
     """The call a job makes: a memory-mode job carries it; a stored one (a store's or
-    Redis') has its args as JSON, for ``fn``, whichever kind of queue registered ``fn``
-    first (one registry may serve a memory queue and then a stored one); ``runs_stored``:
-    ``fn`` is a module-level function, which a stored call names."""
+    Redis') has its args as JSON, for ``target.fn``, whichever kind of queue registered
+    the name first (one registry may serve a memory queue and then a stored one)."""
     payload = job.payload
     if isinstance(payload, Call):
         return payload.fn, payload.args
     if is_call_payload(payload):
-        if not runs_stored:
+        if not target.runs_stored:
             raise never_runs(
-                f"job {job.id}: {name} was submitted to a memory queue as {fn!r}, which "
-                f"cannot run a stored call; submit the module-level function itself"
+                f"job {job.id}: {name} was submitted to a memory queue as {target.fn!r}, "
+                f"which cannot run a stored call; submit the module-level function itself"
             )
-        return fn, payload["args"]
+        return target.fn, payload["args"]
     # (enqueue refuses such a payload: this one was stored before it did)
     raise never_runs(f"job {job.id}: {_bad_payload(name, payload)}")
 
