@@ -260,9 +260,45 @@ async def test_get_tasks_shows_schedule_every_and_next_run(
         "2026-12-05T09:59:30Z")
 
 
+async def test_cron_nicknames_run_as_the_fields_they_stand_for(
+    wall: Any, autojump_clock: Any
+) -> None:
+    runs: list[str] = []
+    registry = trioqueue.TaskRegistry()
+
+    @registry.task(schedule="@hourly")
+    async def hourly(job: trioqueue.Job) -> None:
+        runs.append(job.id)
+
+    @registry.task(schedule="@Daily", tz="Europe/Paris")  # (case does not count)
+    async def daily(job: trioqueue.Job) -> None:
+        runs.append(job.id)
+
+    wall("2026-12-05T22:30:00")  # 23:30 in Paris
+    async with trioqueue.open_queue(registry, trioqueue.QueueConfig(workers=1)) as q:
+        await trio.sleep(2 * 3600)  # to 00:30 UTC
+        await trio.testing.wait_all_tasks_blocked()
+        _, _, body = await call(App(q), "GET", "/tasks")
+    assert sorted(r for r in runs if r.startswith("hourly")) == [
+        "hourly@2026-12-05T22:00:00.000Z",  # the catch-up
+        "hourly@2026-12-05T23:00:00.000Z",
+        "hourly@2026-12-06T00:00:00.000Z",
+    ]
+    assert sorted(r for r in runs if r.startswith("daily")) == [
+        "daily@2026-12-04T23:00:00.000Z",  # midnight in Paris: the catch-up
+        "daily@2026-12-05T23:00:00.000Z",
+    ]
+    shown = {t["name"]: t for t in body["tasks"]}
+    assert (shown["hourly"]["schedule"], shown["hourly"]["next_run"]) == (
+        "@hourly", "2026-12-06T01:00:00Z")
+    assert shown["daily"]["next_run"] == "2026-12-06T23:00:00Z"
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"schedule": "* * *"}, "schedule: expected five fields (minute, hour, day of month, "
-                            "month, day of week), got 3 in '* * *'"),
+                            "month, day of week) or one of @yearly, @annually, @monthly, "
+                            "@weekly, @daily, @midnight, @hourly, got 3 in '* * *'"),
+    ({"schedule": "@reboot"}, "schedule: expected five fields"),  # (no due times)
     ({"schedule": "* * * * * *"}, "schedule: expected five fields"),  # (seconds: no)
     ({"schedule": "61 * * * *"}, "schedule: '61 * * * *' is not a cron expression"),
     ({"every": 0.0005}, "every: expected 0.001 to 1e+10 seconds, got 0.0005"),

@@ -50,6 +50,25 @@ MAX_EVERY = 1e10
 since the epoch, stay dates a job's JSON can carry."""
 
 
+NICKNAMES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+"""crontab(5)'s nicknames, as the five fields they stand for (cronsim reads only those).
+Not ``@reboot``, which has no due times: a program enqueues such a job when it starts."""
+
+
+def cron_fields(schedule: str) -> str:
+    """``schedule`` as five cron fields (a nickname such as ``@daily`` as the fields it
+    stands for; case does not count, as in crontab)."""
+    return NICKNAMES.get(schedule.strip().lower(), schedule)
+
+
 def check_periodic(name: str, schedule: object, every: object, tz: object) -> None:
     """Raise ``ValueError`` naming what is wrong with a periodic task's options."""
     where = f"task {name!r}"
@@ -70,13 +89,14 @@ def check_periodic(name: str, schedule: object, every: object, tz: object) -> No
         if not isinstance(schedule, str):
             raise ValueError(f"{where}: schedule: expected a cron expression (str), "
                              f"got {type(schedule).__name__}")
-        fields = len(schedule.split())
+        fields = len(cron_fields(schedule).split())
         if fields != 5:
             raise ValueError(f"{where}: schedule: expected five fields (minute, hour, day "
-                             f"of month, month, day of week), got {fields} in {schedule!r}")
+                             f"of month, month, day of week) or one of "
+                             f"{', '.join(NICKNAMES)}, got {fields} in {schedule!r}")
         zone = _zone(where, tz)
         try:
-            CronSim(schedule, datetime(2026, 1, 1, tzinfo=zone))
+            CronSim(cron_fields(schedule), datetime(2026, 1, 1, tzinfo=zone))
         except CronSimError as exc:
             raise ValueError(f"{where}: schedule: {schedule!r} is not a cron expression "
                              f"({exc})") from None
@@ -129,7 +149,7 @@ def last_due(spec: TaskSpec, now: float) -> float:
     # past ``now`` by the margin, it cannot start before ``now`` whatever it makes of a
     # repeated hour, and the times after ``now`` are passed over.
     start = datetime.fromtimestamp(math.floor(now + FOLD_MARGIN), tz=zone)
-    for prev in CronSim(spec.schedule, start, reverse=True):
+    for prev in CronSim(cron_fields(spec.schedule), start, reverse=True):
         if (t := prev.timestamp()) <= now:
             return t
     raise AssertionError("unreachable: a cron expression that is due never")  # pragma: no cover
@@ -145,7 +165,8 @@ def next_due(spec: TaskSpec, after: float) -> float:
     # In the repeated hour, cronsim reads ``after`` as an instant up to an hour earlier
     # and its first answers may not be after it (the hour's due time, once more): passed
     # over, or the scheduler would enqueue a due time in the past again and again.
-    for when in CronSim(spec.schedule, datetime.fromtimestamp(math.floor(after), tz=zone)):
+    fields = cron_fields(spec.schedule)
+    for when in CronSim(fields, datetime.fromtimestamp(math.floor(after), tz=zone)):
         if (t := when.timestamp()) > after:
             return t
     raise AssertionError("unreachable: a cron expression that is due never")  # pragma: no cover
