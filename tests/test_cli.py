@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -758,11 +759,31 @@ def test_tasks(server: Server) -> None:
     assert result.returncode == 0, result.stderr
     header, *rows = result.stdout.splitlines()
     assert header.split() == ["NAME", "PRIORITY", "MAX_RETRIES", "TIMEOUT", "SCHEDULE",
-                              "EVERY", "CONCURRENCY"]
+                              "EVERY", "CONCURRENCY", "NEXT", "RUN", "(UTC)"]
     assert [row.split()[0] for row in rows] == ["echo", "fail", "flaky", "sleep"]
-    assert rows[0].split()[1:] == ["medium", "3", "-", "-", "-", "-"]
+    assert rows[0].split()[1:] == ["medium", "3", "-", "-", "-", "-", "-"]
     raw = json.loads(run_cli("tasks", "--json", "--url", server.url).stdout)
     assert [t["name"] for t in raw["tasks"]] == ["echo", "fail", "flaky", "sleep"]
+
+
+def test_tasks_shows_a_schedules_zone_and_the_next_run(tmp_path: Path) -> None:
+    (tmp_path / "periodic.py").write_text(
+        "import trioqueue\nregistry = trioqueue.TaskRegistry()\n"
+        "@registry.task(schedule='0 9 * * *', tz='Europe/Paris')\n"
+        "async def morning(job): ...\n"
+        "@registry.task(schedule='@daily')\nasync def nightly(job): ...\n"
+    )
+    with running_server("--app", "periodic:registry", cwd=tmp_path) as srv:
+        result = run_cli("tasks", "--url", srv.url)
+        raw = json.loads(run_cli("tasks", "--json", "--url", srv.url).stdout)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert "0 9 * * * (Europe/Paris)" in rows["morning"]
+    assert "@daily" in rows["nightly"]
+    for task in raw["tasks"]:  # the server's next run, shown in the table's format
+        shown = datetime.fromisoformat(task["next_run"]).strftime("%Y-%m-%d %H:%M:%S")
+        assert rows[task["name"]].endswith(shown), (rows, task)
+    assert rows["nightly"].endswith("00:00:00")
 
 
 def test_a_token_from_the_environment_and_a_clear_refusal_without_it() -> None:

@@ -446,9 +446,25 @@ async def cmd_tasks(args: argparse.Namespace) -> int:
         return 0
     columns = ("name", "priority", "max_retries", "timeout", "schedule", "every",
                "concurrency")
-    rows = [[clean(task.get(column)) for column in columns] for task in tasks]
-    print(table([c.upper() for c in columns], rows) if rows else "no tasks")
+    rows = [[clean(task.get(column)) for column in columns] + [_next_run(task)]
+            for task in tasks]
+    for row, task in zip(rows, tasks, strict=True):
+        if task.get("schedule") is not None and task.get("tz") is not None:
+            row[4] += f" ({clean(task['tz'], 40)})"  # (a cron schedule read in that zone)
+    print(table([c.upper() for c in columns] + ["NEXT RUN (UTC)"], rows) if rows
+          else "no tasks")
     return 0
+
+
+def _next_run(task: dict[str, Any]) -> str:
+    """A periodic task's next due time, as the other tables show times ("-" if none)."""
+    text = task.get("next_run")
+    if not isinstance(text, str):
+        return "-"
+    try:
+        return _when(datetime.fromisoformat(text).timestamp())
+    except ValueError:
+        return clean(text, 40)
 
 
 # ---------------------------------------------------------------------------- monitor
