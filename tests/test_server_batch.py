@@ -147,7 +147,10 @@ async def test_with_a_store_one_commit_and_ids_of_stored_jobs(tmp_path: Path) ->
     async def echo(job: trioqueue.Job) -> Any:
         return job.payload
 
-    config = trioqueue.QueueConfig(persist_path=tmp_path / "q.db", workers=2)
+    # The jobs' completions are written a flush_interval later, not in the commit counted
+    # (on a loaded machine a 50 ms interval could pass within the call).
+    config = trioqueue.QueueConfig(persist_path=tmp_path / "q.db", workers=2,
+                                   flush_interval=60.0)
     async with trioqueue.open_queue(registry, config) as q:
         app = App(q)
         store = LocalBackend.of(q).store
