@@ -328,17 +328,22 @@ def test_serve_reports_a_bad_store_file_clearly(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_serve_reports_a_taken_port_clearly() -> None:
+def test_serve_reports_a_taken_port_clearly_before_it_opens_the_queue(
+        tmp_path: Path) -> None:
+    """The port is bound first: a server that cannot serve never opened its store (so a
+    periodic task's catch-up run was not enqueued, and on Redis no job was claimed)."""
     import socket
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_cli("serve", "--port", str(port))
+        result = run_cli("serve", "--port", str(port), "--db", str(tmp_path / "q.db"))
     assert result.returncode == 1
     assert "cannot serve on 127.0.0.1" in result.stderr
     assert "Traceback" not in result.stderr
+    assert "trioqueue open" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no store file, no lock file
 
 
 def test_serve_bad_flag_exits_2() -> None:

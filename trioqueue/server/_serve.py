@@ -71,6 +71,21 @@ async def serve(
     config = QueueConfig() if config is None else config
     settings = ServerSettings() if settings is None else settings
     stop = trio.Event() if stop is None else stop
+    # The port first: one in use (OSError) stops the server before the queue opens, so a
+    # server that cannot serve never runs, claims or schedules a job.
+    listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
+    try:
+        await _serve(registry, config, settings, stop, listeners, task_status)
+    finally:
+        for listener in listeners:  # (closed already once served)
+            await trio.aclose_forcefully(listener)
+    log.info("trioqueue server: stopped")
+
+
+async def _serve(registry: TaskRegistry, config: QueueConfig, settings: ServerSettings,
+                 stop: trio.Event, listeners: list[trio.SocketListener],
+                 task_status: trio.TaskStatus[str]) -> None:
+    """:func:`serve` once its port is bound."""
     state = ServerState()
     async with trio.open_nursery() as nursery:
         queue = await nursery.start(_run_queue, registry, config, stop, state)
@@ -81,7 +96,7 @@ async def serve(
             user_timeout_ms=int(settings.slow_client_timeout * 1000),
             max_connections=settings.max_connections, response_budget=settings.response_budget,
             body_budget=settings.body_budget,
-            shutdown_trigger=state.closed.wait,
+            shutdown_trigger=state.closed.wait, listeners=listeners,
         ))
         node = queue.metrics().node  # on Redis, the id events and metrics name it by
         log.info("trioqueue server: serving %d tasks on %s (token %s; answers to Host %s%s)",
@@ -90,4 +105,3 @@ async def serve(
                  "" if node is None else f"; redis node {node}, lease {config.lease:g} s, "
                  f"prefetch {config.prefetch}")
         task_status.started(url)
-    log.info("trioqueue server: stopped")
