@@ -448,9 +448,10 @@ async def cmd_tasks(args: argparse.Namespace) -> int:
                "concurrency")
     rows = [[clean(task.get(column)) for column in columns] + [_next_run(task)]
             for task in tasks]
+    at = columns.index("schedule")
     for row, task in zip(rows, tasks, strict=True):
         if task.get("schedule") is not None and task.get("tz") is not None:
-            row[4] += f" ({clean(task['tz'], 40)})"  # (a cron schedule read in that zone)
+            row[at] += f" ({clean(task['tz'], 40)})"  # (a cron schedule read in that zone)
     print(table([c.upper() for c in columns] + ["NEXT RUN (UTC)"], rows) if rows
           else "no tasks")
     return 0
