@@ -101,8 +101,9 @@ def noop(n: int, variant: str, workers: int = 4, producers: int = 1,
     """``variant``: ``nowait`` (enqueue_nowait in a loop, capacity raised to hold all),
     ``nowait-retry`` (enqueue_nowait at the default capacity, a checkpoint and a retry on
     QueueFull), ``await`` (``await q.enqueue`` from ``producers`` tasks, default
-    capacity), ``many`` (``await q.enqueue_many`` of ``batch`` jobs at a time from one
-    producer, capacity ``2 * batch`` so that a batch fits while the last one runs).
+    capacity), ``many`` (``await q.enqueue_many`` of ``batch`` jobs at a time from
+    ``producers`` tasks, capacity ``2 * batch`` so that a batch fits while the last one
+    runs; ``producers * batch`` with several).
 
     The ``noop/ceiling/*`` cases, which measure what the store's targets are up against
     rather than a way to run trioqueue: ``writer="null"`` keeps everything of the store
@@ -135,7 +136,7 @@ def noop(n: int, variant: str, workers: int = 4, producers: int = 1,
         if variant == "nowait":
             kwargs["capacity"] = n
         elif variant == "many":
-            kwargs["capacity"] = max(1000, 2 * batch)
+            kwargs["capacity"] = max(1000, 2 * batch, producers * batch)
         config = trioqueue.QueueConfig(**kwargs)
 
         async def body(q: trioqueue.JobQueue) -> dict[str, Any]:
@@ -172,12 +173,23 @@ def noop(n: int, variant: str, workers: int = 4, producers: int = 1,
             elif variant == "many":
                 enqueue_many = q.enqueue_many
                 payloads = [None] * batch
-                jobs: list[trioqueue.Job] = []
-                left = n
-                while left > 0:
-                    jobs = await enqueue_many("noop", payloads[:left])
-                    left -= len(jobs)
-                last_ids.append(jobs[-1].id)
+                shares = [n // producers + (1 if i < n % producers else 0)
+                          for i in range(producers)]
+
+                async def batches(left: int) -> None:
+                    jobs: list[trioqueue.Job] = []
+                    while left > 0:
+                        jobs = await enqueue_many("noop", payloads[:left])
+                        left -= len(jobs)
+                    if jobs:
+                        last_ids.append(jobs[-1].id)
+
+                if producers == 1:
+                    await batches(n)
+                else:
+                    async with trio.open_nursery() as nursery:
+                        for share in shares:
+                            nursery.start_soon(batches, share)
                 if durability is not None:
                     await q.flush()
                 te = perf_counter()
