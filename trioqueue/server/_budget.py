@@ -30,11 +30,11 @@ ends its response within ``SEND_TIMEOUT`` (about 280 KB/s for an 8 MiB page), wh
 a reader does anyway; one that cannot would be cut off at ``SEND_TIMEOUT`` all the same.
 
 What it costs: nothing for responses under ``LARGE_RESPONSE`` (they never come here); a
-large one is written by :func:`send_counted`, the same ``os.write`` / ``wait_writable``
-loop as Trio's ``send_all`` with a clock read after each write; the budget is looked over
-only when a newcomer does not fit.  A reader whose client pauses :data:`GRACE` or more
-while the budget is short loses its response (a reset, no 503): a client of a busy server
-should read its answer as it comes.
+large one is written by :meth:`._h1.Connection.send` with its hold, the same
+``os.write`` / ``wait_writable`` loop as Trio's ``send_all`` with a clock read after each
+write; the budget is looked over only when a newcomer does not fit.  A reader whose
+client pauses :data:`GRACE` or more while the budget is short loses its response (a reset,
+no 503): a client of a busy server should read its answer as it comes.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from . import _h1
-from ._wire import EVICTED, WAIT_BODY, WAIT_SEND, BadRequest
+from ._wire import EVICTED, WAIT_BODY, BadRequest
 
 if TYPE_CHECKING:
     from ._h1 import Connection
@@ -174,61 +174,6 @@ class ResponseBudget:
             with contextlib.suppress(OSError):
                 conn.direct.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
         conn.server.drop(conn)  # its send raises; no lingering close (Server.handle)
-
-
-async def send_counted(conn: Connection, hold: Hold, data: bytes) -> None:
-    """``conn.send(data)``, noting in ``hold`` what the socket takes and when, and marking
-    it ``waiting`` while it waits for its client (where :meth:`ResponseBudget.admit` may end
-    it).  Written straight to a plain socket, as :meth:`._h1.Connection.send` does; on
-    another stream (tests' memory streams) the progress of a wait is not seen: it counts as
-    none from the admission on."""
-    sock = conn.direct
-    if sock is None:
-        hold.waiting = True
-        try:
-            await conn.send(data)
-        finally:
-            hold.waiting = False
-        hold.sent += len(data)
-        return
-    total = len(data)
-    try:
-        sent = _h1.os_write(sock.fileno(), data)
-    except BlockingIOError:
-        sent = 0
-    except OSError as exc:
-        raise _h1.stream_error(exc) from exc
-    hold.sent += sent
-    if sent == total:
-        await trio.lowlevel.checkpoint()
-        return
-    if conn.evicted:
-        raise trio.BrokenResourceError("evicted")
-    view = memoryview(data)
-    now = trio.current_time()
-    if sent:
-        hold.progressed = now
-    timeout = _h1.SEND_TIMEOUT
-    with conn.waiting_on_client(now + timeout, WAIT_SEND, now) as scope:
-        hold.waiting = True
-        try:
-            while sent < total:
-                await trio.lowlevel.wait_writable(sock)
-                try:
-                    taken = _h1.os_write(sock.fileno(), view[sent:])
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    raise _h1.stream_error(exc) from exc
-                sent += taken
-                hold.sent += taken
-                hold.progressed = trio.current_time()
-        finally:
-            hold.waiting = False
-    if scope.cancelled_caught:  # part of it may be sent: nothing can follow it
-        raise trio.BrokenResourceError(
-            "evicted" if conn.evicted else
-            f"the client read no response within {timeout:g} s")
 
 
 # ---------------------------------------------------------------------------- request bodies

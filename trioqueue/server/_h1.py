@@ -17,7 +17,6 @@ from urllib.parse import unquote
 import trio
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from ._hosts import origin_form
 from ._http import Scope, loggable
 from ._wire import (
     BODY_COUNTED_FROM,
@@ -31,12 +30,14 @@ from ._wire import (
     BadRequest,
     BodyTooLarge,
     HttpRequest,
+    check_head,
     error_response,
     peer_address,
 )
 from ._ws import WebSocket
 
 if TYPE_CHECKING:
+    from ._budget import Hold
     from ._lean import Server
 
 log = logging.getLogger("trioqueue.http")
@@ -197,35 +198,10 @@ class Connection:
         assert req is not None
         parser = self.parser
         version = parser.get_http_version()
-        if version != "1.1" and version != "1.0":
-            raise self._reject(505, f"HTTP/{version}: only HTTP/1.1 and HTTP/1.0 are "
-                                    "supported")
-        if req.hosts != 1 and (req.hosts or version == "1.1"):
-            raise self._reject(400, "host: missing" if not req.hosts else
-                               "host: more than one")
-        if req.url[:1] != b"/":  # (an absolute-form target: see origin_form)
-            try:
-                target = origin_form(req.url)
-            except ValueError as exc:
-                raise self._reject(400, str(exc)) from None
-            if target is not None:  # its host is the request's one Host
-                req.url, host = target
-                req.headers = [(k, v) for k, v in req.headers if k != b"host"]
-                req.headers.append((b"host", host))
-                req.hosts = 1
-        te = req.transfer_encoding
-        if te is not None:
-            if version == "1.0":
-                raise self._reject(400, "transfer-encoding: not allowed in HTTP/1.0")
-            if te.lower() != b"chunked":
-                raise self._reject(501, "transfer-encoding: only chunked is supported, got "
-                                        f"{te.decode('latin-1')!r}")
-        expect = req.expect
-        if expect is not None and version == "1.1":  # 1.0: ignored (RFC 9110, 10.1.1)
-            if expect.lower() != b"100-continue":
-                raise self._reject(417, f"expect: {expect.decode('latin-1')!r} is not "
-                                        "supported")
-            req.continued = False
+        try:
+            check_head(req, version)
+        except BadRequest as exc:
+            raise self._reject(exc.status, exc.message) from None
         method = parser.get_method()
         req.method = _METHODS.get(method) or method.decode("ascii")
         req.http_version = version
@@ -371,42 +347,79 @@ class Connection:
         self.fresh = False
         return data
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes, hold: Hold | None = None) -> None:
         """``stream.send_all(data)``, written at once where the socket takes it all.
 
         Then one checkpoint, as Trio's own send has (here after the write rather than
         before it): each response is a schedule point and a cancel point, so a client
-        pipelining requests cannot keep the others waiting.
+        pipelining requests cannot keep the others waiting.  ``hold``: the response
+        budget's count of a large response (:class:`._budget.Hold`), told what the
+        socket takes and when, and marked ``waiting`` while the send waits for its
+        client (where the budget may end it).
         """
         sock = self.direct
+        sent = 0
         if sock is not None:
             try:
                 sent = os_write(sock.fileno(), data)
             except BlockingIOError:
-                sent = 0
+                pass
             except OSError as exc:
                 raise stream_error(exc) from exc
+            if hold is not None:
+                hold.sent += sent
             if sent == len(data):
                 await trio.lowlevel.checkpoint()
                 return
-            if sent:
-                await self._send_waiting(memoryview(data)[sent:])
-                return
-        await self._send_waiting(data)
+        await self._send_waiting(memoryview(data)[sent:] if sent else data, hold, sent > 0)
 
-    async def _send_waiting(self, data: bytes | memoryview) -> None:
+    async def _send_waiting(self, data: bytes | memoryview, hold: Hold | None = None,
+                            progressed: bool = False) -> None:
         """The rest of a response, which waits for the client to read: at most
         SEND_TIMEOUT in all, and an evictable wait (a client that pipelines requests and
         reads slowly would otherwise hold its connection past every cap)."""
         if self.evicted:
             raise trio.BrokenResourceError("evicted")
         now = trio.current_time()
+        if hold is not None and progressed:
+            hold.progressed = now
         with self.waiting_on_client(now + SEND_TIMEOUT, WAIT_SEND, now) as scope:
-            await self.stream.send_all(data)
+            if hold is None:
+                await self.stream.send_all(data)
+            else:
+                hold.waiting = True
+                try:
+                    await self._send_noted(data, hold)
+                finally:
+                    hold.waiting = False
         if scope.cancelled_caught:  # part of it may be sent: nothing can follow it
             raise trio.BrokenResourceError(
                 "evicted" if self.evicted else
                 f"the client read no response within {SEND_TIMEOUT:g} s")
+
+    async def _send_noted(self, data: bytes | memoryview, hold: Hold) -> None:
+        """``send_all`` as Trio's loop of ``os.write`` and ``wait_writable``, noting in
+        ``hold`` each write's bytes and time.  On another stream than a plain socket
+        (tests' memory streams) the progress of a wait is not seen: it counts as none
+        from the admission on."""
+        sock = self.direct
+        if sock is None:
+            await self.stream.send_all(data)
+            hold.sent += len(data)
+            return
+        view = memoryview(data)
+        sent, total = 0, len(view)
+        while sent < total:
+            await trio.lowlevel.wait_writable(sock)
+            try:
+                taken = os_write(sock.fileno(), view[sent:])
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise stream_error(exc) from exc
+            sent += taken
+            hold.sent += taken
+            hold.progressed = trio.current_time()
 
     async def _wait_head(self) -> bool:
         """Read until ``pending[0]`` is ready; False when the connection is to end.

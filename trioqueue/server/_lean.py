@@ -99,7 +99,7 @@ import trio
 
 from . import _budget
 from ._budget import GRACE as BUDGET_GRACE
-from ._budget import BodyBudget, ResponseBudget, send_counted
+from ._budget import BodyBudget, ResponseBudget
 from ._h1 import Connection, os_write
 from ._http import ASGIApp
 from ._wire import LARGE_RESPONSE as LARGE_RESPONSE  # (the size the budget counts from)
@@ -336,8 +336,8 @@ class Server:
                             "clients fell behind reading large responses (%g s), to make room",
                             self.response_budget, budget.preempted - preempted, BUDGET_GRACE)
         try:
-            await send_counted(req.conn, hold, head)
-            await send_counted(req.conn, hold, body)
+            await req.conn.send(head, hold)
+            await req.conn.send(body, hold)
         finally:
             budget.release(hold)
 

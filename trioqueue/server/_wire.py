@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._hosts import origin_form
 from ._http import Message
 
 if TYPE_CHECKING:
@@ -76,6 +77,39 @@ def peer_address(addr: Any) -> tuple[str, int] | None:
     if isinstance(addr, tuple) and len(addr) >= 2:
         return (str(addr[0]), int(addr[1]))
     return None
+
+
+def check_head(req: HttpRequest, version: str) -> None:
+    """The checks of a parsed head that llhttp does not make (raise :class:`BadRequest`):
+    the version, one Host (HTTP/1.1), ``Transfer-Encoding: chunked`` only (not in
+    HTTP/1.0), ``Expect: 100-continue`` only; and an absolute-form target
+    (:func:`._hosts.origin_form`) made the origin form, its host the one Host."""
+    if version != "1.1" and version != "1.0":
+        raise BadRequest(505, f"HTTP/{version}: only HTTP/1.1 and HTTP/1.0 are supported")
+    if req.hosts != 1 and (req.hosts or version == "1.1"):
+        raise BadRequest(400, "host: missing" if not req.hosts else "host: more than one")
+    if req.url[:1] != b"/":
+        try:
+            target = origin_form(req.url)
+        except ValueError as exc:
+            raise BadRequest(400, str(exc)) from None
+        if target is not None:
+            req.url, host = target
+            req.headers = [(k, v) for k, v in req.headers if k != b"host"]
+            req.headers.append((b"host", host))
+            req.hosts = 1
+    te = req.transfer_encoding
+    if te is not None:
+        if version == "1.0":
+            raise BadRequest(400, "transfer-encoding: not allowed in HTTP/1.0")
+        if te.lower() != b"chunked":
+            raise BadRequest(501, "transfer-encoding: only chunked is supported, got "
+                                  f"{te.decode('latin-1')!r}")
+    expect = req.expect
+    if expect is not None and version == "1.1":  # 1.0: ignored (RFC 9110, 10.1.1)
+        if expect.lower() != b"100-continue":
+            raise BadRequest(417, f"expect: {expect.decode('latin-1')!r} is not supported")
+        req.continued = False
 
 
 class BodyTooLarge(Exception):
