@@ -254,3 +254,19 @@ def test_the_body_budget_option() -> None:
         ServerSettings(body_budget=-1)
     with pytest.raises(ValueError, match="body_budget"):
         ServerSettings(body_budget=True)  # type: ignore[arg-type]
+
+
+def test_the_server_imports_where_fcntl_and_termios_are_missing() -> None:
+    """The stalled-body check asks the kernel how much a socket holds unread with
+    fcntl/termios, which only Unix has; elsewhere (no direct socket I/O there) the server
+    must still import, as it did before the check."""
+    import subprocess
+    import sys
+
+    code = ("import sys, trio\n"  # (trio itself imports fcntl on Unix: load it first)
+            "sys.modules['fcntl'] = None\nsys.modules['termios'] = None\n"
+            "import trioqueue.server, trioqueue.cli\nprint('ok')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "ok"

@@ -40,13 +40,17 @@ no 503): a client of a busy server should read its answer as it comes.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import socket
 import struct
-import termios
 from typing import TYPE_CHECKING
 
 import trio
+
+try:
+    import fcntl
+    import termios
+except ImportError:  # pragma: no cover - not Unix: no direct socket there (_unread)
+    pass
 
 from . import _h1
 from ._wire import EVICTED, WAIT_BODY, BadRequest
