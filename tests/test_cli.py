@@ -352,6 +352,19 @@ def test_serve_bad_flag_exits_2() -> None:
     assert "MODULE:REGISTRY" in result.stderr
 
 
+def test_an_app_that_raises_at_import_shows_its_traceback_and_what_it_was(
+        tmp_path: Path) -> None:
+    (tmp_path / "broken_app.py").write_text(
+        "import trioqueue\nregistry = trioqueue.TaskRegistry()\n"
+        "raise RuntimeError('no config file')\n")
+    result = run_cli("serve", "--app", "broken_app:registry", "--port", "0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert 'broken_app.py", line 3, in <module>' in result.stderr  # the author's own line
+    assert result.stderr.rstrip().endswith(
+        "trioqueue serve: --app: importing 'broken_app' raised RuntimeError: no config "
+        "file (its traceback is above)")
+
+
 def test_serve_an_app_from_the_working_directory(tmp_path: Path) -> None:
     (tmp_path / "shouting.py").write_text(
         "import trioqueue\nregistry = trioqueue.TaskRegistry()\n"

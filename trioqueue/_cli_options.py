@@ -10,6 +10,7 @@ import inspect
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +34,12 @@ def load_registry(spec: str) -> TaskRegistry:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UsageError(f"--app: cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:
+        # The app's own error (or a SyntaxError): its traceback is what its author needs,
+        # and the last line says what it was.
+        traceback.print_exc()
+        raise UsageError(f"--app: importing {module_name!r} raised {type(exc).__name__}: "
+                         f"{exc} (its traceback is above)") from None
     obj: Any = module
     for part in attr.split("."):
         try:
