@@ -363,6 +363,14 @@ def test_an_app_that_raises_at_import_shows_its_traceback_and_what_it_was(
     assert result.stderr.rstrip().endswith(
         "trioqueue serve: --app: importing 'broken_app' raised RuntimeError: no config "
         "file (its traceback is above)")
+    (tmp_path / "factory_app.py").write_text(
+        "def registry():\n    return {}['missing']\n")
+    result = run_cli("serve", "--app", "factory_app:registry", "--port", "0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "return {}['missing']" in result.stderr
+    assert result.stderr.rstrip().endswith(
+        "--app: calling factory_app:registry() raised KeyError: 'missing' (its traceback "
+        "is above)")
 
 
 def test_serve_an_app_from_the_working_directory(tmp_path: Path) -> None:

@@ -35,11 +35,7 @@ def load_registry(spec: str) -> TaskRegistry:
     except ImportError as exc:
         raise UsageError(f"--app: cannot import {module_name!r}: {exc}") from None
     except Exception as exc:
-        # The app's own error (or a SyntaxError): its traceback is what its author needs,
-        # and the last line says what it was.
-        traceback.print_exc()
-        raise UsageError(f"--app: importing {module_name!r} raised {type(exc).__name__}: "
-                         f"{exc} (its traceback is above)") from None
+        raise _app_error(f"importing {module_name!r}", exc) from None
     obj: Any = module
     for part in attr.split("."):
         try:
@@ -47,10 +43,21 @@ def load_registry(spec: str) -> TaskRegistry:
         except AttributeError:
             raise UsageError(f"--app: module {module_name!r} has no {attr!r}") from None
     if callable(obj) and not isinstance(obj, TaskRegistry) and _takes_no_arguments(obj):
-        obj = obj()  # a factory
+        try:
+            obj = obj()  # a factory
+        except Exception as exc:
+            raise _app_error(f"calling {spec}()", exc) from None
     if not isinstance(obj, TaskRegistry):
         raise UsageError(f"--app: {spec} is a {type(obj).__name__}, not a TaskRegistry")
     return obj
+
+
+def _app_error(doing: str, exc: Exception) -> UsageError:
+    """The app's own error (a SyntaxError too): its traceback, which is what its author
+    needs, goes to stderr now; the error returned says in one line what it was."""
+    traceback.print_exc()
+    return UsageError(f"--app: {doing} raised {type(exc).__name__}: {exc} (its traceback "
+                      "is above)")
 
 
 def _takes_no_arguments(fn: Any) -> bool:
