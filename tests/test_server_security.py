@@ -205,13 +205,17 @@ async def test_an_absolute_form_target_is_routed_and_judged_by_its_authority(
             assert EVIL not in target or EVIL in error
 
 
-async def test_an_absolute_form_target_needs_no_host_in_http_1_0_and_opens_a_websocket(
+async def test_an_absolute_form_target_is_judged_in_http_1_0_and_opens_a_websocket(
         ) -> None:
+    """HTTP/1.0 needs no Host: the URL's host is judged all the same."""
     async with served() as srv:
         got, _, body, _ = await raw_exchange(
             srv.port, b"GET http://%s/metrics HTTP/1.0\r\n\r\n" % EVIL.encode())
         assert got == 400, body
         assert EVIL in json.loads(body)["error"]
+        got, _, body, _ = await raw_exchange(
+            srv.port, b"GET http://127.0.0.1:%d/metrics HTTP/1.0\r\n\r\n" % srv.port)
+        assert got == 200, body
         kind, message = await websocket(
             srv.port, f"127.0.0.1:{srv.port}",
             target=f"http://127.0.0.1:{srv.port}/events?snapshot=true")
