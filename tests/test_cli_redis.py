@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import re
 import select
@@ -333,8 +334,10 @@ async def test_a_workers_banner_names_its_node_lease_and_prefetch() -> None:
         await _delete(queue)
 
 
-def test_bad_redis_urls_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_redis_urls_are_one_line_errors(capsys: pytest.CaptureFixture[str],
+                                            caplog: pytest.LogCaptureFixture) -> None:
     queue = ("--queue", unique("cli"))
+    caplog.set_level(logging.INFO, logger="trioqueue")
     with warnings.catch_warnings():  # coredis' pool of the failed connect, collected here
         warnings.simplefilter("ignore", ResourceWarning)
         code = main(["serve", "--port", "0", "--redis", "redis://:hunter2@127.0.0.1:1/0",
@@ -342,6 +345,9 @@ def test_bad_redis_urls_are_one_line_errors(capsys: pytest.CaptureFixture[str]) 
         gc.collect()
     err = capsys.readouterr().err.strip()
     assert code == 1
+    # A queue that could not open says only why (it said "trioqueue open", then "closed").
+    said = [r.getMessage() for r in caplog.records if r.name == "trioqueue"]
+    assert not [m for m in said if m.startswith(("trioqueue open", "trioqueue closed"))]
     assert err.startswith("trioqueue serve: cannot use redis at redis://:***@127.0.0.1:1/0 ")
     assert "hunter2" not in err
     assert "\n" not in err

@@ -123,15 +123,20 @@ class _Run:
             local.attach(q)
         self._core = core
         self._queue = q
-        log.info(
-            "trioqueue open: %d workers, capacity %d per priority, %s",
-            config.workers, config.capacity,
-            f"store {config.persist_path} ({config.durability})" if store
-            else f"redis queue {config.queue_name!r}" if config.redis_url else "memory only",
-        )
+        opened = False
         try:
             async with trio.open_nursery() as root:
                 await root.start(backend.run)
+                # Said once the backend runs (Redis answered): a queue that could not
+                # open says only why.
+                opened = True
+                log.info(
+                    "trioqueue open: %d workers, capacity %d per priority, %s",
+                    config.workers, config.capacity,
+                    f"store {config.persist_path} ({config.durability})" if store
+                    else f"redis queue {config.queue_name!r}" if config.redis_url
+                    else "memory only",
+                )
                 try:
                     async with trio.open_nursery() as work:
                         work.start_soon(self._run_timer)
@@ -159,7 +164,8 @@ class _Run:
             self._raise_from_group(group)
         finally:
             backend.abandon()  # only does something when close() never ran
-            log.info("trioqueue closed")
+            if opened:
+                log.info("trioqueue closed")
         if self._body_exc is not None:
             raise self._body_exc
 
