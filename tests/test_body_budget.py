@@ -24,14 +24,13 @@ import trio
 import trio.testing
 
 from trioqueue import QueueConfig
-from trioqueue.cli import UsageError
 from trioqueue.demo import registry as demo_registry
 from trioqueue.server import ServerSettings, serve
 from trioqueue.testing import budget as _budget
 from trioqueue.testing import lean as _lean
 from trioqueue.testing import wire as _wire
 
-from .test_response_budget import options, until
+from .test_response_budget import check_byte_option, until
 
 GRACE = 20.0
 """``_budget.GRACE`` here: longer than a test's steps take in real time."""
@@ -242,18 +241,8 @@ async def test_the_settings_body_budget_reaches_the_server(
 
 
 def test_the_body_budget_option() -> None:
-    assert options([], {}).body_budget == _lean.BODY_BUDGET == 64 * 1024 * 1024
-    env = {"TRIOQUEUE_BODY_BUDGET": "5000"}
-    assert options([], env).body_budget == 5000
-    assert options(["--body-budget", "0"], env).body_budget == 0  # the flag wins
-    with pytest.raises(UsageError, match=r"^--body-budget: expected bytes >= 0, got -1$"):
-        options(["--body-budget", "-1"], {})
-    with pytest.raises(UsageError, match="TRIOQUEUE_BODY_BUDGET"):
-        options([], {"TRIOQUEUE_BODY_BUDGET": "lots"})
-    with pytest.raises(ValueError, match="body_budget"):
-        ServerSettings(body_budget=-1)
-    with pytest.raises(ValueError, match="body_budget"):
-        ServerSettings(body_budget=True)  # type: ignore[arg-type]
+    assert _lean.BODY_BUDGET == 64 * 1024 * 1024
+    check_byte_option("body_budget", _lean.BODY_BUDGET)
 
 
 def test_the_server_imports_where_fcntl_and_termios_are_missing() -> None:

@@ -551,14 +551,25 @@ def options(argv: list[str], env: dict[str, str]) -> Any:
     return serve_options(build_parser().parse_args(["serve", *argv]), env)[2]
 
 
+def check_byte_option(name: str, default: int) -> None:
+    """A byte-count option of ``serve`` (``response_budget``, ``body_budget``): its
+    default, its variable, its flag (which wins), and the errors of each and of
+    ServerSettings."""
+    flag, variable = "--" + name.replace("_", "-"), "TRIOQUEUE_" + name.upper()
+    assert getattr(options([], {}), name) == default
+    env = {variable: "5000"}
+    assert getattr(options([], env), name) == 5000
+    assert getattr(options([flag, "0"], env), name) == 0  # the flag wins
+    with pytest.raises(UsageError, match=rf"^{flag}: expected bytes >= 0, got -1$"):
+        options([flag, "-1"], {})
+    with pytest.raises(UsageError, match=variable):
+        options([], {variable: "lots"})
+    with pytest.raises(ValueError, match=name):
+        ServerSettings(**{name: -1})
+    with pytest.raises(ValueError, match=name):
+        ServerSettings(**{name: True})
+
+
 def test_the_budget_option() -> None:
-    assert options([], {}).response_budget == _lean.RESPONSE_BUDGET == 64 * 1024 * 1024
-    env = {"TRIOQUEUE_RESPONSE_BUDGET": "5000"}
-    assert options([], env).response_budget == 5000
-    assert options(["--response-budget", "0"], env).response_budget == 0  # the flag wins
-    with pytest.raises(UsageError, match=r"^--response-budget: expected bytes >= 0, got -1$"):
-        options(["--response-budget", "-1"], {})
-    with pytest.raises(UsageError, match="TRIOQUEUE_RESPONSE_BUDGET"):
-        options([], {"TRIOQUEUE_RESPONSE_BUDGET": "lots"})
-    with pytest.raises(ValueError, match="response_budget"):
-        ServerSettings(response_budget=-1)
+    assert _lean.RESPONSE_BUDGET == 64 * 1024 * 1024
+    check_byte_option("response_budget", _lean.RESPONSE_BUDGET)
