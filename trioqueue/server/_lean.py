@@ -392,6 +392,14 @@ class Server:
                 conn.waiting.cancel()
 
 
+def check_count(name: str, value: object, least: int) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is an integer (not a bool) of
+    at least ``least``: the server's limits, given to :func:`serve_lean` or to
+    ``ServerSettings``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name}: expected an integer >= {least}, got {value!r}")
+
+
 def open_file_limit(wanted: int) -> int | None:
     """The soft limit on open files of this process, first raised towards ``wanted``
     as far as the hard limit allows (as Go's runtime does at start: the soft limit is a
@@ -444,16 +452,9 @@ async def serve_lean(
     clients (:meth:`Server.send_large`), ``body_budget`` those of large request bodies
     (:class:`._budget.BodyBudget`).
     """
-    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or (
-        max_connections < 1
-    ):
-        raise ValueError(f"max_connections: expected an integer >= 1, got {max_connections!r}")
-    if isinstance(response_budget, bool) or not isinstance(response_budget, int) or (
-        response_budget < 0
-    ):
-        raise ValueError(f"response_budget: expected an integer >= 0, got {response_budget!r}")
-    if isinstance(body_budget, bool) or not isinstance(body_budget, int) or body_budget < 0:
-        raise ValueError(f"body_budget: expected an integer >= 0, got {body_budget!r}")
+    check_count("max_connections", max_connections, 1)
+    check_count("response_budget", response_budget, 0)
+    check_count("body_budget", body_budget, 0)
     limit = open_file_limit(max_connections + FD_RESERVE)
     if limit is not None and max_connections > limit - FD_RESERVE:
         capped = max(1, limit - FD_RESERVE)

@@ -9,7 +9,7 @@ import attrs
 import trio
 
 from ._hosts import parse_allowed_hosts
-from ._lean import BODY_BUDGET, RESPONSE_BUDGET
+from ._lean import BODY_BUDGET, RESPONSE_BUDGET, check_count
 
 
 @attrs.define(kw_only=True)
@@ -46,18 +46,12 @@ class ServerSettings:
 
     @max_connections.validator
     def _check_max_connections(self, attribute: Any, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"max_connections: expected an integer >= 1, got {value!r}")
+        check_count("max_connections", value, 1)
 
     @response_budget.validator
-    def _check_response_budget(self, attribute: Any, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"response_budget: expected an integer >= 0, got {value!r}")
-
     @body_budget.validator
-    def _check_body_budget(self, attribute: Any, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"body_budget: expected an integer >= 0, got {value!r}")
+    def _check_budget(self, attribute: Any, value: int) -> None:
+        check_count(attribute.name, value, 0)
 
 
 @attrs.define(eq=False)
