@@ -640,3 +640,89 @@ async def test_a_websocket_frame_wsproto_refuses_gets_a_close_frame(frame: bytes
         await peer.eof()
         close = peer.buf[peer.buf.index(b"\x88"):]  # the first close frame
         assert int.from_bytes(close[2:4], "big") == code
+
+
+HANDSHAKE = (b"GET /events HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+             b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+
+
+def client_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
+    """One client frame, masked with a zero key (the mask is required, not secret)."""
+    n = len(payload)
+    length = (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big")
+              if n < 65536 else bytes([0x80 | 127]) + n.to_bytes(8, "big"))
+    return bytes([0x80 * fin | opcode]) + length + b"\0\0\0\0" + payload
+
+
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """The complete (opcode, payload) frames of the server's unmasked stream."""
+    frames = []
+    while len(data) >= 2:
+        length, at = data[1] & 0x7F, 2
+        if length == 126:
+            length, at = int.from_bytes(data[2:4], "big"), 4
+        elif length == 127:
+            length, at = int.from_bytes(data[2:10], "big"), 10
+        if len(data) < at + length:
+            break
+        frames.append((data[0] & 0x0F, data[at:at + length]))
+        data = data[at + length:]
+    return frames
+
+
+async def test_a_client_close_while_events_flow_gets_the_close_reply_and_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """RFC 6455, 5.5.1: a close frame is answered with one.  The server's event sender
+    used to run between the reply being made and written: it sent an event after the
+    close (wsproto refused it, an ERROR with its traceback was logged) and the reply was
+    lost (the client saw the connection end, 1006)."""
+    batch = json.dumps({"jobs": [{"task": "echo"}] * 200}).encode()
+    async with real_app(1 << 20) as port:
+
+        async def events_flow() -> None:
+            async with connect(port) as feeder:
+                while True:
+                    await feeder.send(post(batch, "/jobs/batch"))
+                    await feeder.response()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(events_flow)
+            for _ in range(10):
+                async with connect(port) as peer:
+                    await peer.send(HANDSHAKE)
+                    assert (await peer.response())[0] == 101
+                    while not server_frames(peer.buf):  # events are flowing
+                        assert await peer.more()
+                    await peer.send(client_frame(0x8, (1000).to_bytes(2, "big")))
+                    await peer.eof()
+                    frames = server_frames(peer.buf)
+                    assert frames[-1][0] == 0x8, frames[-3:]  # the reply ends the stream
+                    assert frames[-1][1][:2] == (1000).to_bytes(2, "big")
+                    assert [op for op, _ in frames[:-1]] == [0x1] * (len(frames) - 1)
+            nursery.cancel_scope.cancel()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+
+
+@pytest.mark.parametrize(("char", "count", "closed"), [
+    ("a", 64 * 1024, False),
+    ("a", 64 * 1024 + 1, True),
+    ("\U0001F600", 16 * 1024, False),  # 64 KiB of UTF-8
+    ("\U0001F600", 16 * 1024 + 1, True),  # 4 bytes more, though 16 K characters
+])
+async def test_a_websocket_message_over_64_kib_of_utf_8_is_closed_with_1009(
+    char: str, count: int, closed: bool,
+) -> None:
+    """The limit is on the message's bytes: text counted in characters let through four
+    times as much."""
+    text = (char * count).encode()
+    async with real_app(1024) as port, connect(port) as peer:
+        await peer.send(HANDSHAKE)
+        assert (await peer.response())[0] == 101
+        half = len(text) // 2 - (len(text) // 2) % 4  # two frames, split at a character
+        await peer.send(client_frame(0x1, text[:half], fin=False))
+        await peer.send(client_frame(0x0, text[half:]))
+        await peer.send(client_frame(0x8, (1000).to_bytes(2, "big")))
+        await peer.eof()
+        codes = [int.from_bytes(p[:2], "big") for op, p in server_frames(peer.buf) if op == 0x8]
+        assert codes == ([1009] if closed else [1000])

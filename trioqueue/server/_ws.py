@@ -135,7 +135,9 @@ class WebSocket:
         self.ws.receive_data(bytes(data))
         for event in self.ws.events():
             if isinstance(event, (TextMessage, BytesMessage)):
-                self.message_size += len(event.data)
+                # The limit is in bytes on the wire: wsproto hands text over decoded.
+                part = event.data
+                self.message_size += len(part.encode() if isinstance(part, str) else part)
                 if self.message_size > WS_MAX_MESSAGE:
                     await self._close(1009, "message too big")
                     self.peer_closed = True  # read no more from this peer
@@ -158,13 +160,15 @@ class WebSocket:
             elif isinstance(event, CloseConnection):
                 self.close_code = event.code
                 self.peer_closed = True
+                # Closed before the reply's write yields: the app's sends (events going
+                # out) must see it, or they would send after the close frame.
+                self.state = "closed"
                 if self.ws.state is ConnectionState.REMOTE_CLOSING:
                     await self._write(self.ws.send(event.response()))
                 elif self.ws.state is ConnectionState.OPEN:
                     # Not the peer's close but wsproto's word for a frame it could not
                     # take (1002 a protocol error, 1007 bad UTF-8): say so before the end.
                     await self._close(event.code, event.reason or "")
-                self.state = "closed"
                 return
 
     # ------------------------------------------------------------------ from the app
