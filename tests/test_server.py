@@ -332,7 +332,7 @@ def test_unknown_route_404_and_wrong_method_405(http: httpx.Client) -> None:
     assert http.get("/nowhere").status_code == 404
     wrong = http.delete("/jobs")
     assert wrong.status_code == 405
-    assert wrong.headers["allow"] == "GET, POST"
+    assert wrong.headers["allow"] == "GET, HEAD, POST"
     assert "error" in wrong.json()
     assert http.get("/events").status_code == 426
 

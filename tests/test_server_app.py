@@ -50,6 +50,11 @@ from trioqueue.testing import (
         ("GET", "/openapi.json", "openapi", None),
         ("GET", "/", "dashboard", None),
         ("GET", "/dashboard.js", "dashboard", None),
+        # HEAD wherever GET is (RFC 9110, 9.1): health checkers probe with it
+        ("HEAD", "/healthz", "healthz", None),
+        ("HEAD", "/jobs/abc", "get_job", "abc"),
+        ("HEAD", "/jobs/retry", "get_job", "retry"),
+        ("HEAD", "/", "dashboard", None),
     ],
 )
 def test_routes(method: str, path: str, name: str, job_id: str | None) -> None:
@@ -63,7 +68,8 @@ def test_routes(method: str, path: str, name: str, job_id: str | None) -> None:
         ("GET", "/nothing", 404), ("GET", "/jobs/", 404), ("GET", "/jobs/a/b/c", 404),
         ("GET", "/jobs/a/nothing", 404), ("POST", "/jobs//cancel", 404),
         ("DELETE", "/jobs", 405), ("POST", "/jobs/abc", 405), ("GET", "/jobs/abc/cancel", 405),
-        ("POST", "/metrics", 405), ("GET", "/events", 426),
+        ("POST", "/metrics", 405), ("GET", "/events", 426), ("HEAD", "/nothing", 404),
+        ("HEAD", "/jobs/a/cancel", 405),
     ],
 )
 def test_route_errors(method: str, path: str, status: int) -> None:
@@ -72,6 +78,24 @@ def test_route_errors(method: str, path: str, status: int) -> None:
     assert err.value.status == status
     if status == 405:
         assert dict(err.value.headers)[b"allow"]
+        assert method in err.value.message
+
+
+@pytest.mark.parametrize(("path", "allow"), [
+    ("/metrics", b"GET, HEAD"), ("/jobs/abc/cancel", b"POST"), ("/jobs", b"GET, HEAD, POST"),
+    ("/jobs/retry", b"GET, HEAD, POST"),  # the bulk retry, or the job named "retry"
+])
+def test_allow_names_head_wherever_get_is(path: str, allow: bytes) -> None:
+    with pytest.raises(HTTPError) as err:
+        route("PUT", path)
+    assert dict(err.value.headers)[b"allow"] == allow
+
+
+def test_the_426_of_events_says_upgrade_in_connection_too() -> None:
+    """RFC 9110, 7.8: a server that sends Upgrade sends the "upgrade" connection option."""
+    with pytest.raises(HTTPError) as err:
+        route("GET", "/events")
+    assert dict(err.value.headers) == {b"upgrade": b"websocket", b"connection": b"upgrade"}
 
 
 def test_every_route_is_in_the_openapi_document() -> None:

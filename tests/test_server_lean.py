@@ -726,3 +726,27 @@ async def test_a_websocket_message_over_64_kib_of_utf_8_is_closed_with_1009(
         await peer.eof()
         codes = [int.from_bytes(p[:2], "big") for op, p in server_frames(peer.buf) if op == 0x8]
         assert codes == ([1009] if closed else [1000])
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/jobs", "/tasks",
+                                  "/openapi.json", "/"])
+async def test_head_is_answered_wherever_get_is_with_the_head_of_get(path: str) -> None:
+    """RFC 9110, 9.1: servers support HEAD (load balancers' health checks use it); its
+    answer is GET's head without the body, and the connection goes on after it."""
+    request = b"%%s %s HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode()
+    async with real_app(1024) as port, connect(port) as peer:
+        await peer.send(request % b"GET")
+        status, got, body = await peer.response()
+        assert status == 200
+        await peer.send(request % b"HEAD" + request % b"GET")  # pipelined
+        with trio.fail_after(5):
+            while peer.buf.count(b"\r\n\r\n") < 2:
+                assert await peer.more()
+        head, rest = peer.buf.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        lines = head.decode().split("\r\n")[1:]
+        headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines)}
+        assert headers["content-type"] == got["content-type"]
+        if path not in ("/metrics", "/readyz", "/healthz"):  # (their bodies change)
+            assert int(headers["content-length"]) == len(body)
+        assert rest.startswith(b"HTTP/1.1 200 ")  # no body came between the two

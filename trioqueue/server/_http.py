@@ -56,9 +56,9 @@ ROUTES: dict[str, dict[str, str]] = {
     "/readyz": {"GET": "readyz"},
     "/openapi.json": {"GET": "openapi"},
     # The dashboard's page shell: public, it holds no data (see _dashboard.py).
-    "/": {"GET": "dashboard", "HEAD": "dashboard"},
-    "/dashboard.js": {"GET": "dashboard", "HEAD": "dashboard"},
-    "/dashboard.css": {"GET": "dashboard", "HEAD": "dashboard"},
+    "/": {"GET": "dashboard"},
+    "/dashboard.js": {"GET": "dashboard"},
+    "/dashboard.css": {"GET": "dashboard"},
 }
 JOB_ROUTES: dict[str, dict[str, str]] = {
     "": {"GET": "get_job"},
@@ -85,10 +85,13 @@ def route(method: str, path: str) -> Route:
 
     A fixed path wins for its methods; for the others, a path of the form ``/jobs/ID``
     still names that job, so ``GET /jobs/retry`` is the job whose id is ``retry``.
+    ``HEAD`` is answered wherever ``GET`` is (RFC 9110, 9.1), by the same handler: the
+    server sends the head of its answer without the body.
     """
+    wanted = "GET" if method == "HEAD" else method
     fixed = ROUTES.get(path) or {}
-    if method in fixed:
-        return _FIXED_ROUTES[path][method]
+    if wanted in fixed:
+        return _FIXED_ROUTES[path][wanted]
     methods: dict[str, str] | None = None
     job_id = None
     if path.startswith("/jobs/"):
@@ -98,12 +101,14 @@ def route(method: str, path: str) -> Route:
             methods = JOB_ROUTES.get(action)
     if methods is None and not fixed:
         if path == "/events":
-            raise HTTPError(426, "/events is a websocket endpoint", ((b"upgrade", b"websocket"),))
+            raise HTTPError(426, "/events is a websocket endpoint",
+                            ((b"upgrade", b"websocket"), (b"connection", b"upgrade")))
         raise HTTPError(404, f"no route for {path}")
     methods = {**fixed, **(methods or {})}
-    name = methods.get(method)
+    name = methods.get(wanted)
     if name is None:
-        allow = ", ".join(sorted(methods)).encode()
+        allowed = {*methods, "HEAD"} if "GET" in methods else set(methods)
+        allow = ", ".join(sorted(allowed)).encode()
         raise HTTPError(405, f"method {method} not allowed on {path}", ((b"allow", allow),))
     return Route(name, job_id or None)
 
