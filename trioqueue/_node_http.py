@@ -18,9 +18,9 @@ from collections.abc import Iterable
 import trio
 
 from ._engine import JobQueue
-from .server._app import CLOSE, JSON_TYPE, PROMETHEUS_TYPE
+from .server._app import JSON_TYPE, PROMETHEUS_TYPE
 from .server._hosts import HostCheck
-from .server._http import HTTPError, Receive, Scope, Send, parse_query, wants_prometheus
+from .server._http import CLOSE, HTTPError, Receive, Scope, Send, parse_query, wants_prometheus
 from .server._json import dumps
 from .server._lean import serve_lean
 

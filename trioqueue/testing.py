@@ -107,6 +107,7 @@ from .server._http import HTTPError as HTTPError
 from .server._http import JobRequest as JobRequest
 from .server._http import ListQuery as ListQuery
 from .server._http import check_content_type as check_content_type
+from .server._http import header_dict as header_dict
 from .server._http import parse_event_filter as parse_event_filter
 from .server._http import parse_job_request as parse_job_request
 from .server._http import parse_list_query as parse_list_query
@@ -186,6 +187,7 @@ __all__ = [
     "flow",
     "generated_shape",
     "h1",
+    "header_dict",
     "host_name",
     "json_out",
     "label_set",

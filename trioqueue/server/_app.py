@@ -32,6 +32,7 @@ from .._job import MAX_DEPTH, Job, JobStatus, rfc3339
 from ._dashboard import MetricsHistory, static_response
 from ._hosts import HostCheck
 from ._http import (
+    CLOSE,
     BulkRetry,
     EventFilter,
     HTTPError,
@@ -40,6 +41,7 @@ from ._http import (
     Scope,
     Send,
     check_content_type,
+    header_dict,
     loggable,
     parse_batch_request,
     parse_bulk_retry,
@@ -78,8 +80,6 @@ RETRY_PAGE = 1000
 """Jobs ``POST /jobs/retry`` lists at a time."""
 
 
-CLOSE = (b"connection", b"close")
-"""On a refusal sent before the body is read: the connection ends, the body is not read."""
 _PROBES = frozenset({"/healthz", "/readyz"})
 """Answered whatever the Host and without a token: load balancers probe by address."""
 
@@ -176,12 +176,12 @@ class App:
     # ------------------------------------------------------------------ http
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = dict(scope["headers"])
         method = scope["method"]
         path = scope["path"]
         try:
             # The refusals below come before the body is read, and end the connection
             # (CLOSE) rather than read a body nobody asked for.
+            headers = header_dict(scope["headers"])
             if path not in _PROBES:  # load balancers probe them by address
                 problem = self.hosts.headers_problem(scope["headers"])
                 if problem is not None:
@@ -483,10 +483,11 @@ class App:
         if message["type"] != "websocket.connect":
             return
         await send({"type": "websocket.accept"})
-        headers = dict(scope["headers"])
+        headers: dict[bytes, bytes] = {}
         query: dict[str, str] = {}
         problem = None
         try:
+            headers = header_dict(scope["headers"])
             query = parse_query(scope.get("query_string", b""))
         except HTTPError as exc:
             problem = exc.message

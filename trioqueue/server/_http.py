@@ -327,6 +327,30 @@ def parse_batch_request(data: Any) -> list[JobRequest]:
 # ---------------------------------------------------------------------------- queries
 
 
+CLOSE = (b"connection", b"close")
+"""On a refusal sent before the body is read: the connection ends, the body is not read."""
+SINGLE_HEADERS = frozenset((b"authorization", b"content-length", b"content-type", b"origin",
+                            b"sec-fetch-site"))
+"""Headers a check here reads that take one value: a request that sends one twice is
+refused (RFC 9110, 5.3), as Host is (:mod:`._hosts`)."""
+
+
+def header_dict(raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """A request's headers by (lowercase) name; 400 for a second line of one of
+    :data:`SINGLE_HEADERS`.  Keeping the last silently would let a request say one thing
+    to a proxy that reads the first (an ``Origin`` the proxy allowed, a token it checked)
+    and another here."""
+    headers = dict(raw)
+    if len(headers) != len(raw):  # some name came twice: is it one that must not?
+        seen: set[bytes] = set()
+        for name, _ in raw:
+            if name in seen and name in SINGLE_HEADERS:
+                shown = name.decode("latin-1")
+                raise HTTPError(400, f"{shown}: more than one {shown} header", (CLOSE,))
+            seen.add(name)
+    return headers
+
+
 def parse_query(query_string: bytes) -> dict[str, str]:
     """The query string as a dict; a name given twice is refused (400) rather than one of
     its values chosen silently (a proxy or log may have judged the request by the
