@@ -16,7 +16,9 @@ except ImportError:  # pragma: no cover - Windows: no flock, so no one-queue-per
 class StoreLock:
     """``<store>.lock``, locked with ``flock`` while a queue has the store open: two
     processes running the jobs of one file would run each job twice.  The kernel drops
-    the lock when the process dies, however it dies."""
+    the lock when the process dies, however it dies.  The lock is beside the file the
+    path resolves to (symbolic links followed, as SQLite follows them for its journal), so
+    that another name for the same file finds it taken."""
 
     def __init__(self, fd: int, path: Path, created: bool) -> None:
         self._fd: int | None = fd
@@ -25,7 +27,8 @@ class StoreLock:
 
     @classmethod
     def take(cls, store: Path) -> StoreLock:
-        path = store.with_name(store.name + ".lock")
+        real = Path(os.path.realpath(store))
+        path = real.with_name(real.name + ".lock")
         created = not path.exists()
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
