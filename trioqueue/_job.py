@@ -100,6 +100,13 @@ def check_job_id(job_id: object) -> str:
     return job_id
 
 
+def is_job_id(job_id: object) -> bool:
+    """Whether ``job_id`` is an id a job may have (see :func:`check_job_id`): one that is
+    not can name no job, so looking it up finds nothing."""
+    return isinstance(job_id, str) and 0 < len(job_id) <= MAX_ID_LENGTH and bool(
+        _ID_RE.match(job_id))
+
+
 def rfc3339(ts: float | None) -> str | None:
     """Seconds since the epoch as an RFC 3339 UTC string (``None`` stays ``None``)."""
     if ts is None:

@@ -99,6 +99,14 @@ async def test_unknown_ids_raise_job_not_found(
         for call in (q.get, q.wait, q.cancel, q.retry):
             with pytest.raises(JobNotFound, match="nope"):
                 await call("nope")
+        # Ids no job can have (outside the id grammar) are not found either, on every
+        # backend (Redis said InvalidJob, so HTTP answered 400 where the others gave 404).
+        for job_id in ("*", "a/b", "-x", "é", "x" * 200, ""):
+            for call in (q.get, q.wait, q.cancel, q.retry):
+                with pytest.raises(JobNotFound):
+                    await call(job_id)
+            with pytest.raises(JobNotFound):
+                await q.wait_many(["nope", job_id])
 
 
 async def test_unknown_task_is_refused_and_nothing_is_enqueued(

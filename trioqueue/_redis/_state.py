@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequen
 from typing import Any, Literal
 
 from .._exceptions import InvalidJob, InvalidTransition, JobNotFound, QueueFull
-from .._job import Job, JobStatus, check_job_id
+from .._job import Job, JobStatus, check_job_id, is_job_id
 from .._state import cannot_retry
 from ._client import RedisClient
 from ._scripts import load_all
@@ -317,17 +317,16 @@ class RedisState:
     # ------------------------------------------------------------------ lookups and control
 
     async def get(self, job_id: str) -> StoredJob | None:
-        check_job_id(job_id)
+        if not is_job_id(job_id):  # (no job has it: not found, as on the other backends)
+            return None
         rec = await self.run_script("get", [job_id])
         return None if rec[0] is None else stored_job(rec)
 
     async def get_many(self, job_ids: Sequence[str]) -> list[StoredJob | None]:
         """:meth:`get` of each id, in order: one script call per :data:`GET_MANY` ids."""
-        for job_id in job_ids:
-            check_job_id(job_id)
         out: list[StoredJob | None] = []
         for first in range(0, len(job_ids), GET_MANY):
-            part = list(job_ids[first:first + GET_MANY])
+            part = [i if is_job_id(i) else "" for i in job_ids[first:first + GET_MANY]]
             if len(part) == 1:
                 out.append(await self.get(part[0]))
                 continue
@@ -386,7 +385,8 @@ class RedisState:
         Raises :class:`JobNotFound`, :class:`InvalidTransition` for a finished job, or
         :class:`CorruptRecord` for a record that cannot be read (nothing changed).
         """
-        check_job_id(job_id)
+        if not is_job_id(job_id):
+            raise JobNotFound(f"job {job_id!r} not found")
         code, rec = await self.run_script(
             "cancel", [self.request_id(), self._maxlen, self._ttls, job_id])
         if code == "corrupt":
@@ -404,7 +404,8 @@ class RedisState:
         """FAILED or CANCELLED -> QUEUED with attempts reset to 0, if its priority has
         room (else :class:`QueueFull`; :class:`CorruptRecord` for a record that cannot be
         read: nothing changed)."""
-        check_job_id(job_id)
+        if not is_job_id(job_id):
+            raise JobNotFound(f"job {job_id!r} not found")
         code, rec = await self.run_script(
             "retry", [self.request_id(), self._maxlen, self.capacity, job_id])
         if code == "corrupt":
@@ -431,11 +432,9 @@ class RedisState:
         :data:`GET_MANY` ids; more take a :meth:`get_many` call per :data:`GET_MANY`
         before): the counts are as of the moment the last ids were read."""
         split = max(0, len(job_ids) - GET_MANY)
-        for job_id in job_ids[split:]:  # (get_many checks the others)
-            check_job_id(job_id)
         out = await self.get_many(job_ids[:split]) if split else []
-        recs, counts = await self.run_script(
-            "find", [math.ceil(node_age * 1000), *job_ids[split:]])
+        tail = [i if is_job_id(i) else "" for i in job_ids[split:]]  # "": no job has it
+        recs, counts = await self.run_script("find", [math.ceil(node_age * 1000), *tail])
         out.extend(None if rec[0] is None else stored_job(rec) for rec in recs)
         return out, _counts(counts)
 
