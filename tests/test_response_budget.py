@@ -31,6 +31,8 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trioqueue import QueueConfig, open_queue
 from trioqueue.cli import UsageError, build_parser, serve_options
@@ -38,7 +40,9 @@ from trioqueue.demo import registry as demo_registry
 from trioqueue.server import App, ServerSettings, serve
 from trioqueue.testing import budget as _budget
 from trioqueue.testing import h1 as _h1
+from trioqueue.testing import json_out
 from trioqueue.testing import lean as _lean
+from trioqueue.testing import room as _room
 
 from .test_server_lean import connect, post
 
@@ -334,6 +338,53 @@ async def test_a_post_whose_answer_has_no_room_is_refused_before_anything_is_don
         status, _, body = await post_raw(port, "/jobs/batch", batch)
         assert status == 202
         assert len(json.loads(body)["jobs"]) == 100
+
+
+@pytest.mark.parametrize("payload", [
+    '"' + "\u00e9" * 20_000 + '"',  # 40 KB of UTF-8, 120 KB as the answer writes it
+    "[" + ",".join(["1e15"] * 4_000) + "]",  # 20 KB, 76 KB as 1000000000000000.0
+])
+async def test_a_post_whose_answer_is_larger_than_its_body_is_judged_by_the_answer(
+    mock_clock: trio.testing.MockClock, grace: float, payload: str,
+) -> None:
+    """The room asked for was the body's length: a body under 64 KiB whose answer is
+    not (written as ASCII, numbers as Python writes them) was done, then answered past
+    the budget."""
+    mock_clock.rate = 1.0
+    body = f'{{"task":"echo","payload":{payload},"delay":3600}}'.encode()
+    assert len(body) < _room.LARGE_RESPONSE
+    async with big_jobs_server(0) as (server, port, _):
+        before = await all_ids(port)
+        with SlowClients(port) as slow:
+            await slow.get(f"/jobs/{BIG_ID}")
+            await until(lambda: server.held_bytes > 0, "the slow client's answer held")
+            status, _, answer = await post_raw(port, "/jobs", body)
+            assert status == 503
+            assert "nothing was done" in json.loads(answer)["error"]
+        await until(lambda: server.held_bytes == 0, "the slow client gone")
+        assert await all_ids(port) == before
+        status, _, answer = await post_raw(port, "/jobs", body)
+        assert status == 202
+        assert len(answer) > _room.LARGE_RESPONSE
+
+
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False,
+                                                          allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner,
+                                                                max_size=4),
+    max_leaves=20,
+))
+def test_growth_bounds_what_the_server_writes_of_a_body(value: Any) -> None:
+    """``answer_bytes`` writes the payloads out only for bodies that could have a large
+    answer: that needs the server's JSON of a value to be at most ``GROWTH`` times the
+    shortest body that sends it."""
+    body = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    for number in ("1e15", "9e15", "1e-7", "-1e15"):  # the shortest ways to write floats
+        body = body.replace(json.dumps(float(number)).encode(), number.encode())
+    assert len(json_out.dumps(value)) <= _room.GROWTH * len(body)
+    assert _room.answer_bytes(body, [value]) >= min(len(json_out.dumps(value)),
+                                              _room.LARGE_RESPONSE - _room.JOB_FIELDS_BYTES)
 
 
 async def test_the_answer_to_a_change_goes_out_past_the_budget(

@@ -95,6 +95,7 @@ from .server import _budget as budget
 from .server import _h1 as h1
 from .server import _json as json_out
 from .server import _lean as lean
+from .server import _room as room
 from .server import _wire as wire
 from .server._dashboard import CSP as CSP
 from .server._dashboard import HISTORY_FIELDS as HISTORY_FIELDS
@@ -103,6 +104,7 @@ from .server._hosts import HostCheck as HostCheck
 from .server._hosts import allowed_host as allowed_host
 from .server._hosts import host_name as host_name
 from .server._hosts import origin_form as origin_form
+from .server._http import ROUTES as ROUTES
 from .server._http import HTTPError as HTTPError
 from .server._http import JobRequest as JobRequest
 from .server._http import ListQuery as ListQuery
@@ -127,6 +129,7 @@ __all__ = [
     "MOVES",
     "RECORD_FIELDS",
     "REMIND",
+    "ROUTES",
     "TERMINAL",
     "TRANSITIONS",
     "UNSTARTED_MAX",
@@ -211,6 +214,7 @@ __all__ = [
     "refusal",
     "render",
     "repeated",
+    "room",
     "route",
     "run_id",
     "run_in_thread",

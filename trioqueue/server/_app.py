@@ -55,7 +55,7 @@ from ._http import (
 )
 from ._json import EventEncoder, dumps, listing
 from ._openapi import openapi_document
-from ._room import JOB_FIELDS_BYTES, page_bytes, response_of, room_for_answer
+from ._room import answer_bytes, page_bytes, response_of, room_for_answer
 from ._settings import ServerSettings, ServerState
 
 log = logging.getLogger("trioqueue.server")
@@ -263,14 +263,14 @@ class App:
             body = await self._read_body(headers, receive)
             # (a body of 2 * MAX_DEPTH bytes cannot nest deeper: each level is 2 brackets)
             request = parse_job_request(parse_json(body), may_nest=len(body) > 2 * MAX_DEPTH)
-            room_for_answer(scope, len(body) + JOB_FIELDS_BYTES)
+            room_for_answer(scope, answer_bytes(body, (request.payload,)))
             status, job = await self._create(request)
             return status, dumps(job.to_dict()), ()
         if name == "create_jobs":
             check_content_type(headers)
             body = await self._read_body(headers, receive)
             requests = parse_batch_request(parse_json(body))
-            room_for_answer(scope, len(body) + JOB_FIELDS_BYTES * len(requests))
+            room_for_answer(scope, answer_bytes(body, [r.payload for r in requests]))
             jobs = await self._create_many(requests)
             return 202, dumps({"jobs": [job.to_dict() for job in jobs]}), ()
         if name == "get_job":

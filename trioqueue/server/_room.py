@@ -5,10 +5,11 @@ POST acts.  Under another server there is no such request, and no budget."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ._http import HTTPError, Scope
-from ._json import SHORT_PAGE
+from ._json import SHORT_PAGE, dumps
 from ._wire import LARGE_RESPONSE
 
 
@@ -41,6 +42,25 @@ def page_bytes(scope: Scope) -> int | None:
 JOB_FIELDS_BYTES = 512
 """What a job's JSON adds to its payload in an answer (its id, times and other fields),
 at most: the estimate :func:`room_for_answer` is given."""
+
+
+GROWTH = 6
+"""How many times its bytes a JSON value may take once the server writes it back, at
+most: as ASCII (two bytes of UTF-8 become the six of ``\\u00e9``, four become twelve) and
+with numbers as Python writes them (``1e15`` becomes ``1000000000000000.0``)."""
+
+
+def answer_bytes(body: bytes, payloads: Sequence[Any]) -> int:
+    """About the bytes of the answer to a POST of ``body`` that makes jobs of
+    ``payloads``, for :func:`room_for_answer`: the payloads as the server writes them and
+    :data:`JOB_FIELDS_BYTES` a job.  They are written out only when the answer could be
+    large; a body of fewer than :data:`LARGE_RESPONSE` / :data:`GROWTH` bytes cannot have
+    one.  (The body's own length is no bound: a body of 40 KB of accented letters has an
+    answer of 120 KB.)"""
+    fields = JOB_FIELDS_BYTES * len(payloads)
+    if len(body) * GROWTH + fields < LARGE_RESPONSE:
+        return len(body) + fields
+    return fields + sum(len(dumps(payload)) for payload in payloads)
 
 
 def room_for_answer(scope: Scope, size: int) -> None:
