@@ -81,6 +81,19 @@ def test_route_errors(method: str, path: str, status: int) -> None:
         assert method in err.value.message
 
 
+@pytest.mark.parametrize("raw", [b"/jobs/x%2Fcancel", b"/jobs/x%2fretry", b"/jobs%2Fbatch",
+                                 b"/jobs/a%2F"])
+def test_an_encoded_slash_is_no_separator(raw: bytes) -> None:
+    """``/jobs/x%2Fcancel`` was routed as ``/jobs/x/cancel`` (the path is decoded first):
+    a proxy's rule about the one did not see the other."""
+    path = raw.decode().replace("%2F", "/").replace("%2f", "/")
+    route("POST" if raw.endswith((b"cancel", b"retry")) else "GET", path)  # decoded: a route
+    with pytest.raises(HTTPError) as err:
+        route("POST", path, raw)
+    assert err.value.status == 404
+    assert route("GET", "/jobs/a%20b", b"/jobs/a%2520b").job_id == "a%20b"  # other escapes
+
+
 @pytest.mark.parametrize(("path", "allow"), [
     ("/metrics", b"GET, HEAD"), ("/jobs/abc/cancel", b"POST"), ("/jobs", b"GET, HEAD, POST"),
     ("/jobs/retry", b"GET, HEAD, POST"),  # the bulk retry, or the job named "retry"

@@ -750,3 +750,16 @@ async def test_head_is_answered_wherever_get_is_with_the_head_of_get(path: str) 
         if path not in ("/metrics", "/readyz", "/healthz"):  # (their bodies change)
             assert int(headers["content-length"]) == len(body)
         assert rest.startswith(b"HTTP/1.1 200 ")  # no body came between the two
+
+
+async def test_an_encoded_slash_in_a_path_is_404_on_the_wire() -> None:
+    async with real_app(1024) as port, connect(port) as peer:
+        await peer.send(post(b'{"task": "echo", "id": "x", "delay": 60}', "/jobs"))
+        assert (await peer.response())[0] == 202
+        await peer.send(b"POST /jobs/x%2Fcancel HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+        status, _, body = await peer.response()
+        assert (status, json.loads(body)["error"]) == (
+            404, "no route for /jobs/x/cancel (an encoded '/' is not a separator)")
+        await peer.send(b"GET /jobs/x HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, _, body = await peer.response()
+        assert (status, json.loads(body)["status"]) == (200, "scheduled")  # not cancelled

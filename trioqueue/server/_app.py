@@ -186,7 +186,7 @@ class App:
                 problem = self.hosts.headers_problem(scope["headers"])
                 if problem is not None:
                     raise HTTPError(400, problem, (CLOSE,))
-            found = route(method, path)
+            found = route(method, path, scope.get("raw_path") or b"")
             if found.name not in ("healthz", "readyz"):
                 if self._cross_site(method, headers):
                     raise HTTPError(403, "sec-fetch-site: cross-site requests are not allowed",

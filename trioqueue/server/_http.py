@@ -80,14 +80,21 @@ _FIXED_ROUTES = {path: {method: Route(name) for method, name in methods.items()}
 """:data:`ROUTES` as :class:`Route` values, made once."""
 
 
-def route(method: str, path: str) -> Route:
+def route(method: str, path: str, raw_path: bytes = b"") -> Route:
     """Match ``method`` and ``path``; raise :class:`HTTPError` 404 or 405 (with ``Allow``).
+
+    A ``/`` sent encoded (``%2F`` in ``raw_path``) is part of a segment, not a separator
+    (RFC 3986, 2.2), and no route or job id has one: 404, rather than answer
+    ``/jobs/x%2Fcancel`` as ``/jobs/x/cancel``, which a proxy's rule for the latter
+    would not have seen.
 
     A fixed path wins for its methods; for the others, a path of the form ``/jobs/ID``
     still names that job, so ``GET /jobs/retry`` is the job whose id is ``retry``.
     ``HEAD`` is answered wherever ``GET`` is (RFC 9110, 9.1), by the same handler: the
     server sends the head of its answer without the body.
     """
+    if b"%" in raw_path and b"%2f" in raw_path.lower():
+        raise HTTPError(404, f"no route for {path} (an encoded '/' is not a separator)")
     wanted = "GET" if method == "HEAD" else method
     fixed = ROUTES.get(path) or {}
     if wanted in fixed:
