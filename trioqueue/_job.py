@@ -61,6 +61,15 @@ class JobStatus(enum.StrEnum):
         """True for COMPLETED, FAILED and CANCELLED: nothing more happens by itself."""
         return self in TERMINAL
 
+    @classmethod
+    def coerce(cls, value: JobStatus | str) -> JobStatus:
+        """Accept a :class:`JobStatus` or its value; raise :class:`InvalidJob`."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise InvalidJob(f"status: expected one of {', '.join(s.value for s in cls)}; "
+                             f"got {value!r}") from None
+
 
 TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 

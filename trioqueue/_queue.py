@@ -493,13 +493,7 @@ class JobQueue(Readings):
         while ``next`` is not ``None`` (a job changed status while it was read).
         """
         if status is not None:
-            try:
-                status = JobStatus(status)
-            except ValueError:
-                raise InvalidJob(
-                    f"status: expected one of {', '.join(s.value for s in JobStatus)}; "
-                    f"got {status!r}"
-                ) from None
+            status = JobStatus.coerce(status)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidJob(f"limit: expected a positive integer, got {limit!r}")
         if task is not None and not isinstance(task, str):

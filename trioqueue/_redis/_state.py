@@ -28,7 +28,6 @@ from ._scripts import load_all
 from ._values import (
     _KINDS,
     _LABELS,
-    _STATUSES,
     MAX_BATCH,
     MAX_CLAIM,
     RECORD_FIELDS,
@@ -354,12 +353,7 @@ class RedisState:
         appended there.
         """
         if status is not None:
-            try:
-                status = JobStatus(status)
-            except ValueError:
-                raise InvalidJob(
-                    f"status: expected one of {', '.join(_STATUSES)}; got {status!r}"
-                ) from None
+            status = JobStatus.coerce(status)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise InvalidJob(f"limit: expected an integer 1..1000, got {limit!r}")
         if before is not None:

@@ -405,10 +405,9 @@ def parse_list_query(query: Mapping[str, str]) -> ListQuery:
     status = None
     if raw_status is not None:
         try:
-            status = JobStatus(raw_status)
-        except ValueError:
-            names = ", ".join(s.value for s in JobStatus)
-            raise HTTPError(400, f"status: expected one of {names}; got {raw_status!r}") from None
+            status = JobStatus.coerce(raw_status)
+        except InvalidJob as exc:
+            raise HTTPError(400, str(exc)) from None
     raw_limit = query.get("limit", "100")
     # Digits only: int() would also take "1_0", "+1", " 1" and other scripts' digits.
     if not (raw_limit.isascii() and raw_limit.isdigit()):
