@@ -547,29 +547,47 @@ async def test_retry_then_promote_when_due(env: Env) -> None:
     assert (await s.promote()).next_due is None
 
 
-async def test_promote_respects_capacity_and_due_jobs_go_first(env: Env) -> None:
+async def test_due_jobs_enter_a_full_ready_list_and_new_ones_wait_for_it_to_drain(
+    env: Env,
+) -> None:
+    """A job accepted already is never refused (python-api.md, "Capacity, precisely"):
+    due jobs go into their ready list even when it is full, and new jobs find the
+    priority full until it drains below the capacity.  (Due jobs used to wait in
+    ``sched``, SCHEDULED past their due time, counted in ``queued`` by the nodes that
+    wrote last and not by the others.)"""
     s = env.state(capacity=2)
     await s.enqueue([new("d0", H, delay=0.05), new("d1", H, delay=0.05)])
     await s.enqueue([new("q0", H), new("q1", H)])
 
-    async def blocked_two() -> Any:
+    async def promoted_two() -> Any:
         p = await s.promote()
-        return p if p.blocked == 2 else None
+        return p if p.promoted == 2 else None
 
-    p = await poll(blocked_two)
-    assert p.promoted == 0
-    # The ready list is full; a claim frees one place, kept for the due jobs.
-    await s.finish_and_claim("n", [], 1, 30)
+    await poll(promoted_two)
+    assert await env.admin.lrange(env.key("ready:high"), 0, -1) == ["q0", "q1", "d0", "d1"]
+    assert (await s.get("d0")).job.status is JobStatus.QUEUED  # type: ignore[union-attr]
+    counts = await s.counts()
+    assert (counts.queued, counts.delayed) == ((4, 0, 0), (0, 0, 0))
+    refused = await s.admit([new("late", H)])
+    assert refused.jobs[0].code is Admission.FULL
+    assert refused.view is not None
+    assert refused.view.ready == counts.queued  # the nodes' two views agree
+    await s.finish_and_claim("n", [], 2, 30)  # 2 left: still at the capacity
     (refused,) = await s.enqueue([new("late", H)])
     assert refused.code is Admission.FULL
-    p = await s.promote()
-    assert (p.promoted, p.blocked) == (1, 1)
-    assert await env.admin.lrange(env.key("ready:high"), 0, -1) == ["q1", "d0"]
-    await s.finish_and_claim("n", [], 2, 30)
-    p = await s.promote()
-    assert (p.promoted, p.blocked) == (1, 0)
-    assert (await s.counts()).delayed == (0, 0, 0)
+    await s.finish_and_claim("n", [], 1, 30)
     (ok,) = await s.enqueue([new("late", H)])
+    assert ok.code is Admission.ACCEPTED
+
+
+async def test_promote_drops_the_blocked_counts_an_older_version_left(env: Env) -> None:
+    """Versions before this one kept due jobs that found their list full in ``sched``
+    and their count in ``room`` (``blocked:<p>``), which enqueue then kept free."""
+    s = env.state(capacity=2)
+    await env.admin.hset(env.key("room"), {"blocked:high": "2", "delayed:low": "0"})
+    await s.promote()
+    assert await env.admin.hgetall(env.key("room")) == {"delayed:low": "0"}
+    (ok,) = await s.enqueue([new("j", H)])
     assert ok.code is Admission.ACCEPTED
 
 

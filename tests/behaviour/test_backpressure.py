@@ -206,3 +206,29 @@ async def test_delayed_jobs_have_their_own_bound_per_priority(
         later = q.enqueue_nowait("echo", delay=10)  # room again once they came due
         assert (await q.wait(later.id)).status is JobStatus.COMPLETED
         assert q.metrics().rejected == 1
+
+
+async def test_a_delayed_job_coming_due_enters_a_full_ready_queue(
+    backend: Backend, clock: MockClock | None, h: Harness
+) -> None:
+    """python-api.md, "Capacity, precisely": a job accepted already is never refused; a
+    delayed job coming due enters its ready queue even when it is full, and producers see
+    the queue full until it drains below the bound.  (On Redis it stayed SCHEDULED past
+    its due time until there was room.)"""
+    async with one_busy_worker(backend, h, capacity=2) as q, q.subscribe() as events:
+        late = await q.enqueue("echo", "late", delay=0.5)
+        ready = [await q.enqueue("echo", i) for i in range(2)]  # the ready queue is full
+        with trio.fail_after(30):  # (on Redis, real time: the delay is on its clock)
+            async for event in events:
+                if (event.job_id, event.type) == (late.id, "enqueued"):
+                    break
+        assert (await q.get(late.id)).status is JobStatus.QUEUED
+        assert {j.id for j in await q.list_jobs(status="queued")} == {late.id,
+                                                                      *(j.id for j in ready)}
+        with pytest.raises(QueueFull):
+            q.enqueue_nowait("echo", "new")
+        h.open_gate("hold")
+        for job in (*ready, late):
+            assert (await q.wait(job.id)).status is JobStatus.COMPLETED
+        after = await q.enqueue("echo", "after")
+        assert (await q.wait(after.id)).status is JobStatus.COMPLETED

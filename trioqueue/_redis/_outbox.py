@@ -81,7 +81,7 @@ class Outbox:
         self._pending = [[0, 0, 0], [0, 0, 0]]
         """Jobs in the outbox (sent or not), ready and delayed, per priority."""
         self.view = [[0, 0, 0], [0, 0, 0]]
-        """Redis' fill as last seen: ready (+ blocked) and delayed, per priority."""
+        """Redis' fill as last seen: queued and delayed, per priority."""
         self._seq = -1
         """The view's version (the queue's event number when Redis answered it)."""
         self.seen_seq = -1

@@ -306,12 +306,9 @@ class RedisState:
         return Reaped(list(requeued), list(failed), list(cancelled), list(unstarted))
 
     async def promote(self, max_n: int = 100) -> Promoted:
-        """Move up to ``max_n`` due SCHEDULED jobs into ready lists that have room."""
-        promoted, next_due, blocked = await self.run_script(
-            "promote", [self._maxlen, self.capacity, max_n, self._ttls]
-        )
-        return Promoted(int(promoted), None if next_due is None else int(next_due) / 1000,
-                        int(blocked))
+        """Move up to ``max_n`` due SCHEDULED jobs into their ready lists, full or not."""
+        promoted, next_due = await self.run_script("promote", [self._maxlen, max_n, self._ttls])
+        return Promoted(int(promoted), None if next_due is None else int(next_due) / 1000)
 
     # ------------------------------------------------------------------ lookups and control
 

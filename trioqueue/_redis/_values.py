@@ -149,8 +149,9 @@ class RoomView:
     """A priority's fill as an enqueue left it: what a node's ``enqueue_nowait`` checks."""
 
     ready: tuple[int, int, int]
-    """Per priority (high, medium, low): the ready list's length plus its due jobs that
-    wait for room (``blocked``): a new ready job fits while this is below the capacity."""
+    """Per priority (high, medium, low): its queued jobs (the ready list's length, and
+    those set aside for their task's ``concurrency``): a new ready job fits while this is
+    below the capacity."""
     delayed: tuple[int, int, int]
     """New delayed jobs waiting, per priority (their own bound)."""
     seq: int = 0
@@ -314,8 +315,6 @@ class Promoted:
     promoted: int
     next_due: float | None
     """Seconds since the epoch (Redis' clock) of the earliest job not due yet."""
-    blocked: int
-    """Due jobs left in ``sched`` because their ready list was full."""
 
 
 @attrs.frozen

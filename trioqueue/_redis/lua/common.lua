@@ -228,18 +228,17 @@ local function split(s)
   return out
 end
 
--- The room a node's enqueue_nowait checks, after this call: per priority its queued jobs
--- plus its blocked due jobs, then the delayed jobs waiting, then the last event
--- number (the view's version: a node keeps the view of the highest one).  Call it after
--- flush().
+-- The room a node's enqueue_nowait checks, after this call: per priority its queued jobs,
+-- then the delayed jobs waiting, then the last event number (the view's version: a node
+-- keeps the view of the highest one).  Call it after flush().
 local function room_view()
-  local room = redis.call('HMGET', P .. 'room', 'blocked:high', 'blocked:medium',
-    'blocked:low', 'delayed:high', 'delayed:medium', 'delayed:low')
+  local room = redis.call('HMGET', P .. 'room', 'delayed:high', 'delayed:medium',
+    'delayed:low')
   local v = {}
   local q = queued_lengths()
   for p = 1, 3 do
-    v[p] = q[p] + (tonumber(room[p]) or 0)
-    v[p + 3] = tonumber(room[p + 3]) or 0
+    v[p] = q[p]
+    v[p + 3] = tonumber(room[p]) or 0
   end
   v[7] = tonumber(redis.call('HGET', P .. 'stats', 'seq') or '0')
   return v

@@ -6,8 +6,8 @@
 --   ARGV[7] (optional): a JSON array [high, medium, low] of refusals made by the node
 --   itself (enqueue_nowait's QueueFull from its local view) to count in rejected:<p>.
 -- Reply: {created_at ms, {code per job}, {record or false per job}, {room view}}: the
---   room view is, after this call, per priority the ready list's length plus its blocked
---   due jobs (high, medium, low), then the delayed jobs waiting (high, medium, low), then
+--   room view is, after this call, per priority its queued jobs (high, medium, low),
+--   then the delayed jobs waiting (high, medium, low), then
 --   the last event number (room_view in common.lua).  Codes: accepted,
 --   existing (same id and digest; its record is returned unless it is an earlier job of
 --   this batch), duplicate (same id, other digest), full (its priority has no room),
@@ -79,15 +79,14 @@ for i = 1, n do
   if codes[i] == 'duplicate' then any_dup = true end
 end
 
--- Room per priority: the ready list's bound, less the due jobs promote could not move yet
--- (they go first); delayed jobs have their own bound, like the engine's.
+-- Room per priority: the ready list's bound (due jobs enter past it: then there is none);
+-- delayed jobs have their own bound, like the engine's.
 local room, droom = {}, {}
 local queued = nil
 for p = 1, 3 do
   if need[p] > 0 then
-    local blocked = tonumber(redis.call('HGET', P .. 'room', 'blocked:' .. PRIO[p]) or '0')
     queued = queued or queued_lengths()
-    room[p] = capacity - queued[p] - blocked
+    room[p] = capacity - queued[p]
   end
   if dneed[p] > 0 then
     droom[p] = capacity - tonumber(redis.call('HGET', P .. 'room', 'delayed:' .. PRIO[p]) or '0')

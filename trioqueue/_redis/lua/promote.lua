@@ -1,16 +1,11 @@
--- promote(max_n): move due SCHEDULED jobs (delays, retry backoff) into their ready lists
--- while those have room.  Safe from every node at once.
--- ARGV: events maxlen, capacity, max_n, result ttl ms (common.lua's ttls).
--- Reply: {promoted, next due ms or false, blocked}.  `blocked` counts due jobs left for
---   lack of room; enqueue keeps that much room free for them (they go first), so new
---   jobs cannot starve them.  `next due` is the earliest entry not due yet.
+-- promote(max_n): move due SCHEDULED jobs (delays, retry backoff) into their ready lists,
+-- full or not: a job accepted already is never refused, and new jobs find its priority
+-- full until it drains below the capacity (as in the engine).  Safe from every node at once.
+-- ARGV: events maxlen, max_n, result ttl ms (common.lua's ttls).
+-- Reply: {promoted, next due ms or false}: `next due` is the earliest entry not due yet.
 local maxlen = ARGV[1]
-local capacity = tonumber(ARGV[2])
-local max_n = tonumber(ARGV[3])
-local ttl = ttls(ARGV[4])
-local room = {}
-local queued = nil
-local blocked = {0, 0, 0}
+local max_n = tonumber(ARGV[2])
+local ttl = ttls(ARGV[3])
 local moved = {{}, {}, {}}
 local promoted = 0
 local due = redis.call('ZRANGEBYSCORE', P .. 'sched', '-inf', now_ms, 'LIMIT', 0, max_n)
@@ -30,43 +25,29 @@ for _, id in ipairs(due) do
     emit('failed', id, h[3] or '', 1, 'failed', tonumber(h[4]) or 0, '', {'error', err})
   else
     local p = tonumber(h[2]) + 1
-    if not room[p] then
-      queued = queued or queued_lengths()
-      room[p] = capacity - queued[p]
+    redis.call('ZREM', P .. 'sched', id)
+    redis.call('HSET', key, 'status', 'queued')
+    redis.call('HDEL', key, 'scheduled_for')
+    if h[5] then
+      redis.call('HDEL', key, 'dslot')
+      redis.call('HINCRBY', P .. 'room', 'delayed:' .. PRIO[p], -1)
     end
-    if room[p] > 0 then
-      room[p] = room[p] - 1
-      redis.call('ZREM', P .. 'sched', id)
-      redis.call('HSET', key, 'status', 'queued')
-      redis.call('HDEL', key, 'scheduled_for')
-      if h[5] then
-        redis.call('HDEL', key, 'dslot')
-        redis.call('HINCRBY', P .. 'room', 'delayed:' .. PRIO[p], -1)
-      end
-      moved[p][#moved[p] + 1] = id
-      promoted = promoted + 1
-      emit('enqueued', id, h[3], p - 1, 'queued', tonumber(h[4]), '')
-    else
-      blocked[p] = blocked[p] + 1
-    end
+    moved[p][#moved[p] + 1] = id
+    promoted = promoted + 1
+    emit('enqueued', id, h[3], p - 1, 'queued', tonumber(h[4]), '')
   end
 end
 for p = 1, 3 do
   if #moved[p] > 0 then redis.call('RPUSH', P .. 'ready:' .. PRIO[p], unpack(moved[p])) end
 end
--- Only non-zero counts are stored: a queue with nothing blocked keeps no 'room' field
--- for it (a promote on an idle queue then writes no key at all).
-for p = 1, 3 do
-  if blocked[p] > 0 then
-    redis.call('HSET', P .. 'room', 'blocked:' .. PRIO[p], blocked[p])
-  else
-    redis.call('HDEL', P .. 'room', 'blocked:' .. PRIO[p])
-  end
-end
+-- A queue written by a version that left due jobs in 'sched' while their list was full
+-- kept their count here, which enqueue no longer reads: drop it (nothing is written when
+-- the fields are gone, so a promote on an idle queue writes no key at all).
+redis.call('HDEL', P .. 'room', 'blocked:high', 'blocked:medium', 'blocked:low')
 local nxt = redis.call('ZRANGEBYSCORE', P .. 'sched', '(' .. now_ms, '+inf', 'WITHSCORES',
   'LIMIT', 0, 1)
 wake(promoted)
 flush(maxlen)
 local next_due = false
 if nxt[2] then next_due = tonumber(nxt[2]) end
-return {promoted, next_due, blocked[1] + blocked[2] + blocked[3]}
+return {promoted, next_due}

@@ -1,6 +1,6 @@
 -- retry(id): FAILED or CANCELLED -> QUEUED at the back of its priority with a fresh set of
--- attempts, if its priority has room (its queued jobs, ready and parked, and its blocked
--- due jobs under the capacity).
+-- attempts, if its priority has room (its queued jobs, ready and parked, under the
+-- capacity).
 -- ARGV: rid, events maxlen, capacity, id.
 -- Reply: {code, record}: requeued, full, missing, invalid (any other status); or
 --   {'corrupt', error}: its priority is not what trioqueue writes: nothing changed.
@@ -20,8 +20,7 @@ elseif not PRIO_OF[h[2]] then
 else
   local prio, task = tonumber(h[2]), h[3]
   local list = P .. 'ready:' .. PRIO[prio + 1]
-  local blocked = tonumber(redis.call('HGET', P .. 'room', 'blocked:' .. PRIO[prio + 1]) or '0')
-  if queued_lengths()[prio + 1] + blocked >= capacity then
+  if queued_lengths()[prio + 1] >= capacity then
     code = 'full'
   else
     redis.call('PERSIST', key)
