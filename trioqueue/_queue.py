@@ -498,6 +498,8 @@ class JobQueue(Readings):
             raise InvalidJob(f"limit: expected a positive integer, got {limit!r}")
         if task is not None and not isinstance(task, str):
             raise InvalidJob(f"task: expected a task name (str), got {task!r}")
+        if task == "":  # (not "no filter": a bad filter never lists every job instead)
+            raise InvalidJob("task: expected a task name, got ''")
         if task is not None and clean_text(task) != task:
             # A lone surrogate: no task has such a name (and a store or Redis could not
             # be asked for it: it is not UTF-8).
