@@ -251,13 +251,13 @@ async def test_get_tasks_shows_schedule_every_and_next_run(
     by_name = {t["name"]: t for t in body["tasks"]}
     assert (by_name["cleanup"]["schedule"], by_name["cleanup"]["every"]) == ("*/5 * * * *", None)
     assert (by_name["heartbeat"]["schedule"], by_name["heartbeat"]["every"]) == (None, 30.0)
-    assert by_name["cleanup"]["next_run"] == "2026-12-05T10:00:00Z"
-    assert by_name["heartbeat"]["next_run"] == "2026-12-05T09:59:00Z"
-    assert by_name["morning"]["next_run"] == "2026-12-06T08:00:00Z"
+    assert by_name["cleanup"]["next_run"] == "2026-12-05T10:00:00.000000Z"
+    assert by_name["heartbeat"]["next_run"] == "2026-12-05T09:59:00.000000Z"
+    assert by_name["morning"]["next_run"] == "2026-12-06T08:00:00.000000Z"
     assert (by_name["morning"]["tz"], by_name["cleanup"]["tz"]) == ("Europe/Paris", None)
     assert by_name["plain"]["next_run"] is None
     assert {t["name"]: t["next_run"] for t in later["tasks"]}["heartbeat"] == (
-        "2026-12-05T09:59:30Z")
+        "2026-12-05T09:59:30.000000Z")
 
 
 async def test_cron_nicknames_run_as_the_fields_they_stand_for(
@@ -290,8 +290,8 @@ async def test_cron_nicknames_run_as_the_fields_they_stand_for(
     ]
     shown = {t["name"]: t for t in body["tasks"]}
     assert (shown["hourly"]["schedule"], shown["hourly"]["next_run"]) == (
-        "@hourly", "2026-12-06T01:00:00Z")
-    assert shown["daily"]["next_run"] == "2026-12-06T23:00:00Z"
+        "@hourly", "2026-12-06T01:00:00.000000Z")
+    assert shown["daily"]["next_run"] == "2026-12-06T23:00:00.000000Z"
 
 
 @pytest.mark.parametrize(("options", "message"), [

@@ -7,7 +7,9 @@ driven with hand-made ASGI messages against a real queue.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -30,6 +32,7 @@ from trioqueue.testing import (
     parse_event_filter,
     parse_job_request,
     parse_list_query,
+    rfc3339,
     route,
     wants_prometheus,
 )
@@ -520,3 +523,17 @@ async def test_cross_site_post_is_refused_before_the_token(queue: trioqueue.JobQ
                        ))[0] == 200
     status, headers, _ = await call(app, "POST", "/jobs", {"task": "echo"})
     assert (status, headers[b"connection"]) == (401, b"close")
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_times_have_one_shape_and_sort_as_they_do(ts: float) -> None:
+    """A time on a whole second (Redis keeps milliseconds; periodic jobs are made on
+    their due second) was written without its fraction: ``...:58Z`` sorted after
+    ``...:58.004000Z`` and a parser of the documented shape failed on it."""
+    text = rfc3339(ts)
+    assert text is not None
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", text), text
+    assert datetime.fromisoformat(text).timestamp() == pytest.approx(ts, abs=1e-6)
+    later = rfc3339(ts + 0.001)
+    assert later is not None
+    assert (later > text) == (round(ts + 0.001, 6) > round(ts, 6))

@@ -117,10 +117,14 @@ def is_job_id(job_id: object) -> bool:
 
 
 def rfc3339(ts: float | None) -> str | None:
-    """Seconds since the epoch as an RFC 3339 UTC string (``None`` stays ``None``)."""
+    """Seconds since the epoch as an RFC 3339 UTC string with microseconds, always
+    (``2026-01-02T03:04:05.000000Z`` on a whole second: one shape for every time, so that
+    a parser of that shape reads them all and the strings sort as the times do);
+    ``None`` stays ``None``."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
+    moment = datetime.fromtimestamp(ts, tz=UTC)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class Job(NamedTuple):

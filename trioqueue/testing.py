@@ -27,6 +27,7 @@ from ._job import MAX_DEPTH as MAX_DEPTH
 from ._job import TERMINAL as TERMINAL
 from ._job import check_json as check_json
 from ._job import nests_deeper as nests_deeper
+from ._job import rfc3339 as rfc3339
 from ._local import reads as reads
 from ._local import snapshot as snapshot
 from ._local.backend import LocalBackend as LocalBackend
@@ -214,6 +215,7 @@ __all__ = [
     "refusal",
     "render",
     "repeated",
+    "rfc3339",
     "room",
     "route",
     "run_id",
