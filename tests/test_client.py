@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -19,9 +21,10 @@ import trioqueue
 import trioqueue.client
 from tests.test_server import Server, running_server
 from trioqueue import JobStatus
-from trioqueue.client import Client, EventStreamClosed, Unauthorized
+from trioqueue.client import Client, EventStreamClosed, ServerError, Unauthorized
 from trioqueue.demo import registry as demo_registry
 from trioqueue.server import App
+from trioqueue.testing import ROUTES
 
 
 @pytest.fixture(scope="module")
@@ -340,3 +343,165 @@ async def test_health_is_false_while_the_server_shuts_down() -> None:
             assert await client.health() is True
             app.state.closing = True
             assert await client.health() is False
+
+
+async def upgrade_refusing_proxy(
+    server_url: str, refusal: int | None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """An HTTP proxy in front of the server (its URL to ``task_status``) that does not
+    pass websockets on, as nginx without its websocket block: the Upgrade and Connection
+    headers of a connection's first request are dropped (the server then answers
+    ``/events`` with its 426), or with ``refusal`` the proxy answers an upgrade itself with
+    that status.  The rest of a connection is relayed as it is (a websocket client's
+    upgrade is always the first request of its connection)."""
+    target = urlsplit(server_url)
+    host, port = target.hostname, target.port
+    assert host is not None
+    assert port is not None
+
+    async def relay(source: trio.SocketStream, sink: trio.SocketStream,
+                    done: trio.CancelScope) -> None:
+        try:
+            while data := await source.receive_some(65536):
+                await sink.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        done.cancel()
+
+    async def handle(client: trio.SocketStream) -> None:
+        async with client:
+            received = b""
+            while b"\r\n\r\n" not in received:
+                chunk = await client.receive_some(65536)
+                if not chunk:
+                    return
+                received += chunk
+            head, _, rest = received.partition(b"\r\n\r\n")
+            request, *fields = head.split(b"\r\n")
+            hop = (b"upgrade:", b"connection:")
+            if refusal is not None and any(f.lower().startswith(b"upgrade:") for f in fields):
+                body = b"<html><h1>%d</h1>no websockets here</html>" % refusal
+                await client.send_all(b"HTTP/1.1 %d Refused\r\ncontent-type: text/html\r\n"
+                                      b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                                      % (refusal, len(body), body))
+                return
+            kept = [f for f in fields if not f.lower().startswith(hop)]
+            upstream = await trio.open_tcp_stream(host, port)
+            async with upstream, trio.open_nursery() as nursery:
+                await upstream.send_all(b"\r\n".join([request, *kept, b"", rest]))
+                nursery.start_soon(relay, client, upstream, nursery.cancel_scope)
+                nursery.start_soon(relay, upstream, client, nursery.cancel_scope)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, handle, 0,
+                                                          host="127.0.0.1"))
+        task_status.started(f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}")
+
+
+@pytest.mark.parametrize("refusal", [None, 403])
+async def test_wait_polls_through_a_proxy_that_refuses_websockets(
+    server: Server, refusal: int | None
+) -> None:
+    """The proxy answers the upgrade of ``/events`` (426 from the server behind it, or
+    its own 403): ``wait`` looks at the job until it is done instead of raising
+    trio-websocket's ``ConnectionRejected``."""
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(upgrade_refusing_proxy, server.url, refusal)
+        async with Client(url, token="tok") as client:
+            job = await client.enqueue("echo", {"via": "proxy"}, delay=0.3)
+            with trio.fail_after(10):
+                done = await client.wait(job.id, poll=0.1)
+        nursery.cancel_scope.cancel()
+    assert (done.status, done.result) == (JobStatus.COMPLETED, {"via": "proxy"})
+
+
+@pytest.mark.parametrize(("refusal", "status", "began"), [
+    (None, 426, '{"error":'), (403, 403, "<html><h1>403</h1>")])
+async def test_events_through_a_proxy_that_refuses_websockets_say_so(
+    server: Server, refusal: int | None, status: int, began: str
+) -> None:
+    """A refused upgrade is a ``ServerError`` with the status, naming the URL and the
+    start of the answer, not trio-websocket's ``ConnectionRejected``."""
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(upgrade_refusing_proxy, server.url, refusal)
+        async with Client(url, token="tok") as client:
+            with pytest.raises(ServerError) as refused:
+                async with client.events(types=["completed"]):
+                    pass
+        nursery.cancel_scope.cancel()
+    assert type(refused.value) is ServerError
+    assert refused.value.status == status
+    ws = "ws" + url[len("http"):] + "/events"
+    assert str(refused.value).startswith(
+        f"HTTP {status}: the server (or a proxy in front of it) refused the websocket "
+        f"upgrade of {ws} (is the proxy set up to pass websockets on?); the answer began "
+        f"{began!r}"[:-1])
+
+
+async def test_no_server_at_the_url_is_a_connect_error_for_events_and_wait_too() -> None:
+    """Nothing listens there: ``events()`` and ``wait`` raise ``httpx.ConnectError`` as
+    the other methods do (one ``except`` for all), naming the URL and the cause, not
+    trio-websocket's ``HandshakeError`` with no message."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with Client(f"http://127.0.0.1:{port}") as client:
+        with pytest.raises(httpx.ConnectError) as by_http:
+            await client.get("j1")
+        cause = str(by_http.value)
+        assert str(port) in cause
+        expected = f"cannot open the event stream ws://127.0.0.1:{port}/events: {cause}"
+        with pytest.raises(httpx.ConnectError) as by_events:
+            async with client.events(types=["completed"]):
+                pass
+        assert str(by_events.value) == expected
+        assert isinstance(by_events.value.__cause__, OSError)
+        with pytest.raises(httpx.ConnectError) as by_wait:
+            await client.wait("j1")
+        assert str(by_wait.value) == expected
+
+
+async def test_a_status_that_is_not_one_is_invalid_job_as_the_library_says(
+    server: Server,
+) -> None:
+    """Not a bare ``ValueError`` from ``JobStatus``: the library's ``InvalidJob``, its
+    message word for word (``retry_all``'s names the two statuses it takes, as the
+    server's 400 for ``POST /jobs/retry`` does)."""
+    config = trioqueue.QueueConfig(workers=1)
+    async with trioqueue.open_queue(demo_registry, config) as q:
+        with pytest.raises(trioqueue.InvalidJob) as library:
+            await q.list_jobs(status="bogus")
+    assert str(library.value).startswith("status: expected one of queued, ")
+    async with Client(server.url, token="tok") as client:
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: client.list_jobs("bogus"), lambda: client.list_page(status="bogus"),
+            lambda: client.iter_jobs("bogus").__anext__()]
+        for call in calls:
+            with pytest.raises(trioqueue.InvalidJob) as raised:
+                await call()
+            assert str(raised.value) == str(library.value)
+        for bad in ("bogus", 7):
+            with pytest.raises(trioqueue.InvalidJob) as raised:
+                await client.retry_all(bad)  # type: ignore[arg-type]
+            assert str(raised.value) == f"status: expected 'failed' or 'cancelled', got {bad!r}"
+
+
+async def test_a_url_that_is_one_of_the_servers_routes_is_refused(server: Server) -> None:
+    """``--url http://host:8080/jobs`` used to ask ``GET /jobs/tasks`` (``JobNotFound: job
+    'tasks' not found``).  Such a URL is a ``ValueError`` naming it and the root it should
+    be; another path is a prefix the server may be mounted under behind a proxy."""
+    names = {path.split("/")[1] for path in ROUTES if path != "/"} | {"events"}
+    for name in sorted(names):
+        for url, root in ((f"{server.url}/{name}", server.url),
+                          (f"{server.url}/{name}/", server.url),
+                          (f"https://host/trioqueue/{name}", "https://host/trioqueue")):
+            expected = (f"url: expected the server's root, not its /{name} route: got "
+                        f"{url!r} (the root would be {root!r})")
+            with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+                Client(url, token="tok")
+    async with Client(f"{server.url}/trioqueue/", token="tok") as client:
+        assert client.url == f"{server.url}/trioqueue"
+        with pytest.raises(ServerError, match=re.escape(
+                "no route for /trioqueue/tasks: is the client's URL the server's root?")):
+            await client.tasks()

@@ -47,6 +47,12 @@ def client_options(args: argparse.Namespace) -> tuple[str, str | None]:
     if "?" in url or "#" in url:  # the client puts its own path and query after it
         raise UsageError(f"{url_from}: expected the server's address without a query or "
                          f"fragment, got {url!r}")
+    from .client import check_url
+
+    try:
+        url = check_url(url, url_from)
+    except ValueError as exc:  # the URL of one of the server's routes, not its root
+        raise UsageError(str(exc)) from None
     token = args.token if args.token is not None else env_first(env, "TRIOQUEUE_TOKEN")
     return url, token or None
 

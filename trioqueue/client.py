@@ -36,12 +36,18 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, S
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Self
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import attrs
 import httpx
 import trio
-from trio_websocket import ConnectionClosed
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    ConnectionTimeout,
+    HandshakeError,
+    WebSocketConnection,
+)
 
 from ._events import Event
 from ._exceptions import (
@@ -126,6 +132,28 @@ DEFAULT_TIMEOUT = 30.0
 """Seconds a :class:`Client` waits for an answer, by default (``timeout=``)."""
 
 
+_ROUTE_NAMES = frozenset({"jobs", "tasks", "metrics", "events", "healthz", "readyz",
+                         "openapi.json", "dashboard.js", "dashboard.css"})
+"""The first segments of the server's own paths (its ``/events`` and the ``ROUTES`` of
+``trioqueue/server/_http.py``): a client URL that ends in one is a route's, not the root
+the client puts those paths after."""
+
+
+def check_url(url: str, name: str = "url") -> str:
+    """``url`` without its trailing slashes, as the server's root; :class:`ValueError`
+    naming ``name`` when its last path segment is one of the server's routes
+    (``http://host:8080/jobs``), where every request would go to the wrong path (``GET
+    /jobs/tasks``, a job called "tasks").  Any other path is a prefix the server may be
+    mounted under behind a proxy (``https://host/trioqueue``)."""
+    root = url.rstrip("/")
+    parts = urlsplit(root)
+    parent, _, last = parts.path.rpartition("/")
+    if last in _ROUTE_NAMES:
+        raise ValueError(f"{name}: expected the server's root, not its /{last} route: got "
+                         f"{url!r} (the root would be {parts._replace(path=parent).geturl()!r})")
+    return root
+
+
 def _check_finite(**numbers: float | None) -> None:
     """Raise :class:`InvalidJob` for a number JSON cannot carry (NaN, infinity)."""
     for name, value in numbers.items():
@@ -135,7 +163,10 @@ def _check_finite(**numbers: float | None) -> None:
 
 class Client:
     """A connection to one ``trioqueue serve``.  Use it as an async context manager (or
-    call :meth:`aclose`); it keeps its HTTP connections alive between calls."""
+    call :meth:`aclose`); it keeps its HTTP connections alive between calls.
+
+    ``url`` is the server's root (under a prefix, if a proxy mounts it there); the URL of
+    one of its routes (``.../jobs``) raises :class:`ValueError` (see :func:`check_url`)."""
 
     def __init__(
         self,
@@ -145,7 +176,7 @@ class Client:
         timeout: float = DEFAULT_TIMEOUT,
         http: httpx.AsyncClient | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = check_url(url)
         self.token = token
         self.timeout = timeout
         headers = {"authorization": f"Bearer {token}"} if token else {}
@@ -277,7 +308,7 @@ class Client:
         page's ``before`` (``None`` on the last, and from a server that does not page)."""
         params: dict[str, Any] = {"limit": limit}
         if status is not None:
-            params["status"] = JobStatus(status).value
+            params["status"] = JobStatus.coerce(status).value
         if task is not None:
             params["task"] = task
         if before is not None:
@@ -320,9 +351,13 @@ class Client:
         (405), the jobs are listed and retried one by one from here, a page of the newest
         1,000 at a time: with ``task``, jobs behind 1,000 newer ones of other tasks are
         not reached that way."""
-        wanted = JobStatus(status)
-        if wanted not in (JobStatus.FAILED, JobStatus.CANCELLED):
-            raise InvalidJob(f"status: expected 'failed' or 'cancelled', got {wanted.value!r}")
+        try:
+            wanted: JobStatus | None = JobStatus(status)
+        except ValueError:
+            wanted = None
+        if wanted is None or wanted not in (JobStatus.FAILED, JobStatus.CANCELLED):
+            shown = status if wanted is None else wanted.value
+            raise InvalidJob(f"status: expected 'failed' or 'cancelled', got {shown!r}")
         body: dict[str, Any] = {"status": wanted.value}
         if task is not None:
             body["task"] = task
@@ -408,12 +443,17 @@ class Client:
         """Wait until the job is COMPLETED, FAILED or CANCELLED; return that snapshot.
 
         Listens for the job's events and looks at the job again whenever one arrives (and
-        every ``poll`` seconds, in case the stream missed one).  Wrap it in
-        ``trio.fail_after`` for a deadline.
+        every ``poll`` seconds, in case the stream missed one).  Without an event stream
+        (it ended, or the server or a proxy in front of it refused or never completed the
+        websocket upgrade) it looks every ``poll`` seconds, at most 0.5.  A server it
+        cannot connect to raises as :meth:`events` does.  Wrap it in ``trio.fail_after``
+        for a deadline.
         """
         check_job_id(job_id)
+        streaming = False
         try:
             async with self.events(types=TERMINAL_TYPES, job_id=job_id) as events:
+                streaming = True
                 while True:
                     job = await self.get(job_id)
                     if job.status.terminal:
@@ -422,6 +462,9 @@ class Client:
                         await events.__anext__()
         except (EventStreamClosed, StopAsyncIteration, OSError):
             pass
+        except (ServerError, httpx.ConnectTimeout):
+            if streaming:  # an answer to get(), not to the upgrade
+                raise
         while True:  # no event stream (it closed, or a proxy refuses websockets): poll
             job = await self.get(job_id)
             if job.status.terminal:
@@ -443,6 +486,11 @@ class Client:
         stream is connected when this returns, so events of jobs posted after it are
         not missed.  It ends when the server shuts down and raises
         :class:`EventStreamClosed` for a bad filter or token.
+
+        Opening it raises :class:`ServerError` with the status when the server, or a
+        proxy in front of it, refuses the websocket upgrade of ``/events`` (a proxy not
+        set up for websockets), and, as the other methods do, ``httpx.ConnectError``
+        (``httpx.ConnectTimeout``) naming the URL and the cause when it cannot connect.
         """
         query: dict[str, str] = {}
         if types is not None:
@@ -454,7 +502,7 @@ class Client:
         ws_url = "ws" + self.url[len("http"):] if self.url.startswith("http") else self.url
         ws_url += "/events" + (f"?{urlencode(query)}" if query else "")
         headers = [(b"authorization", f"Bearer {self.token}".encode())] if self.token else None
-        async with open_websocket(ws_url, headers) as ws:
+        async with _open_events(ws_url, headers) as ws:
 
             async def stream() -> AsyncGenerator[Event, None]:
                 while True:
@@ -474,6 +522,43 @@ class Client:
                 yield iterator
             finally:
                 await iterator.aclose()
+
+
+@asynccontextmanager
+async def _open_events(ws_url: str, headers: list[tuple[bytes, bytes]] | None
+                       ) -> AsyncIterator[WebSocketConnection]:
+    """``open_websocket``, its failures to open raised as :func:`_no_stream` says."""
+    opened = False
+    try:
+        async with open_websocket(ws_url, headers) as ws:
+            opened = True
+            yield ws
+    except HandshakeError as exc:
+        if opened:  # not the opening's
+            raise
+        raise _no_stream(ws_url, exc) from exc.__cause__
+
+
+def _no_stream(ws_url: str, exc: HandshakeError) -> Exception:
+    """What :meth:`Client.events` raises for trio-websocket's failure to open ``ws_url``:
+    the exception the other methods raise for the same thing, naming the URL."""
+    where = ws_url.partition("?")[0]
+    if isinstance(exc, ConnectionRejected):
+        body = (exc.body or b"").decode("utf-8", errors="replace")
+        start = body[:120] + ("..." if len(body) > 120 else "")
+        answer = f"the answer began {start!r}" if body else "the answer had no body"
+        return ServerError(exc.status_code,
+                           f"the server (or a proxy in front of it) refused the websocket "
+                           f"upgrade of {where} (is the proxy set up to pass websockets "
+                           f"on?); {answer}")
+    request = httpx.Request("GET", ws_url)
+    if isinstance(exc, ConnectionTimeout):
+        return httpx.ConnectTimeout(f"cannot open the event stream {where}: no connection "
+                                    "or no answer to the websocket upgrade in time",
+                                    request=request)
+    cause = exc.__cause__ or exc
+    return httpx.ConnectError(f"cannot open the event stream {where}: "
+                              f"{str(cause) or type(cause).__name__}", request=request)
 
 
 def _seconds(retry_after: str | None) -> float:
