@@ -94,7 +94,7 @@ def test_new_routes(method: str, path: str, name: str, job_id: str | None) -> No
 
 @pytest.mark.parametrize(
     ("method", "path", "allow"),
-    [("DELETE", "/jobs/retry", b"GET, POST"), ("POST", "/tasks", b"GET")],
+    [("DELETE", "/jobs/retry", b"GET, HEAD, POST"), ("POST", "/tasks", b"GET, HEAD")],
 )
 def test_new_routes_405(method: str, path: str, allow: bytes) -> None:
     with pytest.raises(HTTPError) as err:
