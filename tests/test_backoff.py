@@ -34,6 +34,8 @@ def test_jitter_spreads_within_the_band() -> None:
         ({"factor": 0.5}, "retry_factor"),
         ({"jitter": 2.0}, "retry_jitter"),
         ({"max_delay": float("inf")}, "max_delay"),
+        # A retry due past any date: its job could not be shown (HTTP 500).
+        ({"max_delay": 1e300}, "max_delay: at most 316224000 seconds"),
     ],
 )
 def test_bad_policy_names_the_field(kwargs: dict[str, float], field: str) -> None:

@@ -5,6 +5,7 @@ short and bounded by ``fail_after``."""
 from __future__ import annotations
 
 import gc
+import math
 import time
 import warnings
 from collections import Counter
@@ -122,6 +123,13 @@ async def test_dead_letters_stay_for_retention_not_result_ttl(queue_name: str) -
             assert (await q.wait(dead.id)).status is JobStatus.FAILED
         async with admin() as a:
             assert 7_100_000 < await a.pttl(prefix + dead.id) <= 7_200_000
+        # No end (inf, as memory and a store take it): a century, Redis' expiry being
+        # finite (the node failed to open).
+        async with trioqueue.open_queue(reg, config(queue_name, result_ttl=math.inf)) as q:
+            done = await q.enqueue("fine")
+            assert (await q.wait(done.id)).status is JobStatus.COMPLETED
+        async with admin() as a:
+            assert await a.pttl(prefix + done.id) > 99 * 365 * 86_400_000
 
 
 async def test_shutdown_releases_running_job_and_leaves_queued_jobs(queue_name: str) -> None:

@@ -6,6 +6,8 @@ import math
 
 import attrs
 
+from ._job import MAX_DELAY
+
 
 def _non_negative(inst: object, attr: attrs.Attribute[float], value: float) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
@@ -33,6 +35,9 @@ class RetryPolicy:
             raise ValueError(f"retry_factor: must be >= 1, got {self.factor!r}")
         if self.jitter > 1:
             raise ValueError(f"retry_jitter: must be between 0 and 1, got {self.jitter!r}")
+        if self.max_delay > MAX_DELAY:  # (a retry's due time must stay a date)
+            raise ValueError(f"max_delay: at most {MAX_DELAY:.0f} seconds (ten years), "
+                             f"got {self.max_delay!r}")
 
     def delay(self, attempt: int, rand: float = 0.5) -> float:
         """Seconds to wait before the retry that follows failed ``attempt``.

@@ -37,6 +37,11 @@ def _retries(inst: object, attr: attrs.Attribute[int], value: int) -> None:
         raise ValueError(f"{attr.name}: expected an integer 0..{MAX_RETRIES}, got {value!r}")
 
 
+CENTURY = 100 * 365 * 86400.0
+"""The longest time given to Redis (a ``lease``, an expiry), in seconds: Redis keeps
+times as integer milliseconds, and takes only a finite expiry."""
+
+
 def _seconds(inst: object, attr: attrs.Attribute[float], value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ValueError(f"{attr.name}: expected a number of seconds, got {value!r}")
@@ -206,12 +211,18 @@ class QueueConfig:
         self.retry_policy()  # validates factor >= 1 and jitter <= 1
         if self.metrics_interval <= 0:
             raise ValueError(f"metrics_interval: must be > 0, got {self.metrics_interval!r}")
+        if not math.isfinite(self.flush_interval):  # (the writer would never write)
+            raise ValueError(f"flush_interval: expected a finite number of seconds, got "
+                             f"{self.flush_interval!r}")
         if self.redis_url is not None:
             if self.persist_path is not None:
                 raise ValueError("redis_url: excludes persist_path (a queue lives either in "
                                  "Redis or in a SQLite file); set one of them")
             if self.lease <= 0:
                 raise ValueError(f"lease: must be > 0, got {self.lease!r}")
+            if self.lease > CENTURY:
+                raise ValueError(f"lease: at most {CENTURY:.0f} seconds (a century: Redis "
+                                 f"keeps times as integer milliseconds), got {self.lease!r}")
             if self.workers == 0 and self.prefetch:
                 raise ValueError(f"prefetch: a node with workers=0 runs no jobs and must "
                                  f"claim none; set prefetch=0, got {self.prefetch!r}")
@@ -252,8 +263,11 @@ class QueueConfig:
                 max_delay=self.retry_max,
                 jitter=self.retry_jitter,
             )
-        except ValueError as exc:
-            raise ValueError(str(exc).replace("max_delay", "retry_max")) from None
+        except ValueError as exc:  # named as this config's field ("base: ..." was)
+            field, sep, rest = str(exc).partition(":")
+            field = {"base": "retry_base", "factor": "retry_factor", "max_delay": "retry_max",
+                     "jitter": "retry_jitter"}.get(field, field)
+            raise ValueError(f"{field}{sep}{rest}") from None
 
     @classmethod
     def from_env(

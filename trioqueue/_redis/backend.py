@@ -39,7 +39,7 @@ from collections.abc import Callable
 import trio
 
 from .._backend import ChangeHook
-from .._config import QueueConfig
+from .._config import CENTURY, QueueConfig
 from .._events import Broadcaster
 from .._exceptions import QueueFull, ShuttingDown, StoreError
 from .._job import Job, JobStatus, Priority
@@ -63,13 +63,12 @@ log = logging.getLogger("trioqueue")
 CLOSE_BUDGET = 2.0
 """Seconds the last flush at shutdown may take (shielded)."""
 _COUNTERS = ("enqueued", "completed", "failed", "retried", "cancelled", "rejected")
-_CENTURY = 100 * 365 * 86400.0
 
 
 def dead_letter_ttl(config: QueueConfig) -> float:
     """Seconds a FAILED job (a dead letter) stays in Redis: ``retention``, as in a store,
     or ``result_ttl`` where longer (at most a century: Redis takes a finite expiry)."""
-    return min(max(config.result_ttl, config.retention, 0.001), _CENTURY)
+    return min(max(config.result_ttl, config.retention, 0.001), CENTURY)
 
 
 class RedisBackend(NodeIntake):
@@ -236,7 +235,7 @@ class RedisBackend(NodeIntake):
                 self._state = state = RedisState(
                     client, config.queue_name, capacity=config.capacity,
                     weights=(fair[Priority.HIGH], fair[Priority.MEDIUM], fair[Priority.LOW]),
-                    result_ttl=max(config.result_ttl, 0.001),
+                    result_ttl=min(max(config.result_ttl, 0.001), CENTURY),
                     failed_ttl=dead_letter_ttl(config),
                 )
                 await client.ping()
