@@ -82,6 +82,7 @@ def test_platform_variables_are_accepted() -> None:
         (["--app", "no_such_module_xyz:registry"], {}, "cannot import"),
         (["--app", "trioqueue.demo:nothing"], {}, "has no"),
         (["--app", "trioqueue.demo:echo"], {}, "not a TaskRegistry"),
+        (["--app", "trioqueue._job:MAX_RETRIES"], {}, "is an int, not a TaskRegistry"),
         # An empty secret would serve with no authentication at all.
         (["--token", ""], {}, "^--token: empty; leave it out to serve without a token$"),
         (["--token", " "], {}, "^--token: empty"),
@@ -221,6 +222,63 @@ def test_a_worker_needs_redis_and_workers() -> None:
         queue_options(args, {}, worker=True)
 
 
+LEASE = ("lease: at most 3153600000 seconds (a century: Redis keeps times as integer "
+         "milliseconds)")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        # A traceback at start (ExceptionGroup, exit 1).
+        (["--redis", REDIS, "--lease", "inf"], {}, f"--lease: {LEASE[len('lease: '):]}, "
+         "got inf"),
+        # Past Redis' integer milliseconds.
+        ([], {"TRIOQUEUE_REDIS_URL": REDIS, "TRIOQUEUE_LEASE": "1e300"},
+         f"TRIOQUEUE_LEASE: {LEASE}, got 1e+300"),
+        # The store's writer spun (100 % CPU), the server never served nor stopped.
+        (["--db", "q.db"], {"TRIOQUEUE_DURABILITY": "batch", "TRIOQUEUE_FLUSH_INTERVAL": "inf"},
+         "TRIOQUEUE_FLUSH_INTERVAL: flush_interval: expected a finite number of seconds, "
+         "got inf"),
+        # A retried job's due time past any date: GET /jobs/ID and GET /jobs were 500.
+        ([], {"TRIOQUEUE_RETRY_MAX": "1e300"}, "TRIOQUEUE_RETRY_MAX: retry_max: at most "
+         "316224000 seconds (ten years), got 1e+300"),
+        # Named by the retry policy's own fields ("base: expected ..."), no variable.
+        ([], {"TRIOQUEUE_RETRY_BASE": "inf"},
+         "TRIOQUEUE_RETRY_BASE: retry_base: expected a finite number, got inf"),
+        ([], {"TRIOQUEUE_RETRY_JITTER": "inf"},
+         "TRIOQUEUE_RETRY_JITTER: retry_jitter: expected a finite number, got inf"),
+    ],
+)
+def test_times_the_queue_cannot_use_are_usage_errors(argv: list[str], env: dict[str, str],
+                                                     message: str) -> None:
+    with pytest.raises(UsageError) as refused:
+        options(argv, env)
+    assert str(refused.value) == message
+
+
+def test_times_the_queue_can_use_are_taken() -> None:
+    _, config, _ = options([], {"TRIOQUEUE_RESULT_TTL": "inf", "TRIOQUEUE_RETENTION": "inf",
+                                "TRIOQUEUE_SHUTDOWN_TIMEOUT": "inf"})  # (in memory: kept)
+    assert config.result_ttl == config.shutdown_timeout == float("inf")  # type: ignore[attr-defined]
+    _, config, _ = options(["--redis", REDIS, "--lease", "3153600000"], {})
+    assert config.lease == 3153600000  # type: ignore[attr-defined]
+    # On Redis an infinite result TTL is a century (Redis takes only a finite expiry):
+    # it crashed the node at start.
+    _, config, _ = options(["--redis", REDIS], {"TRIOQUEUE_RESULT_TTL": "inf"})
+    assert config.result_ttl == float("inf")  # type: ignore[attr-defined]
+
+
+def test_the_worker_banner_counts_in_words() -> None:
+    from trioqueue.cli import worker_banner
+
+    url = "redis://:pw@127.0.0.1:6379/0"
+    assert worker_banner(42, QueueConfig(redis_url=url, workers=1), "n1", ["b", "a"]) == (
+        "trioqueue worker 42: 1 worker on queue 'default' at redis://:***@127.0.0.1:6379/0, "
+        "node n1, lease 30 s, prefetch 0, tasks a, b")
+    assert " 2 workers on " in worker_banner(42, QueueConfig(redis_url=url, workers=2),
+                                             "n1", [])
+
+
 def test_redacted_hides_only_the_password() -> None:
     assert redacted("redis://:s3cret@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
     assert redacted("rediss://me:s3cret@host/1") == "rediss://me:***@host/1"
@@ -260,6 +318,21 @@ def test_serve_durability_without_db_exits_2() -> None:
     assert "--durability: applies to a store only" in result.stderr
 
 
+@pytest.mark.parametrize("argv", [["--slow-client-timeout", "inf"],
+                                  ["--redis", "redis://127.0.0.1:9/0", "--lease", "inf"]])
+def test_serve_refuses_a_time_it_cannot_use_before_it_opens_anything(
+        tmp_path: Path, argv: list[str]) -> None:
+    """``--slow-client-timeout nan``, ``inf`` or over 24.8 days was an ExceptionGroup
+    traceback (exit 1) once the port was bound and the queue open; ``--lease inf`` one
+    once Redis answered."""
+    db = [] if "--redis" in argv else ["--db", str(tmp_path / "q.db")]
+    result = run_cli("serve", "--port", "0", *db, *argv, cwd=tmp_path)
+    assert (result.returncode, "Traceback" in result.stderr) == (2, False), result.stderr
+    assert result.stderr.startswith(f"trioqueue serve: {argv[-2]}: "), result.stderr
+    assert result.stderr.endswith(", got inf\n"), result.stderr
+    assert list(tmp_path.iterdir()) == []  # no store file, no lock file
+
+
 def client_options(argv: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch
                    ) -> tuple[str, str | None]:
     for name in CLIENT_VARIABLES:
@@ -289,6 +362,12 @@ def test_client_commands_find_the_server(monkeypatch: pytest.MonkeyPatch) -> Non
          "--url: expected http://HOST[:PORT] or https://..., got '127.0.0.1:8080'"),
         ([], {"TRIOQUEUE_URL": "ws://h"},
          "TRIOQUEUE_URL: expected http://HOST[:PORT] or https://..., got 'ws://h'"),
+        # A route's URL (every request went to the wrong path: "job 'tasks' not found").
+        (["--url", "http://h:1/jobs"], {}, "--url: expected the server's root, not its "
+         "/jobs route: got 'http://h:1/jobs' (the root would be 'http://h:1')"),
+        ([], {"TRIOQUEUE_URL": "https://h/q/metrics/"}, "TRIOQUEUE_URL: expected the "
+         "server's root, not its /metrics route: got 'https://h/q/metrics/' (the root would "
+         "be 'https://h/q')"),
     ],
 )
 def test_client_options_name_what_is_wrong(
@@ -297,6 +376,30 @@ def test_client_options_name_what_is_wrong(
     with pytest.raises(UsageError) as refused:
         client_options(argv, env, monkeypatch)
     assert str(refused.value) == message
+
+
+def test_options_and_positional_arguments_mix() -> None:
+    """``enqueue echo --id ok1 '{"a":1}'`` was ``unrecognized arguments: {"a":1}``."""
+    parser = build_parser()
+    for argv in (["enqueue", "echo", "--id", "ok1", '{"a":1}'],
+                 ["enqueue", "--id", "ok1", "echo", '{"a":1}'],
+                 ["enqueue", "echo", '{"a":1}', "--id", "ok1"]):
+        args = parser.parse_args(argv)
+        assert (args.task, args.payload, args.id) == ("echo", '{"a":1}', "ok1"), argv
+    assert parser.parse_args(["retry", "--task", "t", "--failed"]).failed
+    assert parser.parse_args(["status", "-v", "j1"]).id == "j1"
+    assert parser.parse_args(["enqueue", "echo", "-1", "--wait"]).payload == "-1"
+    # After "--", all is positional, as before.
+    args = parser.parse_args(["enqueue", "--wait", "--", "--odd-task", "[1]"])
+    assert (args.task, args.payload, args.wait) == ("--odd-task", "[1]", True)
+
+
+def test_client_url_help_names_the_port_variables(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["list", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert ("--url URL server URL (TRIOQUEUE_URL; default http://127.0.0.1:PORT, the port "
+            "from TRIOQUEUE_PORT or PORT, else 8080)") in help_text
 
 
 def test_version() -> None:
@@ -373,6 +476,46 @@ def test_an_app_that_raises_at_import_shows_its_traceback_and_what_it_was(
         "is above)")
 
 
+def test_an_import_error_inside_the_app_shows_its_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only the module --app names (or a package of its path) not being there is one
+    line; an ImportError from inside it (a name its own import lacks, a dependency not
+    installed) is the app's error: its traceback, then the line."""
+    (tmp_path / "cli_imp_tasks.py").write_text("registry = None\n")
+    (tmp_path / "cli_imp_name.py").write_text("from cli_imp_tasks import nope_name\n")
+    (tmp_path / "cli_imp_dep.py").write_text("import cli_imp_not_installed\n")
+    (tmp_path / "cli_imp_pkg").mkdir()
+    (tmp_path / "cli_imp_pkg" / "__init__.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for spec, line in (
+        ("cli_imp_name:registry", "--app: importing 'cli_imp_name' raised ImportError: "
+         "cannot import name 'nope_name' from 'cli_imp_tasks'"),
+        ("cli_imp_dep:registry", "--app: importing 'cli_imp_dep' raised "
+         "ModuleNotFoundError: No module named 'cli_imp_not_installed' (its traceback is "
+         "above)"),
+    ):
+        with pytest.raises(UsageError) as refused:
+            load_registry(spec)
+        assert str(refused.value).startswith(line)
+        err = capsys.readouterr().err
+        assert err.startswith("Traceback (most recent call last):"), err
+        assert f'{spec.partition(":")[0]}.py", line 1, in <module>' in err
+    for spec, line in (
+        ("cli_imp_absent:registry", "--app: cannot import 'cli_imp_absent': No module "
+         "named 'cli_imp_absent'"),
+        ("cli_imp_pkg.absent:registry", "--app: cannot import 'cli_imp_pkg.absent': No "
+         "module named 'cli_imp_pkg.absent'"),
+        ("cli_imp_nopkg.sub:registry", "--app: cannot import 'cli_imp_nopkg.sub': No "
+         "module named 'cli_imp_nopkg'"),
+    ):
+        with pytest.raises(UsageError) as refused:
+            load_registry(spec)
+        assert str(refused.value) == line
+        assert capsys.readouterr().err == ""
+
+
 def test_serve_an_app_from_the_working_directory(tmp_path: Path) -> None:
     (tmp_path / "shouting.py").write_text(
         "import trioqueue\nregistry = trioqueue.TaskRegistry()\n"
@@ -389,6 +532,7 @@ def test_serve_an_app_from_the_working_directory(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["result"] == "AGAIN"
         assert job["task"] == "shout"
+        assert "trioqueue server: serving 1 task on http://" in srv.stderr()
 
 
 # ---------------------------------------------------------------------------- client commands
@@ -410,6 +554,14 @@ def test_enqueue_then_status(server: Server) -> None:
     status = run_cli("status", "cli-1", "--url", server.url)
     assert status.returncode == 0
     assert json.loads(status.stdout)["priority"] == "high"
+
+
+def test_enqueue_takes_its_payload_after_the_options(server: Server) -> None:
+    result = run_cli("enqueue", "echo", "--id", "cli-mixed", '{"a": 1}', "--url", server.url,
+                     "--wait")
+    assert result.returncode == 0, result.stderr
+    job = json.loads(result.stdout)
+    assert (job["id"], job["result"]) == ("cli-mixed", {"a": 1})
 
 
 def test_status_of_an_unknown_job_exits_1(server: Server) -> None:

@@ -18,7 +18,7 @@ import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import pytest
@@ -344,6 +344,11 @@ def test_a_bad_snapshot_names_the_field(change: dict[str, Any], error: str) -> N
     assert len(str(bad.value)) < 120  # a huge value is not echoed whole
 
 
+def test_one_event_dropped_is_singular() -> None:
+    view = connected_view(metrics(1.0), {"seq": 2, "type": "lagged", "at": 1.5, "dropped": 1})
+    assert "1 event dropped" in text_of(render(view, 80))
+
+
 def test_other_messages() -> None:
     view = MonitorView("http://127.0.0.1:1")
     view.receive({"type": "some_future_type", "at": 1.0})  # ignored
@@ -431,6 +436,40 @@ async def test_a_silent_connection_counts_as_lost() -> None:
     assert f"watching {url}\n" in text
     assert "disconnected: no data for 1 s; reconnecting in 0.5 s\n" in text
     assert err.getvalue() == ""
+
+
+@pytest.mark.parametrize("gone_after_one", [False, True])
+async def test_once_waits_one_interval_for_the_utilization(gone_after_one: bool) -> None:
+    """``--once`` showed ``utilization -`` with every worker busy: the history's samples
+    carry counters only, and it stopped at the first snapshot.  It waits for the next
+    one (a metrics interval); a stream that ends first still shows what it had."""
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.send_message(json.dumps({"type": "history", "at": 1.0, "interval": 0.05,
+                                          "samples": []}))
+        await ws.send_message(json.dumps(metrics(10.0, uptime=10.0, utilization=0.5,
+                                                 busy=4)))
+        if gone_after_one:
+            await ws.aclose()
+            return
+        await trio.sleep(0.05)
+        with suppress(ConnectionClosed):  # (a monitor gone already)
+            await ws.send_message(json.dumps(metrics(12.0, uptime=12.0,
+                                                     utilization=28 / 48, busy=4)))
+            await trio.sleep_forever()
+
+    out, err = io.StringIO(), io.StringIO()
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+        with trio.fail_after(20):
+            code = await monitor(f"http://127.0.0.1:{server.port}", None, once=True, out=out,
+                                 err=err, tty=False)
+        nursery.cancel_scope.cancel()
+    assert (code, err.getvalue()) == (0, "")
+    expected = "4/4 busy now  utilization -" if gone_after_one else (
+        "4/4 busy now  utilization 100% last 2 s")
+    assert expected in out.getvalue(), out.getvalue()
 
 
 async def test_a_garbled_stream_ends_with_the_field_named() -> None:

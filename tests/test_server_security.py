@@ -443,6 +443,77 @@ def test_cli_bad_hosts_and_connections_are_usage_errors(
         assert needle in str(err.value)
 
 
+SLOW = ("expected seconds > 0, at most 2147483 (about 24.8 days: TCP_USER_TIMEOUT holds "
+        "milliseconds in a C int), got ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        # Each names the one that was wrong (all four were named, whichever it was), by
+        # its flag or by the variable it came from.
+        (["--max-body", "0"], {}, "--max-body: expected an integer >= 1, got 0"),
+        ([], {"TRIOQUEUE_EVENT_BUFFER": "0"},
+         "TRIOQUEUE_EVENT_BUFFER: expected an integer >= 1, got 0"),
+        ([], {"TRIOQUEUE_MAX_CONNECTIONS": "-1"},
+         "TRIOQUEUE_MAX_CONNECTIONS: expected an integer >= 1, got -1"),
+        (["--event-buffer", "-2"], {"TRIOQUEUE_MAX_BODY": "0"},
+         "TRIOQUEUE_MAX_BODY: expected an integer >= 1, got 0"),
+        (["--slow-client-timeout", "0"], {}, f"--slow-client-timeout: {SLOW}0.0"),
+        # What TCP_USER_TIMEOUT cannot take was a traceback once the port was bound.
+        (["--slow-client-timeout", "nan"], {}, f"--slow-client-timeout: {SLOW}nan"),
+        (["--slow-client-timeout", "inf"], {}, f"--slow-client-timeout: {SLOW}inf"),
+        (["--slow-client-timeout", "2147484"], {}, f"--slow-client-timeout: {SLOW}2147484.0"),
+        ([], {"TRIOQUEUE_SLOW_CLIENT_TIMEOUT": "1e9"},
+         f"TRIOQUEUE_SLOW_CLIENT_TIMEOUT: {SLOW}1000000000.0"),
+    ],
+)
+def test_cli_a_bad_limit_is_named_by_its_flag_or_variable(
+    argv: list[str], env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(UsageError) as err:
+        options(argv, env)
+    assert str(err.value) == message
+
+
+def test_cli_slow_client_timeout_up_to_what_tcp_user_timeout_holds() -> None:
+    assert options(["--slow-client-timeout", "2147483"], {}).slow_client_timeout == 2147483
+    assert options([], {"TRIOQUEUE_SLOW_CLIENT_TIMEOUT": "0.5"}).slow_client_timeout == 0.5
+    with pytest.raises(ValueError, match=r"^slow_client_timeout: expected seconds > 0"):
+        ServerSettings(slow_client_timeout=float("inf"))
+    with pytest.raises(ValueError, match=r"^event_buffer: expected an integer >= 1, got 0$"):
+        ServerSettings(event_buffer=0)
+
+
+async def test_a_slow_client_timeout_under_a_millisecond_is_one_not_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """0.0004 s was ``int(0.4)``: 0 ms, which sets no TCP_USER_TIMEOUT at all."""
+    import socket
+
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is None:
+        pytest.skip("no TCP_USER_TIMEOUT here")
+    bound: list[trio.SocketListener] = []
+    open_listeners = trio.open_tcp_listeners
+
+    async def recorded(*args: Any, **kwargs: Any) -> list[trio.SocketListener]:
+        listeners = await open_listeners(*args, **kwargs)
+        bound.extend(listeners)
+        return listeners
+
+    monkeypatch.setattr(trio, "open_tcp_listeners", recorded)
+    stop = trio.Event()
+    settings = ServerSettings(port=0, slow_client_timeout=0.0004)
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(serve, demo_registry, QueueConfig(), settings,
+                                        stop=stop))
+            assert [listener.socket.getsockopt(socket.IPPROTO_TCP, option)
+                    for listener in bound] == [1]
+            stop.set()
+
+
 def test_cli_has_no_http_server_flag(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         build_parser().parse_args(["serve", "--http-server", "hypercorn"])

@@ -11,8 +11,8 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from ._cli_common import DEFAULT_PORT, env_first, env_named, parse_float, parse_int
@@ -21,6 +21,8 @@ from ._config import ENV_VARIABLES, QueueConfig
 from ._registry import TaskRegistry
 
 log = logging.getLogger("trioqueue.cli")
+
+N = TypeVar("N", int, float)
 
 
 def load_registry(spec: str) -> TaskRegistry:
@@ -32,9 +34,13 @@ def load_registry(spec: str) -> TaskRegistry:
         sys.path.insert(0, os.getcwd())  # like `python -m`: modules beside you import
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        # The module named is not there (or a package of its path): one line.  A module
+        # it imports that is missing is the app's own error, with its traceback.
+        if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
+            raise _app_error(f"importing {module_name!r}", exc) from None
         raise UsageError(f"--app: cannot import {module_name!r}: {exc}") from None
-    except Exception as exc:
+    except Exception as exc:  # an ImportError inside it too (a name it cannot import)
         raise _app_error(f"importing {module_name!r}", exc) from None
     obj: Any = module
     for part in attr.split("."):
@@ -48,7 +54,9 @@ def load_registry(spec: str) -> TaskRegistry:
         except Exception as exc:
             raise _app_error(f"calling {spec}()", exc) from None
     if not isinstance(obj, TaskRegistry):
-        raise UsageError(f"--app: {spec} is a {type(obj).__name__}, not a TaskRegistry")
+        kind = type(obj).__name__
+        article = "an" if kind[:1].lower() in "aeiou" else "a"
+        raise UsageError(f"--app: {spec} is {article} {kind}, not a TaskRegistry")
     return obj
 
 
@@ -201,36 +209,50 @@ def serve_options(
         # An empty secret (a file that was missing, a variable set from nothing) would
         # serve with no authentication at all.
         raise UsageError(f"{token_from}: empty; leave it out to serve without a token")
-    max_body = args.max_body
-    if max_body is None:
-        raw = env_first(env, "TRIOQUEUE_MAX_BODY")
-        max_body = 1024 * 1024 if raw is None else parse_int("TRIOQUEUE_MAX_BODY", raw)
-    slow = args.slow_client_timeout
-    if slow is None:
-        raw = env_first(env, "TRIOQUEUE_SLOW_CLIENT_TIMEOUT")
-        slow = 20.0 if raw is None else parse_float("TRIOQUEUE_SLOW_CLIENT_TIMEOUT", raw)
-    event_buffer = args.event_buffer
-    if event_buffer is None:
-        raw = env_first(env, "TRIOQUEUE_EVENT_BUFFER")
-        event_buffer = 1000 if raw is None else parse_int("TRIOQUEUE_EVENT_BUFFER", raw)
-    max_connections = args.max_connections
-    if max_connections is None:
-        raw = env_first(env, "TRIOQUEUE_MAX_CONNECTIONS")
-        max_connections = 1000 if raw is None else parse_int("TRIOQUEUE_MAX_CONNECTIONS", raw)
-    if max_body < 1 or event_buffer < 1 or slow <= 0 or max_connections < 1:
-        raise UsageError("--max-body, --event-buffer, --slow-client-timeout and "
-                         "--max-connections must be > 0")
+    # Each limit's source (its flag, or the variable it came from) names it in errors.
+    sources: dict[str, str] = {}
+    max_body = _number_option(args.max_body, "--max-body", "TRIOQUEUE_MAX_BODY",
+                              1024 * 1024, env, parse_int, sources)
+    event_buffer = _number_option(args.event_buffer, "--event-buffer",
+                                  "TRIOQUEUE_EVENT_BUFFER", 1000, env, parse_int, sources)
+    slow = _number_option(args.slow_client_timeout, "--slow-client-timeout",
+                          "TRIOQUEUE_SLOW_CLIENT_TIMEOUT", 20.0, env, parse_float, sources)
+    max_connections = _number_option(args.max_connections, "--max-connections",
+                                     "TRIOQUEUE_MAX_CONNECTIONS", 1000, env, parse_int,
+                                     sources)
     budget = _budget_option(args.response_budget, "--response-budget",
                             "TRIOQUEUE_RESPONSE_BUDGET", RESPONSE_BUDGET, env)
     body_budget = _budget_option(args.body_budget, "--body-budget", "TRIOQUEUE_BODY_BUDGET",
                                  BODY_BUDGET, env)
-    settings = ServerSettings(
-        host=host, port=port, token=token, max_body=max_body,
-        event_buffer=event_buffer, slow_client_timeout=slow, access_log=args.access_log,
-        allowed_hosts=allowed_hosts_option(args, env), max_connections=max_connections,
-        response_budget=budget, body_budget=body_budget,
-    )
+    try:
+        settings = ServerSettings(
+            host=host, port=port, token=token, max_body=max_body,
+            event_buffer=event_buffer, slow_client_timeout=slow, access_log=args.access_log,
+            allowed_hosts=allowed_hosts_option(args, env), max_connections=max_connections,
+            response_budget=budget, body_budget=body_budget,
+        )
+    except ValueError as exc:  # "max_body: expected an integer >= 1, got 0"
+        field, _, why = str(exc).partition(": ")
+        if field not in sources:
+            raise
+        raise UsageError(f"{sources[field]}: {why}") from None
     return registry, config, settings
+
+
+def _number_option(given: N | None, flag: str, variable: str, default: N,
+                   env: Mapping[str, str], parse: Callable[[str, str], N],
+                   sources: dict[str, str]) -> N:
+    """The flag, else the variable (parsed), else ``default``; ``sources`` gets the one
+    given (by the setting's name: ``--max-body`` sets ``max_body``)."""
+    field = flag.removeprefix("--").replace("-", "_")
+    if given is not None:
+        sources[field] = flag
+        return given
+    raw = env_first(env, variable)
+    if raw is None:
+        return default
+    sources[field] = variable
+    return parse(variable, raw)
 
 
 def _budget_option(given: int | None, flag: str, variable: str, default: int,

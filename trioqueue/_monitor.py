@@ -58,6 +58,9 @@ STREAM_TYPES = ("failed", "retrying", "metrics")
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0
 CONNECT_TIMEOUT = 10.0
+ONCE_SLACK = 1.0
+"""Seconds past the server's metrics interval that ``--once`` waits for a second
+snapshot (its utilization) before it shows the view without one."""
 
 ESC = "\x1b["
 HOME, CLEAR_LINE, CLEAR_BELOW, CLEAR_SCREEN = f"{ESC}H", f"{ESC}2K", f"{ESC}J", f"{ESC}2J"
@@ -150,6 +153,8 @@ class Monitor:
         self.view = MonitorView(self.url, window)
         self._wake = trio.Event()
         self._first_snapshot = trio.Event()
+        self._second_snapshot = trio.Event()
+        self._snapshots = 0
         self._once = False
 
     @property
@@ -197,7 +202,10 @@ class Monitor:
                     else:
                         self._notice(f"watching {self.view.url}")
                 if data["type"] == "metrics":
+                    self._snapshots += 1
                     self._first_snapshot.set()
+                    if self._snapshots >= 2:
+                        self._second_snapshot.set()
 
     async def _seed_failures(self) -> None:
         """The failures from before the monitor connected (``GET /jobs?status=failed``),
@@ -237,24 +245,36 @@ class Monitor:
             await trio.sleep(delay)
 
     async def connect_once(self) -> None:
-        """Connect until the first snapshot; raise what went wrong."""
+        """Connect until the first snapshot, and the next one if the server's metrics
+        interval fits the window: the history's samples carry counters only, no busy
+        time, so utilization needs two snapshots.  Raise what went wrong before the
+        first (after it, what there is is shown)."""
         self._once = True
         async with trio.open_nursery() as nursery:
 
             async def session() -> None:
                 try:
-                    await self._session()
-                except (ConnectionClosed, HandshakeError) as exc:
-                    refused = refusal(exc)
-                    if refused is not None:
-                        raise Refused(refused) from None
-                    raise _Dropped(describe(exc)) from None
-                except (OSError, trio.BrokenResourceError) as exc:
-                    raise _Dropped(describe(exc)) from None
-                raise _Dropped("the server closed the stream")
+                    try:
+                        await self._session()
+                    except (ConnectionClosed, HandshakeError) as exc:
+                        refused = refusal(exc)
+                        if refused is not None:
+                            raise Refused(refused) from None
+                        raise _Dropped(describe(exc)) from None
+                    except (OSError, trio.BrokenResourceError) as exc:
+                        raise _Dropped(describe(exc)) from None
+                    raise _Dropped("the server closed the stream")
+                except _Dropped:
+                    if not self._snapshots:
+                        raise
+                    nursery.cancel_scope.cancel()  # gone after a snapshot: show it
 
             nursery.start_soon(session)
             await self._first_snapshot.wait()
+            interval = self.view.interval or 1.0  # (a server without history: 1 s)
+            if interval <= self.view.window:
+                with trio.move_on_after(interval + ONCE_SLACK):
+                    await self._second_snapshot.wait()
             nursery.cancel_scope.cancel()
 
     # -------------------------------------------------------------- the screen

@@ -461,7 +461,8 @@ def render(view: MonitorView, width: int | None, height: int | None = None,
         rows += flow("totals", [f"{name} {m[name]:,}" for name in COUNTERS
                                 if name != "started"], width)
     if view.lagged:
-        rows += flow("lagged", [f"{view.lagged:,} events dropped",
+        rows += flow("lagged", [f"{view.lagged:,} event{'' if view.lagged == 1 else 's'} "
+                                "dropped",
                                 "(this monitor fell behind)"], width)
     room = None if height is None else height - len(rows) - 1
     if room is not None and room < 0:

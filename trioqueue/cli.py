@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Iterable
 from functools import partial
 from typing import Any, TextIO
 from urllib.parse import quote
@@ -227,6 +228,16 @@ async def _work_until_signalled(registry: TaskRegistry, config: QueueConfig, out
             await trio.aclose_forcefully(listener)
 
 
+def worker_banner(pid: int, config: QueueConfig, node: str | None,
+                  tasks: Iterable[str]) -> str:
+    """The first line of ``trioqueue worker``: what the node runs, from where."""
+    assert config.redis_url is not None
+    return (f"trioqueue worker {pid}: {config.workers} worker"
+            f"{'' if config.workers == 1 else 's'} on queue {config.queue_name!r} at "
+            f"{redacted(config.redis_url)}, node {node}, lease {config.lease:g} s, prefetch "
+            f"{config.prefetch}, tasks {', '.join(sorted(tasks)) or '(none)'}")
+
+
 async def _work(registry: TaskRegistry, config: QueueConfig, out: TextIO,
                 metrics: tuple[str, int] | None, allowed_hosts: tuple[str, ...],
                 listeners: list[trio.SocketListener] | None,
@@ -245,10 +256,7 @@ async def _work(registry: TaskRegistry, config: QueueConfig, out: TextIO,
                     url = await nursery.start(partial(serve_node_metrics, queue, *metrics,
                                                       stop=closed, allowed_hosts=allowed_hosts,
                                                       listeners=listeners))
-                print(f"trioqueue worker {os.getpid()}: {config.workers} workers on queue "
-                      f"{config.queue_name!r} at {redacted(config.redis_url)}, node "
-                      f"{queue.metrics().node}, lease {config.lease:g} s, prefetch "
-                      f"{config.prefetch}, tasks {', '.join(sorted(registry)) or '(none)'}",
+                print(worker_banner(os.getpid(), config, queue.metrics().node, registry),
                       file=out, flush=True)
                 if url is not None:
                     assert metrics is not None
@@ -296,6 +304,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- main
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser: its options and its positional arguments in any order
+    (``enqueue echo --id a1 '{"a": 1}'``), as ``parse_intermixed_args`` reads them.  That
+    cannot parse the top level (its command is a positional with ``nargs=PARSER``), but
+    each command's parser can: it is given the words after the command's name.  With a
+    ``--`` among them, they are read as before (all that follows it is positional, which
+    the intermixed parse does not keep to)."""
+
+    _intermixed = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        # (Python < 3.12: the intermixed parse's two passes come back through here)
+        if self._intermixed or (args is not None and "--" in args):
+            return super().parse_known_args(args, namespace)
+        self._intermixed = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixed = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trioqueue", description="A job queue for Trio: server, client and monitor."
@@ -303,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"trioqueue {_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log each HTTP request of the client commands (-vv: more)")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=_CommandParser)
 
     serve = commands.add_parser("serve", help="run the queue with its HTTP API",
                                 description="Run a queue and its HTTP API on one port. "
@@ -380,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def client_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", help="server URL (TRIOQUEUE_URL; default "
-                       f"http://127.0.0.1:{DEFAULT_PORT})")
+                       "http://127.0.0.1:PORT, the port from TRIOQUEUE_PORT or PORT, else "
+                       f"{DEFAULT_PORT})")
         p.add_argument("--token", help="bearer token (TRIOQUEUE_TOKEN)")
         # SUPPRESS: given after the command it counts, left out it keeps the top-level -v.
         p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,

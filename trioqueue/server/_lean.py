@@ -142,6 +142,9 @@ their share only until a large answer needs it (:mod:`._budget`).  Raise it for 
 answers to slow clients (payloads or results of megabytes, dashboards over slow links)."""
 RESPONSE_RETRY_AFTER = b"retry-after: 1\r\n"
 """A refusal for the budget: a fast client's response leaves it in milliseconds."""
+MAX_USER_TIMEOUT_MS = 2**31 - 1
+"""The longest ``user_timeout_ms``: ``TCP_USER_TIMEOUT`` holds milliseconds in a C
+``int`` (about 24.8 days); ``setsockopt`` refuses more."""
 
 _ACCEPT_CAPACITY_ERRNOS = frozenset(
     getattr(errno, name) for name in ("EMFILE", "ENFILE", "ENOMEM", "ENOBUFS")
@@ -392,12 +395,14 @@ class Server:
                 conn.waiting.cancel()
 
 
-def check_count(name: str, value: object, least: int) -> None:
+def check_count(name: str, value: object, least: int, most: int | None = None) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``value`` is an integer (not a bool) of
-    at least ``least``: the server's limits, given to :func:`serve_lean` or to
-    ``ServerSettings``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"{name}: expected an integer >= {least}, got {value!r}")
+    at least ``least`` (and at most ``most``): the server's limits, given to
+    :func:`serve_lean` or to ``ServerSettings``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least or (
+            most is not None and value > most):
+        expected = f">= {least}" if most is None else f"{least}..{most}"
+        raise ValueError(f"{name}: expected an integer {expected}, got {value!r}")
 
 
 def open_file_limit(wanted: int) -> int | None:
@@ -453,6 +458,7 @@ async def serve_lean(
     (:class:`._budget.BodyBudget`).
     """
     check_count("max_connections", max_connections, 1)
+    check_count("user_timeout_ms", user_timeout_ms, 0, MAX_USER_TIMEOUT_MS)
     check_count("response_budget", response_budget, 0)
     check_count("body_budget", body_budget, 0)
     limit = open_file_limit(max_connections + FD_RESERVE)

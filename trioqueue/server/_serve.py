@@ -19,6 +19,7 @@ finish.  Only when the queue has closed does the HTTP server stop.
 from __future__ import annotations
 
 import logging
+import math
 from functools import partial
 
 import trio
@@ -93,14 +94,16 @@ async def _serve(registry: TaskRegistry, config: QueueConfig, settings: ServerSe
         nursery.start_soon(app.history.run, queue, state.closed)  # the dashboard's chart
         url = await nursery.start(partial(
             serve_lean, app, settings.host, settings.port, max_body=settings.max_body,
-            user_timeout_ms=int(settings.slow_client_timeout * 1000),
+            # (rounded up: a timeout under a millisecond is 1 ms, not 0, which is none)
+            user_timeout_ms=math.ceil(settings.slow_client_timeout * 1000),
             max_connections=settings.max_connections, response_budget=settings.response_budget,
             body_budget=settings.body_budget,
             shutdown_trigger=state.closed.wait, listeners=listeners,
         ))
         node = queue.metrics().node  # on Redis, the id events and metrics name it by
-        log.info("trioqueue server: serving %d tasks on %s (token %s; answers to Host %s%s)",
-                 len(registry), url, "required" if settings.token else "not set",
+        log.info("trioqueue server: serving %d task%s on %s (token %s; answers to Host %s%s)",
+                 len(registry), "" if len(registry) == 1 else "s", url,
+                 "required" if settings.token else "not set",
                  app.hosts.describe(),
                  "" if node is None else f"; redis node {node}, lease {config.lease:g} s, "
                  f"prefetch {config.prefetch}")

@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import attrs
 import trio
 
 from ._hosts import parse_allowed_hosts
-from ._lean import BODY_BUDGET, RESPONSE_BUDGET, check_count
+from ._lean import BODY_BUDGET, MAX_USER_TIMEOUT_MS, RESPONSE_BUDGET, check_count
+
+MAX_SLOW_CLIENT_TIMEOUT = MAX_USER_TIMEOUT_MS // 1000
+"""The longest ``slow_client_timeout``, in seconds (2147483, about 24.8 days): the
+kernel's ``TCP_USER_TIMEOUT`` holds milliseconds in a C ``int``."""
 
 
 @attrs.define(kw_only=True)
@@ -20,12 +25,13 @@ class ServerSettings:
     port: int = 8080
     token: str | None = None
     """With a token, every request but ``/healthz`` needs ``Authorization: Bearer``."""
-    max_body: int = 1024 * 1024
+    max_body: int = attrs.field(default=1024 * 1024)
     """Request bodies over this many bytes get 413."""
-    event_buffer: int = 1000
+    event_buffer: int = attrs.field(default=1000)
     """Events buffered per websocket client before it is sent ``lagged``."""
-    slow_client_timeout: float = 20.0
-    """Seconds a client may accept no data (a full TCP window) before it is cut off."""
+    slow_client_timeout: float = attrs.field(default=20.0)
+    """Seconds a client may accept no data (a full TCP window) before it is cut off (at
+    most :data:`MAX_SLOW_CLIENT_TIMEOUT`)."""
     retry_after: int = 1
     """Seconds in the ``Retry-After`` header of a 429."""
     access_log: bool = False
@@ -44,9 +50,19 @@ class ServerSettings:
     their requests end (64 MiB); past it, connections wait before they read more of their
     bodies, and clients stalled in theirs are closed (see :class:`._budget.BodyBudget`)."""
 
+    @max_body.validator
+    @event_buffer.validator
     @max_connections.validator
-    def _check_max_connections(self, attribute: Any, value: int) -> None:
-        check_count("max_connections", value, 1)
+    def _check_limit(self, attribute: Any, value: int) -> None:
+        check_count(attribute.name, value, 1)
+
+    @slow_client_timeout.validator
+    def _check_slow_client_timeout(self, attribute: Any, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                math.isfinite(value) and 0 < value <= MAX_SLOW_CLIENT_TIMEOUT):
+            raise ValueError(f"slow_client_timeout: expected seconds > 0, at most "
+                             f"{MAX_SLOW_CLIENT_TIMEOUT} (about 24.8 days: TCP_USER_TIMEOUT "
+                             f"holds milliseconds in a C int), got {value!r}")
 
     @response_budget.validator
     @body_budget.validator
