@@ -4,9 +4,11 @@ QUEUED with the attempt counted.  On trio's mock clock."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -83,18 +85,25 @@ async def test_memory_mode_cut_off_jobs_end_failed_with_an_event(autojump_clock:
         "failed", "aborted: shutdown timeout", 1)
 
 
-async def test_memory_mode_queued_jobs_still_count_as_dropped(autojump_clock: Any) -> None:
+async def test_memory_mode_queued_jobs_still_count_as_dropped(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture,
+) -> None:
     """Jobs that never started are not failed: they are dropped (counted) as documented,
     unless drain=True."""
     config = trioqueue.QueueConfig(workers=1, shutdown_timeout=1.0)
-    async with trioqueue.open_queue(make_registry(), config) as q:
-        running = await q.enqueue("slow")
-        waiting = [await q.enqueue("quick") for _ in range(3)]
-        await trio.testing.wait_all_tasks_blocked()
+    with caplog.at_level(logging.INFO, logger="trioqueue"):
+        async with trioqueue.open_queue(make_registry(), config) as q:
+            running = await q.enqueue("slow")
+            waiting = [await q.enqueue("quick") for _ in range(3)]
+            await trio.testing.wait_all_tasks_blocked()
     assert q.get_nowait(running.id).status is JobStatus.FAILED
     assert all(q.get_nowait(j.id).status is JobStatus.QUEUED for j in waiting)
     m = q.metrics()
     assert (m.failed, m.dropped) == (1, 3)
+    said = caplog.text  # counted in words ("1 jobs", "1 workers" were)
+    assert "trioqueue open: 1 worker, capacity" in said
+    assert "trioqueue: 1 job still running after shutdown_timeout=1.0s" in said
+    assert "dropped 3 jobs at shutdown: 3 queued, 0 scheduled" in said
 
 
 async def test_a_cancelled_queue_fails_its_running_jobs_instead_of_dropping_them(

@@ -131,8 +131,8 @@ class _Run:
                 # open says only why.
                 opened = True
                 log.info(
-                    "trioqueue open: %d workers, capacity %d per priority, %s",
-                    config.workers, config.capacity,
+                    "trioqueue open: %s, capacity %d per priority, %s",
+                    _counted(config.workers, "worker"), config.capacity,
                     f"store {config.persist_path} ({config.durability})" if store
                     else f"redis queue {config.queue_name!r}" if config.redis_url
                     else "memory only",
@@ -225,8 +225,8 @@ class _Run:
             await workers.done.wait()
         if waited.cancelled_caught and workers.busy():
             log.warning(
-                "trioqueue: %d jobs still running after shutdown_timeout=%ss; interrupting "
-                "them (%s)", workers.busy(), config.shutdown_timeout,
+                "trioqueue: %s still running after shutdown_timeout=%ss; interrupting "
+                "them (%s)", _counted(workers.busy(), "job"), config.shutdown_timeout,
                 "recorded as queued, the attempt counted: each runs again unless that "
                 "attempt was its last, then it ends failed" if backend.persistent
                 else "failed: aborted: shutdown timeout",
@@ -243,8 +243,8 @@ class _Run:
         queued, scheduled = core.backend.drop_leftovers()
         if queued or scheduled:
             log.warning(
-                "trioqueue (memory mode) dropped %d jobs at shutdown: %d queued, %d scheduled "
-                "(%s)", queued + scheduled, queued, scheduled,
+                "trioqueue (memory mode) dropped %s at shutdown: %d queued, %d scheduled "
+                "(%s)", _counted(queued + scheduled, "job"), queued, scheduled,
                 "drain=True runs queued jobs only within shutdown_timeout, and never "
                 "scheduled ones; use persist_path to keep them" if self._config.drain
                 else "use persist_path to keep them, or drain=True to run queued ones first",
@@ -279,6 +279,11 @@ class _Run:
     _core: QueueCore
     _queue: JobQueue
     _periodic: Periodic
+
+
+def _counted(n: int, noun: str) -> str:
+    """``1 job``, ``2 jobs``: for the log."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
