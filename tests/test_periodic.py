@@ -409,12 +409,16 @@ async def test_a_run_waiting_for_room_holds_back_no_other_task(
             await q.get(f"hightick@2026-12-05T10:0{m}:{s}0.000Z")  # enqueued, not run
         with pytest.raises(JobNotFound):
             await q.get("lowtick@2026-12-05T10:00:10.000Z")  # still waiting for room
+        assert q.next_run("lowtick") == at("2026-12-05T10:01:00")  # the one it waits as
         for job in blockers:
             await q.cancel(job.id)
         await trio.testing.wait_all_tasks_blocked()
-        # The run that waited stands for the due times that passed meanwhile.
+        # The run that waited stands for the due times that passed meanwhile, as the
+        # latest of them (it was the first: several nodes waiting on one queue each
+        # enqueued their own oldest, one run each when room came).
         assert [r for r in runs if r.startswith("lowtick")] == [
-            "lowtick@2026-12-05T10:00:10.000Z"]
+            "lowtick@2026-12-05T10:01:00.000Z"]
+        assert q.next_run("lowtick") == at("2026-12-05T10:01:10")
         assert len([r for r in runs if r.startswith("hightick")]) == 6
 
 

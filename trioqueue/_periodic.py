@@ -208,39 +208,55 @@ class Periodic:
                         now: float) -> None:
         """``spec``'s runs: the catch-up run, then each due time as it comes.  A run that
         waits for room stands for the due times that pass while it waits, as the catch-up
-        run does for those missed while nothing ran."""
+        run does for those missed while nothing ran (see :meth:`_enqueue`)."""
         name = spec.name
         due = last_due(spec, now)
         # The catch-up run, unless it was enqueued before: its job may be gone by now
         # (result_ttl, retention), and its id alone would let it run again.
-        if (mark is None or _ms(mark) < _ms(due)) and not await self._enqueue(
-                queue, spec, due):
-            return
+        if mark is None or _ms(mark) < _ms(due):
+            enqueued = await self._enqueue(queue, spec, due)
+            if enqueued is None:
+                return
+            now = max(now, enqueued)
         self.next_run[name] = next_due(spec, max(now, self._wall()))
         while True:
             at = self.next_run[name]
             await trio.sleep_until(at - self._offset)
-            if not await self._enqueue(queue, spec, at):
+            enqueued = await self._enqueue(queue, spec, at)
+            if enqueued is None:
                 return
-            self.next_run[name] = next_due(spec, max(at, self._wall()))
+            self.next_run[name] = next_due(spec, max(enqueued, self._wall()))
 
-    async def _enqueue(self, queue: JobQueue, spec: TaskSpec, due: float) -> bool:
-        """Enqueue ``spec``'s run due at ``due`` (a repeat returns the existing job).
-        False once the queue takes no more jobs."""
-        job_id = run_id(spec.name, due)
-        try:
-            await queue.enqueue(spec.name, None, job_id=job_id)
-        except ShuttingDown:
-            return False
-        except TrioQueueError as exc:  # the store failing, an id taken by another job
-            log.warning("trioqueue: periodic run %s not enqueued: %s", job_id, exc)
-            return True
+    async def _enqueue(self, queue: JobQueue, spec: TaskSpec, due: float) -> float | None:
+        """Enqueue ``spec``'s run due at ``due`` (a repeat returns the existing job); the
+        due time enqueued, or None once the queue takes no more jobs.
+
+        While the run waits for room in its priority, each due time that comes takes its
+        place (the wait given up leaves no trace): the run enqueued is the latest due
+        time's, standing for those that passed, and the nodes of one queue that wait
+        wait for the same id, so that room made for one run enqueues one run, not each
+        node's oldest due time."""
+        while True:
+            job_id = run_id(spec.name, due)
+            later = next_due(spec, due)
+            try:
+                with trio.move_on_at(later - self._offset) as waiting:
+                    await queue.enqueue(spec.name, None, job_id=job_id)
+            except ShuttingDown:
+                return None
+            except TrioQueueError as exc:  # the store failing, an id taken by another job
+                log.warning("trioqueue: periodic run %s not enqueued: %s", job_id, exc)
+                return due
+            if not waiting.cancelled_caught:
+                break
+            due = last_due(spec, max(later, self._wall()))
+            self.next_run[spec.name] = due
         if spec.every is not None and spec.every < MARK_MIN_INTERVAL:
-            return True  # its run ids are enough (and a write a run would be too many)
+            return due  # its run ids are enough (and a write a run would be too many)
         try:
             await self._backend.mark_periodic(spec.name, due)
         except ShuttingDown:
-            return False
+            return None
         except TrioQueueError as exc:
             log.warning("trioqueue: periodic run %s enqueued, not marked: %s", job_id, exc)
-        return True
+        return due
