@@ -416,6 +416,16 @@ def test_open_file_limit_is_raised_towards_what_is_wanted() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def test_open_file_limit_past_what_the_kernel_takes_keeps_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--max-connections 10**30`` with no hard limit: setrlimit's OverflowError ended
+    the server with a traceback; the soft limit stays as it is."""
+    resource = pytest.importorskip("resource")
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, resource.RLIM_INFINITY))
+    assert _lean.open_file_limit(10**30) == 1024
+
+
 class FailingListener(trio.abc.Listener[trio.abc.Stream]):
     """accept() fails with EMFILE ``failures`` times, then waits forever."""
 

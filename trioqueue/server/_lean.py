@@ -421,7 +421,7 @@ def open_file_limit(wanted: int) -> int | None:
             try:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
                 soft = raised
-            except (OSError, ValueError):  # pragma: no cover - not allowed here
+            except (OSError, ValueError, OverflowError):  # not allowed here, or past a C long
                 pass
     return None if soft == resource.RLIM_INFINITY else soft
 
