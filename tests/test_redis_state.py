@@ -801,6 +801,29 @@ async def test_reap_trims_indexes_of_expired_records(env: Env) -> None:
     assert await env.admin.zscore(env.key("idx:all"), "live") is not None
 
 
+async def test_reap_drops_a_record_at_its_expiry_with_its_idx_all_entry(env: Env) -> None:
+    """A record's expiry is set a moment after the time its index entry holds: a reap
+    between the two trimmed ``idx:completed`` but kept ``idx:all`` (the record was still
+    there), and nothing dropped that entry once the record had gone (seen once in a full
+    run).  A record at most a second from its expiry goes with both entries now; one kept
+    longer (by a node with a longer ``result_ttl``) keeps its record and ``idx:all``."""
+    s = env.state(result_ttl=60)
+    await s.enqueue([new("ending", H), new("kept", H)])
+    claimed = (await s.finish_and_claim("n", [], 2, 30)).claimed
+    await s.finish_and_claim("n", [Outcome.completed(c.job.id, c.fence, 1)
+                                   for c in claimed], 0, 30)
+    past = (await env.admin.zscore(env.key("idx:completed"), "ending")) - 61_000
+    await env.admin.zadd(env.key("idx:completed"), {"ending": past, "kept": past})
+    await env.admin.pexpire(env.key("job:ending"), 800)  # its expiry a moment away
+    await env.admin.pexpire(env.key("job:kept"), 3_600_000)
+    await s.reap()
+    assert await env.admin.exists([env.key("job:ending")]) == 0
+    assert await env.admin.zscore(env.key("idx:all"), "ending") is None
+    assert await env.admin.exists([env.key("job:kept")]) == 1
+    assert await env.admin.zscore(env.key("idx:all"), "kept") is not None
+    assert await env.admin.zscore(env.key("idx:completed"), "kept") is None
+
+
 async def test_dead_letters_outlive_finished_jobs(env: Env) -> None:
     """A FAILED job expires after ``failed_ttl``, the other finished ones after
     ``result_ttl``; reap trims each index by its own TTL, whichever script finished the

@@ -85,14 +85,25 @@ for _, id in ipairs(expired) do
     end
   end
 end
--- Terminal records expire by themselves; drop their index entries once they have.
+-- Terminal records expire by themselves; drop their index entries once they have.  A
+-- record still there in its old status, its expiry at most a second away, is the one
+-- that expires: its expiry was set a moment after the time its entry holds, and it goes
+-- now, with its idx:all entry, which nothing would drop once it had gone by itself.  (A
+-- job made again under its id and finished since has moved its entry past the cutoff;
+-- one kept longer, by a node with a longer TTL, keeps its record and idx:all entry.)
 for _, status in ipairs({'completed', 'failed', 'cancelled'}) do
   local idx = P .. 'idx:' .. status
   local cutoff = now_ms - ttl[status]
   local old = redis.call('ZRANGEBYSCORE', idx, '-inf', '(' .. int(cutoff), 'LIMIT', 0, trim_n)
   for _, id in ipairs(old) do
     redis.call('ZREM', idx, id)
-    if redis.call('EXISTS', jkey(id)) == 0 then redis.call('ZREM', P .. 'idx:all', id) end
+    local key = jkey(id)
+    local left = redis.call('PTTL', key)
+    if left >= 0 and left <= 1000 and redis.call('HGET', key, 'status') == status then
+      redis.call('DEL', key)
+      left = -2
+    end
+    if left == -2 then redis.call('ZREM', P .. 'idx:all', id) end
   end
   -- A held mark left behind (a node's late mark of a job reaped meanwhile) goes with it.
   if #old > 0 then redis.call('HDEL', HELD, unpack(old)) end
