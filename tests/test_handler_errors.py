@@ -248,11 +248,16 @@ def test_ctrl_c_in_a_handler_is_the_graceful_shutdown_not_a_failure() -> None:
     assert q.metrics().failed == 0
 
 
-def test_ctrl_c_from_another_sigint_handler_comes_out_of_open_queue_as_itself() -> None:
+@pytest.mark.parametrize("body_nursery", [False, True])
+def test_ctrl_c_from_another_sigint_handler_comes_out_of_open_queue_as_itself(
+    body_nursery: bool,
+) -> None:
     """With a SIGINT handler of the program's own that raises KeyboardInterrupt (trio
     then leaves SIGINT alone), the Ctrl+C cannot be handed to trio: the worker ends with
     it, the queue closes at once, and what leaves open_queue is the KeyboardInterrupt,
-    not a Cancelled or a group."""
+    not a Cancelled or a group.  Also when the body runs a nursery of its own, whose
+    cancelled tasks end it with a group of Cancelled: that was taken for the body's own
+    error, and a group of it and the KeyboardInterrupt came out."""
     log: list[str] = []
     queues: list[trioqueue.JobQueue] = []
 
@@ -265,6 +270,10 @@ def test_ctrl_c_from_another_sigint_handler_comes_out_of_open_queue_as_itself() 
             await q.enqueue("long", job_id="long")
             await trio.testing.wait_all_tasks_blocked()
             await q.enqueue("presses_ctrl_c", job_id="ctrl-c")
+            if body_nursery:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(trio.sleep_forever)
+                    nursery.start_soon(trio.sleep_forever)
             await trio.sleep_forever()
 
     with sigint_handler(own_handler), pytest.raises(KeyboardInterrupt) as info:

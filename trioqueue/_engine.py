@@ -257,7 +257,7 @@ class _Run:
         caused, else in a group with the tasks' errors."""
         leaves = _leaves(group)
         body = self._body_exc
-        if body is not None and not isinstance(body, trio.Cancelled):
+        if body is not None and not _cancelled_only(body):
             if not leaves:
                 return  # only Cancelled inside: raised below as the body's exception
             self._body_exc = None
@@ -284,6 +284,13 @@ class _Run:
 def _counted(n: int, noun: str) -> str:
     """``1 job``, ``2 jobs``: for the log."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _cancelled_only(exc: BaseException) -> bool:
+    """``exc`` is a cancellation: ``Cancelled``, or a group of nothing else (what a
+    nursery of the body's own raises when it is cancelled)."""
+    return isinstance(exc, trio.Cancelled) or (
+        isinstance(exc, BaseExceptionGroup) and not _leaves(exc))
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
