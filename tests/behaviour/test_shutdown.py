@@ -6,7 +6,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from trioqueue import JobQueue, JobStatus, ShuttingDown
+from trioqueue import InvalidTransition, JobNotFound, JobQueue, JobStatus, ShuttingDown
 
 from .conftest import Backend, Harness, real_time_scale, settle
 
@@ -161,3 +161,25 @@ async def test_an_exception_in_the_body_comes_out_as_itself_after_shutdown(
     q = queues[0]
     job = await q.get("in-flight")
     assert job.status is JobStatus.COMPLETED  # the job in flight finished first
+
+
+async def test_a_closed_queue_answers_or_says_it_is_closed(
+    backend: Backend, clock: MockClock | None, h: Harness
+) -> None:
+    """After the queue closed, a look-up answers from what the queue still holds, or
+    raises ``ShuttingDown`` (the queue is closed) or what it would raise open: never a
+    ``StoreError`` (a store queue said "the store is closed", though python-api.md gives
+    ``wait`` ``ShuttingDown`` for a queue that closed)."""
+    async with backend.open(h.registry, finished_cache=1) as q:
+        jobs = [await q.enqueue("echo", i) for i in range(3)]
+        await q.wait_many([job.id for job in jobs])  # (the first ones leave memory)
+    calls = {"get": lambda: q.get(jobs[0].id), "get unknown": lambda: q.get("nope"),
+             "wait": lambda: q.wait(jobs[0].id), "wait unknown": lambda: q.wait("nope"),
+             "list": lambda: q.list_jobs(), "cancel": lambda: q.cancel(jobs[0].id)}
+    for name, call in calls.items():
+        try:
+            await call()
+        except (ShuttingDown, JobNotFound, InvalidTransition):
+            pass
+        except Exception as exc:  # pragma: no cover - the failure this test is about
+            pytest.fail(f"{name}: {type(exc).__name__}: {exc}")

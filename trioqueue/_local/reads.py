@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._exceptions import StoreError
+from .._exceptions import ShuttingDown
 from .._gil import LoweredSwitchInterval
 from .._job import Job, JobStatus
 from .._record import JobRecord
@@ -69,7 +69,7 @@ class StoreReads:
     async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run one of the store's reading methods in a thread."""
         if self._closing and self._stopped.is_set():
-            raise StoreError(f"{self.path}: the store is closed")
+            raise ShuttingDown(f"the queue is closed: its store {self.path} is closed")
         self._reads += 1
         try:
             with self._threads:
@@ -103,7 +103,7 @@ class StoreReads:
             await trio.lowlevel.checkpoint()
             return rec
         if self.closed:
-            raise StoreError(f"{self.path}: the store is closed")
+            raise ShuttingDown(f"the queue is closed: its store {self.path} is closed")
         if not isinstance(job_id, str) or not job_id.isascii():  # no job has such an id
             await trio.lowlevel.checkpoint()
             return None
@@ -120,7 +120,7 @@ class StoreReads:
         if rec is not None:
             return rec
         if self.closed:
-            raise StoreError(f"{self.path}: the store is closed")
+            raise ShuttingDown(f"the queue is closed: its store {self.path} is closed")
         if not isinstance(job_id, str) or not job_id.isascii():  # no job has such an id
             return None
         row = self.store.get(job_id)

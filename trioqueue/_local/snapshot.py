@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import trio
 
 from .._config import QueueConfig
-from .._exceptions import StoreError
+from .._exceptions import ShuttingDown, StoreError
 from .._gil import lowered_switch_interval, run_in_thread
 from .._record import JobRecord
 from .._registry import TaskRegistry
@@ -303,7 +303,7 @@ class Persistence(StoreReads):
             await trio.lowlevel.checkpoint()
             return
         if self.closed:
-            raise StoreError(f"{self.path}: the store is closed")
+            raise ShuttingDown(f"the queue is closed: its store {self.path} is closed")
         self._waiters += 1
         self._kick.set()
         try:
