@@ -125,7 +125,10 @@ def test_a_log_level_no_logger_has_is_refused(
         ({"PORT": "eighty"}, "PORT: expected an integer, got 'eighty'"),
         ({"PORT": "70000"}, "PORT: expected a port 0..65535, got 70000"),
         ({"WORKER_COUNT": "many"}, "WORKER_COUNT: cannot parse 'many' for workers"),
-        ({"WORKER_COUNT": "-1"}, "WORKER_COUNT: workers: expected an integer >= 0, got -1"),
+        ({"WORKER_COUNT": "-1"}, "WORKER_COUNT: workers: expected an integer 0..10000, got -1"),
+        # A typo of a few digits more started tasks until memory ran out.
+        ({"TRIOQUEUE_WORKERS": "40000000"},
+         "TRIOQUEUE_WORKERS: workers: expected an integer 0..10000, got 40000000"),
         ({"WORKER_COUNT": "0"}, "WORKER_COUNT: workers: 0 needs redis_url (a node that runs "
          "no jobs); a queue in memory or in a SQLite file needs at least 1 worker"),
         ({"JOB_QUEUE_CAPACITY": "-5"},

@@ -417,6 +417,11 @@ def test_bad_config_names_the_field() -> None:
         QueueConfig(retry_factor=0.5)
     with pytest.raises(ValueError, match="fairness"):
         QueueConfig(fairness={Priority.LOW: 0})
+    # A priority that is none was InvalidJob naming "priority", not the field.
+    with pytest.raises(ValueError, match=r"^fairness: priority: expected one of .*'urgent'$"):
+        QueueConfig(fairness={"urgent": 1})
+    with pytest.raises(ValueError, match=r"^workers: expected an integer 0\.\.10000"):
+        QueueConfig(workers=10**30)  # (it started tasks until memory ran out)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 import attrs
 
 from ._backoff import RetryPolicy
+from ._exceptions import InvalidJob
 from ._fairness import DEFAULT_WEIGHTS, check_weights
 from ._job import MAX_RETRIES, Priority
 
@@ -30,6 +31,16 @@ def _positive_int(inst: object, attr: attrs.Attribute[int], value: int) -> None:
 def _non_negative_int(inst: object, attr: attrs.Attribute[int], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{attr.name}: expected an integer >= 0, got {value!r}")
+
+
+MAX_WORKERS = 10_000
+"""The most workers a queue runs (a task each, started at open): far past what a process
+keeps busy, yet a typo of a few more digits would start tasks until memory ran out."""
+
+
+def _workers(inst: object, attr: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WORKERS:
+        raise ValueError(f"workers: expected an integer 0..{MAX_WORKERS}, got {value!r}")
 
 
 def _retries(inst: object, attr: attrs.Attribute[int], value: int) -> None:
@@ -71,7 +82,10 @@ def _durability(inst: object, attr: attrs.Attribute[str], value: str) -> None:
 def _fairness(value: Mapping[Priority | str, int]) -> dict[Priority, int]:
     if not isinstance(value, Mapping):
         raise ValueError(f"fairness: expected a mapping of priority to weight, got {value!r}")
-    weights = {Priority.coerce(k): v for k, v in value.items()}
+    try:
+        weights = {Priority.coerce(k): v for k, v in value.items()}
+    except InvalidJob as exc:  # "priority: expected one of ...": say whose
+        raise ValueError(f"fairness: {exc}") from None
     check_weights({**DEFAULT_WEIGHTS, **weights})
     return {**DEFAULT_WEIGHTS, **weights}
 
@@ -131,7 +145,7 @@ class QueueConfig:
     """Everything :func:`open_queue` can be told.  Invalid values raise ``ValueError``
     naming the field."""
 
-    workers: int = attrs.field(default=4, validator=_non_negative_int)
+    workers: int = attrs.field(default=4, validator=_workers)
     """Worker tasks: how many jobs run at once.  0 only with :attr:`redis_url`: a node
     that enqueues, answers queries and serves the API, and runs no jobs."""
     capacity: int = attrs.field(default=1000, validator=_positive_int)
