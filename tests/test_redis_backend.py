@@ -93,6 +93,34 @@ async def test_two_nodes_share_one_queue_and_run_each_job_once(queue_name: str) 
     assert sorted(t.runs.values()) == [1] * 100
 
 
+async def test_a_batch_larger_than_one_script_call_is_refused_before_it_is_accepted(
+    queue_name: str,
+) -> None:
+    """A batch is written in one script call of at most 1,000 jobs: 1,500 were accepted
+    by ``enqueue_many_nowait``, then the write ended the node and the jobs were lost."""
+    reg = TaskRegistry()
+
+    @reg.task
+    async def echo(job: Job) -> Any:
+        return job.payload
+
+    message = r"^batch: at most 1000 jobs at once on Redis \(one script call"
+    with trio.fail_after(30):
+        async with trioqueue.open_queue(reg, config(queue_name, capacity=5000,
+                                                    workers=0)) as q:
+            with pytest.raises(trioqueue.InvalidJob, match=message):
+                q.enqueue_many_nowait("echo", range(1001))
+            with pytest.raises(trioqueue.InvalidJob, match=message):
+                await q.enqueue_many("echo", range(1500))
+            with pytest.raises(trioqueue.InvalidJob, match=message):
+                await q.enqueue_batch([trioqueue.BatchItem("echo", i) for i in range(1001)])
+            assert await q.list_jobs() == []  # nothing accepted
+            jobs = q.enqueue_many_nowait("echo", range(1000))  # the most: one call
+            await q.flush()
+            assert len((await q.list_page(limit=1000)).jobs) == 1000
+            assert (await q.get(jobs[-1].id)).status is JobStatus.QUEUED
+
+
 async def test_dead_letters_stay_for_retention_not_result_ttl(queue_name: str) -> None:
     """A FAILED job is kept as a store keeps it, for ``retention``; a completed one for
     ``result_ttl``.  The TTLs are read off Redis, not waited for."""

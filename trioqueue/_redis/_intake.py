@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import trio
 
-from .._exceptions import StoreError
+from .._exceptions import InvalidJob, StoreError
 from .._job import Job, JobStatus
 from .._record import LABELS, JobRecord, exists_differently
 from ._client import RedisNotSent, RedisRefused, RedisUnavailable
 from ._node import NodeCore
 from ._outbox import new_job
 from ._state import Admission
-from ._values import CorruptRecord
+from ._values import MAX_BATCH, CorruptRecord
 
 RETRY_BACKOFF = (0.001, 0.05)
 """A producer waiting for room polls Redis with a backoff from 1 ms doubling to 50 ms."""
@@ -52,6 +52,7 @@ class NodeIntake(NodeCore):
         """``enqueue_many_nowait``: the batch into the outbox whole if every priority has
         room for all of it in this node's view, else ``None``; written all or nothing in
         one script call."""
+        _check_batch(recs)
         outbox = self._outbox
         if not outbox.fits(recs):
             outbox.refuse(recs)
@@ -78,6 +79,7 @@ class NodeIntake(NodeCore):
         job holding its id), ``None`` when a priority lacks room; raises
         :class:`DuplicateJob` (nothing admitted).  Jobs accepted by ``enqueue_nowait``
         before are written first (this node's order)."""
+        _check_batch(recs)
         if len(self._outbox):
             await self._outbox.empty()
         mark = self._outbox.mark()
@@ -224,3 +226,12 @@ def maybe_stored(recs: list[JobRecord], given: set[str]) -> str:
     return (f"the batch of {len(recs)} jobs was not confirmed and may have been stored (all "
             "or none of it): give every job an id to retry it safely; jobs without one "
             "may be stored twice")
+
+
+def _check_batch(recs: list[JobRecord]) -> None:
+    """A batch is written in one script call, of at most :data:`MAX_BATCH` jobs: a larger
+    one is refused before anything is accepted (``enqueue_many_nowait`` accepted it, and
+    the write that could not take it ended the node, the jobs lost)."""
+    if len(recs) > MAX_BATCH:
+        raise InvalidJob(f"batch: at most {MAX_BATCH} jobs at once on Redis (one script "
+                         f"call writes a batch), got {len(recs)}")
