@@ -121,6 +121,25 @@ async def test_a_batch_larger_than_one_script_call_is_refused_before_it_is_accep
             assert (await q.get(jobs[-1].id)).status is JobStatus.QUEUED
 
 
+async def test_wait_after_close_answers_a_finished_job_as_memory_mode_does(
+    queue_name: str,
+) -> None:
+    """``wait`` on a node that has closed said "the queue closed before job ... finished"
+    of a job that had finished (and of an id no job has): it asks Redis first."""
+    reg = TaskRegistry()
+
+    @reg.task
+    async def echo(job: Job) -> Any:
+        return job.payload
+
+    with trio.fail_after(30):
+        async with trioqueue.open_queue(reg, config(queue_name)) as q:
+            done = await q.wait((await q.enqueue("echo", 7)).id)
+        assert (await q.wait(done.id)).result == 7
+        with pytest.raises(trioqueue.JobNotFound):
+            await q.wait("nope")
+
+
 async def test_dead_letters_stay_for_retention_not_result_ttl(queue_name: str) -> None:
     """A FAILED job is kept as a store keeps it, for ``retention``; a completed one for
     ``result_ttl``.  The TTLs are read off Redis, not waited for."""

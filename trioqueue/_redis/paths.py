@@ -153,7 +153,14 @@ class RemotePaths:
         backend = self._backend
         life = self._life
         while True:
-            if life.closed:
+            if life.closed:  # what Redis still says of it, if it can be asked
+                try:
+                    job = await self._get(job_id)
+                except ShuttingDown:
+                    pass
+                else:
+                    if job.status.terminal:
+                        return job
                 raise ShuttingDown(f"the queue closed before job {job_id!r} finished")
             woken = backend.watch(job_id)
             try:
