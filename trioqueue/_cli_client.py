@@ -47,7 +47,7 @@ def client_options(args: argparse.Namespace) -> tuple[str, str | None]:
     if "?" in url or "#" in url:  # the client puts its own path and query after it
         raise UsageError(f"{url_from}: expected the server's address without a query or "
                          f"fragment, got {url!r}")
-    from .client import check_url
+    from ._client_answers import check_url
 
     try:
         url = check_url(url, url_from)

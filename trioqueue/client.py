@@ -36,7 +36,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, S
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Self
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import attrs
 import httpx
@@ -49,16 +49,22 @@ from trio_websocket import (
     WebSocketConnection,
 )
 
+from ._client_answers import (
+    EventStreamClosed,
+    ServerError,
+    Unauthorized,
+    check_url,
+    error_for,
+    json_object,
+    not_ours,
+    retried_count,
+    task_list,
+)
 from ._events import Event
 from ._exceptions import (
-    DuplicateJob,
     InvalidJob,
     InvalidTransition,
     JobNotFound,
-    QueueFull,
-    ShuttingDown,
-    TrioQueueError,
-    UnknownTask,
 )
 from ._job import Job, JobStatus, Priority, check_job_id, check_json
 from ._queue import JobPage
@@ -66,30 +72,11 @@ from ._websocket import open_websocket
 
 __all__ = ["Client", "EventStreamClosed", "ServerError", "Unauthorized", "job_from_json"]
 
+for _cls in (EventStreamClosed, ServerError, Unauthorized):  # public here: say so
+    _cls.__module__ = __name__
+del _cls
+
 TERMINAL_TYPES = ("completed", "failed", "cancelled")
-
-
-class ServerError(TrioQueueError):
-    """The server answered with a status this client has no better exception for."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-        self.message = message
-
-
-class Unauthorized(ServerError):
-    """401: the server has a token and this client sent none or another."""
-
-
-class EventStreamClosed(TrioQueueError):
-    """The server closed the event stream for a reason other than shutting down
-    (code 1008: a bad filter or token)."""
-
-    def __init__(self, code: int, reason: str | None) -> None:
-        super().__init__(f"event stream closed ({code}): {reason or 'no reason given'}")
-        self.code = code
-        self.reason = reason
 
 
 def _time(value: Any) -> float | None:
@@ -130,28 +117,6 @@ def event_from_json(data: dict[str, Any]) -> Event:
 
 DEFAULT_TIMEOUT = 30.0
 """Seconds a :class:`Client` waits for an answer, by default (``timeout=``)."""
-
-
-_ROUTE_NAMES = frozenset({"jobs", "tasks", "metrics", "events", "healthz", "readyz",
-                         "openapi.json", "dashboard.js", "dashboard.css"})
-"""The first segments of the server's own paths (its ``/events`` and the ``ROUTES`` of
-``trioqueue/server/_http.py``): a client URL that ends in one is a route's, not the root
-the client puts those paths after."""
-
-
-def check_url(url: str, name: str = "url") -> str:
-    """``url`` without its trailing slashes, as the server's root; :class:`ValueError`
-    naming ``name`` when its last path segment is one of the server's routes
-    (``http://host:8080/jobs``), where every request would go to the wrong path (``GET
-    /jobs/tasks``, a job called "tasks").  Any other path is a prefix the server may be
-    mounted under behind a proxy (``https://host/trioqueue``)."""
-    root = url.rstrip("/")
-    parts = urlsplit(root)
-    parent, _, last = parts.path.rpartition("/")
-    if last in _ROUTE_NAMES:
-        raise ValueError(f"{name}: expected the server's root, not its /{last} route: got "
-                         f"{url!r} (the root would be {parts._replace(path=parent).geturl()!r})")
-    return root
 
 
 def _check_finite(**numbers: float | None) -> None:
@@ -203,7 +168,7 @@ class Client:
                     parse: Callable[[dict[str, Any]], Any] | None = None,
                     text: bool = False, **kwargs: Any) -> Any:
         """One request; the answer, a JSON object, through ``parse`` (``text``: the
-        body as text).  The server's refusals raise what :func:`_error` maps them to;
+        body as text).  The server's refusals raise what :func:`error_for` maps them to;
         an answer no trioqueue server gives (not JSON, or JSON of another shape: another
         program at that address, a proxy's error page) raises :class:`ServerError`
         saying so, instead of a ``KeyError`` deep in the caller."""
@@ -211,18 +176,18 @@ class Client:
         status = response.status_code
         if status < 300 and text:
             return response.text
-        data = _json_object(response)
+        data = json_object(response)
         if data is None:
-            raise _not_ours(response, "not a JSON object")
+            raise not_ours(response, "not a JSON object")
         if status >= 300:
-            raise _error(status, str(data.get("error", response.text)), op,
+            raise error_for(status, str(data.get("error", response.text)), op,
                          response.headers.get("retry-after"))
         if parse is None:
             return data
         try:
             return parse(data)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise _not_ours(response, f"{type(exc).__name__}: {exc}") from None
+            raise not_ours(response, f"{type(exc).__name__}: {exc}") from None
 
     # ------------------------------------------------------------------ the API
 
@@ -364,7 +329,7 @@ class Client:
         try:
             retried: int = await self._call(
                 "POST", "/jobs/retry", op="retry_all", json=body,
-                timeout=httpx.Timeout(self.timeout, read=None), parse=_retried)
+                timeout=httpx.Timeout(self.timeout, read=None), parse=retried_count)
         except ServerError as exc:
             if exc.status != 405:
                 raise
@@ -405,7 +370,7 @@ class Client:
         """``GET /tasks``: each registered task with the defaults a job of it gets
         (``name``, ``priority``, ``max_retries``, ``timeout``, ``schedule``, ``every``,
         ``concurrency``), by name."""
-        tasks: list[dict[str, Any]] = await self._call("GET", "/tasks", parse=_tasks)
+        tasks: list[dict[str, Any]] = await self._call("GET", "/tasks", parse=task_list)
         return tasks
 
     async def health(self) -> bool:
@@ -413,13 +378,13 @@ class Client:
         while it shuts down (503 ``{"status": "shutting_down"}``); :class:`ServerError`
         for an answer no trioqueue server gives."""
         response = await self._http.get("/healthz")
-        data = _json_object(response)
+        data = json_object(response)
         status = None if data is None else data.get("status")
         if (response.status_code, status) == (200, "ok"):
             return True
         if (response.status_code, status) == (503, "shutting_down"):
             return False
-        raise _not_ours(response, "not the health answer of a trioqueue server")
+        raise not_ours(response, "not the health answer of a trioqueue server")
 
     async def unavailable(self) -> str | None:
         """``None`` while the server's queue takes new jobs (``/readyz`` 200); else why
@@ -427,7 +392,7 @@ class Client:
         ``"shutting down"``, or the reason the store or Redis fails (``"unavailable"``
         when the server tells only a caller with its token)."""
         response = await self._http.get("/readyz")
-        data = _json_object(response)
+        data = json_object(response)
         status = None if data is None else data.get("status")
         if (response.status_code, status) == (200, "ok"):
             return None
@@ -437,7 +402,7 @@ class Client:
             assert data is not None
             reason = data.get("reason")
             return reason if isinstance(reason, str) and reason else "unavailable"
-        raise _not_ours(response, "not the readiness answer of a trioqueue server")
+        raise not_ours(response, "not the readiness answer of a trioqueue server")
 
     async def wait(self, job_id: str, *, poll: float = 5.0) -> Job:
         """Wait until the job is COMPLETED, FAILED or CANCELLED; return that snapshot.
@@ -561,16 +526,6 @@ def _no_stream(ws_url: str, exc: HandshakeError) -> Exception:
                               f"{str(cause) or type(cause).__name__}", request=request)
 
 
-def _seconds(retry_after: str | None) -> float:
-    """``Retry-After`` in seconds: its delay-seconds form (RFC 9110, 10.2.3), or 1.0 when
-    it is absent or anything else (an HTTP date, garbage)."""
-    try:
-        seconds = float(retry_after) if retry_after else 1.0
-    except ValueError:
-        return 1.0
-    return seconds if 0.0 <= seconds < math.inf else 1.0
-
-
 def _jobs(data: dict[str, Any]) -> list[Job]:
     return [job_from_json(job) for job in data["jobs"]]
 
@@ -578,66 +533,3 @@ def _jobs(data: dict[str, Any]) -> list[Job]:
 def _page(data: dict[str, Any]) -> JobPage:
     nxt = data.get("next")
     return JobPage(_jobs(data), nxt if isinstance(nxt, str) else None)
-
-
-def _retried(data: dict[str, Any]) -> int:
-    retried = data["retried"]
-    if type(retried) is not int:
-        raise TypeError(f"'retried' is {retried!r}, not a count")
-    return retried
-
-
-def _tasks(data: dict[str, Any]) -> list[dict[str, Any]]:
-    tasks = data["tasks"]
-    if not isinstance(tasks, list) or not all(isinstance(t, dict) and isinstance(
-            t.get("name"), str) for t in tasks):
-        raise TypeError("'tasks' is not a list of tasks")
-    return tasks
-
-
-def _json_object(response: httpx.Response) -> dict[str, Any] | None:
-    """The answer's body if it is a JSON object sent as JSON, else ``None``."""
-    if not response.headers.get("content-type", "").startswith("application/json"):
-        return None
-    try:
-        data = response.json()
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _not_ours(response: httpx.Response, why: str) -> ServerError:
-    """An answer that no trioqueue server gives: what it was, and the start of it."""
-    kind = response.headers.get("content-type") or "no content type"
-    body = response.text
-    start = body[:120] + ("..." if len(body) > 120 else "")
-    return ServerError(response.status_code,
-                       f"{response.request.method} {response.request.url} answered in a way "
-                       f"no trioqueue server does ({kind}; {why}): is that address a "
-                       f"trioqueue server? The answer began {start!r}")
-
-
-_BUSY = ("server busy: ", "closed to make room for a new connection")
-"""How the server's 503s for an overload begin (its connection cap, its budget of large
-responses, an eviction), as opposed to those of a shutdown."""
-
-
-def _error(status: int, message: str, op: str, retry_after: str | None) -> TrioQueueError:
-    if status == 400:
-        return InvalidJob(message)
-    if status == 404:
-        if message.startswith("no route for "):  # not a job or task the server lacks
-            return ServerError(status, f"{message}: is the client's URL the server's root?")
-        # (retry_all's 404: its task is not registered)
-        return UnknownTask(message) if op in ("enqueue", "retry_all") else JobNotFound(message)
-    if status == 409:
-        return DuplicateJob(message) if op == "enqueue" else InvalidTransition(message)
-    if status == 429:
-        return QueueFull(message, retry_after=_seconds(retry_after))
-    if status == 503:
-        if message.startswith(_BUSY):  # a temporary overload, not a shutdown: retry later
-            return ServerError(status, message)
-        return ShuttingDown(message)
-    if status == 401:
-        return Unauthorized(status, message)
-    return ServerError(status, message)
