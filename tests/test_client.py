@@ -505,3 +505,16 @@ async def test_a_url_that_is_one_of_the_servers_routes_is_refused(server: Server
         with pytest.raises(ServerError, match=re.escape(
                 "no route for /trioqueue/tasks: is the client's URL the server's root?")):
             await client.tasks()
+
+
+def test_the_clients_exceptions_pickle_and_say_where_they_live() -> None:
+    """They cross process boundaries (a worker pool, a result backend) as the library's
+    do: ``ServerError`` and ``EventStreamClosed`` failed to unpickle (their ``__init__``
+    takes more than the message)."""
+    import pickle
+
+    for exc in (ServerError(500, "boom"), Unauthorized(401, "no token"),
+                EventStreamClosed(1008, "bad filter"), EventStreamClosed(1006, None)):
+        again = pickle.loads(pickle.dumps(exc))
+        assert (type(again), str(again), vars(again)) == (type(exc), str(exc), vars(exc))
+        assert type(exc).__module__ == "trioqueue.client"

@@ -29,6 +29,9 @@ class ServerError(TrioQueueError):
         self.status = status
         self.message = message
 
+    def __reduce__(self) -> tuple[Any, ...]:  # (pickled with what __init__ takes)
+        return type(self), (self.status, self.message)
+
 
 class Unauthorized(ServerError):
     """401: the server has a token and this client sent none or another."""
@@ -42,6 +45,9 @@ class EventStreamClosed(TrioQueueError):
         super().__init__(f"event stream closed ({code}): {reason or 'no reason given'}")
         self.code = code
         self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.code, self.reason)
 
 
 _ROUTE_NAMES = frozenset({"jobs", "tasks", "metrics", "events", "healthz", "readyz",
