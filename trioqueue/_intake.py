@@ -23,9 +23,9 @@ from ._job import (
     check_max_retries,
     check_timeout,
 )
-from ._record import CONTAINERS, JobRecord, OwnedPayload
+from ._record import AS_IS, CONTAINERS, JobRecord, OwnedPayload
 from ._registry import TaskRegistry, TaskSpec
-from ._submit import check_call_payload, is_call_task
+from ._submit import Call, check_call_payload, is_call_task
 
 QUEUED = JobStatus.QUEUED
 SCHEDULED = JobStatus.SCHEDULED
@@ -79,9 +79,14 @@ class Intake:
             payload_json = "null"
         else:
             payload_json = check_json("payload", payload)
-            if payload.__class__ in CONTAINERS:  # the job's own copy, as JSON gives it back
+            kind = payload.__class__
+            if kind in CONTAINERS:  # the job's own copy, as JSON gives it back
                 payload = _loads(payload_json)
                 make = OwnedPayload
+            elif kind not in AS_IS and kind is not Call:  # a tuple, an OrderedDict, ...:
+                payload = _loads(payload_json)  # kept as JSON gives it back, too
+                if payload.__class__ in CONTAINERS:
+                    make = OwnedPayload
         now = self._now()
         created = now + self._wall
         # The id's millisecond is the job's creation time: one clock read for both

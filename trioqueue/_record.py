@@ -171,9 +171,11 @@ class JobRecord:
 
     def _own_result(self) -> Any:
         """A result that is a JSON object or array: each snapshot gets its own copy of it
-        as it was returned (as from a store), never the object the handler returned."""
+        as it was returned, as JSON gives it back (as from a store or Redis: a tuple a
+        list), never the object the handler returned; so does any other result not of a
+        class in :data:`AS_IS` (an ``IntEnum`` comes back an int)."""
         result, text = self.result, self.result_json
-        return result if text is None or result.__class__ not in CONTAINERS else _loads(text)
+        return result if text is None or result.__class__ in AS_IS else _loads(text)
 
     def same_job(self, task: str, payload_json: str) -> bool:
         """Whether a request for ``task`` with this payload repeats this job (an
@@ -182,8 +184,16 @@ class JobRecord:
 
 
 CONTAINERS = (dict, list)
-"""Payload types a job keeps its own copy of (exactly these: a memory-mode ``submit``'s
-``Call``, a dict subclass, is the call itself)."""
+"""What JSON gives an object or array back as: a payload of exactly these classes is
+the job's own copy (:class:`OwnedPayload`), each snapshot getting a copy of it."""
+
+AS_IS = frozenset({str, int, float, bool, type(None)})
+"""The classes of the JSON values that JSON gives back as they were (equal, of the same
+class), which a job keeps as given.  A payload or result of any other class is kept as
+JSON gives it back: a ``tuple`` (a named one too) as a list, a subclass of ``dict`` or
+``list`` as a dict or list, an ``IntEnum`` as an int, ..., the same in memory, SQLite and
+Redis.  (Not a memory-mode ``submit``'s ``Call``, a dict subclass: it is the call
+itself, and never a stored value.)"""
 
 
 _loads = json.loads

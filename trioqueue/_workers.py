@@ -14,6 +14,7 @@ import logging
 import math
 import random
 import signal
+import sys
 import threading
 import traceback as tb_module
 from collections.abc import Callable
@@ -45,7 +46,15 @@ ABORTED = "aborted: shutdown timeout"
 ABORTED_AT_ONCE = "aborted: the queue was cancelled"
 """Memory mode: the error of a job running when the code around ``open_queue`` was
 cancelled (a second Ctrl+C, a deadline): the shutdown did not wait."""
-_SIMPLE_RESULT = (str, int, bool, type(None))
+_SIMPLE_RESULT = frozenset({type(None), str, bool})
+"""Results kept without being checked (a store or Redis encodes them itself), and so
+are ints smaller than :data:`_BIG_INT`."""
+_BIG_INT = 10 ** sys.int_info.str_digits_check_threshold
+"""An int of this size or more (641 digits and more) is checked like any result:
+Python writes an int of more than ``sys.get_int_max_str_digits()`` digits (4,300 by
+default, never less than 640) in no JSON, so ``return 10**5000`` must fail its attempt
+(``InvalidJob: result: not JSON-serializable``) rather than reach a store's writer or
+Redis' and take the queue down.  Two comparisons, for ints only."""
 
 
 @attrs.define(eq=False)
@@ -188,6 +197,7 @@ class Workers:
         threads = self._threads
         index = slot.index
         every, after = CHECKPOINT_EVERY, CHECKPOINT_AFTER
+        simple, big, below_big = _SIMPLE_RESULT, _BIG_INT, -_BIG_INT
         since = 0
         last_yield = current_time()
         now: float | None = None
@@ -234,8 +244,12 @@ class Workers:
                         )
                 else:
                     result = await spec.handler(job)
-                result_json = (None if result.__class__ in _SIMPLE_RESULT
-                               else check_json("result", result))
+                kind = result.__class__
+                if kind is int:
+                    result_json = (None if below_big < result < big
+                                   else check_json("result", result))
+                else:
+                    result_json = None if kind in simple else check_json("result", result)
             except BaseException as exc:  # whatever the handler raised fails the attempt
                 if not isinstance(exc, Exception):  # ... but our scope's Cancelled, Ctrl+C
                     cancelled, ctrl_c = _passing_through(exc)
