@@ -35,7 +35,7 @@ from trioqueue import (
 )
 from trioqueue.testing import IdGenerator, LocalBackend
 
-from .channels import drain
+from .channels import ReceivesNowait, drain
 
 
 class Harness:
@@ -742,7 +742,7 @@ async def test_events_reach_subscribers_that_join_late_and_stop_when_they_leave(
 ) -> None:
     """The engine skips event work while no one subscribes; subscribing turns it back on."""
 
-    def kinds(events: trio.MemoryReceiveChannel[trioqueue.Event]) -> list[str]:
+    def kinds(events: ReceivesNowait[trioqueue.Event]) -> list[str]:
         return [e.type for e in drain(events)]
 
     async with trioqueue.open_queue(h.registry, cfg()) as q:

@@ -18,7 +18,7 @@ from trioqueue import JobStatus
 from trioqueue.server import App
 
 
-async def started(events: trio.MemoryReceiveChannel[trioqueue.Event], job_id: str) -> None:
+async def started(events: trio.abc.ReceiveChannel[trioqueue.Event], job_id: str) -> None:
     async for event in events:
         if event.type == "started" and event.job_id == job_id:
             return

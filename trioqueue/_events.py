@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
+from ._exceptions import ShuttingDown
 from ._record import LABELS, JobRecord
 from ._state import EventKind
 
@@ -94,7 +96,7 @@ class Event:
 class _Subscriber:
     send: trio.MemorySendChannel[Event]
     receive: trio.MemoryReceiveChannel[Event]
-    """The subscriber's end, by which :meth:`Broadcaster.remove` knows it."""
+    """The buffer's end, which its :class:`Subscription` reads."""
     metrics: bool = False
     dropped: int = 0
     types: frozenset[str] | None = None
@@ -118,11 +120,103 @@ class _Subscriber:
         return self.refilled + (1.0 - self.tokens) / self.max_rate
 
 
+class Subscription(trio.abc.ReceiveChannel[Event]):
+    """A subscriber's end (what :meth:`JobQueue.subscribe` gives): a receive channel of
+    what its bounded buffer holds, then of the ``lagged`` it is owed for the events lost
+    after those, before anything else.
+
+    The count of events still being lost cannot wait in the full buffer: the ``lagged``
+    is built when the subscriber reads the buffer empty (or ended), with the count up
+    to then, whether or not an event came since (an event that fits in the meantime is
+    put after a ``lagged`` with the count so far, by :meth:`Broadcaster.publish`).  A
+    subscriber with a ``max_rate`` gets its ``lagged`` once it has a token again, as an
+    event would (``1 / max_rate`` s later at most).  When the queue closes, the channel
+    ends after the buffer and the last ``lagged``.  Like a
+    :class:`trio.MemoryReceiveChannel`, it has :meth:`receive_nowait`, and ``with``
+    closes it.
+    """
+
+    __slots__ = ("_hub", "_receive", "_sub")
+
+    def __init__(self, hub: Broadcaster, sub: _Subscriber) -> None:
+        self._hub = hub
+        self._sub = sub
+        self._receive = sub.receive
+
+    def __repr__(self) -> str:
+        return f"<trioqueue subscription, {self._receive.statistics()}>"
+
+    @property
+    def subscriber(self) -> _Subscriber:
+        """The queue's record of this subscriber (its buffer's ends, its counts)."""
+        return self._sub
+
+    def receive_nowait(self) -> Event:
+        """The next event without waiting: what the buffer holds, then the ``lagged``
+        owed; :class:`trio.WouldBlock` if neither, :class:`trio.EndOfChannel` once the
+        queue closed and both were read."""
+        try:
+            return self._receive.receive_nowait()
+        except trio.WouldBlock:
+            lagged = self._hub.lagged_for(self._sub, ended=False)
+            if lagged is None:
+                raise
+            return lagged
+        except trio.EndOfChannel:
+            lagged = self._hub.lagged_for(self._sub, ended=True)
+            if lagged is None:
+                raise
+            return lagged
+
+    async def receive(self) -> Event:
+        """The next event, waiting for one if need be (:meth:`receive_nowait`)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                event = self.receive_nowait()
+            except trio.WouldBlock:
+                pass
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return event
+            # The buffer is empty, and nothing is owed that may go now.  An event that
+            # comes goes straight to this wait; events lost meanwhile (only over a
+            # ``max_rate``) are told when a token is due, by looking again then.
+            due = self._hub.lagged_due(self._sub)
+            try:
+                if due == math.inf:
+                    return await self._receive.receive()
+                with trio.move_on_at(due):
+                    return await self._receive.receive()
+            except trio.EndOfChannel:
+                pass  # the queue closed: a lagged still owed goes first (above)
+
+    def statistics(self) -> trio.MemoryChannelStatistics:
+        """The buffer's :class:`trio.MemoryChannelStatistics`."""
+        return self._receive.statistics()
+
+    def close(self) -> None:
+        """Stop receiving: the queue hands this subscriber nothing more."""
+        self._receive.close()
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Broadcaster:
     """Hands each event to every subscriber's own bounded channel without waiting.
 
-    A subscriber whose buffer is full loses the event and is owed a ``lagged`` marker,
-    delivered (with the count) before the next event that fits.  So does one over its
+    A subscriber whose buffer is full loses the event and is owed a ``lagged`` marker
+    with the count: put ahead of the next event that fits, or built by its
+    :class:`Subscription` when it reads its buffer empty (or ended), whichever comes
+    first (:meth:`lagged_for`).  So does one over its
     ``max_rate``; and when every subscriber is over it, :meth:`takes` says so, and the
     queue does not even build the event.  Until the first of them has a token again
     (a time :meth:`takes` works out once), a job event costs one clock reading and one
@@ -160,6 +254,8 @@ class Broadcaster:
         """The node whose change is being announced: set by a Redis node's events reader
         while it hands on an event of the queue's stream (the ``node`` of the events
         built meanwhile); ``None`` in a queue of one process."""
+        self._closed = False
+        """:meth:`close` ended every subscriber's channel: no one subscribes any more."""
 
     def _changed(self) -> None:
         self._unlimited = _union(sub.types for sub in self._subs if sub.max_rate is None)
@@ -194,7 +290,11 @@ class Broadcaster:
 
     def add(self, buffer: int, max_rate: float | None = None,
             types: frozenset[str] | None = None,
-            metrics: bool = False) -> trio.MemoryReceiveChannel[Event]:
+            metrics: bool = False) -> Subscription:
+        """A new subscriber's end; :class:`ShuttingDown` once :meth:`close` ended the
+        others' (its channel would never end)."""
+        if self._closed:
+            raise ShuttingDown("the queue is closed: its events have ended")
         send, receive = trio.open_memory_channel[Event](buffer)
         sub = _Subscriber(send, receive, metrics, types=types)
         if max_rate is not None:
@@ -204,7 +304,7 @@ class Broadcaster:
         self._clock = trio.lowlevel.current_clock().current_time
         self._subs.append(sub)
         self._changed()
-        return receive
+        return Subscription(self, sub)
 
     def takes(self, kind: str) -> bool:
         """Whether a job event of type ``kind`` published now would reach any subscriber.
@@ -334,17 +434,49 @@ class Broadcaster:
                 self._subs.remove(sub)
             self._changed()
 
-    def remove(self, receive: trio.MemoryReceiveChannel[Event]) -> None:
-        """Forget the subscriber that :meth:`add` gave ``receive`` to."""
+    def lagged_for(self, sub: _Subscriber, ended: bool) -> Event | None:
+        """The ``lagged`` that ``sub``, its buffer read (or ``ended``, the queue closed),
+        is owed now, if any: the count of the events it lost since it was last told.  A
+        subscriber with a ``max_rate`` is told once it has a token (not spent), as the
+        next event would be, unless its channel ended."""
+        if sub.max_rate is not None and not ended:
+            if not sub.has_token(trio.current_time()):
+                return None
+            skipped = self._skipped
+            if skipped and (sub.types is None or not sub.types.isdisjoint(skipped)):
+                self._settle()  # events it lost while every subscriber was over its rate
+        if not sub.dropped:
+            return None
+        lagged = Event(seq=self._seq + 1, type="lagged", at=self._now(), dropped=sub.dropped)
+        sub.dropped = 0  # (the seq: shared with the next event, as in publish)
+        return lagged
+
+    def lagged_due(self, sub: _Subscriber) -> float:
+        """When ``sub``, waiting on an empty buffer with no ``lagged`` it may be told now
+        (:meth:`lagged_for`), must look again (trio time): when its next token is due, if
+        it is out of them (events are lost meanwhile, and no event will come to tell
+        it); else never (the next event goes straight to its wait)."""
+        now = trio.current_time()
+        if sub.max_rate is None or sub.has_token(now):
+            return math.inf
+        # Not before a microsecond from now: a token due within the float rounding of
+        # the refill would have it look again at once, and again (the mock clock stands).
+        return max(sub.next_token(), now + 1e-6)
+
+    def remove(self, subscription: Subscription) -> None:
+        """Forget the subscriber that :meth:`add` gave ``subscription`` to."""
         self._settle()  # the others' counts first; the gate is worked out again
         for sub in self._subs:
-            if sub.receive is receive:
+            if sub is subscription.subscriber:
                 sub.send.close()
                 self._subs.remove(sub)
                 self._changed()
                 return
 
     def close(self) -> None:
+        """End every subscriber's channel (each reads what it holds and the ``lagged``
+        it is owed first), and refuse new ones."""
+        self._closed = True
         self._settle()
         for sub in self._subs:
             sub.send.close()

@@ -22,7 +22,7 @@ from ._backend import Backend
 from ._batch import Batches, BatchItem, commit_or_take_back, wait_all
 from ._config import QueueConfig
 from ._created import repeated
-from ._events import Broadcaster, Event, change_hook, check_subscription
+from ._events import Broadcaster, Subscription, change_hook, check_subscription
 from ._exceptions import (
     DuplicateJob,
     InvalidJob,
@@ -559,18 +559,20 @@ class JobQueue(Readings):
     async def subscribe(
         self, buffer: int | None = None, *, metrics: bool = False,
         max_rate: float | None = None, types: Iterable[str] | None = None,
-    ) -> AsyncIterator[trio.MemoryReceiveChannel[Event]]:
+    ) -> AsyncIterator[Subscription]:
         """A channel of every :class:`Event` from now on, with its own bounded buffer (on
         a shared backend, entering it waits until every node writes events for it).
 
-        A subscriber that falls behind loses events and then receives a ``lagged`` event
-        saying how many; it never slows the queue.  With ``metrics=True`` it also receives
+        A subscriber that falls behind loses events and, once it has read its buffer,
+        receives a ``lagged`` event saying how many, before any later event (and before
+        its channel ends); it never slows the queue.  With ``metrics=True`` it also receives
         a ``metrics`` event every ``config.metrics_interval`` seconds, starting with one
         at once.  With ``max_rate``, job events over that many a second (bursts of one
         second's worth pass) are dropped and counted in ``lagged`` the same way.  With
         ``types`` (say ``{"failed", "retrying"}``), only job events of those types come
         (and count against ``max_rate``); the queue does not even build an event that no
-        subscriber takes.  The channel ends when the queue closes.
+        subscriber takes.  The channel ends when the queue closes; once it closed,
+        entering raises :class:`ShuttingDown`.
         """
         size = self._config.event_buffer if buffer is None else buffer
         receive = self._events.add(*check_subscription(size, max_rate, types), metrics)

@@ -7,6 +7,7 @@ live in :mod:`._http`; what it asks of the lean server's response budget, in :mo
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 from typing import Any
@@ -517,7 +518,8 @@ class App:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._until_disconnect, receive, gone, nursery.cancel_scope)
             nursery.start_soon(self._until_closed, nursery.cancel_scope)
-            await self._forward(wanted, send)
+            with contextlib.suppress(ShuttingDown):  # the queue closed as this came in
+                await self._forward(wanted, send)
             nursery.cancel_scope.cancel()
         if not gone.is_set():  # the queue closed: say so rather than just hanging up
             await send({"type": "websocket.close", "code": WS_GOING_AWAY,
