@@ -114,6 +114,9 @@ class Batches:
         recs: list[JobRecord] = []
         given: dict[str, JobRecord] = {}
         for i, item in enumerate(items):
+            if not isinstance(item, BatchItem):  # (a tuple had "no attribute 'task'")
+                raise InvalidJob(f"jobs[{i}]: expected a trioqueue.BatchItem, got "
+                                 f"{type(item).__name__}")
             try:
                 rec = build(item.task, item.payload, item.priority, item.job_id,
                             item.delay, item.max_retries, item.timeout)

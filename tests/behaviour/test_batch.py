@@ -45,6 +45,11 @@ async def test_a_batch_that_does_not_fit_leaves_nothing(
         assert "high" not in str(full.value)
         with pytest.raises(InvalidJob, match=r"payloads\[1\]"):
             await q.enqueue_many("echo", ["b", {1, 2}])
+        # An item that is no BatchItem was an AttributeError ("no attribute 'task'").
+        with pytest.raises(InvalidJob, match=r"^jobs\[1\]: expected a trioqueue.BatchItem, "
+                                             r"got tuple$"):
+            await q.enqueue_batch([BatchItem("echo", "b"), ("echo", "c")],  # type: ignore[list-item]
+                                  wait_for_room=False)
         with pytest.raises(InvalidJob, match="capacity"):
             await q.enqueue_many("echo", ["b", "c", "d", "e"], priority="low")
         assert q.metrics().queued == {"high": 0, "medium": 1, "low": 0}
