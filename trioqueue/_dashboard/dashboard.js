@@ -84,7 +84,7 @@
     running: new Map(),
     runningDirty: false,
     detail: { id: null, job: null, fetching: false, again: false, timer: 0, dirty: false,
-      progress: null },
+      progress: null, opener: null },
     tab: "overview",
     reload: { inFlight: false, again: false, last: 0, timer: 0 },
     // Periodic tasks from GET /tasks (loaded on every connect, and again once a next run
@@ -107,17 +107,31 @@
     if (node.textContent !== t) node.textContent = t;
   };
   const num = (n) => (typeof n === "number" ? n.toLocaleString("en-US") : "–");
+  // A duration (timeouts, percentiles, the uptime): three significant digits under a
+  // minute ("250 µs", "1.25 ms", "500 ms", "1.5 s", "42.3 s"), then whole units, the two
+  // largest ("1 min 30 s", "59 min 59 s", "2 h 5 min", "3 d 4 h").
+  const DURATION_UNITS = [[86400, "d"], [3600, "h"], [60, "min"], [1, "s"]];
   const secs = (s) => {
     if (typeof s !== "number" || !isFinite(s)) return "–";
-    if (s < 0.001) return `${Math.round(s * 1e6)} µs`;
-    if (s < 1) return `${(s * 1e3).toFixed(s < 0.01 ? 2 : 1)} ms`;
-    if (s < 120) return `${s.toFixed(2)} s`;
-    return `${Math.round(s / 60)} min`;
+    if (s < 0) return `-${secs(-s)}`;
+    if (s === 0) return "0 s";
+    const sig = (v) => Number(v.toPrecision(3)); // 999.96 -> 1000: the next unit's
+    if (Math.round(s * 1e6) < 1000) return `${Math.round(s * 1e6)} µs`;
+    if (sig(s * 1e3) < 1000) return `${sig(s * 1e3)} ms`;
+    if (sig(s) < 60) return `${sig(s)} s`;
+    const whole = Math.round(s);
+    const i = DURATION_UNITS.findIndex(([size]) => whole >= size); // 0 to 2: at least a minute
+    const [big, bigUnit] = DURATION_UNITS[i];
+    const [small, smallUnit] = DURATION_UNITS[i + 1];
+    const n = Math.round(whole / small); // in the smaller unit, rounded (59.6 min -> 1 h)
+    const a = Math.floor(n / (big / small));
+    const b = n % (big / small);
+    return b ? `${num(a)} ${bigUnit} ${b} ${smallUnit}` : `${num(a)} ${bigUnit}`;
   };
+  // An exact period ("every 90 s", "every 2 h"): one unit that divides it, else secs().
   const span = (s) => {
     if (typeof s !== "number" || !isFinite(s)) return "–";
-    const units = [[86400, "d"], [3600, "h"], [60, "min"], [1, "s"]];
-    for (const [size, unit] of units) {
+    for (const [size, unit] of DURATION_UNITS) {
       if (s >= size && Math.abs(s / size - Math.round(s / size)) < 1e-9) return `${num(Math.round(s / size))} ${unit}`;
     }
     return secs(s);
@@ -165,8 +179,18 @@
     const b = el("button", "link", id);
     b.type = "button";
     b.dataset.job = id;
+    b.title = id; // a long id is cut short with an ellipsis (dashboard.css)
     return b;
   };
+  // A cell whose text may be long (a task name, a node id): cut short with an ellipsis
+  // (dashboard.css), the whole text in its tooltip.
+  const clipText = (node, text) => {
+    const t = text === undefined || text === null ? "" : String(text);
+    setText(node, t);
+    if (node.title !== t) node.title = t;
+    return node;
+  };
+  const clipCell = (text, cls) => clipText(el("td", cls ? `clip ${cls}` : "clip"), text);
   const storage = {
     get() {
       try {
@@ -213,16 +237,23 @@
 
   // ------------------------------------------------------------------ token
 
+  // `#token=...` (maybe beside other `name=value&...` parts, kept as they are).  Only
+  // percent-decoded: URLSearchParams decodes as a form does, a `+` into a space, and a
+  // base64 token pasted as it is (`#token=Zm9v+YmFy/cXV4=`) was refused.
   function takeToken() {
     const hash = window.location.hash;
     if (hash.length > 1) {
-      const params = new URLSearchParams(hash.slice(1));
-      const token = params.get("token");
-      if (token !== null) {
+      const parts = hash.slice(1).split("&");
+      const given = parts.filter((p) => p.startsWith("token="));
+      if (given.length) {
+        const raw = given[0].slice("token=".length);
+        let token = raw;
+        try {
+          token = decodeURIComponent(raw);
+        } catch (e) { /* a lone "%": the token as it is */ }
         S.token = token;
         storage.set(token);
-        params.delete("token");
-        const rest = params.toString();
+        const rest = parts.filter((p) => p && !p.startsWith("token=")).join("&");
         const url = window.location.pathname + window.location.search + (rest ? `#${rest}` : "");
         window.history.replaceState(null, "", url);
       }
@@ -518,8 +549,21 @@
       }
     } else {
       S.jobsOrder.unshift(added.id);
+      trimJobs();
     }
     S.jobsDirty = true;
+  }
+
+  // The list keeps a page of jobs, the newest: the oldest beyond it go, with their rows,
+  // as new ones come (whether or not the Jobs tab is shown).  While the pointer holds the
+  // list, the rows under it stay and up to a page more waits in `jobsHeld`.
+  function trimJobs() {
+    if (S.jobsOrder.length <= JOBS_PAGE) return;
+    for (const id of S.jobsOrder.splice(JOBS_PAGE)) {
+      const rec = S.jobs.get(id);
+      if (rec && rec.row) rec.row.remove();
+      S.jobs.delete(id);
+    }
   }
 
   function applyDead(ev) {
@@ -532,6 +576,7 @@
         S.dead.set(ev.job_id, { id: ev.job_id, task: ev.task, priority: ev.priority,
           status: "failed", attempts: ev.attempt, created: NaN, finished: at, error: ev.error,
           t: at, row: null, dirty: true, fresh: true });
+        trimDead();
       }
       S.deadDirty = true;
     } else if (rec && ev.status !== "failed") {
@@ -541,6 +586,21 @@
         S.dead.delete(ev.job_id);
         S.deadDirty = true;
       }
+    }
+  }
+
+  // At most DEAD_LIMIT dead letters, the newest (as a reload lists them): over it the one
+  // that failed first goes, and the list is then "full" (the count says "200+"), as when
+  // a reload brings DEAD_LIMIT of them.
+  function trimDead() {
+    while (S.dead.size > DEAD_LIMIT) {
+      let oldest = null;
+      for (const rec of S.dead.values()) {
+        if (!oldest || (rec.finished || 0) < (oldest.finished || 0)) oldest = rec;
+      }
+      if (oldest.row) oldest.row.remove();
+      S.dead.delete(oldest.id);
+      S.deadFull = true;
     }
   }
 
@@ -804,13 +864,19 @@
 
   function openDetail(id, known, clickEvent) {
     const d = S.detail;
+    const panel = $("detail");
+    // Focus moves into the panel (its Close button), and back to what opened it (the
+    // job's link, the Find field) when it closes.
+    const active = document.activeElement;
+    if (active && active !== document.body && !panel.contains(active)) d.opener = active;
     d.id = id;
     d.job = known || null;
     d.progress = null;
     d.dirty = true;
     setText($("d-action-note"), "");
     renderDetail(true); // at once, in this frame: the click is answered before the fetch
-    $("detail").hidden = false;
+    panel.hidden = false;
+    $("d-close").focus({ preventScroll: true });
     if (clickEvent) measureClick(clickEvent);
     loadDetail();
   }
@@ -865,9 +931,31 @@
   }
 
   function closeDetail() {
-    S.detail.id = null;
-    S.detail.job = null;
-    $("detail").hidden = true;
+    const d = S.detail;
+    const id = d.id;
+    const panel = $("detail");
+    const active = document.activeElement;
+    const focusInside = !active || active === document.body || panel.contains(active);
+    d.id = null;
+    d.job = null;
+    panel.hidden = true;
+    let back = d.opener;
+    d.opener = null;
+    if (!focusInside) return; // the user has moved on: leave the focus where it is
+    if (!back || !back.isConnected) { // its row was redrawn or dropped: the job's link shown now
+      back = Array.from(document.querySelectorAll("button[data-job]"))
+        .find((b) => b.dataset.job === id && b.offsetParent !== null) || null;
+    }
+    if (back) back.focus({ preventScroll: true });
+  }
+
+  // The panel starts below the header, whose height changes as it wraps (a narrow
+  // window), so that the tabs stay in reach while it is open.  Set through the CSSOM,
+  // which the CSP allows (it refuses style attributes in the markup).
+  function placeDetail() {
+    const h = Math.ceil($("top").getBoundingClientRect().height);
+    const top = `${h}px`;
+    if ($("detail").style.top !== top) $("detail").style.top = top;
   }
 
   async function jobAction(action) {
@@ -1081,6 +1169,15 @@
     if (S.runningDirty && S.tab === "workers") renderWorkers();
     if (S.periodic.dirty) renderPeriodic();
     if (S.detail.dirty && S.detail.id) renderDetail(false);
+    // How many jobs and dead letters the page holds, drawn or not (read by the browser
+    // tests: both lists are capped where records are added).
+    keep($("jobs"), S.jobs.size);
+    keep($("dead"), S.dead.size);
+  }
+
+  function keep(table, n) {
+    const v = String(n);
+    if (table.dataset.kept !== v) table.dataset.kept = v;
   }
 
   function renderMetrics() {
@@ -1151,16 +1248,21 @@
     const idCell = el("td", "id");
     idCell.appendChild(jobLink(ev.job_id));
     tr.appendChild(idCell);
-    tr.appendChild(el("td", "", ev.task));
+    tr.appendChild(clipCell(ev.task));
     tr.appendChild(el("td", "", ev.priority));
     tr.appendChild(el("td", "num", ev.worker === null || ev.worker === undefined ? "" : ev.worker));
     tr.appendChild(el("td", "num", ev.attempt));
-    let extra = firstLine(ev.error);
-    if (ev.type === "progress" && typeof ev.fraction === "number") {
-      extra = `${Math.round(ev.fraction * 100)} %${ev.note ? ` ${ev.note}` : ""}`;
+    // The last column: a failure's error, or a progress report (not an error: not red).
+    let last;
+    if (ev.type === "progress") {
+      const note = typeof ev.note === "string" && ev.note ? ev.note : "";
+      const done = typeof ev.fraction === "number" ? `${Math.round(ev.fraction * 100)} %` : "";
+      last = el("td", "progress", [done, firstLine(note)].filter(Boolean).join(" "));
+      if (note) last.title = note;
+    } else {
+      last = el("td", "error", firstLine(ev.error));
+      if (typeof ev.error === "string") last.title = ev.error;
     }
-    const last = el("td", "error", extra);
-    if (typeof ev.error === "string") last.title = ev.error;
     tr.appendChild(last);
     return tr;
   }
@@ -1170,7 +1272,8 @@
     const idCell = el("td", "id");
     idCell.appendChild(jobLink(rec.id));
     tr.appendChild(idCell);
-    for (let i = 0; i < 6; i += 1) tr.appendChild(el("td"));
+    tr.appendChild(el("td", "clip")); // the task
+    for (let i = 0; i < 5; i += 1) tr.appendChild(el("td"));
     tr.dataset.id = rec.id;
     rec.row = tr;
     return tr;
@@ -1178,7 +1281,7 @@
 
   function fillJobRow(rec) {
     const c = rec.row.cells;
-    setText(c[1], rec.task);
+    clipText(c[1], rec.task);
     setText(c[2], rec.priority);
     setText(c[3], rec.status);
     c[3].className = `status s-${rec.status}`;
@@ -1203,14 +1306,7 @@
   function renderJobs() {
     S.jobsDirty = false;
     const body = $("jobs-body");
-    // Newest first, capped at a page: drop the oldest rows beyond it.
-    if (S.jobsOrder.length > JOBS_PAGE) {
-      for (const id of S.jobsOrder.splice(JOBS_PAGE)) {
-        const rec = S.jobs.get(id);
-        if (rec && rec.row) rec.row.remove();
-        S.jobs.delete(id);
-      }
-    }
+    trimJobs(); // newest first, capped at a page (applyJobs keeps it so)
     // Walk from the bottom up, each row placed just above the one after it: rows already
     // in place are not moved, so a new job costs one insertion.
     let anchor = null;
@@ -1241,7 +1337,8 @@
         const idCell = el("td", "id");
         idCell.appendChild(jobLink(rec.id));
         tr.appendChild(idCell);
-        for (let k = 0; k < 4; k += 1) tr.appendChild(el("td"));
+        tr.appendChild(el("td", "clip")); // the task
+        for (let k = 0; k < 3; k += 1) tr.appendChild(el("td"));
         const actions = el("td");
         const retry = el("button", "small", "Retry");
         retry.type = "button";
@@ -1254,7 +1351,7 @@
       }
       if (rec.dirty) {
         const c = rec.row.cells;
-        setText(c[1], rec.task);
+        clipText(c[1], rec.task);
         setText(c[2], rec.attempts);
         setText(c[3], when(rec.finished));
         setText(c[4], firstLine(rec.error));
@@ -1436,14 +1533,14 @@
     for (const r of rows.slice(0, 200)) {
       const tr = el("tr");
       const known = typeof r.node === "string";
-      if (grouped) tr.appendChild(el("td", "id", known ? r.node : "?"));
+      if (grouped) tr.appendChild(clipCell(known ? r.node : "?", "id"));
       let worker = typeof r.worker === "number" ? r.worker : "?";
       if (grouped && known && r.node !== here && worker === "?") worker = "–";
       tr.appendChild(el("td", "num", worker));
       const idCell = el("td", "id");
       idCell.appendChild(jobLink(r.id));
       tr.appendChild(idCell);
-      tr.appendChild(el("td", "", r.task));
+      tr.appendChild(clipCell(r.task));
       tr.appendChild(el("td", "", r.priority));
       tr.appendChild(el("td", "num", r.attempt));
       tr.appendChild(el("td", "num", isFinite(r.since) ? ago(r.since) : "–"));
@@ -1461,6 +1558,8 @@
     while (body.rows.length < P.tasks.length) {
       const tr = body.insertRow();
       for (let i = 0; i < 7; i += 1) tr.insertCell();
+      tr.cells[0].className = "clip";
+      tr.cells[1].className = "clip wide"; // a cron schedule and its time zone
       tr.cells[5].className = "id";
     }
     while (body.rows.length > P.tasks.length) body.lastChild.remove();
@@ -1469,8 +1568,8 @@
       const tr = body.rows[i];
       const c = tr.cells;
       tr.dataset.task = t.name;
-      setText(c[0], t.name);
-      setText(c[1], typeof t.schedule === "string"
+      clipText(c[0], t.name);
+      clipText(c[1], typeof t.schedule === "string"
         ? `cron ${t.schedule} (${typeof t.tz === "string" ? t.tz : "UTC"})`
         : `every ${span(t.every)}`);
       setText(c[2], t.priority);
@@ -1624,11 +1723,14 @@
     holdWhileOver($("jobs"), "jobs", () => {
       S.jobsOrder = S.jobsHeld.reverse().concat(S.jobsOrder);
       S.jobsHeld = [];
+      trimJobs();
       S.jobsDirty = true;
     });
     document.addEventListener("visibilitychange", () => {
       if (!document.hidden && S.dropped) requestReload(true);
     });
+    placeDetail();
+    new ResizeObserver(placeDetail).observe($("top"));
   }
 
   function start() {
