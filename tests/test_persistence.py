@@ -566,39 +566,32 @@ async def test_an_unwritable_location_is_refused_at_open(tmp_path: Path) -> None
             pass  # pragma: no cover
 
 
-async def test_one_queue_per_store_file(tmp_path: Path) -> None:
-    db = tmp_path / "q.db"
-    async with trioqueue.open_queue(registry, cfg(db)) as q:
-        await q.enqueue("echo", 1, job_id="mine")
-        with pytest.raises(StoreError, match=rf"{db}: in use by another trioqueue queue "
-                           rf"\(process {os.getpid()}\)"):
-            async with trioqueue.open_queue(registry, cfg(db)):
-                pass  # pragma: no cover
-        assert (await q.wait("mine")).status is JobStatus.COMPLETED  # unharmed
-    async with trioqueue.open_queue(registry, cfg(db)) as q:  # free again once closed
-        assert (await q.get("mine")).status is JobStatus.COMPLETED
-
-
-@pytest.mark.parametrize("link", ["file", "directory"])
-async def test_one_queue_per_store_file_by_another_name_too(tmp_path: Path, link: str) -> None:
-    """A symbolic link to the file, or to its directory, is the same store: the lock used
-    to be named from the path as given, so a second queue opened the file through a link,
-    ran its jobs a second time and failed the first queue's running ones as crashed."""
+@pytest.mark.parametrize("name", ["the same", "a link to the file", "a link to its directory"])
+async def test_one_queue_per_store_file(tmp_path: Path, name: str) -> None:
+    """A second queue on the store is refused, by the same path or another name for the
+    same file: the lock used to be named from the path as given, so a second queue opened
+    the file through a symbolic link, ran its jobs a second time and failed the first
+    queue's running ones as crashed."""
     db = tmp_path / "real" / "q.db"
     db.parent.mkdir()
-    other = (tmp_path / "alias.db") if link == "file" else (tmp_path / "alias" / "q.db")
-    (other if link == "file" else other.parent).symlink_to(db if link == "file" else db.parent)
+    other = {"the same": db, "a link to the file": tmp_path / "alias.db",
+             "a link to its directory": tmp_path / "alias" / "q.db"}[name]
+    if name == "a link to the file":
+        other.symlink_to(db)
+    elif name == "a link to its directory":
+        other.parent.symlink_to(db.parent)
     async with trioqueue.open_queue(registry, cfg(db)) as q:
         await q.enqueue("echo", 1, job_id="mine")
         with pytest.raises(StoreError, match=rf"{other}: in use by another trioqueue queue "
                            rf"\(process {os.getpid()}\)"):
             async with trioqueue.open_queue(registry, cfg(other)):
                 pass  # pragma: no cover
-        assert (await q.wait("mine")).status is JobStatus.COMPLETED
-    async with trioqueue.open_queue(registry, cfg(other)) as q:  # the same store, free again
+        assert (await q.wait("mine")).status is JobStatus.COMPLETED  # unharmed
+    async with trioqueue.open_queue(registry, cfg(other)) as q:  # free again once closed
         assert (await q.get("mine")).status is JobStatus.COMPLETED
-    assert sorted(os.listdir(tmp_path)) == ["alias" if link == "directory" else "alias.db",
-                                            "real"]  # no lock file beside the link
+    links = {"the same": [], "a link to the file": ["alias.db"],
+             "a link to its directory": ["alias"]}[name]
+    assert sorted(os.listdir(tmp_path)) == [*links, "real"]  # no lock file beside a link
 
 
 async def test_a_directory_is_refused(tmp_path: Path) -> None:

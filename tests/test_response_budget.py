@@ -312,60 +312,43 @@ async def post_raw(port: int, path: str, body: bytes) -> tuple[int, dict[str, st
         return await peer.response()
 
 
-async def test_a_post_whose_answer_has_no_room_is_refused_before_anything_is_done(
-    mock_clock: trio.testing.MockClock, grace: float,
-) -> None:
-    """A batch whose answer would be large, while the budget has no room for it, gets
-    503 before any of its jobs is made: a 503 after them would have the client send the
-    batch again and make them twice."""
-    mock_clock.rate = 1.0
-    batch = json.dumps({"jobs": [{"task": "echo", "payload": "x" * 1000, "delay": 3600}
-                                 for _ in range(100)]}).encode()
-    async with big_jobs_server(0) as (server, port, _):
-        before = await all_ids(port)
-        with SlowClients(port) as slow:
-            await slow.get(f"/jobs/{BIG_ID}")
-            await until(lambda: server.held_bytes > 0, "the slow client's answer held")
-            status, headers, body = await post_raw(port, "/jobs/batch", batch)
-            assert (status, headers["retry-after"]) == (503, "1")
-            assert "nothing was done" in json.loads(body)["error"]
-            # A small one still goes through.
-            status, _, body = await post_raw(port, "/jobs", b'{"task": "echo", "payload": 1}')
-            assert status == 202
-            small = json.loads(body)["id"]
-        await until(lambda: server.held_bytes == 0, "the slow client gone")
-        assert await all_ids(port) == [small, *before]  # none of the batch
-        status, _, body = await post_raw(port, "/jobs/batch", batch)
-        assert status == 202
-        assert len(json.loads(body)["jobs"]) == 100
+_BATCH = json.dumps({"jobs": [{"task": "echo", "payload": "x" * 1000, "delay": 3600}
+                              for _ in range(100)]})
 
 
-@pytest.mark.parametrize("payload", [
-    '"' + "\u00e9" * 20_000 + '"',  # 40 KB of UTF-8, 120 KB as the answer writes it
-    "[" + ",".join(["1e15"] * 4_000) + "]",  # 20 KB, 76 KB as 1000000000000000.0
+@pytest.mark.parametrize(("path", "body"), [
+    ("/jobs/batch", _BATCH),  # 100 KB, its answer larger still
+    # Bodies under 64 KiB whose answers are not: the room asked for was the body's
+    # length, and such a POST was done, then answered past the budget.
+    ("/jobs", '{"task":"echo","delay":3600,"payload":"' + "\u00e9" * 20_000 + '"}'),  # 120 KB
+    ("/jobs", '{"task":"echo","delay":3600,"payload":[' + ",".join(["1e15"] * 4_000)
+     + "]}"),  # 20 KB of 1e15, 76 KB of 1000000000000000.0
 ])
-async def test_a_post_whose_answer_is_larger_than_its_body_is_judged_by_the_answer(
-    mock_clock: trio.testing.MockClock, grace: float, payload: str,
+async def test_a_post_whose_answer_has_no_room_is_refused_before_anything_is_done(
+    mock_clock: trio.testing.MockClock, grace: float, path: str, body: str,
 ) -> None:
-    """The room asked for was the body's length: a body under 64 KiB whose answer is
-    not (written as ASCII, numbers as Python writes them) was done, then answered past
-    the budget."""
+    """A POST whose answer would be large, while the budget has no room for it, gets 503
+    before any of its jobs is made: a 503 after them would have the client send it again
+    and make them twice.  The answer is judged by what it will be (JSON written as ASCII,
+    numbers as Python writes them), not by the body's length."""
     mock_clock.rate = 1.0
-    body = f'{{"task":"echo","payload":{payload},"delay":3600}}'.encode()
-    assert len(body) < _room.LARGE_RESPONSE
     async with big_jobs_server(0) as (server, port, _):
         before = await all_ids(port)
         with SlowClients(port) as slow:
             await slow.get(f"/jobs/{BIG_ID}")
             await until(lambda: server.held_bytes > 0, "the slow client's answer held")
-            status, _, answer = await post_raw(port, "/jobs", body)
-            assert status == 503
+            status, headers, answer = await post_raw(port, path, body.encode())
+            assert (status, headers["retry-after"]) == (503, "1")
             assert "nothing was done" in json.loads(answer)["error"]
+            # A small one still goes through.
+            status, _, answer = await post_raw(port, "/jobs", b'{"task": "echo", "payload": 1}')
+            assert status == 202
+            small = json.loads(answer)["id"]
         await until(lambda: server.held_bytes == 0, "the slow client gone")
-        assert await all_ids(port) == before
-        status, _, answer = await post_raw(port, "/jobs", body)
+        assert await all_ids(port) == [small, *before]  # none of the refused POST's
+        status, _, answer = await post_raw(port, path, body.encode())
         assert status == 202
-        assert len(answer) > _room.LARGE_RESPONSE
+        assert len(answer) >= _room.LARGE_RESPONSE
 
 
 @given(st.recursive(
@@ -382,9 +365,15 @@ def test_growth_bounds_what_the_server_writes_of_a_body(value: Any) -> None:
     body = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
     for number in ("1e15", "9e15", "1e-7", "-1e15"):  # the shortest ways to write floats
         body = body.replace(json.dumps(float(number)).encode(), number.encode())
-    assert len(json_out.dumps(value)) <= _room.GROWTH * len(body)
-    assert _room.answer_bytes(body, [value]) >= min(len(json_out.dumps(value)),
-                                              _room.LARGE_RESPONSE - _room.JOB_FIELDS_BYTES)
+    written = len(json_out.dumps(value))
+    assert written <= _room.GROWTH * len(body)
+    # So a large answer is never judged smaller than it is (a small one is not judged).
+    answer = written + _room.JOB_FIELDS_BYTES
+    if answer >= _room.LARGE_RESPONSE:
+        assert _room.answer_bytes(body, [value]) == answer
+    big = [value] * (_room.LARGE_RESPONSE // max(1, written) + 1)  # the same, made large
+    big_body = b"[" + b",".join([body] * len(big)) + b"]"
+    assert _room.answer_bytes(big_body, [big]) >= len(json_out.dumps(big))
 
 
 async def test_the_answer_to_a_change_goes_out_past_the_budget(
