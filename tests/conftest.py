@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import AsyncIterator
 
 import pytest
@@ -24,6 +25,14 @@ settings.register_profile(
     derandomize=True,
 )
 settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+# A pytest started in the background by a shell (`pytest &`, a CI script's job) has
+# SIGINT ignored, and so would every process it starts: the tests that press Ctrl+C in
+# a child (`enqueue --count`, `monitor`, the examples) need it at its default there, as
+# a terminal's foreground job has it.  (A program started with SIGINT ignored keeps it
+# so, as it should: that is the shell saying Ctrl+C is not for it.)
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
