@@ -247,6 +247,7 @@ async def test_a_closing_node_hands_its_unstarted_jobs_back_at_once_in_order(
     t = Tasks()
     key = f"tq:{{{queue_name}}}:"
     stop = trio.Event()
+    claimed = trio.Event()  # all six enqueued, four of them held
     with trio.fail_after(30):
         async with admin() as r, trio.open_nursery() as nursery:
 
@@ -259,11 +260,12 @@ async def test_a_closing_node_hands_its_unstarted_jobs_back_at_once_in_order(
                         await q.enqueue("echo", i, job_id=f"e{i}")
                     while int(await r.zcard(key + "leases")) < 5:  # noqa: ASYNC110
                         await trio.sleep(0.01)  # (1 running, 4 held: Redis' state)
+                    claimed.set()
                     await stop.wait()
 
             nursery.start_soon(first_node)
-            while int(await r.zcard(key + "leases")) < 5:  # noqa: ASYNC110
-                await trio.sleep(0.01)
+            # (not the leases alone: five can be held before e5's enqueue has returned)
+            await claimed.wait()
             assert await r.lrange(key + "ready:medium", 0, -1) == ["e4", "e5"]
             stop.set()  # the first node's shutdown begins; "run" holds it up
             while int(await r.zcard(key + "leases")) > 1:  # noqa: ASYNC110
