@@ -121,3 +121,40 @@ async def test_nodes_wait_out_a_full_redis_and_enqueue_says_the_job_is_not_store
                 later = await q.enqueue("echo", 3)
                 assert (await q.wait(later.id)).result == 3
                 assert q.metrics().completed == 2
+
+
+async def test_a_job_running_through_a_full_redis_keeps_its_lease_and_ends_once(
+    tmp_path: Path,
+) -> None:
+    """Redis refused a script only at its first command that adds data, and only if it
+    had written nothing before: a reap (its first write a ZREM) or a claim (an LPOP) went
+    on while the node's renewals were refused, so a job running through the outage lost
+    its lease, was taken back, ran again (attempt after attempt) and ended FAILED
+    ``LeaseExpired``.  Scripts are refused whole now but for ``renew``, which keeps the
+    lease of a job that runs on: it ends once, COMPLETED, when there is room again."""
+    registry = TaskRegistry()
+    runs: list[int] = []
+    started = trio.Event()
+    release = trio.Event()
+
+    @registry.task
+    async def slow(job: Job) -> Any:
+        runs.append(job.attempts)
+        started.set()
+        await release.wait()
+        return "done"
+
+    async with own_redis(tmp_path) as url:
+        config = QueueConfig(redis_url=url, queue_name="oom", workers=2, lease=1.0)
+        with trio.fail_after(60):
+            async with trioqueue.open_queue(registry, config) as q:
+                job = await q.enqueue("slow")
+                await started.wait()
+                await set_maxmemory(url, "1")
+                await trio.sleep(4.0)  # (real time: four leases long, renewed all along)
+                release.set()  # its outcome is refused while Redis stays full
+                await trio.sleep(1.5)
+                await set_maxmemory(url, "0")
+                done = await q.wait(job.id)
+    assert (done.status, done.result, done.attempts) == (JobStatus.COMPLETED, "done", 1)
+    assert runs == [1]
