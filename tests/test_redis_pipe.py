@@ -211,3 +211,40 @@ async def test_a_closed_client_refuses_calls() -> None:
         assert await client.run(one, [], []) == 1
     with trio.fail_after(2), pytest.raises(RedisUnavailable, match="closed"):
         await client.run(one, [], [])
+
+
+async def test_calls_waiting_for_a_connection_that_does_not_come_fail_together(
+    autojump_clock: Any,
+) -> None:
+    """A Redis that accepts connections and answers nothing (stopped with SIGSTOP, a
+    network that drops replies): the callers waiting for the one connecting take its
+    failure rather than each try again in turn; 20 calls waited ``connect_timeout`` each,
+    one after another, the last of them for minutes.  Here 10 calls all fail within the
+    time of their own three attempts (virtual time)."""
+    held: list[trio.SocketStream] = []
+
+    async def silent(stream: trio.SocketStream) -> None:
+        held.append(stream)  # read nothing, answer nothing
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, silent, 0)
+        port = listeners[0].socket.getsockname()[1]
+        pipe = Pipe(Endpoint(f"redis://127.0.0.1:{port}/0", unique("c")), nursery,
+                    connect_timeout=0.5, stream_timeout=60.0)
+        ended: list[float] = []
+        start = trio.current_time()
+
+        async def call() -> None:
+            with pytest.raises(Lost, match=r"no connection within 0\.5 s"):
+                await pipe.execute(pack(("PING",)))
+            ended.append(trio.current_time() - start)
+
+        async with trio.open_nursery() as calls:
+            for _ in range(10):
+                calls.start_soon(call)
+        assert len(ended) == 10
+        assert max(ended) < 3 * (0.5 + 0.01) + 0.1, ended  # three attempts, not 30
+        assert pipe.connects == 0
+        pipe.close()
+        nursery.cancel_scope.cancel()

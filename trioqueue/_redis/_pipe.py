@@ -250,6 +250,8 @@ class Pipe:
         self._stream_timeout = stream_timeout
         self._conn: Connection | None = None
         self._lock = trio.Lock()
+        self._failed: tuple[float, str] | None = None
+        """When the last attempt to connect failed (trio time), and why."""
         self.connects = 0
         self._watching = False
         self._closed = False
@@ -274,15 +276,30 @@ class Pipe:
         raise lost
 
     async def _connect(self) -> Connection:
+        """The connection, opened if need be: by one caller at a time; those that waited
+        for an attempt that failed take its failure rather than try again each (against a
+        Redis that accepts connections and answers nothing, 20 calls waited 5 s each in
+        turn, the last for minutes)."""
+        asked = trio.current_time()
         async with self._lock:
             conn = self._conn
             if conn is not None and conn.dead is None:
                 return conn
+            failed = self._failed
+            if failed is not None and failed[0] >= asked:  # it failed while we waited
+                raise Lost(failed[1], sent=False)
             conn = None
-            with trio.move_on_after(self._connect_timeout):
-                conn = await self._open()
+            try:
+                with trio.move_on_after(self._connect_timeout):
+                    conn = await self._open()
+            except Lost as exc:
+                self._failed = (trio.current_time(), str(exc))
+                raise
             if conn is None:
-                raise Lost(f"no connection within {self._connect_timeout} s", sent=False)
+                why = f"no connection within {self._connect_timeout} s"
+                self._failed = (trio.current_time(), why)
+                raise Lost(why, sent=False)
+            self._failed = None
             self._conn = conn
             self.connects += 1
             if not self._watching:
