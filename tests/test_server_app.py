@@ -7,6 +7,7 @@ driven with hand-made ASGI messages against a real queue.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -537,3 +538,27 @@ def test_times_have_one_shape_and_sort_as_they_do(ts: float) -> None:
     later = rfc3339(ts + 0.001)
     assert later is not None
     assert (later > text) == (round(ts + 0.001, 6) > round(ts, 6))
+
+
+async def test_store_errors_while_answering_are_logged_once_each_interval(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A store that fails (Redis down) fails every POST: each wrote an ERROR line, 472 of
+    them in a 10 s outage at 50 requests a second, burying the outage's own warning.  One
+    line each 10 s now, with how many there were."""
+    async with trioqueue.open_queue(demo_registry, trioqueue.QueueConfig(workers=1)) as q:
+        app = App(q, ServerSettings(allowed_hosts="*"))
+
+        async def failing(*args: Any, **kwargs: Any) -> Any:
+            await trio.lowlevel.checkpoint()
+            raise trioqueue.StoreError("redis: Connection refused; the job is not stored")
+
+        monkeypatch.setattr(q, "enqueue", failing)
+        with caplog.at_level(logging.ERROR, logger="trioqueue.server"):
+            for _ in range(5):
+                status, _, body = await call(app, "POST", "/jobs", {"task": "echo"})
+                assert status == 500
+                assert body["error"].startswith("store error: redis: Connection refused")
+    lines = [r.getMessage() for r in caplog.records if r.name == "trioqueue.server"]
+    assert lines == ["store error while answering POST /jobs: redis: Connection refused; the "
+                     "job is not stored (1 times since this was last logged)"]

@@ -55,6 +55,7 @@ from ._http import (
     wants_prometheus,
 )
 from ._json import EventEncoder, dumps, listing
+from ._lean import Throttled
 from ._openapi import openapi_document
 from ._room import answer_bytes, page_bytes, response_of, room_for_answer
 from ._settings import ServerSettings, ServerState
@@ -104,6 +105,7 @@ class App:
         self.state = state or ServerState()
         self._token = None if not self.settings.token else self.settings.token.encode()
         self.hosts = HostCheck(self.settings.host, self.settings.allowed_hosts)
+        self._store_errors = Throttled(log, logging.ERROR)
         self._openapi: bytes | None = None
         self._encode = EventEncoder()
         self.history = MetricsHistory()
@@ -207,8 +209,9 @@ class App:
             status, body, extra = exc.status, dumps({"error": exc.message}), exc.headers
             if exc.status == 413:
                 extra = (*extra, CLOSE)
-        except StoreError as exc:
-            log.error("store error while answering %s %s: %s", method, loggable(path), exc)
+        except StoreError as exc:  # (a Redis down fails every POST: one line each 10 s)
+            self._store_errors("store error while answering %s %s: %s", method,
+                               loggable(path), exc)
             status, body, extra = 500, dumps({"error": f"store error: {exc}"}), ()
         except TrioQueueError as exc:  # the queue refused: the error's own status
             answer = self._refused(exc)

@@ -151,20 +151,24 @@ _ACCEPT_CAPACITY_ERRNOS = frozenset(
     if hasattr(errno, name)
 )
 
-class _Throttled:
-    """A warning logged at most once per :data:`WARN_INTERVAL`, with how often it happened."""
+class Throttled:
+    """A log line written at most once per :data:`WARN_INTERVAL`, with how often it
+    happened (a warning of ``trioqueue.http`` unless told otherwise)."""
 
-    __slots__ = ("count", "last")
+    __slots__ = ("count", "last", "level", "logger")
 
-    def __init__(self) -> None:
+    def __init__(self, logger: logging.Logger = log, level: int = logging.WARNING) -> None:
         self.count = 0
         self.last = -math.inf
+        self.logger = logger
+        self.level = level
 
     def __call__(self, message: str, *args: object) -> None:
         self.count += 1
         now = trio.current_time()
         if now - self.last >= WARN_INTERVAL:
-            log.warning(message + " (%d times since this was last logged)", *args, self.count)
+            self.logger.log(self.level, message + " (%d times since this was last logged)",
+                            *args, self.count)
             self.count = 0
             self.last = now
 
@@ -188,11 +192,11 @@ class Server:
         """Connections counted against ``max_connections`` (not those evicted)."""
         self.refusing = 0
         """Connections being answered 503 (each a task, REFUSING_MAX at most)."""
-        self.accept_failed = _Throttled()
-        self.refused = _Throttled()
-        self.evicted = _Throttled()
-        self.busy = _Throttled()
-        self.preempting = _Throttled()
+        self.accept_failed = Throttled()
+        self.refused = Throttled()
+        self.evicted = Throttled()
+        self.busy = Throttled()
+        self.preempting = Throttled()
 
     async def accept(self, listener: trio.abc.Listener[Any],
                      nursery: trio.Nursery) -> None:
