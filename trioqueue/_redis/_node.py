@@ -290,8 +290,9 @@ class NodeCore(NodeHolds, EventsReader):
         the new one are taken (an old mark would hide them until the new number passed
         it: millions of events on a long-lived queue), and refresh the counts now."""
         log.warning("trioqueue: redis: the queue's event number went back from %d to %d: "
-                    "Redis lost its data (restarted without persistence?); jobs, results "
-                    "and counters before it are gone", high, seq)
+                    "Redis lost its data (restarted without persistence, or it evicts keys: "
+                    "its maxmemory-policy must be noeviction); jobs, results and counters "
+                    "before it are gone", high, seq)
         self._counts_seq = -1
         self._totals_seq = -1
         self._events_after_seq = -1
