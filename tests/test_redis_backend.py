@@ -935,3 +935,21 @@ async def test_jobs_a_closing_node_gives_back_run_before_their_tasks_later_jobs(
             await q.wait_many([j.id for j in jobs])
     assert first == [1]
     assert ran == list(range(1, 9))
+
+
+async def test_a_redis_older_than_7_is_refused_at_open(
+    queue_name: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The scripts declare their flags with Redis 7's shebang, which Redis 6 cannot read:
+    a queue on it is refused at open, saying which version it needs."""
+    from trioqueue.testing import RedisClient
+
+    async def old(self: Any) -> str:
+        await trio.lowlevel.checkpoint()
+        return "6.2.14"
+
+    monkeypatch.setattr(RedisClient, "ping", old)
+    with trio.fail_after(30), pytest.raises(trioqueue.StoreError, match=(
+            r"^redis 6\.2\.14: trioqueue needs Redis 7\.0 or later")):
+        async with trioqueue.open_queue(TaskRegistry(), config(queue_name)):
+            pass  # pragma: no cover

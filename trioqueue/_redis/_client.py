@@ -388,11 +388,13 @@ class RedisClient:
             return None
         return _entry(entries[0])
 
-    async def ping(self) -> None:
-        """Round trip to the server; raises :class:`RedisUnavailable` if it fails."""
+    async def ping(self) -> str:
+        """Round trip to the server, its version (``"7.0.15"``); raises
+        :class:`RedisUnavailable` if it fails."""
         client = await self._main.acquire()
         try:
-            await client.ping()
+            info = await client.info("server")
+            return str(info.get("redis_version", ""))
         except TimeoutError as exc:
             self._main.broken()
             raise RedisUnavailable(f"redis: no answer in time ({exc})") from None

@@ -238,7 +238,12 @@ class RedisBackend(NodeIntake):
                     result_ttl=min(max(config.result_ttl, 0.001), CENTURY),
                     failed_ttl=dead_letter_ttl(config),
                 )
-                await client.ping()
+                version = await client.ping()
+                if _major(version) < 7:
+                    raise StoreError(
+                        f"redis {version or '(no version given)'}: trioqueue needs Redis "
+                        "7.0 or later (its scripts declare what they may do when Redis is "
+                        "full with Redis 7's script flags)")
                 sent = time.time()
                 self._set_redis_offset(sent, await state.heartbeat(self.node, self._info()))
                 await self._read_counts()
@@ -587,3 +592,10 @@ class RedisBackend(NodeIntake):
 
     def counts_now(self) -> Counts | None:
         return self._counts
+
+
+def _major(version: str) -> int:
+    """The major version of ``version`` (``"7.0.15"``: 7); 0 when it does not read (a
+    server that says nothing of it: taken as too old)."""
+    head = version.split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
