@@ -404,6 +404,13 @@ class RedisClient:
             self._main.release()
 
 
+def major_version(version: str) -> int:
+    """The major version of ``version`` (``"7.0.15"``: 7); 0 when it does not read (a
+    server that says nothing of it: taken as too old)."""
+    head = version.split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
 _REFUSED_ON_COREDIS = (BusyLoadingError, ClusterDownError, ReadOnlyError, TryAgainError)
 """What coredis raises for the :data:`~trioqueue._redis._pipe.REFUSALS` it knows by code
 (it takes the code off the message); the others keep theirs."""

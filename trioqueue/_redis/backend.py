@@ -47,7 +47,7 @@ from .._metrics import Metrics
 from .._record import JobRecord
 from .._registry import TaskRegistry
 from .._stats import Stats
-from ._client import RedisUnavailable, connect
+from ._client import RedisUnavailable, connect, major_version
 from ._cluster import cluster_workers
 from ._intake import RETRY_BACKOFF, NodeIntake
 from ._node import NodeCore
@@ -239,7 +239,7 @@ class RedisBackend(NodeIntake):
                     failed_ttl=dead_letter_ttl(config),
                 )
                 version = await client.ping()
-                if _major(version) < 7:
+                if major_version(version) < 7:
                     raise StoreError(
                         f"redis {version or '(no version given)'}: trioqueue needs Redis "
                         "7.0 or later (its scripts declare what they may do when Redis is "
@@ -592,10 +592,3 @@ class RedisBackend(NodeIntake):
 
     def counts_now(self) -> Counts | None:
         return self._counts
-
-
-def _major(version: str) -> int:
-    """The major version of ``version`` (``"7.0.15"``: 7); 0 when it does not read (a
-    server that says nothing of it: taken as too old)."""
-    head = version.split(".", 1)[0]
-    return int(head) if head.isdigit() else 0
