@@ -34,3 +34,30 @@ def test_an_outage_is_told_at_its_start_every_30_s_and_at_its_end(
     assert len(lines) == 4
     outage.failed("timer", error)  # a new outage is told again
     assert caplog.records[-1].getMessage().startswith("trioqueue: redis unavailable (timer")
+
+
+def test_an_outage_of_a_redis_that_hangs_counts_from_when_answers_stopped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Redis that hangs fails its first call a timeout after it stopped answering: the
+    outage counted from that failure (245 s of SIGSTOP read "unavailable for 102 s")."""
+    from trioqueue.testing import Waiting
+
+    clock = trio.testing.MockClock()
+    outage = Outage(clock.current_time)
+    waiting = Waiting()
+    outage.watch(waiting, 2.0)
+    caplog.set_level(logging.WARNING, logger="trioqueue")
+    clock.jump(100.0)
+    waiting.calls, waiting.since = 3, clock.current_time()  # the last answer, then none
+    clock.jump(15.0)  # a timeout later, the first failure
+    outage.failed("claims", TimeoutError("no reply in 15 s"))
+    assert (outage.describe() or "").startswith("redis unavailable for 15 s")
+    clock.jump(5.0)
+    waiting.calls = 0
+    outage.answered()
+    assert caplog.records[-1].getMessage().startswith(
+        "trioqueue: redis answers again after 20.0 s")
+    clock.jump(1.0)
+    outage.failed("timer", ConnectionRefusedError("ECONNREFUSED"))  # nothing waited: now
+    assert (outage.describe() or "").startswith("redis unavailable for 0 s")

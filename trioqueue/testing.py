@@ -68,6 +68,7 @@ from ._redis import canonical_digest as canonical_digest
 from ._redis import connect as connect
 from ._redis import paths as redis_paths
 from ._redis import stored_job as stored_job
+from ._redis._client import Waiting as Waiting
 from ._redis._client import lua_script as lua_script
 from ._redis._holds import Holds as Holds
 from ._redis._outage import REMIND as REMIND
@@ -167,6 +168,7 @@ __all__ = [
     "SqliteStore",
     "StoredJob",
     "StreamEvent",
+    "Waiting",
     "admitted",
     "allowed",
     "allowed_host",

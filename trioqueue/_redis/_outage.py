@@ -68,7 +68,13 @@ class Outage:
         if isinstance(exc, RedisRefused) and exc.writes:
             self._writes_refused = True
         if self.since is None:
-            self.since = self._said = now
+            # It began when the calls still in flight stopped getting answers, if they
+            # did before this one failed (a Redis that hangs: the first failure comes a
+            # timeout later).
+            waiting = self._waiting
+            stalled = waiting is not None and waiting.calls and waiting.since < now
+            self.since = waiting.since if stalled and waiting is not None else now
+            self._said = now
             log.warning("trioqueue: redis unavailable (%s: %s); retrying", what, exc)
         elif now - self._said >= REMIND:
             self._said = now
