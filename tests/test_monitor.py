@@ -438,6 +438,19 @@ async def test_a_silent_connection_counts_as_lost() -> None:
     assert err.getvalue() == ""
 
 
+async def monitor_against(handler: Any, **options: Any) -> tuple[int, str, str]:
+    """``monitor`` (no terminal) against a websocket server of ``handler``'s: its exit
+    status, output and errors."""
+    out, err = io.StringIO(), io.StringIO()
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+        with trio.fail_after(20):
+            code = await monitor(f"http://127.0.0.1:{server.port}", None, out=out, err=err,
+                                 tty=False, **options)
+        nursery.cancel_scope.cancel()
+    return code, out.getvalue(), err.getvalue()
+
+
 @pytest.mark.parametrize("gone_after_one", [False, True])
 async def test_once_waits_one_interval_for_the_utilization(gone_after_one: bool) -> None:
     """``--once`` showed ``utilization -`` with every worker busy: the history's samples
@@ -459,17 +472,11 @@ async def test_once_waits_one_interval_for_the_utilization(gone_after_one: bool)
                                                      utilization=28 / 48, busy=4)))
             await trio.sleep_forever()
 
-    out, err = io.StringIO(), io.StringIO()
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
-        with trio.fail_after(20):
-            code = await monitor(f"http://127.0.0.1:{server.port}", None, once=True, out=out,
-                                 err=err, tty=False)
-        nursery.cancel_scope.cancel()
-    assert (code, err.getvalue()) == (0, "")
+    code, out, err = await monitor_against(handler, once=True)
+    assert (code, err) == (0, "")
     expected = "4/4 busy now  utilization -" if gone_after_one else (
         "4/4 busy now  utilization 100% last 2 s")
-    assert expected in out.getvalue(), out.getvalue()
+    assert expected in out, out
 
 
 async def test_a_garbled_stream_ends_with_the_field_named() -> None:
@@ -480,15 +487,9 @@ async def test_a_garbled_stream_ends_with_the_field_named() -> None:
         await ws.send_message(json.dumps(bad))
         await trio.sleep_forever()
 
-    out, err = io.StringIO(), io.StringIO()
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
-        with trio.fail_after(20):
-            code = await monitor(f"http://127.0.0.1:{server.port}", None, out=out, err=err,
-                                 tty=False)
-        nursery.cancel_scope.cancel()
+    code, _, err = await monitor_against(handler)
     assert code == 1
-    assert err.getvalue() == (
+    assert err == (
         "trioqueue monitor: the server sent a message this monitor cannot read: "
         "metrics.completed: expected a count, got 'lots'\n")
 
