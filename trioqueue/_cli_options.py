@@ -221,9 +221,9 @@ def serve_options(
                                      "TRIOQUEUE_MAX_CONNECTIONS", 1000, env, parse_int,
                                      sources)
     budget = _budget_option(args.response_budget, "--response-budget",
-                            "TRIOQUEUE_RESPONSE_BUDGET", RESPONSE_BUDGET, env)
+                            "TRIOQUEUE_RESPONSE_BUDGET", RESPONSE_BUDGET, env, sources)
     body_budget = _budget_option(args.body_budget, "--body-budget", "TRIOQUEUE_BODY_BUDGET",
-                                 BODY_BUDGET, env)
+                                 BODY_BUDGET, env, sources)
     try:
         settings = ServerSettings(
             host=host, port=port, token=token, max_body=max_body,
@@ -244,7 +244,7 @@ def _number_option(given: N | None, flag: str, variable: str, default: N,
                    sources: dict[str, str]) -> N:
     """The flag, else the variable (parsed), else ``default``; ``sources`` gets the one
     given (by the setting's name: ``--max-body`` sets ``max_body``)."""
-    field = flag.removeprefix("--").replace("-", "_")
+    field = _setting(flag)
     if given is not None:
         sources[field] = flag
         return given
@@ -256,16 +256,17 @@ def _number_option(given: N | None, flag: str, variable: str, default: N,
 
 
 def _budget_option(given: int | None, flag: str, variable: str, default: int,
-                   env: Mapping[str, str]) -> int:
-    """A budget in bytes: the flag, else the variable, else ``default``; >= 0."""
-    budget, source = given, flag
-    if budget is None:
-        source = variable
-        raw = env_first(env, variable)
-        budget = default if raw is None else parse_int(variable, raw)
+                   env: Mapping[str, str], sources: dict[str, str]) -> int:
+    """A budget in bytes, as :func:`_number_option` finds it; >= 0."""
+    budget = _number_option(given, flag, variable, default, env, parse_int, sources)
     if budget < 0:
-        raise UsageError(f"{source}: expected bytes >= 0, got {budget}")
+        raise UsageError(f"{sources[_setting(flag)]}: expected bytes >= 0, got {budget}")
     return budget
+
+
+def _setting(flag: str) -> str:
+    """The ``ServerSettings`` field a flag sets (``--max-body``: ``max_body``)."""
+    return flag.removeprefix("--").replace("-", "_")
 
 
 def allowed_hosts_option(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[str, ...]:
