@@ -42,31 +42,35 @@ def rows_of(recs: Iterable[JobRecord]) -> tuple[Any, ...]:
         started_at = rec.started_at
         finished_at = rec.finished_at
         progress = rec.progress
+        error = rec.error or ""
         try:  # (free in CPython 3.11+ until something raises)
-            extend((
-                rec.id, rec.task, rec.payload_json, rec.priority, _STATUS[rec.status],
-                rec.attempts, rec.max_retries,
-                nan if timeout is None else timeout,
-                rec.created_at,
-                nan if scheduled_for is None else scheduled_for,
-                nan if started_at is None else started_at,
-                nan if finished_at is None else finished_at,
-                "" if result is None else rec.result_json or dumps(result),
-                rec.error or "",
-                rec.traceback or "",
-                "" if progress is None else dumps(progress),
-            ))
+            result_text = "" if result is None else rec.result_json or dumps(result)
+            progress_text = "" if progress is None else dumps(progress)
         except (TypeError, ValueError, RecursionError):
-            extend(_row_without_unwritable(rec))
+            result_text, progress_text, error = _without_unwritable(rec)
+        extend((
+            rec.id, rec.task, rec.payload_json, rec.priority, _STATUS[rec.status],
+            rec.attempts, rec.max_retries,
+            nan if timeout is None else timeout,
+            rec.created_at,
+            nan if scheduled_for is None else scheduled_for,
+            nan if started_at is None else started_at,
+            nan if finished_at is None else finished_at,
+            result_text,
+            error,
+            rec.traceback or "",
+            progress_text,
+        ))
     return tuple(values)
 
 
-def _row_without_unwritable(rec: JobRecord) -> tuple[Any, ...]:
-    """The row of a record whose result or progress this store cannot write as JSON
-    (the workers check a result, so none should get here: a defence, not a path).  That
-    column is written empty and the error column says why, the rest as it is: one job's
-    value must not fail the write of every job with it (the writer would stop, and the
-    queue with it, or the record would stay dirty and fail every batch after)."""
+def _without_unwritable(rec: JobRecord) -> tuple[str, str, str]:
+    """The result, progress and error columns of a record whose result or progress this
+    store cannot write as JSON (the workers check a result, so none should get here: a
+    defence, not a path).  That column is written empty and the error column says why,
+    the rest of the row as it is: one job's value must not fail the write of every job
+    with it (the writer would stop, and the queue with it, or the record would stay
+    dirty and fail every batch after)."""
     lost: list[str] = []
 
     def encoded(column: str, value: Any) -> str:
@@ -82,20 +86,7 @@ def _row_without_unwritable(rec: JobRecord) -> tuple[Any, ...]:
     progress = encoded("progress", rec.progress)
     why = "; ".join(lost) or "unwritable value"
     log.error("trioqueue: job %s (task %s): %s; written without it", rec.id, rec.task, why)
-    nan = _NAN
-    return (
-        rec.id, rec.task, rec.payload_json, rec.priority, _STATUS[rec.status],
-        rec.attempts, rec.max_retries,
-        nan if rec.timeout is None else rec.timeout,
-        rec.created_at,
-        nan if rec.scheduled_for is None else rec.scheduled_for,
-        nan if rec.started_at is None else rec.started_at,
-        nan if rec.finished_at is None else rec.finished_at,
-        result,
-        rec.error or f"StoreError: not stored: {why}",
-        rec.traceback or "",
-        progress,
-    )
+    return result, progress, rec.error or f"StoreError: not stored: {why}"
 
 
 _STATUS_OF = {s.value: s for s in JobStatus}
