@@ -620,6 +620,23 @@ def test_enqueue_count_shows_progress_without_a_tty(server: Server) -> None:
     assert "enqueued 40/40" in result.stderr
 
 
+def test_enqueue_count_run_again_with_its_ids_says_none_were_enqueued(server: Server) -> None:
+    """The same ``--count --id`` command twice: the second makes no job, and says so
+    (it said ``enqueued: 150``), in batches and, against a queue too small for one, a job
+    a request."""
+    with running_server("--workers", "1", "--capacity", "40") as small:
+        for url, count in ((server.url, 150), (small.url, 45)):
+            argv = ("enqueue", "echo", "[1]", "--count", str(count), "--id", "twice",
+                    "--url", url)
+            summaries = []
+            for _ in range(2):
+                result = run_cli(*argv)
+                assert result.returncode == 0, result.stderr
+                summaries.append(json.loads(result.stdout))
+            assert [(s["enqueued"], s["existing"]) for s in summaries] == [
+                (count, 0), (0, count)], summaries
+
+
 def test_unreachable_server_exits_1() -> None:
     result = run_cli("status", "x", "--url", "http://127.0.0.1:9")
     assert result.returncode == 1

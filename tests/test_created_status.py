@@ -187,3 +187,67 @@ async def test_a_repeat_of_a_job_only_the_store_holds_is_200_and_its_clash_409(
         assert status == 409, clash
         assert "already exists with a different payload" in clash["error"]
         assert q.metrics().enqueued == 0
+
+
+def batch(*items: tuple[str, int]) -> dict[str, Any]:
+    return {"jobs": [{"task": "echo", "payload": n, "id": job_id} for job_id, n in items]}
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite", "redis"])
+async def test_a_batch_answer_says_which_items_it_made(
+    backend: str, tmp_path: Path, queue_name: str,
+) -> None:
+    """``POST /jobs/batch`` says per item whether it made the job (``created``), as 202
+    and 200 do for one job: a batch sent again (``enqueue --count --id`` run twice) is
+    told it made nothing, a mixed one which; with a store, after a reopen, a job only the
+    store holds counts as there."""
+    where: dict[str, Any] = {
+        "memory": {}, "sqlite": {"persist_path": tmp_path / "q.db"},
+        "redis": {"redis_url": REDIS_URL, "queue_name": queue_name},
+    }[backend]
+    config = QueueConfig(workers=1, **where)
+    with trio.fail_after(30):
+        async with trioqueue.open_queue(registry, config) as q:
+            app = App(q)
+            status, _, made = await call(app, "POST", "/jobs/batch", batch(("a", 1), ("b", 2)))
+            assert (status, made["created"]) == (202, [True, True]), made
+            status, _, again = await call(app, "POST", "/jobs/batch",
+                                          batch(("a", 1), ("c", 3), ("b", 2)))
+            assert (status, again["created"]) == (202, [False, True, False]), again
+            assert [job["id"] for job in again["jobs"]] == ["a", "c", "b"]
+            assert again["jobs"][0]["created_at"] == made["jobs"][0]["created_at"]
+            status, _, fresh = await call(app, "POST", "/jobs/batch",
+                                          {"jobs": [{"task": "echo"}] * 3})
+            assert (status, fresh["created"]) == (202, [True] * 3), fresh
+            await q.wait_many(["a", "b", "c"])
+            assert q.metrics().enqueued == 6
+        if backend != "sqlite":
+            return
+        async with trioqueue.open_queue(registry, config) as q:
+            status, _, later = await call(App(q), "POST", "/jobs/batch",
+                                          batch(("b", 2), ("d", 4)))
+            assert (status, later["created"]) == (202, [False, True]), later
+            assert later["jobs"][0]["status"] == "completed"
+
+
+async def test_two_redis_servers_posting_one_batch_at_once_are_told_each_job_once(
+    queue_name: str,
+) -> None:
+    """Ten copies of one batch of new ids, at once, through two servers on one Redis
+    queue: each job is told made to exactly one request."""
+    body = batch(*[(f"b-{i}", i) for i in range(10)])
+    with trio.fail_after(30):
+        async with trioqueue.open_queue(registry, on_redis(queue_name)) as a, \
+                trioqueue.open_queue(registry, on_redis(queue_name)) as b:
+            apps = (App(a), App(b))
+            answers: list[list[bool]] = []
+
+            async def post(app: App) -> None:
+                status, _, answer = await call(app, "POST", "/jobs/batch", body)
+                assert status == 202, answer
+                answers.append(answer["created"])
+
+            async with trio.open_nursery() as nursery:
+                for i in range(10):
+                    nursery.start_soon(post, apps[i % 2])
+    assert [sum(told) for told in zip(*answers, strict=True)] == [1] * 10, answers

@@ -16,6 +16,7 @@ import trio
 
 from ._backend import Backend
 from ._config import QueueConfig
+from ._created import batch_repeats
 from ._exceptions import (
     DuplicateJob,
     InvalidJob,
@@ -215,6 +216,8 @@ class Batches:
             self._restamp_all(recs)
         accepted = [rec.snapshot() for rec in got]
         new = [rec for rec, g in zip(recs, got, strict=True) if g is rec]
+        if len(new) < len(got):  # (for POST /jobs/batch's "created")
+            batch_repeats([g is rec for rec, g in zip(recs, got, strict=True)])
         if (backend.durable or backend.lagging) and new:
             await commit_or_take_back(backend, new, batch=True)
         elif backend.persistent and len(new) < len(got):
@@ -249,6 +252,9 @@ class Batches:
 
         got = await admit_polling(attempt, wait_for_room=wait_for_room,
                                   check=self.check_intake, full=full)
+        created = [g is rec for rec, g in zip(recs, got, strict=True)]
+        if not all(created):  # (for POST /jobs/batch's "created")
+            batch_repeats(created)
         return [rec.snapshot() for rec in got]
 
     def check_intake(self) -> None:

@@ -144,10 +144,13 @@ class _Taken:
     def __init__(self, count: int) -> None:
         self.ids: list[str | None] = [None] * count
         self.done = 0
+        self.existing = 0
+        """Of ``done``, the jobs that were there already (an ``--id`` sent before)."""
 
-    def take(self, first: int, ids: list[str]) -> None:
+    def take(self, first: int, ids: list[str], created: list[bool]) -> None:
         self.ids[first:first + len(ids)] = ids
         self.done += len(ids)
+        self.existing += created.count(False)
 
     def ends(self) -> tuple[str | None, str | None]:
         """The ids of the first and the last job of the sequence that were enqueued."""
@@ -173,6 +176,8 @@ class _Taken:
         command again enqueues only the missing ones)."""
         first, last = self.ends()
         line = f"stopped with {self.done} of {len(self.ids)} jobs enqueued"
+        if self.existing:
+            line += f" ({self.existing} of them there already)"
         if first is not None:
             line += f" (first {first}, last {last})"
         runs = self.missing()
@@ -220,7 +225,8 @@ async def _enqueue_many(args: argparse.Namespace, payload: Any) -> int:
     progress.close()
     elapsed = time.monotonic() - started
     first, last = ids.ends()
-    print(json.dumps({"enqueued": ids.done, "seconds": round(elapsed, 3),
+    print(json.dumps({"enqueued": ids.done - ids.existing, "existing": ids.existing,
+                      "seconds": round(elapsed, 3),
                       "per_second": round(ids.done / max(elapsed, 1e-9), 1),
                       "first": first, "last": last}))
     return 0
@@ -241,7 +247,7 @@ async def _post_all(args: argparse.Namespace, payload: Any, url: str, token: str
             job_id = f"{args.id}-{i}" if args.id else None
             while True:
                 try:
-                    job = await client.enqueue(
+                    job, created = await client.enqueue_created(
                         args.task, payload, priority=args.priority, job_id=job_id,
                         delay=args.delay, max_retries=args.max_retries,
                         timeout=args.timeout,
@@ -249,7 +255,7 @@ async def _post_all(args: argparse.Namespace, payload: Any, url: str, token: str
                     break
                 except QueueFull as exc:  # back off as the server asks, then again
                     await back_off(exc)
-            ids.take(i, [job.id])
+            ids.take(i, [job.id], [created])
             progress.step()
 
         async def chunk(first: int, n: int) -> None:
@@ -257,7 +263,7 @@ async def _post_all(args: argparse.Namespace, payload: Any, url: str, token: str
             async with limiter:
                 while not singles:
                     try:
-                        jobs = await client.enqueue_many(
+                        jobs, created = await client.enqueue_many_created(
                             args.task, [payload] * n, priority=args.priority,
                             delay=args.delay, max_retries=args.max_retries,
                             timeout=args.timeout,
@@ -276,7 +282,7 @@ async def _post_all(args: argparse.Namespace, payload: Any, url: str, token: str
                             raise
                         singles = True  # a server without POST /jobs/batch
                     else:
-                        ids.take(first, [job.id for job in jobs])
+                        ids.take(first, [job.id for job in jobs], created)
                         progress.step(len(jobs))
                         return
                 for i in range(first, first + n):

@@ -10,6 +10,10 @@ the same task, if there is one.  A context variable is per task under Trio, and 
 caller's task is checked too (a task started meanwhile inherits the variable): the
 enqueue of the same id by another task or node is never taken for this one's.
 
+A batch (``POST /jobs/batch``) is told the same way, item by item: an admission that
+returned existing jobs for some of its items calls :func:`batch_repeats` with which,
+for a caller of :func:`enqueue_batch_created`.
+
 On Redis a script call re-sent after a lost connection finds the job its first send
 made, and answers "existing": the request that made the job is then told it was there
 (never two requests told they made it).
@@ -31,11 +35,13 @@ P = ParamSpec("P")
 class _Asking:
     """One :func:`enqueue_created` call waiting for its enqueue's answer."""
 
-    __slots__ = ("repeated", "task")
+    __slots__ = ("created", "repeated", "task")
 
     def __init__(self) -> None:
         self.task = trio.lowlevel.current_task()
         self.repeated = False
+        self.created: list[bool] | None = None
+        """A batch's: whether each item made its job (``None``: every one did)."""
 
 
 _ASKING: ContextVar[_Asking | None] = ContextVar("trioqueue_enqueue_asking", default=None)
@@ -46,6 +52,14 @@ def repeated() -> None:
     asking = _ASKING.get()
     if asking is not None and asking.task is trio.lowlevel.current_task():
         asking.repeated = True
+
+
+def batch_repeats(created: list[bool]) -> None:
+    """Called by a batch's admission that returned, for some items, the job already
+    holding the item's id: ``created[i]`` says whether item ``i`` made its job."""
+    asking = _ASKING.get()
+    if asking is not None and asking.task is trio.lowlevel.current_task():
+        asking.created = created
 
 
 async def enqueue_created(enqueue: Callable[P, Awaitable[Job]], *args: P.args,
@@ -60,3 +74,17 @@ async def enqueue_created(enqueue: Callable[P, Awaitable[Job]], *args: P.args,
     finally:
         _ASKING.reset(token)
     return job, not asking.repeated
+
+
+async def enqueue_batch_created(enqueue_batch: Callable[P, Awaitable[list[Job]]],
+                                *args: P.args, **kwargs: P.kwargs
+                                ) -> tuple[list[Job], list[bool]]:
+    """``await enqueue_batch(*args, **kwargs)`` (a queue's
+    :meth:`~JobQueue.enqueue_batch`) and, for each job, whether that call made it."""
+    asking = _Asking()
+    token = _ASKING.set(asking)
+    try:
+        jobs = await enqueue_batch(*args, **kwargs)
+    finally:
+        _ASKING.reset(token)
+    return jobs, asking.created if asking.created is not None else [True] * len(jobs)

@@ -166,12 +166,13 @@ class Client:
 
     async def _call(self, method: str, path: str, *, op: str = "",
                     parse: Callable[[dict[str, Any]], Any] | None = None,
-                    text: bool = False, **kwargs: Any) -> Any:
+                    text: bool = False, with_status: bool = False, **kwargs: Any) -> Any:
         """One request; the answer, a JSON object, through ``parse`` (``text``: the
-        body as text).  The server's refusals raise what :func:`error_for` maps them to;
-        an answer no trioqueue server gives (not JSON, or JSON of another shape: another
-        program at that address, a proxy's error page) raises :class:`ServerError`
-        saying so, instead of a ``KeyError`` deep in the caller."""
+        body as text; ``with_status``: a tuple of the status and that).  The server's
+        refusals raise what :func:`error_for` maps them to; an answer no trioqueue server
+        gives (not JSON, or JSON of another shape: another program at that address, a
+        proxy's error page) raises :class:`ServerError` saying so, instead of a
+        ``KeyError`` deep in the caller."""
         response = await self._http.request(method, path, **kwargs)
         status = response.status_code
         if status < 300 and text:
@@ -183,11 +184,12 @@ class Client:
             raise error_for(status, str(data.get("error", response.text)), op,
                          response.headers.get("retry-after"))
         if parse is None:
-            return data
+            return (status, data) if with_status else data
         try:
-            return parse(data)
+            parsed = parse(data)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise not_ours(response, f"{type(exc).__name__}: {exc}") from None
+        return (status, parsed) if with_status else parsed
 
     # ------------------------------------------------------------------ the API
 
@@ -205,6 +207,24 @@ class Client:
         """``POST /jobs``: the job as accepted (or the existing one, for a repeated id).
         A payload or number that JSON cannot carry (NaN, infinity, an object of another
         type) raises :class:`InvalidJob` naming it, before anything is sent."""
+        job, _ = await self.enqueue_created(task, payload, priority=priority, job_id=job_id,
+                                            delay=delay, max_retries=max_retries,
+                                            timeout=timeout)
+        return job
+
+    async def enqueue_created(
+        self,
+        task: str,
+        payload: Any = None,
+        *,
+        priority: Priority | str | None = None,
+        job_id: str | None = None,
+        delay: float | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+    ) -> tuple[Job, bool]:
+        """:meth:`enqueue`, and whether this call made the job (``False``: ``job_id``
+        held that job already; the server answered 200, not 202)."""
         check_json("payload", payload)
         _check_finite(delay=delay, timeout=timeout)
         body: dict[str, Any] = {"task": task, "payload": payload}
@@ -214,9 +234,10 @@ class Client:
                            ("timeout", timeout)):
             if value is not None:
                 body[key] = value
-        job: Job = await self._call("POST", "/jobs", op="enqueue", json=body,
-                                    parse=job_from_json)
-        return job
+        answer: tuple[int, Job] = await self._call("POST", "/jobs", op="enqueue", json=body,
+                                                   parse=job_from_json, with_status=True)
+        status, job = answer
+        return job, status == 202
 
     async def enqueue_many(
         self,
@@ -233,6 +254,25 @@ class Client:
         1000 a call); the jobs as accepted, in order.  :class:`QueueFull` (nothing
         enqueued) when the whole batch does not fit now.  ``job_ids``: an id per
         payload (each job idempotent, as with :meth:`enqueue`)."""
+        jobs, _ = await self.enqueue_many_created(
+            task, payloads, priority=priority, delay=delay, max_retries=max_retries,
+            timeout=timeout, job_ids=job_ids)
+        return jobs
+
+    async def enqueue_many_created(
+        self,
+        task: str,
+        payloads: Iterable[Any],
+        *,
+        priority: Priority | str | None = None,
+        delay: float | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        job_ids: Sequence[str] | None = None,
+    ) -> tuple[list[Job], list[bool]]:
+        """:meth:`enqueue_many`, and for each job whether this call made it (``False``:
+        its id in ``job_ids`` held that job already, as a repeated :meth:`enqueue`
+        finds it)."""
         payloads = list(payloads)
         for i, payload in enumerate(payloads):
             check_json(f"payloads[{i}]", payload)
@@ -252,9 +292,9 @@ class Client:
             for job, job_id in zip(jobs, job_ids, strict=True):
                 job["id"] = job_id
         body = {"jobs": jobs}
-        accepted: list[Job] = await self._call("POST", "/jobs/batch", op="enqueue",
-                                               json=body, parse=_jobs)
-        return accepted
+        answer: tuple[list[Job], list[bool]] = await self._call(
+            "POST", "/jobs/batch", op="enqueue", json=body, parse=_batch_answer)
+        return answer
 
     async def get(self, job_id: str) -> Job:
         """``GET /jobs/{id}``; an id no job can have is InvalidJob (no request is sent)."""
@@ -528,6 +568,15 @@ def _no_stream(ws_url: str, exc: HandshakeError) -> Exception:
 
 def _jobs(data: dict[str, Any]) -> list[Job]:
     return [job_from_json(job) for job in data["jobs"]]
+
+
+def _batch_answer(data: dict[str, Any]) -> tuple[list[Job], list[bool]]:
+    jobs = _jobs(data)
+    created = data["created"]
+    if (not isinstance(created, list) or len(created) != len(jobs)
+            or not all(isinstance(c, bool) for c in created)):
+        raise ValueError(f"created: expected {len(jobs)} booleans, got {created!r:.100}")
+    return jobs, created
 
 
 def _page(data: dict[str, Any]) -> JobPage:

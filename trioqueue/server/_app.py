@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import trio
 
 from .._batch import BatchItem
-from .._created import enqueue_created
+from .._created import enqueue_batch_created, enqueue_created
 from .._engine import JobQueue
 from .._exceptions import (
     DuplicateJob,
@@ -275,8 +275,9 @@ class App:
             body = await self._read_body(headers, receive)
             requests = parse_batch_request(parse_json(body))
             room_for_answer(scope, answer_bytes(body, [r.payload for r in requests]))
-            jobs = await self._create_many(requests)
-            return 202, dumps({"jobs": [job.to_dict() for job in jobs]}), ()
+            jobs, created = await self._create_many(requests)
+            return 202, dumps({"jobs": [job.to_dict() for job in jobs],
+                               "created": created}), ()
         if name == "get_job":
             assert job_id is not None
             job = await q.get(job_id)
@@ -389,13 +390,15 @@ class App:
                                              **options)
         return (202 if created else 200), job
 
-    async def _create_many(self, requests: list[JobRequest]) -> list[Job]:
+    async def _create_many(self, requests: list[JobRequest]) -> tuple[list[Job], list[bool]]:
         """A batch, all or nothing, without waiting for room: 429 unless all of it fits
-        now (per priority); a batch larger than the capacity is 400."""
+        now (per priority); a batch larger than the capacity is 400.  The jobs, and
+        whether each was made (``False``: its id held that job already)."""
         self._check_taking(None, many=True)
         items = [BatchItem(r.task, r.payload, r.priority, r.id, r.delay, r.max_retries,
                            r.timeout) for r in requests]
-        return await self.queue.enqueue_batch(items, wait_for_room=False)
+        return await enqueue_batch_created(self.queue.enqueue_batch, items,
+                                           wait_for_room=False)
 
     def _check_taking(self, job_id: str | None, *, many: bool = False) -> None:
         """Refuse a POST of new jobs at once while the server cannot take them, as ``GET

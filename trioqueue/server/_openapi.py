@@ -144,11 +144,14 @@ SCHEMAS: dict[str, Any] = {
                      "description": "job bodies as for POST /jobs, of any tasks"},
         },
     },
-    "Jobs": {
+    "NewJobsAnswer": {
         "type": "object",
-        "required": ["jobs"],
+        "required": ["jobs", "created"],
         "properties": {
             "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}},
+            "created": {"type": "array", "items": {"type": "boolean"},
+                        "description": "per job, in order: whether this request made it "
+                                       "(false: its id held that job already)"},
         },
     },
     "Retried": {
@@ -337,7 +340,8 @@ def openapi_document() -> dict[str, Any]:
                     },
                     "responses": {
                         "202": _json("the jobs in the order given (a job whose id, task "
-                                     "and payload exist already: that job)", "Jobs"),
+                                     "and payload exist already: that job, "
+                                     "created false)", "NewJobsAnswer"),
                         "400": _error("bad JSON, a bad field (named as jobs[3].priority), "
                                       "more than 1000 jobs, or more jobs of a priority than "
                                       "the queue's capacity"),
