@@ -221,7 +221,10 @@ class Model:
                 assert where == [False, False, True], (job_id, rec, where)
             else:
                 assert where == [False, False, False], (job_id, rec, where)
-                assert await r.zscore(self.key(f"idx:{status}"), job_id) is not None
+                # Listed by creation (its idx:all score); reaped by finish time.
+                assert await r.zscore(self.key(f"idx:{status}"), job_id) == await r.zscore(
+                    self.key("idx:all"), job_id), (job_id, status)
+                assert await r.zscore(self.key(f"ended:{status}"), job_id) is not None
                 assert await r.pttl(self.key(f"job:{job_id}")) > 0
             if rec.get("dslot"):
                 assert status == "scheduled"

@@ -812,8 +812,8 @@ async def test_reap_drops_a_record_at_its_expiry_with_its_idx_all_entry(env: Env
     claimed = (await s.finish_and_claim("n", [], 2, 30)).claimed
     await s.finish_and_claim("n", [Outcome.completed(c.job.id, c.fence, 1)
                                    for c in claimed], 0, 30)
-    past = (await env.admin.zscore(env.key("idx:completed"), "ending")) - 61_000
-    await env.admin.zadd(env.key("idx:completed"), {"ending": past, "kept": past})
+    past = (await env.admin.zscore(env.key("ended:completed"), "ending")) - 61_000
+    await env.admin.zadd(env.key("ended:completed"), {"ending": past, "kept": past})
     await env.admin.pexpire(env.key("job:ending"), 800)  # its expiry a moment away
     await env.admin.pexpire(env.key("job:kept"), 3_600_000)
     await s.reap()
@@ -822,6 +822,7 @@ async def test_reap_drops_a_record_at_its_expiry_with_its_idx_all_entry(env: Env
     assert await env.admin.exists([env.key("job:kept")]) == 1
     assert await env.admin.zscore(env.key("idx:all"), "kept") is not None
     assert await env.admin.zscore(env.key("idx:completed"), "kept") is None
+    assert await env.admin.zscore(env.key("ended:completed"), "kept") is None
 
 
 async def test_dead_letters_outlive_finished_jobs(env: Env) -> None:

@@ -208,6 +208,21 @@ async def test_delayed_jobs_have_their_own_bound_per_priority(
         assert q.metrics().rejected == 1
 
 
+async def test_a_full_delayed_bound_is_named_as_such(
+    backend: Backend, clock: MockClock | None, h: Harness
+) -> None:
+    """``QueueFull`` for a delayed job says the jobs waiting for a due time fill the
+    bound, not the ready queue, which is empty (Redis said "2 jobs already waiting")."""
+    async with backend.open(h.registry, capacity=2) as q:
+        for i in range(2):
+            await q.enqueue("echo", i, delay=600)
+        why = "priority medium: 2 jobs already waiting for a due time"
+        with pytest.raises(QueueFull, match=f"^{why}$"):
+            q.enqueue_nowait("echo", delay=600)
+        with pytest.raises(QueueFull, match=f"^{why}$"):
+            await q.enqueue("echo", delay=600, wait_for_room=False)
+
+
 async def test_a_delayed_job_coming_due_enters_a_full_ready_queue(
     backend: Backend, clock: MockClock | None, h: Harness
 ) -> None:

@@ -67,3 +67,43 @@ async def test_list_page_refuses_bad_arguments_naming_them(
     async with backend.open(h.registry) as q:
         with pytest.raises(InvalidJob, match=rf"^{field}:"):
             await q.list_page(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_finished_jobs_list_by_creation_whatever_order_they_ended_in(
+    backend: Backend, clock: MockClock | None, h: Harness
+) -> None:
+    """A status listing of finished jobs is newest-created first, as every listing is, and
+    ``before`` a job means created before it whatever its status now (Redis listed them
+    by finish time, so ``before`` skipped or repeated jobs, and a cursor that had changed
+    status, such as a dead letter retried while paging, ended the listing: "no more")."""
+    async with backend.open(h.registry, workers=3) as q:
+        for name in "abc":
+            await q.enqueue("gated", name, job_id=name)
+        for name in "abc":
+            await h.entered(name)
+        for name in "cba":  # they end in the other order
+            h.open_gate(name)
+            await q.wait(name)
+        assert [j.id for j in await q.list_jobs("completed")] == ["c", "b", "a"]
+        assert [j.id for j in await q.list_jobs("completed", before="b")] == ["a"]
+        seen, before = [], None
+        while True:
+            page = await q.list_page("completed", 1, before=before)
+            seen += [j.id for j in page.jobs]
+            if page.next is None:
+                break
+            before = page.next
+        assert seen == ["c", "b", "a"]
+
+        for i in range(1, 6):
+            await q.enqueue("fail", i, job_id=f"f{i}", max_retries=0)
+            await q.wait(f"f{i}")
+        assert [j.id for j in await q.list_jobs("failed", before="f3")] == ["f2", "f1"]
+        # A cursor in another status: a job created between.
+        assert [j.id for j in await q.list_jobs("completed", before="f1")] == ["c", "b", "a"]
+        assert [j.id for j in await q.list_jobs("failed", before="c")] == []
+        first = await q.list_page("failed", 2)
+        assert ([j.id for j in first.jobs], first.next) == (["f5", "f4"], "f4")
+        await q.retry("f4")  # the cursor leaves the failed jobs (and may come back)
+        second = await q.list_page("failed", 2, before=first.next)
+        assert [j.id for j in second.jobs] == ["f3", "f2"]

@@ -183,7 +183,8 @@ class NodeIntake(NodeCore):
         pass
 
     def full_reason(self, rec: JobRecord) -> str:
-        return f"{self._config.capacity} jobs already waiting"
+        return f"{self._config.capacity} jobs already waiting" + (
+            " for a due time" if rec.status is JobStatus.SCHEDULED else "")
 
     async def wait_committed(self, rec: JobRecord | None = None) -> None:
         await trio.lowlevel.checkpoint()

@@ -152,6 +152,7 @@ end
 -- Counters too are summed in the script and written once per field at the end.
 local pending_counts = {}
 local pending_idx = {} -- status -> {score, id, ...} for idx:<status>
+local pending_ended = {} -- status -> {finish time, id, ...} for ended:<status>
 local function count(name, prio, by)
   local field = name .. ':' .. PRIO[prio + 1]
   pending_counts[field] = (pending_counts[field] or 0) + (by or 1)
@@ -162,6 +163,9 @@ end
 local function flush(maxlen)
   for status, idx in pairs(pending_idx) do
     redis.call('ZADD', P .. 'idx:' .. status, unpack(idx))
+  end
+  for status, ended in pairs(pending_ended) do
+    redis.call('ZADD', P .. 'ended:' .. status, unpack(ended))
   end
   for field, by in pairs(pending_counts) do
     redis.call('HINCRBY', P .. 'stats', field, by)
@@ -193,20 +197,23 @@ local function ttls(arg)
 end
 
 -- A job reaches COMPLETED, FAILED or CANCELLED: it expires after its status' TTL (`ttl`,
--- from ttls) and is listed in idx:<status> by finish time (trimmed by reap once the
--- record has expired).
+-- from ttls), is listed in idx:<status> in creation order (its idx:all score, as the
+-- listings of every status go) and in ended:<status> by finish time, where reap finds
+-- the entries of expired records to drop from both.
 local function finish(id, status, prio, ttl, fields, flagged)
   local key = jkey(id)
   redis.call('HSET', key, 'status', status, 'finished_at', NOW, unpack(fields))
   if flagged then redis.call('HDEL', key, 'cancel_requested') end
   redis.call('PEXPIRE', key, int(ttl[status]))
-  local idx = pending_idx[status]
+  local idx, ended = pending_idx[status], pending_ended[status]
   if not idx then
-    idx = {}
-    pending_idx[status] = idx
+    idx, ended = {}, {}
+    pending_idx[status], pending_ended[status] = idx, ended
   end
-  idx[#idx + 1] = NOW
+  idx[#idx + 1] = redis.call('ZSCORE', P .. 'idx:all', id) or int(now_ms * 1000)
   idx[#idx + 1] = id
+  ended[#ended + 1] = NOW
+  ended[#ended + 1] = id
   count(status, prio)
 end
 

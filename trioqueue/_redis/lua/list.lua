@@ -2,11 +2,12 @@
 -- ARGV: status ('' for any), task ('' for any), limit, before (an id, '' for the start),
 --   budget (index entries examined at most), max bytes (the page ends once its payloads
 --   and results pass them, one job at least; '' for no bound).
--- Reply: {{record, ...}, next id or false}.  Order: no status -> by creation (idx:all);
---   completed/failed/cancelled -> by finish time (idx:<status>); queued, scheduled,
---   processing -> by creation, from the ready and parked lists, `sched` and `leases`.
---   `next` is the `before` of the following page; a page can be short when the budget ran
---   out first.
+-- Reply: {{record, ...}, next id or false}.  Order: by creation, always: no status ->
+--   idx:all; completed/failed/cancelled -> idx:<status>, which holds each job's idx:all
+--   score; queued, scheduled, processing -> from the ready and parked lists, `sched` and
+--   `leases`, sorted by their idx:all scores.  `before` is found by its idx:all score,
+--   whatever its status now.  `next` is the `before` of the following page; a page can
+--   be short when the budget ran out first.
 local status, task, limit, before = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local budget = tonumber(ARGV[5])
 local max_bytes = tonumber(ARGV[6] or '') or math.huge
@@ -64,9 +65,10 @@ end
 local idx = P .. 'idx:' .. (status == '' and 'all' or status)
 local rank = 0
 if before ~= '' then
-  local r = redis.call('ZREVRANK', idx, before)
-  if not r then return {out, false} end
-  rank = r + 1
+  -- Past the entries created at or after `before` (idx:all scores are unique).
+  local bc = redis.call('ZSCORE', P .. 'idx:all', before)
+  if not bc then return {out, false} end
+  rank = redis.call('ZCOUNT', idx, bc, '+inf')
 end
 local examined = 0
 local last = false
@@ -77,11 +79,16 @@ while #out < limit and examined < budget and bytes <= max_bytes do
   for _, id in ipairs(ids) do
     examined = examined + 1
     rank = rank + 1
-    last = id
     local r = record(id)
     if not r[1] then
-      if status == '' then redis.call('ZREM', idx, id); rank = rank - 1 end
-    elseif (status == '' or r[5] == status) and (task == '' or r[2] == task) then
+      -- Expired, its entries not reaped yet: dropped here, and never the next page's
+      -- `before` (its idx:all entry may be gone: that page would be empty).
+      redis.call('ZREM', idx, id)
+      rank = rank - 1
+    else
+      last = id
+    end
+    if r[1] and (status == '' or r[5] == status) and (task == '' or r[2] == task) then
       out[#out + 1] = r
       bytes = bytes + size(r)
       if #out >= limit or bytes > max_bytes then break end

@@ -89,13 +89,16 @@ end
 -- record still there in its old status, its expiry at most a second away, is the one
 -- that expires: its expiry was set a moment after the time its entry holds, and it goes
 -- now, with its idx:all entry, which nothing would drop once it had gone by itself.  (A
--- job made again under its id and finished since has moved its entry past the cutoff;
--- one kept longer, by a node with a longer TTL, keeps its record and idx:all entry.)
+-- job made again under its id and finished since has moved its ended: entry past the
+-- cutoff; one kept longer, by a node with a longer TTL, keeps its record and idx:all
+-- entry.)
 for _, status in ipairs({'completed', 'failed', 'cancelled'}) do
-  local idx = P .. 'idx:' .. status
+  local idx, ended = P .. 'idx:' .. status, P .. 'ended:' .. status
   local cutoff = now_ms - ttl[status]
-  local old = redis.call('ZRANGEBYSCORE', idx, '-inf', '(' .. int(cutoff), 'LIMIT', 0, trim_n)
+  local old = redis.call('ZRANGEBYSCORE', ended, '-inf', '(' .. int(cutoff), 'LIMIT', 0,
+    trim_n)
   for _, id in ipairs(old) do
+    redis.call('ZREM', ended, id)
     redis.call('ZREM', idx, id)
     local key = jkey(id)
     local left = redis.call('PTTL', key)

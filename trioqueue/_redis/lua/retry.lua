@@ -25,6 +25,7 @@ else
   else
     redis.call('PERSIST', key)
     redis.call('ZREM', P .. 'idx:' .. status, id)
+    redis.call('ZREM', P .. 'ended:' .. status, id)
     redis.call('HSET', key, 'status', 'queued', 'attempts', 0)
     redis.call('HDEL', key, 'finished_at', 'scheduled_for', 'result', 'started_at',
       'cancel_requested', 'progress', 'orphaned')
