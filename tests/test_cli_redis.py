@@ -349,6 +349,7 @@ def test_bad_redis_urls_are_one_line_errors(capsys: pytest.CaptureFixture[str],
     said = [r.getMessage() for r in caplog.records if r.name == "trioqueue"]
     assert not [m for m in said if m.startswith(("trioqueue open", "trioqueue closed"))]
     assert err.startswith("trioqueue serve: cannot use redis at redis://:***@127.0.0.1:1/0 ")
+    assert err.count("cannot use redis at") == 1, err  # (open_queue names the URL too)
     assert "hunter2" not in err
     assert "\n" not in err
     code = main(["worker", "--redis", "http://127.0.0.1/", *queue])

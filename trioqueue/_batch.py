@@ -92,7 +92,8 @@ class Batches:
         """A record per payload, each checked (an error names the payload's index)."""
         if isinstance(payloads, (str, bytes, dict)) or not isinstance(payloads, Iterable):
             raise InvalidJob(
-                f"payloads: expected a list of payloads, got {type(payloads).__name__}"
+                "payloads: expected a list, tuple, generator or other iterable of payloads "
+                f"(not a str, bytes or dict), got {type(payloads).__name__}"
             )
         build = self._build
         recs: list[JobRecord] = []

@@ -13,7 +13,6 @@ import sys
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from ._cli_common import DEFAULT_PORT, env_first, env_named, parse_float, parse_int
 from ._cli_common import UsageError as UsageError
@@ -48,16 +47,40 @@ def load_registry(spec: str) -> TaskRegistry:
             obj = getattr(obj, part)
         except AttributeError:
             raise UsageError(f"--app: module {module_name!r} has no {attr!r}") from None
-    if callable(obj) and not isinstance(obj, TaskRegistry) and _takes_no_arguments(obj):
-        try:
-            obj = obj()  # a factory
-        except Exception as exc:
-            raise _app_error(f"calling {spec}()", exc) from None
+    if isinstance(obj, TaskRegistry):
+        return obj
+    if not callable(obj):
+        raise UsageError(f"--app: {spec} is {_a(type(obj).__name__)}, not a TaskRegistry")
+    if not _takes_no_arguments(obj):
+        raise UsageError(f"--app: {spec} is {_callable_kind(obj)}, not a TaskRegistry or a "
+                         "function that takes no arguments and returns one")
+    try:
+        obj = obj()  # a factory
+    except Exception as exc:
+        raise _app_error(f"calling {spec}()", exc) from None
     if not isinstance(obj, TaskRegistry):
-        kind = type(obj).__name__
-        article = "an" if kind[:1].lower() in "aeiou" else "a"
-        raise UsageError(f"--app: {spec} is {article} {kind}, not a TaskRegistry")
+        raise UsageError(f"--app: {spec}() returned {_a(type(obj).__name__)}, not a "
+                         "TaskRegistry")
     return obj
+
+
+def _a(kind: str) -> str:
+    return f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
+
+
+def _callable_kind(fn: Any) -> str:
+    """What keeps ``fn`` from being called as a factory, for the error."""
+    if inspect.iscoroutinefunction(fn):
+        return "an async function"
+    kind = _a(type(fn).__name__)
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return f"{kind} whose parameters cannot be read"
+    needed = [p.name for p in parameters
+              if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    shown = ", ".join(needed[:4]) + (", ..." if len(needed) > 4 else "")
+    return f"{kind} that needs arguments ({shown})"
 
 
 def _app_error(doing: str, exc: Exception) -> UsageError:
@@ -88,23 +111,6 @@ given by a flag is named by the flag in errors."""
 
 _REDIS_ONLY = (("queue", "--queue", "TRIOQUEUE_QUEUE"), ("lease", "--lease", "TRIOQUEUE_LEASE"),
                ("prefetch", "--prefetch", "TRIOQUEUE_PREFETCH"))
-
-
-def redacted(url: str) -> str:
-    """``url`` with its password (if any: in the netloc, or a ``password=`` query
-    parameter) shown as ``***``: for messages and logs."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
-    query = "&".join(
-        "password=***" if part.partition("=")[0] == "password" else part
-        for part in parts.query.split("&")) if parts.query else ""
-    if (netloc, query) == (parts.netloc, parts.query):
-        return url
-    # (not urlunsplit: it drops the "//" of an empty netloc, as in unix:///path)
-    return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
-            + (f"#{parts.fragment}" if parts.fragment else ""))
 
 
 def queue_options(

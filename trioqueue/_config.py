@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 import attrs
 
@@ -357,3 +357,20 @@ _ENV: dict[str, tuple[tuple[str, ...], Any]] = {
 
 ENV_VARIABLES = frozenset(name for names, _ in _ENV.values() for name in names)
 """Every variable :meth:`QueueConfig.from_env` reads."""
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password (if any: in the netloc, or a ``password=`` query
+    parameter) shown as ``***``: for messages and logs."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+    query = "&".join(
+        "password=***" if part.partition("=")[0] == "password" else part
+        for part in parts.query.split("&")) if parts.query else ""
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    # (not urlunsplit: it drops the "//" of an empty netloc, as in unix:///path)
+    return (f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+            + (f"#{parts.fragment}" if parts.fragment else ""))

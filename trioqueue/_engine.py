@@ -22,7 +22,9 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
+from typing import TYPE_CHECKING, NoReturn
 
 import trio
 
@@ -44,10 +46,47 @@ log = logging.getLogger("trioqueue")
 __all__ = ["JobQueue", "open_queue"]  # JobQueue: the handle open_queue gives
 
 
-@asynccontextmanager
-async def open_queue(
-    registry: TaskRegistry, config: QueueConfig | None = None
-) -> AsyncIterator[JobQueue]:
+def _misused(not_: str, then: str) -> TypeError:
+    return TypeError(f"open_queue() returns an async context manager, not {not_}: write "
+                     f"`async with trioqueue.open_queue(registry, config) as q:`{then}")
+
+
+class QueueOpening:
+    """What :func:`open_queue` returns: ``async with`` it opens the queue and gives its
+    :class:`JobQueue`.  Awaited, entered with a plain ``with``, or used as the queue
+    itself, it raises ``TypeError`` saying to write ``async with`` (Python's own errors
+    for these name only the context manager's type)."""
+
+    __slots__ = ("_opening",)
+
+    def __init__(self, opening: AbstractAsyncContextManager[JobQueue]) -> None:
+        self._opening = opening
+
+    async def __aenter__(self) -> JobQueue:
+        return await self._opening.__aenter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> bool | None:
+        return await self._opening.__aexit__(exc_type, exc, tb)
+
+    if not TYPE_CHECKING:  # mypy flags these mistakes itself: it must not see these
+
+        def __getattr__(self, name: str) -> NoReturn:
+            if not name.startswith("_") and hasattr(JobQueue, name):
+                raise _misused("the queue", f" and use q.{name} in that block")
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+        def __enter__(self) -> NoReturn:
+            raise _misused("a context manager for `with`", "")
+
+        def __exit__(self, *exc_info: object) -> NoReturn:  # (`with` looks up both first)
+            raise _misused("a context manager for `with`", "")
+
+        def __await__(self) -> NoReturn:
+            raise _misused("an awaitable", " (not `await`)")
+
+
+def open_queue(registry: TaskRegistry, config: QueueConfig | None = None) -> QueueOpening:
     """Open a job queue for the duration of an ``async with`` block.
 
     ::
@@ -60,11 +99,18 @@ async def open_queue(
     and recorded as QUEUED (memory mode: FAILED, ``"aborted: shutdown timeout"``), and
     (with ``persist_path``) the last snapshot is written.
 
-    Errors while opening (a bad store file, ``StoreError``) and exceptions from the body
-    come out as themselves, not wrapped in an ``ExceptionGroup``; an engine task that
-    crashes raises an ``ExceptionGroup`` holding its error (and the body's, if the body
-    raised too).
+    Errors while opening (a bad store file, ``StoreError``; on Redis,
+    ``RedisUnavailable`` naming the URL) and exceptions from the body come out as
+    themselves, not wrapped in an ``ExceptionGroup``; an engine task that crashes raises
+    an ``ExceptionGroup`` holding its error (and the body's, if the body raised too).
     """
+    return QueueOpening(_open_queue(registry, config))
+
+
+@asynccontextmanager
+async def _open_queue(
+    registry: TaskRegistry, config: QueueConfig | None
+) -> AsyncIterator[JobQueue]:
     if not isinstance(registry, TaskRegistry):
         raise TypeError(f"registry: expected a TaskRegistry, got {type(registry).__name__}")
     config = QueueConfig() if config is None else config
@@ -126,7 +172,13 @@ class _Run:
         opened = False
         try:
             async with trio.open_nursery() as root:
-                await root.start(backend.run)
+                try:
+                    await root.start(backend.run)
+                except BaseException as exc:
+                    named = self._named(exc)
+                    if named is None:
+                        raise
+                    raise named from None
                 # Said once the backend runs (Redis answered): a queue that could not
                 # open says only why.
                 opened = True
@@ -168,6 +220,17 @@ class _Run:
                 log.info("trioqueue closed")
         if self._body_exc is not None:
             raise self._body_exc
+
+    def _named(self, exc: BaseException) -> BaseException | None:
+        """A Redis that could not be opened (``exc``, alone or the one error in a group
+        of the connection's nursery) as an error naming the URL; else ``None``."""
+        config = self._config
+        leaves = _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+        if config.redis_url is None or len(leaves) != 1:
+            return None
+        from ._redis._client import at_open
+
+        return at_open(leaves[0], config.redis_url, config.queue_name)
 
     # ------------------------------------------------------------------ tasks
 

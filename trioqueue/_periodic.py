@@ -93,7 +93,7 @@ def check_periodic(name: str, schedule: object, every: object, tz: object) -> No
         if fields != 5:
             raise ValueError(f"{where}: schedule: expected five fields (minute, hour, day "
                              f"of month, month, day of week) or one of "
-                             f"{', '.join(NICKNAMES)}, got {fields} in {schedule!r}")
+                             f"{', '.join(NICKNAMES)}, got {_got(schedule, fields)}")
         zone = _zone(where, tz)
         try:
             CronSim(cron_fields(schedule), datetime(2026, 1, 1, tzinfo=zone))
@@ -104,9 +104,22 @@ def check_periodic(name: str, schedule: object, every: object, tz: object) -> No
         check_job_id(name + "@2026-12-05T10:00:00.000Z")
     except TrioQueueError:
         raise ValueError(
-            f"{where}: a periodic task's name must be usable in a job id: up to "
-            f"{MAX_ID_LENGTH - _ID_SUFFIX} ASCII letters, digits and '_.:-'"
+            f"{where}: a periodic task's name must be usable in a job id: 1 to "
+            f"{MAX_ID_LENGTH - _ID_SUFFIX} ASCII letters, digits and '_.:@-', starting "
+            "with a letter or digit"
         ) from None
+
+
+def _got(schedule: str, fields: int) -> str:
+    """What a schedule of ``fields`` fields is, for the error: a nickname this does not
+    know (``@reboot``, which means "at start" and has no due times) says so."""
+    word = schedule.strip()
+    if word.startswith("@") and fields == 1:
+        if word.lower() == "@reboot":
+            return (f"{schedule!r}, which has no due times (it means at start: enqueue its "
+                    "job when your program starts)")
+        return f"{schedule!r}, which is none of those nicknames"
+    return f"{fields} in {schedule!r}"
 
 
 def _zone(where: str, tz: object) -> ZoneInfo:

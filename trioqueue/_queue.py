@@ -86,7 +86,8 @@ class JobQueue(Readings):
 
     def __init__(self, *core: object) -> None:
         if len(core) != 1 or not isinstance(core[0], QueueCore):
-            raise TypeError("JobQueue has no public constructor; use trioqueue.open_queue()")
+            raise TypeError("JobQueue has no public constructor; write `async with "
+                            "trioqueue.open_queue(registry, config) as q:`")
         parts = core[0]
         self._config = parts.config
         self._registry = parts.registry

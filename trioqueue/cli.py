@@ -42,9 +42,9 @@ from ._cli_common import transport_failure as transport_failure
 from ._cli_options import load_registry as load_registry
 from ._cli_options import metrics_allowed_hosts, metrics_options
 from ._cli_options import queue_options as queue_options
-from ._cli_options import redacted as redacted
 from ._cli_options import serve_options as serve_options
 from ._config import QueueConfig
+from ._config import redacted as redacted
 from ._exceptions import StoreError, TrioQueueError
 from ._job import JobStatus
 from ._registry import TaskRegistry
@@ -161,9 +161,11 @@ def _open_error(error: BaseException | None, config: QueueConfig) -> str | None:
         from ._redis._client import RedisUnavailable
 
         if isinstance(error, RedisUnavailable):
-            reason = str(error).removeprefix("redis: ")
+            said = str(error)
+            if said.startswith("cannot use redis at "):  # (open_queue names the URL)
+                return said
             return (f"cannot use redis at {redacted(config.redis_url)} (queue "
-                    f"{config.queue_name!r}): {reason}")
+                    f"{config.queue_name!r}): {said.removeprefix('redis: ')}")
     return None
 
 
@@ -365,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     queue_flags(serve)
     serve.add_argument("--host", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help=f"port (default {DEFAULT_PORT}; 0: any free)")
-    serve.add_argument("--token", help="bearer token required on everything but /healthz")
+    serve.add_argument("--token", help="bearer token required on everything but /healthz, "
+                       "/readyz and the dashboard's page (/, /dashboard.js, /dashboard.css)")
     serve.add_argument("--max-body", type=int, help="request body limit in bytes (1 MiB)")
     serve.add_argument("--event-buffer", type=int,
                        help="events buffered per websocket client (default 1000)")

@@ -60,10 +60,12 @@ from ._redis import CorruptRecord as CorruptRecord
 from ._redis import NewJob as NewJob
 from ._redis import Outcome as Outcome
 from ._redis import RedisClient as RedisClient
+from ._redis import RedisNotSent as RedisNotSent
 from ._redis import RedisRefused as RedisRefused
 from ._redis import RedisState as RedisState
 from ._redis import RedisUnavailable as RedisUnavailable
 from ._redis import StoredJob as StoredJob
+from ._redis import at_open as at_open
 from ._redis import canonical_digest as canonical_digest
 from ._redis import connect as connect
 from ._redis import paths as redis_paths
@@ -162,6 +164,7 @@ __all__ = [
     "ProtocolError",
     "Reaped",
     "RedisClient",
+    "RedisNotSent",
     "RedisRefused",
     "RedisState",
     "RedisUnavailable",
@@ -173,6 +176,7 @@ __all__ = [
     "allowed",
     "allowed_host",
     "app",
+    "at_open",
     "backoff",
     "budget",
     "canonical_digest",

@@ -6,7 +6,15 @@ connection for the scripts, coredis for blocking calls);
 :class:`RedisState` runs the scripts.  docs/redis-design.md describes both.
 """
 
-from ._client import MAX_BLOCK, RedisClient, RedisRefused, RedisUnavailable, connect
+from ._client import (
+    MAX_BLOCK,
+    RedisClient,
+    RedisNotSent,
+    RedisRefused,
+    RedisUnavailable,
+    at_open,
+    connect,
+)
 from ._state import (
     MAX_BATCH,
     MAX_CLAIM,
@@ -50,12 +58,14 @@ __all__ = [
     "Promoted",
     "Reaped",
     "RedisClient",
+    "RedisNotSent",
     "RedisRefused",
     "RedisState",
     "RedisUnavailable",
     "Renewal",
     "StoredJob",
     "StreamEvent",
+    "at_open",
     "canonical_digest",
     "check_name",
     "connect",

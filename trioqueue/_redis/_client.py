@@ -26,6 +26,7 @@ non-blocking command is written) and which re-sends too.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import math
@@ -49,6 +50,7 @@ from coredis.exceptions import ConnectionError as RedisConnectionError
 from coredis.response.types import StreamEntry
 from coredis.retry import NoRetryPolicy
 
+from .._config import redacted
 from .._exceptions import TrioQueueError
 from ._pipe import REFUSALS, Endpoint, Lost, NoScript, Pipe, Refused, pack
 
@@ -112,6 +114,20 @@ class RedisRefused(RedisUnavailable):
     def __init__(self, message: str, *, writes: bool = False) -> None:
         super().__init__(message)
         self.writes = writes
+
+
+def at_open(exc: BaseException, url: str, queue: str) -> RedisUnavailable | None:
+    """``exc`` as ``open_queue`` raises it, if it is a :class:`RedisUnavailable`: its
+    type and attributes kept, its message naming the Redis and queue it could not open,
+    the URL's password shown as ``***`` (the client's own messages name at most a host
+    and port); else ``None``."""
+    if not isinstance(exc, RedisUnavailable):
+        return None
+
+    named = copy.copy(exc)
+    named.args = (f"cannot use redis at {redacted(url)} (queue {queue!r}): "
+                  f"{str(exc).removeprefix('redis: ')}",)
+    return named
 
 
 WRITE_REFUSALS = frozenset(("OOM", "READONLY", "NOREPLICAS"))
