@@ -528,13 +528,16 @@ class JobQueue(Readings):
         await trio.lowlevel.checkpoint_if_cancelled()  # (Cancelled: nothing was done)
         backend = self._backend
         rec = await backend.cancel(job_id)
+        where = " in this process"
         if rec.status is PROCESSING:
             self._workers.cancel(rec)
             ended = await self.wait(job_id)
+            if ended.status is JobStatus.CANCELLED:
+                where += " (its handler was stopped)"
         else:
             ended = rec.snapshot()
         if backend.durable:
-            await backend.wait_committed(rec)
+            await self._stored(rec, f"is {ended.status.value}{where}", "it runs again")
         return ended
 
     async def retry(self, job_id: str) -> Job:
@@ -549,10 +552,18 @@ class JobQueue(Readings):
         rec = await backend.retry(job_id)
         requeued = rec.snapshot()
         if backend.durable:
-            await backend.wait_committed(rec)
+            await self._stored(rec, "is queued again in this process", "the retry is undone")
         else:
             await trio.lowlevel.cancel_shielded_checkpoint()
         return requeued
+
+    async def _stored(self, rec: JobRecord, now: str, restart: str) -> None:
+        """Wait for the commit of a cancel or retry; a failed one says what became of it."""
+        try:
+            await self._backend.wait_committed(rec)
+        except StoreError as exc:  # the change stands here, and is written once writes work
+            raise StoreError(f"{exc}; job {rec.id!r} {now} but not yet in the store: if the process"
+                             f" ends before a write succeeds, after a restart {restart}") from None
 
     # ------------------------------------------------------------------ events, metrics
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
@@ -33,6 +34,7 @@ from .._state import JobEvent, move, transition
 from .._stats import Stats
 from .changes import Changes
 from .ready import ReadyQueues
+from .rows import ROW_ROOM, payload_too_big
 from .table import JobTable
 from .timer import Timer
 
@@ -103,7 +105,9 @@ class LocalBackend:
             # A caller's id that only the store may hold: admit looks it up there (a
             # fresh one of another shape than the generated costs a set lookup);
             # finished jobs' ids of such shapes go there as they leave memory.
-            self.ready.beside_store(store.stored_only, store.lookup_now)
+            limit, path = store.store.max_length, store.path
+            self.ready.beside_store(store.stored_only, store.lookup_now, limit - ROW_ROOM,
+                                    partial(payload_too_big, limit=limit, where=path))
             self.table.left = store.stored_only
         self.admit = self.ready.admit
         self.claim = self.ready.take

@@ -6,10 +6,12 @@ parks batches that wait for room without holding single jobs back.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
 
+from .._exceptions import InvalidJob
 from .._job import JobStatus
 from .._record import LABELS, JobRecord, same_or_duplicate
 from .._state import EventKind
@@ -40,6 +42,8 @@ class BatchAdmission:
     _batch_need: list[int]
     _batch_need_delayed: list[int]
     _batch_waiting: list[int]
+    max_payload: int
+    too_big: Callable[[JobRecord], Exception]
 
     if TYPE_CHECKING:
         def _stored(self, job_id: str) -> JobRecord | None: ...
@@ -53,13 +57,14 @@ class BatchAdmission:
         ``None`` when one has not, and then nothing changed.  The result holds, in
         order, each record as accepted, or the job already holding its id (same task
         and payload; the same id twice in ``recs`` gives the first one).  Raises
-        :class:`DuplicateJob` (nothing admitted) for an id taken by another job."""
+        :class:`DuplicateJob` (nothing admitted) for an id taken by another job, and
+        :class:`InvalidJob` for a payload too large for the store (:meth:`admit`)."""
         jobs = self._jobs
         seen: dict[str, JobRecord] = {}
         new: list[bool] = []
         queued = [0, 0, 0]
         delayed = [0, 0, 0]
-        for rec in recs:
+        for i, rec in enumerate(recs):
             old = jobs.get(rec.id)
             earlier = seen.get(rec.id) if old is None else None
             if old is None and earlier is None and rec.id_given and self._maybe_stored(rec.id):
@@ -73,6 +78,8 @@ class BatchAdmission:
                 seen.setdefault(rec.id, old)
                 new.append(False)
                 continue
+            if len(rec.payload_json) > self.max_payload:
+                raise InvalidJob(f"jobs[{i}].{self.too_big(rec)}")
             seen[rec.id] = rec
             new.append(True)
             if rec.status is SCHEDULED:

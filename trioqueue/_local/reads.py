@@ -6,7 +6,7 @@ changes not written yet, win over the rows)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -133,13 +133,7 @@ class StoreReads:
         (``None`` on the last); memory's state (``in_memory(id)``) wins over the
         store's, so a page can be short when a job changed status since its write."""
         await self.wait_committed()
-        async with self._list_reads:  # (released before the rows become a page)
-            rows = await self.read(self.store.newest,
-                                   None if status is None else status.value,
-                                   limit + 1, task, before, LIST_READ_BYTES)
-        # Past the budget the reading stopped early: the next page goes on from here.
-        more = len(rows) > limit or sum(map(row_bytes, rows)) > LIST_READ_BYTES
-        del rows[limit:]
+        rows, more = await self._page_rows(status, limit, task, before)
         out: list[Job] = []
         for row in rows:
             job_id = row[0]
@@ -153,3 +147,27 @@ class StoreReads:
             if status is None or rec.status is status:
                 out.append(rec.snapshot())
         return out, (rows[-1][0] if more else None)
+
+    async def _page_rows(self, status: JobStatus | None, limit: int, task: str | None,
+                         before: str | None) -> tuple[Sequence[Row], bool]:
+        """The rows of a page (up to ``limit``), and whether more follow.  The page ends
+        with a row whose id is text, the next page's ``before``: rows whose id is not
+        UTF-8 (another program wrote them; left out of the page, logged) after the last
+        such row are read again by the next page; a page of nothing but those reads on
+        to the first row after them that has one."""
+        want = limit
+        while True:
+            async with self._list_reads:  # (released before the rows become a page)
+                rows = await self.read(self.store.newest,
+                                       None if status is None else status.value,
+                                       want + 1, task, before, LIST_READ_BYTES)
+            # Past the budget the reading stopped early: the next page goes on from here.
+            more = len(rows) > want or sum(map(row_bytes, rows)) > LIST_READ_BYTES
+            del rows[want:]
+            if not more or type(rows[-1][0]) is str:
+                return rows, more
+            named = [i for i, row in enumerate(rows) if type(row[0]) is str]
+            if named:
+                end = max(i for i in named if i < limit) if named[0] < limit else named[0]
+                return rows[:end + 1], more
+            want *= 2

@@ -91,13 +91,19 @@ class ReadyQueues(BatchAdmission):
         only the store holds (its :attr:`Persistence.stored_only`, given by
         :meth:`beside_store`); empty in memory mode."""
         self._lookup_now: Callable[[str], JobRecord | None] | None = None
+        self.max_payload = NEVER
+        """With a store: the most bytes a new job's payload may take as JSON (the store's
+        length limit bounds a row); :meth:`admit` refuses a larger one, raising
+        ``too_big(rec)`` (an :class:`InvalidJob`), before anything changed."""
+        self.too_big: Callable[[JobRecord], Exception] = Exception
         self._full_at = [capacity, capacity, capacity]
         """The length of each ready queue at which :meth:`admit` finds no room: the
         capacity less the jobs set aside, 0 while a recovered backlog waits (one
         comparison per job; :meth:`_room_changed` keeps it)."""
 
     def beside_store(self, stored_only: set[str],
-                     lookup_now: Callable[[str], JobRecord | None]) -> None:
+                     lookup_now: Callable[[str], JobRecord | None], max_payload: int,
+                     too_big: Callable[[JobRecord], Exception]) -> None:
         """A queue with a store: a caller's id (``job_id=``) that memory lacks may belong
         to a job only the store holds (a finished job that left memory, or any job
         stored before this open).  Admission looks it up there (``lookup_now``) when
@@ -105,9 +111,12 @@ class ReadyQueues(BatchAdmission):
         (:func:`~trioqueue._ids.generated_shape`), and a repeat of that job returns it
         (or raises :class:`DuplicateJob`) instead of replacing it.  A generated id is
         never looked up (it is new by construction), and a caller's id of another shape
-        that is not in ``stored_only`` costs one set lookup, never a read."""
+        that is not in ``stored_only`` costs one set lookup, never a read.  A payload of
+        more than ``max_payload`` bytes raises ``too_big(rec)``."""
         self.stored_only = stored_only
         self._lookup_now = lookup_now
+        self.max_payload = max_payload
+        self.too_big = too_big
 
     def _maybe_stored(self, job_id: str) -> bool:
         """Whether a caller's id that memory lacks must be looked up in the store."""
@@ -134,7 +143,7 @@ class ReadyQueues(BatchAdmission):
         """Accept a new job if its priority has room: ``rec`` itself once accepted; the
         job already holding its id if that one has the same task and payload; ``None``
         when there is no room.  Raises :class:`DuplicateJob` for an id taken by another
-        job.
+        job, and :class:`InvalidJob` for a payload too large for the store.
 
         A QUEUED job needs room in its ready queue, and no recovered backlog of its
         priority still in the store (that goes first); a SCHEDULED one needs room among
@@ -148,6 +157,8 @@ class ReadyQueues(BatchAdmission):
             stored = self._stored(job_id)
             if stored is not None:
                 return same_or_duplicate(stored, rec)
+        if len(rec.payload_json) > self.max_payload:  # its row would not fit in the store
+            raise self.too_big(rec)
         p = rec.priority
         if rec.status is SCHEDULED:
             return self._admit_delayed(rec)

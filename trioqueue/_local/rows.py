@@ -9,10 +9,11 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from .._exceptions import StoreError
+from .._exceptions import InvalidJob, StoreError
 from .._job import JobStatus
 from .._record import JobRecord
 from .._registry import TaskSpec
+from .._store.sqlite import COLUMNS, RowTooBig, SqliteStore
 
 log = logging.getLogger("trioqueue")
 
@@ -89,6 +90,94 @@ def _without_unwritable(rec: JobRecord) -> tuple[str, str, str]:
     return result, progress, rec.error or f"StoreError: not stored: {why}"
 
 
+ROW_ROOM = 4096
+"""Bytes of a row kept for all but its payload (the id, task and status, the numbers,
+SQLite's record header, an error saying why a column was not written): a new job's
+payload may take the store's length limit less this (:func:`payload_too_big`)."""
+_WIDTH = len(COLUMNS)
+_TEXT = tuple(COLUMNS.index(c) for c in ("id", "task", "payload", "status", "result",
+                                          "error", "traceback", "progress"))
+_ERROR = COLUMNS.index("error")
+_SPARED = tuple(COLUMNS.index(c) for c in ("result", "error", "traceback", "progress"))
+"""The columns a row over the length limit is written without, the largest first."""
+_FIXED = 256
+"""Bytes of a row besides its text, at most: SQLite's record header (a varint per
+column) and the numbers (8 bytes each)."""
+
+
+def write_bounded(store: SqliteStore, values: tuple[Any, ...]) -> None:
+    """``store.write_values(values)``; when SQLite refuses the write because a row in it
+    passes the length limit (a result of a gigabyte, say), the rows again, each bounded
+    by :func:`rows_within`.  Such a row failed the write of every job with it, and kept
+    failing each write after it, since it stays to be written: the queue took no more
+    jobs until the process ended.  The bounding is the way out of that refusal, not a
+    cost every write pays (it measures every text of every row)."""
+    try:
+        store.write_values(values)
+    except RowTooBig:
+        store.write_values(rows_within(values, store.max_length, store.path))
+
+
+def rows_within(values: tuple[Any, ...], limit: int, where: object) -> tuple[Any, ...]:
+    """``values`` (:func:`rows_of`'s) with every row at most ``limit`` bytes.  A row over
+    it is written without its result, error, traceback or progress, the largest first,
+    as many as it takes, and its error column says which and why; one still over (its
+    payload, id and task alone) is left out, its job not stored.  Each is logged."""
+    out: list[Any] = []
+    for first in range(0, len(values), _WIDTH):
+        row = list(values[first : first + _WIDTH])
+        if _row_size(row) > limit and not _shrink(row, limit, where):
+            continue
+        out.extend(row)
+    return tuple(out)
+
+
+def _text_size(text: str | bytes) -> int:
+    if isinstance(text, str) and not text.isascii():
+        return len(text.encode("utf-8", "surrogatepass"))
+    return len(text)
+
+
+def _row_size(row: list[Any]) -> int:
+    """What a row takes in SQLite at most (its texts in UTF-8, and :data:`_FIXED`)."""
+    return _FIXED + sum(_text_size(row[c]) for c in _TEXT)
+
+
+def _shrink(row: list[Any], limit: int, where: object) -> bool:
+    """Empty the largest of ``row``'s :data:`_SPARED` columns until it takes at most
+    ``limit`` bytes, the error column saying which were left out; False when emptying
+    them all is not enough (the row is not to be written)."""
+    kept = {c: row[c] for c in _SPARED}
+    lost: list[str] = []
+    why = ""
+    while _row_size(row) > limit:
+        column = max(_SPARED, key=lambda c: _text_size(kept[c]))
+        if not kept[column]:
+            log.error("trioqueue: job %s (task %.200s): its row takes %s bytes without its "
+                      "result, error, traceback and progress, past %s's length limit of "
+                      "%s bytes: not stored", row[0], row[1], f"{_row_size(row):,}", where,
+                      f"{limit:,}")
+            return False
+        lost.append(f"{COLUMNS[column]}: {_text_size(kept[column]):,} bytes")
+        kept[column] = row[column] = ""
+        why = (f"not stored: {'; '.join(lost)} (the row would pass the store's length "
+               f"limit of {limit:,} bytes)")
+        row[_ERROR] = f"{kept[_ERROR]}; StoreError: {why}" if kept[_ERROR] else (
+            f"StoreError: {why}")
+    log.error("trioqueue: job %s (task %.200s): %s; written without it", row[0], row[1], why)
+    return True
+
+
+def payload_too_big(rec: JobRecord, limit: int, where: object) -> InvalidJob:
+    """The :class:`InvalidJob` of a new job whose payload's JSON is too long for a row of
+    the store at ``where``, whose length limit is ``limit`` bytes."""
+    return InvalidJob(
+        f"payload: {len(rec.payload_json):,} bytes as JSON, more than the store {where} "
+        f"takes ({max(0, limit - ROW_ROOM):,}: SQLite's length limit of {limit:,} bytes a "
+        f"row, less {ROW_ROOM:,} for the rest of the job)"
+    )
+
+
 _STATUS_OF = {s.value: s for s in JobStatus}
 _NUMBER = (int, float)
 
@@ -114,12 +203,17 @@ def record_of(row: Sequence[Any], spec_of: Callable[[str], TaskSpec | None],
         column = "progress"
         progress_value = None if progress is None else json.loads(progress)
     except (ValueError, TypeError) as exc:  # (JSONDecodeError is a ValueError)
-        raise UnreadableRow(f"{where}: job {job_id!r}: {column}: not JSON ({exc})") from None
+        # (Text that is not UTF-8 is read as bytes, which json.loads fails to decode.)
+        what = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "not JSON"
+        raise UnreadableRow(f"{where}: job {job_id!r}: {column}: {what} ({exc})") from None
     state = _STATUS_OF.get(status) if type(status) is str else None
     bad = _bad_column(job_id, task, priority, status, state, attempts, max_retries, timeout,
                       created_at, scheduled_for, started_at, finished_at, error, traceback)
     if bad is not None:
         column, value = bad
+        if isinstance(value, bytes):  # text that is not UTF-8 (or a BLOB)
+            raise UnreadableRow(f"{where}: job {job_id!r}: {column}: not UTF-8 text "
+                                f"({value[:60]!r}{'...' if len(value) > 60 else ''})")
         raise UnreadableRow(f"{where}: job {job_id!r}: {column}: unexpected value {value!r}")
     assert state is not None
     rec = JobRecord.restored(

@@ -31,7 +31,7 @@ from .._state import EventKind
 from .._store.sqlite import SqliteStore
 from .chunks import chunk_size
 from .reads import LIST_READS, StoreReads
-from .rows import rows_of
+from .rows import rows_of, write_bounded
 
 log = logging.getLogger("trioqueue.store")
 T = TypeVar("T")
@@ -496,7 +496,7 @@ class Persistence(StoreReads):
                     # As a tuple of str, int and float: the collector stops tracking it at
                     # its first pass, where a list would be walked by every collection that
                     # the loop's allocations set off while the thread writes.
-                    await self._write(self.store.write_values, values)
+                    await self._write(write_bounded, self.store, values)
                 self.commits += 1
                 self.rows_written += len(writing)
                 self._writing = {}

@@ -1,10 +1,12 @@
-"""What a trioqueue store file holds: its schema, the versions it had and how a file of
-an older one is upgraded, and what SQLite's errors about a file mean to its user."""
+"""What a trioqueue store file holds: its schema, the upsert that writes its rows, the
+versions it had and how a file of an older one is upgraded, and what SQLite's errors
+about a file mean to its user (and how a read gets past text that is not UTF-8)."""
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from .._exceptions import StoreError
@@ -69,6 +71,35 @@ attribute lookups): a typical row of seven NULLs took 34,600 instructions to bin
 write that way, against 22,800 then."""
 
 
+_ON_CONFLICT = " ON CONFLICT(id) DO UPDATE SET " + ", ".join(
+    f"{c} = excluded.{c}" for c in COLUMNS[3:]
+)
+
+
+def upsert_sql(n: int, shared: tuple[bool, ...] | None = None) -> str:
+    """An upsert of ``n`` rows in one statement.  ``shared[i]``: column ``i`` has one
+    value for every row, bound once: the parameters are the shared columns' values (in
+    column order), then each row's own values, row after row.
+
+    The shared columns come first in the statement's column list, as ``?1``, ``?2``, ...
+    in every row, and each row's own values are plain ``?``: SQLite numbers those on
+    from the highest number seen, and looks a repeated ``?N`` up among the numbered
+    parameters only (a ``?N`` per value made preparing a statement of 1,792 rows take
+    200 ms, against 80 ms for plain ``?``)."""
+    if shared is None:
+        shared = (False,) * len(COLUMNS)
+    first = [(c, nullable) for c, nullable, one in zip(COLUMNS, NULLABLE, shared,
+                                                        strict=True) if one]
+    own = [(c, nullable) for c, nullable, one in zip(COLUMNS, NULLABLE, shared,
+                                                      strict=True) if not one]
+    exprs = [f"NULLIF(?{k}, '')" if nullable else f"?{k}"
+             for k, (_, nullable) in enumerate(first, 1)]
+    exprs += ["NULLIF(?, '')" if nullable else "?" for _, nullable in own]
+    row = "(" + ",".join(exprs) + ")"
+    names = ", ".join(c for c, _ in first + own)
+    return f"INSERT INTO jobs({names}) VALUES " + ",".join([row] * n) + _ON_CONFLICT
+
+
 UPGRADES: dict[int, str] = {
     1: "ALTER TABLE jobs ADD COLUMN progress TEXT;DROP INDEX IF EXISTS jobs_by_status;"
        f"CREATE INDEX jobs_live ON jobs(status, priority) WHERE {LIVE};",
@@ -100,6 +131,50 @@ def locked(exc: sqlite3.Error) -> bool:
     """Whether ``exc`` is SQLite's "another connection holds the lock" (BUSY or LOCKED)."""
     code = getattr(exc, "sqlite_errorcode", None)  # set on every error SQLite raised
     return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def too_big(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` is SQLite's "string or blob too big": a value or a row past the
+    connection's length limit, which is about one row's data, not about the file."""
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_TOOBIG
+
+
+class RowTooBig(StoreError):
+    """A write that SQLite refused because a row in it passes the length limit
+    (``SqliteStore.max_length``); nothing of it was written."""
+
+
+def undecodable(exc: sqlite3.Error) -> bool:
+    """Whether ``exc`` is ``sqlite3``'s "Could not decode to UTF-8": a row holds text that
+    is not UTF-8 (another program wrote it), which fails the whole fetch."""
+    return isinstance(exc, sqlite3.OperationalError) and str(exc).startswith(
+        "Could not decode to UTF-8")
+
+
+def text_or_bytes(raw: bytes) -> str | bytes:
+    """A TEXT value as ``str``, or as its ``bytes`` when they are not UTF-8."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
+
+
+def tolerant(conn: sqlite3.Connection, fetch: Callable[[], list[Row]]) -> list[Row]:
+    """``fetch()`` (a read on ``conn``).  When a row's text is not UTF-8, which fails the
+    fetch of every row with it, ``fetch()`` again with such text read as ``bytes``
+    (:func:`text_or_bytes`): the row is then reported as unreadable by whoever makes
+    it a record, and the others are read.  Only then: a Python ``text_factory`` is
+    called for every text value read, and would slow every read down."""
+    try:
+        return fetch()
+    except sqlite3.OperationalError as exc:
+        if not undecodable(exc):
+            raise
+    conn.text_factory = text_or_bytes
+    try:
+        return fetch()
+    finally:
+        conn.text_factory = str
 
 
 def describe(exc: sqlite3.Error) -> str:

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,9 @@ from .lockfile import StoreLock
 from .schema import APPLICATION_ID as APPLICATION_ID
 from .schema import COLUMNS as COLUMNS
 from .schema import LIVE as LIVE
-from .schema import NULLABLE, SCHEMA, SCHEMA_VERSION, describe, locked, upgrade
+from .schema import SCHEMA, SCHEMA_VERSION, describe, locked, tolerant, too_big, upgrade, upsert_sql
 from .schema import Row as Row
+from .schema import RowTooBig as RowTooBig
 
 log = logging.getLogger("trioqueue.store")
 
@@ -42,10 +44,10 @@ OPEN_WAIT = 30.0
 """Seconds :meth:`SqliteStore.open` waits, in all, for such a lock to be released."""
 OPEN_PATIENCE = 0.1
 """Seconds it waits before it says (once, in the log) what it is waiting for."""
+LENGTH_LIMIT: int | None = None
+"""SQLite's length limit (bytes of a value or a row) on the writer's connection; ``None``
+keeps SQLite's own (1,000,000,000 by default).  Tests lower it to reach the limit cheaply."""
 
-_ON_CONFLICT = " ON CONFLICT(id) DO UPDATE SET " + ", ".join(
-    f"{c} = excluded.{c}" for c in COLUMNS[3:]
-)
 MAX_ROWS_PER_STATEMENT = 1024
 """Rows per statement at most (a write of more is several statements in one
 transaction).  Every statement hands the GIL back and forth (sqlite3 releases it around
@@ -70,30 +72,6 @@ MAX_CACHED_UPSERTS = 96
 connection's own cache of prepared statements holds as many (see :func:`_connect`)."""
 
 
-def _upsert(n: int, shared: tuple[bool, ...] | None = None) -> str:
-    """An upsert of ``n`` rows in one statement.  ``shared[i]``: column ``i`` has one
-    value for every row, bound once: the parameters are the shared columns' values (in
-    column order), then each row's own values, row after row.
-
-    The shared columns come first in the statement's column list, as ``?1``, ``?2``, ...
-    in every row, and each row's own values are plain ``?``: SQLite numbers those on
-    from the highest number seen, and looks a repeated ``?N`` up among the numbered
-    parameters only (a ``?N`` per value made preparing a statement of 1,792 rows take
-    200 ms, against 80 ms for plain ``?``)."""
-    if shared is None:
-        shared = (False,) * len(COLUMNS)
-    first = [(c, nullable) for c, nullable, one in zip(COLUMNS, NULLABLE, shared,
-                                                        strict=True) if one]
-    own = [(c, nullable) for c, nullable, one in zip(COLUMNS, NULLABLE, shared,
-                                                      strict=True) if not one]
-    exprs = [f"NULLIF(?{k}, '')" if nullable else f"?{k}"
-             for k, (_, nullable) in enumerate(first, 1)]
-    exprs += ["NULLIF(?, '')" if nullable else "?" for _, nullable in own]
-    row = "(" + ",".join(exprs) + ")"
-    names = ", ".join(c for c, _ in first + own)
-    return f"INSERT INTO jobs({names}) VALUES " + ",".join([row] * n) + _ON_CONFLICT
-
-
 def _bucket(n: int) -> int:
     """The statement size that takes ``n`` rows: a power of two up to 256, then a
     multiple of 256, so a couple of dozen cached statements fit every batch."""
@@ -111,10 +89,30 @@ def row_bytes(row: Row) -> int:
     return len(row[_PAYLOAD]) + len(row[_RESULT] or "")
 
 
+def _fetch(conn: sqlite3.Connection, sql: str, params: Sequence[Any],
+           max_bytes: int | None) -> list[Row]:
+    """Every row of a query, or with ``max_bytes`` the rows until their payloads and
+    results pass that many bytes (one row at least)."""
+    cursor = conn.execute(sql, params)
+    try:
+        if max_bytes is None:
+            return cursor.fetchall()
+        rows: list[Row] = []
+        size = 0
+        while size <= max_bytes and (row := cursor.fetchone()) is not None:
+            rows.append(row)
+            size += row_bytes(row)
+        return rows
+    finally:
+        cursor.close()  # before another read takes the connection (a failed fetch too)
+
+
 def _tune(conn: sqlite3.Connection, fsync: bool) -> None:
     conn.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
     conn.execute("PRAGMA cache_size = -16000")  # 16 MiB
     conn.execute("PRAGMA temp_store = MEMORY")
+    if LENGTH_LIMIT is not None:
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, LENGTH_LIMIT)
 
 
 def _connect(path: Path, *, query_only: bool = False) -> sqlite3.Connection:
@@ -157,6 +155,9 @@ class SqliteStore:
         rows made so far (at most :data:`MAX_LARGE_STATEMENTS`)."""
         self._w_failed = False
         self._fsync = fsync
+        self.max_length = writer.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+        """The most bytes a row may take (SQLite's length limit): a write holding a
+        larger row fails whole (:class:`RowTooBig`)."""
         self._readers_lock = threading.Lock()
 
     # ------------------------------------------------------------------ open, close
@@ -399,6 +400,9 @@ class SqliteStore:
                         conn.execute("ROLLBACK")
                     except sqlite3.Error:
                         pass
+                if too_big(exc):  # one row's data, not the disk: the connection is fine
+                    raise RowTooBig(f"{self.path}: cannot write {n} job(s): a row passes "
+                                    f"the length limit of {self.max_length:,} bytes") from exc
                 # After an I/O error SQLite may keep refusing on this connection even once
                 # the disk has room again: the next write starts on a fresh one.
                 self._w_failed = True
@@ -475,7 +479,7 @@ class SqliteStore:
         if sql is None:
             if len(self._upserts) >= MAX_CACHED_UPSERTS:
                 self._upserts.clear()
-            sql = self._upserts[key] = _upsert(n, shared)
+            sql = self._upserts[key] = upsert_sql(n, shared)
         return sql
 
     def write_all(self, rows: Iterable[Row], chunk: int = 10_000) -> int:
@@ -508,10 +512,15 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ reading
 
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+    def _read(self, sql: str, params: Sequence[Any] = (),
+              max_bytes: int | None = None) -> list[Row]:
+        """The rows of a query (``max_bytes``: see :meth:`newest`).  A row whose text is
+        not UTF-8 (another program wrote it) fails the fetch: the query then runs again
+        with such text read as ``bytes`` (:func:`~.schema.tolerant`), which
+        :func:`~trioqueue._local.rows.record_of` reports as an unreadable row."""
         try:
             with self._reader() as conn:
-                return conn.execute(sql, params).fetchall()
+                return tolerant(conn, partial(_fetch, conn, sql, params, max_bytes))
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot read: {describe(exc)}") from exc
 
@@ -552,23 +561,7 @@ class SqliteStore:
                 where.append(clause)
                 params.append(value)
         sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
-        sql = f"{sql} ORDER BY rowid DESC LIMIT ?"
-        if max_bytes is None:
-            return self._read(sql, (*params, limit))
-        rows: list[Row] = []
-        size = 0
-        try:
-            with self._reader() as conn:
-                cursor = conn.execute(sql, (*params, limit))
-                try:
-                    while size <= max_bytes and (row := cursor.fetchone()) is not None:
-                        rows.append(row)
-                        size += row_bytes(row)
-                finally:
-                    cursor.close()  # before another read takes the connection
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot read: {describe(exc)}") from exc
-        return rows
+        return self._read(f"{sql} ORDER BY rowid DESC LIMIT ?", (*params, limit), max_bytes)
 
     def live(self, status: str) -> list[Row]:
         """Every job in ``status`` (used for processing and scheduled jobs at recovery)."""
