@@ -704,6 +704,35 @@ async def test_a_client_close_while_events_flow_gets_the_close_reply_and_no_erro
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
 
 
+async def test_a_client_gone_without_a_close_frame_while_events_flow_logs_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client that just ends its TCP connection (killed, say) while events flow: its
+    end of stream left the connection "connected" to the event sender, which, woken by
+    an event in the same tick, sent it to a closed wsproto connection (an ERROR with a
+    traceback per client, seen in a soak with a store and with Redis)."""
+    batch = json.dumps({"jobs": [{"task": "echo"}] * 200}).encode()
+    async with real_app(1 << 20) as port:
+
+        async def events_flow() -> None:
+            async with connect(port) as feeder:
+                while True:
+                    await feeder.send(post(batch, "/jobs/batch"))
+                    await feeder.response()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(events_flow)
+            for _ in range(30):
+                async with connect(port) as peer:
+                    await peer.send(HANDSHAKE)
+                    assert (await peer.response())[0] == 101
+                    while not server_frames(peer.buf):  # events are flowing
+                        assert await peer.more()
+                # (gone: no close frame)
+            nursery.cancel_scope.cancel()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+
+
 @pytest.mark.parametrize(("char", "count", "closed"), [
     ("a", 64 * 1024, False),
     ("a", 64 * 1024 + 1, True),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterator
 
@@ -44,6 +45,11 @@ class JobTable:
         store still has them), those not of the generated shape
         (:func:`~trioqueue._ids.generated_shape`: a caller's id of that shape is looked
         up in the store instead, so the generated ids of the history take no memory)."""
+        self.retention = math.inf
+        """With a store: its ``retention``.  A job that finished longer ago than that has
+        been pruned from the store, or will be, which drops its id from :attr:`left`
+        then: added after the prune (the job stayed in memory that long), it would stay
+        there for ever."""
 
     def get(self, job_id: str) -> JobRecord | None:
         return self.by_id.get(job_id)
@@ -130,6 +136,7 @@ class JobTable:
             cap -= cap // 64  # a little below the cap: one call per cap/64 jobs, not per job
         jobs = self.by_id
         left = self.left
+        kept_since = now_wall - self.retention  # (older ones the store prunes)
         while finished and (len(finished) > cap or finished_at[0] < horizon):
             ended, old = finished_at.popleft(), finished.popleft()
             # A job re-queued by retry() since it finished is live again: keep it.
@@ -137,7 +144,8 @@ class JobTable:
                 oid = old.id
                 del jobs[oid]
                 # Not of the generated shape: _ids.generated_shape, inline (once per job).
-                if left is not None and (len(oid) != 32 or oid[12] != "7"):
+                if left is not None and (len(oid) != 32 or oid[12] != "7") and (
+                        ended >= kept_since):
                     left.add(oid)
 
     def wake_all_waiters(self) -> None:

@@ -130,6 +130,9 @@ class WebSocket:
                 data = b""
         if not data:
             self.peer_closed = True
+            # Closed now, as for a close frame: wsproto is, and the app's event sender,
+            # woken in this same tick, would send to it before its cancellation.
+            self.state = "closed"
             self.ws.receive_data(None)
             return
         self.ws.receive_data(bytes(data))
