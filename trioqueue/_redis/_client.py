@@ -419,6 +419,27 @@ class RedisClient:
         finally:
             self._main.release()
 
+    async def config_limits(self) -> tuple[int, int] | None:
+        """The server's ``proto-max-bulk-len`` and ``client-query-buffer-limit`` (bytes),
+        or ``None`` when it will not say (``CONFIG`` renamed or not allowed, as managed
+        services do); raises :class:`RedisUnavailable` if it does not answer."""
+        client = await self._main.acquire()
+        try:
+            got = await client.config_get(["proto-max-bulk-len", "client-query-buffer-limit"])
+        except TimeoutError as exc:
+            self._main.broken()
+            raise RedisUnavailable(f"redis: no answer in time ({exc})") from None
+        except RedisConnectionError as exc:
+            raise RedisUnavailable(f"redis: {exc}") from None
+        except RedisError:  # (refused: an unknown command, no permission)
+            return None
+        finally:
+            self._main.release()
+        try:
+            return int(got["proto-max-bulk-len"]), int(got["client-query-buffer-limit"])
+        except (KeyError, ValueError, TypeError):
+            return None
+
 
 def major_version(version: str) -> int:
     """The major version of ``version`` (``"7.0.15"``: 7); 0 when it does not read (a

@@ -116,6 +116,13 @@ class Holds:
         if ids:
             self.started[:0] = ids
 
+    def unsent(self, marks: list[tuple[str, int]]) -> None:
+        """A call carrying ``marks`` was not sent (too large): they go with the next one."""
+        marked = self.marked
+        for job_id, fence in marks:
+            if marked.get(job_id) == fence:
+                del marked[job_id]
+
     def drop(self, job_id: str) -> None:
         """``job_id`` left this node otherwise (put back, cancelled, lost): Redis drops
         its mark with that outcome, or the reaper did."""

@@ -35,7 +35,8 @@ from .._state import JobEvent
 from .._stats import Stats
 from ._client import RedisUnavailable
 from ._holds import MARK_DELAY, NodeHolds
-from ._nodelog import log_lapsed, log_refused
+from ._limits import CallTooLarge, NodeBounds
+from ._nodelog import log_refused
 from ._outage import Outage
 from ._outbox import Outbox
 from ._reader import READER_BLOCK_MS, EventsReader
@@ -47,7 +48,7 @@ DUE_SLACK = 0.01
 """Seconds after a job's due time (as this node computed it) that the timer promotes."""
 
 
-class NodeCore(NodeHolds, EventsReader):
+class NodeCore(NodeHolds, NodeBounds, EventsReader):
     """The fetcher, flusher, heartbeat and (from :class:`EventsReader`) events reader of a
     node, and what its workers call (:meth:`claim`, :meth:`finish`, ...)."""
 
@@ -196,6 +197,10 @@ class NodeCore(NodeHolds, EventsReader):
                     self._outage.failed("claims", exc)
                     await trio.sleep(0.5)
                     continue
+                except CallTooLarge as exc:  # (not sent: its values made to fit)
+                    self._too_large(outcomes, marks, unmarks, exc)
+                    await trio.lowlevel.checkpoint()
+                    continue
                 finally:
                     self._inflight -= n
                 if self._outage.since is not None:
@@ -265,23 +270,15 @@ class NodeCore(NodeHolds, EventsReader):
                 self._holds.failed(unmarks)
                 self._kick.set()
                 continue
+            except CallTooLarge as exc:  # (not sent: its values made to fit, sent again)
+                self._too_large(outcomes, [], unmarks, exc)
+                self._flush.set()
+                continue
             self._holds.landed(unmarks)
             if got.view is not None:
                 self._outbox.check_seq(mark, got.view.seq)
                 self._outbox.saw_seq(got.view.seq)
             self._log_stale(outcomes, got.results, mark[0])
-
-    def _take_pending(self) -> list[Outcome]:
-        if self._lapsed_ids:
-            log_lapsed(self._lapsed_ids)
-            self._lapsed_ids = []
-        pending = self._pending
-        if len(pending) <= MAX_CLAIM:
-            self._pending = []
-            return pending
-        out = pending[:MAX_CLAIM]
-        del pending[:MAX_CLAIM]
-        return out
 
     def _went_back(self, high: int, seq: int) -> None:
         """Redis lost the queue's data (:meth:`Outbox.check_seq` saw its event number go

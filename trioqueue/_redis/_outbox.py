@@ -38,6 +38,7 @@ import trio
 from .._job import Job, JobStatus, Priority, same_payload_json
 from .._record import LABELS, JobRecord
 from ._client import RedisUnavailable
+from ._limits import CallTooLarge, job_bytes
 from ._state import MAX_BATCH, Admission, Counts, NewJob, RedisState, RoomView
 from ._values import canonical_digest
 
@@ -111,6 +112,9 @@ class Outbox:
         self._quiet.set()
         self.known: dict[str, Job] = {}
         """Given ids -> the job as this node last saw it (oldest first)."""
+        self._budget: int | None = None
+        """Bytes one write's jobs may take, once a write was too large for Redis
+        (``None``: taken by count alone, nothing measured)."""
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -284,10 +288,32 @@ class Outbox:
             return [units.popleft()], True
         out: list[_Unit] = []
         n = 0
+        budget = self._budget
+        size = 2
         while units and not units[0].whole and n + len(units[0].recs) <= MAX_BATCH:
+            if budget is not None:
+                size += sum(map(job_bytes, units[0].recs))
+                if out and size > budget:
+                    break
             n += len(units[0].recs)
             out.append(units.popleft())
         return out, False
+
+    def _too_large(self, units: list[_Unit], refused: list[int], exc: CallTooLarge) -> None:
+        """A write was too large for Redis (not sent): its jobs go back first in line,
+        weighed from here until the outbox is empty.  Every job was checked when it was
+        accepted (:func:`~._limits.check_payload`), so a unit too large alone is not
+        expected; it is not stored, with an error logged, rather than sent for ever."""
+        self.refused = [a + b for a, b in zip(self.refused, refused, strict=True)]
+        if len(units) == 1:
+            recs = units[0].recs
+            for rec in recs:
+                self._done(rec)
+            log.error("trioqueue: %d jobs accepted by enqueue_nowait are NOT stored: %s "
+                      "(%s)", len(recs), exc, describe([rec.id for rec in recs]))
+            return
+        self._units.extendleft(reversed(units))
+        self._budget = exc.room
 
     def _done(self, rec: JobRecord) -> None:
         del self._by_id[rec.id]
@@ -300,6 +326,7 @@ class Outbox:
             if all(unit.waiting for unit in self._units):
                 self._quiet.set()
             if not self._units and not any(self.refused):
+                self._budget = None
                 if not self._by_id:
                     self._empty.set()
                 self._wake = trio.Event()
@@ -319,6 +346,10 @@ class Outbox:
                 log.warning("trioqueue: %d jobs accepted by enqueue_nowait wait for redis "
                             "(%s); trying again", len(self._by_id), exc)
                 await trio.sleep(RETRY_AFTER)
+                continue
+            except CallTooLarge as exc:
+                self._too_large(units, refused, exc)
+                await trio.lowlevel.checkpoint()
                 continue
             finally:
                 self._in_flight = False

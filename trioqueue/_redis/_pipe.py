@@ -178,10 +178,14 @@ class Connection:
         return await trio.lowlevel.wait_task_rescheduled(call.abort)
 
     async def _drain(self) -> None:
-        """Write what a full socket buffer did not take, in order."""
+        """Write what a full socket buffer did not take, in order, until the connection
+        fails.  It may have failed before this task first ran (this task starts after
+        the call that filled the buffer, a large one, which Redis may answer with an
+        error and a close at once), and a closed socket has no file descriptor to wait
+        on: that ``ValueError`` ended the node."""
         sock = self.sock
         try:
-            while self._unsent:
+            while self._unsent and self.dead is None:
                 await trio.lowlevel.wait_writable(sock)
                 data = b"".join(self._unsent)
                 try:
@@ -225,6 +229,7 @@ class Connection:
         if self.dead is not None:
             return
         self.dead = exc
+        self._unsent = None  # (what a failed connection never sent is not kept)
         waiting, self.waiting = self.waiting, deque()
         for call in waiting:
             if call.task is not None:

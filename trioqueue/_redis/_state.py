@@ -24,6 +24,7 @@ from .._exceptions import InvalidJob, InvalidTransition, JobNotFound, QueueFull
 from .._job import Job, JobStatus, check_job_id, is_job_id
 from .._state import cannot_retry
 from ._client import RedisClient
+from ._limits import DEFAULTS, Limits, check_call
 from ._scripts import load_all
 from ._values import (
     _KINDS,
@@ -119,6 +120,9 @@ class RedisState:
         self._ttls = (f"{max(1, math.ceil(result_ttl * 1000))} "
                       f"{max(1, math.ceil(failed_ttl * 1000))}")
         self._maxlen = events_maxlen
+        self.limits: Limits = DEFAULTS
+        """What one call may carry (the node reads it from Redis when it opens): a batch
+        past it raises :class:`~._limits.CallTooLarge`, unsent."""
         self._keys = (self.prefix,)
         self._scripts = load_all()
         self._rid_head = uuid.uuid4().hex[:16] + "."
@@ -169,6 +173,7 @@ class RedisState:
              "" if j.timeout is None else repr(j.timeout), str(j.delay_ms)]
             for j in jobs
         ])
+        check_call(self.limits, batch)
         # No request id: a re-sent enqueue finds its jobs by id and answers EXISTING
         # (the jobs are there, once), which saves a cached reply per batch.
         args: list[str | int] = [
@@ -275,17 +280,19 @@ class RedisState:
             if o.kind not in _KINDS:
                 raise ValueError(f"outcomes: {o.id!r}: unknown kind {o.kind!r}")
         w = self.weights
-        batch = _dumps([
+        batch = _dumps([  # (each entry as _limits.outcome_bytes measures it)
             [o.id, str(o.fence), o.kind, o.value, o.error, o.traceback,
              "" if o.duration is None else repr(o.duration)]
             for o in outcomes
         ])
+        names = "" if tasks is None else _dumps(sorted(tasks))
+        marks = _dumps([x for job_id, fence in held for x in (job_id, str(fence))]) if held \
+            else ""
+        starts = _dumps(list(started)) if started else ""
+        check_call(self.limits, batch, names, marks, starts)
         args: list[str | int] = [
             self.request_id() if n else "", self._maxlen, self._ttls, node, _lease_ms(lease),
-            n,
-            w[0], w[1], w[2], batch, "" if tasks is None else _dumps(sorted(tasks)),
-            _dumps([x for job_id, fence in held for x in (job_id, str(fence))]) if held
-            else "", _dumps(list(started)) if started else "",
+            n, w[0], w[1], w[2], batch, names, marks, starts,
         ]
         return await self.run_script("finish_and_claim", args)
 

@@ -50,6 +50,7 @@ from .._stats import Stats
 from ._client import RedisUnavailable, connect, major_version
 from ._cluster import cluster_workers
 from ._intake import RETRY_BACKOFF, NodeIntake
+from ._limits import read_limits
 from ._node import NodeCore
 from ._outage import Outage, stall_bound
 from ._outbox import Outbox, describe
@@ -244,6 +245,7 @@ class RedisBackend(NodeIntake):
                         f"redis {version or '(no version given)'}: trioqueue needs Redis "
                         "7.0 or later (its scripts declare what they may do when Redis is "
                         "full with Redis 7's script flags)")
+                state.limits = await read_limits(client)  # (what one call may carry)
                 sent = time.time()
                 self._set_redis_offset(sent, await state.heartbeat(self.node, self._info()))
                 await self._read_counts()
