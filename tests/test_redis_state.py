@@ -874,6 +874,50 @@ async def test_nodes_registry(env: Env) -> None:
         await s.heartbeat("bad node")
 
 
+async def test_a_heartbeat_forgets_the_nodes_silent_for_long(env: Env) -> None:
+    """A killed node never removes its entries from ``nodes`` and ``beats``: one per
+    crash stayed for good (23 after 30 kills).  A heartbeat drops those of nodes silent
+    for ``forget`` seconds, its own kept."""
+    s = env.state()
+    await s.heartbeat("killed", {"workers": 1})
+
+    async def forgotten() -> bool:  # (silent for 50 ms of Redis' clock)
+        await s.heartbeat("live", {"workers": 2}, forget=0.05)
+        return not await env.admin.hexists(env.key("nodes"), "killed")
+
+    await poll(forgotten)
+    assert await env.admin.zscore(env.key("beats"), "killed") is None
+    assert await env.admin.hget(env.key("nodes"), "live") is not None
+    assert [n.node for n in await s.nodes()] == ["live"]
+
+
+async def test_reap_says_when_it_left_expired_entries_and_catches_up(env: Env) -> None:
+    """Reap drops a bounded number of expired index entries a call, and says when it
+    may have left some (``behind``), so that its caller calls again: one call every
+    ``lease / 4`` fell behind a queue finishing more than 27 jobs a second, and the
+    indexes (and Redis' memory) grew for as long as it ran."""
+    s = env.state(result_ttl=0.05)
+    ids = [f"j{i}" for i in range(5)]
+    await s.enqueue([new(job_id, H) for job_id in ids])
+    claimed = (await s.finish_and_claim("n", [], 5, 30)).claimed
+    await s.finish_and_claim("n", [Outcome.completed(c.job.id, c.fence, 1)
+                                   for c in claimed], 0, 30)
+
+    async def expired() -> bool:  # (on Redis' clock)
+        return await env.admin.exists([env.key(f"job:{job_id}") for job_id in ids]) == 0
+
+    await poll(expired)
+    rounds = []
+    while True:
+        reaped = await s.reap(trim_n=2)
+        rounds.append((reaped.behind, await env.admin.zcard(env.key("idx:completed"))))
+        if not reaped.behind:
+            break
+    assert rounds == [(True, 3), (True, 1), (False, 0)]
+    assert await env.admin.zcard(env.key("ended:completed")) == 0
+    assert await env.admin.zcard(env.key("idx:all")) == 0
+
+
 def test_corrupt_record_is_named() -> None:
     good: list[Any] = ["j", "t", "1", "0", "queued", "0", "3", None, "1000", None, None,
                        None, None, None, None, "0", None, None, None]

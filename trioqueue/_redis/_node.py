@@ -46,6 +46,10 @@ log = logging.getLogger("trioqueue")
 
 DUE_SLACK = 0.01
 """Seconds after a job's due time (as this node computed it) that the timer promotes."""
+REAP_ROUNDS = 10
+"""Reap calls one timer tick makes at most while expired entries remain: up to 10,000
+a second per index and node when behind (a call drops up to 1,000 and takes about 6 ms
+of Redis' time)."""
 
 
 class NodeCore(NodeHolds, NodeBounds, EventsReader):
@@ -306,6 +310,19 @@ class NodeCore(NodeHolds, NodeBounds, EventsReader):
     def _log_stale(self, outcomes: list[Outcome], results: list[str], epoch: int) -> None:
         """Say which outcomes Redis refused, and why (:func:`._nodelog.log_refused`)."""
         log_refused(outcomes, results, epoch != self._outbox.epoch, self._gone)
+
+    async def _reap(self) -> bool:
+        """Reap expired leases and drop expired entries of the finished jobs' indexes,
+        again while it is behind (an index had more than one call drops), up to
+        :data:`REAP_ROUNDS` calls: whether it caught up.  One call a ``lease / 4`` fell
+        behind a cluster finishing more than 27 jobs a second: 200 entries a call left
+        behind 425 bytes of Redis' memory a job."""
+        for _ in range(REAP_ROUNDS):
+            reaped = await self.state.reap()
+            reaped.report()
+            if not reaped.behind:
+                return True
+        return False
 
     async def _heartbeat(self) -> None:
         state = self.state

@@ -31,6 +31,7 @@ from ._values import (
     _LABELS,
     MAX_BATCH,
     MAX_CLAIM,
+    NODE_FORGET,
     RECORD_FIELDS,
     UNSTARTED_MAX,
     Admission,
@@ -304,13 +305,15 @@ class RedisState:
         lost, cancel = await self.run_script("renew", [node, _lease_ms(lease), held_json])
         return Renewal(list(lost), list(cancel))
 
-    async def reap(self, max_n: int = 100, trim_n: int = 200) -> Reaped:
+    async def reap(self, max_n: int = 100, trim_n: int = 1000) -> Reaped:
         """Requeue (or fail, or cancel) up to ``max_n`` jobs whose lease expired (those
         their node held unstarted: uncounted, at most :data:`UNSTARTED_MAX` times a job),
-        and drop up to ``trim_n`` expired entries per terminal index."""
-        requeued, failed, cancelled, unstarted = await self.run_script(
+        and drop up to ``trim_n`` expired entries per terminal index (``behind``: an
+        index had that many, and may have more)."""
+        requeued, failed, cancelled, unstarted, behind = await self.run_script(
             "reap", [self._maxlen, self._ttls, max_n, trim_n, UNSTARTED_MAX])
-        return Reaped(list(requeued), list(failed), list(cancelled), list(unstarted))
+        return Reaped(list(requeued), list(failed), list(cancelled), list(unstarted),
+                      bool(behind))
 
     async def promote(self, max_n: int = 100) -> Promoted:
         """Move up to ``max_n`` due SCHEDULED jobs into their ready lists, full or not."""
@@ -438,10 +441,13 @@ class RedisState:
 
     # ------------------------------------------------------------------ nodes
 
-    async def heartbeat(self, node: str, info: Mapping[str, Any] | None = None) -> float:
-        """Register ``node`` (or refresh it) with ``info`` (JSON); returns Redis' time."""
+    async def heartbeat(self, node: str, info: Mapping[str, Any] | None = None,
+                        forget: float = NODE_FORGET) -> float:
+        """Register ``node`` (or refresh it) with ``info`` (JSON), and drop the entries of
+        nodes silent for ``forget`` seconds; returns Redis' time."""
         check_name("node", node)
-        ms = await self.run_script("nodes", ["beat", node, json.dumps(dict(info or {}))])
+        ms = await self.run_script("nodes", ["beat", node, json.dumps(dict(info or {})),
+                                             math.ceil(forget * 1000)])
         return int(ms) / 1000
 
     async def nodes(self, max_age: float = 30.0) -> list[NodeInfo]:

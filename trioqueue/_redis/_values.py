@@ -276,6 +276,10 @@ class Renewal:
     """Held ids whose cancellation was requested."""
 
 
+NODE_FORGET = 3600.0
+"""Seconds after its last heartbeat that a node's entry in ``nodes`` and ``beats`` goes
+(a node stopped cleanly removes its own; one killed never did, and they piled up)."""
+
 @attrs.frozen
 class Reaped:
     requeued: list[str]
@@ -284,6 +288,9 @@ class Reaped:
     unstarted: list[str] = attrs.field(factory=list)
     """Those of ``requeued`` that came back unstarted (held by their node, never started
     as far as Redis knew): their attempt taken back."""
+    behind: bool = False
+    """An index of finished jobs had as many expired entries as one call drops, and may
+    have more: reap again soon."""
 
     def report(self) -> None:
         """Say in the log what the reaper did: the jobs that ended FAILED (their

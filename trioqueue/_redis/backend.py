@@ -371,9 +371,8 @@ class RedisBackend(NodeIntake):
             promoted = await state.promote()
             if promoted.next_due is not None:
                 nxt = min(nxt, promoted.next_due - self._wall)
-            if now >= self._next_reap:
-                self._next_reap = now + self._lease / 4
-                (await state.reap()).report()
+            if now >= self._next_reap:  # (still behind: again at the next tick)
+                self._next_reap = now + self._lease / 4 if await self._reap() else now
             await self._read_counts()
             if self._outage.since is not None:
                 self._outage.answered()

@@ -1,6 +1,7 @@
 -- The node registry: `nodes` (node -> info JSON) and `beats` (node -> last heartbeat ms).
 -- ARGV: op, then per op:
---   beat, node, info JSON       -> heartbeat time (ms)
+--   beat, node, info JSON, forget ms -> heartbeat time (ms); the entries of nodes silent
+--                                  for `forget` ms go (a killed node never removes its own)
 --   list, max age ms            -> {node, heartbeat, info, ...} of nodes seen within max age;
 --                                  entries silent for 100x max age are dropped
 --   remove, node                -> 1 if it was registered (its ctl and cancel lists are deleted too)
@@ -24,6 +25,15 @@ elseif op == 'mark' then
   return 1
 end
 if op == 'beat' then
+  local forget = tonumber(ARGV[4] or '')
+  if forget then
+    local dead = redis.call('ZRANGEBYSCORE', P .. 'beats', '-inf', '(' .. int(now_ms - forget),
+      'LIMIT', 0, 100)
+    if #dead > 0 then
+      redis.call('ZREM', P .. 'beats', unpack(dead))
+      redis.call('HDEL', P .. 'nodes', unpack(dead))
+    end
+  end
   redis.call('HSET', P .. 'nodes', ARGV[2], ARGV[3])
   redis.call('ZADD', P .. 'beats', now_ms, ARGV[2])
   return now_ms

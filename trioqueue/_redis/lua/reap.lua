@@ -3,7 +3,8 @@
 -- ARGV: events maxlen, result ttl ms (common.lua's ttls), max_n, trim_n (index entries
 --   dropped per status), unstarted_max (default 5).
 -- Reply: {{requeued id, ...}, {failed id, ...}, {cancelled id, ...}, {id, ...}: those of
---   the requeued that came back unstarted}.
+--   the requeued that came back unstarted, behind: 1 when an index had trim_n expired
+--   entries or more (the caller reaps again soon), else 0}.
 -- Fence+1 makes the old owner's late ack and renew fail.  A requeued job goes to the FRONT
 -- of its priority (it was admitted already: no capacity check), its attempt counted.  A
 -- job that used all its attempts this way ends FAILED: the poison-job guard.  A job whose
@@ -92,6 +93,7 @@ end
 -- job made again under its id and finished since has moved its ended: entry past the
 -- cutoff; one kept longer, by a node with a longer TTL, keeps its record and idx:all
 -- entry.)
+local behind = 0
 for _, status in ipairs({'completed', 'failed', 'cancelled'}) do
   local idx, ended = P .. 'idx:' .. status, P .. 'ended:' .. status
   local cutoff = now_ms - ttl[status]
@@ -110,7 +112,8 @@ for _, status in ipairs({'completed', 'failed', 'cancelled'}) do
   end
   -- A held mark left behind (a node's late mark of a job reaped meanwhile) goes with it.
   if #old > 0 then redis.call('HDEL', HELD, unpack(old)) end
+  if #old >= trim_n then behind = 1 end
 end
 wake(n_woken)
 flush(maxlen)
-return {requeued, failed, cancelled, unstarted}
+return {requeued, failed, cancelled, unstarted, behind}
