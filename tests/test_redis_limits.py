@@ -31,9 +31,8 @@ import trio
 
 import trioqueue
 from trioqueue import InvalidJob, Job, JobStatus, QueueConfig, TaskRegistry
-from trioqueue._redis._pipe import Connection, Lost
 from trioqueue.server import App, ServerSettings
-from trioqueue.testing import connect
+from trioqueue.testing import REDIS_DEFAULT_LIMITS, Connection, Lost, connect, read_limits
 
 from .redis_util import free_port, unique
 
@@ -294,16 +293,14 @@ async def test_past_the_query_buffer_limit_the_node_is_not_jammed(tmp_path: Path
 async def test_redis_defaults_are_taken_when_config_get_is_refused(tmp_path: Path) -> None:
     """A Redis that refuses ``CONFIG`` (managed services rename or forbid it): the node
     takes Redis' default limits (512 MB a call) and opens."""
-    from trioqueue._redis._limits import DEFAULTS, read_limits
-
     async with own_redis(tmp_path, "--rename-command", "CONFIG", "") as url:
         with trio.fail_after(20):
             async with connect(url, client_name=unique("t")) as client:
-                assert await read_limits(client) == DEFAULTS
+                assert await read_limits(client) == REDIS_DEFAULT_LIMITS
             async with trioqueue.open_queue(_registry(), _config(url, unique("q"))) as q:
                 assert (await q.wait((await q.enqueue("echo", 1)).id)).result == 1
-    assert DEFAULTS.said == ("its proto-max-bulk-len, 536,870,912 bytes by default: "
-                             "CONFIG GET was refused")
+    assert REDIS_DEFAULT_LIMITS.said == (
+        "its proto-max-bulk-len, 536,870,912 bytes by default: CONFIG GET was refused")
 
 
 async def test_a_connection_lost_before_its_drain_starts_fails_its_calls_only() -> None:

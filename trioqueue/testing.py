@@ -73,8 +73,11 @@ from ._redis import stored_job as stored_job
 from ._redis._client import Waiting as Waiting
 from ._redis._client import lua_script as lua_script
 from ._redis._holds import Holds as Holds
+from ._redis._limits import DEFAULTS as REDIS_DEFAULT_LIMITS
+from ._redis._limits import read_limits as read_limits
 from ._redis._outage import REMIND as REMIND
 from ._redis._outage import Outage as Outage
+from ._redis._pipe import Connection as Connection
 from ._redis._pipe import Endpoint as Endpoint
 from ._redis._pipe import Lost as Lost
 from ._redis._pipe import Pipe as Pipe
@@ -132,12 +135,14 @@ __all__ = [
     "MAX_DEPTH",
     "MOVES",
     "RECORD_FIELDS",
+    "REDIS_DEFAULT_LIMITS",
     "REMIND",
     "ROUTES",
     "TERMINAL",
     "TRANSITIONS",
     "UNSTARTED_MAX",
     "Admission",
+    "Connection",
     "CorruptRecord",
     "Endpoint",
     "EventEncoder",
@@ -216,6 +221,7 @@ __all__ = [
     "parse_event_filter",
     "parse_job_request",
     "parse_list_query",
+    "read_limits",
     "reads",
     "redis_paths",
     "refusal",

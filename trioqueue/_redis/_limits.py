@@ -218,14 +218,14 @@ def bounded(o: Outcome, room: int, limits: Limits) -> Outcome:
     # or a traceback is any text: encoded, once.
     size = {"value": json_text_bytes(o.value), "error": len(_dumps(o.error)),
             "traceback": len(_dumps(o.traceback))}
-    rest = outcome_bytes(o._replace(value="", error="", traceback="")) - 6  # (3 times "")
+    rest = outcome_bytes(o.but(value="", error="", traceback="")) - 6  # (3 times "")
     if rest + sum(size.values()) <= room:
         return o
     if o.kind == "progress":  # (only past a limit below any Redis' own)
         note_dropped = _dumps({"fraction": json.loads(o.value)["fraction"], "note": None})
         log.error("trioqueue: job %s: its progress note is too large for redis; sent "
                   "without it", o.id)
-        return o._replace(value=note_dropped)
+        return o.but(value=note_dropped)
     fields = {"result": "value"} if o.kind == "completed" else {}
     fields.update(error="error", traceback="traceback")
     kept = {name: size[field] for name, field in fields.items() if getattr(o, field)}
@@ -239,7 +239,7 @@ def bounded(o: Outcome, room: int, limits: Limits) -> Outcome:
                f"{limits.said})")
         error = (f"{own_error}; StoreError: {why}" if "error" in kept
                  else f"StoreError: {why}")
-        o = o._replace(
+        o = o.but(
             kind="failed" if o.kind == "completed" else o.kind,
             value="" if name == "result" else o.value,
             traceback="" if name == "traceback" else o.traceback, error=error)

@@ -204,6 +204,10 @@ class Outcome(NamedTuple):
     traceback: str = ""
     duration: float | None = None
 
+    def but(self, **changes: Any) -> Outcome:
+        """This outcome with ``changes`` (its fields by name)."""
+        return self._replace(**changes)
+
     @classmethod
     def completed(cls, job_id: str, fence: int, result: Any, duration: float | None = None,
                   result_json: str | None = None) -> Outcome:
