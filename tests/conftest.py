@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -45,3 +46,9 @@ async def queue_name() -> AsyncIterator[str]:
         with trio.CancelScope(shield=True):
             async with admin() as client:
                 await delete_queue(client, name)
+
+
+@pytest.fixture(scope="session")
+def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One mypy cache for the typing tests of a test process (tests/mypy_check.py)."""
+    return tmp_path_factory.mktemp("mypy-cache")

@@ -10,7 +10,6 @@ docs say answers without the token is what does.
 from __future__ import annotations
 
 import gc
-import sys
 import textwrap
 import warnings
 from pathlib import Path
@@ -23,6 +22,7 @@ import trio
 import trioqueue
 from trioqueue.testing import RedisUnavailable
 
+from .mypy_check import mypy_on
 from .redis_util import REDIS_URL, unique
 
 FIX = "`async with trioqueue.open_queue(registry, config) as q:`"
@@ -74,13 +74,11 @@ async def test_open_queue_in_async_with_gives_the_queue() -> None:
             raise KeyError("mine")
 
 
-def test_mypy_sees_the_queue_and_flags_the_mistakes(tmp_path: Path) -> None:
+def test_mypy_sees_the_queue_and_flags_the_mistakes(tmp_path: Path, mypy_cache: Path
+                                                   ) -> None:
     """The checks above are for run time: mypy keeps seeing ``async with`` give a
     ``JobQueue``, and flags the three mistakes before they run."""
-    from mypy import api
-
-    source = tmp_path / "typed_open.py"
-    source.write_text(textwrap.dedent("""
+    checked = mypy_on("""
         import trioqueue
 
         registry = trioqueue.TaskRegistry()
@@ -92,22 +90,10 @@ def test_mypy_sees_the_queue_and_flags_the_mistakes(tmp_path: Path) -> None:
             await trioqueue.open_queue(registry)  # BAD
             with trioqueue.open_queue(registry):  # BAD
                 pass
-    """))
-    limit = sys.getrecursionlimit()
-    try:
-        out, err, status = api.run([
-            "--strict", "--no-error-summary", "--cache-dir", str(tmp_path / "cache"),
-            str(source),
-        ])
-    finally:
-        sys.setrecursionlimit(limit)
-    lines = out.splitlines()
-    assert status == 1, out + err
-    bad = [n for n, line in enumerate(source.read_text().splitlines(), 1) if "# BAD" in line]
-    errors = {int(line.split(":")[1]) for line in lines if ": error:" in line}
-    assert sorted(errors) == bad, out
-    assert next(line for line in lines if "Revealed type" in line).endswith(
-        'Revealed type is "trioqueue._queue.JobQueue"'), out
+    """, tmp_path, mypy_cache)
+    assert checked.flagged == checked.marked, checked.output
+    assert checked.revealed[0].endswith('Revealed type is "trioqueue._queue.JobQueue"'), (
+        checked.output)
 
 
 # ---------------------------------------------------------------- a Redis that cannot be used

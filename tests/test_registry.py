@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import functools
 import re
-import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,8 @@ import pytest
 import trioqueue
 import trioqueue.client
 from trioqueue import Priority
+
+from .mypy_check import mypy_on
 
 
 async def _job_and_extras(job: Any, *, x: int = 1) -> None: ...
@@ -119,14 +119,12 @@ def test_task_spec_as_get_tasks_shows_it() -> None:
     assert registry.get("own").priority is Priority.HIGH
 
 
-def test_mypy_sees_the_decorated_function_and_a_bad_handler(tmp_path: Path) -> None:
+def test_mypy_sees_the_decorated_function_and_a_bad_handler(tmp_path: Path,
+                                                            mypy_cache: Path) -> None:
     """The decorator returns the function's own type, and its TypeVar is bound to a
     callable taking the job, so mypy flags a handler that cannot take one, and a plain
     function registered without ``sync=True`` (it would block the event loop)."""
-    from mypy import api
-
-    source = tmp_path / "typed_tasks.py"
-    source.write_text(textwrap.dedent("""
+    checked = mypy_on("""
         import trioqueue
 
         registry = trioqueue.TaskRegistry()
@@ -170,22 +168,10 @@ def test_mypy_sees_the_decorated_function_and_a_bad_handler(tmp_path: Path) -> N
         reveal_type(good)
         reveal_type(bare)
         reveal_type(threaded)
-    """))
-    limit = sys.getrecursionlimit()
-    try:
-        out, err, status = api.run([
-            "--strict", "--no-error-summary", "--cache-dir", str(tmp_path / "cache"),
-            str(source),
-        ])
-    finally:  # mypy raises it for good: a deep payload would pass the JSON check after
-        sys.setrecursionlimit(limit)
-    lines = out.splitlines()
-    assert status == 1, out + err
-    bad = [n for n, line in enumerate(source.read_text().splitlines(), 1) if "# BAD" in line]
-    errors = {int(line.split(":")[1]) for line in lines if ": error:" in line}
-    assert sorted(errors) == bad, out
-    revealed = [line for line in lines if "Revealed type" in line]
-    assert len(revealed) == 3, out
+    """, tmp_path, mypy_cache)
+    assert checked.flagged == checked.marked, checked.output
+    revealed = checked.revealed
+    assert len(revealed) == 3, checked.output
     assert "Coroutine[Any, Any, int]" in revealed[0]
     assert "Coroutine[Any, Any, str]" in revealed[1]
     assert revealed[2].endswith("fallback=trioqueue._job.Job]) -> int\""), revealed[2]

@@ -670,6 +670,23 @@ def server_frames(data: bytes) -> list[tuple[int, bytes]]:
     return frames
 
 
+@asynccontextmanager
+async def events_flowing(port: int) -> AsyncIterator[None]:
+    """Batches of jobs posted back to back for the block, so that events flow."""
+    batch = json.dumps({"jobs": [{"task": "echo"}] * 200}).encode()
+
+    async def feed() -> None:
+        async with connect(port) as feeder:
+            while True:
+                await feeder.send(post(batch, "/jobs/batch"))
+                await feeder.response()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(feed)
+        yield
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_client_close_while_events_flow_gets_the_close_reply_and_no_error(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -677,30 +694,19 @@ async def test_a_client_close_while_events_flow_gets_the_close_reply_and_no_erro
     used to run between the reply being made and written: it sent an event after the
     close (wsproto refused it, an ERROR with its traceback was logged) and the reply was
     lost (the client saw the connection end, 1006)."""
-    batch = json.dumps({"jobs": [{"task": "echo"}] * 200}).encode()
-    async with real_app(1 << 20) as port:
-
-        async def events_flow() -> None:
-            async with connect(port) as feeder:
-                while True:
-                    await feeder.send(post(batch, "/jobs/batch"))
-                    await feeder.response()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(events_flow)
-            for _ in range(10):
-                async with connect(port) as peer:
-                    await peer.send(HANDSHAKE)
-                    assert (await peer.response())[0] == 101
-                    while not server_frames(peer.buf):  # events are flowing
-                        assert await peer.more()
-                    await peer.send(client_frame(0x8, (1000).to_bytes(2, "big")))
-                    await peer.eof()
-                    frames = server_frames(peer.buf)
-                    assert frames[-1][0] == 0x8, frames[-3:]  # the reply ends the stream
-                    assert frames[-1][1][:2] == (1000).to_bytes(2, "big")
-                    assert [op for op, _ in frames[:-1]] == [0x1] * (len(frames) - 1)
-            nursery.cancel_scope.cancel()
+    async with real_app(1 << 20) as port, events_flowing(port):
+        for _ in range(10):
+            async with connect(port) as peer:
+                await peer.send(HANDSHAKE)
+                assert (await peer.response())[0] == 101
+                while not server_frames(peer.buf):  # events are flowing
+                    assert await peer.more()
+                await peer.send(client_frame(0x8, (1000).to_bytes(2, "big")))
+                await peer.eof()
+                frames = server_frames(peer.buf)
+                assert frames[-1][0] == 0x8, frames[-3:]  # the reply ends the stream
+                assert frames[-1][1][:2] == (1000).to_bytes(2, "big")
+                assert [op for op, _ in frames[:-1]] == [0x1] * (len(frames) - 1)
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
 
 
@@ -711,25 +717,14 @@ async def test_a_client_gone_without_a_close_frame_while_events_flow_logs_no_err
     end of stream left the connection "connected" to the event sender, which, woken by
     an event in the same tick, sent it to a closed wsproto connection (an ERROR with a
     traceback per client, seen in a soak with a store and with Redis)."""
-    batch = json.dumps({"jobs": [{"task": "echo"}] * 200}).encode()
-    async with real_app(1 << 20) as port:
-
-        async def events_flow() -> None:
-            async with connect(port) as feeder:
-                while True:
-                    await feeder.send(post(batch, "/jobs/batch"))
-                    await feeder.response()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(events_flow)
-            for _ in range(30):
-                async with connect(port) as peer:
-                    await peer.send(HANDSHAKE)
-                    assert (await peer.response())[0] == 101
-                    while not server_frames(peer.buf):  # events are flowing
-                        assert await peer.more()
-                # (gone: no close frame)
-            nursery.cancel_scope.cancel()
+    async with real_app(1 << 20) as port, events_flowing(port):
+        for _ in range(30):
+            async with connect(port) as peer:
+                await peer.send(HANDSHAKE)
+                assert (await peer.response())[0] == 101
+                while not server_frames(peer.buf):  # events are flowing
+                    assert await peer.more()
+            # (gone: no close frame)
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
 
 

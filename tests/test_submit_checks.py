@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import gc
 import json
-import sys
-import textwrap
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import trioqueue
 from trioqueue import BatchItem, InvalidJob, Job, JobStatus, QueueConfig, TaskRegistry
 from trioqueue.server import App
 
+from .mypy_check import mypy_on
 from .redis_util import REDIS_URL, admin, delete_queue, unique
 from .test_cli import run_cli
 from .test_server import running_server
@@ -269,13 +268,11 @@ def test_the_cli_enqueue_of_a_bad_call_payload_exits_1(tmp_path: Path) -> None:
         assert json.loads(good.stdout)["result"] == 3
 
 
-def test_mypy_checks_the_arguments_of_a_submitted_call(tmp_path: Path) -> None:
+def test_mypy_checks_the_arguments_of_a_submitted_call(tmp_path: Path,
+                                                      mypy_cache: Path) -> None:
     """``submit(fn, *args)`` is typed as Trio's ``start_soon``: the args against ``fn``'s
     parameters, an async or a plain ``fn``."""
-    from mypy import api
-
-    source = tmp_path / "typed_submit.py"
-    source.write_text(textwrap.dedent("""
+    checked = mypy_on("""
         import trioqueue
 
         def add(a: int, b: int) -> int:
@@ -290,16 +287,5 @@ def test_mypy_checks_the_arguments_of_a_submitted_call(tmp_path: Path) -> None:
             q.submit_nowait(add, 1, 2, delay=1.0)
             await q.submit(add, 1, "two")  # BAD
             q.submit_nowait(fetch)  # BAD
-    """))
-    limit = sys.getrecursionlimit()
-    try:
-        out, err, status = api.run([
-            "--strict", "--no-error-summary", "--cache-dir", str(tmp_path / "cache"),
-            str(source),
-        ])
-    finally:  # (mypy raises the limit for good; see test_registry's mypy test)
-        sys.setrecursionlimit(limit)
-    bad = [n for n, line in enumerate(source.read_text().splitlines(), 1) if "# BAD" in line]
-    errors = [line for line in out.splitlines() if ": error:" in line]
-    assert status == 1, out + err
-    assert sorted({int(line.split(":")[1]) for line in errors}) == bad, out
+    """, tmp_path, mypy_cache)
+    assert checked.flagged == checked.marked, checked.output

@@ -21,7 +21,8 @@ made, and answers "existing": the request that made the job is then told it was 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import ParamSpec
 
@@ -47,6 +48,17 @@ class _Asking:
 _ASKING: ContextVar[_Asking | None] = ContextVar("trioqueue_enqueue_asking", default=None)
 
 
+@contextmanager
+def _asked() -> Iterator[_Asking]:
+    """This task asking, for the block, what its enqueue made."""
+    asking = _Asking()
+    token = _ASKING.set(asking)
+    try:
+        yield asking
+    finally:
+        _ASKING.reset(token)
+
+
 def repeated() -> None:
     """Called by an enqueue that returns the job already holding the id (a repeat)."""
     asking = _ASKING.get()
@@ -67,12 +79,8 @@ async def enqueue_created(enqueue: Callable[P, Awaitable[Job]], *args: P.args,
     """``await enqueue(*args, **kwargs)`` (a queue's :meth:`~JobQueue.enqueue`) and
     whether that call made the job: ``False`` when it returned the job that already
     held the id."""
-    asking = _Asking()
-    token = _ASKING.set(asking)
-    try:
+    with _asked() as asking:
         job = await enqueue(*args, **kwargs)
-    finally:
-        _ASKING.reset(token)
     return job, not asking.repeated
 
 
@@ -81,10 +89,6 @@ async def enqueue_batch_created(enqueue_batch: Callable[P, Awaitable[list[Job]]]
                                 ) -> tuple[list[Job], list[bool]]:
     """``await enqueue_batch(*args, **kwargs)`` (a queue's
     :meth:`~JobQueue.enqueue_batch`) and, for each job, whether that call made it."""
-    asking = _Asking()
-    token = _ASKING.set(asking)
-    try:
+    with _asked() as asking:
         jobs = await enqueue_batch(*args, **kwargs)
-    finally:
-        _ASKING.reset(token)
     return jobs, asking.created if asking.created is not None else [True] * len(jobs)
