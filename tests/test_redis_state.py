@@ -765,6 +765,82 @@ async def test_list_jobs_pages_newest_first(env: Env) -> None:
         await s.list_jobs(limit=0)
 
 
+async def _finish(s: RedisState, ids: list[str]) -> None:
+    """Enqueue ``ids`` (in order) and complete them."""
+    await s.enqueue([new(job_id, H) for job_id in ids])
+    claimed = (await s.finish_and_claim("n", [], len(ids), 30)).claimed
+    await s.finish_and_claim("n", [Outcome.completed(c.job.id, c.fence, 1)
+                                   for c in claimed], 0, 30)
+
+
+async def _all_pages(s: RedisState, status: str | None, limit: int, budget: int = 10_000,
+                     ) -> list[str]:
+    seen: list[str] = []
+    before = None
+    for _ in range(50):
+        page, before = await s.list_jobs(status=status, limit=limit, before=before,
+                                         budget=budget)
+        seen += [j.id for j in page]
+        if before is None:
+            return seen
+    raise AssertionError(f"no last page: {seen}")
+
+
+async def test_finished_entries_of_an_earlier_version_list_last_and_are_moved(
+    env: Env,
+) -> None:
+    """``idx:<status>`` entries written before it held creation orders hold finish
+    times: a cursor on one was looked up by its creation order and found nothing after
+    it, so the same page came back for ever.  Reap moves them to ``ended:`` and gives
+    them their creation order."""
+    s = env.state()
+    await _finish(s, ["old0", "old1", "old2", "new0", "new1"])
+    for job_id in ("old0", "old1", "old2"):  # as the earlier version wrote them
+        finished = await env.admin.zscore(env.key("ended:completed"), job_id)
+        await env.admin.zadd(env.key("idx:completed"), {job_id: finished})
+        await env.admin.zrem(env.key("ended:completed"), [job_id])
+    assert await _all_pages(s, "completed", 2) == ["new1", "new0", "old2", "old1", "old0"]
+    await s.reap()
+    assert await _all_pages(s, "completed", 2) == ["new1", "new0", "old2", "old1", "old0"]
+    for job_id in ("old0", "old1", "old2"):
+        assert await env.admin.zscore(env.key("idx:completed"), job_id) == (
+            await env.admin.zscore(env.key("idx:all"), job_id))
+        assert await env.admin.zscore(env.key("ended:completed"), job_id) is not None
+
+
+async def test_a_page_of_expired_entries_is_not_taken_for_the_last(env: Env) -> None:
+    """Entries whose records expired before reap dropped them are dropped by the listing
+    without using its budget: a budget spent on them ended the listing (``next``
+    ``None``) with live jobs behind them."""
+    s = env.state(result_ttl=0.05)
+    await _finish(s, [f"gone{i}" for i in range(30)])
+
+    async def expired() -> bool:  # (on Redis' clock)
+        return await env.admin.exists([env.key(f"job:gone{i}") for i in range(30)]) == 0
+
+    await poll(expired)
+    live = env.state(result_ttl=3600)
+    await _finish(live, ["live0", "live1", "live2"])
+    # Listed newest first: the live jobs come first unless their entries are older.
+    for job_id in ("live0", "live1", "live2"):
+        for key in ("idx:all", "idx:completed"):
+            await env.admin.zadd(env.key(key), {job_id: int(job_id[-1]) + 1})
+    assert await _all_pages(s, "completed", 2, budget=20) == ["live2", "live1", "live0"]
+    assert await env.admin.zcard(env.key("idx:completed")) == 3
+    assert await _all_pages(s, None, 2, budget=20) == ["live2", "live1", "live0"]
+
+
+async def test_a_cursor_on_an_entry_left_by_a_job_made_again_goes_on(env: Env) -> None:
+    """A finished job's entry stays in ``idx:<status>`` until reap drops it; its id made
+    again meanwhile has a new creation order: a cursor on that entry, looked up by the
+    new order, gave the same page for ever."""
+    s = env.state()
+    await _finish(s, ["b0", "b1", "again", "c0", "c1"])
+    await env.admin.delete([env.key("job:again")])  # expired, not reaped yet ...
+    await s.enqueue([new("again", H)])  # ... and made again (queued, newest)
+    assert await _all_pages(s, "completed", 3, budget=3) == ["c1", "c0", "b1", "b0"]
+
+
 async def test_list_jobs_pages_end_at_a_byte_budget(env: Env) -> None:
     """A page of 1,000 jobs with 1 MiB payloads would be a gigabyte in one reply: a page
     ends once its payloads and results pass ``max_bytes``, and the pages still walk

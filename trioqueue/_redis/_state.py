@@ -352,10 +352,9 @@ class RedisState:
     ) -> tuple[list[Job], str | None]:
         """Up to ``limit`` jobs, newest first, and the ``before`` of the next page.
 
-        Terminal statuses are ordered by finish time, the others by creation.  At most
-        ``budget`` index entries are examined per call, so a filtered page can be short
-        while ``next`` is not ``None``, as when its payloads and results pass ``max_bytes``
-        (one job at least).  A record that cannot be read raises
+        Every status by creation.  At most ``budget`` records are read per call, so a
+        filtered page can be short while ``next`` is not ``None``, as when its payloads
+        and results pass ``max_bytes`` (one job at least).  A record that cannot be read raises
         :class:`CorruptRecord`, or with ``unreadable`` given is left out and its error
         appended there.
         """

@@ -441,11 +441,9 @@ class App:
 
         The jobs are walked once, newest first, a page at a time, and a page's jobs are
         retried only once the next page is read: the walk's cursor is the last job of
-        the page before, still in the status when it is used (on Redis, a terminal
-        status lists by finish time and a job that left it is no cursor).  A retried job
-        that fails again is behind the cursor (its place is its creation) or before the
-        walk's start (on Redis, its new finish time), so it is retried at most once per
-        request, and a page costs the same however many jobs came before it.  Like a
+        the page before, still in the status when it is used.  A retried job that fails
+        again is behind the cursor (its place is its creation), so it is retried at most
+        once per request, and a page costs the same however many jobs came before it.  Like a
         single retry, a full queue answers 429 at once rather than waiting for room; the
         jobs retried until then stay retried, and sending the request again retries the
         rest.

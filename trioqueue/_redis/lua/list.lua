@@ -65,36 +65,47 @@ end
 local idx = P .. 'idx:' .. (status == '' and 'all' or status)
 local rank = 0
 if before ~= '' then
-  -- Past the entries created at or after `before` (idx:all scores are unique).
-  local bc = redis.call('ZSCORE', P .. 'idx:all', before)
-  if not bc then return {out, false} end
-  rank = redis.call('ZCOUNT', idx, bc, '+inf')
+  -- Past the cursor's own entry when this index holds it (whatever its score: one
+  -- written before idx:<status> held creation orders, or left by a job since made
+  -- again); else past the entries created at or after it (idx:all scores are unique).
+  local r = redis.call('ZREVRANK', idx, before)
+  if r then
+    rank = r + 1
+  else
+    local bc = redis.call('ZSCORE', P .. 'idx:all', before)
+    if not bc then return {out, false} end
+    rank = redis.call('ZCOUNT', idx, bc, '+inf')
+  end
 end
-local examined = 0
+-- `budget` counts the records read; entries whose record has expired (reap not there
+-- yet) are dropped on the way, up to 10 times as many, and are never the next page's
+-- `before` (an entry dropped from idx:all could not be found again).
+local examined, dropped = 0, 0
 local last = false
-while #out < limit and examined < budget and bytes <= max_bytes do
-  local chunk = math.min(100, budget - examined)
-  local ids = redis.call('ZREVRANGE', idx, rank, rank + chunk - 1)
+while #out < limit and examined < budget and dropped < 10 * budget and bytes <= max_bytes do
+  local ids = redis.call('ZREVRANGE', idx, rank, rank + 99)
   if #ids == 0 then return {out, false} end
   for _, id in ipairs(ids) do
-    examined = examined + 1
     rank = rank + 1
     local r = record(id)
     if not r[1] then
-      -- Expired, its entries not reaped yet: dropped here, and never the next page's
-      -- `before` (its idx:all entry may be gone: that page would be empty).
       redis.call('ZREM', idx, id)
       rank = rank - 1
+      dropped = dropped + 1
     else
+      examined = examined + 1
       last = id
+      if (status == '' or r[5] == status) and (task == '' or r[2] == task) then
+        out[#out + 1] = r
+        bytes = bytes + size(r)
+        if #out >= limit or bytes > max_bytes then break end
+      end
     end
-    if r[1] and (status == '' or r[5] == status) and (task == '' or r[2] == task) then
-      out[#out + 1] = r
-      bytes = bytes + size(r)
-      if #out >= limit or bytes > max_bytes then break end
-    end
+    if examined >= budget or dropped >= 10 * budget then break end
   end
 end
--- More entries after `last`?  Then it is where the next page starts.
-if #redis.call('ZREVRANGE', idx, rank, rank) == 0 then last = false end
+-- More entries after `last`?  Then it is where the next page starts; with none read
+-- (every entry met had expired), the same `before` again: those are gone now.
+if #redis.call('ZREVRANGE', idx, rank, rank) == 0 then return {out, false} end
+if not last and before ~= '' then last = before end
 return {out, last}

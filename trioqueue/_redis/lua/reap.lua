@@ -96,6 +96,18 @@ end
 local behind = 0
 for _, status in ipairs({'completed', 'failed', 'cancelled'}) do
   local idx, ended = P .. 'idx:' .. status, P .. 'ended:' .. status
+  -- Entries written before ended:<status> existed held the finish time (ms, below any
+  -- creation order, which is ms x 1000): the finish time moves to ended:, and the entry
+  -- takes its job's creation order (or goes, with no idx:all entry to take it from).
+  local legacy = redis.call('ZRANGEBYSCORE', idx, '-inf', '(1e14', 'WITHSCORES', 'LIMIT', 0,
+    trim_n)
+  for i = 1, #legacy, 2 do
+    local id = legacy[i]
+    redis.call('ZADD', ended, legacy[i + 1], id)
+    local made = redis.call('ZSCORE', P .. 'idx:all', id)
+    if made then redis.call('ZADD', idx, made, id) else redis.call('ZREM', idx, id) end
+  end
+  if #legacy >= 2 * trim_n then behind = 1 end
   local cutoff = now_ms - ttl[status]
   local old = redis.call('ZRANGEBYSCORE', ended, '-inf', '(' .. int(cutoff), 'LIMIT', 0,
     trim_n)
