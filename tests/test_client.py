@@ -230,6 +230,23 @@ def answering(status: int, body: bytes, content_type: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="http://127.0.0.1")
 
 
+async def test_a_batch_answer_without_created_is_taken_as_all_made() -> None:
+    """A server of an earlier version answers ``POST /jobs/batch`` with ``{"jobs": [...]}``
+    alone (API.md): the jobs are taken, as they were, and each counted as made (the
+    client said the server was not trioqueue's, and ``enqueue --count`` failed)."""
+    job = {"id": "a", "task": "echo", "payload": 1, "priority": "medium", "status": "queued",
+           "attempts": 0, "max_retries": 3, "timeout": None,
+           "created_at": "2026-01-02T03:04:05.100000Z", "scheduled_for": None,
+           "started_at": None, "finished_at": None, "result": None, "error": None,
+           "traceback": None, "progress": None}
+    body = json.dumps({"jobs": [job, {**job, "id": "b"}]}).encode()
+    async with answering(202, body, "application/json") as http:
+        client = Client("http://127.0.0.1", http=http)
+        assert [j.id for j in await client.enqueue_many("echo", [1, 1])] == ["a", "b"]
+        jobs, created = await client.enqueue_many_created("echo", [1, 1])
+        assert ([j.id for j in jobs], created) == (["a", "b"], [True, True])
+
+
 @pytest.mark.parametrize(("message", "raised"), [
     ("server busy: 67108864 bytes of responses are waiting ...", trioqueue.client.ServerError),
     ("server busy: 1000 connections open", trioqueue.client.ServerError),

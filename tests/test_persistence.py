@@ -295,6 +295,32 @@ async def test_an_id_pruned_while_its_job_stayed_in_memory_is_not_kept_after(
         assert "old" not in store.stored_only
 
 
+async def test_a_job_retried_after_its_prune_keeps_its_id_when_it_leaves_memory(
+    tmp_path: Path,
+) -> None:
+    """A job pruned while memory held it, then retried, has a row again: its id is kept
+    as it leaves memory, so a repeat finds that job (an id left out then was free for
+    ``enqueue_nowait``, whose write kept the old row's task and payload)."""
+    db = tmp_path / "q.db"
+    async with trioqueue.open_queue(registry, cfg(db, retention=0.5, result_ttl=3600.0,
+                                                  finished_cache=2)) as q:
+        store = LocalBackend.of(q).store
+        assert store is not None
+        await q.wait((await q.enqueue("boom", "first", job_id="r")).id)
+        with trio.fail_after(10):
+            while on_disk(db, "r") is not None:  # noqa: ASYNC110 - another connection
+                await trio.sleep(0.05)
+        await q.retry("r")
+        assert (await q.wait("r")).status is JobStatus.FAILED
+        await q.wait_many([(await q.enqueue("echo", i)).id for i in range(3)])  # "r" leaves
+        with pytest.raises(trioqueue.JobNotFound):
+            q.get_nowait("r")
+        assert on_disk(db, "r") is not None  # its row again, too new to prune yet
+        assert "r" in store.stored_only
+        with pytest.raises(trioqueue.DuplicateJob):
+            q.enqueue_nowait("echo", "other", job_id="r")
+
+
 async def test_enqueue_nowait_of_a_job_that_left_memory_returns_the_stored_one(
     tmp_path: Path,
 ) -> None:

@@ -27,6 +27,7 @@ import trioqueue
 from tests.sqlite_util import sqlite_at
 from trioqueue import InvalidJob, InvalidTransition, JobStatus, QueueConfig, StoreError
 from trioqueue.testing import SqliteStore, check_json, sqlite_store
+from trioqueue.testing import reads as reads_module
 from trioqueue.testing import snapshot as persistence_module
 
 LIMIT = 1_000_000
@@ -318,6 +319,51 @@ async def test_pages_go_on_past_a_row_whose_id_is_not_utf8(tmp_path: Path) -> No
                 if before is None:
                     break
             assert seen == ["dead", ids[5], ids[3], ids[0]]  # ids[4], [2] and [1] left out
+
+
+async def test_a_page_whose_rows_past_the_byte_budget_have_no_text_id_reads_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A page cut by the byte budget with no text id to end on read again, twice as many
+    rows, but within the same bytes: the same rows, until the count no longer fitted
+    SQLite's integer (``OverflowError``, a 500).  The bytes grow with the rows."""
+    monkeypatch.setattr(reads_module, "LIST_READ_BYTES", 1000)
+    db = tmp_path / "q.db"
+    ids = await fill(db, 3)
+    with sqlite_at(db) as conn:
+        conn.execute("UPDATE jobs SET id = CAST(id || X'FF' AS TEXT), payload = ? "
+                     "WHERE id = ?", ('"' + "x" * 5000 + '"', ids[2]))
+    with trio.fail_after(10):
+        async with trioqueue.open_queue(registry, cfg(db)) as q:
+            seen: list[str] = []
+            before: str | None = None
+            for _ in range(20):
+                page = await q.list_page(limit=1, before=before)
+                seen += [j.id for j in page.jobs]
+                before = page.next
+                if before is None:
+                    break
+            assert seen == ["dead", ids[1], ids[0]]
+
+
+async def test_a_prune_that_meets_an_id_that_is_not_utf8_goes_on(tmp_path: Path) -> None:
+    """The prune's ``RETURNING id`` failed part way on such an id, and left its statement,
+    and a transaction, open on the writer: retention stopped, and every later write,
+    ``sync`` enqueues acknowledged included, was never committed."""
+    db = tmp_path / "q.db"
+    async with trioqueue.open_queue(registry, cfg(db)) as q:
+        for i in range(3):
+            await q.wait((await q.enqueue("echo", i, job_id=f"old{i}")).id)
+    with sqlite_at(db) as conn:
+        conn.execute("UPDATE jobs SET finished_at = finished_at - 10000")
+        conn.execute("UPDATE jobs SET id = CAST(id || X'FF' AS TEXT) WHERE id = 'old1'")
+    with trio.fail_after(20):
+        async with trioqueue.open_queue(registry, cfg(db, retention=2.0,
+                                                      durability="sync")) as q:
+            while raw(db):  # noqa: ASYNC110 - another connection: pruned, all three
+                await trio.sleep(0.05)
+            await q.enqueue("echo", job_id="after", delay=3600)  # returns once committed
+            assert stored(db, "after")[0] == "scheduled"
 
 
 # ---------------------------------------------------------------------- failed writes

@@ -272,7 +272,7 @@ class Client:
     ) -> tuple[list[Job], list[bool]]:
         """:meth:`enqueue_many`, and for each job whether this call made it (``False``:
         its id in ``job_ids`` held that job already, as a repeated :meth:`enqueue`
-        finds it)."""
+        finds it; a server of an earlier version does not say: ``True`` for each)."""
         payloads = list(payloads)
         for i, payload in enumerate(payloads):
             check_json(f"payloads[{i}]", payload)
@@ -572,6 +572,8 @@ def _jobs(data: dict[str, Any]) -> list[Job]:
 
 def _batch_answer(data: dict[str, Any]) -> tuple[list[Job], list[bool]]:
     jobs = _jobs(data)
+    if "created" not in data:  # (a server of an earlier version does not say)
+        return jobs, [True] * len(jobs)
     created = data["created"]
     if (not isinstance(created, list) or len(created) != len(jobs)
             or not all(isinstance(c, bool) for c in created)):

@@ -109,7 +109,7 @@ class LocalBackend:
             self.ready.beside_store(store.stored_only, store.lookup_now, limit - ROW_ROOM,
                                     partial(payload_too_big, limit=limit, where=path))
             self.table.left = store.stored_only
-            self.table.retention = config.retention
+            store.pruned_in_memory = (self.table.by_id, self.table.pruned)
         self.admit = self.ready.admit
         self.claim = self.ready.take
         self.finish = self.table.finish

@@ -155,14 +155,14 @@ class StoreReads:
         UTF-8 (another program wrote them; left out of the page, logged) after the last
         such row are read again by the next page; a page of nothing but those reads on
         to the first row after them that has one."""
-        want = limit
+        want, budget = limit, LIST_READ_BYTES
         while True:
             async with self._list_reads:  # (released before the rows become a page)
                 rows = await self.read(self.store.newest,
                                        None if status is None else status.value,
-                                       want + 1, task, before, LIST_READ_BYTES)
+                                       want + 1, task, before, budget)
             # Past the budget the reading stopped early: the next page goes on from here.
-            more = len(rows) > want or sum(map(row_bytes, rows)) > LIST_READ_BYTES
+            more = len(rows) > want or sum(map(row_bytes, rows)) > budget
             del rows[want:]
             if not more or type(rows[-1][0]) is str:
                 return rows, more
@@ -170,4 +170,4 @@ class StoreReads:
             if named:
                 end = max(i for i in named if i < limit) if named[0] < limit else named[0]
                 return rows[:end + 1], more
-            want *= 2
+            want, budget = want * 2, budget * 2  # (the bytes too: they may have cut it)

@@ -155,6 +155,8 @@ class Persistence(StoreReads):
         shape, so an ``enqueue_nowait`` of a fresh id of another shape never reads the
         store (about 100 bytes per id), and generated ids, never looked up, are not
         kept."""
+        self.pruned_in_memory: tuple[dict[str, JobRecord], dict[str, float]] = ({}, {})
+        """Memory's jobs, and where a prune names those it pruned (``JobTable.pruned``)."""
         self.lagging = False
         """True while the oldest change not yet committed is older than
         ``config.max_write_lag`` (``batch`` mode): enqueuers wait for their commit."""
@@ -552,6 +554,8 @@ class Persistence(StoreReads):
                     log.warning("%s", exc)
                     return
             self.stored_only.difference_update(gone)
+            jobs, pruned = self.pruned_in_memory  # (their ids must not come back)
+            pruned.update((i, horizon) for i in gone if i in jobs)
             n = len(gone)
             total += n
             if n < PRUNE_CHUNK or self._closing:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Iterator
 
@@ -45,11 +44,11 @@ class JobTable:
         store still has them), those not of the generated shape
         (:func:`~trioqueue._ids.generated_shape`: a caller's id of that shape is looked
         up in the store instead, so the generated ids of the history take no memory)."""
-        self.retention = math.inf
-        """With a store: its ``retention``.  A job that finished longer ago than that has
-        been pruned from the store, or will be, which drops its id from :attr:`left`
-        then: added after the prune (the job stayed in memory that long), it would stay
-        there for ever."""
+        self.pruned: dict[str, float] = {}
+        """With a store: jobs still in memory whose rows the store pruned -> the prune's
+        horizon (their ``finished_at`` was before it).  Such a job's id does not go to
+        :attr:`left` as it leaves (the prune dropped it from there; added after, it would
+        stay for ever), unless it finished again since (a retry wrote its row again)."""
 
     def get(self, job_id: str) -> JobRecord | None:
         return self.by_id.get(job_id)
@@ -136,7 +135,6 @@ class JobTable:
             cap -= cap // 64  # a little below the cap: one call per cap/64 jobs, not per job
         jobs = self.by_id
         left = self.left
-        kept_since = now_wall - self.retention  # (older ones the store prunes)
         while finished and (len(finished) > cap or finished_at[0] < horizon):
             ended, old = finished_at.popleft(), finished.popleft()
             # A job re-queued by retry() since it finished is live again: keep it.
@@ -144,9 +142,10 @@ class JobTable:
                 oid = old.id
                 del jobs[oid]
                 # Not of the generated shape: _ids.generated_shape, inline (once per job).
-                if left is not None and (len(oid) != 32 or oid[12] != "7") and (
-                        ended >= kept_since):
-                    left.add(oid)
+                if left is not None and (len(oid) != 32 or oid[12] != "7"):
+                    pruned_before = self.pruned.pop(oid, None) if self.pruned else None
+                    if pruned_before is None or ended >= pruned_before:
+                        left.add(oid)
 
     def wake_all_waiters(self) -> None:
         """The workers are gone: wake everyone still waiting for a job to end."""

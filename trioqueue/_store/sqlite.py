@@ -499,12 +499,15 @@ class SqliteStore:
 
     def prune(self, finished_before: float, limit: int) -> list[str]:
         """Delete up to ``limit`` finished jobs that finished before the given time;
-        return their ids."""
+        return their ids.  Read as bytes: an id that is not UTF-8 (another program wrote
+        it) failed the fetch part way, and left the statement, and with it a transaction
+        on the writer, open (writes were never committed)."""
         with self._lock:
             try:
-                return [row[0] for row in self._w.execute(
+                return [row[0].decode("utf-8", "surrogateescape") for row in self._w.execute(
                     "DELETE FROM jobs WHERE rowid IN (SELECT rowid FROM jobs "
-                    "WHERE finished_at IS NOT NULL AND finished_at < ? LIMIT ?) RETURNING id",
+                    "WHERE finished_at IS NOT NULL AND finished_at < ? LIMIT ?) "
+                    "RETURNING CAST(id AS BLOB)",
                     (finished_before, limit),
                 )]
             except sqlite3.Error as exc:
