@@ -298,6 +298,19 @@ async def test_rows_whose_text_is_not_utf8_are_named_and_left_as_they_are(
         r for r in before if r[1] != ids[4].encode().hex().upper()]
 
 
+async def every_page(q: trioqueue.JobQueue, limit: int) -> list[str]:
+    """The ids of every page of ``q.list_page(limit=limit)``, in order (20 pages at most)."""
+    seen: list[str] = []
+    before: str | None = None
+    for _ in range(20):
+        page = await q.list_page(limit=limit, before=before)
+        seen += [j.id for j in page.jobs]
+        before = page.next
+        if before is None:
+            return seen
+    raise AssertionError(f"no last page after 20: {seen}")
+
+
 async def test_pages_go_on_past_a_row_whose_id_is_not_utf8(tmp_path: Path) -> None:
     """A page's ``next`` names the last job read; when that row's id is not text, the
     last row before it that has one: the rows after are read again, not skipped."""
@@ -310,15 +323,8 @@ async def test_pages_go_on_past_a_row_whose_id_is_not_utf8(tmp_path: Path) -> No
     with trio.fail_after(10):
         async with trioqueue.open_queue(registry, cfg(db)) as q:
             await q.wait(ids[5])
-            seen: list[str] = []
-            before: str | None = None
-            for _ in range(20):
-                page = await q.list_page(limit=2, before=before)
-                seen += [j.id for j in page.jobs]
-                before = page.next
-                if before is None:
-                    break
-            assert seen == ["dead", ids[5], ids[3], ids[0]]  # ids[4], [2] and [1] left out
+            # ids[4], [2] and [1] left out
+            assert await every_page(q, 2) == ["dead", ids[5], ids[3], ids[0]]
 
 
 async def test_a_page_whose_rows_past_the_byte_budget_have_no_text_id_reads_on(
@@ -335,15 +341,7 @@ async def test_a_page_whose_rows_past_the_byte_budget_have_no_text_id_reads_on(
                      "WHERE id = ?", ('"' + "x" * 5000 + '"', ids[2]))
     with trio.fail_after(10):
         async with trioqueue.open_queue(registry, cfg(db)) as q:
-            seen: list[str] = []
-            before: str | None = None
-            for _ in range(20):
-                page = await q.list_page(limit=1, before=before)
-                seen += [j.id for j in page.jobs]
-                before = page.next
-                if before is None:
-                    break
-            assert seen == ["dead", ids[1], ids[0]]
+            assert await every_page(q, 1) == ["dead", ids[1], ids[0]]
 
 
 async def test_a_prune_that_meets_an_id_that_is_not_utf8_goes_on(tmp_path: Path) -> None:
