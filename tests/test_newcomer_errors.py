@@ -126,6 +126,26 @@ async def test_a_redis_that_cannot_be_opened_is_named_without_its_password(
         gc.collect()
 
 
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+async def test_a_user_whose_acl_refuses_the_scripts_is_told_at_open(tmp_path: Path) -> None:
+    """A Redis user without ``evalsha`` (NOPERM) got coredis' ``ResponseError`` inside two
+    exception groups (84 lines from ``trioqueue worker``): it is a refusal, named with
+    the URL, as the other failures to open are."""
+    from .test_redis_limits import own_redis
+
+    async with own_redis(tmp_path, "--user", "limited", "on", ">pw", "~*", "+@all",
+                         "-evalsha", "-eval") as url:
+        limited = url.replace("redis://", "redis://limited:pw@", 1)
+        config = trioqueue.QueueConfig(redis_url=limited, queue_name="acl")
+        with trio.fail_after(20), pytest.raises(RedisUnavailable) as caught:
+            async with trioqueue.open_queue(registry(), config):
+                pytest.fail("opened")
+    shown = limited.replace(":pw@", ":***@")
+    assert str(caught.value) == (
+        f"cannot use redis at {shown} (queue 'acl'): NOPERM this user has no permissions "
+        "to run the 'evalsha' command")
+
+
 def test_the_error_at_open_keeps_its_type_and_attributes() -> None:
     from trioqueue.testing import RedisNotSent, RedisRefused, at_open
 

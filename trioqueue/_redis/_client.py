@@ -39,6 +39,7 @@ import coredis
 import trio
 from coredis.commands.script import Script
 from coredis.exceptions import (
+    AuthorizationError,
     BusyLoadingError,
     ClusterDownError,
     ReadOnlyError,
@@ -448,7 +449,8 @@ def major_version(version: str) -> int:
     return int(head) if head.isdigit() else 0
 
 
-_REFUSED_ON_COREDIS = (BusyLoadingError, ClusterDownError, ReadOnlyError, TryAgainError)
+_REFUSED_ON_COREDIS = (AuthorizationError, BusyLoadingError, ClusterDownError,
+                       ReadOnlyError, TryAgainError)
 """What coredis raises for the :data:`~trioqueue._redis._pipe.REFUSALS` it knows by code
 (it takes the code off the message); the others keep theirs."""
 

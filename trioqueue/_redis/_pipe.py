@@ -81,7 +81,9 @@ def reply_error(message: str) -> ResponseError:
     code, _, rest = message.partition(" ")
     if code == "NOSCRIPT":
         return NoScript(rest)
-    if code in REFUSALS:
+    if code in REFUSALS or (code == "NOPERM" and "'eval" in rest):
+        # (NOPERM for EVALSHA or EVAL itself: a user whose ACL does not let it run
+        # scripts, refused before any ran.  One from inside a script may follow writes.)
         return Refused(message)
     return ResponseError(rest if code in _ERROR_CODES else message)
 
