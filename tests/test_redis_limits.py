@@ -169,10 +169,16 @@ async def test_a_payload_too_large_for_redis_is_refused_before_it_is_accepted(
                 await q.enqueue("echo", big)
             with pytest.raises(InvalidJob, match=f"^{said}$"):
                 q.enqueue_nowait("echo", big)
-            with pytest.raises(InvalidJob, match=rf"^jobs\[1\]\.{said}$"):
+            # Named as enqueue_many names its payloads' other errors.
+            with pytest.raises(InvalidJob, match=rf"^payloads\[1\]: {said[9:]}$"):
                 await q.enqueue_many("echo", [1, big])
-            with pytest.raises(InvalidJob, match=rf"^jobs\[0\]\.{said}$"):
+            with pytest.raises(InvalidJob, match=rf"^payloads\[0\]: {said[9:]}$"):
                 q.enqueue_many_nowait("echo", [big, 1])
+            with pytest.raises(InvalidJob, match=rf"^payloads\[0\]: {said[9:]}$"):
+                await q.enqueue_many("echo", [big])
+            with pytest.raises(InvalidJob, match=rf"^jobs\[1\]\.{said}$"):
+                await q.enqueue_batch([trioqueue.BatchItem("echo", 1),
+                                       trioqueue.BatchItem("echo", big)])
             # Together past the limit, each within it: the batch is named.
             with pytest.raises(InvalidJob, match=r"^batch: its 3 jobs take 1,200,[0-9]{3} "
                                                  r"bytes as sent to redis, more than a call"):

@@ -177,6 +177,13 @@ async def test_a_payload_too_long_for_a_row_is_refused_before_it_is_accepted(
         assert str(info.value) == told
         with pytest.raises(InvalidJob) as info:
             await q.enqueue_many("echo", ["small", too_long])
+        assert str(info.value) == f"payloads[1]: {told.removeprefix('payload: ')}"
+        with pytest.raises(InvalidJob) as info:
+            q.enqueue_many_nowait("echo", [too_long])
+        assert str(info.value) == f"payloads[0]: {told.removeprefix('payload: ')}"
+        with pytest.raises(InvalidJob) as info:
+            await q.enqueue_batch([trioqueue.BatchItem("echo", "small"),
+                                   trioqueue.BatchItem("echo", too_long)])
         assert str(info.value) == f"jobs[1].{told}"
         assert q.metrics().enqueued == 0
         for job_id in ("no1", "no2"):

@@ -8,7 +8,9 @@ store one commit covers it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import re
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import attrs
@@ -96,7 +98,7 @@ class Batches:
                 f"(not a str, bytes or dict), got {type(payloads).__name__}"
             )
         build = self._build
-        recs: list[JobRecord] = []
+        recs = _Payloads()
         for i, payload in enumerate(payloads):
             try:
                 recs.append(build(task, payload, priority, None, delay, max_retries, timeout))
@@ -184,7 +186,8 @@ class Batches:
             return []
         if self._backend.lagging:
             raise self.behind(recs)
-        got = self._backend.admit_many(recs)
+        with _named_as(recs):
+            got = self._backend.admit_many(recs)
         if got is None:
             raise self.full(recs)
         return [rec.snapshot() for rec in got]
@@ -207,7 +210,8 @@ class Batches:
         while True:
             if life.closing or backend.refusal is not None:
                 self._refuse()
-            got = backend.admit_many(recs)
+            with _named_as(recs):
+                got = backend.admit_many(recs)
             if got is not None:
                 break
             if not wait_for_room:
@@ -243,8 +247,9 @@ class Batches:
             if tries:
                 self._restamp_all(recs)
             tries += 1
-            got: list[JobRecord] | None = await admit(
-                recs, count_rejected=not wait_for_room, given=given)
+            with _named_as(recs):
+                got: list[JobRecord] | None = await admit(
+                    recs, count_rejected=not wait_for_room, given=given)
             return got
 
         def full() -> QueueFull:
@@ -346,3 +351,27 @@ async def commit_or_take_back(backend: Backend, recs: list[JobRecord], *,
             f"and may run ({', '.join(running[:5])}{', ...' if len(running) > 5 else ''})"
             f", the others will not run"
         ) from None
+
+
+class _Payloads(list[JobRecord]):
+    """The records of :meth:`Batches.build_many` (``enqueue_many``): an error of the
+    admission that names an item (``jobs[3].payload: ...``, as ``enqueue_batch`` says
+    it) names the payload instead (``payloads[3]: ...``)."""
+
+
+_ITEM = re.compile(r"(?:jobs\[(\d+)\]\.)?payload: ", re.ASCII)
+
+
+@contextmanager
+def _named_as(recs: list[JobRecord]) -> Iterator[None]:
+    """Around an admission of ``recs``: see :class:`_Payloads`."""
+    try:
+        yield
+    except InvalidJob as exc:
+        if not isinstance(recs, _Payloads):
+            raise
+        said = str(exc)
+        item = _ITEM.match(said)
+        if item is None:
+            raise
+        raise InvalidJob(f"payloads[{item[1] or 0}]: {said[item.end():]}") from None
