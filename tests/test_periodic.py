@@ -186,24 +186,49 @@ async def _delete_job(backend: str, tmp_path: Path, queue_name: str, job_id: str
             await client.delete([f"tq:{{{queue_name}}}:job:{job_id}"])
 
 
-async def _wait_marked(backend: str, tmp_path: Path, queue_name: str, task: str) -> None:
-    """Until the task's latest due time is kept (written once its run's job is stored,
-    a moment after): a queue closed before that keeps no mark, as designed, and the
-    tests that take the job away next would see its run again."""
+async def _mark(backend: str, tmp_path: Path, queue_name: str, task: str) -> str | None:
+    """The task's latest due time as the store or Redis keeps it (None: not kept)."""
     from tests.redis_util import admin
 
-    with trio.fail_after(10):
-        while True:
-            if backend == "sqlite":
-                with sqlite_at(tmp_path / "q.db") as conn:
-                    if conn.execute("SELECT 1 FROM meta WHERE key = ?",
-                                    (f"periodic:{task}",)).fetchone():
-                        return
-            else:
-                async with admin() as client:
-                    if await client.hget(f"tq:{{{queue_name}}}:periodic", task):
-                        return
-            await trio.sleep(0.01)
+    if backend == "sqlite":
+        with sqlite_at(tmp_path / "q.db") as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?",
+                               (f"periodic:{task}",)).fetchone()
+            return None if row is None else str(row[0])
+    async with admin() as client:
+        value = await client.hget(f"tq:{{{queue_name}}}:periodic", task)
+        return None if value is None else str(value)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_a_queue_closed_as_its_run_is_enqueued_keeps_the_runs_mark(
+    wall: Any, tmp_path: Path, backend: str
+) -> None:
+    """A run's mark is written once its job is stored, a moment after the enqueue: the
+    shutdown cancelled the scheduler in that moment (a queue closed as a run came due),
+    no mark was kept, and a queue reopened in the same period once the job was gone ran
+    that due time again.  The run being enqueued is carried through, with its mark."""
+    from tests.redis_util import REDIS_URL, admin, delete_queue, unique
+
+    started = trio.Event()
+    registry = trioqueue.TaskRegistry()
+
+    @registry.task(schedule="0 9 * * *")
+    async def daily(job: trioqueue.Job) -> None:
+        started.set()  # (the job is stored in memory; on SQLite, not committed yet)
+
+    queue_name = unique("periodic")
+    config = (trioqueue.QueueConfig(persist_path=tmp_path / "q.db") if backend == "sqlite"
+              else trioqueue.QueueConfig(redis_url=REDIS_URL, queue_name=queue_name))
+    try:
+        wall("2026-12-05T09:00:30")
+        async with trioqueue.open_queue(registry, config):
+            await started.wait()
+        assert await _mark(backend, tmp_path, queue_name, "daily") is not None
+    finally:
+        if backend == "redis":
+            async with admin() as client:
+                await delete_queue(client, queue_name)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
@@ -231,7 +256,7 @@ async def test_a_run_whose_job_is_gone_is_not_run_again(
         wall("2026-12-05T09:00:30")
         async with trioqueue.open_queue(registry, config) as q:
             await _wait_for(q, first)
-            await _wait_marked(backend, tmp_path, queue_name, "daily")
+        assert await _mark(backend, tmp_path, queue_name, "daily") is not None
         # The run's job goes, as retention or result_ttl would take it.
         await _delete_job(backend, tmp_path, queue_name, first)
         wall("2026-12-05T15:00:00")  # the same day: 09:00 is still the last due time
@@ -472,7 +497,7 @@ async def test_a_fractional_interval_is_marked_to_its_millisecond(
         wall("2026-12-05T10:00:00.300")
         async with trioqueue.open_queue(registry, config) as q:
             await _wait_for(q, first)
-            await _wait_marked(backend, tmp_path, queue_name, "tick")
+        assert await _mark(backend, tmp_path, queue_name, "tick") is not None
         for _ in range(2):
             await _delete_job(backend, tmp_path, queue_name, first)
             async with trioqueue.open_queue(registry, config) as q:
@@ -484,3 +509,59 @@ async def test_a_fractional_interval_is_marked_to_its_millisecond(
         if backend == "redis":
             async with admin() as client:
                 await delete_queue(client, queue_name)
+
+
+async def test_a_run_waiting_for_room_at_shutdown_ends_with_the_queue(
+    wall: Any, autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The run being enqueued is carried through the shutdown, but a wait for room is not
+    what it waits out: the queue takes no more jobs, and it ends at once."""
+    registry = trioqueue.TaskRegistry()
+
+    @registry.task(every=10.0, priority="low")
+    async def lowtick(job: trioqueue.Job) -> None: ...
+
+    @registry.task(priority="low")
+    async def long(job: trioqueue.Job) -> None:
+        await trio.sleep(1000)
+
+    wall("2026-12-05T10:00:05")
+    config = trioqueue.QueueConfig(workers=1, capacity=2, shutdown_timeout=1.0)
+    async with trioqueue.open_queue(registry, config) as q:
+        await trio.testing.wait_all_tasks_blocked()  # the catch-up run is in
+        for _ in range(3):  # one runs, two fill LOW
+            await q.enqueue("long")
+        await trio.sleep(10)  # 10:00:10's run waits for room
+        with pytest.raises(JobNotFound):
+            await q.get("lowtick@2026-12-05T10:00:10.000Z")
+        closing = trio.current_time()
+    assert trio.current_time() - closing == pytest.approx(1.0)  # the shutdown_timeout
+    assert "cut off at shutdown" not in caplog.text
+
+
+async def test_a_run_whose_mark_hangs_at_shutdown_is_cut_off_after_the_grace(
+    wall: Any, autojump_clock: Any, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run still being enqueued (here: its mark never written) holds the shutdown
+    :data:`STOP_GRACE` seconds at most, and says so."""
+    from trioqueue.testing import STOP_GRACE, LocalBackend
+
+    marking = trio.Event()
+
+    async def never(self: object, name: str, due: float) -> None:
+        marking.set()
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(LocalBackend, "mark_periodic", never)
+    registry = trioqueue.TaskRegistry()
+
+    @registry.task(every=10.0)
+    async def tick(job: trioqueue.Job) -> None: ...
+
+    wall("2026-12-05T10:00:05")
+    async with trioqueue.open_queue(registry, trioqueue.QueueConfig(workers=1)):
+        await marking.wait()
+        closing = trio.current_time()
+    assert trio.current_time() - closing == pytest.approx(STOP_GRACE)
+    assert "periodic run tick@2026-12-05T10:00:00.000Z cut off at shutdown" in caplog.text

@@ -274,6 +274,7 @@ class _Run:
         backend.close_intake()  # parked producers see closing and raise ShuttingDown
         self._timer_scope.cancel()
         self._periodic_scope.cancel()
+        self._periodic.stop()  # a run being enqueued is carried through, with its mark
         if config.drain and not backend.persistent:
             life.draining = True
         else:

@@ -13,7 +13,10 @@ then each due time as it comes.  ``every=`` due times are the multiples of the i
 since the epoch.
 
 The scheduler is one task of the engine's work nursery, driven by trio's clock (the
-mock clock in tests), and it stops with the timer at shutdown.
+mock clock in tests), and it stops with the timer at shutdown.  A run that is being
+enqueued then is carried through, its mark with it (shielded, for at most
+:data:`STOP_GRACE` seconds from the stop): cut off between its job and its mark, a queue
+reopened in the same period once the job is gone would run it again.
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ MARK_MIN_INTERVAL = 1.0
 """Seconds: an ``every=`` task at least this slow has its latest due time kept apart from
 its jobs (``Backend.mark_periodic``, one write a run); a faster one relies on its run
 ids alone (its last run's job outlives the interval but for ``result_ttl`` under it)."""
+
+
+STOP_GRACE = 5.0
+"""Seconds a run being enqueued at shutdown has to end, its mark written (a wait for room
+ends at once then: the queue takes no more jobs)."""
 
 
 MAX_EVERY = 1e10
@@ -195,6 +203,9 @@ class Periodic:
         self._wall = wall
         self._offset = wall_offset
         """wall time - trio time."""
+        self._enqueuing: set[trio.CancelScope] = set()
+        """The shielded scopes of the runs being enqueued (:meth:`stop` bounds them)."""
+        self._stop_at = math.inf
         now = wall()
         self.next_run: dict[str, float] = {s.name: next_due(s, now) for s in self.specs}
         """Task name -> its next due time (seconds since the epoch); known from the open
@@ -240,7 +251,27 @@ class Periodic:
                 return
             self.next_run[name] = next_due(spec, max(enqueued, self._wall()))
 
+    def stop(self) -> None:
+        """At shutdown, with the engine's cancel of the scheduler: the runs being
+        enqueued have :data:`STOP_GRACE` seconds more to end."""
+        self._stop_at = trio.current_time() + STOP_GRACE
+        for scope in self._enqueuing:
+            scope.deadline = min(scope.deadline, self._stop_at)
+
     async def _enqueue(self, queue: JobQueue, spec: TaskSpec, due: float) -> float | None:
+        """:meth:`_enqueue_run`, carried through a cancel (the shutdown's) but for
+        :meth:`stop`'s grace: a run enqueued is marked."""
+        with trio.CancelScope(shield=True, deadline=self._stop_at) as scope:
+            self._enqueuing.add(scope)
+            try:
+                return await self._enqueue_run(queue, spec, due)
+            finally:
+                self._enqueuing.discard(scope)
+        log.warning("trioqueue: periodic run %s cut off at shutdown after %ss",
+                    run_id(spec.name, due), STOP_GRACE)
+        return None
+
+    async def _enqueue_run(self, queue: JobQueue, spec: TaskSpec, due: float) -> float | None:
         """Enqueue ``spec``'s run due at ``due`` (a repeat returns the existing job); the
         due time enqueued, or None once the queue takes no more jobs.
 

@@ -50,6 +50,7 @@ from ._monitor_view import flow as flow
 from ._monitor_view import render as render
 from ._monitor_view import stale_after as stale_after
 from ._node_http import NodeMetricsApp as NodeMetricsApp
+from ._periodic import STOP_GRACE as STOP_GRACE
 from ._periodic import last_due as last_due
 from ._periodic import next_due as next_due
 from ._periodic import run_id as run_id
@@ -138,6 +139,7 @@ __all__ = [
     "REDIS_DEFAULT_LIMITS",
     "REMIND",
     "ROUTES",
+    "STOP_GRACE",
     "TERMINAL",
     "TRANSITIONS",
     "UNSTARTED_MAX",
