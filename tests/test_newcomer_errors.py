@@ -52,6 +52,9 @@ def test_open_queue_used_as_the_queue_says_to_write_async_with() -> None:
     with pytest.raises(AttributeError, match="no attribute 'enqueu'"):
         opening.enqueu  # type: ignore[attr-defined]  # noqa: B018
     assert not hasattr(opening, "__deepcopy__")
+    # A queue's name too: the TypeError is an AttributeError (hasattr raised it).
+    assert not hasattr(opening, "enqueue")
+    assert getattr(opening, "metrics", None) is None
 
 
 async def test_open_queue_awaited_or_in_a_plain_with_says_to_write_async_with() -> None:

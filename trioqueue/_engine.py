@@ -46,16 +46,23 @@ log = logging.getLogger("trioqueue")
 __all__ = ["JobQueue", "open_queue"]  # JobQueue: the handle open_queue gives
 
 
-def _misused(not_: str, then: str) -> TypeError:
-    return TypeError(f"open_queue() returns an async context manager, not {not_}: write "
-                     f"`async with trioqueue.open_queue(registry, config) as q:`{then}")
+class _UsedAsTheQueue(AttributeError, TypeError):
+    """A queue's attribute looked up on :class:`QueueOpening`: a ``TypeError`` that is an
+    ``AttributeError`` too, so that ``hasattr`` and ``getattr(x, name, default)`` answer
+    as for any object without it."""
+
+
+def _misused(not_: str, then: str, kind: type[TypeError] = TypeError) -> TypeError:
+    return kind(f"open_queue() returns an async context manager, not {not_}: write "
+                f"`async with trioqueue.open_queue(registry, config) as q:`{then}")
 
 
 class QueueOpening:
     """What :func:`open_queue` returns: ``async with`` it opens the queue and gives its
     :class:`JobQueue`.  Awaited, entered with a plain ``with``, or used as the queue
     itself, it raises ``TypeError`` saying to write ``async with`` (Python's own errors
-    for these name only the context manager's type)."""
+    for these name only the context manager's type; the queue's attributes raise one
+    that is an ``AttributeError`` too, so ``hasattr`` says ``False``)."""
 
     __slots__ = ("_opening",)
 
@@ -73,7 +80,8 @@ class QueueOpening:
 
         def __getattr__(self, name: str) -> NoReturn:
             if not name.startswith("_") and hasattr(JobQueue, name):
-                raise _misused("the queue", f" and use q.{name} in that block")
+                raise _misused("the queue", f" and use q.{name} in that block",
+                               _UsedAsTheQueue)
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
         def __enter__(self) -> NoReturn:
