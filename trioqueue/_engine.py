@@ -183,6 +183,11 @@ class _Run:
                 try:
                     await root.start(backend.run)
                 except BaseException as exc:
+                    if store is not None and store.store.was_clean and _cancelled(exc):
+                        # Cancelled as it opened: nothing read or written, the file is
+                        # closed as clean as it was (else the next open recovers "after
+                        # a crash").  One that was not clean keeps its recovery due.
+                        await store.close()
                     named = self._named(exc)
                     if named is None:
                         raise
@@ -332,6 +337,9 @@ class _Run:
         if body is not None and not _cancelled_only(body):
             if not leaves:
                 return  # only Cancelled inside: raised below as the body's exception
+            if isinstance(body, KeyboardInterrupt) and all(
+                    isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+                return  # Ctrl+C, then again during the shutdown: one KeyboardInterrupt
             self._body_exc = None
             raise BaseExceptionGroup(
                 "open_queue: the body raised, and an engine task failed", [body, *leaves]
@@ -363,6 +371,13 @@ def _cancelled_only(exc: BaseException) -> bool:
     nursery of the body's own raises when it is cancelled)."""
     return isinstance(exc, trio.Cancelled) or (
         isinstance(exc, BaseExceptionGroup) and not _leaves(exc))
+
+
+def _cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` is a cancel (alone, or a group of nothing else)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return not _leaves(exc)
+    return isinstance(exc, trio.Cancelled)
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
