@@ -7,9 +7,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
@@ -139,3 +141,84 @@ def test_ctrl_c_twice_in_a_program_is_one_keyboard_interrupt(tmp_path: Path) -> 
         finally:
             proc.kill()
         assert out.strip() == "KeyboardInterrupt", (out, err[-3000:])
+
+
+async def test_a_server_told_to_stop_as_it_starts_runs_none_of_the_stored_jobs(
+    tmp_path: Path
+) -> None:
+    """A SIGTERM while ``trioqueue serve --db`` opened its store: the stored jobs were
+    started once the queue was open (the workers began during the store's recovery),
+    then cut off by the shutdown, each losing an attempt (``max_retries=0``: FAILED on
+    the next open).  The workers begin once the queue is open, and a server whose
+    ``stop`` was set meanwhile closes it before any of them runs."""
+    from trioqueue.server import ServerSettings, serve
+
+    started: list[str] = []
+    registry = trioqueue.TaskRegistry()
+
+    @registry.task(max_retries=0)
+    async def slow(job: trioqueue.Job) -> None:
+        started.append(job.id)
+        await trio.sleep(1000)
+
+    blocking = trio.Event()
+
+    @registry.task()
+    async def block(job: trioqueue.Job) -> None:
+        started.append(job.id)
+        blocking.set()
+        await trio.sleep(1000)
+
+    config = trioqueue.QueueConfig(persist_path=tmp_path / "q.db", workers=4,
+                                   durability="sync", shutdown_timeout=0.1)
+    async with trioqueue.open_queue(registry, attrs.evolve(config, workers=1)) as q:
+        await q.enqueue("block")
+        await blocking.wait()  # the one worker busy: the next jobs stay queued
+        for i in range(3):
+            await q.enqueue("slow", job_id=f"j{i}")
+    started.clear()
+    stop = trio.Event()
+    stop.set()  # (as the CLI's signal watcher does, while the queue opens)
+    for _ in range(4):  # (it depended on which task trio ran first: 2 in 3 runs met it)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(serve, registry, config, ServerSettings(port=0),
+                                        stop=stop))
+    assert started == []
+    async with trioqueue.open_queue(registry, attrs.evolve(config, workers=1)) as q:
+        for i in range(3):
+            job = await q.get(f"j{i}")
+            assert (job.status, job.attempts) == (trioqueue.JobStatus.QUEUED, 0)
+
+
+@pytest.mark.parametrize("command", ["worker", "serve"])
+def test_a_node_told_to_stop_while_redis_does_not_answer_stops_then(command: str) -> None:
+    """``trioqueue worker`` read signals only once its queue was open: against a Redis
+    that accepts and never answers it ignored SIGTERM, SIGTERM, SIGINT until its connect
+    gave up (17 s), then died by the signal without its error line (``serve`` stopped
+    at the second one).  A signal while the queue opens stops the opening: the node has
+    run nothing yet."""
+    import signal
+    import socket
+
+    from tests.redis_util import free_port
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        argv = [sys.executable, "-m", "trioqueue", command, "--app",
+                "tests.cli_redis_app:registry", "--redis", url, "--queue", "never"]
+        if command == "serve":
+            argv += ["--port", str(free_port())]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            silent.settimeout(60)
+            conn, _ = silent.accept()  # the node is connecting (and will wait)
+            with conn:
+                proc.send_signal(signal.SIGTERM)
+                out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, (out, err[-3000:])
+    assert "SIGTERM while the queue opens: stopping" in err
+    assert "cannot use redis" not in err

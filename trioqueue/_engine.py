@@ -206,10 +206,13 @@ class _Run:
                     async with trio.open_nursery() as work:
                         work.start_soon(self._run_timer)
                         work.start_soon(workers.progress.run)
-                        for slot in workers.slots:
-                            work.start_soon(workers.run, slot)
                         try:
                             await backend.recover()
+                            # The workers once the queue is open: a job the store gave
+                            # back starts no sooner than the body could close the
+                            # queue (a server told to stop as it started).
+                            for slot in workers.slots:
+                                work.start_soon(workers.run, slot)
                             work.start_soon(self._run_periodic)
                             yield q
                         except BaseException as exc:  # re-raised below, outside the nurseries

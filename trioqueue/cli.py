@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from functools import partial
 from typing import Any, TextIO
 from urllib.parse import quote
@@ -87,6 +87,40 @@ def _version() -> str:
 # ---------------------------------------------------------------------------- serve
 
 
+class _Starting:
+    """A node on Redis while its queue opens (a Redis slow to answer or unreachable can
+    hold that for many seconds): a first signal then cancels ``scope``, the opening,
+    since the node has run nothing yet."""
+
+    def __init__(self, scope: trio.CancelScope) -> None:
+        self.scope = scope
+        self.opened = False
+        self.stopped = False
+
+
+async def _watch_signals(signals: AsyncIterator[int], stop: trio.Event,
+                         scope: trio.CancelScope, forced: list[int], jobs_then: str,
+                         starting: _Starting | None = None) -> None:
+    """The first SIGINT/SIGTERM sets ``stop`` (the ordered shutdown; with ``starting``
+    not opened yet, it cancels the opening); a second one cancels ``scope`` (at once:
+    running jobs ``jobs_then``) and is kept in ``forced``."""
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if starting is not None and not starting.opened:
+            log.info("%s while the queue opens: stopping", name)
+            starting.stopped = True
+            starting.scope.cancel()
+            return
+        if not stop.is_set():
+            log.info("%s: shutting down (send it again to stop at once)", name)
+            stop.set()
+        else:
+            log.warning("second %s: stopping now; running jobs %s", name, jobs_then)
+            forced.append(signum)
+            scope.cancel()
+            return
+
+
 async def _serve_until_signalled(
     registry: TaskRegistry, config: QueueConfig, settings: Any, out: TextIO
 ) -> int:
@@ -97,29 +131,19 @@ async def _serve_until_signalled(
     forced: list[int] = []
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-
-            async def watch_signals() -> None:
-                async for signum in signals:
-                    name = signal.Signals(signum).name
-                    if not stop.is_set():
-                        log.info("%s: shutting down (send it again to stop at once)", name)
-                        stop.set()
-                    else:
-                        log.warning("second %s: stopping now; running jobs %s", name,
-                                    "end failed (memory mode)" if config.persist_path is None
-                                    and config.redis_url is None
-                                    else "are recorded as queued")
-                        forced.append(signum)
-                        nursery.cancel_scope.cancel()
-                        return
-
-            nursery.start_soon(watch_signals)
+            starting = None if config.redis_url is None else _Starting(nursery.cancel_scope)
+            nursery.start_soon(
+                _watch_signals, signals, stop, nursery.cancel_scope, forced,
+                "end failed (memory mode)" if config.persist_path is None
+                and config.redis_url is None else "are recorded as queued", starting)
 
             async def run_server(task_status: trio.TaskStatus[str]) -> None:
                 await serve(registry, config, settings, stop=stop, task_status=task_status)
                 nursery.cancel_scope.cancel()  # done: stop watching for signals
 
             url = await nursery.start(run_server)
+            if starting is not None:
+                starting.opened = True
             print(f"trioqueue serving on {url}", file=out, flush=True)
             if settings.token and out.isatty():
                 # In the fragment, which browsers never send to a server; and only to a
@@ -249,9 +273,17 @@ async def _work(registry: TaskRegistry, config: QueueConfig, out: TextIO,
     from ._node_http import serve_node_metrics
     from .server._hosts import HostCheck
 
+    stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
+
+            # From the start: a signal while the queue opens (a Redis slow to answer)
+            # is read then, not once it has opened.
+            starting = _Starting(nursery.cancel_scope)
+            nursery.start_soon(_watch_signals, signals, stop, nursery.cancel_scope, forced,
+                               "go back to the queue", starting)
             async with open_queue(registry, config) as queue:
+                starting.opened = True
                 assert config.redis_url is not None
                 url = None
                 if metrics is not None:  # it answers until the queue has closed
@@ -265,20 +297,8 @@ async def _work(registry: TaskRegistry, config: QueueConfig, out: TextIO,
                     hosts = HostCheck(metrics[0], allowed_hosts).describe()
                     print(f"trioqueue worker {os.getpid()}: metrics on {url}/metrics "
                           f"(answers to Host {hosts})", file=out, flush=True)
-                async for signum in signals:
-                    log.info("%s: shutting down (send it again to stop at once)",
-                             signal.Signals(signum).name)
-                    break
-
-                async def watch_signals() -> None:
-                    async for signum in signals:
-                        log.warning("second %s: stopping now; running jobs go back to the "
-                                    "queue", signal.Signals(signum).name)
-                        forced.append(signum)
-                        nursery.cancel_scope.cancel()
-                        return
-
-                nursery.start_soon(watch_signals)
+                if not stop.is_set():
+                    await stop.wait()
             closed.set()
             nursery.cancel_scope.cancel()  # closed: stop watching for signals
     if forced:

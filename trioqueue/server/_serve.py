@@ -44,7 +44,8 @@ async def _run_queue(
     try:
         async with open_queue(registry, config) as queue:
             task_status.started(queue)
-            await stop.wait()
+            if not stop.is_set():  # (set while the queue opened: no checkpoint, no job run)
+                await stop.wait()
             state.closing = True
             log.info("trioqueue server: shutdown began: new jobs get 503, "
                      "in-flight jobs have %ss to finish", config.shutdown_timeout)
