@@ -16,11 +16,10 @@ import statistics
 import time
 import urllib.request
 
-import httpx
 import pytest
 
 from ..redis_util import free_port
-from .conftest import Flood, Pages, Server, missing_playwright, poll, run_server
+from .conftest import Flood, Pages, Server, http, missing_playwright, poll, run_server
 
 if missing_playwright():  # under CI the import below fails instead: these tests must run
     pytest.skip(missing_playwright(), allow_module_level=True)
@@ -41,14 +40,14 @@ def open_live(pages: Pages, url: str) -> Page:
 
 def post(url: str, body: dict[str, object], token: str | None = None) -> dict[str, object]:
     headers = {"authorization": f"Bearer {token}"} if token else {}
-    response = httpx.post(f"{url}/jobs", json=body, headers=headers, timeout=10)
+    response = http("POST", f"{url}/jobs", json=body, headers=headers)
     assert response.status_code == 202, response.text
     job: dict[str, object] = response.json()
     return job
 
 
 def job_status(url: str, job_id: object) -> str:
-    status: str = httpx.get(f"{url}/jobs/{job_id}", timeout=10).json()["status"]
+    status: str = http("GET", f"{url}/jobs/{job_id}").json()["status"]
     return status
 
 
@@ -58,8 +57,9 @@ def job_status(url: str, job_id: object) -> str:
 def test_live_counts_move_while_jobs_run(server: Server, pages: Pages) -> None:
     page = open_live(pages, server.url + "/")
     expect(page.locator("#m-completed")).to_have_text("0")
-    for _ in range(8):
-        post(server.url, {"task": "sleep", "payload": {"seconds": 1.5}})
+    response = http("POST", f"{server.url}/jobs/batch",
+                    json={"jobs": [{"task": "sleep", "payload": {"seconds": 1.5}}] * 8})
+    assert response.status_code == 202, response.text
     # Pushed, not polled: the counts move while the jobs run, with no reload.
     expect(page.locator("#m-processing")).to_have_text("4")
     expect(page.locator("#m-busy")).to_have_text("4 of 4 workers busy")
@@ -69,6 +69,14 @@ def test_live_counts_move_while_jobs_run(server: Server, pages: Pages) -> None:
     expect(page.locator("#slots .slot.busy")).to_have_count(4)
     expect(page.locator("#slots .slot.busy").first).to_contain_text("sleep")
     expect(page.locator("#running-body tr")).to_have_count(4)
+
+    # A page opened once they are done draws the past at once: the server sends its
+    # samples first.  (Opened as soon as the server has run them, while the first page
+    # waits for the next once-a-second metrics.)
+    poll(lambda: http("GET", f"{server.url}/metrics").json()["completed"] == 8,
+         what="8 completed jobs")
+    later = open_live(pages, server.url + "/")
+
     expect(page.locator("#m-completed")).to_have_text("8", timeout=10_000)
     expect(page.locator("#running-body tr")).to_have_count(0)
     expect(page.locator("#m-rate-done")).to_contain_text("/s now")
@@ -82,8 +90,6 @@ def test_live_counts_move_while_jobs_run(server: Server, pages: Pages) -> None:
     high = page.locator('#latency-body tr[data-priority="high"] td')
     expect(high.nth(4)).to_have_text("\u2013")  # no high job ran: a dash
 
-    # A page opened now draws the past at once: the server sends its samples first.
-    later = open_live(pages, server.url + "/")
     at_least_3 = re.compile(r"^([3-9]|\d{2,})$")
     expect(later.locator("#chart")).to_have_attribute("data-points", at_least_3)
     points = later.locator("#chart-done").get_attribute("points") or ""
@@ -183,7 +189,7 @@ def test_a_failed_job_appears_and_retry_reruns_it(server: Server, pages: Pages) 
     page.locator("#dead-retry-all").click()
     expect(page.locator("#dead-confirm-text")).to_have_text("Retry all 3 failed jobs?")
     page.locator("#dead-confirm-yes").click()
-    paths = httpx.get(f"{server.url}/openapi.json", timeout=10).json()["paths"]
+    paths = http("GET", f"{server.url}/openapi.json").json()["paths"]
     bulk = "post" in paths.get("/jobs/retry", {})
     expect(page.locator("#dead-note")).to_have_text("Retried 3 jobs." if bulk else
                                                     "Retried 3 of 3.")
@@ -239,7 +245,9 @@ def test_the_page_reconnects_by_itself_after_a_server_restart(pages: Pages) -> N
     # While the server is down Chromium logs each refused websocket attempt.
     pages.console.allow(r"^WebSocket connection to 'ws://127\.0\.0\.1:\d+/events\?.*' failed")
     port = free_port()
-    with run_server(port=port) as first:
+    # The second server loads meanwhile, and takes the port once the page saw the first
+    # go: down for a tenth of a second, not the second Python takes to import a server.
+    with run_server(port=port) as first, run_server(port=port, standby=True) as second:
         page = open_live(pages, first.url + "/")
         post(first.url, {"task": "echo", "payload": 1})
         expect(page.locator("#m-enqueued")).to_have_text("1")
@@ -247,7 +255,8 @@ def test_the_page_reconnects_by_itself_after_a_server_restart(pages: Pages) -> N
         expect(page.locator("#badge")).to_contain_text("offline")
         expect(page.locator("#banner")).to_contain_text("The server is not answering")
         expect(page.locator("body")).to_have_attribute("data-conn", "reconnecting")
-    with run_server(port=port) as second:
+        second.start()
+        assert second.url == first.url
         expect(page.locator("#badge")).to_have_text("live", timeout=20_000)
         expect(page.locator("#banner")).to_be_hidden()
         expect(page.locator("#m-enqueued")).to_have_text("0")  # the new server's counts

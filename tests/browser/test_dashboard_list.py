@@ -9,10 +9,9 @@ import re
 from collections.abc import Iterator
 from datetime import datetime
 
-import httpx
 import pytest
 
-from .conftest import Pages, Server, missing_playwright, run_server
+from .conftest import Pages, Server, http, missing_playwright, run_server
 
 if missing_playwright():
     pytest.skip(missing_playwright(), allow_module_level=True)
@@ -34,7 +33,7 @@ def local(iso: str) -> str:
 
 
 def check_periodic_tab(page: Page, url: str) -> None:
-    tasks = {t["name"]: t for t in httpx.get(f"{url}/tasks", timeout=10).json()["tasks"]}
+    tasks = {t["name"]: t for t in http("GET", f"{url}/tasks").json()["tasks"]}
     epoch, new_year = tasks["epoch"], tasks["new_year"]
     assert epoch["next_run"] == "2033-05-18T03:33:20.000000Z"
     assert new_year["schedule"] == "0 0 1 1 *"
@@ -66,17 +65,16 @@ def test_the_task_filter_shows_and_older_pages_through_the_jobs(
     server = periodic_server
     echo_ids = []
     for i in range(55):  # more than one page (50) of echo jobs
-        response = httpx.post(f"{server.url}/jobs", json={"task": "echo", "payload": i},
-                              timeout=10)
+        response = http("POST", f"{server.url}/jobs", json={"task": "echo", "payload": i})
         assert response.status_code == 202, response.text
         echo_ids.append(response.json()["id"])
-    response = httpx.post(f"{server.url}/jobs", json={"task": "boom"}, timeout=10)
+    response = http("POST", f"{server.url}/jobs", json={"task": "boom"})
     boom_id = response.json()["id"]
 
-    first = httpx.get(f"{server.url}/jobs", params={"task": "echo", "limit": 50}).json()
+    first = http("GET", f"{server.url}/jobs", params={"task": "echo", "limit": 50}).json()
     assert first["next"] == echo_ids[5]
-    older = httpx.get(f"{server.url}/jobs",
-                      params={"task": "echo", "limit": 50, "before": first["next"]}).json()
+    older = http("GET", f"{server.url}/jobs",
+                 params={"task": "echo", "limit": 50, "before": first["next"]}).json()
     assert [j["id"] for j in older["jobs"]] == echo_ids[4::-1]
     assert older["next"] is None
 

@@ -23,13 +23,21 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
 
 from tests.redis_util import REDIS_URL, admin, delete_queue, unique
 
-from .conftest import ROOT, START_TIMEOUT, STOP_TIMEOUT, Pages, missing_playwright, poll, run_server
+from .conftest import (
+    ROOT,
+    START_TIMEOUT,
+    STOP_TIMEOUT,
+    Pages,
+    http,
+    missing_playwright,
+    poll,
+    run_server,
+)
 
 if missing_playwright():  # under CI the import below fails instead: these tests must run
     pytest.skip(str(missing_playwright()), allow_module_level=True)
@@ -126,18 +134,19 @@ def test_each_nodes_workers_and_jobs_are_shown_as_that_nodes(pages: Pages) -> No
             url = server.url
 
             def nodes() -> dict[str, dict[str, int]]:
-                got: dict[str, dict[str, int]] = httpx.get(
-                    f"{url}/metrics", timeout=10).json().get("nodes", {})
+                got: dict[str, dict[str, int]] = http("GET", f"{url}/metrics").json().get(
+                    "nodes", {})
                 return got
 
             poll(lambda: len(nodes()) == 2, START_TIMEOUT, "both nodes in the metrics' nodes")
-            here = httpx.get(f"{url}/metrics", timeout=10).json()["node"]
+            here = http("GET", f"{url}/metrics").json()["node"]
             (other,) = set(nodes()) - {here}
             node_of_pid = {server.proc.pid: here, worker.pid: other}
 
             try:
                 check_the_panel(pages, url, gate, here, other, node_of_pid)
             finally:
+                gate.release()  # (after a failed check: else the nodes wait 30 s for the jobs)
                 pages.close()  # before the server goes, or the pages log its absence
             worker.send_signal(signal.SIGTERM)  # both nodes stop at once
     finally:
@@ -160,7 +169,7 @@ def check_the_panel(pages: Pages, url: str, gate: Gate, here: str, other: str,
     expect(page.locator("#workers-summary")).to_have_text("0 busy of 4 · 2 nodes with workers")
 
     for _ in range(4):
-        response = httpx.post(f"{url}/jobs", timeout=10, json={
+        response = http("POST", f"{url}/jobs", json={
             "task": "hold", "payload": {"port": gate.port}})
         assert response.status_code == 202, response.text
     runs = gate.take(4)  # every worker of both nodes holds one
@@ -213,4 +222,4 @@ def check_the_panel(pages: Pages, url: str, gate: Gate, here: str, other: str,
         expect(theirs.locator(".node-head")).to_have_text(f"node {other} · 0 busy of 2")
         expect(shown.locator("#running-body tr")).to_have_count(0)
     for job in runs:
-        assert httpx.get(f"{url}/jobs/{job}", timeout=10).json()["status"] == "completed"
+        assert http("GET", f"{url}/jobs/{job}").json()["status"] == "completed"
