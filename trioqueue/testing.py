@@ -98,6 +98,7 @@ from ._state import move as move
 from ._state import transition as transition
 from ._store import sqlite as sqlite_store
 from ._store.sqlite import SqliteStore as SqliteStore
+from .client import _verify as client_verify
 from .server import _app as app
 from .server import _budget as budget
 from .server import _h1 as h1
@@ -192,6 +193,7 @@ __all__ = [
     "check_json",
     "clean",
     "client_options",
+    "client_verify",
     "compute_rates",
     "connect",
     "decode",
