@@ -23,7 +23,6 @@ from functools import partial
 from typing import Any, TextIO
 from urllib.parse import quote
 
-import httpx
 import trio
 
 from ._cli_client import (
@@ -541,10 +540,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BaseException as exc:
         found = exc
+        # httpx only if a command imported it (serve and worker do not: 0.1-0.2 s).
+        httpx = sys.modules.get("httpx")
+        transport: tuple[type[BaseException], ...] = (
+            OSError,) if httpx is None else (httpx.TransportError, OSError)
         if isinstance(exc, BaseExceptionGroup):
             if _lone(exc, (KeyboardInterrupt,)) is not None:
                 return 130  # Ctrl+C while requests were in flight (enqueue --count)
-            found = _lone(exc, (UsageError, TrioQueueError, httpx.TransportError, OSError)) or exc
+            found = _lone(exc, (UsageError, TrioQueueError, *transport)) or exc
         if isinstance(found, BrokenPipeError):  # `trioqueue list | head`: stop quietly
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())  # so the exit's flush of stdout is quiet
@@ -560,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"trioqueue {args.command}: {type(found).__name__}: {found}{hint}",
                   file=sys.stderr)
             return 1
-        if isinstance(found, (httpx.TransportError, OSError)):
+        if isinstance(found, transport):
             print(f"trioqueue {args.command}: {transport_failure(found)}", file=sys.stderr)
             return 1
         raise
