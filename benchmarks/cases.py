@@ -1,4 +1,4 @@
-"""The plan: every case of every scenario, with full and ``--quick`` sizes.
+"""The plan: every case of every scenario, with full, ``--quick`` and ``--smoke`` sizes.
 
 A case is one system measured in one scenario with fixed parameters.  Cases of the same
 ``group`` are compared with that group's bare-Trio case (its baseline), run in the same
@@ -41,6 +41,9 @@ class Sizes:
     redis_n: int = 10_000  # trioqueue on Redis: jobs per throughput case
     redis_peer_n: int = 2_000  # SAQ, streaq, arq, dramatiq beside it (100-2,000 jobs/s)
     redis_latency_n: int = 1_000  # 2 s at 500 jobs/s
+    dashboard_rounds: int = 3  # http/post-dashboard: rounds of (none, dashboard) ...
+    dashboard_s: float = 2.5  # ... of this many seconds of load each
+    dashboard_client: str = "auto"  # browser where Chromium is installed, else websocket
 
 
 FULL = Sizes(noop_n=200_000, peer_n=5_000, sync1_n=10_000, latency_s=2.0,
@@ -48,7 +51,19 @@ FULL = Sizes(noop_n=200_000, peer_n=5_000, sync1_n=10_000, latency_s=2.0,
              http_n=5_000, fanout_n=1_000, wrk_s=5.0, timeout=900.0)
 QUICK = Sizes(noop_n=5_000, peer_n=200, sync1_n=200, latency_s=0.2, latency_peer_max=200,
               io_n=200, memory_n=10_000, priorities_s=0.3, http_n=200, fanout_n=50,
-              wrk_s=1.0, timeout=120.0, redis_n=500, redis_peer_n=100, redis_latency_n=100)
+              wrk_s=1.0, timeout=120.0, redis_n=500, redis_peer_n=100, redis_latency_n=100,
+              dashboard_rounds=1, dashboard_s=0.5, dashboard_client="websocket")
+SMOKE = Sizes(noop_n=1_200, peer_n=50, sync1_n=50, latency_s=0.05, latency_peer_max=50,
+              io_n=100, memory_n=1_000, priorities_s=0.3, http_n=32, fanout_n=8,
+              wrk_s=1.0, timeout=60.0, redis_n=50, redis_peer_n=20, redis_latency_n=20,
+              dashboard_rounds=1, dashboard_s=0.5, dashboard_client="websocket")
+"""``--smoke`` (the test suite's run): every case once with the least work that still
+takes each through its code: ``noop_n`` above the default capacity of 1,000 (so
+``nowait-retry`` meets QueueFull) and not a multiple of 1,000 (so ``many-1000`` sends a
+short last batch); 32 POSTs, one per client.  What runs for a time rather than a count
+keeps ``QUICK``'s: ``wrk`` counts whole seconds only, and on a loaded machine 0.1 s of
+``priorities`` picked no job at all (ZeroDivisionError) and 0.2 s of dashboard load can
+answer none."""
 REDIS_LATENCY_RATE = 500
 """Jobs/s offered in the ``redis-latency@500`` group (the issue's p99 target is there)."""
 
@@ -266,12 +281,11 @@ def plan(sizes: Sizes) -> list[Case]:
         add(f"http/fanout-{k}", "http", f"http-fanout-{k}", "trioqueue-http",
             f"trioqueue serve: websocket /events fan-out to {k} client(s)", "fanout",
             {"n": sizes.fanout_n, "clients": k}, server)
-    quick = sizes.wrk_s < FULL.wrk_s
     add("http/post-dashboard", "http", "http-post-dashboard", "trioqueue-dashboard",
         "trioqueue serve: POST /jobs with one dashboard open (Chromium where installed), "
         "interleaved with none", "post_dashboard",
-        {"rounds": 1 if quick else 3, "seconds": 0.5 if quick else 2.5,
-         "client": "websocket" if quick else "auto"}, server)
+        {"rounds": sizes.dashboard_rounds, "seconds": sizes.dashboard_s,
+         "client": sizes.dashboard_client}, server)
 
     # -- Redis: nodes in processes of their own, beside the Redis peers ---------------
     # (benchmarks/sys_redis.py; docs/benchmarks.md#redis).  Group ``redis`` has no

@@ -11,6 +11,7 @@ Skipped, with the reason, while the server and CLI (another issue) have not land
 from __future__ import annotations
 
 import contextlib
+import http.client
 import importlib.util
 import json
 import os
@@ -53,6 +54,20 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _healthy(port: int) -> bool:
+    """GET /healthz answered 200.  With http.client, not ``httpx.get``: each of those
+    builds a client and its TLS context (some 50 ms of CPU), 20 times a second while
+    the server starts on the same cores."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=0.5)
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
 @contextlib.contextmanager
 def _server(workers: int = 4, capacity: int = 100_000) -> Iterator[tuple[str, int]]:
     port = _free_port()
@@ -61,19 +76,14 @@ def _server(workers: int = 4, capacity: int = 100_000) -> Iterator[tuple[str, in
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://{HOST}:{port}"
     try:
-        import httpx
-
         deadline = time.monotonic() + 15.0
         while True:
             if proc.poll() is not None:
                 err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
                 raise Skip(f"`trioqueue serve` exited with {proc.returncode}: "
                            + (err.strip().splitlines() or ["(no output)"])[-1][:200])
-            try:
-                if httpx.get(f"{base}/healthz", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+            if _healthy(port):
+                break
             if time.monotonic() > deadline:
                 raise RuntimeError("`trioqueue serve` did not answer /healthz within 15 s")
             time.sleep(0.05)

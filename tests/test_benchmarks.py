@@ -1,7 +1,10 @@
-"""The benchmark harness cannot rot: ``python -m benchmarks --quick`` runs end to end.
+"""The benchmark harness cannot rot: ``python -m benchmarks --smoke`` runs every case of
+the plan end to end (the ``--quick`` cases, with the least work that takes each through
+its code, several to a child process).
 
-Nothing here asserts anything about speed: only that every scenario is in the JSON, that
-each case either measured something or says why it was skipped, and that none failed.
+Nothing here asserts anything about speed: only that every scenario and every case is in
+the JSON, that each case either measured something or says why it was skipped, and that
+none failed.
 Peers (huey, SAQ, streaq) are installed by the ``bench`` extra only; where they are
 missing their cases must be skipped with a reason, which is checked too.
 """
@@ -26,15 +29,19 @@ ALWAYS_MEASURED = {  # need nothing beyond the test extra
 
 @pytest.mark.slow
 def test_quick_run_produces_every_scenario(tmp_path: Path) -> None:
+    from benchmarks.cases import SMOKE, plan
+
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--no-peers", "--jobs", "2",
+        [sys.executable, "-m", "benchmarks", "--smoke", "--no-peers", "--jobs", "2",
          "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     doc = json.loads(out.read_text())
+    assert doc["meta"]["smoke"] is True
     cases = {c["id"]: c for c in doc["cases"]}
+    assert list(cases) == [c.id for c in plan(SMOKE) if not c.peer]  # none vanished
     assert {c["scenario"] for c in doc["cases"]} == SCENARIOS
     assert ALWAYS_MEASURED <= set(cases)
     for case in doc["cases"]:
@@ -51,6 +58,26 @@ def test_quick_run_produces_every_scenario(tmp_path: Path) -> None:
         if case["skipped"] is not None:
             assert f"skipped: {case['skipped']}" in proc.stdout
     assert "1 (baseline)" in proc.stdout
+
+
+def test_smoke_plans_every_quick_case() -> None:
+    """``--smoke`` (the run above) runs the cases of ``--quick`` with other counts: the
+    same cases, systems, functions and parameter names; ``--quick`` keeps its sizes."""
+    from benchmarks.cases import QUICK, SMOKE, Sizes, plan
+
+    def shape(sizes: Sizes) -> list[tuple[str, str, str, list[str], bool]]:
+        return [(c.id, c.system, c.func, sorted(c.params), c.peer) for c in plan(sizes)]
+
+    assert shape(SMOKE) == shape(QUICK)
+    dashboard = next(c for c in plan(QUICK) if c.id == "http/post-dashboard")
+    assert dashboard.params == {"rounds": 1, "seconds": 0.5, "client": "websocket"}
+
+
+def test_smoke_and_quick_exclude_each_other() -> None:
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--smoke"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "not allowed with argument" in proc.stderr
 
 
 def test_watchers_runs_every_case() -> None:
