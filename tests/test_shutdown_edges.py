@@ -222,3 +222,28 @@ def test_a_node_told_to_stop_while_redis_does_not_answer_stops_then(command: str
     assert proc.returncode == 0, (out, err[-3000:])
     assert "SIGTERM while the queue opens: stopping" in err
     assert "cannot use redis" not in err
+
+
+async def test_a_queue_cancelled_from_outside_says_what_it_cut_off(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deadline around ``open_queue`` with two jobs running: they ended FAILED
+    (memory mode) and the log said "0 in flight", nothing of them."""
+    registry = trioqueue.TaskRegistry()
+    running = trio.Event()
+
+    @registry.task()
+    async def slow(job: trioqueue.Job) -> None:
+        running.set()
+        await trio.sleep(1000)
+
+    with trio.move_on_after(10):
+        async with trioqueue.open_queue(registry, trioqueue.QueueConfig(workers=2)) as q:
+            for _ in range(3):
+                await q.enqueue("slow")
+            await running.wait()
+            await trio.sleep_forever()
+    assert ("cancelled from outside: 2 running jobs interrupted at once (failed: aborted: "
+            "the queue was cancelled)") in caplog.text
+    metrics = q.metrics()
+    assert (metrics.failed, metrics.dropped) == (2, 1)

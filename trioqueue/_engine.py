@@ -39,7 +39,7 @@ from ._progress import Progress
 from ._queue import JobQueue, QueueCore
 from ._registry import TaskRegistry
 from ._stats import Stats
-from ._workers import Lifecycle, Workers
+from ._workers import ABORTED_AT_ONCE, Lifecycle, Workers
 
 log = logging.getLogger("trioqueue")
 
@@ -319,6 +319,12 @@ class _Run:
         what memory mode drops, end the subscribers' channels."""
         core = self._core
         core.life.closed = True
+        if core.workers.cut_at_once:  # (the shutdown's own log counted none of them)
+            log.warning(
+                "trioqueue: cancelled from outside: %s interrupted at once (%s)",
+                _counted(core.workers.cut_at_once, "running job"),
+                "recorded as queued, the attempt counted" if core.backend.persistent
+                else f"failed: {ABORTED_AT_ONCE}")
         core.backend.wake_all_waiters()
         queued, scheduled = core.backend.drop_leftovers()
         if queued or scheduled:

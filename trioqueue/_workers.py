@@ -124,6 +124,9 @@ class Workers:
         """``report_progress`` calls' state (the engine sets it)."""
         self.done = trio.Event()
         """Set when the last worker has returned."""
+        self.cut_at_once = 0
+        """Jobs interrupted by a cancel of the queue from outside, not by the shutdown's
+        ``shutdown_timeout`` (a deadline around ``open_queue``, a second Ctrl+C)."""
         if not self.slots:  # workers=0: a Redis node that runs no jobs
             self.done.set()
 
@@ -172,6 +175,8 @@ class Workers:
             # memory mode it ends FAILED (put back, it would be dropped with the queued
             # jobs, the attempt it began lost without a trace); otherwise back to QUEUED
             # with the attempt counted.
+            if slot.current is not None and not life.cutting_off:
+                self.cut_at_once += 1  # cancelled from outside: said in the log at close
             if not self._backend.persistent:
                 self._abort(slot, ABORTED if life.cutting_off else ABORTED_AT_ONCE)
             else:
