@@ -250,3 +250,24 @@ async def test_coredis_failed_connection_attempts_are_one_line(
                                        "no answer within connect_timeout, or the client "
                                        "closed)")
         assert "\n" not in logging.Formatter().format(record)
+
+
+async def test_a_redis_that_hangs_through_a_close_is_said_to_have_left_jobs_behind(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis stopped answering as a node closed: the close gave up after its budget,
+    then logged "trioqueue closed" and the worker exited 0, with its running jobs still
+    PROCESSING in Redis (until their lease) and not a word about it."""
+    from trioqueue.testing import redis_backend
+
+    monkeypatch.setattr(redis_backend, "CLOSE_BUDGET", 0.3)
+    async with own_redis(tmp_path) as redis:
+        config = QueueConfig(redis_url=redis.url, queue_name=unique("hang"), lease=1.5)
+        try:
+            async with trioqueue.open_queue(_registry(), config):
+                os.kill(_pid(redis), signal.SIGSTOP)
+        finally:
+            os.kill(_pid(redis), signal.SIGCONT)
+    assert re.search(r"redis did not answer node \S+'s last calls within 0\.3 s of the "
+                     r"close: the jobs it was running or handing back may still show as "
+                     r"processing", caplog.text), caplog.text

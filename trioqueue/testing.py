@@ -67,6 +67,7 @@ from ._redis import RedisState as RedisState
 from ._redis import RedisUnavailable as RedisUnavailable
 from ._redis import StoredJob as StoredJob
 from ._redis import at_open as at_open
+from ._redis import backend as redis_backend
 from ._redis import canonical_digest as canonical_digest
 from ._redis import connect as connect
 from ._redis import paths as redis_paths
@@ -227,6 +228,7 @@ __all__ = [
     "parse_list_query",
     "read_limits",
     "reads",
+    "redis_backend",
     "redis_paths",
     "refusal",
     "render",

@@ -45,3 +45,23 @@ def log_refused(outcomes: Sequence[Outcome], results: Sequence[str], lost: bool,
     if moved_on:
         log.warning("trioqueue: %d outcome(s) refused, the job's lease moved on (it was "
                     "taken by another node): %s", len(moved_on), some(moved_on))
+
+
+def log_close(node: str, lost: int, which: str, pending: int, unanswered: float | None
+              ) -> None:
+    """What a node's close could not do: ``lost`` jobs (``which``) that
+    ``enqueue_nowait`` accepted and never wrote; ``pending`` outcomes never sent;
+    ``unanswered``, the seconds after which it gave up waiting for Redis' answer to its
+    last calls (the running jobs it handed back, the outcomes it sent, its own removal:
+    maybe not done)."""
+    if lost:
+        log.error("trioqueue: %d jobs accepted by enqueue_nowait were never written to redis "
+                  "(no room or no redis in the close's time) and are lost: %s", lost, which)
+    if pending:
+        log.warning("trioqueue: %d outcomes not sent to redis at close (those jobs run "
+                    "again after their lease)", pending)
+    if unanswered is not None:
+        log.warning("trioqueue: redis did not answer node %s's last calls within %s s of "
+                    "the close: the jobs it was running or handing back may still show "
+                    "as processing, and run again on another node after their lease",
+                    node, unanswered)

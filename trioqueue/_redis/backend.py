@@ -52,6 +52,7 @@ from ._cluster import cluster_workers
 from ._intake import RETRY_BACKOFF, NodeIntake
 from ._limits import read_limits
 from ._node import NodeCore
+from ._nodelog import log_close
 from ._outage import Outage, stall_bound
 from ._outbox import Outbox, describe
 from ._reader import PRIO_BY_LABEL, READER_BLOCK_MS, Waker
@@ -326,31 +327,29 @@ class RedisBackend(NodeIntake):
                 self._stop = True
                 self._kick.set()
                 self._flush.set()
+                unanswered = False
                 if self._state is not None and not self._disconnected:
                     with trio.move_on_after(CLOSE_BUDGET):
                         try:
                             await self._state.stop_waiting(self.node)
                         except RedisUnavailable:
                             pass
-                    with trio.move_on_after(CLOSE_BUDGET + 1.5):
+                    with trio.move_on_after(CLOSE_BUDGET + 1.5) as fetching:
                         await self._fetcher_done.wait()
+                    unanswered = fetching.cancelled_caught
                     with trio.move_on_after(CLOSE_BUDGET):
                         await self._outbox.empty()
-                    with trio.move_on_after(CLOSE_BUDGET):
+                    with trio.move_on_after(CLOSE_BUDGET) as removing:
                         try:
                             await self._state.remove_node(self.node)
                         except RedisUnavailable as exc:
                             log.warning("trioqueue: could not remove node %s: %s",
                                         self.node, exc)
+                    if removing.cancelled_caught:
+                        unanswered = True
                 lost = self._outbox.abandon()
-                if lost:
-                    log.error("trioqueue: %d jobs accepted by enqueue_nowait were never "
-                              "written to redis (no room or no redis within %s s of the "
-                              "close) and are lost: %s", len(lost), CLOSE_BUDGET,
-                              describe(lost))
-                if self._pending:
-                    log.warning("trioqueue: %d outcomes not sent to redis at close (those "
-                                "jobs run again after their lease)", len(self._pending))
+                log_close(self.node, len(lost), describe(lost) if lost else "",
+                          len(self._pending), CLOSE_BUDGET if unanswered else None)
             finally:
                 self._closed.set()  # (the node's tasks end: run() waits for this)
 
