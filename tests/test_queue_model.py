@@ -15,6 +15,11 @@ How it runs.  The queue lives in ``trio.run`` in a thread of its own, on a
 ``MockClock`` that moves only when a rule moves it; rules call into that thread with
 ``trio.from_thread.run`` and then wait until the queue is quiet (every task blocked and no
 store thread at work).  Time, not threads, decides what happens, so a run is repeatable.
+The same call then reads the queue back (jobs, metrics, handler runs): nothing can change
+it until the next call, so the rule's own checks and the invariant use that one reading
+(one trip into the queue's thread for a rule, where there were three or four: each trip
+costs two thread switches, more than most rules' work).  The SQLite store lives in RAM
+(``/dev/shm`` where there is one): the machine checks what the queue does, not the disk.
 
 What the model leaves open.  Which worker runs a job never matters.  The picker between
 priorities is the documented smooth weighted round robin (docs/architecture.md), so the
@@ -30,11 +35,13 @@ unknown until a worker finds nothing to do, which clears it.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +82,9 @@ Q, S, P = JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.PROCESSING
 C, F, X = JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED
 IDS = ("a", "b", "c", "d", "e")
 """Ids given to enqueue (others are generated), so repeats and clashes happen."""
+STORE_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+"""Where the stores go: a tmpfs, so that SQLite's fsyncs (creating the file, the checkpoint
+at every close) cost nothing; the default temporary directory where there is none."""
 
 
 def backoff(attempt: int) -> float:
@@ -246,16 +256,19 @@ async def settle() -> None:
         await trio.testing.wait_all_tasks_blocked(IDLE / 2)
 
 
-async def guarded(fn: Any, *args: Any) -> Any:
-    """``await fn(*args)``, then :func:`settle`; raise :class:`Deadlock` if the queue goes
-    quiet (every task blocked, no thread at work) while ``fn`` has not returned: the clock
-    only moves when a rule moves it, so nothing would ever wake it."""
+async def guarded(fn: Any, *args: Any, then: Any = None) -> Any:
+    """``await fn(*args)``, then :func:`settle`, then ``await then()`` if given; raise
+    :class:`Deadlock` if the queue goes quiet (every task blocked, no thread at work) while
+    ``fn`` has not returned: the clock only moves when a rule moves it, so nothing would
+    ever wake it."""
     result: list[Any] = []
     threads = trio.to_thread.current_default_thread_limiter()
 
     async def run(cancel_scope: trio.CancelScope) -> None:
         result.append(await fn(*args))
         await settle()
+        if then is not None:
+            await then()
         cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:
@@ -273,6 +286,16 @@ async def guarded(fn: Any, *args: Any) -> Any:
 class Control:
     fail: bool = False
     go: trio.Event = attrs.Factory(trio.Event)
+
+
+@attrs.frozen
+class Seen:
+    """The queue read back through the public API once it is quiet."""
+
+    jobs: dict[str, Job]
+    metrics: trioqueue.Metrics
+    invocations: dict[str, int]
+    """Handler runs per job id."""
 
 
 class QueueThread:
@@ -293,6 +316,8 @@ class QueueThread:
         self.token: trio.lowlevel.TrioToken | None = None
         self.started = threading.Event()
         self.error: BaseException | None = None
+        self.seen: Seen | None = None
+        """The queue as the last :meth:`run` left it (``None`` while closed)."""
 
         @self.registry.task(name="work")
         async def work(job: Job) -> dict[str, int]:
@@ -338,38 +363,60 @@ class QueueThread:
             self.closed.set()
 
     def call(self, fn: Any, *args: Any) -> Any:
-        """Run ``await fn(queue, *args)`` in the queue's thread, then wait until quiet."""
+        """Run ``await fn(queue, *args)`` in the queue's thread, as :meth:`run` does."""
 
         assert self.q is not None
         return self.run(fn, self.q, *args)
 
     def run(self, fn: Any, *args: Any) -> Any:
-        """Run ``await fn(*args)`` in the queue's thread, then wait until quiet."""
+        """Run ``await fn(*args)`` in the queue's thread, wait until quiet, then read the
+        queue back into :attr:`seen` (one trip into the thread)."""
         if self.error is not None:
             raise self.error
-        return trio.from_thread.run(guarded, fn, *args, trio_token=self.token)
+        self.seen = None
+        return trio.from_thread.run(partial(guarded, fn, *args, then=self.look),
+                                    trio_token=self.token)
 
-    async def open(self) -> None:
+    async def look(self) -> None:
+        """Read the queue back into :attr:`seen` (in the queue's thread, once quiet)."""
+        if self.q is None:
+            self.seen = None
+            return
+        jobs = await self.q.list_jobs(limit=100_000)
+        self.seen = Seen({job.id: job for job in jobs}, self.q.metrics(),
+                         dict(self.invocations))
+
+    async def open(self) -> tuple[float, float]:
+        """Open the queue; once it is quiet, return trio's time and :func:`_wall_offset`."""
         self.opened = trio.Event()
         self.go.set()
         await self.opened.wait()
+        await settle()
+        assert self.q is not None
+        return trio.current_time(), await _wall_offset(self.q)
 
     async def close(self) -> None:
         self.closed = trio.Event()
         self.closing.set()
         await self.closed.wait()
 
+    async def reopen(self) -> float:
+        """Close, and once quiet open again; returns the new :func:`_wall_offset`."""
+        await self.close()
+        await settle()
+        return (await self.open())[1]
+
     def stop(self) -> None:
         try:
             if self.error is None and self.thread.is_alive():
-                if self.q is not None:
-                    self.run(self.close)
 
                 async def stop() -> None:
+                    if self.q is not None:
+                        await guarded(self.close)
+                    # Not guarded: the run ends right after this returns.
                     self.stopping = True
                     self.go.set()
 
-                # Not guarded: the run ends right after this returns.
                 trio.from_thread.run(stop, trio_token=self.token)
         finally:
             self.thread.join(30)
@@ -399,7 +446,7 @@ class QueueMachine(RuleBasedStateMachine):
     def open_queue(self, workers: int, durability: str) -> None:
         store: dict[str, Any] = {}
         if self.persist:
-            self.tmp = tempfile.mkdtemp(prefix="trioqueue-model-")
+            self.tmp = tempfile.mkdtemp(prefix="trioqueue-model-", dir=STORE_DIR)
             store = {"persist_path": Path(self.tmp) / "q.db", "durability": durability}
         config = QueueConfig(
             workers=workers, capacity=1000, retry_base=UNIT, retry_factor=2.0,
@@ -408,9 +455,7 @@ class QueueMachine(RuleBasedStateMachine):
         )
         self.model = Model(workers=workers)
         self.queue = QueueThread(config)
-        self.queue.run(self.queue.open)
-        self.model.now = self.queue.run(_now)
-        self.model.wall = self.queue.call(_wall_offset)
+        self.model.now, self.model.wall = self.queue.run(self.queue.open)
 
     def teardown(self) -> None:
         try:
@@ -432,9 +477,14 @@ class QueueMachine(RuleBasedStateMachine):
         assert self.queue is not None
         return self.queue
 
+    @property
+    def seen(self) -> Seen:
+        """The queue after the last call into it: every rule ends with one."""
+        assert self.t.seen is not None, "the queue was not read back after the last call"
+        return self.t.seen
+
     def look(self) -> dict[str, Job]:
-        jobs = self.t.call(_list_all)
-        return {job.id: job for job in jobs}
+        return self.seen.jobs
 
     def after_step(self) -> None:
         """The model's workers take jobs; match the picks to what the queue did."""
@@ -591,7 +641,7 @@ class QueueMachine(RuleBasedStateMachine):
                 assert got.error == job.error
             if job.status is S:
                 assert got.scheduled_for == job.scheduled_for
-        metrics, invocations = self.t.call(_metrics_and_runs, self.t)
+        metrics, invocations = self.seen.metrics, self.seen.invocations
         queued = {LABELS[p]: m.queued(p) for p in range(3)}
         scheduled = sum(1 for j in m.jobs.values() if j.status is S)
         assert metrics.queued == queued
@@ -613,15 +663,13 @@ class StoreMachine(QueueMachine):
         """Close (jobs still running are cut off at once: queued, their attempt counted)
         and open the same store again."""
         m = self.m
-        self.t.run(self.t.close)
+        m.wall = self.t.run(self.t.reopen)
         for job_id in m.processing:
             m.jobs[job_id].status = Q
         m.processing.clear()
         m.counts.clear()
         m.credit = [0, 0, 0]
         m.picker_known = False
-        self.t.run(self.t.open)
-        m.wall = self.t.call(_wall_offset)
         queued = []
         for job in m.jobs.values():
             if job.status is not Q:
@@ -643,19 +691,11 @@ class StoreMachine(QueueMachine):
 # --------------------------------------------------------------------------- steps
 
 
-async def _now() -> float:
-    return trio.current_time()
-
-
 async def _wall_offset(q: JobQueue) -> float:
     """The queue's wall clock minus trio's clock (a ``metrics`` event comes at once)."""
     async with q.subscribe(buffer=1, metrics=True) as events:
         event = events.receive_nowait()
     return event.at - trio.current_time()
-
-
-async def _list_all(q: JobQueue) -> list[Job]:
-    return await q.list_jobs(limit=100_000)
 
 
 async def _enqueue(q: JobQueue, nowait: bool, kwargs: dict[str, Any]) -> Job | Exception:
@@ -687,12 +727,6 @@ async def _retry(q: JobQueue, job_id: str) -> Job | Exception:
         return await q.retry(job_id)
     except InvalidTransition as exc:
         return exc
-
-
-async def _metrics_and_runs(
-    q: JobQueue, queue: QueueThread
-) -> tuple[trioqueue.Metrics, dict[str, int]]:
-    return q.metrics(), dict(queue.invocations)
 
 
 QueueMachine.TestCase.settings = settings(

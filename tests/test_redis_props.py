@@ -11,6 +11,10 @@ After every operation the whole queue is read back and checked:
   released job may go over: it was admitted already);
 * outcomes are applied only under the current fence and owner, else refused and nothing
   changes; ``attempts <= fence``; the totals agree with what was accepted.
+
+The read-backs are pipelined (a few round trips per check, not one per key and job), and
+the ``park:*`` keys are listed with a ``SCAN`` of a large ``COUNT`` (the shared Redis may
+hold many other keys; ``COUNT`` 10, the default, took a round trip per ten of them).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from trioqueue import InvalidTransition, JobNotFound, QueueFull
 from trioqueue.testing import Admission, NewJob, Outcome, RedisState, connect
 
 CAPACITY = 3
+SCAN_COUNT = 10_000
+"""``SCAN``'s ``COUNT`` for the ``park:*`` keys: one round trip unless Redis holds more."""
 LABELS = ("high", "medium", "low")
 TARGET = {"completed": "completed", "failed": "failed", "retry": "scheduled",
           "cancelled": "cancelled", "released": "queued", "unstarted": "queued"}
@@ -73,9 +79,16 @@ class Model:
 
     async def lens(self) -> list[int]:
         """Queued jobs per priority: its ready list and its parked lists."""
-        n = [await self.r.llen(self.key(f"ready:{label}")) for label in LABELS]
-        for member in await self.r.smembers(self.key("parked")):
-            n[int(member[0]) - 1] += await self.r.llen(self.key(f"park:{member}"))
+        async with self.r.pipeline(transaction=False) as pipe:
+            ready = [pipe.llen(self.key(f"ready:{label}")) for label in LABELS]
+            parked = pipe.smembers(self.key("parked"))
+        n = [await length for length in ready]
+        members = await parked
+        if members:
+            async with self.r.pipeline(transaction=False) as pipe:
+                lengths = [(m, pipe.llen(self.key(f"park:{m}"))) for m in members]
+            for member, length in lengths:
+                n[int(member[0]) - 1] += await length
         return n
 
     def expected(self, rec: dict[str, str], node: str, fence: int, kind: str) -> str:
@@ -190,30 +203,62 @@ class Model:
 
     async def check(self) -> None:
         r = self.r
-        ready = {label: await r.lrange(self.key(f"ready:{label}"), 0, -1) for label in LABELS}
-        members = await r.smembers(self.key("parked"))
-        park_keys = {k async for k in r.scan_iter(match=self.key("park:*"))}
+        ids = list(self.ids)
+        # Round trip 1: the lists, the sets and every job's record.
+        async with r.pipeline(transaction=False) as pipe:
+            ready_q = {label: pipe.lrange(self.key(f"ready:{label}"), 0, -1)
+                       for label in LABELS}
+            members_q = pipe.smembers(self.key("parked"))
+            sched_q = pipe.zrange(self.key("sched"), 0, -1)
+            leases_q = pipe.zrange(self.key("leases"), 0, -1)
+            recs_q = [pipe.hgetall(self.key(f"job:{job_id}")) for job_id in ids]
+            scan_q = pipe.scan(0, match=self.key("park:*"), count=SCAN_COUNT)
+        only_ready = {label: list(await q) for label, q in ready_q.items()}
+        members = await members_q
+        sched = set(await sched_q)
+        leases = set(await leases_q)
+        recs = {job_id: dict(await q) for job_id, q in zip(ids, recs_q, strict=True)}
+        cursor, keys = await scan_q
+        park_keys = set(keys)
+        while cursor:  # a Redis holding more than SCAN_COUNT keys
+            cursor, keys = await r.scan(cursor, match=self.key("park:*"), count=SCAN_COUNT)
+            park_keys |= set(keys)
         assert park_keys == {self.key(f"park:{m}") for m in members}
-        parked = {m: await r.lrange(self.key(f"park:{m}"), 0, -1) for m in members}
-        for m, ids in parked.items():
-            assert ids, m
-            assert m.split(":", 1)[1] not in (TASKS["a"] or ()), (m, ids)
-            ready[LABELS[int(m[0]) - 1]] += ids
-        sched = set(await r.zrange(self.key("sched"), 0, -1))
-        leases = set(await r.zrange(self.key("leases"), 0, -1))
-        in_ready = [i for ids in ready.values() for i in ids]
+        # Round trip 2: what those name (the parked lists; where finished jobs are kept).
+        finished = [job_id for job_id, rec in recs.items()
+                    if rec["status"] not in ("queued", "scheduled", "processing")]
+        parked_q: dict[str, Any] = {}
+        kept_q: dict[str, tuple[Any, ...]] = {}
+        if members or finished:
+            async with r.pipeline(transaction=False) as pipe:
+                parked_q = {m: pipe.lrange(self.key(f"park:{m}"), 0, -1) for m in members}
+                for job_id in finished:
+                    status = recs[job_id]["status"]
+                    kept_q[job_id] = (
+                        pipe.zscore(self.key(f"idx:{status}"), job_id),
+                        pipe.zscore(self.key("idx:all"), job_id),
+                        pipe.zscore(self.key(f"ended:{status}"), job_id),
+                        pipe.pttl(self.key(f"job:{job_id}")),
+                    )
+        parked = {m: list(await q) for m, q in parked_q.items()}
+        kept = {job_id: [await q for q in qs] for job_id, qs in kept_q.items()}
+        ready = {label: list(ids_) for label, ids_ in only_ready.items()}
+        for m, parked_ids in parked.items():
+            assert parked_ids, m
+            assert m.split(":", 1)[1] not in (TASKS["a"] or ()), (m, parked_ids)
+            ready[LABELS[int(m[0]) - 1]] += parked_ids
+        in_ready = [i for ids_ in ready.values() for i in ids_]
         assert len(in_ready) == len(set(in_ready)), ready
         delayed = [0, 0, 0]
-        for job_id in self.ids:
-            rec = await self.rec(job_id)
+        for job_id in ids:
+            rec = recs[job_id]
             status = rec["status"]
             where = [job_id in in_ready, job_id in sched, job_id in leases]
             assert int(rec["attempts"]) <= int(rec["fence"]), rec
             if status == "queued":
                 assert where == [True, False, False], (job_id, rec, where)
                 assert job_id in ready[LABELS[int(rec["prio"])]]
-                if job_id not in await r.lrange(self.key(f"ready:{LABELS[int(rec['prio'])]}"),
-                                                0, -1):
+                if job_id not in only_ready[LABELS[int(rec["prio"])]]:
                     assert job_id in parked[f"{int(rec['prio']) + 1}:{rec['task']}"]
             elif status == "scheduled":
                 assert where == [False, True, False], (job_id, rec, where)
@@ -221,19 +266,19 @@ class Model:
                 assert where == [False, False, True], (job_id, rec, where)
             else:
                 assert where == [False, False, False], (job_id, rec, where)
+                in_status, in_all, ended, pttl = kept[job_id]
                 # Listed by creation (its idx:all score); reaped by finish time.
-                assert await r.zscore(self.key(f"idx:{status}"), job_id) == await r.zscore(
-                    self.key("idx:all"), job_id), (job_id, status)
-                assert await r.zscore(self.key(f"ended:{status}"), job_id) is not None
-                assert await r.pttl(self.key(f"job:{job_id}")) > 0
+                assert in_status == in_all, (job_id, status)
+                assert ended is not None
+                assert pttl > 0
             if rec.get("dslot"):
                 assert status == "scheduled"
                 delayed[int(rec["prio"])] += 1
-        assert set(in_ready) | sched | leases <= set(self.ids)
+        assert set(in_ready) | sched | leases <= set(ids)
         counts = await self.s.counts()
-        assert list(counts.queued) == [len(ids) for ids in ready.values()]
+        assert list(counts.queued) == [len(ids_) for ids_ in ready.values()]
         assert counts.delayed == tuple(delayed)
-        assert counts.total("enqueued") == len(self.ids)
+        assert counts.total("enqueued") == len(ids)
         assert counts.processing == len(leases)
         assert counts.scheduled == len(sched)
 
