@@ -550,5 +550,10 @@ def test_certificates_are_loaded_only_where_tls_may_be_spoken(
         monkeypatch.delenv(name, raising=False)
     assert client_verify("http://127.0.0.1:8080") is False
     assert client_verify("https://queue.example") is True
-    monkeypatch.setenv("HTTPS_PROXY", "https://proxy.example:3128")
-    assert client_verify("http://127.0.0.1:8080") is True
+    monkeypatch.setenv("HTTPS_PROXY", "https://proxy.example:3128")  # not for http://
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    assert client_verify("http://127.0.0.1:8080") is False
+    for name in ("HTTP_PROXY", "ALL_PROXY"):  # http:// through it: maybe over TLS
+        with monkeypatch.context() as env:
+            env.setenv(name, "https://proxy.example:3128")
+            assert client_verify("http://127.0.0.1:8080") is True

@@ -180,9 +180,11 @@ async def test_a_server_told_to_stop_as_it_starts_runs_none_of_the_stored_jobs(
     stop = trio.Event()
     stop.set()  # (as the CLI's signal watcher does, while the queue opens)
     for _ in range(4):  # (it depended on which task trio ran first: 2 in 3 runs met it)
+        opened = trio.Event()  # (the CLI's: a signal before it is set stops the opening)
         async with trio.open_nursery() as nursery:
             await nursery.start(partial(serve, registry, config, ServerSettings(port=0),
-                                        stop=stop))
+                                        stop=stop, opened=opened))
+            assert opened.is_set()
     assert started == []
     async with trioqueue.open_queue(registry, attrs.evolve(config, workers=1)) as q:
         for i in range(3):
@@ -243,7 +245,74 @@ async def test_a_queue_cancelled_from_outside_says_what_it_cut_off(
                 await q.enqueue("slow")
             await running.wait()
             await trio.sleep_forever()
-    assert ("cancelled from outside: 2 running jobs interrupted at once (failed: aborted: "
-            "the queue was cancelled)") in caplog.text
+    assert ("2 running jobs interrupted at once, without shutdown_timeout (the code around "
+            "the queue was cancelled, or an engine task failed): failed: aborted: the queue "
+            "was cancelled") in caplog.text
     metrics = q.metrics()
     assert (metrics.failed, metrics.dropped) == (2, 1)
+
+
+CTRL_C_AT_OPEN = textwrap.dedent("""
+    import os, signal, sqlite3, sys
+    import trio, trioqueue
+    from trioqueue.testing import SqliteStore
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    path = sys.argv[1]
+    registry = trioqueue.TaskRegistry()
+    config = trioqueue.QueueConfig(persist_path=path)
+
+    async def first():
+        async with trioqueue.open_queue(registry, config):
+            pass
+
+    trio.run(first)
+    real = SqliteStore.open.__func__
+
+    def opened_then_ctrl_c(cls, *args, **kwargs):
+        store = real(cls, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # the file is open: Ctrl+C now
+        return store
+
+    SqliteStore.open = classmethod(opened_then_ctrl_c)
+
+    async def main():
+        async with trioqueue.open_queue(registry, config):
+            print("opened")
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt")
+    with sqlite3.connect(path) as db:
+        print("clean", db.execute("SELECT value FROM meta WHERE key = 'clean'").fetchone()[0])
+""")
+
+
+def test_a_ctrl_c_as_the_store_opens_leaves_the_file_clean(tmp_path: Path) -> None:
+    """In a program without signal handling of its own, Ctrl+C comes as a
+    ``KeyboardInterrupt`` where a cancel would: the file is as clean as it was."""
+    proc = subprocess.run([sys.executable, "-c", CTRL_C_AT_OPEN, str(tmp_path / "q.db")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.stdout.split() == ["KeyboardInterrupt", "clean", "1"], (
+        proc.stdout, proc.stderr[-3000:])
+
+
+async def test_a_recovery_that_fails_does_not_wait_for_workers_that_never_started(
+    tmp_path: Path, autojump_clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers begin once the store's jobs are back: a recovery that raised left
+    the shutdown waiting ``shutdown_timeout`` for workers that never ran."""
+    from trioqueue.testing import LocalBackend
+
+    async def broken(self: object) -> None:
+        await trio.lowlevel.checkpoint()
+        raise trioqueue.StoreError("q.db: cannot read")
+
+    monkeypatch.setattr(LocalBackend, "recover", broken)
+    start = trio.current_time()
+    with pytest.raises(trioqueue.StoreError, match="cannot read"):
+        async with trioqueue.open_queue(trioqueue.TaskRegistry(), trioqueue.QueueConfig(
+                shutdown_timeout=30)):
+            raise AssertionError("opened")  # pragma: no cover - the recovery fails first
+    assert trio.current_time() - start < 30

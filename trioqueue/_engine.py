@@ -183,10 +183,10 @@ class _Run:
                 try:
                     await root.start(backend.run)
                 except BaseException as exc:
-                    if store is not None and store.store.was_clean and _cancelled(exc):
-                        # Cancelled as it opened: nothing read or written, the file is
-                        # closed as clean as it was (else the next open recovers "after
-                        # a crash").  One that was not clean keeps its recovery due.
+                    if store is not None and store.store.was_clean and _stopped_by_hand(exc):
+                        # Cancelled (or a Ctrl+C) as it opened: nothing read or written,
+                        # the file is closed as clean as it was (else the next open
+                        # recovers "after a crash").  One not clean keeps its recovery due.
                         await store.close()
                     named = self._named(exc)
                     if named is None:
@@ -207,7 +207,11 @@ class _Run:
                         work.start_soon(self._run_timer)
                         work.start_soon(workers.progress.run)
                         try:
-                            await backend.recover()
+                            try:
+                                await backend.recover()
+                            except BaseException:
+                                workers.done.set()  # none started: nothing to wait for
+                                raise
                             # The workers once the queue is open: a job the store gave
                             # back starts no sooner than the body could close the
                             # queue (a server told to stop as it started).
@@ -321,7 +325,8 @@ class _Run:
         core.life.closed = True
         if core.workers.cut_at_once:  # (the shutdown's own log counted none of them)
             log.warning(
-                "trioqueue: cancelled from outside: %s interrupted at once (%s)",
+                "trioqueue: %s interrupted at once, without shutdown_timeout (the code "
+                "around the queue was cancelled, or an engine task failed): %s",
                 _counted(core.workers.cut_at_once, "running job"),
                 "recorded as queued, the attempt counted" if core.backend.persistent
                 else f"failed: {ABORTED_AT_ONCE}")
@@ -382,11 +387,11 @@ def _cancelled_only(exc: BaseException) -> bool:
         isinstance(exc, BaseExceptionGroup) and not _leaves(exc))
 
 
-def _cancelled(exc: BaseException) -> bool:
-    """Whether ``exc`` is a cancel (alone, or a group of nothing else)."""
+def _stopped_by_hand(exc: BaseException) -> bool:
+    """``exc`` is a cancel or a Ctrl+C (alone, or a group of nothing else)."""
     if isinstance(exc, BaseExceptionGroup):
-        return not _leaves(exc)
-    return isinstance(exc, trio.Cancelled)
+        return all(isinstance(leaf, KeyboardInterrupt) for leaf in _leaves(exc))
+    return isinstance(exc, (trio.Cancelled, KeyboardInterrupt))
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

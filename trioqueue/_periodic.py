@@ -261,6 +261,9 @@ class Periodic:
     async def _enqueue(self, queue: JobQueue, spec: TaskSpec, due: float) -> float | None:
         """:meth:`_enqueue_run`, carried through a cancel (the shutdown's) but for
         :meth:`stop`'s grace: a run enqueued is marked."""
+        if trio.current_time() >= self._stop_at:
+            await trio.lowlevel.checkpoint()
+            return None  # (a task that only got here after the grace: nothing begun)
         with trio.CancelScope(shield=True, deadline=self._stop_at) as scope:
             self._enqueuing.add(scope)
             try:

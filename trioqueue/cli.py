@@ -89,12 +89,11 @@ def _version() -> str:
 class _Starting:
     """A node on Redis while its queue opens (a Redis slow to answer or unreachable can
     hold that for many seconds): a first signal then cancels ``scope``, the opening,
-    since the node has run nothing yet."""
+    since the node has run nothing yet (``opened`` is set once the queue is open)."""
 
     def __init__(self, scope: trio.CancelScope) -> None:
         self.scope = scope
-        self.opened = False
-        self.stopped = False
+        self.opened = trio.Event()
 
 
 async def _watch_signals(signals: AsyncIterator[int], stop: trio.Event,
@@ -105,9 +104,8 @@ async def _watch_signals(signals: AsyncIterator[int], stop: trio.Event,
     running jobs ``jobs_then``) and is kept in ``forced``."""
     async for signum in signals:
         name = signal.Signals(signum).name
-        if starting is not None and not starting.opened:
+        if starting is not None and not starting.opened.is_set():
             log.info("%s while the queue opens: stopping", name)
-            starting.stopped = True
             starting.scope.cancel()
             return
         if not stop.is_set():
@@ -137,12 +135,11 @@ async def _serve_until_signalled(
                 and config.redis_url is None else "are recorded as queued", starting)
 
             async def run_server(task_status: trio.TaskStatus[str]) -> None:
-                await serve(registry, config, settings, stop=stop, task_status=task_status)
+                await serve(registry, config, settings, stop=stop, task_status=task_status,
+                            opened=None if starting is None else starting.opened)
                 nursery.cancel_scope.cancel()  # done: stop watching for signals
 
             url = await nursery.start(run_server)
-            if starting is not None:
-                starting.opened = True
             print(f"trioqueue serving on {url}", file=out, flush=True)
             if settings.token and out.isatty():
                 # In the fragment, which browsers never send to a server; and only to a
@@ -282,7 +279,7 @@ async def _work(registry: TaskRegistry, config: QueueConfig, out: TextIO,
             nursery.start_soon(_watch_signals, signals, stop, nursery.cancel_scope, forced,
                                "go back to the queue", starting)
             async with open_queue(registry, config) as queue:
-                starting.opened = True
+                starting.opened.set()
                 assert config.redis_url is not None
                 url = None
                 if metrics is not None:  # it answers until the queue has closed

@@ -129,10 +129,10 @@ def _check_finite(**numbers: float | None) -> None:
 
 def _verify(url: str) -> bool:
     """``verify=`` for a client of ``url``: True (httpx's default) but for a plain
-    ``http://`` server reached without a proxy, where no TLS is ever spoken (redirects
-    are not followed) and the certificates httpx would load for it cost 0.1-0.2 s of
-    every CLI command's start."""
-    return not url.startswith("http://") or bool(getproxies())
+    ``http://`` server reached without a proxy (``http_proxy``, ``all_proxy``: those
+    httpx would take for it), where no TLS is ever spoken (redirects are not followed)
+    and the certificates httpx would load cost 0.1-0.2 s of every CLI command's start."""
+    return not url.startswith("http://") or bool(getproxies().keys() & {"http", "all"})
 
 
 class Client:

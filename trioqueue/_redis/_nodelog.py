@@ -61,7 +61,7 @@ def log_close(node: str, lost: int, which: str, pending: int, unanswered: float 
         log.warning("trioqueue: %d outcomes not sent to redis at close (those jobs run "
                     "again after their lease)", pending)
     if unanswered is not None:
-        log.warning("trioqueue: redis did not answer node %s's last calls within %s s of "
-                    "the close: the jobs it was running or handing back may still show "
-                    "as processing, and run again on another node after their lease",
-                    node, unanswered)
+        log.warning("trioqueue: redis did not answer node %s's last calls at its close "
+                    "(waited up to %s s for each): the jobs it was running or handing "
+                    "back may still show as processing, and run again on another node "
+                    "after their lease", node, unanswered)

@@ -349,7 +349,7 @@ class RedisBackend(NodeIntake):
                         unanswered = True
                 lost = self._outbox.abandon()
                 log_close(self.node, len(lost), describe(lost) if lost else "",
-                          len(self._pending), CLOSE_BUDGET if unanswered else None)
+                          len(self._pending), CLOSE_BUDGET + 1.5 if unanswered else None)
             finally:
                 self._closed.set()  # (the node's tasks end: run() waits for this)
 

@@ -39,10 +39,13 @@ async def _run_queue(
     config: QueueConfig,
     stop: trio.Event,
     state: ServerState,
+    opened: trio.Event | None,
     task_status: trio.TaskStatus[JobQueue] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     try:
         async with open_queue(registry, config) as queue:
+            if opened is not None:
+                opened.set()
             task_status.started(queue)
             if not stop.is_set():  # (set while the queue opened: no checkpoint, no job run)
                 await stop.wait()
@@ -60,6 +63,7 @@ async def serve(
     settings: ServerSettings | None = None,
     *,
     stop: trio.Event | None = None,
+    opened: trio.Event | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``registry``'s tasks over HTTP until ``stop`` is set, then shut down in order.
@@ -69,6 +73,8 @@ async def serve(
     begins the graceful shutdown: new jobs get 503, in-flight jobs get
     ``config.shutdown_timeout`` seconds, then the queue closes and the server stops.
     Cancelling the caller is the fast exit: running jobs are recorded back as queued.
+    ``opened``, if given, is set once the queue is open (jobs may run from then on),
+    before the HTTP server answers.
     """
     config = QueueConfig() if config is None else config
     settings = ServerSettings() if settings is None else settings
@@ -77,7 +83,7 @@ async def serve(
     # server that cannot serve never runs, claims or schedules a job.
     listeners = await trio.open_tcp_listeners(settings.port, host=settings.host)
     try:
-        await _serve(registry, config, settings, stop, listeners, task_status)
+        await _serve(registry, config, settings, stop, opened, listeners, task_status)
     finally:
         for listener in listeners:  # (closed already once served)
             await trio.aclose_forcefully(listener)
@@ -85,12 +91,13 @@ async def serve(
 
 
 async def _serve(registry: TaskRegistry, config: QueueConfig, settings: ServerSettings,
-                 stop: trio.Event, listeners: list[trio.SocketListener],
+                 stop: trio.Event, opened: trio.Event | None,
+                 listeners: list[trio.SocketListener],
                  task_status: trio.TaskStatus[str]) -> None:
     """:func:`serve` once its port is bound."""
     state = ServerState()
     async with trio.open_nursery() as nursery:
-        queue = await nursery.start(_run_queue, registry, config, stop, state)
+        queue = await nursery.start(_run_queue, registry, config, stop, state, opened)
         app = App(queue, settings, state)
         nursery.start_soon(app.history.run, queue, state.closed)  # the dashboard's chart
         url = await nursery.start(partial(
