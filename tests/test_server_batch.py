@@ -142,25 +142,41 @@ async def test_with_a_store_one_commit_and_ids_of_stored_jobs(tmp_path: Path) ->
     from trioqueue.testing import LocalBackend
 
     registry = trioqueue.TaskRegistry()
+    counted = trio.Event()
+    entered: list[str] = []
+    busy = trio.Event()
 
     @registry.task
     async def echo(job: trioqueue.Job) -> Any:
         return job.payload
 
-    # The jobs' completions are written a flush_interval later, not in the commit counted
-    # (on a loaded machine a 50 ms interval could pass within the call).
+    @registry.task
+    async def block(job: trioqueue.Job) -> None:
+        entered.append(job.id)
+        if len(entered) == 2:
+            busy.set()
+        await counted.wait()
+
+    # Nothing else changes while the batch is written: both workers are busy before it
+    # (the writer writes what changed during a commit at once after it, while its
+    # waiters have not run yet: a job started meanwhile made a second commit, once, under
+    # load), and completions come a flush_interval later.
     config = trioqueue.QueueConfig(persist_path=tmp_path / "q.db", workers=2,
                                    flush_interval=60.0)
     async with trioqueue.open_queue(registry, config) as q:
         app = App(q)
         store = LocalBackend.of(q).store
         assert store is not None
+        for _ in range(2):
+            await q.enqueue("block")
+        await busy.wait()
         await q.flush()
         before = store.commits
         jobs = [{"task": "echo", "payload": i, "id": f"j{i}"} for i in range(50)]
         status, _, body = await call(app, "POST", "/jobs/batch", {"jobs": jobs})
         assert status == 202
         assert store.commits - before == 1
+        counted.set()
         await q.wait_many([j["id"] for j in body["jobs"]])
     async with trioqueue.open_queue(registry, config) as q:
         app = App(q)
