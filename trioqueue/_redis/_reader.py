@@ -339,8 +339,11 @@ class EventsReader:
     def _took(self, rec: JobRecord, worker: int) -> JobRecord:
         """A worker takes ``rec``: its events from now on name that worker, and its
         ``started`` event, if the stream showed it already, goes out now."""
-        if not self._reading:
+        if not self._reading and not self._wants_events():
             return rec  # nothing reads this job's events here
+        # (Also while the reader starts: its ``started`` event, read then, would wait
+        # here for a take that was over, shown only with the job's next event, which a
+        # subscriber of ``started`` alone has nobody write.)
         worker_of = self._worker_of
         worker_of[rec.id] = worker
         if len(worker_of) > _MAX_WORKER_OF:  # end events missed (stream trimmed)
