@@ -86,27 +86,20 @@ def _version() -> str:
 # ---------------------------------------------------------------------------- serve
 
 
-class _Starting:
-    """A node on Redis while its queue opens (a Redis slow to answer or unreachable can
-    hold that for many seconds): a first signal then cancels ``scope``, the opening,
-    since the node has run nothing yet (``opened`` is set once the queue is open)."""
-
-    def __init__(self, scope: trio.CancelScope) -> None:
-        self.scope = scope
-        self.opened = trio.Event()
-
-
 async def _watch_signals(signals: AsyncIterator[int], stop: trio.Event,
                          scope: trio.CancelScope, forced: list[int], jobs_then: str,
-                         starting: _Starting | None = None) -> None:
-    """The first SIGINT/SIGTERM sets ``stop`` (the ordered shutdown; with ``starting``
-    not opened yet, it cancels the opening); a second one cancels ``scope`` (at once:
-    running jobs ``jobs_then``) and is kept in ``forced``."""
+                         opened: trio.Event | None = None) -> None:
+    """The first SIGINT/SIGTERM sets ``stop`` (the ordered shutdown); a second one
+    cancels ``scope`` (at once: running jobs ``jobs_then``) and is kept in ``forced``.
+
+    ``opened``: a node on Redis, whose queue may take many seconds to open (a Redis slow
+    to answer or unreachable); until it is set, a first signal cancels ``scope`` at
+    once, since the node has run nothing yet."""
     async for signum in signals:
         name = signal.Signals(signum).name
-        if starting is not None and not starting.opened.is_set():
+        if opened is not None and not opened.is_set():
             log.info("%s while the queue opens: stopping", name)
-            starting.scope.cancel()
+            scope.cancel()
             return
         if not stop.is_set():
             log.info("%s: shutting down (send it again to stop at once)", name)
@@ -128,15 +121,15 @@ async def _serve_until_signalled(
     forced: list[int] = []
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            starting = None if config.redis_url is None else _Starting(nursery.cancel_scope)
+            opened = None if config.redis_url is None else trio.Event()
             nursery.start_soon(
                 _watch_signals, signals, stop, nursery.cancel_scope, forced,
                 "end failed (memory mode)" if config.persist_path is None
-                and config.redis_url is None else "are recorded as queued", starting)
+                and config.redis_url is None else "are recorded as queued", opened)
 
             async def run_server(task_status: trio.TaskStatus[str]) -> None:
                 await serve(registry, config, settings, stop=stop, task_status=task_status,
-                            opened=None if starting is None else starting.opened)
+                            opened=opened)
                 nursery.cancel_scope.cancel()  # done: stop watching for signals
 
             url = await nursery.start(run_server)
@@ -272,14 +265,13 @@ async def _work(registry: TaskRegistry, config: QueueConfig, out: TextIO,
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-
             # From the start: a signal while the queue opens (a Redis slow to answer)
             # is read then, not once it has opened.
-            starting = _Starting(nursery.cancel_scope)
+            opened = trio.Event()
             nursery.start_soon(_watch_signals, signals, stop, nursery.cancel_scope, forced,
-                               "go back to the queue", starting)
+                               "go back to the queue", opened)
             async with open_queue(registry, config) as queue:
-                starting.opened.set()
+                opened.set()
                 assert config.redis_url is not None
                 url = None
                 if metrics is not None:  # it answers until the queue has closed
