@@ -336,7 +336,6 @@ class RedisBackend(NodeIntake):
                             pass
                     with trio.move_on_after(CLOSE_BUDGET + 1.5) as fetching:
                         await self._fetcher_done.wait()
-                    unanswered = fetching.cancelled_caught
                     with trio.move_on_after(CLOSE_BUDGET):
                         await self._outbox.empty()
                     with trio.move_on_after(CLOSE_BUDGET) as removing:
@@ -345,8 +344,7 @@ class RedisBackend(NodeIntake):
                         except RedisUnavailable as exc:
                             log.warning("trioqueue: could not remove node %s: %s",
                                         self.node, exc)
-                    if removing.cancelled_caught:
-                        unanswered = True
+                    unanswered = fetching.cancelled_caught or removing.cancelled_caught
                 lost = self._outbox.abandon()
                 log_close(self.node, len(lost), describe(lost) if lost else "",
                           len(self._pending), CLOSE_BUDGET + 1.5 if unanswered else None)
