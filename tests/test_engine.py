@@ -676,6 +676,42 @@ async def test_without_drain_queued_jobs_are_counted_dropped(
     assert "or drain=True to run queued ones first" in caplog.text
 
 
+async def test_dropped_jobs_leave_the_queue_and_its_counts(
+    h: Harness, autojump_clock: Any
+) -> None:
+    """Memory mode: the jobs dropped at shutdown are gone, not left "queued" or
+    "scheduled" in what the closed queue tells (counted once, in ``dropped``), and a
+    task waiting for one is told it was dropped."""
+    told: list[str] = []
+
+    async def waiter(job_id: str) -> None:
+        with pytest.raises(ShuttingDown) as caught:
+            await q.wait(job_id)
+        told.append(str(caught.value))
+
+    async with trio.open_nursery() as nursery:
+        async with trioqueue.open_queue(h.registry, cfg(workers=1, capacity=10)) as q:
+            running = await q.enqueue("sleep", {"seconds": 100})
+            queued = [q.enqueue_nowait("ok", i) for i in range(3)]
+            later = q.enqueue_nowait("ok", delay=100)
+            nursery.start_soon(waiter, queued[0].id)
+            await trio.testing.wait_all_tasks_blocked()
+            assert q.metrics().queued["medium"] == 3
+    m = q.metrics()
+    assert (m.dropped, m.queued["medium"], m.scheduled, m.failed) == (4, 0, 0, 1)
+    assert (await q.get(running.id)).status is JobStatus.FAILED
+    for job in (*queued, later):
+        with pytest.raises(JobNotFound, match="was dropped when the queue closed"):
+            await q.get(job.id)
+        with pytest.raises(ShuttingDown, match="it was dropped \\(memory mode\\)"):
+            await q.wait(job.id)
+    with pytest.raises(JobNotFound, match="not found"):
+        await q.get("never-there")
+    assert [j.id for j in await q.list_jobs()] == [running.id]
+    assert told == [f"the queue closed before job {queued[0].id!r} finished: it was "
+                    "dropped (memory mode)"]
+
+
 async def test_with_drain_the_dropped_warning_says_what_drain_does_not_run(
     h: Harness, autojump_clock: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -19,10 +19,9 @@ from ._exceptions import (
     TrioQueueError,
     UnknownTask,
 )
-from ._job import Job, JobStatus, Priority
+from ._job import Job, JobPage, JobStatus, Priority
 from ._metrics import Metrics
 from ._progress import report_progress
-from ._queue import JobPage
 from ._registry import TaskRegistry, TaskSpec
 
 __version__ = "0.1.0"

@@ -84,9 +84,10 @@ class Backend(Protocol):
         """Shutdown begins: wake every producer waiting for room (the engine refuses
         them) and stop loading work from storage."""
 
-    def drop_leftovers(self) -> tuple[int, int]:
-        """At the end: (queued, scheduled) jobs that end with the queue because nothing
-        keeps them (memory mode); ``(0, 0)`` when the storage keeps them."""
+    def drop_leftovers(self) -> tuple[list[str], list[str]]:
+        """At the end: the ids of the (queued, scheduled) jobs that end with the queue
+        because nothing keeps them (memory mode), gone from it now; none when the storage
+        keeps them."""
 
     def wake_all_waiters(self) -> None:
         """The workers are gone: wake every task in :meth:`JobQueue.wait`."""

@@ -333,9 +333,10 @@ class _Run:
         core.backend.wake_all_waiters()
         queued, scheduled = core.backend.drop_leftovers()
         if queued or scheduled:
+            core.life.dropped = frozenset((*queued, *scheduled))
             log.warning(
                 "trioqueue (memory mode) dropped %s at shutdown: %d queued, %d scheduled "
-                "(%s)", _counted(queued + scheduled, "job"), queued, scheduled,
+                "(%s)", _counted(len(core.life.dropped), "job"), len(queued), len(scheduled),
                 "drain=True runs queued jobs only within shutdown_timeout, and never "
                 "scheduled ones; use persist_path to keep them" if self._config.drain
                 else "use persist_path to keep them, or drain=True to run queued ones first",

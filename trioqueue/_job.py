@@ -9,6 +9,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+import attrs
+
 from ._exceptions import InvalidJob
 
 
@@ -312,3 +314,12 @@ def check_timeout(timeout: object) -> float:
     ):
         raise InvalidJob(f"timeout: expected a number of seconds > 0, got {timeout!r}")
     return float(timeout)
+
+
+@attrs.frozen
+class JobPage:
+    """One page of :meth:`JobQueue.list_page`: the jobs, newest first, and ``next``, the
+    ``before`` of the following page (``None`` on the last page)."""
+
+    jobs: list[Job]
+    next: str | None

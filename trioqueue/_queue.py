@@ -32,7 +32,7 @@ from ._exceptions import (
     StoreError,
 )
 from ._intake import Intake
-from ._job import TERMINAL, Job, JobStatus, Priority, check_job_id, clean_text
+from ._job import TERMINAL, Job, JobPage, JobStatus, Priority, check_job_id, clean_text
 from ._metrics import Metrics
 from ._readings import Readings
 from ._record import LABELS, JobRecord, forget_waiter
@@ -63,15 +63,6 @@ class QueueCore:
     next_runs: Mapping[str, float] = attrs.field(factory=dict)
     """The periodic scheduler's next due time of each periodic task (seconds since the
     epoch), kept up to date by the scheduler."""
-
-
-@attrs.frozen
-class JobPage:
-    """One page of :meth:`JobQueue.list_page`: the jobs, newest first, and ``next``, the
-    ``before`` of the following page (``None`` on the last page)."""
-
-    jobs: list[Job]
-    next: str | None
 
 
 PosArgsT = TypeVarTuple("PosArgsT")
@@ -432,15 +423,20 @@ class JobQueue(Readings):
         """A snapshot of the job now.  Raises :class:`JobNotFound`."""
         rec = await self._backend.find(job_id)
         if rec is None:
-            raise JobNotFound(f"job {job_id!r} not found")
+            raise JobNotFound(self._not_found(job_id))
         return rec.snapshot()
 
     def get_nowait(self, job_id: str) -> Job:
         """A snapshot from memory only (no store lookup).  Raises :class:`JobNotFound`."""
         rec = self._backend.get_nowait(job_id)
         if rec is None:
-            raise JobNotFound(f"job {job_id!r} not found")
+            raise JobNotFound(self._not_found(job_id))
         return rec.snapshot()
+
+    def _not_found(self, job_id: str) -> str:
+        if job_id in self._life.dropped:
+            return f"job {job_id!r} was dropped when the queue closed (memory mode)"
+        return f"job {job_id!r} not found"
 
     async def wait(self, job_id: str) -> Job:
         """Wait until the job is COMPLETED, FAILED or CANCELLED; return that snapshot (a
@@ -452,6 +448,9 @@ class JobQueue(Readings):
         """:meth:`wait` for ``job_id``, whose record in memory was ``rec`` when asked."""
         backend = self._backend
         while rec is None:
+            if job_id in self._life.dropped:
+                raise ShuttingDown(f"the queue closed before job {job_id!r} finished: it "
+                                   "was dropped (memory mode)")
             job = await self.get(job_id)  # finished long ago (store) or not found
             if job.status.terminal:
                 return job
@@ -462,9 +461,9 @@ class JobQueue(Readings):
                 raise ShuttingDown(f"the queue closed before job {job_id!r} finished")
         while rec.status not in TERMINAL:
             if self._life.closed:
-                raise ShuttingDown(
-                    f"the queue closed before job {job_id!r} finished (it is {rec.status.value})"
-                )
+                raise ShuttingDown(f"the queue closed before job {job_id!r} finished" + (
+                    ": it was dropped (memory mode)" if job_id in self._life.dropped
+                    else f" (it is {rec.status.value})"))
             event = trio.Event()
             if rec.waiters is None:
                 rec.waiters = []

@@ -74,6 +74,9 @@ class Lifecycle:
     still running (memory mode ends them FAILED, a store puts them back QUEUED)."""
     closed: bool = False
     """The workers are gone."""
+    dropped: frozenset[str] = frozenset()
+    """Memory mode, once closed: the ids of the jobs dropped then (still queued or
+    scheduled), which the queue no longer holds."""
 
 
 class _ThreadAttempt:

@@ -67,8 +67,7 @@ from ._exceptions import (
     InvalidTransition,
     JobNotFound,
 )
-from ._job import Job, JobStatus, Priority, check_job_id, check_json
-from ._queue import JobPage
+from ._job import Job, JobPage, JobStatus, Priority, check_job_id, check_json
 from ._websocket import open_websocket
 
 __all__ = ["Client", "EventStreamClosed", "ServerError", "Unauthorized", "job_from_json"]

@@ -167,15 +167,19 @@ class LocalBackend:
     def wake_all_waiters(self) -> None:
         self.table.wake_all_waiters()
 
-    def drop_leftovers(self) -> tuple[int, int]:
-        """Memory mode at shutdown: the jobs still queued and scheduled, which end with
-        the queue (counted in ``dropped``).  With a store they stay there: (0, 0)."""
-        if self.store is not None:
-            return 0, 0
-        queued = len(self.ready)
-        scheduled = sum(1 for rec in self.table.records() if rec.status is SCHEDULED)
-        self._stats.dropped += queued + scheduled
-        return queued, scheduled
+    def drop_leftovers(self) -> tuple[list[str], list[str]]:
+        """Memory mode at shutdown: the jobs still queued and scheduled end with the queue
+        (counted in ``dropped``, gone from the table).  With a store they stay there."""
+        if self.store is None:
+            queued = self.ready.drop_all()
+            scheduled = [rec for rec in self.table.records() if rec.status is SCHEDULED]
+            for rec in scheduled:
+                self.timer.unschedule(rec)
+            for rec in (*queued, *scheduled):
+                self.table.remove(rec)
+            self._stats.dropped += len(queued) + len(scheduled)
+            return [rec.id for rec in queued], [rec.id for rec in scheduled]
+        return [], []
 
     async def close(self) -> None:
         """Write the final snapshot and close the store (shielded)."""

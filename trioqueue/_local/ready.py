@@ -504,6 +504,19 @@ class ReadyQueues(BatchAdmission):
     def __len__(self) -> int:
         return sum(len(q) for q in self._queues) + sum(self._aside)
 
+    def drop_all(self) -> list[JobRecord]:
+        """Memory mode, the workers gone: empty the queues (the jobs set aside by a gate
+        included) and return what they held."""
+        dropped = [rec for q in self._queues for rec in q]
+        for gate in self.gates.values():
+            dropped.extend(gate.aside)
+            gate.aside.clear()
+            gate.returned.clear()
+        for q in self._queues:
+            q.clear()
+        self._aside = [0, 0, 0]
+        return dropped
+
     def close(self) -> None:
         """Intake closes: wake every parked producer (they raise ShuttingDown) and stop
         the backlog streamers."""

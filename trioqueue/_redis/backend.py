@@ -307,8 +307,8 @@ class RedisBackend(NodeIntake):
             if held is not None:
                 self._pending.append(Outcome.unstarted(rec.id, held[1]))
 
-    def drop_leftovers(self) -> tuple[int, int]:
-        return 0, 0
+    def drop_leftovers(self) -> tuple[list[str], list[str]]:
+        return [], []
 
     def wake_all_waiters(self) -> None:
         watchers, self._watchers = self._watchers, {}
