@@ -52,6 +52,21 @@ async def test_enqueue_wait_get(server: Server) -> None:
         assert await client.health()
 
 
+async def test_enqueue_many_refuses_what_is_not_a_list_of_payloads_as_the_library_does(
+    server: Server,
+) -> None:
+    """A text, bytes or mapping given as the payloads is InvalidJob, as from
+    ``JobQueue.enqueue_many``, not one job per character, byte or key."""
+    async with Client(server.url, token="tok") as client:
+        before = (await client.metrics())["enqueued"]
+        for payloads in ("abc", b"ab", bytearray(b"ab"), {"x": 1, "y": 2}, 3):
+            with pytest.raises(trioqueue.InvalidJob, match=(
+                    r"^payloads: expected a list, tuple, generator or other iterable of "
+                    rf"payloads \(not a str, bytes or dict\), got {type(payloads).__name__}$")):
+                await client.enqueue_many("echo", payloads)  # type: ignore[arg-type]
+        assert (await client.metrics())["enqueued"] == before
+
+
 async def test_errors_are_the_library_exceptions(server: Server) -> None:
     async with Client(server.url, token="tok") as client:
         with pytest.raises(trioqueue.UnknownTask):

@@ -288,7 +288,7 @@ def _token_docs() -> tuple[str, str]:
 # ---------------------------------------------------------------- enqueue_many
 
 
-@pytest.mark.parametrize("payloads", ["abc", b"ab", {"a": 1}, 3])
+@pytest.mark.parametrize("payloads", ["abc", b"ab", bytearray(b"ab"), {"a": 1}, 3])
 async def test_enqueue_many_of_no_payloads_names_what_it_takes(payloads: Any) -> None:
     async with trioqueue.open_queue(registry()) as q:
         with pytest.raises(trioqueue.InvalidJob) as caught:

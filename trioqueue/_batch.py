@@ -28,7 +28,7 @@ from ._exceptions import (
     UnknownTask,
 )
 from ._intake import Intake
-from ._job import Job, JobStatus, Priority
+from ._job import Job, JobStatus, Priority, check_payloads
 from ._record import LABELS, JobRecord, same_or_duplicate
 from ._stats import Stats
 from ._workers import Lifecycle
@@ -92,11 +92,7 @@ class Batches:
                    delay: float, max_retries: int | None,
                    timeout: float | None) -> list[JobRecord]:
         """A record per payload, each checked (an error names the payload's index)."""
-        if isinstance(payloads, (str, bytes, dict)) or not isinstance(payloads, Iterable):
-            raise InvalidJob(
-                "payloads: expected a list, tuple, generator or other iterable of payloads "
-                f"(not a str, bytes or dict), got {type(payloads).__name__}"
-            )
+        check_payloads(payloads)
         build = self._build
         recs = _Payloads()
         for i, payload in enumerate(payloads):

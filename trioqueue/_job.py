@@ -6,6 +6,7 @@ import enum
 import json
 import math
 import re
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -315,6 +316,17 @@ def check_timeout(timeout: object) -> float:
         raise InvalidJob(f"timeout: expected a number of seconds > 0, got {timeout!r}")
     return float(timeout)
 
+
+
+def check_payloads(payloads: object) -> None:
+    """Raise :class:`InvalidJob` unless ``payloads`` is an iterable of payloads (one job
+    each): not a text, bytes or mapping, whose items would each become a job."""
+    if isinstance(payloads, (str, bytes, bytearray, memoryview, Mapping)) or not isinstance(
+            payloads, Iterable):
+        raise InvalidJob(
+            "payloads: expected a list, tuple, generator or other iterable of payloads "
+            f"(not a str, bytes or dict), got {type(payloads).__name__}"
+        )
 
 @attrs.frozen
 class JobPage:

@@ -67,7 +67,7 @@ from ._exceptions import (
     InvalidTransition,
     JobNotFound,
 )
-from ._job import Job, JobPage, JobStatus, Priority, check_job_id, check_json
+from ._job import Job, JobPage, JobStatus, Priority, check_job_id, check_json, check_payloads
 from ._websocket import open_websocket
 
 __all__ = ["Client", "EventStreamClosed", "ServerError", "Unauthorized", "job_from_json"]
@@ -281,6 +281,7 @@ class Client:
         """:meth:`enqueue_many`, and for each job whether this call made it (``False``:
         its id in ``job_ids`` held that job already, as a repeated :meth:`enqueue`
         finds it; a server of an earlier version does not say: ``True`` for each)."""
+        check_payloads(payloads)
         payloads = list(payloads)
         for i, payload in enumerate(payloads):
             check_json(f"payloads[{i}]", payload)
