@@ -97,9 +97,11 @@ async def test_memory_mode_queued_jobs_still_count_as_dropped(
             waiting = [await q.enqueue("quick") for _ in range(3)]
             await trio.testing.wait_all_tasks_blocked()
     assert q.get_nowait(running.id).status is JobStatus.FAILED
-    assert all(q.get_nowait(j.id).status is JobStatus.QUEUED for j in waiting)
+    for job in waiting:  # gone: dropped, not failed
+        with pytest.raises(trioqueue.JobNotFound, match="was dropped when the queue closed"):
+            q.get_nowait(job.id)
     m = q.metrics()
-    assert (m.failed, m.dropped) == (1, 3)
+    assert (m.failed, m.dropped, m.queued["medium"]) == (1, 3, 0)
     said = caplog.text  # counted in words ("1 jobs", "1 workers" were)
     assert "trioqueue open: 1 worker, capacity" in said
     assert "trioqueue: 1 job still running after shutdown_timeout=1.0s" in said
@@ -132,7 +134,8 @@ async def test_a_cancelled_queue_fails_its_running_jobs_instead_of_dropping_them
     assert (got.status, got.error, got.attempts) == (
         JobStatus.FAILED, "aborted: the queue was cancelled", 1)
     assert [t for t, job_id in seen if job_id == running.id] == ["enqueued", "started", "failed"]
-    assert q.get_nowait(waiting.id).status is JobStatus.QUEUED
+    with pytest.raises(trioqueue.JobNotFound, match="was dropped when the queue closed"):
+        q.get_nowait(waiting.id)
     m = q.metrics()
     assert (m.failed, m.dropped) == (1, 1)
 
