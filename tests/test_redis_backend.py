@@ -850,6 +850,46 @@ async def test_a_limited_task_backlog_stays_in_redis_for_every_node(queue_name: 
     assert runs["b"]
 
 
+async def test_a_limited_batch_claimed_whole_by_one_node_is_shared_with_another(
+    queue_name: str,
+) -> None:
+    """A node with 4 idle workers claims a batch of 4 jobs of a ``concurrency=1`` task
+    in one call: it keeps what its task may run and wait (one each) and gives the other
+    two back at once, uncounted, so a second node runs them beside it (it ran all 4 one
+    after another, and a crash of it would have held all 4 until their leases ran out)."""
+    gate = trio.Event()
+    runs: dict[str, list[str]] = {"a": [], "b": []}
+    started = {"a": trio.Event(), "b": trio.Event()}
+
+    def node(name: str) -> TaskRegistry:
+        reg = TaskRegistry()
+
+        @reg.task(concurrency=1)
+        async def limited(job: Job) -> None:
+            runs[name].append(job.id)
+            started[name].set()
+            await gate.wait()
+
+        return reg
+
+    with trio.fail_after(30):
+        async with trioqueue.open_queue(node("a"), config(queue_name, workers=4)) as a:
+            ids = [j.id for j in await a.enqueue_many("limited", list(range(4)))]
+            await started["a"].wait()
+            while True:  # two given back by a's next call, their attempts taken back
+                queued = await a.list_jobs("queued")
+                if len(queued) == 2:
+                    break
+                await trio.sleep(0.01)
+            assert [j.attempts for j in queued] == [0, 0]
+            async with trioqueue.open_queue(node("b"), config(queue_name, workers=4)):
+                await started["b"].wait()
+                gate.set()
+                done = await a.wait_many(ids)
+    assert [(d.status, d.attempts) for d in done] == [(JobStatus.COMPLETED, 1)] * 4
+    assert (runs["a"], runs["b"]) == (ids[:2], ids[2:])
+
+
 async def test_a_task_whose_line_on_the_node_is_full_holds_back_nothing_behind_it(
     queue_name: str,
 ) -> None:
@@ -909,7 +949,8 @@ async def test_jobs_a_closing_node_gives_back_run_before_their_tasks_later_jobs(
     """``concurrency=1``: a node closing with jobs 2-4 set aside for the limit gave them
     back to the front of the ready list, while 5-8 waited in their task's parked list,
     which claims take first: the next node ran 5, 6, 7, 8, 2, 3, 4.  Given back in front
-    of the parked list, they run in the order they were picked."""
+    of the parked list, they run in the order they were picked.  (Only 2 waits on the
+    node now, its task's line full: 3 and 4, claimed with it, went back at once.)"""
     registry = TaskRegistry()
     ran: list[int] = []
     first_started = trio.Event()
@@ -925,9 +966,9 @@ async def test_jobs_a_closing_node_gives_back_run_before_their_tasks_later_jobs(
                                                          shutdown_timeout=5)) as q:
             jobs = await q.enqueue_many("limited", list(range(1, 9)))
             await first_started.wait()
-            while True:  # 1 running, 2-4 set aside on this node (PROCESSING), 5-8 parked
+            while True:  # 1 running, 2 set aside on this node (PROCESSING), 3-8 queued
                 statuses = [(await q.get(j.id)).status for j in jobs]
-                if statuses.count(JobStatus.PROCESSING) == 4:
+                if statuses == [JobStatus.PROCESSING] * 2 + [JobStatus.QUEUED] * 6:
                     break
                 await trio.sleep(0.01)
         first = list(ran)

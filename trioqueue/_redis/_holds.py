@@ -33,6 +33,7 @@ from itertools import islice
 import trio
 
 from .._record import JobRecord
+from ._values import Outcome, StreamEvent
 
 log = logging.getLogger("trioqueue")
 
@@ -151,8 +152,13 @@ class NodeHolds:
     """The part of :class:`~._node.NodeCore` that keeps the held marks."""
 
     _held: dict[str, tuple[JobRecord, int]]
+    _deadline: dict[str, float]
+    _started_events: dict[str, StreamEvent]
+    _pending: list[Outcome]
     _buffer: deque[JobRecord]
     _parked: dict[str, deque[JobRecord]]
+    _limits: dict[str, int]
+    _park_max: int
     _idle: int
     _lease: float
     _gone: set[str]
@@ -163,6 +169,25 @@ class NodeHolds:
     @cached_property
     def _holds(self) -> Holds:
         return Holds()
+
+    def _line_full(self, task: str) -> bool:
+        """Whether ``task``'s line here (its claimed jobs waiting for a place under its
+        ``concurrency``) holds all it may: ``concurrency`` of them, at most ``capacity``."""
+        return len(self._parked.get(task, ())) >= min(
+            self._park_max, self._limits.get(task, self._park_max))
+
+    def _hand_back(self, rec: JobRecord) -> None:
+        """Give ``rec`` (claimed here, not started) back with the next call: to the front
+        of its priority, its attempt not counted."""
+        self._deadline.pop(rec.id, None)
+        self._started_events.pop(rec.id, None)
+        held = self._held.pop(rec.id, None)
+        self._holds.drop(rec.id)
+        if held is not None:
+            self._pending.append(Outcome.unstarted(rec.id, held[1]))
+            self._kick.set()
+            if self._blocked:
+                self._flush.set()
 
     def _marks_pending(self) -> bool:
         return self._holds.pending(self._buffer, self._parked.values(), self._idle,

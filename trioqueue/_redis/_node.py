@@ -175,9 +175,7 @@ class NodeCore(NodeHolds, NodeBounds, EventsReader):
                     # at once: the rest stay in Redis, for whichever node has room first
                     # (a node that held a whole backlog kept it from the others, and a
                     # crash cost each an attempt it never began).
-                    limits = self._limits
-                    full = {t for t, q in self._parked.items()
-                            if len(q) >= min(self._park_max, limits.get(t, self._park_max))}
+                    full = {t for t in self._parked if self._line_full(t)}
                     if full:
                         claimable = [t for t in tasks if t not in full]
                 sent = self._clock.current_time()
@@ -368,16 +366,8 @@ class NodeCore(NodeHolds, NodeBounds, EventsReader):
         fenced, in case no node reaped it yet), as another node may have run it."""
         if now < self._deadline.get(rec.id, math.inf):
             return False
-        self._deadline.pop(rec.id, None)
-        self._started_events.pop(rec.id, None)
-        held = self._held.pop(rec.id, None)
-        self._holds.drop(rec.id)
         self._lapsed_ids.append(rec.id)  # logged with the call that puts them back
-        if held is not None:
-            self._pending.append(Outcome.unstarted(rec.id, held[1]))
-            self._kick.set()
-            if self._blocked:
-                self._flush.set()
+        self._hand_back(rec)
         return True
 
     def _lose(self, job_id: str) -> None:
@@ -507,9 +497,14 @@ class NodeCore(NodeHolds, NodeBounds, EventsReader):
                 running = self._running_task.get(rec.task, 0)
                 if running >= limits[rec.task]:
                     # Its task is at its limit here: it waits, in claim order, and the
-                    # worker takes the next job (no head-of-line blocking).
-                    self._parked.setdefault(rec.task, deque()).append(rec)
-                    self._kick.set()
+                    # worker takes the next job (no head-of-line blocking); past what
+                    # the task's line holds (one claim call may bring more), it goes
+                    # back, for whichever node has room first.
+                    if self._line_full(rec.task):
+                        self._hand_back(rec)
+                    else:
+                        self._parked.setdefault(rec.task, deque()).append(rec)
+                        self._kick.set()
                     continue
                 self._running_task[rec.task] = running + 1
             self._stats.started += 1
