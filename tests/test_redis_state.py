@@ -393,6 +393,20 @@ async def test_reaped_job_goes_to_the_front(env: Env) -> None:
     ]
 
 
+async def test_jobs_reaped_together_go_to_the_front_in_claim_order(env: Env) -> None:
+    """The jobs of a lost node's claim come back first in the order it claimed them (the
+    reaper pushed each to the front in turn, which reversed them: the one it had started
+    went last)."""
+    s = env.state()
+    await s.enqueue([new(f"j{i}", M) for i in range(4)] + [new("later", M)])
+    claimed = (await s.finish_and_claim("a", [], 4, lease=0.05)).claimed
+    assert [c.job.id for c in claimed] == ["j0", "j1", "j2", "j3"]
+    assert await poll(lambda: _requeued(s)) == ["j0", "j1", "j2", "j3"]
+    assert await env.admin.lrange(env.key("ready:medium"), 0, -1) == [
+        "j0", "j1", "j2", "j3", "later",
+    ]
+
+
 async def _requeued(s: RedisState) -> list[str]:
     return (await s.reap()).requeued
 
