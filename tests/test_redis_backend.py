@@ -816,25 +816,34 @@ async def test_a_job_of_a_task_no_node_has_holds_back_nothing_behind_it(
         "registered on this node"]
 
 
+class LimitedNodes:
+    """Two nodes' registries ("a", "b") of a ``concurrency=1`` task, ``limited``, whose
+    jobs say where they ran and wait for :attr:`gate`."""
+
+    def __init__(self) -> None:
+        self.gate = trio.Event()
+        self.runs: dict[str, list[str]] = {"a": [], "b": []}
+        self.started = {"a": trio.Event(), "b": trio.Event()}
+
+    def registry(self, name: str) -> TaskRegistry:
+        reg = TaskRegistry()
+
+        @reg.task(concurrency=1)
+        async def limited(job: Job) -> None:
+            self.runs[name].append(job.id)
+            self.started[name].set()
+            await self.gate.wait()
+
+        return reg
+
+
 async def test_a_limited_task_backlog_stays_in_redis_for_every_node(queue_name: str) -> None:
     """One node held up to ``capacity`` claimed jobs of a ``concurrency=1`` task: a
     second node found none to run, and a crash cost each held job an attempt it never
     began.  A node's line holds about ``concurrency`` now (one claim call's worth at
     most): the rest stay queued in Redis, and another node runs them."""
-    gate = trio.Event()
-    runs: dict[str, list[str]] = {"a": [], "b": []}
-    started = {"a": trio.Event(), "b": trio.Event()}
-
-    def node(name: str) -> TaskRegistry:
-        reg = TaskRegistry()
-
-        @reg.task(concurrency=1)
-        async def limited(job: Job) -> None:
-            runs[name].append(job.id)
-            started[name].set()
-            await gate.wait()
-
-        return reg
+    nodes = LimitedNodes()
+    node, runs, started, gate = nodes.registry, nodes.runs, nodes.started, nodes.gate
 
     with trio.fail_after(30):
         async with trioqueue.open_queue(node("a"), config(queue_name, workers=4)) as a:
@@ -857,20 +866,8 @@ async def test_a_limited_batch_claimed_whole_by_one_node_is_shared_with_another(
     in one call: it keeps what its task may run and wait (one each) and gives the other
     two back at once, uncounted, so a second node runs them beside it (it ran all 4 one
     after another, and a crash of it would have held all 4 until their leases ran out)."""
-    gate = trio.Event()
-    runs: dict[str, list[str]] = {"a": [], "b": []}
-    started = {"a": trio.Event(), "b": trio.Event()}
-
-    def node(name: str) -> TaskRegistry:
-        reg = TaskRegistry()
-
-        @reg.task(concurrency=1)
-        async def limited(job: Job) -> None:
-            runs[name].append(job.id)
-            started[name].set()
-            await gate.wait()
-
-        return reg
+    nodes = LimitedNodes()
+    node, runs, started, gate = nodes.registry, nodes.runs, nodes.started, nodes.gate
 
     with trio.fail_after(30):
         async with trioqueue.open_queue(node("a"), config(queue_name, workers=4)) as a:
