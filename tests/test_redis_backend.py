@@ -862,10 +862,11 @@ async def test_a_limited_task_backlog_stays_in_redis_for_every_node(queue_name: 
 async def test_a_limited_batch_claimed_whole_by_one_node_is_shared_with_another(
     queue_name: str,
 ) -> None:
-    """A node with 4 idle workers claims a batch of 4 jobs of a ``concurrency=1`` task
-    in one call: it keeps what its task may run and wait (one each) and gives the other
-    two back at once, uncounted, so a second node runs them beside it (it ran all 4 one
-    after another, and a crash of it would have held all 4 until their leases ran out)."""
+    """A node with 4 idle workers meets a batch of 4 jobs of a ``concurrency=1`` task:
+    its call claims what the task may run and wait here (one each), the other two stay
+    queued in Redis, and a second node runs them beside it (one call claimed all 4, and
+    the node ran them one after another; a crash of it held all 4 until their leases
+    ran out)."""
     nodes = LimitedNodes()
     node, runs, started, gate = nodes.registry, nodes.runs, nodes.started, nodes.gate
 
@@ -873,18 +874,68 @@ async def test_a_limited_batch_claimed_whole_by_one_node_is_shared_with_another(
         async with trioqueue.open_queue(node("a"), config(queue_name, workers=4)) as a:
             ids = [j.id for j in await a.enqueue_many("limited", list(range(4)))]
             await started["a"].wait()
-            while True:  # two given back by a's next call, their attempts taken back
-                queued = await a.list_jobs("queued")
-                if len(queued) == 2:
-                    break
-                await trio.sleep(0.01)
-            assert [j.attempts for j in queued] == [0, 0]
+            queued = await a.list_jobs("queued")
+            assert [(j.id, j.attempts) for j in queued] == [(ids[3], 0), (ids[2], 0)]
             async with trioqueue.open_queue(node("b"), config(queue_name, workers=4)):
                 await started["b"].wait()
                 gate.set()
                 done = await a.wait_many(ids)
     assert [(d.status, d.attempts) for d in done] == [(JobStatus.COMPLETED, 1)] * 4
     assert (runs["a"], runs["b"]) == (ids[:2], ids[2:])
+
+
+async def test_a_limited_task_claims_no_more_than_it_runs_and_waits_and_wakes_for_more(
+    queue_name: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One node, 8 idle workers, 5 jobs of a ``concurrency=1`` task: a call claims only
+    what may run and wait here (2; no job claimed and handed back: no ``requeued``
+    events), and when a job of the task ends the node claims the next at once, though
+    its fetcher waits in Redis (its last call had no room for the task, whose jobs wait
+    parked): it is woken, not left until its wait for work times out (each stalled up to
+    a second: 40 jobs of 20 ms took 4.3 s)."""
+    from trioqueue.testing import RedisState
+
+    waited = RedisState.wait_for_work
+    waiting = [0]
+
+    async def wait_long(self: RedisState, node: str, timeout: float = 1.0) -> Any:
+        waiting[0] += 1
+        try:
+            return await waited(self, node, 5.0)  # the longest it may: a stall takes 5 s
+        finally:
+            waiting[0] -= 1
+
+    monkeypatch.setattr(RedisState, "wait_for_work", wait_long)
+    reg = TaskRegistry()
+    gates = [trio.Event() for _ in range(5)]
+    started = [trio.Event() for _ in range(5)]
+
+    @reg.task(concurrency=1)
+    async def limited(job: Job) -> None:
+        started[job.payload].set()
+        await gates[job.payload].wait()
+
+    with trio.fail_after(30):
+        async with trioqueue.open_queue(reg, config(queue_name, workers=8)) as q:
+            async with q.subscribe() as events:
+                jobs = await q.enqueue_many("limited", list(range(5)))
+                await started[0].wait()
+                processing = await q.list_jobs("processing")
+                assert sorted(j.id for j in processing) == [jobs[0].id, jobs[1].id]
+                async with admin() as redis:
+                    while True:  # until the fetcher waits in Redis, no wake token left
+                        if waiting[0] and not await redis.llen(f"tq:{{{queue_name}}}:wake"):
+                            break
+                        await trio.sleep(0.01)
+                with trio.fail_after(4):  # one stall takes 5 s
+                    for i in range(5):
+                        await started[i].wait()
+                        gates[i].set()
+                    done = await q.wait_many([j.id for j in jobs])
+                seen = [e.type for e in drain(events)]
+    assert [(d.status, d.attempts) for d in done] == [(JobStatus.COMPLETED, 1)] * 5
+    assert EventKind.REQUEUED not in seen
+    assert seen.count(EventKind.STARTED) == 5
 
 
 async def test_a_task_whose_line_on_the_node_is_full_holds_back_nothing_behind_it(

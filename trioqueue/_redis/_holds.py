@@ -25,7 +25,7 @@ worker waits for the call carrying its ``started`` to return before the handler 
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from functools import cached_property
 from itertools import islice
@@ -158,6 +158,7 @@ class NodeHolds:
     _buffer: deque[JobRecord]
     _parked: dict[str, deque[JobRecord]]
     _limits: dict[str, int]
+    _running_task: dict[str, int]
     _park_max: int
     _idle: int
     _lease: float
@@ -169,6 +170,15 @@ class NodeHolds:
     @cached_property
     def _holds(self) -> Holds:
         return Holds()
+
+    def _claim_caps(self) -> dict[str, int]:
+        """Per limited task, how many more of its jobs this node may claim: what may run
+        and wait here (``concurrency`` each, the wait at most ``capacity``) less what
+        runs, waits, or is claimed and not taken yet."""
+        claimed = Counter(rec.task for rec in self._buffer if rec.task in self._limits)
+        return {t: limit - self._running_task.get(t, 0) + min(self._park_max, limit)
+                - len(self._parked.get(t, ())) - claimed[t]
+                for t, limit in self._limits.items()}
 
     def _line_full(self, task: str) -> bool:
         """Whether ``task``'s line here (its claimed jobs waiting for a place under its

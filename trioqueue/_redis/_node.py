@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -89,6 +90,8 @@ class NodeCore(NodeHolds, NodeBounds, EventsReader):
     _running_task: dict[str, int]
     _parked: dict[str, deque[JobRecord]]
     _parked_said: dict[str, float]
+    _full: set[str]
+    _poke_due: bool
     _counts_seq: int
     _held_at_refresh: int
     _gone: set[str]
@@ -169,15 +172,16 @@ class NodeCore(NodeHolds, NodeBounds, EventsReader):
                 ticked = False
                 if len(tasks) != len(self._registry):  # submit() registered a function
                     tasks = self._registry_names()
-                claimable = tasks
-                if self._parked and n:
-                    # A limited task's line here holds as many claimed jobs as it may run
-                    # at once: the rest stay in Redis, for whichever node has room first
-                    # (a node that held a whole backlog kept it from the others, and a
-                    # crash cost each an attempt it never began).
-                    full = {t for t in self._parked if self._line_full(t)}
-                    if full:
-                        claimable = [t for t in tasks if t not in full]
+                claimable: list[str] | dict[str, int] = tasks
+                if self._limits and n:
+                    # A limited task's jobs here are what it may run and wait at once
+                    # (``concurrency`` each): the call claims no more, and the rest stay
+                    # in Redis for whichever node has room first (a node that held a
+                    # whole backlog kept it from the others, and a crash cost each an
+                    # attempt it never began).
+                    caps = self._claim_caps()
+                    self._full = {t for t, c in caps.items() if c <= 0}
+                    claimable = {t: caps.get(t, -1) for t in tasks if t not in self._full}
                 sent = self._clock.current_time()
                 mark = self._outbox.mark()
                 marks = [] if self._no_claims else self._take_marks()
@@ -259,6 +263,10 @@ class NodeCore(NodeHolds, NodeBounds, EventsReader):
             self._flush = trio.Event()
             if not self._blocked:
                 continue  # the fetcher sends them on its next call
+            if self._poke_due:
+                self._poke_due = False
+                with contextlib.suppress(RedisUnavailable):
+                    await state.stop_waiting(self.node, work=True)
             outcomes = self._take_pending()
             unmarks = self._holds.take_started()
             if not outcomes and not unmarks:
@@ -573,11 +581,15 @@ class NodeCore(NodeHolds, NodeBounds, EventsReader):
 
     def attempt_ended(self, rec: JobRecord) -> None:
         """A job of a limited task stopped running here: the next one of that task that
-        waits on this node goes first in line for the workers."""
+        waits on this node goes first in line for the workers, and a fetcher that waits
+        in Redis because the task had no room here is woken (its jobs may wait there)."""
         task = rec.task
         self._running_task[task] = max(0, self._running_task.get(task, 0) - 1)
         if self._parked.get(task):
             self._work_lot.unpark()
+        if task in self._full and self._blocked:
+            self._poke_due = True
+            self._flush.set()
 
 
 def worker_figures(m: Metrics) -> tuple[int, int, float, float]:

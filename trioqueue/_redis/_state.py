@@ -229,12 +229,13 @@ class RedisState:
         ``tasks``: the task names this node can run (``None``: any).  A job of another
         task is parked, still QUEUED, in ``park:<p>:<task>`` for a node that can run it,
         and the claim goes on behind it; parked jobs of these tasks are taken before their
-        priority's ready list (fairness is exact when every node knows every task).
+        priority's ready list (fairness is exact when every node knows every task).  A
+        mapping of them also bounds the jobs claimed per task (-1: no bound): past its
+        bound a task's jobs are parked the same way.
 
         ``held``: (id, fence) of jobs ``node`` claimed and holds unstarted (marked in
         ``held``: the reaper gives them back uncounted if the node dies); ``started``: ids
-        marked so that a worker has started since (their marks dropped).
-        """
+        marked so that a worker has started since (their marks dropped)."""
         results, claimed, view, parked, suspect = await self._finish_and_claim_raw(
             node, outcomes, n, lease, tasks, held, started)
         return FinishClaim(list(results), [stored_job(r) for r in claimed],
@@ -286,7 +287,8 @@ class RedisState:
              "" if o.duration is None else repr(o.duration)]
             for o in outcomes
         ])
-        names = "" if tasks is None else _dumps(sorted(tasks))
+        names = "" if tasks is None else _dumps(
+            tasks if isinstance(tasks, Mapping) else sorted(tasks))
         marks = _dumps([x for job_id, fence in held for x in (job_id, str(fence))]) if held \
             else ""
         starts = _dumps(list(started)) if started else ""
@@ -507,7 +509,7 @@ class RedisState:
             return None
         if got is None:
             return None
-        return "stop" if got[0] == ctl else "work"
+        return "stop" if got[0] == ctl and got[1] == "stop" else "work"
 
     async def wait_for_cancel(self, node: str, timeout: float) -> str | None:
         """Block until :meth:`cancel` asks ``node`` to stop a job it runs (the job's id,
@@ -516,11 +518,11 @@ class RedisState:
         got = await self.client.blpop([self.prefix + f"node:{node}:cancel"], timeout)
         return None if got is None else got[1]
 
-    async def stop_waiting(self, node: str) -> None:
-        """Wake ``node``'s :meth:`wait_for_work` with ``"stop"`` (now or on its next call
-        within 60 s)."""
+    async def stop_waiting(self, node: str, *, work: bool = False) -> None:
+        """Wake ``node``'s :meth:`wait_for_work` with ``"stop"`` (``"work"`` if ``work``),
+        now or on its next call within 60 s."""
         check_name("node", node)
-        await self.run_script("nodes", ["stop", node])
+        await self.run_script("nodes", ["work" if work else "stop", node])
 
     # ------------------------------------------------------------------ events
 

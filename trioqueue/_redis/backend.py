@@ -178,6 +178,12 @@ class RedisBackend(NodeIntake):
         self._limits = {name: spec.concurrency for name in registry
                         if (spec := registry.get(name)).concurrency is not None}
         self._running_task: dict[str, int] = {}
+        self._full: set[str] = set()
+        """Limited tasks the fetcher's last call left out: no room for more of their
+        jobs here (:meth:`NodeHolds._claim_caps`)."""
+        self._poke_due = False
+        """A limited task of :attr:`_full` got room while the fetcher waited in Redis: the
+        flusher wakes it (:meth:`RedisState.stop_waiting` with ``work=True``)."""
         self._parked: dict[str, deque[JobRecord]] = {}
         self._parked_said: dict[str, float] = {}
         """Task -> when this node last said it parked jobs of it (a task it lacks)."""

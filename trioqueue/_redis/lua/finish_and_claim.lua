@@ -2,7 +2,9 @@
 -- ARGV: rid, events maxlen, result ttl ms (common.lua's ttls), node, lease ms, n (claims wanted),
 --   weights high, medium, low, outcomes: a JSON array with per outcome an array of 7
 --   strings: id, fence, kind, value, error, traceback, duration (seconds, '' for none),
---   tasks: a JSON array of the task names this node can run ('' for any),
+--   tasks: a JSON array of the task names this node can run ('' for any), or an object
+--   of them, each to the most of its jobs this call may claim (-1: no bound; past it the
+--   task's jobs are parked as for a task not in `tasks`),
 --   held: a JSON array [id, fence, id, fence, ...] of jobs this node claimed and holds
 --   without running them (its prefetch buffer, a limited task's line): each is marked
 --   in `held` (id -> fence), so that the reaper gives it back uncounted if the node dies
@@ -32,10 +34,19 @@ local want = tonumber(ARGV[6])
 local weights = {tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])}
 local OUT = cjson.decode(ARGV[10])
 local n_out = #OUT
-local known = false
+local known, caps = false, false
 if ARGV[11] and ARGV[11] ~= '' then
   known = {}
-  for _, name in ipairs(cjson.decode(ARGV[11])) do known[name] = true end
+  local t = cjson.decode(ARGV[11])
+  if t[1] ~= nil or next(t) == nil then
+    for _, name in ipairs(t) do known[name] = true end
+  else
+    caps = {}
+    for name, cap in pairs(t) do
+      known[name] = true
+      if cap >= 0 then caps[name] = cap end
+    end
+  end
 end
 local HELD = P .. 'held'
 local marks = (ARGV[12] and ARGV[12] ~= '') and cjson.decode(ARGV[12]) or {}
@@ -255,7 +266,7 @@ else
       if not known or known[k[2]] then
         local n = redis.call('LLEN', k[3])
         local pl = mine[k[1]]
-        pl[#pl + 1] = {key = k[3], member = k[4], n = n}
+        pl[#pl + 1] = {key = k[3], member = k[4], n = n, task = k[2]}
         len[k[1]] = len[k[1]] + n
       end
     end
@@ -271,6 +282,16 @@ else
         unpark(k.member)
       end
       return redis.call('LPOP', k.key)
+    end
+    -- A task claimed up to its cap: its parked lists are no longer this call's to take.
+    local function drop_mine(task)
+      for p = 1, 3 do
+        local kept = {}
+        for _, k in ipairs(mine[p]) do
+          if k.task == task then len[p] = len[p] - k.n else kept[#kept + 1] = k end
+        end
+        mine[p] = kept
+      end
     end
     -- At most PARK_MAX jobs parked a call, so that one call meeting a long run of jobs it
     -- cannot take does not hold Redis while it moves them all: the call ends there, and
@@ -337,9 +358,9 @@ else
               emit('failed', cand, r[2], best - 1, 'failed', tonumber(r[6]), node,
                 {'error', err})
               r = nil
-            elseif known and not known[r[2]] then
-              -- A task this node cannot run: parked for a node that can (woken for it),
-              -- while this one goes on with the jobs behind it.
+            elseif known and not known[r[2]] or caps and caps[r[2]] == 0 then
+              -- A task this node cannot run (or no more of it now): parked for a node
+              -- that can (woken for it), while this one goes on with the jobs behind it.
               park(best, r[2], cand)
               n_parked = n_parked + 1
               if not parked_seen[r[2]] then
@@ -347,6 +368,11 @@ else
                 parked_tasks[#parked_tasks + 1] = r[2]
               end
             else
+              local cap = caps and caps[r[2]]
+              if cap then
+                caps[r[2]] = cap - 1
+                if cap == 1 then drop_mine(r[2]) end
+              end
               id = cand
               break
             end

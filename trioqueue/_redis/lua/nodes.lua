@@ -7,6 +7,7 @@
 --   remove, node                -> 1 if it was registered (its ctl and cancel lists are deleted too)
 --   stop, node                  -> push 'stop' to the node's ctl list (kept 60 s): its
 --                                  fetcher leaves its BLPOP at once
+--   work, node                  -> the same with 'work' (a limited task has room again)
 --   read, node, ttl ms, types   -> Redis' time (ms); events of `types` ('*': all, or
 --                                  'completed,failed,...') are written for the next ttl ms
 --                                  at least (`readers`: node -> until when, `readers:types`:
@@ -58,9 +59,9 @@ elseif op == 'remove' then
   redis.call('HDEL', P .. 'readers:types', ARGV[2])
   redis.call('DEL', P .. 'node:' .. ARGV[2] .. ':ctl', P .. 'node:' .. ARGV[2] .. ':cancel')
   return redis.call('HDEL', P .. 'nodes', ARGV[2])
-elseif op == 'stop' then
+elseif op == 'stop' or op == 'work' then
   local ctl = P .. 'node:' .. ARGV[2] .. ':ctl'
-  redis.call('RPUSH', ctl, 'stop')
+  redis.call('RPUSH', ctl, op)
   redis.call('PEXPIRE', ctl, 60000)
   return 1
 elseif op == 'read' then
