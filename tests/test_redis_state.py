@@ -407,6 +407,38 @@ async def test_jobs_reaped_together_go_to_the_front_in_claim_order(env: Env) -> 
     ]
 
 
+async def test_a_reaped_job_goes_in_front_of_its_tasks_parked_jobs(env: Env) -> None:
+    """Claims take a task's parked jobs before its ready list: a job reaped from a lost
+    node goes in front of those (it went to the ready list, behind them: the job the
+    lost node had started ran after the jobs parked while it ran)."""
+    s = env.state()
+    await s.enqueue([new(f"j{i}", M) for i in range(4)])
+    assert [c.job.id for c in (await s.finish_and_claim("a", [], 1, 0.05)).claimed] == ["j0"]
+    # A node that cannot run task "t" parks the rest.
+    assert (await s.finish_and_claim("b", [], 3, 30, tasks=["other"])).claimed == []
+    assert await env.admin.lrange(env.key("park:2:t"), 0, -1) == ["j1", "j2", "j3"]
+    assert await poll(lambda: _requeued(s)) == ["j0"]
+    assert await env.admin.lrange(env.key("park:2:t"), 0, -1) == ["j0", "j1", "j2", "j3"]
+    claimed = (await s.finish_and_claim("c", [], 4, 30, tasks=["t"])).claimed
+    assert [c.job.id for c in claimed] == ["j0", "j1", "j2", "j3"]
+
+
+async def test_a_claim_takes_no_more_of_a_task_than_its_bound(env: Env) -> None:
+    """``tasks`` as a mapping bounds what a call claims of each task (-1: no bound): the
+    task's jobs past it are parked, still queued and unclaimed, and the claim goes on
+    with the others; its parked jobs come first in a later call."""
+    s = env.state()
+    await s.enqueue([NewJob.build(f"l{i}", "lim", None, priority=M) for i in range(4)]
+                    + [new("t0", M)])
+    first = await s.finish_and_claim("a", [], 5, 30, tasks={"lim": 1, "t": -1})
+    assert [c.job.id for c in first.claimed] == ["l0", "t0"]
+    assert await env.admin.lrange(env.key("park:2:lim"), 0, -1) == ["l1", "l2", "l3"]
+    assert [(await s.get(f"l{i}")).job.attempts for i in (1, 2, 3)] == [0, 0, 0]  # type: ignore[union-attr]
+    again = await s.finish_and_claim("a", [], 5, 30, tasks={"lim": 2, "t": -1})
+    assert [c.job.id for c in again.claimed] == ["l1", "l2"]
+    assert await env.admin.lrange(env.key("park:2:lim"), 0, -1) == ["l3"]
+
+
 async def _requeued(s: RedisState) -> list[str]:
     return (await s.reap()).requeued
 

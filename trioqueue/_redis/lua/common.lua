@@ -63,6 +63,39 @@ local function unpark(m)
   parked_now = nil
 end
 
+-- Jobs going back to the front of their queue, the first one taken first: in front of
+-- their priority's ready list, or of their task's parked list where it has one (claims
+-- take those first, as older).  put_front(p, task, id) (p 0-2) collects them in order;
+-- push_fronts() pushes them, LPUSH last first, in chunks of 1,000 (unpack's bound).
+local fronts, front_keys = {}, {}
+local function put_front(p, task, id)
+  local m = int(p + 1) .. ':' .. task
+  local key = P .. 'ready:' .. PRIO[p + 1]
+  if redis.call('SISMEMBER', P .. 'parked', m) == 1 then key = P .. 'park:' .. m end
+  local f = fronts[key]
+  if not f then
+    f = {}
+    fronts[key] = f
+    front_keys[#front_keys + 1] = key
+  end
+  f[#f + 1] = id
+end
+local function push_fronts()
+  for _, key in ipairs(front_keys) do
+    local f = fronts[key]
+    local j = #f
+    while j > 0 do
+      local chunk = {}
+      while j > 0 and #chunk < 1000 do
+        chunk[#chunk + 1] = f[j]
+        j = j - 1
+      end
+      redis.call('LPUSH', key, unpack(chunk))
+    end
+  end
+  fronts, front_keys = {}, {}
+end
+
 -- Takes a queued id out of its priority's ready list or, failing that, out of its parked
 -- list; p is 1-3.
 local function unqueue(p, task, id)

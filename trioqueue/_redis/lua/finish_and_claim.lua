@@ -126,8 +126,6 @@ each_chunk('HSET', marks)
 local results = {}
 local left = {} -- ids whose lease ends here: one ZREM
 local n_woken = 0
-local front = {{}, {}, {}} -- per priority, the ids put back, in outcome order
-local park_front = {} -- per parked list ('<p>:<task>'), the ids put back before it
 for i = 1, n_out do
   local o = OUT[i]
   local id, fence, kind = o[1], o[2], o[3]
@@ -196,37 +194,14 @@ for i = 1, n_out do
         redis.call('HSET', key, 'status', 'queued')
       end
       redis.call('HDEL', key, 'started_at')
-      -- Jobs of its task that wait parked are taken before the ready list (claims take
-      -- those first, as older): this one, picked before them, goes in front of them.
-      local m = int(prio + 1) .. ':' .. task
-      local f
-      if redis.call('SISMEMBER', P .. 'parked', m) == 1 then
-        f = park_front[m]
-        if not f then f = {}; park_front[m] = f end
-      else
-        f = front[prio + 1]
-      end
-      f[#f + 1] = id
+      put_front(prio, task, id) -- (picked before its task's parked jobs: in front of them)
       n_woken = n_woken + 1
       emit('requeued', id, task, prio, 'queued', attempt, node)
     end
   end
 end
 
--- LPUSH puts each id before the one pushed before it: last first, in chunks (unpack).
-local function push_front(list, f)
-  local j = #f
-  while j > 0 do
-    local chunk = {}
-    while j > 0 and #chunk < 1000 do
-      chunk[#chunk + 1] = f[j]
-      j = j - 1
-    end
-    redis.call('LPUSH', list, unpack(chunk))
-  end
-end
-for p = 1, 3 do push_front(P .. 'ready:' .. PRIO[p], front[p]) end
-for m, f in pairs(park_front) do push_front(P .. 'park:' .. m, f) end
+push_fronts()
 
 if #left > 0 then redis.call('ZREM', P .. 'leases', unpack(left)) end
 

@@ -6,9 +6,9 @@
 --   the requeued that came back unstarted, behind: 1 when an index had trim_n expired
 --   entries or more (the caller reaps again soon), else 0}.
 -- Fence+1 makes the old owner's late ack and renew fail.  A requeued job goes to the FRONT
--- of its priority (it was admitted already: no capacity check), its attempt counted; those
--- of one call keep the order of their leases (those of one claim: by id, creation order),
--- the first taken first.  A
+-- of its priority, or of its task's parked list where there is one (it was admitted
+-- already: no capacity check), its attempt counted; those of one call keep the order of
+-- their lease deadlines (equal ones, as of one claim, by id), the first taken first.  A
 -- job that used all its attempts this way ends FAILED: the poison-job guard.  A job whose
 -- cancellation was requested ends CANCELLED.
 -- A job its node had marked held under this claim (`held`: id -> fence; claimed, not
@@ -25,13 +25,12 @@ local unstarted_max = tonumber(ARGV[5] or '5')
 local HELD = P .. 'held'
 local requeued, failed, cancelled, unstarted = {}, {}, {}, {}
 local n_woken = 0
-local front = {{}, {}, {}} -- per priority, the ids requeued, in order: pushed at the end
--- Back to the FRONT of its ready list as QUEUED, a `recovered` event.
+-- Back to the FRONT of its queue as QUEUED (pushed with the others at the end: common.lua's
+-- put_front), a `recovered` event.
 local function requeue(id, key, prio, task, attempt, owner)
   redis.call('HSET', key, 'status', 'queued')
   redis.call('HDEL', key, 'started_at')
-  local ids = front[prio + 1]
-  ids[#ids + 1] = id
+  put_front(prio, task, id)
   count('recovered', prio)
   n_woken = n_woken + 1
   emit('recovered', id, task, prio, 'queued', attempt, owner)
@@ -90,14 +89,7 @@ for _, id in ipairs(expired) do
     end
   end
 end
-for p = 1, 3 do
-  local ids = front[p]
-  if #ids > 0 then
-    local backwards = {}
-    for i = #ids, 1, -1 do backwards[#backwards + 1] = ids[i] end
-    redis.call('LPUSH', P .. 'ready:' .. PRIO[p], unpack(backwards))
-  end
-end
+push_fronts()
 -- Terminal records expire by themselves; drop their index entries once they have.  A
 -- record still there in its old status, its expiry at most a second away, is the one
 -- that expires: its expiry was set a moment after the time its entry holds, and it goes
