@@ -705,6 +705,8 @@ async def test_dropped_jobs_leave_the_queue_and_its_counts(
             await q.get(job.id)
         with pytest.raises(ShuttingDown, match="it was dropped \\(memory mode\\)"):
             await q.wait(job.id)
+        with pytest.raises(JobNotFound, match="was dropped when the queue closed"):
+            await q.cancel(job.id)
     with pytest.raises(JobNotFound, match="not found"):
         await q.get("never-there")
     assert [j.id for j in await q.list_jobs()] == [running.id]

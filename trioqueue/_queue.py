@@ -525,6 +525,8 @@ class JobQueue(Readings):
         itself.  With ``durability="sync"`` it returns once the store holds the outcome.
         """
         await trio.lowlevel.checkpoint_if_cancelled()  # (Cancelled: nothing was done)
+        if job_id in self._life.dropped:
+            raise JobNotFound(self._not_found(job_id))
         backend = self._backend
         rec = await backend.cancel(job_id)
         where = " in this process"

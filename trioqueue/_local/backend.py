@@ -175,6 +175,7 @@ class LocalBackend:
             scheduled = [rec for rec in self.table.records() if rec.status is SCHEDULED]
             for rec in scheduled:
                 self.timer.unschedule(rec)
+                self.ready.release_delay_slot(rec)
             for rec in (*queued, *scheduled):
                 self.table.remove(rec)
             self._stats.dropped += len(queued) + len(scheduled)

@@ -515,6 +515,8 @@ class ReadyQueues(BatchAdmission):
         for q in self._queues:
             q.clear()
         self._aside = [0, 0, 0]
+        for p in range(3):
+            self._room_changed(p)
         return dropped
 
     def close(self) -> None:
