@@ -890,9 +890,10 @@ async def test_a_limited_task_claims_no_more_than_it_runs_and_waits_and_wakes_fo
     """One node, 8 idle workers, 5 jobs of a ``concurrency=1`` task: a call claims only
     what may run and wait here (2; no job claimed and handed back: no ``requeued``
     events), and when a job of the task ends the node claims the next at once, though
-    its fetcher waits in Redis (its last call had no room for the task, whose jobs wait
-    parked): it is woken, not left until its wait for work times out (each stalled up to
-    a second: 40 jobs of 20 ms took 4.3 s)."""
+    its fetcher waits in Redis (its last call, for its other task, had no room for this
+    one, whose jobs wait parked): it is woken, not left until its wait for work times out
+    (each stalled up to a second: 40 jobs of 20 ms took 4.3 s).  (With no other task
+    to claim, the node waits for its own jobs to end, not in Redis.)"""
     from trioqueue.testing import RedisState
 
     waited = RedisState.wait_for_work
@@ -914,6 +915,10 @@ async def test_a_limited_task_claims_no_more_than_it_runs_and_waits_and_wakes_fo
     async def limited(job: Job) -> None:
         started[job.payload].set()
         await gates[job.payload].wait()
+
+    @reg.task
+    async def other(job: Job) -> None:  # (so the node's calls go on for it: it waits
+        pass  # in Redis, not for a job of its own to end)
 
     with trio.fail_after(30):
         async with trioqueue.open_queue(reg, config(queue_name, workers=8)) as q:

@@ -439,6 +439,18 @@ async def test_a_claim_takes_no_more_of_a_task_than_its_bound(env: Env) -> None:
     assert await env.admin.lrange(env.key("park:2:lim"), 0, -1) == ["l3"]
 
 
+async def test_a_reaped_record_without_its_task_goes_to_the_ready_list(env: Env) -> None:
+    """A record edited to lose its task field is requeued to its priority's ready list
+    (a claim then fails it as unreadable); the reap does not stop half way, stranding the
+    jobs of its call with no lease and in no list."""
+    s = env.state()
+    await s.enqueue([new("j0", M), new("j1", M)])
+    await s.finish_and_claim("a", [], 2, lease=0.05)
+    await env.admin.hdel(env.key("job:j1"), ["task"])
+    assert sorted(await poll(lambda: _requeued(s))) == ["j0", "j1"]
+    assert await env.admin.lrange(env.key("ready:medium"), 0, -1) == ["j0", "j1"]
+
+
 async def _requeued(s: RedisState) -> list[str]:
     return (await s.reap()).requeued
 

@@ -160,6 +160,9 @@ class NodeHolds:
     _limits: dict[str, int]
     _running_task: dict[str, int]
     _park_max: int
+    _inflight: int
+    _full: set[str]
+    _poke_due: bool
     _idle: int
     _lease: float
     _gone: set[str]
@@ -170,6 +173,27 @@ class NodeHolds:
     @cached_property
     def _holds(self) -> Holds:
         return Holds()
+
+    def _claimable(self, tasks: list[str]) -> dict[str, int]:
+        """A claim's ``tasks`` when some are limited: each to the most of its jobs the
+        call may claim (-1: no bound), those with no room here left out (:attr:`_full`).
+        While the other fetcher's call is out, that one claims the limited tasks."""
+        caps = self._claim_caps()
+        if self._inflight:
+            caps = dict.fromkeys(caps, 0)
+        self._full = {t for t, c in caps.items() if c <= 0}
+        self._poke_due = False  # (this call sees the room there is)
+        return {t: caps.get(t, -1) for t in tasks if t not in self._full}
+
+    def _room_for(self, task: str) -> None:
+        """A job of limited ``task`` left this node, or stopped running: if the last
+        claim left the task out, claim again (the fetcher may wait in Redis: the flusher
+        wakes it, :meth:`RedisState.stop_waiting` with ``work=True``)."""
+        if task in self._full:
+            self._poke_due = True
+            self._kick.set()
+            if self._blocked:
+                self._flush.set()
 
     def _claim_caps(self) -> dict[str, int]:
         """Per limited task, how many more of its jobs this node may claim: what may run
@@ -193,6 +217,8 @@ class NodeHolds:
         self._started_events.pop(rec.id, None)
         held = self._held.pop(rec.id, None)
         self._holds.drop(rec.id)
+        if rec.task in self._limits:
+            self._room_for(rec.task)
         if held is not None:
             self._pending.append(Outcome.unstarted(rec.id, held[1]))
             self._kick.set()

@@ -133,9 +133,19 @@ class NodeCore(NodeHolds, NodeBounds, EventsReader):
                     await self._kick.wait()
                     continue
                 n = 0
+                claimable: list[str] | dict[str, int] = tasks
                 if not self._no_claims:
                     n = max(0, min(MAX_CLAIM, self._idle + self._prefetch - len(self._buffer)
                                    - self._inflight))
+                    if len(tasks) != len(self._registry):  # submit() registered a function
+                        tasks = claimable = self._registry_names()
+                    if n and self._limits:
+                        # No more of a limited task than may run and wait here: the rest
+                        # stay in Redis for whichever node has room first (a node that
+                        # held a whole backlog kept it from the others, and a crash cost
+                        # each an attempt it never began).  Room for none: no claim.
+                        claimable = self._claimable(tasks)
+                        n = n if claimable else 0
                 outcomes = self._take_pending()
                 if not outcomes and n == 0 and not holds.started and not (
                         mark_due and not self._no_claims and self._marks_pending()):
@@ -170,18 +180,6 @@ class NodeCore(NodeHolds, NodeBounds, EventsReader):
                     await trio.lowlevel.checkpoint()
                     continue
                 ticked = False
-                if len(tasks) != len(self._registry):  # submit() registered a function
-                    tasks = self._registry_names()
-                claimable: list[str] | dict[str, int] = tasks
-                if self._limits and n:
-                    # A limited task's jobs here are what it may run and wait at once
-                    # (``concurrency`` each): the call claims no more, and the rest stay
-                    # in Redis for whichever node has room first (a node that held a
-                    # whole backlog kept it from the others, and a crash cost each an
-                    # attempt it never began).
-                    caps = self._claim_caps()
-                    self._full = {t for t, c in caps.items() if c <= 0}
-                    claimable = {t: caps.get(t, -1) for t in tasks if t not in self._full}
                 sent = self._clock.current_time()
                 mark = self._outbox.mark()
                 marks = [] if self._no_claims else self._take_marks()
@@ -245,6 +243,9 @@ class NodeCore(NodeHolds, NodeBounds, EventsReader):
                 elif second:
                     idle_second = bool(n)
                 elif n and not self._pending and not stopping:
+                    if self._poke_due:  # a limited task got room during the call
+                        self._poke_due = False
+                        continue
                     self._blocked = True
                     try:
                         await state.wait_for_work(self.node, 1.0)
@@ -405,6 +406,7 @@ class NodeCore(NodeHolds, NodeBounds, EventsReader):
             if not parked or rec not in parked:
                 return False
             parked.remove(rec)
+        self._room_for(rec.task)
         return True
 
     def _log_parked(self, parked: list[str], tasks: list[str]) -> None:
@@ -587,9 +589,7 @@ class NodeCore(NodeHolds, NodeBounds, EventsReader):
         self._running_task[task] = max(0, self._running_task.get(task, 0) - 1)
         if self._parked.get(task):
             self._work_lot.unpark()
-        if task in self._full and self._blocked:
-            self._poke_due = True
-            self._flush.set()
+        self._room_for(task)
 
 
 def worker_figures(m: Metrics) -> tuple[int, int, float, float]:

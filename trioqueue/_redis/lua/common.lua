@@ -65,13 +65,16 @@ end
 
 -- Jobs going back to the front of their queue, the first one taken first: in front of
 -- their priority's ready list, or of their task's parked list where it has one (claims
--- take those first, as older).  put_front(p, task, id) (p 0-2) collects them in order;
--- push_fronts() pushes them, LPUSH last first, in chunks of 1,000 (unpack's bound).
+-- take those first, as older).  put_front(p, task, id) (p 0-2; task false or '' for a
+-- record without one: the ready list) collects them in order; push_fronts() pushes
+-- them, LPUSH last first, in chunks of 1,000 (unpack's bound).
 local fronts, front_keys = {}, {}
 local function put_front(p, task, id)
-  local m = int(p + 1) .. ':' .. task
   local key = P .. 'ready:' .. PRIO[p + 1]
-  if redis.call('SISMEMBER', P .. 'parked', m) == 1 then key = P .. 'park:' .. m end
+  if type(task) == 'string' and task ~= '' then
+    local m = int(p + 1) .. ':' .. task
+    if redis.call('SISMEMBER', P .. 'parked', m) == 1 then key = P .. 'park:' .. m end
+  end
   local f = fronts[key]
   if not f then
     f = {}
