@@ -943,6 +943,42 @@ async def test_a_limited_task_claims_no_more_than_it_runs_and_waits_and_wakes_fo
     assert seen.count(EventKind.STARTED) == 5
 
 
+async def add_up(a: int, b: int) -> int:
+    await trio.lowlevel.checkpoint()
+    return a + b
+
+
+async def test_a_node_with_no_room_for_its_tasks_still_takes_a_function_submitted_later(
+    queue_name: str,
+) -> None:
+    """A node whose only task is limited and has no room makes no claim; a function
+    submitted meanwhile (a task it registers then) is still claimed and run, though
+    the limited job runs on: the node looks again within a second, not only when one of
+    its jobs ends."""
+    reg = TaskRegistry()
+    gate = trio.Event()
+    first = trio.Event()
+
+    @reg.task(concurrency=1)
+    async def limited(job: Job) -> None:
+        first.set()
+        await gate.wait()
+
+    with trio.fail_after(30):
+        async with trioqueue.open_queue(reg, config(queue_name, workers=2)) as q:
+            jobs = await q.enqueue_many("limited", [0, 1, 2])
+            await first.wait()
+            async with admin() as redis:
+                while True:  # until the node told Redis it holds job 1 (its last call)
+                    if await redis.hexists(f"tq:{{{queue_name}}}:held", jobs[1].id):
+                        break
+                    await trio.sleep(0.01)
+            with trio.fail_after(10):
+                job = await q.submit(add_up, 2, 3)
+                assert (await q.wait(job.id)).result == 5
+            gate.set()
+
+
 async def test_a_task_whose_line_on_the_node_is_full_holds_back_nothing_behind_it(
     queue_name: str,
 ) -> None:

@@ -90,8 +90,6 @@ class NodeCore(NodeHolds, NodeBounds, EventsReader):
     _running_task: dict[str, int]
     _parked: dict[str, deque[JobRecord]]
     _parked_said: dict[str, float]
-    _full: set[str]
-    _poke_due: bool
     _counts_seq: int
     _held_at_refresh: int
     _gone: set[str]
@@ -134,6 +132,7 @@ class NodeCore(NodeHolds, NodeBounds, EventsReader):
                     continue
                 n = 0
                 claimable: list[str] | dict[str, int] = tasks
+                roomless = False
                 if not self._no_claims:
                     n = max(0, min(MAX_CLAIM, self._idle + self._prefetch - len(self._buffer)
                                    - self._inflight))
@@ -145,7 +144,7 @@ class NodeCore(NodeHolds, NodeBounds, EventsReader):
                         # held a whole backlog kept it from the others, and a crash cost
                         # each an attempt it never began).  Room for none: no claim.
                         claimable = self._claimable(tasks)
-                        n = n if claimable else 0
+                        roomless, n = not claimable, n if claimable else 0
                 outcomes = self._take_pending()
                 if not outcomes and n == 0 and not holds.started and not (
                         mark_due and not self._no_claims and self._marks_pending()):
@@ -155,7 +154,9 @@ class NodeCore(NodeHolds, NodeBounds, EventsReader):
                         self._kick = trio.Event()
                     if second or self._no_claims or not self._marks_pending():
                         mark_at = math.inf
-                        await self._kick.wait()
+                        # (Roomless, a look a second: submit() may register a task.)
+                        with trio.move_on_after(1.0 if roomless else math.inf):
+                            await self._kick.wait()
                         continue
                     # Jobs held here that Redis does not know are held: they ride on
                     # the next call, or go in one of their own after MARK_DELAY.
