@@ -572,3 +572,34 @@ def test_certificates_are_loaded_only_where_tls_may_be_spoken(
         with monkeypatch.context() as env:
             env.setenv(name, "https://proxy.example:3128")
             assert client_verify("http://127.0.0.1:8080") is True
+
+
+async def test_a_ctrl_c_in_the_event_streams_reader_task_comes_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Trio raises a Ctrl+C in whichever task runs when it comes.  Landing in the
+    websocket's reader task, it ended the stream, so the block reading events raised too
+    (the stream closed: ``EventStreamClosed``), and the Ctrl+C was dropped for that:
+    ``Client.wait`` took it for a lost stream and went on polling (``enqueue --wait``
+    ignored a Ctrl+C)."""
+    from trio_websocket import WebSocketConnection, WebSocketRequest, serve_websocket
+
+    async def interrupted(self: WebSocketConnection, event: object) -> None:
+        raise KeyboardInterrupt  # as the reader task handles the message
+
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.send_message(json.dumps({"type": "enqueued", "job_id": "a", "seq": 1}))
+        await trio.sleep_forever()
+
+    async def read_events(url: str) -> None:
+        async with Client(url) as client, client.events() as events:
+            async for _ in events:
+                pass
+
+    monkeypatch.setattr(WebSocketConnection, "_handle_message_event", interrupted)
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+        with trio.fail_after(20), pytest.raises(KeyboardInterrupt):
+            await read_events(f"http://127.0.0.1:{server.port}")
+        nursery.cancel_scope.cancel()

@@ -31,7 +31,10 @@ async def open_websocket(
     ``wrap_client_stream``, so it is ours to close: ``open_websocket_url`` of
     trio-websocket 0.12 leaves its socket to the garbage collector when the server
     closed first.  The block's own exception comes out as itself; an error of the
-    connection's reader task comes out as itself when the block raised nothing.
+    connection's reader task comes out as itself when the block raised nothing, and a
+    ``KeyboardInterrupt`` (or ``SystemExit``) raised in the reader task always does:
+    trio raises a Ctrl+C in whichever task runs when it comes, and the reader's end
+    makes the block raise too (the stream closed), which hid it.
     """
     target = urlsplit(url)
     if target.scheme not in ("ws", "wss") or not target.hostname:
@@ -71,6 +74,9 @@ async def open_websocket(
                 nursery.cancel_scope.cancel()  # the reader task, if it still runs
     except BaseExceptionGroup as group:
         leaves = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
+        for leaf in leaves:  # a Ctrl+C that landed in the reader task: never lost
+            if isinstance(leaf, KeyboardInterrupt | SystemExit):
+                raise leaf from None
         if body_exc is None and len(leaves) == 1:
             raise leaves[0] from None
         if body_exc is None:
