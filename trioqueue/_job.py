@@ -317,7 +317,6 @@ def check_timeout(timeout: object) -> float:
     return float(timeout)
 
 
-
 def check_payloads(payloads: object) -> None:
     """Raise :class:`InvalidJob` unless ``payloads`` is an iterable of payloads (one job
     each): not a text, bytes or mapping, whose items would each become a job."""
@@ -327,6 +326,7 @@ def check_payloads(payloads: object) -> None:
             "payloads: expected a list, tuple, generator or other iterable of payloads "
             f"(not a str, bytes or dict), got {type(payloads).__name__}"
         )
+
 
 @attrs.frozen
 class JobPage:

@@ -174,8 +174,7 @@ class LocalBackend:
             queued = self.ready.drop_all()
             scheduled = [rec for rec in self.table.records() if rec.status is SCHEDULED]
             for rec in scheduled:
-                self.timer.unschedule(rec)
-                self.ready.release_delay_slot(rec)
+                self._unschedule(rec)
             for rec in (*queued, *scheduled):
                 self.table.remove(rec)
             self._stats.dropped += len(queued) + len(scheduled)
@@ -249,6 +248,12 @@ class LocalBackend:
 
         return isinstance(exc, NotConfirmed)
 
+    def _unschedule(self, rec: JobRecord) -> None:
+        """A SCHEDULED job leaves the timer otherwise than by coming due: its entry goes
+        stale and, a new delayed job, its slot is free."""
+        self.timer.unschedule(rec)
+        self.ready.release_delay_slot(rec)
+
     def withdraw(self, rec: JobRecord) -> bool:
         """Take back a job whose commit failed, if no worker has touched it yet.  True
         when it was taken back (it will not run)."""
@@ -258,8 +263,7 @@ class LocalBackend:
             if not self.ready.remove(rec):
                 return False
         elif rec.status is SCHEDULED:
-            self.timer.unschedule(rec)
-            self.ready.release_delay_slot(rec)
+            self._unschedule(rec)
         else:
             return False
         self.table.remove(rec)
@@ -378,8 +382,7 @@ class LocalBackend:
         if status is QUEUED:
             self.ready.remove(rec)
         else:
-            self.timer.unschedule(rec)
-            self.ready.release_delay_slot(rec)
+            self._unschedule(rec)
         self.table.finish(rec, JobEvent.CANCEL, self.now())
         await trio.lowlevel.cancel_shielded_checkpoint()  # (done: no Cancelled now)
         return rec

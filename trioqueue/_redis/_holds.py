@@ -217,8 +217,7 @@ class NodeHolds:
         self._started_events.pop(rec.id, None)
         held = self._held.pop(rec.id, None)
         self._holds.drop(rec.id)
-        if rec.task in self._limits:
-            self._room_for(rec.task)
+        self._room_for(rec.task)
         if held is not None:
             self._pending.append(Outcome.unstarted(rec.id, held[1]))
             self._kick.set()

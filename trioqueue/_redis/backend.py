@@ -180,7 +180,7 @@ class RedisBackend(NodeIntake):
         self._running_task: dict[str, int] = {}
         self._full: set[str] = set()
         """Limited tasks the fetcher's last call left out: no room for more of their
-        jobs here (:meth:`NodeHolds._claim_caps`)."""
+        jobs here (:meth:`NodeHolds._claimable`)."""
         self._poke_due = False
         """A limited task of :attr:`_full` got room while the fetcher waited in Redis: the
         flusher wakes it (:meth:`RedisState.stop_waiting` with ``work=True``)."""
